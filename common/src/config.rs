@@ -1,0 +1,81 @@
+//! TOML config files: unknown keys are an error that names the key.
+
+use serde::de::DeserializeOwned;
+use std::path::Path;
+
+/// Why a config file could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file's path.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this service (unknown key, wrong type...).
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file's path.
+        path: String,
+        /// What the TOML parser said, naming the key and line.
+        message: String,
+    },
+    /// A value is present but not acceptable.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Reads and parses a TOML file into `T` (which should use `#[serde(deny_unknown_fields)]`).
+pub fn load_toml<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// Replaces a secret with a fixed marker for logging the effective config.
+pub fn redact(secret: &str) -> &'static str {
+    if secret.is_empty() {
+        ""
+    } else {
+        "<redacted>"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Sample {
+        realm: Option<String>,
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let dir = std::env::temp_dir().join(format!("turnkey-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.toml");
+        std::fs::write(&path, "realm = \"x\"\nrelam = \"typo\"\n").unwrap();
+        let err = load_toml::<Sample>(&path).unwrap_err().to_string();
+        assert!(err.contains("relam"), "{err}");
+        std::fs::write(&path, "realm = \"x\"\n").unwrap();
+        let ok: Sample = load_toml(&path).unwrap();
+        assert_eq!(ok.realm.as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn redact_hides_secrets() {
+        assert_eq!(redact("hunter2"), "<redacted>");
+        assert_eq!(redact(""), "");
+    }
+}

@@ -1,0 +1,162 @@
+//! Reading Linux /proc: a process's CPU time (all its threads) and the kernel's UDP drop counters.
+//! Parsers are pure; the two `read_*` functions do the file I/O.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+/// Clock ticks per second of /proc/PID/stat times (USER_HZ, 100 on every Linux ABI we run on).
+const USER_HZ: u64 = 100;
+
+/// utime + stime of a process, all threads included (fields 14 and 15 of proc(5) stat).
+pub fn parse_stat_cpu(stat: &str) -> Option<Duration> {
+    // The command name (field 2) is in parentheses and may hold spaces or ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_ascii_whitespace().skip(11); // field 3 is index 0
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    let ticks = utime + stime;
+    Some(Duration::from_millis(ticks * 1000 / USER_HZ))
+}
+
+/// CPU time used so far by process `pid` ("self" for this process).
+pub fn read_process_cpu(pid: &str) -> std::io::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    parse_stat_cpu(&stat).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("cannot parse /proc/{pid}/stat"),
+        )
+    })
+}
+
+/// UDP counters of /proc/net/snmp that tell where datagrams were dropped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UdpCounters {
+    /// Datagrams dropped because a socket's receive buffer was full (RcvbufErrors).
+    pub rcvbuf_errors: u64,
+    /// Datagrams that could not be sent for lack of send buffer (SndbufErrors).
+    pub sndbuf_errors: u64,
+    /// Datagrams to a port nobody listens on (NoPorts).
+    pub no_ports: u64,
+}
+
+impl UdpCounters {
+    /// Counter increase from `before` to `self`.
+    pub fn since(&self, before: &Self) -> Self {
+        Self {
+            rcvbuf_errors: self.rcvbuf_errors.saturating_sub(before.rcvbuf_errors),
+            sndbuf_errors: self.sndbuf_errors.saturating_sub(before.sndbuf_errors),
+            no_ports: self.no_ports.saturating_sub(before.no_ports),
+        }
+    }
+}
+
+/// Parses the `Udp:` header and value lines of /proc/net/snmp.
+pub fn parse_snmp_udp(snmp: &str) -> Option<UdpCounters> {
+    let mut lines = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let names: Vec<&str> = lines.next()?.split_ascii_whitespace().collect();
+    let values: Vec<&str> = lines.next()?.split_ascii_whitespace().collect();
+    let get = |name: &str| -> Option<u64> {
+        let i = names.iter().position(|n| *n == name)?;
+        values.get(i)?.parse().ok()
+    };
+    Some(UdpCounters {
+        rcvbuf_errors: get("RcvbufErrors")?,
+        sndbuf_errors: get("SndbufErrors")?,
+        no_ports: get("NoPorts")?,
+    })
+}
+
+/// This network namespace's UDP counters (IPv4).
+pub fn read_udp_counters() -> Option<UdpCounters> {
+    parse_snmp_udp(&std::fs::read_to_string("/proc/net/snmp").ok()?)
+}
+
+/// Inodes of the sockets process `pid` holds open (/proc/PID/fd links `socket:[N]`).
+pub fn socket_inodes(pid: &str) -> std::io::Result<HashSet<u64>> {
+    let mut inodes = HashSet::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+        let Ok(target) = std::fs::read_link(entry?.path()) else {
+            continue; // closed meanwhile
+        };
+        if let Some(inode) = target
+            .to_str()
+            .and_then(|t| t.strip_prefix("socket:["))
+            .and_then(|t| t.strip_suffix(']'))
+            .and_then(|t| t.parse().ok())
+        {
+            inodes.insert(inode);
+        }
+    }
+    Ok(inodes)
+}
+
+/// Sums the `drops` column of /proc/net/udp (or udp6) rows whose inode is in `inodes`: datagrams
+/// the kernel discarded because that socket's receive buffer was full.
+pub fn parse_udp_socket_drops(table: &str, inodes: &HashSet<u64>) -> u64 {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|row| {
+            let cols: Vec<&str> = row.split_ascii_whitespace().collect();
+            let inode: u64 = cols.get(9)?.parse().ok()?;
+            let drops: u64 = cols.get(12)?.parse().ok()?;
+            inodes.contains(&inode).then_some(drops)
+        })
+        .sum()
+}
+
+/// Receive-buffer drops so far on all UDP sockets of process `pid` ("self" for this one).
+pub fn read_process_udp_drops(pid: &str) -> Option<u64> {
+    let inodes = socket_inodes(pid).ok()?;
+    let mut total = 0;
+    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        if let Ok(text) = std::fs::read_to_string(table) {
+            total += parse_udp_socket_drops(&text, &inodes);
+        }
+    }
+    Some(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_with_spaces_in_name() {
+        let stat = "1234 (turn server) S 1 1234 1234 0 -1 4194560 1000 0 0 0 250 75 0 0 20 0 4 0 \
+                    12345 100000 500 18446744073709551615";
+        assert_eq!(parse_stat_cpu(stat), Some(Duration::from_millis(3250)));
+        assert_eq!(parse_stat_cpu("garbage"), None);
+        assert_eq!(parse_stat_cpu("1 (x) S 1 2"), None);
+    }
+
+    #[test]
+    fn snmp_udp_lines() {
+        let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
+                    Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors InCsumErrors IgnoredMulti MemErrors\n\
+                    Udp: 100 3 7 90 5 1 0 0 0\n\
+                    UdpLite: InDatagrams NoPorts\nUdpLite: 0 0\n";
+        let c = parse_snmp_udp(snmp).unwrap();
+        assert_eq!(
+            c,
+            UdpCounters {
+                rcvbuf_errors: 5,
+                sndbuf_errors: 1,
+                no_ports: 3
+            }
+        );
+        assert_eq!(c.since(&c), UdpCounters::default());
+    }
+
+    #[test]
+    fn udp_table_drops_by_inode() {
+        let table = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
+   5: 0100007F:93AB 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 4242 2 0000000000000000 17\n\
+   6: 0100007F:93AC 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 4243 2 0000000000000000 5\n\
+   7: 0100007F:93AD 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 9999 2 0000000000000000 100\n";
+        let inodes: HashSet<u64> = [4242, 4243].into_iter().collect();
+        assert_eq!(parse_udp_socket_drops(table, &inodes), 22);
+        assert_eq!(parse_udp_socket_drops("header only", &inodes), 0);
+    }
+}

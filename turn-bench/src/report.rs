@@ -1,0 +1,238 @@
+//! The figures of one run, as text for people and as one JSON line for scripts.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::run::{BenchConfig, Sample};
+use crate::stats::{ReceiveStats, SendStats};
+
+/// Result of one run. Rates are per second of the measurement window; a "packet" is one
+/// ChannelData probe delivered end to end (client → server → relay → server → partner client),
+/// which the server handles twice: once client→peer, once peer→client.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Server address.
+    pub server: String,
+    /// Client-to-server transport.
+    pub transport: &'static str,
+    /// Allocations (half of them send to the other half and back).
+    pub allocations: usize,
+    /// Application data per ChannelData message.
+    pub payload_bytes: u16,
+    /// Measurement window.
+    pub duration_secs: f64,
+    /// Allocation, permission and channel setup time.
+    pub setup_secs: f64,
+    /// Asked-for rate.
+    pub target_pps: f64,
+    /// Probes actually sent inside the window, per second.
+    pub sent_pps: f64,
+    /// Distinct window probes received, per second.
+    pub received_pps: f64,
+    /// Probes sent inside the window.
+    pub sent: u64,
+    /// Of those, received.
+    pub received: u64,
+    /// 100 · (sent − received) / sent.
+    pub loss_percent: f64,
+    /// Probes received more than once.
+    pub duplicates: u64,
+    /// Probes that arrived after a later one of the same flow.
+    pub reordered: u64,
+    /// One-way latency through the relay, median.
+    pub latency_p50_us: Option<u64>,
+    /// One-way latency, 99th percentile.
+    pub latency_p99_us: Option<u64>,
+    /// One-way latency, maximum.
+    pub latency_max_us: Option<u64>,
+    /// One-way latency, mean.
+    pub latency_mean_us: Option<f64>,
+    /// Payload bytes received per second.
+    pub received_payload_bytes_per_sec: f64,
+    /// Server CPU time (all threads) during the window.
+    pub server_cpu_secs: Option<f64>,
+    /// Server CPU as a percentage of one core.
+    pub server_cpu_percent: Option<f64>,
+    /// Server CPU per delivered probe (two relay operations each).
+    pub server_cpu_us_per_packet: Option<f64>,
+    /// This generator's CPU time during the window.
+    pub bench_cpu_secs: Option<f64>,
+    /// Kernel receive-buffer drops (whole host network namespace, any socket) in the window.
+    pub kernel_udp_rcvbuf_drops: Option<u64>,
+    /// Of those, drops at the server's UDP sockets (needs --server-pid).
+    pub server_socket_drops: Option<u64>,
+    /// Of those, drops at this generator's UDP sockets (the generator was too slow to read).
+    pub generator_socket_drops: Option<u64>,
+    /// Failed sends.
+    pub send_errors: u64,
+    /// Probes skipped because the generator fell behind.
+    pub generator_lagged: u64,
+    /// ChannelData that was not a valid probe for its receiver.
+    pub malformed: u64,
+    /// Other unexpected datagrams.
+    pub unexpected: u64,
+    /// Failed refresh/permission/channel upkeep transactions during the run.
+    pub upkeep_failures: u64,
+    /// Allocations whose deletion at the end failed.
+    pub delete_failures: u64,
+}
+
+fn secs(d: Option<Duration>) -> Option<f64> {
+    d.map(|d| d.as_secs_f64())
+}
+
+impl Report {
+    /// Builds the report from the counters and the two samples around the window.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        cfg: &BenchConfig,
+        setup: Duration,
+        sent: &SendStats,
+        received: &ReceiveStats,
+        before: &Sample,
+        after: &Sample,
+        upkeep_failures: u64,
+        delete_failures: u64,
+    ) -> Self {
+        let window = cfg.duration.as_secs_f64();
+        let per_sec = |x: u64| x as f64 / window;
+        let delta = |a: Option<Duration>, b: Option<Duration>| match (a, b) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+            _ => None,
+        };
+        let server_cpu = delta(before.server_cpu, after.server_cpu);
+        let wall = after.at.duration_since(before.at).as_secs_f64();
+        let lost = sent.sent.saturating_sub(received.received);
+        Self {
+            server: cfg.server.to_string(),
+            transport: cfg.transport.name(),
+            allocations: cfg.allocations,
+            payload_bytes: cfg.payload_bytes,
+            duration_secs: window,
+            setup_secs: setup.as_secs_f64(),
+            target_pps: cfg.rate_pps,
+            sent_pps: per_sec(sent.sent),
+            received_pps: per_sec(received.received),
+            sent: sent.sent,
+            received: received.received,
+            loss_percent: if sent.sent == 0 {
+                0.0
+            } else {
+                100.0 * lost as f64 / sent.sent as f64
+            },
+            duplicates: received.duplicates,
+            reordered: received.reordered,
+            latency_p50_us: received.latency.quantile_us(0.50),
+            latency_p99_us: received.latency.quantile_us(0.99),
+            latency_max_us: received.latency.max_us(),
+            latency_mean_us: received.latency.mean_us(),
+            received_payload_bytes_per_sec: per_sec(received.received_bytes),
+            server_cpu_secs: secs(server_cpu),
+            server_cpu_percent: secs(server_cpu).map(|c| 100.0 * c / wall.max(1e-9)),
+            server_cpu_us_per_packet: secs(server_cpu)
+                .filter(|_| received.received > 0)
+                .map(|c| c * 1e6 / received.received as f64),
+            bench_cpu_secs: secs(delta(before.bench_cpu, after.bench_cpu)),
+            kernel_udp_rcvbuf_drops: match (before.udp, after.udp) {
+                (Some(b), Some(a)) => Some(a.since(&b).rcvbuf_errors),
+                _ => None,
+            },
+            server_socket_drops: after
+                .server_drops
+                .zip(before.server_drops)
+                .map(|(a, b)| a.saturating_sub(b)),
+            generator_socket_drops: after
+                .bench_drops
+                .zip(before.bench_drops)
+                .map(|(a, b)| a.saturating_sub(b)),
+            send_errors: sent.errors,
+            generator_lagged: sent.lagged,
+            malformed: received.malformed,
+            unexpected: received.other,
+            upkeep_failures,
+            delete_failures,
+        }
+    }
+
+    /// One JSON object on one line.
+    pub fn to_json_line(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+}
+
+fn opt<T: fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
+fn opt_f(v: Option<f64>, decimals: usize) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.decimals$}"))
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "turn-bench {} over {}: {} allocations ({} pairs), {} B payload, {:.1} s window (setup {:.2} s)",
+            self.server,
+            self.transport,
+            self.allocations,
+            self.allocations / 2,
+            self.payload_bytes,
+            self.duration_secs,
+            self.setup_secs
+        )?;
+        writeln!(
+            f,
+            "  offered   {:>10.0} pps (target {:.0}; lagged {}, send errors {})",
+            self.sent_pps, self.target_pps, self.generator_lagged, self.send_errors
+        )?;
+        writeln!(
+            f,
+            "  received  {:>10.0} pps  {:.2} MB/s payload",
+            self.received_pps,
+            self.received_payload_bytes_per_sec / 1e6
+        )?;
+        writeln!(
+            f,
+            "  loss      {:>10.3} %   ({} of {}; duplicates {}, reordered {})",
+            self.loss_percent,
+            self.sent - self.received.min(self.sent),
+            self.sent,
+            self.duplicates,
+            self.reordered
+        )?;
+        writeln!(
+            f,
+            "  latency   p50 {} us  p99 {} us  max {} us  mean {} us  (one-way, through the relay)",
+            opt(self.latency_p50_us),
+            opt(self.latency_p99_us),
+            opt(self.latency_max_us),
+            opt_f(self.latency_mean_us, 1)
+        )?;
+        writeln!(
+            f,
+            "  server    cpu {} s ({} % of a core), {} us per delivered packet (= 2 relay hops)",
+            opt_f(self.server_cpu_secs, 2),
+            opt_f(self.server_cpu_percent, 0),
+            opt_f(self.server_cpu_us_per_packet, 2)
+        )?;
+        writeln!(
+            f,
+            "  drops     kernel UDP rcvbuf {} (server sockets {}, generator sockets {})",
+            opt(self.kernel_udp_rcvbuf_drops),
+            opt(self.server_socket_drops),
+            opt(self.generator_socket_drops),
+        )?;
+        write!(
+            f,
+            "  generator cpu {} s; malformed {}; unexpected {}; upkeep failures {}; delete failures {}",
+            opt_f(self.bench_cpu_secs, 2),
+            self.malformed,
+            self.unexpected,
+            self.upkeep_failures,
+            self.delete_failures
+        )
+    }
+}

@@ -1,0 +1,424 @@
+//! One benchmark run: open the allocations, pair them, pace probes through the relay, measure,
+//! clean up.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{self, Allocation, ClientError, ReaderContext, ServerLink, Transport};
+use crate::procfs;
+use crate::proto::{Credentials, Request};
+use crate::report::Report;
+use crate::stats::{FlowReceiver, ReceiveStats, SendStats, Window};
+use crate::wire::{self, CHANNEL_DATA_HEADER_BYTES, FIRST_CHANNEL, Probe};
+
+/// Pacing tick: every tick each sender sends what the schedule says is due.
+const TICK: Duration = Duration::from_millis(1);
+/// A sender more than this far behind schedule skips ahead (and counts the skipped probes).
+const MAX_LAG: Duration = Duration::from_millis(50);
+/// After the window closes, how long receivers keep counting in-flight probes.
+const DRAIN: Duration = Duration::from_millis(500);
+/// Refresh/permission/channel upkeep period cap (permissions last 300 s, RFC 8656 §9).
+const MAX_UPKEEP_PERIOD: Duration = Duration::from_secs(240);
+/// Time allowed for deleting all allocations at the end.
+const DELETE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    /// TURN server.
+    pub server: SocketAddr,
+    /// Client-to-server transport.
+    pub transport: Transport,
+    /// Long-term credentials.
+    pub credentials: Credentials,
+    /// Number of allocations (even).
+    pub allocations: usize,
+    /// Total offered probes per second, all allocations together.
+    pub rate_pps: f64,
+    /// Application data per ChannelData message.
+    pub payload_bytes: u16,
+    /// Measured time.
+    pub duration: Duration,
+    /// Unmeasured traffic before the window.
+    pub warmup: Duration,
+    /// Requested allocation LIFETIME; None lets the server choose.
+    pub lifetime_secs: Option<u32>,
+    /// Server process to read CPU time from.
+    pub server_pid: Option<u32>,
+    /// Sender tasks (one per runtime thread).
+    pub senders: usize,
+}
+
+/// Errors that end a run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// Opening a connection failed.
+    #[error("connecting allocation {index} to the server")]
+    Connect {
+        /// Allocation index.
+        index: usize,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A setup transaction failed.
+    #[error("setting up allocation {index}")]
+    Setup {
+        /// Allocation index.
+        index: usize,
+        /// Cause.
+        source: ClientError,
+    },
+    /// A task panicked or was cancelled (a bug in this program).
+    #[error("internal task failure: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// Runs the benchmark and returns its figures.
+pub async fn run(cfg: &BenchConfig) -> Result<Report, RunError> {
+    let epoch = Instant::now();
+    let n = cfg.allocations;
+    let credentials = Arc::new(cfg.credentials.clone());
+    let window_cell: Arc<OnceLock<Window>> = Arc::new(OnceLock::new());
+    let stop_readers = CancellationToken::new();
+
+    // Connections and their reading tasks.
+    let mut readers = JoinSet::new();
+    let mut allocations = Vec::with_capacity(n);
+    for index in 0..n {
+        let (link, reader) = client::connect(cfg.server, cfg.transport)
+            .await
+            .map_err(|source| RunError::Connect { index, source })?;
+        let (tx, rx) = mpsc::channel(Allocation::RESPONSE_QUEUE);
+        let ctx = ReaderContext {
+            responses: tx,
+            flow: FlowReceiver::new(FIRST_CHANNEL, (index ^ 1) as u32),
+            epoch,
+            window: window_cell.clone(),
+            cancel: stop_readers.clone(),
+        };
+        readers.spawn(client::read_loop(reader, ctx));
+        allocations.push(Allocation::new(index, link, rx, credentials.clone()));
+    }
+
+    // Allocate, then pair (i, i^1): permission and channel to the partner's relayed address.
+    let lifetime = cfg.lifetime_secs;
+    let mut allocations = for_each(allocations, move |mut a| async move {
+        a.allocate(lifetime).await.map(|_| a)
+    })
+    .await?;
+    let relayed: Vec<SocketAddr> = allocations
+        .iter()
+        .map(|a| a.relayed.expect("allocated"))
+        .collect();
+    let peers = Arc::new(relayed.clone());
+    allocations = for_each(allocations, move |mut a| {
+        let peer = peers[a.index ^ 1];
+        async move {
+            a.transact(&Request::CreatePermission { peer }).await?;
+            a.transact(&Request::ChannelBind {
+                channel: FIRST_CHANNEL,
+                peer,
+            })
+            .await?;
+            Ok(a)
+        }
+    })
+    .await?;
+    let setup = epoch.elapsed();
+    let min_lifetime = allocations.iter().map(|a| a.lifetime_secs).min().unwrap_or(600);
+
+    // The window, in the epoch's nanoseconds.
+    let traffic_start = epoch.elapsed();
+    let window = Window {
+        start_ns: (traffic_start + cfg.warmup).as_nanos() as u64,
+        end_ns: (traffic_start + cfg.warmup + cfg.duration).as_nanos() as u64,
+    };
+    window_cell.set(window).expect("window set once");
+
+    // Senders: flows dealt out round-robin to the sender tasks.
+    let senders = cfg.senders.clamp(1, n);
+    let mut groups: Vec<Vec<FlowTx>> = (0..senders).map(|_| Vec::new()).collect();
+    for a in &allocations {
+        let link = a.link();
+        let frame = wire::channel_data_frame(FIRST_CHANNEL, cfg.payload_bytes, link.is_stream());
+        groups[a.index % senders].push(FlowTx {
+            link,
+            frame,
+            flow: a.index as u32,
+            seq: 0,
+        });
+    }
+    let mut sender_tasks = JoinSet::new();
+    for flows in groups {
+        let rate = cfg.rate_pps * flows.len() as f64 / n as f64;
+        sender_tasks.spawn(send_loop(flows, rate, epoch, traffic_start, window));
+    }
+
+    // Upkeep: refresh allocation, permission and channel while the run lasts.
+    let stop_upkeep = CancellationToken::new();
+    let period = Duration::from_secs(u64::from(min_lifetime / 2).max(1)).min(MAX_UPKEEP_PERIOD);
+    let refresh_lifetime = cfg.lifetime_secs.unwrap_or(min_lifetime);
+    let mut upkeep = JoinSet::new();
+    for a in allocations {
+        let peer = relayed[a.index ^ 1];
+        upkeep.spawn(upkeep_loop(a, peer, period, refresh_lifetime, stop_upkeep.clone()));
+    }
+
+    // Sample CPU and kernel counters at the window's edges.
+    let at = |ns: u64| tokio::time::Instant::from_std(epoch + Duration::from_nanos(ns));
+    tokio::time::sleep_until(at(window.start_ns)).await;
+    let before = Sample::take(cfg.server_pid);
+    tokio::time::sleep_until(at(window.end_ns)).await;
+    let after = Sample::take(cfg.server_pid);
+
+    let mut sent = SendStats::default();
+    while let Some(s) = sender_tasks.join_next().await {
+        sent.merge(&s?);
+    }
+    tokio::time::sleep(DRAIN).await;
+
+    // Delete while the readers still pass responses on, then stop them.
+    stop_upkeep.cancel();
+    let mut allocations = Vec::with_capacity(n);
+    let mut upkeep_failures = 0;
+    while let Some(r) = upkeep.join_next().await {
+        let (a, failures) = r?;
+        upkeep_failures += failures;
+        allocations.push(a);
+    }
+    let delete_failures = delete_all(allocations).await;
+
+    stop_readers.cancel();
+    let mut received = ReceiveStats::default();
+    while let Some(r) = readers.join_next().await {
+        received.merge(&r?);
+    }
+
+    Ok(Report::new(
+        cfg,
+        setup,
+        &sent,
+        &received,
+        &before,
+        &after,
+        upkeep_failures,
+        delete_failures,
+    ))
+}
+
+/// Runs `f` on every allocation concurrently; the first failure ends the run.
+async fn for_each<F, Fut>(allocations: Vec<Allocation>, f: F) -> Result<Vec<Allocation>, RunError>
+where
+    F: Fn(Allocation) -> Fut,
+    Fut: std::future::Future<Output = Result<Allocation, ClientError>> + Send + 'static,
+{
+    let mut set = JoinSet::new();
+    for a in allocations {
+        let index = a.index;
+        let fut = f(a);
+        set.spawn(async move { fut.await.map_err(|source| RunError::Setup { index, source }) });
+    }
+    let mut out = Vec::new();
+    while let Some(r) = set.join_next().await {
+        out.push(r??);
+    }
+    out.sort_by_key(|a| a.index);
+    Ok(out)
+}
+
+/// One sending flow: its link, a prebuilt ChannelData frame, and its next sequence number.
+struct FlowTx {
+    link: ServerLink,
+    frame: Vec<u8>,
+    flow: u32,
+    seq: u64,
+}
+
+/// Paces `rate_pps` probes over `flows`, starting at `start` (since `epoch`), until the window
+/// ends. Each tick sends what the schedule says is due, spread evenly over the flows.
+async fn send_loop(
+    mut flows: Vec<FlowTx>,
+    rate_pps: f64,
+    epoch: Instant,
+    start: Duration,
+    window: Window,
+) -> SendStats {
+    let mut stats = SendStats::default();
+    let n = flows.len();
+    let max_burst = ((rate_pps * MAX_LAG.as_secs_f64()) as u64).max(1);
+    let mut scheduled: u64 = 0;
+    let mut next_flow = 0;
+    let mut batch = Vec::new();
+    let mut ticker = tokio::time::interval(TICK);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    loop {
+        ticker.tick().await;
+        let now = epoch.elapsed();
+        if now.as_nanos() as u64 >= window.end_ns {
+            break;
+        }
+        let elapsed = now.saturating_sub(start);
+        let target = (rate_pps * elapsed.as_secs_f64()) as u64;
+        let mut due = target.saturating_sub(scheduled);
+        if due > max_burst {
+            stats.lagged += due - max_burst;
+            scheduled += due - max_burst;
+            due = max_burst;
+        }
+        scheduled += due;
+        let (each, extra) = (due / n as u64, (due % n as u64) as usize);
+        for k in 0..n {
+            let i = (next_flow + k) % n;
+            let count = each + u64::from(k < extra);
+            if count > 0 {
+                send_burst(&mut flows[i], count, epoch, window, &mut stats, &mut batch).await;
+            }
+        }
+        next_flow = (next_flow + extra) % n;
+    }
+    stats
+}
+
+/// Sends `count` probes on one flow: datagram by datagram over UDP, one write over TCP.
+async fn send_burst(
+    f: &mut FlowTx,
+    count: u64,
+    epoch: Instant,
+    window: Window,
+    stats: &mut SendStats,
+    batch: &mut Vec<u8>,
+) {
+    batch.clear();
+    let mut in_window = 0;
+    for _ in 0..count {
+        let sent_ns = epoch.elapsed().as_nanos() as u64;
+        Probe {
+            flow: f.flow,
+            seq: f.seq,
+            sent_ns,
+        }
+        .write(&mut f.frame[CHANNEL_DATA_HEADER_BYTES..]);
+        f.seq += 1;
+        let counted = u64::from(window.contains(sent_ns));
+        match &f.link {
+            ServerLink::Udp(socket) => match send_datagram(socket, &f.frame).await {
+                Ok(()) => {
+                    stats.sent_total += 1;
+                    stats.sent += counted;
+                }
+                Err(_) => stats.errors += 1,
+            },
+            ServerLink::Tcp(_) => {
+                batch.extend_from_slice(&f.frame);
+                in_window += counted;
+            }
+        }
+    }
+    if let ServerLink::Tcp(_) = &f.link {
+        match f.link.send(batch).await {
+            Ok(()) => {
+                stats.sent_total += count;
+                stats.sent += in_window;
+            }
+            Err(_) => stats.errors += count,
+        }
+    }
+}
+
+async fn send_datagram(socket: &UdpSocket, frame: &[u8]) -> std::io::Result<()> {
+    match socket.try_send(frame) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => socket.send(frame).await.map(|_| ()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Refreshes the allocation, permission and channel binding every `period` until cancelled;
+/// returns the allocation and the number of failed refresh transactions.
+async fn upkeep_loop(
+    mut a: Allocation,
+    peer: SocketAddr,
+    period: Duration,
+    lifetime_secs: u32,
+    cancel: CancellationToken,
+) -> (Allocation, u64) {
+    let mut failures = 0;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return (a, failures),
+            _ = tokio::time::sleep(period) => {}
+        }
+        for req in [
+            Request::Refresh { lifetime_secs },
+            Request::CreatePermission { peer },
+            Request::ChannelBind {
+                channel: FIRST_CHANNEL,
+                peer,
+            },
+        ] {
+            if a.transact(&req).await.is_err() {
+                failures += 1;
+            }
+        }
+    }
+}
+
+/// Deletes every allocation (Refresh with LIFETIME 0, RFC 8656 §7.2); returns how many failed.
+async fn delete_all(allocations: Vec<Allocation>) -> u64 {
+    let mut set = JoinSet::new();
+    for mut a in allocations {
+        set.spawn(async move {
+            let r = tokio::time::timeout(
+                DELETE_TIMEOUT,
+                a.transact(&Request::Refresh { lifetime_secs: 0 }),
+            )
+            .await;
+            matches!(r, Ok(Ok(_)))
+        });
+    }
+    let mut failures = 0;
+    while let Some(r) = set.join_next().await {
+        if !matches!(r, Ok(true)) {
+            failures += 1;
+        }
+    }
+    failures
+}
+
+/// CPU times and kernel UDP counters at one instant.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    /// When it was taken.
+    pub at: Instant,
+    /// Server process CPU time (all threads), if a pid was given and readable.
+    pub server_cpu: Option<Duration>,
+    /// This process's CPU time.
+    pub bench_cpu: Option<Duration>,
+    /// Kernel UDP counters.
+    pub udp: Option<procfs::UdpCounters>,
+    /// Receive-buffer drops on the server's UDP sockets.
+    pub server_drops: Option<u64>,
+    /// Receive-buffer drops on this process's UDP sockets.
+    pub bench_drops: Option<u64>,
+}
+
+impl Sample {
+    fn take(server_pid: Option<u32>) -> Self {
+        Self {
+            at: Instant::now(),
+            server_cpu: server_pid.and_then(|p| procfs::read_process_cpu(&p.to_string()).ok()),
+            bench_cpu: procfs::read_process_cpu("self").ok(),
+            udp: procfs::read_udp_counters(),
+            server_drops: server_pid.and_then(|p| procfs::read_process_udp_drops(&p.to_string())),
+            bench_drops: procfs::read_process_udp_drops("self"),
+        }
+    }
+}

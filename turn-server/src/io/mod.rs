@@ -1,0 +1,428 @@
+//! The thin tokio layer around [`TurnCore`].
+//!
+//! One worker thread per core, each running a current-thread runtime with its own
+//! `SO_REUSEPORT` UDP socket and TCP listener on every listen address. The kernel steers a
+//! client's 5-tuple to one worker; that worker's core owns the client's allocation and serves
+//! the allocation's relay sockets, so the data path takes no lock. All sends are non-blocking
+//! (`try_send`); a full socket buffer or TCP queue drops the packet and counts it.
+
+pub mod relay;
+pub mod sockets;
+
+use crate::config::TurnConfig;
+use crate::metrics::TurnMetrics;
+use crate::proto::auth::{Credentials, NonceMinter};
+use crate::proto::core::{CoreConfig, Shared, Transmit, TurnCore};
+use crate::proto::policy::PeerPolicy;
+use crate::proto::{FiveTuple, Transport};
+use relay::{RelaySockets, Reservations};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use stun_server::metrics::StunMetrics;
+use stun_server::proto::binding::BindingConfig;
+use stun_server::proto::msg::stream_frame_len;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Frames queued per TCP connection before drops.
+const TCP_QUEUE_FRAMES: usize = 1024;
+/// TCP connections per worker.
+const MAX_TCP_CONNECTIONS_PER_WORKER: usize = 20_000;
+/// Largest frame a TCP client may send (a STUN message or ChannelData of 64 KiB).
+const MAX_FRAME_BYTES: usize = 65_536 + 20;
+
+/// A running server.
+#[derive(Debug)]
+pub struct RunningServer {
+    /// The bound client listeners (port 0 resolved).
+    pub listen: Vec<SocketAddr>,
+    /// Cross-worker state (allocation count, draining).
+    pub shared: Arc<Shared>,
+    stop: CancellationToken,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// Graceful stop: refuse new allocations, wait up to `drain` for allocations to end, then
+    /// stop the workers and join them.
+    pub async fn shutdown(self, drain: Duration) {
+        self.shared.start_draining();
+        let deadline = tokio::time::Instant::now() + drain;
+        while self.shared.total_allocations() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tracing::info!(
+            remaining_allocations = self.shared.total_allocations(),
+            "stopping workers"
+        );
+        self.stop.cancel();
+        for t in self.threads {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+}
+
+/// Builds the core configuration from the effective config.
+pub fn core_config(cfg: &TurnConfig, metrics_port: Option<u16>) -> CoreConfig {
+    let mut own_ips: Vec<std::net::IpAddr> = cfg.relay_ips.clone();
+    own_ips.extend(cfg.listen.iter().map(|l| l.ip()).filter(|ip| !ip.is_unspecified()));
+    own_ips.extend(cfg.external_ips.values().copied());
+    if let Some(_p) = metrics_port {
+        own_ips.push(cfg.metrics.ip());
+    }
+    own_ips.retain(|ip| !ip.is_unspecified());
+    own_ips.sort();
+    own_ips.dedup();
+    let mut own_ports: Vec<u16> = cfg.listen.iter().map(|l| l.port()).collect();
+    own_ports.push(cfg.metrics.port());
+    let nonce_key: [u8; 32] = rand::random();
+    CoreConfig {
+        realm: cfg.realm.clone(),
+        software: cfg.software.clone(),
+        credentials: Credentials::new(cfg.users.clone(), cfg.auth_secrets.clone()),
+        nonces: NonceMinter::new(nonce_key, cfg.nonce_lifetime_secs),
+        policy: PeerPolicy::new(
+            cfg.allow_peer.clone(),
+            cfg.deny_peer.clone(),
+            own_ips,
+            own_ports,
+            (cfg.min_port, cfg.max_port),
+        ),
+        default_lifetime: Duration::from_secs(600),
+        max_lifetime: Duration::from_secs(cfg.max_lifetime_secs),
+        permission_lifetime: Duration::from_secs(300),
+        channel_lifetime: Duration::from_secs(600),
+        channel_reuse_delay: Duration::from_secs(300),
+        user_quota: cfg.user_quota,
+        total_quota: cfg.total_quota,
+        external_ips: cfg.external_ips.clone(),
+        binding: BindingConfig {
+            software: cfg.software.clone(),
+            ..BindingConfig::default()
+        },
+    }
+}
+
+/// Binds every client socket (all workers) and starts the workers. When this returns, the
+/// server is accepting clients.
+pub fn start(
+    cfg: &TurnConfig,
+    metrics: TurnMetrics,
+    stun_metrics: StunMetrics,
+) -> io::Result<RunningServer> {
+    let core_cfg = Arc::new(core_config(cfg, Some(cfg.metrics.port())));
+    let shared = Arc::new(Shared::default());
+    let reservations: Reservations = Arc::default();
+    let stop = CancellationToken::new();
+
+    // Resolve port 0 once so every worker binds the same address.
+    let mut listen = Vec::new();
+    let mut per_worker: Vec<Vec<(StdUdpSocket, std::net::TcpListener)>> =
+        (0..cfg.workers).map(|_| Vec::new()).collect();
+    for addr in &cfg.listen {
+        let first_udp = sockets::reuseport_udp(*addr)?;
+        let bound = first_udp.local_addr()?;
+        let first_tcp = sockets::reuseport_tcp(bound)?;
+        listen.push(bound);
+        per_worker[0].push((first_udp, first_tcp));
+        for w in per_worker.iter_mut().skip(1) {
+            w.push((sockets::reuseport_udp(bound)?, sockets::reuseport_tcp(bound)?));
+        }
+    }
+
+    let start_instant = Instant::now();
+    let start_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut threads = Vec::new();
+    for (i, socks) in per_worker.into_iter().enumerate() {
+        let core = TurnCore::new(
+            core_cfg.clone(),
+            shared.clone(),
+            metrics.clone(),
+            start_instant,
+            start_unix,
+        )
+        .with_stun_metrics(stun_metrics.clone());
+        let relays = RelaySockets::new(
+            cfg.relay_ips.clone(),
+            cfg.min_port,
+            cfg.max_port,
+            reservations.clone(),
+        );
+        let stop = stop.clone();
+        let metrics = metrics.clone();
+        let t = std::thread::Builder::new()
+            .name(format!("turn-worker-{i}"))
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "worker runtime failed to start");
+                        return;
+                    }
+                };
+                let local = tokio::task::LocalSet::new();
+                local.block_on(&rt, run_worker(core, relays, socks, metrics, stop));
+            })?;
+        threads.push(t);
+    }
+    Ok(RunningServer {
+        listen,
+        shared,
+        stop,
+        threads,
+    })
+}
+
+struct Worker {
+    core: TurnCore,
+    relays: RelaySockets,
+    metrics: TurnMetrics,
+    udp: HashMap<SocketAddr, Rc<UdpSocket>>,
+    tcp: HashMap<FiveTuple, mpsc::Sender<Vec<u8>>>,
+    relay_socks: HashMap<SocketAddr, (Rc<UdpSocket>, AbortHandle)>,
+    out: Vec<Transmit>,
+}
+
+type WorkerRef = Rc<RefCell<Worker>>;
+
+async fn run_worker(
+    core: TurnCore,
+    relays: RelaySockets,
+    socks: Vec<(StdUdpSocket, std::net::TcpListener)>,
+    metrics: TurnMetrics,
+    stop: CancellationToken,
+) {
+    let w: WorkerRef = Rc::new(RefCell::new(Worker {
+        core,
+        relays,
+        metrics,
+        udp: HashMap::new(),
+        tcp: HashMap::new(),
+        relay_socks: HashMap::new(),
+        out: Vec::new(),
+    }));
+    let mut tasks = Vec::new();
+    for (udp, tcp) in socks {
+        let (udp, tcp) = match (UdpSocket::from_std(udp), TcpListener::from_std(tcp)) {
+            (Ok(u), Ok(t)) => (Rc::new(u), t),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(error = %e, "cannot register listener");
+                continue;
+            }
+        };
+        let Ok(local) = udp.local_addr() else { continue };
+        w.borrow_mut().udp.insert(local, udp.clone());
+        tasks.push(tokio::task::spawn_local(udp_listener(w.clone(), udp, local)));
+        tasks.push(tokio::task::spawn_local(tcp_acceptor(w.clone(), tcp, local, stop.clone())));
+    }
+    tasks.push(tokio::task::spawn_local(timer_loop(w.clone())));
+    stop.cancelled().await;
+    for t in tasks {
+        t.abort();
+    }
+    let mut guard = w.borrow_mut();
+    let wk = &mut *guard;
+    wk.core.close_all(&mut wk.relays);
+    for (_, (_, h)) in wk.relay_socks.drain() {
+        h.abort();
+    }
+}
+
+/// After any core call: send what it produced, start new relay sockets, close released ones.
+fn flush(wr: &WorkerRef, w: &mut Worker) {
+    for t in w.out.drain(..) {
+        match t {
+            Transmit::ToClient { to, data } => match to.transport {
+                Transport::Udp | Transport::Dtls => {
+                    if let Some(s) = w.udp.get(&to.server) {
+                        if s.try_send_to(&data, to.client).is_err() {
+                            w.metrics.drop_packet("client_send_failed");
+                        }
+                    }
+                }
+                Transport::Tcp | Transport::Tls => {
+                    if let Some(q) = w.tcp.get(&to) {
+                        if q.try_send(data).is_err() {
+                            w.metrics.drop_packet("tcp_queue_full");
+                        }
+                    }
+                }
+            },
+            Transmit::ToPeer { relay, peer, data } => {
+                if let Some((s, _)) = w.relay_socks.get(&relay) {
+                    if s.try_send_to(&data, peer).is_err() {
+                        w.metrics.drop_packet("peer_send_failed");
+                    }
+                }
+            }
+        }
+    }
+    for local in std::mem::take(&mut w.relays.pending_release) {
+        if let Some((_, h)) = w.relay_socks.remove(&local) {
+            h.abort();
+        }
+    }
+    for sock in std::mem::take(&mut w.relays.pending_new) {
+        let Ok(local) = sock.local_addr() else { continue };
+        match UdpSocket::from_std(sock) {
+            Ok(s) => {
+                let s = Rc::new(s);
+                let h = tokio::task::spawn_local(relay_reader(wr.clone(), s.clone(), local));
+                w.relay_socks.insert(local, (s, h.abort_handle()));
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot register relay socket"),
+        }
+    }
+}
+
+async fn udp_listener(wr: WorkerRef, sock: Rc<UdpSocket>, local: SocketAddr) {
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let (n, from) = match sock.recv_from(&mut buf).await {
+            Ok(x) => x,
+            Err(e) => {
+                // ICMP errors (ECONNREFUSED) surface here on Linux; keep serving.
+                tracing::trace!(error = %e, "udp recv");
+                continue;
+            }
+        };
+        let tuple = FiveTuple {
+            client: from,
+            server: local,
+            transport: Transport::Udp,
+        };
+        let mut guard = wr.borrow_mut();
+        let w = &mut *guard;
+        let mut out = std::mem::take(&mut w.out);
+        w.core
+            .handle_client(tuple, &buf[..n], Instant::now(), &mut w.relays, &mut out);
+        w.out = out;
+        flush(&wr, w);
+    }
+}
+
+async fn relay_reader(wr: WorkerRef, sock: Rc<UdpSocket>, local: SocketAddr) {
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let (n, peer) = match sock.recv_from(&mut buf).await {
+            Ok(x) => x,
+            Err(_) => continue,
+        };
+        let mut guard = wr.borrow_mut();
+        let w = &mut *guard;
+        if let Some(t) = w.core.handle_peer(local, peer, &buf[..n], Instant::now()) {
+            w.out.push(t);
+            flush(&wr, w);
+        }
+    }
+}
+
+async fn timer_loop(wr: WorkerRef) {
+    loop {
+        let next = wr.borrow().core.poll_timeout();
+        let cap = Instant::now() + Duration::from_secs(1);
+        let at = next.map_or(cap, |n| n.min(cap));
+        tokio::time::sleep_until(at.into()).await;
+        let mut guard = wr.borrow_mut();
+        let w = &mut *guard;
+        w.core.handle_timeout(Instant::now(), &mut w.relays);
+        flush(&wr, w);
+    }
+}
+
+async fn tcp_acceptor(wr: WorkerRef, l: TcpListener, local: SocketAddr, stop: CancellationToken) {
+    loop {
+        let (stream, from) = match l.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!(error = %e, "accept");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if wr.borrow().tcp.len() >= MAX_TCP_CONNECTIONS_PER_WORKER {
+            wr.borrow().metrics.drop_packet("tcp_connection_limit");
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let tuple = FiveTuple {
+            client: from,
+            server: local,
+            transport: Transport::Tcp,
+        };
+        tokio::task::spawn_local(tcp_connection(wr.clone(), stream, tuple, stop.clone()));
+    }
+}
+
+async fn tcp_connection(wr: WorkerRef, stream: TcpStream, tuple: FiveTuple, stop: CancellationToken) {
+    let (mut rd, mut wrt) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(TCP_QUEUE_FRAMES);
+    wr.borrow_mut().tcp.insert(tuple, tx);
+    let writer = tokio::task::spawn_local(async move {
+        while let Some(frame) = rx.recv().await {
+            if wrt.write_all(&frame).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let mut chunk = vec![0u8; 65_536];
+    let idle = Duration::from_secs(3600 + 60);
+    'conn: loop {
+        let n = tokio::select! {
+            r = tokio::time::timeout(idle, rd.read(&mut chunk)) => match r {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break 'conn,
+                Ok(Ok(n)) => n,
+            },
+            _ = stop.cancelled() => break 'conn,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let mut consumed = 0;
+        while buf.len() - consumed >= 4 {
+            let Some(len) = stream_frame_len(&buf[consumed..]) else {
+                wr.borrow().metrics.drop_packet("tcp_framing");
+                break 'conn;
+            };
+            if len > MAX_FRAME_BYTES {
+                wr.borrow().metrics.drop_packet("tcp_framing");
+                break 'conn;
+            }
+            if buf.len() - consumed < len {
+                break;
+            }
+            let frame = &buf[consumed..consumed + len];
+            // ChannelData on a stream is padded; the core reads the length field itself.
+            let mut guard = wr.borrow_mut();
+            let w = &mut *guard;
+            let mut out = std::mem::take(&mut w.out);
+            w.core
+                .handle_client(tuple, frame, Instant::now(), &mut w.relays, &mut out);
+            w.out = out;
+            flush(&wr, w);
+            consumed += len;
+        }
+        buf.drain(..consumed);
+    }
+    {
+        let mut guard = wr.borrow_mut();
+        let w = &mut *guard;
+        w.tcp.remove(&tuple);
+        w.core.handle_connection_closed(tuple, &mut w.relays);
+        flush(&wr, w);
+    }
+    writer.abort();
+}

@@ -1,0 +1,79 @@
+//! Socket set-up: the one place with socket options (SO_REUSEPORT, buffer sizes, DF).
+
+use socket2::{Domain, Protocol, Socket, Type};
+use std::io;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+
+const LISTENER_BUFFER_BYTES: usize = 4 << 20;
+
+fn new_socket(addr: SocketAddr, ty: Type, proto: Protocol) -> io::Result<Socket> {
+    let s = Socket::new(Domain::for_address(addr), ty, Some(proto))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_nonblocking(true)?;
+    Ok(s)
+}
+
+/// A non-blocking UDP socket on `addr` with SO_REUSEPORT, so each worker can have its own.
+pub fn reuseport_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let s = new_socket(addr, Type::DGRAM, Protocol::UDP)?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    let _ = s.set_recv_buffer_size(LISTENER_BUFFER_BYTES);
+    let _ = s.set_send_buffer_size(LISTENER_BUFFER_BYTES);
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
+/// A non-blocking TCP listener on `addr` with SO_REUSEPORT.
+pub fn reuseport_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
+    let s = new_socket(addr, Type::STREAM, Protocol::TCP)?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    Ok(s.into())
+}
+
+/// A non-blocking relay UDP socket on exactly `addr`; with `dont_fragment`, the DF bit is set on
+/// every packet it sends (IP_MTU_DISCOVER = IP_PMTUDISC_DO / IPV6_DONTFRAG).
+pub fn relay_udp(addr: SocketAddr, dont_fragment: bool) -> io::Result<UdpSocket> {
+    let s = new_socket(addr, Type::DGRAM, Protocol::UDP)?;
+    s.bind(&addr.into())?;
+    if dont_fragment {
+        set_dont_fragment(&s, addr.is_ipv6())?;
+    }
+    Ok(s.into())
+}
+
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn set_dont_fragment(s: &Socket, v6: bool) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (level, name, value) = if v6 {
+        (libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG, 1 as libc::c_int)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_DO)
+    };
+    // SAFETY: valid fd owned by `s`, a c_int option value whose size we pass.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            level,
+            name,
+            &value as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_dont_fragment(_s: &Socket, _v6: bool) -> io::Result<()> {
+    Ok(())
+}

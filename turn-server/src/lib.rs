@@ -1,0 +1,15 @@
+//! turnkey's TURN server (RFC 8656, RFC 6156 address families, draft-uberti-behave-turn-rest-00
+//! credentials).
+//!
+//! - [`proto`]: the sans-IO core. Allocations, permissions, channel bindings, authentication and
+//!   the peer address policy as plain state machines; time is passed in, nothing touches a socket.
+//! - [`io`]: the thin tokio layer: one worker thread per core, each with its own `SO_REUSEPORT`
+//!   listening sockets and the relay sockets of the allocations it owns.
+//! - [`config`]: flags and TOML config. [`metrics`]: Prometheus metrics.
+//!
+//! The credential function the signaling service uses is [`proto::auth::mint_rest_credential`].
+
+pub mod config;
+pub mod io;
+pub mod metrics;
+pub mod proto;

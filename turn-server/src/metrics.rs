@@ -1,0 +1,165 @@
+//! TURN metrics (Prometheus). Names are constants; no user names ever appear as label values.
+//!
+//! | name | type | labels |
+//! |---|---|---|
+//! | `turn_allocations` | gauge | `transport`, `family` |
+//! | `turn_allocation_requests_total` | counter | `result` (`success`, `auth_challenge`, `error_<code>`) |
+//! | `turn_requests_total` | counter | `method`, `result` |
+//! | `turn_relayed_packets_total` | counter | `direction` (`client_to_peer`, `peer_to_client`) |
+//! | `turn_relayed_bytes_total` | counter | `direction` |
+//! | `turn_auth_failures_total` | counter | `reason` |
+//! | `turn_peer_denied_total` | counter | `reason` |
+//! | `turn_dropped_packets_total` | counter | `reason` |
+//! | `turn_permissions` / `turn_channel_bindings` | gauge | |
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// One label.
+pub type L1 = [(&'static str, &'static str); 1];
+/// Two labels.
+pub type L2 = [(&'static str, &'static str); 2];
+
+/// Metric names (counters are registered without `_total`; the encoder appends it).
+pub mod names {
+    /// Live allocations.
+    pub const ALLOCATIONS: &str = "turn_allocations";
+    /// Allocate requests by result.
+    pub const ALLOCATION_REQUESTS: &str = "turn_allocation_requests";
+    /// Requests by method and result.
+    pub const REQUESTS: &str = "turn_requests";
+    /// Relayed packets by direction.
+    pub const RELAYED_PACKETS: &str = "turn_relayed_packets";
+    /// Relayed payload bytes by direction.
+    pub const RELAYED_BYTES: &str = "turn_relayed_bytes";
+    /// Authentication failures by reason.
+    pub const AUTH_FAILURES: &str = "turn_auth_failures";
+    /// Peers refused by the address policy.
+    pub const PEER_DENIED: &str = "turn_peer_denied";
+    /// Dropped packets by reason.
+    pub const DROPPED_PACKETS: &str = "turn_dropped_packets";
+    /// Live permissions.
+    pub const PERMISSIONS: &str = "turn_permissions";
+    /// Live channel bindings.
+    pub const CHANNEL_BINDINGS: &str = "turn_channel_bindings";
+}
+
+/// Handles to every TURN metric. Cloning is cheap (shared atomics).
+#[derive(Clone, Debug, Default)]
+pub struct TurnMetrics {
+    /// `turn_allocations{transport,family}`.
+    pub allocations: Family<L2, Gauge>,
+    /// `turn_allocation_requests_total{result}`.
+    pub allocation_requests: Family<L1, Counter>,
+    /// `turn_requests_total{method,result}`.
+    pub requests: Family<L2, Counter>,
+    /// `turn_relayed_packets_total{direction}`.
+    pub relayed_packets: Family<L1, Counter>,
+    /// `turn_relayed_bytes_total{direction}`.
+    pub relayed_bytes: Family<L1, Counter>,
+    /// `turn_auth_failures_total{reason}`.
+    pub auth_failures: Family<L1, Counter>,
+    /// `turn_peer_denied_total{reason}`.
+    pub peer_denied: Family<L1, Counter>,
+    /// `turn_dropped_packets_total{reason}`.
+    pub dropped_packets: Family<L1, Counter>,
+    /// `turn_permissions`.
+    pub permissions: Gauge,
+    /// `turn_channel_bindings`.
+    pub channel_bindings: Gauge,
+    /// Hot-path handles, resolved once.
+    pub hot: HotCounters,
+}
+
+/// Counters on the per-packet path, resolved from their families once.
+#[derive(Clone, Debug, Default)]
+pub struct HotCounters {
+    /// packets client -> peer.
+    pub c2p_packets: Counter,
+    /// bytes client -> peer.
+    pub c2p_bytes: Counter,
+    /// packets peer -> client.
+    pub p2c_packets: Counter,
+    /// bytes peer -> client.
+    pub p2c_bytes: Counter,
+}
+
+impl TurnMetrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = TurnMetrics::default();
+        let hot = HotCounters {
+            c2p_packets: m
+                .relayed_packets
+                .get_or_create_owned(&[("direction", "client_to_peer")]),
+            c2p_bytes: m
+                .relayed_bytes
+                .get_or_create_owned(&[("direction", "client_to_peer")]),
+            p2c_packets: m
+                .relayed_packets
+                .get_or_create_owned(&[("direction", "peer_to_client")]),
+            p2c_bytes: m
+                .relayed_bytes
+                .get_or_create_owned(&[("direction", "peer_to_client")]),
+        };
+        let m = TurnMetrics { hot, ..m };
+        registry.register(
+            names::ALLOCATIONS,
+            "Live TURN allocations",
+            m.allocations.clone(),
+        );
+        registry.register(
+            names::ALLOCATION_REQUESTS,
+            "Allocate requests by result",
+            m.allocation_requests.clone(),
+        );
+        registry.register(
+            names::REQUESTS,
+            "TURN requests by method and result",
+            m.requests.clone(),
+        );
+        registry.register(
+            names::RELAYED_PACKETS,
+            "Packets relayed, by direction",
+            m.relayed_packets.clone(),
+        );
+        registry.register(
+            names::RELAYED_BYTES,
+            "Application payload bytes relayed, by direction",
+            m.relayed_bytes.clone(),
+        );
+        registry.register(
+            names::AUTH_FAILURES,
+            "Authentication failures by reason",
+            m.auth_failures.clone(),
+        );
+        registry.register(
+            names::PEER_DENIED,
+            "Peer addresses refused by the relay policy (403)",
+            m.peer_denied.clone(),
+        );
+        registry.register(
+            names::DROPPED_PACKETS,
+            "Packets dropped, by reason",
+            m.dropped_packets.clone(),
+        );
+        registry.register(
+            names::PERMISSIONS,
+            "Live permissions",
+            m.permissions.clone(),
+        );
+        registry.register(
+            names::CHANNEL_BINDINGS,
+            "Live channel bindings",
+            m.channel_bindings.clone(),
+        );
+        m
+    }
+
+    /// Counts a dropped packet.
+    pub fn drop_packet(&self, reason: &'static str) {
+        self.dropped_packets.get_or_create(&[("reason", reason)]).inc();
+    }
+}

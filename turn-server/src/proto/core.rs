@@ -1,0 +1,1238 @@
+//! The TURN server state machine (RFC 8656): allocations, permissions, channel bindings,
+//! authentication, and relaying decisions. Sans-IO: input is a datagram (or stream frame) with
+//! its 5-tuple, a peer datagram on a relay, or a timer firing; output is [`Transmit`]s.
+//!
+//! One [`TurnCore`] runs per worker and owns the allocations whose client 5-tuples the kernel
+//! steers to that worker. Cross-worker facts (live relayed addresses, quotas, draining) live in
+//! [`Shared`], touched only on control messages, never per relayed packet.
+
+use super::auth::{long_term_key, CredentialError, Credentials, NonceMinter};
+use super::policy::{DenyReason, PeerPolicy};
+use super::timers::TimerQueue;
+use super::FiveTuple;
+use crate::metrics::TurnMetrics;
+use stun_server::metrics::StunMetrics;
+use rtc_stun::attributes::*;
+use rtc_stun::message::{
+    Message, TransactionId, CLASS_INDICATION, CLASS_REQUEST, METHOD_ALLOCATE, METHOD_BINDING,
+    METHOD_CHANNEL_BIND, METHOD_CREATE_PERMISSION, METHOD_DATA, METHOD_REFRESH, METHOD_SEND,
+};
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use stun_server::proto::binding::{self, BindingConfig, BindingOutcome, RequestContext};
+use stun_server::proto::msg::{
+    self, attr, classify, integrity_present, text_attr, verify_integrity, xor_address,
+    xor_addresses, IntegrityAlgorithm, MessageBuilder, PacketKind, PasswordAlgorithm,
+};
+
+/// ADDITIONAL-ADDRESS-FAMILY (RFC 8656 §18.11).
+pub const ATTR_ADDITIONAL_ADDRESS_FAMILY: AttrType = AttrType(0x8000);
+/// ADDRESS-ERROR-CODE (RFC 8656 §18.12).
+pub const ATTR_ADDRESS_ERROR_CODE: AttrType = AttrType(0x8001);
+/// ICMP (RFC 8656 §18.13).
+pub const ATTR_ICMP: AttrType = AttrType(0x8004);
+
+/// Comprehension-required attributes this server understands in TURN requests and indications.
+const KNOWN_ATTRS: &[AttrType] = &[
+    ATTR_USERNAME,
+    ATTR_MESSAGE_INTEGRITY,
+    ATTR_MESSAGE_INTEGRITY_SHA256,
+    ATTR_PASSWORD_ALGORITHM,
+    ATTR_REALM,
+    ATTR_NONCE,
+    ATTR_CHANNEL_NUMBER,
+    ATTR_LIFETIME,
+    ATTR_XOR_PEER_ADDRESS,
+    ATTR_DATA,
+    ATTR_REQUESTED_ADDRESS_FAMILY,
+    ATTR_EVEN_PORT,
+    ATTR_REQUESTED_TRANSPORT,
+    ATTR_DONT_FRAGMENT,
+    ATTR_RESERVATION_TOKEN,
+];
+
+/// An IP address family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AddressFamily {
+    /// IPv4 (REQUESTED-ADDRESS-FAMILY 0x01).
+    V4,
+    /// IPv6 (0x02).
+    V6,
+}
+
+impl AddressFamily {
+    /// The family of `ip`.
+    pub fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(_) => AddressFamily::V4,
+            IpAddr::V6(_) => AddressFamily::V6,
+        }
+    }
+    /// The metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AddressFamily::V4 => "ipv4",
+            AddressFamily::V6 => "ipv6",
+        }
+    }
+}
+
+/// What the core asks the I/O layer for when it needs a relay socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayRequest {
+    /// Which family the relayed transport address must have.
+    pub family: AddressFamily,
+    /// EVEN-PORT: the port must be even.
+    pub even_port: bool,
+    /// EVEN-PORT with R: also reserve port + 1 and return a token for it.
+    pub reserve_next: bool,
+    /// RESERVATION-TOKEN: take the socket reserved under this token.
+    pub reservation_token: Option<[u8; 8]>,
+    /// DONT-FRAGMENT: set DF on packets sent from the relay.
+    pub dont_fragment: bool,
+}
+
+/// A relay socket the I/O layer bound.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayGrant {
+    /// The socket's local address (what peers send to, before any external-address mapping).
+    pub local: SocketAddr,
+    /// The token for the reserved next port, when `reserve_next` was asked.
+    pub reservation_token: Option<[u8; 8]>,
+}
+
+/// Why no relay socket could be had.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RelayError {
+    /// No relay address of the requested family is configured (440).
+    #[error("address family not supported")]
+    FamilyUnsupported,
+    /// No free port in the range, or the OS refused (508).
+    #[error("no relay port available")]
+    Exhausted,
+    /// The reservation token is unknown or expired (508).
+    #[error("unknown reservation token")]
+    BadToken,
+}
+
+/// Binds and releases relay sockets; implemented by the I/O layer (and by tests).
+pub trait RelayAllocator {
+    /// Binds a relay socket per `req`.
+    fn allocate(&mut self, req: &RelayRequest) -> Result<RelayGrant, RelayError>;
+    /// Closes the relay socket bound at `local`.
+    fn release(&mut self, local: SocketAddr);
+}
+
+/// Something to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[must_use]
+pub enum Transmit {
+    /// Send `data` to the client on the 5-tuple `to` (from `to.server`).
+    ToClient {
+        /// The allocation's or request's 5-tuple.
+        to: FiveTuple,
+        /// A STUN message or ChannelData frame.
+        data: Vec<u8>,
+    },
+    /// Send `data` from the relay socket bound at `relay` to `peer`.
+    ToPeer {
+        /// The relay socket's local address.
+        relay: SocketAddr,
+        /// The peer's transport address.
+        peer: SocketAddr,
+        /// Application data.
+        data: Vec<u8>,
+    },
+}
+
+/// Core configuration, shared by all workers.
+#[derive(Debug)]
+pub struct CoreConfig {
+    /// REALM (RFC 8489 §14.9).
+    pub realm: String,
+    /// SOFTWARE in responses; `None` to omit.
+    pub software: Option<String>,
+    /// Static users and REST secrets.
+    pub credentials: Credentials,
+    /// Stateless nonce minter (same key on every worker).
+    pub nonces: NonceMinter,
+    /// Peer address policy.
+    pub policy: PeerPolicy,
+    /// Lifetime granted when the client asks for none or less (RFC 8656 §7.2: 600 s).
+    pub default_lifetime: Duration,
+    /// Longest lifetime granted.
+    pub max_lifetime: Duration,
+    /// Permission lifetime (RFC 8656 §9: 300 s).
+    pub permission_lifetime: Duration,
+    /// Channel binding lifetime (RFC 8656 §12: 600 s).
+    pub channel_lifetime: Duration,
+    /// Time an expired channel's number and peer stay reserved (RFC 8656 §12: 300 s).
+    pub channel_reuse_delay: Duration,
+    /// Allocations per user (486 beyond).
+    pub user_quota: u32,
+    /// Allocations in total (508 beyond).
+    pub total_quota: u32,
+    /// Advertised addresses for relay IPs behind a 1:1 NAT: local relay IP -> public IP.
+    pub external_ips: HashMap<IpAddr, IpAddr>,
+    /// Binding handling (shared with the STUN server).
+    pub binding: BindingConfig,
+}
+
+/// State shared by all workers; touched on control messages only.
+#[derive(Debug, Default)]
+pub struct Shared {
+    live_relays: RwLock<HashSet<SocketAddr>>,
+    per_user: Mutex<HashMap<String, u32>>,
+    total: AtomicU32,
+    draining: AtomicBool,
+}
+
+impl Shared {
+    /// Stops new allocations (graceful shutdown); existing ones keep working.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+    /// Live allocations across all workers.
+    pub fn total_allocations(&self) -> u32 {
+        self.total.load(Ordering::Relaxed)
+    }
+    /// True when `addr` is a live relayed transport address (local or advertised).
+    pub fn is_live_relay(&self, addr: SocketAddr) -> bool {
+        self.live_relays
+            .read()
+            .map(|s| s.contains(&addr))
+            .unwrap_or(false)
+    }
+    fn add_relays(&self, addrs: &[SocketAddr]) {
+        if let Ok(mut s) = self.live_relays.write() {
+            s.extend(addrs.iter().copied());
+        }
+    }
+    fn remove_relays(&self, addrs: &[SocketAddr]) {
+        if let Ok(mut s) = self.live_relays.write() {
+            for a in addrs {
+                s.remove(a);
+            }
+        }
+    }
+    /// Reserves one allocation for `user`; the error is the STUN code (486 or 508).
+    fn take_quota(&self, user: &str, user_quota: u32, total_quota: u32) -> Result<(), u16> {
+        let Ok(mut m) = self.per_user.lock() else {
+            return Err(508);
+        };
+        if self.draining.load(Ordering::Relaxed) || self.total.load(Ordering::Relaxed) >= total_quota
+        {
+            return Err(508);
+        }
+        let n = m.entry(user.to_string()).or_insert(0);
+        if *n >= user_quota {
+            return Err(486);
+        }
+        *n += 1;
+        self.total.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+    fn return_quota(&self, user: &str) {
+        if let Ok(mut m) = self.per_user.lock() {
+            if let Some(n) = m.get_mut(user) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    m.remove(user);
+                }
+            }
+        }
+        self.total.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerKey {
+    Allocation(u64),
+    Permission(u64, IpAddr),
+    Channel(u64, u16),
+}
+
+#[derive(Debug)]
+struct Relay {
+    local: SocketAddr,
+    advertised: SocketAddr,
+}
+
+#[derive(Debug)]
+struct Channel {
+    peer: SocketAddr,
+    expires: Instant,
+    bound: bool,
+}
+
+#[derive(Debug)]
+struct Allocation {
+    tuple: FiveTuple,
+    username: String,
+    quota_name: String,
+    relays: Vec<Relay>,
+    expires: Instant,
+    permissions: HashMap<IpAddr, Instant>,
+    channels: HashMap<u16, Channel>,
+    peer_channels: HashMap<SocketAddr, u16>,
+    allocate_tid: TransactionId,
+    allocate_response: Vec<u8>,
+}
+
+impl Allocation {
+    fn relay_for(&self, family: AddressFamily) -> Option<&Relay> {
+        self.relays
+            .iter()
+            .find(|r| AddressFamily::of(r.local.ip()) == family)
+    }
+    fn has_permission(&self, ip: IpAddr, now: Instant) -> bool {
+        self.permissions.get(&ip).is_some_and(|t| *t > now)
+    }
+    fn family_label(&self) -> &'static str {
+        match self.relays.as_slice() {
+            [one] => AddressFamily::of(one.local.ip()).as_str(),
+            _ => "dual",
+        }
+    }
+}
+
+/// The key and algorithm an authenticated request was checked with; responses use the same.
+#[derive(Debug, Clone)]
+struct AuthOk {
+    username: String,
+    key: Vec<u8>,
+    integrity: IntegrityAlgorithm,
+}
+
+/// A per-worker TURN server core.
+pub struct TurnCore {
+    cfg: Arc<CoreConfig>,
+    shared: Arc<Shared>,
+    metrics: TurnMetrics,
+    stun_metrics: Option<StunMetrics>,
+    start: Instant,
+    start_unix_secs: u64,
+    allocs: HashMap<u64, Allocation>,
+    by_tuple: HashMap<FiveTuple, u64>,
+    by_relay: HashMap<SocketAddr, u64>,
+    next_id: u64,
+    timers: TimerQueue<TimerKey>,
+}
+
+impl std::fmt::Debug for TurnCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TurnCore")
+            .field("allocations", &self.allocs.len())
+            .finish()
+    }
+}
+
+/// Result of request processing before encoding: a response builder and whether it is signed.
+type Reply = (MessageBuilder, Option<AuthOk>);
+
+impl TurnCore {
+    /// A core. `start`/`start_unix_secs` anchor wall-clock time (nonces, REST expiry) to the
+    /// monotonic `now` values passed later, so tests can drive both with virtual time.
+    pub fn new(
+        cfg: Arc<CoreConfig>,
+        shared: Arc<Shared>,
+        metrics: TurnMetrics,
+        start: Instant,
+        start_unix_secs: u64,
+    ) -> Self {
+        Self {
+            cfg,
+            shared,
+            metrics,
+            stun_metrics: None,
+            start,
+            start_unix_secs,
+            allocs: HashMap::new(),
+            by_tuple: HashMap::new(),
+            by_relay: HashMap::new(),
+            next_id: 1,
+            timers: TimerQueue::default(),
+        }
+    }
+
+    /// Counts Binding requests in the STUN server's metrics too.
+    pub fn with_stun_metrics(mut self, m: StunMetrics) -> Self {
+        self.stun_metrics = Some(m);
+        self
+    }
+
+    fn unix_secs(&self, now: Instant) -> u64 {
+        self.start_unix_secs + now.saturating_duration_since(self.start).as_secs()
+    }
+
+    /// Number of allocations this core owns.
+    pub fn allocation_count(&self) -> usize {
+        self.allocs.len()
+    }
+
+    /// The next instant [`handle_timeout`](Self::handle_timeout) must be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.next_deadline()
+    }
+
+    /// Handles a datagram (UDP) or one complete frame (TCP) from a client.
+    pub fn handle_client(
+        &mut self,
+        tuple: FiveTuple,
+        data: &[u8],
+        now: Instant,
+        relays: &mut dyn RelayAllocator,
+        out: &mut Vec<Transmit>,
+    ) {
+        match classify(data) {
+            PacketKind::ChannelData => self.handle_channel_data(tuple, data, now, out),
+            PacketKind::Stun => match msg::decode(data) {
+                Ok(m) => self.handle_message(tuple, &m, now, relays, out),
+                Err(_) => self.metrics.drop_packet("malformed"),
+            },
+            PacketKind::Other => self.metrics.drop_packet("not_stun"),
+        }
+    }
+
+    fn handle_message(
+        &mut self,
+        tuple: FiveTuple,
+        m: &Message,
+        now: Instant,
+        relays: &mut dyn RelayAllocator,
+        out: &mut Vec<Transmit>,
+    ) {
+        let method = m.typ.method;
+        if method == METHOD_BINDING {
+            let ctx = RequestContext {
+                source: tuple.client,
+                local: tuple.server,
+                transport: tuple.transport,
+            };
+            match binding::handle_binding(m, &ctx, &self.cfg.binding) {
+                BindingOutcome::Reply(r) => {
+                    if let Some(sm) = &self.stun_metrics {
+                        sm.request(tuple.transport, r.result);
+                    }
+                    out.push(Transmit::ToClient {
+                        to: tuple,
+                        data: r.bytes,
+                    });
+                }
+                BindingOutcome::Drop(reason) => {
+                    if let Some(sm) = &self.stun_metrics {
+                        sm.dropped(reason);
+                    }
+                }
+            }
+            return;
+        }
+        if m.typ.class == CLASS_INDICATION {
+            if method == METHOD_SEND {
+                self.handle_send(tuple, m, now, out);
+            } else {
+                self.metrics.drop_packet("unexpected_indication");
+            }
+            return;
+        }
+        if m.typ.class != CLASS_REQUEST {
+            self.metrics.drop_packet("unexpected_response");
+            return;
+        }
+        let method_label = match method {
+            METHOD_ALLOCATE => "allocate",
+            METHOD_REFRESH => "refresh",
+            METHOD_CREATE_PERMISSION => "create_permission",
+            METHOD_CHANNEL_BIND => "channel_bind",
+            _ => "unknown",
+        };
+        // A retransmitted Allocate is answered with the original response, before any other
+        // check (its nonce may have gone stale meanwhile). RFC 8656 §7.2.
+        if method == METHOD_ALLOCATE {
+            if let Some(a) = self.by_tuple.get(&tuple).and_then(|id| self.allocs.get(id)) {
+                if a.allocate_tid == m.transaction_id && !a.allocate_response.is_empty() {
+                    self.metrics
+                        .allocation_requests
+                        .get_or_create(&[("result", "retransmission")])
+                        .inc();
+                    out.push(Transmit::ToClient {
+                        to: tuple,
+                        data: a.allocate_response.clone(),
+                    });
+                    return;
+                }
+            }
+        }
+        let (builder, auth) = self.handle_request(tuple, m, now, relays);
+        let data = self.finish(builder, auth.as_ref(), m);
+        let result = response_label(&data);
+        self.metrics
+            .requests
+            .get_or_create(&[("method", method_label), ("result", result)])
+            .inc();
+        if method == METHOD_ALLOCATE {
+            self.metrics
+                .allocation_requests
+                .get_or_create(&[("result", result)])
+                .inc();
+            if let Some(id) = self.by_tuple.get(&tuple) {
+                if let Some(a) = self.allocs.get_mut(id) {
+                    if a.allocate_tid == m.transaction_id {
+                        a.allocate_response = data.clone();
+                    }
+                }
+            }
+        }
+        out.push(Transmit::ToClient { to: tuple, data });
+    }
+
+    fn handle_request(
+        &mut self,
+        tuple: FiveTuple,
+        m: &Message,
+        now: Instant,
+        relays: &mut dyn RelayAllocator,
+    ) -> Reply {
+        let method = m.typ.method;
+        if ![
+            METHOD_ALLOCATE,
+            METHOD_REFRESH,
+            METHOD_CREATE_PERMISSION,
+            METHOD_CHANNEL_BIND,
+        ]
+        .contains(&method)
+        {
+            return (MessageBuilder::error(m, 400, "Bad Request"), None);
+        }
+        let unknown = msg::unknown_required(m, KNOWN_ATTRS);
+        if !unknown.is_empty() {
+            let mut b = MessageBuilder::error(m, 420, "Unknown Attribute");
+            b.unknown_attributes(&unknown);
+            return (b, None);
+        }
+        let auth = match self.authenticate(m, now) {
+            Ok(a) => a,
+            Err(b) => return (b, None),
+        };
+        let b = match method {
+            METHOD_ALLOCATE => self.allocate(tuple, m, &auth, now, relays),
+            METHOD_REFRESH => self.refresh(tuple, m, &auth, now, relays),
+            METHOD_CREATE_PERMISSION => self.create_permission(tuple, m, &auth, now),
+            _ => self.channel_bind(tuple, m, &auth, now),
+        };
+        (b, Some(auth))
+    }
+
+    /// Adds SOFTWARE, integrity (when authenticated) and FINGERPRINT (when the request had one).
+    fn finish(&self, mut b: MessageBuilder, auth: Option<&AuthOk>, req: &Message) -> Vec<u8> {
+        if let Some(s) = &self.cfg.software {
+            b.software(s);
+        }
+        if let Some(a) = auth {
+            b.integrity(&a.key, a.integrity);
+        }
+        if req.contains(ATTR_FINGERPRINT) {
+            b.fingerprint();
+        }
+        b.finish()
+    }
+
+    fn challenge(&self, m: &Message, code: u16, reason: &str, now: Instant) -> MessageBuilder {
+        let mut b = MessageBuilder::error(m, code, reason);
+        b.raw(ATTR_REALM, self.cfg.realm.as_bytes());
+        b.raw(ATTR_NONCE, self.cfg.nonces.mint(self.unix_secs(now)).as_bytes());
+        b.raw(ATTR_PASSWORD_ALGORITHMS, &password_algorithms_value());
+        b
+    }
+
+    fn auth_failure(&self, reason: &'static str) {
+        self.metrics
+            .auth_failures
+            .get_or_create(&[("reason", reason)])
+            .inc();
+    }
+
+    /// Long-term credential check (RFC 8489 §9.2.4). Err is the response to send.
+    fn authenticate(&self, m: &Message, now: Instant) -> Result<AuthOk, MessageBuilder> {
+        let Some(integrity) = integrity_present(m) else {
+            return Err(self.challenge(m, 401, "Unauthorized", now));
+        };
+        let (Some(username), Some(realm), Some(nonce)) = (
+            text_attr(m, ATTR_USERNAME),
+            text_attr(m, ATTR_REALM),
+            text_attr(m, ATTR_NONCE),
+        ) else {
+            self.auth_failure("bad_request");
+            return Err(MessageBuilder::error(m, 400, "Bad Request"));
+        };
+        let unix = self.unix_secs(now);
+        if !self.cfg.nonces.is_valid(nonce, unix) {
+            self.auth_failure("stale_nonce");
+            return Err(self.challenge(m, 438, "Stale Nonce", now));
+        }
+        if realm != self.cfg.realm {
+            self.auth_failure("wrong_realm");
+            return Err(self.challenge(m, 401, "Unauthorized", now));
+        }
+        let alg = match attr(m, ATTR_PASSWORD_ALGORITHM) {
+            None => PasswordAlgorithm::Md5,
+            Some(v) if v.len() >= 2 => {
+                match u16::from_be_bytes([v[0], v[1]]) {
+                    1 => PasswordAlgorithm::Md5,
+                    2 => PasswordAlgorithm::Sha256,
+                    _ => {
+                        self.auth_failure("bad_request");
+                        return Err(MessageBuilder::error(m, 400, "Bad Request"));
+                    }
+                }
+            }
+            Some(_) => {
+                self.auth_failure("bad_request");
+                return Err(MessageBuilder::error(m, 400, "Bad Request"));
+            }
+        };
+        let passwords = match self.cfg.credentials.passwords(username, unix) {
+            Ok(p) => p,
+            Err(e) => {
+                self.auth_failure(e.reason());
+                let reason = match e {
+                    CredentialError::Expired => "Unauthorized: credential expired",
+                    _ => "Unauthorized",
+                };
+                return Err(self.challenge(m, 401, reason, now));
+            }
+        };
+        for pw in passwords {
+            let key = long_term_key(username, realm, &pw, alg);
+            if verify_integrity(m, &key, integrity) {
+                return Ok(AuthOk {
+                    username: username.to_string(),
+                    key,
+                    integrity,
+                });
+            }
+        }
+        self.auth_failure("bad_integrity");
+        Err(self.challenge(m, 401, "Unauthorized", now))
+    }
+
+    fn lifetime(&self, m: &Message) -> Duration {
+        let requested = attr(m, ATTR_LIFETIME)
+            .filter(|v| v.len() == 4)
+            .map(|v| u32::from_be_bytes([v[0], v[1], v[2], v[3]]));
+        match requested {
+            None => self.cfg.default_lifetime.min(self.cfg.max_lifetime),
+            Some(0) => Duration::ZERO,
+            Some(s) => Duration::from_secs(s as u64)
+                .min(self.cfg.max_lifetime)
+                .max(self.cfg.default_lifetime.min(self.cfg.max_lifetime)),
+        }
+    }
+
+    /// RFC 8656 §7.2.
+    fn allocate(
+        &mut self,
+        tuple: FiveTuple,
+        m: &Message,
+        auth: &AuthOk,
+        now: Instant,
+        relays: &mut dyn RelayAllocator,
+    ) -> MessageBuilder {
+        if self.by_tuple.contains_key(&tuple) {
+            return MessageBuilder::error(m, 437, "Allocation Mismatch");
+        }
+        match attr(m, ATTR_REQUESTED_TRANSPORT) {
+            Some(v) if v.len() == 4 && v[0] == 17 => {}
+            Some(v) if v.len() == 4 => {
+                return MessageBuilder::error(m, 442, "Unsupported Transport Protocol")
+            }
+            _ => return MessageBuilder::error(m, 400, "Bad Request: REQUESTED-TRANSPORT"),
+        }
+        let token = attr(m, ATTR_RESERVATION_TOKEN);
+        let even_port = attr(m, ATTR_EVEN_PORT);
+        let req_family = attr(m, ATTR_REQUESTED_ADDRESS_FAMILY);
+        let add_family = attr(m, ATTR_ADDITIONAL_ADDRESS_FAMILY);
+        if token.is_some() && (even_port.is_some() || req_family.is_some() || add_family.is_some())
+        {
+            return MessageBuilder::error(m, 400, "Bad Request");
+        }
+        if req_family.is_some() && add_family.is_some() {
+            return MessageBuilder::error(m, 400, "Bad Request");
+        }
+        let token: Option<[u8; 8]> = match token {
+            None => None,
+            Some(v) => match <[u8; 8]>::try_from(v) {
+                Ok(t) => Some(t),
+                Err(_) => return MessageBuilder::error(m, 400, "Bad Request"),
+            },
+        };
+        let (even, reserve) = match even_port {
+            None => (false, false),
+            Some([b, ..]) => (true, b & 0x80 != 0),
+            Some([]) => return MessageBuilder::error(m, 400, "Bad Request"),
+        };
+        let family = match req_family {
+            None => AddressFamily::V4,
+            Some([1, ..]) => AddressFamily::V4,
+            Some([2, ..]) => AddressFamily::V6,
+            Some(_) => return MessageBuilder::error(m, 440, "Address Family not Supported"),
+        };
+        let additional = match add_family {
+            None => None,
+            Some([2, ..]) => Some(AddressFamily::V6),
+            Some(_) => return MessageBuilder::error(m, 400, "Bad Request"),
+        };
+        // With a reservation token the family is that of the reserved socket; the allocator
+        // knows it.
+        let quota_name = Credentials::quota_name(&auth.username).to_string();
+        if let Err(code) =
+            self.shared
+                .take_quota(&quota_name, self.cfg.user_quota, self.cfg.total_quota)
+        {
+            return if code == 486 {
+                MessageBuilder::error(m, 486, "Allocation Quota Reached")
+            } else {
+                MessageBuilder::error(m, 508, "Insufficient Capacity")
+            };
+        }
+        let dont_fragment = m.contains(ATTR_DONT_FRAGMENT);
+        let first = relays.allocate(&RelayRequest {
+            family,
+            even_port: even,
+            reserve_next: reserve,
+            reservation_token: token,
+            dont_fragment,
+        });
+        let grant = match first {
+            Ok(g) => g,
+            Err(e) => {
+                self.shared.return_quota(&quota_name);
+                return match e {
+                    RelayError::FamilyUnsupported => {
+                        MessageBuilder::error(m, 440, "Address Family not Supported")
+                    }
+                    _ => MessageBuilder::error(m, 508, "Insufficient Capacity"),
+                };
+            }
+        };
+        let mut granted = vec![grant.local];
+        let mut address_error = None;
+        if let Some(f) = additional {
+            match relays.allocate(&RelayRequest {
+                family: f,
+                even_port: false,
+                reserve_next: false,
+                reservation_token: None,
+                dont_fragment,
+            }) {
+                Ok(g) => granted.push(g.local),
+                Err(RelayError::FamilyUnsupported) => address_error = Some(440u16),
+                Err(_) => address_error = Some(508u16),
+            }
+        }
+        let lifetime = self.lifetime(m);
+        let lifetime = if lifetime.is_zero() {
+            self.cfg.default_lifetime.min(self.cfg.max_lifetime)
+        } else {
+            lifetime
+        };
+        let relays_v: Vec<Relay> = granted
+            .iter()
+            .map(|l| Relay {
+                local: *l,
+                advertised: self.advertised(*l),
+            })
+            .collect();
+        let mut live: Vec<SocketAddr> = Vec::new();
+        for r in &relays_v {
+            live.push(r.local);
+            live.push(r.advertised);
+        }
+        self.shared.add_relays(&live);
+
+        let mut b = MessageBuilder::success(m);
+        for r in &relays_v {
+            b.xor_address(ATTR_XOR_RELAYED_ADDRESS, r.advertised);
+        }
+        if let Some(code) = address_error {
+            let reason = if code == 440 {
+                "Address Family not Supported"
+            } else {
+                "Insufficient Capacity"
+            };
+            let mut v = vec![2u8, 0, (code / 100) as u8, (code % 100) as u8];
+            v.extend_from_slice(reason.as_bytes());
+            b.raw(ATTR_ADDRESS_ERROR_CODE, &v);
+        }
+        b.raw(ATTR_LIFETIME, &(lifetime.as_secs() as u32).to_be_bytes());
+        if let Some(t) = grant.reservation_token {
+            b.raw(ATTR_RESERVATION_TOKEN, &t);
+        }
+        b.xor_address(ATTR_XORMAPPED_ADDRESS, tuple.client);
+
+        let id = self.next_id;
+        self.next_id += 1;
+        let alloc = Allocation {
+            tuple,
+            username: auth.username.clone(),
+            quota_name,
+            relays: relays_v,
+            expires: now + lifetime,
+            permissions: HashMap::new(),
+            channels: HashMap::new(),
+            peer_channels: HashMap::new(),
+            allocate_tid: m.transaction_id,
+            allocate_response: Vec::new(),
+        };
+        self.metrics
+            .allocations
+            .get_or_create(&[
+                ("transport", tuple.transport.as_str()),
+                ("family", alloc.family_label()),
+            ])
+            .inc();
+        for r in &alloc.relays {
+            self.by_relay.insert(r.local, id);
+        }
+        self.by_tuple.insert(tuple, id);
+        self.timers.schedule(alloc.expires, TimerKey::Allocation(id));
+        self.allocs.insert(id, alloc);
+        b
+    }
+
+    fn advertised(&self, local: SocketAddr) -> SocketAddr {
+        match self.cfg.external_ips.get(&local.ip()) {
+            Some(ip) => SocketAddr::new(*ip, local.port()),
+            None => local,
+        }
+    }
+
+    /// Finds the allocation of `tuple` and checks the username matches (437 / 441).
+    fn owned_allocation(
+        &self,
+        tuple: FiveTuple,
+        m: &Message,
+        auth: &AuthOk,
+    ) -> Result<u64, MessageBuilder> {
+        let Some(&id) = self.by_tuple.get(&tuple) else {
+            return Err(MessageBuilder::error(m, 437, "Allocation Mismatch"));
+        };
+        match self.allocs.get(&id) {
+            Some(a) if a.username == auth.username => Ok(id),
+            Some(_) => Err(MessageBuilder::error(m, 441, "Wrong Credentials")),
+            None => Err(MessageBuilder::error(m, 437, "Allocation Mismatch")),
+        }
+    }
+
+    /// RFC 8656 §8.
+    fn refresh(
+        &mut self,
+        tuple: FiveTuple,
+        m: &Message,
+        auth: &AuthOk,
+        now: Instant,
+        relays: &mut dyn RelayAllocator,
+    ) -> MessageBuilder {
+        let id = match self.owned_allocation(tuple, m, auth) {
+            Ok(id) => id,
+            Err(b) => return b,
+        };
+        if let Some(v) = attr(m, ATTR_REQUESTED_ADDRESS_FAMILY) {
+            let fam = match v.first() {
+                Some(1) => AddressFamily::V4,
+                Some(2) => AddressFamily::V6,
+                _ => return MessageBuilder::error(m, 440, "Address Family not Supported"),
+            };
+            if self.allocs.get(&id).and_then(|a| a.relay_for(fam)).is_none() {
+                return MessageBuilder::error(m, 443, "Peer Address Family Mismatch");
+            }
+        }
+        let lifetime = self.lifetime(m);
+        let mut b = MessageBuilder::success(m);
+        if lifetime.is_zero() {
+            self.delete_allocation(id, relays);
+        } else if let Some(a) = self.allocs.get_mut(&id) {
+            a.expires = now + lifetime;
+            self.timers.schedule(a.expires, TimerKey::Allocation(id));
+        }
+        b.raw(ATTR_LIFETIME, &(lifetime.as_secs() as u32).to_be_bytes());
+        b
+    }
+
+    /// Checks one peer: family against the allocation's relays (443), then the policy (403).
+    fn check_peer(&self, a: &Allocation, m: &Message, peer: SocketAddr) -> Result<(), MessageBuilder> {
+        if a.relay_for(AddressFamily::of(peer.ip())).is_none() {
+            return Err(MessageBuilder::error(m, 443, "Peer Address Family Mismatch"));
+        }
+        if self.shared.is_live_relay(peer) {
+            return Ok(());
+        }
+        if let Err(reason) = self.cfg.policy.check(peer) {
+            self.count_denied(reason);
+            return Err(MessageBuilder::error(m, 403, "Forbidden"));
+        }
+        Ok(())
+    }
+
+    fn count_denied(&self, reason: DenyReason) {
+        self.metrics
+            .peer_denied
+            .get_or_create(&[("reason", reason.as_str())])
+            .inc();
+    }
+
+    fn install_permission(&mut self, id: u64, ip: IpAddr, now: Instant) {
+        let expires = now + self.cfg.permission_lifetime;
+        if let Some(a) = self.allocs.get_mut(&id) {
+            if a.permissions.insert(ip, expires).is_none() {
+                self.metrics.permissions.inc();
+            }
+            self.timers.schedule(expires, TimerKey::Permission(id, ip));
+        }
+    }
+
+    /// RFC 8656 §10.
+    fn create_permission(
+        &mut self,
+        tuple: FiveTuple,
+        m: &Message,
+        auth: &AuthOk,
+        now: Instant,
+    ) -> MessageBuilder {
+        let id = match self.owned_allocation(tuple, m, auth) {
+            Ok(id) => id,
+            Err(b) => return b,
+        };
+        let peers = match xor_addresses(m, ATTR_XOR_PEER_ADDRESS) {
+            Ok(p) if !p.is_empty() => p,
+            _ => return MessageBuilder::error(m, 400, "Bad Request: XOR-PEER-ADDRESS"),
+        };
+        let Some(a) = self.allocs.get(&id) else {
+            return MessageBuilder::error(m, 437, "Allocation Mismatch");
+        };
+        for p in &peers {
+            if let Err(b) = self.check_peer(a, m, *p) {
+                return b;
+            }
+        }
+        for p in peers {
+            self.install_permission(id, p.ip(), now);
+        }
+        MessageBuilder::success(m)
+    }
+
+    /// RFC 8656 §11.
+    fn channel_bind(
+        &mut self,
+        tuple: FiveTuple,
+        m: &Message,
+        auth: &AuthOk,
+        now: Instant,
+    ) -> MessageBuilder {
+        let id = match self.owned_allocation(tuple, m, auth) {
+            Ok(id) => id,
+            Err(b) => return b,
+        };
+        let number = match attr(m, ATTR_CHANNEL_NUMBER) {
+            Some(v) if v.len() == 4 => u16::from_be_bytes([v[0], v[1]]),
+            _ => return MessageBuilder::error(m, 400, "Bad Request: CHANNEL-NUMBER"),
+        };
+        if !(0x4000..=0x4FFF).contains(&number) {
+            return MessageBuilder::error(m, 400, "Bad Request: channel number out of range");
+        }
+        let Some(peer) = xor_address(m, ATTR_XOR_PEER_ADDRESS) else {
+            return MessageBuilder::error(m, 400, "Bad Request: XOR-PEER-ADDRESS");
+        };
+        let Some(a) = self.allocs.get(&id) else {
+            return MessageBuilder::error(m, 437, "Allocation Mismatch");
+        };
+        if let Err(b) = self.check_peer(a, m, peer) {
+            return b;
+        }
+        if let Some(c) = a.channels.get(&number) {
+            if c.peer != peer {
+                return MessageBuilder::error(m, 400, "Bad Request: channel bound to another peer");
+            }
+        }
+        if let Some(n) = a.peer_channels.get(&peer) {
+            if *n != number {
+                return MessageBuilder::error(m, 400, "Bad Request: peer bound to another channel");
+            }
+        }
+        let expires = now + self.cfg.channel_lifetime;
+        if let Some(a) = self.allocs.get_mut(&id) {
+            let newly = match a.channels.get_mut(&number) {
+                Some(c) => {
+                    let was_bound = c.bound;
+                    c.expires = expires;
+                    c.bound = true;
+                    !was_bound
+                }
+                None => {
+                    a.channels.insert(
+                        number,
+                        Channel {
+                            peer,
+                            expires,
+                            bound: true,
+                        },
+                    );
+                    a.peer_channels.insert(peer, number);
+                    true
+                }
+            };
+            if newly {
+                self.metrics.channel_bindings.inc();
+            }
+            self.timers.schedule(expires, TimerKey::Channel(id, number));
+        }
+        self.install_permission(id, peer.ip(), now);
+        MessageBuilder::success(m)
+    }
+
+    /// Send indication (RFC 8656 §11.2): relayed when a permission exists, silently dropped
+    /// (and counted) otherwise.
+    fn handle_send(&mut self, tuple: FiveTuple, m: &Message, now: Instant, out: &mut Vec<Transmit>) {
+        let Some(a) = self.by_tuple.get(&tuple).and_then(|id| self.allocs.get(id)) else {
+            self.metrics.drop_packet("no_allocation");
+            return;
+        };
+        let (Some(peer), Some(data)) = (
+            xor_address(m, ATTR_XOR_PEER_ADDRESS),
+            attr(m, ATTR_DATA),
+        ) else {
+            self.metrics.drop_packet("malformed");
+            return;
+        };
+        if !a.has_permission(peer.ip(), now) {
+            self.metrics.drop_packet("no_permission");
+            return;
+        }
+        let Some(relay) = a.relay_for(AddressFamily::of(peer.ip())) else {
+            self.metrics.drop_packet("family_mismatch");
+            return;
+        };
+        self.metrics.hot.c2p_packets.inc();
+        self.metrics.hot.c2p_bytes.inc_by(data.len() as u64);
+        out.push(Transmit::ToPeer {
+            relay: relay.local,
+            peer,
+            data: data.to_vec(),
+        });
+    }
+
+    /// ChannelData from a client (RFC 8656 §12.5).
+    fn handle_channel_data(
+        &mut self,
+        tuple: FiveTuple,
+        data: &[u8],
+        now: Instant,
+        out: &mut Vec<Transmit>,
+    ) {
+        let number = u16::from_be_bytes([data[0], data[1]]);
+        let len = u16::from_be_bytes([data[2], data[3]]) as usize;
+        if data.len() < 4 + len {
+            self.metrics.drop_packet("malformed");
+            return;
+        }
+        let Some(a) = self.by_tuple.get(&tuple).and_then(|id| self.allocs.get(id)) else {
+            self.metrics.drop_packet("no_allocation");
+            return;
+        };
+        let Some(c) = a.channels.get(&number).filter(|c| c.bound) else {
+            self.metrics.drop_packet("no_channel");
+            return;
+        };
+        if !a.has_permission(c.peer.ip(), now) {
+            self.metrics.drop_packet("no_permission");
+            return;
+        }
+        let Some(relay) = a.relay_for(AddressFamily::of(c.peer.ip())) else {
+            self.metrics.drop_packet("family_mismatch");
+            return;
+        };
+        self.metrics.hot.c2p_packets.inc();
+        self.metrics.hot.c2p_bytes.inc_by(len as u64);
+        out.push(Transmit::ToPeer {
+            relay: relay.local,
+            peer: c.peer,
+            data: data[4..4 + len].to_vec(),
+        });
+    }
+
+    /// A datagram from `peer` arrived on the relay socket bound at `relay`. Returns what to send
+    /// to the client: ChannelData when a channel is bound to the peer, else a Data indication;
+    /// nothing without a permission (RFC 8656 §11.3, §12.6).
+    pub fn handle_peer(
+        &mut self,
+        relay: SocketAddr,
+        peer: SocketAddr,
+        data: &[u8],
+        now: Instant,
+    ) -> Option<Transmit> {
+        let Some(a) = self.by_relay.get(&relay).and_then(|id| self.allocs.get(id)) else {
+            self.metrics.drop_packet("no_allocation");
+            return None;
+        };
+        if !a.has_permission(peer.ip(), now) {
+            self.metrics.drop_packet("no_permission");
+            return None;
+        }
+        let frame = match a.peer_channels.get(&peer) {
+            Some(n) if a.channels.get(n).is_some_and(|c| c.bound) => {
+                if data.len() > u16::MAX as usize {
+                    self.metrics.drop_packet("too_large");
+                    return None;
+                }
+                let padded = if a.tuple.transport.is_stream() {
+                    data.len().div_ceil(4) * 4
+                } else {
+                    data.len()
+                };
+                let mut f = Vec::with_capacity(4 + padded);
+                f.extend_from_slice(&n.to_be_bytes());
+                f.extend_from_slice(&(data.len() as u16).to_be_bytes());
+                f.extend_from_slice(data);
+                f.resize(4 + padded, 0);
+                f
+            }
+            _ => {
+                if data.len() > u16::MAX as usize - 64 {
+                    self.metrics.drop_packet("too_large");
+                    return None;
+                }
+                let mut b = MessageBuilder::indication(METHOD_DATA);
+                b.xor_address(ATTR_XOR_PEER_ADDRESS, peer);
+                b.raw(ATTR_DATA, data);
+                b.finish()
+            }
+        };
+        self.metrics.hot.p2c_packets.inc();
+        self.metrics.hot.p2c_bytes.inc_by(data.len() as u64);
+        Some(Transmit::ToClient {
+            to: a.tuple,
+            data: frame,
+        })
+    }
+
+    /// The stream connection of `tuple` closed: its allocation goes too (RFC 8656 §5).
+    pub fn handle_connection_closed(&mut self, tuple: FiveTuple, relays: &mut dyn RelayAllocator) {
+        if let Some(&id) = self.by_tuple.get(&tuple) {
+            self.delete_allocation(id, relays);
+        }
+    }
+
+    /// Expires allocations, permissions and channel bindings due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant, relays: &mut dyn RelayAllocator) {
+        while let Some((_, key)) = self.timers.pop_due(now) {
+            match key {
+                TimerKey::Allocation(id) => {
+                    if self.allocs.get(&id).is_some_and(|a| a.expires <= now) {
+                        self.delete_allocation(id, relays);
+                    }
+                }
+                TimerKey::Permission(id, ip) => {
+                    if let Some(a) = self.allocs.get_mut(&id) {
+                        if a.permissions.get(&ip).is_some_and(|t| *t <= now) {
+                            a.permissions.remove(&ip);
+                            self.metrics.permissions.dec();
+                        }
+                    }
+                }
+                TimerKey::Channel(id, number) => {
+                    let reuse = self.cfg.channel_reuse_delay;
+                    let Some(a) = self.allocs.get_mut(&id) else {
+                        continue;
+                    };
+                    let Some(c) = a.channels.get_mut(&number) else {
+                        continue;
+                    };
+                    if c.bound && c.expires <= now {
+                        c.bound = false;
+                        self.metrics.channel_bindings.dec();
+                        self.timers
+                            .schedule(c.expires + reuse, TimerKey::Channel(id, number));
+                    } else if !c.bound && c.expires + reuse <= now {
+                        let peer = c.peer;
+                        a.channels.remove(&number);
+                        a.peer_channels.remove(&peer);
+                    }
+                }
+            }
+        }
+    }
+
+    fn delete_allocation(&mut self, id: u64, relays: &mut dyn RelayAllocator) {
+        let Some(a) = self.allocs.remove(&id) else {
+            return;
+        };
+        self.by_tuple.remove(&a.tuple);
+        let mut live = Vec::new();
+        for r in &a.relays {
+            self.by_relay.remove(&r.local);
+            relays.release(r.local);
+            live.push(r.local);
+            live.push(r.advertised);
+        }
+        self.shared.remove_relays(&live);
+        self.shared.return_quota(&a.quota_name);
+        self.metrics
+            .allocations
+            .get_or_create(&[
+                ("transport", a.tuple.transport.as_str()),
+                ("family", a.family_label()),
+            ])
+            .dec();
+        self.metrics.permissions.dec_by(a.permissions.len() as i64);
+        let bound = a.channels.values().filter(|c| c.bound).count();
+        self.metrics.channel_bindings.dec_by(bound as i64);
+    }
+
+    /// Deletes every allocation (shutdown).
+    pub fn close_all(&mut self, relays: &mut dyn RelayAllocator) {
+        let ids: Vec<u64> = self.allocs.keys().copied().collect();
+        for id in ids {
+            self.delete_allocation(id, relays);
+        }
+    }
+}
+
+/// PASSWORD-ALGORITHMS value: MD5 and SHA-256, no parameters (RFC 8489 §14.11).
+fn password_algorithms_value() -> [u8; 8] {
+    [0, 1, 0, 0, 0, 2, 0, 0]
+}
+
+/// `success` or `error_<code>` from an encoded response, for metrics.
+fn response_label(data: &[u8]) -> &'static str {
+    if data.len() >= 2 && data[1] & 0x10 == 0 {
+        return "success";
+    }
+    let Ok(m) = msg::decode(data) else {
+        return "error";
+    };
+    match attr(&m, ATTR_ERROR_CODE) {
+        Some(v) if v.len() >= 4 => match v[2] as u16 * 100 + v[3] as u16 {
+            400 => "error_400",
+            401 => "auth_challenge",
+            403 => "error_403",
+            420 => "error_420",
+            437 => "error_437",
+            438 => "error_438",
+            440 => "error_440",
+            441 => "error_441",
+            442 => "error_442",
+            443 => "error_443",
+            486 => "error_486",
+            508 => "error_508",
+            _ => "error_other",
+        },
+        _ => "error",
+    }
+}
+
+#[cfg(test)]
+mod tests;
