@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use rtc_stun::message::TransactionId;
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use std::io::Write as _;
+
 use tokio::net::{TcpStream, UdpSocket};
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::{mpsc, Mutex};
 use tokio_util::sync::CancellationToken;
 
 use crate::proto::{self, AuthState, Credentials, Outcome, ProtoError, Request};
@@ -28,6 +28,8 @@ const INITIAL_RTO: Duration = Duration::from_millis(250);
 const UDP_TRANSMISSIONS: u32 = 7;
 /// Wait for a response over TCP (RFC 8489 Ti = 39.5 s; shorter here).
 const TCP_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A pacing thread's pause when its socket buffer is full.
+const WOULD_BLOCK_PAUSE: Duration = Duration::from_micros(20);
 
 /// Client-to-server transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -84,13 +86,19 @@ pub enum ClientError {
     },
 }
 
-/// Write side of the connection to the server, shared by the control side and a sender task.
+/// The control side's handle on the connection to the server (requests go out through it).
 #[derive(Clone)]
 pub enum ServerLink {
     /// Connected UDP socket.
     Udp(Arc<UdpSocket>),
-    /// TCP connection's write half.
-    Tcp(Arc<Mutex<OwnedWriteHalf>>),
+    /// TCP connection, shared with the reading task; writes take `write_lock` so that a
+    /// request never lands inside a sender's batch.
+    Tcp {
+        /// The stream.
+        stream: Arc<TcpStream>,
+        /// Held for each whole write.
+        write_lock: Arc<Mutex<()>>,
+    },
 }
 
 impl ServerLink {
@@ -98,13 +106,20 @@ impl ServerLink {
     pub async fn send(&self, bytes: &[u8]) -> io::Result<()> {
         match self {
             ServerLink::Udp(s) => s.send(bytes).await.map(|_| ()),
-            ServerLink::Tcp(w) => w.lock().await.write_all(bytes).await,
+            ServerLink::Tcp { stream, write_lock } => {
+                let _guard = write_lock.lock().await;
+                let mut rest = bytes;
+                while !rest.is_empty() {
+                    stream.writable().await?;
+                    match stream.try_write(rest) {
+                        Ok(n) => rest = &rest[n..],
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(())
+            }
         }
-    }
-
-    /// Whether frames need RFC 8656 §12.5 padding.
-    pub fn is_stream(&self) -> bool {
-        matches!(self, ServerLink::Tcp(_))
     }
 }
 
@@ -112,15 +127,29 @@ impl ServerLink {
 pub enum ServerReader {
     /// The same connected UDP socket.
     Udp(Arc<UdpSocket>),
-    /// TCP connection's read half.
-    Tcp(OwnedReadHalf),
+    /// The same TCP stream.
+    Tcp(Arc<TcpStream>),
+}
+
+/// One connection to the server, in the three hands that use it.
+pub struct Connection {
+    /// For requests (async).
+    pub link: ServerLink,
+    /// For the reading task (async).
+    pub reader: ServerReader,
+    /// For a pacing thread (blocking code on a duplicate of the same non-blocking socket).
+    pub sender: SendHandle,
 }
 
 /// Opens a connection to the server.
-pub async fn connect(server: SocketAddr, transport: Transport) -> io::Result<(ServerLink, ServerReader)> {
+pub async fn connect(server: SocketAddr, transport: Transport) -> io::Result<Connection> {
     match transport {
         Transport::Udp => {
-            let socket = Socket::new(Domain::for_address(server), Type::DGRAM, Some(Protocol::UDP))?;
+            let socket = Socket::new(
+                Domain::for_address(server),
+                Type::DGRAM,
+                Some(Protocol::UDP),
+            )?;
             // Best effort: the kernel caps these at net.core.{r,w}mem_max.
             let _ = socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
             let _ = socket.set_send_buffer_size(SOCKET_BUFFER_BYTES);
@@ -132,14 +161,85 @@ pub async fn connect(server: SocketAddr, transport: Transport) -> io::Result<(Se
             };
             socket.bind(&any.into())?;
             socket.connect(&server.into())?;
-            let socket = Arc::new(UdpSocket::from_std(socket.into())?);
-            Ok((ServerLink::Udp(socket.clone()), ServerReader::Udp(socket)))
+            let socket: std::net::UdpSocket = socket.into();
+            let sender = SendHandle::Udp(socket.try_clone()?);
+            let socket = Arc::new(UdpSocket::from_std(socket)?);
+            Ok(Connection {
+                link: ServerLink::Udp(socket.clone()),
+                reader: ServerReader::Udp(socket),
+                sender,
+            })
         }
         Transport::Tcp => {
             let stream = TcpStream::connect(server).await?;
             stream.set_nodelay(true)?;
-            let (r, w) = stream.into_split();
-            Ok((ServerLink::Tcp(Arc::new(Mutex::new(w))), ServerReader::Tcp(r)))
+            let stream = stream.into_std()?;
+            let clone = stream.try_clone()?;
+            let stream = Arc::new(TcpStream::from_std(stream)?);
+            let write_lock = Arc::new(Mutex::new(()));
+            Ok(Connection {
+                link: ServerLink::Tcp {
+                    stream: stream.clone(),
+                    write_lock: write_lock.clone(),
+                },
+                reader: ServerReader::Tcp(stream),
+                sender: SendHandle::Tcp {
+                    stream: clone,
+                    write_lock,
+                },
+            })
+        }
+    }
+}
+
+/// The sending side used by a pacing thread: a duplicate of the connection's (non-blocking)
+/// socket, used from plain threads.
+pub enum SendHandle {
+    /// Connected UDP socket.
+    Udp(std::net::UdpSocket),
+    /// TCP stream and the lock shared with [`ServerLink::Tcp`].
+    Tcp {
+        /// The stream.
+        stream: std::net::TcpStream,
+        /// Held for each whole write.
+        write_lock: Arc<Mutex<()>>,
+    },
+}
+
+impl SendHandle {
+    /// Whether frames need RFC 8656 §12.5 padding.
+    pub fn is_stream(&self) -> bool {
+        matches!(self, SendHandle::Tcp { .. })
+    }
+
+    /// Sends one datagram or writes a whole batch, waiting (by short sleeps) while the socket
+    /// buffer is full. Blocking: call from a plain thread only.
+    pub fn send_blocking(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            SendHandle::Udp(socket) => loop {
+                match socket.send(bytes) {
+                    Ok(_) => return Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(WOULD_BLOCK_PAUSE);
+                    }
+                    Err(e) => return Err(e),
+                }
+            },
+            SendHandle::Tcp { stream, write_lock } => {
+                let _guard = write_lock.blocking_lock();
+                let mut rest = bytes;
+                while !rest.is_empty() {
+                    match stream.write(rest) {
+                        Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                        Ok(n) => rest = &rest[n..],
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(WOULD_BLOCK_PAUSE);
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -201,21 +301,23 @@ pub async fn read_loop(reader: ServerReader, mut ctx: ReaderContext) -> ReceiveS
                 }
             }
         }
-        ServerReader::Tcp(mut stream) => {
+        ServerReader::Tcp(stream) => {
             let mut buf = vec![0u8; 256 * 1024];
             let mut filled = 0;
             'outer: loop {
                 if filled == buf.len() {
-                    // A single frame is at most 20 + 65535 bytes, so this cannot happen with a
-                    // sane server; treat it as a broken stream.
+                    // A frame is at most 20 + 65535 bytes, so a sane stream never fills this.
                     break;
                 }
-                let n = tokio::select! {
+                tokio::select! {
                     _ = cancel.cancelled() => break,
-                    r = stream.read(&mut buf[filled..]) => match r {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => n,
-                    },
+                    r = stream.readable() => if r.is_err() { break },
+                }
+                let n = match stream.try_read(&mut buf[filled..]) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(_) => break,
                 };
                 filled += n;
                 let mut at = 0;
@@ -285,13 +387,11 @@ impl Allocation {
     /// The capacity of the response queue to create for [`Allocation::new`].
     pub const RESPONSE_QUEUE: usize = RESPONSE_QUEUE;
 
-    /// Write side, for a sender task.
-    pub fn link(&self) -> ServerLink {
-        self.link.clone()
-    }
-
     /// Allocate (RFC 8656 §7.1): learns realm and nonce from the first 401.
-    pub async fn allocate(&mut self, lifetime_secs: Option<u32>) -> Result<SocketAddr, ClientError> {
+    pub async fn allocate(
+        &mut self,
+        lifetime_secs: Option<u32>,
+    ) -> Result<SocketAddr, ClientError> {
         let req = Request::Allocate { lifetime_secs };
         let granted = self.transact(&req).await?;
         let relayed = granted.relayed.ok_or(ClientError::Incomplete {
@@ -375,7 +475,7 @@ impl Allocation {
         tid: [u8; 12],
         name: &'static str,
     ) -> Result<(proto::Response, Vec<u8>), ClientError> {
-        let (transmissions, mut wait) = if self.link.is_stream() {
+        let (transmissions, mut wait) = if matches!(self.link, ServerLink::Tcp { .. }) {
             (1, TCP_RESPONSE_TIMEOUT)
         } else {
             (UDP_TRANSMISSIONS, INITIAL_RTO)

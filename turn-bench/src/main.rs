@@ -6,6 +6,7 @@
 //! time) that the server relays to the partner.
 
 mod client;
+mod pacer;
 mod procfs;
 mod proto;
 mod report;
@@ -16,7 +17,7 @@ mod wire;
 use std::net::{SocketAddr, ToSocketAddrs as _};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context as _, bail};
+use anyhow::{bail, Context as _};
 use clap::Parser;
 
 use crate::client::Transport;
@@ -64,9 +65,12 @@ struct Args {
     /// Server process id: its CPU time (all threads) is read from /proc/PID/stat.
     #[arg(long)]
     server_pid: Option<u32>,
-    /// Generator threads (each runs one sender task); 1 = single-threaded runtime.
+    /// Pacing threads (sending); receiving runs on as many runtime threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Pacing tick in microseconds: each tick sends what is due, spread over the flows.
+    #[arg(long, default_value_t = 100)]
+    tick_us: u64,
     /// Print one JSON object on stdout instead of the text report.
     #[arg(long)]
     json: bool,
@@ -142,5 +146,6 @@ fn config(args: &Args) -> anyhow::Result<BenchConfig> {
         lifetime_secs: args.lifetime,
         server_pid: args.server_pid,
         senders: args.threads,
+        tick: Duration::from_micros(args.tick_us.max(1)),
     })
 }

@@ -10,15 +10,15 @@ use base64::Engine as _;
 use md5::{Digest as _, Md5};
 use ring::hmac;
 use rtc_stun::attributes::{
-    ATTR_CHANNEL_NUMBER, ATTR_ERROR_CODE, ATTR_LIFETIME, ATTR_MESSAGE_INTEGRITY, ATTR_NONCE,
-    ATTR_REALM, ATTR_REQUESTED_TRANSPORT, ATTR_USERNAME, ATTR_XORMAPPED_ADDRESS,
-    ATTR_XOR_PEER_ADDRESS, ATTR_XOR_RELAYED_ADDRESS, AttrType,
+    AttrType, ATTR_CHANNEL_NUMBER, ATTR_ERROR_CODE, ATTR_LIFETIME, ATTR_MESSAGE_INTEGRITY,
+    ATTR_NONCE, ATTR_REALM, ATTR_REQUESTED_TRANSPORT, ATTR_USERNAME, ATTR_XORMAPPED_ADDRESS,
+    ATTR_XOR_PEER_ADDRESS, ATTR_XOR_RELAYED_ADDRESS,
 };
 use rtc_stun::error_code::ErrorCodeAttribute;
 use rtc_stun::message::{
-    CLASS_ERROR_RESPONSE, CLASS_REQUEST, CLASS_SUCCESS_RESPONSE, METHOD_ALLOCATE,
-    METHOD_CHANNEL_BIND, METHOD_CREATE_PERMISSION, METHOD_REFRESH, MESSAGE_HEADER_SIZE, Message,
-    MessageType, Method, TransactionId, Getter as _,
+    Getter as _, Message, MessageType, Method, TransactionId, CLASS_ERROR_RESPONSE, CLASS_REQUEST,
+    CLASS_SUCCESS_RESPONSE, MESSAGE_HEADER_SIZE, METHOD_ALLOCATE, METHOD_CHANNEL_BIND,
+    METHOD_CREATE_PERMISSION, METHOD_REFRESH,
 };
 use rtc_stun::xoraddr::XorMappedAddress;
 use subtle::ConstantTimeEq as _;
@@ -172,7 +172,9 @@ pub fn encode_request(
         Request::Refresh { lifetime_secs } => {
             m.add(ATTR_LIFETIME, &lifetime_secs.to_be_bytes());
         }
-        Request::CreatePermission { peer } => add_xor_address(&mut m, ATTR_XOR_PEER_ADDRESS, *peer)?,
+        Request::CreatePermission { peer } => {
+            add_xor_address(&mut m, ATTR_XOR_PEER_ADDRESS, *peer)?
+        }
         Request::ChannelBind { channel, peer } => {
             let c = channel.to_be_bytes();
             m.add(ATTR_CHANNEL_NUMBER, &[c[0], c[1], 0, 0]);
@@ -385,8 +387,11 @@ mod tests {
             "0014000b6578616d706c652e6f726700",
             "00080014f67024656dd64a3e02b8e0712e85c9a28ca89666",
         ));
-        let key = Credentials::new("\u{30de}\u{30c8}\u{30ea}\u{30c3}\u{30af}\u{30b9}", "TheMatrIX")
-            .long_term_key("example.org");
+        let key = Credentials::new(
+            "\u{30de}\u{30c8}\u{30ea}\u{30c3}\u{30af}\u{30b9}",
+            "TheMatrIX",
+        )
+        .long_term_key("example.org");
         verify_integrity(&raw, &key).expect("RFC 5769 vector verifies");
         let mut tampered = raw.clone();
         tampered[30] ^= 1;

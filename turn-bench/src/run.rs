@@ -5,23 +5,18 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{self, Allocation, ClientError, ReaderContext, ServerLink, Transport};
+use crate::client::{self, Allocation, ClientError, ReaderContext, Transport};
+use crate::pacer::{self, FlowTx, Timing};
 use crate::procfs;
 use crate::proto::{Credentials, Request};
 use crate::report::Report;
 use crate::stats::{FlowReceiver, ReceiveStats, SendStats, Window};
-use crate::wire::{self, CHANNEL_DATA_HEADER_BYTES, FIRST_CHANNEL, Probe};
+use crate::wire::{self, FIRST_CHANNEL};
 
-/// Pacing tick: every tick each sender sends what the schedule says is due.
-const TICK: Duration = Duration::from_millis(1);
-/// A sender more than this far behind schedule skips ahead (and counts the skipped probes).
-const MAX_LAG: Duration = Duration::from_millis(50);
 /// After the window closes, how long receivers keep counting in-flight probes.
 const DRAIN: Duration = Duration::from_millis(500);
 /// Refresh/permission/channel upkeep period cap (permissions last 300 s, RFC 8656 §9).
@@ -52,8 +47,10 @@ pub struct BenchConfig {
     pub lifetime_secs: Option<u32>,
     /// Server process to read CPU time from.
     pub server_pid: Option<u32>,
-    /// Sender tasks (one per runtime thread).
+    /// Pacing threads.
     pub senders: usize,
+    /// Pacing tick.
+    pub tick: Duration,
 }
 
 /// Errors that end a run.
@@ -76,9 +73,15 @@ pub enum RunError {
         /// Cause.
         source: ClientError,
     },
-    /// A task panicked or was cancelled (a bug in this program).
-    #[error("internal task failure: {0}")]
+    /// A pacing thread could not be started.
+    #[error("starting a pacing thread")]
+    Thread(#[source] std::io::Error),
+    /// A task or thread panicked (a bug in this program).
+    #[error("internal task failure")]
     Task(#[from] tokio::task::JoinError),
+    /// A pacing thread ended without reporting (a bug in this program).
+    #[error("a pacing thread ended without reporting")]
+    PacerLost,
 }
 
 /// Runs the benchmark and returns its figures.
@@ -92,10 +95,12 @@ pub async fn run(cfg: &BenchConfig) -> Result<Report, RunError> {
     // Connections and their reading tasks.
     let mut readers = JoinSet::new();
     let mut allocations = Vec::with_capacity(n);
+    let mut send_handles = Vec::with_capacity(n);
     for index in 0..n {
-        let (link, reader) = client::connect(cfg.server, cfg.transport)
+        let conn = client::connect(cfg.server, cfg.transport)
             .await
             .map_err(|source| RunError::Connect { index, source })?;
+        send_handles.push(conn.sender);
         let (tx, rx) = mpsc::channel(Allocation::RESPONSE_QUEUE);
         let ctx = ReaderContext {
             responses: tx,
@@ -104,8 +109,8 @@ pub async fn run(cfg: &BenchConfig) -> Result<Report, RunError> {
             window: window_cell.clone(),
             cancel: stop_readers.clone(),
         };
-        readers.spawn(client::read_loop(reader, ctx));
-        allocations.push(Allocation::new(index, link, rx, credentials.clone()));
+        readers.spawn(client::read_loop(conn.reader, ctx));
+        allocations.push(Allocation::new(index, conn.link, rx, credentials.clone()));
     }
 
     // Allocate, then pair (i, i^1): permission and channel to the partner's relayed address.
@@ -133,7 +138,11 @@ pub async fn run(cfg: &BenchConfig) -> Result<Report, RunError> {
     })
     .await?;
     let setup = epoch.elapsed();
-    let min_lifetime = allocations.iter().map(|a| a.lifetime_secs).min().unwrap_or(600);
+    let min_lifetime = allocations
+        .iter()
+        .map(|a| a.lifetime_secs)
+        .min()
+        .unwrap_or(600);
 
     // The window, in the epoch's nanoseconds.
     let traffic_start = epoch.elapsed();
@@ -143,23 +152,28 @@ pub async fn run(cfg: &BenchConfig) -> Result<Report, RunError> {
     };
     window_cell.set(window).expect("window set once");
 
-    // Senders: flows dealt out round-robin to the sender tasks.
+    // Pacing threads: flows dealt out round-robin.
     let senders = cfg.senders.clamp(1, n);
     let mut groups: Vec<Vec<FlowTx>> = (0..senders).map(|_| Vec::new()).collect();
-    for a in &allocations {
-        let link = a.link();
-        let frame = wire::channel_data_frame(FIRST_CHANNEL, cfg.payload_bytes, link.is_stream());
-        groups[a.index % senders].push(FlowTx {
-            link,
+    for (index, sender) in send_handles.into_iter().enumerate() {
+        let frame = wire::channel_data_frame(FIRST_CHANNEL, cfg.payload_bytes, sender.is_stream());
+        groups[index % senders].push(FlowTx {
+            sender,
             frame,
-            flow: a.index as u32,
+            flow: index as u32,
             seq: 0,
         });
     }
-    let mut sender_tasks = JoinSet::new();
+    let timing = Timing {
+        epoch,
+        start: traffic_start,
+        window,
+        tick: cfg.tick,
+    };
+    let mut pacers = Vec::with_capacity(senders);
     for flows in groups {
         let rate = cfg.rate_pps * flows.len() as f64 / n as f64;
-        sender_tasks.spawn(send_loop(flows, rate, epoch, traffic_start, window));
+        pacers.push(pacer::spawn(flows, rate, timing).map_err(RunError::Thread)?);
     }
 
     // Upkeep: refresh allocation, permission and channel while the run lasts.
@@ -169,7 +183,13 @@ pub async fn run(cfg: &BenchConfig) -> Result<Report, RunError> {
     let mut upkeep = JoinSet::new();
     for a in allocations {
         let peer = relayed[a.index ^ 1];
-        upkeep.spawn(upkeep_loop(a, peer, period, refresh_lifetime, stop_upkeep.clone()));
+        upkeep.spawn(upkeep_loop(
+            a,
+            peer,
+            period,
+            refresh_lifetime,
+            stop_upkeep.clone(),
+        ));
     }
 
     // Sample CPU and kernel counters at the window's edges.
@@ -180,8 +200,8 @@ pub async fn run(cfg: &BenchConfig) -> Result<Report, RunError> {
     let after = Sample::take(cfg.server_pid);
 
     let mut sent = SendStats::default();
-    while let Some(s) = sender_tasks.join_next().await {
-        sent.merge(&s?);
+    for p in pacers {
+        sent.merge(&p.await.map_err(|_| RunError::PacerLost)?);
     }
     tokio::time::sleep(DRAIN).await;
 
@@ -224,7 +244,10 @@ where
     for a in allocations {
         let index = a.index;
         let fut = f(a);
-        set.spawn(async move { fut.await.map_err(|source| RunError::Setup { index, source }) });
+        set.spawn(async move {
+            fut.await
+                .map_err(|source| RunError::Setup { index, source })
+        });
     }
     let mut out = Vec::new();
     while let Some(r) = set.join_next().await {
@@ -232,113 +255,6 @@ where
     }
     out.sort_by_key(|a| a.index);
     Ok(out)
-}
-
-/// One sending flow: its link, a prebuilt ChannelData frame, and its next sequence number.
-struct FlowTx {
-    link: ServerLink,
-    frame: Vec<u8>,
-    flow: u32,
-    seq: u64,
-}
-
-/// Paces `rate_pps` probes over `flows`, starting at `start` (since `epoch`), until the window
-/// ends. Each tick sends what the schedule says is due, spread evenly over the flows.
-async fn send_loop(
-    mut flows: Vec<FlowTx>,
-    rate_pps: f64,
-    epoch: Instant,
-    start: Duration,
-    window: Window,
-) -> SendStats {
-    let mut stats = SendStats::default();
-    let n = flows.len();
-    let max_burst = ((rate_pps * MAX_LAG.as_secs_f64()) as u64).max(1);
-    let mut scheduled: u64 = 0;
-    let mut next_flow = 0;
-    let mut batch = Vec::new();
-    let mut ticker = tokio::time::interval(TICK);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
-    loop {
-        ticker.tick().await;
-        let now = epoch.elapsed();
-        if now.as_nanos() as u64 >= window.end_ns {
-            break;
-        }
-        let elapsed = now.saturating_sub(start);
-        let target = (rate_pps * elapsed.as_secs_f64()) as u64;
-        let mut due = target.saturating_sub(scheduled);
-        if due > max_burst {
-            stats.lagged += due - max_burst;
-            scheduled += due - max_burst;
-            due = max_burst;
-        }
-        scheduled += due;
-        let (each, extra) = (due / n as u64, (due % n as u64) as usize);
-        for k in 0..n {
-            let i = (next_flow + k) % n;
-            let count = each + u64::from(k < extra);
-            if count > 0 {
-                send_burst(&mut flows[i], count, epoch, window, &mut stats, &mut batch).await;
-            }
-        }
-        next_flow = (next_flow + extra) % n;
-    }
-    stats
-}
-
-/// Sends `count` probes on one flow: datagram by datagram over UDP, one write over TCP.
-async fn send_burst(
-    f: &mut FlowTx,
-    count: u64,
-    epoch: Instant,
-    window: Window,
-    stats: &mut SendStats,
-    batch: &mut Vec<u8>,
-) {
-    batch.clear();
-    let mut in_window = 0;
-    for _ in 0..count {
-        let sent_ns = epoch.elapsed().as_nanos() as u64;
-        Probe {
-            flow: f.flow,
-            seq: f.seq,
-            sent_ns,
-        }
-        .write(&mut f.frame[CHANNEL_DATA_HEADER_BYTES..]);
-        f.seq += 1;
-        let counted = u64::from(window.contains(sent_ns));
-        match &f.link {
-            ServerLink::Udp(socket) => match send_datagram(socket, &f.frame).await {
-                Ok(()) => {
-                    stats.sent_total += 1;
-                    stats.sent += counted;
-                }
-                Err(_) => stats.errors += 1,
-            },
-            ServerLink::Tcp(_) => {
-                batch.extend_from_slice(&f.frame);
-                in_window += counted;
-            }
-        }
-    }
-    if let ServerLink::Tcp(_) = &f.link {
-        match f.link.send(batch).await {
-            Ok(()) => {
-                stats.sent_total += count;
-                stats.sent += in_window;
-            }
-            Err(_) => stats.errors += count,
-        }
-    }
-}
-
-async fn send_datagram(socket: &UdpSocket, frame: &[u8]) -> std::io::Result<()> {
-    match socket.try_send(frame) {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => socket.send(frame).await.map(|_| ()),
-        Err(e) => Err(e),
-    }
 }
 
 /// Refreshes the allocation, permission and channel binding every `period` until cancelled;

@@ -1,7 +1,7 @@
 //! Counting what arrives: a log-linear latency histogram, per-flow sequence tracking (loss,
 //! duplicates, reordering) and the measurement window. No I/O, no clock.
 
-use crate::wire::{Probe, parse_channel_data};
+use crate::wire::{parse_channel_data, Probe};
 
 /// Values below this are stored exactly (one bucket per microsecond).
 const LINEAR_BUCKETS: u64 = 1024;
@@ -349,7 +349,7 @@ mod tests {
 
     #[test]
     fn flow_receiver_counts_window_probes_once() {
-        use crate::wire::{CHANNEL_DATA_HEADER_BYTES, channel_data_frame};
+        use crate::wire::{channel_data_frame, CHANNEL_DATA_HEADER_BYTES};
         let window = Some(Window {
             start_ns: 1_000,
             end_ns: 1_000_000,

@@ -178,7 +178,10 @@ mod tests {
     fn stream_framing_of_stun_and_partial_input() {
         assert_eq!(stream_frame_len(&[]).unwrap(), None);
         assert_eq!(stream_frame_len(&[0x01]).unwrap(), None);
-        assert_eq!(stream_frame_len(&[0x01, 0x13, 0x00, 0x08]).unwrap(), Some(28));
+        assert_eq!(
+            stream_frame_len(&[0x01, 0x13, 0x00, 0x08]).unwrap(),
+            Some(28)
+        );
         assert_eq!(
             stream_frame_len(&[0xC0, 0, 0, 0]),
             Err(WireError::UnknownFrame(0xC0))

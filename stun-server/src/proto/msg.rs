@@ -54,7 +54,8 @@ impl Transport {
 pub enum PacketKind {
     /// First byte 0..=3 and the magic cookie at offset 4: a STUN message.
     Stun,
-    /// First byte 0x40..=0x4F (channel numbers 0x4000-0x4FFF): TURN ChannelData.
+    /// First byte 0x40..=0x7F: TURN ChannelData. RFC 8656 §12 allows channels 0x4000-0x4FFF;
+    /// RFC 5766 clients (coturn's among them) still use up to 0x7FFF, so that range is accepted.
     ChannelData,
     /// Anything else.
     Other,
@@ -66,7 +67,7 @@ pub fn classify(b: &[u8]) -> PacketKind {
         Some(0..=3) if b.len() >= MESSAGE_HEADER_SIZE && b[4..8] == MAGIC_COOKIE.to_be_bytes() => {
             PacketKind::Stun
         }
-        Some(0x40..=0x4F) if b.len() >= 4 => PacketKind::ChannelData,
+        Some(0x40..=0x7F) if b.len() >= 4 => PacketKind::ChannelData,
         _ => PacketKind::Other,
     }
 }
@@ -81,7 +82,7 @@ pub fn stream_frame_len(b: &[u8]) -> Option<usize> {
     let len = u16::from_be_bytes([b[2], b[3]]) as usize;
     match b[0] {
         0..=3 => Some(MESSAGE_HEADER_SIZE + len),
-        0x40..=0x4F => Some(4 + len.div_ceil(4) * 4),
+        0x40..=0x7F => Some(4 + len.div_ceil(4) * 4),
         _ => None,
     }
 }

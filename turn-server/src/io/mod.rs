@@ -128,12 +128,11 @@ pub fn start(
     let mut per_worker: Vec<Vec<(StdUdpSocket, std::net::TcpListener)>> =
         (0..cfg.workers).map(|_| Vec::new()).collect();
     for addr in &cfg.listen {
-        let first_udp = sockets::reuseport_udp(*addr)?;
-        let bound = first_udp.local_addr()?;
-        let first_tcp = sockets::reuseport_tcp(bound)?;
+        let bound = sockets::probe_exclusive(*addr).map_err(|e| {
+            io::Error::new(e.kind(), format!("{addr} is already in use (UDP or TCP): {e}"))
+        })?;
         listen.push(bound);
-        per_worker[0].push((first_udp, first_tcp));
-        for w in per_worker.iter_mut().skip(1) {
+        for w in per_worker.iter_mut() {
             w.push((sockets::reuseport_udp(bound)?, sockets::reuseport_tcp(bound)?));
         }
     }

@@ -15,6 +15,27 @@ fn new_socket(addr: SocketAddr, ty: Type, proto: Protocol) -> io::Result<Socket>
     Ok(s)
 }
 
+/// Fails with `AddrInUse` when anything already holds `addr` over UDP or TCP, including another
+/// SO_REUSEPORT group (which would otherwise silently share the port with us). With port 0,
+/// returns a port free for both.
+pub fn probe_exclusive(addr: SocketAddr) -> io::Result<SocketAddr> {
+    for _ in 0..16 {
+        let udp = new_socket(addr, Type::DGRAM, Protocol::UDP)?;
+        udp.bind(&addr.into())?;
+        let bound = udp
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("not an IP socket"))?;
+        let tcp = new_socket(bound, Type::STREAM, Protocol::TCP)?;
+        match tcp.bind(&bound.into()) {
+            Ok(()) => return Ok(bound),
+            Err(e) if addr.port() != 0 => return Err(e),
+            Err(_) => continue,
+        }
+    }
+    Err(io::Error::new(io::ErrorKind::AddrInUse, "no port free for both UDP and TCP"))
+}
+
 /// A non-blocking UDP socket on `addr` with SO_REUSEPORT, so each worker can have its own.
 pub fn reuseport_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     let s = new_socket(addr, Type::DGRAM, Protocol::UDP)?;

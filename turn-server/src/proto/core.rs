@@ -941,7 +941,10 @@ impl TurnCore {
             Some(v) if v.len() == 4 => u16::from_be_bytes([v[0], v[1]]),
             _ => return MessageBuilder::error(m, 400, "Bad Request: CHANNEL-NUMBER"),
         };
-        if !(0x4000..=0x4FFF).contains(&number) {
+        // RFC 8656 §12 narrowed channels to 0x4000-0x4FFF; RFC 5766 clients (coturn's
+        // turnutils_uclient, older browsers) still pick up to 0x7FFF, which is unambiguous here.
+        if !(0x4000..=0x7FFF).contains(&number) {
+            tracing::debug!(number, "channel number out of range");
             return MessageBuilder::error(m, 400, "Bad Request: channel number out of range");
         }
         let Some(peer) = xor_address(m, ATTR_XOR_PEER_ADDRESS) else {

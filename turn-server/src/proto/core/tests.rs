@@ -464,7 +464,7 @@ fn channel_bind_relay_expiry_and_rebinding_rules() {
     let peer2: SocketAddr = "192.0.2.71:7000".parse().unwrap();
     let ch = |n: u16| (ATTR_CHANNEL_NUMBER, vec![(n >> 8) as u8, n as u8, 0, 0]);
     // Out of range channel numbers.
-    for n in [0x3FFF, 0x5000] {
+    for n in [0x3FFF, 0x8000, 0xFFFF] {
         let r = c.call(&mut h, METHOD_CHANNEL_BIND, &[ch(n)], &[peer]);
         assert_eq!(code(&r), Some(400));
     }

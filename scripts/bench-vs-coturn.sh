@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# Side-by-side TURN relay benchmark: our turn-server and coturn's turnserver, same load, same
+# machine, one run. Prints figures; asserts nothing.
+#
+# Everything listens on 127.0.0.1 only. Both servers are stopped on exit.
+#
+# Usage: scripts/bench-vs-coturn.sh
+# Environment (all optional):
+#   RATES="20000 50000 100000"  offered packets/s, all allocations together
+#   DURATION=5 WARMUP=1         seconds per run (measured, and unmeasured before it)
+#   ALLOCATIONS=20 SIZE=160     allocations (even) and payload bytes
+#   THREADS=1                   generator threads
+#   TRANSPORT=udp               udp or tcp (client to server; relay is UDP)
+#   SERVERS="turnkey coturn"    which servers to run
+#   WORKERS=                    --workers for turn-server / --relay-threads for coturn (default: each one's own)
+#   PORT_BASE=                  first of the ports used (default: random in 20000-29000)
+#   NO_BUILD=1                  use the existing binaries
+#   BENCH=, TURN_SERVER=        binaries to use (default: target/release/turn-bench, turn-server)
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+RATES=${RATES:-"20000 50000 100000"}
+DURATION=${DURATION:-5}
+WARMUP=${WARMUP:-1}
+ALLOCATIONS=${ALLOCATIONS:-20}
+SIZE=${SIZE:-160}
+THREADS=${THREADS:-1}
+TRANSPORT=${TRANSPORT:-udp}
+SERVERS=${SERVERS:-"turnkey coturn"}
+WORKERS=${WORKERS:-}
+PORT_BASE=${PORT_BASE:-$((20000 + (RANDOM % 900) * 10))}
+
+TURNKEY_PORT=$PORT_BASE
+TURNKEY_METRICS=$((PORT_BASE + 1))
+COTURN_PORT=$((PORT_BASE + 2))
+# Relay port ranges, apart from each other and from the listeners.
+TURNKEY_MIN=$((PORT_BASE + 10000)); TURNKEY_MAX=$((TURNKEY_MIN + 999))
+COTURN_MIN=$((TURNKEY_MAX + 1)); COTURN_MAX=$((COTURN_MIN + 999))
+
+WORK=$(mktemp -d /tmp/bench-vs-coturn.XXXXXX)
+RESULTS=$WORK/results.jsonl
+: >"$RESULTS"
+declare -A PIDS=()
+
+cleanup() {
+    for name in "${!PIDS[@]}"; do
+        kill "${PIDS[$name]}" 2>/dev/null || true
+    done
+    for name in "${!PIDS[@]}"; do
+        wait "${PIDS[$name]}" 2>/dev/null || true
+    done
+    echo "logs and raw results: $WORK" >&2
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log() { echo "== $*" >&2; }
+
+wants() { [[ " $SERVERS " == *" $1 "* ]]; }
+
+if [[ -z "${NO_BUILD:-}" ]]; then
+    log "building release binaries"
+    cargo build --release -p turn-bench
+    if wants turnkey && ! cargo build --release -p turn-server; then
+        log "turn-server does not build; benchmarking the others only"
+    fi
+fi
+BENCH=${BENCH:-$ROOT/target/release/turn-bench}
+TURN_SERVER=${TURN_SERVER:-$ROOT/target/release/turn-server}
+[[ -x $BENCH ]] || { echo "missing $BENCH" >&2; exit 1; }
+
+if wants coturn && ! command -v turnserver >/dev/null; then
+    log "installing coturn"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y coturn >"$WORK/apt.log" 2>&1 || {
+        apt-get update >>"$WORK/apt.log" 2>&1
+        DEBIAN_FRONTEND=noninteractive apt-get install -y coturn >>"$WORK/apt.log" 2>&1
+    }
+fi
+
+udp_listening() { ss -Hlun "sport = :$1" 2>/dev/null | grep -q .; }
+
+start_turnkey() {
+    local bin=$TURN_SERVER
+    [[ -x $bin ]] || { log "no $bin; skipping turnkey"; return 1; }
+    local extra=()
+    [[ -n $WORKERS ]] && extra+=(--workers "$WORKERS")
+    "$bin" --listen "127.0.0.1:$TURNKEY_PORT" --relay-ip 127.0.0.1 \
+        --user bench:benchpass --metrics "127.0.0.1:$TURNKEY_METRICS" \
+        --min-port "$TURNKEY_MIN" --max-port "$TURNKEY_MAX" "${extra[@]}" \
+        >"$WORK/turnkey.log" 2>&1 &
+    PIDS[turnkey]=$!
+    for _ in $(seq 100); do
+        if curl -fsS "http://127.0.0.1:$TURNKEY_METRICS/healthz" >/dev/null 2>&1; then
+            return 0
+        fi
+        kill -0 "${PIDS[turnkey]}" 2>/dev/null || break
+        sleep 0.1
+    done
+    log "turn-server did not become ready; last log lines:"
+    tail -n 5 "$WORK/turnkey.log" >&2 || true
+    return 1
+}
+
+start_coturn() {
+    command -v turnserver >/dev/null || { log "no turnserver; skipping coturn"; return 1; }
+    local extra=()
+    [[ -n $WORKERS ]] && extra+=(--relay-threads "$WORKERS")
+    turnserver -n --no-cli --no-tls --no-dtls -L 127.0.0.1 -E 127.0.0.1 --relay-ip 127.0.0.1 \
+        -p "$COTURN_PORT" --lt-cred-mech --user bench:benchpass -r turnkey \
+        --allow-loopback-peers --min-port "$COTURN_MIN" --max-port "$COTURN_MAX" \
+        --pidfile "$WORK/coturn.pid" --userdb "$WORK/coturn.sqlite" \
+        --no-stdout-log --log-file "$WORK/coturn.log" --simple-log "${extra[@]}" \
+        >"$WORK/coturn.out" 2>&1 &
+    PIDS[coturn]=$!
+    for _ in $(seq 100); do
+        udp_listening "$COTURN_PORT" && return 0
+        kill -0 "${PIDS[coturn]}" 2>/dev/null || break
+        sleep 0.1
+    done
+    log "turnserver did not start; see $WORK/coturn.out"
+    return 1
+}
+
+declare -A PORT=([turnkey]=$TURNKEY_PORT [coturn]=$COTURN_PORT)
+RUNNING=()
+for s in $SERVERS; do
+    if "start_$s"; then
+        RUNNING+=("$s")
+        threads=$(awk '/^Threads:/ {print $2}' "/proc/${PIDS[$s]}/status" 2>/dev/null || echo "?")
+        log "$s: pid ${PIDS[$s]}, 127.0.0.1:${PORT[$s]}, $threads threads"
+    fi
+done
+((${#RUNNING[@]})) || { echo "no server started" >&2; exit 1; }
+
+log "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+for rate in $RATES; do
+    for s in "${RUNNING[@]}"; do
+        log "$s at $rate pps"
+        if out=$("$BENCH" --server "127.0.0.1:${PORT[$s]}" --transport "$TRANSPORT" \
+            --user bench --password benchpass --allocations "$ALLOCATIONS" --rate "$rate" \
+            --size "$SIZE" --duration "$DURATION" --warmup "$WARMUP" --threads "$THREADS" \
+            --server-pid "${PIDS[$s]}" --json 2>"$WORK/bench-$s-$rate.err"); then
+            jq -c --arg s "$s" '{label: $s} + .' <<<"$out" >>"$RESULTS"
+        else
+            log "$s at $rate pps failed: $(tail -n 3 "$WORK/bench-$s-$rate.err")"
+            jq -nc --arg s "$s" --argjson r "$rate" '{label: $s, target_pps: $r, failed: true}' >>"$RESULTS"
+        fi
+    done
+done
+
+echo
+echo "TURN relay over $TRANSPORT, $ALLOCATIONS allocations, $SIZE B payload, ${DURATION}s per run, generator threads $THREADS, $(nproc) cores"
+echo "packet = one ChannelData delivered end to end (the server relays it twice: client->peer and peer->client)"
+echo
+fmt="%-8s %-8s %9s %9s %8s %8s %8s %8s %9s %10s %9s %9s\n"
+# shellcheck disable=SC2059
+printf "$fmt" target server sent/s recv/s loss% p50us p99us maxus srvcpu% srv-us/pkt srvdrops gen-cpu-s
+jq -r '[.target_pps, .label,
+        (if .failed then "FAILED" else (.sent_pps|floor) end),
+        (.received_pps // "" | if . == "" then "-" else floor end),
+        (.loss_percent // "-" | if type == "number" then (. * 100 | round / 100) else . end),
+        (.latency_p50_us // "-"), (.latency_p99_us // "-"), (.latency_max_us // "-"),
+        (.server_cpu_percent // "-" | if type == "number" then round else . end),
+        (.server_cpu_us_per_packet // "-" | if type == "number" then (. * 100 | round / 100) else . end),
+        (.server_socket_drops // "-"),
+        (.bench_cpu_secs // "-")] | @tsv' "$RESULTS" |
+    while IFS=$'\t' read -r target label sent recv loss p50 p99 max cpu us drops gen; do
+        # shellcheck disable=SC2059
+        printf "$fmt" "${target%.*}" "$label" "$sent" "$recv" "$loss" "$p50" "$p99" "$max" "$cpu" "$us" "$drops" "$gen"
+    done
