@@ -3,8 +3,8 @@
 //! over TURN/TCP, and the receiver must decode the fake camera's frames over a relay/relay
 //! candidate pair (see `tests/browser/relay_call.mjs`).
 //!
-//! Needs: `target/<profile>/turn-server` (`cargo build -p turn-server`), Node.js, Debian's
-//! `chromium` at /usr/bin/chromium (or `CHROMIUM=path`), and `npm ci` run in `tests/browser`.
+//! Needs Node.js 20+, Debian's `chromium` at /usr/bin/chromium (or `CHROMIUM=path`), and
+//! `npm ci` run in `tests/browser`.
 //! A missing piece fails the test; it is never skipped.
 //!
 //! Chromium ignores loopback-only hosts: with `lo` as the only interface up it gathers no
@@ -19,15 +19,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use serde_json::Value;
 
-mod relay_support;
-use relay_support::{run_with_limit, TurnServer};
+mod common;
+use common::{free_udp_tcp_port, run_with_timeout, ServerGuard};
 
 const STATIC_USER: &str = "browser";
 const STATIC_PASSWORD: &str = "browser-secret";
 const REST_SECRET: &str = "turnkey-browser-test-secret";
 /// Time the page gets to connect and decode (the script's --timeout-ms).
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
-/// Time after which the node process is killed: browser start-up, the call, and shutdown.
+/// Time after which the node process is killed: browser start-up, the call, and shutdown. The
+/// script gives up by itself (and closes Chromium) 15 s after CALL_TIMEOUT, well before this.
 const RUN_LIMIT: Duration = Duration::from_secs(90);
 
 fn browser_dir() -> PathBuf {
@@ -87,7 +88,7 @@ fn relay_call(chromium: &Path, url: &str, username: &str, credential: &str, prot
         .args(["--timeout-ms", &CALL_TIMEOUT.as_millis().to_string()])
         .arg("--chromium")
         .arg(chromium);
-    let run = run_with_limit(&mut cmd, RUN_LIMIT);
+    let run = run_with_timeout(&mut cmd, RUN_LIMIT);
     let report = format!(
         "relay_call.mjs over {url}\n--- stdout ---\n{}\n--- stderr ---\n{}",
         run.stdout, run.stderr
@@ -125,7 +126,13 @@ fn relay_call(chromium: &Path, url: &str, username: &str, credential: &str, prot
 fn chromium_relay_only_call_over_udp_and_tcp() {
     let chromium = check_prerequisites();
     let user_arg = format!("{STATIC_USER}:{STATIC_PASSWORD}");
-    let server = TurnServer::start(&[
+    let port = free_udp_tcp_port();
+    let listen = format!("127.0.0.1:{port}");
+    let server = ServerGuard::turn_server(&[
+        "--listen",
+        &listen,
+        "--relay-ip",
+        "127.0.0.1",
         "--user",
         &user_arg,
         "--auth-secret",
@@ -135,8 +142,7 @@ fn chromium_relay_only_call_over_udp_and_tcp() {
         "--max-port",
         "59999",
     ]);
-    let port = server.listen.port();
-    let relayed = |s: &TurnServer| s.metric("turn_relayed_packets_total", &[]);
+    let relayed = |s: &ServerGuard| s.metric("turn_relayed_packets_total", &[]);
 
     // TURN over UDP with a static long-term user.
     let before = relayed(&server);

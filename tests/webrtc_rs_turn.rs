@@ -5,8 +5,6 @@
 //! first datagrams in Send indications and then binds a channel (ChannelBind) and switches to
 //! ChannelData, so this covers RFC 8656 §7-§12 from a client we did not write. Peers that are
 //! relayed addresses of the same server are allowed without `--allow-peer` (see docs/CONTRACT.md).
-//!
-//! Needs `target/<profile>/turn-server` built (`cargo build -p turn-server`).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -19,8 +17,8 @@ use tokio::time::{sleep, timeout, Instant};
 use turn::client::{Client, ClientConfig};
 use webrtc_util::Conn;
 
-mod relay_support;
-use relay_support::TurnServer;
+mod common;
+use common::{free_udp_tcp_port, ServerGuard};
 
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const MIN_RELAY_PORT: u16 = 50000;
@@ -180,20 +178,25 @@ async fn collect_bulk(
     got
 }
 
+/// Our `turn-server` on a free loopback port, relaying on 127.0.0.1, with `extra` arguments.
+fn start_turn_server(extra: &[&str]) -> (ServerGuard, SocketAddr) {
+    let listen = SocketAddr::new(LOOPBACK, free_udp_tcp_port());
+    let mut args = vec!["--listen".to_owned(), listen.to_string()];
+    args.extend(["--relay-ip", "127.0.0.1"].map(String::from));
+    args.extend(extra.iter().map(|a| a.to_string()));
+    (ServerGuard::turn_server(&args), listen)
+}
+
 /// `turn_relayed_packets_total` as (client_to_peer, peer_to_client).
-fn relayed_packets(server: &TurnServer) -> (f64, f64) {
-    let count = |direction: &str| {
-        server.metric(
-            "turn_relayed_packets_total",
-            &[&format!("direction=\"{direction}\"")],
-        )
-    };
+fn relayed_packets(server: &ServerGuard) -> (f64, f64) {
+    let count =
+        |direction| server.metric("turn_relayed_packets_total", &[("direction", direction)]);
     (count("client_to_peer"), count("peer_to_client"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_webrtc_rs_clients_relay_through_our_server() {
-    let server = TurnServer::start(&[
+    let (server, turn) = start_turn_server(&[
         "--user",
         "alice:alice-secret",
         "--user",
@@ -203,7 +206,6 @@ async fn two_webrtc_rs_clients_relay_through_our_server() {
         "--max-port",
         &MAX_RELAY_PORT.to_string(),
     ]);
-    let turn = server.listen;
     let relayed_before = relayed_packets(&server);
 
     timeout(TEST_LIMIT, async {
@@ -215,7 +217,7 @@ async fn two_webrtc_rs_clients_relay_through_our_server() {
         );
         assert_ne!(a.local, b.local);
         assert_eq!(
-            server.metric("turn_allocations", &[r#"transport="udp""#]),
+            server.metric("turn_allocations", &[("transport", "udp")]),
             2.0,
             "turn_allocations{{transport=\"udp\"}} with two live allocations"
         );
@@ -291,8 +293,7 @@ async fn two_webrtc_rs_clients_relay_through_our_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webrtc_rs_client_with_wrong_credentials_is_refused() {
-    let server = TurnServer::start(&["--user", "alice:alice-secret"]);
-    let turn = server.listen;
+    let (server, turn) = start_turn_server(&["--user", "alice:alice-secret"]);
     let failures_before = server.metric("turn_auth_failures_total", &[]);
 
     timeout(TEST_LIMIT, async {

@@ -84,6 +84,18 @@ impl StunMetrics {
             })
             .set(1);
         registry.register(BUILD_INFO, "turnkey build information", build_info);
+        // Export zeros for the common series so dashboards and rate() work from the start.
+        for transport in [Transport::Udp, Transport::Tcp] {
+            m.binding_requests.get_or_create(&RequestLabels {
+                transport: transport.as_str(),
+                result: BindingResult::Success.as_str(),
+            });
+        }
+        for reason in [BindingDrop::Malformed, BindingDrop::NotStun] {
+            m.dropped.get_or_create(&DropLabels {
+                reason: reason.as_str(),
+            });
+        }
         m
     }
 

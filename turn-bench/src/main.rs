@@ -3,16 +3,20 @@
 //!
 //! N allocations are paired (i, i^1); each installs a permission and binds channel 0x4000 to
 //! its partner's relayed address, then sends ChannelData probes (flow, sequence number, send
-//! time) that the server relays to the partner.
+//! time) that the server relays to the partner. Setup, refresh and teardown run on a small tokio
+//! runtime (`client`, `run`); the traffic itself runs on plain worker threads that pace sends in
+//! sub-millisecond ticks and read with kernel receive timestamps (`worker`, `net`). The
+//! protocol pieces (`proto`, `wire`, `stats`) do no I/O.
 
 mod client;
-mod pacer;
+mod net;
 mod procfs;
 mod proto;
 mod report;
 mod run;
 mod stats;
 mod wire;
+mod worker;
 
 use std::net::{SocketAddr, ToSocketAddrs as _};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -20,7 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context as _};
 use clap::Parser;
 
-use crate::client::Transport;
+use crate::net::Transport;
 use crate::proto::Credentials;
 use crate::run::BenchConfig;
 
@@ -65,10 +69,11 @@ struct Args {
     /// Server process id: its CPU time (all threads) is read from /proc/PID/stat.
     #[arg(long)]
     server_pid: Option<u32>,
-    /// Pacing threads (sending); receiving runs on as many runtime threads.
+    /// Traffic worker threads; each paces and reads its share of the allocations.
     #[arg(long, default_value_t = 1)]
     threads: usize,
-    /// Pacing tick in microseconds: each tick sends what is due, spread over the flows.
+    /// Worker tick in microseconds: each tick sends what is due, spread over the flows, then
+    /// reads what has arrived.
     #[arg(long, default_value_t = 100)]
     tick_us: u64,
     /// Print one JSON object on stdout instead of the text report.
@@ -79,16 +84,11 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let cfg = config(&args)?;
-    let runtime = if args.threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(args.threads)
-            .enable_all()
-            .build()?
-    };
+    // The runtime only runs the control side (setup, upkeep, teardown); traffic runs on the
+    // worker threads.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let report = runtime.block_on(run::run(&cfg))?;
     if args.json {
         println!("{}", report.to_json_line());

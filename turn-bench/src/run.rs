@@ -2,20 +2,21 @@
 //! clean up.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{self, Allocation, ClientError, ReaderContext, Transport};
-use crate::pacer::{self, FlowTx, Timing};
+use crate::client::{Allocation, ClientError};
+use crate::net::{self, ServerSocket, Transport};
 use crate::procfs;
 use crate::proto::{Credentials, Request};
 use crate::report::Report;
 use crate::stats::{FlowReceiver, ReceiveStats, SendStats, Window};
-use crate::wire::{self, FIRST_CHANNEL};
+use crate::wire::FIRST_CHANNEL;
+use crate::worker::{self, Flow, Timing};
 
 /// After the window closes, how long receivers keep counting in-flight probes.
 const DRAIN: Duration = Duration::from_millis(500);
@@ -47,7 +48,7 @@ pub struct BenchConfig {
     pub lifetime_secs: Option<u32>,
     /// Server process to read CPU time from.
     pub server_pid: Option<u32>,
-    /// Pacing threads.
+    /// Traffic worker threads.
     pub senders: usize,
     /// Pacing tick.
     pub tick: Duration,
@@ -73,45 +74,45 @@ pub enum RunError {
         /// Cause.
         source: ClientError,
     },
-    /// A pacing thread could not be started.
-    #[error("starting a pacing thread")]
+    /// A worker thread could not be started.
+    #[error("starting a traffic worker")]
     Thread(#[source] std::io::Error),
+    /// An async reader failed to watch its socket.
+    #[error("watching a socket")]
+    Reader(#[source] std::io::Error),
     /// A task or thread panicked (a bug in this program).
     #[error("internal task failure")]
     Task(#[from] tokio::task::JoinError),
-    /// A pacing thread ended without reporting (a bug in this program).
-    #[error("a pacing thread ended without reporting")]
-    PacerLost,
+    /// A worker thread ended without reporting (a bug in this program).
+    #[error("a traffic worker ended without reporting")]
+    WorkerLost,
 }
 
 /// Runs the benchmark and returns its figures.
 pub async fn run(cfg: &BenchConfig) -> Result<Report, RunError> {
-    let epoch = Instant::now();
+    let started = Instant::now();
     let n = cfg.allocations;
     let credentials = Arc::new(cfg.credentials.clone());
-    let window_cell: Arc<OnceLock<Window>> = Arc::new(OnceLock::new());
-    let stop_readers = CancellationToken::new();
 
-    // Connections and their reading tasks.
-    let mut readers = JoinSet::new();
+    // Connections, each with a response channel and (for now) an async reader.
+    let mut sockets = Vec::with_capacity(n);
+    let mut response_senders = Vec::with_capacity(n);
     let mut allocations = Vec::with_capacity(n);
-    let mut send_handles = Vec::with_capacity(n);
     for index in 0..n {
-        let conn = client::connect(cfg.server, cfg.transport)
+        let socket = ServerSocket::connect(cfg.server, cfg.transport)
             .await
             .map_err(|source| RunError::Connect { index, source })?;
-        send_handles.push(conn.sender);
         let (tx, rx) = mpsc::channel(Allocation::RESPONSE_QUEUE);
-        let ctx = ReaderContext {
-            responses: tx,
-            flow: FlowReceiver::new(FIRST_CHANNEL, (index ^ 1) as u32),
-            epoch,
-            window: window_cell.clone(),
-            cancel: stop_readers.clone(),
-        };
-        readers.spawn(client::read_loop(conn.reader, ctx));
-        allocations.push(Allocation::new(index, conn.link, rx, credentials.clone()));
+        allocations.push(Allocation::new(
+            index,
+            socket.clone(),
+            rx,
+            credentials.clone(),
+        ));
+        sockets.push(socket);
+        response_senders.push(tx);
     }
+    let readers = AsyncReaders::start(&sockets, &response_senders)?;
 
     // Allocate, then pair (i, i^1): permission and channel to the partner's relayed address.
     let lifetime = cfg.lifetime_secs;
@@ -137,43 +138,46 @@ pub async fn run(cfg: &BenchConfig) -> Result<Report, RunError> {
         }
     })
     .await?;
-    let setup = epoch.elapsed();
+    let setup = started.elapsed();
     let min_lifetime = allocations
         .iter()
         .map(|a| a.lifetime_secs)
         .min()
         .unwrap_or(600);
+    // The workers read from here on: take the sockets out of tokio's reactor.
+    readers.stop().await?;
 
-    // The window, in the epoch's nanoseconds.
-    let traffic_start = epoch.elapsed();
+    // Traffic: warm-up, window, drain. Send times and the window are wall-clock ns.
+    let start = Instant::now();
+    let start_ns = crate::net::realtime_ns();
     let window = Window {
-        start_ns: (traffic_start + cfg.warmup).as_nanos() as u64,
-        end_ns: (traffic_start + cfg.warmup + cfg.duration).as_nanos() as u64,
+        start_ns: start_ns + cfg.warmup.as_nanos() as u64,
+        end_ns: start_ns + (cfg.warmup + cfg.duration).as_nanos() as u64,
     };
-    window_cell.set(window).expect("window set once");
-
-    // Pacing threads: flows dealt out round-robin.
-    let senders = cfg.senders.clamp(1, n);
-    let mut groups: Vec<Vec<FlowTx>> = (0..senders).map(|_| Vec::new()).collect();
-    for (index, sender) in send_handles.into_iter().enumerate() {
-        let frame = wire::channel_data_frame(FIRST_CHANNEL, cfg.payload_bytes, sender.is_stream());
-        groups[index % senders].push(FlowTx {
-            sender,
-            frame,
-            flow: index as u32,
-            seq: 0,
-        });
-    }
+    let stop_sending = start + cfg.warmup + cfg.duration;
     let timing = Timing {
-        epoch,
-        start: traffic_start,
+        start,
+        stop_sending,
+        stop_reading: stop_sending + DRAIN,
         window,
         tick: cfg.tick,
     };
-    let mut pacers = Vec::with_capacity(senders);
+    let threads = cfg.senders.clamp(1, n);
+    let mut groups: Vec<Vec<Flow>> = (0..threads).map(|_| Vec::new()).collect();
+    for (index, (socket, responses)) in sockets.iter().zip(&response_senders).enumerate() {
+        groups[index % threads].push(Flow::new(
+            index,
+            socket.clone(),
+            responses.clone(),
+            FlowReceiver::new(FIRST_CHANNEL, (index ^ 1) as u32),
+            FIRST_CHANNEL,
+            cfg.payload_bytes,
+        ));
+    }
+    let mut workers = Vec::with_capacity(threads);
     for flows in groups {
         let rate = cfg.rate_pps * flows.len() as f64 / n as f64;
-        pacers.push(pacer::spawn(flows, rate, timing).map_err(RunError::Thread)?);
+        workers.push(worker::spawn(flows, rate, timing).map_err(RunError::Thread)?);
     }
 
     // Upkeep: refresh allocation, permission and channel while the run lasts.
@@ -193,19 +197,23 @@ pub async fn run(cfg: &BenchConfig) -> Result<Report, RunError> {
     }
 
     // Sample CPU and kernel counters at the window's edges.
-    let at = |ns: u64| tokio::time::Instant::from_std(epoch + Duration::from_nanos(ns));
-    tokio::time::sleep_until(at(window.start_ns)).await;
+    tokio::time::sleep_until((start + cfg.warmup).into()).await;
     let before = Sample::take(cfg.server_pid);
-    tokio::time::sleep_until(at(window.end_ns)).await;
+    tokio::time::sleep_until(stop_sending.into()).await;
     let after = Sample::take(cfg.server_pid);
 
     let mut sent = SendStats::default();
-    for p in pacers {
-        sent.merge(&p.await.map_err(|_| RunError::PacerLost)?);
+    let mut received = ReceiveStats::default();
+    for w in workers {
+        let result = w.await.map_err(|_| RunError::WorkerLost)?;
+        sent.merge(&result.sent);
+        for r in &result.received {
+            received.merge(r);
+        }
     }
-    tokio::time::sleep(DRAIN).await;
 
-    // Delete while the readers still pass responses on, then stop them.
+    // Teardown: async readers again, then delete every allocation.
+    let readers = AsyncReaders::start(&sockets, &response_senders)?;
     stop_upkeep.cancel();
     let mut allocations = Vec::with_capacity(n);
     let mut upkeep_failures = 0;
@@ -215,12 +223,7 @@ pub async fn run(cfg: &BenchConfig) -> Result<Report, RunError> {
         allocations.push(a);
     }
     let delete_failures = delete_all(allocations).await;
-
-    stop_readers.cancel();
-    let mut received = ReceiveStats::default();
-    while let Some(r) = readers.join_next().await {
-        received.merge(&r?);
-    }
+    readers.stop().await?;
 
     Ok(Report::new(
         cfg,
@@ -232,6 +235,39 @@ pub async fn run(cfg: &BenchConfig) -> Result<Report, RunError> {
         upkeep_failures,
         delete_failures,
     ))
+}
+
+/// The tokio tasks that read the sockets outside the traffic phase.
+struct AsyncReaders {
+    tasks: JoinSet<std::io::Result<()>>,
+    cancel: CancellationToken,
+}
+
+impl AsyncReaders {
+    fn start(
+        sockets: &[Arc<ServerSocket>],
+        responses: &[mpsc::Sender<Vec<u8>>],
+    ) -> Result<Self, RunError> {
+        let cancel = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        for (socket, tx) in sockets.iter().zip(responses) {
+            tasks.spawn(net::forward_stun(
+                socket.clone(),
+                tx.clone(),
+                cancel.clone(),
+            ));
+        }
+        Ok(Self { tasks, cancel })
+    }
+
+    /// Stops every reader and waits until each has left tokio's reactor.
+    async fn stop(mut self) -> Result<(), RunError> {
+        self.cancel.cancel();
+        while let Some(r) = self.tasks.join_next().await {
+            r?.map_err(RunError::Reader)?;
+        }
+        Ok(())
+    }
 }
 
 /// Runs `f` on every allocation concurrently; the first failure ends the run.

@@ -38,10 +38,22 @@ pub struct ServerArgs {
     #[arg(long)]
     pub realm: Option<String>,
     /// Static long-term user NAME:PASSWORD (repeatable).
-    #[arg(long, value_name = "NAME:PASSWORD", env = "TURNKEY_USERS", value_delimiter = ',', hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "NAME:PASSWORD",
+        env = "TURNKEY_USERS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub user: Vec<String>,
     /// TURN REST API shared secret (repeatable; the first signs, all validate).
-    #[arg(long = "auth-secret", value_name = "SECRET", env = "TURNKEY_AUTH_SECRETS", value_delimiter = ',', hide_env_values = true)]
+    #[arg(
+        long = "auth-secret",
+        value_name = "SECRET",
+        env = "TURNKEY_AUTH_SECRETS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub auth_secret: Vec<String>,
     /// Allow peers in this CIDR even if a default rule refuses them (repeatable).
     #[arg(long = "allow-peer", value_name = "CIDR")]
@@ -380,16 +392,27 @@ mod tests {
             "realm = \"file.example\"\nlisten = [\"127.0.0.1:3478\"]\nuser = [\"alice:topsecretpw\"]\nauth_secret = [\"filesecret\"]\nmin_port = 50000\nmax_port = 50100\n",
         )
         .unwrap();
-        let cfg = parse(&["--config", path.to_str().unwrap(), "--realm", "flag.example"])
-            .resolve(&Defaults::default())
-            .unwrap();
+        let cfg = parse(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--realm",
+            "flag.example",
+        ])
+        .resolve(&Defaults::default())
+        .unwrap();
         assert_eq!(cfg.realm, "flag.example");
         assert_eq!(cfg.listen, vec!["127.0.0.1:3478".parse().unwrap()]);
         assert_eq!(cfg.relay_ips, vec!["127.0.0.1".parse::<IpAddr>().unwrap()]);
         assert_eq!((cfg.min_port, cfg.max_port), (50000, 50100));
-        assert_eq!(cfg.users.get("alice").map(String::as_str), Some("topsecretpw"));
+        assert_eq!(
+            cfg.users.get("alice").map(String::as_str),
+            Some("topsecretpw")
+        );
         let shown = cfg.redacted();
-        assert!(!shown.contains("topsecretpw") && !shown.contains("filesecret"), "{shown}");
+        assert!(
+            !shown.contains("topsecretpw") && !shown.contains("filesecret"),
+            "{shown}"
+        );
         assert!(shown.contains("alice"));
     }
 
@@ -408,14 +431,9 @@ mod tests {
 
     #[test]
     fn external_ip_forms_and_bad_values() {
-        let cfg = parse(&[
-            "--listen",
-            "127.0.0.1:3478",
-            "--external-ip",
-            "203.0.113.9",
-        ])
-        .resolve(&Defaults::default())
-        .unwrap();
+        let cfg = parse(&["--listen", "127.0.0.1:3478", "--external-ip", "203.0.113.9"])
+            .resolve(&Defaults::default())
+            .unwrap();
         assert_eq!(
             cfg.external_ips.get(&"127.0.0.1".parse().unwrap()),
             Some(&"203.0.113.9".parse().unwrap())
@@ -427,8 +445,12 @@ mod tests {
             cfg.external_ips.get(&"10.0.0.5".parse().unwrap()),
             Some(&"203.0.113.9".parse().unwrap())
         );
-        assert!(parse(&["--external-ip", "nope"]).resolve(&Defaults::default()).is_err());
-        assert!(parse(&["--user", "nocolon"]).resolve(&Defaults::default()).is_err());
+        assert!(parse(&["--external-ip", "nope"])
+            .resolve(&Defaults::default())
+            .is_err());
+        assert!(parse(&["--user", "nocolon"])
+            .resolve(&Defaults::default())
+            .is_err());
         assert!(parse(&["--min-port", "6000", "--max-port", "5000"])
             .resolve(&Defaults::default())
             .is_err());

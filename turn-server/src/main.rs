@@ -8,7 +8,11 @@ use turn_server::config::{Defaults, ServerArgs};
 use turn_server::proto::auth::mint_rest_credential;
 
 #[derive(Parser)]
-#[command(name = "turn-server", version, about = "turnkey TURN server (RFC 8656)")]
+#[command(
+    name = "turn-server",
+    version,
+    about = "turnkey TURN server (RFC 8656)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

@@ -105,6 +105,44 @@ impl TurnMetrics {
                 .get_or_create_owned(&[("direction", "peer_to_client")]),
         };
         let m = TurnMetrics { hot, ..m };
+        // Export zeros for the label values we know, so every series exists from the start.
+        for reason in [
+            "bad_integrity",
+            "unknown_user",
+            "expired",
+            "stale_nonce",
+            "wrong_realm",
+            "bad_request",
+        ] {
+            m.auth_failures.get_or_create(&[("reason", reason)]);
+        }
+        for reason in [
+            "loopback",
+            "private",
+            "link_local",
+            "multicast",
+            "reserved",
+            "unspecified",
+            "own_address",
+            "configured",
+        ] {
+            m.peer_denied.get_or_create(&[("reason", reason)]);
+        }
+        for reason in [
+            "malformed",
+            "not_stun",
+            "no_allocation",
+            "no_permission",
+            "no_channel",
+            "client_send_failed",
+            "peer_send_failed",
+            "tcp_queue_full",
+        ] {
+            m.dropped_packets.get_or_create(&[("reason", reason)]);
+        }
+        for result in ["success", "auth_challenge"] {
+            m.allocation_requests.get_or_create(&[("result", result)]);
+        }
         registry.register(
             names::ALLOCATIONS,
             "Live TURN allocations",
@@ -160,6 +198,8 @@ impl TurnMetrics {
 
     /// Counts a dropped packet.
     pub fn drop_packet(&self, reason: &'static str) {
-        self.dropped_packets.get_or_create(&[("reason", reason)]).inc();
+        self.dropped_packets
+            .get_or_create(&[("reason", reason)])
+            .inc();
     }
 }

@@ -73,7 +73,12 @@ impl RunningServer {
 /// Builds the core configuration from the effective config.
 pub fn core_config(cfg: &TurnConfig, metrics_port: Option<u16>) -> CoreConfig {
     let mut own_ips: Vec<std::net::IpAddr> = cfg.relay_ips.clone();
-    own_ips.extend(cfg.listen.iter().map(|l| l.ip()).filter(|ip| !ip.is_unspecified()));
+    own_ips.extend(
+        cfg.listen
+            .iter()
+            .map(|l| l.ip())
+            .filter(|ip| !ip.is_unspecified()),
+    );
     own_ips.extend(cfg.external_ips.values().copied());
     if let Some(_p) = metrics_port {
         own_ips.push(cfg.metrics.ip());
@@ -129,11 +134,17 @@ pub fn start(
         (0..cfg.workers).map(|_| Vec::new()).collect();
     for addr in &cfg.listen {
         let bound = sockets::probe_exclusive(*addr).map_err(|e| {
-            io::Error::new(e.kind(), format!("{addr} is already in use (UDP or TCP): {e}"))
+            io::Error::new(
+                e.kind(),
+                format!("{addr} is already in use (UDP or TCP): {e}"),
+            )
         })?;
         listen.push(bound);
         for w in per_worker.iter_mut() {
-            w.push((sockets::reuseport_udp(bound)?, sockets::reuseport_tcp(bound)?));
+            w.push((
+                sockets::reuseport_udp(bound)?,
+                sockets::reuseport_tcp(bound)?,
+            ));
         }
     }
 
@@ -223,10 +234,21 @@ async fn run_worker(
                 continue;
             }
         };
-        let Ok(local) = udp.local_addr() else { continue };
+        let Ok(local) = udp.local_addr() else {
+            continue;
+        };
         w.borrow_mut().udp.insert(local, udp.clone());
-        tasks.push(tokio::task::spawn_local(udp_listener(w.clone(), udp, local)));
-        tasks.push(tokio::task::spawn_local(tcp_acceptor(w.clone(), tcp, local, stop.clone())));
+        tasks.push(tokio::task::spawn_local(udp_listener(
+            w.clone(),
+            udp,
+            local,
+        )));
+        tasks.push(tokio::task::spawn_local(tcp_acceptor(
+            w.clone(),
+            tcp,
+            local,
+            stop.clone(),
+        )));
     }
     tasks.push(tokio::task::spawn_local(timer_loop(w.clone())));
     stop.cancelled().await;
@@ -248,7 +270,7 @@ fn flush(wr: &WorkerRef, w: &mut Worker) {
             Transmit::ToClient { to, data } => match to.transport {
                 Transport::Udp | Transport::Dtls => {
                     if let Some(s) = w.udp.get(&to.server) {
-                        if s.try_send_to(&data, to.client).is_err() {
+                        if sockets::send_to(s, &data, to.client).is_err() {
                             w.metrics.drop_packet("client_send_failed");
                         }
                     }
@@ -263,9 +285,12 @@ fn flush(wr: &WorkerRef, w: &mut Worker) {
             },
             Transmit::ToPeer { relay, peer, data } => {
                 if let Some((s, _)) = w.relay_socks.get(&relay) {
-                    if s.try_send_to(&data, peer).is_err() {
+                    if let Err(e) = sockets::send_to(s, &data, peer) {
+                        tracing::debug!(error = %e, %relay, %peer, "peer send failed");
                         w.metrics.drop_packet("peer_send_failed");
                     }
+                } else {
+                    w.metrics.drop_packet("relay_socket_missing");
                 }
             }
         }
@@ -276,7 +301,9 @@ fn flush(wr: &WorkerRef, w: &mut Worker) {
         }
     }
     for sock in std::mem::take(&mut w.relays.pending_new) {
-        let Ok(local) = sock.local_addr() else { continue };
+        let Ok(local) = sock.local_addr() else {
+            continue;
+        };
         match UdpSocket::from_std(sock) {
             Ok(s) => {
                 let s = Rc::new(s);
@@ -367,7 +394,12 @@ async fn tcp_acceptor(wr: WorkerRef, l: TcpListener, local: SocketAddr, stop: Ca
     }
 }
 
-async fn tcp_connection(wr: WorkerRef, stream: TcpStream, tuple: FiveTuple, stop: CancellationToken) {
+async fn tcp_connection(
+    wr: WorkerRef,
+    stream: TcpStream,
+    tuple: FiveTuple,
+    stop: CancellationToken,
+) {
     let (mut rd, mut wrt) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(TCP_QUEUE_FRAMES);
     wr.borrow_mut().tcp.insert(tuple, tx);

@@ -47,7 +47,11 @@ impl RelaySockets {
         }
     }
 
-    fn bind_in_range(&self, ip: IpAddr, req: &RelayRequest) -> Option<(UdpSocket, Option<UdpSocket>)> {
+    fn bind_in_range(
+        &self,
+        ip: IpAddr,
+        req: &RelayRequest,
+    ) -> Option<(UdpSocket, Option<UdpSocket>)> {
         let span = (self.max_port - self.min_port) as u32 + 1;
         let start = rand::rng().random_range(0..span);
         let attempts = span.min(4096);
@@ -76,7 +80,10 @@ impl RelaySockets {
 impl RelayAllocator for RelaySockets {
     fn allocate(&mut self, req: &RelayRequest) -> Result<RelayGrant, RelayError> {
         if let Some(token) = req.reservation_token {
-            let mut r = self.reservations.lock().map_err(|_| RelayError::Exhausted)?;
+            let mut r = self
+                .reservations
+                .lock()
+                .map_err(|_| RelayError::Exhausted)?;
             let now = Instant::now();
             r.retain(|_, (_, t)| *t > now);
             let (sock, _) = r.remove(&token).ok_or(RelayError::BadToken)?;
@@ -126,7 +133,12 @@ mod tests {
     #[test]
     fn binds_even_ports_reserves_next_and_hands_over_by_token() {
         let res: Reservations = Arc::default();
-        let mut r = RelaySockets::new(vec!["127.0.0.1".parse().unwrap()], 51000, 51999, res.clone());
+        let mut r = RelaySockets::new(
+            vec!["127.0.0.1".parse().unwrap()],
+            51000,
+            51999,
+            res.clone(),
+        );
         let g = r
             .allocate(&RelayRequest {
                 family: AddressFamily::V4,
@@ -173,7 +185,12 @@ mod tests {
 
     #[test]
     fn small_range_is_exhausted_cleanly() {
-        let mut r = RelaySockets::new(vec!["127.0.0.1".parse().unwrap()], 52010, 52011, Arc::default());
+        let mut r = RelaySockets::new(
+            vec!["127.0.0.1".parse().unwrap()],
+            52010,
+            52011,
+            Arc::default(),
+        );
         let req = RelayRequest {
             family: AddressFamily::V4,
             even_port: false,

@@ -15,6 +15,13 @@ fn new_socket(addr: SocketAddr, ty: Type, proto: Protocol) -> io::Result<Socket>
     Ok(s)
 }
 
+/// Sends one datagram now with a plain non-blocking `sendto`, bypassing tokio's readiness
+/// cache (a freshly registered socket may not have seen its first writable event yet). A full
+/// socket buffer returns `WouldBlock`; the caller drops and counts.
+pub fn send_to(s: &tokio::net::UdpSocket, data: &[u8], to: SocketAddr) -> io::Result<usize> {
+    socket2::SockRef::from(s).send_to(data, &to.into())
+}
+
 /// Fails with `AddrInUse` when anything already holds `addr` over UDP or TCP, including another
 /// SO_REUSEPORT group (which would otherwise silently share the port with us). With port 0,
 /// returns a port free for both.
@@ -33,7 +40,10 @@ pub fn probe_exclusive(addr: SocketAddr) -> io::Result<SocketAddr> {
             Err(_) => continue,
         }
     }
-    Err(io::Error::new(io::ErrorKind::AddrInUse, "no port free for both UDP and TCP"))
+    Err(io::Error::new(
+        io::ErrorKind::AddrInUse,
+        "no port free for both UDP and TCP",
+    ))
 }
 
 /// A non-blocking UDP socket on `addr` with SO_REUSEPORT, so each worker can have its own.
@@ -75,7 +85,11 @@ fn set_dont_fragment(s: &Socket, v6: bool) -> io::Result<()> {
     let (level, name, value) = if v6 {
         (libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG, 1 as libc::c_int)
     } else {
-        (libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_DO)
+        (
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DO,
+        )
     };
     // SAFETY: valid fd owned by `s`, a c_int option value whose size we pass.
     let rc = unsafe {

@@ -185,7 +185,10 @@ impl NonceMinter {
 
     fn mac(&self, expiry: u64) -> String {
         let tag = hmac::sign(&self.key, &expiry.to_be_bytes());
-        tag.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+        tag.as_ref()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
     /// A fresh nonce valid until `now_unix_secs + lifetime`.
@@ -205,7 +208,11 @@ impl NonceMinter {
         let Ok(expiry) = u64::from_str_radix(&rest[..16], 16) else {
             return false;
         };
-        let good: bool = self.mac(expiry).as_bytes().ct_eq(rest[16..].as_bytes()).into();
+        let good: bool = self
+            .mac(expiry)
+            .as_bytes()
+            .ct_eq(rest[16..].as_bytes())
+            .into();
         good && now_unix_secs <= expiry
     }
 }
@@ -263,8 +270,14 @@ mod tests {
             creds.passwords(&c.username, 1061),
             Err(CredentialError::Expired)
         );
-        assert_eq!(creds.passwords("static", 0).unwrap(), vec!["pw".to_string()]);
-        assert_eq!(creds.passwords("nobody", 0), Err(CredentialError::UnknownUser));
+        assert_eq!(
+            creds.passwords("static", 0).unwrap(),
+            vec!["pw".to_string()]
+        );
+        assert_eq!(
+            creds.passwords("nobody", 0),
+            Err(CredentialError::UnknownUser)
+        );
     }
 
     #[test]

@@ -11,7 +11,6 @@ use super::policy::{DenyReason, PeerPolicy};
 use super::timers::TimerQueue;
 use super::FiveTuple;
 use crate::metrics::TurnMetrics;
-use stun_server::metrics::StunMetrics;
 use rtc_stun::attributes::*;
 use rtc_stun::message::{
     Message, TransactionId, CLASS_INDICATION, CLASS_REQUEST, METHOD_ALLOCATE, METHOD_BINDING,
@@ -22,6 +21,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
+use stun_server::metrics::StunMetrics;
 use stun_server::proto::binding::{self, BindingConfig, BindingOutcome, RequestContext};
 use stun_server::proto::msg::{
     self, attr, classify, integrity_present, text_attr, verify_integrity, xor_address,
@@ -224,7 +224,8 @@ impl Shared {
         let Ok(mut m) = self.per_user.lock() else {
             return Err(508);
         };
-        if self.draining.load(Ordering::Relaxed) || self.total.load(Ordering::Relaxed) >= total_quota
+        if self.draining.load(Ordering::Relaxed)
+            || self.total.load(Ordering::Relaxed) >= total_quota
         {
             return Err(508);
         }
@@ -544,7 +545,10 @@ impl TurnCore {
     fn challenge(&self, m: &Message, code: u16, reason: &str, now: Instant) -> MessageBuilder {
         let mut b = MessageBuilder::error(m, code, reason);
         b.raw(ATTR_REALM, self.cfg.realm.as_bytes());
-        b.raw(ATTR_NONCE, self.cfg.nonces.mint(self.unix_secs(now)).as_bytes());
+        b.raw(
+            ATTR_NONCE,
+            self.cfg.nonces.mint(self.unix_secs(now)).as_bytes(),
+        );
         b.raw(ATTR_PASSWORD_ALGORITHMS, &password_algorithms_value());
         b
     }
@@ -580,16 +584,14 @@ impl TurnCore {
         }
         let alg = match attr(m, ATTR_PASSWORD_ALGORITHM) {
             None => PasswordAlgorithm::Md5,
-            Some(v) if v.len() >= 2 => {
-                match u16::from_be_bytes([v[0], v[1]]) {
-                    1 => PasswordAlgorithm::Md5,
-                    2 => PasswordAlgorithm::Sha256,
-                    _ => {
-                        self.auth_failure("bad_request");
-                        return Err(MessageBuilder::error(m, 400, "Bad Request"));
-                    }
+            Some(v) if v.len() >= 2 => match u16::from_be_bytes([v[0], v[1]]) {
+                1 => PasswordAlgorithm::Md5,
+                2 => PasswordAlgorithm::Sha256,
+                _ => {
+                    self.auth_failure("bad_request");
+                    return Err(MessageBuilder::error(m, 400, "Bad Request"));
                 }
-            }
+            },
             Some(_) => {
                 self.auth_failure("bad_request");
                 return Err(MessageBuilder::error(m, 400, "Bad Request"));
@@ -799,7 +801,8 @@ impl TurnCore {
             self.by_relay.insert(r.local, id);
         }
         self.by_tuple.insert(tuple, id);
-        self.timers.schedule(alloc.expires, TimerKey::Allocation(id));
+        self.timers
+            .schedule(alloc.expires, TimerKey::Allocation(id));
         self.allocs.insert(id, alloc);
         b
     }
@@ -847,7 +850,12 @@ impl TurnCore {
                 Some(2) => AddressFamily::V6,
                 _ => return MessageBuilder::error(m, 440, "Address Family not Supported"),
             };
-            if self.allocs.get(&id).and_then(|a| a.relay_for(fam)).is_none() {
+            if self
+                .allocs
+                .get(&id)
+                .and_then(|a| a.relay_for(fam))
+                .is_none()
+            {
                 return MessageBuilder::error(m, 443, "Peer Address Family Mismatch");
             }
         }
@@ -864,9 +872,18 @@ impl TurnCore {
     }
 
     /// Checks one peer: family against the allocation's relays (443), then the policy (403).
-    fn check_peer(&self, a: &Allocation, m: &Message, peer: SocketAddr) -> Result<(), MessageBuilder> {
+    fn check_peer(
+        &self,
+        a: &Allocation,
+        m: &Message,
+        peer: SocketAddr,
+    ) -> Result<(), MessageBuilder> {
         if a.relay_for(AddressFamily::of(peer.ip())).is_none() {
-            return Err(MessageBuilder::error(m, 443, "Peer Address Family Mismatch"));
+            return Err(MessageBuilder::error(
+                m,
+                443,
+                "Peer Address Family Mismatch",
+            ));
         }
         if self.shared.is_live_relay(peer) {
             return Ok(());
@@ -999,15 +1016,19 @@ impl TurnCore {
 
     /// Send indication (RFC 8656 §11.2): relayed when a permission exists, silently dropped
     /// (and counted) otherwise.
-    fn handle_send(&mut self, tuple: FiveTuple, m: &Message, now: Instant, out: &mut Vec<Transmit>) {
+    fn handle_send(
+        &mut self,
+        tuple: FiveTuple,
+        m: &Message,
+        now: Instant,
+        out: &mut Vec<Transmit>,
+    ) {
         let Some(a) = self.by_tuple.get(&tuple).and_then(|id| self.allocs.get(id)) else {
             self.metrics.drop_packet("no_allocation");
             return;
         };
-        let (Some(peer), Some(data)) = (
-            xor_address(m, ATTR_XOR_PEER_ADDRESS),
-            attr(m, ATTR_DATA),
-        ) else {
+        let (Some(peer), Some(data)) = (xor_address(m, ATTR_XOR_PEER_ADDRESS), attr(m, ATTR_DATA))
+        else {
             self.metrics.drop_packet("malformed");
             return;
         };

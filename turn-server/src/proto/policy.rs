@@ -269,7 +269,10 @@ mod tests {
     #[test]
     fn operator_cidrs_override_longest_prefix_wins() {
         let pol = PeerPolicy::new(
-            vec!["127.0.0.0/8".parse().unwrap(), "10.0.0.0/8".parse().unwrap()],
+            vec![
+                "127.0.0.0/8".parse().unwrap(),
+                "10.0.0.0/8".parse().unwrap(),
+            ],
             vec![
                 "10.9.0.0/16".parse().unwrap(),
                 "192.0.2.0/24".parse().unwrap(),
@@ -283,7 +286,10 @@ mod tests {
         assert_eq!(pol.check(p("10.1.0.1:1")), Ok(()));
         assert_eq!(pol.check(p("10.9.0.1:1")), Err(DenyReason::Configured));
         assert_eq!(pol.check(p("192.0.2.1:1")), Err(DenyReason::Configured));
-        assert_eq!(pol.check(p("[::ffff:192.0.2.1]:1")), Err(DenyReason::Configured));
+        assert_eq!(
+            pol.check(p("[::ffff:192.0.2.1]:1")),
+            Err(DenyReason::Configured)
+        );
     }
 
     #[test]
@@ -292,7 +298,10 @@ mod tests {
         let pol = PeerPolicy::new(vec![], vec![], vec![own], vec![3478, 9641], (49152, 65535));
         assert_eq!(pol.check(p("192.0.2.10:3478")), Err(DenyReason::OwnAddress));
         assert_eq!(pol.check(p("192.0.2.10:22")), Err(DenyReason::OwnAddress));
-        assert_eq!(pol.check(p("[::ffff:192.0.2.10]:22")), Err(DenyReason::OwnAddress));
+        assert_eq!(
+            pol.check(p("[::ffff:192.0.2.10]:22")),
+            Err(DenyReason::OwnAddress)
+        );
         assert_eq!(pol.check(p("192.0.2.11:22")), Ok(()));
         let pol = PeerPolicy::new(
             vec!["192.0.2.0/24".parse().unwrap()],
@@ -304,6 +313,9 @@ mod tests {
         // Explicitly allowed: other ports work, the server's own ports never do.
         assert_eq!(pol.check(p("192.0.2.10:22")), Ok(()));
         assert_eq!(pol.check(p("192.0.2.10:3478")), Err(DenyReason::OwnAddress));
-        assert_eq!(pol.check(p("192.0.2.10:50000")), Err(DenyReason::OwnAddress));
+        assert_eq!(
+            pol.check(p("192.0.2.10:50000")),
+            Err(DenyReason::OwnAddress)
+        );
     }
 }

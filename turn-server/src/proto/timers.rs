@@ -64,9 +64,15 @@ mod tests {
         q.schedule(t0 + Duration::from_secs(1), 'a');
         assert_eq!(q.next_deadline(), Some(t0 + Duration::from_secs(1)));
         assert_eq!(q.pop_due(t0), None);
-        assert_eq!(q.pop_due(t0 + Duration::from_secs(2)).map(|e| e.1), Some('a'));
+        assert_eq!(
+            q.pop_due(t0 + Duration::from_secs(2)).map(|e| e.1),
+            Some('a')
+        );
         assert_eq!(q.pop_due(t0 + Duration::from_secs(2)), None);
-        assert_eq!(q.pop_due(t0 + Duration::from_secs(9)).map(|e| e.1), Some('b'));
+        assert_eq!(
+            q.pop_due(t0 + Duration::from_secs(9)).map(|e| e.1),
+            Some('b')
+        );
         assert!(q.is_empty());
     }
 }

@@ -2,8 +2,8 @@
 //! channel binding, nonce), every error code, and the relay paths.
 
 use super::*;
-use crate::proto::Transport;
 use crate::proto::auth::mint_rest_credential;
+use crate::proto::Transport;
 use rtc_stun::message::{MessageType, Method, CLASS_ERROR_RESPONSE, CLASS_SUCCESS_RESPONSE};
 
 const T0_UNIX: u64 = 1_800_000_000;
@@ -119,13 +119,7 @@ impl Harness {
         let metrics = TurnMetrics::register(&mut prometheus_client::registry::Registry::default());
         let shared = Arc::new(Shared::default());
         let t0 = Instant::now();
-        let core = TurnCore::new(
-            Arc::new(cfg),
-            shared.clone(),
-            metrics.clone(),
-            t0,
-            T0_UNIX,
-        );
+        let core = TurnCore::new(Arc::new(cfg), shared.clone(), metrics.clone(), t0, T0_UNIX);
         Self {
             core,
             relays,
@@ -205,7 +199,12 @@ impl Client {
         b.raw(ATTR_USERNAME, self.username.as_bytes());
         b.raw(ATTR_REALM, b"turnkey");
         b.raw(ATTR_NONCE, self.nonce.as_bytes());
-        let key = long_term_key(&self.username, "turnkey", &self.password, PasswordAlgorithm::Md5);
+        let key = long_term_key(
+            &self.username,
+            "turnkey",
+            &self.password,
+            PasswordAlgorithm::Md5,
+        );
         b.integrity(&key, IntegrityAlgorithm::Sha1);
         b.fingerprint();
         b.finish()
@@ -224,7 +223,10 @@ impl Client {
             || code(&r) == Some(438)
         {
             self.nonce = text_attr(&r, ATTR_NONCE).unwrap().to_string();
-            return h.request(self.tuple, &self.build(method, TransactionId::new(), attrs, peers));
+            return h.request(
+                self.tuple,
+                &self.build(method, TransactionId::new(), attrs, peers),
+            );
         }
         r
     }
@@ -245,7 +247,14 @@ fn is_success(m: &Message) -> bool {
     m.typ.class == CLASS_SUCCESS_RESPONSE
 }
 
-fn counter(f: &prometheus_client::metrics::family::Family<crate::metrics::L1, prometheus_client::metrics::counter::Counter>, v: &'static str, k: &'static str) -> u64 {
+fn counter(
+    f: &prometheus_client::metrics::family::Family<
+        crate::metrics::L1,
+        prometheus_client::metrics::counter::Counter,
+    >,
+    v: &'static str,
+    k: &'static str,
+) -> u64 {
     f.get_or_create(&[(k, v)]).get()
 }
 
@@ -340,8 +349,14 @@ fn wrong_password_unknown_user_and_expired_rest_get_401() {
     let bad = mint_rest_credential("othersecret", "carol", 60, T0_UNIX + 61);
     let mut c = Client::new(tuple(40014), &bad.username, &bad.password);
     assert_eq!(code(&c.allocate(&mut h)), Some(401));
-    assert_eq!(counter(&h.metrics.auth_failures, "bad_integrity", "reason"), 2);
-    assert_eq!(counter(&h.metrics.auth_failures, "unknown_user", "reason"), 1);
+    assert_eq!(
+        counter(&h.metrics.auth_failures, "bad_integrity", "reason"),
+        2
+    );
+    assert_eq!(
+        counter(&h.metrics.auth_failures, "unknown_user", "reason"),
+        1
+    );
     assert_eq!(counter(&h.metrics.auth_failures, "expired", "reason"), 1);
 }
 
@@ -351,15 +366,24 @@ fn nonce_goes_stale_in_virtual_time_438() {
     let mut c = Client::new(tuple(40020), "alice", "alicepw");
     assert!(is_success(&c.allocate(&mut h)));
     h.advance(599);
-    let r = h.request(c.tuple, &c.build(METHOD_REFRESH, TransactionId::new(), &[], &[]));
+    let r = h.request(
+        c.tuple,
+        &c.build(METHOD_REFRESH, TransactionId::new(), &[], &[]),
+    );
     assert!(is_success(&r));
     h.advance(2);
-    let r = h.request(c.tuple, &c.build(METHOD_REFRESH, TransactionId::new(), &[], &[]));
+    let r = h.request(
+        c.tuple,
+        &c.build(METHOD_REFRESH, TransactionId::new(), &[], &[]),
+    );
     assert_eq!(code(&r), Some(438));
     assert!(text_attr(&r, ATTR_NONCE).is_some());
     // A bogus nonce is 438 too.
     c.nonce = "obMatJos2gAAAbogus".into();
-    let r = h.request(c.tuple, &c.build(METHOD_REFRESH, TransactionId::new(), &[], &[]));
+    let r = h.request(
+        c.tuple,
+        &c.build(METHOD_REFRESH, TransactionId::new(), &[], &[]),
+    );
     assert_eq!(code(&r), Some(438));
 }
 
@@ -385,14 +409,29 @@ fn refresh_extends_and_zero_deletes() {
     let mut c = Client::new(tuple(40040), "alice", "alicepw");
     let _ = c.allocate(&mut h);
     h.advance(500);
-    let r = c.call(&mut h, METHOD_REFRESH, &[(ATTR_LIFETIME, 1200u32.to_be_bytes().to_vec())], &[]);
+    let r = c.call(
+        &mut h,
+        METHOD_REFRESH,
+        &[(ATTR_LIFETIME, 1200u32.to_be_bytes().to_vec())],
+        &[],
+    );
     assert_eq!(attr(&r, ATTR_LIFETIME), Some(&1200u32.to_be_bytes()[..]));
     h.advance(1000);
     assert_eq!(h.core.allocation_count(), 1);
     // Too long is capped to max_lifetime.
-    let r = c.call(&mut h, METHOD_REFRESH, &[(ATTR_LIFETIME, 99999u32.to_be_bytes().to_vec())], &[]);
+    let r = c.call(
+        &mut h,
+        METHOD_REFRESH,
+        &[(ATTR_LIFETIME, 99999u32.to_be_bytes().to_vec())],
+        &[],
+    );
     assert_eq!(attr(&r, ATTR_LIFETIME), Some(&3600u32.to_be_bytes()[..]));
-    let r = c.call(&mut h, METHOD_REFRESH, &[(ATTR_LIFETIME, vec![0, 0, 0, 0])], &[]);
+    let r = c.call(
+        &mut h,
+        METHOD_REFRESH,
+        &[(ATTR_LIFETIME, vec![0, 0, 0, 0])],
+        &[],
+    );
     assert!(is_success(&r));
     assert_eq!(h.core.allocation_count(), 0);
     let r = c.call(&mut h, METHOD_REFRESH, &[], &[]);
@@ -409,14 +448,22 @@ fn permission_expires_after_300s() {
     assert!(h.core.handle_peer(relay, peer, b"x", h.now).is_none());
     let r = c.call(&mut h, METHOD_CREATE_PERMISSION, &[], &[peer]);
     assert!(is_success(&r), "{:?}", code(&r));
-    let got = h.core.handle_peer(relay, peer, b"hello", h.now).expect("relayed");
-    let Transmit::ToClient { data, .. } = got else { panic!() };
+    let got = h
+        .core
+        .handle_peer(relay, peer, b"hello", h.now)
+        .expect("relayed");
+    let Transmit::ToClient { data, .. } = got else {
+        panic!()
+    };
     let d = msg::decode(&data).unwrap();
     assert_eq!(d.typ.method, METHOD_DATA);
     assert_eq!(attr(&d, ATTR_DATA), Some(&b"hello"[..]));
     assert_eq!(xor_address(&d, ATTR_XOR_PEER_ADDRESS), Some(peer));
     // Permissions are per IP: another port of the same peer IP is fine.
-    assert!(h.core.handle_peer(relay, "192.0.2.50:7001".parse().unwrap(), b"x", h.now).is_some());
+    assert!(h
+        .core
+        .handle_peer(relay, "192.0.2.50:7001".parse().unwrap(), b"x", h.now)
+        .is_some());
     h.advance(299);
     assert!(h.core.handle_peer(relay, peer, b"x", h.now).is_some());
     h.advance(1);
@@ -435,7 +482,8 @@ fn send_indication_needs_permission() {
             MessageType::new(METHOD_SEND, CLASS_INDICATION),
             TransactionId::new(),
         );
-        b.xor_address(ATTR_XOR_PEER_ADDRESS, peer).raw(ATTR_DATA, b"payload");
+        b.xor_address(ATTR_XOR_PEER_ADDRESS, peer)
+            .raw(ATTR_DATA, b"payload");
         b.finish()
     };
     assert!(h.send(c.tuple, &send(peer)).is_empty());
@@ -458,7 +506,12 @@ fn channel_bind_relay_expiry_and_rebinding_rules() {
     let mut h = Harness::new();
     let mut c = Client::new(tuple(40070), "alice", "alicepw");
     let relay = relayed(&c.allocate(&mut h));
-    let r = c.call(&mut h, METHOD_REFRESH, &[(ATTR_LIFETIME, 3600u32.to_be_bytes().to_vec())], &[]);
+    let r = c.call(
+        &mut h,
+        METHOD_REFRESH,
+        &[(ATTR_LIFETIME, 3600u32.to_be_bytes().to_vec())],
+        &[],
+    );
     assert!(is_success(&r));
     let peer: SocketAddr = "192.0.2.70:7000".parse().unwrap();
     let peer2: SocketAddr = "192.0.2.71:7000".parse().unwrap();
@@ -481,7 +534,8 @@ fn channel_bind_relay_expiry_and_rebinding_rules() {
         }]
     );
     // Peer -> client as ChannelData (UDP: unpadded).
-    let Some(Transmit::ToClient { data, .. }) = h.core.handle_peer(relay, peer, b"xyz", h.now) else {
+    let Some(Transmit::ToClient { data, .. }) = h.core.handle_peer(relay, peer, b"xyz", h.now)
+    else {
         panic!()
     };
     assert_eq!(data, vec![0x40, 0x01, 0, 3, b'x', b'y', b'z']);
@@ -528,7 +582,8 @@ fn tcp_channel_data_is_padded() {
         &[peer],
     );
     assert!(is_success(&r));
-    let Some(Transmit::ToClient { data, .. }) = h.core.handle_peer(relay, peer, b"hello", h.now) else {
+    let Some(Transmit::ToClient { data, .. }) = h.core.handle_peer(relay, peer, b"hello", h.now)
+    else {
         panic!()
     };
     assert_eq!(data.len(), 12);
@@ -547,7 +602,12 @@ fn peer_policy_403_and_live_relays_allowed() {
     // Relays are on 127.0.0.1 (a refused class), yet each may reach the other's relay.
     let r = a.call(&mut h, METHOD_CREATE_PERMISSION, &[], &[rb]);
     assert!(is_success(&r), "{:?}", code(&r));
-    let r = b.call(&mut h, METHOD_CHANNEL_BIND, &[(ATTR_CHANNEL_NUMBER, vec![0x40, 0, 0, 0])], &[ra]);
+    let r = b.call(
+        &mut h,
+        METHOD_CHANNEL_BIND,
+        &[(ATTR_CHANNEL_NUMBER, vec![0x40, 0, 0, 0])],
+        &[ra],
+    );
     assert!(is_success(&r), "{:?}", code(&r));
     for bad in [
         "127.0.0.1:3478",
@@ -581,12 +641,16 @@ fn peer_policy_403_and_live_relays_allowed() {
 fn quotas_486_per_user_508_total() {
     let mut h = Harness::new();
     for i in 0..3 {
-        assert!(is_success(&Client::new(tuple(41000 + i), "alice", "alicepw").allocate(&mut h)));
+        assert!(is_success(
+            &Client::new(tuple(41000 + i), "alice", "alicepw").allocate(&mut h)
+        ));
     }
     let r = Client::new(tuple(41010), "alice", "alicepw").allocate(&mut h);
     assert_eq!(code(&r), Some(486));
     for i in 0..2 {
-        assert!(is_success(&Client::new(tuple(41020 + i), "bob", "bobpw").allocate(&mut h)));
+        assert!(is_success(
+            &Client::new(tuple(41020 + i), "bob", "bobpw").allocate(&mut h)
+        ));
     }
     let cred = mint_rest_credential("restsecret", "carol", 600, T0_UNIX);
     let r = Client::new(tuple(41030), &cred.username, &cred.password).allocate(&mut h);
@@ -604,7 +668,12 @@ fn allocate_error_codes() {
     let mut c = Client::new(tuple(42000), "alice", "alicepw");
     let r = c.call(&mut h, METHOD_ALLOCATE, &[], &[]);
     assert_eq!(code(&r), Some(400));
-    let r = c.call(&mut h, METHOD_ALLOCATE, &[(ATTR_REQUESTED_TRANSPORT, vec![6, 0, 0, 0])], &[]);
+    let r = c.call(
+        &mut h,
+        METHOD_ALLOCATE,
+        &[(ATTR_REQUESTED_TRANSPORT, vec![6, 0, 0, 0])],
+        &[],
+    );
     assert_eq!(code(&r), Some(442));
     let r = c.call(
         &mut h,
@@ -620,16 +689,22 @@ fn allocate_error_codes() {
         &[],
     );
     assert_eq!(code(&r), Some(440));
-    let r = c.call(&mut h, METHOD_ALLOCATE, &[udp(), (AttrType(0x7001), vec![1])], &[]);
-    assert_eq!(code(&r), Some(420));
-    assert_eq!(
-        attr(&r, ATTR_UNKNOWN_ATTRIBUTES),
-        Some(&[0x70, 0x01][..])
-    );
     let r = c.call(
         &mut h,
         METHOD_ALLOCATE,
-        &[udp(), (ATTR_EVEN_PORT, vec![0x80]), (ATTR_RESERVATION_TOKEN, vec![1; 8])],
+        &[udp(), (AttrType(0x7001), vec![1])],
+        &[],
+    );
+    assert_eq!(code(&r), Some(420));
+    assert_eq!(attr(&r, ATTR_UNKNOWN_ATTRIBUTES), Some(&[0x70, 0x01][..]));
+    let r = c.call(
+        &mut h,
+        METHOD_ALLOCATE,
+        &[
+            udp(),
+            (ATTR_EVEN_PORT, vec![0x80]),
+            (ATTR_RESERVATION_TOKEN, vec![1; 8]),
+        ],
         &[],
     );
     assert_eq!(code(&r), Some(400));
@@ -660,16 +735,31 @@ fn even_port_reservation_and_dual_stack() {
     relays.v6 = Some("::1".parse().unwrap());
     let mut h = Harness::with(config(), relays);
     let mut a = Client::new(tuple(43000), "alice", "alicepw");
-    let r = a.call(&mut h, METHOD_ALLOCATE, &[udp(), (ATTR_EVEN_PORT, vec![0x80])], &[]);
+    let r = a.call(
+        &mut h,
+        METHOD_ALLOCATE,
+        &[udp(), (ATTR_EVEN_PORT, vec![0x80])],
+        &[],
+    );
     assert!(is_success(&r));
     assert_eq!(relayed(&r).port() % 2, 0);
     let token = attr(&r, ATTR_RESERVATION_TOKEN).expect("token").to_vec();
     let mut b = Client::new(tuple(43001), "bob", "bobpw");
-    let r2 = b.call(&mut h, METHOD_ALLOCATE, &[udp(), (ATTR_RESERVATION_TOKEN, token.clone())], &[]);
+    let r2 = b.call(
+        &mut h,
+        METHOD_ALLOCATE,
+        &[udp(), (ATTR_RESERVATION_TOKEN, token.clone())],
+        &[],
+    );
     assert!(is_success(&r2));
     assert_eq!(relayed(&r2).port(), relayed(&r).port() + 1);
     let mut d = Client::new(tuple(43002), "bob", "bobpw");
-    let r3 = d.call(&mut h, METHOD_ALLOCATE, &[udp(), (ATTR_RESERVATION_TOKEN, token)], &[]);
+    let r3 = d.call(
+        &mut h,
+        METHOD_ALLOCATE,
+        &[udp(), (ATTR_RESERVATION_TOKEN, token)],
+        &[],
+    );
     assert_eq!(code(&r3), Some(508));
     // Dual allocation: two XOR-RELAYED-ADDRESS.
     let mut e = Client::new(tuple(43003), "alice", "alicepw");
@@ -740,7 +830,9 @@ fn binding_is_answered_and_garbage_is_counted() {
             buf[0] = 0x40; // ChannelData-looking
         }
         let _ = h.send(t, &buf);
-        let _ = h.core.handle_peer("127.0.0.1:50000".parse().unwrap(), t.client, &buf, h.now);
+        let _ = h
+            .core
+            .handle_peer("127.0.0.1:50000".parse().unwrap(), t.client, &buf, h.now);
     }
     assert!(counter(&h.metrics.dropped_packets, "not_stun", "reason") > 0);
     // Still answering.

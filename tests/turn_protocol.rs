@@ -1,0 +1,287 @@
+//! RFC 8656 / RFC 6156 behaviour and the security defaults, checked over the wire against the
+//! real `turn-server` binary with a raw client.
+
+mod relay_support;
+mod wire;
+
+use relay_support::TurnServer;
+use rtc_stun::attributes::*;
+use rtc_stun::message::{
+    TransactionId, BINDING_REQUEST, METHOD_ALLOCATE, METHOD_CHANNEL_BIND, METHOD_CREATE_PERMISSION,
+    METHOD_REFRESH,
+};
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+use stun_server::proto::msg::{self, MessageBuilder};
+use wire::{code, data_indication, relayed, WireClient};
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn every_refused_peer_class_gets_403_and_is_counted() {
+    let server = TurnServer::start(&["--user", "alice:pw", "--relay-ip", "::1"]);
+    let mut c = WireClient::new(server.listen, "alice", "pw");
+    let _relay = c.allocate_with(&[(ATTR_ADDITIONAL_ADDRESS_FAMILY_, vec![2, 0, 0, 0])]);
+    let own_listen = server.listen;
+    let own_metrics = server.metrics;
+    let refused = [
+        "0.0.0.0:9".to_string(),
+        "127.0.0.1:80".into(),
+        "127.9.9.9:80".into(),
+        "10.1.2.3:80".into(),
+        "172.16.5.5:80".into(),
+        "192.168.1.1:80".into(),
+        "100.64.0.1:80".into(),
+        "169.254.169.254:80".into(),
+        "224.0.0.251:5353".into(),
+        "255.255.255.255:9".into(),
+        "240.0.0.1:9".into(),
+        own_listen.to_string(),
+        own_metrics.to_string(),
+        "[::]:9".into(),
+        "[::1]:80".into(),
+        "[fd00::1]:80".into(),
+        "[fe80::1]:80".into(),
+        "[ff02::1]:80".into(),
+        "[::ffff:127.0.0.1]:80".into(),
+        "[::ffff:10.0.0.1]:80".into(),
+        "[::127.0.0.1]:80".into(),
+        "[64:ff9b::a9fe:a9fe]:80".into(),
+        "[2002:c0a8:0101::1]:80".into(),
+    ];
+    for p in &refused {
+        let peer = sa(p);
+        let r = c.call(METHOD_CREATE_PERMISSION, &[], &[peer]);
+        assert_eq!(code(&r), Some(403), "CreatePermission {p}");
+        let r = c.call(
+            METHOD_CHANNEL_BIND,
+            &[(ATTR_CHANNEL_NUMBER, vec![0x40, 0x10, 0, 0])],
+            &[peer],
+        );
+        assert_eq!(code(&r), Some(403), "ChannelBind {p}");
+    }
+    let denied = server.metric("turn_peer_denied_total", &[]);
+    assert_eq!(denied as usize, refused.len() * 2);
+    // Send to a refused peer: no permission can exist, so nothing is relayed.
+    c.send_indication(sa("10.1.2.3:80"), b"x");
+    // A documentation address is allowed.
+    let r = c.call(METHOD_CREATE_PERMISSION, &[], &[sa("192.0.2.1:9")]);
+    assert_eq!(code(&r), None);
+    assert!(server.metric("turn_dropped_packets_total", &["reason=\"no_permission\""]) >= 1.0);
+}
+
+// rtc-stun has no constant for ADDITIONAL-ADDRESS-FAMILY (RFC 8656 §18.11).
+const ATTR_ADDITIONAL_ADDRESS_FAMILY_: AttrType = AttrType(0x8000);
+
+#[test]
+fn auth_failures_401_stale_nonce_438_and_rest_credentials() {
+    let secret = "s3cret-for-test";
+    let server = TurnServer::start(&["--user", "alice:pw", "--auth-secret", secret]);
+    // Wrong password.
+    let mut c = WireClient::new(server.listen, "alice", "nope");
+    assert_eq!(code(&c.allocate_with(&[])), Some(401));
+    // Bogus nonce: 438 with a fresh one.
+    let mut c = WireClient::new(server.listen, "alice", "pw");
+    c.realm = "turnkey".into();
+    c.nonce = "obMatJos2gAAAdeadbeef".into();
+    let r = c.exchange(
+        METHOD_ALLOCATE,
+        &[(ATTR_REQUESTED_TRANSPORT, vec![17, 0, 0, 0])],
+        &[],
+    );
+    assert_eq!(code(&r), Some(438));
+    assert!(msg::text_attr(&r, ATTR_NONCE).is_some());
+    // The CLI mints a credential the server accepts.
+    let out = Command::new(relay_support::workspace_bin("turn-server"))
+        .args([
+            "credentials",
+            "--secret",
+            secret,
+            "--user",
+            "carol",
+            "--ttl",
+            "600",
+        ])
+        .output()
+        .expect("run turn-server credentials");
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let user = v["username"].as_str().unwrap();
+    assert!(user.ends_with(":carol"));
+    assert_eq!(v["ttl"], 600);
+    let mut ok = WireClient::new(server.listen, user, v["password"].as_str().unwrap());
+    ok.allocate();
+    // An expired REST credential.
+    let expired = turn_server::proto::auth::mint_rest_credential(secret, "dave", 0, 1_000_000);
+    let mut c = WireClient::new(server.listen, &expired.username, &expired.password);
+    assert_eq!(code(&c.allocate_with(&[])), Some(401));
+    assert_eq!(
+        server.metric("turn_auth_failures_total", &["reason=\"expired\""]),
+        1.0
+    );
+    assert_eq!(
+        server.metric("turn_auth_failures_total", &["reason=\"bad_integrity\""]),
+        1.0
+    );
+    assert_eq!(
+        server.metric("turn_auth_failures_total", &["reason=\"stale_nonce\""]),
+        1.0
+    );
+    // No user name appears as a label value.
+    let (_, body) = relay_support::http_get(server.metrics, "/metrics").unwrap();
+    assert!(!body.contains("carol") && !body.contains("alice"), "{body}");
+}
+
+#[test]
+fn malformed_burst_leaves_the_server_answering() {
+    let server = TurnServer::start(&["--user", "alice:pw"]);
+    let mut c = WireClient::new(server.listen, "alice", "pw");
+    c.allocate();
+    let mut seed = 0x1234_5678u32;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        seed
+    };
+    let binding = MessageBuilder::new(BINDING_REQUEST, TransactionId::new()).finish();
+    for i in 0..3000 {
+        let len = (next() % 600) as usize;
+        let mut b: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        match i % 4 {
+            0 if len >= 20 => {
+                // STUN-looking header with a lying length.
+                b[0] &= 0x01;
+                b[4..8].copy_from_slice(&0x2112A442u32.to_be_bytes());
+            }
+            1 if len >= 4 => b[0] = 0x40 | (b[0] & 0x3F), // ChannelData-looking
+            2 => b = binding[..(len % binding.len())].to_vec(), // truncated
+            _ => {}
+        }
+        c.send_raw(&b);
+    }
+    // Still answering Binding and requests.
+    let tid = TransactionId::new();
+    c.send_raw(&MessageBuilder::new(BINDING_REQUEST, tid).finish());
+    let r = c.recv_response(tid);
+    assert!(msg::xor_address(&r, ATTR_XORMAPPED_ADDRESS).is_some());
+    let r = c.call(METHOD_REFRESH, &[], &[]);
+    assert_eq!(code(&r), None);
+    assert!(server.metric("turn_dropped_packets_total", &[]) > 100.0);
+}
+
+#[test]
+fn ipv6_and_dual_stack_relays_carry_data() {
+    let server = TurnServer::start(&["--user", "alice:pw", "--relay-ip", "::1"]);
+    // A: IPv6-only relay. B: dual (IPv4 + IPv6) relay.
+    let mut a = WireClient::new(server.listen, "alice", "pw");
+    let ra = relayed(&a.allocate_with(&[(ATTR_REQUESTED_ADDRESS_FAMILY, vec![2, 0, 0, 0])]));
+    assert!(ra.is_ipv6());
+    let mut b = WireClient::new(server.listen, "alice", "pw");
+    let rb = b.allocate_with(&[(ATTR_ADDITIONAL_ADDRESS_FAMILY_, vec![2, 0, 0, 0])]);
+    let both = msg::xor_addresses(&rb, ATTR_XOR_RELAYED_ADDRESS).unwrap();
+    assert_eq!(both.len(), 2);
+    let rb6 = both.iter().copied().find(|x| x.is_ipv6()).unwrap();
+    // An IPv4 peer on an IPv6-only allocation: 443.
+    let r = a.call(METHOD_CREATE_PERMISSION, &[], &[sa("192.0.2.1:9")]);
+    assert_eq!(code(&r), Some(443));
+    // Relay to relay over ::1 (allowed: live relayed addresses of this server).
+    assert_eq!(code(&a.call(METHOD_CREATE_PERMISSION, &[], &[rb6])), None);
+    assert_eq!(code(&b.call(METHOD_CREATE_PERMISSION, &[], &[ra])), None);
+    a.send_indication(rb6, b"over six");
+    let Some((data, _)) = b.recv_raw() else {
+        let (_, body) = relay_support::http_get(server.metrics, "/metrics").unwrap();
+        panic!("no data indication at B; metrics:\n{body}");
+    };
+    let (peer, payload) = data_indication(&data).expect("a Data indication");
+    assert_eq!(peer, ra);
+    assert_eq!(payload, b"over six");
+    assert_eq!(server.metric("turn_allocations", &["family=\"dual\""]), 1.0);
+    assert_eq!(server.metric("turn_allocations", &["family=\"ipv6\""]), 1.0);
+}
+
+#[test]
+fn sigterm_drains_refuses_new_allocations_then_exits() {
+    let mut server = TurnServer::start(&["--user", "alice:pw", "--drain-timeout", "20"]);
+    let mut a = WireClient::new(server.listen, "alice", "pw");
+    a.allocate();
+    let status = Command::new("kill")
+        .args(["-TERM", &server.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::thread::sleep(Duration::from_millis(300));
+    // Draining: new allocations refused, existing ones still served.
+    let mut b = WireClient::new(server.listen, "alice", "pw");
+    assert_eq!(code(&b.allocate_with(&[])), Some(508));
+    assert_eq!(code(&a.call(METHOD_REFRESH, &[], &[])), None);
+    assert!(
+        server.wait_exit(Duration::from_millis(500)).is_none(),
+        "exited while an allocation lived"
+    );
+    // The last allocation goes: the server exits well before the drain timeout.
+    assert_eq!(
+        code(&a.call(METHOD_REFRESH, &[(ATTR_LIFETIME, vec![0; 4])], &[])),
+        None
+    );
+    let st = server
+        .wait_exit(Duration::from_secs(5))
+        .expect("server exited after drain");
+    assert!(st.success(), "{st}");
+}
+
+#[test]
+fn metrics_endpoint_lists_every_documented_metric() {
+    let server = TurnServer::start(&["--user", "alice:pw"]);
+    let mut c = WireClient::new(server.listen, "alice", "pw");
+    c.allocate();
+    let (status, body) = relay_support::http_get(server.metrics, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    for name in [
+        "turn_allocations{",
+        "turn_allocation_requests_total{",
+        "turn_relayed_packets_total{direction=\"client_to_peer\"}",
+        "turn_relayed_packets_total{direction=\"peer_to_client\"}",
+        "turn_relayed_bytes_total{",
+        "# TYPE turn_auth_failures counter",
+        "# TYPE turn_peer_denied counter",
+        "# TYPE turn_dropped_packets counter",
+        "# TYPE stun_binding_requests counter",
+        "turnkey_build_info{",
+    ] {
+        assert!(body.contains(name), "missing {name} in:\n{body}");
+    }
+    assert_eq!(
+        server.metric("turn_allocations", &["transport=\"udp\""]),
+        1.0
+    );
+    let (status, body) = relay_support::http_get(server.metrics, "/healthz").unwrap();
+    assert_eq!((status, body.trim()), (200, "ok"));
+}
+
+#[test]
+fn config_file_unknown_key_is_a_startup_error_naming_it() {
+    let dir = std::env::temp_dir().join(format!("turnkey-cfg-it-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("bad.toml");
+    std::fs::write(&path, "realm = \"x\"\nrelay_ipp = [\"127.0.0.1\"]\n").unwrap();
+    let out = Command::new(relay_support::workspace_bin("turn-server"))
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("relay_ipp"), "{err}");
+    // The shipped sample config is valid.
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/turn-server.toml");
+    let cfg = turn_server::config::ServerArgs {
+        config: Some(sample.into()),
+        ..Default::default()
+    }
+    .resolve(&turn_server::config::Defaults::default());
+    assert!(cfg.is_ok(), "{:?}", cfg.err());
+}
