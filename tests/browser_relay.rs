@@ -119,6 +119,10 @@ fn relay_call(chromium: &Path, url: &str, username: &str, credential: &str, prot
         assert_eq!(sel["local"]["relayProtocol"], proto, "{peer}: {report}");
         assert_eq!(sel["local"]["address"], "127.0.0.1", "{peer}: {report}");
     }
+    println!(
+        "{url}: {} frames decoded, {} ms",
+        result["framesDecoded"], result["elapsedMs"]
+    );
     result
 }
 

@@ -1,10 +1,10 @@
 //! RFC 8656 / RFC 6156 behaviour and the security defaults, checked over the wire against the
 //! real `turn-server` binary with a raw client.
 
-mod relay_support;
+mod common;
 mod wire;
 
-use relay_support::TurnServer;
+use common::{free_udp_tcp_port, http_get, ServerGuard};
 use rtc_stun::attributes::*;
 use rtc_stun::message::{
     TransactionId, BINDING_REQUEST, METHOD_ALLOCATE, METHOD_CHANNEL_BIND, METHOD_CREATE_PERMISSION,
@@ -18,6 +18,54 @@ use wire::{code, data_indication, relayed, WireClient};
 
 fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
+}
+
+/// Our turn-server on a free loopback port with `--relay-ip 127.0.0.1` plus `extra`.
+struct TurnServer {
+    guard: ServerGuard,
+    listen: SocketAddr,
+    metrics: SocketAddr,
+}
+
+impl TurnServer {
+    fn start(extra: &[&str]) -> Self {
+        let listen = SocketAddr::from(([127, 0, 0, 1], free_udp_tcp_port()));
+        let mut args = vec!["--listen".to_string(), listen.to_string()];
+        args.extend(["--relay-ip".to_string(), "127.0.0.1".to_string()]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let guard = ServerGuard::turn_server(&args);
+        let metrics = guard.metrics;
+        Self {
+            guard,
+            listen,
+            metrics,
+        }
+    }
+
+    /// Sum of `name` over series whose labels include every `key="value"` in `labels`.
+    fn metric(&self, name: &str, labels: &[&str]) -> f64 {
+        let pairs: Vec<(&str, &str)> = labels
+            .iter()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k, v.trim_matches('"')))
+            .collect();
+        self.guard.metric(name, &pairs)
+    }
+
+    fn pid(&self) -> u32 {
+        self.guard.id()
+    }
+
+    fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Some(s) = self.guard.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
 }
 
 #[test]
@@ -95,7 +143,7 @@ fn auth_failures_401_stale_nonce_438_and_rest_credentials() {
     assert_eq!(code(&r), Some(438));
     assert!(msg::text_attr(&r, ATTR_NONCE).is_some());
     // The CLI mints a credential the server accepts.
-    let out = Command::new(relay_support::workspace_bin("turn-server"))
+    let out = Command::new(common::bin_path("turn-server"))
         .args([
             "credentials",
             "--secret",
@@ -131,7 +179,7 @@ fn auth_failures_401_stale_nonce_438_and_rest_credentials() {
         1.0
     );
     // No user name appears as a label value.
-    let (_, body) = relay_support::http_get(server.metrics, "/metrics").unwrap();
+    let (_, body) = http_get(server.metrics, "/metrics").unwrap();
     assert!(!body.contains("carol") && !body.contains("alice"), "{body}");
 }
 
@@ -193,7 +241,7 @@ fn ipv6_and_dual_stack_relays_carry_data() {
     assert_eq!(code(&b.call(METHOD_CREATE_PERMISSION, &[], &[ra])), None);
     a.send_indication(rb6, b"over six");
     let Some((data, _)) = b.recv_raw() else {
-        let (_, body) = relay_support::http_get(server.metrics, "/metrics").unwrap();
+        let (_, body) = http_get(server.metrics, "/metrics").unwrap();
         panic!("no data indication at B; metrics:\n{body}");
     };
     let (peer, payload) = data_indication(&data).expect("a Data indication");
@@ -238,7 +286,7 @@ fn metrics_endpoint_lists_every_documented_metric() {
     let server = TurnServer::start(&["--user", "alice:pw"]);
     let mut c = WireClient::new(server.listen, "alice", "pw");
     c.allocate();
-    let (status, body) = relay_support::http_get(server.metrics, "/metrics").unwrap();
+    let (status, body) = http_get(server.metrics, "/metrics").unwrap();
     assert_eq!(status, 200);
     for name in [
         "turn_allocations{",
@@ -258,7 +306,7 @@ fn metrics_endpoint_lists_every_documented_metric() {
         server.metric("turn_allocations", &["transport=\"udp\""]),
         1.0
     );
-    let (status, body) = relay_support::http_get(server.metrics, "/healthz").unwrap();
+    let (status, body) = http_get(server.metrics, "/healthz").unwrap();
     assert_eq!((status, body.trim()), (200, "ok"));
 }
 
@@ -268,7 +316,7 @@ fn config_file_unknown_key_is_a_startup_error_naming_it() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("bad.toml");
     std::fs::write(&path, "realm = \"x\"\nrelay_ipp = [\"127.0.0.1\"]\n").unwrap();
-    let out = Command::new(relay_support::workspace_bin("turn-server"))
+    let out = Command::new(common::bin_path("turn-server"))
         .arg("--config")
         .arg(&path)
         .output()

@@ -112,12 +112,8 @@ fn number_after(line: &str, key: &str) -> Option<u64> {
 fn parse_report(out: &str) -> Option<Report> {
     let totals = out
         .lines()
-        .filter(|l| l.contains("tot_send_msgs=") && !l.contains("msz="))
-        .next_back()?;
-    let loss = out
-        .lines()
-        .filter(|l| l.contains("Total lost packets "))
-        .next_back()?;
+        .rfind(|l| l.contains("tot_send_msgs=") && !l.contains("msz="))?;
+    let loss = out.lines().rfind(|l| l.contains("Total lost packets "))?;
     Some(Report {
         sent: number_after(totals, "tot_send_msgs=")?,
         received: number_after(totals, "tot_recv_msgs=")?,

@@ -406,6 +406,11 @@ impl ServerGuard {
         self.child.id()
     }
 
+    /// The exit status if the server has exited.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait()
+    }
+
     /// The current `/metrics` text; panics if it cannot be fetched.
     pub fn scrape_metrics(&self) -> String {
         scrape_metrics(self.metrics)

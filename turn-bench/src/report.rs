@@ -205,7 +205,7 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "  latency   p50 {} us  p99 {} us  max {} us  mean {} us  (one-way, through the relay)",
+            "  latency   p50 {} us  p99 {} us  max {} us  mean {} us  (one-way through the relay, kernel receive time)",
             opt(self.latency_p50_us),
             opt(self.latency_p99_us),
             opt(self.latency_max_us),
