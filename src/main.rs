@@ -102,7 +102,10 @@ fn print_usage(
     for l in listen {
         println!("  STUN/TURN   udp+tcp {l}");
     }
-    println!("  relay IPs   {:?}, ports {}-{}", cfg.relay_ips, cfg.min_port, cfg.max_port);
+    println!(
+        "  relay IPs   {:?}, ports {}-{}",
+        cfg.relay_ips, cfg.min_port, cfg.max_port
+    );
     println!("  metrics     http://{metrics}/metrics");
     println!("  realm       {}", cfg.realm);
     if generated {

@@ -86,13 +86,13 @@ impl StunMetrics {
         registry.register(BUILD_INFO, "turnkey build information", build_info);
         // Export zeros for the common series so dashboards and rate() work from the start.
         for transport in [Transport::Udp, Transport::Tcp] {
-            m.binding_requests.get_or_create(&RequestLabels {
+            let _ = m.binding_requests.get_or_create(&RequestLabels {
                 transport: transport.as_str(),
                 result: BindingResult::Success.as_str(),
             });
         }
         for reason in [BindingDrop::Malformed, BindingDrop::NotStun] {
-            m.dropped.get_or_create(&DropLabels {
+            let _ = m.dropped.get_or_create(&DropLabels {
                 reason: reason.as_str(),
             });
         }

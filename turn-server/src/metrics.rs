@@ -114,7 +114,7 @@ impl TurnMetrics {
             "wrong_realm",
             "bad_request",
         ] {
-            m.auth_failures.get_or_create(&[("reason", reason)]);
+            let _ = m.auth_failures.get_or_create(&[("reason", reason)]);
         }
         for reason in [
             "loopback",
@@ -126,7 +126,7 @@ impl TurnMetrics {
             "own_address",
             "configured",
         ] {
-            m.peer_denied.get_or_create(&[("reason", reason)]);
+            let _ = m.peer_denied.get_or_create(&[("reason", reason)]);
         }
         for reason in [
             "malformed",
@@ -138,10 +138,10 @@ impl TurnMetrics {
             "peer_send_failed",
             "tcp_queue_full",
         ] {
-            m.dropped_packets.get_or_create(&[("reason", reason)]);
+            let _ = m.dropped_packets.get_or_create(&[("reason", reason)]);
         }
         for result in ["success", "auth_challenge"] {
-            m.allocation_requests.get_or_create(&[("result", result)]);
+            let _ = m.allocation_requests.get_or_create(&[("result", result)]);
         }
         registry.register(
             names::ALLOCATIONS,

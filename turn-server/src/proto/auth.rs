@@ -211,7 +211,7 @@ impl NonceMinter {
         let good: bool = self
             .mac(expiry)
             .as_bytes()
-            .ct_eq(rest[16..].as_bytes())
+            .ct_eq(&rest.as_bytes()[16..])
             .into();
         good && now_unix_secs <= expiry
     }

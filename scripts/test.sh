@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# The one test command: bash scripts/test.sh
+#
+# Installs what the tests need if it is missing (Debian/Ubuntu: coturn's turnutils_* client
+# tools, chromium, iproute2, Node.js + npm, the browser test's npm packages), then runs
+#   cargo fmt --check, cargo clippy -D warnings, cargo build --bins, cargo test
+# over the whole workspace. Exits non-zero on the first failure.
+#
+# Runs as root without a terminal on a fresh machine; on repeat runs it installs nothing and
+# cargo rebuilds only what changed. Without root it uses sudo for apt-get, if there is one.
+# Cargo runs with --locked when Cargo.lock exists, so CI never edits the lock file.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT="$PWD"
+
+section() { printf '\n==== %s ====\n' "$*"; }
+have() { command -v "$1" >/dev/null 2>&1; }
+
+# ---------------------------------------------------------------------------------------------
+section "prerequisites"
+
+SUDO=()
+if [ "$(id -u)" -ne 0 ] && have sudo; then
+  SUDO=(sudo)
+fi
+
+APT_UPDATED=0
+apt_install() {
+  # apt_install PKG... : one `apt-get update` per run, only when something is missing.
+  if ! have apt-get; then
+    echo "missing: $* -- install these packages (no apt-get here)" >&2
+    exit 1
+  fi
+  if [ "$APT_UPDATED" -eq 0 ]; then
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update
+    APT_UPDATED=1
+  fi
+  echo "installing: $*"
+  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y "$@"
+}
+
+MISSING=()
+for tool in turnutils_uclient turnutils_peer turnutils_stunclient turnutils_natdiscovery; do
+  if ! have "$tool"; then MISSING+=(coturn); break; fi
+done
+if ! have chromium && ! have chromium-browser; then MISSING+=(chromium); fi
+if ! have ip || ! have ss; then MISSING+=(iproute2); fi
+if ! have node || ! have npm; then MISSING+=(nodejs npm); fi
+if ! have cc; then MISSING+=(gcc libc6-dev); fi
+if ! have cargo && ! [ -x "$HOME/.cargo/bin/cargo" ]; then
+  if ! have curl; then MISSING+=(curl); fi
+  MISSING+=(ca-certificates)
+fi
+if [ "${#MISSING[@]}" -gt 0 ]; then
+  apt_install "${MISSING[@]}"
+else
+  echo "system packages: all present"
+fi
+
+# Debian's coturn package may start its own turnserver daemon on port 3478. Stop only a
+# turnserver that listens on 3478; leave any other turnserver (someone's benchmark) alone.
+stop_turnserver_on_3478() {
+  local pids pid
+  pids=$(ss -Hlnup 'sport = :3478' 2>/dev/null; ss -Hlntp 'sport = :3478' 2>/dev/null) || true
+  pids=$(printf '%s\n' "$pids" | grep -o '"turnserver",pid=[0-9]*' | grep -o '[0-9]*$' | sort -u) || true
+  for pid in $pids; do
+    echo "stopping the coturn daemon (pid $pid) that occupies port 3478"
+    kill "$pid" 2>/dev/null || true
+  done
+}
+stop_turnserver_on_3478
+
+# Rust: a toolchain with rustfmt and clippy (rustup, since Debian's rustc is older than our MSRV).
+if ! have cargo && [ -f "$HOME/.cargo/env" ]; then
+  # shellcheck disable=SC1091
+  . "$HOME/.cargo/env"
+fi
+if ! have cargo; then
+  echo "installing the Rust toolchain with rustup"
+  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs |
+    sh -s -- -y --profile minimal --component rustfmt,clippy
+  # shellcheck disable=SC1091
+  . "$HOME/.cargo/env"
+fi
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+  if have rustup; then
+    rustup component add rustfmt clippy
+  else
+    echo "cargo fmt / cargo clippy missing and no rustup to add them" >&2
+    exit 1
+  fi
+fi
+cargo --version
+
+# npm packages of the browser test (e.g. playwright-core), once.
+if [ -f tests/browser/package.json ] && [ ! -d tests/browser/node_modules ]; then
+  echo "installing npm packages in tests/browser"
+  if [ -f tests/browser/package-lock.json ]; then
+    (cd tests/browser && npm ci --no-audit --no-fund)
+  else
+    (cd tests/browser && npm install --no-audit --no-fund)
+  fi
+fi
+
+LOCKED=()
+if [ -f "$ROOT/Cargo.lock" ]; then
+  LOCKED=(--locked)
+fi
+
+# ---------------------------------------------------------------------------------------------
+section "cargo fmt --all -- --check"
+cargo fmt --all -- --check
+
+section "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy "${LOCKED[@]}" --workspace --all-targets -- -D warnings
+
+section "cargo build --workspace --bins"
+cargo build "${LOCKED[@]}" --workspace --bins
+
+section "cargo test --workspace"
+cargo test "${LOCKED[@]}" --workspace
+
+section "all checks passed"
