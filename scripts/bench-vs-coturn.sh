@@ -125,16 +125,19 @@ start_coturn() {
 
 declare -A PORT=([turnkey]=$TURNKEY_PORT [coturn]=$COTURN_PORT)
 RUNNING=()
+SERVER_INFO=""
 for s in $SERVERS; do
     if "start_$s"; then
         RUNNING+=("$s")
         threads=$(awk '/^Threads:/ {print $2}' "/proc/${PIDS[$s]}/status" 2>/dev/null || echo "?")
         log "$s: pid ${PIDS[$s]}, 127.0.0.1:${PORT[$s]}, $threads threads"
+        SERVER_INFO+="$s: $threads threads; "
     fi
 done
 ((${#RUNNING[@]})) || { echo "no server started" >&2; exit 1; }
 
-log "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+log "machine: $(nproc) cores, load $LOAD_BEFORE"
 for rate in $RATES; do
     for s in "${RUNNING[@]}"; do
         log "$s at $rate pps"
@@ -152,21 +155,21 @@ done
 
 echo
 echo "TURN relay over $TRANSPORT, $ALLOCATIONS allocations, $SIZE B payload, ${DURATION}s per run, generator threads $THREADS, $(nproc) cores"
+echo "servers (idle thread counts): ${SERVER_INFO% }  load before: $LOAD_BEFORE"
 echo "packet = one ChannelData delivered end to end (the server relays it twice: client->peer and peer->client)"
 echo
 fmt="%-8s %-8s %9s %9s %8s %8s %8s %8s %9s %10s %9s %9s\n"
 # shellcheck disable=SC2059
 printf "$fmt" target server sent/s recv/s loss% p50us p99us maxus srvcpu% srv-us/pkt srvdrops gen-cpu-s
-jq -r '[.target_pps, .label,
-        (if .failed then "FAILED" else (.sent_pps|floor) end),
-        (.received_pps // "" | if . == "" then "-" else floor end),
-        (.loss_percent // "-" | if type == "number" then (. * 100 | round / 100) else . end),
-        (.latency_p50_us // "-"), (.latency_p99_us // "-"), (.latency_max_us // "-"),
-        (.server_cpu_percent // "-" | if type == "number" then round else . end),
-        (.server_cpu_us_per_packet // "-" | if type == "number" then (. * 100 | round / 100) else . end),
-        (.server_socket_drops // "-"),
-        (.bench_cpu_secs // "-")] | @tsv' "$RESULTS" |
+jq -r 'def r2: if type == "number" then (. * 100 | round / 100) else "-" end;
+        def int: if type == "number" then floor else "-" end;
+        [(.target_pps | int), .label,
+         (if .failed then "FAILED" else (.sent_pps | int) end),
+         (.received_pps | int), (.loss_percent | r2),
+         (.latency_p50_us | int), (.latency_p99_us | int), (.latency_max_us | int),
+         (.server_cpu_percent | int), (.server_cpu_us_per_packet | r2),
+         (.server_socket_drops | int), (.bench_cpu_secs | r2)] | @tsv' "$RESULTS" |
     while IFS=$'\t' read -r target label sent recv loss p50 p99 max cpu us drops gen; do
         # shellcheck disable=SC2059
-        printf "$fmt" "${target%.*}" "$label" "$sent" "$recv" "$loss" "$p50" "$p99" "$max" "$cpu" "$us" "$drops" "$gen"
+        printf "$fmt" "$target" "$label" "$sent" "$recv" "$loss" "$p50" "$p99" "$max" "$cpu" "$us" "$drops" "$gen"
     done

@@ -2,7 +2,8 @@
 //! `stun-server`, `turnkey`) as child processes and talk to them with real clients.
 //!
 //! Use it from a test file with `mod common;`. What is here:
-//! - [`bin_path`]: the path of a workspace binary, built once per test process if needed.
+//! - [`bin_path`]: the path of a workspace binary (`cargo build --workspace --bins` runs once per
+//!   test process first, so it is never stale).
 //! - [`free_udp_tcp_port`], [`free_udp_tcp_port_pair`]: loopback ports free for UDP and TCP.
 //! - [`ServerGuard`]: a server child process that is ready (`/healthz` answers 200) when
 //!   returned, logs to a temporary file (printed if the test fails) and is killed on drop.
@@ -37,9 +38,6 @@ pub const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
 // Binaries
 // ---------------------------------------------------------------------------------------------
 
-/// The binaries the helpers build: every `[[bin]]` of these packages.
-const PACKAGES: &[&str] = &["turn-server", "stun-server", "turnkey"];
-
 static BUILD: Once = Once::new();
 
 /// The directory cargo put this test executable's binaries in: `target/<profile>`
@@ -57,21 +55,23 @@ fn profile_dir() -> PathBuf {
     target.join("debug")
 }
 
-/// Runs `cargo build --bins` for [`PACKAGES`] once per test process, in the profile this test
-/// was built with. `cargo test` builds only the binaries of the package under test, so without
-/// this a test could run a stale `turn-server`. When everything is up to date this takes about
-/// a second.
+/// Runs `cargo build --workspace --bins` once per test process, in the profile this test was
+/// built with. `cargo test` builds only the binaries of the package under test, so without this
+/// a test could run a stale `turn-server`. This is the same command as `scripts/test.sh` runs
+/// before `cargo test`, so there it is a no-op (building a `-p` subset instead would select other
+/// features and rebuild). When everything is up to date it takes well under a second.
 fn build_binaries_once() {
     BUILD.call_once(|| {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.arg("build")
-            .arg("--bins")
-            .arg("--manifest-path")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"));
-        for p in PACKAGES {
-            cmd.args(["-p", p]);
-        }
+        cmd.args([
+            "build",
+            "--quiet",
+            "--workspace",
+            "--bins",
+            "--manifest-path",
+        ])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"));
         if profile_dir().file_name().and_then(|n| n.to_str()) == Some("release") {
             cmd.arg("--release");
         }
@@ -79,12 +79,16 @@ fn build_binaries_once() {
             .stdin(Stdio::null())
             .status()
             .expect("failed to run cargo build");
-        assert!(status.success(), "cargo build --bins failed: {status}");
+        assert!(
+            status.success(),
+            "cargo build --workspace --bins failed: {status}"
+        );
     });
 }
 
 /// Path of the workspace binary `name` (`turn-server`, `stun-server`, `turnkey`), next to this
-/// test executable in `target/<profile>/`. Builds the binaries once per test process first.
+/// test executable in `target/<profile>/`. Builds the workspace's binaries once per test
+/// process first.
 ///
 /// Panics if the binary is still missing after the build.
 pub fn bin_path(name: &str) -> PathBuf {
@@ -92,7 +96,7 @@ pub fn bin_path(name: &str) -> PathBuf {
     let path = profile_dir().join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     assert!(
         path.is_file(),
-        "{} not found after `cargo build --bins`",
+        "{} not found after `cargo build --workspace --bins`",
         path.display()
     );
     path

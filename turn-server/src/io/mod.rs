@@ -36,6 +36,11 @@ use tokio_util::sync::CancellationToken;
 const TCP_QUEUE_FRAMES: usize = 1024;
 /// TCP connections per worker.
 const MAX_TCP_CONNECTIONS_PER_WORKER: usize = 20_000;
+/// A TCP connection that holds no allocation is closed after this long without data.
+const TCP_IDLE_WITHOUT_ALLOCATION: Duration = Duration::from_secs(30);
+/// A TCP connection with an allocation is closed after this long without data (allocations
+/// live at most `max_lifetime` without a Refresh anyway).
+const TCP_IDLE_WITH_ALLOCATION: Duration = Duration::from_secs(3660);
 /// Largest frame a TCP client may send (a STUN message or ChannelData of 64 KiB).
 const MAX_FRAME_BYTES: usize = 65_536 + 20;
 
@@ -412,8 +417,12 @@ async fn tcp_connection(
     });
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut chunk = vec![0u8; 65_536];
-    let idle = Duration::from_secs(3600 + 60);
     'conn: loop {
+        let idle = if wr.borrow().core.has_allocation(&tuple) {
+            TCP_IDLE_WITH_ALLOCATION
+        } else {
+            TCP_IDLE_WITHOUT_ALLOCATION
+        };
         let n = tokio::select! {
             r = tokio::time::timeout(idle, rd.read(&mut chunk)) => match r {
                 Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break 'conn,

@@ -35,6 +35,10 @@ pub const ATTR_ADDRESS_ERROR_CODE: AttrType = AttrType(0x8001);
 /// ICMP (RFC 8656 §18.13).
 pub const ATTR_ICMP: AttrType = AttrType(0x8004);
 
+/// Permissions one allocation may hold (each is a peer IP); beyond, 508. Keeps memory per
+/// allocation bounded whatever the client sends.
+pub const MAX_PERMISSIONS_PER_ALLOCATION: usize = 1024;
+
 /// Comprehension-required attributes this server understands in TURN requests and indications.
 const KNOWN_ATTRS: &[AttrType] = &[
     ATTR_USERNAME,
@@ -250,7 +254,7 @@ impl Shared {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum TimerKey {
     Allocation(u64),
     Permission(u64, IpAddr),
@@ -368,6 +372,11 @@ impl TurnCore {
 
     fn unix_secs(&self, now: Instant) -> u64 {
         self.start_unix_secs + now.saturating_duration_since(self.start).as_secs()
+    }
+
+    /// True when `tuple` has an allocation on this core.
+    pub fn has_allocation(&self, tuple: &FiveTuple) -> bool {
+        self.by_tuple.contains_key(tuple)
     }
 
     /// Number of allocations this core owns.
@@ -936,6 +945,13 @@ impl TurnCore {
                 return b;
             }
         }
+        let new = peers
+            .iter()
+            .filter(|p| !a.permissions.contains_key(&p.ip()))
+            .count();
+        if a.permissions.len() + new > MAX_PERMISSIONS_PER_ALLOCATION {
+            return MessageBuilder::error(m, 508, "Insufficient Capacity: too many permissions");
+        }
         for p in peers {
             self.install_permission(id, p.ip(), now);
         }
@@ -972,6 +988,11 @@ impl TurnCore {
         };
         if let Err(b) = self.check_peer(a, m, peer) {
             return b;
+        }
+        if !a.permissions.contains_key(&peer.ip())
+            && a.permissions.len() >= MAX_PERMISSIONS_PER_ALLOCATION
+        {
+            return MessageBuilder::error(m, 508, "Insufficient Capacity: too many permissions");
         }
         if let Some(c) = a.channels.get(&number) {
             if c.peer != peer {
@@ -1150,21 +1171,27 @@ impl TurnCore {
         }
     }
 
-    /// Expires allocations, permissions and channel bindings due at `now`.
+    /// Expires allocations, permissions and channel bindings due at `now`; entries that fired
+    /// early (deadline pushed back by a refresh) are re-armed at the real deadline.
     pub fn handle_timeout(&mut self, now: Instant, relays: &mut dyn RelayAllocator) {
         while let Some((_, key)) = self.timers.pop_due(now) {
             match key {
-                TimerKey::Allocation(id) => {
-                    if self.allocs.get(&id).is_some_and(|a| a.expires <= now) {
-                        self.delete_allocation(id, relays);
-                    }
-                }
+                TimerKey::Allocation(id) => match self.allocs.get(&id).map(|a| a.expires) {
+                    Some(t) if t <= now => self.delete_allocation(id, relays),
+                    Some(t) => self.timers.schedule(t, key),
+                    None => {}
+                },
                 TimerKey::Permission(id, ip) => {
-                    if let Some(a) = self.allocs.get_mut(&id) {
-                        if a.permissions.get(&ip).is_some_and(|t| *t <= now) {
+                    let Some(a) = self.allocs.get_mut(&id) else {
+                        continue;
+                    };
+                    match a.permissions.get(&ip).copied() {
+                        Some(t) if t <= now => {
                             a.permissions.remove(&ip);
                             self.metrics.permissions.dec();
                         }
+                        Some(t) => self.timers.schedule(t, key),
+                        None => {}
                     }
                 }
                 TimerKey::Channel(id, number) => {
@@ -1178,12 +1205,15 @@ impl TurnCore {
                     if c.bound && c.expires <= now {
                         c.bound = false;
                         self.metrics.channel_bindings.dec();
-                        self.timers
-                            .schedule(c.expires + reuse, TimerKey::Channel(id, number));
-                    } else if !c.bound && c.expires + reuse <= now {
+                        self.timers.schedule(c.expires + reuse, key);
+                    } else if c.bound {
+                        self.timers.schedule(c.expires, key);
+                    } else if c.expires + reuse <= now {
                         let peer = c.peer;
                         a.channels.remove(&number);
                         a.peer_channels.remove(&peer);
+                    } else {
+                        self.timers.schedule(c.expires + reuse, key);
                     }
                 }
             }

@@ -839,3 +839,42 @@ fn binding_is_answered_and_garbage_is_counted() {
     let b = MessageBuilder::new(rtc_stun::message::BINDING_REQUEST, TransactionId::new());
     assert!(h.send(t, &b.finish()).len() == 1);
 }
+
+#[test]
+fn refresh_storm_keeps_timer_table_bounded_and_expiry_exact() {
+    let mut h = Harness::new();
+    let mut c = Client::new(tuple(45000), "alice", "alicepw");
+    let _ = c.allocate(&mut h);
+    for _ in 0..500 {
+        let r = c.call(&mut h, METHOD_REFRESH, &[], &[]);
+        assert!(is_success(&r));
+        let r = c.call(&mut h, METHOD_CREATE_PERMISSION, &[], &["192.0.2.9:1".parse().unwrap()]);
+        assert!(is_success(&r));
+        h.now += Duration::from_millis(100);
+    }
+    assert!(h.core.timers.len() <= 4, "{}", h.core.timers.len());
+    // Last refresh at t=49.9 s: the allocation lives until 649.9 s, re-armed on the way.
+    h.advance(599); // t = 649 s
+    assert_eq!(h.core.allocation_count(), 1);
+    h.advance(1);
+    assert_eq!(h.core.allocation_count(), 0);
+}
+
+#[test]
+fn permissions_per_allocation_are_capped() {
+    let mut h = Harness::new();
+    let mut c = Client::new(tuple(45100), "alice", "alicepw");
+    let _ = c.allocate(&mut h);
+    let peers: Vec<SocketAddr> = (0..MAX_PERMISSIONS_PER_ALLOCATION as u32)
+        .map(|i| SocketAddr::from(([198, 18, (i >> 8) as u8, i as u8], 9)))
+        .collect();
+    for chunk in peers.chunks(64) {
+        let r = c.call(&mut h, METHOD_CREATE_PERMISSION, &[], chunk);
+        assert!(is_success(&r), "{:?}", code(&r));
+    }
+    let r = c.call(&mut h, METHOD_CREATE_PERMISSION, &[], &["203.0.113.1:9".parse().unwrap()]);
+    assert_eq!(code(&r), Some(508));
+    // Refreshing an existing one is still fine.
+    let r = c.call(&mut h, METHOD_CREATE_PERMISSION, &[], &peers[..1]);
+    assert!(is_success(&r));
+}
