@@ -30,12 +30,21 @@ THREADS=${THREADS:-1}
 TRANSPORT=${TRANSPORT:-udp}
 SERVERS=${SERVERS:-"turnkey coturn"}
 WORKERS=${WORKERS:-}
-PORT_BASE=${PORT_BASE:-$((20000 + (RANDOM % 900) * 10))}
+port_busy() { ss -Hltun "sport = :$1" 2>/dev/null | grep -q .; }
+# A base whose listener ports (base..base+2) are free, so no server shares a port by accident
+# (coturn sets SO_REUSEPORT and would silently share one).
+if [[ -z ${PORT_BASE:-} ]]; then
+    for _ in $(seq 20); do
+        PORT_BASE=$((20000 + (RANDOM % 900) * 10))
+        port_busy "$PORT_BASE" || port_busy $((PORT_BASE + 1)) || port_busy $((PORT_BASE + 2)) || break
+    done
+fi
 
 TURNKEY_PORT=$PORT_BASE
 TURNKEY_METRICS=$((PORT_BASE + 1))
 COTURN_PORT=$((PORT_BASE + 2))
-# Relay port ranges, apart from each other and from the listeners.
+# Relay port ranges, apart from each other and from the listeners (ports in use are skipped by
+# both servers).
 TURNKEY_MIN=$((PORT_BASE + 10000)); TURNKEY_MAX=$((TURNKEY_MIN + 999))
 COTURN_MIN=$((TURNKEY_MAX + 1)); COTURN_MAX=$((COTURN_MIN + 999))
 
@@ -79,7 +88,6 @@ if wants coturn && ! command -v turnserver >/dev/null; then
     }
 fi
 
-udp_listening() { ss -Hlun "sport = :$1" 2>/dev/null | grep -q .; }
 
 start_turnkey() {
     local bin=$TURN_SERVER
@@ -88,7 +96,7 @@ start_turnkey() {
     [[ -n $WORKERS ]] && extra+=(--workers "$WORKERS")
     "$bin" --listen "127.0.0.1:$TURNKEY_PORT" --relay-ip 127.0.0.1 \
         --user bench:benchpass --metrics "127.0.0.1:$TURNKEY_METRICS" \
-        --min-port "$TURNKEY_MIN" --max-port "$TURNKEY_MAX" "${extra[@]}" \
+        --min-port "$TURNKEY_MIN" --max-port "$TURNKEY_MAX" --user-quota 100000 "${extra[@]}" \
         >"$WORK/turnkey.log" 2>&1 &
     PIDS[turnkey]=$!
     for _ in $(seq 100); do
@@ -115,7 +123,7 @@ start_coturn() {
         >"$WORK/coturn.out" 2>&1 &
     PIDS[coturn]=$!
     for _ in $(seq 100); do
-        udp_listening "$COTURN_PORT" && return 0
+        port_busy "$COTURN_PORT" && return 0
         kill -0 "${PIDS[coturn]}" 2>/dev/null || break
         sleep 0.1
     done
@@ -141,13 +149,13 @@ log "machine: $(nproc) cores, load $LOAD_BEFORE"
 for rate in $RATES; do
     for s in "${RUNNING[@]}"; do
         log "$s at $rate pps"
-        if out=$("$BENCH" --server "127.0.0.1:${PORT[$s]}" --transport "$TRANSPORT" \
+        if out=$(RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0 "$BENCH" --server "127.0.0.1:${PORT[$s]}" --transport "$TRANSPORT" \
             --user bench --password benchpass --allocations "$ALLOCATIONS" --rate "$rate" \
             --size "$SIZE" --duration "$DURATION" --warmup "$WARMUP" --threads "$THREADS" \
             --server-pid "${PIDS[$s]}" --json 2>"$WORK/bench-$s-$rate.err"); then
             jq -c --arg s "$s" '{label: $s} + .' <<<"$out" >>"$RESULTS"
         else
-            log "$s at $rate pps failed: $(tail -n 3 "$WORK/bench-$s-$rate.err")"
+            log "$s at $rate pps failed: $(tr '\n' ' ' <"$WORK/bench-$s-$rate.err")"
             jq -nc --arg s "$s" --argjson r "$rate" '{label: $s, target_pps: $r, failed: true}' >>"$RESULTS"
         fi
     done

@@ -3,6 +3,10 @@
 //! (`turnutils_peer`) and client-to-client relaying, static long-term users and TURN REST
 //! credentials, plus a wrong password.
 //!
+//! The server gets `--allow-peer 127.0.0.0/8` only when the peer is the loopback echo server;
+//! client-to-client runs go without it (a live relayed address of the same server is always
+//! an allowed peer), and [`loopback_peer_is_refused_by_default`] checks the default refusal.
+//!
 //! Every run checks uclient's own final report (every message came back, nothing lost) and the
 //! server's `/metrics`.
 //!
@@ -122,9 +126,10 @@ fn parse_report(out: &str) -> Option<Report> {
     })
 }
 
-/// Starts `turn-server` on 127.0.0.1 for `auth`. Loopback peers are allowed because the
-/// echo peer lives on 127.0.0.1.
-fn start_turn_server(auth: Auth) -> (ServerGuard, u16) {
+/// Starts `turn-server` on 127.0.0.1 for `auth`. With `allow_loopback_peers` it gets
+/// `--allow-peer 127.0.0.0/8` (the echo peer lives on 127.0.0.1); without it, only the
+/// server's own live relayed addresses are usable peers on loopback (client-to-client).
+fn start_turn_server(auth: Auth, allow_loopback_peers: bool) -> (ServerGuard, u16) {
     let port = free_udp_tcp_port();
     let mut args = vec![
         "--listen".to_string(),
@@ -133,13 +138,14 @@ fn start_turn_server(auth: Auth) -> (ServerGuard, u16) {
         "127.0.0.1".into(),
         "--realm".into(),
         REALM.into(),
-        "--allow-peer".into(),
-        "127.0.0.0/8".into(),
         "--min-port".into(),
         RELAY_PORTS.0.to_string(),
         "--max-port".into(),
         RELAY_PORTS.1.to_string(),
     ];
+    if allow_loopback_peers {
+        args.extend(["--allow-peer".into(), "127.0.0.0/8".into()]);
+    }
     match auth {
         Auth::Static => args.extend(["--user".into(), format!("{USER}:{PASSWORD}")]),
         Auth::Rest => args.extend(["--auth-secret".into(), SECRET.into()]),
@@ -213,7 +219,8 @@ fn run_uclient(args: &[String]) -> ToolOutput {
 
 /// Runs `case` end to end and asserts on uclient's report and the server's metrics.
 fn check(case: Case) {
-    let (server, server_port) = start_turn_server(case.auth);
+    let echo = matches!(case.peer, Peer::Echo);
+    let (server, server_port) = start_turn_server(case.auth, echo);
     let peer = match case.peer {
         Peer::Echo => Some(start_echo_peer()),
         Peer::ClientToClient => None,
@@ -341,7 +348,7 @@ fn udp_rtp_rtcp_pair_with_even_port_reservation() {
 
 #[test]
 fn wrong_password_is_refused_and_counted() {
-    let (server, server_port) = start_turn_server(Auth::Static);
+    let (server, server_port) = start_turn_server(Auth::Static, true);
     let (_peer, peer_port) = start_echo_peer();
     let failures = "turn_auth_failures_total";
     let before = server.metric(failures, &[]);
@@ -378,6 +385,42 @@ fn wrong_password_is_refused_and_counted() {
         server.metric("turn_relayed_packets_total", &[]),
         0.0,
         "something was relayed without a valid credential"
+    );
+}
+
+/// Loopback peers are refused by default (server-side request forgery protection): without
+/// `--allow-peer 127.0.0.0/8` the permission for the echo peer gets 403 and is counted.
+#[test]
+fn loopback_peer_is_refused_by_default() {
+    let (server, server_port) = start_turn_server(Auth::Static, false);
+    let (_peer, peer_port) = start_echo_peer();
+    let denied = "turn_peer_denied_total";
+    let before = server.metric(denied, &[]);
+    let args = uclient_args(BASE, server_port, Some(peer_port));
+
+    let out = run_uclient(&args);
+    let shown = format!(
+        "turnutils_uclient {}\nexit {:?} after {:?}\n{}",
+        args.join(" "),
+        out.status,
+        out.elapsed,
+        out.combined()
+    );
+    assert!(!out.timed_out(), "uclient hung: {shown}");
+    assert!(!out.success(), "uclient reached a loopback peer: {shown}");
+    assert!(out.stdout.contains("error 403"), "no 403 in: {shown}");
+    let counted = wait_until(Duration::from_secs(5), || {
+        server.metric(denied, &[]) > before
+    });
+    assert!(
+        counted,
+        "{denied} did not move (before {before}):\n{}",
+        server.scrape_metrics()
+    );
+    assert_eq!(
+        server.metric("turn_relayed_packets_total", &[]),
+        0.0,
+        "something was relayed to a refused peer"
     );
 }
 

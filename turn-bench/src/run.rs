@@ -116,28 +116,40 @@ pub async fn run(cfg: &BenchConfig) -> Result<Report, RunError> {
 
     // Allocate, then pair (i, i^1): permission and channel to the partner's relayed address.
     let lifetime = cfg.lifetime_secs;
-    let mut allocations = for_each(allocations, move |mut a| async move {
-        a.allocate(lifetime).await.map(|_| a)
+    let allocations = for_each(allocations, move |mut a| async move {
+        let r = a.allocate(lifetime).await.map(|_| ());
+        (a, r)
     })
-    .await?;
+    .await;
+    let allocations = match allocations {
+        Ok(a) => a,
+        Err((allocated, e)) => return Err(abandon(allocated, readers, e).await),
+    };
     let relayed: Vec<SocketAddr> = allocations
         .iter()
         .map(|a| a.relayed.expect("allocated"))
         .collect();
     let peers = Arc::new(relayed.clone());
-    allocations = for_each(allocations, move |mut a| {
+    let allocations = for_each(allocations, move |mut a| {
         let peer = peers[a.index ^ 1];
         async move {
-            a.transact(&Request::CreatePermission { peer }).await?;
-            a.transact(&Request::ChannelBind {
-                channel: FIRST_CHANNEL,
-                peer,
-            })
-            .await?;
-            Ok(a)
+            let mut r = a.transact(&Request::CreatePermission { peer }).await;
+            if r.is_ok() {
+                r = a
+                    .transact(&Request::ChannelBind {
+                        channel: FIRST_CHANNEL,
+                        peer,
+                    })
+                    .await;
+            }
+            (a, r.map(|_| ()))
         }
     })
-    .await?;
+    .await;
+    let allocations = match allocations {
+        Ok(a) => a,
+        Err((allocated, e)) => return Err(abandon(allocated, readers, e).await),
+    };
     let setup = started.elapsed();
     let min_lifetime = allocations
         .iter()
@@ -270,27 +282,50 @@ impl AsyncReaders {
     }
 }
 
-/// Runs `f` on every allocation concurrently; the first failure ends the run.
-async fn for_each<F, Fut>(allocations: Vec<Allocation>, f: F) -> Result<Vec<Allocation>, RunError>
+/// Runs `f` on every allocation concurrently. If any fails, returns the allocations that hold a
+/// relayed address (to be deleted) and the first failure.
+async fn for_each<F, Fut>(
+    allocations: Vec<Allocation>,
+    f: F,
+) -> Result<Vec<Allocation>, (Vec<Allocation>, RunError)>
 where
     F: Fn(Allocation) -> Fut,
-    Fut: std::future::Future<Output = Result<Allocation, ClientError>> + Send + 'static,
+    Fut: std::future::Future<Output = (Allocation, Result<(), ClientError>)> + Send + 'static,
 {
     let mut set = JoinSet::new();
     for a in allocations {
-        let index = a.index;
-        let fut = f(a);
-        set.spawn(async move {
-            fut.await
-                .map_err(|source| RunError::Setup { index, source })
-        });
+        set.spawn(f(a));
     }
     let mut out = Vec::new();
+    let mut first_error = None;
     while let Some(r) = set.join_next().await {
-        out.push(r??);
+        match r {
+            Ok((a, Ok(()))) => out.push(a),
+            Ok((a, Err(source))) => {
+                first_error.get_or_insert(RunError::Setup {
+                    index: a.index,
+                    source,
+                });
+                out.push(a);
+            }
+            Err(e) => {
+                first_error.get_or_insert(RunError::Task(e));
+            }
+        }
     }
     out.sort_by_key(|a| a.index);
-    Ok(out)
+    match first_error {
+        None => Ok(out),
+        Some(e) => Err((out.into_iter().filter(|a| a.relayed.is_some()).collect(), e)),
+    }
+}
+
+/// After a failed setup: deletes what was allocated (so a quota is not left used up), stops the
+/// readers and hands back the error.
+async fn abandon(allocated: Vec<Allocation>, readers: AsyncReaders, error: RunError) -> RunError {
+    delete_all(allocated).await;
+    let _ = readers.stop().await;
+    error
 }
 
 /// Refreshes the allocation, permission and channel binding every `period` until cancelled;

@@ -82,7 +82,10 @@ mod tests {
         // Moving earlier adds one.
         q.schedule(t0 + Duration::from_secs(10), 'a');
         assert_eq!(q.len(), 2);
-        assert_eq!(q.pop_due(t0 + Duration::from_secs(10)).map(|e| e.1), Some('a'));
+        assert_eq!(
+            q.pop_due(t0 + Duration::from_secs(10)).map(|e| e.1),
+            Some('a')
+        );
         // After the pending one fired, scheduling again is accepted.
         q.schedule(t0 + Duration::from_secs(700), 'a');
         assert_eq!(q.next_deadline(), Some(t0 + Duration::from_secs(600)));

@@ -848,7 +848,12 @@ fn refresh_storm_keeps_timer_table_bounded_and_expiry_exact() {
     for _ in 0..500 {
         let r = c.call(&mut h, METHOD_REFRESH, &[], &[]);
         assert!(is_success(&r));
-        let r = c.call(&mut h, METHOD_CREATE_PERMISSION, &[], &["192.0.2.9:1".parse().unwrap()]);
+        let r = c.call(
+            &mut h,
+            METHOD_CREATE_PERMISSION,
+            &[],
+            &["192.0.2.9:1".parse().unwrap()],
+        );
         assert!(is_success(&r));
         h.now += Duration::from_millis(100);
     }
@@ -872,7 +877,12 @@ fn permissions_per_allocation_are_capped() {
         let r = c.call(&mut h, METHOD_CREATE_PERMISSION, &[], chunk);
         assert!(is_success(&r), "{:?}", code(&r));
     }
-    let r = c.call(&mut h, METHOD_CREATE_PERMISSION, &[], &["203.0.113.1:9".parse().unwrap()]);
+    let r = c.call(
+        &mut h,
+        METHOD_CREATE_PERMISSION,
+        &[],
+        &["203.0.113.1:9".parse().unwrap()],
+    );
     assert_eq!(code(&r), Some(508));
     // Refreshing an existing one is still fine.
     let r = c.call(&mut h, METHOD_CREATE_PERMISSION, &[], &peers[..1]);
