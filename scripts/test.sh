@@ -119,6 +119,21 @@ section "cargo build --workspace --bins"
 cargo build "${LOCKED[@]}" --workspace --bins
 
 section "cargo test --workspace"
-cargo test "${LOCKED[@]}" --workspace
+TEST_LOG=$(mktemp)
+trap 'rm -f "$TEST_LOG"' EXIT
+set +e
+cargo test "${LOCKED[@]}" --workspace 2>&1 | tee "$TEST_LOG"
+test_status=${PIPESTATUS[0]}
+set -e
+# One closing line over every test binary (cargo prints one per binary, the last often a
+# doc-test run with nothing in it).
+passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$TEST_LOG" | awk '{s+=$4} END {print s+0}')
+failed=$(grep -Eo '; [0-9]+ failed' "$TEST_LOG" | awk '{s+=$2} END {print s+0}')
+if [ "$test_status" -ne 0 ]; then
+  echo "cargo test failed (exit $test_status)"
+  echo "$passed passed, $((failed > 0 ? failed : 1)) failed"
+  exit "$test_status"
+fi
 
 section "all checks passed"
+echo "$passed passed, $failed failed"
