@@ -5,10 +5,8 @@
 //! 127.0.0.1:9641, generates a TURN REST secret, and prints a working credential and an
 //! RTCIceServer JSON a browser can paste. Every `turn-server` flag works here too.
 
-use anyhow::Context;
 use clap::Parser;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 use turn_server::config::{Defaults, ServerArgs, TurnConfig};
 use turn_server::proto::auth::mint_rest_credential;
 
@@ -46,23 +44,12 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(cfg: TurnConfig, generated: bool, ttl: u64) -> anyhow::Result<()> {
-    tracing::info!(config = %cfg.redacted(), "starting turnkey");
-    let shutdown = turnkey_common::shutdown::on_signal();
-    let mut registry = prometheus_client::registry::Registry::default();
-    let metrics = turn_server::metrics::TurnMetrics::register(&mut registry);
-    let stun_metrics = stun_server::metrics::StunMetrics::register(&mut registry);
-    let server = turn_server::io::start(&cfg, metrics, stun_metrics)
-        .with_context(|| format!("binding client listeners {:?}", cfg.listen))?;
-    let metrics_addr =
-        turnkey_common::metrics_http::serve(cfg.metrics, Arc::new(registry), shutdown.clone())
-            .await
-            .with_context(|| format!("binding metrics listener {}", cfg.metrics))?;
-    print_usage(&cfg, &server.listen, metrics_addr, generated, ttl)?;
-    shutdown.cancelled().await;
-    server
-        .shutdown(Duration::from_secs(cfg.drain_timeout_secs))
-        .await;
-    Ok(())
+    let mut printed = Ok(());
+    turn_server::run::run_until_signal(&cfg, |ready| {
+        printed = print_usage(&cfg, &ready.listen, ready.metrics, generated, ttl);
+    })
+    .await?;
+    printed
 }
 
 fn print_usage(

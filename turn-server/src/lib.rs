@@ -5,7 +5,8 @@
 //!   the peer address policy as plain state machines; time is passed in, nothing touches a socket.
 //! - [`io`]: the thin tokio layer: one worker thread per core, each with its own `SO_REUSEPORT`
 //!   listening sockets and the relay sockets of the allocations it owns.
-//! - [`config`]: flags and TOML config. [`metrics`]: Prometheus metrics.
+//! - [`config`]: flags and TOML config. [`metrics`]: Prometheus metrics. [`run`]: the server
+//!   lifecycle both binaries share.
 //!
 //! The credential function the signaling service uses is [`proto::auth::mint_rest_credential`].
 
@@ -13,3 +14,4 @@ pub mod config;
 pub mod io;
 pub mod metrics;
 pub mod proto;
+pub mod run;

@@ -1,9 +1,7 @@
 //! `turn-server`: the TURN relay (answers STUN Binding too). See `turn-server --help`.
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 use turn_server::config::{Defaults, ServerArgs};
 use turn_server::proto::auth::mint_rest_credential;
 
@@ -53,24 +51,6 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(cfg: turn_server::config::TurnConfig) -> anyhow::Result<()> {
-    tracing::info!(config = %cfg.redacted(), "starting turn-server");
-    if cfg.users.is_empty() && cfg.auth_secrets.is_empty() {
-        tracing::warn!("no --user and no --auth-secret: every allocation will be refused (401)");
-    }
-    let shutdown = turnkey_common::shutdown::on_signal();
-    let mut registry = prometheus_client::registry::Registry::default();
-    let metrics = turn_server::metrics::TurnMetrics::register(&mut registry);
-    let stun_metrics = stun_server::metrics::StunMetrics::register(&mut registry);
-    let server = turn_server::io::start(&cfg, metrics, stun_metrics)
-        .with_context(|| format!("binding client listeners {:?}", cfg.listen))?;
-    let m = turnkey_common::metrics_http::serve(cfg.metrics, Arc::new(registry), shutdown.clone())
-        .await
-        .with_context(|| format!("binding metrics listener {}", cfg.metrics))?;
-    tracing::info!(listen = ?server.listen, metrics = %m, workers = cfg.workers, "ready");
-    shutdown.cancelled().await;
-    server
-        .shutdown(Duration::from_secs(cfg.drain_timeout_secs))
-        .await;
-    tracing::info!("stopped");
+    turn_server::run::run_until_signal(&cfg, |_| {}).await?;
     Ok(())
 }

@@ -306,6 +306,7 @@ pub fn verify_integrity(m: &Message, key: &[u8], alg: IntegrityAlgorithm) -> boo
 #[derive(Debug)]
 pub struct MessageBuilder {
     m: Message,
+    error_code: Option<u16>,
 }
 
 impl MessageBuilder {
@@ -315,7 +316,10 @@ impl MessageBuilder {
         m.typ = typ;
         m.transaction_id = tid;
         m.write_header();
-        Self { m }
+        Self {
+            m,
+            error_code: None,
+        }
     }
 
     /// A success response to `req` (same method and transaction id).
@@ -344,8 +348,14 @@ impl MessageBuilder {
         )
     }
 
+    /// The ERROR-CODE number appended, if any.
+    pub fn error_code_value(&self) -> Option<u16> {
+        self.error_code
+    }
+
     /// Appends ERROR-CODE.
     pub fn error_code(&mut self, code: u16, reason: &str) -> &mut Self {
+        self.error_code = Some(code);
         let mut v = Vec::with_capacity(4 + reason.len());
         v.extend_from_slice(&[0, 0, (code / 100) as u8, (code % 100) as u8]);
         v.extend_from_slice(reason.as_bytes());

@@ -75,19 +75,13 @@ impl RunningServer {
     }
 }
 
-/// Builds the core configuration from the effective config.
-pub fn core_config(cfg: &TurnConfig, metrics_port: Option<u16>) -> CoreConfig {
+/// Builds the core configuration from the effective config. The server's own addresses (relay,
+/// listen, external and metrics IPs) and ports (listen and metrics) feed the peer policy.
+pub fn core_config(cfg: &TurnConfig) -> CoreConfig {
     let mut own_ips: Vec<std::net::IpAddr> = cfg.relay_ips.clone();
-    own_ips.extend(
-        cfg.listen
-            .iter()
-            .map(|l| l.ip())
-            .filter(|ip| !ip.is_unspecified()),
-    );
+    own_ips.extend(cfg.listen.iter().map(|l| l.ip()));
     own_ips.extend(cfg.external_ips.values().copied());
-    if let Some(_p) = metrics_port {
-        own_ips.push(cfg.metrics.ip());
-    }
+    own_ips.push(cfg.metrics.ip());
     own_ips.retain(|ip| !ip.is_unspecified());
     own_ips.sort();
     own_ips.dedup();
@@ -128,7 +122,7 @@ pub fn start(
     metrics: TurnMetrics,
     stun_metrics: StunMetrics,
 ) -> io::Result<RunningServer> {
-    let core_cfg = Arc::new(core_config(cfg, Some(cfg.metrics.port())));
+    let core_cfg = Arc::new(core_config(cfg));
     let shared = Arc::new(Shared::default());
     let reservations: Reservations = Arc::default();
     let stop = CancellationToken::new();

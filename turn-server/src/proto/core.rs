@@ -478,8 +478,8 @@ impl TurnCore {
             }
         }
         let (builder, auth) = self.handle_request(tuple, m, now, relays);
+        let result = response_label(builder.error_code_value());
         let data = self.finish(builder, auth.as_ref(), m);
-        let result = response_label(&data);
         self.metrics
             .requests
             .get_or_create(&[("method", method_label), ("result", result)])
@@ -880,26 +880,47 @@ impl TurnCore {
         b
     }
 
-    /// Checks one peer: family against the allocation's relays (443), then the policy (403).
-    fn check_peer(
+    /// Checks peers before permissions are installed for them: each peer's family against the
+    /// allocation's relays (443), then the policy (403) unless the peer is a live relayed
+    /// address of this server, then room for the new permissions (508).
+    fn admit_peers(
         &self,
-        a: &Allocation,
+        id: u64,
         m: &Message,
-        peer: SocketAddr,
+        peers: &[SocketAddr],
     ) -> Result<(), MessageBuilder> {
-        if a.relay_for(AddressFamily::of(peer.ip())).is_none() {
+        let Some(a) = self.allocs.get(&id) else {
+            return Err(MessageBuilder::error(m, 437, "Allocation Mismatch"));
+        };
+        for peer in peers {
+            if a.relay_for(AddressFamily::of(peer.ip())).is_none() {
+                return Err(MessageBuilder::error(
+                    m,
+                    443,
+                    "Peer Address Family Mismatch",
+                ));
+            }
+            if self.shared.is_live_relay(*peer) {
+                continue;
+            }
+            if let Err(reason) = self.cfg.policy.check(*peer) {
+                self.count_denied(reason);
+                return Err(MessageBuilder::error(m, 403, "Forbidden"));
+            }
+        }
+        let mut new: Vec<IpAddr> = peers
+            .iter()
+            .map(|p| p.ip())
+            .filter(|ip| !a.permissions.contains_key(ip))
+            .collect();
+        new.sort();
+        new.dedup();
+        if a.permissions.len() + new.len() > MAX_PERMISSIONS_PER_ALLOCATION {
             return Err(MessageBuilder::error(
                 m,
-                443,
-                "Peer Address Family Mismatch",
+                508,
+                "Insufficient Capacity: too many permissions",
             ));
-        }
-        if self.shared.is_live_relay(peer) {
-            return Ok(());
-        }
-        if let Err(reason) = self.cfg.policy.check(peer) {
-            self.count_denied(reason);
-            return Err(MessageBuilder::error(m, 403, "Forbidden"));
         }
         Ok(())
     }
@@ -937,20 +958,8 @@ impl TurnCore {
             Ok(p) if !p.is_empty() => p,
             _ => return MessageBuilder::error(m, 400, "Bad Request: XOR-PEER-ADDRESS"),
         };
-        let Some(a) = self.allocs.get(&id) else {
-            return MessageBuilder::error(m, 437, "Allocation Mismatch");
-        };
-        for p in &peers {
-            if let Err(b) = self.check_peer(a, m, *p) {
-                return b;
-            }
-        }
-        let new = peers
-            .iter()
-            .filter(|p| !a.permissions.contains_key(&p.ip()))
-            .count();
-        if a.permissions.len() + new > MAX_PERMISSIONS_PER_ALLOCATION {
-            return MessageBuilder::error(m, 508, "Insufficient Capacity: too many permissions");
+        if let Err(b) = self.admit_peers(id, m, &peers) {
+            return b;
         }
         for p in peers {
             self.install_permission(id, p.ip(), now);
@@ -983,17 +992,12 @@ impl TurnCore {
         let Some(peer) = xor_address(m, ATTR_XOR_PEER_ADDRESS) else {
             return MessageBuilder::error(m, 400, "Bad Request: XOR-PEER-ADDRESS");
         };
+        if let Err(b) = self.admit_peers(id, m, &[peer]) {
+            return b;
+        }
         let Some(a) = self.allocs.get(&id) else {
             return MessageBuilder::error(m, 437, "Allocation Mismatch");
         };
-        if let Err(b) = self.check_peer(a, m, peer) {
-            return b;
-        }
-        if !a.permissions.contains_key(&peer.ip())
-            && a.permissions.len() >= MAX_PERMISSIONS_PER_ALLOCATION
-        {
-            return MessageBuilder::error(m, 508, "Insufficient Capacity: too many permissions");
-        }
         if let Some(c) = a.channels.get(&number) {
             if c.peer != peer {
                 return MessageBuilder::error(m, 400, "Bad Request: channel bound to another peer");
@@ -1260,31 +1264,23 @@ fn password_algorithms_value() -> [u8; 8] {
     [0, 1, 0, 0, 0, 2, 0, 0]
 }
 
-/// `success` or `error_<code>` from an encoded response, for metrics.
-fn response_label(data: &[u8]) -> &'static str {
-    if data.len() >= 2 && data[1] & 0x10 == 0 {
-        return "success";
-    }
-    let Ok(m) = msg::decode(data) else {
-        return "error";
-    };
-    match attr(&m, ATTR_ERROR_CODE) {
-        Some(v) if v.len() >= 4 => match v[2] as u16 * 100 + v[3] as u16 {
-            400 => "error_400",
-            401 => "auth_challenge",
-            403 => "error_403",
-            420 => "error_420",
-            437 => "error_437",
-            438 => "error_438",
-            440 => "error_440",
-            441 => "error_441",
-            442 => "error_442",
-            443 => "error_443",
-            486 => "error_486",
-            508 => "error_508",
-            _ => "error_other",
-        },
-        _ => "error",
+/// The `result` label of a response: `success`, `auth_challenge` (401) or `error_<code>`.
+fn response_label(error_code: Option<u16>) -> &'static str {
+    match error_code {
+        None => "success",
+        Some(400) => "error_400",
+        Some(401) => "auth_challenge",
+        Some(403) => "error_403",
+        Some(420) => "error_420",
+        Some(437) => "error_437",
+        Some(438) => "error_438",
+        Some(440) => "error_440",
+        Some(441) => "error_441",
+        Some(442) => "error_442",
+        Some(443) => "error_443",
+        Some(486) => "error_486",
+        Some(508) => "error_508",
+        Some(_) => "error_other",
     }
 }
 
