@@ -112,11 +112,14 @@ impl Credentials {
     }
 
     /// The candidate passwords for `username` at `now_unix_secs`: the static password, and for a
-    /// REST username (`<expiry>:<user>`, expiry checked) one password per secret.
+    /// REST username (`<expiry>:<user>`) one password per secret. The REST expiry is checked
+    /// when `check_expiry` (the server checks it on Allocate only, so an allocation made with a
+    /// valid credential can be refreshed past the credential's expiry).
     pub fn passwords(
         &self,
         username: &str,
         now_unix_secs: u64,
+        check_expiry: bool,
     ) -> Result<Vec<String>, CredentialError> {
         let mut out = Vec::new();
         if let Some(p) = self.users.get(username) {
@@ -124,7 +127,7 @@ impl Credentials {
         }
         if !self.secrets.is_empty() {
             if let Some(expiry) = rest_expiry(username) {
-                if expiry < now_unix_secs {
+                if check_expiry && expiry < now_unix_secs {
                     if out.is_empty() {
                         return Err(CredentialError::Expired);
                     }
@@ -263,19 +266,23 @@ mod tests {
             vec!["new".into(), "old".into()],
         );
         let c = mint_rest_credential("old", "u", 60, 1000);
-        let pw = creds.passwords(&c.username, 1000).unwrap();
+        assert!(creds
+            .passwords(&c.username, 5000, false)
+            .unwrap()
+            .contains(&c.password));
+        let pw = creds.passwords(&c.username, 1000, true).unwrap();
         assert!(pw.contains(&c.password));
         assert_eq!(pw.len(), 2);
         assert_eq!(
-            creds.passwords(&c.username, 1061),
+            creds.passwords(&c.username, 1061, true),
             Err(CredentialError::Expired)
         );
         assert_eq!(
-            creds.passwords("static", 0).unwrap(),
+            creds.passwords("static", 0, true).unwrap(),
             vec!["pw".to_string()]
         );
         assert_eq!(
-            creds.passwords("nobody", 0),
+            creds.passwords("nobody", 0, true),
             Err(CredentialError::UnknownUser)
         );
     }

@@ -524,7 +524,15 @@ impl TurnCore {
             b.unknown_attributes(&unknown);
             return (b, None);
         }
-        let auth = match self.authenticate(m, now) {
+        // REST expiry is checked on Allocate; requests on an existing allocation by the same
+        // user are not cut off when the credential expires mid-call.
+        let check_expiry = method == METHOD_ALLOCATE
+            || !self
+                .by_tuple
+                .get(&tuple)
+                .and_then(|id| self.allocs.get(id))
+                .is_some_and(|a| text_attr(m, ATTR_USERNAME) == Some(a.username.as_str()));
+        let auth = match self.authenticate(m, now, check_expiry) {
             Ok(a) => a,
             Err(b) => return (b, None),
         };
@@ -570,7 +578,12 @@ impl TurnCore {
     }
 
     /// Long-term credential check (RFC 8489 §9.2.4). Err is the response to send.
-    fn authenticate(&self, m: &Message, now: Instant) -> Result<AuthOk, MessageBuilder> {
+    fn authenticate(
+        &self,
+        m: &Message,
+        now: Instant,
+        check_expiry: bool,
+    ) -> Result<AuthOk, MessageBuilder> {
         let Some(integrity) = integrity_present(m) else {
             return Err(self.challenge(m, 401, "Unauthorized", now));
         };
@@ -606,7 +619,7 @@ impl TurnCore {
                 return Err(MessageBuilder::error(m, 400, "Bad Request"));
             }
         };
-        let passwords = match self.cfg.credentials.passwords(username, unix) {
+        let passwords = match self.cfg.credentials.passwords(username, unix, check_expiry) {
             Ok(p) => p,
             Err(e) => {
                 self.auth_failure(e.reason());

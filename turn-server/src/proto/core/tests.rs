@@ -344,6 +344,16 @@ fn wrong_password_unknown_user_and_expired_rest_get_401() {
     let mut c = Client::new(tuple(40012), &cred.username, &cred.password);
     assert!(is_success(&c.allocate(&mut h)));
     h.advance(61);
+    // Expiry is checked on Allocate: the existing allocation can still be refreshed and used.
+    let r = c.call(&mut h, METHOD_REFRESH, &[], &[]);
+    assert!(is_success(&r), "{:?}", code(&r));
+    let r = c.call(
+        &mut h,
+        METHOD_CREATE_PERMISSION,
+        &[],
+        &["192.0.2.1:9".parse().unwrap()],
+    );
+    assert!(is_success(&r), "{:?}", code(&r));
     let mut c = Client::new(tuple(40013), &cred.username, &cred.password);
     assert_eq!(code(&c.allocate(&mut h)), Some(401));
     let bad = mint_rest_credential("othersecret", "carol", 60, T0_UNIX + 61);
