@@ -1,2 +1,5 @@
-//! Signaling: session server and channel servers. Not built yet (issue #3); this crate only
-//! reserves the name and place in the workspace.
+//! turnkey signaling: a session server (HTTP: rooms, joins, TURN credentials) and channel
+//! servers (WebSocket: relays offers, answers and candidates within a room) over a shared
+//! [`store`], embedded in memory or in Redis. The wire protocol is in `PROTOCOL.md`.
+
+pub mod store;

@@ -1,0 +1,1 @@
+//! Embedded in-memory store (single node). Placeholder until written.

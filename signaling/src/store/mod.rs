@@ -1,0 +1,119 @@
+//! Shared signaling state (the design digest's `serverInfo` and `userInfo`, plus the node
+//! registry and cross-node messaging) behind one trait, with two implementations:
+//! [`memory::MemoryStore`] (embedded, single node, the default) and [`redis::RedisStore`]
+//! (a real Redis server, several nodes).
+//!
+//! Every operation is idempotent where the name says so, and `create_room` is atomic: two nodes
+//! creating the same room at once yield one room.
+
+pub mod memory;
+pub mod redis;
+
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Room topology.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoomMode {
+    /// Every participant connects to every other (WebRTC mesh).
+    Mesh,
+    /// Every participant connects to an SFU node.
+    Sfu,
+}
+
+/// A room and the node that hosts it (`serverInfo[room]` in the digest).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomRecord {
+    /// Room name (1..=128 chars of `[A-Za-z0-9_.-]`).
+    pub name: String,
+    /// Mesh or SFU.
+    pub mode: RoomMode,
+    /// Maximum participants.
+    pub capacity: u32,
+    /// Node id of the channel server hosting the room.
+    pub node: String,
+    /// Unix seconds.
+    pub created_at: u64,
+}
+
+/// One participant of a room (an entry of `userInfo[room]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParticipantRecord {
+    /// Participant id, unique in the room (`p_` + random).
+    pub id: String,
+    /// Identity from the access token (`sub`).
+    pub identity: String,
+    /// Display name.
+    pub name: String,
+    /// Node id whose channel server holds the participant's WebSocket.
+    pub node: String,
+    /// Unix seconds.
+    pub joined_at: u64,
+}
+
+/// A live signaling node in the registry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Node id (`--node-id`).
+    pub id: String,
+    /// The WebSocket URL clients of this node use (from `--public-url`).
+    pub ws_url: String,
+    /// Current load: open WebSocket connections.
+    pub load: u32,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The backend (Redis) could not be reached or answered an error.
+    #[error("store backend error: {0}")]
+    Backend(String),
+    /// Stored data could not be decoded.
+    #[error("corrupt store entry: {0}")]
+    Corrupt(String),
+}
+
+/// The signaling state store.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates `room` if no room of that name exists. Atomic across nodes: returns the room that
+    /// exists afterwards and whether this call created it.
+    async fn create_room(&self, room: &RoomRecord) -> Result<(RoomRecord, bool), StoreError>;
+    /// The room, if it exists.
+    async fn get_room(&self, name: &str) -> Result<Option<RoomRecord>, StoreError>;
+    /// Deletes the room and its participant list. True if it existed.
+    async fn delete_room(&self, name: &str) -> Result<bool, StoreError>;
+    /// Moves the room to `node` if it is still on `from` (compare-and-set; used when the hosting
+    /// node died). Returns the room afterwards (None if it no longer exists).
+    async fn move_room(
+        &self,
+        name: &str,
+        from: &str,
+        node: &str,
+    ) -> Result<Option<RoomRecord>, StoreError>;
+    /// Adds or replaces participant `p` of `room` (idempotent).
+    async fn add_participant(&self, room: &str, p: &ParticipantRecord) -> Result<(), StoreError>;
+    /// Removes participant `id` from `room` (idempotent). True if it was there.
+    async fn remove_participant(&self, room: &str, id: &str) -> Result<bool, StoreError>;
+    /// The participants of `room`, in join order.
+    async fn participants(&self, room: &str) -> Result<Vec<ParticipantRecord>, StoreError>;
+    /// Registers or refreshes `node`; the entry expires `ttl` after the last heartbeat.
+    async fn heartbeat(&self, node: &NodeInfo, ttl: Duration) -> Result<(), StoreError>;
+    /// Removes `node` from the registry (clean shutdown).
+    async fn remove_node(&self, id: &str) -> Result<(), StoreError>;
+    /// The live nodes (entries not expired).
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError>;
+    /// Publishes `payload` on `channel` to every subscriber on any node (fire and forget).
+    async fn publish(&self, channel: &str, payload: &[u8]) -> Result<(), StoreError>;
+    /// Subscribes to `channel`. Messages arrive on the returned bounded receiver; when the
+    /// receiver is full, messages are dropped (and counted by the implementation).
+    async fn subscribe(&self, channel: &str) -> Result<mpsc::Receiver<Vec<u8>>, StoreError>;
+}
+
+/// The least-loaded of `nodes` (ties broken by id, so every node picks the same one).
+pub fn least_loaded(nodes: &[NodeInfo]) -> Option<&NodeInfo> {
+    nodes.iter().min_by(|a, b| a.load.cmp(&b.load).then(a.id.cmp(&b.id)))
+}
