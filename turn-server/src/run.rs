@@ -40,17 +40,25 @@ pub struct Ready {
     pub metrics: SocketAddr,
 }
 
-/// Runs the server until a shutdown signal, then drains for `cfg.drain_timeout_secs`.
-/// `on_ready` runs once everything is bound. Must be called inside a tokio runtime.
+/// Runs the server until a shutdown signal (SIGTERM, ctrl-c), then drains. See [`serve`].
 pub async fn run_until_signal(
     cfg: &TurnConfig,
     on_ready: impl FnOnce(&Ready),
 ) -> Result<(), RunError> {
-    tracing::info!(config = %cfg.redacted(), "starting");
+    serve(cfg, turnkey_common::shutdown::on_signal(), on_ready).await
+}
+
+/// Runs the server until `shutdown` is cancelled, then drains for `cfg.drain_timeout_secs`.
+/// `on_ready` runs once every listener is bound. Must be called inside a tokio runtime.
+pub async fn serve(
+    cfg: &TurnConfig,
+    shutdown: tokio_util::sync::CancellationToken,
+    on_ready: impl FnOnce(&Ready),
+) -> Result<(), RunError> {
+    tracing::info!(config = %cfg.redacted(), "starting turn server");
     if cfg.users.is_empty() && cfg.auth_secrets.is_empty() {
         tracing::warn!("no user and no auth secret: every allocation will be refused (401)");
     }
-    let shutdown = turnkey_common::shutdown::on_signal();
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = TurnMetrics::register(&mut registry);
     let stun_metrics = StunMetrics::register(&mut registry);
