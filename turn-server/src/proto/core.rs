@@ -526,12 +526,12 @@ impl TurnCore {
         }
         // REST expiry is checked on Allocate; requests on an existing allocation by the same
         // user are not cut off when the credential expires mid-call.
-        let check_expiry = method == METHOD_ALLOCATE
-            || !self
-                .by_tuple
-                .get(&tuple)
-                .and_then(|id| self.allocs.get(id))
-                .is_some_and(|a| text_attr(m, ATTR_USERNAME) == Some(a.username.as_str()));
+        let same_user_allocation = self
+            .by_tuple
+            .get(&tuple)
+            .and_then(|id| self.allocs.get(id))
+            .is_some_and(|a| text_attr(m, ATTR_USERNAME) == Some(a.username.as_str()));
+        let check_expiry = method == METHOD_ALLOCATE || !same_user_allocation;
         let auth = match self.authenticate(m, now, check_expiry) {
             Ok(a) => a,
             Err(b) => return (b, None),
