@@ -2,7 +2,7 @@
 # The one test command: bash scripts/test.sh
 #
 # Installs what the tests need if it is missing (Debian/Ubuntu: coturn's turnutils_* client
-# tools, chromium, iproute2, Node.js + npm, the browser test's npm packages), then runs
+# tools, chromium, iproute2, Node.js + npm, redis-server, the browser test's npm packages), then runs
 #   cargo fmt --check, cargo clippy -D warnings, cargo build --bins, cargo test
 # over the whole workspace. Exits non-zero on the first failure.
 #
@@ -48,6 +48,7 @@ if ! have chromium && ! have chromium-browser; then MISSING+=(chromium); fi
 if ! have ip || ! have ss; then MISSING+=(iproute2); fi
 if ! have node || ! have npm; then MISSING+=(nodejs npm); fi
 if ! have cc; then MISSING+=(gcc libc6-dev); fi
+if ! have redis-server; then MISSING+=(redis-server); fi
 if ! have cargo && ! [ -x "$HOME/.cargo/bin/cargo" ]; then
   if ! have curl; then MISSING+=(curl); fi
   MISSING+=(ca-certificates)

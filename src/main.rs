@@ -1,11 +1,15 @@
-//! `turnkey`: the whole suite in one process for local use (for now STUN + TURN: the TURN
-//! listener answers STUN Binding requests too).
+//! `turnkey`: the whole suite in one process for local use: STUN + TURN (the TURN listener
+//! answers STUN Binding requests too) and signaling (session + channel server, in-memory store,
+//! demo page).
 //!
-//! With no flags it listens on 127.0.0.1:3478 (UDP and TCP), serves metrics on
-//! 127.0.0.1:9641, generates a TURN REST secret, and prints a working credential and an
-//! RTCIceServer JSON a browser can paste. Every `turn-server` flag works here too.
+//! With no flags: TURN on 127.0.0.1:3478 (UDP and TCP, metrics on 127.0.0.1:9641), signaling
+//! on http://127.0.0.1:8080 (metrics on 127.0.0.1:9643), a generated TURN REST secret shared by
+//! both, and a generated development API key. It prints a working TURN credential, an
+//! RTCIceServer JSON a browser can paste, and the demo page URL. Every `turn-server` flag works
+//! here too.
 
 use clap::Parser;
+use signaling::config::SignalingConfig;
 use std::time::{SystemTime, UNIX_EPOCH};
 use turn_server::config::{Defaults, ServerArgs, TurnConfig};
 use turn_server::proto::auth::mint_rest_credential;
@@ -22,6 +26,18 @@ struct Cli {
     /// Lifetime of the printed credential, seconds.
     #[arg(long = "credential-ttl", default_value_t = 86_400)]
     credential_ttl: u64,
+    /// Signaling HTTP + WebSocket listener (demo page at /).
+    #[arg(long = "signaling-listen", default_value = "127.0.0.1:8080")]
+    signaling_listen: std::net::SocketAddr,
+    /// Signaling metrics listener.
+    #[arg(long = "signaling-metrics", default_value = "127.0.0.1:9643")]
+    signaling_metrics: std::net::SocketAddr,
+    /// Signaling API key KEY:SECRET (default: a generated development key, printed).
+    #[arg(long = "api-key", env = "TURNKEY_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Redis URL for the signaling store (default: embedded in-memory store).
+    #[arg(long)]
+    redis: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,31 +52,79 @@ fn main() -> anyhow::Result<()> {
         let secret: [u8; 24] = rand::random();
         cfg.auth_secrets = vec![secret.iter().map(|b| format!("{b:02x}")).collect()];
     }
+    let mut sig = SignalingConfig::with_defaults(&signaling::config::Defaults {
+        listen: cli.signaling_listen,
+        metrics: cli.signaling_metrics,
+    });
+    if let Some(k) = &cli.api_key {
+        let Some((key, secret)) = k.split_once(':') else {
+            anyhow::bail!("--api-key must be KEY:SECRET");
+        };
+        sig.api_keys = vec![signaling::auth::ApiKey {
+            key: key.to_string(),
+            secret: secret.to_string(),
+        }];
+        sig.dev_key = false;
+    }
+    sig.turn_secrets = cfg.auth_secrets.clone();
+    sig.turn_uris = ice_urls(&cfg, &cfg.listen);
+    sig.redis = cli.redis.clone();
+    sig.log_json = cfg.log_json;
     turnkey_common::logging::init(cfg.log_json, "info");
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(run(cfg, generated, cli.credential_ttl))
+        .block_on(run(cfg, sig, generated, cli.credential_ttl))
 }
 
-async fn run(cfg: TurnConfig, generated: bool, ttl: u64) -> anyhow::Result<()> {
-    let mut printed = Ok(());
-    turn_server::run::run_until_signal(&cfg, |ready| {
-        printed = print_usage(&cfg, &ready.listen, ready.metrics, generated, ttl);
-    })
-    .await?;
-    printed
-}
-
-fn print_usage(
-    cfg: &TurnConfig,
-    listen: &[std::net::SocketAddr],
-    metrics: std::net::SocketAddr,
+async fn run(
+    cfg: TurnConfig,
+    sig: SignalingConfig,
     generated: bool,
     ttl: u64,
 ) -> anyhow::Result<()> {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-    let cred = mint_rest_credential(&cfg.auth_secrets[0], "turnkey-local", ttl, now);
+    let shutdown = turnkey_common::shutdown::on_signal();
+    let mut printed = Ok(());
+    let dev_key = sig
+        .api_keys
+        .first()
+        .filter(|_| sig.dev_key)
+        .map(|k| format!("{}:{}", k.key, k.secret));
+    let turn = turn_server::run::serve(&cfg, shutdown.clone(), |ready| {
+        printed = print_usage(&cfg, &ready.listen, ready.metrics, generated, ttl);
+    });
+    let signaling = signaling::run::serve(sig, shutdown.clone(), |ready| {
+        println!("Signaling (session + channel server, in-memory store unless --redis)");
+        println!(
+            "  HTTP/WS     {}  (WebSocket {}/v1/ws)",
+            ready.public_url,
+            ready.public_url.replace("http", "ws")
+        );
+        println!("  metrics     http://{}/metrics", ready.metrics);
+        match &dev_key {
+            Some(k) => {
+                println!("  API key     {k}  (generated for this run; pass --api-key to fix one)");
+                println!("  demo page   {}/?key={k}&room=demo", ready.public_url);
+            }
+            None => println!(
+                "  demo page   {}/?key=KEY:SECRET&room=demo",
+                ready.public_url
+            ),
+        }
+    });
+    let (t, s) = tokio::join!(turn, signaling);
+    // Either side failing to start stops the other.
+    if t.is_err() || s.is_err() {
+        shutdown.cancel();
+    }
+    t?;
+    s?;
+    printed
+}
+
+/// The STUN and TURN URLs clients use for `listen` (a wildcard listener is named by the first
+/// relay IP).
+fn ice_urls(cfg: &TurnConfig, listen: &[std::net::SocketAddr]) -> Vec<String> {
     let mut urls = Vec::new();
     for l in listen {
         let host = if l.ip().is_unspecified() {
@@ -80,6 +144,19 @@ fn print_usage(
         urls.push(format!("turn:{host}:{}?transport=udp", l.port()));
         urls.push(format!("turn:{host}:{}?transport=tcp", l.port()));
     }
+    urls
+}
+
+fn print_usage(
+    cfg: &TurnConfig,
+    listen: &[std::net::SocketAddr],
+    metrics: std::net::SocketAddr,
+    generated: bool,
+    ttl: u64,
+) -> anyhow::Result<()> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let cred = mint_rest_credential(&cfg.auth_secrets[0], "turnkey-local", ttl, now);
+    let urls = ice_urls(cfg, listen);
     let ice = serde_json::json!({
         "urls": urls,
         "username": cred.username,

@@ -10,6 +10,7 @@
 //! - [`ChildGuard`], [`run_with_timeout`]: other child processes with bounded lifetimes.
 //! - [`http_get`], [`scrape_metrics`], [`metric_value`]: reading `/metrics`.
 //! - [`require_tool`]: finds an external tool (e.g. coturn's `turnutils_uclient`) on `PATH`.
+//! - [`RedisGuard`]: a throwaway `redis-server` on a free loopback port, no persistence.
 //!
 //! Everything binds to loopback only. Nothing here sleeps for a fixed time to "let things
 //! settle"; waits poll a condition with a deadline.
@@ -426,6 +427,92 @@ impl ServerGuard {
     pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         metric_value(&self.scrape_metrics(), name, labels).unwrap_or(0.0)
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redis
+// ---------------------------------------------------------------------------------------------
+
+/// A throwaway Redis server (Debian's `redis-server`, which `bash scripts/test.sh` installs) on
+/// `127.0.0.1:<free port>`, never the default 6379, with no disk persistence (`--save ""`,
+/// `--appendonly no`). [`RedisGuard::start`] returns once it answers `PING`; killed on drop,
+/// its log printed if the test is failing.
+pub struct RedisGuard {
+    child: ChildGuard,
+    /// The TCP port it listens on.
+    pub port: u16,
+}
+
+impl RedisGuard {
+    /// Starts a server on a free port and waits until it answers `PING`.
+    pub fn start() -> RedisGuard {
+        RedisGuard::start_on(free_udp_tcp_port())
+    }
+
+    /// Starts a server on `port` (e.g. again on the port of one that was dropped, to test
+    /// reconnection) and waits until it answers `PING`.
+    pub fn start_on(port: u16) -> RedisGuard {
+        let bin = require_tool("redis-server");
+        let mut cmd = Command::new(bin);
+        cmd.args(["--port", &port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(["--appendonly", "no"])
+            .args(["--daemonize", "no"])
+            .args(["--protected-mode", "yes"])
+            .arg("--dir")
+            .arg(std::env::temp_dir());
+        let mut child = ChildGuard::spawn("redis-server", &mut cmd);
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait() {
+                panic!(
+                    "redis-server on port {port} exited before it was ready ({status}); its log:\n{}",
+                    child.log()
+                );
+            }
+            if redis_ping(SocketAddr::new(LOCALHOST, port)) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not answer PING on 127.0.0.1:{port} within {READY_TIMEOUT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        RedisGuard { child, port }
+    }
+
+    /// `redis://127.0.0.1:<port>/`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// The server's address.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::new(LOCALHOST, self.port)
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        self.child.log()
+    }
+}
+
+/// True if a Redis server at `addr` answers `PING` with `+PONG` (raw RESP over TCP, 1 s
+/// timeouts).
+pub fn redis_ping(addr: SocketAddr) -> bool {
+    let timeout = Duration::from_secs(1);
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, timeout) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(timeout));
+    let _ = stream.set_write_timeout(Some(timeout));
+    if stream.write_all(b"*1\r\n$4\r\nPING\r\n").is_err() {
+        return false;
+    }
+    let mut reply = [0u8; 7];
+    stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
 }
 
 // ---------------------------------------------------------------------------------------------

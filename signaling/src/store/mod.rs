@@ -13,6 +13,11 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+/// Capacity, in messages, of every receiver returned by [`Store::subscribe`]. A message
+/// published while a receiver holds this many is dropped for that receiver and counted
+/// ([`Store::dropped_messages`]).
+pub const SUBSCRIBER_CAPACITY: usize = 1024;
+
 /// Room topology.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -111,9 +116,16 @@ pub trait Store: Send + Sync + 'static {
     /// Subscribes to `channel`. Messages arrive on the returned bounded receiver; when the
     /// receiver is full, messages are dropped (and counted by the implementation).
     async fn subscribe(&self, channel: &str) -> Result<mpsc::Receiver<Vec<u8>>, StoreError>;
+    /// Messages dropped so far because a subscriber's receiver was full (a counter, for the
+    /// metrics). Added after the first version of the trait; the default says none.
+    fn dropped_messages(&self) -> u64 {
+        0
+    }
 }
 
 /// The least-loaded of `nodes` (ties broken by id, so every node picks the same one).
 pub fn least_loaded(nodes: &[NodeInfo]) -> Option<&NodeInfo> {
-    nodes.iter().min_by(|a, b| a.load.cmp(&b.load).then(a.id.cmp(&b.id)))
+    nodes
+        .iter()
+        .min_by(|a, b| a.load.cmp(&b.load).then(a.id.cmp(&b.id)))
 }

@@ -1,0 +1,564 @@
+//! The session server: the HTTP API of `PROTOCOL.md` (rooms, joins, ICE servers, TURN REST
+//! credentials per draft-uberti-behave-turn-rest-00 §2), the demo page and the JavaScript
+//! client. Errors are `{"error":{"code","message"}}` with the HTTP status.
+
+use crate::auth::{mint_token, ApiKey, Claims, Grants};
+use crate::channel::valid_room_name;
+use crate::node::{unix_now, Envelope, Node};
+use crate::proto::msg::{IceServer, RoomInfo};
+use crate::store::{least_loaded, NodeInfo, RoomMode, RoomRecord, StoreError};
+use axum::body::Bytes;
+use axum::extract::{MatchedPath, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+/// The demo page (`signaling/web/index.html`).
+pub const INDEX_HTML: &str = include_str!("../web/index.html");
+/// The JavaScript client (`signaling/web/client.js`).
+pub const CLIENT_JS: &str = include_str!("../web/client.js");
+
+/// An HTTP error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    fn bad_request(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", m)
+    }
+    fn unauthorized(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", m)
+    }
+    fn forbidden(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", m)
+    }
+    fn not_found(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", m)
+    }
+    fn unavailable(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(_: StoreError) -> Self {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "store unavailable, try again",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (
+            self.status,
+            Json(json!({"error": {"code": self.code, "message": self.message}})),
+        )
+            .into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Basic realm=\"turnkey\""),
+            );
+        }
+        r
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Who is calling.
+enum Caller {
+    /// An API key (HTTP Basic).
+    ApiKey(ApiKey),
+    /// An access token (Bearer).
+    Token(Claims),
+}
+
+fn authenticate(node: &Node, headers: &HeaderMap, allow_bearer: bool) -> ApiResult<Caller> {
+    let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Err(ApiError::unauthorized("missing Authorization"));
+    };
+    if let Some(token) = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+    {
+        if !allow_bearer {
+            return Err(ApiError::unauthorized("this call needs an API key"));
+        }
+        return node
+            .keys
+            .verify_token(token.trim(), None, unix_now())
+            .map(Caller::Token)
+            .map_err(|e| ApiError::unauthorized(e.to_string()));
+    }
+    node.keys
+        .check_basic(value)
+        .map(|k| Caller::ApiKey(k.clone()))
+        .map_err(|e| ApiError::unauthorized(e.to_string()))
+}
+
+fn parse_body<T: for<'de> Deserialize<'de> + Default>(body: &Bytes) -> ApiResult<T> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}")))
+}
+
+fn check_room_name(name: &str) -> ApiResult<()> {
+    if valid_room_name(name) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "room name must be 1..=128 characters of [A-Za-z0-9_.-]",
+        ))
+    }
+}
+
+fn check_capacity(node: &Node, capacity: Option<u32>) -> ApiResult<u32> {
+    let c = capacity.unwrap_or(node.cfg.default_capacity);
+    if c == 0 || c > node.cfg.max_capacity {
+        return Err(ApiError::bad_request(format!(
+            "capacity must be 1..={}",
+            node.cfg.max_capacity
+        )));
+    }
+    Ok(c)
+}
+
+async fn live_nodes(node: &Node) -> ApiResult<Vec<NodeInfo>> {
+    Ok(node.timed("nodes", node.store.nodes()).await?)
+}
+
+fn pick_node(nodes: &[NodeInfo]) -> ApiResult<&NodeInfo> {
+    least_loaded(nodes).ok_or_else(|| ApiError::unavailable("no live channel node"))
+}
+
+#[derive(Serialize)]
+struct RoomView {
+    name: String,
+    mode: RoomMode,
+    capacity: u32,
+    node: String,
+    participants: Vec<ParticipantView>,
+}
+
+#[derive(Serialize)]
+struct ParticipantView {
+    id: String,
+    identity: String,
+    name: String,
+    node: String,
+}
+
+async fn room_view(node: &Node, rec: RoomRecord) -> ApiResult<RoomView> {
+    let parts = node
+        .timed("participants", node.store.participants(&rec.name))
+        .await?;
+    Ok(RoomView {
+        name: rec.name,
+        mode: rec.mode,
+        capacity: rec.capacity,
+        node: rec.node,
+        participants: parts
+            .into_iter()
+            .map(|p| ParticipantView {
+                id: p.id,
+                identity: p.identity,
+                name: p.name,
+                node: p.node,
+            })
+            .collect(),
+    })
+}
+
+#[derive(Deserialize, Default)]
+struct CreateRoom {
+    name: Option<String>,
+    mode: Option<RoomMode>,
+    capacity: Option<u32>,
+}
+
+/// `POST /v1/rooms`.
+async fn create_room(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    authenticate(&node, &headers, false)?;
+    let req: CreateRoom = parse_body(&body)?;
+    let name = req
+        .name
+        .ok_or_else(|| ApiError::bad_request("missing field `name`"))?;
+    check_room_name(&name)?;
+    let capacity = check_capacity(&node, req.capacity)?;
+    let nodes = live_nodes(&node).await?;
+    let host = pick_node(&nodes)?;
+    let rec = RoomRecord {
+        name,
+        mode: req.mode.unwrap_or(RoomMode::Mesh),
+        capacity,
+        node: host.id.clone(),
+        created_at: unix_now(),
+    };
+    let (rec, created) = node
+        .timed("create_room", node.store.create_room(&rec))
+        .await?;
+    if !created {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("room {} exists", rec.name),
+        ));
+    }
+    tracing::info!(room = %rec.name, node = %rec.node, "room created");
+    Ok((StatusCode::CREATED, Json(room_view(&node, rec).await?)).into_response())
+}
+
+/// `GET /v1/rooms/{room}`.
+async fn get_room(
+    State(node): State<Arc<Node>>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    authenticate(&node, &headers, false)?;
+    let rec = node
+        .timed("get_room", node.store.get_room(&room))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no room {room}")))?;
+    Ok(Json(room_view(&node, rec).await?).into_response())
+}
+
+/// `DELETE /v1/rooms/{room}`: participants get `room-closed` and close 4010, on every node.
+async fn delete_room(
+    State(node): State<Arc<Node>>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    authenticate(&node, &headers, false)?;
+    let parts = node
+        .timed("participants", node.store.participants(&room))
+        .await?;
+    if !node
+        .timed("delete_room", node.store.delete_room(&room))
+        .await?
+    {
+        return Err(ApiError::not_found(format!("no room {room}")));
+    }
+    let reason = "deleted".to_string();
+    node.close_room_local(&room, &reason);
+    let others: BTreeSet<&str> = parts
+        .iter()
+        .map(|p| p.node.as_str())
+        .filter(|n| *n != node.id())
+        .collect();
+    for n in others {
+        let env = Envelope::CloseRoom {
+            room: room.clone(),
+            reason: reason.clone(),
+        };
+        node.publish(n, &env).await;
+    }
+    tracing::info!(%room, "room deleted");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize, Default)]
+struct JoinBody {
+    identity: Option<String>,
+    name: Option<String>,
+    mode: Option<RoomMode>,
+    capacity: Option<u32>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct JoinAnswer {
+    url: String,
+    token: String,
+    ice_servers: Vec<IceServer>,
+    ice_servers_ttl: u64,
+    room: RoomInfo,
+}
+
+/// `POST /v1/rooms/{room}/join`: places the room on the least-loaded live node (creating it
+/// when the caller may), moves it off a dead node, and answers with the node's WebSocket URL,
+/// an access token and ICE servers.
+async fn join_room(
+    State(node): State<Arc<Node>>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let caller = authenticate(&node, &headers, true)?;
+    check_room_name(&room)?;
+    let req: JoinBody = parse_body(&body)?;
+    let (identity, may_create) = match &caller {
+        Caller::ApiKey(_) => {
+            let id = req
+                .identity
+                .clone()
+                .filter(|i| !i.is_empty() && i.len() <= 256)
+                .ok_or_else(|| ApiError::bad_request("missing field `identity`"))?;
+            (id, true)
+        }
+        Caller::Token(c) => {
+            if c.room != room {
+                return Err(ApiError::unauthorized("token is for another room"));
+            }
+            if !c.grants.join {
+                return Err(ApiError::forbidden("the token does not grant join"));
+            }
+            (c.sub.clone(), c.grants.create)
+        }
+    };
+    let capacity = check_capacity(&node, req.capacity)?;
+    let nodes = live_nodes(&node).await?;
+    let existing = node.timed("get_room", node.store.get_room(&room)).await?;
+    let rec = match existing {
+        Some(rec) if nodes.iter().any(|n| n.id == rec.node) => rec,
+        Some(rec) => {
+            // The hosting node is gone: move the room to the least-loaded live node.
+            let target = pick_node(&nodes)?;
+            let moved = node
+                .timed(
+                    "move_room",
+                    node.store.move_room(&room, &rec.node, &target.id),
+                )
+                .await?
+                .ok_or_else(|| ApiError::not_found(format!("no room {room}")))?;
+            tracing::info!(%room, from = %rec.node, to = %moved.node, "room moved off a dead node");
+            moved
+        }
+        None if may_create => {
+            let host = pick_node(&nodes)?;
+            let rec = RoomRecord {
+                name: room.clone(),
+                mode: req.mode.unwrap_or(RoomMode::Mesh),
+                capacity,
+                node: host.id.clone(),
+                created_at: unix_now(),
+            };
+            let (rec, created) = node
+                .timed("create_room", node.store.create_room(&rec))
+                .await?;
+            if created {
+                tracing::info!(room = %rec.name, node = %rec.node, "room created on first join");
+            }
+            rec
+        }
+        None => {
+            return Err(ApiError::not_found(format!(
+                "no room {room} and the token does not grant create"
+            )))
+        }
+    };
+    let url = nodes
+        .iter()
+        .find(|n| n.id == rec.node)
+        .map(|n| n.ws_url.clone())
+        .ok_or_else(|| ApiError::unavailable("the room's node is not live"))?;
+    let token = match &caller {
+        Caller::ApiKey(key) => mint_token(
+            key,
+            &room,
+            &identity,
+            req.name.as_deref(),
+            Grants {
+                join: true,
+                create: false,
+            },
+            node.cfg.token_ttl_secs,
+            unix_now(),
+        ),
+        Caller::Token(_) => headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.get(7..))
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+    };
+    let (ice_servers, ice_servers_ttl) = node.ice_servers(&identity);
+    Ok(Json(JoinAnswer {
+        url,
+        token,
+        ice_servers,
+        ice_servers_ttl,
+        room: RoomInfo {
+            name: rec.name,
+            mode: rec.mode,
+            capacity: rec.capacity,
+        },
+    })
+    .into_response())
+}
+
+/// `POST /v1/ice-servers`.
+async fn ice_servers(State(node): State<Arc<Node>>, headers: HeaderMap) -> ApiResult<Response> {
+    let user = match authenticate(&node, &headers, true)? {
+        Caller::ApiKey(k) => k.key,
+        Caller::Token(c) => c.sub,
+    };
+    let (servers, ttl) = node.ice_servers(&user);
+    Ok(Json(json!({"iceServers": servers, "ttl": ttl})).into_response())
+}
+
+/// `GET /v1/turn/credentials?service=turn&username=U&key=K` (draft-uberti-behave-turn-rest-00
+/// §2.1 request, §2.2 response; `api=` is accepted for `key=`).
+async fn turn_credentials(
+    State(node): State<Arc<Node>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    let given = q.get("key").or_else(|| q.get("api"));
+    let Some(given) = given else {
+        return Err(ApiError::unauthorized("missing key"));
+    };
+    let mut ok = subtle::Choice::from(0u8);
+    for k in &node.cfg.turn_rest_keys {
+        ok |= k.as_bytes().ct_eq(given.as_bytes());
+    }
+    if !bool::from(ok) {
+        return Err(ApiError::unauthorized("unknown key"));
+    }
+    match q.get("service").map(String::as_str) {
+        Some("turn") => {}
+        _ => return Err(ApiError::bad_request("service must be `turn`")),
+    }
+    let user = q.get("username").map_or("", String::as_str);
+    if user.len() > 256 || user.contains(':') {
+        return Err(ApiError::bad_request(
+            "username must be at most 256 characters without `:`",
+        ));
+    }
+    let Some(secret) = node.cfg.turn_secrets.first() else {
+        return Err(ApiError::unavailable("no TURN secret configured"));
+    };
+    let c = turn_server::proto::auth::mint_rest_credential(
+        secret,
+        user,
+        node.cfg.turn_ttl_secs,
+        unix_now(),
+    );
+    node.metrics.turn_credentials.inc();
+    Ok(Json(json!({
+        "username": c.username,
+        "password": c.password,
+        "ttl": c.ttl,
+        "uris": node.cfg.turn_uris,
+    }))
+    .into_response())
+}
+
+async fn index() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        INDEX_HTML,
+    )
+        .into_response()
+}
+
+async fn client_js() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        CLIENT_JS,
+    )
+        .into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+fn route_label(path: &str) -> &'static str {
+    match path {
+        "/v1/rooms" => "/v1/rooms",
+        "/v1/rooms/{room}" => "/v1/rooms/{room}",
+        "/v1/rooms/{room}/join" => "/v1/rooms/{room}/join",
+        "/v1/ice-servers" => "/v1/ice-servers",
+        "/v1/turn/credentials" => "/v1/turn/credentials",
+        "/v1/ws" => "/v1/ws",
+        "/healthz" => "/healthz",
+        "/" => "/",
+        "/client.js" => "/client.js",
+        _ => "other",
+    }
+}
+
+fn status_label(s: StatusCode) -> &'static str {
+    match s.as_u16() {
+        101 => "101",
+        200 => "200",
+        201 => "201",
+        204 => "204",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        409 => "409",
+        500 => "500",
+        503 => "503",
+        _ => "other",
+    }
+}
+
+async fn count_requests(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("other", |m| route_label(m.as_str()));
+    let resp = next.run(req).await;
+    node.metrics
+        .http_requests
+        .get_or_create(&[("route", route), ("status", status_label(resp.status()))])
+        .inc();
+    resp
+}
+
+/// The router for this node's role.
+pub fn router(node: Arc<Node>) -> axum::Router {
+    use axum::routing::{get, post};
+    let mut r = axum::Router::new().route("/healthz", get(|| async { "ok\n" }));
+    if node.cfg.role.session() {
+        r = r
+            .route("/", get(index))
+            .route("/client.js", get(client_js))
+            .route("/v1/rooms", post(create_room))
+            .route("/v1/rooms/{room}", get(get_room).delete(delete_room))
+            .route("/v1/rooms/{room}/join", post(join_room))
+            .route("/v1/ice-servers", post(ice_servers))
+            .route("/v1/turn/credentials", get(turn_credentials));
+    }
+    if node.cfg.role.channel() {
+        r = r.route("/v1/ws", get(crate::channel::ws_handler));
+    }
+    r.fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            node.clone(),
+            count_requests,
+        ))
+        .with_state(node)
+}

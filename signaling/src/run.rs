@@ -1,0 +1,192 @@
+//! The signaling service lifecycle: open the store, bind the HTTP/WebSocket listener, start the
+//! channel role's tasks (the first heartbeat registers the node), bind the metrics listener (so
+//! `/healthz` answering there means ready), serve until shutdown, then close every WebSocket
+//! with 1001 and leave the node registry.
+
+use crate::config::SignalingConfig;
+use crate::metrics::SignalingMetrics;
+use crate::node::Node;
+use crate::store::{memory::MemoryStore, redis::RedisStore, Store, StoreError};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The HTTP listener could not be bound.
+    #[error("binding HTTP listener {addr}: {source}")]
+    Listen {
+        /// The configured address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The metrics listener could not be bound.
+    #[error("binding metrics listener {addr}: {source}")]
+    Metrics {
+        /// The configured address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The store could not be opened or the node could not register.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// Where the running service listens; handed to the `on_ready` callback.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    /// The HTTP + WebSocket listener, port 0 resolved.
+    pub http: SocketAddr,
+    /// The metrics listener.
+    pub metrics: SocketAddr,
+    /// Base URL clients are told (`--public-url`, or derived from `http`).
+    pub public_url: String,
+    /// This node's id.
+    pub node_id: String,
+}
+
+/// Opens the store the config asks for: Redis with `--redis`, else in memory.
+pub async fn open_store(
+    cfg: &SignalingConfig,
+) -> Result<(Arc<dyn Store>, DropCounter), StoreError> {
+    match &cfg.redis {
+        Some(url) => {
+            let s = Arc::new(RedisStore::connect(url).await?);
+            let c = s.clone();
+            Ok((s, Box::new(move || c.dropped_messages())))
+        }
+        None => {
+            let s = Arc::new(MemoryStore::new());
+            let c = s.clone();
+            Ok((s, Box::new(move || c.dropped_messages())))
+        }
+    }
+}
+
+/// Reads the store's count of bus messages dropped for full subscribers.
+pub type DropCounter = Box<dyn Fn() -> u64 + Send + Sync>;
+
+fn base_url(cfg: &SignalingConfig, bound: SocketAddr) -> String {
+    if let Some(u) = &cfg.public_url {
+        return u.clone();
+    }
+    let ip = if bound.ip().is_unspecified() {
+        match bound.ip() {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        }
+    } else {
+        bound.ip()
+    };
+    format!("http://{}", SocketAddr::new(ip, bound.port()))
+}
+
+/// Runs the service until `shutdown` is cancelled. `on_ready` runs once everything is bound
+/// and the node is registered. Must be called inside a tokio runtime.
+pub async fn serve(
+    cfg: SignalingConfig,
+    shutdown: CancellationToken,
+    on_ready: impl FnOnce(&Ready),
+) -> Result<(), RunError> {
+    tracing::info!(config = %cfg.redacted(), "starting signaling");
+    if cfg.dev_key {
+        if let Some(k) = cfg.api_keys.first() {
+            tracing::warn!(
+                api_key = %format!("{}:{}", k.key, k.secret),
+                "no --api-key given: generated this development API key (do not use in production)"
+            );
+        }
+    }
+    if cfg.turn_secrets.is_empty() && cfg.turn_uris.iter().any(|u| u.starts_with("turn")) {
+        tracing::warn!("--turn-uri given without --turn-secret: clients get no TURN credentials");
+    }
+    let (store, store_drops) = open_store(&cfg).await?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| RunError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
+    let http = listener.local_addr().map_err(|source| RunError::Listen {
+        addr: cfg.listen,
+        source,
+    })?;
+    let public_url = base_url(&cfg, http);
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = SignalingMetrics::register(&mut registry);
+    let metrics_addr = cfg.metrics;
+    let node = Arc::new(Node::new(
+        cfg,
+        store,
+        metrics.clone(),
+        public_url.clone(),
+        shutdown.child_token(),
+    ));
+    if node.cfg.role.channel() {
+        node.start_channel_tasks().await?;
+        let node = node.clone();
+        tokio::spawn(async move {
+            let mut last = 0u64;
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            loop {
+                tokio::select! {
+                    _ = node.shutdown.cancelled() => break,
+                    _ = tick.tick() => {
+                        let now = store_drops();
+                        if now > last {
+                            node.metrics.dropped.get_or_create(&[("reason", "bus_full")]).inc_by(now - last);
+                            last = now;
+                        }
+                    }
+                }
+            }
+        });
+    }
+    let app = crate::http::router(node.clone());
+    let server_shutdown = shutdown.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { server_shutdown.cancelled().await })
+            .await
+    });
+    let metrics_bound =
+        turnkey_common::metrics_http::serve(metrics_addr, Arc::new(registry), shutdown.clone())
+            .await
+            .map_err(|source| RunError::Metrics {
+                addr: metrics_addr,
+                source,
+            })?;
+    let ready = Ready {
+        http,
+        metrics: metrics_bound,
+        public_url,
+        node_id: node.id().to_string(),
+    };
+    tracing::info!(http = %ready.http, metrics = %ready.metrics, url = %ready.public_url, ws = %node.ws_url, node = %ready.node_id, role = ?node.cfg.role, "ready");
+    on_ready(&ready);
+    shutdown.cancelled().await;
+    node.shutdown.cancel();
+    node.close_all();
+    if node.cfg.role.channel() {
+        let _ = node
+            .timed("remove_node", node.store.remove_node(node.id()))
+            .await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Runs the service until SIGTERM or ctrl-c.
+pub async fn run_until_signal(
+    cfg: SignalingConfig,
+    on_ready: impl FnOnce(&Ready),
+) -> Result<(), RunError> {
+    let shutdown = turnkey_common::shutdown::on_signal();
+    serve(cfg, shutdown, on_ready).await
+}

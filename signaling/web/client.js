@@ -1,0 +1,1117 @@
+// turnkey signaling client: a small ES module (no framework, no build step) that joins a room on
+// a turnkey signaling server and connects the participants with WebRTC.
+//
+// Wire contract: signaling/PROTOCOL.md (protocol version 1). Served by the signaling server as
+// `GET /client.js`, so a page on the same server can `import { TurnkeyRoom } from '/client.js'`.
+//
+//   import { TurnkeyRoom, requestJoin } from '/client.js';
+//   const grant = await requestJoin({ room: 'demo', identity: 'alice', apiKey: 'KEY:SECRET' });
+//   const localStream = await navigator.mediaDevices.getUserMedia({ audio: true, video: true });
+//   const room = await TurnkeyRoom.join({ url: grant.url, token: grant.token, room: 'demo',
+//                                        name: 'Alice', localStream });
+//   room.addEventListener('track', (e) => { videoOf(e.detail.participant).srcObject = e.detail.stream; });
+//   room.addEventListener('participant-left', (e) => removeTile(e.detail.participant.id));
+//   ...
+//   await room.leave();
+//
+// Media topology. A `mesh` room (2-4 people) keeps one RTCPeerConnection per remote participant
+// (class MeshSession). An `sfu` room will keep a single RTCPeerConnection to the media server;
+// the seam for it is the MediaSession interface below (createMediaSession picks the
+// implementation from `joined.room.mode`). SFU mode is not implemented yet: joining an `sfu` room
+// fails with a TurnkeyError whose code is 'sfu_unsupported'.
+//
+// Negotiation follows the W3C "perfect negotiation" pattern
+// (https://w3c.github.io/webrtc-pc/#perfect-negotiation-example): both ends may offer at any
+// time; on a collision (glare) the *polite* end rolls its own offer back and answers, the
+// *impolite* end ignores the incoming offer. Politeness must be decided the same way at both
+// ends without talking, and must survive a resumed session, so it is an id comparison: towards
+// a remote participant R, this participant is polite iff its participantId sorts before R's
+// (JavaScript string `<`). Participant ids are assigned by the server and stable across resume.
+//
+// Candidates are trickled as they are gathered, and end-of-candidates is sent as
+// `candidate: null`. A signaling message that never arrives (e.g. dropped by the server while the
+// receiver was reconnecting) cannot wedge a link: an offer left unanswered for
+// `offerTimeoutMs` is rolled back and sent again.
+
+/** Protocol version spoken by this client. */
+export const PROTOCOL_VERSION = 1;
+
+/** Close codes after which the client does not try to resume (PROTOCOL.md, "Close codes"). */
+const FINAL_CLOSE_CODES = new Map([
+  [1000, 'left'],
+  [4001, 'refused'],
+  [4008, 'rate_limited'],
+  [4010, 'room_closed'],
+  [4011, 'replaced'],
+]);
+
+/**
+ * An error from the signaling server (its `code` is the protocol's numeric error code, e.g.
+ * 4001, 4005, 4009) or from the client (string codes such as 'timeout', 'closed',
+ * 'sfu_unsupported', 'http').
+ */
+export class TurnkeyError extends Error {
+  /**
+   * @param {string} message
+   * @param {{code?: number|string, closeCode?: number, request?: string, status?: number}} [info]
+   */
+  constructor(message, info = {}) {
+    super(message);
+    this.name = 'TurnkeyError';
+    /** @type {number|string|undefined} */
+    this.code = info.code;
+    /** @type {number|undefined} WebSocket close code, if the error came with a close. */
+    this.closeCode = info.closeCode;
+    /** @type {string|undefined} The request type an `error` frame answered. */
+    this.request = info.request;
+    /** @type {number|undefined} HTTP status, for errors of requestJoin. */
+    this.status = info.status;
+  }
+}
+
+/**
+ * Asks the session server for a join grant: `POST {baseUrl}/v1/rooms/{room}/join`.
+ *
+ * Authenticate with an API key (`apiKey: 'KEY:SECRET'`, sent as HTTP Basic; `identity` is then
+ * required) or with an access token for that room (`bearer: 'eyJ...'`). API keys are server
+ * secrets: a browser should only ever hold one for local development.
+ *
+ * @param {object} opts
+ * @param {string} opts.room Room name.
+ * @param {string} [opts.baseUrl] Session server origin; default: this page's origin.
+ * @param {string} [opts.apiKey] `KEY:SECRET`.
+ * @param {string} [opts.bearer] An access token for this room.
+ * @param {string} [opts.identity] Participant identity (required with apiKey).
+ * @param {string} [opts.name] Display name.
+ * @param {'mesh'|'sfu'} [opts.mode] Room mode if the join creates the room.
+ * @param {number} [opts.capacity] Room capacity if the join creates the room.
+ * @returns {Promise<{url: string, token: string, iceServers?: RTCIceServer[], iceServersTtl?: number, room?: any}>}
+ *   `url` is the WebSocket endpoint for {@link TurnkeyRoom.join}, `token` the access token.
+ */
+export async function requestJoin(opts) {
+  const base = (opts.baseUrl || globalThis.location?.origin || '').replace(/\/+$/, '');
+  const headers = { 'content-type': 'application/json', accept: 'application/json' };
+  let body = {};
+  if (opts.apiKey) {
+    if (!opts.identity) throw new TurnkeyError('requestJoin: identity is required with an API key', { code: 'bad_request' });
+    headers.authorization = `Basic ${btoa(opts.apiKey)}`;
+    body = { identity: opts.identity };
+    if (opts.name) body.name = opts.name;
+    if (opts.mode) body.mode = opts.mode;
+    if (opts.capacity) body.capacity = opts.capacity;
+  } else if (opts.bearer) {
+    headers.authorization = `Bearer ${opts.bearer}`;
+  } else {
+    throw new TurnkeyError('requestJoin: give apiKey or bearer', { code: 'bad_request' });
+  }
+  const res = await fetch(`${base}/v1/rooms/${encodeURIComponent(opts.room)}/join`, {
+    method: 'POST',
+    headers,
+    body: JSON.stringify(body),
+  });
+  const text = await res.text();
+  let data = null;
+  try {
+    data = JSON.parse(text);
+  } catch {
+    /* not JSON */
+  }
+  if (!res.ok) {
+    const err = data && data.error;
+    throw new TurnkeyError(
+      `POST /v1/rooms/${opts.room}/join: HTTP ${res.status}${err ? ` ${err.code}: ${err.message}` : ` ${text.slice(0, 200)}`}`,
+      { code: err ? err.code : 'http', status: res.status },
+    );
+  }
+  if (!data || typeof data.url !== 'string' || typeof data.token !== 'string') {
+    throw new TurnkeyError(`POST /v1/rooms/${opts.room}/join: answer has no url/token: ${text.slice(0, 200)}`, { code: 'http', status: res.status });
+  }
+  return data;
+}
+
+/**
+ * A remote participant of the room.
+ * @typedef {object} Participant
+ * @property {string} id Participant id (stable across a resumed session).
+ * @property {string} [identity] The `sub` of its access token.
+ * @property {string} [name] Display name.
+ * @property {MediaStream} stream Its remote tracks (one MediaStream per participant; tracks are
+ *   added as they arrive, so a <video> can take it as srcObject right away).
+ * @property {RTCPeerConnectionState} connectionState State of the media connection to it
+ *   (mesh mode: of the RTCPeerConnection with it).
+ */
+
+/**
+ * Events (all CustomEvent; the payload is `event.detail`):
+ * - `state` {state}: the signaling state, see {@link TurnkeyRoom#state}.
+ * - `participant-joined` {participant}: someone entered (also fired for participants found on
+ *   resume that joined while we were away).
+ * - `participant-left` {participant, reason}: `left`, `timeout`, `node-lost`, `removed`, or
+ *   `gone` (found missing on resume).
+ * - `track` {participant, track, stream}: a remote track arrived; `stream` is participant.stream.
+ * - `track-removed` {participant, track, stream}.
+ * - `connection-state` {participant, state}: the media connection to a participant changed
+ *   (an RTCPeerConnectionState).
+ * - `resumed` {}: the signaling connection dropped and was taken back; media is being
+ *   renegotiated with an ICE restart.
+ * - `error` {error}: a non-fatal problem (an `error` frame, a failed negotiation step).
+ * - `closed` {reason, code?, error?}: the room object is finished (after leave(), a refused
+ *   resume, `room-closed`, a replaced session...). Reasons: `left`, `room_closed`, `replaced`,
+ *   `resume_failed`, `refused`, `rate_limited`, `error`.
+ */
+export class TurnkeyRoom extends EventTarget {
+  /**
+   * Connects, joins the room and starts connecting media to everyone in it. Resolves once the
+   * server answered `joined`; media connects in the background (watch `track` and
+   * `connection-state`).
+   *
+   * @param {object} opts
+   * @param {string} opts.url WebSocket endpoint (`url` of the join grant, e.g. ws://host/v1/ws).
+   * @param {string|(() => Promise<string>|string)} opts.token Access token, or a function that
+   *   returns a fresh one (called for the first join and for every resume attempt).
+   * @param {string} opts.room Room name (must match the token's room).
+   * @param {string} [opts.name] Display name.
+   * @param {MediaStream|null} [opts.localStream] What to send; its tracks are added to every
+   *   connection. null: receive only.
+   * @param {RTCIceTransportPolicy} [opts.iceTransportPolicy] 'all' (default) or 'relay'
+   *   (TURN only).
+   * @param {RTCIceServer[]} [opts.iceServers] Override the ICE servers of `joined.iceServers`.
+   * @param {number} [opts.pingIntervalMs] Keepalive period; default 20000 (PROTOCOL.md).
+   * @param {number} [opts.resumeGraceMs] How long to keep trying to resume after an unexpected
+   *   close; default 20000 (the server's default grace period).
+   * @param {number} [opts.joinTimeoutMs] Time for one connect + `joined`; default 10000.
+   * @param {number} [opts.offerTimeoutMs] An offer unanswered this long is rolled back and sent
+   *   again; default 10000.
+   * @param {number} [opts.connectTimeoutMs] A negotiated connection that is not connected this
+   *   long gets an ICE restart, and if that does not help either, a new RTCPeerConnection;
+   *   default 10000.
+   * @param {(msg: string) => void} [opts.log] Debug log sink.
+   * @returns {Promise<TurnkeyRoom>}
+   * @throws {TurnkeyError} with the server's error code (4001 unauthorized, 4009 room full...)
+   *   or 'timeout' / 'closed' / 'sfu_unsupported'.
+   */
+  static async join(opts) {
+    const room = new TurnkeyRoom(opts);
+    try {
+      await room._connect(false);
+    } catch (e) {
+      room._teardown();
+      throw e;
+    }
+    return room;
+  }
+
+  /** @private Use TurnkeyRoom.join. */
+  constructor(opts) {
+    super();
+    if (!opts || !opts.url || !opts.token || !opts.room) {
+      throw new TurnkeyError('TurnkeyRoom.join: url, token and room are required', { code: 'bad_request' });
+    }
+    this._opts = {
+      pingIntervalMs: 20000,
+      resumeGraceMs: 20000,
+      joinTimeoutMs: 10000,
+      offerTimeoutMs: 10000,
+      connectTimeoutMs: 10000,
+      iceTransportPolicy: 'all',
+      ...opts,
+    };
+    this._log = typeof opts.log === 'function' ? opts.log : () => {};
+    /** @type {WebSocket|null} */
+    this._ws = null;
+    this._state = 'connecting';
+    this._resumeToken = null;
+    this._pingTimer = null;
+    this._lastFrameAt = 0;
+    this._leaving = null;
+    this._closed = false;
+    this._reconnecting = false;
+    this._media = null;
+    /** @type {Map<string, Participant>} */
+    this._participants = new Map();
+    /** Our participant id; null until joined. @type {string|null} */
+    this.participantId = null;
+    /** Room info from `joined`: {name, mode, capacity}. @type {{name: string, mode: string, capacity: number}|null} */
+    this.info = null;
+    /** ICE servers in use (from `joined`, refreshed on resume). @type {RTCIceServer[]} */
+    this.iceServers = [];
+    /** Seconds the TURN credentials in iceServers are valid for. @type {number|null} */
+    this.iceServersTtl = null;
+    /** The MediaStream being sent (null: receive only). @type {MediaStream|null} */
+    this.localStream = opts.localStream || null;
+    /** Last measured signaling round trip (ping/pong), in ms. @type {number|null} */
+    this.rttMs = null;
+  }
+
+  // --- public API ---------------------------------------------------------------------------
+
+  /** Room name. @type {string} */
+  get name() {
+    return this._opts.room;
+  }
+
+  /** 'mesh' or 'sfu' (from `joined.room.mode`). @type {string|null} */
+  get mode() {
+    return this.info ? this.info.mode : null;
+  }
+
+  /**
+   * Signaling state: 'connecting', 'connected', 'reconnecting' (dropped, trying to resume) or
+   * 'closed'.
+   * @type {'connecting'|'connected'|'reconnecting'|'closed'}
+   */
+  get state() {
+    return this._state;
+  }
+
+  /** The remote participants, by id. @type {Map<string, Participant>} */
+  get participants() {
+    return this._participants;
+  }
+
+  /** The ICE transport policy in use. @type {RTCIceTransportPolicy} */
+  get iceTransportPolicy() {
+    return this._opts.iceTransportPolicy;
+  }
+
+  /**
+   * `addEventListener` shorthand. @param {string} type @param {(detail: any, ev: CustomEvent) => void} fn
+   * @returns {() => void} a function that removes the listener.
+   */
+  on(type, fn) {
+    const listener = (ev) => fn(ev.detail, ev);
+    this.addEventListener(type, listener);
+    return () => this.removeEventListener(type, listener);
+  }
+
+  /**
+   * Leaves the room (`leave`, waits up to 2 s for `left`), closes every connection. Does not
+   * stop the local stream's tracks (they belong to the caller). Idempotent.
+   * @returns {Promise<void>}
+   */
+  async leave() {
+    if (this._closed) return;
+    if (!this._leaving) {
+      this._leaving = (async () => {
+        const ws = this._ws;
+        if (ws && ws.readyState === WebSocket.OPEN) {
+          const done = new Promise((resolve) => {
+            this._onLeft = resolve;
+            ws.addEventListener('close', resolve, { once: true });
+            setTimeout(resolve, 2000);
+          });
+          this._send({ type: 'leave' });
+          await done;
+        }
+        this._finish('left');
+      })();
+    }
+    return this._leaving;
+  }
+
+  /** Enables or disables (sends silence) the local audio tracks. @param {boolean} enabled */
+  setAudioEnabled(enabled) {
+    for (const t of this.localStream ? this.localStream.getAudioTracks() : []) t.enabled = !!enabled;
+  }
+
+  /** Enables or disables (sends black frames) the local video tracks. @param {boolean} enabled */
+  setVideoEnabled(enabled) {
+    for (const t of this.localStream ? this.localStream.getVideoTracks() : []) t.enabled = !!enabled;
+  }
+
+  /** True unless every local audio track is disabled. @type {boolean} */
+  get audioEnabled() {
+    const tracks = this.localStream ? this.localStream.getAudioTracks() : [];
+    return tracks.some((t) => t.enabled);
+  }
+
+  /** True unless every local video track is disabled. @type {boolean} */
+  get videoEnabled() {
+    const tracks = this.localStream ? this.localStream.getVideoTracks() : [];
+    return tracks.some((t) => t.enabled);
+  }
+
+  /**
+   * WebRTC statistics of the media connection to each remote participant (mesh mode: of its
+   * RTCPeerConnection).
+   * @returns {Promise<Array<{participant: Participant, report: RTCStatsReport}>>}
+   */
+  async getStats() {
+    return this._media ? this._media.getStats() : [];
+  }
+
+  /**
+   * The RTCPeerConnection carrying participant `id`'s media (mesh mode), or the one to the SFU.
+   * @param {string} id @returns {RTCPeerConnection|null}
+   */
+  peerConnection(id) {
+    return this._media ? this._media.peerConnection(id) : null;
+  }
+
+  // --- signaling connection -----------------------------------------------------------------
+
+  _setState(state) {
+    if (this._state === state) return;
+    this._state = state;
+    this._emit('state', { state });
+  }
+
+  _emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+
+  _send(msg) {
+    // While reconnecting, outgoing messages are dropped: the ICE restart after the resume
+    // renegotiates everything anyway.
+    const ws = this._ws;
+    if (!ws || ws.readyState !== WebSocket.OPEN || this._state !== 'connected') {
+      this._log(`not connected, dropped outgoing ${msg.type}`);
+      return false;
+    }
+    ws.send(JSON.stringify(msg));
+    return true;
+  }
+
+  async _token() {
+    const t = this._opts.token;
+    return typeof t === 'function' ? await t() : t;
+  }
+
+  /**
+   * Opens a WebSocket and sends `join` (with `resume` when resuming). Resolves after `joined`,
+   * rejects on an `error` frame, a close, or the join timeout.
+   */
+  async _connect(resume) {
+    const token = await this._token();
+    return new Promise((resolve, reject) => {
+      let settled = false;
+      let ws;
+      try {
+        ws = new WebSocket(this._opts.url);
+      } catch (e) {
+        reject(new TurnkeyError(`cannot open ${this._opts.url}: ${e}`, { code: 'closed' }));
+        return;
+      }
+      const timer = setTimeout(() => fail(new TurnkeyError(`no joined within ${this._opts.joinTimeoutMs} ms`, { code: 'timeout' })), this._opts.joinTimeoutMs);
+      const fail = (err) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+        try {
+          ws.close();
+        } catch {
+          /* ignore */
+        }
+        reject(err);
+      };
+      ws.onopen = () => {
+        const join = { type: 'join', v: PROTOCOL_VERSION, room: this._opts.room, token };
+        if (this._opts.name) join.name = this._opts.name;
+        if (resume) join.resume = this._resumeToken;
+        ws.send(JSON.stringify(join));
+      };
+      ws.onerror = () => {}; // a close event follows
+      ws.onclose = (ev) => {
+        fail(new TurnkeyError(`connection closed before joined (close ${ev.code}${ev.reason ? ` ${ev.reason}` : ''})`, { code: FINAL_CLOSE_CODES.has(ev.code) ? ev.code : 'closed', closeCode: ev.code }));
+      };
+      ws.onmessage = (ev) => {
+        let msg;
+        try {
+          msg = JSON.parse(ev.data);
+        } catch {
+          return;
+        }
+        if (msg.type === 'error') {
+          fail(new TurnkeyError(`join refused: ${msg.code} ${msg.message}`, { code: msg.code, request: msg.request }));
+          return;
+        }
+        if (msg.type !== 'joined') {
+          this._log(`before joined: ignoring ${msg.type}`);
+          return;
+        }
+        if (settled) return;
+        if (this._closed || (resume && this._leaving)) {
+          // leave() was called while this resume was under way: finish leaving on it.
+          ws.send(JSON.stringify({ type: 'leave' }));
+          fail(new TurnkeyError('left while resuming', { code: 'closed' }));
+          return;
+        }
+        settled = true;
+        clearTimeout(timer);
+        try {
+          this._attach(ws);
+          this._onJoined(msg, resume);
+          resolve();
+        } catch (e) {
+          this._detach();
+          try {
+            ws.send(JSON.stringify({ type: 'leave' }));
+            ws.close();
+          } catch {
+            /* ignore */
+          }
+          reject(e);
+        }
+      };
+    });
+  }
+
+  _attach(ws) {
+    this._ws = ws;
+    this._lastFrameAt = Date.now();
+    ws.onmessage = (ev) => {
+      this._lastFrameAt = Date.now();
+      let msg;
+      try {
+        msg = JSON.parse(ev.data);
+      } catch {
+        this._log('non-JSON frame ignored');
+        return;
+      }
+      try {
+        this._onMessage(msg);
+      } catch (e) {
+        this._emit('error', { error: e });
+      }
+    };
+    ws.onclose = (ev) => {
+      if (this._ws !== ws) return;
+      this._detach();
+      this._onClose(ev.code, ev.reason);
+    };
+    ws.onerror = () => {};
+    clearInterval(this._pingTimer);
+    this._pingTimer = setInterval(() => this._keepalive(), this._opts.pingIntervalMs);
+  }
+
+  _detach() {
+    clearInterval(this._pingTimer);
+    this._pingTimer = null;
+    const ws = this._ws;
+    this._ws = null;
+    if (ws) ws.onmessage = ws.onclose = ws.onerror = null;
+    return ws;
+  }
+
+  _keepalive() {
+    // The server pongs every ping, so silence for 2.5 periods means a dead connection that the
+    // browser has not noticed yet (no FIN/RST seen): drop it and resume.
+    if (Date.now() - this._lastFrameAt > this._opts.pingIntervalMs * 2.5) {
+      this._log('signaling connection silent, reconnecting');
+      const ws = this._detach();
+      try {
+        ws.close();
+      } catch {
+        /* ignore */
+      }
+      this._onClose(4002, 'client: no pong');
+      return;
+    }
+    this._send({ type: 'ping', ts: Date.now() });
+  }
+
+  _onJoined(msg, resume) {
+    const firstJoin = this.participantId === null;
+    if (!resume || !msg.resumed || msg.participantId !== this.participantId) {
+      if (!firstJoin) {
+        // A fresh session instead of the old one: start over.
+        for (const p of [...this._participants.values()]) this._removeParticipant(p.id, 'gone');
+        if (this._media) this._media.close();
+        this._media = null;
+      }
+    }
+    this.participantId = msg.participantId;
+    this._resumeToken = msg.resumeToken;
+    const info = msg.room || {};
+    this.info = { name: info.name ?? this._opts.room, mode: info.mode ?? 'mesh', capacity: info.capacity ?? null };
+    this.iceServers = this._opts.iceServers || msg.iceServers || [];
+    this.iceServersTtl = msg.iceServersTtl ?? null;
+    if (!this._media) this._media = createMediaSession(this);
+    this._setState('connected');
+
+    const present = new Map((msg.participants || []).map((p) => [p.id, p]));
+    present.delete(this.participantId);
+    for (const p of [...this._participants.values()]) {
+      if (!present.has(p.id)) this._removeParticipant(p.id, 'gone');
+    }
+    for (const p of present.values()) {
+      if (!this._participants.has(p.id)) this._addParticipant(p, { initiate: true });
+    }
+    if (resume && msg.resumed) {
+      this._media.restart();
+      this._emit('resumed', {});
+    }
+  }
+
+  _onMessage(msg) {
+    switch (msg.type) {
+      case 'participant-joined':
+        if (msg.participant && msg.participant.id !== this.participantId) {
+          if (this._participants.has(msg.participant.id)) {
+            // Re-joined (a new session under the same id): start its media over.
+            this._removeParticipant(msg.participant.id, 'left');
+          }
+          this._addParticipant(msg.participant, { initiate: false });
+        }
+        break;
+      case 'participant-left':
+        this._removeParticipant(msg.participantId, msg.reason || 'left');
+        break;
+      case 'offer':
+      case 'answer':
+      case 'candidate':
+        if (!msg.from) return;
+        if (this._media) this._media.handleSignal(msg);
+        break;
+      case 'pong':
+        if (typeof msg.ts === 'number') this.rttMs = Date.now() - msg.ts;
+        break;
+      case 'left':
+        if (this._onLeft) this._onLeft();
+        break;
+      case 'room-closed':
+        this._finish('room_closed', { serverReason: msg.reason });
+        break;
+      case 'error': {
+        const error = new TurnkeyError(`${msg.request ? `${msg.request}: ` : ''}${msg.code} ${msg.message}`, { code: msg.code, request: msg.request });
+        this._log(`server error ${msg.code} ${msg.message}`);
+        this._emit('error', { error });
+        break;
+      }
+      case 'joined':
+        this._log('unexpected joined ignored');
+        break;
+      default:
+        this._log(`unknown message type ${msg.type} ignored`);
+    }
+  }
+
+  _onClose(code, reason) {
+    if (this._closed) return;
+    if (this._leaving) {
+      this._finish('left');
+      return;
+    }
+    if (FINAL_CLOSE_CODES.has(code)) {
+      this._finish(FINAL_CLOSE_CODES.get(code), { code, serverReason: reason });
+      return;
+    }
+    this._log(`signaling connection closed (${code} ${reason || ''}), resuming`);
+    this._reconnect();
+  }
+
+  /** Tries to resume with backoff until the grace period is over. */
+  async _reconnect() {
+    if (this._reconnecting || this._closed) return;
+    this._reconnecting = true;
+    this._setState('reconnecting');
+    const deadline = Date.now() + this._opts.resumeGraceMs;
+    let delay = 250;
+    let lastError = null;
+    try {
+      while (!this._closed && !this._leaving && Date.now() < deadline) {
+        await sleep(Math.min(delay, Math.max(0, deadline - Date.now())) * (0.8 + Math.random() * 0.4));
+        delay = Math.min(delay * 2, 4000);
+        if (this._closed || this._leaving) return;
+        try {
+          await this._connect(true);
+          this._log('resumed');
+          return;
+        } catch (e) {
+          lastError = e;
+          this._log(`resume attempt failed: ${e.message}`);
+          // The server answered: retrying cannot help (4005 resume_failed, 4001...).
+          if (typeof e.code === 'number') {
+            this._finish(e.code === 4005 ? 'resume_failed' : 'error', { error: e });
+            return;
+          }
+        }
+      }
+      if (!this._closed && !this._leaving) {
+        this._finish('resume_failed', { error: lastError || new TurnkeyError('resume grace period over', { code: 'timeout' }) });
+      }
+    } finally {
+      this._reconnecting = false;
+    }
+  }
+
+  _finish(reason, extra = {}) {
+    if (this._closed) return;
+    this._teardown();
+    this._emit('closed', { reason, ...extra });
+  }
+
+  _teardown() {
+    this._closed = true;
+    const ws = this._detach();
+    if (ws) {
+      try {
+        ws.close(1000);
+      } catch {
+        /* ignore */
+      }
+    }
+    if (this._media) this._media.close();
+    this._media = null;
+    for (const p of this._participants.values()) p.connectionState = 'closed';
+    this._setState('closed');
+  }
+
+  /**
+   * @param {{id: string, identity?: string, name?: string}} p
+   * @param {{initiate: boolean}} how initiate: we make the first offer (they were in the room
+   *   before us); otherwise we wait for theirs (see PeerLink).
+   */
+  _addParticipant(p, how) {
+    /** @type {Participant} */
+    const participant = {
+      id: p.id,
+      identity: p.identity,
+      name: p.name,
+      stream: new MediaStream(),
+      connectionState: 'new',
+    };
+    this._participants.set(p.id, participant);
+    this._emit('participant-joined', { participant });
+    if (this._media) this._media.addParticipant(participant, how);
+    return participant;
+  }
+
+  _removeParticipant(id, reason) {
+    const participant = this._participants.get(id);
+    if (!participant) return;
+    this._participants.delete(id);
+    if (this._media) this._media.removeParticipant(id);
+    participant.connectionState = 'closed';
+    this._emit('participant-left', { participant, reason });
+  }
+
+  /** Test hook: drops the signaling WebSocket as a network failure would (the client resumes). */
+  _simulateDisconnect() {
+    const ws = this._detach();
+    if (!ws) return;
+    try {
+      ws.close(3000, 'simulated disconnect');
+    } catch {
+      /* ignore */
+    }
+    this._onClose(1006, 'simulated disconnect');
+  }
+}
+
+/**
+ * The media side of a room (the SFU seam). A TurnkeyRoom owns exactly one, chosen by the room's
+ * mode, and calls it as participants come and go and as signaling messages arrive:
+ * - addParticipant(participant), removeParticipant(id)
+ * - handleSignal(msg): an `offer`, `answer` or `candidate` frame (`from`, `sdp` / `candidate`)
+ * - restart(): the signaling session was resumed; renegotiate with an ICE restart using
+ *   room.iceServers
+ * - getStats(), peerConnection(id), close()
+ * A MeshSession sends to and receives from each participant directly. An SfuSession will keep
+ * one RTCPeerConnection to the SFU and map its tracks to participants (it needs protocol
+ * additions: addressing the SFU and a track-to-participant map).
+ * @typedef {object} MediaSession
+ */
+
+/** @returns {MediaSession} */
+function createMediaSession(room) {
+  switch (room.info.mode) {
+    case 'mesh':
+      return new MeshSession(room);
+    case 'sfu':
+      // The seam: `return new SfuSession(room);` once the SFU protocol exists.
+      throw new TurnkeyError('this client does not implement sfu rooms yet', { code: 'sfu_unsupported' });
+    default:
+      throw new TurnkeyError(`unknown room mode ${room.info.mode}`, { code: 'bad_request' });
+  }
+}
+
+/** Mesh mode: one PeerLink (RTCPeerConnection) per remote participant. */
+class MeshSession {
+  constructor(room) {
+    this.room = room;
+    /** @type {Map<string, PeerLink>} */
+    this.links = new Map();
+  }
+
+  addParticipant(participant, how) {
+    if (this.links.has(participant.id)) return;
+    const polite = this.room.participantId < participant.id;
+    this.links.set(participant.id, new PeerLink(this.room, participant, polite, how.initiate));
+  }
+
+  removeParticipant(id) {
+    const link = this.links.get(id);
+    if (link) link.close();
+    this.links.delete(id);
+  }
+
+  handleSignal(msg) {
+    let link = this.links.get(msg.from);
+    if (!link) {
+      if (msg.type !== 'offer') return; // stale answer/candidate of a closed link
+      // An offer from someone we have not been told about yet: meet them now.
+      this.room._addParticipant({ id: msg.from }, { initiate: false });
+      link = this.links.get(msg.from);
+      if (!link) return;
+    }
+    link.handleSignal(msg);
+  }
+
+  restart() {
+    for (const link of this.links.values()) link.restartIce();
+  }
+
+  async getStats() {
+    const out = [];
+    for (const link of this.links.values()) {
+      try {
+        out.push({ participant: link.participant, report: await link.pc.getStats() });
+      } catch {
+        /* closed meanwhile */
+      }
+    }
+    return out;
+  }
+
+  peerConnection(id) {
+    const link = this.links.get(id);
+    return link ? link.pc : null;
+  }
+
+  close() {
+    for (const link of this.links.values()) link.close();
+    this.links.clear();
+  }
+}
+
+/**
+ * The RTCPeerConnection with one remote participant, negotiated the perfect-negotiation way.
+ *
+ * Glare is avoided where it is predictable: when someone joins, the newcomer makes the first
+ * offer (`initiate`) and the participants already in the room hold their tracks back until that
+ * offer arrives, then add them before answering (they ride on the offered transceivers, so one
+ * offer/answer sets up both directions). Collisions that remain (both ends restarting ICE...)
+ * are resolved by politeness.
+ *
+ * Recovery, escalating, driven by the impolite end so that two recoveries never collide: a
+ * negotiated connection that is not connected after connectTimeoutMs gets an ICE restart; if it
+ * is still not connected connectTimeoutMs after that, the RTCPeerConnection is replaced by a new
+ * one, which offers. An offer whose DTLS fingerprint differs from the current remote description
+ * comes from a new RTCPeerConnection at the other end, so the receiving end replaces its own
+ * before answering. (Chromium can leave the polite end of a collision with an ICE agent that
+ * never gathers a candidate, even across an ICE restart: only a new RTCPeerConnection helps.)
+ */
+class PeerLink {
+  constructor(room, participant, polite, initiate) {
+    this.room = room;
+    this.participant = participant;
+    this.polite = polite;
+    this.closed = false;
+    this.queue = Promise.resolve();
+    /** Debug counters (read by tests): candidates of the current connection, resets overall. */
+    this.counts = { gathered: 0, received: 0, added: 0, refused: 0, iceRestarts: 0, resets: 0 };
+    const log = room._log;
+    this.log = (m) => log(`[${participant.id}] ${m}`);
+    this.createPc(initiate);
+    this.watchdog = setInterval(() => this.checkConnected(), 2000);
+  }
+
+  /**
+   * A new RTCPeerConnection (the first, or a replacement). initiate: add the local tracks now,
+   * which makes it offer; otherwise hold them until the remote offer comes (at most 5 s).
+   */
+  createPc(initiate) {
+    const room = this.room;
+    const participant = this.participant;
+    this.makingOffer = false;
+    this.ignoreOffer = false;
+    this.settingRemoteAnswer = false;
+    this.iceRestarted = false;
+    /** Remote candidates not applicable yet (see onCandidate). */
+    this.pendingCandidates = [];
+    Object.assign(this.counts, { gathered: 0, received: 0, added: 0, refused: 0 });
+    const pc = new RTCPeerConnection({
+      iceServers: room.iceServers,
+      iceTransportPolicy: room.iceTransportPolicy,
+      bundlePolicy: 'max-bundle',
+    });
+    this.pc = pc;
+    const current = () => pc === this.pc && !this.closed;
+    pc.onnegotiationneeded = () => {
+      if (current()) this.negotiate();
+    };
+    pc.onicecandidate = ({ candidate }) => {
+      if (!current()) return;
+      if (candidate) this.counts.gathered++;
+      else this.log(`gathering complete: ${this.counts.gathered} candidates`);
+      room._send({ type: 'candidate', to: participant.id, candidate: candidate ? candidate.toJSON() : null });
+    };
+    pc.ontrack = ({ track }) => {
+      if (!current()) return;
+      const stream = participant.stream;
+      if (!stream.getTrackById(track.id)) stream.addTrack(track);
+      track.addEventListener('ended', () => this.dropTrack(track));
+      room._emit('track', { participant, track, stream });
+    };
+    pc.onconnectionstatechange = () => {
+      if (!current()) return;
+      participant.connectionState = pc.connectionState;
+      this.log(`connection ${pc.connectionState}`);
+      if (pc.connectionState === 'connected') this.iceRestarted = false;
+      room._emit('connection-state', { participant, state: pc.connectionState });
+    };
+    pc.oniceconnectionstatechange = () => {
+      if (!current() || pc.iceConnectionState !== 'failed' || this.polite) return;
+      this.log('ICE failed, restarting ICE');
+      this.iceRestarted = true;
+      this.counts.iceRestarts++;
+      pc.restartIce();
+    };
+    pc.onsignalingstatechange = () => {
+      if (current() && pc.signalingState === 'stable') this.stableAt = Date.now();
+    };
+    this.stableAt = Date.now();
+
+    this.tracksHeld = true;
+    if (initiate) {
+      this.addLocalTracks();
+    } else {
+      // Their offer normally comes within a second; do not wait forever for it.
+      this.holdTimer = setTimeout(() => this.addLocalTracks(), 5000);
+    }
+  }
+
+  /** Closes the current RTCPeerConnection and starts a new one (see the class comment). */
+  replacePc(reason, initiate) {
+    this.log(`replacing the connection: ${reason}`);
+    this.counts.resets++;
+    clearTimeout(this.offerTimer);
+    clearTimeout(this.holdTimer);
+    this.pc.close();
+    for (const t of this.participant.stream.getTracks()) this.dropTrack(t);
+    this.participant.connectionState = 'new';
+    this.room._emit('connection-state', { participant: this.participant, state: 'new' });
+    this.createPc(initiate);
+  }
+
+  dropTrack(track) {
+    const stream = this.participant.stream;
+    if (!stream.getTrackById(track.id)) return;
+    stream.removeTrack(track);
+    this.room._emit('track-removed', { participant: this.participant, track, stream });
+  }
+
+  /** Adds the local tracks (once); without a local stream, asks to receive audio and video. */
+  addLocalTracks() {
+    if (!this.tracksHeld || this.closed) return;
+    this.tracksHeld = false;
+    clearTimeout(this.holdTimer);
+    const local = this.room.localStream;
+    if (local) {
+      for (const track of local.getTracks()) this.pc.addTrack(track, local);
+    } else if (this.pc.getTransceivers().length === 0) {
+      this.pc.addTransceiver('audio', { direction: 'recvonly' });
+      this.pc.addTransceiver('video', { direction: 'recvonly' });
+    }
+  }
+
+  /** The connect watchdog (impolite end only, so that two recoveries never collide). */
+  checkConnected() {
+    const pc = this.pc;
+    if (this.closed || this.polite || this.makingOffer) return;
+    if (pc.signalingState !== 'stable' || !pc.remoteDescription) return;
+    if (!['new', 'connecting', 'failed'].includes(pc.connectionState)) return;
+    const limit = this.room._opts.connectTimeoutMs;
+    if (Date.now() - this.stableAt < limit) return;
+    this.enqueue(async () => {
+      if (this.closed || pc !== this.pc) return;
+      if (this.iceRestarted) {
+        this.replacePc(`still ${pc.connectionState} ${limit} ms after an ICE restart`, true);
+        return;
+      }
+      this.log(`still ${pc.connectionState} ${limit} ms after negotiating, restarting ICE`);
+      this.iceRestarted = true;
+      this.counts.iceRestarts++;
+      this.stableAt = Date.now();
+      pc.restartIce();
+    });
+  }
+
+  /** Creates and sends an offer (negotiationneeded, a retry, or an ICE restart). */
+  async negotiate() {
+    if (this.closed) return;
+    const pc = this.pc;
+    try {
+      this.makingOffer = true;
+      await this.setAndSendLocal(pc);
+    } catch (e) {
+      if (pc === this.pc) this.fail('creating an offer', e);
+    } finally {
+      if (pc === this.pc) this.makingOffer = false;
+    }
+  }
+
+  /**
+   * setLocalDescription() and send the result. It is an offer, or an answer if a remote offer
+   * got in first: an offer and an answer in flight concurrently both end up sent, as what they
+   * turned out to be.
+   */
+  async setAndSendLocal(pc) {
+    await pc.setLocalDescription();
+    if (pc !== this.pc || this.closed) return;
+    const desc = pc.localDescription;
+    this.log(`sending ${desc.type}`);
+    this.room._send({ type: desc.type, to: this.participant.id, sdp: desc.sdp });
+    if (desc.type === 'offer') this.armOfferTimer(desc.sdp);
+  }
+
+  /** Rolls an offer back and offers again if it is still unanswered after offerTimeoutMs. */
+  armOfferTimer(sdp) {
+    clearTimeout(this.offerTimer);
+    this.offerTimer = setTimeout(() => {
+      this.enqueue(async () => {
+        const pc = this.pc;
+        if (this.closed || pc.signalingState !== 'have-local-offer' || pc.localDescription?.sdp !== sdp) return;
+        this.log('offer unanswered, rolling back and offering again');
+        await pc.setLocalDescription({ type: 'rollback' });
+        await this.negotiate();
+      });
+    }, this.room._opts.offerTimeoutMs);
+  }
+
+  enqueue(task) {
+    this.queue = this.queue.then(task).catch((e) => this.fail('signaling', e));
+    return this.queue;
+  }
+
+  handleSignal(msg) {
+    this.enqueue(async () => {
+      if (this.closed) return;
+      if (msg.type === 'candidate') await this.onCandidate(msg.candidate);
+      else await this.onDescription({ type: msg.type, sdp: msg.sdp });
+    });
+  }
+
+  async onDescription(description) {
+    if (description.type === 'offer' && this.pc.remoteDescription) {
+      const theirs = fingerprint(description.sdp);
+      if (theirs && theirs !== fingerprint(this.pc.remoteDescription.sdp)) {
+        this.replacePc('the other end replaced its connection', false);
+      }
+    }
+    const pc = this.pc;
+    const readyForOffer = !this.makingOffer && (pc.signalingState === 'stable' || this.settingRemoteAnswer);
+    const offerCollision = description.type === 'offer' && !readyForOffer;
+    this.ignoreOffer = !this.polite && offerCollision;
+    if (this.ignoreOffer) {
+      this.log('offer collision: impolite, ignoring their offer');
+      return;
+    }
+    if (description.type === 'answer' && pc.signalingState !== 'have-local-offer') {
+      this.log(`stale answer ignored in ${pc.signalingState}`);
+      return;
+    }
+    this.log(`received ${description.type}`);
+    this.settingRemoteAnswer = description.type === 'answer';
+    try {
+      await pc.setRemoteDescription(description); // rolls our offer back if needed (polite)
+    } finally {
+      this.settingRemoteAnswer = false;
+    }
+    clearTimeout(this.offerTimer);
+    await this.flushCandidates();
+    if (description.type === 'answer') return;
+    this.addLocalTracks(); // before answering: they take the offered transceivers
+    await this.setAndSendLocal(pc);
+  }
+
+  async onCandidate(candidate) {
+    this.counts.received++;
+    // Candidates that cannot be applied yet are kept and tried again after the next remote
+    // description. This matters after a collision: the impolite end ignores the polite end's
+    // offer, and with it the candidates trickled for that offer; but the polite end's answer
+    // reuses the same ICE credentials and candidates and trickles nothing new. Dropping them
+    // would leave the impolite end without a single remote candidate, which a relay-only
+    // connection cannot survive (its TURN server needs a permission for the peer's address).
+    if (!this.pc.remoteDescription || this.ignoreOffer) {
+      this.keepCandidate(candidate);
+      return;
+    }
+    if (!(await this.addCandidate(candidate))) this.keepCandidate(candidate);
+  }
+
+  keepCandidate(candidate) {
+    this.pendingCandidates.push(candidate);
+    if (this.pendingCandidates.length > 200) this.pendingCandidates.shift();
+  }
+
+  /** addIceCandidate; null is end-of-candidates. Resolves to false if it was refused. */
+  async addCandidate(candidate) {
+    try {
+      if (candidate === null || candidate === undefined) await this.pc.addIceCandidate();
+      else await this.pc.addIceCandidate(candidate);
+      this.counts.added++;
+      return true;
+    } catch (e) {
+      // A candidate of an ICE generation that is not (or no longer) current.
+      this.counts.refused++;
+      if (candidate) this.log(`addIceCandidate refused (kept for later): ${e}`);
+      return false;
+    }
+  }
+
+  /** After a remote description is set: apply the candidates kept for later. */
+  async flushCandidates() {
+    const kept = this.pendingCandidates;
+    this.pendingCandidates = [];
+    for (const c of kept) {
+      if (!(await this.addCandidate(c))) this.keepCandidate(c);
+    }
+  }
+
+  /** After a resumed signaling session: fresh ICE servers, then renegotiate with an ICE restart. */
+  restartIce() {
+    this.enqueue(async () => {
+      if (this.closed) return;
+      const pc = this.pc;
+      try {
+        pc.setConfiguration({ ...pc.getConfiguration(), iceServers: this.room.iceServers });
+      } catch (e) {
+        this.log(`setConfiguration failed: ${e}`);
+      }
+      // Our pending offer (or the answer to it) may have been lost while we were away.
+      if (pc.signalingState === 'have-local-offer') await pc.setLocalDescription({ type: 'rollback' });
+      // Fires negotiationneeded (now, or once stable), whose offer carries new ICE credentials.
+      this.counts.iceRestarts++;
+      pc.restartIce();
+    });
+  }
+
+  fail(what, e) {
+    if (this.closed) return;
+    this.log(`${what} failed: ${e}`);
+    this.room._emit('error', { error: new TurnkeyError(`${this.participant.id}: ${what} failed: ${e && e.message ? e.message : e}`, { code: 'negotiation' }) });
+  }
+
+  close() {
+    if (this.closed) return;
+    this.closed = true;
+    clearTimeout(this.offerTimer);
+    clearTimeout(this.holdTimer);
+    clearInterval(this.watchdog);
+    this.pc.close();
+    for (const t of this.participant.stream.getTracks()) this.participant.stream.removeTrack(t);
+  }
+}
+
+/** The first DTLS fingerprint of an SDP (identifies the RTCPeerConnection that made it). */
+function fingerprint(sdp) {
+  const m = /^a=fingerprint:(.+)$/m.exec(sdp || '');
+  return m ? m[1].trim().toLowerCase() : null;
+}
+
+function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}

@@ -1,0 +1,267 @@
+//! Mesh rooms in a real browser through our signaling server: headless Chromium opens the
+//! signaling server's demo page (`GET /`, which loads `GET /client.js`) in 2 and then 4 pages
+//! that join one mesh room each, and every page must decode video from every other page
+//! (see `tests/browser/mesh_room.mjs`). In each room one page's signaling connection is dropped
+//! and must resume (same participant id, ICE restart, video keeps flowing), and one page leaves
+//! and the others must see it go. Then the same again with `?relay=1`
+//! (`iceTransportPolicy: 'relay'`): all media crosses our TURN server, with the TURN REST
+//! credentials the signaling server put in `joined.iceServers`, so every selected candidate
+//! pair is relay/relay and the TURN server's `turn_relayed_packets_total` moves.
+//!
+//! Needs Node.js 20+, Debian's `chromium` at /usr/bin/chromium (or `CHROMIUM=path`), and
+//! `npm ci` run in `tests/browser`. A missing piece fails the test; it is never skipped.
+//!
+//! Chromium ignores loopback-only hosts: the machine needs a non-loopback interface up (see
+//! tests/browser_relay.rs); with one, it reaches the servers on 127.0.0.1 fine.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+mod common;
+use common::{free_udp_tcp_port, http_get, run_with_timeout, ServerGuard, LOCALHOST};
+
+/// TURN REST shared secret of the TURN server and the signaling server.
+const TURN_SECRET: &str = "turnkey-mesh-test-secret";
+const API_KEY: &str = "devkey:devsecret";
+const TURN_REST_KEY: &str = "turnkey-mesh-rest-key";
+/// Time each room (scenario) gets to join, connect, decode, resume and leave (the script's
+/// --timeout-ms).
+const SCENARIO_TIMEOUT: Duration = Duration::from_secs(60);
+/// Page counts of the rooms, in order.
+const PAGES: &str = "2,4";
+/// Time after which the node process is killed. The script gives up by itself (and closes
+/// Chromium) 30 s after its scenarios' time, well before this.
+const RUN_LIMIT: Duration = Duration::from_secs(2 * 60 + 90);
+
+fn browser_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
+}
+
+/// Checks the pieces the test needs are installed, with an actionable message if not.
+fn check_prerequisites() -> PathBuf {
+    let chromium = std::env::var_os("CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    assert!(
+        chromium.is_file(),
+        "{} not found: install Debian's chromium (apt-get install chromium) or set CHROMIUM",
+        chromium.display()
+    );
+    let playwright = browser_dir().join("node_modules/playwright-core/package.json");
+    assert!(
+        playwright.is_file(),
+        "{} not found: run `npm ci` in {}",
+        playwright.display(),
+        browser_dir().display()
+    );
+    let node = Command::new("node").arg("--version").output();
+    assert!(
+        matches!(&node, Ok(out) if out.status.success()),
+        "`node --version` failed ({node:?}): install Node.js 20 or newer"
+    );
+    chromium
+}
+
+/// Runs `mesh_room.mjs` once over every room size in PAGES and returns its parsed RESULT line;
+/// panics with its output if a room failed.
+///
+/// `turn_uris`: the TURN URIs the signaling server was given; every page must have got them,
+/// with a username, in `joined.iceServers`.
+fn mesh_rooms(chromium: &Path, base_url: &str, turn_uris: &[&str], relay: bool) -> Value {
+    let mut cmd = Command::new("node");
+    cmd.current_dir(browser_dir())
+        .arg("mesh_room.mjs")
+        .args(["--base-url", base_url])
+        .args(["--key", API_KEY])
+        .args(["--pages", PAGES])
+        .arg("--resume")
+        .args(["--timeout-ms", &SCENARIO_TIMEOUT.as_millis().to_string()])
+        .arg("--chromium")
+        .arg(chromium);
+    if relay {
+        cmd.arg("--relay");
+    }
+    let run = run_with_timeout(&mut cmd, RUN_LIMIT);
+    let what = if relay {
+        "relay-only mesh rooms"
+    } else {
+        "mesh rooms"
+    };
+    let report = format!(
+        "mesh_room.mjs ({what})\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        run.stdout, run.stderr
+    );
+    let Some(status) = run.status else {
+        panic!("killed after {RUN_LIMIT:?}: {report}");
+    };
+    assert!(status.success(), "failed ({status}): {report}");
+    let line = run
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .unwrap_or_else(|| panic!("no RESULT line: {report}"));
+    let result: Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("bad RESULT JSON ({e}): {report}"));
+
+    // The script checks these itself; check the record too, so a script that stops checking
+    // cannot pass silently.
+    assert_eq!(result["ok"], true, "{report}");
+    let scenarios = result["scenarios"].as_array().expect("scenarios");
+    let sizes: Vec<u64> = scenarios
+        .iter()
+        .filter_map(|s| s["pages"].as_u64())
+        .collect();
+    assert_eq!(sizes, [2, 4], "{report}");
+    for scenario in scenarios {
+        let n = scenario["pages"].as_u64().unwrap() as usize;
+        assert_eq!(scenario["ok"], true, "{report}");
+        assert_eq!(scenario["relay"], relay, "{report}");
+        assert_eq!(scenario["resume"]["ok"], true, "{n} pages: {report}");
+        assert_eq!(scenario["leave"]["ok"], true, "{n} pages: {report}");
+        let ids: Vec<&str> = scenario["participantIds"]
+            .as_array()
+            .expect("participantIds")
+            .iter()
+            .map(|v| v.as_str().expect("participant id"))
+            .collect();
+        assert_eq!(ids.len(), n, "{report}");
+        for (i, servers) in scenario["iceServers"]
+            .as_array()
+            .expect("iceServers")
+            .iter()
+            .enumerate()
+        {
+            let servers = servers.as_array().expect("iceServers of a page");
+            let turn = servers
+                .iter()
+                .find(|s| {
+                    let urls = s["urls"].as_array().map(Vec::as_slice).unwrap_or_default();
+                    turn_uris.iter().all(|u| urls.iter().any(|v| v == u))
+                })
+                .unwrap_or_else(|| panic!("page {i}: no ICE server with {turn_uris:?}: {report}"));
+            assert!(
+                turn["username"].as_str().is_some_and(|u| !u.is_empty()),
+                "page {i}: TURN server without a username: {report}"
+            );
+        }
+        let media = scenario["media"].as_array().expect("media");
+        assert_eq!(media.len(), n, "{report}");
+        for (i, page) in media.iter().enumerate() {
+            let remotes = page.as_array().expect("per-remote stats");
+            for (j, id) in ids.iter().enumerate() {
+                if i == j {
+                    continue;
+                }
+                let s = remotes
+                    .iter()
+                    .find(|s| s["participantId"] == *id)
+                    .unwrap_or_else(|| panic!("page {i}: no stats for page {j} ({id}): {report}"));
+                assert!(
+                    s["framesDecoded"].as_u64().unwrap_or(0) > 0,
+                    "page {i} decoded no video from page {j}: {report}"
+                );
+                if relay {
+                    let pair = &s["selectedPair"];
+                    assert_eq!(
+                        pair["local"]["candidateType"], "relay",
+                        "page {i}->{j}: {report}"
+                    );
+                    assert_eq!(
+                        pair["remote"]["candidateType"], "relay",
+                        "page {i}->{j}: {report}"
+                    );
+                    assert_eq!(
+                        pair["local"]["address"], "127.0.0.1",
+                        "page {i}->{j}: {report}"
+                    );
+                }
+            }
+        }
+        println!(
+            "{what}, {n} pages: every page decodes every other, connected in {} ms, done in {} ms",
+            scenario["connectedMs"], scenario["elapsedMs"]
+        );
+    }
+    result
+}
+
+/// `GET path` on the signaling listener; panics unless it answers 200 with `needle` in the body.
+fn get_page(addr: SocketAddr, path: &str, needle: &str) {
+    match http_get(addr, path) {
+        Ok((200, body)) => assert!(
+            body.contains(needle),
+            "GET http://{addr}{path}: no {needle:?} in the body"
+        ),
+        Ok((status, body)) => panic!("GET http://{addr}{path}: status {status}: {body}"),
+        Err(e) => panic!("GET http://{addr}{path}: {e}"),
+    }
+}
+
+#[test]
+fn chromium_mesh_rooms_through_the_demo_page() {
+    let chromium = check_prerequisites();
+
+    let turn_port = free_udp_tcp_port();
+    let turn_listen = format!("127.0.0.1:{turn_port}");
+    let turn = ServerGuard::turn_server(&[
+        "--listen",
+        &turn_listen,
+        "--relay-ip",
+        "127.0.0.1",
+        "--auth-secret",
+        TURN_SECRET,
+        // Relay ports above Linux's ephemeral range (32768-60999), where free_udp_tcp_port picks
+        // listen ports for this and other tests.
+        "--min-port",
+        "61000",
+        "--max-port",
+        "62999",
+    ]);
+
+    let http_port = free_udp_tcp_port();
+    let listen = SocketAddr::new(LOCALHOST, http_port);
+    let base_url = format!("http://{listen}");
+    let turn_udp = format!("turn:{turn_listen}?transport=udp");
+    let turn_tcp = format!("turn:{turn_listen}?transport=tcp");
+    let _signaling = ServerGuard::start(
+        "signaling",
+        &[
+            "--listen",
+            &listen.to_string(),
+            "--public-url",
+            &base_url,
+            "--api-key",
+            API_KEY,
+            "--turn-secret",
+            TURN_SECRET,
+            "--turn-uri",
+            &turn_udp,
+            "--turn-uri",
+            &turn_tcp,
+            "--turn-rest-key",
+            TURN_REST_KEY,
+        ],
+    );
+    get_page(listen, "/", "window.turnkeyDemo");
+    get_page(listen, "/client.js", "export class TurnkeyRoom");
+
+    // Direct (host candidates allowed): the TURN server may or may not carry media here.
+    let turn_uris = [turn_udp.as_str(), turn_tcp.as_str()];
+    mesh_rooms(&chromium, &base_url, &turn_uris, false);
+
+    // Relay only: every byte of media crosses our TURN server.
+    let relayed = |s: &ServerGuard| s.metric("turn_relayed_packets_total", &[]);
+    let before = relayed(&turn);
+    let result = mesh_rooms(&chromium, &base_url, &turn_uris, true);
+    let after = relayed(&turn);
+    assert!(
+        after > before,
+        "turn_relayed_packets_total did not move during the relay-only rooms ({before} -> \
+         {after}); result: {result}"
+    );
+    println!("turn_relayed_packets_total: {before} -> {after}");
+}
