@@ -1,9 +1,11 @@
 //! Mesh rooms in a real browser through our signaling server: headless Chromium opens the
 //! signaling server's demo page (`GET /`, which loads `GET /client.js`) in 2 and then 4 pages
 //! that join one mesh room each, and every page must decode video from every other page
-//! (see `tests/browser/mesh_room.mjs`). In each room one page's signaling connection is dropped
-//! and must resume (same participant id, ICE restart, video keeps flowing), and one page leaves
-//! and the others must see it go. Then the same again with `?relay=1`
+//! (see `tests/browser/mesh_room.mjs`). In the 4-page room the last page joins while page 0's
+//! signaling connection is down (the server drops the newcomer's offer to it), and page 0 must
+//! resume and connect with the newcomer all the same. In each room one page's signaling
+//! connection is dropped and must resume (same participant id, ICE restart, video keeps
+//! flowing), and one page leaves and the others must see it go. Then the same again with `?relay=1`
 //! (`iceTransportPolicy: 'relay'`): all media crosses our TURN server, with the TURN REST
 //! credentials the signaling server put in `joined.iceServers`, so every selected candidate
 //! pair is relay/relay and the TURN server's `turn_relayed_packets_total` moves.
@@ -121,6 +123,9 @@ fn mesh_rooms(chromium: &Path, base_url: &str, turn_uris: &[&str], relay: bool) 
         assert_eq!(scenario["ok"], true, "{report}");
         assert_eq!(scenario["relay"], relay, "{report}");
         assert_eq!(scenario["resume"]["ok"], true, "{n} pages: {report}");
+        if n >= 3 {
+            assert_eq!(scenario["awayJoin"]["ok"], true, "{n} pages: {report}");
+        }
         assert_eq!(scenario["leave"]["ok"], true, "{n} pages: {report}");
         let ids: Vec<&str> = scenario["participantIds"]
             .as_array()

@@ -431,6 +431,24 @@ async fn bad_input_gets_documented_codes_and_others_are_unaffected() {
     assert_eq!(before.last().unwrap()["code"], 4020, "{before:?}");
     assert_eq!(code, 4001);
 
+    // A frame far over the limit ends that connection only.
+    let (mut huge, _) = join(&sig, "bad", "huge").await;
+    alice.recv_type("participant-joined").await;
+    let big = json!({"type": "offer", "to": a, "sdp": "y".repeat(100_000)}).to_string();
+    let _ = huge.ws.send(Message::Text(big.into())).await;
+    let ended = tokio::time::timeout(WAIT, async {
+        loop {
+            match huge.ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the connection with a 100 kB frame stayed open"
+    );
     let e = sig
         .guard
         .metric("signaling_errors_total", &[("code", "bad_request")]);

@@ -20,6 +20,9 @@ use tokio::sync::mpsc;
 /// Longest display name kept, in characters.
 pub const MAX_NAME_CHARS: usize = 64;
 
+/// Initial WebSocket read/write buffer per connection.
+const WS_BUFFER_BYTES: usize = 8 * 1024;
+
 /// `GET /v1/ws`.
 pub async fn ws_handler(State(node): State<Arc<Node>>, upgrade: WebSocketUpgrade) -> Response {
     // Frames up to 4x the limit are read so that they can be answered with 4013; larger ones
@@ -28,6 +31,10 @@ pub async fn ws_handler(State(node): State<Arc<Node>>, upgrade: WebSocketUpgrade
     upgrade
         .max_message_size(hard)
         .max_frame_size(hard)
+        // tungstenite's 128 KiB default read buffer is allocated (and zeroed on every read)
+        // per connection; signaling frames are small, and the buffer grows for large ones.
+        .read_buffer_size(WS_BUFFER_BYTES)
+        .write_buffer_size(WS_BUFFER_BYTES)
         .on_upgrade(move |socket| run_connection(node, socket))
 }
 
@@ -463,6 +470,22 @@ async fn join(conn: &mut Conn, req: &Request, j: &Join) -> Result<(), JoinError>
         ice_servers_ttl: ttl,
     });
     node.hub().attach(&room.name, &pid, conn.id);
+    // Someone who joined between our read of the list and our attach could not reach us with
+    // their `participant-joined` yet: announce whoever is new since. Their broadcast may also
+    // arrive, so a client can see one participant twice (PROTOCOL.md: clients dedupe by id).
+    if let Ok(now) = node
+        .timed("participants", node.store.participants(&room.name))
+        .await
+    {
+        for p in now
+            .iter()
+            .filter(|p| p.id != pid && !parts.iter().any(|q| q.id == p.id))
+        {
+            conn.send(&ServerMsg::ParticipantJoined {
+                participant: info(p),
+            });
+        }
+    }
     node.metrics.join("ok");
     tracing::debug!(room = %room.name, participant = %pid, "joined");
     let frame = ServerMsg::ParticipantJoined {

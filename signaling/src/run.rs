@@ -150,7 +150,14 @@ pub async fn serve(
     let app = crate::http::router(node.clone());
     let server_shutdown = shutdown.clone();
     let server = tokio::spawn(async move {
-        axum::serve(listener, app)
+        axum::serve(
+            // Signaling frames go out in bursts (offer, candidates): without TCP_NODELAY, Nagle
+            // plus delayed ACKs add ~40 ms to each burst.
+            axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            }),
+            app,
+        )
             .with_graceful_shutdown(async move { server_shutdown.cancelled().await })
             .await
     });

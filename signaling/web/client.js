@@ -28,10 +28,20 @@
 // a remote participant R, this participant is polite iff its participantId sorts before R's
 // (JavaScript string `<`). Participant ids are assigned by the server and stable across resume.
 //
+// Glare is avoided where it is predictable: the newcomer to a room makes the first offer to each
+// participant already there, who hold their tracks back until it comes.
+//
 // Candidates are trickled as they are gathered, and end-of-candidates is sent as
 // `candidate: null`. A signaling message that never arrives (e.g. dropped by the server while the
 // receiver was reconnecting) cannot wedge a link: an offer left unanswered for
-// `offerTimeoutMs` is rolled back and sent again.
+// `offerTimeoutMs` is rolled back and sent again. A connection that does not come up gets an
+// ICE restart, then a new RTCPeerConnection (see PeerLink).
+//
+// Signaling resume: after an unexpected close (anything but the final close codes below) the
+// client reconnects with backoff for up to `resumeGraceMs` and sends `join` with `resume`; on
+// `joined` with `resumed: true` it restarts ICE on every connection (fresh TURN credentials from
+// the new `joined.iceServers`). Messages it would send while disconnected are dropped; the ICE
+// restart renegotiates anyway.
 
 /** Protocol version spoken by this client. */
 export const PROTOCOL_VERSION = 1;
@@ -535,13 +545,13 @@ export class TurnkeyRoom extends EventTarget {
     for (const p of [...this._participants.values()]) {
       if (!present.has(p.id)) this._removeParticipant(p.id, 'gone');
     }
+    // Resumed: renegotiate what we had with an ICE restart (before adding newcomers, whose
+    // connections start fresh).
+    if (resume && msg.resumed) this._media.restart();
     for (const p of present.values()) {
       if (!this._participants.has(p.id)) this._addParticipant(p, { initiate: true });
     }
-    if (resume && msg.resumed) {
-      this._media.restart();
-      this._emit('resumed', {});
-    }
+    if (resume && msg.resumed) this._emit('resumed', {});
   }
 
   _onMessage(msg) {
@@ -613,6 +623,8 @@ export class TurnkeyRoom extends EventTarget {
       while (!this._closed && !this._leaving && Date.now() < deadline) {
         await sleep(Math.min(delay, Math.max(0, deadline - Date.now())) * (0.8 + Math.random() * 0.4));
         delay = Math.min(delay * 2, 4000);
+        if (this._awayUntil && Date.now() < this._awayUntil) continue; // test hook
+
         if (this._closed || this._leaving) return;
         try {
           await this._connect(true);
@@ -687,10 +699,15 @@ export class TurnkeyRoom extends EventTarget {
     this._emit('participant-left', { participant, reason });
   }
 
-  /** Test hook: drops the signaling WebSocket as a network failure would (the client resumes). */
-  _simulateDisconnect() {
+  /**
+   * Test hook: drops the signaling WebSocket as a network failure would; the client resumes,
+   * after `awayMs` (the network is "down" until then).
+   * @param {number} [awayMs]
+   */
+  _simulateDisconnect(awayMs = 0) {
     const ws = this._detach();
     if (!ws) return;
+    this._awayUntil = Date.now() + awayMs;
     try {
       ws.close(3000, 'simulated disconnect');
     } catch {
@@ -941,13 +958,16 @@ class PeerLink {
 
   /** Creates and sends an offer (negotiationneeded, a retry, or an ICE restart). */
   async negotiate() {
-    if (this.closed) return;
     const pc = this.pc;
+    // Not while an offer is out (negotiationneeded fires again once stable, if still needed),
+    // and never an offer without media: with max-bundle it is refused, and a refused local
+    // description leaves a Chromium RTCPeerConnection unusable.
+    if (this.closed || pc.signalingState !== 'stable' || pc.getTransceivers().length === 0) return;
     try {
       this.makingOffer = true;
       await this.setAndSendLocal(pc);
     } catch (e) {
-      if (pc === this.pc) this.fail('creating an offer', e);
+      if (pc === this.pc) this.broken('creating an offer', e);
     } finally {
       if (pc === this.pc) this.makingOffer = false;
     }
@@ -964,16 +984,21 @@ class PeerLink {
     const desc = pc.localDescription;
     this.log(`sending ${desc.type}`);
     this.room._send({ type: desc.type, to: this.participant.id, sdp: desc.sdp });
-    if (desc.type === 'offer') this.armOfferTimer(desc.sdp);
+    this.offerSeq = (this.offerSeq || 0) + 1;
+    if (desc.type === 'offer') this.armOfferTimer(pc, this.offerSeq);
   }
 
-  /** Rolls an offer back and offers again if it is still unanswered after offerTimeoutMs. */
-  armOfferTimer(sdp) {
+  /**
+   * Rolls an offer back and offers again if it is still unanswered after offerTimeoutMs (the
+   * offer or its answer was lost, e.g. dropped by the server while the other end was away; or
+   * the other end is the impolite end of a collision and waits for our answer to its own offer).
+   */
+  armOfferTimer(pc, seq) {
     clearTimeout(this.offerTimer);
     this.offerTimer = setTimeout(() => {
       this.enqueue(async () => {
-        const pc = this.pc;
-        if (this.closed || pc.signalingState !== 'have-local-offer' || pc.localDescription?.sdp !== sdp) return;
+        // (pc.localDescription cannot identify the offer: it grows as candidates are gathered.)
+        if (this.closed || pc !== this.pc || seq !== this.offerSeq || pc.signalingState !== 'have-local-offer') return;
         this.log('offer unanswered, rolling back and offering again');
         await pc.setLocalDescription({ type: 'rollback' });
         await this.negotiate();
@@ -982,8 +1007,32 @@ class PeerLink {
   }
 
   enqueue(task) {
-    this.queue = this.queue.then(task).catch((e) => this.fail('signaling', e));
+    this.queue = this.queue.then(async () => {
+      const pc = this.pc;
+      try {
+        await task();
+      } catch (e) {
+        // An error of a connection replaced meanwhile does not matter.
+        if (pc === this.pc) this.broken('signaling', e);
+        else this.log(`error on a replaced connection ignored: ${e}`);
+      }
+    });
     return this.queue;
+  }
+
+  /**
+   * A description was refused: Chromium keeps refusing everything on that RTCPeerConnection
+   * afterwards, so replace it (at most 3 times a minute, so that an incompatibility cannot make
+   * the two ends replace theirs forever).
+   */
+  broken(what, e) {
+    if (this.closed) return;
+    this.fail(what, e);
+    const now = Date.now();
+    this.replacedAt = (this.replacedAt || []).filter((t) => now - t < 60000);
+    if (this.replacedAt.length >= 3) return;
+    this.replacedAt.push(now);
+    this.replacePc(`${what} failed`, true);
   }
 
   handleSignal(msg) {
@@ -1083,6 +1132,12 @@ class PeerLink {
       }
       // Our pending offer (or the answer to it) may have been lost while we were away.
       if (pc.signalingState === 'have-local-offer') await pc.setLocalDescription({ type: 'rollback' });
+      if (!pc.remoteDescription) {
+        // Never negotiated (their first offer may have been lost): no ICE to restart, offer now.
+        if (this.tracksHeld) this.addLocalTracks();
+        else await this.negotiate();
+        return;
+      }
       // Fires negotiationneeded (now, or once stable), whose offer carries new ICE credentials.
       this.counts.iceRestarts++;
       pc.restartIce();

@@ -10,6 +10,8 @@
 // page's `window.turnkeyDemo.stats()` hook) and, with --relay, the selected candidate pair of
 // every connection is relay/relay. Then:
 // - page 0 mutes and unmutes its microphone and camera with the buttons;
+// - with --resume, 3 pages or more: page 0 is away (its signaling WebSocket dropped) while the
+//   last page joins, and resumes 4 s later; it and the newcomer must connect all the same;
 // - with --resume: page 0 drops its signaling WebSocket; it must resume
 //   (same participant id, nobody sees it leave), renegotiate with an ICE restart, and every page
 //   must keep decoding video from every other page;
@@ -175,6 +177,11 @@ async function runScenario(context, opts, n, runId) {
   const result = { pages: n, room: roomName, relay: opts.relay, ok: false };
   try {
     for (let i = 0; i < n; i++) {
+      // With --resume and 3 pages or more, page 0 is away (signaling dropped, resuming 4 s
+      // later) while the last page joins: the newcomer's offer to it is dropped by the server,
+      // and the two must still connect once page 0 is back.
+      const awayJoin = opts.resume && n >= 3 && i === n - 1;
+      if (awayJoin) await pages[0].evaluate(() => window.turnkeyDemo.room._simulateDisconnect(4000));
       const page = await context.newPage();
       const tag = `${roomName}/page${i}`;
       const at = () => `+${((Date.now() - started) / 1000).toFixed(3)}s`;
@@ -205,6 +212,14 @@ async function runScenario(context, opts, n, runId) {
       });
       const state = await page.evaluate(() => ({ state: window.turnkeyDemo.state, error: window.turnkeyDemo.error }));
       if (state.state !== 'joined') throw new Error(`page ${i} did not join: ${state.error}`);
+      if (awayJoin) {
+        const away = await pages[0].evaluate(() => window.turnkeyDemo.room.state);
+        if (away !== 'reconnecting') throw new Error(`page 0 was back (${away}) before page ${i} joined; the test needs a longer absence`);
+        await pages[0].waitForFunction(() => (window.turnkeyDemo.events.resumed || 0) >= 1, null, {
+          timeout: Math.max(1000, deadline - Date.now()),
+        });
+        result.awayJoin = { ok: true };
+      }
     }
     const ids = await Promise.all(pages.map((p) => p.evaluate(() => window.turnkeyDemo.room.participantId)));
     if (new Set(ids).size !== n) throw new Error(`participant ids not distinct: ${ids.join(', ')}`);
@@ -246,8 +261,9 @@ async function runScenario(context, opts, n, runId) {
       // ICE, and the video must keep flowing both ways.
       const before = snaps.map((s) => Object.fromEntries(s.stats.map((x) => [x.participantId, x.framesDecoded])));
       const ufragsBefore = Object.fromEntries(snaps[0].stats.map((x) => [x.participantId, x.localUfrag]));
+      const resumedBefore = await pages[0].evaluate(() => window.turnkeyDemo.events.resumed || 0);
       await pages[0].evaluate(() => window.turnkeyDemo.room._simulateDisconnect());
-      await pages[0].waitForFunction(() => (window.turnkeyDemo.events.resumed || 0) >= 1 && window.turnkeyDemo.room.state === 'connected', null, {
+      await pages[0].waitForFunction((k) => (window.turnkeyDemo.events.resumed || 0) > k && window.turnkeyDemo.room.state === 'connected', resumedBefore, {
         timeout: Math.max(1000, deadline - Date.now()),
       });
       const id0 = await pages[0].evaluate(() => window.turnkeyDemo.room.participantId);
