@@ -5,7 +5,8 @@
 //! signaling connection is down (the server drops the newcomer's offer to it), and page 0 must
 //! resume and connect with the newcomer all the same. In each room one page's signaling
 //! connection is dropped and must resume (same participant id, ICE restart, video keeps
-//! flowing), and one page leaves and the others must see it go. Then the same again with `?relay=1`
+//! flowing); in the 2-page room it then drops again and its resume is refused, so it must rejoin
+//! as a new participant and connect again; and one page leaves and the others must see it go. Then the same again with `?relay=1`
 //! (`iceTransportPolicy: 'relay'`): all media crosses our TURN server, with the TURN REST
 //! credentials the signaling server put in `joined.iceServers`, so every selected candidate
 //! pair is relay/relay and the TURN server's `turn_relayed_packets_total` moves.
@@ -125,6 +126,8 @@ fn mesh_rooms(chromium: &Path, base_url: &str, turn_uris: &[&str], relay: bool) 
         assert_eq!(scenario["resume"]["ok"], true, "{n} pages: {report}");
         if n >= 3 {
             assert_eq!(scenario["awayJoin"]["ok"], true, "{n} pages: {report}");
+        } else {
+            assert_eq!(scenario["rejoin"]["ok"], true, "{n} pages: {report}");
         }
         assert_eq!(scenario["leave"]["ok"], true, "{n} pages: {report}");
         let ids: Vec<&str> = scenario["participantIds"]

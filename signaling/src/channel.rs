@@ -111,7 +111,13 @@ async fn run_connection(node: Arc<Node>, mut ws: WebSocket) {
                 }
             }
             m = ws.recv() => match m {
-                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break None,
+                None | Some(Err(_)) => break None,
+                Some(Ok(Message::Close(_))) => {
+                    // tungstenite queued the Close reply; reading once more writes it, so the
+                    // client sees its own code echoed instead of 1006.
+                    let _ = tokio::time::timeout(Duration::from_secs(1), ws.recv()).await;
+                    break None;
+                }
                 Some(Ok(Message::Ping(_))) | Some(Ok(Message::Pong(_))) => {
                     idle_deadline = Instant::now() + idle;
                 }

@@ -158,8 +158,8 @@ pub async fn serve(
             }),
             app,
         )
-            .with_graceful_shutdown(async move { server_shutdown.cancelled().await })
-            .await
+        .with_graceful_shutdown(async move { server_shutdown.cancelled().await })
+        .await
     });
     let metrics_bound =
         turnkey_common::metrics_http::serve(metrics_addr, Arc::new(registry), shutdown.clone())

@@ -164,6 +164,9 @@ export async function requestJoin(opts) {
  *   (an RTCPeerConnectionState).
  * - `resumed` {}: the signaling connection dropped and was taken back; media is being
  *   renegotiated with an ICE restart.
+ * - `rejoined` {participantId}: the signaling connection dropped for longer than the grace
+ *   period and the client joined again as a new participant (opts.rejoin); every participant
+ *   was reported left (`gone`) and joined again, with new connections.
  * - `error` {error}: a non-fatal problem (an `error` frame, a failed negotiation step).
  * - `closed` {reason, code?, error?}: the room object is finished (after leave(), a refused
  *   resume, `room-closed`, a replaced session...). Reasons: `left`, `room_closed`, `replaced`,
@@ -195,6 +198,9 @@ export class TurnkeyRoom extends EventTarget {
    * @param {number} [opts.connectTimeoutMs] A negotiated connection that is not connected this
    *   long gets an ICE restart, and if that does not help either, a new RTCPeerConnection;
    *   default 10000.
+   * @param {boolean} [opts.rejoin] When the server refuses a resume (4005: the grace period is
+   *   over), join again as a new participant (new participantId; `rejoined` event) instead of
+   *   closing with `resume_failed`; default true.
    * @param {(msg: string) => void} [opts.log] Debug log sink.
    * @returns {Promise<TurnkeyRoom>}
    * @throws {TurnkeyError} with the server's error code (4001 unauthorized, 4009 room full...)
@@ -223,6 +229,7 @@ export class TurnkeyRoom extends EventTarget {
       joinTimeoutMs: 10000,
       offerTimeoutMs: 10000,
       connectTimeoutMs: 10000,
+      rejoin: true,
       iceTransportPolicy: 'all',
       ...opts,
     };
@@ -239,6 +246,8 @@ export class TurnkeyRoom extends EventTarget {
     this._media = null;
     /** @type {Map<string, Participant>} */
     this._participants = new Map();
+    /** Our own participant ids of sessions replaced by a rejoin. */
+    this._formerIds = new Set();
     /** Our participant id; null until joined. @type {string|null} */
     this.participantId = null;
     /** Room info from `joined`: {name, mode, capacity}. @type {{name: string, mode: string, capacity: number}|null} */
@@ -525,7 +534,9 @@ export class TurnkeyRoom extends EventTarget {
     const firstJoin = this.participantId === null;
     if (!resume || !msg.resumed || msg.participantId !== this.participantId) {
       if (!firstJoin) {
-        // A fresh session instead of the old one: start over.
+        // A fresh session instead of the old one: start over. Our old session stays in the
+        // room until its grace period ends; it is not someone to connect to.
+        this._formerIds.add(this.participantId);
         for (const p of [...this._participants.values()]) this._removeParticipant(p.id, 'gone');
         if (this._media) this._media.close();
         this._media = null;
@@ -542,6 +553,7 @@ export class TurnkeyRoom extends EventTarget {
 
     const present = new Map((msg.participants || []).map((p) => [p.id, p]));
     present.delete(this.participantId);
+    for (const id of this._formerIds) present.delete(id);
     for (const p of [...this._participants.values()]) {
       if (!present.has(p.id)) this._removeParticipant(p.id, 'gone');
     }
@@ -556,22 +568,26 @@ export class TurnkeyRoom extends EventTarget {
 
   _onMessage(msg) {
     switch (msg.type) {
-      case 'participant-joined':
-        if (msg.participant && msg.participant.id !== this.participantId) {
-          if (this._participants.has(msg.participant.id)) {
-            // Re-joined (a new session under the same id): start its media over.
-            this._removeParticipant(msg.participant.id, 'left');
-          }
-          this._addParticipant(msg.participant, { initiate: false });
+      case 'participant-joined': {
+        const p = msg.participant;
+        if (!p || p.id === this.participantId || this._formerIds.has(p.id)) break;
+        const known = this._participants.get(p.id);
+        if (known) {
+          // Announced twice (joins raced, PROTOCOL.md): dedupe by id.
+          known.name ??= p.name;
+          known.identity ??= p.identity;
+          break;
         }
+        this._addParticipant(p, { initiate: false });
         break;
+      }
       case 'participant-left':
         this._removeParticipant(msg.participantId, msg.reason || 'left');
         break;
       case 'offer':
       case 'answer':
       case 'candidate':
-        if (!msg.from) return;
+        if (!msg.from || this._formerIds.has(msg.from)) return;
         if (this._media) this._media.handleSignal(msg);
         break;
       case 'pong':
@@ -633,6 +649,18 @@ export class TurnkeyRoom extends EventTarget {
         } catch (e) {
           lastError = e;
           this._log(`resume attempt failed: ${e.message}`);
+          if (e.code === 4005 && this._opts.rejoin && !this._closed && !this._leaving) {
+            // Too late to resume (the others were told we left): come back as a new participant.
+            try {
+              await this._connect(false);
+              this._log(`rejoined as ${this.participantId}`);
+              this._emit('rejoined', { participantId: this.participantId });
+              return;
+            } catch (e2) {
+              this._finish('resume_failed', { error: e2 });
+              return;
+            }
+          }
           // The server answered: retrying cannot help (4005 resume_failed, 4001...).
           if (typeof e.code === 'number') {
             this._finish(e.code === 4005 ? 'resume_failed' : 'error', { error: e });
@@ -701,13 +729,16 @@ export class TurnkeyRoom extends EventTarget {
 
   /**
    * Test hook: drops the signaling WebSocket as a network failure would; the client resumes,
-   * after `awayMs` (the network is "down" until then).
+   * after `awayMs` (the network is "down" until then). `expired`: as if the grace period were
+   * over (the resume is refused and the client rejoins).
    * @param {number} [awayMs]
+   * @param {boolean} [expired]
    */
-  _simulateDisconnect(awayMs = 0) {
+  _simulateDisconnect(awayMs = 0, expired = false) {
     const ws = this._detach();
     if (!ws) return;
     this._awayUntil = Date.now() + awayMs;
+    if (expired) this._resumeToken = 'r_expired';
     try {
       ws.close(3000, 'simulated disconnect');
     } catch {
@@ -837,7 +868,7 @@ class PeerLink {
 
   /**
    * A new RTCPeerConnection (the first, or a replacement). initiate: add the local tracks now,
-   * which makes it offer; otherwise hold them until the remote offer comes (at most 5 s).
+   * which makes it offer; otherwise hold them until the remote offer comes (2.5 or 6 s at most).
    */
   createPc(initiate) {
     const room = this.room;
@@ -895,8 +926,10 @@ class PeerLink {
     if (initiate) {
       this.addLocalTracks();
     } else {
-      // Their offer normally comes within a second; do not wait forever for it.
-      this.holdTimer = setTimeout(() => this.addLocalTracks(), 5000);
+      // Their offer normally comes within a second; do not wait forever for it. When it does
+      // not come (lost, or joins raced and both ends wait), the impolite end gives up first,
+      // so that the two fallback offers do not collide.
+      this.holdTimer = setTimeout(() => this.addLocalTracks(), this.polite ? 6000 : 2500);
     }
   }
 

@@ -178,8 +178,9 @@ async function runScenario(context, opts, n, runId) {
   try {
     for (let i = 0; i < n; i++) {
       // With --resume and 3 pages or more, page 0 is away (signaling dropped, resuming 4 s
-      // later) while the last page joins: the newcomer's offer to it is dropped by the server,
-      // and the two must still connect once page 0 is back.
+      // later at the earliest) while the last page joins: the server drops what is sent to it
+      // meanwhile (the newcomer's offer, perhaps the previous page's still in flight), and
+      // everyone must still connect once page 0 is back.
       const awayJoin = opts.resume && n >= 3 && i === n - 1;
       if (awayJoin) await pages[0].evaluate(() => window.turnkeyDemo.room._simulateDisconnect(4000));
       const page = await context.newPage();
@@ -223,7 +224,7 @@ async function runScenario(context, opts, n, runId) {
     }
     const ids = await Promise.all(pages.map((p) => p.evaluate(() => window.turnkeyDemo.room.participantId)));
     if (new Set(ids).size !== n) throw new Error(`participant ids not distinct: ${ids.join(', ')}`);
-    result.participantIds = ids;
+    result.participantIds = [...ids];
     // The ICE servers each page got in `joined` (credentials left out).
     result.iceServers = await Promise.all(
       pages.map((p) => p.evaluate(() => window.turnkeyDemo.room.iceServers.map((s) => ({ urls: s.urls, username: s.username ?? null })))),
@@ -289,6 +290,25 @@ async function runScenario(context, opts, n, runId) {
       // The ICE restart happened: page 0's connections went through a new negotiation and are
       // connected again.
       result.resume = { ok: true, events: snaps[0].events };
+
+      if (n === 2) {
+        // Back too late (the server refuses the resume): page 0 rejoins as a new participant,
+        // ignores its own old session (still in the room for the grace period), and the two
+        // pages connect again.
+        await pages[0].evaluate(() => window.turnkeyDemo.room._simulateDisconnect(0, true));
+        await pages[0].waitForFunction(() => (window.turnkeyDemo.events.rejoined || 0) >= 1 && window.turnkeyDemo.room.state === 'connected', null, {
+          timeout: Math.max(1000, deadline - Date.now()),
+        });
+        const newId = await pages[0].evaluate(() => window.turnkeyDemo.room.participantId);
+        if (newId === ids[0]) throw new Error(`rejoined with the old participant id ${newId}`);
+        const oldId = ids[0];
+        ids[0] = newId;
+        snaps = await waitAll(pages, ids, { relay: opts.relay, deadline, what: 'media after rejoin' });
+        if (snaps[0].stats.some((x) => x.participantId === oldId)) throw new Error(`page 0 connects to its own old session ${oldId}`);
+        result.rejoin = { ok: true, oldId, newId };
+        result.participantIds = [...ids];
+        result.media = snaps.map((x) => x.stats);
+      }
     }
 
     // The last page leaves; every other page must see it go.
