@@ -1097,3 +1097,26 @@ async fn concurrent_joins_never_exceed_capacity() {
     let (_, room) = http(sig.http, "GET", "/v1/rooms/race", Some(&basic()), "");
     assert_eq!(room["participants"].as_array().unwrap().len(), 2, "{room}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_close_is_echoed_and_the_others_are_told_after_the_grace() {
+    let sig = start(&["--resume-grace", "1"]);
+    let (mut a, _) = join(&sig, "close-echo", "alice").await;
+    let (mut b, jb) = join(&sig, "close-echo", "bob").await;
+    let _ = a.recv_type("participant-joined").await;
+    use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame};
+    b.ws.send(Message::Close(Some(CloseFrame {
+        code: CloseCode::Away,
+        reason: "tab closed".into(),
+    })))
+    .await
+    .unwrap();
+    // The closing handshake completes: the server echoes a Close frame instead of dropping
+    // the TCP connection (which a browser reports as 1006).
+    let (code, _) = b.closed().await;
+    assert_eq!(code, 1001, "server should echo the client's close code");
+    // A close without `leave` is a drop: the others hear about it after the grace period.
+    let (left, _) = a.recv_type("participant-left").await;
+    assert_eq!(left["participantId"], jb["participantId"]);
+    assert_eq!(left["reason"], "timeout");
+}
