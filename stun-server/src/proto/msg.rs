@@ -118,7 +118,7 @@ pub fn decode(b: &[u8]) -> Result<Message, DecodeError> {
         return Err(DecodeError::NotStun);
     }
     let len = u16::from_be_bytes([b[2], b[3]]) as usize;
-    if len % 4 != 0 || MESSAGE_HEADER_SIZE + len != b.len() {
+    if !len.is_multiple_of(4) || MESSAGE_HEADER_SIZE + len != b.len() {
         return Err(DecodeError::BadLength);
     }
     let mut m = Message::new();
