@@ -105,7 +105,7 @@ fn config(args: &Args) -> anyhow::Result<BenchConfig> {
         .with_context(|| format!("resolving --server {}", args.server))?
         .next()
         .with_context(|| format!("--server {} resolves to nothing", args.server))?;
-    if args.allocations < 2 || args.allocations % 2 != 0 {
+    if args.allocations < 2 || !args.allocations.is_multiple_of(2) {
         bail!("--allocations must be even and at least 2");
     }
     if usize::from(args.size) < wire::PROBE_BYTES {
