@@ -12,7 +12,7 @@
 //! address and reaches the TURN server on 127.0.0.1 through the kernel's loopback route, so the
 //! server sees the client at that address (e.g. 192.0.2.2), not at 127.0.0.1.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -30,35 +30,6 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time after which the node process is killed: browser start-up, the call, and shutdown. The
 /// script gives up by itself (and closes Chromium) 15 s after CALL_TIMEOUT, well before this.
 const RUN_LIMIT: Duration = Duration::from_secs(90);
-
-fn browser_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
-}
-
-/// Checks the pieces the test needs are installed, with an actionable message if not.
-fn check_prerequisites() -> PathBuf {
-    let chromium = std::env::var_os("CHROMIUM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
-    assert!(
-        chromium.is_file(),
-        "{} not found: install Debian's chromium (apt-get install chromium) or set CHROMIUM",
-        chromium.display()
-    );
-    let playwright = browser_dir().join("node_modules/playwright-core/package.json");
-    assert!(
-        playwright.is_file(),
-        "{} not found: run `npm ci` in {}",
-        playwright.display(),
-        browser_dir().display()
-    );
-    let node = Command::new("node").arg("--version").output();
-    assert!(
-        matches!(&node, Ok(out) if out.status.success()),
-        "`node --version` failed ({node:?}): install Node.js 20 or newer"
-    );
-    chromium
-}
 
 /// A TURN REST API credential (draft-uberti-behave-turn-rest-00, as coturn's
 /// `--use-auth-secret`): username `<expiry unix time>:<user>`, password
@@ -79,7 +50,7 @@ fn rest_credential(secret: &str, user: &str, ttl: Duration) -> (String, String) 
 /// call failed.
 fn relay_call(chromium: &Path, url: &str, username: &str, credential: &str, proto: &str) -> Value {
     let mut cmd = Command::new("node");
-    cmd.current_dir(browser_dir())
+    cmd.current_dir(common::browser_dir())
         .arg("relay_call.mjs")
         .args(["--urls", url])
         .args(["--username", username])
@@ -128,7 +99,7 @@ fn relay_call(chromium: &Path, url: &str, username: &str, credential: &str, prot
 
 #[test]
 fn chromium_relay_only_call_over_udp_and_tcp() {
-    let chromium = check_prerequisites();
+    let chromium = common::browser_prerequisites();
     let user_arg = format!("{STATIC_USER}:{STATIC_PASSWORD}");
     let port = free_udp_tcp_port();
     let listen = format!("127.0.0.1:{port}");

@@ -18,7 +18,7 @@
 //! tests/browser_relay.rs); with one, it reaches the servers on 127.0.0.1 fine.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -40,35 +40,6 @@ const PAGES: &str = "2,4";
 /// Chromium) 30 s after its scenarios' time, well before this.
 const RUN_LIMIT: Duration = Duration::from_secs(2 * 60 + 90);
 
-fn browser_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
-}
-
-/// Checks the pieces the test needs are installed, with an actionable message if not.
-fn check_prerequisites() -> PathBuf {
-    let chromium = std::env::var_os("CHROMIUM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
-    assert!(
-        chromium.is_file(),
-        "{} not found: install Debian's chromium (apt-get install chromium) or set CHROMIUM",
-        chromium.display()
-    );
-    let playwright = browser_dir().join("node_modules/playwright-core/package.json");
-    assert!(
-        playwright.is_file(),
-        "{} not found: run `npm ci` in {}",
-        playwright.display(),
-        browser_dir().display()
-    );
-    let node = Command::new("node").arg("--version").output();
-    assert!(
-        matches!(&node, Ok(out) if out.status.success()),
-        "`node --version` failed ({node:?}): install Node.js 20 or newer"
-    );
-    chromium
-}
-
 /// Runs `mesh_room.mjs` once over every room size in PAGES and returns its parsed RESULT line;
 /// panics with its output if a room failed.
 ///
@@ -76,7 +47,7 @@ fn check_prerequisites() -> PathBuf {
 /// with a username, in `joined.iceServers`.
 fn mesh_rooms(chromium: &Path, base_url: &str, turn_uris: &[&str], relay: bool) -> Value {
     let mut cmd = Command::new("node");
-    cmd.current_dir(browser_dir())
+    cmd.current_dir(common::browser_dir())
         .arg("mesh_room.mjs")
         .args(["--base-url", base_url])
         .args(["--key", API_KEY])
@@ -211,7 +182,7 @@ fn get_page(addr: SocketAddr, path: &str, needle: &str) {
 
 #[test]
 fn chromium_mesh_rooms_through_the_demo_page() {
-    let chromium = check_prerequisites();
+    let chromium = common::browser_prerequisites();
 
     let turn_port = free_udp_tcp_port();
     let turn_listen = format!("127.0.0.1:{turn_port}");

@@ -26,23 +26,7 @@
 // 2 on bad usage. Never downloads a browser: it runs the Chromium at --chromium
 // (default /usr/bin/chromium).
 
-import { chromium } from 'playwright-core';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { existsSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-
-const CHROMIUM_ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--use-fake-ui-for-media-stream',
-  '--use-fake-device-for-media-stream',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--no-first-run',
-  '--autoplay-policy=no-user-gesture-required',
-];
+import { launchChromium } from './chromium.mjs';
 
 function usage(message) {
   console.error(`mesh_room: ${message}`);
@@ -345,7 +329,7 @@ async function main() {
   const started = Date.now();
   const limit = opts.timeoutMs * opts.pages.length + 30000;
   let context = null;
-  let userDataDir = null;
+  let browser = null;
   let finished = false;
 
   const fail = (error, extra = {}) => {
@@ -363,16 +347,8 @@ async function main() {
 
   let exitCode = 1;
   try {
-    if (!existsSync(opts.chromium)) {
-      throw new Error(`Chromium not found at ${opts.chromium} (apt-get install chromium)`);
-    }
-    userDataDir = await mkdtemp(join(tmpdir(), 'turnkey-chromium-'));
-    context = await chromium.launchPersistentContext(userDataDir, {
-      executablePath: opts.chromium,
-      headless: true,
-      args: CHROMIUM_ARGS,
-      timeout: 30000,
-    });
+    browser = await launchChromium(opts.chromium, ['--autoplay-policy=no-user-gesture-required']);
+    context = browser.context;
     for (const p of context.pages()) await p.close().catch(() => {});
     const runId = `${Date.now().toString(36)}${Math.random().toString(36).slice(2, 6)}`;
     const scenarios = [];
@@ -395,8 +371,7 @@ async function main() {
     finished = true;
     fail(String(e && e.message ? e.message : e));
   } finally {
-    if (context) await context.close().catch(() => {});
-    if (userDataDir) await rm(userDataDir, { recursive: true, force: true }).catch(() => {});
+    if (browser) await browser.close();
   }
   process.exit(exitCode);
 }

@@ -17,23 +17,8 @@
 // 2 on bad usage. Never downloads a browser: it runs the Chromium at --chromium
 // (default /usr/bin/chromium).
 
-import { chromium } from 'playwright-core';
 import { createServer } from 'node:http';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { existsSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-
-const CHROMIUM_ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--use-fake-ui-for-media-stream',
-  '--use-fake-device-for-media-stream',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--no-first-run',
-];
+import { launchChromium } from './chromium.mjs';
 
 function usage(message) {
   console.error(`relay_call: ${message}`);
@@ -251,7 +236,6 @@ async function main() {
   const opts = parseArgs(process.argv.slice(2));
   const started = Date.now();
   let browser = null;
-  let userDataDir = null;
   let server = null;
   let finished = false;
 
@@ -264,16 +248,13 @@ async function main() {
   const hardTimeout = setTimeout(() => {
     if (finished) return;
     fail(`timed out after ${opts.timeoutMs + 15000} ms`);
-    if (browser) browser.close().catch(() => {});
+    if (browser) browser.close();
     process.exit(1);
   }, opts.timeoutMs + 15000);
   hardTimeout.unref();
 
   let exitCode = 1;
   try {
-    if (!existsSync(opts.chromium)) {
-      throw new Error(`Chromium not found at ${opts.chromium} (apt-get install chromium)`);
-    }
     server = createServer((req, res) => {
       res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' });
       res.end(PAGE);
@@ -284,14 +265,8 @@ async function main() {
     });
     const pageUrl = `http://127.0.0.1:${server.address().port}/`;
 
-    userDataDir = await mkdtemp(join(tmpdir(), 'turnkey-chromium-'));
-    browser = await chromium.launchPersistentContext(userDataDir, {
-      executablePath: opts.chromium,
-      headless: true,
-      args: CHROMIUM_ARGS,
-      timeout: 30000,
-    });
-    const page = browser.pages()[0] ?? (await browser.newPage());
+    browser = await launchChromium(opts.chromium);
+    const page = browser.context.pages()[0] ?? (await browser.context.newPage());
     page.on('console', (msg) => console.error(`page console: ${msg.text()}`));
     page.on('pageerror', (err) => console.error(`page error: ${err}`));
     await page.goto(pageUrl);
@@ -321,9 +296,8 @@ async function main() {
     finished = true;
     fail(String(e && e.message ? e.message : e));
   } finally {
-    if (browser) await browser.close().catch(() => {});
+    if (browser) await browser.close();
     if (server) server.close();
-    if (userDataDir) await rm(userDataDir, { recursive: true, force: true }).catch(() => {});
   }
   process.exit(exitCode);
 }

@@ -103,6 +103,38 @@ pub fn bin_path(name: &str) -> PathBuf {
     path
 }
 
+/// `tests/browser`: the Node scripts that drive Chromium, and their `node_modules`.
+pub fn browser_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
+}
+
+/// Checks what the browser tests need is installed (Chromium, `playwright-core`, Node.js),
+/// panicking with the fix if not: the test command installs them, so a browser test fails
+/// rather than skips. Returns the Chromium path (`CHROMIUM` or /usr/bin/chromium).
+pub fn browser_prerequisites() -> PathBuf {
+    let chromium = std::env::var_os("CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    assert!(
+        chromium.is_file(),
+        "{} not found: install Debian's chromium (apt-get install chromium) or set CHROMIUM",
+        chromium.display()
+    );
+    let playwright = browser_dir().join("node_modules/playwright-core/package.json");
+    assert!(
+        playwright.is_file(),
+        "{} not found: run `npm ci` in {}",
+        playwright.display(),
+        browser_dir().display()
+    );
+    let node = Command::new("node").arg("--version").output();
+    assert!(
+        matches!(&node, Ok(out) if out.status.success()),
+        "`node --version` failed ({node:?}): install Node.js 20 or newer"
+    );
+    chromium
+}
+
 /// Finds an external program on `PATH` and panics with a hint when it is missing.
 /// The coturn tools (`turnutils_uclient`, `turnutils_peer`, `turnutils_stunclient`,
 /// `turnutils_natdiscovery`) come from Debian's `coturn` package, which
