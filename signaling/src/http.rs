@@ -156,6 +156,28 @@ fn pick_node(nodes: &[NodeInfo]) -> ApiResult<&NodeInfo> {
     least_loaded(nodes).ok_or_else(|| ApiError::unavailable("no live channel node"))
 }
 
+/// Creates room `name` on the least-loaded of `nodes` (atomic in the store: when it already
+/// exists, the existing room comes back with `false`).
+async fn create_on_least_loaded(
+    node: &Node,
+    nodes: &[NodeInfo],
+    name: String,
+    mode: RoomMode,
+    capacity: u32,
+) -> Result<(RoomRecord, bool), ApiError> {
+    let host = pick_node(nodes)?;
+    let rec = RoomRecord {
+        name,
+        mode,
+        capacity,
+        node: host.id.clone(),
+        created_at: unix_now(),
+    };
+    Ok(node
+        .timed("create_room", node.store.create_room(&rec))
+        .await?)
+}
+
 #[derive(Serialize)]
 struct RoomView {
     name: String,
@@ -215,17 +237,14 @@ async fn create_room(
     check_room_name(&name)?;
     let capacity = check_capacity(&node, req.capacity)?;
     let nodes = live_nodes(&node).await?;
-    let host = pick_node(&nodes)?;
-    let rec = RoomRecord {
+    let (rec, created) = create_on_least_loaded(
+        &node,
+        &nodes,
         name,
-        mode: req.mode.unwrap_or(RoomMode::Mesh),
+        req.mode.unwrap_or(RoomMode::Mesh),
         capacity,
-        node: host.id.clone(),
-        created_at: unix_now(),
-    };
-    let (rec, created) = node
-        .timed("create_room", node.store.create_room(&rec))
-        .await?;
+    )
+    .await?;
     if !created {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -353,17 +372,14 @@ async fn join_room(
             moved
         }
         None if may_create => {
-            let host = pick_node(&nodes)?;
-            let rec = RoomRecord {
-                name: room.clone(),
-                mode: req.mode.unwrap_or(RoomMode::Mesh),
+            let (rec, created) = create_on_least_loaded(
+                &node,
+                &nodes,
+                room.clone(),
+                req.mode.unwrap_or(RoomMode::Mesh),
                 capacity,
-                node: host.id.clone(),
-                created_at: unix_now(),
-            };
-            let (rec, created) = node
-                .timed("create_room", node.store.create_room(&rec))
-                .await?;
+            )
+            .await?;
             if created {
                 tracing::info!(room = %rec.name, node = %rec.node, "room created on first join");
             }
