@@ -1,0 +1,119 @@
+//! The Quick start binary: `turnkey` with its defaults (ports moved to free ones) prints a TURN
+//! credential that allocates on its TURN server, an RTCIceServer JSON, and a demo page URL with
+//! a development API key that the signaling server accepts.
+
+mod common;
+mod wire;
+
+use common::{free_udp_tcp_port, http_get, wait_until, ServerGuard};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+/// A POST with HTTP Basic auth; the status and body.
+fn post_basic(addr: SocketAddr, path: &str, user_pass: &str, body: &str) -> (u16, String) {
+    use base64::Engine;
+    let auth = base64::engine::general_purpose::STANDARD.encode(user_pass);
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Basic {auth}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap();
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value after `label` on the line that has it, e.g. `    username  1795:turnkey-local`.
+fn printed(log: &str, label: &str) -> Option<String> {
+    log.lines()
+        .find_map(|l| l.trim_start().strip_prefix(label))
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(str::to_string)
+}
+
+#[test]
+fn quick_start_binary_prints_working_credentials_and_demo_url() {
+    let turn = SocketAddr::from(([127, 0, 0, 1], free_udp_tcp_port()));
+    let sig = SocketAddr::from(([127, 0, 0, 1], free_udp_tcp_port()));
+    let sig_metrics = SocketAddr::from(([127, 0, 0, 1], free_udp_tcp_port()));
+    let server = ServerGuard::start(
+        "turnkey",
+        &[
+            "--listen",
+            &turn.to_string(),
+            "--signaling-listen",
+            &sig.to_string(),
+            "--signaling-metrics",
+            &sig_metrics.to_string(),
+        ],
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || server
+            .log()
+            .contains("demo page")
+            && server.log().contains("RTCIceServer")),
+        "turnkey did not print its usage:\n{}",
+        server.log()
+    );
+    let log = server.log();
+
+    // The printed TURN credential allocates on the printed TURN address.
+    let username = printed(&log, "username").expect("printed username");
+    let password = printed(&log, "password").expect("printed password");
+    let mut c = wire::WireClient::new(turn, &username, &password);
+    let relay = c.allocate();
+    assert_eq!(relay.ip(), turn.ip());
+    // The RTCIceServer JSON names the same URLs and credential.
+    let json_start = log.find("{\n").expect("RTCIceServer JSON");
+    let json_end = log[json_start..].find("\n}").unwrap() + json_start + 2;
+    let ice: serde_json::Value = serde_json::from_str(&log[json_start..json_end]).unwrap();
+    assert_eq!(ice["username"], username.as_str());
+    assert_eq!(ice["credential"], password.as_str());
+    let urls: Vec<&str> = ice["urls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u.as_str().unwrap())
+        .collect();
+    assert!(
+        urls.contains(&format!("turn:{turn}?transport=udp").as_str()),
+        "{urls:?}"
+    );
+
+    // The demo page is served, and the printed development key is accepted by /join, which
+    // hands out TURN credentials for this TURN server signed with the shared secret.
+    let (status, page) = http_get(sig, "/").unwrap();
+    assert_eq!(status, 200);
+    assert!(page.contains("client.js"), "{page}");
+    let key = printed(&log, "API key").expect("printed dev API key");
+    let (status, body) = post_basic(
+        sig,
+        "/v1/rooms/quickstart/join",
+        &key,
+        r#"{"identity":"tester"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let join: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let ice = &join["iceServers"][0];
+    let mut c2 = wire::WireClient::new(
+        turn,
+        ice["username"].as_str().unwrap(),
+        ice["credential"].as_str().unwrap(),
+    );
+    c2.allocate();
+    let (status, _) = post_basic(sig, "/v1/rooms/quickstart/join", "dev:wrong", "{}");
+    assert_eq!(status, 401);
+}
