@@ -174,9 +174,28 @@ fn is_free(ips: &[IpAddr], port: u16) -> bool {
         .all(|ip| UdpSocket::bind((*ip, port)).is_ok() && TcpListener::bind((*ip, port)).is_ok())
 }
 
+/// Ports the tests hand out: below Linux's ephemeral range (32768-60999) and below the
+/// servers' default relay range (49152-65535), so neither a client socket the kernel places nor
+/// a relay socket of a server started by a parallel test can take a port between the moment it
+/// is handed out and the moment the server binds it.
+const TEST_PORTS: std::ops::Range<u16> = 20000..32000;
+
+/// Candidate ports from [`TEST_PORTS`], starting at a per-process pseudo-random offset so two
+/// test binaries running at once rarely probe the same ports.
+fn candidate_ports() -> impl Iterator<Item = u16> {
+    let span = (TEST_PORTS.end - TEST_PORTS.start) as u32;
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let seed = std::process::id()
+        .wrapping_mul(2_654_435_761)
+        .wrapping_add(now_ns);
+    (0..span).map(move |i| TEST_PORTS.start + ((seed.wrapping_add(i * 7919)) % span) as u16)
+}
+
 /// A port on 127.0.0.1 that is free for both UDP and TCP, and not handed out before by this
-/// process. Another process could still take it before the caller binds it; the window is
-/// small.
+/// process. Another process could still take it before the caller binds it; ports come from
+/// [`TEST_PORTS`], which nothing else here allocates from.
 pub fn free_udp_tcp_port() -> u16 {
     free_udp_tcp_port_on(&[LOCALHOST])
 }
@@ -184,10 +203,7 @@ pub fn free_udp_tcp_port() -> u16 {
 /// Like [`free_udp_tcp_port`], but free on every IP in `ips` (e.g. `127.0.0.1` and
 /// `127.0.0.2` for an RFC 5780 server).
 pub fn free_udp_tcp_port_on(ips: &[IpAddr]) -> u16 {
-    for _ in 0..1000 {
-        let sock = UdpSocket::bind((ips[0], 0)).expect("bind an ephemeral UDP port");
-        let port = sock.local_addr().expect("local_addr").port();
-        drop(sock);
+    for port in candidate_ports() {
         if is_free(ips, port) && claim(&[port]) {
             return port;
         }
@@ -198,14 +214,12 @@ pub fn free_udp_tcp_port_on(ips: &[IpAddr]) -> u16 {
 /// A port `p` such that `p` and `p + 1` are both free for UDP and TCP on every IP in `ips`
 /// (for `stun-server --alt-ip`, whose alternate port defaults to the listen port + 1).
 pub fn free_udp_tcp_port_pair(ips: &[IpAddr]) -> u16 {
-    for _ in 0..1000 {
-        let sock = UdpSocket::bind((ips[0], 0)).expect("bind an ephemeral UDP port");
-        let port = sock.local_addr().expect("local_addr").port();
-        drop(sock);
-        if port == u16::MAX {
-            continue;
-        }
-        if is_free(ips, port) && is_free(ips, port + 1) && claim(&[port, port + 1]) {
+    for port in candidate_ports() {
+        if port + 1 < TEST_PORTS.end
+            && is_free(ips, port)
+            && is_free(ips, port + 1)
+            && claim(&[port, port + 1])
+        {
             return port;
         }
     }
