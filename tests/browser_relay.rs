@@ -20,7 +20,7 @@ use base64::Engine as _;
 use serde_json::Value;
 
 mod common;
-use common::{free_udp_tcp_port, run_with_timeout, ServerGuard};
+use common::{free_udp_tcp_port, ServerGuard};
 
 const STATIC_USER: &str = "browser";
 const STATIC_PASSWORD: &str = "browser-secret";
@@ -59,22 +59,8 @@ fn relay_call(chromium: &Path, url: &str, username: &str, credential: &str, prot
         .args(["--timeout-ms", &CALL_TIMEOUT.as_millis().to_string()])
         .arg("--chromium")
         .arg(chromium);
-    let run = run_with_timeout(&mut cmd, RUN_LIMIT);
-    let report = format!(
-        "relay_call.mjs over {url}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        run.stdout, run.stderr
-    );
-    let Some(status) = run.status else {
-        panic!("killed after {RUN_LIMIT:?}: {report}");
-    };
-    assert!(status.success(), "failed ({status}): {report}");
-    let line = run
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("RESULT "))
-        .unwrap_or_else(|| panic!("no RESULT line: {report}"));
-    let result: Value =
-        serde_json::from_str(line).unwrap_or_else(|e| panic!("bad RESULT JSON ({e}): {report}"));
+    let (result, report) =
+        common::run_browser_script(&mut cmd, RUN_LIMIT, &format!("relay_call.mjs over {url}"));
 
     // The script checks these itself; check the record too, so a script that stops checking
     // cannot pass silently.

@@ -25,7 +25,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 mod common;
-use common::{free_udp_tcp_port, http_get, run_with_timeout, ServerGuard, LOCALHOST};
+use common::{free_udp_tcp_port, http_get, ServerGuard, LOCALHOST};
 
 /// TURN REST shared secret of the TURN server and the signaling server.
 const TURN_SECRET: &str = "turnkey-mesh-test-secret";
@@ -59,27 +59,13 @@ fn mesh_rooms(chromium: &Path, base_url: &str, turn_uris: &[&str], relay: bool) 
     if relay {
         cmd.arg("--relay");
     }
-    let run = run_with_timeout(&mut cmd, RUN_LIMIT);
     let what = if relay {
         "relay-only mesh rooms"
     } else {
         "mesh rooms"
     };
-    let report = format!(
-        "mesh_room.mjs ({what})\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        run.stdout, run.stderr
-    );
-    let Some(status) = run.status else {
-        panic!("killed after {RUN_LIMIT:?}: {report}");
-    };
-    assert!(status.success(), "failed ({status}): {report}");
-    let line = run
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("RESULT "))
-        .unwrap_or_else(|| panic!("no RESULT line: {report}"));
-    let result: Value =
-        serde_json::from_str(line).unwrap_or_else(|e| panic!("bad RESULT JSON ({e}): {report}"));
+    let (result, report) =
+        common::run_browser_script(&mut cmd, RUN_LIMIT, &format!("mesh_room.mjs ({what})"));
 
     // The script checks these itself; check the record too, so a script that stops checking
     // cannot pass silently.

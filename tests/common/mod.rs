@@ -135,6 +135,33 @@ pub fn browser_prerequisites() -> PathBuf {
     chromium
 }
 
+/// Runs one of the `tests/browser` scripts (`cmd`, killed after `limit`), requires exit 0, and
+/// returns the JSON of its `RESULT ` line together with a report of its output for assertion
+/// messages. `what` names the run in that report.
+pub fn run_browser_script(
+    cmd: &mut Command,
+    limit: Duration,
+    what: &str,
+) -> (serde_json::Value, String) {
+    let run = run_with_timeout(cmd, limit);
+    let report = format!(
+        "{what}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        run.stdout, run.stderr
+    );
+    let Some(status) = run.status else {
+        panic!("killed after {limit:?}: {report}");
+    };
+    assert!(status.success(), "failed ({status}): {report}");
+    let line = run
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .unwrap_or_else(|| panic!("no RESULT line: {report}"));
+    let result =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("bad RESULT JSON ({e}): {report}"));
+    (result, report)
+}
+
 /// Finds an external program on `PATH` and panics with a hint when it is missing.
 /// The coturn tools (`turnutils_uclient`, `turnutils_peer`, `turnutils_stunclient`,
 /// `turnutils_natdiscovery`) come from Debian's `coturn` package, which
