@@ -185,7 +185,7 @@ async fn setup(
     ws.send(Message::text(join))
         .await
         .map_err(|_| "ws_send".to_owned())?;
-    shared.with_stats(|s| s.bytes_sent += join_len);
+    shared.with_stats(|s| s.checks.bytes_sent += join_len);
     let deadline = tokio::time::Instant::now() + STEP_TIMEOUT;
     let mut out = Vec::new();
     loop {
@@ -205,7 +205,7 @@ async fn setup(
         let window = shared.window();
         let parsed = Incoming::parse(frame.as_str());
         let label = shared.with_stats(|s| {
-            s.bytes_received += frame.len() as u64;
+            s.checks.bytes_received += frame.len() as u64;
             match parsed {
                 Ok(Incoming::Error { code }) => {
                     *s.errors.entry(code).or_default() += 1;
@@ -219,11 +219,11 @@ async fn setup(
                     None
                 }
                 Ok(_) => {
-                    s.unexpected += 1;
+                    s.checks.unexpected += 1;
                     Some(String::new())
                 }
                 Err(_) => {
-                    s.unparsable += 1;
+                    s.checks.unparsable += 1;
                     Some(String::new())
                 }
             }
@@ -287,7 +287,7 @@ async fn send_all(
         ws.feed(Message::text(frame)).await?;
     }
     ws.flush().await?;
-    shared.with_stats(|s| s.bytes_sent += bytes);
+    shared.with_stats(|s| s.checks.bytes_sent += bytes);
     Ok(())
 }
 
@@ -312,15 +312,15 @@ async fn run_joined(shared: &Shared, mut ws: Ws, mut session: Session) {
                     let window = shared.window();
                     let parsed = Incoming::parse(t.as_str());
                     shared.with_stats(|s| {
-                        s.bytes_received += t.len() as u64;
+                        s.checks.bytes_received += t.len() as u64;
                         match parsed {
                             Ok(f) => session.handle_frame(f, now, window, s, &mut out),
-                            Err(_) => s.unparsable += 1,
+                            Err(_) => s.checks.unparsable += 1,
                         }
                     });
                 }
                 Some(Ok(Message::Close(c))) => break End::Closed(c.map_or(1005, |c| u16::from(c.code))),
-                Some(Ok(Message::Binary(_))) => shared.with_stats(|s| s.unexpected += 1),
+                Some(Ok(Message::Binary(_))) => shared.with_stats(|s| s.checks.unexpected += 1),
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => break End::Closed(1006),
             },

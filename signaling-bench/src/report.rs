@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::run::{BenchConfig, Samples};
-use crate::stats::{LatencyHistogram, Stats};
+use crate::stats::{Checks, LatencyHistogram, Stats};
 
 /// Summary of one latency histogram, in microseconds.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -129,30 +129,9 @@ pub struct Report {
 
     /// `error` frames received, by code.
     pub errors: BTreeMap<u16, u64>,
-    /// Relayed messages whose probe disagrees with `from`.
-    pub misrouted: u64,
-    /// Relayed offers/answers/candidates without a probe.
-    pub no_probe: u64,
-    /// Relayed messages from an unknown participant.
-    pub unknown_sender: u64,
-    /// Of the senders of those, announced by `participant-joined` only afterwards.
-    pub announced_late: u64,
-    /// `participant-joined` for someone already listed in `joined` (concurrent joins).
-    pub announced_twice: u64,
-    /// Offers crossing offers (both peers thought they entered later).
-    pub glare: u64,
-    /// Frames that did not parse.
-    pub unparsable: u64,
-    /// Frames of unexpected types.
-    pub unexpected: u64,
-    /// `participant-left` received.
-    pub participant_left: u64,
-    /// `room-closed` received.
-    pub room_closed: u64,
-    /// WebSocket text bytes sent over the whole run.
-    pub bytes_sent: u64,
-    /// WebSocket text bytes received over the whole run.
-    pub bytes_received: u64,
+    /// Consistency checks and byte counts (flattened into the JSON line).
+    #[serde(flatten)]
+    pub checks: Checks,
 
     /// Server RSS before the first connection.
     pub server_rss_before_bytes: Option<u64>,
@@ -225,18 +204,7 @@ impl Report {
             pongs: s.pongs,
             ping_rtt: (&s.ping_rtt).into(),
             errors: s.errors.clone(),
-            misrouted: s.misrouted,
-            no_probe: s.no_probe,
-            unknown_sender: s.unknown_sender,
-            announced_late: s.announced_late,
-            announced_twice: s.announced_twice,
-            glare: s.glare,
-            unparsable: s.unparsable,
-            unexpected: s.unexpected,
-            participant_left: s.participant_left,
-            room_closed: s.room_closed,
-            bytes_sent: s.bytes_sent,
-            bytes_received: s.bytes_received,
+            checks: s.checks.clone(),
             server_rss_before_bytes: samples.before.server_rss,
             server_rss_held_bytes: samples.middle.server_rss,
             server_rss_per_connection_bytes: rss_per_connection,
@@ -336,16 +304,16 @@ impl fmt::Display for Report {
             f,
             "  errors       {}; misrouted {}, no probe {}, from unannounced senders {} (announced later {}), announced twice {}, glare {}, unparsable {}, unexpected {}, participant-left {}, room-closed {}",
             map(&self.errors),
-            self.misrouted,
-            self.no_probe,
-            self.unknown_sender,
-            self.announced_late,
-            self.announced_twice,
-            self.glare,
-            self.unparsable,
-            self.unexpected,
-            self.participant_left,
-            self.room_closed
+            self.checks.misrouted,
+            self.checks.no_probe,
+            self.checks.unknown_sender,
+            self.checks.announced_late,
+            self.checks.announced_twice,
+            self.checks.glare,
+            self.checks.unparsable,
+            self.checks.unexpected,
+            self.checks.participant_left,
+            self.checks.room_closed
         )?;
         writeln!(
             f,
@@ -362,8 +330,8 @@ impl fmt::Display for Report {
             "  generator    RSS {} held, CPU {} % of a core; {:.1} MB sent, {:.1} MB received (whole run)",
             mib(self.bench_rss_held_bytes),
             opt_f(self.bench_cpu_percent, 0),
-            self.bytes_sent as f64 / 1e6,
-            self.bytes_received as f64 / 1e6
+            self.checks.bytes_sent as f64 / 1e6,
+            self.checks.bytes_received as f64 / 1e6
         )
     }
 }

@@ -137,7 +137,7 @@ impl Session {
                 participants,
             } => {
                 if self.participant_id.is_some() {
-                    stats.unexpected += 1;
+                    stats.checks.unexpected += 1;
                     return;
                 }
                 self.participant_id = Some(participant_id);
@@ -151,18 +151,18 @@ impl Session {
             Incoming::ParticipantJoined { participant } => {
                 if self.peers.iter().any(|p| p.id == participant.id) {
                     // Listed in our `joined` too: two joins raced.
-                    stats.announced_twice += 1;
+                    stats.checks.announced_twice += 1;
                     return;
                 }
                 if let Some(at) = self.unannounced.iter().position(|id| *id == participant.id) {
                     self.unannounced.swap_remove(at);
-                    stats.announced_late += 1;
+                    stats.checks.announced_late += 1;
                 }
                 self.peers.push(Peer::new(participant, false));
                 self.check_full(now_ns, stats, out);
             }
             Incoming::ParticipantLeft { participant_id } => {
-                stats.participant_left += 1;
+                stats.checks.participant_left += 1;
                 self.peers.retain(|p| p.id != participant_id);
             }
             Incoming::Offer { from, sdp } => {
@@ -193,8 +193,8 @@ impl Session {
                 }
             }
             Incoming::Error { code } => *stats.errors.entry(code).or_default() += 1,
-            Incoming::RoomClosed {} => stats.room_closed += 1,
-            Incoming::Left {} | Incoming::Other => stats.unexpected += 1,
+            Incoming::RoomClosed {} => stats.checks.room_closed += 1,
+            Incoming::Left {} | Incoming::Other => stats.checks.unexpected += 1,
         }
     }
 
@@ -254,7 +254,7 @@ impl Session {
         let peer = &mut self.peers[at];
         if is_offer && peer.we_offer {
             // Both sides believe they entered later (see `announced_twice`).
-            stats.glare += 1;
+            stats.checks.glare += 1;
         }
         peer.sdp_received = true;
         if !peer.we_offer && !peer.sdp_sent {
@@ -266,7 +266,7 @@ impl Session {
     fn peer_position(&mut self, from: &str, stats: &mut Stats) -> Option<usize> {
         let at = self.peers.iter().position(|p| p.id == from);
         if at.is_none() {
-            stats.unknown_sender += 1;
+            stats.checks.unknown_sender += 1;
             if !self.unannounced.iter().any(|id| id == from) {
                 self.unannounced.push(from.to_owned());
             }
@@ -283,12 +283,12 @@ impl Session {
         stats: &mut Stats,
     ) {
         let Some(probe) = probe else {
-            stats.no_probe += 1;
+            stats.checks.no_probe += 1;
             return;
         };
         if self.peers[at].index.is_some_and(|i| i != probe.sender) || probe.sender == self.cfg.index
         {
-            stats.misrouted += 1;
+            stats.checks.misrouted += 1;
         }
         let latency_us = now_ns.saturating_sub(probe.sent_ns) / 1000;
         match probe.kind {
@@ -529,9 +529,9 @@ mod tests {
         assert!(room.sessions.iter().all(Session::is_negotiated));
         assert_eq!(
             (
-                room.stats.misrouted,
-                room.stats.no_probe,
-                room.stats.unknown_sender
+                room.stats.checks.misrouted,
+                room.stats.checks.no_probe,
+                room.stats.checks.unknown_sender
             ),
             (0, 0, 0)
         );
@@ -567,7 +567,7 @@ mod tests {
         // Pings every second from joining on: at 1000, 1001, 1002, 1003 ms and 2000..2003.
         assert_eq!((s.pings, s.pongs), (8, 8));
         assert_eq!(s.ping_rtt.max_us(), Some(0));
-        assert_eq!(s.misrouted, 0);
+        assert_eq!(s.checks.misrouted, 0);
     }
 
     #[test]
@@ -616,10 +616,10 @@ mod tests {
         for f in frames {
             s.handle_frame(Incoming::parse(&f).unwrap(), 0, None, &mut stats, &mut out);
         }
-        assert_eq!(stats.misrouted, 1);
+        assert_eq!(stats.checks.misrouted, 1);
         assert_eq!(stats.steady_received_outside, 1);
-        assert_eq!(stats.unknown_sender, 1);
-        assert_eq!(stats.no_probe, 1);
+        assert_eq!(stats.checks.unknown_sender, 1);
+        assert_eq!(stats.checks.no_probe, 1);
         assert_eq!(stats.errors.get(&4004), Some(&1));
     }
 
@@ -643,10 +643,10 @@ mod tests {
         }
         assert_eq!(
             (
-                stats.announced_twice,
-                stats.unknown_sender,
-                stats.announced_late,
-                stats.glare
+                stats.checks.announced_twice,
+                stats.checks.unknown_sender,
+                stats.checks.announced_late,
+                stats.checks.glare
             ),
             (1, 1, 1, 1)
         );

@@ -76,6 +76,14 @@ pub struct Stats {
     /// Pongs received.
     pub pongs: u64,
 
+    /// Consistency checks and byte counts.
+    pub checks: Checks,
+}
+
+/// What the clients check about every frame they receive, and the bytes they moved: counted
+/// during the run and reported as they are.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Checks {
     /// Relayed messages whose probe names another sender than `from`, or from outside the room.
     pub misrouted: u64,
     /// Relayed offers/answers/candidates without a readable probe.
