@@ -1,6 +1,6 @@
 //! `turnkey`: the whole suite in one process for local use: STUN + TURN (the TURN listener
-//! answers STUN Binding requests too) and signaling (session + channel server, in-memory store,
-//! demo page).
+//! answers STUN Binding requests too), signaling (session + channel server, in-memory store,
+//! demo page) and the SFU (media on 127.0.0.1:9700, registered in the same store).
 //!
 //! With no flags: TURN on 127.0.0.1:3478 (UDP and TCP, metrics on 127.0.0.1:9641), signaling
 //! on http://127.0.0.1:8080 (metrics on 127.0.0.1:9643), a generated TURN REST secret shared by
@@ -38,6 +38,21 @@ struct Cli {
     /// Redis URL for the signaling store (default: embedded in-memory store).
     #[arg(long)]
     redis: Option<String>,
+    /// SFU media address (UDP of worker 0, worker i on port + i; ICE-TCP on the same port).
+    #[arg(long = "sfu-media-listen", default_value = "127.0.0.1:9700")]
+    sfu_media_listen: std::net::SocketAddr,
+    /// IP the SFU advertises in its ICE candidates (default: the media listen IP).
+    #[arg(long = "sfu-public-ip")]
+    sfu_public_ip: Option<std::net::IpAddr>,
+    /// SFU link listener (signaling connects here).
+    #[arg(long = "sfu-link-listen", default_value = "127.0.0.1:8090")]
+    sfu_link_listen: std::net::SocketAddr,
+    /// SFU metrics listener.
+    #[arg(long = "sfu-metrics", default_value = "127.0.0.1:9644")]
+    sfu_metrics: std::net::SocketAddr,
+    /// SFU event loops (default: number of cores).
+    #[arg(long = "sfu-workers")]
+    sfu_workers: Option<usize>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -70,20 +85,35 @@ fn main() -> anyhow::Result<()> {
     sig.turn_uris = ice_urls(&cfg, &cfg.listen);
     sig.redis = cli.redis.clone();
     sig.log_json = cfg.log_json;
+    // The SFU shares the store (registry) and a generated link secret with signaling.
+    let sfu_cfg = sfu::config::SfuArgs {
+        media_listen: Some(cli.sfu_media_listen),
+        public_ip: cli.sfu_public_ip,
+        workers: cli.sfu_workers,
+        link_listen: Some(cli.sfu_link_listen),
+        metrics: Some(cli.sfu_metrics),
+        node_id: Some("sfu-local".into()),
+        log_json: cfg.log_json,
+        ..Default::default()
+    }
+    .resolve()?;
+    sig.sfu_secret = Some(sfu_cfg.sfu_secret.clone());
     turnkey_common::logging::init(cfg.log_json, "info");
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(run(cfg, sig, generated, cli.credential_ttl))
+        .block_on(run(cfg, sig, sfu_cfg, generated, cli.credential_ttl))
 }
 
 async fn run(
     cfg: TurnConfig,
     sig: SignalingConfig,
+    sfu_cfg: sfu::config::SfuConfig,
     generated: bool,
     ttl: u64,
 ) -> anyhow::Result<()> {
     let shutdown = turnkey_common::shutdown::on_signal();
+    let (store, _) = signaling::run::open_store(&sig).await?;
     let mut printed = Ok(());
     let dev_key = sig
         .api_keys
@@ -93,7 +123,12 @@ async fn run(
     let turn = turn_server::run::serve(&cfg, shutdown.clone(), |ready| {
         printed = print_usage(&cfg, &ready.listen, ready.metrics, generated, ttl);
     });
-    let signaling = signaling::run::serve(sig, shutdown.clone(), |ready| {
+    let sfu = sfu::run::serve(sfu_cfg, Some(store.clone()), shutdown.clone(), |ready| {
+        println!("SFU (rooms created with mode \"sfu\")");
+        println!("  media       udp {:?} (+ ICE-TCP)", ready.media);
+        println!("  metrics     http://{}/metrics", ready.metrics);
+    });
+    let signaling = signaling::run::serve_with_store(sig, store, shutdown.clone(), |ready| {
         println!("Signaling (session + channel server, in-memory store unless --redis)");
         println!(
             "  HTTP/WS     {}  (WebSocket {}/v1/ws)",
@@ -112,13 +147,14 @@ async fn run(
             ),
         }
     });
-    let (t, s) = tokio::join!(turn, signaling);
-    // Either side failing to start stops the other.
-    if t.is_err() || s.is_err() {
+    let (t, s, f) = tokio::join!(turn, signaling, sfu);
+    // One part failing to start stops the others.
+    if t.is_err() || s.is_err() || f.is_err() {
         shutdown.cancel();
     }
     t?;
     s?;
+    f?;
     printed
 }
 

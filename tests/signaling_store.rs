@@ -99,6 +99,7 @@ fn room(name: &str, node: &str) -> RoomRecord {
         capacity: 4,
         node: node.to_string(),
         created_at: 1_795_341_634,
+        sfu: None,
     }
 }
 

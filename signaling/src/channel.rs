@@ -7,8 +7,9 @@ use crate::proto::hub::ConnId;
 use crate::proto::limit::{TokenBucket, Verdict};
 use crate::proto::msg::{
     close, parse_request, ClientMsg, ErrorCode, Join, ParticipantInfo, ProtoError, Request,
-    RoomInfo, ServerMsg,
+    RoomInfo, ServerMsg, SfuRelay,
 };
+use crate::sfu_link::{self, PlaceError, SendError};
 use crate::store::{ParticipantRecord, RoomMode, RoomRecord};
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
@@ -40,6 +41,7 @@ pub async fn ws_handler(State(node): State<Arc<Node>>, upgrade: WebSocketUpgrade
 
 struct Joined {
     room: String,
+    mode: RoomMode,
     pid: String,
 }
 
@@ -239,6 +241,10 @@ async fn handle_text(conn: &mut Conn, bucket: &mut TokenBucket, text: &str, now:
             Flow::Continue
         }
         (ClientMsg::Leave, true) => leave(conn).await,
+        (ClientMsg::Sfu(m), true) => {
+            relay_to_sfu(conn, &req, m);
+            Flow::Continue
+        }
         (ClientMsg::Offer(s), true) => {
             let (to, sdp) = (s.to.clone(), s.sdp.clone());
             relay(conn, &req, &to, |from| ServerMsg::Offer { from, sdp }).await
@@ -340,6 +346,7 @@ async fn join(conn: &mut Conn, req: &Request, j: &Join) -> Result<(), JoinError>
                 capacity: node.cfg.default_capacity,
                 node: node.id().to_string(),
                 created_at: unix_now(),
+                sfu: None,
             };
             node.timed("create_room", node.store.create_room(&rec))
                 .await
@@ -388,6 +395,14 @@ async fn join(conn: &mut Conn, req: &Request, j: &Join) -> Result<(), JoinError>
             .find(|p| p.id == pid && p.identity == claims.sub)
             .ok_or_else(failed)?
             .clone();
+        // An sfu room and no link here (resumed from another node, or the link was lost):
+        // open one with resume=1 *before* the old node lets go of the participant and closes
+        // its link, so the SFU keeps the participant's session.
+        let link = if room.mode == RoomMode::Sfu && !node.links.contains(&pid) {
+            Some(sfu_link::open(&node, &room, &pid, &rec.name, true).await)
+        } else {
+            None
+        };
         if rec.node != node.id() {
             let mut moved = rec.clone();
             moved.node = node.id().to_string();
@@ -421,13 +436,35 @@ async fn join(conn: &mut Conn, req: &Request, j: &Join) -> Result<(), JoinError>
         tracing::debug!(room = %room.name, participant = %pid, "resumed");
         conn.joined = Some(Joined {
             room: room.name.clone(),
-            pid,
+            mode: room.mode,
+            pid: pid.clone(),
         });
+        match link {
+            Some(Ok(ws)) => sfu_link::start(&node, &room.name, &pid, ws),
+            Some(Err(e)) => sfu_link::report_failure(&node, &pid, &e),
+            None => {}
+        }
         return Ok(());
     }
     if parts.len() >= room.capacity as usize {
         return Err(room_full(req, &room));
     }
+    // An sfu room needs a live SFU node: refuse the join (4503) if there is none.
+    let sfu = if room.mode == RoomMode::Sfu {
+        match sfu_link::place(&node, &room).await {
+            Ok(s) => Some(s),
+            Err(PlaceError::Store) => return Err(internal(req)),
+            Err(e) => {
+                return Err((
+                    req.error(ErrorCode::SfuUnavailable, e.to_string()),
+                    "sfu_unavailable",
+                    true,
+                ))
+            }
+        }
+    } else {
+        None
+    };
     let pid = crate::config::new_id("p_", 10);
     let name = clean_name(
         j.name
@@ -501,9 +538,51 @@ async fn join(conn: &mut Conn, req: &Request, j: &Join) -> Result<(), JoinError>
     node.broadcast(&room.name, &parts, Some(&pid), frame).await;
     conn.joined = Some(Joined {
         room: room.name.clone(),
-        pid,
+        mode: room.mode,
+        pid: pid.clone(),
     });
+    if let Some(sfu) = sfu {
+        // After `joined` (queued above): a failure is an `error` 4503 the client can tell
+        // apart from a refused join.
+        match sfu_link::open_on(&node, &sfu, &room.name, &pid, &rec.name, false).await {
+            Ok(ws) => sfu_link::start(&node, &room.name, &pid, ws),
+            Err(e) => sfu_link::report_failure(&node, &pid, &e),
+        }
+    }
     Ok(())
+}
+
+/// `sfu`: queues `msg` on the participant's link to its SFU node.
+fn relay_to_sfu(conn: &Conn, req: &Request, m: &SfuRelay) {
+    let Some(j) = &conn.joined else {
+        return;
+    };
+    if j.mode != RoomMode::Sfu {
+        conn.error(&req.error(
+            ErrorCode::BadRequest,
+            format!(
+                "room {} is a mesh room: `sfu` messages need an sfu room",
+                j.room
+            ),
+        ));
+        return;
+    }
+    // Serializing a JSON map cannot fail.
+    let text = serde_json::to_string(&m.msg).unwrap_or_default();
+    match conn.node.links.send(&j.pid, text) {
+        Ok(()) => {}
+        Err(SendError::NoLink) => conn.error(&req.error(
+            ErrorCode::SfuUnavailable,
+            "no link to the SFU (it failed): leave and join again",
+        )),
+        Err(SendError::Full) => {
+            conn.node.metrics.drop_frame("sfu_link_full");
+            conn.error(&req.error(
+                ErrorCode::SfuUnavailable,
+                "the link to the SFU is congested: message dropped",
+            ));
+        }
+    }
 }
 
 async fn relay(
@@ -545,6 +624,7 @@ async fn leave(conn: &mut Conn) -> Flow {
         return Flow::Continue;
     };
     node.hub().remove(&j.pid);
+    node.links.close(&j.pid);
     conn.left = true;
     let _ = node
         .timed(

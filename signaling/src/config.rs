@@ -1,6 +1,7 @@
 //! signaling configuration: flags, each also a key of a TOML file (`--config`, unknown keys are
 //! an error naming the key). Flags override the file. Secrets can come from the environment
-//! (`TURNKEY_API_KEYS`, `TURNKEY_TURN_REST_KEYS`, `TURNKEY_AUTH_SECRETS`, `TURNKEY_REDIS_URL`)
+//! (`TURNKEY_API_KEYS`, `TURNKEY_TURN_REST_KEYS`, `TURNKEY_AUTH_SECRETS`, `TURNKEY_REDIS_URL`,
+//! `TURNKEY_SFU_SECRET`)
 //! and never appear in logs ([`SignalingConfig::redacted`]).
 
 use crate::auth::ApiKey;
@@ -90,6 +91,15 @@ pub struct SignalingArgs {
         hide_env_values = true
     )]
     pub redis: Option<String>,
+    /// Shared secret of the SFU nodes: sent as `Authorization: Bearer <secret>` on every
+    /// participant link (`sfu/PROTOCOL.md`, "The link"). Absent: links carry no credential.
+    #[arg(
+        long = "sfu-secret",
+        value_name = "SECRET",
+        env = "TURNKEY_SFU_SECRET",
+        hide_env_values = true
+    )]
+    pub sfu_secret: Option<String>,
     /// This node's id in the registry. Default: random.
     #[arg(long = "node-id", value_name = "ID")]
     pub node_id: Option<String>,
@@ -152,6 +162,8 @@ pub struct FileConfig {
     pub turn_ttl: Option<u64>,
     /// See `--redis`.
     pub redis: Option<String>,
+    /// See `--sfu-secret`.
+    pub sfu_secret: Option<String>,
     /// See `--node-id`.
     pub node_id: Option<String>,
     /// See `--metrics`.
@@ -217,6 +229,8 @@ pub struct SignalingConfig {
     pub turn_ttl_secs: u64,
     /// Redis URL; None: in-memory store.
     pub redis: Option<String>,
+    /// Bearer secret for the links to SFU nodes; None: no `Authorization` header.
+    pub sfu_secret: Option<String>,
     /// Node id.
     pub node_id: String,
     /// Metrics listener.
@@ -284,7 +298,7 @@ impl SignalingConfig {
     pub fn redacted(&self) -> String {
         let keys: Vec<&str> = self.api_keys.iter().map(|k| k.key.as_str()).collect();
         format!(
-            "listen={} public_url={:?} api_keys={:?} (secrets <redacted>){} turn_rest_keys={} (<redacted>) turn_secrets={} (<redacted>) turn_uris={:?} turn_ttl={}s store={} node_id={} metrics={} role={:?} resume_grace={}s max_message_bytes={} idle_timeout={}s rate={}/s burst={} token_ttl={}s capacity={}..{}",
+            "listen={} public_url={:?} api_keys={:?} (secrets <redacted>){} turn_rest_keys={} (<redacted>) turn_secrets={} (<redacted>) turn_uris={:?} turn_ttl={}s store={} sfu_secret={} node_id={} metrics={} role={:?} resume_grace={}s max_message_bytes={} idle_timeout={}s rate={}/s burst={} token_ttl={}s capacity={}..{}",
             self.listen,
             self.public_url,
             keys,
@@ -296,6 +310,11 @@ impl SignalingConfig {
             match &self.redis {
                 Some(u) => redact_url(u),
                 None => "memory".to_string(),
+            },
+            if self.sfu_secret.is_some() {
+                "<redacted>"
+            } else {
+                "none"
             },
             self.node_id,
             self.metrics,
@@ -390,6 +409,10 @@ impl SignalingArgs {
             turn_uris: nonempty(pick(self.turn_uri, file.turn_uri)),
             turn_ttl_secs: self.turn_ttl.or(file.turn_ttl).unwrap_or(86_400).max(1),
             redis: self.redis.or(file.redis).filter(|s| !s.is_empty()),
+            sfu_secret: self
+                .sfu_secret
+                .or(file.sfu_secret)
+                .filter(|s| !s.is_empty()),
             node_id,
             metrics: self.metrics.or(file.metrics).unwrap_or(defaults.metrics),
             role: self.role.or(file.role).unwrap_or_default(),
@@ -436,7 +459,7 @@ mod tests {
         let path = dir.join("s.toml");
         std::fs::write(
             &path,
-            "listen = \"127.0.0.1:9000\"\napi_key = [\"k:filesecret\"]\nturn_secret = [\"turnsecret\"]\nredis = \"redis://:redispw@127.0.0.1:6379\"\nrole = \"channel\"\nresume_grace = 5\n",
+            "listen = \"127.0.0.1:9000\"\napi_key = [\"k:filesecret\"]\nturn_secret = [\"turnsecret\"]\nredis = \"redis://:redispw@127.0.0.1:6379\"\nsfu_secret = \"sfusecret\"\nrole = \"channel\"\nresume_grace = 5\n",
         )
         .unwrap();
         let cfg = parse(&[
@@ -455,7 +478,9 @@ mod tests {
         assert_eq!(cfg.api_keys[0].key, "k");
         assert!(!cfg.dev_key);
         let shown = cfg.redacted();
-        for secret in ["filesecret", "turnsecret", "redispw"] {
+        assert_eq!(cfg.sfu_secret.as_deref(), Some("sfusecret"));
+        assert!(shown.contains("sfu_secret=<redacted>"), "{shown}");
+        for secret in ["filesecret", "turnsecret", "redispw", "sfusecret"] {
             assert!(!shown.contains(secret), "{shown}");
         }
         assert!(shown.contains("n1"));

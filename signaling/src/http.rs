@@ -172,6 +172,7 @@ async fn create_on_least_loaded(
         capacity,
         node: host.id.clone(),
         created_at: unix_now(),
+        sfu: None,
     };
     Ok(node
         .timed("create_room", node.store.create_room(&rec))

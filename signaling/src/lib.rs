@@ -5,6 +5,8 @@
 //! - [`proto`]: the sans-IO core (messages, validation, rate limiting, resume grace periods).
 //! - [`auth`]: API keys and JWT access tokens.
 //! - [`http`] (session role), [`channel`] (channel role), [`node`]: the tokio/axum layer.
+//! - [`sfu_link`]: placement of `sfu` rooms on SFU nodes and the per-participant links to them
+//!   (`sfu/PROTOCOL.md`).
 //! - [`config`], [`metrics`], [`run`]: flags and TOML, Prometheus metrics, lifecycle.
 //!
 //! Embedding (the `turnkey` binary does this next to TURN):
@@ -24,7 +26,8 @@ pub mod metrics;
 pub mod node;
 pub mod proto;
 pub mod run;
+pub mod sfu_link;
 pub mod store;
 
 pub use config::{Role, SignalingArgs, SignalingConfig};
-pub use run::{run_until_signal, serve, Ready, RunError};
+pub use run::{run_until_signal, serve, serve_with_store, Ready, RunError};

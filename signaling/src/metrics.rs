@@ -13,6 +13,8 @@
 //! | `signaling_dropped_messages_total` | counter | `reason` |
 //! | `signaling_slow_consumers_total` | counter (connections closed with 4003) | |
 //! | `signaling_http_requests_total` | counter | `route`, `status` |
+//! | `signaling_sfu_links` | gauge (open participant links to SFU nodes) | |
+//! | `signaling_sfu_link_errors_total` | counter (links that could not be opened or were lost while their participant was in the room) | |
 
 use crate::proto::msg::{ErrorCode, CLIENT_TYPES};
 use prometheus_client::metrics::counter::Counter;
@@ -48,10 +50,14 @@ pub mod names {
     pub const SLOW_CONSUMERS: &str = "signaling_slow_consumers";
     /// HTTP requests by route and status.
     pub const HTTP_REQUESTS: &str = "signaling_http_requests";
+    /// Open participant links to SFU nodes.
+    pub const SFU_LINKS: &str = "signaling_sfu_links";
+    /// SFU links that failed or were lost.
+    pub const SFU_LINK_ERRORS: &str = "signaling_sfu_link_errors";
 }
 
 /// `signaling_joins_total` results.
-pub const JOIN_RESULTS: [&str; 9] = [
+pub const JOIN_RESULTS: [&str; 10] = [
     "ok",
     "resumed",
     "unauthorized",
@@ -61,19 +67,22 @@ pub const JOIN_RESULTS: [&str; 9] = [
     "unsupported_version",
     "internal",
     "bad_request",
+    "sfu_unavailable",
 ];
 
 /// `signaling_dropped_messages_total` reasons.
-pub const DROP_REASONS: [&str; 5] = [
+pub const DROP_REASONS: [&str; 7] = [
     "rate_limited",
     "too_large",
     "recipient_away",
     "queue_full",
     "bus_full",
+    "sfu_link_full",
+    "sfu_bad_frame",
 ];
 
 /// Store operations timed.
-pub const STORE_OPS: [&str; 12] = [
+pub const STORE_OPS: [&str; 14] = [
     "create_room",
     "get_room",
     "delete_room",
@@ -86,6 +95,8 @@ pub const STORE_OPS: [&str; 12] = [
     "nodes",
     "publish",
     "subscribe",
+    "sfu_nodes",
+    "set_room_sfu",
 ];
 
 type HistogramCtor = fn() -> Histogram;
@@ -118,6 +129,10 @@ pub struct SignalingMetrics {
     pub slow_consumers: Counter,
     /// `signaling_http_requests_total{route,status}`.
     pub http_requests: Family<L2, Counter>,
+    /// `signaling_sfu_links`.
+    pub sfu_links: Gauge,
+    /// `signaling_sfu_link_errors_total`.
+    pub sfu_link_errors: Counter,
 }
 
 impl Default for SignalingMetrics {
@@ -133,6 +148,8 @@ impl Default for SignalingMetrics {
             dropped: Family::default(),
             slow_consumers: Counter::default(),
             http_requests: Family::default(),
+            sfu_links: Gauge::default(),
+            sfu_link_errors: Counter::default(),
         }
     }
 }
@@ -187,6 +204,16 @@ impl SignalingMetrics {
             "HTTP API requests, by route and status",
             m.http_requests.clone(),
         );
+        registry.register(
+            names::SFU_LINKS,
+            "Open participant links to SFU nodes",
+            m.sfu_links.clone(),
+        );
+        registry.register(
+            names::SFU_LINK_ERRORS,
+            "SFU links that could not be opened or were lost while their participant was in the room",
+            m.sfu_link_errors.clone(),
+        );
         for t in CLIENT_TYPES {
             let _ = m.messages.get_or_create(&[("type", t)]);
         }
@@ -239,6 +266,10 @@ mod tests {
             "signaling_turn_credentials_issued_total 0",
             "signaling_store_latency_seconds_count{operation=\"publish\"} 0",
             "signaling_dropped_messages_total{reason=\"queue_full\"} 0",
+            "signaling_sfu_links 0",
+            "signaling_sfu_link_errors_total 0",
+            "signaling_errors_total{code=\"sfu_unavailable\"} 0",
+            "signaling_messages_total{type=\"sfu\"} 0",
         ] {
             assert!(text.contains(needle), "{needle} missing in\n{text}");
         }

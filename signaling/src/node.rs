@@ -8,6 +8,7 @@ use crate::config::SignalingConfig;
 use crate::metrics::SignalingMetrics;
 use crate::proto::hub::{ConnId, Hub, ResumeKeys};
 use crate::proto::msg::{close, IceServer, LeaveReason, ServerMsg};
+use crate::sfu_link::Links;
 use crate::store::{NodeInfo, ParticipantRecord, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
@@ -124,6 +125,8 @@ pub struct Node {
     pub ws_url: String,
     /// Cancelled on shutdown.
     pub shutdown: CancellationToken,
+    /// Links of local participants of `sfu` rooms to their SFU node ([`crate::sfu_link`]).
+    pub links: Links,
     hub: Mutex<Hub>,
     conns: Mutex<HashMap<ConnId, ConnHandle>>,
     next_conn: AtomicU64,
@@ -155,6 +158,7 @@ impl Node {
             base_url,
             ws_url,
             shutdown,
+            links: Links::default(),
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
         }
@@ -304,16 +308,19 @@ impl Node {
             reason: reason.to_string(),
         }
         .to_text();
-        let members = {
+        let (members, connected) = {
             let mut hub = self.hub();
             let members = hub.members(room);
             let connected = hub.connected_in(room);
             for p in &members {
                 hub.remove(p);
             }
-            connected
+            (members, connected)
         };
-        for (_, conn) in members {
+        for p in &members {
+            self.links.close(p);
+        }
+        for (_, conn) in connected {
             self.push(conn, frame.clone());
             self.kill(conn, close::ROOM_CLOSED, "room closed");
         }
@@ -343,6 +350,8 @@ impl Node {
                     hub.remove(&participant_id);
                     c
                 };
+                // The new node opened its own link (resume=1) before telling us.
+                self.links.close(&participant_id);
                 if let Some(c) = conn {
                     self.kill(c, close::REPLACED, "resumed elsewhere");
                 }
@@ -396,6 +405,16 @@ impl Node {
         }
     }
 
+    /// Closes the SFU links of participants this node no longer holds (a safety net: every
+    /// place that lets go of a participant closes its link itself).
+    pub fn close_orphan_links(&self) {
+        for pid in self.links.participants() {
+            if !self.hub().contains(&pid) {
+                self.links.close(&pid);
+            }
+        }
+    }
+
     /// Closes every connection with 1001 (shutdown).
     pub fn close_all(&self) {
         for c in lock(&self.conns).values() {
@@ -420,6 +439,9 @@ impl Node {
         let expired = self
             .hub()
             .poll_expired(tokio::time::Instant::now().into_std());
+        for e in &expired {
+            self.links.close(&e.participant_id);
+        }
         for e in expired {
             let Ok(parts) = self
                 .timed("participants", self.store.participants(&e.room))
@@ -555,6 +577,7 @@ impl Node {
                     _ = node.shutdown.cancelled() => break,
                     _ = tick.tick() => {
                         node.expire_graces().await;
+                        node.close_orphan_links();
                         let rooms = node.hub().room_count();
                         node.metrics.rooms.set(rooms as i64);
                     }

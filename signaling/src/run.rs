@@ -86,10 +86,24 @@ fn base_url(cfg: &SignalingConfig, bound: SocketAddr) -> String {
     format!("http://{}", SocketAddr::new(ip, bound.port()))
 }
 
-/// Runs the service until `shutdown` is cancelled. `on_ready` runs once everything is bound
-/// and the node is registered. Must be called inside a tokio runtime.
+/// Runs the service until `shutdown` is cancelled, with the store the config asks for
+/// ([`open_store`]). `on_ready` runs once everything is bound and the node is registered.
+/// Must be called inside a tokio runtime.
 pub async fn serve(
     cfg: SignalingConfig,
+    shutdown: CancellationToken,
+    on_ready: impl FnOnce(&Ready),
+) -> Result<(), RunError> {
+    let (store, _) = open_store(&cfg).await?;
+    serve_with_store(cfg, store, shutdown, on_ready).await
+}
+
+/// Runs the service until `shutdown` is cancelled over an existing `store` (`cfg.redis` is
+/// ignored), e.g. one in-memory store shared with an SFU in the same process, which
+/// heartbeats into its SFU node registry. Otherwise as [`serve`].
+pub async fn serve_with_store(
+    cfg: SignalingConfig,
+    store: Arc<dyn Store>,
     shutdown: CancellationToken,
     on_ready: impl FnOnce(&Ready),
 ) -> Result<(), RunError> {
@@ -105,7 +119,6 @@ pub async fn serve(
     if cfg.turn_secrets.is_empty() && cfg.turn_uris.iter().any(|u| u.starts_with("turn")) {
         tracing::warn!("--turn-uri given without --turn-secret: clients get no TURN credentials");
     }
-    let (store, store_drops) = open_store(&cfg).await?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| RunError::Listen {
@@ -130,6 +143,7 @@ pub async fn serve(
     if node.cfg.role.channel() {
         node.start_channel_tasks().await?;
         let node = node.clone();
+        let store_drops = node.store.clone();
         tokio::spawn(async move {
             let mut last = 0u64;
             let mut tick = tokio::time::interval(Duration::from_secs(2));
@@ -137,7 +151,7 @@ pub async fn serve(
                 tokio::select! {
                     _ = node.shutdown.cancelled() => break,
                     _ = tick.tick() => {
-                        let now = store_drops();
+                        let now = store_drops.dropped_messages();
                         if now > last {
                             node.metrics.dropped.get_or_create(&[("reason", "bus_full")]).inc_by(now - last);
                             last = now;

@@ -15,10 +15,12 @@
 //   await room.leave();
 //
 // Media topology. A `mesh` room (2-4 people) keeps one RTCPeerConnection per remote participant
-// (class MeshSession). An `sfu` room will keep a single RTCPeerConnection to the media server;
-// the seam for it is the MediaSession interface below (createMediaSession picks the
-// implementation from `joined.room.mode`). SFU mode is not implemented yet: joining an `sfu` room
-// fails with a TurnkeyError whose code is 'sfu_unsupported'.
+// (class MeshSession). An `sfu` room keeps two RTCPeerConnections to its SFU node (class
+// SfuSession, protocol in sfu/PROTOCOL.md, carried in `sfu` signaling messages): a publish PC
+// (we offer our audio, our simulcast video and the `room` data channel) and a subscribe PC (the
+// SFU offers everyone else's tracks; each track's stream id is its publisher's participant id).
+// createMediaSession picks the implementation from `joined.room.mode`; the events (`track`,
+// `track-removed`, `connection-state`, `data`...) and methods are the same in both modes.
 //
 // Negotiation follows the W3C "perfect negotiation" pattern
 // (https://w3c.github.io/webrtc-pc/#perfect-negotiation-example): both ends may offer at any
@@ -58,7 +60,7 @@ const FINAL_CLOSE_CODES = new Map([
 /**
  * An error from the signaling server (its `code` is the protocol's numeric error code, e.g.
  * 4001, 4005, 4009) or from the client (string codes such as 'timeout', 'closed',
- * 'sfu_unsupported', 'http').
+ * 'unsupported', 'http', 'negotiation').
  */
 export class TurnkeyError extends Error {
   /**
@@ -148,7 +150,8 @@ export async function requestJoin(opts) {
  * @property {MediaStream} stream Its remote tracks (one MediaStream per participant; tracks are
  *   added as they arrive, so a <video> can take it as srcObject right away).
  * @property {RTCPeerConnectionState} connectionState State of the media connection to it
- *   (mesh mode: of the RTCPeerConnection with it).
+ *   (mesh mode: of the RTCPeerConnection with it; sfu mode: of our subscribe connection to the
+ *   SFU, which carries everyone's media).
  */
 
 /**
@@ -162,6 +165,12 @@ export async function requestJoin(opts) {
  * - `track-removed` {participant, track, stream}.
  * - `connection-state` {participant, state}: the media connection to a participant changed
  *   (an RTCPeerConnectionState).
+ * - `data` {participant, from, data}: a message on the room's data channel (sfu mode; sent with
+ *   {@link TurnkeyRoom#sendData}); `data` is a string or an ArrayBuffer, `participant` is null
+ *   if the sender is not (yet) in the participant list.
+ * - `active-speaker` {participantId, participant, level}: the loudest participant changed
+ *   (sfu mode; `level` in dBov, 0 loudest, 127 silence; `participantId` may be our own id).
+ * - `sfu-connection-state` {pc, state}: sfu mode, `pc` is 'publish' or 'subscribe'.
  * - `resumed` {}: the signaling connection dropped and was taken back; media is being
  *   renegotiated with an ICE restart.
  * - `rejoined` {participantId}: the signaling connection dropped for longer than the grace
@@ -188,6 +197,9 @@ export class TurnkeyRoom extends EventTarget {
    *   connection. null: receive only.
    * @param {RTCIceTransportPolicy} [opts.iceTransportPolicy] 'all' (default) or 'relay'
    *   (TURN only).
+   * @param {boolean} [opts.simulcast] sfu mode: send video as three simulcast layers (rids
+   *   q, h, f: quarter, half and full resolution at 150, 500 and 1500 kbit/s); default true.
+   *   false: one layer.
    * @param {RTCIceServer[]} [opts.iceServers] Override the ICE servers of `joined.iceServers`.
    * @param {number} [opts.pingIntervalMs] Keepalive period; default 20000 (PROTOCOL.md).
    * @param {number} [opts.resumeGraceMs] How long to keep trying to resume after an unexpected
@@ -204,7 +216,7 @@ export class TurnkeyRoom extends EventTarget {
    * @param {(msg: string) => void} [opts.log] Debug log sink.
    * @returns {Promise<TurnkeyRoom>}
    * @throws {TurnkeyError} with the server's error code (4001 unauthorized, 4009 room full...)
-   *   or 'timeout' / 'closed' / 'sfu_unsupported'.
+   *   4503 (sfu room without a live SFU node), or 'timeout' / 'closed'.
    */
   static async join(opts) {
     const room = new TurnkeyRoom(opts);
@@ -231,6 +243,7 @@ export class TurnkeyRoom extends EventTarget {
       connectTimeoutMs: 10000,
       rejoin: true,
       iceTransportPolicy: 'all',
+      simulcast: true,
       ...opts,
     };
     this._log = typeof opts.log === 'function' ? opts.log : () => {};
@@ -351,16 +364,43 @@ export class TurnkeyRoom extends EventTarget {
   }
 
   /**
-   * WebRTC statistics of the media connection to each remote participant (mesh mode: of its
-   * RTCPeerConnection).
-   * @returns {Promise<Array<{participant: Participant, report: RTCStatsReport}>>}
+   * WebRTC statistics. Mesh mode: one entry per remote participant (its RTCPeerConnection).
+   * Sfu mode: two entries, `pc` 'publish' and 'subscribe', with `participant` null.
+   * @returns {Promise<Array<{participant: Participant|null, pc?: string, report: RTCStatsReport}>>}
    */
   async getStats() {
     return this._media ? this._media.getStats() : [];
   }
 
   /**
-   * The RTCPeerConnection carrying participant `id`'s media (mesh mode), or the one to the SFU.
+   * Sends `data` (a string, or an ArrayBuffer / typed array) to every other participant on the
+   * room's data channel; they get a `data` event. Sfu mode only.
+   * @param {string|ArrayBuffer|ArrayBufferView} data
+   * @returns {boolean} false if the channel is not open yet (nothing sent).
+   * @throws {TurnkeyError} code 'unsupported' in a mesh room.
+   */
+  sendData(data) {
+    if (!this._media || typeof this._media.sendData !== 'function') {
+      throw new TurnkeyError('sendData: data messages need an sfu room', { code: 'unsupported' });
+    }
+    return this._media.sendData(data);
+  }
+
+  /**
+   * The largest video this participant wants to receive (sfu mode: the SFU forwards the highest
+   * simulcast layer not above it that the bandwidth allows). Mesh mode: does nothing.
+   * @param {{maxHeight: number, trackId?: string}} pref maxHeight in pixels, 0 pauses video;
+   *   trackId: only that remote video track (default every video track).
+   * @returns {boolean} true if it was sent.
+   */
+  setVideoPreference(pref) {
+    if (!this._media || typeof this._media.setVideoPreference !== 'function') return false;
+    return this._media.setVideoPreference(pref || {});
+  }
+
+  /**
+   * Mesh mode: the RTCPeerConnection carrying participant `id`'s media. Sfu mode: 'publish' or
+   * 'subscribe' name our two connections to the SFU; a participant id gives the subscribe one.
    * @param {string} id @returns {RTCPeerConnection|null}
    */
   peerConnection(id) {
@@ -590,6 +630,11 @@ export class TurnkeyRoom extends EventTarget {
         if (!msg.from || this._formerIds.has(msg.from)) return;
         if (this._media) this._media.handleSignal(msg);
         break;
+      case 'sfu':
+        if (this._media && typeof this._media.handleSfu === 'function' && msg.msg && typeof msg.msg === 'object') {
+          this._media.handleSfu(msg.msg);
+        }
+        break;
       case 'pong':
         if (typeof msg.ts === 'number') this.rttMs = Date.now() - msg.ts;
         break;
@@ -754,11 +799,13 @@ export class TurnkeyRoom extends EventTarget {
  * - addParticipant(participant), removeParticipant(id)
  * - handleSignal(msg): an `offer`, `answer` or `candidate` frame (`from`, `sdp` / `candidate`)
  * - restart(): the signaling session was resumed; renegotiate with an ICE restart using
- *   room.iceServers
+ *   room.iceServers (sfu mode: ask the SFU to resync)
  * - getStats(), peerConnection(id), close()
- * A MeshSession sends to and receives from each participant directly. An SfuSession will keep
- * one RTCPeerConnection to the SFU and map its tracks to participants (it needs protocol
- * additions: addressing the SFU and a track-to-participant map).
+ * - sfu mode only: handleSfu(msg) (the `msg` of an `sfu` frame), sendData(data),
+ *   setVideoPreference({maxHeight, trackId})
+ * A MeshSession sends to and receives from each participant directly. An SfuSession keeps a
+ * publish and a subscribe RTCPeerConnection to the SFU and maps the subscribed tracks to
+ * participants by their stream id (sfu/PROTOCOL.md).
  * @typedef {object} MediaSession
  */
 
@@ -768,10 +815,347 @@ function createMediaSession(room) {
     case 'mesh':
       return new MeshSession(room);
     case 'sfu':
-      // The seam: `return new SfuSession(room);` once the SFU protocol exists.
-      throw new TurnkeyError('this client does not implement sfu rooms yet', { code: 'sfu_unsupported' });
+      return new SfuSession(room);
     default:
       throw new TurnkeyError(`unknown room mode ${room.info.mode}`, { code: 'bad_request' });
+  }
+}
+
+/** Simulcast layers of the published video (sfu/PROTOCOL.md: rids q, h, f). */
+const SIMULCAST_ENCODINGS = [
+  { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150000 },
+  { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500000 },
+  { rid: 'f', maxBitrate: 1500000 },
+];
+
+/**
+ * Sfu mode (sfu/PROTOCOL.md): a publish RTCPeerConnection (we offer: the local audio track, the
+ * local video track as simulcast, the `room` data channel) and a subscribe RTCPeerConnection
+ * (the SFU offers every other participant's tracks, we answer). Every SFU message travels in an
+ * `sfu` signaling frame. Tracks are mapped to participants by their stream id (the msid, which is
+ * the publisher's participant id) or else by `offer.tracks[].mid`; a track that arrives before
+ * its participant is announced waits for it.
+ */
+class SfuSession {
+  constructor(room) {
+    this.room = room;
+    this.closed = false;
+    this.log = (m) => room._log(`[sfu] ${m}`);
+    this.queue = Promise.resolve();
+    /** Subscribed tracks by transceiver mid: {participantId, track}. */
+    this.tracks = new Map();
+    /** Tracks whose participant is not in the list yet, by participant id: [track]. */
+    this.orphans = new Map();
+    /** mid -> {trackId, participantId, kind} of the last subscribe offer. */
+    this.offered = new Map();
+    this.videoSender = null;
+    this.offerTimer = null;
+    const config = {
+      iceServers: room.iceServers,
+      iceTransportPolicy: room.iceTransportPolicy,
+      bundlePolicy: 'max-bundle',
+    };
+    this.pub = new RTCPeerConnection(config);
+    this.sub = new RTCPeerConnection(config);
+    this.channel = this.pub.createDataChannel('room');
+    this.channel.binaryType = 'arraybuffer';
+    this.channel.onmessage = (ev) => this.onData(ev.data);
+    const local = room.localStream;
+    if (local) {
+      const audio = local.getAudioTracks()[0];
+      if (audio) this.pub.addTransceiver(audio, { direction: 'sendonly', streams: [local] });
+      const video = local.getVideoTracks()[0];
+      if (video) {
+        const init = { direction: 'sendonly', streams: [local] };
+        if (room._opts.simulcast !== false) init.sendEncodings = SIMULCAST_ENCODINGS.map((e) => ({ ...e }));
+        this.videoSender = this.pub.addTransceiver(video, init).sender;
+      }
+    }
+    this.pub.onnegotiationneeded = () => this.enqueue(() => this.publishOffer());
+    for (const [name, pc] of [['publish', this.pub], ['subscribe', this.sub]]) {
+      pc.onconnectionstatechange = () => {
+        if (this.closed) return;
+        this.log(`${name} connection ${pc.connectionState}`);
+        room._emit('sfu-connection-state', { pc: name, state: pc.connectionState });
+        if (pc === this.sub) {
+          for (const p of room.participants.values()) {
+            p.connectionState = pc.connectionState;
+            room._emit('connection-state', { participant: p, state: pc.connectionState });
+          }
+        }
+      };
+    }
+    this.sub.ontrack = (ev) => this.onTrack(ev);
+  }
+
+  /** Runs `task` after the previous ones (offers and answers must not interleave). */
+  enqueue(task) {
+    this.queue = this.queue
+      .then(() => (this.closed ? undefined : task()))
+      .catch((e) => this.fail('negotiation', e));
+    return this.queue;
+  }
+
+  fail(what, e) {
+    if (this.closed) return;
+    this.log(`${what} failed: ${e && e.message ? e.message : e}`);
+    this.room._emit('error', { error: new TurnkeyError(`sfu: ${what} failed: ${e && e.message ? e.message : e}`, { code: 'negotiation' }) });
+  }
+
+  send(msg) {
+    return this.room._send({ type: 'sfu', msg });
+  }
+
+  /** Offers the publish PC (first offer, renegotiation, ICE restart); retried if unanswered. */
+  async publishOffer() {
+    const pc = this.pub;
+    if (this.closed || pc.signalingState !== 'stable') return;
+    await pc.setLocalDescription(await pc.createOffer());
+    this.send({ type: 'offer', sdp: pc.localDescription.sdp });
+    clearTimeout(this.offerTimer);
+    this.offerTimer = setTimeout(() => {
+      this.enqueue(async () => {
+        if (pc.signalingState !== 'have-local-offer') return;
+        this.log('publish offer unanswered, offering again');
+        await pc.setLocalDescription({ type: 'rollback' });
+        await this.publishOffer();
+      });
+    }, this.room._opts.offerTimeoutMs);
+  }
+
+  /** A message of the SFU (sfu/PROTOCOL.md, "SFU -> client"). */
+  handleSfu(msg) {
+    if (this.closed) return;
+    switch (msg.type) {
+      case 'answer':
+        if (typeof msg.sdp !== 'string') return;
+        this.enqueue(async () => {
+          if (this.pub.signalingState !== 'have-local-offer') {
+            this.log('stale publish answer ignored');
+            return;
+          }
+          clearTimeout(this.offerTimer);
+          await this.pub.setRemoteDescription({ type: 'answer', sdp: msg.sdp });
+        });
+        break;
+      case 'offer':
+        if (typeof msg.sdp !== 'string') return;
+        this.enqueue(() => this.onSubscribeOffer(msg));
+        break;
+      case 'layers':
+        if (Array.isArray(msg.active)) this.enqueue(() => this.setLayers(msg.active));
+        break;
+      case 'active-speaker': {
+        const participantId = msg.participantId;
+        const participant = this.room.participants.get(participantId) || null;
+        this.room._emit('active-speaker', { participantId, participant, level: msg.level });
+        break;
+      }
+      case 'error': {
+        const error = new TurnkeyError(`sfu: ${msg.code} ${msg.message}`, { code: msg.code, request: 'sfu' });
+        this.log(`SFU error ${msg.code} ${msg.message}`);
+        this.room._emit('error', { error });
+        break;
+      }
+      default:
+        this.log(`unknown SFU message ${msg.type} ignored`);
+    }
+  }
+
+  /** Applies a subscribe offer, answers it, and reports the tracks it dropped. */
+  async onSubscribeOffer(msg) {
+    this.offered = new Map();
+    for (const t of Array.isArray(msg.tracks) ? msg.tracks : []) {
+      if (t && t.mid != null) this.offered.set(String(t.mid), t);
+    }
+    await this.sub.setRemoteDescription({ type: 'offer', sdp: msg.sdp });
+    await this.sub.setLocalDescription(await this.sub.createAnswer());
+    this.send({ type: 'answer', sdp: this.sub.localDescription.sdp });
+    // A track the SFU no longer sends: its m-line is gone from `tracks` or no longer sends.
+    for (const tr of this.sub.getTransceivers()) {
+      const mid = tr.mid;
+      if (mid == null || !this.tracks.has(mid)) continue;
+      const sending = tr.currentDirection === 'recvonly' || tr.currentDirection === 'sendrecv';
+      if (!this.offered.has(mid) || !sending) this.dropTrack(mid);
+    }
+    for (const mid of [...this.tracks.keys()]) {
+      if (!this.sub.getTransceivers().some((tr) => tr.mid === mid)) this.dropTrack(mid);
+    }
+  }
+
+  onTrack(ev) {
+    if (this.closed) return;
+    const mid = ev.transceiver && ev.transceiver.mid;
+    const info = mid != null ? this.offered.get(mid) : undefined;
+    const participantId = (ev.streams && ev.streams[0] && ev.streams[0].id) || (info && info.participantId);
+    if (!participantId) {
+      this.log(`track ${ev.track.id} without a participant ignored`);
+      return;
+    }
+    const known = mid != null ? this.tracks.get(mid) : undefined;
+    if (known && known.participantId !== participantId) this.dropTrack(mid);
+    if (mid != null) this.tracks.set(mid, { participantId, track: ev.track });
+    const participant = this.room.participants.get(participantId);
+    if (!participant) {
+      if (participantId === this.room.participantId) return; // never our own media
+      const list = this.orphans.get(participantId) || [];
+      list.push(ev.track);
+      this.orphans.set(participantId, list);
+      return;
+    }
+    this.deliver(participant, ev.track);
+  }
+
+  deliver(participant, track) {
+    const stream = participant.stream;
+    if (!stream.getTrackById(track.id)) stream.addTrack(track);
+    this.room._emit('track', { participant, track, stream });
+  }
+
+  dropTrack(mid) {
+    const entry = this.tracks.get(mid);
+    this.tracks.delete(mid);
+    if (!entry) return;
+    const orphans = this.orphans.get(entry.participantId);
+    if (orphans) this.orphans.set(entry.participantId, orphans.filter((t) => t !== entry.track));
+    const participant = this.room.participants.get(entry.participantId);
+    if (!participant) return;
+    const stream = participant.stream;
+    if (!stream.getTrackById(entry.track.id)) return;
+    stream.removeTrack(entry.track);
+    this.room._emit('track-removed', { participant, track: entry.track, stream });
+  }
+
+  /** `layers`: only the simulcast layers in `active` are watched; pause the others. */
+  async setLayers(active) {
+    const sender = this.videoSender;
+    if (!sender) return;
+    const params = sender.getParameters();
+    if (!params.encodings || params.encodings.length < 2) return;
+    let changed = false;
+    for (const e of params.encodings) {
+      if (!e.rid) continue;
+      const on = active.includes(e.rid);
+      if (e.active !== on) {
+        e.active = on;
+        changed = true;
+      }
+    }
+    if (changed) await sender.setParameters(params);
+  }
+
+  /** Data channel message: JSON text {from, data}, or binary [n][n bytes of id][payload]. */
+  onData(raw) {
+    let from;
+    let data;
+    if (typeof raw === 'string') {
+      try {
+        const m = JSON.parse(raw);
+        from = m.from;
+        data = m.data;
+      } catch {
+        this.log('undecodable data message ignored');
+        return;
+      }
+    } else {
+      const bytes = new Uint8Array(raw);
+      if (bytes.length < 1 || bytes.length < 1 + bytes[0]) {
+        this.log('short binary data message ignored');
+        return;
+      }
+      from = new TextDecoder().decode(bytes.subarray(1, 1 + bytes[0]));
+      data = bytes.slice(1 + bytes[0]).buffer;
+    }
+    if (typeof from !== 'string') return;
+    const participant = this.room.participants.get(from) || null;
+    this.room._emit('data', { participant, from, data });
+  }
+
+  sendData(data) {
+    if (this.closed || this.channel.readyState !== 'open') return false;
+    this.channel.send(data);
+    return true;
+  }
+
+  setVideoPreference(pref) {
+    const maxHeight = Math.max(0, Math.floor(Number(pref.maxHeight)));
+    if (!Number.isFinite(maxHeight)) return false;
+    const msg = { type: 'video', maxHeight };
+    if (typeof pref.trackId === 'string') msg.trackId = pref.trackId;
+    return this.send(msg);
+  }
+
+  addParticipant(participant) {
+    participant.connectionState = this.sub.connectionState;
+    const waiting = this.orphans.get(participant.id) || [];
+    this.orphans.delete(participant.id);
+    for (const track of waiting) this.deliver(participant, track);
+  }
+
+  removeParticipant(id) {
+    this.orphans.delete(id);
+    for (const [mid, e] of this.tracks) {
+      if (e.participantId === id) this.tracks.delete(mid);
+    }
+  }
+
+  handleSignal(msg) {
+    // Mesh signaling has no place in an sfu room.
+    this.log(`${msg.type} from ${msg.from} ignored in an sfu room`);
+  }
+
+  /** Resumed signaling: frames may have been lost, ask the SFU for its current offer. */
+  restart() {
+    for (const pc of [this.pub, this.sub]) {
+      try {
+        pc.setConfiguration({ ...pc.getConfiguration(), iceServers: this.room.iceServers });
+      } catch {
+        /* closed */
+      }
+    }
+    this.send({ type: 'resync' });
+    if (['failed', 'disconnected'].includes(this.pub.connectionState)) this.pub.restartIce();
+    else if (this.pub.signalingState === 'have-local-offer') {
+      // Our offer (or its answer) may have been lost while away.
+      this.enqueue(async () => {
+        if (this.pub.signalingState !== 'have-local-offer') return;
+        await this.pub.setLocalDescription({ type: 'rollback' });
+        await this.publishOffer();
+      });
+    }
+  }
+
+  async getStats() {
+    const out = [];
+    for (const [pc, conn] of [['publish', this.pub], ['subscribe', this.sub]]) {
+      try {
+        out.push({ participant: null, pc, report: await conn.getStats() });
+      } catch {
+        /* closed meanwhile */
+      }
+    }
+    return out;
+  }
+
+  peerConnection(id) {
+    if (id === 'publish') return this.pub;
+    if (id === 'subscribe' || this.room.participants.has(id)) return this.sub;
+    return null;
+  }
+
+  close() {
+    if (this.closed) return;
+    this.closed = true;
+    clearTimeout(this.offerTimer);
+    try {
+      this.channel.close();
+    } catch {
+      /* ignore */
+    }
+    this.pub.close();
+    this.sub.close();
+    this.tracks.clear();
+    this.orphans.clear();
   }
 }
 

@@ -35,11 +35,14 @@ pub enum ErrorCode {
     UnsupportedVersion,
     /// 4500: the store failed.
     Internal,
+    /// 4503: no live SFU node for an `sfu` room, or the participant's link to its SFU node
+    /// could not be opened or was lost (`sfu/PROTOCOL.md`, "The link").
+    SfuUnavailable,
 }
 
 impl ErrorCode {
     /// Every code, for pre-creating metric series.
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 13] = [
         ErrorCode::BadRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -52,6 +55,7 @@ impl ErrorCode {
         ErrorCode::UnknownType,
         ErrorCode::UnsupportedVersion,
         ErrorCode::Internal,
+        ErrorCode::SfuUnavailable,
     ];
 
     /// The numeric code on the wire.
@@ -69,6 +73,7 @@ impl ErrorCode {
             ErrorCode::UnknownType => 4015,
             ErrorCode::UnsupportedVersion => 4020,
             ErrorCode::Internal => 4500,
+            ErrorCode::SfuUnavailable => 4503,
         }
     }
 
@@ -87,6 +92,7 @@ impl ErrorCode {
             ErrorCode::UnknownType => "unknown_type",
             ErrorCode::UnsupportedVersion => "unsupported_version",
             ErrorCode::Internal => "internal",
+            ErrorCode::SfuUnavailable => "sfu_unavailable",
         }
     }
 }
@@ -189,6 +195,14 @@ pub struct Ping {
     pub ts: Option<Value>,
 }
 
+/// `sfu` fields: a message for the participant's SFU node (`sfu/PROTOCOL.md`, "Client ->
+/// SFU"), relayed verbatim on the link; signaling only checks that it is a JSON object.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct SfuRelay {
+    /// The SFU protocol message.
+    pub msg: serde_json::Map<String, Value>,
+}
+
 /// A client request.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ClientMsg {
@@ -204,6 +218,8 @@ pub enum ClientMsg {
     Leave,
     /// `ping`.
     Ping(Ping),
+    /// `sfu` (only in `sfu` rooms).
+    Sfu(SfuRelay),
 }
 
 impl ClientMsg {
@@ -216,12 +232,21 @@ impl ClientMsg {
             ClientMsg::Candidate(_) => "candidate",
             ClientMsg::Leave => "leave",
             ClientMsg::Ping(_) => "ping",
+            ClientMsg::Sfu(_) => "sfu",
         }
     }
 }
 
 /// Client message types, for pre-creating metric series.
-pub const CLIENT_TYPES: [&str; 6] = ["join", "offer", "answer", "candidate", "leave", "ping"];
+pub const CLIENT_TYPES: [&str; 7] = [
+    "join",
+    "offer",
+    "answer",
+    "candidate",
+    "leave",
+    "ping",
+    "sfu",
+];
 
 /// A parsed request: the message and its `rid`.
 #[derive(Clone, Debug, PartialEq)]
@@ -300,6 +325,7 @@ pub fn parse_request(text: &str) -> Result<Request, ProtoError> {
         }
         "leave" => ClientMsg::Leave,
         "ping" => ClientMsg::Ping(Ping::deserialize(&value).map_err(|e| fail(rid.clone(), e))?),
+        "sfu" => ClientMsg::Sfu(SfuRelay::deserialize(&value).map_err(|e| fail(rid.clone(), e))?),
         _ => {
             return Err(ProtoError {
                 code: ErrorCode::UnknownType,
@@ -431,6 +457,11 @@ pub enum ServerMsg {
         #[serde(skip_serializing_if = "Option::is_none", default)]
         ts: Option<Value>,
     },
+    /// A message from the participant's SFU node (`sfu/PROTOCOL.md`, "SFU -> client").
+    Sfu {
+        /// The SFU protocol message (a JSON object).
+        msg: Value,
+    },
     /// A request failed.
     Error {
         /// Numeric code.
@@ -486,6 +517,33 @@ mod tests {
             parse_request(r#"{"type":"ping","ts":5}"#).unwrap().msg,
             ClientMsg::Ping(Ping { ts: Some(json!(5)) })
         );
+        let r = parse_request(r#"{"type":"sfu","msg":{"type":"offer","sdp":"v=0"}}"#).unwrap();
+        assert!(matches!(r.msg, ClientMsg::Sfu(ref m) if m.msg["sdp"] == "v=0"));
+        assert_eq!(r.msg.type_name(), "sfu");
+    }
+
+    #[test]
+    fn sfu_msg_must_be_an_object() {
+        for text in [
+            r#"{"type":"sfu"}"#,
+            r#"{"type":"sfu","msg":null}"#,
+            r#"{"type":"sfu","msg":"offer"}"#,
+            r#"{"type":"sfu","msg":[1]}"#,
+        ] {
+            let e = parse_request(text).unwrap_err();
+            assert_eq!(e.code, ErrorCode::BadRequest, "{text}");
+            assert_eq!(e.request.as_deref(), Some("sfu"));
+        }
+        let text = ServerMsg::Sfu {
+            msg: json!({"type":"layers","active":["q"]}),
+        }
+        .to_text();
+        assert_eq!(
+            serde_json::from_str::<Value>(&text).unwrap(),
+            json!({"type":"sfu","msg":{"type":"layers","active":["q"]}})
+        );
+        assert_eq!(ErrorCode::SfuUnavailable.code(), 4503);
+        assert_eq!(ErrorCode::SfuUnavailable.name(), "sfu_unavailable");
     }
 
     #[test]

@@ -14,7 +14,9 @@
 //! Deadlines use [`tokio::time::Instant`], so tests can advance virtual time
 //! (`#[tokio::test(start_paused = true)]`).
 
-use super::{NodeInfo, ParticipantRecord, RoomRecord, Store, StoreError, SUBSCRIBER_CAPACITY};
+use super::{
+    NodeInfo, ParticipantRecord, RoomRecord, SfuNodeInfo, Store, StoreError, SUBSCRIBER_CAPACITY,
+};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -36,10 +38,23 @@ struct NodeEntry {
     expires: Instant,
 }
 
+#[derive(Debug)]
+struct SfuNodeEntry {
+    info: SfuNodeInfo,
+    expires: Instant,
+}
+
 #[derive(Debug, Default)]
 struct State {
     rooms: HashMap<String, RoomEntry>,
     nodes: HashMap<String, NodeEntry>,
+    sfu_nodes: HashMap<String, SfuNodeEntry>,
+}
+
+/// `now + ttl`; a TTL too long to represent means "does not expire" for any practical run.
+fn expiry(now: Instant, ttl: Duration) -> Instant {
+    now.checked_add(ttl)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
 }
 
 #[derive(Debug, Default)]
@@ -178,10 +193,7 @@ impl Store for MemoryStore {
             node.id.clone(),
             NodeEntry {
                 info: node.clone(),
-                // A TTL too long to represent means "does not expire" for any practical run.
-                expires: now
-                    .checked_add(ttl)
-                    .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400)),
+                expires: expiry(now, ttl),
             },
         );
         Ok(())
@@ -199,6 +211,51 @@ impl Store for MemoryStore {
         let mut nodes: Vec<NodeInfo> = state.nodes.values().map(|n| n.info.clone()).collect();
         nodes.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(nodes)
+    }
+
+    async fn sfu_heartbeat(&self, node: &SfuNodeInfo, ttl: Duration) -> Result<(), StoreError> {
+        let now = Instant::now();
+        let mut state = self.state();
+        state.sfu_nodes.retain(|_, n| n.expires > now);
+        state.sfu_nodes.insert(
+            node.id.clone(),
+            SfuNodeEntry {
+                info: node.clone(),
+                expires: expiry(now, ttl),
+            },
+        );
+        Ok(())
+    }
+
+    async fn remove_sfu_node(&self, id: &str) -> Result<(), StoreError> {
+        self.state().sfu_nodes.remove(id);
+        Ok(())
+    }
+
+    async fn sfu_nodes(&self) -> Result<Vec<SfuNodeInfo>, StoreError> {
+        let now = Instant::now();
+        let mut state = self.state();
+        state.sfu_nodes.retain(|_, n| n.expires > now);
+        let mut nodes: Vec<SfuNodeInfo> =
+            state.sfu_nodes.values().map(|n| n.info.clone()).collect();
+        nodes.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(nodes)
+    }
+
+    async fn set_room_sfu(
+        &self,
+        name: &str,
+        from: Option<&str>,
+        to: &str,
+    ) -> Result<Option<RoomRecord>, StoreError> {
+        let mut state = self.state();
+        let Some(entry) = state.rooms.get_mut(name) else {
+            return Ok(None);
+        };
+        if entry.record.sfu.as_deref() == from {
+            entry.record.sfu = Some(to.to_string());
+        }
+        Ok(Some(entry.record.clone()))
     }
 
     async fn publish(&self, channel: &str, payload: &[u8]) -> Result<(), StoreError> {
@@ -247,7 +304,7 @@ impl Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{least_loaded, RoomMode};
+    use crate::store::{least_loaded, least_loaded_sfu, RoomMode};
     use std::sync::Arc;
 
     fn room(name: &str, node: &str) -> RoomRecord {
@@ -257,7 +314,87 @@ mod tests {
             capacity: 4,
             node: node.to_string(),
             created_at: 1_700_000_000,
+            sfu: None,
         }
+    }
+
+    fn sfu_node(id: &str, load: u32) -> SfuNodeInfo {
+        SfuNodeInfo {
+            id: id.to_string(),
+            url: format!("ws://{id}.invalid:8090"),
+            load,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sfu_nodes_expire_after_ttl_and_are_separate() {
+        let store = MemoryStore::new();
+        store
+            .sfu_heartbeat(&sfu_node("s1", 3), Duration::from_secs(1))
+            .await
+            .unwrap();
+        store
+            .sfu_heartbeat(&sfu_node("s2", 1), Duration::from_secs(10))
+            .await
+            .unwrap();
+        // Same id as a signaling node: the registries do not mix.
+        store
+            .heartbeat(&node("s1", 0), Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.sfu_nodes().await.unwrap(),
+            [sfu_node("s1", 3), sfu_node("s2", 1)]
+        );
+        assert_eq!(
+            least_loaded_sfu(&store.sfu_nodes().await.unwrap())
+                .unwrap()
+                .id,
+            "s2"
+        );
+        tokio::time::advance(Duration::from_millis(999)).await;
+        store
+            .sfu_heartbeat(&sfu_node("s1", 0), Duration::from_secs(1))
+            .await
+            .unwrap();
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert_eq!(
+            store.sfu_nodes().await.unwrap(),
+            [sfu_node("s1", 0), sfu_node("s2", 1)]
+        );
+        tokio::time::advance(Duration::from_millis(2)).await;
+        assert_eq!(store.sfu_nodes().await.unwrap(), [sfu_node("s2", 1)]);
+        assert_eq!(store.nodes().await.unwrap(), [node("s1", 0)]);
+        store.remove_sfu_node("s2").await.unwrap();
+        store.remove_sfu_node("s2").await.unwrap();
+        assert!(store.sfu_nodes().await.unwrap().is_empty());
+        assert_eq!(store.nodes().await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn set_room_sfu_is_compare_and_set() {
+        let store = MemoryStore::new();
+        assert_eq!(store.set_room_sfu("a", None, "s1").await.unwrap(), None);
+        store.create_room(&room("a", "n1")).await.unwrap();
+        // Wrong expectation: unchanged.
+        let r = store.set_room_sfu("a", Some("s9"), "s1").await.unwrap();
+        assert_eq!(r.unwrap().sfu, None);
+        let r = store.set_room_sfu("a", None, "s1").await.unwrap().unwrap();
+        assert_eq!(r.sfu.as_deref(), Some("s1"));
+        // A second placement racing the first loses.
+        let r = store.set_room_sfu("a", None, "s2").await.unwrap().unwrap();
+        assert_eq!(r.sfu.as_deref(), Some("s1"));
+        let r = store
+            .set_room_sfu("a", Some("s1"), "s2")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.sfu.as_deref(), Some("s2"));
+        assert_eq!(
+            store.get_room("a").await.unwrap().unwrap().sfu.as_deref(),
+            Some("s2")
+        );
+        assert_eq!(r.node, "n1");
     }
 
     fn participant(id: &str, joined_at: u64) -> ParticipantRecord {

@@ -41,6 +41,11 @@ pub struct RoomRecord {
     pub node: String,
     /// Unix seconds.
     pub created_at: u64,
+    /// Id of the SFU node hosting the media of an `sfu` room ([`SfuNodeInfo::id`]); chosen at
+    /// the first join and replaced (with [`Store::set_room_sfu`]) when that node is no longer
+    /// live. Always `None` for mesh rooms. Absent in records written before SFU support.
+    #[serde(default)]
+    pub sfu: Option<String>,
 }
 
 /// One participant of a room (an entry of `userInfo[room]`).
@@ -66,6 +71,19 @@ pub struct NodeInfo {
     /// The WebSocket URL clients of this node use (from `--public-url`).
     pub ws_url: String,
     /// Current load: open WebSocket connections.
+    pub load: u32,
+}
+
+/// A live SFU node in the registry (written by the SFU's heartbeat, read by the channel
+/// servers that place `sfu` rooms and open participant links, `sfu/PROTOCOL.md`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SfuNodeInfo {
+    /// SFU node id (unique among SFU nodes; may equal a signaling node id, the registries are
+    /// separate).
+    pub id: String,
+    /// Link base URL, `ws://host:port` (no trailing `/`); links go to `<url>/v1/signal?...`.
+    pub url: String,
+    /// Current load: participants hosted.
     pub load: u32,
 }
 
@@ -111,6 +129,22 @@ pub trait Store: Send + Sync + 'static {
     async fn remove_node(&self, id: &str) -> Result<(), StoreError>;
     /// The live nodes (entries not expired).
     async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError>;
+    /// Registers or refreshes SFU node `node`; the entry expires `ttl` after the last
+    /// heartbeat (same semantics as [`Store::heartbeat`], separate registry).
+    async fn sfu_heartbeat(&self, node: &SfuNodeInfo, ttl: Duration) -> Result<(), StoreError>;
+    /// Removes SFU node `id` from the registry (clean shutdown). Idempotent.
+    async fn remove_sfu_node(&self, id: &str) -> Result<(), StoreError>;
+    /// The live SFU nodes (entries not expired), sorted by id.
+    async fn sfu_nodes(&self) -> Result<Vec<SfuNodeInfo>, StoreError>;
+    /// Sets the room's SFU node to `to` if its current value ([`RoomRecord::sfu`]) equals `from`
+    /// (compare-and-set, atomic across nodes). Returns the room afterwards, changed or not
+    /// (None if it does not exist).
+    async fn set_room_sfu(
+        &self,
+        name: &str,
+        from: Option<&str>,
+        to: &str,
+    ) -> Result<Option<RoomRecord>, StoreError>;
     /// Publishes `payload` on `channel` to every subscriber on any node (fire and forget).
     async fn publish(&self, channel: &str, payload: &[u8]) -> Result<(), StoreError>;
     /// Subscribes to `channel`. Messages arrive on the returned bounded receiver; when the
@@ -121,6 +155,13 @@ pub trait Store: Send + Sync + 'static {
     fn dropped_messages(&self) -> u64 {
         0
     }
+}
+
+/// The least-loaded of the SFU `nodes` (ties broken by id, so every node picks the same one).
+pub fn least_loaded_sfu(nodes: &[SfuNodeInfo]) -> Option<&SfuNodeInfo> {
+    nodes
+        .iter()
+        .min_by(|a, b| a.load.cmp(&b.load).then(a.id.cmp(&b.id)))
 }
 
 /// The least-loaded of `nodes` (ties broken by id, so every node picks the same one).

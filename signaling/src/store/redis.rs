@@ -14,10 +14,16 @@
 //! | `turnkey:room:{name}:order` | list | participant ids in join order (each id once; kept in step with the hash by the scripts) |
 //! | `turnkey:node:{id}` | string | JSON [`NodeInfo`], set with `PX` = the heartbeat TTL, so it disappears when the node stops heartbeating |
 //! | `turnkey:nodes` | set | node ids that heartbeated; an id whose `turnkey:node:{id}` has expired is removed by the next [`Store::nodes`] |
+//! | `turnkey:sfu-node:{id}` | string | JSON [`SfuNodeInfo`], set with `PX` = the SFU heartbeat TTL |
+//! | `turnkey:sfu-nodes` | set | SFU node ids that heartbeated; expired ones are removed by the next [`Store::sfu_nodes`] |
 //!
 //! Pub/sub: [`Store::publish`] on channel `c` is `PUBLISH turnkey:ch:c`. (Redis pub/sub
 //! channels ignore the database number, so the prefix keeps several deployments on one server
 //! apart.)
+//!
+//! [`Store::move_room`] and [`Store::set_room_sfu`] are optimistic compare-and-sets: read the
+//! room's JSON, decide, and write the new JSON with a Lua script that swaps only if the stored
+//! value is still the one read (retried up to 16 times).
 //!
 //! Multi-key operations are Lua scripts or `MULTI`/`EXEC` pipelines, so each is atomic. The
 //! scripts name keys they derive from a prefix, so this needs one Redis server (with replicas if
@@ -38,7 +44,9 @@
 //!   receivers were all dropped are unsubscribed at the next health tick. The task stops when
 //!   the store is dropped.
 
-use super::{NodeInfo, ParticipantRecord, RoomRecord, Store, StoreError, SUBSCRIBER_CAPACITY};
+use super::{
+    NodeInfo, ParticipantRecord, RoomRecord, SfuNodeInfo, Store, StoreError, SUBSCRIBER_CAPACITY,
+};
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub, PubSubSink};
 use redis::{Client, Msg, RedisError, Script};
@@ -57,6 +65,10 @@ pub const KEY_PREFIX: &str = "turnkey:";
 const NODES_KEY: &str = "turnkey:nodes";
 /// Prefix of a node's registry entry.
 const NODE_PREFIX: &str = "turnkey:node:";
+/// The set of registered SFU node ids.
+const SFU_NODES_KEY: &str = "turnkey:sfu-nodes";
+/// Prefix of an SFU node's registry entry.
+const SFU_NODE_PREFIX: &str = "turnkey:sfu-node:";
 /// Prefix of a room's keys.
 const ROOM_PREFIX: &str = "turnkey:room:";
 /// Prefix of pub/sub channels.
@@ -178,6 +190,10 @@ fn node_key(id: &str) -> String {
     format!("{NODE_PREFIX}{id}")
 }
 
+fn sfu_node_key(id: &str) -> String {
+    format!("{SFU_NODE_PREFIX}{id}")
+}
+
 fn channel_key(channel: &str) -> String {
     format!("{CHANNEL_PREFIX}{channel}")
 }
@@ -270,6 +286,47 @@ impl RedisStore {
     fn conn(&self) -> ConnectionManager {
         self.conn.clone()
     }
+
+    /// Optimistic compare-and-set of room `name`: `change` edits the decoded record and says
+    /// whether to write it. Returns the room afterwards (None if it does not exist).
+    async fn update_room(
+        &self,
+        op: &'static str,
+        name: &str,
+        change: impl Fn(&mut RoomRecord) -> bool + Send + Sync,
+    ) -> Result<Option<RoomRecord>, StoreError> {
+        let key = room_key(name);
+        let mut conn = self.conn();
+        for _ in 0..MOVE_ATTEMPTS {
+            let current: Option<String> = redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .map_err(backend(op))?;
+            let Some(current) = current else {
+                return Ok(None);
+            };
+            let mut room: RoomRecord = decode(&key, &current)?;
+            if !change(&mut room) {
+                return Ok(Some(room));
+            }
+            let swapped: i64 = self
+                .scripts
+                .swap_room
+                .key(&key)
+                .arg(&current)
+                .arg(encode(&room)?)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(backend(op))?;
+            if swapped == 1 {
+                return Ok(Some(room));
+            }
+        }
+        Err(StoreError::Backend(format!(
+            "{op} {name}: the room kept changing ({MOVE_ATTEMPTS} attempts)"
+        )))
+    }
 }
 
 #[async_trait::async_trait]
@@ -323,40 +380,30 @@ impl Store for RedisStore {
         from: &str,
         node: &str,
     ) -> Result<Option<RoomRecord>, StoreError> {
-        let key = room_key(name);
-        let mut conn = self.conn();
-        // Optimistic compare-and-set on the whole JSON value: read, check `node == from`,
-        // write the new value only if the stored one is still the one read.
-        for _ in 0..MOVE_ATTEMPTS {
-            let current: Option<String> = redis::cmd("GET")
-                .arg(&key)
-                .query_async(&mut conn)
-                .await
-                .map_err(backend("move_room"))?;
-            let Some(current) = current else {
-                return Ok(None);
-            };
-            let mut room: RoomRecord = decode(&key, &current)?;
+        self.update_room("move_room", name, |room| {
             if room.node != from {
-                return Ok(Some(room));
+                return false;
             }
             room.node = node.to_string();
-            let swapped: i64 = self
-                .scripts
-                .swap_room
-                .key(&key)
-                .arg(&current)
-                .arg(encode(&room)?)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(backend("move_room"))?;
-            if swapped == 1 {
-                return Ok(Some(room));
+            true
+        })
+        .await
+    }
+
+    async fn set_room_sfu(
+        &self,
+        name: &str,
+        from: Option<&str>,
+        to: &str,
+    ) -> Result<Option<RoomRecord>, StoreError> {
+        self.update_room("set_room_sfu", name, |room| {
+            if room.sfu.as_deref() != from {
+                return false;
             }
-        }
-        Err(StoreError::Backend(format!(
-            "move_room {name}: the room kept changing ({MOVE_ATTEMPTS} attempts)"
-        )))
+            room.sfu = Some(to.to_string());
+            true
+        })
+        .await
     }
 
     async fn add_participant(&self, room: &str, p: &ParticipantRecord) -> Result<(), StoreError> {
@@ -447,6 +494,57 @@ impl Store for RedisStore {
             .iter()
             .map(|j| decode(NODE_PREFIX, j))
             .collect::<Result<Vec<NodeInfo>, _>>()?;
+        nodes.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(nodes)
+    }
+
+    async fn sfu_heartbeat(&self, node: &SfuNodeInfo, ttl: Duration) -> Result<(), StoreError> {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        redis::pipe()
+            .atomic()
+            .cmd("SET")
+            .arg(sfu_node_key(&node.id))
+            .arg(encode(node)?)
+            .arg("PX")
+            .arg(ttl_ms)
+            .ignore()
+            .cmd("SADD")
+            .arg(SFU_NODES_KEY)
+            .arg(&node.id)
+            .ignore()
+            .exec_async(&mut self.conn())
+            .await
+            .map_err(backend("sfu_heartbeat"))
+    }
+
+    async fn remove_sfu_node(&self, id: &str) -> Result<(), StoreError> {
+        redis::pipe()
+            .atomic()
+            .cmd("DEL")
+            .arg(sfu_node_key(id))
+            .ignore()
+            .cmd("SREM")
+            .arg(SFU_NODES_KEY)
+            .arg(id)
+            .ignore()
+            .exec_async(&mut self.conn())
+            .await
+            .map_err(backend("remove_sfu_node"))
+    }
+
+    async fn sfu_nodes(&self) -> Result<Vec<SfuNodeInfo>, StoreError> {
+        let list: Vec<String> = self
+            .scripts
+            .live_nodes
+            .key(SFU_NODES_KEY)
+            .arg(SFU_NODE_PREFIX)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(backend("sfu_nodes"))?;
+        let mut nodes = list
+            .iter()
+            .map(|j| decode(SFU_NODE_PREFIX, j))
+            .collect::<Result<Vec<SfuNodeInfo>, _>>()?;
         nodes.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(nodes)
     }
@@ -716,7 +814,15 @@ mod tests {
         assert_eq!(order_key("demo"), "turnkey:room:demo:order");
         assert_eq!(node_key("n1"), "turnkey:node:n1");
         assert_eq!(channel_key("room:demo"), "turnkey:ch:room:demo");
-        for key in [NODES_KEY, NODE_PREFIX, ROOM_PREFIX, CHANNEL_PREFIX] {
+        assert_eq!(sfu_node_key("s1"), "turnkey:sfu-node:s1");
+        for key in [
+            NODES_KEY,
+            NODE_PREFIX,
+            ROOM_PREFIX,
+            CHANNEL_PREFIX,
+            SFU_NODES_KEY,
+            SFU_NODE_PREFIX,
+        ] {
             assert!(key.starts_with(KEY_PREFIX));
         }
     }

@@ -1,0 +1,354 @@
+//! Construction of the SFU's peer connections (webrtc-rs `rtc`): ICE-lite with a ufrag we
+//! choose (so one UDP port can serve every PC, see [`super::demux`]), DTLS passive when
+//! answering, the codecs the SFU forwards, and the interceptor chains:
+//! - publish leg: NACK generator (asks the publisher to retransmit), receiver reports, simulcast
+//!   header extensions (MID/RID, RFC 8852), TWCC feedback for the publisher's own estimate; no
+//!   RTX codec (webrtc-rs rtc#12: RTX of RID layers is not paired yet, so Chrome retransmits on
+//!   the primary SSRC instead);
+//! - subscribe leg: NACK responder with RTX (RFC 4588), sender reports, TWCC with send-side
+//!   congestion control (GCC), whose estimate [`BweCell`] exposes.
+//!
+//! [`FeedbackTap`] sits next to the wire on both legs: it counts NACK, PLI and FIR received and
+//! retransmissions sent, and hands inbound RTCP to the application (so PLI/FIR from subscribers
+//! can be forwarded to publishers).
+
+use rtc::interceptor::{
+    Attribute, BandwidthEstimator, EstimatorStats, Gcc, Interceptor, Packet, PacketReport,
+    Registry, Slot, StreamInfo, TaggedPacket,
+};
+use rtc::peer_connection::configuration::interceptor_registry::{
+    configure_congestion_control, configure_nack, configure_rtcp_reports,
+    configure_simulcast_extension_headers, configure_twcc_receiver_only, CongestionFeedback,
+};
+use rtc::peer_connection::configuration::media_engine::{
+    MediaEngine, MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_RTX, MIME_TYPE_VP8, MIME_TYPE_VP9,
+};
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::transport::RTCDtlsRole;
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
+};
+use rtc::sansio::Protocol;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// RFC 6464 client-to-mixer audio level header extension.
+pub const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
+
+/// Which of a participant's two peer connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Leg {
+    /// The participant sends; the participant offers.
+    Publish,
+    /// The participant receives; the SFU offers.
+    Subscribe,
+}
+
+/// Counters shared by every [`FeedbackTap`] of a worker (atomics only because the interceptor
+/// trait requires `Send + Sync`; one thread uses them).
+#[derive(Debug, Default)]
+pub struct FeedbackCounters {
+    /// Generic NACK packets received (RFC 4585 §6.2.1).
+    pub nack: AtomicU64,
+    /// PLI received (RFC 4585 §6.3.1).
+    pub pli: AtomicU64,
+    /// FIR received (RFC 5104 §4.3.1).
+    pub fir: AtomicU64,
+    /// RTP packets sent again because of a NACK (RTX or plain).
+    pub retransmitted: AtomicU64,
+}
+
+/// Interceptor next to the wire: counts feedback, marks inbound RTCP for the application.
+pub struct FeedbackTap {
+    counters: Arc<FeedbackCounters>,
+    read: VecDeque<TaggedPacket>,
+    write: VecDeque<TaggedPacket>,
+}
+
+impl FeedbackTap {
+    /// A tap adding to `counters`.
+    pub fn new(counters: Arc<FeedbackCounters>) -> Self {
+        Self {
+            counters,
+            read: VecDeque::new(),
+            write: VecDeque::new(),
+        }
+    }
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for FeedbackTap {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+        if let Packet::Rtcp(pkts) = &msg.message.packet {
+            if !pkts.is_empty() {
+                for p in pkts {
+                    let any = p.as_any();
+                    if any.is::<TransportLayerNack>() {
+                        self.counters.nack.fetch_add(1, Ordering::Relaxed);
+                    } else if any.is::<PictureLossIndication>() {
+                        self.counters.pli.fetch_add(1, Ordering::Relaxed);
+                    } else if any.is::<FullIntraRequest>() {
+                        self.counters.fir.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                msg.message.add(Attribute::DeliverToApplication);
+            }
+        }
+        self.read.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<TaggedPacket> {
+        self.read.pop_front()
+    }
+
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        if matches!(msg.message.packet, Packet::Rtp(_))
+            && msg.message.has(&Attribute::Retransmission)
+        {
+            self.counters.retransmitted.fetch_add(1, Ordering::Relaxed);
+        }
+        self.write.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<TaggedPacket> {
+        self.write.pop_front()
+    }
+
+    fn handle_timeout(&mut self, _now: Instant) -> Result<(), Self::Error> {
+        Ok(())
+    }
+
+    fn poll_timeout(&mut self) -> Option<Instant> {
+        None
+    }
+}
+
+impl Interceptor for FeedbackTap {
+    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+}
+
+/// The subscriber leg's current send-side bandwidth estimate, bits per second.
+#[derive(Debug, Default)]
+pub struct BweCell(AtomicU64);
+
+impl BweCell {
+    /// Bits per second (0 before the first estimate).
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// GCC, publishing its target into a [`BweCell`] whenever it can change.
+struct ReportingEstimator {
+    inner: Gcc,
+    cell: Arc<BweCell>,
+}
+
+impl ReportingEstimator {
+    fn publish(&self) {
+        self.cell
+            .0
+            .store(self.inner.target_bitrate() as u64, Ordering::Relaxed);
+    }
+}
+
+impl BandwidthEstimator for ReportingEstimator {
+    fn on_reports(&mut self, now: Instant, reports: &[PacketReport]) {
+        self.inner.on_reports(now, reports);
+        self.publish();
+    }
+    fn target_bitrate(&self) -> f64 {
+        self.inner.target_bitrate()
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        self.inner.handle_timeout(now);
+        self.publish();
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.inner.poll_timeout()
+    }
+    fn stats(&self) -> EstimatorStats {
+        self.inner.stats()
+    }
+}
+
+/// Settings every PC of a worker shares.
+#[derive(Clone, Debug)]
+pub struct PcSettings {
+    /// ICE: no check for this long -> disconnected.
+    pub ice_disconnected: Duration,
+    /// ICE: no check for this long -> failed (the participant's media is cleaned up).
+    pub ice_failed: Duration,
+    /// Initial, minimum and maximum of the subscriber bandwidth estimate, bits per second.
+    pub bwe_initial_bps: f64,
+    /// Lower bound of the estimate.
+    pub bwe_min_bps: f64,
+    /// Upper bound of the estimate.
+    pub bwe_max_bps: f64,
+}
+
+impl Default for PcSettings {
+    fn default() -> Self {
+        Self {
+            ice_disconnected: Duration::from_secs(5),
+            ice_failed: Duration::from_secs(25),
+            bwe_initial_bps: 1_000_000.0,
+            bwe_min_bps: 100_000.0,
+            bwe_max_bps: 10_000_000.0,
+        }
+    }
+}
+
+fn video_feedback() -> Vec<RTCPFeedback> {
+    vec![
+        RTCPFeedback {
+            typ: "ccm".into(),
+            parameter: "fir".into(),
+        },
+        RTCPFeedback {
+            typ: "nack".into(),
+            parameter: String::new(),
+        },
+        RTCPFeedback {
+            typ: "nack".into(),
+            parameter: "pli".into(),
+        },
+    ]
+}
+
+fn codec(mime: &str, clock_rate: u32, channels: u16, fmtp: &str, pt: u8) -> RTCRtpCodecParameters {
+    RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: mime.into(),
+            clock_rate,
+            channels,
+            sdp_fmtp_line: fmtp.into(),
+            rtcp_feedback: if mime.starts_with("video/") && mime != MIME_TYPE_RTX {
+                video_feedback()
+            } else {
+                vec![]
+            },
+        },
+        payload_type: pt,
+    }
+}
+
+/// The codecs the SFU forwards, with RTX on the subscribe leg only.
+fn media_engine(leg: Leg) -> Result<MediaEngine, rtc::shared::error::Error> {
+    let mut me = MediaEngine::default();
+    me.register_codec(
+        codec(MIME_TYPE_OPUS, 48_000, 2, "minptime=10;useinbandfec=1", 111),
+        RtpCodecKind::Audio,
+    )?;
+    let video = [
+        (MIME_TYPE_VP8, "", 96u8, 97u8),
+        (MIME_TYPE_VP9, "profile-id=0", 98, 99),
+        (
+            MIME_TYPE_H264,
+            "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
+            102,
+            103,
+        ),
+        (
+            MIME_TYPE_H264,
+            "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f",
+            104,
+            105,
+        ),
+    ];
+    for (mime, fmtp, pt, rtx) in video {
+        me.register_codec(codec(mime, 90_000, 0, fmtp, pt), RtpCodecKind::Video)?;
+        if leg == Leg::Subscribe {
+            me.register_codec(
+                codec(MIME_TYPE_RTX, 90_000, 0, &format!("apt={pt}"), rtx),
+                RtpCodecKind::Video,
+            )?;
+        }
+    }
+    if leg == Leg::Publish {
+        me.register_header_extension(
+            RTCRtpHeaderExtensionCapability {
+                uri: AUDIO_LEVEL_URI.into(),
+            },
+            RtpCodecKind::Audio,
+            None,
+        )?;
+    }
+    Ok(me)
+}
+
+/// Builds one lite peer connection for `leg` with local ICE credentials `ufrag`/`pwd`.
+pub fn build_pc(
+    leg: Leg,
+    ufrag: &str,
+    pwd: &str,
+    settings: &PcSettings,
+    counters: Arc<FeedbackCounters>,
+    bwe: Arc<BweCell>,
+    now: Instant,
+) -> Result<RTCPeerConnection, rtc::shared::error::Error> {
+    let mut me = media_engine(leg)?;
+    let registry = Registry::new().with(Slot::Custom(500), FeedbackTap::new(counters));
+    let registry = match leg {
+        Leg::Publish => {
+            configure_simulcast_extension_headers(&mut me)?;
+            let r = configure_nack(registry, &mut me);
+            let r = configure_rtcp_reports(r);
+            configure_twcc_receiver_only(r, &mut me)?
+        }
+        Leg::Subscribe => {
+            let estimator = ReportingEstimator {
+                inner: Gcc::new(
+                    settings.bwe_initial_bps,
+                    settings.bwe_min_bps,
+                    settings.bwe_max_bps,
+                ),
+                cell: bwe,
+            };
+            estimator.publish();
+            let r = configure_congestion_control(
+                registry,
+                estimator,
+                CongestionFeedback::Twcc,
+                &mut me,
+            )?;
+            let r = configure_nack(r, &mut me);
+            configure_rtcp_reports(r)
+        }
+    };
+    let mut se = SettingEngineBuilder::new()
+        .with_lite(true)
+        .with_ice_credentials(ufrag.to_string(), pwd.to_string())
+        .with_ice_timeouts(
+            Some(settings.ice_disconnected),
+            Some(settings.ice_failed),
+            Some(Duration::from_secs(2)),
+        )
+        .with_include_loopback_candidate(true);
+    if leg == Leg::Publish {
+        se = se.with_answering_dtls_role(RTCDtlsRole::Server);
+    }
+    RTCPeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_setting_engine(se.build())
+        .with_media_engine(me)
+        .with_interceptor_registry(registry)
+        .build(now)
+}

@@ -1,0 +1,341 @@
+//! The SFU core driven in virtual time by webrtc-rs `rtc` clients (full ICE, DTLS-SRTP, SCTP):
+//! a publisher and a subscriber on one simulated network; no sockets, no sleeps.
+
+use bytes::Bytes;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::interceptor_registry::{
+    register_default_interceptors, Registry,
+};
+use rtc::peer_connection::configuration::media_engine::{MediaEngine, MIME_TYPE_VP8};
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::event::{RTCDataChannelEvent, RTCPeerConnectionEvent};
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use serde_json::Value;
+use sfu::proto::demux::Proto;
+use sfu::proto::worker::{Worker, WorkerConfig};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+struct Client {
+    id: String,
+    addr: SocketAddr,
+    publish: RTCPeerConnection,
+    subscribe: Option<RTCPeerConnection>,
+    dc: Option<rtc::data_channel::RTCDataChannelId>,
+    rtp_received: Vec<rtc::rtp::Packet>,
+    data_received: Vec<String>,
+    offers: usize,
+}
+
+fn client_pc() -> RTCPeerConnection {
+    let mut me = MediaEngine::default();
+    me.register_default_codecs().unwrap();
+    let reg = register_default_interceptors(Registry::new(), &mut me).unwrap();
+    RTCPeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_media_engine(me)
+        .with_interceptor_registry(reg)
+        .build(Instant::now())
+        .unwrap()
+}
+
+fn add_host(pc: &mut RTCPeerConnection, a: SocketAddr) {
+    let c = CandidateHostConfig {
+        base_config: CandidateConfig {
+            network: "udp".into(),
+            address: a.ip().to_string(),
+            port: a.port(),
+            component: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+    .new_candidate_host()
+    .unwrap();
+    pc.add_local_candidate(RTCIceCandidate::from(&c).to_json().unwrap())
+        .unwrap();
+}
+
+fn vp8_track(ssrc: u32) -> MediaStreamTrack {
+    MediaStreamTrack::new(
+        "stream".into(),
+        "video".into(),
+        "video".into(),
+        RtpCodecKind::Video,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
+                ..Default::default()
+            },
+            codec: RTCRtpCodec {
+                mime_type: MIME_TYPE_VP8.into(),
+                clock_rate: 90_000,
+                channels: 0,
+                sdp_fmtp_line: String::new(),
+                rtcp_feedback: vec![],
+            },
+            ..Default::default()
+        }],
+    )
+}
+
+fn ctx(local: SocketAddr, peer: SocketAddr) -> TransportContext {
+    TransportContext {
+        local_addr: local,
+        peer_addr: peer,
+        ecn: None,
+        transport_protocol: TransportProtocol::UDP,
+    }
+}
+
+/// VP8 keyframe start with a 15-bit picture id.
+fn vp8_payload(key: bool, pid: u16) -> Bytes {
+    let mut v = vec![0x90, 0x80, 0x80 | (pid >> 8) as u8, pid as u8];
+    if key {
+        v.extend_from_slice(&[0x00, 0x00, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01]);
+    } else {
+        v.extend_from_slice(&[0x01, 0x00, 0x00, 0, 0, 0]);
+    }
+    Bytes::from(v)
+}
+
+#[test]
+fn a_publisher_reaches_a_subscriber_through_the_core() {
+    let server: SocketAddr = "192.0.2.1:9000".parse().unwrap();
+    let mut w = Worker::new(WorkerConfig {
+        udp_addr: server,
+        ..WorkerConfig::default()
+    });
+    let t0 = Instant::now();
+    let mut now = t0;
+    let mut clients: Vec<Client> = Vec::new();
+    for (i, id) in ["alice", "bob"].iter().enumerate() {
+        let addr: SocketAddr = format!("192.0.2.{}:5000", 10 + i).parse().unwrap();
+        let mut pc = client_pc();
+        if i == 0 {
+            pc.add_track(vp8_track(4242)).unwrap();
+        }
+        pc.create_data_channel("room", None).unwrap();
+        let offer = pc.create_offer(None).unwrap();
+        pc.set_local_description(now, offer.clone()).unwrap();
+        add_host(&mut pc, addr);
+        w.join(now, "r1", id, 1).unwrap();
+        let msg = serde_json::json!({"type": "offer", "sdp": offer.sdp}).to_string();
+        w.handle_message(now, "r1", id, &msg);
+        clients.push(Client {
+            id: id.to_string(),
+            addr,
+            publish: pc,
+            subscribe: None,
+            dc: None,
+            rtp_received: vec![],
+            data_received: vec![],
+            offers: 0,
+        });
+    }
+    let mut seq: u16 = 1000;
+    let mut sent = 0;
+    let mut data_sent = false;
+    let mut next_send = t0;
+    while now < t0 + Duration::from_secs(6) {
+        // Signals from the SFU.
+        while let Some(s) = w.poll_signal() {
+            let c = clients.iter_mut().find(|c| c.id == s.participant).unwrap();
+            let m: &Value = &s.msg;
+            match m["type"].as_str().unwrap() {
+                "answer" => {
+                    let a =
+                        RTCSessionDescription::answer(m["sdp"].as_str().unwrap().into()).unwrap();
+                    c.publish.set_remote_description(now, a).unwrap();
+                }
+                "offer" => {
+                    c.offers += 1;
+                    let first = c.subscribe.is_none();
+                    let sub = c.subscribe.get_or_insert_with(client_pc);
+                    let o =
+                        RTCSessionDescription::offer(m["sdp"].as_str().unwrap().into()).unwrap();
+                    sub.set_remote_description(now, o).unwrap();
+                    if first {
+                        let mut a2 = c.addr;
+                        a2.set_port(c.addr.port() + 1);
+                        add_host(sub, a2);
+                    }
+                    let ans = sub.create_answer(None).unwrap();
+                    sub.set_local_description(now, ans.clone()).unwrap();
+                    let msg = serde_json::json!({"type": "answer", "sdp": ans.sdp}).to_string();
+                    let id = c.id.clone();
+                    w.handle_message(now, "r1", &id, &msg);
+                }
+                "error" => panic!("sfu error: {m}"),
+                _ => {}
+            }
+        }
+        // Network: client -> server and server -> client, no loss.
+        let mut to_server = vec![];
+        for c in clients.iter_mut() {
+            while let Some(d) = c.publish.poll_write() {
+                to_server.push((c.addr, d.message));
+            }
+            if let Some(sub) = c.subscribe.as_mut() {
+                let mut a2 = c.addr;
+                a2.set_port(c.addr.port() + 1);
+                while let Some(d) = sub.poll_write() {
+                    to_server.push((a2, d.message));
+                }
+            }
+        }
+        for (src, b) in to_server {
+            w.handle_datagram(now, Proto::Udp, src, &b);
+        }
+        while let Some(t) = w.poll_transmit() {
+            for c in clients.iter_mut() {
+                if t.remote == c.addr {
+                    let _ = c.publish.handle_read(TaggedBytesMut {
+                        now,
+                        transport: ctx(c.addr, server),
+                        message: t.payload.clone(),
+                    });
+                } else if t.remote.port() == c.addr.port() + 1 && t.remote.ip() == c.addr.ip() {
+                    if let Some(sub) = c.subscribe.as_mut() {
+                        let _ = sub.handle_read(TaggedBytesMut {
+                            now,
+                            transport: ctx(t.remote, server),
+                            message: t.payload.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        // Client events and received media.
+        for c in clients.iter_mut() {
+            while let Some(e) = c.publish.poll_event() {
+                if let RTCPeerConnectionEvent::OnDataChannel(RTCDataChannelEvent::OnOpen(id)) = e {
+                    c.dc = Some(id);
+                }
+            }
+            while let Some(TaggedRTCMessage { message, .. }) = c.publish.poll_read() {
+                if let RTCMessage::DataChannelMessage(_, m) = message {
+                    c.data_received
+                        .push(String::from_utf8_lossy(&m.data).into_owned());
+                }
+            }
+            if let Some(sub) = c.subscribe.as_mut() {
+                while sub.poll_event().is_some() {}
+                while let Some(TaggedRTCMessage { message, .. }) = sub.poll_read() {
+                    if let RTCMessage::RtpPacket(_, p) = message {
+                        c.rtp_received.push(p);
+                    }
+                }
+            }
+        }
+        // Alice sends video every 20 ms once her data channel is open (DTLS is up), and one
+        // text message.
+        if clients[0].dc.is_some() && now >= next_send {
+            next_send = now + Duration::from_millis(20);
+            let a = &mut clients[0];
+            let sid = a.publish.get_senders().next().unwrap();
+            let mut s = a.publish.rtp_sender(sid).unwrap();
+            seq = seq.wrapping_add(1);
+            let key = sent % 30 == 0;
+            let pkt = rtc::rtp::Packet {
+                header: rtc::rtp::header::Header {
+                    version: 2,
+                    payload_type: 96,
+                    sequence_number: seq,
+                    timestamp: u32::from(seq) * 3000,
+                    ssrc: 4242,
+                    marker: true,
+                    ..Default::default()
+                },
+                payload: vp8_payload(key, seq),
+            };
+            if s.write_rtp(now, pkt).is_ok() {
+                sent += 1;
+            }
+            if !data_sent && clients[1].dc.is_some() {
+                let dc = clients[0].dc.unwrap();
+                if let Some(mut ch) = clients[0].publish.data_channel(dc) {
+                    data_sent = ch.send_text(now, "hello room").is_ok();
+                }
+            }
+        }
+        // Time.
+        let mut next =
+            (now + Duration::from_millis(5)).min(next_send.max(now + Duration::from_millis(1)));
+        if let Some(t) = w.poll_timeout() {
+            next = next.min(t.max(now + Duration::from_millis(1)));
+        }
+        for c in clients.iter_mut() {
+            for pc in [Some(&mut c.publish), c.subscribe.as_mut()]
+                .into_iter()
+                .flatten()
+            {
+                if let Some(t) = pc.poll_timeout() {
+                    next = next.min(t.max(now + Duration::from_millis(1)));
+                }
+            }
+        }
+        now = next;
+        w.handle_timeout(now);
+        for c in clients.iter_mut() {
+            for pc in [Some(&mut c.publish), c.subscribe.as_mut()]
+                .into_iter()
+                .flatten()
+            {
+                let _ = pc.handle_timeout(now);
+            }
+        }
+    }
+    let bob = &clients[1];
+    let stats = w.stats().clone();
+    eprintln!(
+        "sent {sent}, bob received {}, stats {stats:?}",
+        bob.rtp_received.len()
+    );
+    assert!(bob.offers >= 1, "bob got no subscribe offer");
+    assert!(sent > 100, "alice could not send: {sent}");
+    assert!(
+        bob.rtp_received.len() * 10 >= sent * 8,
+        "bob received {} of {sent}",
+        bob.rtp_received.len()
+    );
+    // Rewritten: bob's SSRC is not alice's, sequence numbers are consecutive.
+    let ssrcs: HashMap<u32, usize> = bob.rtp_received.iter().fold(HashMap::new(), |mut m, p| {
+        *m.entry(p.header.ssrc).or_default() += 1;
+        m
+    });
+    assert_eq!(ssrcs.len(), 1);
+    assert!(!ssrcs.contains_key(&4242));
+    for pair in bob.rtp_received.windows(2) {
+        assert_eq!(
+            pair[1].header.sequence_number,
+            pair[0].header.sequence_number.wrapping_add(1)
+        );
+    }
+    assert_eq!(stats.forwarded_packets as usize, bob.rtp_received.len());
+    assert_eq!(
+        bob.data_received,
+        vec![r#"{"data":"hello room","from":"alice"}"#.to_string()]
+    );
+    // Alice leaves: bob gets a new offer without her track; the room census drops.
+    let offers = clients[1].offers;
+    w.link_closed(now, "r1", "alice", 1);
+    let mut reoffered = false;
+    while let Some(s) = w.poll_signal() {
+        if s.participant == "bob" && s.msg["type"] == "offer" {
+            reoffered = true;
+            assert!(s.msg["tracks"].as_array().unwrap().is_empty());
+        }
+    }
+    assert!(reoffered, "no re-offer after {offers} offers");
+    assert_eq!(w.census(), (1, 1, 0, 0));
+}
