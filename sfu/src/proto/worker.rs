@@ -1267,6 +1267,7 @@ impl Worker {
         pkt.header.extensions.clear();
         pkt.header.extension = false;
         pkt.header.extension_profile = 0;
+        pkt.header.extensions_padding = 0;
         let picture_id = if video == VideoCodec::Vp8 {
             media::vp8_picture_id(&pkt.payload).map(|(v, _)| v)
         } else {
@@ -1332,6 +1333,7 @@ impl Worker {
                         })
                         .map(|c| c.payload_type);
                     let Some(pt) = found else {
+                        tracing::debug!(mime = %mime, "no payload type for forwarded codec");
                         continue;
                     };
                     d.payload_type = Some(pt);
@@ -1361,12 +1363,17 @@ impl Worker {
             let Some(mut s) = pc.pc.rtp_sender(d.sender) else {
                 continue;
             };
+            let dbg_pt = out.header.payload_type;
             match s.write_rtp(now, out) {
                 Ok(()) => {
+                    tracing::trace!(pt = dbg_pt, ssrc = d.ssrc, kind = ?mime, "forwarded");
                     self.stats.forwarded_packets += 1;
                     self.stats.forwarded_bytes += size as u64;
                 }
-                Err(_) => self.stats.write_errors += 1,
+                Err(e) => {
+                    tracing::debug!(error = %e, "write_rtp refused");
+                    self.stats.write_errors += 1
+                }
             }
             self.dirty.push(PcKey {
                 participant: m,
