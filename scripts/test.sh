@@ -104,6 +104,30 @@ if [ -f tests/browser/package.json ] && [ ! -d tests/browser/node_modules ]; the
   fi
 fi
 
+# aiortc (Python), the second WebRTC stack of tests/sfu_aiortc.rs, in a venv at a fixed path,
+# once: pip runs only when `import aiortc` fails. The test finds it through TURNKEY_PYTHON.
+AIORTC_VERSION=1.16.0
+WEBSOCKETS_VERSION=15.0.1
+if [ -z "${TURNKEY_VENV:-}" ]; then
+  if [ "$(id -u)" -eq 0 ]; then TURNKEY_VENV=/opt/turnkey-venv; else TURNKEY_VENV="$HOME/.cache/turnkey-venv"; fi
+fi
+if ! "$TURNKEY_VENV/bin/python" -c 'import aiortc, websockets' >/dev/null 2>&1; then
+  if ! have python3; then apt_install python3 python3-venv; fi
+  if ! [ -x "$TURNKEY_VENV/bin/pip" ]; then
+    # Debian's python3 has no ensurepip without python3-venv: the venv is left without pip.
+    if ! python3 -m venv "$TURNKEY_VENV" || ! [ -x "$TURNKEY_VENV/bin/pip" ]; then
+      rm -rf "$TURNKEY_VENV"
+      apt_install python3-venv
+      python3 -m venv "$TURNKEY_VENV"
+    fi
+  fi
+  echo "installing aiortc==$AIORTC_VERSION websockets==$WEBSOCKETS_VERSION in $TURNKEY_VENV"
+  "$TURNKEY_VENV/bin/pip" install --quiet --disable-pip-version-check --no-input \
+    "aiortc==$AIORTC_VERSION" "websockets==$WEBSOCKETS_VERSION"
+fi
+export TURNKEY_PYTHON="$TURNKEY_VENV/bin/python"
+"$TURNKEY_PYTHON" -c 'import aiortc, websockets; print("aiortc", aiortc.__version__, "websockets", websockets.__version__)'
+
 LOCKED=()
 if [ -f "$ROOT/Cargo.lock" ]; then
   LOCKED=(--locked)

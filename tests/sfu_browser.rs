@@ -1,0 +1,149 @@
+//! SFU rooms in a real browser: the `turnkey` binary (TURN + signaling + SFU in one process)
+//! and headless Chromium on the signaling demo page with `?mode=sfu`
+//! (see `tests/browser/sfu_room.mjs`).
+//!
+//! - Three pages publish audio and video once to the SFU; each decodes video and receives audio
+//!   from the other two on its subscribe connection (the participant of each track is the msid
+//!   stream id the SFU writes); a data-channel message from page 0 reaches the others with its
+//!   sender id; an active-speaker event arrives; and the SFU's metrics show the media crossed it.
+//! - Two pages with `iceTransportPolicy: 'relay'`: both connections of each page to the SFU go
+//!   through our TURN server (relay candidates selected), and the TURN server's relayed-packet
+//!   counter moves.
+//!
+//! Needs what tests/signaling_browser.rs needs (Node.js, Debian's chromium, `npm ci` in
+//! tests/browser); a missing piece fails the test.
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+mod common;
+use common::{free_udp_tcp_port, free_udp_tcp_port_pair, scrape_metrics, ServerGuard, LOCALHOST};
+
+const API_KEY: &str = "sfukey:sfusecret";
+const RUN_LIMIT: Duration = Duration::from_secs(150);
+
+fn metric(addr: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
+    common::parse_metrics(&scrape_metrics(addr))
+        .into_iter()
+        .filter(|s| s.name == name)
+        .filter(|s| {
+            labels
+                .iter()
+                .all(|(k, v)| s.labels.iter().any(|(a, b)| a == k && b == v))
+        })
+        .map(|s| s.value)
+        .sum()
+}
+
+fn sfu_room(base_url: &str, pages: u32, relay: bool) -> Value {
+    let chromium = common::browser_prerequisites();
+    let mut cmd = Command::new("node");
+    cmd.current_dir(common::browser_dir())
+        .arg("sfu_room.mjs")
+        .args(["--base-url", base_url])
+        .args(["--key", API_KEY])
+        .args(["--pages", &pages.to_string()])
+        .args(["--timeout-ms", "60000"])
+        .arg("--chromium")
+        .arg(&chromium);
+    if relay {
+        cmd.arg("--relay");
+    }
+    let (result, report) = common::run_browser_script(
+        &mut cmd,
+        RUN_LIMIT,
+        &format!("sfu_room.mjs ({pages} pages, relay {relay})"),
+    );
+    assert_eq!(result["ok"], true, "{report}");
+    result
+}
+
+#[test]
+fn chromium_sfu_rooms() {
+    let turn_port = free_udp_tcp_port();
+    let http = SocketAddr::new(LOCALHOST, free_udp_tcp_port());
+    let sig_metrics = SocketAddr::new(LOCALHOST, free_udp_tcp_port());
+    let media_port = free_udp_tcp_port_pair(&[LOCALHOST]);
+    let link = SocketAddr::new(LOCALHOST, free_udp_tcp_port());
+    let sfu_metrics = SocketAddr::new(LOCALHOST, free_udp_tcp_port());
+    let turnkey = ServerGuard::start(
+        "turnkey",
+        &[
+            "--listen",
+            &format!("127.0.0.1:{turn_port}"),
+            "--relay-ip",
+            "127.0.0.1",
+            "--min-port",
+            "61000",
+            "--max-port",
+            "62999",
+            // The SFU is on loopback: TURN may relay to it.
+            "--allow-peer",
+            "127.0.0.0/8",
+            "--api-key",
+            API_KEY,
+            "--signaling-listen",
+            &http.to_string(),
+            "--signaling-metrics",
+            &sig_metrics.to_string(),
+            "--sfu-media-listen",
+            &format!("127.0.0.1:{media_port}"),
+            "--sfu-workers",
+            "2",
+            "--sfu-link-listen",
+            &link.to_string(),
+            "--sfu-metrics",
+            &sfu_metrics.to_string(),
+        ],
+    );
+    assert!(common::wait_until(Duration::from_secs(10), || {
+        matches!(common::http_get(sfu_metrics, "/healthz"), Ok((200, _)))
+    }));
+    let base_url = format!("http://{http}");
+
+    let result = sfu_room(&base_url, 3, false);
+    for v in result["views"].as_array().expect("views") {
+        let remotes = v["remotes"].as_object().expect("remotes");
+        assert_eq!(remotes.len(), 2, "each page hears the two others: {v}");
+        assert_eq!(v["pairs"]["subscribe"]["local"], "host", "{v}");
+    }
+    let forwarded = metric(sfu_metrics, "sfu_forwarded_packets_total", &[]);
+    let bytes = metric(sfu_metrics, "sfu_forwarded_bytes_total", &[]);
+    let data = metric(sfu_metrics, "sfu_data_messages_total", &[]);
+    let speakers = metric(sfu_metrics, "sfu_active_speaker_changes_total", &[]);
+    let pli = metric(sfu_metrics, "sfu_pli_total", &[("direction", "sent")]);
+    let bwe = metric(sfu_metrics, "sfu_bandwidth_estimate_bps_count", &[]);
+    println!(
+        "3 pages: forwarded {forwarded} packets / {bytes} bytes, data {data}, speaker changes \
+         {speakers}, PLI sent {pli}, bwe samples {bwe}"
+    );
+    assert!(forwarded > 100.0, "sfu_forwarded_packets_total {forwarded}");
+    assert!(
+        bytes > forwarded * 12.0,
+        "sfu_forwarded_bytes_total {bytes}"
+    );
+    assert!(data >= 2.0, "sfu_data_messages_total {data}");
+    assert!(
+        speakers >= 1.0,
+        "sfu_active_speaker_changes_total {speakers}"
+    );
+    assert!(
+        pli >= 1.0,
+        "a new subscriber asks for keyframes: sfu_pli_total{{sent}} {pli}"
+    );
+    assert!(bwe >= 1.0, "sfu_bandwidth_estimate_bps_count {bwe}");
+
+    // Relay only: every packet to and from the SFU crosses our TURN server.
+    let relayed = || turnkey.metric("turn_relayed_packets_total", &[]);
+    let before = relayed();
+    let result = sfu_room(&base_url, 2, true);
+    let after = relayed();
+    assert!(
+        after > before + 100.0,
+        "turn_relayed_packets_total {before} -> {after}: {result}"
+    );
+    println!("relay: turn_relayed_packets_total {before} -> {after}");
+}
