@@ -230,3 +230,37 @@ fn primary_ip() -> Option<IpAddr> {
     s.connect("192.0.2.1:9").ok()?;
     s.local_addr().ok().map(|a| a.ip())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sample_config_parses_and_unknown_keys_are_named() {
+        let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/sfu.toml");
+        let args = SfuArgs {
+            config: Some(sample.into()),
+            ..Default::default()
+        };
+        let cfg = args.resolve().expect("deploy/sfu.toml");
+        assert_eq!(cfg.max_participants, 16);
+        assert_eq!(cfg.media_listen.port(), 9700);
+        assert!(!cfg.redacted().contains(&cfg.sfu_secret));
+
+        let dir = std::env::temp_dir().join(format!("sfu-cfg-{}", std::process::id()));
+        std::fs::write(
+            &dir,
+            "media_listen = \"127.0.0.1:1\"\nmax_partcipants = 3\n",
+        )
+        .unwrap();
+        let err = SfuArgs {
+            config: Some(dir.clone()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err()
+        .to_string();
+        let _ = std::fs::remove_file(&dir);
+        assert!(err.contains("max_partcipants"), "{err}");
+    }
+}

@@ -83,12 +83,9 @@ impl SfuMetrics {
             retransmitted: Counter::default(),
             pli: Family::default(),
             layer_switches: Counter::default(),
-            bwe: Histogram::new(
-                [
-                    50e3, 100e3, 200e3, 300e3, 500e3, 750e3, 1e6, 1.5e6, 2e6, 3e6, 5e6, 10e6,
-                ]
-                .into_iter(),
-            ),
+            bwe: Histogram::new([
+                50e3, 100e3, 200e3, 300e3, 500e3, 750e3, 1e6, 1.5e6, 2e6, 3e6, 5e6, 10e6,
+            ]),
             bad_input: Family::default(),
             data_messages: Counter::default(),
             speaker_changes: Counter::default(),

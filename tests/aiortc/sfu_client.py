@@ -151,8 +151,12 @@ def http_join(base_url, key, room, identity, name):
 
 
 class Participant:
-    def __init__(self, label, frames_wanted):
+    def __init__(self, label, frames_wanted, dump_sdp=False):
         self.label = label
+        self.dump_sdp = dump_sdp
+        self.video_sizes = set()  # (width, height) of decoded video frames
+        self.lumas = set()  # luma at the centre of decoded video frames
+        self.audio_peak = 0  # largest |sample| of decoded audio
         self.frames_wanted = frames_wanted
         self.id = None
         self.ws = None
@@ -179,6 +183,8 @@ class Participant:
         await self.ws.send(json.dumps(obj))
 
     async def send_sfu(self, msg):
+        if self.dump_sdp and "sdp" in msg:
+            log(f"{self.label} -> SFU {msg['type']}:\n{msg['sdp']}")
         await self.send({"type": "sfu", "msg": msg})
 
     async def join(self, base_url, key, room):
@@ -229,6 +235,8 @@ class Participant:
 
     async def on_sfu(self, msg):
         t = msg.get("type")
+        if self.dump_sdp and "sdp" in msg:
+            log(f"{self.label} <- SFU {t} (tracks {msg.get('tracks')}):\n{msg['sdp']}")
         if t == "answer":
             await self.pub.setRemoteDescription(RTCSessionDescription(msg["sdp"], "answer"))
             self.published.set()
@@ -301,13 +309,26 @@ class Participant:
         log(f"{self.label} receives {track.kind} of {owner}")
         try:
             while True:
-                await track.recv()
+                frame = await track.recv()
                 self.frames[key] += 1
+                self.inspect(frame)
                 if self.frames[key] == self.frames_wanted:
                     log(f"{self.label}: {self.frames_wanted} {track.kind} frames of {owner}")
                 self.progress.set()
         except Exception:  # noqa: BLE001 - MediaStreamError when the track ends
             pass
+
+    def inspect(self, frame):
+        """Records what the synthetic tracks make visible: size and colour, sine samples."""
+        if isinstance(frame, av.VideoFrame):
+            self.video_sizes.add((frame.width, frame.height))
+            y = frame.planes[0]
+            self.lumas.add(bytes(y)[(frame.height // 2) * y.line_size + frame.width // 2])
+        elif isinstance(frame, av.AudioFrame) and frame.format.name == "s16":
+            data = bytes(frame.planes[0])
+            n = len(data) // 2
+            if n:
+                self.audio_peak = max(self.audio_peak, max(abs(v) for v in struct.unpack(f"<{n}h", data)))
 
     def got(self, other_id, kind):
         return self.frames.get((other_id, kind), 0)
@@ -315,17 +336,19 @@ class Participant:
     # -- shutdown -------------------------------------------------------------------------
 
     async def close(self):
+        # The peer connections first (DTLS close_notify reaches an SFU that still knows them),
+        # then leave the room.
+        for pc in (self.pub, self.sub):
+            try:
+                await asyncio.wait_for(pc.close(), 5)
+            except Exception:  # noqa: BLE001
+                pass
         try:
             if self.ws is not None:
                 await self.send({"type": "leave"})
                 await asyncio.wait_for(self.left.wait(), 5)
         except Exception:  # noqa: BLE001
             pass
-        for pc in (self.pub, self.sub):
-            try:
-                await asyncio.wait_for(pc.close(), 5)
-            except Exception:  # noqa: BLE001
-                pass
         for t in self.tasks:
             t.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -360,8 +383,8 @@ async def run(args, result):
     deadline = start + args.timeout
     room = f"aiortc-{int(time.time() * 1000):x}-{random.randrange(1 << 24):06x}"
     result["room"] = room
-    a = Participant("A", args.frames)
-    b = Participant("B", args.frames)
+    a = Participant("A", args.frames, args.dump_sdp)
+    b = Participant("B", args.frames, args.dump_sdp)
     ps = [a, b]
     try:
         for p in ps:
@@ -404,6 +427,13 @@ async def run(args, result):
         finally:
             result["dataReceived"] = [m if isinstance(m, str) else repr(m) for m in b.data]
             result["dataOk"] = received()
+        for p in ps:
+            if p.video_sizes != {(WIDTH, HEIGHT)}:
+                raise Failure(f"{p.label} decoded video of sizes {p.video_sizes}, want {WIDTH}x{HEIGHT}")
+            if len(p.lumas) < 2:
+                raise Failure(f"{p.label} decoded video that does not change: lumas {p.lumas}")
+            if p.audio_peak < 1000:
+                raise Failure(f"{p.label} decoded audio without the sine: peak {p.audio_peak}")
         result["ok"] = True
     except Failure as e:
         result["error"] = str(e)
@@ -420,6 +450,14 @@ async def run(args, result):
         result["codecs"] = {
             p.label: {f"{k[0]}/{k[1]}": v for k, v in p.codecs.items()} for p in ps
         }
+        result["decoded"] = {
+            p.label: {
+                "videoSizes": sorted(f"{w}x{h}" for w, h in p.video_sizes),
+                "distinctLumas": len(p.lumas),
+                "audioPeak": p.audio_peak,
+            }
+            for p in ps
+        }
         result["subscribeOffers"] = {p.label: p.offers for p in ps}
         result["sfuErrors"] = [e for p in ps for e in p.sfu_errors]
         result["elapsedMs"] = int((time.monotonic() - start) * 1000)
@@ -432,7 +470,8 @@ def main():
     parser.add_argument("--key", required=True, help="API key KEY:SECRET")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds")
     parser.add_argument("--frames", type=int, default=20, help="frames per kind and direction")
-    parser.add_argument("--verbose", action="store_true")
+    parser.add_argument("--verbose", action="store_true", help="aiortc debug logs")
+    parser.add_argument("--dump-sdp", action="store_true", help="log every SDP to stderr")
     args = parser.parse_args()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
 

@@ -397,14 +397,9 @@ async fn tcp_reader(
     remote: SocketAddr,
     tx: mpsc::Sender<(SocketAddr, Option<Vec<u8>>)>,
 ) {
-    loop {
-        match read_frame(&mut r).await {
-            Ok(f) => {
-                if tx.send((remote, Some(f))).await.is_err() {
-                    return;
-                }
-            }
-            Err(_) => break,
+    while let Ok(f) = read_frame(&mut r).await {
+        if tx.send((remote, Some(f))).await.is_err() {
+            return;
         }
     }
     let _ = tx.send((remote, None)).await;
