@@ -2,7 +2,8 @@
 # The one test command: bash scripts/test.sh
 #
 # Installs what the tests need if it is missing (Debian/Ubuntu: coturn's turnutils_* client
-# tools, chromium, iproute2, Node.js + npm, redis-server, the browser test's npm packages), then runs
+# tools, chromium, iproute2 (ip, tc), iptables, Node.js + npm, redis-server, the browser test's
+# npm packages, aiortc in a venv), then runs
 #   cargo fmt --check, cargo clippy -D warnings, cargo build --bins, cargo test
 # over the whole workspace. Exits non-zero on the first failure.
 #
@@ -45,7 +46,8 @@ for tool in turnutils_uclient turnutils_peer turnutils_stunclient turnutils_natd
   if ! have "$tool"; then MISSING+=(coturn); break; fi
 done
 if ! have chromium && ! have chromium-browser; then MISSING+=(chromium); fi
-if ! have ip || ! have ss; then MISSING+=(iproute2); fi
+if ! have ip || ! have ss || ! have tc; then MISSING+=(iproute2); fi
+if ! have iptables; then MISSING+=(iptables); fi
 if ! have node || ! have npm; then MISSING+=(nodejs npm); fi
 if ! have cc; then MISSING+=(gcc libc6-dev); fi
 if ! have redis-server; then MISSING+=(redis-server); fi

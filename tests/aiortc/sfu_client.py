@@ -36,6 +36,7 @@ import urllib.request
 
 try:
     import av
+    from aiortc.mediastreams import MediaStreamError
     from aiortc import (
         MediaStreamTrack,
         RTCPeerConnection,
@@ -103,8 +104,6 @@ class SineAudioTrack(MediaStreamTrack):
 
     async def recv(self):
         if self.readyState != "live":
-            from aiortc.mediastreams import MediaStreamError
-
             raise MediaStreamError
         if self.start is None:
             self.start = time.monotonic()
@@ -194,7 +193,9 @@ class Participant:
         if j.get("room", {}).get("mode") != "sfu":
             raise Failure(f"{self.label}: /join answered a room that is not sfu: {j}")
         self.ws = await ws_connect(j["url"], max_size=WS_MAX_SIZE, open_timeout=10)
-        await self.send({"type": "join", "v": 1, "room": room, "token": j["token"], "name": self.label})
+        await self.send(
+            {"type": "join", "v": 1, "room": room, "token": j["token"], "name": self.label}
+        )
         while True:
             m = json.loads(await self.ws.recv())
             if m["type"] == "joined":
@@ -328,7 +329,8 @@ class Participant:
             data = bytes(frame.planes[0])
             n = len(data) // 2
             if n:
-                self.audio_peak = max(self.audio_peak, max(abs(v) for v in struct.unpack(f"<{n}h", data)))
+                peak = max(abs(v) for v in struct.unpack(f"<{n}h", data))
+                self.audio_peak = max(self.audio_peak, peak)
 
     def got(self, other_id, kind):
         return self.frames.get((other_id, kind), 0)
@@ -423,13 +425,20 @@ async def run(args, result):
             )
 
         try:
-            await wait_for("the data message and the frames", ps, lambda: received() and frames_done(), deadline)
+            await wait_for(
+                "the data message and the frames",
+                ps,
+                lambda: received() and frames_done(),
+                deadline,
+            )
         finally:
             result["dataReceived"] = [m if isinstance(m, str) else repr(m) for m in b.data]
             result["dataOk"] = received()
         for p in ps:
             if p.video_sizes != {(WIDTH, HEIGHT)}:
-                raise Failure(f"{p.label} decoded video of sizes {p.video_sizes}, want {WIDTH}x{HEIGHT}")
+                raise Failure(
+                    f"{p.label} decoded video of sizes {p.video_sizes}, want {WIDTH}x{HEIGHT}"
+                )
             if len(p.lumas) < 2:
                 raise Failure(f"{p.label} decoded video that does not change: lumas {p.lumas}")
             if p.audio_peak < 1000:

@@ -16,6 +16,8 @@
 //! settle"; waits poll a condition with a deadline.
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::{Read, Write};

@@ -6,19 +6,21 @@
 //!   RTX codec (webrtc-rs rtc#12: RTX of RID layers is not paired yet, so Chrome retransmits on
 //!   the primary SSRC instead);
 //! - subscribe leg: NACK responder with RTX (RFC 4588), sender reports, TWCC with send-side
-//!   congestion control (GCC), whose estimate [`BweCell`] exposes.
+//!   congestion control (GCC), whose estimate [`BweCell`] exposes; no pacer (the SFU adapts
+//!   by choosing simulcast layers, and pacing forwarded media to the estimate only delays it).
 //!
 //! [`FeedbackTap`] sits next to the wire on both legs: it counts NACK, PLI and FIR received and
 //! retransmissions sent, and hands inbound RTCP to the application (so PLI/FIR from subscribers
 //! can be forwarded to publishers).
 
 use rtc::interceptor::{
-    Attribute, BandwidthEstimator, EstimatorStats, Gcc, Interceptor, Packet, PacketReport,
-    Registry, Slot, StreamInfo, TaggedPacket,
+    Attribute, BandwidthEstimator, CongestionControlBuilder, EstimatorStats, Gcc, Interceptor,
+    Packet, PacketReport, Registry, Slot, StreamInfo, TaggedPacket, TwccReceiverBuilder,
+    TwccSenderBuilder,
 };
 use rtc::peer_connection::configuration::interceptor_registry::{
-    configure_congestion_control, configure_nack, configure_rtcp_reports,
-    configure_simulcast_extension_headers, configure_twcc_receiver_only, CongestionFeedback,
+    configure_nack, configure_rtcp_reports, configure_simulcast_extension_headers,
+    configure_twcc_receiver_only,
 };
 use rtc::peer_connection::configuration::media_engine::{
     MediaEngine, MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_RTX, MIME_TYPE_VP8, MIME_TYPE_VP9,
@@ -209,7 +211,7 @@ impl Default for PcSettings {
         Self {
             ice_disconnected: Duration::from_secs(5),
             ice_failed: Duration::from_secs(25),
-            bwe_initial_bps: 1_000_000.0,
+            bwe_initial_bps: 400_000.0,
             bwe_min_bps: 100_000.0,
             bwe_max_bps: 10_000_000.0,
         }
@@ -323,12 +325,31 @@ pub fn build_pc(
                 cell: bwe,
             };
             estimator.publish();
-            let r = configure_congestion_control(
-                registry,
-                estimator,
-                CongestionFeedback::Twcc,
-                &mut me,
-            )?;
+            // What `configure_congestion_control` does, minus its pacer: an SFU adapts by
+            // choosing layers; pacing forwarded media to a lagging estimate only delays it.
+            for kind in [RtpCodecKind::Video, RtpCodecKind::Audio] {
+                me.register_feedback(
+                    RTCPFeedback {
+                        typ: "transport-cc".into(),
+                        parameter: String::new(),
+                    },
+                    kind,
+                );
+                me.register_header_extension(
+                    RTCRtpHeaderExtensionCapability {
+                        uri: rtc::sdp::extmap::TRANSPORT_CC_URI.into(),
+                    },
+                    kind,
+                    None,
+                )?;
+            }
+            let r = registry
+                .with(
+                    Slot::CongestionControl,
+                    CongestionControlBuilder::new(estimator).build(),
+                )
+                .with(Slot::TwccSender, TwccSenderBuilder::new().build())
+                .with(Slot::TwccReceiver, TwccReceiverBuilder::new().build());
             let r = configure_nack(r, &mut me);
             configure_rtcp_reports(r)
         }

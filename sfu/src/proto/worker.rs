@@ -22,6 +22,8 @@ use rtc::peer_connection::transport::{
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::receiver_report::ReceiverReport;
+use rtc::rtcp::reception_report::ReceptionReport;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
@@ -155,6 +157,8 @@ struct Layer {
     bytes: u64,
     /// Smoothed bitrate, bits per second.
     bps: f64,
+    /// The last smoothed bitrate seen while the layer was flowing (a paused layer measures 0).
+    active_bps: f64,
     height: Option<u16>,
     last_packet: Option<Instant>,
     last_keyframe_request: Option<Instant>,
@@ -205,7 +209,50 @@ struct Participant {
     max_height: Option<u32>,
     audio_level: f64,
     audio_level_at: Option<Instant>,
+    /// Loss-based side of the estimate (RTCP receiver reports, RFC 3550 §6.4.2).
+    loss: LossEstimate,
 }
+
+/// A loss-based bandwidth estimate from the subscriber's receiver reports, and the pacing of
+/// upward layer probes (GCC in the stack supplies the delay-based side; the lower wins).
+#[derive(Debug)]
+struct LossEstimate {
+    /// Smoothed fraction lost over the subscriber's downtracks, 0..1.
+    loss: f64,
+    /// Highest loss reported since the last tick.
+    fresh: Option<f64>,
+    /// Bytes forwarded to the subscriber since the last tick.
+    bytes: u64,
+    /// The estimate, bits per second.
+    bps: f64,
+    /// Probe interval: doubles after a probe that caused loss, back to the minimum after one
+    /// that held.
+    probe_interval: Duration,
+    /// Last time loss went above the high threshold.
+    last_loss: Option<Instant>,
+    /// When the current probe (an upward layer step above the estimate) started.
+    probe_at: Option<Instant>,
+}
+
+impl LossEstimate {
+    fn new(initial_bps: f64) -> Self {
+        Self {
+            loss: 0.0,
+            fresh: None,
+            bytes: 0,
+            bps: initial_bps,
+            probe_interval: UP_HOLD,
+            last_loss: None,
+            probe_at: None,
+        }
+    }
+}
+
+/// Receiver-reported loss above which the estimate backs off, and below which it grows (the
+/// thresholds of GCC's loss-based rule).
+const HIGH_LOSS: f64 = 0.10;
+const LOW_LOSS: f64 = 0.02;
+const MAX_PROBE_INTERVAL: Duration = Duration::from_secs(32);
 
 struct Room {
     participants: Vec<Handle>,
@@ -393,6 +440,7 @@ impl Worker {
             max_height: None,
             audio_level: 127.0,
             audio_level_at: None,
+            loss: LossEstimate::new(self.cfg.pc.bwe_initial_bps),
         });
         self.by_id.insert(key, h);
         // Subscribe to everything already published in the room.
@@ -975,6 +1023,10 @@ impl Worker {
                 (Leg::Subscribe, RTCMessage::RtcpPacket(_, pkts)) => {
                     for p in pkts {
                         let any = p.as_any();
+                        if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
+                            self.on_receiver_report(key.participant, &rr.reports);
+                            continue;
+                        }
                         if let Some(pli) = any.downcast_ref::<PictureLossIndication>() {
                             self.keyframe_for_downtrack(now, key.participant, pli.media_ssrc);
                         } else if let Some(fir) = any.downcast_ref::<FullIntraRequest>() {
@@ -1299,7 +1351,10 @@ impl Worker {
                     d.target = Some(0);
                 }
                 if d.current != Some(li) {
-                    if d.target == Some(li) && keyframe {
+                    // Switch at a keyframe of the target; with nothing forwarded yet, start with
+                    // any layer up to the target (the target may be paused at the publisher).
+                    let start = d.current.is_none() && d.target.is_some_and(|t| li <= t);
+                    if (d.target == Some(li) || start) && keyframe {
                         if d.current.is_some() {
                             switched += 1;
                         }
@@ -1363,10 +1418,9 @@ impl Worker {
             let Some(mut s) = pc.pc.rtp_sender(d.sender) else {
                 continue;
             };
-            let dbg_pt = out.header.payload_type;
             match s.write_rtp(now, out) {
                 Ok(()) => {
-                    tracing::trace!(pt = dbg_pt, ssrc = d.ssrc, kind = ?mime, "forwarded");
+                    p.loss.bytes += size as u64;
                     self.stats.forwarded_packets += 1;
                     self.stats.forwarded_bytes += size as u64;
                 }
@@ -1494,6 +1548,9 @@ impl Worker {
             .max(0.05);
         self.last_tick = Some(now);
         for t in self.tracks.values_mut() {
+            if t.layers.len() > 1 {
+                tracing::debug!(track = %t.id, layers = ?t.layers.iter().map(|l| (l.rid.clone(), l.bps as u64, l.height)).collect::<Vec<_>>(), "layer rates");
+            }
             for l in &mut t.layers {
                 let bps = l.bytes as f64 * 8.0 / elapsed;
                 l.bps = if l.bps == 0.0 {
@@ -1507,17 +1564,24 @@ impl Worker {
                     .is_none_or(|at| now.saturating_duration_since(at) > Duration::from_secs(2))
                 {
                     l.bps = 0.0;
+                } else if l
+                    .last_packet
+                    .is_some_and(|at| now.saturating_duration_since(at) < TICK)
+                {
+                    l.active_bps = l.bps;
                 }
             }
         }
         for p in self.parts.iter().flatten() {
             if p.subscribe.is_some() {
+                tracing::debug!(participant = %p.id, bwe_bps = p.bwe.get(), loss_bps = p.loss.bps as u64, loss = p.loss.loss, targets = ?p.downtracks.iter().map(|d| (d.current, d.target)).collect::<Vec<_>>(), "subscriber estimate");
                 if self.bwe_samples.len() >= MAX_BWE_SAMPLES {
                     self.bwe_samples.clear();
                 }
                 self.bwe_samples.push(p.bwe.get() as f64);
             }
         }
+        self.update_loss_estimates(now, elapsed);
         self.select_layers(now);
         self.announce_layers();
         self.active_speakers(now);
@@ -1527,13 +1591,66 @@ impl Worker {
     /// estimate and requested height allow. Downward moves are immediate; upward moves are
     /// tried one step at a time at most every [`UP_HOLD`] (the estimate only grows with what is
     /// sent, so trying is how it learns more is possible).
+    fn on_receiver_report(&mut self, h: Handle, reports: &[ReceptionReport]) {
+        let Some(p) = self.parts[h].as_mut() else {
+            return;
+        };
+        for r in reports {
+            if p.downtracks.iter().any(|d| d.ssrc == r.ssrc) {
+                let f = f64::from(r.fraction_lost) / 256.0;
+                p.loss.fresh = Some(p.loss.fresh.map_or(f, |x: f64| x.max(f)));
+            }
+        }
+    }
+
+    /// Once per tick: the loss-based estimate of every subscriber (GCC's loss rule on receiver
+    /// reports: back off to what was delivered under heavy loss, grow slowly without loss).
+    fn update_loss_estimates(&mut self, now: Instant, elapsed_secs: f64) {
+        for p in self.parts.iter_mut().flatten() {
+            let e = &mut p.loss;
+            let sent_bps = e.bytes as f64 * 8.0 / elapsed_secs;
+            e.bytes = 0;
+            if let Some(f) = e.fresh.take() {
+                e.loss = 0.5 * e.loss + 0.5 * f;
+            }
+            if e.loss > HIGH_LOSS {
+                e.bps = (sent_bps * (1.0 - 0.5 * e.loss)).max(self.cfg.pc.bwe_min_bps);
+                if e.probe_at
+                    .is_some_and(|at| now.saturating_duration_since(at) < UP_HOLD * 2)
+                {
+                    e.probe_interval = (e.probe_interval * 2).min(MAX_PROBE_INTERVAL);
+                }
+                e.probe_at = None;
+                e.last_loss = Some(now);
+                e.loss *= 0.5;
+            } else if e.loss < LOW_LOSS {
+                e.bps =
+                    (e.bps.max(sent_bps) * 1.05f64.powf(elapsed_secs)).min(self.cfg.pc.bwe_max_bps);
+                if e.probe_at
+                    .is_some_and(|at| now.saturating_duration_since(at) > UP_HOLD * 3)
+                {
+                    e.probe_interval = UP_HOLD;
+                    e.probe_at = None;
+                }
+            }
+        }
+    }
+
     fn select_layers(&mut self, now: Instant) {
         let mut keyframes = Vec::new();
         for h in 0..self.parts.len() {
             let Some(p) = self.parts[h].as_mut() else {
                 continue;
             };
-            let bwe = p.bwe.get() as f64;
+            let bwe = (p.bwe.get() as f64).min(p.loss.bps);
+            // Without loss for a probe interval, one downtrack may step above the estimate: the
+            // estimate only learns what the path carries from what is sent.
+            let may_probe = p.loss.probe_at.is_none()
+                && p.loss
+                    .last_loss
+                    .is_none_or(|at| now.saturating_duration_since(at) >= p.loss.probe_interval)
+                && p.loss.loss < LOW_LOSS;
+            let mut probed = false;
             let videos = p
                 .downtracks
                 .iter()
@@ -1558,11 +1675,9 @@ impl Worker {
                 let n = t.layers.len();
                 let mut best = 0;
                 for (i, l) in t.layers.iter().enumerate() {
-                    let cost = if l.bps > 0.0 {
-                        l.bps
-                    } else {
-                        nominal_bps(i, n)
-                    };
+                    // A layer's measured rate is unreliable around pauses and restarts: never
+                    // assume it is cheaper than half its nominal rate.
+                    let cost = l.bps.max(l.active_bps).max(nominal_bps(i, n) * 0.5);
                     let fits_height = match (max_height, l.height) {
                         (Some(mh), Some(lh)) => u32::from(lh) <= mh,
                         (Some(mh), None) => nominal_height(i, n) <= mh,
@@ -1573,23 +1688,36 @@ impl Worker {
                     }
                 }
                 let current = d.target.unwrap_or(0);
-                let chosen = if best > current {
-                    // Up one step at a time, paced.
-                    if d.last_up
-                        .is_some_and(|at| now.saturating_duration_since(at) < UP_HOLD)
-                    {
-                        current
-                    } else {
-                        d.last_up = Some(now);
-                        current + 1
+                let paced = d
+                    .last_up
+                    .is_none_or(|at| now.saturating_duration_since(at) >= UP_HOLD);
+                let next_fits_height = match (max_height, t.layers.get(current + 1)) {
+                    (_, None) => false,
+                    (Some(mh), Some(l)) => {
+                        l.height.map_or(nominal_height(current + 1, n), u32::from) <= mh
                     }
-                } else {
+                    (None, Some(_)) => true,
+                };
+                let chosen = if best > current && paced {
+                    // Up one step at a time.
+                    d.last_up = Some(now);
+                    current + 1
+                } else if best < current {
                     best
+                } else if best == current && may_probe && !probed && paced && next_fits_height {
+                    probed = true;
+                    d.last_up = Some(now);
+                    current + 1
+                } else {
+                    current
                 };
                 if d.target != Some(chosen) {
                     d.target = Some(chosen);
                     keyframes.push((d.track.clone(), chosen));
                 }
+            }
+            if probed {
+                p.loss.probe_at = Some(now);
             }
         }
         for (t, l) in keyframes {
@@ -1692,6 +1820,7 @@ fn new_layer(rid: &str, ssrc: u32) -> Layer {
         ssrc,
         bytes: 0,
         bps: 0.0,
+        active_bps: 0.0,
         height: None,
         last_packet: None,
         last_keyframe_request: None,

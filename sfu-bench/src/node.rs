@@ -1,0 +1,124 @@
+//! The SFU under test: the `sfu` binary as a child process on loopback, so its CPU time and
+//! memory can be read from /proc apart from the bench's own.
+
+use anyhow::{bail, Context as _};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `sfu` child.
+pub struct SfuNode {
+    child: Child,
+    /// Link listener (`ws://LINK/v1/signal`).
+    pub link: SocketAddr,
+    /// Where its log goes.
+    pub log: PathBuf,
+}
+
+/// How to start it.
+pub struct NodeConfig<'a> {
+    /// Binary.
+    pub bin: &'a Path,
+    /// Worker event loops (UDP ports).
+    pub workers: usize,
+    /// Link secret.
+    pub secret: &'a str,
+    /// `--max-participants`.
+    pub max_participants: usize,
+}
+
+impl SfuNode {
+    /// Starts the node on free loopback ports and waits until its link listener accepts.
+    pub fn start(c: &NodeConfig<'_>) -> anyhow::Result<Self> {
+        let media = free_udp_range(c.workers)?;
+        let link = free_tcp_port()?;
+        let metrics = free_tcp_port()?;
+        let log = std::env::temp_dir().join(format!("sfu-bench-{}.log", std::process::id()));
+        let log_file = std::fs::File::create(&log).context("sfu log file")?;
+        let child = Command::new(c.bin)
+            .arg("--workers")
+            .arg(c.workers.to_string())
+            .arg("--media-listen")
+            .arg(media.to_string())
+            .arg("--link-listen")
+            .arg(link.to_string())
+            .arg("--metrics")
+            .arg(metrics.to_string())
+            .arg("--max-participants")
+            .arg(c.max_participants.to_string())
+            .arg("--no-ice-tcp")
+            .env("TURNKEY_SFU_SECRET", c.secret)
+            .env(
+                "RUST_LOG",
+                std::env::var("SFU_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .with_context(|| format!("starting {}", c.bin.display()))?;
+        let mut node = Self { child, link, log };
+        let t0 = Instant::now();
+        while TcpStream::connect_timeout(&link, Duration::from_millis(200)).is_err() {
+            if let Some(status) = node.child.try_wait()? {
+                bail!("sfu exited ({status}); see {}", node.log.display());
+            }
+            if t0.elapsed() > Duration::from_secs(15) {
+                bail!(
+                    "sfu link {link} not ready after 15 s; see {}",
+                    node.log.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(node)
+    }
+
+    /// Process id, as /proc names it.
+    pub fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    /// True while the child runs.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGTERM, then SIGKILL after 5 s.
+    pub fn stop(mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(5) {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_tcp_port() -> anyhow::Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// A loopback address whose port and the `n - 1` following ones are free for UDP.
+fn free_udp_range(n: usize) -> anyhow::Result<SocketAddr> {
+    for _ in 0..50 {
+        let first = UdpSocket::bind("127.0.0.1:0")?;
+        let base = first.local_addr()?;
+        if usize::from(base.port()) + n > 65_535 {
+            continue;
+        }
+        let rest: Result<Vec<_>, _> = (1..n)
+            .map(|i| UdpSocket::bind(SocketAddr::new(base.ip(), base.port() + i as u16)))
+            .collect();
+        if rest.is_ok() {
+            return Ok(base);
+        }
+    }
+    bail!("no {n} consecutive free UDP ports on 127.0.0.1")
+}

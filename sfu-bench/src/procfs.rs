@@ -1,0 +1,86 @@
+//! Reading Linux /proc: CPU time of a process or of one of its threads, and a process's resident
+//! memory. The parsers are pure; the `read_*` functions do the file I/O.
+
+use std::time::Duration;
+
+/// Clock ticks per second of /proc stat times (USER_HZ, 100 on every Linux ABI we run on).
+const USER_HZ: u64 = 100;
+
+/// utime + stime (fields 14 and 15 of proc(5) `stat`), of a process (all threads) or one task.
+pub fn parse_stat_cpu(stat: &str) -> Option<Duration> {
+    // The command name (field 2) is in parentheses and may hold spaces or ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_ascii_whitespace().skip(11); // field 3 is index 0
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 1000 / USER_HZ))
+}
+
+/// `VmRSS` of proc(5) `status`, in bytes.
+pub fn parse_vm_rss_bytes(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let mut parts = line["VmRSS:".len()..].split_ascii_whitespace();
+    let value: u64 = parts.next()?.parse().ok()?;
+    match parts.next() {
+        Some("kB") | None => Some(value * 1024),
+        Some(_) => None,
+    }
+}
+
+/// CPU time used so far by process `pid` ("self" for this one), all threads.
+pub fn read_process_cpu(pid: &str) -> Option<Duration> {
+    parse_stat_cpu(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Resident memory of process `pid`, bytes.
+pub fn read_rss_bytes(pid: &str) -> Option<u64> {
+    parse_vm_rss_bytes(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
+}
+
+/// CPU time so far of each thread of `pid` whose name starts with `prefix`, as (name, cpu).
+pub fn read_thread_cpu(pid: &str, prefix: &str) -> Vec<(String, Duration)> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let path = entry.path();
+        let Ok(comm) = std::fs::read_to_string(path.join("comm")) else {
+            continue;
+        };
+        let name = comm.trim_end().to_string();
+        if !name.starts_with(prefix) {
+            continue;
+        }
+        if let Some(cpu) = std::fs::read_to_string(path.join("stat"))
+            .ok()
+            .and_then(|s| parse_stat_cpu(&s))
+        {
+            out.push((name, cpu));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_cpu_with_spaces_and_parens_in_the_name() {
+        let stat = "1234 (sfu (worker) 1) S 1 1234 1234 0 -1 4194560 1000 0 0 0 250 75 0 0 20 0 \
+                    4 0 12345 100000 500 18446744073709551615";
+        assert_eq!(parse_stat_cpu(stat), Some(Duration::from_millis(3250)));
+        assert_eq!(parse_stat_cpu("garbage"), None);
+        assert_eq!(parse_stat_cpu("1 (x) S 1 2"), None);
+    }
+
+    #[test]
+    fn vm_rss_in_bytes() {
+        let status = "Name:\tsfu\nVmPeak:\t  200000 kB\nVmRSS:\t   12345 kB\nThreads:\t5\n";
+        assert_eq!(parse_vm_rss_bytes(status), Some(12345 * 1024));
+        assert_eq!(parse_vm_rss_bytes("Name:\tx\n"), None);
+        assert_eq!(parse_vm_rss_bytes("VmRSS:\tlots kB\n"), None);
+    }
+}
