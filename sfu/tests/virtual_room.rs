@@ -108,195 +108,262 @@ fn vp8_payload(key: bool, pid: u16) -> Bytes {
     Bytes::from(v)
 }
 
-#[test]
-fn a_publisher_reaches_a_subscriber_through_the_core() {
-    let server: SocketAddr = "192.0.2.1:9000".parse().unwrap();
-    let mut w = Worker::new(WorkerConfig {
-        udp_addr: server,
-        ..WorkerConfig::default()
-    });
-    let t0 = Instant::now();
-    let mut now = t0;
-    let mut clients: Vec<Client> = Vec::new();
-    for (i, id) in ["alice", "bob"].iter().enumerate() {
-        let addr: SocketAddr = format!("192.0.2.{}:5000", 10 + i).parse().unwrap();
-        let mut pc = client_pc();
-        if i == 0 {
-            pc.add_track(vp8_track(4242)).unwrap();
+/// Two participants (alice publishes video and both open the room data channel) on one
+/// simulated network with a worker, in virtual time.
+struct Sim {
+    w: Worker,
+    server: SocketAddr,
+    clients: Vec<Client>,
+    t0: Instant,
+    now: Instant,
+    seq: u16,
+    sent: usize,
+    next_send: Instant,
+    data_sent: bool,
+    /// Participants whose packets are no longer delivered (vanished clients).
+    vanished: Vec<String>,
+    offers_seen: Vec<(String, Value)>,
+}
+
+impl Sim {
+    fn new(cfg: WorkerConfig) -> Sim {
+        let server = cfg.udp_addr;
+        let mut w = Worker::new(cfg);
+        let t0 = Instant::now();
+        let now = t0;
+        let mut clients: Vec<Client> = Vec::new();
+        for (i, id) in ["alice", "bob"].iter().enumerate() {
+            let addr: SocketAddr = format!("192.0.2.{}:5000", 10 + i).parse().unwrap();
+            let mut pc = client_pc();
+            if i == 0 {
+                pc.add_track(vp8_track(4242)).unwrap();
+            }
+            pc.create_data_channel("room", None).unwrap();
+            let offer = pc.create_offer(None).unwrap();
+            pc.set_local_description(now, offer.clone()).unwrap();
+            add_host(&mut pc, addr);
+            w.join(now, "r1", id, 1).unwrap();
+            let msg = serde_json::json!({"type": "offer", "sdp": offer.sdp}).to_string();
+            w.handle_message(now, "r1", id, &msg);
+            clients.push(Client {
+                id: id.to_string(),
+                addr,
+                publish: pc,
+                subscribe: None,
+                dc: None,
+                rtp_received: vec![],
+                data_received: vec![],
+                offers: 0,
+            });
         }
-        pc.create_data_channel("room", None).unwrap();
-        let offer = pc.create_offer(None).unwrap();
-        pc.set_local_description(now, offer.clone()).unwrap();
-        add_host(&mut pc, addr);
-        w.join(now, "r1", id, 1).unwrap();
-        let msg = serde_json::json!({"type": "offer", "sdp": offer.sdp}).to_string();
-        w.handle_message(now, "r1", id, &msg);
-        clients.push(Client {
-            id: id.to_string(),
-            addr,
-            publish: pc,
-            subscribe: None,
-            dc: None,
-            rtp_received: vec![],
-            data_received: vec![],
-            offers: 0,
-        });
+        Sim {
+            w,
+            server,
+            clients,
+            t0,
+            now,
+            seq: 1000,
+            sent: 0,
+            next_send: t0,
+            data_sent: false,
+            vanished: vec![],
+            offers_seen: vec![],
+        }
     }
-    let mut seq: u16 = 1000;
-    let mut sent = 0;
-    let mut data_sent = false;
-    let mut next_send = t0;
-    while now < t0 + Duration::from_secs(6) {
-        // Signals from the SFU.
-        while let Some(s) = w.poll_signal() {
-            let c = clients.iter_mut().find(|c| c.id == s.participant).unwrap();
-            let m: &Value = &s.msg;
-            match m["type"].as_str().unwrap() {
-                "answer" => {
-                    let a =
-                        RTCSessionDescription::answer(m["sdp"].as_str().unwrap().into()).unwrap();
-                    c.publish.set_remote_description(now, a).unwrap();
+
+    fn gone(&self, c: &Client) -> bool {
+        self.vanished.contains(&c.id)
+    }
+
+    fn run_until(&mut self, until: Duration) {
+        let server = self.server;
+        while self.now < self.t0 + until {
+            let now = self.now;
+            // Signals from the SFU.
+            while let Some(s) = self.w.poll_signal() {
+                let m: Value = s.msg.clone();
+                if m["type"] == "offer" {
+                    self.offers_seen.push((s.participant.clone(), m.clone()));
                 }
-                "offer" => {
-                    c.offers += 1;
-                    let first = c.subscribe.is_none();
-                    let sub = c.subscribe.get_or_insert_with(client_pc);
-                    let o =
-                        RTCSessionDescription::offer(m["sdp"].as_str().unwrap().into()).unwrap();
-                    sub.set_remote_description(now, o).unwrap();
-                    if first {
-                        let mut a2 = c.addr;
-                        a2.set_port(c.addr.port() + 1);
-                        add_host(sub, a2);
+                if self.vanished.contains(&s.participant) {
+                    continue;
+                }
+                let c = self
+                    .clients
+                    .iter_mut()
+                    .find(|c| c.id == s.participant)
+                    .unwrap();
+                match m["type"].as_str().unwrap() {
+                    "answer" => {
+                        let a = RTCSessionDescription::answer(m["sdp"].as_str().unwrap().into())
+                            .unwrap();
+                        c.publish.set_remote_description(now, a).unwrap();
                     }
-                    let ans = sub.create_answer(None).unwrap();
-                    sub.set_local_description(now, ans.clone()).unwrap();
-                    let msg = serde_json::json!({"type": "answer", "sdp": ans.sdp}).to_string();
-                    let id = c.id.clone();
-                    w.handle_message(now, "r1", &id, &msg);
+                    "offer" => {
+                        c.offers += 1;
+                        let first = c.subscribe.is_none();
+                        let sub = c.subscribe.get_or_insert_with(client_pc);
+                        let o = RTCSessionDescription::offer(m["sdp"].as_str().unwrap().into())
+                            .unwrap();
+                        sub.set_remote_description(now, o).unwrap();
+                        if first {
+                            let mut a2 = c.addr;
+                            a2.set_port(c.addr.port() + 1);
+                            add_host(sub, a2);
+                        }
+                        let ans = sub.create_answer(None).unwrap();
+                        sub.set_local_description(now, ans.clone()).unwrap();
+                        let msg = serde_json::json!({"type": "answer", "sdp": ans.sdp}).to_string();
+                        let id = c.id.clone();
+                        self.w.handle_message(now, "r1", &id, &msg);
+                    }
+                    "error" => panic!("sfu error: {m}"),
+                    _ => {}
                 }
-                "error" => panic!("sfu error: {m}"),
-                _ => {}
             }
-        }
-        // Network: client -> server and server -> client, no loss.
-        let mut to_server = vec![];
-        for c in clients.iter_mut() {
-            while let Some(d) = c.publish.poll_write() {
-                to_server.push((c.addr, d.message));
-            }
-            if let Some(sub) = c.subscribe.as_mut() {
-                let mut a2 = c.addr;
-                a2.set_port(c.addr.port() + 1);
-                while let Some(d) = sub.poll_write() {
-                    to_server.push((a2, d.message));
+            // Network: no loss, except to and from vanished clients.
+            let mut to_server = vec![];
+            for c in self.clients.iter_mut() {
+                let gone = self.vanished.contains(&c.id);
+                while let Some(d) = c.publish.poll_write() {
+                    if !gone {
+                        to_server.push((c.addr, d.message));
+                    }
+                }
+                if let Some(sub) = c.subscribe.as_mut() {
+                    let mut a2 = c.addr;
+                    a2.set_port(c.addr.port() + 1);
+                    while let Some(d) = sub.poll_write() {
+                        if !gone {
+                            to_server.push((a2, d.message));
+                        }
+                    }
                 }
             }
-        }
-        for (src, b) in to_server {
-            w.handle_datagram(now, Proto::Udp, src, &b);
-        }
-        while let Some(t) = w.poll_transmit() {
-            for c in clients.iter_mut() {
-                if t.remote == c.addr {
-                    let _ = c.publish.handle_read(TaggedBytesMut {
-                        now,
-                        transport: ctx(c.addr, server),
-                        message: t.payload.clone(),
-                    });
-                } else if t.remote.port() == c.addr.port() + 1 && t.remote.ip() == c.addr.ip() {
-                    if let Some(sub) = c.subscribe.as_mut() {
-                        let _ = sub.handle_read(TaggedBytesMut {
+            for (src, b) in to_server {
+                self.w.handle_datagram(now, Proto::Udp, src, &b);
+            }
+            while let Some(t) = self.w.poll_transmit() {
+                for c in self.clients.iter_mut() {
+                    if self.vanished.contains(&c.id) {
+                        continue;
+                    }
+                    if t.remote == c.addr {
+                        let _ = c.publish.handle_read(TaggedBytesMut {
                             now,
-                            transport: ctx(t.remote, server),
+                            transport: ctx(c.addr, server),
                             message: t.payload.clone(),
                         });
+                    } else if t.remote.port() == c.addr.port() + 1 && t.remote.ip() == c.addr.ip() {
+                        if let Some(sub) = c.subscribe.as_mut() {
+                            let _ = sub.handle_read(TaggedBytesMut {
+                                now,
+                                transport: ctx(t.remote, server),
+                                message: t.payload.clone(),
+                            });
+                        }
                     }
                 }
             }
-        }
-        // Client events and received media.
-        for c in clients.iter_mut() {
-            while let Some(e) = c.publish.poll_event() {
-                if let RTCPeerConnectionEvent::OnDataChannel(RTCDataChannelEvent::OnOpen(id)) = e {
-                    c.dc = Some(id);
+            // Client events and received media.
+            for c in self.clients.iter_mut() {
+                while let Some(e) = c.publish.poll_event() {
+                    if let RTCPeerConnectionEvent::OnDataChannel(RTCDataChannelEvent::OnOpen(id)) =
+                        e
+                    {
+                        c.dc = Some(id);
+                    }
                 }
-            }
-            while let Some(TaggedRTCMessage { message, .. }) = c.publish.poll_read() {
-                if let RTCMessage::DataChannelMessage(_, m) = message {
-                    c.data_received
-                        .push(String::from_utf8_lossy(&m.data).into_owned());
+                while let Some(TaggedRTCMessage { message, .. }) = c.publish.poll_read() {
+                    if let RTCMessage::DataChannelMessage(_, m) = message {
+                        c.data_received
+                            .push(String::from_utf8_lossy(&m.data).into_owned());
+                    }
                 }
-            }
-            if let Some(sub) = c.subscribe.as_mut() {
-                while sub.poll_event().is_some() {}
-                while let Some(TaggedRTCMessage { message, .. }) = sub.poll_read() {
-                    if let RTCMessage::RtpPacket(_, p) = message {
-                        c.rtp_received.push(p);
+                if let Some(sub) = c.subscribe.as_mut() {
+                    while sub.poll_event().is_some() {}
+                    while let Some(TaggedRTCMessage { message, .. }) = sub.poll_read() {
+                        if let RTCMessage::RtpPacket(_, p) = message {
+                            c.rtp_received.push(p);
+                        }
                     }
                 }
             }
-        }
-        // Alice sends video every 20 ms once her data channel is open (DTLS is up), and one
-        // text message.
-        if clients[0].dc.is_some() && now >= next_send {
-            next_send = now + Duration::from_millis(20);
-            let a = &mut clients[0];
-            let sid = a.publish.get_senders().next().unwrap();
-            let mut s = a.publish.rtp_sender(sid).unwrap();
-            seq = seq.wrapping_add(1);
-            let key = sent % 30 == 0;
-            let pkt = rtc::rtp::Packet {
-                header: rtc::rtp::header::Header {
-                    version: 2,
-                    payload_type: 96,
-                    sequence_number: seq,
-                    timestamp: u32::from(seq) * 3000,
-                    ssrc: 4242,
-                    marker: true,
-                    ..Default::default()
-                },
-                payload: vp8_payload(key, seq),
-            };
-            if s.write_rtp(now, pkt).is_ok() {
-                sent += 1;
-            }
-            if !data_sent && clients[1].dc.is_some() {
-                let dc = clients[0].dc.unwrap();
-                if let Some(mut ch) = clients[0].publish.data_channel(dc) {
-                    data_sent = ch.send_text(now, "hello room").is_ok();
+            // Alice sends video every 20 ms once her data channel is open, and one text.
+            let alice_gone = self.gone(&self.clients[0]);
+            if !alice_gone && self.clients[0].dc.is_some() && now >= self.next_send {
+                self.next_send = now + Duration::from_millis(20);
+                let a = &mut self.clients[0];
+                let sid = a.publish.get_senders().next().unwrap();
+                let mut s = a.publish.rtp_sender(sid).unwrap();
+                self.seq = self.seq.wrapping_add(1);
+                let key = self.sent % 30 == 0;
+                let pkt = rtc::rtp::Packet {
+                    header: rtc::rtp::header::Header {
+                        version: 2,
+                        payload_type: 96,
+                        sequence_number: self.seq,
+                        timestamp: u32::from(self.seq) * 3000,
+                        ssrc: 4242,
+                        marker: true,
+                        ..Default::default()
+                    },
+                    payload: vp8_payload(key, self.seq),
+                };
+                if s.write_rtp(now, pkt).is_ok() {
+                    self.sent += 1;
+                }
+                if !self.data_sent && self.clients[1].dc.is_some() {
+                    let dc = self.clients[0].dc.unwrap();
+                    if let Some(mut ch) = self.clients[0].publish.data_channel(dc) {
+                        self.data_sent = ch.send_text(now, "hello room").is_ok();
+                    }
                 }
             }
-        }
-        // Time.
-        let mut next =
-            (now + Duration::from_millis(5)).min(next_send.max(now + Duration::from_millis(1)));
-        if let Some(t) = w.poll_timeout() {
-            next = next.min(t.max(now + Duration::from_millis(1)));
-        }
-        for c in clients.iter_mut() {
-            for pc in [Some(&mut c.publish), c.subscribe.as_mut()]
-                .into_iter()
-                .flatten()
-            {
-                if let Some(t) = pc.poll_timeout() {
-                    next = next.min(t.max(now + Duration::from_millis(1)));
+            // Time.
+            let mut next = (now + Duration::from_millis(5))
+                .min(self.next_send.max(now + Duration::from_millis(1)));
+            if let Some(t) = self.w.poll_timeout() {
+                next = next.min(t.max(now + Duration::from_millis(1)));
+            }
+            for c in self.clients.iter_mut() {
+                for pc in [Some(&mut c.publish), c.subscribe.as_mut()]
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some(t) = pc.poll_timeout() {
+                        next = next.min(t.max(now + Duration::from_millis(1)));
+                    }
                 }
             }
-        }
-        now = next;
-        w.handle_timeout(now);
-        for c in clients.iter_mut() {
-            for pc in [Some(&mut c.publish), c.subscribe.as_mut()]
-                .into_iter()
-                .flatten()
-            {
-                let _ = pc.handle_timeout(now);
+            self.now = next;
+            self.w.handle_timeout(self.now);
+            for c in self.clients.iter_mut() {
+                for pc in [Some(&mut c.publish), c.subscribe.as_mut()]
+                    .into_iter()
+                    .flatten()
+                {
+                    let _ = pc.handle_timeout(self.now);
+                }
             }
         }
     }
-    let bob = &clients[1];
-    let stats = w.stats().clone();
+}
+
+fn server_cfg() -> WorkerConfig {
+    WorkerConfig {
+        udp_addr: "192.0.2.1:9000".parse().unwrap(),
+        ..WorkerConfig::default()
+    }
+}
+
+#[test]
+fn a_publisher_reaches_a_subscriber_through_the_core() {
+    let mut sim = Sim::new(server_cfg());
+    sim.run_until(Duration::from_secs(6));
+    let bob = &sim.clients[1];
+    let stats = sim.w.stats().clone();
+    let sent = sim.sent;
     eprintln!(
         "sent {sent}, bob received {}, stats {stats:?}",
         bob.rtp_received.len()
@@ -326,16 +393,99 @@ fn a_publisher_reaches_a_subscriber_through_the_core() {
         bob.data_received,
         vec![r#"{"data":"hello room","from":"alice"}"#.to_string()]
     );
+    // The offer names the publisher of each track.
+    let (_, offer) = sim.offers_seen.iter().find(|(p, _)| p == "bob").unwrap();
+    assert_eq!(offer["tracks"][0]["participantId"], "alice");
+    assert_eq!(offer["tracks"][0]["kind"], "video");
+    assert!(offer["sdp"].as_str().unwrap().contains("a=msid:alice "));
     // Alice leaves: bob gets a new offer without her track; the room census drops.
-    let offers = clients[1].offers;
-    w.link_closed(now, "r1", "alice", 1);
+    let now = sim.now;
+    sim.w.link_closed(now, "r1", "alice", 1);
     let mut reoffered = false;
-    while let Some(s) = w.poll_signal() {
+    while let Some(s) = sim.w.poll_signal() {
         if s.participant == "bob" && s.msg["type"] == "offer" {
             reoffered = true;
             assert!(s.msg["tracks"].as_array().unwrap().is_empty());
         }
     }
-    assert!(reoffered, "no re-offer after {offers} offers");
-    assert_eq!(w.census(), (1, 1, 0, 0));
+    assert!(reoffered, "no re-offer after alice left");
+    assert_eq!(sim.w.census(), (1, 1, 0, 0));
+}
+
+#[test]
+fn a_vanished_publisher_is_removed_after_the_ice_timeout() {
+    let mut cfg = server_cfg();
+    cfg.pc.ice_disconnected = Duration::from_secs(2);
+    cfg.pc.ice_failed = Duration::from_secs(5);
+    let mut sim = Sim::new(cfg);
+    sim.run_until(Duration::from_secs(3));
+    assert!(
+        !sim.clients[1].rtp_received.is_empty(),
+        "no media before the vanish"
+    );
+    assert_eq!(sim.w.census().3, 1, "alice's video track is published");
+    let offers_before = sim.offers_seen.iter().filter(|(p, _)| p == "bob").count();
+    sim.vanished.push("alice".into());
+    sim.run_until(Duration::from_secs(3 + 5 + 3));
+    assert_eq!(sim.w.stats().ice_timeouts, 1, "{:?}", sim.w.stats());
+    assert_eq!(sim.w.census().3, 0, "alice's track was removed");
+    let last = sim
+        .offers_seen
+        .iter()
+        .filter(|(p, _)| p == "bob")
+        .nth(offers_before)
+        .expect("bob got a new offer without alice's track");
+    assert!(
+        last.1["tracks"].as_array().unwrap().is_empty(),
+        "{}",
+        last.1
+    );
+}
+
+#[test]
+fn bad_input_is_answered_with_codes_and_counted() {
+    let mut cfg = server_cfg();
+    cfg.max_participants = 2;
+    let mut w = Worker::new(cfg);
+    let now = Instant::now();
+    w.join(now, "r", "a", 1).unwrap();
+    w.join(now, "r", "b", 2).unwrap();
+    assert_eq!(
+        w.join(now, "r", "c", 3),
+        Err(sfu::proto::worker::JoinError::RoomFull)
+    );
+    let codes = |w: &mut Worker| {
+        let mut v = vec![];
+        while let Some(s) = w.poll_signal() {
+            if s.msg["type"] == "error" {
+                v.push(s.msg["code"].as_u64().unwrap());
+            }
+        }
+        v
+    };
+    w.handle_message(now, "r", "a", "not json");
+    w.handle_message(now, "r", "a", r#"{"type":"nope"}"#);
+    w.handle_message(now, "r", "a", r#"{"type":"offer","sdp":"v=0 garbage"}"#);
+    w.handle_message(now, "r", "a", r#"{"type":"answer","sdp":"v=0"}"#);
+    assert_eq!(codes(&mut w), vec![4000, 4000, 4400, 4409]);
+    let s = w.stats().clone();
+    assert_eq!(s.bad_messages, 3);
+    assert_eq!(s.bad_sdp, 1);
+    // Random datagrams from anywhere: dropped and counted, nothing else happens.
+    let mut seed = 99u32;
+    for i in 0..2000u32 {
+        let len = (i % 200) as usize;
+        let mut b = Vec::with_capacity(len);
+        for _ in 0..len {
+            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            b.push((seed >> 16) as u8);
+        }
+        let src: SocketAddr = format!("198.51.100.{}:{}", i % 250, 1000 + i)
+            .parse()
+            .unwrap();
+        w.handle_datagram(now, Proto::Udp, src, &b);
+    }
+    assert_eq!(w.stats().unroutable, 2000);
+    assert!(w.poll_transmit().is_none());
+    assert_eq!(w.census(), (1, 2, 0, 0));
 }
