@@ -18,7 +18,7 @@
 //! from that address through the local route.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -34,50 +34,13 @@ const SCRIPT_TIMEOUT_SECS: u64 = 60;
 /// its own shutdown) and to start (importing aiortc and PyAV).
 const RUN_LIMIT: Duration = Duration::from_secs(SCRIPT_TIMEOUT_SECS + 45);
 
-/// The Python interpreter with aiortc: `TURNKEY_PYTHON`, else a venv where `scripts/test.sh`
-/// puts it. Panics with the fix if none can import aiortc and websockets.
-fn aiortc_python() -> PathBuf {
-    let mut candidates: Vec<PathBuf> = Vec::new();
-    if let Some(p) = std::env::var_os("TURNKEY_PYTHON") {
-        candidates.push(p.into());
-    } else {
-        candidates.push("/opt/turnkey-venv/bin/python".into());
-        if let Some(home) = std::env::var_os("HOME") {
-            candidates.push(Path::new(&home).join(".cache/turnkey-venv/bin/python"));
-        }
-    }
-    let mut tried = Vec::new();
-    for python in candidates {
-        let out = Command::new(&python)
-            .args(["-c", "import aiortc, websockets"])
-            .output();
-        match out {
-            Ok(out) if out.status.success() => return python,
-            Ok(out) => tried.push(format!(
-                "{}: {}",
-                python.display(),
-                String::from_utf8_lossy(&out.stderr)
-                    .lines()
-                    .last()
-                    .unwrap_or_default()
-            )),
-            Err(e) => tried.push(format!("{}: {e}", python.display())),
-        }
-    }
-    panic!(
-        "no Python with aiortc and websockets ({}): run `bash scripts/test.sh`, which installs \
-         them in a venv and exports TURNKEY_PYTHON, or set TURNKEY_PYTHON to such a python",
-        tried.join("; ")
-    );
-}
-
 fn metric(addr: SocketAddr, name: &str) -> f64 {
     common::metric_value(&common::scrape_metrics(addr), name, &[]).unwrap_or(0.0)
 }
 
 #[test]
 fn aiortc_publishes_and_subscribes_through_the_sfu() {
-    let python = aiortc_python();
+    let python = common::aiortc_python();
 
     let turn_port = free_udp_tcp_port();
     let http = SocketAddr::new(LOCALHOST, free_udp_tcp_port());

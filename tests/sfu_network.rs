@@ -3,7 +3,9 @@
 //! Chromium subscriber in the namespace is shaped with `tc` on the veth's host end
 //! (see tests/browser/sfu_network.mjs):
 //! - downlink capped at 200 kbit/s (the fake camera's middle layer needs about 280): the subscriber receives a low layer (frameWidth <= 320);
-//!   cap lifted: a higher layer (the SFU's bandwidth estimate, GCC over TWCC, drives the choice);
+//!   and the publisher's full-resolution layer, which nobody watches then, is paused; cap lifted:
+//!   a higher layer (the SFU's estimate: GCC over TWCC and receiver-report loss); then the
+//!   subscriber asks for 180p at most and gets the low layer again;
 //! - 5 % loss (iptables `statistic` in the namespace): NACK/RTX keeps the video decoding, `sfu_nack_total` and
 //!   `sfu_retransmitted_packets_total` move;
 //! - UDP blocked in the namespace (iptables): a new subscriber connects over ICE-TCP.

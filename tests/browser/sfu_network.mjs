@@ -6,7 +6,9 @@
 // passes the shell commands that shape it. Phases:
 //  1. capped: --cap-cmd (e.g. tbf 300 kbit) before anyone joins; the subscriber must decode and,
 //     after settling, receive a low layer (frameWidth <= --low-width);
-//  2. uncapped: --uncap-cmd; frameWidth must rise above --low-width;
+//     and the publisher must have paused its full-resolution layer (nobody watches it);
+//  2. uncapped: --uncap-cmd; frameWidth must rise above --low-width; then the subscriber asks
+//     for maxHeight 180 and must get the low layer again;
 //  3. lossy: --loss-cmd (e.g. iptables statistic drop); video must keep decoding for --loss-secs
 //     while the subscriber's nackCount grows; then --unloss-cmd;
 //  4. UDP blocked: --block-udp-cmd (iptables in the namespace); a second subscriber page joins
@@ -58,6 +60,30 @@ async function inbound(page) {
   });
 }
 
+/** The publisher's simulcast encodings: rid -> active. */
+async function encodings(page) {
+  return page.evaluate(() => {
+    const pc = window.turnkeyDemo.room.peerConnection('publish');
+    const out = {};
+    for (const t of pc.getTransceivers()) {
+      if (t.sender.track && t.sender.track.kind === 'video') {
+        for (const e of t.sender.getParameters().encodings) if (e.rid) out[e.rid] = e.active;
+      }
+    }
+    return out;
+  });
+}
+
+async function waitForPub(page, what, pred, ms) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const enc = await encodings(page);
+    if (pred(enc)) return enc;
+    if (Date.now() > deadline) throw new Error(`${what}: not within ${ms} ms; encodings ${JSON.stringify(enc)}`);
+    await sleep(500);
+  }
+}
+
 async function waitFor(page, what, pred, ms) {
   const deadline = Date.now() + ms;
   let last = null;
@@ -100,12 +126,19 @@ async function main() {
       if (capped.length >= 45) throw new Error(`capped: widths ${capped} (want 5 in a row <= ${o.lowWidth})`);
     }
     result.cappedWidths = capped;
+    // Nobody watches the full layer now: the SFU paused it at the publisher.
+    const paused = await waitForPub(pub, 'capped: full layer paused', (enc) => enc.f === false, 15000);
+    result.pausedLayers = paused;
     // 2. Uncapped.
     sh(o.uncapCmd);
     const t0 = Date.now();
     const up = await waitFor(sub, 'uncapped: a higher layer', (s) => s.frameWidth > o.lowWidth, 60000);
     result.uncappedWidth = up.frameWidth;
     result.upgradeMs = Date.now() - t0;
+    // 2b. The subscriber asks for 180p at most: it gets the low layer again, whatever the path.
+    await sub.evaluate(() => window.turnkeyDemo.room.setVideoPreference({ maxHeight: 180 }));
+    const pref = await waitFor(sub, 'maxHeight 180: the low layer', (s) => s.frameWidth > 0 && s.frameWidth <= o.lowWidth, 30000);
+    result.preferredWidth = pref.frameWidth;
     // 3. Lossy.
     const before = await inbound(sub);
     sh(o.lossCmd);

@@ -10,6 +10,7 @@
 //! - [`ChildGuard`], [`run_with_timeout`]: other child processes with bounded lifetimes.
 //! - [`http_get`], [`scrape_metrics`], [`metric_value`]: reading `/metrics`.
 //! - [`require_tool`]: finds an external tool (e.g. coturn's `turnutils_uclient`) on `PATH`.
+//! - [`aiortc_python`]: the Python interpreter with aiortc for `tests/aiortc`.
 //! - [`RedisGuard`]: a throwaway `redis-server` on a free loopback port, no persistence.
 //!
 //! Everything binds to loopback only. Nothing here sleeps for a fixed time to "let things
@@ -162,6 +163,44 @@ pub fn run_browser_script(
     let result =
         serde_json::from_str(line).unwrap_or_else(|e| panic!("bad RESULT JSON ({e}): {report}"));
     (result, report)
+}
+
+/// The Python interpreter with aiortc and websockets, for the scripts in `tests/aiortc`:
+/// `TURNKEY_PYTHON`, else a venv where `scripts/test.sh` puts it (`/opt/turnkey-venv`,
+/// `~/.cache/turnkey-venv`). Panics with the fix if none can import aiortc and websockets.
+pub fn aiortc_python() -> PathBuf {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(p) = std::env::var_os("TURNKEY_PYTHON") {
+        candidates.push(p.into());
+    } else {
+        candidates.push("/opt/turnkey-venv/bin/python".into());
+        if let Some(home) = std::env::var_os("HOME") {
+            candidates.push(Path::new(&home).join(".cache/turnkey-venv/bin/python"));
+        }
+    }
+    let mut tried = Vec::new();
+    for python in candidates {
+        let out = Command::new(&python)
+            .args(["-c", "import aiortc, websockets"])
+            .output();
+        match out {
+            Ok(out) if out.status.success() => return python,
+            Ok(out) => tried.push(format!(
+                "{}: {}",
+                python.display(),
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or_default()
+            )),
+            Err(e) => tried.push(format!("{}: {e}", python.display())),
+        }
+    }
+    panic!(
+        "no Python with aiortc and websockets ({}): run `bash scripts/test.sh`, which installs \
+         them in a venv and exports TURNKEY_PYTHON, or set TURNKEY_PYTHON to such a python",
+        tried.join("; ")
+    );
 }
 
 /// Finds an external program on `PATH` and panics with a hint when it is missing.
