@@ -6,7 +6,9 @@ use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::interceptor_registry::{
     register_default_interceptors, Registry,
 };
-use rtc::peer_connection::configuration::media_engine::{MediaEngine, MIME_TYPE_VP8};
+use rtc::peer_connection::configuration::media_engine::{
+    MediaEngine, MIME_TYPE_H264, MIME_TYPE_VP8, MIME_TYPE_VP9,
+};
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::event::{RTCDataChannelEvent, RTCPeerConnectionEvent};
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
@@ -65,7 +67,19 @@ fn add_host(pc: &mut RTCPeerConnection, a: SocketAddr) {
         .unwrap();
 }
 
-fn vp8_track(ssrc: u32) -> MediaStreamTrack {
+/// The video codec alice publishes: MIME type and fmtp line.
+#[derive(Clone, Copy)]
+struct Codec {
+    mime: &'static str,
+    fmtp: &'static str,
+}
+
+const VP8: Codec = Codec {
+    mime: MIME_TYPE_VP8,
+    fmtp: "",
+};
+
+fn video_track(ssrc: u32, codec: Codec) -> MediaStreamTrack {
     MediaStreamTrack::new(
         "stream".into(),
         "video".into(),
@@ -77,10 +91,10 @@ fn vp8_track(ssrc: u32) -> MediaStreamTrack {
                 ..Default::default()
             },
             codec: RTCRtpCodec {
-                mime_type: MIME_TYPE_VP8.into(),
+                mime_type: codec.mime.into(),
                 clock_rate: 90_000,
                 channels: 0,
-                sdp_fmtp_line: String::new(),
+                sdp_fmtp_line: codec.fmtp.into(),
                 rtcp_feedback: vec![],
             },
             ..Default::default()
@@ -97,20 +111,30 @@ fn ctx(local: SocketAddr, peer: SocketAddr) -> TransportContext {
     }
 }
 
-/// VP8 keyframe start with a 15-bit picture id.
-fn vp8_payload(key: bool, pid: u16) -> Bytes {
-    let mut v = vec![0x90, 0x80, 0x80 | (pid >> 8) as u8, pid as u8];
-    if key {
-        v.extend_from_slice(&[0x00, 0x00, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01]);
-    } else {
-        v.extend_from_slice(&[0x01, 0x00, 0x00, 0, 0, 0]);
-    }
+/// A payload of `codec`: a keyframe start or an inter frame (VP8 with a 15-bit picture id).
+fn payload(codec: Codec, key: bool, pid: u16) -> Bytes {
+    let v = match codec.mime {
+        MIME_TYPE_VP8 => {
+            let mut v = vec![0x90, 0x80, 0x80 | (pid >> 8) as u8, pid as u8];
+            if key {
+                v.extend_from_slice(&[0x00, 0x00, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01]);
+            } else {
+                v.extend_from_slice(&[0x01, 0x00, 0x00, 0, 0, 0]);
+            }
+            v
+        }
+        // RFC 6184: an IDR slice (type 5) or a non-IDR slice (type 1).
+        MIME_TYPE_H264 => vec![if key { 0x65 } else { 0x41 }, 0x88, 0x84, 0x00],
+        // VP9 descriptor: B=1 E=1, P=0 on keyframes.
+        _ => vec![if key { 0x0c } else { 0x4c }, 0x00, 0x00],
+    };
     Bytes::from(v)
 }
 
 /// Two participants (alice publishes video and both open the room data channel) on one
 /// simulated network with a worker, in virtual time.
 struct Sim {
+    codec: Codec,
     w: Worker,
     server: SocketAddr,
     clients: Vec<Client>,
@@ -126,7 +150,7 @@ struct Sim {
 }
 
 impl Sim {
-    fn new(cfg: WorkerConfig) -> Sim {
+    fn new(cfg: WorkerConfig, codec: Codec) -> Sim {
         let server = cfg.udp_addr;
         let mut w = Worker::new(cfg);
         let t0 = Instant::now();
@@ -136,7 +160,7 @@ impl Sim {
             let addr: SocketAddr = format!("192.0.2.{}:5000", 10 + i).parse().unwrap();
             let mut pc = client_pc();
             if i == 0 {
-                pc.add_track(vp8_track(4242)).unwrap();
+                pc.add_track(video_track(4242, codec)).unwrap();
             }
             pc.create_data_channel("room", None).unwrap();
             let offer = pc.create_offer(None).unwrap();
@@ -157,6 +181,7 @@ impl Sim {
             });
         }
         Sim {
+            codec,
             w,
             server,
             clients,
@@ -296,19 +321,20 @@ impl Sim {
                 let a = &mut self.clients[0];
                 let sid = a.publish.get_senders().next().unwrap();
                 let mut s = a.publish.rtp_sender(sid).unwrap();
+                let pt = s.get_parameters().rtp_parameters.codecs[0].payload_type;
                 self.seq = self.seq.wrapping_add(1);
                 let key = self.sent % 30 == 0;
                 let pkt = rtc::rtp::Packet {
                     header: rtc::rtp::header::Header {
                         version: 2,
-                        payload_type: 96,
+                        payload_type: pt,
                         sequence_number: self.seq,
                         timestamp: u32::from(self.seq) * 3000,
                         ssrc: 4242,
                         marker: true,
                         ..Default::default()
                     },
-                    payload: vp8_payload(key, self.seq),
+                    payload: payload(self.codec, key, self.seq),
                 };
                 if s.write_rtp(now, pkt).is_ok() {
                     self.sent += 1;
@@ -359,7 +385,7 @@ fn server_cfg() -> WorkerConfig {
 
 #[test]
 fn a_publisher_reaches_a_subscriber_through_the_core() {
-    let mut sim = Sim::new(server_cfg());
+    let mut sim = Sim::new(server_cfg(), VP8);
     sim.run_until(Duration::from_secs(6));
     let bob = &sim.clients[1];
     let stats = sim.w.stats().clone();
@@ -417,7 +443,7 @@ fn a_vanished_publisher_is_removed_after_the_ice_timeout() {
     let mut cfg = server_cfg();
     cfg.pc.ice_disconnected = Duration::from_secs(2);
     cfg.pc.ice_failed = Duration::from_secs(5);
-    let mut sim = Sim::new(cfg);
+    let mut sim = Sim::new(cfg, VP8);
     sim.run_until(Duration::from_secs(3));
     assert!(
         !sim.clients[1].rtp_received.is_empty(),
@@ -488,4 +514,37 @@ fn bad_input_is_answered_with_codes_and_counted() {
     assert_eq!(w.stats().unroutable, 2000);
     assert!(w.poll_transmit().is_none());
     assert_eq!(w.census(), (1, 2, 0, 0));
+}
+
+/// H.264 and VP9 publishers are forwarded as they are (no transcoding): the subscriber's offer
+/// carries the publisher's codec and the packets arrive with the subscriber leg's payload type.
+#[test]
+fn h264_and_vp9_are_forwarded() {
+    for codec in [
+        Codec {
+            mime: MIME_TYPE_H264,
+            fmtp: "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
+        },
+        Codec {
+            mime: MIME_TYPE_VP9,
+            fmtp: "profile-id=0",
+        },
+    ] {
+        let mut sim = Sim::new(server_cfg(), codec);
+        sim.run_until(Duration::from_secs(4));
+        let bob = &sim.clients[1];
+        assert!(
+            bob.rtp_received.len() > 100,
+            "{}: bob received {} of {}; stats {:?}",
+            codec.mime,
+            bob.rtp_received.len(),
+            sim.sent,
+            sim.w.stats()
+        );
+        let (_, offer) = sim.offers_seen.iter().find(|(p, _)| p == "bob").unwrap();
+        let name = codec.mime.trim_start_matches("video/");
+        let sdp = offer["sdp"].as_str().unwrap();
+        assert!(sdp.contains(&format!(" {name}/90000")), "{name} not offered: {sdp}");
+        assert_eq!(sim.w.stats().write_errors, 0);
+    }
 }
