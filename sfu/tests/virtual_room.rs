@@ -544,7 +544,10 @@ fn h264_and_vp9_are_forwarded() {
         let (_, offer) = sim.offers_seen.iter().find(|(p, _)| p == "bob").unwrap();
         let name = codec.mime.trim_start_matches("video/");
         let sdp = offer["sdp"].as_str().unwrap();
-        assert!(sdp.contains(&format!(" {name}/90000")), "{name} not offered: {sdp}");
+        assert!(
+            sdp.contains(&format!(" {name}/90000")),
+            "{name} not offered: {sdp}"
+        );
         assert_eq!(sim.w.stats().write_errors, 0);
     }
 }
