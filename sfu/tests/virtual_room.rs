@@ -323,7 +323,7 @@ impl Sim {
                 let mut s = a.publish.rtp_sender(sid).unwrap();
                 let pt = s.get_parameters().rtp_parameters.codecs[0].payload_type;
                 self.seq = self.seq.wrapping_add(1);
-                let key = self.sent % 30 == 0;
+                let key = self.sent.is_multiple_of(30);
                 let pkt = rtc::rtp::Packet {
                     header: rtc::rtp::header::Header {
                         version: 2,
