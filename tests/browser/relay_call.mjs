@@ -265,7 +265,7 @@ async function main() {
     });
     const pageUrl = `http://127.0.0.1:${server.address().port}/`;
 
-    browser = await launchChromium(opts.chromium);
+    browser = await launchChromium(opts.chromium, (process.env.CHROMIUM_EXTRA_ARGS || "").split(" ").filter(Boolean));
     const page = browser.context.pages()[0] ?? (await browser.context.newPage());
     page.on('console', (msg) => console.error(`page console: ${msg.text()}`));
     page.on('pageerror', (err) => console.error(`page error: ${err}`));

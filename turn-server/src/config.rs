@@ -85,6 +85,20 @@ pub struct ServerArgs {
     /// SOFTWARE attribute value; empty to omit. Default turnkey/<version>.
     #[arg(long)]
     pub software: Option<String>,
+    /// Address to listen on for TURN/STUN over TLS (`turns:`, RFC 8656 §3.1; repeatable;
+    /// typically :5349 or :443). Needs --cert and --key.
+    #[arg(long = "tls-listen", value_name = "ADDR:PORT")]
+    pub tls_listen: Vec<SocketAddr>,
+    /// Address to listen on for TURN/STUN over DTLS (UDP; repeatable; typically :5349).
+    /// Needs --cert and --key.
+    #[arg(long = "dtls-listen", value_name = "ADDR:PORT")]
+    pub dtls_listen: Vec<SocketAddr>,
+    /// PEM certificate chain for TLS/DTLS (reloaded when the file changes or on SIGHUP).
+    #[arg(long, value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key for TLS/DTLS (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
     /// Log JSON lines instead of text.
     #[arg(long = "log-json")]
     pub log_json: bool,
@@ -137,6 +151,16 @@ pub struct FileConfig {
     pub drain_timeout: Option<u64>,
     /// See `--software`.
     pub software: Option<String>,
+    /// See `--tls-listen`.
+    #[serde(default)]
+    pub tls_listen: Vec<SocketAddr>,
+    /// See `--dtls-listen`.
+    #[serde(default)]
+    pub dtls_listen: Vec<SocketAddr>,
+    /// See `--cert`.
+    pub cert: Option<PathBuf>,
+    /// See `--key`.
+    pub key: Option<PathBuf>,
     /// See `--log-json`.
     pub log_json: Option<bool>,
 }
@@ -198,6 +222,12 @@ pub struct TurnConfig {
     pub drain_timeout_secs: u64,
     /// SOFTWARE value (None: omitted).
     pub software: Option<String>,
+    /// TLS listeners.
+    pub tls_listen: Vec<SocketAddr>,
+    /// DTLS listeners.
+    pub dtls_listen: Vec<SocketAddr>,
+    /// Certificate chain and key files (both set when any TLS/DTLS listener is).
+    pub tls_files: Option<(PathBuf, PathBuf)>,
     /// JSON logs.
     pub log_json: bool,
 }
@@ -283,6 +313,22 @@ impl ServerArgs {
             Some(s) => Some(s),
             None => Some(turnkey_common::SOFTWARE.to_string()),
         };
+        let tls_listen = pick(self.tls_listen, file.tls_listen);
+        let dtls_listen = pick(self.dtls_listen, file.dtls_listen);
+        let tls_files = match (self.cert.or(file.cert), self.key.or(file.key)) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "cert and key go together (PEM files)".into(),
+                ))
+            }
+        };
+        if (!tls_listen.is_empty() || !dtls_listen.is_empty()) && tls_files.is_none() {
+            return Err(ConfigError::Invalid(
+                "tls_listen/dtls_listen need cert and key".into(),
+            ));
+        }
         let workers = self
             .workers
             .or(file.workers)
@@ -314,6 +360,9 @@ impl ServerArgs {
             workers,
             drain_timeout_secs: self.drain_timeout.or(file.drain_timeout).unwrap_or(10),
             software,
+            tls_listen,
+            dtls_listen,
+            tls_files,
             log_json: self.log_json || file.log_json.unwrap_or(false),
         })
     }
@@ -345,7 +394,7 @@ impl TurnConfig {
         let mut users: Vec<&String> = self.users.keys().collect();
         users.sort();
         format!(
-            "listen={:?} relay_ip={:?} ports={}-{} external_ip={:?} realm={:?} users={:?} (passwords <redacted>) auth_secrets={} (<redacted>) allow_peer={:?} deny_peer={:?} metrics={} nonce_lifetime={}s user_quota={} total_quota={} max_lifetime={}s workers={} drain_timeout={}s",
+            "listen={:?} relay_ip={:?} ports={}-{} external_ip={:?} realm={:?} users={:?} (passwords <redacted>) auth_secrets={} (<redacted>) allow_peer={:?} deny_peer={:?} metrics={} nonce_lifetime={}s user_quota={} total_quota={} max_lifetime={}s workers={} drain_timeout={}s tls_listen={:?} dtls_listen={:?} cert={:?}",
             self.listen,
             self.relay_ips,
             self.min_port,
@@ -363,6 +412,9 @@ impl TurnConfig {
             self.max_lifetime_secs,
             self.workers,
             self.drain_timeout_secs,
+            self.tls_listen,
+            self.dtls_listen,
+            self.tls_files.as_ref().map(|(c, _)| c),
         )
     }
 }

@@ -36,6 +36,10 @@ pub enum RunError {
 pub struct Ready {
     /// Client listeners (UDP and TCP), port 0 resolved.
     pub listen: Vec<SocketAddr>,
+    /// TLS listeners, port 0 resolved.
+    pub listen_tls: Vec<SocketAddr>,
+    /// DTLS listeners, port 0 resolved.
+    pub listen_dtls: Vec<SocketAddr>,
     /// The metrics listener.
     pub metrics: SocketAddr,
 }
@@ -74,11 +78,20 @@ pub async fn serve(
                 addr: cfg.metrics,
                 source,
             })?;
+    if let Some(certs) = &server.certs {
+        tokio::spawn(crate::io::tls::watch(
+            certs.clone(),
+            Duration::from_secs(2),
+            shutdown.clone(),
+        ));
+    }
     let ready = Ready {
         listen: server.listen.clone(),
+        listen_tls: server.listen_tls.clone(),
+        listen_dtls: server.listen_dtls.clone(),
         metrics: metrics_addr,
     };
-    tracing::info!(listen = ?ready.listen, metrics = %ready.metrics, workers = cfg.workers, "ready");
+    tracing::info!(listen = ?ready.listen, tls = ?ready.listen_tls, dtls = ?ready.listen_dtls, metrics = %ready.metrics, workers = cfg.workers, "ready");
     on_ready(&ready);
     shutdown.cancelled().await;
     server

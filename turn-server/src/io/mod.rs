@@ -8,6 +8,7 @@
 
 pub mod relay;
 pub mod sockets;
+pub mod tls;
 
 use crate::config::TurnConfig;
 use crate::metrics::TurnMetrics;
@@ -26,10 +27,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use stun_server::metrics::StunMetrics;
 use stun_server::proto::binding::BindingConfig;
 use stun_server::proto::msg::stream_frame_len;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 /// Frames queued per TCP connection before drops.
@@ -44,11 +46,20 @@ const TCP_IDLE_WITH_ALLOCATION: Duration = Duration::from_secs(3660);
 /// Largest frame a TCP client may send (a STUN message or ChannelData of 64 KiB).
 const MAX_FRAME_BYTES: usize = 65_536 + 20;
 
+/// Time a TLS client has to finish its handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A running server.
 #[derive(Debug)]
 pub struct RunningServer {
     /// The bound client listeners (port 0 resolved).
     pub listen: Vec<SocketAddr>,
+    /// The bound TLS listeners.
+    pub listen_tls: Vec<SocketAddr>,
+    /// The bound DTLS listeners.
+    pub listen_dtls: Vec<SocketAddr>,
+    /// The certificate in use (reloadable), when TLS/DTLS is configured.
+    pub certs: Option<Arc<tls::CertStore>>,
     /// Cross-worker state (allocation count, draining).
     pub shared: Arc<Shared>,
     stop: CancellationToken,
@@ -127,6 +138,28 @@ pub fn start(
     let reservations: Reservations = Arc::default();
     let stop = CancellationToken::new();
 
+    let (certs, acceptor) = match &cfg.tls_files {
+        Some((cert, key)) => {
+            let store = tls::CertStore::open(cert, key)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+            let sc = tls::server_config(store.clone())
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+            (Some(store), Some(TlsAcceptor::from(sc)))
+        }
+        None => (None, None),
+    };
+    let mut listen_tls = Vec::new();
+    let mut tls_per_worker: Vec<Vec<std::net::TcpListener>> =
+        (0..cfg.workers).map(|_| Vec::new()).collect();
+    for addr in &cfg.tls_listen {
+        let bound = sockets::probe_exclusive(*addr).map_err(|e| {
+            io::Error::new(e.kind(), format!("{addr} (TLS) is already in use: {e}"))
+        })?;
+        listen_tls.push(bound);
+        for w in tls_per_worker.iter_mut() {
+            w.push(sockets::reuseport_tcp(bound)?);
+        }
+    }
     // Resolve port 0 once so every worker binds the same address.
     let mut listen = Vec::new();
     let mut per_worker: Vec<Vec<(StdUdpSocket, std::net::TcpListener)>> =
@@ -153,7 +186,8 @@ pub fn start(
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let mut threads = Vec::new();
-    for (i, socks) in per_worker.into_iter().enumerate() {
+    for (i, (socks, tls_socks)) in per_worker.into_iter().zip(tls_per_worker).enumerate() {
+        let acceptor = acceptor.clone();
         let core = TurnCore::new(
             core_cfg.clone(),
             shared.clone(),
@@ -184,12 +218,18 @@ pub fn start(
                     }
                 };
                 let local = tokio::task::LocalSet::new();
-                local.block_on(&rt, run_worker(core, relays, socks, metrics, stop));
+                local.block_on(
+                    &rt,
+                    run_worker(core, relays, socks, tls_socks, acceptor, metrics, stop),
+                );
             })?;
         threads.push(t);
     }
     Ok(RunningServer {
         listen,
+        listen_tls,
+        listen_dtls: Vec::new(),
+        certs,
         shared,
         stop,
         threads,
@@ -212,6 +252,8 @@ async fn run_worker(
     core: TurnCore,
     relays: RelaySockets,
     socks: Vec<(StdUdpSocket, std::net::TcpListener)>,
+    tls_socks: Vec<std::net::TcpListener>,
+    acceptor: Option<TlsAcceptor>,
     metrics: TurnMetrics,
     stop: CancellationToken,
 ) {
@@ -246,6 +288,20 @@ async fn run_worker(
             w.clone(),
             tcp,
             local,
+            None,
+            stop.clone(),
+        )));
+    }
+    for tls in tls_socks {
+        let (Some(acceptor), Ok(l)) = (acceptor.clone(), TcpListener::from_std(tls)) else {
+            continue;
+        };
+        let Ok(local) = l.local_addr() else { continue };
+        tasks.push(tokio::task::spawn_local(tcp_acceptor(
+            w.clone(),
+            l,
+            local,
+            Some(acceptor),
             stop.clone(),
         )));
     }
@@ -369,7 +425,13 @@ async fn timer_loop(wr: WorkerRef) {
     }
 }
 
-async fn tcp_acceptor(wr: WorkerRef, l: TcpListener, local: SocketAddr, stop: CancellationToken) {
+async fn tcp_acceptor(
+    wr: WorkerRef,
+    l: TcpListener,
+    local: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    stop: CancellationToken,
+) {
     loop {
         let (stream, from) = match l.accept().await {
             Ok(x) => x,
@@ -384,27 +446,54 @@ async fn tcp_acceptor(wr: WorkerRef, l: TcpListener, local: SocketAddr, stop: Ca
             continue;
         }
         let _ = stream.set_nodelay(true);
-        let tuple = FiveTuple {
-            client: from,
-            server: local,
-            transport: Transport::Tcp,
-        };
-        tokio::task::spawn_local(tcp_connection(wr.clone(), stream, tuple, stop.clone()));
+        match &tls {
+            None => {
+                let tuple = FiveTuple {
+                    client: from,
+                    server: local,
+                    transport: Transport::Tcp,
+                };
+                tokio::task::spawn_local(tcp_connection(wr.clone(), stream, tuple, stop.clone()));
+            }
+            Some(acceptor) => {
+                let tuple = FiveTuple {
+                    client: from,
+                    server: local,
+                    transport: Transport::Tls,
+                };
+                let acceptor = acceptor.clone();
+                let (wr, stop) = (wr.clone(), stop.clone());
+                tokio::task::spawn_local(async move {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(s)) => tcp_connection(wr, s, tuple, stop).await,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, client = %from, "TLS handshake failed");
+                            wr.borrow().metrics.drop_packet("tls_handshake");
+                        }
+                        Err(_) => wr.borrow().metrics.drop_packet("tls_handshake"),
+                    }
+                });
+            }
+        }
     }
 }
 
-async fn tcp_connection(
-    wr: WorkerRef,
-    stream: TcpStream,
-    tuple: FiveTuple,
-    stop: CancellationToken,
-) {
-    let (mut rd, mut wrt) = stream.into_split();
+/// One stream client (TCP, or TLS after the handshake): RFC 8489 §6.2.2 framing both ways.
+async fn tcp_connection<S>(wr: WorkerRef, stream: S, tuple: FiveTuple, stop: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + 'static,
+{
+    let (mut rd, mut wrt) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(TCP_QUEUE_FRAMES);
     wr.borrow_mut().tcp.insert(tuple, tx);
     let writer = tokio::task::spawn_local(async move {
         while let Some(frame) = rx.recv().await {
             if wrt.write_all(&frame).await.is_err() {
+                break;
+            }
+            // TLS buffers records: push them out now.
+            if wrt.flush().await.is_err() {
                 break;
             }
         }

@@ -1,0 +1,356 @@
+//! TURN over TLS (`turns:`, RFC 8656 §3.1): a test certificate made here with rcgen, served by
+//! `turn-server --tls-listen --cert --key`.
+//! - coturn's `turnutils_uclient -S -t` allocates and relays over TLS against `turnutils_peer`
+//!   with no loss;
+//! - the certificate is reloaded without a restart when its files change and on SIGHUP: new
+//!   handshakes present the new certificate, while a TLS connection opened before keeps working;
+//! - headless Chromium makes a relay-only call with a `turns:` URL, trusting exactly the test
+//!   certificate's key (`--ignore-certificate-errors-spki-list`).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+
+mod common;
+use common::{free_udp_tcp_port, require_tool, wait_until, ChildGuard, ServerGuard, LOCALHOST};
+
+const USER: &str = "tlsuser";
+const PASSWORD: &str = "tls-secret";
+
+/// A self-signed certificate for 127.0.0.1 and turn.test; returns (cert PEM, key PEM, SPKI
+/// SHA-256 in base64 for Chromium, leaf DER).
+fn make_cert(cn: &str) -> (String, String, String, Vec<u8>) {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params =
+        rcgen::CertificateParams::new(vec!["turn.test".to_string(), "127.0.0.1".to_string()])
+            .expect("params");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    let cert = params.self_signed(&key).expect("self-signed");
+    let spki = ring::digest::digest(
+        &ring::digest::SHA256,
+        &rcgen::PublicKeyData::subject_public_key_info(&key),
+    );
+    let spki = base64::engine::general_purpose::STANDARD.encode(spki.as_ref());
+    (cert.pem(), key.serialize_pem(), spki, cert.der().to_vec())
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
+struct Files {
+    dir: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl Files {
+    fn new(tag: &str) -> Files {
+        let dir = std::env::temp_dir().join(format!("turnkey-tls-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        Files {
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+            dir,
+        }
+    }
+    fn install(&self, cert: &str, key: &str) {
+        // Key first: a reload between the two writes then fails (mismatch) and keeps the old
+        // pair, and the next poll sees the cert's new mtime.
+        write(&self.key, key);
+        write(&self.cert, cert);
+    }
+}
+
+impl Drop for Files {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn start_server(files: &Files) -> (ServerGuard, u16, u16) {
+    let port = free_udp_tcp_port();
+    let tls_port = free_udp_tcp_port();
+    let server = ServerGuard::turn_server(&[
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--tls-listen",
+        &format!("127.0.0.1:{tls_port}"),
+        "--cert",
+        files.cert.to_str().unwrap(),
+        "--key",
+        files.key.to_str().unwrap(),
+        "--user",
+        &format!("{USER}:{PASSWORD}"),
+        "--relay-ip",
+        "127.0.0.1",
+        "--min-port",
+        "61000",
+        "--max-port",
+        "62999",
+        "--allow-peer",
+        "127.0.0.0/8",
+    ]);
+    (server, port, tls_port)
+}
+
+/// Accepts any certificate and remembers the leaf it was shown.
+#[derive(Debug, Default)]
+struct Recorder(Mutex<Vec<u8>>);
+
+impl ServerCertVerifier for Recorder {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        *self.0.lock().unwrap() = end_entity.to_vec();
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// A TLS connection to the server; returns it and the leaf certificate it presented.
+fn connect(port: u16) -> (Tls, Vec<u8>) {
+    let recorder = Arc::new(Recorder::default());
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .dangerous()
+    .with_custom_certificate_verifier(recorder.clone())
+    .with_no_client_auth();
+    let conn = rustls::ClientConnection::new(
+        Arc::new(cfg),
+        ServerName::try_from("turn.test").expect("name"),
+    )
+    .expect("client");
+    let tcp = TcpStream::connect(SocketAddr::new(LOCALHOST, port)).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    tls.flush().expect("handshake");
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock).expect("handshake");
+    }
+    let leaf = recorder.0.lock().unwrap().clone();
+    (tls, leaf)
+}
+
+/// A STUN Binding request over `tls`; true if a Binding success response comes back.
+fn binding_works(tls: &mut Tls) -> bool {
+    let mut req = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42];
+    req.extend_from_slice(&[7u8; 12]);
+    if tls.write_all(&req).is_err() || tls.flush().is_err() {
+        return false;
+    }
+    let mut head = [0u8; 20];
+    if tls.read_exact(&mut head).is_err() {
+        return false;
+    }
+    let len = usize::from(u16::from_be_bytes([head[2], head[3]]));
+    let mut body = vec![0u8; len];
+    tls.read_exact(&mut body).is_ok() && head[0..2] == [0x01, 0x01] && head[8..20] == [7u8; 12]
+}
+
+#[test]
+fn turnutils_uclient_relays_over_tls_without_loss() {
+    let files = Files::new("uclient");
+    let (cert, key, _, _) = make_cert("uclient");
+    files.install(&cert, &key);
+    let (server, _, tls_port) = start_server(&files);
+
+    let peer_port = std::iter::repeat_with(free_udp_tcp_port)
+        .find(|p| p + 1 < 61000)
+        .expect("peer port");
+    let _peer = ChildGuard::spawn(
+        "turnutils_peer",
+        Command::new(require_tool("turnutils_peer")).args([
+            "-L",
+            "127.0.0.1",
+            "-p",
+            &peer_port.to_string(),
+        ]),
+    );
+    let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
+    probe
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || {
+        let _ = probe.send_to(b"ping", ("127.0.0.1", peer_port));
+        let mut b = [0u8; 8];
+        matches!(probe.recv_from(&mut b), Ok((4, _)))
+    }));
+
+    let mut cmd = Command::new(require_tool("turnutils_uclient"));
+    cmd.args([
+        "-S", "-t", "-X", "-z", "5", "-m", "2", "-n", "50", "-l", "120",
+    ])
+    .args(["-p", &tls_port.to_string()])
+    .args(["-e", "127.0.0.1", "-r", &peer_port.to_string()])
+    .args(["-u", USER, "-w", PASSWORD, "127.0.0.1"]);
+    let out = common::run_with_timeout(&mut cmd, Duration::from_secs(60));
+    let text = out.combined();
+    let totals = text
+        .lines()
+        .rfind(|l| l.contains("tot_send_msgs=") && !l.contains("msz="))
+        .unwrap_or_else(|| panic!("no uclient report:\n{text}"));
+    let num = |line: &str, key: &str| -> u64 {
+        let s = line.find(key).unwrap_or_else(|| panic!("{key} in {line}")) + key.len();
+        line[s..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .unwrap()
+    };
+    let sent = num(totals, "tot_send_msgs=");
+    let received = num(totals, "tot_recv_msgs=");
+    let lost_line = text
+        .lines()
+        .rfind(|l| l.contains("Total lost packets "))
+        .expect("loss line");
+    println!("uclient over TLS: sent {sent}, received {received}; {lost_line}");
+    assert_eq!(sent, 100, "{text}");
+    assert_eq!(received, sent, "{text}");
+    assert_eq!(num(lost_line, "Total lost packets "), 0, "{text}");
+    let tls_allocs = server.metric(
+        "turn_requests_total",
+        &[("method", "allocate"), ("result", "success")],
+    );
+    assert!(tls_allocs >= 2.0, "allocations counted: {tls_allocs}");
+}
+
+#[test]
+fn certificates_reload_on_change_and_on_sighup_without_dropping_connections() {
+    let files = Files::new("reload");
+    let (cert_a, key_a, _, der_a) = make_cert("first");
+    files.install(&cert_a, &key_a);
+    let (server, _, tls_port) = start_server(&files);
+
+    let (mut old, leaf) = connect(tls_port);
+    assert_eq!(leaf, der_a, "the first certificate is served");
+    assert!(binding_works(&mut old));
+
+    // Changed files: picked up by the poll (every 2 s).
+    let (cert_b, key_b, _, der_b) = make_cert("second");
+    std::thread::sleep(Duration::from_millis(1100)); // a visibly different mtime
+    files.install(&cert_b, &key_b);
+    assert!(
+        wait_until(Duration::from_secs(10), || connect(tls_port).1 == der_b),
+        "new handshakes did not get the second certificate"
+    );
+    assert!(
+        binding_works(&mut old),
+        "the connection opened before the reload stopped working"
+    );
+
+    // Files replaced with their modification time kept: only SIGHUP reloads them.
+    let stamp = std::fs::metadata(&files.cert)
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    let key_stamp = std::fs::metadata(&files.key)
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    let (cert_c, key_c, _, der_c) = make_cert("third");
+    files.install(&cert_c, &key_c);
+    for (p, t) in [(&files.cert, stamp), (&files.key, key_stamp)] {
+        std::fs::File::options()
+            .write(true)
+            .open(p)
+            .and_then(|f| f.set_modified(t))
+            .expect("set mtime");
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        connect(tls_port).1,
+        der_b,
+        "reloaded without a change or signal"
+    );
+    let rc = unsafe { libc_kill(server.id() as i32, 1) };
+    assert_eq!(rc, 0, "kill -HUP");
+    assert!(
+        wait_until(Duration::from_secs(10), || connect(tls_port).1 == der_c),
+        "SIGHUP did not load the third certificate"
+    );
+    assert!(binding_works(&mut old));
+    let _ = SystemTime::now();
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+#[test]
+fn chromium_relay_only_call_over_turns() {
+    let chromium = common::browser_prerequisites();
+    let files = Files::new("chromium");
+    let (cert, key, spki, _) = make_cert("chromium");
+    files.install(&cert, &key);
+    let (server, _, tls_port) = start_server(&files);
+    let url = format!("turns:127.0.0.1:{tls_port}?transport=tcp");
+    let mut cmd = Command::new("node");
+    cmd.current_dir(common::browser_dir())
+        .arg("relay_call.mjs")
+        .args(["--urls", &url])
+        .args(["--username", USER])
+        .args(["--credential", PASSWORD])
+        .args(["--expect-relay-protocol", "tls"])
+        .args(["--timeout-ms", "30000"])
+        .arg("--chromium")
+        .arg(&chromium)
+        .env(
+            "CHROMIUM_EXTRA_ARGS",
+            format!("--ignore-certificate-errors-spki-list={spki}"),
+        );
+    let (result, report) =
+        common::run_browser_script(&mut cmd, Duration::from_secs(120), "relay_call.mjs (turns)");
+    assert_eq!(result["ok"], true, "{report}");
+    for peer in ["caller", "callee"] {
+        let sel = &result["selected"][peer];
+        assert_eq!(sel["local"]["candidateType"], "relay", "{peer}: {report}");
+        assert_eq!(sel["local"]["relayProtocol"], "tls", "{peer}: {report}");
+    }
+    let relayed = server.metric("turn_relayed_packets_total", &[]);
+    assert!(relayed > 0.0, "turn_relayed_packets_total {relayed}");
+    println!(
+        "turns: call ok, {} frames, relayed {relayed}",
+        result["framesDecoded"]
+    );
+}
