@@ -1,7 +1,7 @@
-//! TURN over TLS (`turns:`, RFC 8656 §3.1): a test certificate made here with rcgen, served by
-//! `turn-server --tls-listen --cert --key`.
-//! - coturn's `turnutils_uclient -S -t` allocates and relays over TLS against `turnutils_peer`
-//!   with no loss;
+//! TURN over TLS and DTLS (`turns:`, RFC 8656 §3.1, RFC 7350): a test certificate made here
+//! with rcgen, served by `turn-server --tls-listen --dtls-listen --cert --key`.
+//! - coturn's `turnutils_uclient -S` allocates and relays over TLS (`-t`) and over DTLS (same
+//!   port number, `--dtls-listen`) against `turnutils_peer` with no loss;
 //! - the certificate is reloaded without a restart when its files change and on SIGHUP: new
 //!   handshakes present the new certificate, while a TLS connection opened before keeps working;
 //! - headless Chromium makes a relay-only call with a `turns:` URL, trusting exactly the test
@@ -85,6 +85,9 @@ fn start_server(files: &Files) -> (ServerGuard, u16, u16) {
         "--listen",
         &format!("127.0.0.1:{port}"),
         "--tls-listen",
+        &format!("127.0.0.1:{tls_port}"),
+        // DTLS on the same port number, as deployments do (5349 for both).
+        "--dtls-listen",
         &format!("127.0.0.1:{tls_port}"),
         "--cert",
         files.cert.to_str().unwrap(),
@@ -190,7 +193,18 @@ fn binding_works(tls: &mut Tls) -> bool {
 
 #[test]
 fn turnutils_uclient_relays_over_tls_without_loss() {
-    let files = Files::new("uclient");
+    uclient_over(true);
+}
+
+#[test]
+fn turnutils_uclient_relays_over_dtls_without_loss() {
+    uclient_over(false);
+}
+
+/// `turnutils_uclient -S` over TLS (`tcp`) or DTLS against `turnutils_peer`.
+fn uclient_over(tcp: bool) {
+    let what = if tcp { "TLS" } else { "DTLS" };
+    let files = Files::new(if tcp { "uclient-tls" } else { "uclient-dtls" });
     let (cert, key, _, _) = make_cert("uclient");
     files.install(&cert, &key);
     let (server, _, tls_port) = start_server(&files);
@@ -218,12 +232,14 @@ fn turnutils_uclient_relays_over_tls_without_loss() {
     }));
 
     let mut cmd = Command::new(require_tool("turnutils_uclient"));
-    cmd.args([
-        "-S", "-t", "-X", "-z", "5", "-m", "2", "-n", "50", "-l", "120",
-    ])
-    .args(["-p", &tls_port.to_string()])
-    .args(["-e", "127.0.0.1", "-r", &peer_port.to_string()])
-    .args(["-u", USER, "-w", PASSWORD, "127.0.0.1"]);
+    cmd.arg("-S");
+    if tcp {
+        cmd.arg("-t");
+    }
+    cmd.args(["-X", "-z", "5", "-m", "2", "-n", "50", "-l", "120"])
+        .args(["-p", &tls_port.to_string()])
+        .args(["-e", "127.0.0.1", "-r", &peer_port.to_string()])
+        .args(["-u", USER, "-w", PASSWORD, "127.0.0.1"]);
     let out = common::run_with_timeout(&mut cmd, Duration::from_secs(60));
     let text = out.combined();
     let totals = text
@@ -245,15 +261,15 @@ fn turnutils_uclient_relays_over_tls_without_loss() {
         .lines()
         .rfind(|l| l.contains("Total lost packets "))
         .expect("loss line");
-    println!("uclient over TLS: sent {sent}, received {received}; {lost_line}");
+    println!("uclient over {what}: sent {sent}, received {received}; {lost_line}");
     assert_eq!(sent, 100, "{text}");
     assert_eq!(received, sent, "{text}");
     assert_eq!(num(lost_line, "Total lost packets "), 0, "{text}");
-    let tls_allocs = server.metric(
+    let allocs = server.metric(
         "turn_requests_total",
         &[("method", "allocate"), ("result", "success")],
     );
-    assert!(tls_allocs >= 2.0, "allocations counted: {tls_allocs}");
+    assert!(allocs >= 2.0, "allocations counted: {allocs}");
 }
 
 #[test]

@@ -6,6 +6,7 @@
 //! the allocation's relay sockets, so the data path takes no lock. All sends are non-blocking
 //! (`try_send`); a full socket buffer or TCP queue drops the packet and counts it.
 
+pub mod dtls;
 pub mod relay;
 pub mod sockets;
 pub mod tls;
@@ -148,13 +149,41 @@ pub fn start(
         }
         None => (None, None),
     };
+    let mut listen_dtls = Vec::new();
+    let mut dtls_per_worker: Vec<Vec<StdUdpSocket>> =
+        (0..cfg.workers).map(|_| Vec::new()).collect();
+    for addr in &cfg.dtls_listen {
+        // Exclusive for a moment, so a second instance cannot silently share the port.
+        let bound = StdUdpSocket::bind(addr)
+            .and_then(|s| s.local_addr())
+            .map_err(|e| {
+                io::Error::new(e.kind(), format!("{addr} (DTLS) is already in use: {e}"))
+            })?;
+        listen_dtls.push(bound);
+        for w in dtls_per_worker.iter_mut() {
+            w.push(sockets::reuseport_udp(bound)?);
+        }
+    }
+    let dtls_cfg = match (&certs, cfg.dtls_listen.is_empty()) {
+        (Some(store), false) => {
+            let (c, k) = store.paths();
+            Some(
+                dtls::handshake_config(c, k)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?,
+            )
+        }
+        _ => None,
+    };
     let mut listen_tls = Vec::new();
     let mut tls_per_worker: Vec<Vec<std::net::TcpListener>> =
         (0..cfg.workers).map(|_| Vec::new()).collect();
     for addr in &cfg.tls_listen {
-        let bound = sockets::probe_exclusive(*addr).map_err(|e| {
-            io::Error::new(e.kind(), format!("{addr} (TLS) is already in use: {e}"))
-        })?;
+        // TCP only (a DTLS listener may share the port number); exclusive for a moment.
+        let bound = std::net::TcpListener::bind(addr)
+            .and_then(|l| l.local_addr())
+            .map_err(|e| {
+                io::Error::new(e.kind(), format!("{addr} (TLS) is already in use: {e}"))
+            })?;
         listen_tls.push(bound);
         for w in tls_per_worker.iter_mut() {
             w.push(sockets::reuseport_tcp(bound)?);
@@ -186,8 +215,18 @@ pub fn start(
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let mut threads = Vec::new();
-    for (i, (socks, tls_socks)) in per_worker.into_iter().zip(tls_per_worker).enumerate() {
+    for (i, ((socks, tls_socks), dtls_socks)) in per_worker
+        .into_iter()
+        .zip(tls_per_worker)
+        .zip(dtls_per_worker)
+        .enumerate()
+    {
         let acceptor = acceptor.clone();
+        let dtls = DtlsSetup {
+            socks: dtls_socks,
+            cfg: dtls_cfg.clone(),
+            certs: certs.clone(),
+        };
         let core = TurnCore::new(
             core_cfg.clone(),
             shared.clone(),
@@ -220,7 +259,15 @@ pub fn start(
                 let local = tokio::task::LocalSet::new();
                 local.block_on(
                     &rt,
-                    run_worker(core, relays, socks, tls_socks, acceptor, metrics, stop),
+                    run_worker(
+                        core,
+                        relays,
+                        socks,
+                        (tls_socks, acceptor),
+                        dtls,
+                        metrics,
+                        stop,
+                    ),
                 );
             })?;
         threads.push(t);
@@ -228,7 +275,7 @@ pub fn start(
     Ok(RunningServer {
         listen,
         listen_tls,
-        listen_dtls: Vec::new(),
+        listen_dtls,
         certs,
         shared,
         stop,
@@ -236,7 +283,16 @@ pub fn start(
     })
 }
 
+/// What a worker needs to serve DTLS.
+struct DtlsSetup {
+    socks: Vec<StdUdpSocket>,
+    cfg: Option<Arc<rtc_dtls::config::HandshakeConfig>>,
+    certs: Option<Arc<tls::CertStore>>,
+}
+
 struct Worker {
+    /// DTLS sockets by local address, with their associations.
+    dtls: HashMap<SocketAddr, (Rc<UdpSocket>, dtls::DtlsServer)>,
     core: TurnCore,
     relays: RelaySockets,
     metrics: TurnMetrics,
@@ -252,12 +308,13 @@ async fn run_worker(
     core: TurnCore,
     relays: RelaySockets,
     socks: Vec<(StdUdpSocket, std::net::TcpListener)>,
-    tls_socks: Vec<std::net::TcpListener>,
-    acceptor: Option<TlsAcceptor>,
+    tls_setup: (Vec<std::net::TcpListener>, Option<TlsAcceptor>),
+    dtls_setup: DtlsSetup,
     metrics: TurnMetrics,
     stop: CancellationToken,
 ) {
     let w: WorkerRef = Rc::new(RefCell::new(Worker {
+        dtls: HashMap::new(),
         core,
         relays,
         metrics,
@@ -292,6 +349,7 @@ async fn run_worker(
             stop.clone(),
         )));
     }
+    let (tls_socks, acceptor) = tls_setup;
     for tls in tls_socks {
         let (Some(acceptor), Ok(l)) = (acceptor.clone(), TcpListener::from_std(tls)) else {
             continue;
@@ -303,6 +361,28 @@ async fn run_worker(
             local,
             Some(acceptor),
             stop.clone(),
+        )));
+    }
+    if let Some(cfg) = &dtls_setup.cfg {
+        let generation = dtls_setup.certs.as_ref().map_or(0, |c| c.generation());
+        for sock in dtls_setup.socks {
+            let Ok(s) = UdpSocket::from_std(sock) else {
+                continue;
+            };
+            let Ok(local) = s.local_addr() else { continue };
+            let s = Rc::new(s);
+            w.borrow_mut().dtls.insert(
+                local,
+                (
+                    s.clone(),
+                    dtls::DtlsServer::new(local, cfg.clone(), generation),
+                ),
+            );
+            tasks.push(tokio::task::spawn_local(dtls_listener(w.clone(), s, local)));
+        }
+        tasks.push(tokio::task::spawn_local(dtls_timer(
+            w.clone(),
+            dtls_setup.certs.clone(),
         )));
     }
     tasks.push(tokio::task::spawn_local(timer_loop(w.clone())));
@@ -323,7 +403,19 @@ fn flush(wr: &WorkerRef, w: &mut Worker) {
     for t in w.out.drain(..) {
         match t {
             Transmit::ToClient { to, data } => match to.transport {
-                Transport::Udp | Transport::Dtls => {
+                Transport::Dtls => {
+                    if let Some((s, srv)) = w.dtls.get_mut(&to.server) {
+                        if srv.send(Instant::now(), to.client, &data).is_err() {
+                            w.metrics.drop_packet("client_send_failed");
+                        }
+                        while let Some((peer, d)) = srv.poll_transmit() {
+                            if sockets::send_to(s, &d, peer).is_err() {
+                                w.metrics.drop_packet("client_send_failed");
+                            }
+                        }
+                    }
+                }
+                Transport::Udp => {
                     if let Some(s) = w.udp.get(&to.server) {
                         if sockets::send_to(s, &data, to.client).is_err() {
                             w.metrics.drop_packet("client_send_failed");
@@ -392,6 +484,92 @@ async fn udp_listener(wr: WorkerRef, sock: Rc<UdpSocket>, local: SocketAddr) {
         w.core
             .handle_client(tuple, &buf[..n], Instant::now(), &mut w.relays, &mut out);
         w.out = out;
+        flush(&wr, w);
+    }
+}
+
+async fn dtls_listener(wr: WorkerRef, sock: Rc<UdpSocket>, local: SocketAddr) {
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let (n, from) = match sock.recv_from(&mut buf).await {
+            Ok(x) => x,
+            Err(_) => continue,
+        };
+        let now = Instant::now();
+        let mut guard = wr.borrow_mut();
+        let w = &mut *guard;
+        let Some((s, srv)) = w.dtls.get_mut(&local) else {
+            return;
+        };
+        let messages = srv.handle_datagram(now, from, &buf[..n]);
+        while let Some((peer, d)) = srv.poll_transmit() {
+            let _ = sockets::send_to(s, &d, peer);
+        }
+        match messages {
+            Ok(msgs) => {
+                let tuple = FiveTuple {
+                    client: from,
+                    server: local,
+                    transport: Transport::Dtls,
+                };
+                for m in msgs {
+                    let mut out = std::mem::take(&mut w.out);
+                    w.core
+                        .handle_client(tuple, &m, now, &mut w.relays, &mut out);
+                    w.out = out;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, client = %from, "DTLS datagram refused");
+                w.metrics.drop_packet("dtls");
+            }
+        }
+        flush(&wr, w);
+    }
+}
+
+/// DTLS handshake retransmissions, idle associations, certificate reloads.
+async fn dtls_timer(wr: WorkerRef, certs: Option<Arc<tls::CertStore>>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        let mut guard = wr.borrow_mut();
+        let w = &mut *guard;
+        let fresh = certs.as_ref().and_then(|c| {
+            let g = c.generation();
+            let stale = w.dtls.values().any(|(_, srv)| srv.generation() != g);
+            if !stale {
+                return None;
+            }
+            let (cert, key) = c.paths();
+            match dtls::handshake_config(cert, key) {
+                Ok(cfg) => Some((cfg, g)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "DTLS certificate reload failed");
+                    None
+                }
+            }
+        });
+        let mut closed = Vec::new();
+        for (local, (s, srv)) in w.dtls.iter_mut() {
+            if let Some((cfg, g)) = &fresh {
+                srv.set_config(cfg.clone(), *g);
+            }
+            for client in srv.handle_timeout(now) {
+                closed.push(FiveTuple {
+                    client,
+                    server: *local,
+                    transport: Transport::Dtls,
+                });
+            }
+            while let Some((peer, d)) = srv.poll_transmit() {
+                let _ = sockets::send_to(s, &d, peer);
+            }
+        }
+        for t in closed {
+            w.core.handle_connection_closed(t, &mut w.relays);
+        }
         flush(&wr, w);
     }
 }

@@ -9,6 +9,7 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
@@ -64,6 +65,7 @@ pub struct CertStore {
     cert: PathBuf,
     key: PathBuf,
     stamp: RwLock<Option<(SystemTime, SystemTime)>>,
+    generation: AtomicU64,
 }
 
 impl ResolvesServerCert for CertStore {
@@ -92,14 +94,16 @@ impl CertStore {
             cert: cert.into(),
             key: key.into(),
             stamp: RwLock::new(mtimes(cert, key)),
+            generation: AtomicU64::new(0),
         }))
     }
 
-    /// Loads the files again; on error the old pair stays in use. Returns whether it swapped.
+    /// Loads the files again; on error the old pair stays in use.
     pub fn reload(&self) -> Result<(), TlsError> {
         let ck = load(&self.cert, &self.key)?;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ck);
         *self.stamp.write().unwrap_or_else(|e| e.into_inner()) = mtimes(&self.cert, &self.key);
+        self.generation.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -112,6 +116,16 @@ impl CertStore {
         } else {
             None
         }
+    }
+
+    /// Incremented by every successful reload (DTLS endpoints rebuild their configuration).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    /// The certificate chain and key files.
+    pub fn paths(&self) -> (&Path, &Path) {
+        (&self.cert, &self.key)
     }
 
     /// The DER of the leaf certificate in use (for tests and logs).
