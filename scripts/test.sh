@@ -51,6 +51,8 @@ if ! have iptables; then MISSING+=(iptables); fi
 if ! have node || ! have npm; then MISSING+=(nodejs npm); fi
 if ! have cc; then MISSING+=(gcc libc6-dev); fi
 if ! have redis-server; then MISSING+=(redis-server); fi
+if ! have docker-compose; then MISSING+=(docker-compose); fi
+if ! have prometheus; then MISSING+=(prometheus); fi
 if ! have cargo && ! [ -x "$HOME/.cargo/bin/cargo" ]; then
   if ! have curl; then MISSING+=(curl); fi
   MISSING+=(ca-certificates)
