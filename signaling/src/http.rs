@@ -23,6 +23,9 @@ use subtle::ConstantTimeEq;
 pub const INDEX_HTML: &str = include_str!("../web/index.html");
 /// The JavaScript client (`signaling/web/client.js`).
 pub const CLIENT_JS: &str = include_str!("../web/client.js");
+/// The "Test my TURN server" page (`signaling/web/turn-test.html`): gathers ICE candidates per
+/// STUN/TURN URL and gives a verdict per URL.
+pub const TURN_TEST_HTML: &str = include_str!("../web/turn-test.html");
 
 /// An HTTP error answer.
 #[derive(Debug)]
@@ -497,6 +500,14 @@ async fn index() -> Response {
         .into_response()
 }
 
+async fn turn_test() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        TURN_TEST_HTML,
+    )
+        .into_response()
+}
+
 async fn client_js() -> Response {
     (
         [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
@@ -520,6 +531,7 @@ fn route_label(path: &str) -> &'static str {
         "/healthz" => "/healthz",
         "/" => "/",
         "/client.js" => "/client.js",
+        "/turn-test" => "/turn-test",
         _ => "other",
     }
 }
@@ -563,6 +575,7 @@ pub fn router(node: Arc<Node>) -> axum::Router {
         r = r
             .route("/", get(index))
             .route("/client.js", get(client_js))
+            .route("/turn-test", get(turn_test))
             .route("/v1/rooms", post(create_room))
             .route("/v1/rooms/{room}", get(get_room).delete(delete_room))
             .route("/v1/rooms/{room}/join", post(join_room))
