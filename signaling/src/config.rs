@@ -472,7 +472,10 @@ mod tests {
         ])
         .resolve(&Defaults::default())
         .unwrap();
-        assert_eq!(cfg.listen, "127.0.0.1:9000".parse::<std::net::SocketAddr>().unwrap());
+        assert_eq!(
+            cfg.listen,
+            "127.0.0.1:9000".parse::<std::net::SocketAddr>().unwrap()
+        );
         assert_eq!(cfg.resume_grace_secs, 7);
         assert_eq!(cfg.role, Role::Channel);
         assert_eq!(cfg.api_keys[0].key, "k");

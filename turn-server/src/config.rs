@@ -453,7 +453,10 @@ mod tests {
         .resolve(&Defaults::default())
         .unwrap();
         assert_eq!(cfg.realm, "flag.example");
-        assert_eq!(cfg.listen, vec!["127.0.0.1:3478".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(
+            cfg.listen,
+            vec!["127.0.0.1:3478".parse::<SocketAddr>().unwrap()]
+        );
         assert_eq!(cfg.relay_ips, vec!["127.0.0.1".parse::<IpAddr>().unwrap()]);
         assert_eq!((cfg.min_port, cfg.max_port), (50000, 50100));
         assert_eq!(
