@@ -12,11 +12,14 @@
 //! - [`require_tool`]: finds an external tool (e.g. coturn's `turnutils_uclient`) on `PATH`.
 //! - [`aiortc_python`]: the Python interpreter with aiortc for `tests/aiortc`.
 //! - [`RedisGuard`]: a throwaway `redis-server` on a free loopback port, no persistence.
+//! - [`natlab`]: a NAT lab of network namespaces (public host, NAT routers of each RFC 4787
+//!   behaviour, clients) for tests/nat_lab.rs; [`netns`]: one namespace linked to the host.
 //!
 //! Everything binds to loopback only. Nothing here sleeps for a fixed time to "let things
 //! settle"; waits poll a condition with a deadline.
 #![allow(dead_code)]
 
+pub mod natlab;
 pub mod netns;
 
 use std::collections::HashSet;
