@@ -23,7 +23,6 @@ use std::process::Command;
 use std::time::Duration;
 
 mod common;
-use common::{free_udp_tcp_port, free_udp_tcp_port_pair, ServerGuard, LOCALHOST};
 
 const API_KEY: &str = "aiortckey:aiortcsecret";
 /// Frames each participant must decode of each of the other's tracks.
@@ -35,56 +34,15 @@ const SCRIPT_TIMEOUT_SECS: u64 = 60;
 const RUN_LIMIT: Duration = Duration::from_secs(SCRIPT_TIMEOUT_SECS + 45);
 
 fn metric(addr: SocketAddr, name: &str) -> f64 {
-    common::metric_value(&common::scrape_metrics(addr), name, &[]).unwrap_or(0.0)
+    common::metric_at(addr, name, &[])
 }
 
 #[test]
 fn aiortc_publishes_and_subscribes_through_the_sfu() {
     let python = common::aiortc_python();
 
-    let turn_port = free_udp_tcp_port();
-    let http = SocketAddr::new(LOCALHOST, free_udp_tcp_port());
-    let sig_metrics = SocketAddr::new(LOCALHOST, free_udp_tcp_port());
-    // Two SFU workers: media on port and port + 1.
-    let media_port = free_udp_tcp_port_pair(&[LOCALHOST]);
-    let link = SocketAddr::new(LOCALHOST, free_udp_tcp_port());
-    let sfu_metrics = SocketAddr::new(LOCALHOST, free_udp_tcp_port());
-    let _turnkey = ServerGuard::start(
-        "turnkey",
-        &[
-            "--listen",
-            &format!("127.0.0.1:{turn_port}"),
-            "--relay-ip",
-            "127.0.0.1",
-            // Relay ports above Linux's ephemeral range, away from the ports tests hand out.
-            "--min-port",
-            "61000",
-            "--max-port",
-            "62999",
-            "--api-key",
-            API_KEY,
-            "--signaling-listen",
-            &http.to_string(),
-            "--signaling-metrics",
-            &sig_metrics.to_string(),
-            "--sfu-media-listen",
-            &format!("127.0.0.1:{media_port}"),
-            "--sfu-workers",
-            "2",
-            "--sfu-link-listen",
-            &link.to_string(),
-            "--sfu-metrics",
-            &sfu_metrics.to_string(),
-        ],
-    );
-    // ServerGuard waited for the TURN metrics listener; the SFU starts alongside.
-    assert!(
-        common::wait_until(Duration::from_secs(10), || matches!(
-            common::http_get(sfu_metrics, "/healthz"),
-            Ok((200, _))
-        )),
-        "the SFU did not answer GET http://{sfu_metrics}/healthz"
-    );
+    let suite = common::LocalSuite::start(API_KEY, &[]);
+    let (http, sfu_metrics) = (suite.http, suite.sfu_metrics);
 
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/aiortc/sfu_client.py");
     let mut cmd = Command::new(&python);

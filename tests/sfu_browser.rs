@@ -20,22 +20,12 @@ use std::time::Duration;
 use serde_json::Value;
 
 mod common;
-use common::{free_udp_tcp_port, free_udp_tcp_port_pair, scrape_metrics, ServerGuard, LOCALHOST};
 
 const API_KEY: &str = "sfukey:sfusecret";
 const RUN_LIMIT: Duration = Duration::from_secs(150);
 
 fn metric(addr: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
-    common::parse_metrics(&scrape_metrics(addr))
-        .into_iter()
-        .filter(|s| s.name == name)
-        .filter(|s| {
-            labels
-                .iter()
-                .all(|(k, v)| s.labels.iter().any(|(a, b)| a == k && b == v))
-        })
-        .map(|s| s.value)
-        .sum()
+    common::metric_at(addr, name, labels)
 }
 
 fn sfu_room(base_url: &str, pages: u32, relay: bool) -> Value {
@@ -63,45 +53,9 @@ fn sfu_room(base_url: &str, pages: u32, relay: bool) -> Value {
 
 #[test]
 fn chromium_sfu_rooms() {
-    let turn_port = free_udp_tcp_port();
-    let http = SocketAddr::new(LOCALHOST, free_udp_tcp_port());
-    let sig_metrics = SocketAddr::new(LOCALHOST, free_udp_tcp_port());
-    let media_port = free_udp_tcp_port_pair(&[LOCALHOST]);
-    let link = SocketAddr::new(LOCALHOST, free_udp_tcp_port());
-    let sfu_metrics = SocketAddr::new(LOCALHOST, free_udp_tcp_port());
-    let turnkey = ServerGuard::start(
-        "turnkey",
-        &[
-            "--listen",
-            &format!("127.0.0.1:{turn_port}"),
-            "--relay-ip",
-            "127.0.0.1",
-            "--min-port",
-            "61000",
-            "--max-port",
-            "62999",
-            // The SFU is on loopback: TURN may relay to it.
-            "--allow-peer",
-            "127.0.0.0/8",
-            "--api-key",
-            API_KEY,
-            "--signaling-listen",
-            &http.to_string(),
-            "--signaling-metrics",
-            &sig_metrics.to_string(),
-            "--sfu-media-listen",
-            &format!("127.0.0.1:{media_port}"),
-            "--sfu-workers",
-            "2",
-            "--sfu-link-listen",
-            &link.to_string(),
-            "--sfu-metrics",
-            &sfu_metrics.to_string(),
-        ],
-    );
-    assert!(common::wait_until(Duration::from_secs(10), || {
-        matches!(common::http_get(sfu_metrics, "/healthz"), Ok((200, _)))
-    }));
+    // The SFU is on loopback: TURN may relay to it.
+    let suite = common::LocalSuite::start(API_KEY, &["--allow-peer", "127.0.0.0/8"]);
+    let (http, sfu_metrics, turnkey) = (suite.http, suite.sfu_metrics, &suite.guard);
     let base_url = format!("http://{http}");
 
     let result = sfu_room(&base_url, 3, false);

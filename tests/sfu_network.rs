@@ -18,21 +18,12 @@ use std::time::Duration;
 
 mod common;
 use common::netns::Netns;
-use common::{free_udp_tcp_port, free_udp_tcp_port_pair, scrape_metrics, ServerGuard, LOCALHOST};
+use common::{free_udp_tcp_port, free_udp_tcp_port_pair, ServerGuard, LOCALHOST};
 
 const API_KEY: &str = "netkey:netsecret";
 
 fn metric(addr: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
-    common::parse_metrics(&scrape_metrics(addr))
-        .into_iter()
-        .filter(|s| s.name == name)
-        .filter(|s| {
-            labels
-                .iter()
-                .all(|(k, v)| s.labels.iter().any(|(a, b)| a == k && b == v))
-        })
-        .map(|s| s.value)
-        .sum()
+    common::metric_at(addr, name, labels)
 }
 
 #[test]

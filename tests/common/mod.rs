@@ -781,6 +781,81 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f
     (!matching.is_empty()).then(|| matching.iter().sum())
 }
 
+/// [`metric_value`] of the `/metrics` served at `addr`, 0 when no series matches.
+pub fn metric_at(addr: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metric_value(&scrape_metrics(addr), name, labels).unwrap_or(0.0)
+}
+
+/// The `turnkey` binary (TURN + signaling + SFU in one process) on free loopback ports, with
+/// relay ports 61000-62999 (above the ephemeral range), two SFU workers and the API key
+/// `api_key`; `extra` flags are appended. Returns once the TURN and SFU metrics answer.
+pub struct LocalSuite {
+    /// The process (its `metrics` is the TURN metrics listener).
+    pub guard: ServerGuard,
+    /// TURN/STUN listener port (UDP and TCP) on 127.0.0.1.
+    pub turn_port: u16,
+    /// Signaling HTTP/WebSocket listener.
+    pub http: SocketAddr,
+    /// SFU metrics listener.
+    pub sfu_metrics: SocketAddr,
+}
+
+impl LocalSuite {
+    /// Starts it (see the type).
+    pub fn start(api_key: &str, extra: &[&str]) -> LocalSuite {
+        let turn_port = free_udp_tcp_port();
+        let http = SocketAddr::new(LOCALHOST, free_udp_tcp_port());
+        let sig_metrics = SocketAddr::new(LOCALHOST, free_udp_tcp_port());
+        // Two SFU workers: media on port and port + 1.
+        let media_port = free_udp_tcp_port_pair(&[LOCALHOST]);
+        let link = SocketAddr::new(LOCALHOST, free_udp_tcp_port());
+        let sfu_metrics = SocketAddr::new(LOCALHOST, free_udp_tcp_port());
+        let mut args: Vec<String> = [
+            "--listen",
+            &format!("127.0.0.1:{turn_port}"),
+            "--relay-ip",
+            "127.0.0.1",
+            "--min-port",
+            "61000",
+            "--max-port",
+            "62999",
+            "--api-key",
+            api_key,
+            "--signaling-listen",
+            &http.to_string(),
+            "--signaling-metrics",
+            &sig_metrics.to_string(),
+            "--sfu-media-listen",
+            &format!("127.0.0.1:{media_port}"),
+            "--sfu-workers",
+            "2",
+            "--sfu-link-listen",
+            &link.to_string(),
+            "--sfu-metrics",
+            &sfu_metrics.to_string(),
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let guard = ServerGuard::start("turnkey", &args);
+        // ServerGuard waited for the TURN metrics listener; the SFU starts alongside.
+        assert!(
+            wait_until(Duration::from_secs(10), || matches!(
+                http_get(sfu_metrics, "/healthz"),
+                Ok((200, _))
+            )),
+            "the SFU did not answer GET http://{sfu_metrics}/healthz"
+        );
+        LocalSuite {
+            guard,
+            turn_port,
+            http,
+            sfu_metrics,
+        }
+    }
+}
+
 /// Polls `f` every 25 ms until it returns true or `timeout` passes; returns the last result.
 /// For counters that are updated just after the packet that a client already saw.
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
