@@ -73,6 +73,19 @@ pub struct ServerArgs {
     /// Allocations in total (508 beyond). Default 100000.
     #[arg(long = "total-quota")]
     pub total_quota: Option<u32>,
+    /// Allocations per client IP address (486 beyond; unredeemed EVEN-PORT reservations
+    /// count). Default 128.
+    #[arg(long = "ip-quota")]
+    pub ip_quota: Option<u32>,
+    /// Responses to unauthenticated requests (401/438 challenges and errors before
+    /// authentication) per second per source IP and worker; beyond, the request is dropped and
+    /// counted (`turn_dropped_packets_total{reason="unauth_rate_limited"}`). 0 turns it off.
+    /// Default 50.
+    #[arg(long = "unauth-rate", value_name = "PER_SEC")]
+    pub unauth_rate: Option<u32>,
+    /// Burst of such responses per source IP. Default 100.
+    #[arg(long = "unauth-burst")]
+    pub unauth_burst: Option<u32>,
     /// Longest allocation lifetime in seconds. Default 3600.
     #[arg(long = "max-lifetime", value_name = "SECS")]
     pub max_lifetime: Option<u64>,
@@ -143,6 +156,12 @@ pub struct FileConfig {
     pub user_quota: Option<u32>,
     /// See `--total-quota`.
     pub total_quota: Option<u32>,
+    /// See `--ip-quota`.
+    pub ip_quota: Option<u32>,
+    /// See `--unauth-rate`.
+    pub unauth_rate: Option<u32>,
+    /// See `--unauth-burst`.
+    pub unauth_burst: Option<u32>,
     /// See `--max-lifetime`.
     pub max_lifetime: Option<u64>,
     /// See `--workers`.
@@ -214,6 +233,16 @@ pub struct TurnConfig {
     pub user_quota: u32,
     /// Allocations in total.
     pub total_quota: u32,
+    /// Allocations per client IP.
+    pub ip_quota: u32,
+    /// Unauthenticated responses per second per source IP (0: unlimited).
+    pub unauth_rate_per_sec: u32,
+    /// Burst of unauthenticated responses per source IP.
+    pub unauth_burst: u32,
+    /// Ports of other services of this host that peers may never reach even when
+    /// `allow_peer` covers the host (set by `turnkey` for the services it runs next to TURN:
+    /// signaling, the SFU's media, ICE-TCP and link ports, their metrics). Not a file key.
+    pub protected_ports: Vec<u16>,
     /// Longest allocation lifetime, seconds.
     pub max_lifetime_secs: u64,
     /// Worker threads.
@@ -352,6 +381,10 @@ impl ServerArgs {
             nonce_lifetime_secs: self.nonce_lifetime.or(file.nonce_lifetime).unwrap_or(600),
             user_quota: self.user_quota.or(file.user_quota).unwrap_or(64),
             total_quota: self.total_quota.or(file.total_quota).unwrap_or(100_000),
+            ip_quota: self.ip_quota.or(file.ip_quota).unwrap_or(128),
+            unauth_rate_per_sec: self.unauth_rate.or(file.unauth_rate).unwrap_or(50),
+            unauth_burst: self.unauth_burst.or(file.unauth_burst).unwrap_or(100),
+            protected_ports: Vec::new(),
             max_lifetime_secs: self
                 .max_lifetime
                 .or(file.max_lifetime)
@@ -394,7 +427,7 @@ impl TurnConfig {
         let mut users: Vec<&String> = self.users.keys().collect();
         users.sort();
         format!(
-            "listen={:?} relay_ip={:?} ports={}-{} external_ip={:?} realm={:?} users={:?} (passwords <redacted>) auth_secrets={} (<redacted>) allow_peer={:?} deny_peer={:?} metrics={} nonce_lifetime={}s user_quota={} total_quota={} max_lifetime={}s workers={} drain_timeout={}s tls_listen={:?} dtls_listen={:?} cert={:?}",
+            "listen={:?} relay_ip={:?} ports={}-{} external_ip={:?} realm={:?} users={:?} (passwords <redacted>) auth_secrets={} (<redacted>) allow_peer={:?} deny_peer={:?} metrics={} nonce_lifetime={}s user_quota={} total_quota={} ip_quota={} unauth_rate={}/s unauth_burst={} max_lifetime={}s workers={} drain_timeout={}s tls_listen={:?} dtls_listen={:?} cert={:?}",
             self.listen,
             self.relay_ips,
             self.min_port,
@@ -409,6 +442,9 @@ impl TurnConfig {
             self.nonce_lifetime_secs,
             self.user_quota,
             self.total_quota,
+            self.ip_quota,
+            self.unauth_rate_per_sec,
+            self.unauth_burst,
             self.max_lifetime_secs,
             self.workers,
             self.drain_timeout_secs,

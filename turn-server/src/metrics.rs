@@ -11,6 +11,8 @@
 //! | `turn_peer_denied_total` | counter | `reason` |
 //! | `turn_dropped_packets_total` | counter | `reason` |
 //! | `turn_permissions` / `turn_channel_bindings` | gauge | |
+//! | `turn_reservations` | gauge | | (EVEN-PORT R reservations not yet redeemed, RFC 8656 §7.2)
+//! | `turn_quota_rejections_total` | counter | `scope` (`user`, `ip`, `total`) |
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -44,6 +46,10 @@ pub mod names {
     pub const PERMISSIONS: &str = "turn_permissions";
     /// Live channel bindings.
     pub const CHANNEL_BINDINGS: &str = "turn_channel_bindings";
+    /// Unredeemed EVEN-PORT reservations.
+    pub const RESERVATIONS: &str = "turn_reservations";
+    /// Allocations refused by a quota.
+    pub const QUOTA_REJECTIONS: &str = "turn_quota_rejections";
 }
 
 /// Handles to every TURN metric. Cloning is cheap (shared atomics).
@@ -69,6 +75,10 @@ pub struct TurnMetrics {
     pub permissions: Gauge,
     /// `turn_channel_bindings`.
     pub channel_bindings: Gauge,
+    /// `turn_reservations`: EVEN-PORT reservations waiting to be redeemed.
+    pub reservations: Gauge,
+    /// `turn_quota_rejections_total{scope}`: allocations refused by a quota.
+    pub quota_rejections: Family<L1, Counter>,
     /// Hot-path handles, resolved once.
     pub hot: HotCounters,
 }
@@ -113,6 +123,7 @@ impl TurnMetrics {
             "stale_nonce",
             "wrong_realm",
             "bad_request",
+            "algorithm_mismatch",
         ] {
             let _ = m.auth_failures.get_or_create(&[("reason", reason)]);
         }
@@ -137,6 +148,8 @@ impl TurnMetrics {
             "client_send_failed",
             "peer_send_failed",
             "tcp_queue_full",
+            "peer_denied",
+            "unauth_rate_limited",
         ] {
             let _ = m.dropped_packets.get_or_create(&[("reason", reason)]);
         }
@@ -192,6 +205,19 @@ impl TurnMetrics {
             names::CHANNEL_BINDINGS,
             "Live channel bindings",
             m.channel_bindings.clone(),
+        );
+        registry.register(
+            names::RESERVATIONS,
+            "EVEN-PORT reservations not yet redeemed",
+            m.reservations.clone(),
+        );
+        for scope in ["user", "ip", "total"] {
+            let _ = m.quota_rejections.get_or_create(&[("scope", scope)]);
+        }
+        registry.register(
+            names::QUOTA_REJECTIONS,
+            "Allocations refused by a quota, by scope",
+            m.quota_rejections.clone(),
         );
         m
     }

@@ -145,6 +145,26 @@ pub fn decode(b: &[u8]) -> Result<Message, DecodeError> {
     Ok(m)
 }
 
+/// Drops the attributes that follow the first MESSAGE-INTEGRITY(-SHA256) from `m`'s attribute
+/// list, except those the RFC lets follow it: after MESSAGE-INTEGRITY, MESSAGE-INTEGRITY-SHA256
+/// and FINGERPRINT; after MESSAGE-INTEGRITY-SHA256, FINGERPRINT (RFC 8489 §14.5, §14.6). What
+/// follows the integrity attribute is not covered by it, so it must never be acted on. The raw
+/// bytes are untouched (integrity is still checked over them).
+pub fn ignore_after_integrity(m: &mut Message) {
+    let attrs = &mut m.attributes.0;
+    let Some(pos) = attrs
+        .iter()
+        .position(|a| a.typ == ATTR_MESSAGE_INTEGRITY || a.typ == ATTR_MESSAGE_INTEGRITY_SHA256)
+    else {
+        return;
+    };
+    let sha1_first = attrs[pos].typ == ATTR_MESSAGE_INTEGRITY;
+    let tail = attrs.split_off(pos + 1);
+    attrs.extend(tail.into_iter().filter(|a| {
+        a.typ == ATTR_FINGERPRINT || (sha1_first && a.typ == ATTR_MESSAGE_INTEGRITY_SHA256)
+    }));
+}
+
 /// The comprehension-required attributes (type < 0x8000) of `m` that are not in `known`
 /// (RFC 8489 §6.3.1: answered with 420 and UNKNOWN-ATTRIBUTES), without duplicates.
 pub fn unknown_required(m: &Message, known: &[AttrType]) -> Vec<AttrType> {

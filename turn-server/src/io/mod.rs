@@ -97,14 +97,28 @@ pub fn core_config(cfg: &TurnConfig) -> CoreConfig {
     own_ips.retain(|ip| !ip.is_unspecified());
     own_ips.sort();
     own_ips.dedup();
-    let mut own_ports: Vec<u16> = cfg.listen.iter().map(|l| l.port()).collect();
+    // Every port this process (and, under `turnkey`, the suite) listens on: client, TLS, DTLS,
+    // metrics and the protected ports of neighbouring services.
+    let mut own_ports: Vec<u16> = cfg
+        .listen
+        .iter()
+        .chain(&cfg.tls_listen)
+        .chain(&cfg.dtls_listen)
+        .map(|l| l.port())
+        .collect();
     own_ports.push(cfg.metrics.port());
+    own_ports.extend(&cfg.protected_ports);
+    own_ports.sort_unstable();
+    own_ports.dedup();
     let nonce_key: [u8; 32] = rand::random();
+    let credentials =
+        Credentials::new(cfg.users.clone(), cfg.auth_secrets.clone()).hash_users(&cfg.realm);
+    let userhash = credentials.has_static_users();
     CoreConfig {
         realm: cfg.realm.clone(),
         software: cfg.software.clone(),
-        credentials: Credentials::new(cfg.users.clone(), cfg.auth_secrets.clone()),
-        nonces: NonceMinter::new(nonce_key, cfg.nonce_lifetime_secs),
+        credentials,
+        nonces: NonceMinter::new(nonce_key, cfg.nonce_lifetime_secs).with_userhash(userhash),
         policy: PeerPolicy::new(
             cfg.allow_peer.clone(),
             cfg.deny_peer.clone(),
@@ -119,9 +133,15 @@ pub fn core_config(cfg: &TurnConfig) -> CoreConfig {
         channel_reuse_delay: Duration::from_secs(300),
         user_quota: cfg.user_quota,
         total_quota: cfg.total_quota,
+        ip_quota: cfg.ip_quota,
+        reservation_lifetime: relay::RESERVATION_LIFETIME,
+        unauth_rate_per_sec: cfg.unauth_rate_per_sec,
+        unauth_burst: cfg.unauth_burst,
         external_ips: cfg.external_ips.clone(),
+        // Binding answers anyone: no SOFTWARE, so the response is as small as it can be
+        // (reflection amplification).
         binding: BindingConfig {
-            software: cfg.software.clone(),
+            software: None,
             ..BindingConfig::default()
         },
     }

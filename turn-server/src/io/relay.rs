@@ -1,5 +1,7 @@
 //! Relay socket binding for the core ([`RelayAllocator`]): random ports from the configured
-//! range, EVEN-PORT, and RESERVATION-TOKEN reservations shared by all workers.
+//! range, EVEN-PORT, and RESERVATION-TOKEN reservations shared by all workers. A reserved
+//! socket is closed when the core cancels it (its 30 s timer, RFC 8656 §7.2) and, as a
+//! backstop, by a purge of expired reservations on every allocation.
 
 use super::sockets::relay_udp;
 use crate::proto::core::{AddressFamily, RelayAllocator, RelayError, RelayGrant, RelayRequest};
@@ -77,15 +79,23 @@ impl RelaySockets {
     }
 }
 
+impl RelaySockets {
+    /// Closes every reserved socket whose reservation has expired.
+    fn purge_expired(&self, now: Instant) {
+        if let Ok(mut r) = self.reservations.lock() {
+            r.retain(|_, (_, t)| *t > now);
+        }
+    }
+}
+
 impl RelayAllocator for RelaySockets {
     fn allocate(&mut self, req: &RelayRequest) -> Result<RelayGrant, RelayError> {
+        self.purge_expired(Instant::now());
         if let Some(token) = req.reservation_token {
             let mut r = self
                 .reservations
                 .lock()
                 .map_err(|_| RelayError::Exhausted)?;
-            let now = Instant::now();
-            r.retain(|_, (_, t)| *t > now);
             let (sock, _) = r.remove(&token).ok_or(RelayError::BadToken)?;
             let local = sock.local_addr().map_err(|_| RelayError::Exhausted)?;
             self.pending_new.push(sock);
@@ -123,6 +133,12 @@ impl RelayAllocator for RelaySockets {
 
     fn release(&mut self, local: SocketAddr) {
         self.pending_release.push(local);
+    }
+
+    fn cancel_reservation(&mut self, token: [u8; 8]) {
+        if let Ok(mut r) = self.reservations.lock() {
+            r.remove(&token);
+        }
     }
 }
 
@@ -181,6 +197,43 @@ mod tests {
             }),
             Err(RelayError::FamilyUnsupported)
         );
+    }
+
+    #[test]
+    fn reservations_are_closed_on_cancel_and_purged_when_expired() {
+        let res: Reservations = Arc::default();
+        let mut r = RelaySockets::new(
+            vec!["127.0.0.1".parse().unwrap()],
+            53000,
+            53999,
+            res.clone(),
+        );
+        let even_r = RelayRequest {
+            family: AddressFamily::V4,
+            even_port: true,
+            reserve_next: true,
+            reservation_token: None,
+            dont_fragment: false,
+        };
+        let g = r.allocate(&even_r).unwrap();
+        let token = g.reservation_token.unwrap();
+        assert_eq!(res.lock().unwrap().len(), 1);
+        r.cancel_reservation(token);
+        assert_eq!(res.lock().unwrap().len(), 0);
+        // The reserved port is free again: binding it works.
+        let next = SocketAddr::new(g.local.ip(), g.local.port() + 1);
+        assert!(relay_udp(next, false).is_ok());
+        // An expired reservation is purged by the next allocation, whatever it asks for.
+        let g2 = r.allocate(&even_r).unwrap();
+        let t2 = g2.reservation_token.unwrap();
+        res.lock().unwrap().get_mut(&t2).unwrap().1 = Instant::now() - Duration::from_secs(1);
+        let plain = RelayRequest {
+            reserve_next: false,
+            even_port: false,
+            ..even_r
+        };
+        let _ = r.allocate(&plain).unwrap();
+        assert_eq!(res.lock().unwrap().len(), 0);
     }
 
     #[test]

@@ -8,6 +8,8 @@ use base64::Engine;
 use md5::{Digest, Md5};
 use ring::hmac;
 use std::collections::HashMap;
+use super::FiveTuple;
+use std::net::IpAddr;
 use stun_server::proto::msg::PasswordAlgorithm;
 use subtle::ConstantTimeEq;
 
@@ -89,6 +91,8 @@ impl CredentialError {
 pub struct Credentials {
     users: HashMap<String, String>,
     secrets: Vec<String>,
+    /// USERHASH -> static username, for one realm (see [`Credentials::hash_users`]).
+    userhashes: HashMap<[u8; 32], String>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -103,7 +107,34 @@ impl std::fmt::Debug for Credentials {
 impl Credentials {
     /// Static users (name -> password) and REST secrets (newest first).
     pub fn new(users: HashMap<String, String>, secrets: Vec<String>) -> Self {
-        Self { users, secrets }
+        Self {
+            users,
+            secrets,
+            userhashes: HashMap::new(),
+        }
+    }
+
+    /// Computes the USERHASH of every static user in `realm` so [`Self::user_for_hash`] can
+    /// find them (RFC 8489 §14.4). REST usernames embed an expiry and cannot be looked up by
+    /// hash.
+    pub fn hash_users(mut self, realm: &str) -> Self {
+        self.userhashes = self
+            .users
+            .keys()
+            .map(|u| (userhash(u, realm), u.clone()))
+            .collect();
+        self
+    }
+
+    /// The static username whose USERHASH is `hash`.
+    pub fn user_for_hash(&self, hash: &[u8]) -> Option<&str> {
+        let h: [u8; 32] = hash.try_into().ok()?;
+        self.userhashes.get(&h).map(String::as_str)
+    }
+
+    /// True when static users exist (USERHASH is then advertised).
+    pub fn has_static_users(&self) -> bool {
+        !self.users.is_empty()
     }
 
     /// True when nothing can authenticate (the server then refuses every allocation).
@@ -161,63 +192,118 @@ fn rest_expiry(username: &str) -> Option<u64> {
 /// Prefix of a nonce that advertises RFC 8489 security features (§9.2): the cookie
 /// `obMatJos2` followed by the base64 24-bit feature set with bit 0 (password algorithms) set.
 pub const NONCE_FEATURE_PREFIX: &str = "obMatJos2gAAA";
+/// The same with bit 1 (username anonymity, USERHASH §14.4) set too; used when static users
+/// exist (a REST username cannot be found from its hash).
+pub const NONCE_FEATURE_PREFIX_USERHASH: &str = "obMatJos2wAAA";
 
-/// Mints and checks stateless nonces: `<prefix><expiry hex><mac hex>` where mac is a truncated
-/// HMAC-SHA256 of the expiry under a per-process key, so any worker can validate any nonce.
+/// Bytes of MAC in a nonce (96 bits).
+const NONCE_MAC_BYTES: usize = 12;
+
+/// Mints and checks stateless nonces bound to the client's 5-tuple (RFC 8489 §9.2.2: the
+/// server may bind a nonce to the client's address). A nonce is
+/// `<feature prefix><base64url(expiry u32 BE || MAC)>` where MAC is HMAC-SHA256, truncated to 96
+/// bits, over the expiry and the 5-tuple under a per-process key: any worker validates any
+/// nonce, nothing is stored, and a nonce captured on one 5-tuple is stale on every other.
 pub struct NonceMinter {
     key: hmac::Key,
     lifetime_secs: u64,
+    prefix: &'static str,
 }
 
 impl std::fmt::Debug for NonceMinter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NonceMinter")
             .field("lifetime_secs", &self.lifetime_secs)
+            .field("prefix", &self.prefix)
             .finish()
     }
 }
 
 impl NonceMinter {
-    /// A minter with a key of 32 bytes and nonces valid `lifetime_secs`.
+    /// A minter with a key of 32 bytes and nonces valid `lifetime_secs`, advertising password
+    /// algorithms.
     pub fn new(key: [u8; 32], lifetime_secs: u64) -> Self {
         Self {
             key: hmac::Key::new(hmac::HMAC_SHA256, &key),
             lifetime_secs,
+            prefix: NONCE_FEATURE_PREFIX,
         }
     }
 
-    fn mac(&self, expiry: u64) -> String {
-        let tag = hmac::sign(&self.key, &expiry.to_be_bytes());
-        tag.as_ref()[..8]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    }
-
-    /// A fresh nonce valid until `now_unix_secs + lifetime`.
-    pub fn mint(&self, now_unix_secs: u64) -> String {
-        let expiry = now_unix_secs + self.lifetime_secs;
-        format!("{NONCE_FEATURE_PREFIX}{expiry:016x}{}", self.mac(expiry))
-    }
-
-    /// True when `nonce` was minted by this minter and has not expired.
-    pub fn is_valid(&self, nonce: &str, now_unix_secs: u64) -> bool {
-        let Some(rest) = nonce.strip_prefix(NONCE_FEATURE_PREFIX) else {
-            return false;
+    /// Also advertises username anonymity (USERHASH).
+    pub fn with_userhash(mut self, on: bool) -> Self {
+        self.prefix = if on {
+            NONCE_FEATURE_PREFIX_USERHASH
+        } else {
+            NONCE_FEATURE_PREFIX
         };
-        if rest.len() != 32 || !rest.is_ascii() {
-            return false;
+        self
+    }
+
+    /// The feature prefix in use.
+    pub fn prefix(&self) -> &'static str {
+        self.prefix
+    }
+
+    fn mac(&self, expiry: u32, binding: &FiveTuple) -> hmac::Tag {
+        let mut ctx = hmac::Context::with_key(&self.key);
+        ctx.update(&expiry.to_be_bytes());
+        for a in [binding.client, binding.server] {
+            match a.ip() {
+                IpAddr::V4(v4) => ctx.update(&v4.octets()),
+                IpAddr::V6(v6) => ctx.update(&v6.octets()),
+            }
+            ctx.update(&a.port().to_be_bytes());
         }
-        let Ok(expiry) = u64::from_str_radix(&rest[..16], 16) else {
-            return false;
+        ctx.update(binding.transport.as_str().as_bytes());
+        ctx.sign()
+    }
+
+    /// A fresh nonce for the 5-tuple `binding`, valid until `now_unix_secs + lifetime`.
+    pub fn mint(&self, now_unix_secs: u64, binding: &FiveTuple) -> String {
+        let expiry = now_unix_secs
+            .saturating_add(self.lifetime_secs)
+            .min(u32::MAX as u64) as u32;
+        let mut raw = [0u8; 4 + NONCE_MAC_BYTES];
+        raw[..4].copy_from_slice(&expiry.to_be_bytes());
+        raw[4..].copy_from_slice(&self.mac(expiry, binding).as_ref()[..NONCE_MAC_BYTES]);
+        let mut s = String::with_capacity(self.prefix.len() + 22);
+        s.push_str(self.prefix);
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode_string(raw, &mut s);
+        s
+    }
+
+    /// True when `nonce` was minted by this minter for `binding` and has not expired.
+    pub fn is_valid(&self, nonce: &str, now_unix_secs: u64, binding: &FiveTuple) -> bool {
+        let rest = match nonce
+            .strip_prefix(NONCE_FEATURE_PREFIX)
+            .or_else(|| nonce.strip_prefix(NONCE_FEATURE_PREFIX_USERHASH))
+        {
+            Some(r) if r.len() == 22 => r,
+            _ => return false,
         };
-        let good: bool = self
-            .mac(expiry)
-            .as_bytes()
-            .ct_eq(&rest.as_bytes()[16..])
+        let mut raw = [0u8; 4 + NONCE_MAC_BYTES];
+        match base64::engine::general_purpose::URL_SAFE_NO_PAD.decode_slice(rest, &mut raw) {
+            Ok(n) if n == raw.len() => {}
+            _ => return false,
+        }
+        let expiry = u32::from_be_bytes([raw[0], raw[1], raw[2], raw[3]]);
+        let good: bool = self.mac(expiry, binding).as_ref()[..NONCE_MAC_BYTES]
+            .ct_eq(&raw[4..])
             .into();
-        good && now_unix_secs <= expiry
+        good && now_unix_secs <= expiry as u64
     }
+}
+
+/// USERHASH (RFC 8489 §14.4): SHA-256 of `username ":" realm`.
+pub fn userhash(username: &str, realm: &str) -> [u8; 32] {
+    let d = ring::digest::digest(
+        &ring::digest::SHA256,
+        format!("{username}:{realm}").as_bytes(),
+    );
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
 }
 
 #[cfg(test)]
@@ -287,20 +373,75 @@ mod tests {
         );
     }
 
+    fn tuple(port: u16) -> FiveTuple {
+        FiveTuple {
+            client: std::net::SocketAddr::new("198.51.100.1".parse().unwrap(), port),
+            server: "192.0.2.1:3478".parse().unwrap(),
+            transport: stun_server::proto::msg::Transport::Udp,
+        }
+    }
+
     #[test]
     fn nonce_expires_in_virtual_time_and_rejects_forgery() {
         let m = NonceMinter::new([7; 32], 600);
-        let n = m.mint(1000);
-        assert!(n.starts_with("obMatJos2"));
-        assert!(m.is_valid(&n, 1000));
-        assert!(m.is_valid(&n, 1600));
-        assert!(!m.is_valid(&n, 1601));
+        let t = tuple(5000);
+        let n = m.mint(1000, &t);
+        assert!(n.starts_with("obMatJos2gAAA"));
+        // Shorter than coturn 4.17's challenge cost allows: prefix + 22.
+        assert_eq!(n.len(), 13 + 22);
+        assert!(m.is_valid(&n, 1000, &t));
+        assert!(m.is_valid(&n, 1600, &t));
+        assert!(!m.is_valid(&n, 1601, &t));
         let other = NonceMinter::new([8; 32], 600);
-        assert!(!other.is_valid(&n, 1000));
-        let mut forged = n.clone();
-        forged.replace_range(13..29, &format!("{:016x}", 999_999u64));
-        assert!(!m.is_valid(&forged, 1000));
-        assert!(!m.is_valid("garbage", 1000));
-        assert!(!m.is_valid("obMatJos2gAAAé", 1000));
+        assert!(!other.is_valid(&n, 1000, &t));
+        // Forged expiry: the MAC no longer matches.
+        let mut raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&n[13..])
+            .unwrap();
+        raw[0] ^= 1;
+        let forged = format!(
+            "obMatJos2gAAA{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+        );
+        assert!(!m.is_valid(&forged, 1000, &t));
+        assert!(!m.is_valid("garbage", 1000, &t));
+        assert!(!m.is_valid("obMatJos2gAAAé", 1000, &t));
+        assert!(!m.is_valid("obMatJos2gAAA!!!!!!!!!!!!!!!!!!!!!!", 1000, &t));
+    }
+
+    #[test]
+    fn nonce_is_bound_to_the_five_tuple() {
+        let m = NonceMinter::new([7; 32], 600);
+        let n = m.mint(1000, &tuple(5000));
+        assert!(m.is_valid(&n, 1000, &tuple(5000)));
+        assert!(!m.is_valid(&n, 1000, &tuple(5001)));
+        let mut tcp = tuple(5000);
+        tcp.transport = stun_server::proto::msg::Transport::Tcp;
+        assert!(!m.is_valid(&n, 1000, &tcp));
+        let mut other_ip = tuple(5000);
+        other_ip.client = "198.51.100.2:5000".parse().unwrap();
+        assert!(!m.is_valid(&n, 1000, &other_ip));
+    }
+
+    #[test]
+    fn userhash_finds_static_users_only() {
+        // RFC 8489 §14.4: SHA-256("user:realm"); value cross-checked with another
+        // implementation (stun-types' Userhash::compute("user", "realm")).
+        assert_eq!(
+            userhash("user", "realm")[..4],
+            [106, 48, 41, 17],
+            "sha256(user:realm)"
+        );
+        let creds = Credentials::new(
+            HashMap::from([("alice".to_string(), "pw".to_string())]),
+            vec!["secret".into()],
+        )
+        .hash_users("turnkey");
+        assert_eq!(
+            creds.user_for_hash(&userhash("alice", "turnkey")),
+            Some("alice")
+        );
+        assert_eq!(creds.user_for_hash(&userhash("alice", "other")), None);
+        assert_eq!(creds.user_for_hash(&[0u8; 31]), None);
     }
 }

@@ -6,7 +6,8 @@
 //! steers to that worker. Cross-worker facts (live relayed addresses, quotas, draining) live in
 //! [`Shared`], touched only on control messages, never per relayed packet.
 
-use super::auth::{long_term_key, CredentialError, Credentials, NonceMinter};
+use super::auth::{long_term_key, Credentials, NonceMinter};
+use super::limit::SourceLimiter;
 use super::policy::{DenyReason, PeerPolicy};
 use super::timers::TimerQueue;
 use super::FiveTuple;
@@ -56,6 +57,8 @@ const KNOWN_ATTRS: &[AttrType] = &[
     ATTR_REQUESTED_TRANSPORT,
     ATTR_DONT_FRAGMENT,
     ATTR_RESERVATION_TOKEN,
+    ATTR_USER_HASH,
+    ATTR_PASSWORD_ALGORITHMS,
 ];
 
 /// An IP address family.
@@ -129,6 +132,9 @@ pub trait RelayAllocator {
     fn allocate(&mut self, req: &RelayRequest) -> Result<RelayGrant, RelayError>;
     /// Closes the relay socket bound at `local`.
     fn release(&mut self, local: SocketAddr);
+    /// Closes the socket reserved under `token` (EVEN-PORT R, RFC 8656 §7.2) that nobody
+    /// redeemed; nothing when it was redeemed or is unknown.
+    fn cancel_reservation(&mut self, token: [u8; 8]);
 }
 
 /// Something to send.
@@ -176,10 +182,20 @@ pub struct CoreConfig {
     pub channel_lifetime: Duration,
     /// Time an expired channel's number and peer stay reserved (RFC 8656 §12: 300 s).
     pub channel_reuse_delay: Duration,
-    /// Allocations per user (486 beyond).
+    /// Allocations per user (486 beyond); an unredeemed EVEN-PORT reservation counts as one.
     pub user_quota: u32,
-    /// Allocations in total (508 beyond).
+    /// Allocations in total (508 beyond); reservations count too.
     pub total_quota: u32,
+    /// Allocations per client IP address (486 beyond); reservations count too.
+    pub ip_quota: u32,
+    /// How long a port reserved by EVEN-PORT with the R bit stays reserved (RFC 8656 §7.2:
+    /// about 30 s).
+    pub reservation_lifetime: Duration,
+    /// Responses to unauthenticated requests (401/438 challenges, pre-authentication errors)
+    /// per second per source IP; beyond, requests are dropped and counted. 0 turns it off.
+    pub unauth_rate_per_sec: u32,
+    /// Burst of such responses per source IP.
+    pub unauth_burst: u32,
     /// Advertised addresses for relay IPs behind a 1:1 NAT: local relay IP -> public IP.
     pub external_ips: HashMap<IpAddr, IpAddr>,
     /// Binding handling (shared with the STUN server).
@@ -190,9 +206,51 @@ pub struct CoreConfig {
 #[derive(Debug, Default)]
 pub struct Shared {
     live_relays: RwLock<HashSet<SocketAddr>>,
-    per_user: Mutex<HashMap<String, u32>>,
+    quotas: Mutex<Quotas>,
+    reservations: Mutex<HashMap<[u8; 8], Reservation>>,
     total: AtomicU32,
     draining: AtomicBool,
+}
+
+/// Who holds a quota unit: an allocation or an unredeemed reservation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Holder {
+    user: String,
+    ip: IpAddr,
+}
+
+#[derive(Debug, Default)]
+struct Quotas {
+    per_user: HashMap<String, u32>,
+    per_ip: HashMap<IpAddr, u32>,
+}
+
+/// An EVEN-PORT reservation (RFC 8656 §7.2) waiting to be redeemed by its token.
+#[derive(Debug)]
+struct Reservation {
+    holder: Holder,
+    expires: Instant,
+}
+
+/// Which limit refused an allocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum QuotaRefusal {
+    /// Per-user quota (486).
+    User,
+    /// Per-client-IP quota (486).
+    Ip,
+    /// Total quota or draining (508).
+    Total,
+}
+
+impl QuotaRefusal {
+    fn label(self) -> &'static str {
+        match self {
+            QuotaRefusal::User => "user",
+            QuotaRefusal::Ip => "ip",
+            QuotaRefusal::Total => "total",
+        }
+    }
 }
 
 impl Shared {
@@ -223,34 +281,60 @@ impl Shared {
             }
         }
     }
-    /// Reserves one allocation for `user`; the error is the STUN code (486 or 508).
-    fn take_quota(&self, user: &str, user_quota: u32, total_quota: u32) -> Result<(), u16> {
-        let Ok(mut m) = self.per_user.lock() else {
-            return Err(508);
+    /// Unredeemed EVEN-PORT reservations across all workers.
+    pub fn reservation_count(&self) -> usize {
+        self.reservations.lock().map(|r| r.len()).unwrap_or(0)
+    }
+    /// Reserves one unit of every quota for `h`.
+    fn take_quota(&self, h: &Holder, cfg: &CoreConfig) -> Result<(), QuotaRefusal> {
+        let Ok(mut q) = self.quotas.lock() else {
+            return Err(QuotaRefusal::Total);
         };
         if self.draining.load(Ordering::Relaxed)
-            || self.total.load(Ordering::Relaxed) >= total_quota
+            || self.total.load(Ordering::Relaxed) >= cfg.total_quota
         {
-            return Err(508);
+            return Err(QuotaRefusal::Total);
         }
-        let n = m.entry(user.to_string()).or_insert(0);
-        if *n >= user_quota {
-            return Err(486);
+        if q.per_user.get(&h.user).copied().unwrap_or(0) >= cfg.user_quota {
+            return Err(QuotaRefusal::User);
         }
-        *n += 1;
+        if q.per_ip.get(&h.ip).copied().unwrap_or(0) >= cfg.ip_quota {
+            return Err(QuotaRefusal::Ip);
+        }
+        *q.per_user.entry(h.user.clone()).or_insert(0) += 1;
+        *q.per_ip.entry(h.ip).or_insert(0) += 1;
         self.total.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
-    fn return_quota(&self, user: &str) {
-        if let Ok(mut m) = self.per_user.lock() {
-            if let Some(n) = m.get_mut(user) {
+    fn return_quota(&self, h: &Holder) {
+        if let Ok(mut q) = self.quotas.lock() {
+            if let Some(n) = q.per_user.get_mut(&h.user) {
                 *n = n.saturating_sub(1);
                 if *n == 0 {
-                    m.remove(user);
+                    q.per_user.remove(&h.user);
+                }
+            }
+            if let Some(n) = q.per_ip.get_mut(&h.ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    q.per_ip.remove(&h.ip);
                 }
             }
         }
         self.total.fetch_sub(1, Ordering::Relaxed);
+    }
+    fn add_reservation(&self, token: [u8; 8], r: Reservation) {
+        if let Ok(mut m) = self.reservations.lock() {
+            m.insert(token, r);
+        }
+    }
+    /// Removes the reservation under `token` when `due` says so (always, or only once expired).
+    fn take_reservation(&self, token: &[u8; 8], expired_at: Option<Instant>) -> Option<Reservation> {
+        let mut m = self.reservations.lock().ok()?;
+        match expired_at {
+            Some(now) if m.get(token).is_some_and(|r| r.expires > now) => None,
+            _ => m.remove(token),
+        }
     }
 }
 
@@ -259,6 +343,7 @@ enum TimerKey {
     Allocation(u64),
     Permission(u64, IpAddr),
     Channel(u64, u16),
+    Reservation([u8; 8]),
 }
 
 #[derive(Debug)]
@@ -278,7 +363,7 @@ struct Channel {
 struct Allocation {
     tuple: FiveTuple,
     username: String,
-    quota_name: String,
+    holder: Holder,
     relays: Vec<Relay>,
     expires: Instant,
     permissions: HashMap<IpAddr, Instant>,
@@ -326,6 +411,7 @@ pub struct TurnCore {
     by_relay: HashMap<SocketAddr, u64>,
     next_id: u64,
     timers: TimerQueue<TimerKey>,
+    unauth_limiter: SourceLimiter,
 }
 
 impl std::fmt::Debug for TurnCore {
@@ -349,6 +435,8 @@ impl TurnCore {
         start: Instant,
         start_unix_secs: u64,
     ) -> Self {
+        let unauth_limiter =
+            SourceLimiter::new(cfg.unauth_rate_per_sec, cfg.unauth_burst, start);
         Self {
             cfg,
             shared,
@@ -361,6 +449,7 @@ impl TurnCore {
             by_relay: HashMap::new(),
             next_id: 1,
             timers: TimerQueue::default(),
+            unauth_limiter,
         }
     }
 
@@ -401,7 +490,11 @@ impl TurnCore {
         match classify(data) {
             PacketKind::ChannelData => self.handle_channel_data(tuple, data, now, out),
             PacketKind::Stun => match msg::decode(data) {
-                Ok(m) => self.handle_message(tuple, &m, now, relays, out),
+                Ok(mut m) => {
+                    // RFC 8489 §14.5: nothing after the integrity attribute is acted on.
+                    msg::ignore_after_integrity(&mut m);
+                    self.handle_message(tuple, &m, now, relays, out)
+                }
                 Err(_) => self.metrics.drop_packet("malformed"),
             },
             PacketKind::Other => self.metrics.drop_packet("not_stun"),
@@ -478,6 +571,12 @@ impl TurnCore {
             }
         }
         let (builder, auth) = self.handle_request(tuple, m, now, relays);
+        // An unauthenticated request gets at most a bounded rate of responses per source IP:
+        // these are what a spoofed source would reflect at its victim.
+        if auth.is_none() && !self.unauth_limiter.allow(tuple.client.ip(), now) {
+            self.metrics.drop_packet("unauth_rate_limited");
+            return;
+        }
         let result = response_label(builder.error_code_value());
         let data = self.finish(builder, auth.as_ref(), m);
         self.metrics
@@ -532,7 +631,7 @@ impl TurnCore {
             .and_then(|id| self.allocs.get(id))
             .is_some_and(|a| text_attr(m, ATTR_USERNAME) == Some(a.username.as_str()));
         let check_expiry = method == METHOD_ALLOCATE || !same_user_allocation;
-        let auth = match self.authenticate(m, now, check_expiry) {
+        let auth = match self.authenticate(tuple, m, now, check_expiry) {
             Ok(a) => a,
             Err(b) => return (b, None),
         };
@@ -545,12 +644,14 @@ impl TurnCore {
         (b, Some(auth))
     }
 
-    /// Adds SOFTWARE, integrity (when authenticated) and FINGERPRINT (when the request had one).
+    /// Adds SOFTWARE and integrity (when authenticated: unauthenticated responses stay as
+    /// small as they can, to give a reflection attack nothing) and FINGERPRINT (when the
+    /// request had one).
     fn finish(&self, mut b: MessageBuilder, auth: Option<&AuthOk>, req: &Message) -> Vec<u8> {
-        if let Some(s) = &self.cfg.software {
-            b.software(s);
-        }
         if let Some(a) = auth {
+            if let Some(s) = &self.cfg.software {
+                b.software(s);
+            }
             b.integrity(&a.key, a.integrity);
         }
         if req.contains(ATTR_FINGERPRINT) {
@@ -559,12 +660,15 @@ impl TurnCore {
         b.finish()
     }
 
-    fn challenge(&self, m: &Message, code: u16, reason: &str, now: Instant) -> MessageBuilder {
-        let mut b = MessageBuilder::error(m, code, reason);
+    /// A 401 or 438 with REALM, a nonce bound to `tuple` and PASSWORD-ALGORITHMS (RFC 8489
+    /// §9.2.4). The reason phrase is left empty (it only adds bytes to a response anyone can
+    /// provoke); the code says it all.
+    fn challenge(&self, tuple: &FiveTuple, m: &Message, code: u16, now: Instant) -> MessageBuilder {
+        let mut b = MessageBuilder::error(m, code, "");
         b.raw(ATTR_REALM, self.cfg.realm.as_bytes());
         b.raw(
             ATTR_NONCE,
-            self.cfg.nonces.mint(self.unix_secs(now)).as_bytes(),
+            self.cfg.nonces.mint(self.unix_secs(now), tuple).as_bytes(),
         );
         b.raw(ATTR_PASSWORD_ALGORITHMS, &password_algorithms_value());
         b
@@ -578,17 +682,35 @@ impl TurnCore {
     }
 
     /// Long-term credential check (RFC 8489 §9.2.4). Err is the response to send.
+    ///
+    /// - The nonce must be one this server minted for this 5-tuple and not expired (438).
+    /// - USERNAME or USERHASH (§14.4, static users) names the user (400 without either).
+    /// - PASSWORD-ALGORITHM/PASSWORD-ALGORITHMS (§9.2.5 bid-down protection): with neither,
+    ///   MD5; otherwise both must be present, PASSWORD-ALGORITHMS must equal the list this
+    ///   server sends, and PASSWORD-ALGORITHM must be one of them (400 otherwise).
     fn authenticate(
         &self,
+        tuple: FiveTuple,
         m: &Message,
         now: Instant,
         check_expiry: bool,
     ) -> Result<AuthOk, MessageBuilder> {
         let Some(integrity) = integrity_present(m) else {
-            return Err(self.challenge(m, 401, "Unauthorized", now));
+            return Err(self.challenge(&tuple, m, 401, now));
+        };
+        let username = match (text_attr(m, ATTR_USERNAME), attr(m, ATTR_USER_HASH)) {
+            (Some(u), None) => Some(u),
+            (None, Some(h)) => match self.cfg.credentials.user_for_hash(h) {
+                Some(u) => Some(u),
+                None => {
+                    self.auth_failure("unknown_user");
+                    return Err(self.challenge(&tuple, m, 401, now));
+                }
+            },
+            _ => None,
         };
         let (Some(username), Some(realm), Some(nonce)) = (
-            text_attr(m, ATTR_USERNAME),
+            username,
             text_attr(m, ATTR_REALM),
             text_attr(m, ATTR_NONCE),
         ) else {
@@ -596,26 +718,31 @@ impl TurnCore {
             return Err(MessageBuilder::error(m, 400, "Bad Request"));
         };
         let unix = self.unix_secs(now);
-        if !self.cfg.nonces.is_valid(nonce, unix) {
+        if !self.cfg.nonces.is_valid(nonce, unix, &tuple) {
             self.auth_failure("stale_nonce");
-            return Err(self.challenge(m, 438, "Stale Nonce", now));
+            return Err(self.challenge(&tuple, m, 438, now));
         }
         if realm != self.cfg.realm {
             self.auth_failure("wrong_realm");
-            return Err(self.challenge(m, 401, "Unauthorized", now));
+            return Err(self.challenge(&tuple, m, 401, now));
         }
-        let alg = match attr(m, ATTR_PASSWORD_ALGORITHM) {
-            None => PasswordAlgorithm::Md5,
-            Some(v) if v.len() >= 2 => match u16::from_be_bytes([v[0], v[1]]) {
-                1 => PasswordAlgorithm::Md5,
-                2 => PasswordAlgorithm::Sha256,
+        let alg = match (
+            attr(m, ATTR_PASSWORD_ALGORITHM),
+            attr(m, ATTR_PASSWORD_ALGORITHMS),
+        ) {
+            (None, None) => PasswordAlgorithm::Md5,
+            (Some(v), Some(list)) if list == password_algorithms_value() => match v {
+                [0, 1, 0, 0] => PasswordAlgorithm::Md5,
+                [0, 2, 0, 0] => PasswordAlgorithm::Sha256,
                 _ => {
                     self.auth_failure("bad_request");
                     return Err(MessageBuilder::error(m, 400, "Bad Request"));
                 }
             },
-            Some(_) => {
-                self.auth_failure("bad_request");
+            _ => {
+                // One without the other, or a list other than ours: a bid-down attempt or a
+                // broken client (§9.2.5).
+                self.auth_failure("algorithm_mismatch");
                 return Err(MessageBuilder::error(m, 400, "Bad Request"));
             }
         };
@@ -623,11 +750,7 @@ impl TurnCore {
             Ok(p) => p,
             Err(e) => {
                 self.auth_failure(e.reason());
-                let reason = match e {
-                    CredentialError::Expired => "Unauthorized: credential expired",
-                    _ => "Unauthorized",
-                };
-                return Err(self.challenge(m, 401, reason, now));
+                return Err(self.challenge(&tuple, m, 401, now));
             }
         };
         for pw in passwords {
@@ -641,7 +764,7 @@ impl TurnCore {
             }
         }
         self.auth_failure("bad_integrity");
-        Err(self.challenge(m, 401, "Unauthorized", now))
+        Err(self.challenge(&tuple, m, 401, now))
     }
 
     fn lifetime(&self, m: &Message) -> Duration {
@@ -712,17 +835,26 @@ impl TurnCore {
         };
         // With a reservation token the family is that of the reserved socket; the allocator
         // knows it.
-        let quota_name = Credentials::quota_name(&auth.username).to_string();
-        if let Err(code) =
-            self.shared
-                .take_quota(&quota_name, self.cfg.user_quota, self.cfg.total_quota)
-        {
-            return if code == 486 {
-                MessageBuilder::error(m, 486, "Allocation Quota Reached")
-            } else {
-                MessageBuilder::error(m, 508, "Insufficient Capacity")
-            };
+        let holder = Holder {
+            user: Credentials::quota_name(&auth.username).to_string(),
+            ip: canonical_ip(tuple.client.ip()),
+        };
+        if let Err(b) = self.take_quota(m, &holder) {
+            return b;
         }
+        // The reserved port counts against the same quotas until redeemed or expired.
+        if reserve {
+            if let Err(b) = self.take_quota(m, &holder) {
+                self.shared.return_quota(&holder);
+                return b;
+            }
+        }
+        let give_back = |core: &Self| {
+            core.shared.return_quota(&holder);
+            if reserve {
+                core.shared.return_quota(&holder);
+            }
+        };
         let dont_fragment = m.contains(ATTR_DONT_FRAGMENT);
         let first = relays.allocate(&RelayRequest {
             family,
@@ -734,7 +866,7 @@ impl TurnCore {
         let grant = match first {
             Ok(g) => g,
             Err(e) => {
-                self.shared.return_quota(&quota_name);
+                give_back(self);
                 return match e {
                     RelayError::FamilyUnsupported => {
                         MessageBuilder::error(m, 440, "Address Family not Supported")
@@ -743,6 +875,29 @@ impl TurnCore {
                 };
             }
         };
+        // A redeemed reservation gives its quota unit back (this allocation holds its own).
+        if let Some(t) = token {
+            if let Some(r) = self.shared.take_reservation(&t, None) {
+                self.shared.return_quota(&r.holder);
+                self.metrics.reservations.dec();
+            }
+        }
+        match (reserve, grant.reservation_token) {
+            (true, Some(t)) => {
+                let expires = now + self.cfg.reservation_lifetime;
+                self.shared.add_reservation(
+                    t,
+                    Reservation {
+                        holder: holder.clone(),
+                        expires,
+                    },
+                );
+                self.metrics.reservations.inc();
+                self.timers.schedule(expires, TimerKey::Reservation(t));
+            }
+            (true, None) => self.shared.return_quota(&holder),
+            _ => {}
+        }
         let mut granted = vec![grant.local];
         let mut address_error = None;
         if let Some(f) = additional {
@@ -803,7 +958,7 @@ impl TurnCore {
         let alloc = Allocation {
             tuple,
             username: auth.username.clone(),
-            quota_name,
+            holder,
             relays: relays_v,
             expires: now + lifetime,
             permissions: HashMap::new(),
@@ -827,6 +982,23 @@ impl TurnCore {
             .schedule(alloc.expires, TimerKey::Allocation(id));
         self.allocs.insert(id, alloc);
         b
+    }
+
+    /// One unit of every quota for `h`, or the error response (486 per user or per client IP,
+    /// 508 in total), counted by scope.
+    fn take_quota(&self, m: &Message, h: &Holder) -> Result<(), MessageBuilder> {
+        self.shared.take_quota(h, &self.cfg).map_err(|r| {
+            self.metrics
+                .quota_rejections
+                .get_or_create(&[("scope", r.label())])
+                .inc();
+            match r {
+                QuotaRefusal::User | QuotaRefusal::Ip => {
+                    MessageBuilder::error(m, 486, "Allocation Quota Reached")
+                }
+                QuotaRefusal::Total => MessageBuilder::error(m, 508, "Insufficient Capacity"),
+            }
+        })
     }
 
     fn advertised(&self, local: SocketAddr) -> SocketAddr {
@@ -936,6 +1108,23 @@ impl TurnCore {
             ));
         }
         Ok(())
+    }
+
+    /// The check every datagram relayed to or from a peer passes (RFC 8656 §21.1 and the
+    /// server's own services): the peer policy, except that a live relayed transport address
+    /// of this server is always reachable (two clients of this server meet through it). A
+    /// permission is per IP, so this runs per datagram: a permission for one relayed address
+    /// of this host never opens the host's other ports.
+    fn peer_allowed(&self, peer: SocketAddr) -> bool {
+        match self.cfg.policy.check(peer) {
+            Ok(()) => true,
+            Err(_) if self.shared.is_live_relay(peer) => true,
+            Err(reason) => {
+                self.count_denied(reason);
+                self.metrics.drop_packet("peer_denied");
+                false
+            }
+        }
     }
 
     fn count_denied(&self, reason: DenyReason) {
@@ -1078,6 +1267,9 @@ impl TurnCore {
             self.metrics.drop_packet("family_mismatch");
             return;
         };
+        if !self.peer_allowed(peer) {
+            return;
+        }
         self.metrics.hot.c2p_packets.inc();
         self.metrics.hot.c2p_bytes.inc_by(data.len() as u64);
         out.push(Transmit::ToPeer {
@@ -1117,6 +1309,9 @@ impl TurnCore {
             self.metrics.drop_packet("family_mismatch");
             return;
         };
+        if !self.peer_allowed(c.peer) {
+            return;
+        }
         self.metrics.hot.c2p_packets.inc();
         self.metrics.hot.c2p_bytes.inc_by(len as u64);
         out.push(Transmit::ToPeer {
@@ -1142,6 +1337,9 @@ impl TurnCore {
         };
         if !a.has_permission(peer.ip(), now) {
             self.metrics.drop_packet("no_permission");
+            return None;
+        }
+        if !self.peer_allowed(peer) {
             return None;
         }
         let frame = match a.peer_channels.get(&peer) {
@@ -1211,6 +1409,15 @@ impl TurnCore {
                         None => {}
                     }
                 }
+                TimerKey::Reservation(token) => {
+                    // Nobody redeemed it in time (RFC 8656 §7.2): the port and the quota unit
+                    // go back. Redeemed ones are already gone from the table.
+                    if let Some(r) = self.shared.take_reservation(&token, Some(now)) {
+                        self.shared.return_quota(&r.holder);
+                        self.metrics.reservations.dec();
+                        relays.cancel_reservation(token);
+                    }
+                }
                 TimerKey::Channel(id, number) => {
                     let reuse = self.cfg.channel_reuse_delay;
                     let Some(a) = self.allocs.get_mut(&id) else {
@@ -1242,6 +1449,13 @@ impl TurnCore {
             return;
         };
         self.by_tuple.remove(&a.tuple);
+        self.timers.cancel(&TimerKey::Allocation(id));
+        for ip in a.permissions.keys() {
+            self.timers.cancel(&TimerKey::Permission(id, *ip));
+        }
+        for n in a.channels.keys() {
+            self.timers.cancel(&TimerKey::Channel(id, *n));
+        }
         let mut live = Vec::new();
         for r in &a.relays {
             self.by_relay.remove(&r.local);
@@ -1250,7 +1464,7 @@ impl TurnCore {
             live.push(r.advertised);
         }
         self.shared.remove_relays(&live);
-        self.shared.return_quota(&a.quota_name);
+        self.shared.return_quota(&a.holder);
         self.metrics
             .allocations
             .get_or_create(&[
@@ -1269,6 +1483,14 @@ impl TurnCore {
         for id in ids {
             self.delete_allocation(id, relays);
         }
+    }
+}
+
+/// An IPv4-mapped IPv6 address counts as its IPv4 address (per-IP quota).
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
     }
 }
 

@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod core;
+pub mod limit;
 pub mod policy;
 pub mod timers;
 

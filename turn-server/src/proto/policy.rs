@@ -3,9 +3,12 @@
 //!
 //! Refused by default: unspecified, loopback, RFC 1918 private, CGNAT 100.64/10, link-local
 //! (including the 169.254.169.254 metadata address), multicast, broadcast, reserved 240/4,
-//! "this network" 0/8, IPv6 ULA fc00::/7, link-local fe80::/10, multicast ff00::/8, and every IPv6
-//! form that embeds a refused IPv4 address (IPv4-mapped, IPv4-compatible, NAT64 64:ff9b::/96,
-//! 6to4 2002::/16). The server's own addresses are refused on every port that is not a live
+//! "this network" 0/8, IETF protocol assignments 192.0.0.0/24, benchmarking 198.18.0.0/15,
+//! IPv6 ULA fc00::/7, site-local fec0::/10, link-local fe80::/10, multicast ff00::/8, the
+//! local-use NAT64 prefix 64:ff9b:1::/48 (RFC 8215), and every IPv6 form that embeds a refused
+//! IPv4 address: IPv4-mapped ::ffff:0:0/96, IPv4-translated ::ffff:0:0:0/96, IPv4-compatible
+//! ::/96, NAT64 64:ff9b::/96, 6to4 2002::/16 (RFC 3056), Teredo 2001::/32 (RFC 4380: server
+//! and de-obfuscated client address) and ISATAP interface identifiers (RFC 5214). The server's own addresses are refused on every port that is not a live
 //! relayed transport address (checked by the core), and its listening ports are refused even when
 //! `--allow-peer` covers the address. `--allow-peer` / `--deny-peer` CIDRs override the classes;
 //! the longest matching prefix wins and a tie goes to deny.
@@ -80,8 +83,15 @@ impl PeerPolicy {
         }
     }
 
+    /// True when `ip` is one of the server's own addresses (IPv4-mapped forms included).
+    pub fn is_own_ip(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        self.own_ips.iter().any(|o| canonical(*o) == ip)
+    }
+
     /// Checks `peer`, which the caller has already found not to be a live relayed transport
-    /// address of this server.
+    /// address of this server. The core calls this for every datagram it relays in either
+    /// direction, not only when a permission is installed.
     pub fn check(&self, peer: SocketAddr) -> Result<(), DenyReason> {
         let ip = canonical(peer.ip());
         if self.own_ips.iter().any(|o| canonical(*o) == ip)
@@ -99,12 +109,11 @@ impl PeerPolicy {
 
     /// The address-only part of [`check`](Self::check) (permissions are per IP, RFC 8656 §9).
     pub fn check_ip(&self, ip: IpAddr) -> Result<(), DenyReason> {
-        let verdict = self.check_one(ip);
-        match (verdict, embedded_v4(ip)) {
-            (Err(e), _) => Err(e),
-            (Ok(()), Some(v4)) => self.check_one(IpAddr::V4(v4)),
-            (Ok(()), None) => Ok(()),
+        self.check_one(ip)?;
+        for v4 in embedded_v4s(ip).into_iter().flatten() {
+            self.check_one(IpAddr::V4(v4))?;
         }
+        Ok(())
     }
 
     fn check_one(&self, ip: IpAddr) -> Result<(), DenyReason> {
@@ -141,26 +150,49 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The IPv4 address embedded in an IPv6 address: IPv4-mapped ::ffff:0:0/96, IPv4-compatible
-/// ::/96 (excluding :: and ::1), NAT64 64:ff9b::/96, 6to4 2002::/16.
+/// The IPv4 address embedded in an IPv6 address: IPv4-mapped ::ffff:0:0/96, IPv4-translated
+/// ::ffff:0:0:0/96, IPv4-compatible ::/96 (excluding :: and ::1), NAT64 64:ff9b::/96, 6to4
+/// 2002::/16, the Teredo server address (2001::/32) and an ISATAP interface identifier. For
+/// Teredo the client address is [`embedded_v4s`]'s second item.
 pub fn embedded_v4(ip: IpAddr) -> Option<Ipv4Addr> {
-    let IpAddr::V6(v6) = ip else { return None };
+    embedded_v4s(ip)[0]
+}
+
+/// Every IPv4 address embedded in `ip` (at most two: Teredo carries its server's and its
+/// client's, RFC 4380 §4).
+pub fn embedded_v4s(ip: IpAddr) -> [Option<Ipv4Addr>; 2] {
+    let IpAddr::V6(v6) = ip else {
+        return [None, None];
+    };
     let s = v6.segments();
     let o = v6.octets();
     let tail = Ipv4Addr::new(o[12], o[13], o[14], o[15]);
     if let Some(v4) = v6.to_ipv4_mapped() {
-        return Some(v4);
+        return [Some(v4), None];
+    }
+    // IPv4-translated (RFC 2765 SIIT): ::ffff:0:a.b.c.d.
+    if s[..4] == [0; 4] && s[4] == 0xffff && s[5] == 0 {
+        return [Some(tail), None];
     }
     if s[..6] == [0; 6] && !(s[6] == 0 && s[7] <= 1) {
-        return Some(tail);
+        return [Some(tail), None];
     }
     if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-        return Some(tail);
+        return [Some(tail), None];
     }
     if s[0] == 0x2002 {
-        return Some(Ipv4Addr::new(o[2], o[3], o[4], o[5]));
+        return [Some(Ipv4Addr::new(o[2], o[3], o[4], o[5])), None];
     }
-    None
+    if s[0] == 0x2001 && s[1] == 0 {
+        let server = Ipv4Addr::new(o[4], o[5], o[6], o[7]);
+        let client = Ipv4Addr::new(!o[12], !o[13], !o[14], !o[15]);
+        return [Some(server), Some(client)];
+    }
+    // ISATAP (RFC 5214 §6.1): interface identifier [02]00:5efe:a.b.c.d under any prefix.
+    if (s[4] & 0xfdff) == 0 && s[5] == 0x5efe {
+        return [Some(tail), None];
+    }
+    [None, None]
 }
 
 fn default_class(ip: IpAddr) -> Option<DenyReason> {
@@ -182,7 +214,11 @@ fn v4_class(ip: Ipv4Addr) -> Option<DenyReason> {
         Some(DenyReason::LinkLocal)
     } else if ip.is_multicast() || ip.is_broadcast() {
         Some(DenyReason::Multicast)
-    } else if o[0] >= 240 {
+    } else if o[0] >= 240
+        || (o[0] == 192 && o[1] == 0 && o[2] == 0)
+        || (o[0] == 198 && (o[1] & 0xfe) == 18)
+    {
+        // 240/4, IETF protocol assignments 192.0.0.0/24, benchmarking 198.18.0.0/15.
         Some(DenyReason::Reserved)
     } else {
         None
@@ -190,7 +226,8 @@ fn v4_class(ip: Ipv4Addr) -> Option<DenyReason> {
 }
 
 fn v6_class(ip: Ipv6Addr) -> Option<DenyReason> {
-    let s0 = ip.segments()[0];
+    let seg = ip.segments();
+    let s0 = seg[0];
     if ip.is_unspecified() {
         Some(DenyReason::Unspecified)
     } else if ip.is_loopback() {
@@ -199,8 +236,14 @@ fn v6_class(ip: Ipv6Addr) -> Option<DenyReason> {
         Some(DenyReason::Private)
     } else if (s0 & 0xffc0) == 0xfe80 {
         Some(DenyReason::LinkLocal)
+    } else if (s0 & 0xffc0) == 0xfec0 {
+        // Site-local (deprecated by RFC 3879, still routed inside some networks).
+        Some(DenyReason::Private)
     } else if ip.is_multicast() {
         Some(DenyReason::Multicast)
+    } else if seg[..3] == [0x64, 0xff9b, 0x1] {
+        // Local-use NAT64 prefix 64:ff9b:1::/48 (RFC 8215): translates into a private network.
+        Some(DenyReason::Private)
     } else {
         None
     }
@@ -247,6 +290,22 @@ mod tests {
             ("[64:ff9b::7f00:1]:1", DenyReason::Loopback),
             ("[2002:c0a8:0101::1]:1", DenyReason::Private),
             ("[2002:7f00:0001::1]:1", DenyReason::Loopback),
+            ("192.0.0.8:1", DenyReason::Reserved),
+            ("192.0.0.170:1", DenyReason::Reserved),
+            ("198.18.0.1:1", DenyReason::Reserved),
+            ("198.19.255.254:1", DenyReason::Reserved),
+            ("[fec0::1]:1", DenyReason::Private),
+            ("[feff::1]:1", DenyReason::Private),
+            ("[64:ff9b:1::c000:201]:1", DenyReason::Private),
+            ("[::ffff:0:7f00:1]:1", DenyReason::Loopback),
+            ("[::ffff:0:a00:1]:1", DenyReason::Private),
+            // Teredo: server 192.0.2.1 (fine), client obfuscated 127.0.0.1 -> 80ff:fffe.
+            ("[2001:0:c000:201::80ff:fffe]:1", DenyReason::Loopback),
+            // Teredo: server 10.0.0.1.
+            ("[2001:0:a00:1::3fff:fdfe]:1", DenyReason::Private),
+            // ISATAP interface identifiers embedding 169.254.169.254 and 10.1.2.3.
+            ("[2001:db8::5efe:a9fe:a9fe]:1", DenyReason::LinkLocal),
+            ("[2001:db8::200:5efe:a01:203]:1", DenyReason::Private),
         ];
         for (addr, reason) in refused {
             assert_eq!(pol.check(p(addr)), Err(reason), "{addr}");
@@ -261,6 +320,12 @@ mod tests {
             "[::ffff:192.0.2.1]:1",
             "[64:ff9b::c000:201]:1",
             "[2002:c000:0201::1]:1",
+            "192.0.1.1:1",
+            "198.17.255.255:1",
+            "198.20.0.1:1",
+            "[64:ff9b:2::1]:1",
+            // Teredo with public server 192.0.2.1 and client 203.0.113.9 (obfuscated).
+            "[2001:0:c000:201::34ff:8ef6]:1",
         ] {
             assert_eq!(pol.check(p(ok)), Ok(()), "{ok}");
         }

@@ -1,68 +1,77 @@
-//! Timers as data: a min-heap of deadlines. The owner keeps the real deadline in its own state
-//! and checks it when an entry pops: an entry that fires early (the deadline was pushed back
-//! meanwhile) is re-armed by the owner at the real deadline. At most one entry per key is
-//! pending unless a deadline moves earlier, so a client refreshing in a loop cannot grow the
-//! heap. The next wake-up is the heap's minimum.
+//! Timers as data: a deadline table keyed by timer kind. Each key has at most one deadline;
+//! scheduling a key again moves its deadline, and a key whose owner goes away is cancelled, so
+//! the table holds exactly one entry per live timer and nothing for state that is gone (a client
+//! churning allocations cannot grow it). The next wake-up is the smallest deadline.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::hash::Hash;
 use std::time::Instant;
 
 /// A deadline table for timer keys of type `K`.
 #[derive(Debug)]
 pub struct TimerQueue<K: Ord + Hash> {
-    heap: BinaryHeap<Reverse<(Instant, K)>>,
-    pending: HashMap<K, Instant>,
+    order: BTreeSet<(Instant, K)>,
+    deadline: HashMap<K, Instant>,
 }
 
 impl<K: Ord + Hash> Default for TimerQueue<K> {
     fn default() -> Self {
         Self {
-            heap: BinaryHeap::new(),
-            pending: HashMap::new(),
+            order: BTreeSet::new(),
+            deadline: HashMap::new(),
         }
     }
 }
 
 impl<K: Ord + Hash + Clone> TimerQueue<K> {
-    /// Makes sure `key` fires at or before `deadline`. When an entry for `key` already fires at
-    /// or before it, nothing is added: the owner re-arms when that entry pops early.
+    /// Arms `key` to fire at `deadline`, replacing any deadline it had.
     pub fn schedule(&mut self, deadline: Instant, key: K) {
-        if self.pending.get(&key).is_some_and(|p| *p <= deadline) {
-            return;
+        if let Some(old) = self.deadline.insert(key.clone(), deadline) {
+            if old == deadline {
+                return;
+            }
+            self.order.remove(&(old, key.clone()));
         }
-        self.pending.insert(key.clone(), deadline);
-        self.heap.push(Reverse((deadline, key)));
+        self.order.insert((deadline, key));
     }
 
-    /// The earliest scheduled deadline.
+    /// Disarms `key`; nothing happens when it is not armed.
+    pub fn cancel(&mut self, key: &K) {
+        if let Some(t) = self.deadline.remove(key) {
+            self.order.remove(&(t, key.clone()));
+        }
+    }
+
+    /// The deadline of `key`, when armed.
+    pub fn deadline_of(&self, key: &K) -> Option<Instant> {
+        self.deadline.get(key).copied()
+    }
+
+    /// The earliest deadline.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.heap.peek().map(|Reverse((t, _))| *t)
+        self.order.first().map(|(t, _)| *t)
     }
 
-    /// Pops one entry due at or before `now`.
+    /// Removes and returns one key due at or before `now`, earliest first.
     pub fn pop_due(&mut self, now: Instant) -> Option<(Instant, K)> {
-        match self.heap.peek() {
-            Some(Reverse((t, _))) if *t <= now => {
-                let (t, k) = self.heap.pop().map(|Reverse(e)| e)?;
-                if self.pending.get(&k) == Some(&t) {
-                    self.pending.remove(&k);
-                }
+        match self.order.first() {
+            Some((t, _)) if *t <= now => {
+                let (t, k) = self.order.pop_first()?;
+                self.deadline.remove(&k);
                 Some((t, k))
             }
             _ => None,
         }
     }
 
-    /// Number of entries, stale ones included (bounded by the owner's rescheduling).
+    /// Number of armed timers.
     pub fn len(&self) -> usize {
-        self.heap.len()
+        self.order.len()
     }
 
-    /// True when empty.
+    /// True when no timer is armed.
     pub fn is_empty(&self) -> bool {
-        self.heap.is_empty()
+        self.order.is_empty()
     }
 }
 
@@ -72,23 +81,40 @@ mod tests {
     use std::time::Duration;
 
     #[test]
-    fn repeated_reschedules_keep_one_entry() {
+    fn one_entry_per_key_whatever_the_reschedules() {
         let t0 = Instant::now();
         let mut q = TimerQueue::default();
         for i in 0..10_000 {
             q.schedule(t0 + Duration::from_secs(600 + i), 'a');
         }
         assert_eq!(q.len(), 1);
-        // Moving earlier adds one.
+        // Moving earlier moves the one entry.
         q.schedule(t0 + Duration::from_secs(10), 'a');
-        assert_eq!(q.len(), 2);
+        assert_eq!(q.len(), 1);
+        assert_eq!(q.next_deadline(), Some(t0 + Duration::from_secs(10)));
         assert_eq!(
             q.pop_due(t0 + Duration::from_secs(10)).map(|e| e.1),
             Some('a')
         );
-        // After the pending one fired, scheduling again is accepted.
+        assert!(q.is_empty());
         q.schedule(t0 + Duration::from_secs(700), 'a');
-        assert_eq!(q.next_deadline(), Some(t0 + Duration::from_secs(600)));
+        assert_eq!(q.deadline_of(&'a'), Some(t0 + Duration::from_secs(700)));
+    }
+
+    #[test]
+    fn cancel_removes_the_entry() {
+        let t0 = Instant::now();
+        let mut q = TimerQueue::default();
+        for i in 0..1000u32 {
+            q.schedule(t0 + Duration::from_secs(600), i);
+        }
+        for i in 0..1000u32 {
+            q.cancel(&i);
+        }
+        q.cancel(&5000);
+        assert!(q.is_empty());
+        assert_eq!(q.next_deadline(), None);
+        assert_eq!(q.pop_due(t0 + Duration::from_secs(10_000)), None);
     }
 
     #[test]

@@ -14,6 +14,8 @@ struct FakeRelays {
     next_port: u16,
     released: Vec<SocketAddr>,
     tokens: HashMap<[u8; 8], SocketAddr>,
+    cancelled: Vec<[u8; 8]>,
+    next_token: u8,
     fail: bool,
 }
 
@@ -25,6 +27,8 @@ impl FakeRelays {
             next_port: 50000,
             released: vec![],
             tokens: HashMap::new(),
+            cancelled: vec![],
+            next_token: 1,
             fail: false,
         }
     }
@@ -56,7 +60,8 @@ impl RelayAllocator for FakeRelays {
         self.next_port += 1;
         let mut token = None;
         if req.reserve_next {
-            let t = [7u8; 8];
+            let t = [self.next_token; 8];
+            self.next_token = self.next_token.wrapping_add(1);
             self.tokens.insert(t, SocketAddr::new(ip, self.next_port));
             self.next_port += 1;
             token = Some(t);
@@ -68,6 +73,11 @@ impl RelayAllocator for FakeRelays {
     }
     fn release(&mut self, local: SocketAddr) {
         self.released.push(local);
+    }
+    fn cancel_reservation(&mut self, token: [u8; 8]) {
+        if self.tokens.remove(&token).is_some() {
+            self.cancelled.push(token);
+        }
     }
 }
 
@@ -106,6 +116,10 @@ fn config() -> CoreConfig {
         channel_reuse_delay: Duration::from_secs(300),
         user_quota: 3,
         total_quota: 5,
+        ip_quota: 100,
+        reservation_lifetime: Duration::from_secs(30),
+        unauth_rate_per_sec: 0,
+        unauth_burst: 0,
         external_ips: HashMap::new(),
         binding: BindingConfig::default(),
     }
@@ -297,6 +311,7 @@ fn sha256_integrity_is_accepted_and_answered_in_kind() {
         TransactionId::new(),
     );
     b.raw(ATTR_PASSWORD_ALGORITHM, &[0, 2, 0, 0]);
+    b.raw(ATTR_PASSWORD_ALGORITHMS, &password_algorithms_value());
     b.raw(ATTR_USERNAME, b"alice")
         .raw(ATTR_REALM, b"turnkey")
         .raw(ATTR_NONCE, c.nonce.as_bytes());
@@ -320,7 +335,8 @@ fn retransmitted_allocate_gets_same_answer_other_tid_gets_437() {
     // First allocate already exists from c.allocate: use a fresh tuple for a clean check.
     let t2 = tuple(40003);
     let mut c2 = Client::new(t2, "alice", "alicepw");
-    c2.nonce = c.nonce.clone();
+    // Learn t2's own nonce (nonces are bound to the 5-tuple): 438 then 437.
+    let _ = c2.call(&mut h, METHOD_REFRESH, &[], &[]);
     let req2 = c2.build(METHOD_ALLOCATE, tid, &[udp()], &[]);
     let first = h.send(t2, &req2);
     let again = h.send(t2, &req2);
@@ -881,7 +897,7 @@ fn permissions_per_allocation_are_capped() {
     let mut c = Client::new(tuple(45100), "alice", "alicepw");
     let _ = c.allocate(&mut h);
     let peers: Vec<SocketAddr> = (0..MAX_PERMISSIONS_PER_ALLOCATION as u32)
-        .map(|i| SocketAddr::from(([198, 18, (i >> 8) as u8, i as u8], 9)))
+        .map(|i| SocketAddr::from(([100, 128, (i >> 8) as u8, i as u8], 9)))
         .collect();
     for chunk in peers.chunks(64) {
         let r = c.call(&mut h, METHOD_CREATE_PERMISSION, &[], chunk);
