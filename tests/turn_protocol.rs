@@ -333,3 +333,260 @@ fn config_file_unknown_key_is_a_startup_error_naming_it() {
     .resolve(&turn_server::config::Defaults::default());
     assert!(cfg.is_ok(), "{:?}", cfg.err());
 }
+
+/// A UDP socket standing for another service on the server's host (DNS, a metrics or admin
+/// port, the signaling server...): same IP as the relay, a port outside the relay range.
+fn host_service() -> std::net::UdpSocket {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(600))).unwrap();
+    s
+}
+
+#[test]
+fn a_permission_for_a_live_relay_never_reaches_other_ports_of_the_host() {
+    // Issue 9 §1: the live-relay exemption lets two clients of this server meet, but the
+    // permission it installs (per IP) must not carry Send/ChannelData to other ports of the
+    // host, nor let the host's services talk back.
+    let server = TurnServer::start(&["--user", "alice:pw", "--user", "bob:pw"]);
+    let service = host_service();
+    let service_addr = service.local_addr().unwrap();
+    let mut a = WireClient::new(server.listen, "alice", "pw");
+    let mut b = WireClient::new(server.listen, "bob", "pw");
+    let ra = a.allocate();
+    let rb = b.allocate();
+    assert_eq!(code(&a.call(METHOD_CREATE_PERMISSION, &[], &[rb])), None);
+    assert_eq!(code(&b.call(METHOD_CREATE_PERMISSION, &[], &[ra])), None);
+    // Positive control: A reaches B through B's relayed address.
+    a.send_indication(rb, b"to b");
+    let (d, _) = b.recv_raw().expect("data at B");
+    assert_eq!(data_indication(&d).unwrap(), (ra, b"to b".to_vec()));
+    // Send to the host service (same IP, not a relay): nothing arrives.
+    a.send_indication(service_addr, b"GET / HTTP/1.0\r\n\r\n");
+    a.send_indication(server.metrics, b"GET /metrics HTTP/1.0\r\n\r\n");
+    let mut buf = [0u8; 2048];
+    assert!(
+        service.recv_from(&mut buf).is_err(),
+        "the relay forwarded a Send indication to a port of its own host"
+    );
+    // ChannelData bound to B's relay is fine; the service cannot answer into A's relay.
+    assert_eq!(
+        code(&a.call(
+            METHOD_CHANNEL_BIND,
+            &[(ATTR_CHANNEL_NUMBER, vec![0x40, 0x01, 0, 0])],
+            &[rb]
+        )),
+        None
+    );
+    service.send_to(b"reply from the host", ra).unwrap();
+    a.sock
+        .set_read_timeout(Some(Duration::from_millis(600)))
+        .unwrap();
+    assert!(a.recv_raw().is_none(), "a host service reached the client");
+    assert!(server.metric("turn_dropped_packets_total", &["reason=\"peer_denied\""]) >= 3.0);
+    // B's allocation goes: A's permission and channel for 127.0.0.1 no longer carry anything
+    // to that address (a host service could bind the freed port).
+    assert_eq!(
+        code(&b.call(METHOD_REFRESH, &[(ATTR_LIFETIME, vec![0; 4])], &[])),
+        None
+    );
+    let denied_before = server.metric("turn_dropped_packets_total", &["reason=\"peer_denied\""]);
+    a.send_raw(&[0x40, 0x01, 0, 4, b'd', b'a', b't', b'a']);
+    a.send_indication(rb, b"after");
+    assert!(common::wait_until(Duration::from_secs(3), || {
+        server.metric("turn_dropped_packets_total", &["reason=\"peer_denied\""])
+            >= denied_before + 2.0
+    }));
+}
+
+/// Appends a TLV after everything in `msg` (so outside MESSAGE-INTEGRITY), fixing the length.
+fn append_unsigned(msg: &[u8], t: AttrType, value: &[u8]) -> Vec<u8> {
+    let mut out = msg.to_vec();
+    out.extend_from_slice(&t.value().to_be_bytes());
+    out.extend_from_slice(&(value.len() as u16).to_be_bytes());
+    out.extend_from_slice(value);
+    while out.len() % 4 != 0 {
+        out.push(0);
+    }
+    let len = (out.len() - 20) as u16;
+    out[2..4].copy_from_slice(&len.to_be_bytes());
+    out
+}
+
+#[test]
+fn an_attribute_appended_after_message_integrity_is_not_honoured() {
+    // Issue 9 §4, RFC 8489 §14.5.
+    let server = TurnServer::start(&["--user", "alice:pw"]);
+    let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut c = WireClient::new(server.listen, "alice", "pw");
+    c.allocate();
+    let signed = sa("192.0.2.1:9");
+    let smuggled = sa("198.51.100.77:9");
+    let tid = TransactionId::new();
+    // Without FINGERPRINT (it must stay last), so build by hand.
+    let mut b = MessageBuilder::new(
+        rtc_stun::message::MessageType::new(
+            METHOD_CREATE_PERMISSION,
+            rtc_stun::message::CLASS_REQUEST,
+        ),
+        tid,
+    );
+    b.xor_address(ATTR_XOR_PEER_ADDRESS, signed);
+    b.raw(ATTR_USERNAME, b"alice")
+        .raw(ATTR_REALM, c.realm.as_bytes())
+        .raw(ATTR_NONCE, c.nonce.as_bytes());
+    let key = turn_server::proto::auth::long_term_key(
+        "alice",
+        &c.realm,
+        "pw",
+        stun_server::proto::msg::PasswordAlgorithm::Md5,
+    );
+    b.integrity(&key, stun_server::proto::msg::IntegrityAlgorithm::Sha1);
+    let mut x = MessageBuilder::new(BINDING_REQUEST, tid);
+    x.xor_address(ATTR_XOR_PEER_ADDRESS, smuggled);
+    let xv = msg::attr(&msg::decode(&x.finish()).unwrap(), ATTR_XOR_PEER_ADDRESS)
+        .unwrap()
+        .to_vec();
+    c.send_raw(&append_unsigned(&b.finish(), ATTR_XOR_PEER_ADDRESS, &xv));
+    let r = c.recv_response(tid);
+    assert_eq!(code(&r), None);
+    // The smuggled peer got no permission: a Send to it is dropped for lack of one.
+    let before = server.metric("turn_dropped_packets_total", &["reason=\"no_permission\""]);
+    c.send_indication(smuggled, b"x");
+    assert!(common::wait_until(Duration::from_secs(3), || {
+        server.metric("turn_dropped_packets_total", &["reason=\"no_permission\""]) > before
+    }));
+    let _ = peer;
+}
+
+#[test]
+fn a_nonce_replayed_from_another_source_is_stale() {
+    // Issue 9 §4: nonces are bound to the client's 5-tuple.
+    let server = TurnServer::start(&["--user", "alice:pw"]);
+    let mut a = WireClient::new(server.listen, "alice", "pw");
+    a.allocate();
+    let mut thief = WireClient::new(server.listen, "alice", "pw");
+    let tid = TransactionId::new();
+    let captured = a.build(
+        METHOD_ALLOCATE,
+        tid,
+        &[(ATTR_REQUESTED_TRANSPORT, vec![17, 0, 0, 0])],
+        &[],
+    );
+    thief.send_raw(&captured);
+    let r = thief.recv_response(tid);
+    assert_eq!(code(&r), Some(438));
+    assert_eq!(server.metric("turn_allocations", &[]), 1.0);
+    // With its own nonce the second socket is served normally.
+    thief.nonce = msg::text_attr(&r, ATTR_NONCE).unwrap().to_string();
+    thief.realm = "turnkey".into();
+    thief.allocate();
+}
+
+#[test]
+fn unauthenticated_responses_are_rate_limited_and_small() {
+    // Issue 9 §3: a spoofed source cannot make the server answer faster than the per-source
+    // budget, and each answer is small (amplification).
+    let server = TurnServer::start(&["--user", "alice:pw", "--unauth-rate", "5", "--unauth-burst", "5", "--workers", "1"]);
+    let c = WireClient::new(server.listen, "alice", "pw");
+    c.sock
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut b = MessageBuilder::new(
+        rtc_stun::message::MessageType::new(METHOD_ALLOCATE, rtc_stun::message::CLASS_REQUEST),
+        TransactionId::new(),
+    );
+    b.raw(ATTR_REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    let req = b.finish();
+    for _ in 0..50 {
+        c.send_raw(&req);
+    }
+    let mut answers = 0;
+    while let Some((d, _)) = c.recv_raw() {
+        let m = msg::decode(&d).unwrap();
+        assert_eq!(code(&m), Some(401));
+        assert!(d.len() < 96, "401 of {} bytes to a {}-byte request", d.len(), req.len());
+        assert!(msg::attr(&m, ATTR_SOFTWARE).is_none());
+        answers += 1;
+    }
+    // 5 of burst plus at most a few refilled while sending.
+    assert!((5..=8).contains(&answers), "{answers} answers");
+    assert!(
+        server.metric("turn_dropped_packets_total", &["reason=\"unauth_rate_limited\""]) >= 42.0
+    );
+    // Another source IP has its own budget.
+    let other = WireClient::bound("127.0.0.2:0", server.listen, "alice", "pw");
+    other.send_raw(&req);
+    assert!(other.recv_raw().is_some());
+}
+
+#[test]
+fn per_ip_allocation_quota() {
+    let server = TurnServer::start(&["--user", "alice:pw", "--user", "bob:pw", "--ip-quota", "2"]);
+    let mut a1 = WireClient::new(server.listen, "alice", "pw");
+    let mut a2 = WireClient::new(server.listen, "bob", "pw");
+    let mut a3 = WireClient::new(server.listen, "alice", "pw");
+    a1.allocate();
+    a2.allocate();
+    assert_eq!(code(&a3.allocate_with(&[])), Some(486));
+    assert_eq!(
+        server.metric("turn_quota_rejections_total", &["scope=\"ip\""]),
+        1.0
+    );
+    let mut other = WireClient::bound("127.0.0.3:0", server.listen, "alice", "pw");
+    other.allocate();
+}
+
+#[test]
+fn unredeemed_even_port_reservations_cannot_exhaust_the_port_range() {
+    // Issue 9 §2: Allocate(EVEN-PORT R) + Refresh(0) in a loop used to keep every odd port
+    // reserved for good. Reservations now hold quota and close after 30 s.
+    let base = 40_000 + (std::process::id() % 500) as u16 * 40;
+    let (min, max) = (base, base + 19);
+    let server = TurnServer::start(&[
+        "--user",
+        "alice:pw",
+        "--user",
+        "bob:pw",
+        "--user-quota",
+        "3",
+        "--min-port",
+        &min.to_string(),
+        "--max-port",
+        &max.to_string(),
+    ]);
+    let even_r = [(ATTR_EVEN_PORT, vec![0x80])];
+    let mut reserved = 0;
+    for _ in 0..12 {
+        let mut c = WireClient::new(server.listen, "alice", "pw");
+        let r = c.allocate_with(&even_r);
+        match code(&r) {
+            None => {
+                reserved += 1;
+                assert_eq!(
+                    code(&c.call(METHOD_REFRESH, &[(ATTR_LIFETIME, vec![0; 4])], &[])),
+                    None
+                );
+            }
+            Some(486) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // At most quota-1 reservations at once; the range still has pairs for others.
+    assert_eq!(reserved, 2);
+    assert_eq!(server.metric("turn_reservations", &[]), 2.0);
+    let mut bob = WireClient::new(server.listen, "bob", "pw");
+    let r = bob.allocate_with(&even_r);
+    assert_eq!(code(&r), None, "no even/odd pair left in the range");
+    let odd = relayed(&r).port() + 1;
+    assert_eq!(
+        code(&bob.call(METHOD_REFRESH, &[(ATTR_LIFETIME, vec![0; 4])], &[])),
+        None
+    );
+    // Unredeemed, they close after 30 s (RFC 8656 §7.2): the metric drops and the reserved
+    // port can be bound again.
+    assert!(common::wait_until(Duration::from_secs(40), || {
+        server.metric("turn_reservations", &[]) == 0.0
+    }));
+    assert!(std::net::UdpSocket::bind(("127.0.0.1", odd)).is_ok());
+    assert_eq!(server.metric("turn_allocations", &[]), 0.0);
+}

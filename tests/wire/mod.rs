@@ -35,7 +35,12 @@ impl WireClient {
         } else {
             "127.0.0.1:0"
         };
-        let sock = UdpSocket::bind(bind).expect("bind client socket");
+        Self::bound(bind, server, username, password)
+    }
+
+    /// A client whose socket is bound to `local` (e.g. `127.0.0.2:0` for another source IP).
+    pub fn bound(local: &str, server: SocketAddr, username: &str, password: &str) -> Self {
+        let sock = UdpSocket::bind(local).expect("bind client socket");
         sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         Self {
             sock,

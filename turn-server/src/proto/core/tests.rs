@@ -914,3 +914,411 @@ fn permissions_per_allocation_are_capped() {
     let r = c.call(&mut h, METHOD_CREATE_PERMISSION, &[], &peers[..1]);
     assert!(is_success(&r));
 }
+
+/// Appends a TLV after everything in `msg` (outside MESSAGE-INTEGRITY), fixing the length.
+fn append_unsigned(msg: &[u8], t: AttrType, value: &[u8]) -> Vec<u8> {
+    let mut out = msg.to_vec();
+    out.extend_from_slice(&t.value().to_be_bytes());
+    out.extend_from_slice(&(value.len() as u16).to_be_bytes());
+    out.extend_from_slice(value);
+    while out.len() % 4 != 0 {
+        out.push(0);
+    }
+    let len = (out.len() - 20) as u16;
+    out[2..4].copy_from_slice(&len.to_be_bytes());
+    out
+}
+
+/// XOR-PEER-ADDRESS value for `peer` under transaction `tid`.
+fn xor_peer_value(peer: SocketAddr, tid: TransactionId) -> Vec<u8> {
+    let mut b = MessageBuilder::new(MessageType::new(METHOD_SEND, CLASS_INDICATION), tid);
+    b.xor_address(ATTR_XOR_PEER_ADDRESS, peer);
+    let m = msg::decode(&b.finish()).unwrap();
+    attr(&m, ATTR_XOR_PEER_ADDRESS).unwrap().to_vec()
+}
+
+fn send_indication(peer: SocketAddr, data: &[u8]) -> Vec<u8> {
+    let mut b = MessageBuilder::indication(METHOD_SEND);
+    b.xor_address(ATTR_XOR_PEER_ADDRESS, peer);
+    b.raw(ATTR_DATA, data);
+    b.finish()
+}
+
+fn to_peers(out: &[Transmit]) -> Vec<SocketAddr> {
+    out.iter()
+        .filter_map(|t| match t {
+            Transmit::ToPeer { peer, .. } => Some(*peer),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn live_relay_permission_never_opens_other_ports_of_the_host() {
+    // RFC 8656 §21.1 / SSRF: A may meet B through B's relayed address on this host, but the
+    // permission (per IP) must not carry A's data to other ports of that IP.
+    let mut h = Harness::new();
+    let mut a = Client::new(tuple(46000), "alice", "alicepw");
+    let mut b = Client::new(tuple(46001), "bob", "bobpw");
+    let ra = relayed(&a.allocate(&mut h));
+    let rb = relayed(&b.allocate(&mut h));
+    let r = a.call(&mut h, METHOD_CREATE_PERMISSION, &[], &[rb]);
+    assert!(is_success(&r));
+    // To B's relay: relayed.
+    assert_eq!(to_peers(&h.send(a.tuple, &send_indication(rb, b"hi"))), [rb]);
+    // To other ports of the same IP (the TURN listener, a metrics port, any service): dropped.
+    for port in [3478u16, 9641, 8080, 22, rb.port() + 7] {
+        let other = SocketAddr::new(rb.ip(), port);
+        let out = h.send(a.tuple, &send_indication(other, b"GET / HTTP/1.0\r\n\r\n"));
+        assert!(to_peers(&out).is_empty(), "{other}: {out:?}");
+    }
+    assert!(counter(&h.metrics.dropped_packets, "peer_denied", "reason") >= 5);
+    // Inbound: a datagram from another port of the host to A's relay is not delivered; from B's
+    // relay it is.
+    let from_service = SocketAddr::new(rb.ip(), 8080);
+    assert!(h.core.handle_peer(ra, from_service, b"x", h.now).is_none());
+    assert!(h.core.handle_peer(ra, rb, b"x", h.now).is_some());
+    // ChannelData bound to B's relay works while B's allocation lives, and stops with it.
+    let r = a.call(
+        &mut h,
+        METHOD_CHANNEL_BIND,
+        &[(ATTR_CHANNEL_NUMBER, vec![0x40, 0x01, 0, 0])],
+        &[rb],
+    );
+    assert!(is_success(&r), "{:?}", code(&r));
+    let frame = [0x40, 0x01, 0, 2, b'o', b'k'];
+    assert_eq!(to_peers(&h.send(a.tuple, &frame)), [rb]);
+    let _ = b.call(&mut h, METHOD_REFRESH, &[(ATTR_LIFETIME, vec![0; 4])], &[]);
+    // A still holds its permission and channel for 127.0.0.1, but rb is no relay any more.
+    assert!(to_peers(&h.send(a.tuple, &frame)).is_empty());
+    assert!(to_peers(&h.send(a.tuple, &send_indication(rb, b"hi"))).is_empty());
+    assert!(h.core.handle_peer(ra, rb, b"x", h.now).is_none());
+}
+
+#[test]
+fn attributes_after_message_integrity_are_ignored() {
+    // RFC 8489 §14.5: an XOR-PEER-ADDRESS appended after MESSAGE-INTEGRITY is not signed and
+    // must not install a permission.
+    let mut h = Harness::new();
+    let mut c = Client::new(tuple(46100), "alice", "alicepw");
+    let _ = c.allocate(&mut h);
+    let signed_peer: SocketAddr = "198.51.100.20:5000".parse().unwrap();
+    let smuggled: SocketAddr = "203.0.113.66:5000".parse().unwrap();
+    let tid = TransactionId::new();
+    let mut b = MessageBuilder::new(MessageType::new(METHOD_CREATE_PERMISSION, CLASS_REQUEST), tid);
+    b.xor_address(ATTR_XOR_PEER_ADDRESS, signed_peer);
+    b.raw(ATTR_USERNAME, b"alice")
+        .raw(ATTR_REALM, b"turnkey")
+        .raw(ATTR_NONCE, c.nonce.as_bytes());
+    let key = long_term_key("alice", "turnkey", "alicepw", PasswordAlgorithm::Md5);
+    b.integrity(&key, IntegrityAlgorithm::Sha1);
+    let req = append_unsigned(
+        &b.finish(),
+        ATTR_XOR_PEER_ADDRESS,
+        &xor_peer_value(smuggled, tid),
+    );
+    let r = h.request(c.tuple, &req);
+    assert!(is_success(&r), "{:?}", code(&r));
+    assert_eq!(
+        to_peers(&h.send(c.tuple, &send_indication(signed_peer, b"a"))),
+        [signed_peer]
+    );
+    assert!(to_peers(&h.send(c.tuple, &send_indication(smuggled, b"a"))).is_empty());
+    // A ChannelBind whose only XOR-PEER-ADDRESS is unsigned has no peer: 400.
+    let tid = TransactionId::new();
+    let mut b = MessageBuilder::new(MessageType::new(METHOD_CHANNEL_BIND, CLASS_REQUEST), tid);
+    b.raw(ATTR_CHANNEL_NUMBER, &[0x40, 0x02, 0, 0]);
+    b.raw(ATTR_USERNAME, b"alice")
+        .raw(ATTR_REALM, b"turnkey")
+        .raw(ATTR_NONCE, c.nonce.as_bytes());
+    b.integrity(&key, IntegrityAlgorithm::Sha1);
+    let req = append_unsigned(&b.finish(), ATTR_XOR_PEER_ADDRESS, &xor_peer_value(smuggled, tid));
+    let r = h.request(c.tuple, &req);
+    assert_eq!(code(&r), Some(400));
+}
+
+#[test]
+fn nonce_from_another_five_tuple_is_stale() {
+    let mut h = Harness::new();
+    let mut a = Client::new(tuple(46200), "alice", "alicepw");
+    assert!(is_success(&a.allocate(&mut h)));
+    // A captured request replayed from another source port: the nonce does not fit.
+    let replay = a.build(METHOD_ALLOCATE, TransactionId::new(), &[udp()], &[]);
+    let r = h.request(tuple(46201), &replay);
+    assert_eq!(code(&r), Some(438));
+    assert_eq!(h.core.allocation_count(), 1);
+    // Over TCP from the same address and port: stale too.
+    let mut tcp = tuple(46200);
+    tcp.transport = Transport::Tcp;
+    let r = h.request(tcp, &replay);
+    assert_eq!(code(&r), Some(438));
+    // The 438 carries a nonce for the new 5-tuple, with which the client can go on.
+    let mut b = Client::new(tuple(46201), "alice", "alicepw");
+    b.nonce = text_attr(&r, ATTR_NONCE).unwrap().to_string();
+    assert!(is_success(&b.allocate(&mut h)));
+}
+
+#[test]
+fn password_algorithms_bid_down_is_refused() {
+    // RFC 8489 §9.2.4/§9.2.5: PASSWORD-ALGORITHM without PASSWORD-ALGORITHMS, or with a list
+    // other than the one the server sent, is 400.
+    let mut h = Harness::new();
+    let mut c = Client::new(tuple(46300), "alice", "alicepw");
+    let _ = c.allocate(&mut h);
+    let refresh = |alg: Option<[u8; 4]>, algs: Option<Vec<u8>>, nonce: &str| {
+        let mut b = MessageBuilder::new(
+            MessageType::new(METHOD_REFRESH, CLASS_REQUEST),
+            TransactionId::new(),
+        );
+        if let Some(a) = alg {
+            b.raw(ATTR_PASSWORD_ALGORITHM, &a);
+        }
+        if let Some(l) = &algs {
+            b.raw(ATTR_PASSWORD_ALGORITHMS, l);
+        }
+        b.raw(ATTR_USERNAME, b"alice")
+            .raw(ATTR_REALM, b"turnkey")
+            .raw(ATTR_NONCE, nonce.as_bytes());
+        let pa = match alg {
+            Some([0, 2, ..]) => PasswordAlgorithm::Sha256,
+            _ => PasswordAlgorithm::Md5,
+        };
+        let key = long_term_key("alice", "turnkey", "alicepw", pa);
+        b.integrity(&key, IntegrityAlgorithm::Sha256);
+        b.finish()
+    };
+    let ours = password_algorithms_value().to_vec();
+    let cases: [(Option<[u8; 4]>, Option<Vec<u8>>, Option<u16>); 5] = [
+        (None, None, None),
+        (Some([0, 2, 0, 0]), Some(ours.clone()), None),
+        (Some([0, 1, 0, 0]), Some(ours.clone()), None),
+        (Some([0, 2, 0, 0]), None, Some(400)),
+        (Some([0, 1, 0, 0]), Some(vec![0, 1, 0, 0]), Some(400)),
+    ];
+    for (alg, algs, want) in cases {
+        let r = h.request(c.tuple, &refresh(alg, algs.clone(), &c.nonce));
+        assert_eq!(code(&r), want, "{alg:?} {algs:?}");
+    }
+    let cases2: [(Option<[u8; 4]>, Option<Vec<u8>>); 2] =
+        [(None, Some(ours.clone())), (Some([0, 3, 0, 0]), Some(ours))];
+    for (alg, algs) in cases2 {
+        let r = h.request(c.tuple, &refresh(alg, algs.clone(), &c.nonce));
+        assert_eq!(code(&r), Some(400), "{alg:?} {algs:?}");
+    }
+    assert_eq!(
+        counter(&h.metrics.auth_failures, "algorithm_mismatch", "reason"),
+        3
+    );
+}
+
+#[test]
+fn userhash_authenticates_static_users() {
+    let mut cfg = config();
+    cfg.credentials = cfg.credentials.clone().hash_users("turnkey");
+    cfg.nonces = NonceMinter::new([1; 32], 600).with_userhash(true);
+    let mut h = Harness::with(cfg, FakeRelays::new("127.0.0.1"));
+    let t = tuple(46400);
+    let mut c = Client::new(t, "alice", "alicepw");
+    let _ = c.call(&mut h, METHOD_REFRESH, &[], &[]); // learn the nonce
+    assert!(c.nonce.starts_with("obMatJos2wAAA"), "{}", c.nonce);
+    let build = |hash: [u8; 32], nonce: &str| {
+        let mut b = MessageBuilder::new(
+            MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST),
+            TransactionId::new(),
+        );
+        b.raw(ATTR_REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        b.raw(ATTR_USER_HASH, &hash)
+            .raw(ATTR_REALM, b"turnkey")
+            .raw(ATTR_NONCE, nonce.as_bytes());
+        let key = long_term_key("alice", "turnkey", "alicepw", PasswordAlgorithm::Md5);
+        b.integrity(&key, IntegrityAlgorithm::Sha1);
+        b.finish()
+    };
+    let unknown = crate::proto::auth::userhash("nobody", "turnkey");
+    assert_eq!(code(&h.request(t, &build(unknown, &c.nonce))), Some(401));
+    let r = h.request(t, &build(crate::proto::auth::userhash("alice", "turnkey"), &c.nonce));
+    assert!(is_success(&r), "{:?}", code(&r));
+    assert_eq!(h.core.allocation_count(), 1);
+}
+
+#[test]
+fn per_ip_quota_486() {
+    let mut cfg = config();
+    cfg.ip_quota = 2;
+    cfg.user_quota = 10;
+    cfg.total_quota = 10;
+    let mut h = Harness::with(cfg, FakeRelays::new("127.0.0.1"));
+    for (i, user) in ["alice", "bob"].iter().enumerate() {
+        let pw = format!("{user}pw");
+        assert!(is_success(
+            &Client::new(tuple(46500 + i as u16), user, &pw).allocate(&mut h)
+        ));
+    }
+    let r = Client::new(tuple(46510), "alice", "alicepw").allocate(&mut h);
+    assert_eq!(code(&r), Some(486));
+    assert_eq!(counter(&h.metrics.quota_rejections, "ip", "scope"), 1);
+    // Another source IP is not affected.
+    let mut other = tuple(46511);
+    other.client = "198.51.100.2:46511".parse().unwrap();
+    assert!(is_success(&Client::new(other, "alice", "alicepw").allocate(&mut h)));
+    // A freed allocation frees its unit.
+    let mut c = Client::new(tuple(46500), "alice", "alicepw");
+    let _ = c.call(&mut h, METHOD_REFRESH, &[(ATTR_LIFETIME, vec![0; 4])], &[]);
+    assert!(is_success(&Client::new(tuple(46512), "alice", "alicepw").allocate(&mut h)));
+}
+
+#[test]
+fn unauthenticated_responses_are_rate_limited_per_source() {
+    let mut cfg = config();
+    cfg.unauth_rate_per_sec = 2;
+    cfg.unauth_burst = 3;
+    let mut h = Harness::with(cfg, FakeRelays::new("127.0.0.1"));
+    let mut b = MessageBuilder::new(
+        MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST),
+        TransactionId::new(),
+    );
+    b.raw(ATTR_REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    let req = b.finish();
+    let answered = (0..10).filter(|i| !h.send(tuple(46600 + i), &req).is_empty()).count();
+    assert_eq!(answered, 3);
+    assert_eq!(
+        counter(&h.metrics.dropped_packets, "unauth_rate_limited", "reason"),
+        7
+    );
+    // Another source is answered; one second later the first has 2 more.
+    let mut other = tuple(46620);
+    other.client = "203.0.113.5:46620".parse().unwrap();
+    assert_eq!(h.send(other, &req).len(), 1);
+    h.now += Duration::from_secs(1);
+    let answered = (0..10).filter(|i| !h.send(tuple(46630 + i), &req).is_empty()).count();
+    assert_eq!(answered, 2);
+    // Authenticated traffic is not limited.
+    let mut c = Client::new(tuple(46640), "alice", "alicepw");
+    c.nonce = h.core.cfg.nonces.mint(T0_UNIX + 1, &c.tuple);
+    for _ in 0..20 {
+        let r = c.call(&mut h, METHOD_REFRESH, &[], &[]);
+        assert_eq!(code(&r), Some(437));
+    }
+}
+
+#[test]
+fn challenge_is_small_without_software_or_reason() {
+    // What a spoofed 28-byte Allocate (36 with FINGERPRINT) gets back. coturn 4.17.1 answers the
+    // same request with 96 bytes for this realm (ERROR-CODE without reason, a 24-character
+    // NONCE, REALM, its SOFTWARE); we stay below it.
+    let mut h = Harness::new();
+    let mut b = MessageBuilder::new(
+        MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST),
+        TransactionId::new(),
+    );
+    b.raw(ATTR_REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    let req = b.finish();
+    assert_eq!(req.len(), 28);
+    let out = h.send(tuple(46700), &req);
+    let Transmit::ToClient { data, .. } = &out[0] else {
+        panic!()
+    };
+    let r = msg::decode(data).unwrap();
+    assert_eq!(code(&r), Some(401));
+    assert!(attr(&r, ATTR_SOFTWARE).is_none());
+    assert_eq!(attr(&r, ATTR_ERROR_CODE).map(|v| v.len()), Some(4));
+    assert!(data.len() < 96, "{} bytes", data.len());
+    // Binding answers carry no SOFTWARE either.
+    let b = MessageBuilder::new(rtc_stun::message::BINDING_REQUEST, TransactionId::new());
+    let out = h.send(tuple(46701), &b.finish());
+    let Transmit::ToClient { data, .. } = &out[0] else {
+        panic!()
+    };
+    assert!(attr(&msg::decode(data).unwrap(), ATTR_SOFTWARE).is_none());
+}
+
+#[test]
+fn unredeemed_even_port_reservations_expire_and_hold_quota() {
+    // The loop that used to leak reserved ports for good: Allocate(EVEN-PORT R) + Refresh(0).
+    let mut h = Harness::new(); // user quota 3
+    let mut reserved = 0;
+    for i in 0..6u16 {
+        let mut c = Client::new(tuple(46800 + i), "alice", "alicepw");
+        let r = c.call(&mut h, METHOD_ALLOCATE, &[udp(), (ATTR_EVEN_PORT, vec![0x80])], &[]);
+        if is_success(&r) {
+            reserved += 1;
+            let _ = c.call(&mut h, METHOD_REFRESH, &[(ATTR_LIFETIME, vec![0; 4])], &[]);
+        } else {
+            assert_eq!(code(&r), Some(486));
+        }
+    }
+    // Each reservation holds one unit of alice's quota of 3 until redeemed or expired; an
+    // Allocate with R needs two.
+    assert_eq!(reserved, 2);
+    assert_eq!(h.shared.reservation_count(), 2);
+    assert_eq!(h.metrics.reservations.get(), 2);
+    assert_eq!(h.core.allocation_count(), 0);
+    h.advance(29);
+    assert_eq!(h.shared.reservation_count(), 2);
+    h.advance(1);
+    assert_eq!(h.shared.reservation_count(), 0);
+    assert_eq!(h.metrics.reservations.get(), 0);
+    assert_eq!(h.relays.cancelled.len(), 2);
+    assert!(h.relays.tokens.is_empty());
+    assert_eq!(h.shared.total_allocations(), 0);
+    // Quota is back: three plain allocations fit again.
+    for i in 0..3 {
+        assert!(is_success(
+            &Client::new(tuple(46850 + i), "alice", "alicepw").allocate(&mut h)
+        ));
+    }
+}
+
+#[test]
+fn redeemed_reservation_returns_its_unit_and_is_not_cancelled() {
+    let mut h = Harness::new();
+    let mut a = Client::new(tuple(46900), "alice", "alicepw");
+    let r = a.call(&mut h, METHOD_ALLOCATE, &[udp(), (ATTR_EVEN_PORT, vec![0x80])], &[]);
+    let token = attr(&r, ATTR_RESERVATION_TOKEN).unwrap().to_vec();
+    assert_eq!(h.shared.total_allocations(), 2);
+    let mut b = Client::new(tuple(46901), "bob", "bobpw");
+    let r2 = b.call(&mut h, METHOD_ALLOCATE, &[udp(), (ATTR_RESERVATION_TOKEN, token)], &[]);
+    assert!(is_success(&r2));
+    // Alice's reservation unit went back; Bob's allocation holds its own.
+    assert_eq!(h.shared.total_allocations(), 2);
+    assert_eq!(h.shared.reservation_count(), 0);
+    h.advance(31);
+    assert!(h.relays.cancelled.is_empty());
+    assert_eq!(h.core.allocation_count(), 2);
+}
+
+#[test]
+fn allocation_churn_leaves_no_timer_behind() {
+    // Allocate -> CreatePermission -> ChannelBind -> Refresh(0) in a loop: every per-allocation
+    // timer goes with its allocation (stale heap entries were what grew the server's memory).
+    let mut cfg = config();
+    cfg.user_quota = 10;
+    cfg.total_quota = 10;
+    let mut h = Harness::with(cfg, FakeRelays::new("127.0.0.1"));
+    for i in 0..500u16 {
+        let mut c = Client::new(tuple(47000 + i), "alice", "alicepw");
+        assert!(is_success(&c.allocate(&mut h)));
+        let r = c.call(
+            &mut h,
+            METHOD_CREATE_PERMISSION,
+            &[],
+            &["198.51.100.9:1".parse().unwrap(), "203.0.113.9:1".parse().unwrap()],
+        );
+        assert!(is_success(&r));
+        let r = c.call(
+            &mut h,
+            METHOD_CHANNEL_BIND,
+            &[(ATTR_CHANNEL_NUMBER, vec![0x40, 0, 0, 0])],
+            &["192.0.2.9:1".parse().unwrap()],
+        );
+        assert!(is_success(&r));
+        let r = c.call(&mut h, METHOD_REFRESH, &[(ATTR_LIFETIME, vec![0; 4])], &[]);
+        assert!(is_success(&r));
+        h.now += Duration::from_millis(10);
+    }
+    assert_eq!(h.core.allocation_count(), 0);
+    assert_eq!(h.core.timers.len(), 0);
+    assert_eq!(h.core.poll_timeout(), None);
+    assert_eq!(h.metrics.permissions.get(), 0);
+    assert_eq!(h.metrics.channel_bindings.get(), 0);
+}
