@@ -151,7 +151,7 @@ section "cargo test --workspace"
 TEST_LOG=$(mktemp)
 trap 'rm -f "$TEST_LOG"' EXIT
 set +e
-cargo test "${LOCKED[@]}" --workspace 2>&1 | tee "$TEST_LOG"
+cargo test "${LOCKED[@]}" --workspace --no-fail-fast 2>&1 | tee "$TEST_LOG"
 test_status=${PIPESTATUS[0]}
 set -e
 # One closing line over every test binary (cargo prints one per binary, the last often a

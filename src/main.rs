@@ -98,6 +98,18 @@ fn main() -> anyhow::Result<()> {
     }
     .resolve()?;
     sig.sfu_secret = Some(sfu_cfg.sfu_secret.clone());
+    // Peers may never reach the suite's other services through the relay, even where
+    // --allow-peer covers this host: signaling, its metrics, the SFU's media ports (one per
+    // worker, ICE-TCP on the first), link and metrics.
+    cfg.protected_ports.extend([
+        cli.signaling_listen.port(),
+        cli.signaling_metrics.port(),
+        sfu_cfg.link_listen.port(),
+        sfu_cfg.metrics.port(),
+    ]);
+    cfg.protected_ports.extend(
+        (0..sfu_cfg.workers as u16).map(|i| sfu_cfg.media_listen.port().saturating_add(i)),
+    );
     turnkey_common::logging::init(cfg.log_json, "info");
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -117,3 +117,32 @@ fn quick_start_binary_prints_working_credentials_and_demo_url() {
     let (status, _) = post_basic(sig, "/v1/rooms/quickstart/join", "dev:wrong", "{}");
     assert_eq!(status, 401);
 }
+
+#[test]
+fn the_suites_own_ports_are_never_peers_even_when_the_host_is_allowed() {
+    // Issue 9 §1: with --allow-peer covering this host, the relay still refuses the ports the
+    // suite listens on: TURN and its metrics, signaling, the SFU's metrics (and media/link).
+    let suite = common::LocalSuite::start(
+        "k1:s1",
+        &["--allow-peer", "127.0.0.0/8", "--user", "alice:pw"],
+    );
+    let server = SocketAddr::from(([127, 0, 0, 1], suite.turn_port));
+    let mut c = wire::WireClient::new(server, "alice", "pw");
+    c.allocate();
+    for own in [server, suite.guard.metrics, suite.http, suite.sfu_metrics] {
+        let r = c.call(
+            rtc_stun::message::METHOD_CREATE_PERMISSION,
+            &[],
+            &[SocketAddr::new(own.ip(), own.port())],
+        );
+        assert_eq!(wire::code(&r), Some(403), "{own} is one of the suite's ports");
+    }
+    // Another port of the allowed host is fine.
+    let elsewhere = SocketAddr::from(([127, 0, 0, 1], free_udp_tcp_port()));
+    let r = c.call(
+        rtc_stun::message::METHOD_CREATE_PERMISSION,
+        &[],
+        &[elsewhere],
+    );
+    assert_eq!(wire::code(&r), None);
+}

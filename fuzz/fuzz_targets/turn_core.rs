@@ -55,6 +55,7 @@ const T0_UNIX: u64 = 1_800_000_000;
 const REALM: &str = "turnkey";
 const TOTAL_QUOTA: u32 = 6;
 const USER_QUOTA: u32 = 3;
+const IP_QUOTA: u32 = 4;
 const MAX_LIFETIME: Duration = Duration::from_secs(3600);
 const RELAY_V4: &str = "192.0.2.1";
 const RELAY_V6: &str = "2001:db8::1";
@@ -176,6 +177,10 @@ impl RelayAllocator for FakeRelays {
             self.live.remove(&local),
             "core released {local}, which is not a live relay"
         );
+    }
+
+    fn cancel_reservation(&mut self, token: [u8; 8]) {
+        self.reserved.remove(&token);
     }
 }
 
@@ -309,6 +314,10 @@ impl World {
             channel_reuse_delay: Duration::from_secs(300),
             user_quota: USER_QUOTA,
             total_quota: TOTAL_QUOTA,
+            ip_quota: IP_QUOTA,
+            reservation_lifetime: Duration::from_secs(30),
+            unauth_rate_per_sec: 20,
+            unauth_burst: 40,
             external_ips,
             binding: BindingConfig::default(),
         });
@@ -369,10 +378,11 @@ impl World {
 
     // --- building requests ---
 
-    /// A request signed (or not) as `auth` says. `auth` bits: 0-1 user (alice, bob, carol by
-    /// REST, mallory), 2-3 nonce (fresh, fresh, stale, garbage), 4 SHA-256 password algorithm,
-    /// 5 MESSAGE-INTEGRITY-SHA256, 6 FINGERPRINT, 7 unsigned.
-    fn sign(&self, mut b: MessageBuilder, auth: u8) -> Vec<u8> {
+    /// A request from `tuple` signed (or not) as `auth` says. `auth` bits: 0-1 user (alice,
+    /// bob, carol by REST, mallory), 2-3 nonce (fresh for `tuple`, fresh for another 5-tuple,
+    /// stale, garbage), 4 SHA-256 password algorithm (with PASSWORD-ALGORITHMS), 5
+    /// MESSAGE-INTEGRITY-SHA256, 6 FINGERPRINT, 7 unsigned.
+    fn sign(&self, tuple: FiveTuple, mut b: MessageBuilder, auth: u8) -> Vec<u8> {
         let (user, pw) = match auth & 3 {
             0 => ("alice", "alicepw"),
             1 => ("bob", "bobpw"),
@@ -380,12 +390,21 @@ impl World {
             _ => ("mallory", "x"),
         };
         let nonce = match (auth >> 2) & 3 {
-            0 | 1 => self.cfg.nonces.mint(self.unix_now()),
-            2 => self.cfg.nonces.mint(T0_UNIX.saturating_sub(3600)),
+            0 => self.cfg.nonces.mint(self.unix_now(), &tuple),
+            1 => {
+                let other = if tuple == self.tuples[0] {
+                    self.tuples[1]
+                } else {
+                    self.tuples[0]
+                };
+                self.cfg.nonces.mint(self.unix_now(), &other)
+            }
+            2 => self.cfg.nonces.mint(T0_UNIX.saturating_sub(3600), &tuple),
             _ => "obMatJos2gAAAgarbage".to_string(),
         };
         let pw_alg = if auth & 0x10 != 0 {
             b.raw(ATTR_PASSWORD_ALGORITHM, &[0, 2, 0, 0]);
+            b.raw(ATTR_PASSWORD_ALGORITHMS, &[0, 1, 0, 0, 0, 2, 0, 0]);
             PasswordAlgorithm::Sha256
         } else {
             PasswordAlgorithm::Md5
@@ -513,7 +532,7 @@ impl World {
     ) {
         let mut b = MessageBuilder::new(MessageType::new(method, CLASS_REQUEST), tid);
         attrs(&mut b);
-        let data = self.sign(b, auth);
+        let data = self.sign(tuple, b, auth);
         self.request(tuple, data);
     }
 
@@ -551,7 +570,7 @@ impl World {
                     self.attribute(&mut b, input);
                 }
                 let auth = input.u8();
-                let data = self.sign(b, auth);
+                let data = self.sign(t, b, auth);
                 self.request(t, data);
             }
             // Send indication.
@@ -693,13 +712,19 @@ impl World {
                     panic!("client sent something that is neither STUN nor ChannelData")
                 }
             },
-            Transmit::ToPeer { relay, .. } => {
+            Transmit::ToPeer { relay, peer, .. } => {
                 if trace() {
-                    eprintln!("  -> peer from relay {relay}");
+                    eprintln!("  -> peer {peer} from relay {relay}");
                 }
                 assert!(
                     self.relays.live.contains(&relay),
                     "sent from a dead relay {relay}"
+                );
+                // Every datagram to a peer passes the policy or goes to a live relayed
+                // address of this server (never another port of the host).
+                assert!(
+                    self.cfg.policy.check(*peer).is_ok() || self.shared.is_live_relay(*peer),
+                    "relayed to {peer}, which the policy refuses and is no live relay"
                 );
             }
         }
@@ -813,5 +838,11 @@ fuzz_target!(|data: &[u8]| {
         "allocations outlived their lifetime"
     );
     assert_eq!(w.core.poll_timeout(), None, "a timer is still armed");
+    assert_eq!(w.shared.reservation_count(), 0, "a reservation outlived its 30 s");
+    assert!(
+        w.relays.reserved.is_empty(),
+        "reserved sockets never cancelled: {:?}",
+        w.relays.reserved
+    );
     w.check();
 });

@@ -208,7 +208,9 @@ pub struct Shared {
     live_relays: RwLock<HashSet<SocketAddr>>,
     quotas: Mutex<Quotas>,
     reservations: Mutex<HashMap<[u8; 8], Reservation>>,
+    /// Quota units held: allocations plus unredeemed reservations.
     total: AtomicU32,
+    allocations: AtomicU32,
     draining: AtomicBool,
 }
 
@@ -260,7 +262,7 @@ impl Shared {
     }
     /// Live allocations across all workers.
     pub fn total_allocations(&self) -> u32 {
-        self.total.load(Ordering::Relaxed)
+        self.allocations.load(Ordering::Relaxed)
     }
     /// True when `addr` is a live relayed transport address (local or advertised).
     pub fn is_live_relay(&self, addr: SocketAddr) -> bool {
@@ -978,6 +980,7 @@ impl TurnCore {
             self.by_relay.insert(r.local, id);
         }
         self.by_tuple.insert(tuple, id);
+        self.shared.allocations.fetch_add(1, Ordering::Relaxed);
         self.timers
             .schedule(alloc.expires, TimerKey::Allocation(id));
         self.allocs.insert(id, alloc);
@@ -1465,6 +1468,7 @@ impl TurnCore {
         }
         self.shared.remove_relays(&live);
         self.shared.return_quota(&a.holder);
+        self.shared.allocations.fetch_sub(1, Ordering::Relaxed);
         self.metrics
             .allocations
             .get_or_create(&[

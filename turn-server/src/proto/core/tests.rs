@@ -1275,12 +1275,14 @@ fn redeemed_reservation_returns_its_unit_and_is_not_cancelled() {
     let mut a = Client::new(tuple(46900), "alice", "alicepw");
     let r = a.call(&mut h, METHOD_ALLOCATE, &[udp(), (ATTR_EVEN_PORT, vec![0x80])], &[]);
     let token = attr(&r, ATTR_RESERVATION_TOKEN).unwrap().to_vec();
-    assert_eq!(h.shared.total_allocations(), 2);
+    assert_eq!(h.shared.total_allocations(), 1);
+    assert_eq!(h.shared.reservation_count(), 1);
     let mut b = Client::new(tuple(46901), "bob", "bobpw");
     let r2 = b.call(&mut h, METHOD_ALLOCATE, &[udp(), (ATTR_RESERVATION_TOKEN, token)], &[]);
     assert!(is_success(&r2));
     // Alice's reservation unit went back; Bob's allocation holds its own.
     assert_eq!(h.shared.total_allocations(), 2);
+    assert_eq!(h.shared.total.load(Ordering::Relaxed), 2);
     assert_eq!(h.shared.reservation_count(), 0);
     h.advance(31);
     assert!(h.relays.cancelled.is_empty());
