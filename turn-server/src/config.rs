@@ -546,4 +546,42 @@ mod tests {
             .resolve(&Defaults::default())
             .is_err());
     }
+
+    #[test]
+    fn every_listening_port_is_an_own_port_of_the_peer_policy() {
+        // Issue 9 §1: TLS, DTLS and metrics listeners and the neighbouring services' ports are
+        // refused as peers even when allow_peer covers the host.
+        let mut cfg = parse(&[
+            "--listen",
+            "192.0.2.10:3478",
+            "--tls-listen",
+            "192.0.2.10:5349",
+            "--dtls-listen",
+            "192.0.2.10:5350",
+            "--metrics",
+            "192.0.2.10:9641",
+            "--allow-peer",
+            "192.0.2.0/24",
+            "--cert",
+            "/nonexistent/cert.pem",
+            "--key",
+            "/nonexistent/key.pem",
+        ])
+        .resolve(&Defaults::default())
+        .unwrap();
+        cfg.protected_ports = vec![8080];
+        let core = crate::io::core_config(&cfg);
+        for port in [3478u16, 5349, 5350, 9641, 8080, 50_000] {
+            let peer = SocketAddr::from(([192, 0, 2, 10], port));
+            assert_eq!(
+                core.policy.check(peer),
+                Err(crate::proto::policy::DenyReason::OwnAddress),
+                "{peer}"
+            );
+        }
+        assert_eq!(
+            core.policy.check(SocketAddr::from(([192, 0, 2, 10], 22))),
+            Ok(())
+        );
+    }
 }
