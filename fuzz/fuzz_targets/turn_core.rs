@@ -723,7 +723,7 @@ impl World {
                 // Every datagram to a peer passes the policy or goes to a live relayed
                 // address of this server (never another port of the host).
                 assert!(
-                    self.cfg.policy.check(*peer).is_ok() || self.shared.is_live_relay(*peer),
+                    self.cfg.policy.check(peer).is_ok() || self.shared.is_live_relay(peer),
                     "relayed to {peer}, which the policy refuses and is no live relay"
                 );
             }
