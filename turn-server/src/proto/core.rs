@@ -40,6 +40,10 @@ pub const ATTR_ICMP: AttrType = AttrType(0x8004);
 /// allocation bounded whatever the client sends.
 pub const MAX_PERMISSIONS_PER_ALLOCATION: usize = 1024;
 
+/// Channel numbers one allocation may hold, bound or in their reuse delay (RFC 8656 §12);
+/// beyond, 508. The channel range alone would allow 16384.
+pub const MAX_CHANNELS_PER_ALLOCATION: usize = 1024;
+
 /// Comprehension-required attributes this server understands in TURN requests and indications.
 const KNOWN_ATTRS: &[AttrType] = &[
     ATTR_USERNAME,
@@ -1212,6 +1216,9 @@ impl TurnCore {
             if *n != number {
                 return MessageBuilder::error(m, 400, "Bad Request: peer bound to another channel");
             }
+        }
+        if !a.channels.contains_key(&number) && a.channels.len() >= MAX_CHANNELS_PER_ALLOCATION {
+            return MessageBuilder::error(m, 508, "Insufficient Capacity: too many channels");
         }
         let expires = now + self.cfg.channel_lifetime;
         if let Some(a) = self.allocs.get_mut(&id) {

@@ -1324,3 +1324,36 @@ fn allocation_churn_leaves_no_timer_behind() {
     assert_eq!(h.metrics.permissions.get(), 0);
     assert_eq!(h.metrics.channel_bindings.get(), 0);
 }
+
+#[test]
+fn channels_per_allocation_are_capped() {
+    let mut h = Harness::new();
+    let mut c = Client::new(tuple(47600), "alice", "alicepw");
+    let _ = c.allocate(&mut h);
+    for i in 0..MAX_CHANNELS_PER_ALLOCATION as u16 {
+        let n = 0x4000 + i;
+        let r = c.call(
+            &mut h,
+            METHOD_CHANNEL_BIND,
+            &[(ATTR_CHANNEL_NUMBER, vec![(n >> 8) as u8, n as u8, 0, 0])],
+            &[SocketAddr::from(([198, 51, 100, 1], 1000 + i))],
+        );
+        assert!(is_success(&r), "{:?}", code(&r));
+    }
+    let n = 0x4000 + MAX_CHANNELS_PER_ALLOCATION as u16;
+    let r = c.call(
+        &mut h,
+        METHOD_CHANNEL_BIND,
+        &[(ATTR_CHANNEL_NUMBER, vec![(n >> 8) as u8, n as u8, 0, 0])],
+        &["198.51.100.1:9".parse().unwrap()],
+    );
+    assert_eq!(code(&r), Some(508));
+    // Refreshing an existing binding still works.
+    let r = c.call(
+        &mut h,
+        METHOD_CHANNEL_BIND,
+        &[(ATTR_CHANNEL_NUMBER, vec![0x40, 0, 0, 0])],
+        &["198.51.100.1:1000".parse().unwrap()],
+    );
+    assert!(is_success(&r), "{:?}", code(&r));
+}
