@@ -14,8 +14,9 @@
 //!   on both sides with STUN only; full cone on both sides and symmetric against full cone with
 //!   TURN configured too (no relay candidate in the selected pair).
 //!
-//! `traversal_report` (ignored; `scripts/traversal-report.sh` runs it) runs the whole matrix
-//! NAT pair x {STUN only, TURN/UDP, TURN/TCP[, TURN/TLS]} and prints a table.
+//! `traversal_report` runs the whole matrix NAT pair x {STUN only, TURN/UDP, TURN/TCP[,
+//! TURN/TLS]}, checks every cell and prints a table (`scripts/traversal-report.sh` shows it).
+//! A cell that is not as expected prints both peers' RESULT lines and logs.
 //!
 //! Needs root for the namespaces. If `ip netns add` fails, each test prints why and returns:
 //! the only skip. Everything else it needs (coturn's tools, the aiortc venv, openssl) fails the
@@ -457,14 +458,16 @@ fn cell(run: &PairRun) -> String {
             .map_or("?".into(), |ms| format!("{:.1} s", ms as f64 / 1000.0));
         format!("yes, {path} ({}), {secs}", run.offerer_pair())
     } else {
-        let why = run.offerer["error"]
-            .as_str()
-            .or(run.answerer["error"].as_str())
-            .unwrap_or("not connected");
-        if why == "timeout" {
-            format!("no (not connected in {CONNECT_TIMEOUT_SECS} s)")
-        } else {
-            format!("no ({why})")
+        // The offerer's error if it has one (it gives up first: its clock starts before the
+        // answerer's), else the answerer's; named, as "the other peer left" means different
+        // things on either side.
+        let why = [("offerer", &run.offerer), ("answerer", &run.answerer)]
+            .into_iter()
+            .find_map(|(role, peer)| peer["error"].as_str().map(|e| (role, e)));
+        match why {
+            Some((_, "timeout")) => format!("no (not connected in {CONNECT_TIMEOUT_SECS} s)"),
+            Some((role, why)) => format!("no ({role}: {why})"),
+            None => "no (not connected)".into(),
         }
     }
 }
@@ -527,6 +530,7 @@ fn traversal_report() {
                 _ => (true, hard || blocked),
             };
             if run.connected() != want || (want && relay && !run.relayed()) {
+                eprintln!("unexpected cell, both peers' output:\n{}", run.report);
                 wrong.push(format!(
                     "{ka} <-> {kb} {}: {c} (want connected={want}{})",
                     mode.label(),

@@ -16,9 +16,23 @@ ICE servers come from the join answer, filtered by --mode:
 
 Success: ICE and DTLS connect (connectionState "connected") and a data channel message makes
 the round trip (offerer "ping" -> answerer "pong" -> offerer "done"), within --timeout seconds
-of the offer being created. The selected candidate pair is read from aioice (the nominated pair
-of component 1). aioice pairs a server-reflexive candidate through its base, so a local
-candidate reached through a NAT is reported as "host"; the peer sees it as "srflx" or "prflx".
+of the offer being created.
+
+Leaving: the answerer leaves as soon as it has finished ("done" received, or it gave up); the
+offerer, once it has "pong", sends "done" and then stays in the room with its connection open
+until the answerer has left (at most --timeout seconds more). A peer that sees the other leave
+before it has finished reports "the other peer left". The offerer must not leave first: its
+"done" (data channel, through the NATs or the relay) and its leave (signaling) reach the
+answerer by two paths in no set order, and closing the connection aborts the SCTP association,
+so "done" could arrive after participant-left or never, and a pair that did connect would be
+reported as failed.
+
+The selected candidate pair is read from aioice (the nominated pair of component 1). aioice
+pairs a server-reflexive candidate through its base, so a local candidate reached through a NAT
+is reported as "host"; the peer sees it as "srflx" or "prflx".
+
+stderr has what each peer did, with seconds since it started: signaling steps, connection
+states, data channel messages, and aioice's candidate pair checks.
 
 Prints one line `RESULT {json}`:
   {"ok": true, "connected": bool, "role": "offerer"|"answerer", "mode": ...,
@@ -34,6 +48,7 @@ import argparse
 import asyncio
 import base64
 import json
+import logging
 import os
 import sys
 import time
@@ -62,8 +77,26 @@ except ImportError as e:  # pragma: no cover - reported to the Rust test
 JOIN_WAIT = 30.0
 
 
+# Wall clock at start: log lines (ours and aioice's) show seconds since then.
+STARTED = time.time()
+
+
 def log(msg):
-    print(f"p2p_pair: {msg}", file=sys.stderr, flush=True)
+    print(f"p2p_pair +{time.time() - STARTED:.3f}s: {msg}", file=sys.stderr, flush=True)
+
+
+class SinceStart(logging.Formatter):
+    def format(self, record):
+        return f"aioice +{record.created - STARTED:.3f}s: {record.getMessage()}"
+
+
+def log_ice_checks():
+    """Logs aioice's candidate pair checks (states, nomination, ICE completed/failed)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(SinceStart())
+    ice_logger = logging.getLogger("aioice.ice")
+    ice_logger.addHandler(handler)
+    ice_logger.setLevel(logging.INFO)
 
 
 class Failure(Exception):
@@ -168,13 +201,16 @@ async def run(args):
         if joined.get("type") != "joined":
             raise Failure(f"join refused: {joined}")
         others = [p["id"] for p in joined["participants"]]
+        log(f"{args.role}: joined, others {others}")
         pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
         done = asyncio.get_running_loop().create_future()
+        other_left = asyncio.Event()
         state = {"start": None}
 
         def finish(connected, error=None):
             if done.done():
                 return
+            log(f"{args.role}: finished, connected={connected}, error={error}")
             result["connected"] = connected
             result["error"] = error
             if state["start"] is not None and connected:
@@ -211,6 +247,7 @@ async def run(args):
 
             @channel.on("message")
             def on_message(msg):
+                log(f"{args.role}: received {msg!r}")
                 if msg == "pong":
                     channel.send("done")
                     finish(True)
@@ -218,6 +255,7 @@ async def run(args):
             state["start"] = time.monotonic()
             await pc.setLocalDescription(await pc.createOffer())
             await send({"type": "offer", "to": peer, "sdp": pc.localDescription.sdp})
+            log(f"{args.role}: offer sent")
         else:
             peer = None
 
@@ -225,6 +263,7 @@ async def run(args):
             def on_datachannel(channel):
                 @channel.on("message")
                 def on_message(msg):
+                    log(f"{args.role}: received {msg!r}")
                     if msg == "ping":
                         channel.send("pong")
                     elif msg == "done":
@@ -236,16 +275,21 @@ async def run(args):
                 msg = json.loads(raw)
                 kind = msg.get("type")
                 if kind == "offer" and result["role"] == "answerer":
+                    log(f"{args.role}: offer received")
                     peer = msg["from"]
                     state["start"] = time.monotonic()
                     await pc.setRemoteDescription(RTCSessionDescription(msg["sdp"], "offer"))
                     await pc.setLocalDescription(await pc.createAnswer())
                     await send({"type": "answer", "to": peer, "sdp": pc.localDescription.sdp})
+                    log(f"{args.role}: answer sent")
                 elif kind == "answer" and result["role"] == "offerer":
+                    log(f"{args.role}: answer received")
                     await pc.setRemoteDescription(RTCSessionDescription(msg["sdp"], "answer"))
                 elif kind == "error":
                     log(f"{args.role}: signaling error {msg}")
                 elif kind == "participant-left":
+                    log(f"{args.role}: participant-left {msg}")
+                    other_left.set()
                     finish(False, "the other peer left")
 
         pump_task = asyncio.create_task(pump())
@@ -273,8 +317,17 @@ async def run(args):
             )
         except AttributeError:
             pass
+        if args.role == "offerer" and result["connected"]:
+            # Stay until the answerer has its "done" and leaves (see the module docstring).
+            # Its own deadline (offer received + --timeout) ends before this wait does.
+            log(f"{args.role}: waiting for the answerer to leave")
+            try:
+                await asyncio.wait_for(other_left.wait(), args.timeout)
+            except asyncio.TimeoutError:
+                log(f"{args.role}: the answerer did not leave within {args.timeout} s")
         pump_task.cancel()
         await pc.close()
+        log(f"{args.role}: leaving")
         try:
             await send({"type": "leave"})
         except Exception:  # noqa: BLE001 - best effort
@@ -283,9 +336,10 @@ async def run(args):
 
 
 async def run_with_deadline(args):
-    # The clocks run from the offer; a peer whose partner never comes gives up eventually.
+    # The clocks run from the offer; a peer whose partner never comes gives up eventually. The
+    # offerer may wait up to --timeout twice: to connect, then for the answerer to leave.
     try:
-        return await asyncio.wait_for(run(args), args.timeout + JOIN_WAIT + 30)
+        return await asyncio.wait_for(run(args), 2 * args.timeout + JOIN_WAIT + 30)
     except asyncio.TimeoutError:
         return {"ok": True, "connected": False, "mode": args.mode, "error": "hard timeout"}
 
@@ -300,6 +354,7 @@ def main():
     p.add_argument("--timeout", type=float, default=15.0)
     p.add_argument("--ca", help="PEM file of the TURN server's certificate (for --mode turns)")
     args = p.parse_args()
+    log_ice_checks()
     if args.ca:
         os.environ["SSL_CERT_FILE"] = args.ca
     try:
