@@ -107,9 +107,8 @@ fn main() -> anyhow::Result<()> {
         sfu_cfg.link_listen.port(),
         sfu_cfg.metrics.port(),
     ]);
-    cfg.protected_ports.extend(
-        (0..sfu_cfg.workers as u16).map(|i| sfu_cfg.media_listen.port().saturating_add(i)),
-    );
+    cfg.protected_ports
+        .extend((0..sfu_cfg.workers as u16).map(|i| sfu_cfg.media_listen.port().saturating_add(i)));
     turnkey_common::logging::init(cfg.log_json, "info");
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

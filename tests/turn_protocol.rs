@@ -338,7 +338,8 @@ fn config_file_unknown_key_is_a_startup_error_naming_it() {
 /// port, the signaling server...): same IP as the relay, a port outside the relay range.
 fn host_service() -> std::net::UdpSocket {
     let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(600))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(600)))
+        .unwrap();
     s
 }
 
@@ -404,7 +405,7 @@ fn append_unsigned(msg: &[u8], t: AttrType, value: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&t.value().to_be_bytes());
     out.extend_from_slice(&(value.len() as u16).to_be_bytes());
     out.extend_from_slice(value);
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
     let len = (out.len() - 20) as u16;
@@ -486,7 +487,16 @@ fn a_nonce_replayed_from_another_source_is_stale() {
 fn unauthenticated_responses_are_rate_limited_and_small() {
     // Issue 9 §3: a spoofed source cannot make the server answer faster than the per-source
     // budget, and each answer is small (amplification).
-    let server = TurnServer::start(&["--user", "alice:pw", "--unauth-rate", "5", "--unauth-burst", "5", "--workers", "1"]);
+    let server = TurnServer::start(&[
+        "--user",
+        "alice:pw",
+        "--unauth-rate",
+        "5",
+        "--unauth-burst",
+        "5",
+        "--workers",
+        "1",
+    ]);
     let c = WireClient::new(server.listen, "alice", "pw");
     c.sock
         .set_read_timeout(Some(Duration::from_millis(300)))
@@ -504,14 +514,22 @@ fn unauthenticated_responses_are_rate_limited_and_small() {
     while let Some((d, _)) = c.recv_raw() {
         let m = msg::decode(&d).unwrap();
         assert_eq!(code(&m), Some(401));
-        assert!(d.len() < 96, "401 of {} bytes to a {}-byte request", d.len(), req.len());
+        assert!(
+            d.len() < 96,
+            "401 of {} bytes to a {}-byte request",
+            d.len(),
+            req.len()
+        );
         assert!(msg::attr(&m, ATTR_SOFTWARE).is_none());
         answers += 1;
     }
     // 5 of burst plus at most a few refilled while sending.
     assert!((5..=8).contains(&answers), "{answers} answers");
     assert!(
-        server.metric("turn_dropped_packets_total", &["reason=\"unauth_rate_limited\""]) >= 42.0
+        server.metric(
+            "turn_dropped_packets_total",
+            &["reason=\"unauth_rate_limited\""]
+        ) >= 42.0
     );
     // Another source IP has its own budget.
     let other = WireClient::bound("127.0.0.2:0", server.listen, "alice", "pw");

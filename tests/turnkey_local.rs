@@ -135,7 +135,11 @@ fn the_suites_own_ports_are_never_peers_even_when_the_host_is_allowed() {
             &[],
             &[SocketAddr::new(own.ip(), own.port())],
         );
-        assert_eq!(wire::code(&r), Some(403), "{own} is one of the suite's ports");
+        assert_eq!(
+            wire::code(&r),
+            Some(403),
+            "{own} is one of the suite's ports"
+        );
     }
     // Another port of the allowed host is fine.
     let elsewhere = SocketAddr::from(([127, 0, 0, 1], free_udp_tcp_port()));

@@ -4,11 +4,11 @@
 //! Static users and shared secrets work at the same time. With several secrets (rotation) every
 //! secret validates; the first one signs. Every comparison of key material is constant-time.
 
+use super::FiveTuple;
 use base64::Engine;
 use md5::{Digest, Md5};
 use ring::hmac;
 use std::collections::HashMap;
-use super::FiveTuple;
 use std::net::IpAddr;
 use stun_server::proto::msg::PasswordAlgorithm;
 use subtle::ConstantTimeEq;

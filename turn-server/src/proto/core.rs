@@ -335,7 +335,11 @@ impl Shared {
         }
     }
     /// Removes the reservation under `token` when `due` says so (always, or only once expired).
-    fn take_reservation(&self, token: &[u8; 8], expired_at: Option<Instant>) -> Option<Reservation> {
+    fn take_reservation(
+        &self,
+        token: &[u8; 8],
+        expired_at: Option<Instant>,
+    ) -> Option<Reservation> {
         let mut m = self.reservations.lock().ok()?;
         match expired_at {
             Some(now) if m.get(token).is_some_and(|r| r.expires > now) => None,
@@ -441,8 +445,7 @@ impl TurnCore {
         start: Instant,
         start_unix_secs: u64,
     ) -> Self {
-        let unauth_limiter =
-            SourceLimiter::new(cfg.unauth_rate_per_sec, cfg.unauth_burst, start);
+        let unauth_limiter = SourceLimiter::new(cfg.unauth_rate_per_sec, cfg.unauth_burst, start);
         Self {
             cfg,
             shared,
@@ -715,11 +718,9 @@ impl TurnCore {
             },
             _ => None,
         };
-        let (Some(username), Some(realm), Some(nonce)) = (
-            username,
-            text_attr(m, ATTR_REALM),
-            text_attr(m, ATTR_NONCE),
-        ) else {
+        let (Some(username), Some(realm), Some(nonce)) =
+            (username, text_attr(m, ATTR_REALM), text_attr(m, ATTR_NONCE))
+        else {
             self.auth_failure("bad_request");
             return Err(MessageBuilder::error(m, 400, "Bad Request"));
         };

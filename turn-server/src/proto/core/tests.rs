@@ -921,7 +921,7 @@ fn append_unsigned(msg: &[u8], t: AttrType, value: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&t.value().to_be_bytes());
     out.extend_from_slice(&(value.len() as u16).to_be_bytes());
     out.extend_from_slice(value);
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
     let len = (out.len() - 20) as u16;
@@ -965,7 +965,10 @@ fn live_relay_permission_never_opens_other_ports_of_the_host() {
     let r = a.call(&mut h, METHOD_CREATE_PERMISSION, &[], &[rb]);
     assert!(is_success(&r));
     // To B's relay: relayed.
-    assert_eq!(to_peers(&h.send(a.tuple, &send_indication(rb, b"hi"))), [rb]);
+    assert_eq!(
+        to_peers(&h.send(a.tuple, &send_indication(rb, b"hi"))),
+        [rb]
+    );
     // To other ports of the same IP (the TURN listener, a metrics port, any service): dropped.
     for port in [3478u16, 9641, 8080, 22, rb.port() + 7] {
         let other = SocketAddr::new(rb.ip(), port);
@@ -1005,7 +1008,10 @@ fn attributes_after_message_integrity_are_ignored() {
     let signed_peer: SocketAddr = "198.51.100.20:5000".parse().unwrap();
     let smuggled: SocketAddr = "203.0.113.66:5000".parse().unwrap();
     let tid = TransactionId::new();
-    let mut b = MessageBuilder::new(MessageType::new(METHOD_CREATE_PERMISSION, CLASS_REQUEST), tid);
+    let mut b = MessageBuilder::new(
+        MessageType::new(METHOD_CREATE_PERMISSION, CLASS_REQUEST),
+        tid,
+    );
     b.xor_address(ATTR_XOR_PEER_ADDRESS, signed_peer);
     b.raw(ATTR_USERNAME, b"alice")
         .raw(ATTR_REALM, b"turnkey")
@@ -1032,7 +1038,11 @@ fn attributes_after_message_integrity_are_ignored() {
         .raw(ATTR_REALM, b"turnkey")
         .raw(ATTR_NONCE, c.nonce.as_bytes());
     b.integrity(&key, IntegrityAlgorithm::Sha1);
-    let req = append_unsigned(&b.finish(), ATTR_XOR_PEER_ADDRESS, &xor_peer_value(smuggled, tid));
+    let req = append_unsigned(
+        &b.finish(),
+        ATTR_XOR_PEER_ADDRESS,
+        &xor_peer_value(smuggled, tid),
+    );
     let r = h.request(c.tuple, &req);
     assert_eq!(code(&r), Some(400));
 }
@@ -1088,7 +1098,9 @@ fn password_algorithms_bid_down_is_refused() {
         b.finish()
     };
     let ours = password_algorithms_value().to_vec();
-    let cases: [(Option<[u8; 4]>, Option<Vec<u8>>, Option<u16>); 5] = [
+    type Alg = Option<[u8; 4]>;
+    type Algs = Option<Vec<u8>>;
+    let cases: [(Alg, Algs, Option<u16>); 5] = [
         (None, None, None),
         (Some([0, 2, 0, 0]), Some(ours.clone()), None),
         (Some([0, 1, 0, 0]), Some(ours.clone()), None),
@@ -1099,8 +1111,7 @@ fn password_algorithms_bid_down_is_refused() {
         let r = h.request(c.tuple, &refresh(alg, algs.clone(), &c.nonce));
         assert_eq!(code(&r), want, "{alg:?} {algs:?}");
     }
-    let cases2: [(Option<[u8; 4]>, Option<Vec<u8>>); 2] =
-        [(None, Some(ours.clone())), (Some([0, 3, 0, 0]), Some(ours))];
+    let cases2: [(Alg, Algs); 2] = [(None, Some(ours.clone())), (Some([0, 3, 0, 0]), Some(ours))];
     for (alg, algs) in cases2 {
         let r = h.request(c.tuple, &refresh(alg, algs.clone(), &c.nonce));
         assert_eq!(code(&r), Some(400), "{alg:?} {algs:?}");
@@ -1136,7 +1147,10 @@ fn userhash_authenticates_static_users() {
     };
     let unknown = crate::proto::auth::userhash("nobody", "turnkey");
     assert_eq!(code(&h.request(t, &build(unknown, &c.nonce))), Some(401));
-    let r = h.request(t, &build(crate::proto::auth::userhash("alice", "turnkey"), &c.nonce));
+    let r = h.request(
+        t,
+        &build(crate::proto::auth::userhash("alice", "turnkey"), &c.nonce),
+    );
     assert!(is_success(&r), "{:?}", code(&r));
     assert_eq!(h.core.allocation_count(), 1);
 }
@@ -1160,11 +1174,15 @@ fn per_ip_quota_486() {
     // Another source IP is not affected.
     let mut other = tuple(46511);
     other.client = "198.51.100.2:46511".parse().unwrap();
-    assert!(is_success(&Client::new(other, "alice", "alicepw").allocate(&mut h)));
+    assert!(is_success(
+        &Client::new(other, "alice", "alicepw").allocate(&mut h)
+    ));
     // A freed allocation frees its unit.
     let mut c = Client::new(tuple(46500), "alice", "alicepw");
     let _ = c.call(&mut h, METHOD_REFRESH, &[(ATTR_LIFETIME, vec![0; 4])], &[]);
-    assert!(is_success(&Client::new(tuple(46512), "alice", "alicepw").allocate(&mut h)));
+    assert!(is_success(
+        &Client::new(tuple(46512), "alice", "alicepw").allocate(&mut h)
+    ));
 }
 
 #[test]
@@ -1179,7 +1197,9 @@ fn unauthenticated_responses_are_rate_limited_per_source() {
     );
     b.raw(ATTR_REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
     let req = b.finish();
-    let answered = (0..10).filter(|i| !h.send(tuple(46600 + i), &req).is_empty()).count();
+    let answered = (0..10)
+        .filter(|i| !h.send(tuple(46600 + i), &req).is_empty())
+        .count();
     assert_eq!(answered, 3);
     assert_eq!(
         counter(&h.metrics.dropped_packets, "unauth_rate_limited", "reason"),
@@ -1190,7 +1210,9 @@ fn unauthenticated_responses_are_rate_limited_per_source() {
     other.client = "203.0.113.5:46620".parse().unwrap();
     assert_eq!(h.send(other, &req).len(), 1);
     h.now += Duration::from_secs(1);
-    let answered = (0..10).filter(|i| !h.send(tuple(46630 + i), &req).is_empty()).count();
+    let answered = (0..10)
+        .filter(|i| !h.send(tuple(46630 + i), &req).is_empty())
+        .count();
     assert_eq!(answered, 2);
     // Authenticated traffic is not limited.
     let mut c = Client::new(tuple(46640), "alice", "alicepw");
@@ -1239,7 +1261,12 @@ fn unredeemed_even_port_reservations_expire_and_hold_quota() {
     let mut reserved = 0;
     for i in 0..6u16 {
         let mut c = Client::new(tuple(46800 + i), "alice", "alicepw");
-        let r = c.call(&mut h, METHOD_ALLOCATE, &[udp(), (ATTR_EVEN_PORT, vec![0x80])], &[]);
+        let r = c.call(
+            &mut h,
+            METHOD_ALLOCATE,
+            &[udp(), (ATTR_EVEN_PORT, vec![0x80])],
+            &[],
+        );
         if is_success(&r) {
             reserved += 1;
             let _ = c.call(&mut h, METHOD_REFRESH, &[(ATTR_LIFETIME, vec![0; 4])], &[]);
@@ -1273,12 +1300,22 @@ fn unredeemed_even_port_reservations_expire_and_hold_quota() {
 fn redeemed_reservation_returns_its_unit_and_is_not_cancelled() {
     let mut h = Harness::new();
     let mut a = Client::new(tuple(46900), "alice", "alicepw");
-    let r = a.call(&mut h, METHOD_ALLOCATE, &[udp(), (ATTR_EVEN_PORT, vec![0x80])], &[]);
+    let r = a.call(
+        &mut h,
+        METHOD_ALLOCATE,
+        &[udp(), (ATTR_EVEN_PORT, vec![0x80])],
+        &[],
+    );
     let token = attr(&r, ATTR_RESERVATION_TOKEN).unwrap().to_vec();
     assert_eq!(h.shared.total_allocations(), 1);
     assert_eq!(h.shared.reservation_count(), 1);
     let mut b = Client::new(tuple(46901), "bob", "bobpw");
-    let r2 = b.call(&mut h, METHOD_ALLOCATE, &[udp(), (ATTR_RESERVATION_TOKEN, token)], &[]);
+    let r2 = b.call(
+        &mut h,
+        METHOD_ALLOCATE,
+        &[udp(), (ATTR_RESERVATION_TOKEN, token)],
+        &[],
+    );
     assert!(is_success(&r2));
     // Alice's reservation unit went back; Bob's allocation holds its own.
     assert_eq!(h.shared.total_allocations(), 2);
@@ -1304,7 +1341,10 @@ fn allocation_churn_leaves_no_timer_behind() {
             &mut h,
             METHOD_CREATE_PERMISSION,
             &[],
-            &["198.51.100.9:1".parse().unwrap(), "203.0.113.9:1".parse().unwrap()],
+            &[
+                "198.51.100.9:1".parse().unwrap(),
+                "203.0.113.9:1".parse().unwrap(),
+            ],
         );
         assert!(is_success(&r));
         let r = c.call(
