@@ -291,7 +291,7 @@ async fn room_names_are_checked_on_every_route() {
     for (method, path, body) in &cases {
         let (status, _, v) = request(sig.http, method, path, &json_auth, body);
         assert_eq!(status, 400, "{method} {path}: {v}");
-        assert_eq!(v["error"]["code"], "bad_room_name", "{method} {path}: {v}");
+        assert_eq!(v["error"]["code"], "bad_request", "{method} {path}: {v}");
         assert!(
             v["error"]["message"]
                 .as_str()

@@ -129,12 +129,12 @@ fn parse_body<T: for<'de> Deserialize<'de> + Default>(body: &Bytes) -> ApiResult
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}")))
 }
 
-/// 400 `bad_room_name` (counted) unless `name` follows the room name rule; every route that
-/// takes a room name calls this before the name reaches the store.
+/// 400 `bad_request` naming the rule (counted) unless `name` follows the room name rule;
+/// every route that takes a room name calls this before the name reaches the store.
 fn check_room_name(node: &Node, name: &str) -> ApiResult<()> {
     crate::proto::room::check_room_name(name).map_err(|e| {
         node.metrics.refuse("room_name");
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_room_name", e.to_string())
+        ApiError::bad_request(e.to_string())
     })
 }
 
