@@ -17,6 +17,7 @@
 //! | `sfu_data_messages_dropped_total` | counter | `reason` (`too_large`: over `data_message_max_bytes`; `rate_limited`: over `data_messages_per_sec`/`data_message_burst` of the sender) |
 //! | `sfu_ice_tcp_closed_total` | counter | `reason` (`handshake_timeout`: no ICE within `ice_tcp_handshake_timeout_secs`; `per_ip_limit`, `total_limit`: refused at accept by `ice_tcp_max_pending_per_ip` / `ice_tcp_max_pending`; `pc_gone`: its peer connection was removed) |
 //! | `sfu_ice_tcp_pending` | gauge | (ICE-TCP connections that have not completed ICE yet) |
+//! | `sfu_ice_tcp_established_total` | counter | (ICE-TCP connections on which ICE completed) |
 //! | `sfu_active_speaker_changes_total` | counter | |
 //! | `sfu_ice_timeouts_total` | counter | |
 //! | `sfu_links` | gauge | |
@@ -78,6 +79,8 @@ pub struct SfuMetrics {
     pub ice_tcp_closed: Family<L1, Counter>,
     /// `sfu_ice_tcp_pending`.
     pub ice_tcp_pending: Gauge,
+    /// `sfu_ice_tcp_established_total`.
+    pub ice_tcp_established: Counter,
     /// `sfu_active_speaker_changes_total`.
     pub speaker_changes: Counter,
     /// `sfu_ice_timeouts_total`.
@@ -111,6 +114,7 @@ impl SfuMetrics {
             data_dropped: Family::default(),
             ice_tcp_closed: Family::default(),
             ice_tcp_pending: Gauge::default(),
+            ice_tcp_established: Counter::default(),
             speaker_changes: Counter::default(),
             ice_timeouts: Counter::default(),
             links: Gauge::default(),
@@ -198,6 +202,11 @@ impl SfuMetrics {
             "sfu_ice_tcp_pending",
             "ICE-TCP connections that have not completed ICE yet",
             m.ice_tcp_pending.clone(),
+        );
+        registry.register(
+            "sfu_ice_tcp_established",
+            "ICE-TCP connections on which ICE completed",
+            m.ice_tcp_established.clone(),
         );
         registry.register(
             "sfu_active_speaker_changes",

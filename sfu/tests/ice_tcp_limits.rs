@@ -127,6 +127,10 @@ async fn connections_that_do_not_complete_ice_are_closed_at_the_deadline() {
     .await;
     assert_eq!(closed, 2.0);
     assert_eq!(metric(node.metrics, "sfu_ice_tcp_pending").await, 0.0);
+    assert_eq!(
+        metric(node.metrics, "sfu_ice_tcp_established_total").await,
+        0.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -392,6 +392,7 @@ async fn run_worker(
                         // The PC answered a check on this stream: ICE completed on it.
                         if c.pending.is_some() && is_binding_success(&t.payload) {
                             c.pending = None;
+                            metrics.ice_tcp_established.inc();
                         }
                         let _ = c.tx.try_send(t.payload);
                     }
