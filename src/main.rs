@@ -124,6 +124,8 @@ async fn run(
     ttl: u64,
 ) -> anyhow::Result<()> {
     let shutdown = turnkey_common::shutdown::on_signal();
+    // SIGHUP is logged and ignored (with TLS, the TURN part also reloads its certificate).
+    signaling::run::ignore_hangups("turnkey");
     let (store, _) = signaling::run::open_store(&sig).await?;
     let mut printed = Ok(());
     let dev_key = sig

@@ -102,5 +102,21 @@ fn simulcast_loss_and_ice_tcp_under_tc_and_iptables() {
     assert!(switches >= 1.0, "sfu_layer_switches_total {switches}");
     assert!(nack >= 1.0, "sfu_nack_total moved by {nack}");
     assert!(rtx >= 1.0, "sfu_retransmitted_packets_total {rtx}");
+    // The ICE-TCP subscriber completed ICE on its stream (the SFU answered its check), so the
+    // handshake deadline never applied to it.
+    let established = metric(sfu_metrics, "sfu_ice_tcp_established_total", &[]);
+    let timed_out = metric(
+        sfu_metrics,
+        "sfu_ice_tcp_closed_total",
+        &[("reason", "handshake_timeout")],
+    );
+    assert!(
+        established >= 1.0,
+        "sfu_ice_tcp_established_total {established}"
+    );
+    assert_eq!(
+        timed_out, 0.0,
+        "an ICE-TCP stream hit the handshake deadline"
+    );
     drop(ns);
 }

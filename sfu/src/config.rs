@@ -64,6 +64,27 @@ pub struct SfuArgs {
     /// Seconds without ICE consent before a participant's media is removed. [default: 25]
     #[arg(long = "ice-timeout")]
     pub ice_timeout: Option<u64>,
+    /// Seconds an ICE-TCP connection gets to complete ICE (a STUN Binding request with a known
+    /// ufrag that the worker answers with success) before it is closed. [default: 10]
+    #[arg(long = "ice-tcp-handshake-timeout-secs")]
+    pub ice_tcp_handshake_timeout_secs: Option<u64>,
+    /// ICE-TCP connections from one source IP that have not completed ICE yet; more are closed
+    /// at accept. [default: 16]
+    #[arg(long = "ice-tcp-max-pending-per-ip")]
+    pub ice_tcp_max_pending_per_ip: Option<usize>,
+    /// ICE-TCP connections in total that have not completed ICE yet. [default: 512]
+    #[arg(long = "ice-tcp-max-pending")]
+    pub ice_tcp_max_pending: Option<usize>,
+    /// Largest data-channel message relayed, bytes; larger ones are dropped. [default: 16384]
+    #[arg(long = "data-message-max-bytes")]
+    pub data_message_max_bytes: Option<usize>,
+    /// Data-channel messages a participant may send per second (token bucket); beyond, they
+    /// are dropped. [default: 50]
+    #[arg(long = "data-messages-per-sec")]
+    pub data_messages_per_sec: Option<u32>,
+    /// Burst of the data-channel rate limit, messages. [default: 100]
+    #[arg(long = "data-message-burst")]
+    pub data_message_burst: Option<u32>,
     /// JSON logs.
     #[arg(long = "log-json")]
     pub log_json: bool,
@@ -88,6 +109,12 @@ pub struct FileConfig {
     max_tracks_per_participant: Option<usize>,
     max_publish_bitrate: Option<u64>,
     ice_timeout: Option<u64>,
+    ice_tcp_handshake_timeout_secs: Option<u64>,
+    ice_tcp_max_pending_per_ip: Option<usize>,
+    ice_tcp_max_pending: Option<usize>,
+    data_message_max_bytes: Option<usize>,
+    data_messages_per_sec: Option<u32>,
+    data_message_burst: Option<u32>,
     log_json: Option<bool>,
 }
 
@@ -124,6 +151,18 @@ pub struct SfuConfig {
     pub max_publish_bitrate: u64,
     /// seconds.
     pub ice_timeout_secs: u64,
+    /// Seconds an ICE-TCP connection gets to complete ICE.
+    pub ice_tcp_handshake_timeout_secs: u64,
+    /// ICE-TCP connections per source IP that have not completed ICE.
+    pub ice_tcp_max_pending_per_ip: usize,
+    /// ICE-TCP connections in total that have not completed ICE.
+    pub ice_tcp_max_pending: usize,
+    /// Largest data-channel message relayed, bytes.
+    pub data_message_max_bytes: usize,
+    /// Data-channel messages per second per participant.
+    pub data_messages_per_sec: u32,
+    /// Burst of that rate, messages.
+    pub data_message_burst: u32,
     /// JSON logs.
     pub log_json: bool,
 }
@@ -166,7 +205,13 @@ impl SfuArgs {
         if workers == 0 || workers > 256 {
             return Err(ConfigError::Invalid("workers must be 1..=256".into()));
         }
-        let secret = self.sfu_secret.clone().or(f.sfu_secret).unwrap_or_else(|| {
+        let secret = self.sfu_secret.clone().or(f.sfu_secret);
+        if secret.as_deref() == Some("") {
+            return Err(ConfigError::Invalid(
+                "sfu_secret (--sfu-secret / TURNKEY_SFU_SECRET) is set but empty: any client could open links; give a secret or leave it unset (a random one is then generated)".into(),
+            ));
+        }
+        let secret = secret.unwrap_or_else(|| {
             let b: [u8; 24] = rand::random();
             b.iter().map(|x| format!("{x:02x}")).collect()
         });
@@ -205,6 +250,36 @@ impl SfuArgs {
                 .or(f.max_publish_bitrate)
                 .unwrap_or(2_500_000),
             ice_timeout_secs: self.ice_timeout.or(f.ice_timeout).unwrap_or(25).max(2),
+            ice_tcp_handshake_timeout_secs: self
+                .ice_tcp_handshake_timeout_secs
+                .or(f.ice_tcp_handshake_timeout_secs)
+                .unwrap_or(10)
+                .max(1),
+            ice_tcp_max_pending_per_ip: self
+                .ice_tcp_max_pending_per_ip
+                .or(f.ice_tcp_max_pending_per_ip)
+                .unwrap_or(16)
+                .max(1),
+            ice_tcp_max_pending: self
+                .ice_tcp_max_pending
+                .or(f.ice_tcp_max_pending)
+                .unwrap_or(512)
+                .max(1),
+            data_message_max_bytes: self
+                .data_message_max_bytes
+                .or(f.data_message_max_bytes)
+                .unwrap_or(16 * 1024)
+                .max(1),
+            data_messages_per_sec: self
+                .data_messages_per_sec
+                .or(f.data_messages_per_sec)
+                .unwrap_or(50)
+                .max(1),
+            data_message_burst: self
+                .data_message_burst
+                .or(f.data_message_burst)
+                .unwrap_or(100)
+                .max(1),
             log_json: self.log_json || f.log_json.unwrap_or(false),
         })
     }
@@ -262,5 +337,32 @@ mod tests {
         .to_string();
         let _ = std::fs::remove_file(&dir);
         assert!(err.contains("max_partcipants"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_secret_is_refused_and_limits_have_defaults() {
+        let err = SfuArgs {
+            sfu_secret: Some(String::new()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("sfu_secret") && err.contains("empty"), "{err}");
+        let cfg = SfuArgs::default().resolve().unwrap();
+        assert_eq!(cfg.sfu_secret.len(), 48);
+        assert_eq!(cfg.ice_tcp_handshake_timeout_secs, 10);
+        assert_eq!(
+            (cfg.ice_tcp_max_pending_per_ip, cfg.ice_tcp_max_pending),
+            (16, 512)
+        );
+        assert_eq!(
+            (
+                cfg.data_message_max_bytes,
+                cfg.data_messages_per_sec,
+                cfg.data_message_burst
+            ),
+            (16 * 1024, 50, 100)
+        );
     }
 }

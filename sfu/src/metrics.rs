@@ -14,6 +14,10 @@
 //! | `sfu_bandwidth_estimate_bps` | histogram | (subscriber estimates, sampled every 500 ms) |
 //! | `sfu_bad_input_total` | counter | `kind` (`packet`, `sdp`, `message`, `unroutable`, `write`) |
 //! | `sfu_data_messages_total` | counter | |
+//! | `sfu_data_messages_dropped_total` | counter | `reason` (`too_large`: over `data_message_max_bytes`; `rate_limited`: over `data_messages_per_sec`/`data_message_burst` of the sender) |
+//! | `sfu_ice_tcp_closed_total` | counter | `reason` (`handshake_timeout`: no ICE within `ice_tcp_handshake_timeout_secs`; `per_ip_limit`, `total_limit`: refused at accept by `ice_tcp_max_pending_per_ip` / `ice_tcp_max_pending`; `pc_gone`: its peer connection was removed) |
+//! | `sfu_ice_tcp_pending` | gauge | (ICE-TCP connections that have not completed ICE yet) |
+//! | `sfu_ice_tcp_established_total` | counter | (ICE-TCP connections on which ICE completed) |
 //! | `sfu_active_speaker_changes_total` | counter | |
 //! | `sfu_ice_timeouts_total` | counter | |
 //! | `sfu_links` | gauge | |
@@ -30,6 +34,17 @@ use prometheus_client::registry::Registry;
 pub type LW = [(&'static str, String); 1];
 /// One static label.
 pub type L1 = [(&'static str, &'static str); 1];
+
+/// `sfu_data_messages_dropped_total` reasons.
+pub const DATA_DROP_REASONS: [&str; 2] = ["too_large", "rate_limited"];
+
+/// `sfu_ice_tcp_closed_total` reasons.
+pub const ICE_TCP_CLOSE_REASONS: [&str; 4] = [
+    "handshake_timeout",
+    "per_ip_limit",
+    "total_limit",
+    "pc_gone",
+];
 
 /// Handles to every SFU metric.
 #[derive(Clone, Debug)]
@@ -58,6 +73,14 @@ pub struct SfuMetrics {
     pub bad_input: Family<L1, Counter>,
     /// `sfu_data_messages_total`.
     pub data_messages: Counter,
+    /// `sfu_data_messages_dropped_total{reason}`.
+    pub data_dropped: Family<L1, Counter>,
+    /// `sfu_ice_tcp_closed_total{reason}`.
+    pub ice_tcp_closed: Family<L1, Counter>,
+    /// `sfu_ice_tcp_pending`.
+    pub ice_tcp_pending: Gauge,
+    /// `sfu_ice_tcp_established_total`.
+    pub ice_tcp_established: Counter,
     /// `sfu_active_speaker_changes_total`.
     pub speaker_changes: Counter,
     /// `sfu_ice_timeouts_total`.
@@ -88,6 +111,10 @@ impl SfuMetrics {
             ]),
             bad_input: Family::default(),
             data_messages: Counter::default(),
+            data_dropped: Family::default(),
+            ice_tcp_closed: Family::default(),
+            ice_tcp_pending: Gauge::default(),
+            ice_tcp_established: Counter::default(),
             speaker_changes: Counter::default(),
             ice_timeouts: Counter::default(),
             links: Gauge::default(),
@@ -102,6 +129,12 @@ impl SfuMetrics {
         }
         for k in ["packet", "sdp", "message", "unroutable", "write"] {
             let _ = m.bad_input.get_or_create(&[("kind", k)]);
+        }
+        for r in DATA_DROP_REASONS {
+            let _ = m.data_dropped.get_or_create(&[("reason", r)]);
+        }
+        for r in ICE_TCP_CLOSE_REASONS {
+            let _ = m.ice_tcp_closed.get_or_create(&[("reason", r)]);
         }
         registry.register("sfu_rooms", "Rooms hosted", m.rooms.clone());
         registry.register(
@@ -154,6 +187,26 @@ impl SfuMetrics {
             "sfu_data_messages",
             "Data-channel messages relayed (per receiver)",
             m.data_messages.clone(),
+        );
+        registry.register(
+            "sfu_data_messages_dropped",
+            "Data-channel messages dropped (too large, or over the sender's rate)",
+            m.data_dropped.clone(),
+        );
+        registry.register(
+            "sfu_ice_tcp_closed",
+            "ICE-TCP connections closed or refused before or without ICE, by reason",
+            m.ice_tcp_closed.clone(),
+        );
+        registry.register(
+            "sfu_ice_tcp_pending",
+            "ICE-TCP connections that have not completed ICE yet",
+            m.ice_tcp_pending.clone(),
+        );
+        registry.register(
+            "sfu_ice_tcp_established",
+            "ICE-TCP connections on which ICE completed",
+            m.ice_tcp_established.clone(),
         );
         registry.register(
             "sfu_active_speaker_changes",

@@ -24,6 +24,8 @@ pub struct Ready {
     pub metrics: SocketAddr,
     /// Media UDP sockets, one per worker.
     pub media: Vec<SocketAddr>,
+    /// The ICE-TCP listener, if on.
+    pub ice_tcp: Option<SocketAddr>,
     /// Node id.
     pub node_id: String,
 }
@@ -43,6 +45,11 @@ pub enum RunError {
     /// The store could not be opened.
     #[error("store: {0}")]
     Store(String),
+    /// The link secret is empty: any client could open links.
+    #[error(
+        "the SFU link secret (sfu_secret) is empty: set one, or leave it unset to generate one"
+    )]
+    EmptySecret,
 }
 
 /// Registry heartbeat period; entries live three periods.
@@ -56,6 +63,10 @@ pub async fn serve(
     shutdown: CancellationToken,
     on_ready: impl FnOnce(Ready),
 ) -> Result<(), RunError> {
+    if cfg.sfu_secret.is_empty() {
+        // Every link would pass the bearer check (sfu/PROTOCOL.md, "The link").
+        return Err(RunError::EmptySecret);
+    }
     let store = match (store, &cfg.redis) {
         (Some(s), _) => Some(s),
         (None, Some(url)) => Some(Arc::new(
@@ -82,10 +93,11 @@ pub async fn serve(
     } else {
         None
     };
-    let tcp_port = match &tcp_listener {
-        Some(l) => l.local_addr().ok().map(|a| a.port()),
+    let tcp_bound = match &tcp_listener {
+        Some(l) => l.local_addr().ok(),
         None => None,
     };
+    let tcp_port = tcp_bound.map(|a| a.port());
     for i in 0..cfg.workers {
         let mut addr = cfg.media_listen;
         if addr.port() != 0 {
@@ -110,6 +122,9 @@ pub async fn serve(
             max_tracks_per_participant: cfg.max_tracks_per_participant,
             max_publish_bitrate_bps: cfg.max_publish_bitrate,
             ufrag_prefix: io::ufrag_prefix(i),
+            data_message_max_bytes: cfg.data_message_max_bytes,
+            data_messages_per_sec: cfg.data_messages_per_sec,
+            data_message_burst: cfg.data_message_burst,
             ..WorkerConfig::default()
         };
         let (tx, th) = io::spawn_worker(i, wc, sock, metrics.clone(), shutdown.clone())
@@ -118,9 +133,16 @@ pub async fn serve(
         threads.push(th);
     }
     if let Some(l) = tcp_listener {
+        let limits = io::IceTcpLimits::new(
+            Duration::from_secs(cfg.ice_tcp_handshake_timeout_secs),
+            cfg.ice_tcp_max_pending_per_ip,
+            cfg.ice_tcp_max_pending,
+            metrics.clone(),
+        );
         tokio::spawn(io::accept_ice_tcp(
             l,
             workers.clone(),
+            limits,
             metrics.clone(),
             shutdown.clone(),
         ));
@@ -195,6 +217,7 @@ pub async fn serve(
         url,
         metrics: metrics_addr,
         media,
+        ice_tcp: tcp_bound,
         node_id: cfg.node_id.clone(),
     });
     shutdown.cancelled().await;

@@ -147,6 +147,9 @@ struct Sim {
     /// Participants whose packets are no longer delivered (vanished clients).
     vanished: Vec<String>,
     offers_seen: Vec<(String, Value)>,
+    /// STUN Binding success responses the worker sent (what the ICE-TCP I/O takes as ICE
+    /// completed on a stream).
+    binding_successes: usize,
 }
 
 impl Sim {
@@ -193,6 +196,7 @@ impl Sim {
             data_sent: false,
             vanished: vec![],
             offers_seen: vec![],
+            binding_successes: 0,
         }
     }
 
@@ -269,6 +273,9 @@ impl Sim {
                 self.w.handle_datagram(now, Proto::Udp, src, &b);
             }
             while let Some(t) = self.w.poll_transmit() {
+                if sfu::proto::demux::is_binding_success(&t.payload) {
+                    self.binding_successes += 1;
+                }
                 for c in self.clients.iter_mut() {
                     if self.vanished.contains(&c.id) {
                         continue;
@@ -395,6 +402,11 @@ fn a_publisher_reaches_a_subscriber_through_the_core() {
         bob.rtp_received.len()
     );
     assert!(bob.offers >= 1, "bob got no subscribe offer");
+    // The worker's answers to the clients' ICE checks are what the ICE-TCP I/O recognizes.
+    assert!(
+        sim.binding_successes > 0,
+        "no Binding success response seen"
+    );
     assert!(sent > 100, "alice could not send: {sent}");
     assert!(
         bob.rtp_received.len() * 10 >= sent * 8,
@@ -550,4 +562,65 @@ fn h264_and_vp9_are_forwarded() {
         );
         assert_eq!(sim.w.stats().write_errors, 0);
     }
+}
+
+/// Data-channel messages are capped per participant: one over `data_message_max_bytes` is
+/// dropped, and a burst beyond the token bucket is dropped down to the bucket's size; both are
+/// counted, and the sender is not cut off (a message once the bucket refilled goes through).
+#[test]
+fn data_channel_messages_are_capped_in_size_and_rate() {
+    let mut cfg = server_cfg();
+    cfg.data_message_max_bytes = 1024;
+    cfg.data_messages_per_sec = 10;
+    cfg.data_message_burst = 20;
+    let mut sim = Sim::new(cfg, VP8);
+    sim.run_until(Duration::from_secs(3));
+    assert_eq!(
+        sim.clients[1].data_received.len(),
+        1,
+        "bob got alice's first message"
+    );
+    let sent_at = sim.now;
+    let dc = sim.clients[0].dc.expect("alice's data channel is open");
+    {
+        let mut ch = sim.clients[0].publish.data_channel(dc).unwrap();
+        ch.send_text(sent_at, "x".repeat(2000)).unwrap();
+        for i in 0..100 {
+            ch.send_text(sent_at, format!("m{i}")).unwrap();
+        }
+    }
+    sim.run_until(Duration::from_secs(5));
+    let stats = sim.w.stats().clone();
+    let relayed: Vec<&String> = sim.clients[1].data_received[1..].iter().collect();
+    eprintln!("relayed {} of 100; stats {stats:?}", relayed.len());
+    assert_eq!(stats.data_dropped_too_large, 1, "{stats:?}");
+    assert!(relayed.iter().all(|m| !m.contains("xxxx")), "{relayed:?}");
+    // The first message took one token of 20; the 100 arrive within well under 2 s of virtual
+    // time, when at most 20 more tokens came back.
+    assert!(
+        (19..=39).contains(&relayed.len()),
+        "relayed {} of a burst of 100",
+        relayed.len()
+    );
+    assert_eq!(
+        stats.data_dropped_rate_limited as usize + relayed.len(),
+        100,
+        "{stats:?}"
+    );
+    assert_eq!(stats.data_messages as usize, 1 + relayed.len());
+    // Not cut off: once the bucket refilled, a message goes through.
+    let later = sim.now;
+    {
+        let mut ch = sim.clients[0].publish.data_channel(dc).unwrap();
+        ch.send_text(later, "later").unwrap();
+    }
+    sim.run_until(Duration::from_secs(6));
+    assert!(
+        sim.clients[1]
+            .data_received
+            .last()
+            .is_some_and(|m| m.contains("\"later\"")),
+        "{:?}",
+        sim.clients[1].data_received.last()
+    );
 }

@@ -288,13 +288,9 @@ fn internal(req: &Request) -> JoinError {
     )
 }
 
-/// A valid room name: 1..=128 characters of `[A-Za-z0-9_.-]`.
+/// A valid room name (`PROTOCOL.md`, "Room names"); see [`crate::proto::room`].
 pub fn valid_room_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 128
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    crate::proto::room::valid_room_name(name)
 }
 
 fn clean_name(name: &str) -> String {
@@ -314,6 +310,15 @@ async fn join(conn: &mut Conn, req: &Request, j: &Join) -> Result<(), JoinError>
             ),
             "unsupported_version",
             true,
+        ));
+    }
+    // Before the name reaches a store key or a log line.
+    if let Err(e) = crate::proto::room::check_room_name(&j.room) {
+        node.metrics.refuse("room_name");
+        return Err((
+            req.error(ErrorCode::BadRequest, e.to_string()),
+            "bad_request",
+            false,
         ));
     }
     let claims = node
@@ -339,7 +344,7 @@ async fn join(conn: &mut Conn, req: &Request, j: &Join) -> Result<(), JoinError>
         .map_err(|_| internal(req))?
     {
         Some(r) => r,
-        None if claims.grants.create && valid_room_name(&j.room) => {
+        None if claims.grants.create => {
             let rec = RoomRecord {
                 name: j.room.clone(),
                 mode: RoomMode::Mesh,
@@ -418,7 +423,7 @@ async fn join(conn: &mut Conn, req: &Request, j: &Join) -> Result<(), JoinError>
             };
             node.publish(&rec.node, &env).await;
         }
-        let (ice_servers, ttl) = node.ice_servers(&pid);
+        let (ice_servers, ttl) = node.ice_servers(&claims.sub, Some(claims.exp), unix_now());
         conn.send(&ServerMsg::Joined {
             participant_id: pid.clone(),
             resume_token: node.resume.mint(&room.name, &pid),
@@ -502,7 +507,7 @@ async fn join(conn: &mut Conn, req: &Request, j: &Join) -> Result<(), JoinError>
         return Err(room_full(req, &room));
     }
     let parts: Vec<ParticipantRecord> = after.into_iter().filter(|p| p.id != pid).collect();
-    let (ice_servers, ttl) = node.ice_servers(&pid);
+    let (ice_servers, ttl) = node.ice_servers(&claims.sub, Some(claims.exp), unix_now());
     conn.send(&ServerMsg::Joined {
         participant_id: pid.clone(),
         resume_token: node.resume.mint(&room.name, &pid),

@@ -82,6 +82,15 @@ pub struct SignalingArgs {
     /// Seconds TURN credentials stay valid. Default 86400.
     #[arg(long = "turn-ttl", value_name = "SECS")]
     pub turn_ttl: Option<u64>,
+    /// Seconds TURN credentials minted for an access token may outlive the token's `exp`:
+    /// their lifetime is min(turn_ttl, exp - now + grace). Default 300.
+    #[arg(long = "turn-credential-grace-secs", value_name = "SECS")]
+    pub turn_credential_grace_secs: Option<u64>,
+    /// Browser origins (`https://app.example.com`, or `*` for any) allowed besides this
+    /// server's own: for the WebSocket (`Origin` header) and CORS on the HTTP API. Repeatable or
+    /// comma-separated. Default: none (same origin only).
+    #[arg(long = "allowed-origins", value_name = "ORIGIN", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
     /// Redis URL (redis://[:password@]host:port/db). Absent: embedded in-memory store
     /// (single node).
     #[arg(
@@ -160,6 +169,11 @@ pub struct FileConfig {
     pub turn_uri: Vec<String>,
     /// See `--turn-ttl`.
     pub turn_ttl: Option<u64>,
+    /// See `--turn-credential-grace-secs`.
+    pub turn_credential_grace_secs: Option<u64>,
+    /// See `--allowed-origins`.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
     /// See `--redis`.
     pub redis: Option<String>,
     /// See `--sfu-secret`.
@@ -227,6 +241,10 @@ pub struct SignalingConfig {
     pub turn_uris: Vec<String>,
     /// TURN credential lifetime, seconds.
     pub turn_ttl_secs: u64,
+    /// Seconds a TURN credential minted for an access token may outlive the token.
+    pub turn_credential_grace_secs: u64,
+    /// Origins allowed besides the server's own (normalized `scheme://host[:port]`, or `*`).
+    pub allowed_origins: Vec<String>,
     /// Redis URL; None: in-memory store.
     pub redis: Option<String>,
     /// Bearer secret for the links to SFU nodes; None: no `Authorization` header.
@@ -298,7 +316,7 @@ impl SignalingConfig {
     pub fn redacted(&self) -> String {
         let keys: Vec<&str> = self.api_keys.iter().map(|k| k.key.as_str()).collect();
         format!(
-            "listen={} public_url={:?} api_keys={:?} (secrets <redacted>){} turn_rest_keys={} (<redacted>) turn_secrets={} (<redacted>) turn_uris={:?} turn_ttl={}s store={} sfu_secret={} node_id={} metrics={} role={:?} resume_grace={}s max_message_bytes={} idle_timeout={}s rate={}/s burst={} token_ttl={}s capacity={}..{}",
+            "listen={} public_url={:?} api_keys={:?} (secrets <redacted>){} turn_rest_keys={} (<redacted>) turn_secrets={} (<redacted>) turn_uris={:?} turn_ttl={}s turn_credential_grace={}s allowed_origins={:?} store={} sfu_secret={} node_id={} metrics={} role={:?} resume_grace={}s max_message_bytes={} idle_timeout={}s rate={}/s burst={} token_ttl={}s capacity={}..{}",
             self.listen,
             self.public_url,
             keys,
@@ -307,6 +325,8 @@ impl SignalingConfig {
             self.turn_secrets.len(),
             self.turn_uris,
             self.turn_ttl_secs,
+            self.turn_credential_grace_secs,
+            self.allowed_origins,
             match &self.redis {
                 Some(u) => redact_url(u),
                 None => "memory".to_string(),
@@ -386,6 +406,20 @@ impl SignalingArgs {
                 )));
             }
         }
+        let sfu_secret = self.sfu_secret.or(file.sfu_secret);
+        if sfu_secret.as_deref() == Some("") {
+            return Err(ConfigError::Invalid(
+                "sfu_secret (--sfu-secret / TURNKEY_SFU_SECRET) is set but empty: links to SFU nodes would carry no credential; give the SFU nodes' secret or leave it unset".into(),
+            ));
+        }
+        let mut allowed_origins = Vec::new();
+        for o in pick(self.allowed_origins, file.allowed_origins) {
+            allowed_origins.push(crate::proto::origin::normalize_origin(&o).ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "allowed_origins: {o:?} is not an origin (scheme://host[:port], or *)"
+                ))
+            })?);
+        }
         let max_capacity = self.max_capacity.or(file.max_capacity).unwrap_or(16).max(1);
         let default_capacity = self
             .default_capacity
@@ -408,11 +442,13 @@ impl SignalingArgs {
             turn_secrets: nonempty(pick(self.turn_secret, file.turn_secret)),
             turn_uris: nonempty(pick(self.turn_uri, file.turn_uri)),
             turn_ttl_secs: self.turn_ttl.or(file.turn_ttl).unwrap_or(86_400).max(1),
+            turn_credential_grace_secs: self
+                .turn_credential_grace_secs
+                .or(file.turn_credential_grace_secs)
+                .unwrap_or(300),
+            allowed_origins,
             redis: self.redis.or(file.redis).filter(|s| !s.is_empty()),
-            sfu_secret: self
-                .sfu_secret
-                .or(file.sfu_secret)
-                .filter(|s| !s.is_empty()),
+            sfu_secret,
             node_id,
             metrics: self.metrics.or(file.metrics).unwrap_or(defaults.metrics),
             role: self.role.or(file.role).unwrap_or_default(),
@@ -514,6 +550,36 @@ mod tests {
         assert!(parse(&["--public-url", "ftp://x"])
             .resolve(&Defaults::default())
             .is_err());
+    }
+
+    #[test]
+    fn an_empty_sfu_secret_is_refused_and_origins_are_normalized() {
+        let err = parse(&["--sfu-secret", ""])
+            .resolve(&Defaults::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sfu_secret") && err.contains("empty"), "{err}");
+        let cfg = parse(&[
+            "--allowed-origins",
+            "HTTPS://App.Example.com:443/,http://127.0.0.1:3000",
+            "--allowed-origins",
+            "*",
+        ])
+        .resolve(&Defaults::default())
+        .unwrap();
+        assert_eq!(
+            cfg.allowed_origins,
+            vec!["https://app.example.com", "http://127.0.0.1:3000", "*"]
+        );
+        assert_eq!(cfg.turn_credential_grace_secs, 300);
+        for bad in ["app.example.com", "ftp://x", "https://x/path", "https://"] {
+            assert!(
+                parse(&["--allowed-origins", bad])
+                    .resolve(&Defaults::default())
+                    .is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

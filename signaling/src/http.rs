@@ -3,7 +3,6 @@
 //! client. Errors are `{"error":{"code","message"}}` with the HTTP status.
 
 use crate::auth::{mint_token, ApiKey, Claims, Grants};
-use crate::channel::valid_room_name;
 use crate::node::{unix_now, Envelope, Node};
 use crate::proto::msg::{IceServer, RoomInfo};
 use crate::store::{least_loaded, NodeInfo, RoomMode, RoomRecord, StoreError};
@@ -130,14 +129,13 @@ fn parse_body<T: for<'de> Deserialize<'de> + Default>(body: &Bytes) -> ApiResult
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}")))
 }
 
-fn check_room_name(name: &str) -> ApiResult<()> {
-    if valid_room_name(name) {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(
-            "room name must be 1..=128 characters of [A-Za-z0-9_.-]",
-        ))
-    }
+/// 400 `bad_request` naming the rule (counted) unless `name` follows the room name rule;
+/// every route that takes a room name calls this before the name reaches the store.
+fn check_room_name(node: &Node, name: &str) -> ApiResult<()> {
+    crate::proto::room::check_room_name(name).map_err(|e| {
+        node.metrics.refuse("room_name");
+        ApiError::bad_request(e.to_string())
+    })
 }
 
 fn check_capacity(node: &Node, capacity: Option<u32>) -> ApiResult<u32> {
@@ -238,7 +236,7 @@ async fn create_room(
     let name = req
         .name
         .ok_or_else(|| ApiError::bad_request("missing field `name`"))?;
-    check_room_name(&name)?;
+    check_room_name(&node, &name)?;
     let capacity = check_capacity(&node, req.capacity)?;
     let nodes = live_nodes(&node).await?;
     let (rec, created) = create_on_least_loaded(
@@ -267,6 +265,7 @@ async fn get_room(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     authenticate(&node, &headers, false)?;
+    check_room_name(&node, &room)?;
     let rec = node
         .timed("get_room", node.store.get_room(&room))
         .await?
@@ -281,6 +280,7 @@ async fn delete_room(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     authenticate(&node, &headers, false)?;
+    check_room_name(&node, &room)?;
     let parts = node
         .timed("participants", node.store.participants(&room))
         .await?;
@@ -336,7 +336,7 @@ async fn join_room(
     body: Bytes,
 ) -> ApiResult<Response> {
     let caller = authenticate(&node, &headers, true)?;
-    check_room_name(&room)?;
+    check_room_name(&node, &room)?;
     let req: JoinBody = parse_body(&body)?;
     let (identity, may_create) = match &caller {
         Caller::ApiKey(_) => {
@@ -400,28 +400,36 @@ async fn join_room(
         .find(|n| n.id == rec.node)
         .map(|n| n.ws_url.clone())
         .ok_or_else(|| ApiError::unavailable("the room's node is not live"))?;
-    let token = match &caller {
-        Caller::ApiKey(key) => mint_token(
-            key,
-            &room,
-            &identity,
-            req.name.as_deref(),
-            Grants {
-                join: true,
-                create: false,
-            },
-            node.cfg.token_ttl_secs,
-            unix_now(),
+    let now = unix_now();
+    let (token, token_exp) = match &caller {
+        Caller::ApiKey(key) => (
+            mint_token(
+                key,
+                &room,
+                &identity,
+                req.name.as_deref(),
+                Grants {
+                    join: true,
+                    create: false,
+                },
+                node.cfg.token_ttl_secs,
+                now,
+            ),
+            now.saturating_add(node.cfg.token_ttl_secs),
         ),
-        Caller::Token(_) => headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.get(7..))
-            .unwrap_or_default()
-            .trim()
-            .to_string(),
+        Caller::Token(c) => (
+            headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.get(7..))
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+            c.exp,
+        ),
     };
-    let (ice_servers, ice_servers_ttl) = node.ice_servers(&identity);
+    // Per identity (the token's `sub`), ending with the token plus the grace.
+    let (ice_servers, ice_servers_ttl) = node.ice_servers(&identity, Some(token_exp), now);
     Ok(Json(JoinAnswer {
         url,
         token,
@@ -436,13 +444,14 @@ async fn join_room(
     .into_response())
 }
 
-/// `POST /v1/ice-servers`.
+/// `POST /v1/ice-servers`: with a bearer token, credentials for the token's identity that end
+/// with the token (plus `turn_credential_grace_secs`); with an API key, for the key's name.
 async fn ice_servers(State(node): State<Arc<Node>>, headers: HeaderMap) -> ApiResult<Response> {
-    let user = match authenticate(&node, &headers, true)? {
-        Caller::ApiKey(k) => k.key,
-        Caller::Token(c) => c.sub,
+    let (user, exp) = match authenticate(&node, &headers, true)? {
+        Caller::ApiKey(k) => (k.key, None),
+        Caller::Token(c) => (c.sub, Some(c.exp)),
     };
-    let (servers, ttl) = node.ice_servers(&user);
+    let (servers, ttl) = node.ice_servers(&user, exp, unix_now());
     Ok(Json(json!({"iceServers": servers, "ttl": ttl})).into_response())
 }
 
@@ -567,6 +576,44 @@ async fn count_requests(State(node): State<Arc<Node>>, req: Request, next: Next)
     resp
 }
 
+/// Refuses browser requests from origins the policy does not allow ([`crate::proto::origin`]):
+/// 403 with a JSON error, counted in `signaling_refused_requests_total{reason="origin"}`. This
+/// covers the WebSocket handshake (a cross-site page cannot drive a participant's session) and
+/// CORS preflights (only allowed origins get an answer).
+async fn check_origin(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
+    if let Some(origin) = req.headers().get(header::ORIGIN) {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()));
+        let allowed = origin.to_str().is_ok_and(|o| node.origins.allows(o, host));
+        if !allowed {
+            node.metrics.refuse("origin");
+            return ApiError::forbidden(
+                "cross-origin request from an origin that is not allowed (see allowed_origins)",
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// CORS (tower-http) for the origins listed in `allowed_origins`: preflights are answered and
+/// `Access-Control-Allow-Origin` is set only for them. Same-origin pages need none of it.
+fn cors(node: &Arc<Node>) -> tower_http::cors::CorsLayer {
+    use axum::http::Method;
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let policy = node.origins.clone();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::predicate(move |origin, _| {
+            origin.to_str().is_ok_and(|o| policy.listed(o))
+        }))
+        .allow_methods([Method::GET, Method::POST, Method::DELETE])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .max_age(std::time::Duration::from_secs(600))
+}
+
 /// The router for this node's role.
 pub fn router(node: Arc<Node>) -> axum::Router {
     use axum::routing::{get, post};
@@ -585,7 +632,13 @@ pub fn router(node: Arc<Node>) -> axum::Router {
     if node.cfg.role.channel() {
         r = r.route("/v1/ws", get(crate::channel::ws_handler));
     }
+    // Outermost first: count every answer, then the origin check, then CORS.
     r.fallback(not_found)
+        .layer(cors(&node))
+        .layer(axum::middleware::from_fn_with_state(
+            node.clone(),
+            check_origin,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             node.clone(),
             count_requests,

@@ -72,11 +72,23 @@ fn main() -> anyhow::Result<()> {
     }
     let cfg = cli.args.resolve(&Defaults::default())?;
     turnkey_common::logging::init(cfg.log_json, "info");
+    let banner = signaling::run::dev_key_banner(&cfg);
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
         .block_on(async move {
-            signaling::run_until_signal(cfg, |_| {}).await?;
+            signaling::run_until_signal(cfg, |ready| {
+                // The developer's copy of a generated key: stdout, once, never the log.
+                if let Some(line) = banner {
+                    println!("signaling ready on {}", ready.public_url);
+                    println!("{line}");
+                    println!(
+                        "  demo page   {}/?key=<API key>&room=demo",
+                        ready.public_url
+                    );
+                }
+            })
+            .await?;
             Ok(())
         })
 }

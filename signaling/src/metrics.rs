@@ -15,6 +15,7 @@
 //! | `signaling_http_requests_total` | counter | `route`, `status` |
 //! | `signaling_sfu_links` | gauge (open participant links to SFU nodes) | |
 //! | `signaling_sfu_link_errors_total` | counter (links that could not be opened or were lost while their participant was in the room) | |
+//! | `signaling_refused_requests_total` | counter (HTTP requests and WebSocket joins refused before any work) | `reason` (`origin`: cross-origin browser request from an origin not allowed, 403; `room_name`: room name outside the documented rule, 400 / error 4000) |
 
 use crate::proto::msg::{ErrorCode, CLIENT_TYPES};
 use prometheus_client::metrics::counter::Counter;
@@ -54,7 +55,12 @@ pub mod names {
     pub const SFU_LINKS: &str = "signaling_sfu_links";
     /// SFU links that failed or were lost.
     pub const SFU_LINK_ERRORS: &str = "signaling_sfu_link_errors";
+    /// Requests refused before any work, by reason.
+    pub const REFUSED: &str = "signaling_refused_requests";
 }
+
+/// `signaling_refused_requests_total` reasons.
+pub const REFUSE_REASONS: [&str; 2] = ["origin", "room_name"];
 
 /// `signaling_joins_total` results.
 pub const JOIN_RESULTS: [&str; 10] = [
@@ -133,6 +139,8 @@ pub struct SignalingMetrics {
     pub sfu_links: Gauge,
     /// `signaling_sfu_link_errors_total`.
     pub sfu_link_errors: Counter,
+    /// `signaling_refused_requests_total{reason}`.
+    pub refused: Family<L1, Counter>,
 }
 
 impl Default for SignalingMetrics {
@@ -150,6 +158,7 @@ impl Default for SignalingMetrics {
             http_requests: Family::default(),
             sfu_links: Gauge::default(),
             sfu_link_errors: Counter::default(),
+            refused: Family::default(),
         }
     }
 }
@@ -214,6 +223,14 @@ impl SignalingMetrics {
             "SFU links that could not be opened or were lost while their participant was in the room",
             m.sfu_link_errors.clone(),
         );
+        registry.register(
+            names::REFUSED,
+            "HTTP requests and WebSocket joins refused before any work, by reason",
+            m.refused.clone(),
+        );
+        for r in REFUSE_REASONS {
+            let _ = m.refused.get_or_create(&[("reason", r)]);
+        }
         for t in CLIENT_TYPES {
             let _ = m.messages.get_or_create(&[("type", t)]);
         }
@@ -240,6 +257,11 @@ impl SignalingMetrics {
     /// Counts a join.
     pub fn join(&self, result: &'static str) {
         self.joins.get_or_create(&[("result", result)]).inc();
+    }
+
+    /// Counts a request refused for `reason` (one of [`REFUSE_REASONS`]).
+    pub fn refuse(&self, reason: &'static str) {
+        self.refused.get_or_create(&[("reason", reason)]).inc();
     }
 
     /// Counts a dropped frame.
@@ -270,6 +292,8 @@ mod tests {
             "signaling_sfu_link_errors_total 0",
             "signaling_errors_total{code=\"sfu_unavailable\"} 0",
             "signaling_messages_total{type=\"sfu\"} 0",
+            "signaling_refused_requests_total{reason=\"origin\"} 0",
+            "signaling_refused_requests_total{reason=\"room_name\"} 0",
         ] {
             assert!(text.contains(needle), "{needle} missing in\n{text}");
         }

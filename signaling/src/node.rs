@@ -127,6 +127,8 @@ pub struct Node {
     pub shutdown: CancellationToken,
     /// Links of local participants of `sfu` rooms to their SFU node ([`crate::sfu_link`]).
     pub links: Links,
+    /// Which browser origins may call the API and open WebSockets.
+    pub origins: crate::proto::origin::OriginPolicy,
     hub: Mutex<Hub>,
     conns: Mutex<HashMap<ConnId, ConnHandle>>,
     next_conn: AtomicU64,
@@ -148,7 +150,12 @@ impl Node {
             .map(|k| k.secret.clone())
             .unwrap_or_default();
         let ws_url = ws_url_of(&base_url);
+        let origins = crate::proto::origin::OriginPolicy::new(
+            &cfg.allowed_origins,
+            cfg.public_url.as_deref(),
+        );
         Node {
+            origins,
             hub: Mutex::new(Hub::new(Duration::from_secs(cfg.resume_grace_secs))),
             resume: ResumeKeys::new(resume_secret.as_bytes()),
             keys,
@@ -359,17 +366,37 @@ impl Node {
         }
     }
 
-    /// STUN/TURN servers for `user` with REST credentials (draft-uberti-behave-turn-rest-00),
-    /// minted with the first (newest) TURN secret, and their lifetime in seconds.
-    pub fn ice_servers(&self, user: &str) -> (Vec<IceServer>, u64) {
-        let ttl = self.cfg.turn_ttl_secs;
+    /// STUN/TURN servers with REST credentials (draft-uberti-behave-turn-rest-00 §2.2) for
+    /// `identity`, minted with the first (newest) TURN secret at `now_unix_secs`, and their
+    /// lifetime in seconds. The REST user part (`<expiry>:<identity>`) is the authenticated
+    /// identity (an access token's `sub`), so the TURN server's per-user quota counts people,
+    /// not joins. With `token_exp_unix_secs` (the token's `exp`) the lifetime is
+    /// [`credential_ttl_secs`]: the credential does not outlive the token by more than
+    /// `turn_credential_grace_secs`.
+    pub fn ice_servers(
+        &self,
+        identity: &str,
+        token_exp_unix_secs: Option<u64>,
+        now_unix_secs: u64,
+    ) -> (Vec<IceServer>, u64) {
+        let ttl = credential_ttl_secs(
+            self.cfg.turn_ttl_secs,
+            self.cfg.turn_credential_grace_secs,
+            token_exp_unix_secs,
+            now_unix_secs,
+        );
+        let user = identity;
         if self.cfg.turn_uris.is_empty() {
             return (Vec::new(), ttl);
         }
         match self.cfg.turn_secrets.first() {
             Some(secret) => {
-                let c =
-                    turn_server::proto::auth::mint_rest_credential(secret, user, ttl, unix_now());
+                let c = turn_server::proto::auth::mint_rest_credential(
+                    secret,
+                    user,
+                    ttl,
+                    now_unix_secs,
+                );
                 self.metrics.turn_credentials.inc();
                 (
                     vec![IceServer {
@@ -588,6 +615,21 @@ impl Node {
     }
 }
 
+/// Lifetime of a TURN credential minted at `now_unix_secs`: `turn_ttl_secs`, and for a
+/// credential bound to an access token expiring at `token_exp_unix_secs`, no later than
+/// `grace_secs` after that: min(turn_ttl, exp - now + grace), at least 1 s.
+pub fn credential_ttl_secs(
+    turn_ttl_secs: u64,
+    grace_secs: u64,
+    token_exp_unix_secs: Option<u64>,
+    now_unix_secs: u64,
+) -> u64 {
+    let bound = token_exp_unix_secs.map_or(u64::MAX, |exp| {
+        exp.saturating_add(grace_secs).saturating_sub(now_unix_secs)
+    });
+    turn_ttl_secs.min(bound).max(1)
+}
+
 /// `http://h/x` -> `ws://h/x/v1/ws`, `https://` -> `wss://`.
 pub fn ws_url_of(base: &str) -> String {
     let base = base.trim_end_matches('/');
@@ -689,19 +731,53 @@ mod tests {
         let mut node = test_node(1);
         node.cfg.turn_uris = vec!["stun:s:3478".into(), "turn:t:3478".into()];
         node.cfg.turn_secrets = vec!["new".into(), "old".into()];
-        let (servers, ttl) = node.ice_servers("p_1");
+        let (servers, ttl) = node.ice_servers("alice", None, 1_000);
         assert_eq!(ttl, 86_400);
         let s = &servers[0];
         let user = s.username.as_deref().unwrap();
-        assert!(user.ends_with(":p_1"));
+        assert_eq!(user, "87400:alice");
         assert_eq!(
             s.credential.as_deref().unwrap(),
             turn_server::proto::auth::rest_password("new", user)
         );
         node.cfg.turn_secrets.clear();
-        let (servers, _) = node.ice_servers("p_1");
+        let (servers, _) = node.ice_servers("alice", None, 1_000);
         assert_eq!(servers[0].urls, vec!["stun:s:3478".to_string()]);
         assert!(servers[0].username.is_none());
+    }
+
+    #[test]
+    fn credentials_are_per_identity_and_end_with_the_token_plus_grace() {
+        let mut node = test_node(1);
+        node.cfg.turn_uris = vec!["turn:t:3478".into()];
+        node.cfg.turn_secrets = vec!["s".into()];
+        node.cfg.turn_ttl_secs = 86_400;
+        node.cfg.turn_credential_grace_secs = 300;
+        let now = 1_000_000;
+        // A token valid one more hour: the credential ends 300 s after it.
+        let (servers, ttl) = node.ice_servers("alice", Some(now + 3600), now);
+        assert_eq!(ttl, 3600 + 300);
+        let user = servers[0].username.clone().unwrap();
+        assert_eq!(user, format!("{}:alice", now + 3900));
+        assert_eq!(
+            turn_server::proto::auth::Credentials::quota_name(&user),
+            "alice"
+        );
+        // Two joins of one identity share the quota name.
+        let (again, _) = node.ice_servers("alice", Some(now + 3600), now + 10);
+        assert_eq!(
+            turn_server::proto::auth::Credentials::quota_name(
+                again[0].username.as_deref().unwrap()
+            ),
+            "alice"
+        );
+        // A short turn_ttl still wins; a token at its leeway end gets at least 1 s.
+        node.cfg.turn_ttl_secs = 600;
+        assert_eq!(node.ice_servers("a", Some(now + 3600), now).1, 600);
+        assert_eq!(credential_ttl_secs(600, 0, Some(now - 3), now), 1);
+        assert_eq!(credential_ttl_secs(600, 300, Some(now), now), 300);
+        assert_eq!(credential_ttl_secs(600, 300, None, now), 600);
+        assert_eq!(credential_ttl_secs(600, u64::MAX, Some(u64::MAX), 0), 600);
     }
 
     #[test]

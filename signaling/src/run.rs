@@ -109,12 +109,12 @@ pub async fn serve_with_store(
 ) -> Result<(), RunError> {
     tracing::info!(config = %cfg.redacted(), "starting signaling");
     if cfg.dev_key {
-        if let Some(k) = cfg.api_keys.first() {
-            tracing::warn!(
-                api_key = %format!("{}:{}", k.key, k.secret),
-                "no --api-key given: generated this development API key (do not use in production)"
-            );
-        }
+        // The key itself goes to stdout once, in the startup banner of the binary
+        // ([`dev_key_banner`]); secrets never go to the log.
+        tracing::warn!(
+            key = %cfg.api_keys.first().map_or("", |k| k.key.as_str()),
+            "no --api-key given: using a generated development API key, printed on stdout (do not use in production)"
+        );
     }
     if cfg.turn_secrets.is_empty() && cfg.turn_uris.iter().any(|u| u.starts_with("turn")) {
         tracing::warn!("--turn-uri given without --turn-secret: clients get no TURN credentials");
@@ -203,11 +203,45 @@ pub async fn serve_with_store(
     Ok(())
 }
 
+/// The startup banner line that shows a generated development API key (`KEY:SECRET`) to the
+/// developer, or None when keys were configured. Binaries print it on stdout once; it is never
+/// logged.
+pub fn dev_key_banner(cfg: &SignalingConfig) -> Option<String> {
+    let k = cfg.api_keys.first().filter(|_| cfg.dev_key)?;
+    Some(format!(
+        "  API key     {}:{}  (generated for this run; pass --api-key to fix one)",
+        k.key, k.secret
+    ))
+}
+
+/// Logs and ignores SIGHUP from now on, for the whole process (a terminal closing, `kill -HUP`
+/// by habit or a log rotation script must not end the service: the default action of SIGHUP is
+/// to terminate). Nothing is reloaded. Must be called inside a tokio runtime.
+pub fn ignore_hangups(service: &'static str) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hup) => {
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        tracing::info!(service, "SIGHUP received: ignored (nothing to reload)");
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(service, error = %e, "cannot handle SIGHUP"),
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = service;
+}
+
 /// Runs the service until SIGTERM or ctrl-c.
 pub async fn run_until_signal(
     cfg: SignalingConfig,
     on_ready: impl FnOnce(&Ready),
 ) -> Result<(), RunError> {
     let shutdown = turnkey_common::shutdown::on_signal();
+    ignore_hangups("signaling");
     serve(cfg, shutdown, on_ready).await
 }

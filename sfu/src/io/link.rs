@@ -109,12 +109,17 @@ async fn signal(
             "room and participant are required",
         );
     };
+    // The room name rule of signaling (signaling/PROTOCOL.md, "Room names").
     let ok = |s: &str| !s.is_empty() && s.len() <= 128;
-    if !ok(&q.room) || !ok(&q.participant) {
+    if !signaling::proto::room::valid_room_name(&q.room) || !ok(&q.participant) {
+        st.metrics
+            .bad_input
+            .get_or_create(&[("kind", "message")])
+            .inc();
         return refuse(
             StatusCode::BAD_REQUEST,
             "bad_request",
-            "room and participant must be 1..=128 chars",
+            "room must follow the room name rule (1..=128 of [A-Za-z0-9._-]) and participant be 1..=128 chars",
         );
     }
     ws.max_message_size(crate::proto::msg::MAX_MESSAGE_BYTES)

@@ -2,17 +2,25 @@
 //! runtime per worker, each owning one UDP socket (port = base + index), its ICE-TCP streams and
 //! its rooms; the ICE-TCP acceptor hands each stream to the worker named by the STUN USERNAME's
 //! ufrag prefix; the signaling links (axum WebSocket) send commands to the room's worker.
+//!
+//! ICE-TCP bounds: a connection is *pending* from accept until the worker's peer connection
+//! answers one of its STUN Binding requests with success (ICE completed on it). Pending
+//! connections are capped per source IP and in total (refused at accept beyond), and closed
+//! when they are still pending `ice_tcp_handshake_timeout_secs` after accept. A connection
+//! whose peer connection is removed is closed too. Each close is counted in
+//! `sfu_ice_tcp_closed_total{reason}`.
 
 pub mod link;
 
 use crate::metrics::SfuMetrics;
-use crate::proto::demux::{stun_local_ufrag, Proto};
+use crate::proto::demux::{is_binding_success, stun_local_ufrag, Proto};
+use crate::proto::limit::PendingTable;
 use crate::proto::worker::{JoinError, Worker, WorkerConfig};
 use bytes::BytesMut;
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -61,7 +69,90 @@ pub enum WorkerCmd {
         remote: SocketAddr,
         /// The first RFC 4571 frame's payload.
         first: Vec<u8>,
+        /// Its place among the pending connections, given back once ICE completes on it.
+        pending: PendingSlot,
+        /// When it is closed if ICE has not completed by then.
+        deadline: Instant,
     },
+}
+
+/// ICE-TCP bounds shared by the acceptor and the workers (see the module docs).
+#[derive(Debug)]
+pub struct IceTcpLimits {
+    /// Time from accept to completed ICE.
+    pub handshake_timeout: Duration,
+    table: Mutex<PendingTable>,
+    metrics: SfuMetrics,
+}
+
+impl IceTcpLimits {
+    /// Limits with these caps.
+    pub fn new(
+        handshake_timeout: Duration,
+        max_pending_per_ip: usize,
+        max_pending: usize,
+        metrics: SfuMetrics,
+    ) -> Arc<Self> {
+        Arc::new(IceTcpLimits {
+            handshake_timeout,
+            table: Mutex::new(PendingTable::new(max_pending_per_ip, max_pending)),
+            metrics,
+        })
+    }
+
+    /// A pending place for a connection from `ip`, or the `sfu_ice_tcp_closed_total` reason
+    /// it is refused for (counted).
+    pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Result<PendingSlot, &'static str> {
+        let r = self
+            .table
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .try_add(ip);
+        match r {
+            Ok(()) => {
+                self.metrics.ice_tcp_pending.inc();
+                Ok(PendingSlot {
+                    limits: self.clone(),
+                    ip,
+                })
+            }
+            Err(refusal) => {
+                self.count_close(refusal.reason());
+                Err(refusal.reason())
+            }
+        }
+    }
+
+    fn count_close(&self, reason: &'static str) {
+        count_tcp_close(&self.metrics, reason);
+    }
+}
+
+/// One pending ICE-TCP connection's place; dropping it gives the place back.
+#[derive(Debug)]
+pub struct PendingSlot {
+    limits: Arc<IceTcpLimits>,
+    ip: IpAddr,
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        self.limits
+            .table
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(self.ip);
+        self.limits.metrics.ice_tcp_pending.dec();
+    }
+}
+
+/// A worker's ICE-TCP connection.
+struct TcpConn {
+    tx: mpsc::Sender<BytesMut>,
+    reader: tokio::task::AbortHandle,
+    writer: tokio::task::AbortHandle,
+    /// Until ICE completes: the deadline and the pending place.
+    pending: Option<(Instant, PendingSlot)>,
 }
 
 /// Capacity of each worker's command queue and each link's outbound queue.
@@ -168,6 +259,8 @@ struct Exported {
     unroutable: u64,
     write_errors: u64,
     data_messages: u64,
+    data_dropped_too_large: u64,
+    data_dropped_rate_limited: u64,
     speaker_changes: u64,
     ice_timeouts: u64,
     census: (usize, usize, usize, usize),
@@ -190,7 +283,7 @@ async fn run_worker(
     };
     let mut core = Worker::new(cfg);
     let mut links: HashMap<(String, String), (u64, mpsc::Sender<String>)> = HashMap::new();
-    let mut tcp_out: HashMap<SocketAddr, mpsc::Sender<BytesMut>> = HashMap::new();
+    let mut tcp: HashMap<SocketAddr, TcpConn> = HashMap::new();
     let (tcp_in_tx, mut tcp_in) = mpsc::channel::<(SocketAddr, Option<Vec<u8>>)>(QUEUE);
     let mut buf = vec![0u8; 2048];
     let mut exported = Exported {
@@ -207,6 +300,8 @@ async fn run_worker(
         unroutable: 0,
         write_errors: 0,
         data_messages: 0,
+        data_dropped_too_large: 0,
+        data_dropped_rate_limited: 0,
         speaker_changes: 0,
         ice_timeouts: 0,
         census: (0, 0, 0, 0),
@@ -214,9 +309,13 @@ async fn run_worker(
     let worker_label = [("worker", index.to_string())];
     let mut next_export = Instant::now();
     loop {
-        let deadline = core
+        let core_deadline = core
             .poll_timeout()
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+        let deadline = tcp
+            .values()
+            .filter_map(|c| c.pending.as_ref().map(|(d, _)| *d))
+            .fold(core_deadline, Instant::min);
         let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline));
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -253,12 +352,15 @@ async fn run_worker(
                             links.remove(&key);
                         }
                     }
-                    WorkerCmd::Tcp { stream, remote, first } => {
+                    WorkerCmd::Tcp { stream, remote, first, pending, deadline } => {
                         let (tx, rx) = mpsc::channel(TCP_QUEUE);
-                        tcp_out.insert(remote, tx);
                         let (read, write) = stream.into_split();
-                        tokio::spawn(tcp_writer(write, rx));
-                        tokio::spawn(tcp_reader(read, remote, tcp_in_tx.clone()));
+                        let writer = tokio::spawn(tcp_writer(write, rx)).abort_handle();
+                        let reader = tokio::spawn(tcp_reader(read, remote, tcp_in_tx.clone())).abort_handle();
+                        let conn = TcpConn { tx, reader, writer, pending: Some((deadline, pending)) };
+                        if let Some(old) = tcp.insert(remote, conn) {
+                            close_conn(&old);
+                        }
                         core.handle_datagram(now, Proto::Tcp, remote, &first);
                     }
                 }
@@ -267,13 +369,17 @@ async fn run_worker(
             Some((remote, frame)) = tcp_in.recv() => {
                 match frame {
                     Some(f) => core.handle_datagram(Instant::now(), Proto::Tcp, remote, &f),
-                    None => { tcp_out.remove(&remote); }
+                    None => {
+                        if let Some(c) = tcp.remove(&remote) {
+                            close_conn(&c);
+                        }
+                    }
                 }
             }
             _ = sleep => {}
         }
         let now = Instant::now();
-        if deadline <= now {
+        if core_deadline <= now {
             core.handle_timeout(now);
         }
         while let Some(t) = core.poll_transmit() {
@@ -282,12 +388,27 @@ async fn run_worker(
                     let _ = udp.try_send_to(&t.payload, t.remote);
                 }
                 Proto::Tcp => {
-                    if let Some(tx) = tcp_out.get(&t.remote) {
-                        let _ = tx.try_send(t.payload);
+                    if let Some(c) = tcp.get_mut(&t.remote) {
+                        // The PC answered a check on this stream: ICE completed on it.
+                        if c.pending.is_some() && is_binding_success(&t.payload) {
+                            c.pending = None;
+                            metrics.ice_tcp_established.inc();
+                        }
+                        let _ = c.tx.try_send(t.payload);
                     }
                 }
             }
         }
+        // Pending past their deadline: closed.
+        tcp.retain(|_, c| {
+            if c.pending.as_ref().is_some_and(|(d, _)| *d <= now) {
+                count_tcp_close(&metrics, "handshake_timeout");
+                close_conn(c);
+                false
+            } else {
+                true
+            }
+        });
         while let Some(s) = core.poll_signal() {
             if let Some((_, tx)) = links.get(&(s.room, s.participant)) {
                 let _ = tx.try_send(s.msg.to_string());
@@ -296,7 +417,20 @@ async fn run_worker(
         if now >= next_export {
             next_export = now + Duration::from_millis(250);
             export(&mut core, &mut exported, &metrics, &worker_label);
+            // Streams whose peer connection was removed (participant left, ICE failed).
+            tcp.retain(|remote, c| {
+                if c.pending.is_none() && !core.routes(Proto::Tcp, *remote) {
+                    count_tcp_close(&metrics, "pc_gone");
+                    close_conn(c);
+                    false
+                } else {
+                    true
+                }
+            });
         }
+    }
+    for c in tcp.values() {
+        close_conn(c);
     }
     export(&mut core, &mut exported, &metrics, &worker_label);
     let (rooms, parts, audio, video) = exported.census;
@@ -310,6 +444,20 @@ async fn run_worker(
         .tracks
         .get_or_create(&[("kind", "video")])
         .dec_by(video as i64);
+}
+
+/// Counts an ICE-TCP close in `sfu_ice_tcp_closed_total{reason}`.
+fn count_tcp_close(metrics: &SfuMetrics, reason: &'static str) {
+    metrics
+        .ice_tcp_closed
+        .get_or_create(&[("reason", reason)])
+        .inc();
+}
+
+/// Closes an ICE-TCP stream now: aborting both tasks drops both halves of the socket.
+fn close_conn(c: &TcpConn) {
+    c.reader.abort();
+    c.writer.abort();
 }
 
 fn export(
@@ -357,6 +505,22 @@ fn export(
     }
     m.data_messages
         .inc_by(delta(s.data_messages, &mut e.data_messages));
+    for (reason, total, seen) in [
+        (
+            "too_large",
+            s.data_dropped_too_large,
+            &mut e.data_dropped_too_large,
+        ),
+        (
+            "rate_limited",
+            s.data_dropped_rate_limited,
+            &mut e.data_dropped_rate_limited,
+        ),
+    ] {
+        m.data_dropped
+            .get_or_create(&[("reason", reason)])
+            .inc_by(delta(total, seen));
+    }
     m.speaker_changes
         .inc_by(delta(s.speaker_changes, &mut e.speaker_changes));
     m.ice_timeouts
@@ -414,10 +578,13 @@ async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R) -> std::io::Result<Vec<u
     Ok(f)
 }
 
-/// Accepts ICE-TCP streams and hands each to the worker its first STUN request names.
+/// Accepts ICE-TCP streams and hands each to the worker its first STUN request names, within
+/// the [`IceTcpLimits`]: a connection beyond the pending caps is closed at once; one whose
+/// first frame does not come before its deadline is closed.
 pub async fn accept_ice_tcp(
     listener: TcpListener,
     workers: Vec<mpsc::Sender<WorkerCmd>>,
+    limits: Arc<IceTcpLimits>,
     metrics: SfuMetrics,
     shutdown: CancellationToken,
 ) {
@@ -426,14 +593,24 @@ pub async fn accept_ice_tcp(
             _ = shutdown.cancelled() => return,
             r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
         };
+        let Ok(pending) = limits.try_acquire(remote.ip()) else {
+            // Refused (counted): dropping the stream closes it.
+            continue;
+        };
+        let deadline = Instant::now() + limits.handshake_timeout;
         let workers = workers.clone();
         let metrics = metrics.clone();
+        let limits = limits.clone();
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
             let first =
-                match tokio::time::timeout(Duration::from_secs(5), read_frame(&mut stream)).await {
+                match tokio::time::timeout_at(deadline.into(), read_frame(&mut stream)).await {
                     Ok(Ok(f)) => f,
-                    _ => return,
+                    Ok(Err(_)) => return,
+                    Err(_) => {
+                        limits.count_close("handshake_timeout");
+                        return;
+                    }
                 };
             let w = stun_local_ufrag(&first).and_then(worker_of_ufrag);
             match w.and_then(|i| workers.get(i)) {
@@ -443,6 +620,8 @@ pub async fn accept_ice_tcp(
                             stream,
                             remote,
                             first,
+                            pending,
+                            deadline,
                         })
                         .await;
                 }

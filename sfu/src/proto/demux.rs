@@ -36,6 +36,13 @@ pub fn stun_local_ufrag(b: &[u8]) -> Option<&str> {
     None
 }
 
+/// True if `b` is a STUN Binding success response (RFC 8489 §6.3.1.1, class 0b10 of method
+/// Binding: type 0x0101), which an ICE agent sends only to a check that passed its
+/// MESSAGE-INTEGRITY (RFC 8445 §7.3): proof that the peer knows the ICE credentials.
+pub fn is_binding_success(b: &[u8]) -> bool {
+    b.len() >= 20 && b[0..2] == [0x01, 0x01] && b[4..8] == [0x21, 0x12, 0xa4, 0x42]
+}
+
 /// Transport of a 5-tuple.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Proto {
@@ -137,6 +144,19 @@ mod tests {
         d.remove(1);
         assert_eq!(d.route(Proto::Udp, a, &[0x80]), None);
         assert_eq!(d.len(), (1, 1));
+    }
+
+    #[test]
+    fn binding_success_is_recognized() {
+        let mut ok = binding("a:b");
+        ok[0..2].copy_from_slice(&[0x01, 0x01]);
+        assert!(is_binding_success(&ok));
+        assert!(!is_binding_success(&binding("a:b")));
+        let mut err = ok.clone();
+        err[0..2].copy_from_slice(&[0x01, 0x11]);
+        assert!(!is_binding_success(&err));
+        assert!(!is_binding_success(&ok[..19]));
+        assert!(!is_binding_success(&[]));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 use super::demux::{Demux, Proto};
 use super::forward::Rewriter;
+use super::limit::TokenBucket;
 use super::media::{self, VideoCodec};
 use super::msg::{self, ClientMsg, ErrorCode};
 use super::peer::{self, BweCell, FeedbackCounters, Leg, PcSettings, AUDIO_LEVEL_URI};
@@ -95,6 +96,12 @@ pub struct WorkerConfig {
     pub keyframe_request_interval: Duration,
     /// Start of every local ICE ufrag of this worker (names the worker to the ICE-TCP acceptor).
     pub ufrag_prefix: String,
+    /// Largest data-channel message relayed, bytes; larger ones are dropped.
+    pub data_message_max_bytes: usize,
+    /// Data-channel messages one participant may send per second (token bucket).
+    pub data_messages_per_sec: u32,
+    /// Burst of that bucket, messages.
+    pub data_message_burst: u32,
 }
 
 impl Default for WorkerConfig {
@@ -109,6 +116,9 @@ impl Default for WorkerConfig {
             max_publish_bitrate_bps: 2_500_000,
             keyframe_request_interval: Duration::from_millis(500),
             ufrag_prefix: "w0x".into(),
+            data_message_max_bytes: 16 * 1024,
+            data_messages_per_sec: 50,
+            data_message_burst: 100,
         }
     }
 }
@@ -136,6 +146,10 @@ pub struct WorkerStats {
     pub write_errors: u64,
     /// Data-channel messages relayed (per receiver).
     pub data_messages: u64,
+    /// Data-channel messages dropped: over `data_message_max_bytes`.
+    pub data_dropped_too_large: u64,
+    /// Data-channel messages dropped: the sender's bucket was empty.
+    pub data_dropped_rate_limited: u64,
     /// Participants whose ICE timed out.
     pub ice_timeouts: u64,
     /// Active speaker changes announced.
@@ -211,6 +225,8 @@ struct Participant {
     audio_level_at: Option<Instant>,
     /// Loss-based side of the estimate (RTCP receiver reports, RFC 3550 §6.4.2).
     loss: LossEstimate,
+    /// Data-channel messages this participant may still send.
+    data_bucket: TokenBucket,
 }
 
 /// A loss-based bandwidth estimate from the subscriber's receiver reports, and the pacing of
@@ -378,6 +394,12 @@ impl Worker {
         next
     }
 
+    /// True if datagrams from `remote` over `proto` reach a peer connection (a Binding request
+    /// with a known ufrag bound the 5-tuple, and that PC still exists).
+    pub fn routes(&self, proto: Proto, remote: SocketAddr) -> bool {
+        self.demux.lookup(proto, remote).is_some()
+    }
+
     /// True if this worker holds participant `participant` of `room`.
     pub fn has_participant(&self, room: &str, participant: &str) -> bool {
         self.by_id
@@ -441,6 +463,11 @@ impl Worker {
             audio_level: 127.0,
             audio_level_at: None,
             loss: LossEstimate::new(self.cfg.pc.bwe_initial_bps),
+            data_bucket: TokenBucket::new(
+                self.cfg.data_messages_per_sec,
+                self.cfg.data_message_burst,
+                now,
+            ),
         });
         self.by_id.insert(key, h);
         // Subscribe to everything already published in the room.
@@ -1438,10 +1465,20 @@ impl Worker {
         let _ = simulcast;
     }
 
+    /// Relays one data-channel message of participant `h` to the others of its room, unless it
+    /// is over `data_message_max_bytes` or `h`'s bucket is empty (dropped and counted).
     fn relay_data(&mut self, now: Instant, h: Handle, is_string: bool, data: &[u8]) {
-        let Some(p) = self.parts[h].as_ref() else {
+        let Some(p) = self.parts[h].as_mut() else {
             return;
         };
+        if data.len() > self.cfg.data_message_max_bytes {
+            self.stats.data_dropped_too_large += 1;
+            return;
+        }
+        if !p.data_bucket.try_take(now) {
+            self.stats.data_dropped_rate_limited += 1;
+            return;
+        }
         let from = p.id.clone();
         let room = p.room.clone();
         let members = self
