@@ -72,13 +72,10 @@ fn main() -> anyhow::Result<()> {
         metrics: cli.signaling_metrics,
     });
     if let Some(k) = &cli.api_key {
-        let Some((key, secret)) = k.split_once(':') else {
-            anyhow::bail!("--api-key must be KEY:SECRET");
+        let Some(key) = signaling::auth::ApiKey::parse(k) else {
+            anyhow::bail!("--api-key must be KEY:SECRET, both non-empty");
         };
-        sig.api_keys = vec![signaling::auth::ApiKey {
-            key: key.to_string(),
-            secret: secret.to_string(),
-        }];
+        sig.api_keys = vec![key];
         sig.dev_key = false;
     }
     sig.turn_secrets = cfg.auth_secrets.clone();
