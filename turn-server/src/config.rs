@@ -115,6 +115,28 @@ pub struct ServerArgs {
     /// Log JSON lines instead of text.
     #[arg(long = "log-json")]
     pub log_json: bool,
+    /// Half-open DTLS handshakes per DTLS socket and worker. Default 2048.
+    #[arg(long = "dtls-max-handshakes", value_name = "N")]
+    pub dtls_max_handshakes: Option<usize>,
+    /// Half-open DTLS handshakes per source IP, per DTLS socket and worker. Default 16.
+    #[arg(long = "dtls-max-handshakes-per-ip", value_name = "N")]
+    pub dtls_max_handshakes_per_ip: Option<usize>,
+    /// Open TCP and TLS client connections in total. Default 100000.
+    #[arg(long = "tcp-max-connections", value_name = "N")]
+    pub tcp_max_connections: Option<usize>,
+    /// Open TCP and TLS client connections per source IP. Default 256.
+    #[arg(long = "tcp-max-connections-per-ip", value_name = "N")]
+    pub tcp_max_connections_per_ip: Option<usize>,
+    /// TLS handshakes in progress in total. Default 4096.
+    #[arg(long = "tls-max-handshakes", value_name = "N")]
+    pub tls_max_handshakes: Option<usize>,
+    /// TLS handshakes in progress per source IP. Default 16.
+    #[arg(long = "tls-max-handshakes-per-ip", value_name = "N")]
+    pub tls_max_handshakes_per_ip: Option<usize>,
+    /// Bytes queued for sending per TCP/TLS connection; beyond, frames are dropped. Default
+    /// 262144.
+    #[arg(long = "tcp-send-queue-bytes", value_name = "BYTES")]
+    pub tcp_send_queue_bytes: Option<usize>,
 }
 
 /// The TOML file: the same keys as the flags, with `_` for `-`.
@@ -182,6 +204,20 @@ pub struct FileConfig {
     pub key: Option<PathBuf>,
     /// See `--log-json`.
     pub log_json: Option<bool>,
+    /// See `--dtls-max-handshakes`.
+    pub dtls_max_handshakes: Option<usize>,
+    /// See `--dtls-max-handshakes-per-ip`.
+    pub dtls_max_handshakes_per_ip: Option<usize>,
+    /// See `--tcp-max-connections`.
+    pub tcp_max_connections: Option<usize>,
+    /// See `--tcp-max-connections-per-ip`.
+    pub tcp_max_connections_per_ip: Option<usize>,
+    /// See `--tls-max-handshakes`.
+    pub tls_max_handshakes: Option<usize>,
+    /// See `--tls-max-handshakes-per-ip`.
+    pub tls_max_handshakes_per_ip: Option<usize>,
+    /// See `--tcp-send-queue-bytes`.
+    pub tcp_send_queue_bytes: Option<usize>,
 }
 
 /// Defaults that differ between `turn-server` and the local `turnkey` binary.
@@ -259,6 +295,8 @@ pub struct TurnConfig {
     pub tls_files: Option<(PathBuf, PathBuf)>,
     /// JSON logs.
     pub log_json: bool,
+    /// Caps on unauthenticated and per-connection state.
+    pub limits: Limits,
 }
 
 impl std::fmt::Debug for TurnConfig {
@@ -274,6 +312,7 @@ impl ServerArgs {
             Some(p) => load_toml(p)?,
             None => FileConfig::default(),
         };
+        let limits = Limits::resolve(&self, &file)?;
         fn pick<T>(flag: Vec<T>, file: Vec<T>) -> Vec<T> {
             if flag.is_empty() {
                 file
@@ -397,6 +436,7 @@ impl ServerArgs {
             dtls_listen,
             tls_files,
             log_json: self.log_json || file.log_json.unwrap_or(false),
+            limits,
         })
     }
 }
@@ -427,7 +467,7 @@ impl TurnConfig {
         let mut users: Vec<&String> = self.users.keys().collect();
         users.sort();
         format!(
-            "listen={:?} relay_ip={:?} ports={}-{} external_ip={:?} realm={:?} users={:?} (passwords <redacted>) auth_secrets={} (<redacted>) allow_peer={:?} deny_peer={:?} metrics={} nonce_lifetime={}s user_quota={} total_quota={} ip_quota={} unauth_rate={}/s unauth_burst={} max_lifetime={}s workers={} drain_timeout={}s tls_listen={:?} dtls_listen={:?} cert={:?}",
+            "listen={:?} relay_ip={:?} ports={}-{} external_ip={:?} realm={:?} users={:?} (passwords <redacted>) auth_secrets={} (<redacted>) allow_peer={:?} deny_peer={:?} metrics={} nonce_lifetime={}s user_quota={} total_quota={} ip_quota={} unauth_rate={}/s unauth_burst={} max_lifetime={}s workers={} drain_timeout={}s tls_listen={:?} dtls_listen={:?} cert={:?} limits={:?}",
             self.listen,
             self.relay_ips,
             self.min_port,
@@ -451,7 +491,100 @@ impl TurnConfig {
             self.tls_listen,
             self.dtls_listen,
             self.tls_files.as_ref().map(|(c, _)| c),
+            self.limits,
         )
+    }
+}
+
+/// Caps on unauthenticated and per-connection state (RFC 6347 §4.2.1 for DTLS): DTLS half-open
+/// handshakes, TCP/TLS connections and TLS handshakes, per source IP and in total, and the
+/// per-connection send queue. Every value is at least 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Half-open DTLS handshakes per DTLS socket and worker.
+    pub dtls_max_handshakes: usize,
+    /// Half-open DTLS handshakes per source IP, per DTLS socket and worker.
+    pub dtls_max_handshakes_per_ip: usize,
+    /// Open TCP and TLS client connections, all workers.
+    pub tcp_max_connections: usize,
+    /// Open TCP and TLS client connections per source IP, all workers.
+    pub tcp_max_connections_per_ip: usize,
+    /// TLS handshakes in progress, all workers.
+    pub tls_max_handshakes: usize,
+    /// TLS handshakes in progress per source IP, all workers.
+    pub tls_max_handshakes_per_ip: usize,
+    /// Bytes queued for sending per TCP/TLS connection.
+    pub tcp_send_queue_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            dtls_max_handshakes: 2048,
+            dtls_max_handshakes_per_ip: 16,
+            tcp_max_connections: 100_000,
+            tcp_max_connections_per_ip: 256,
+            tls_max_handshakes: 4096,
+            tls_max_handshakes_per_ip: 16,
+            tcp_send_queue_bytes: 256 * 1024,
+        }
+    }
+}
+
+impl Limits {
+    fn resolve(flags: &ServerArgs, file: &FileConfig) -> Result<Limits, ConfigError> {
+        let d = Limits::default();
+        let pick = |key: &str, flag: Option<usize>, file: Option<usize>, default: usize| match flag
+            .or(file)
+            .unwrap_or(default)
+        {
+            0 => Err(ConfigError::Invalid(format!("{key} must be at least 1"))),
+            n => Ok(n),
+        };
+        Ok(Limits {
+            dtls_max_handshakes: pick(
+                "dtls_max_handshakes",
+                flags.dtls_max_handshakes,
+                file.dtls_max_handshakes,
+                d.dtls_max_handshakes,
+            )?,
+            dtls_max_handshakes_per_ip: pick(
+                "dtls_max_handshakes_per_ip",
+                flags.dtls_max_handshakes_per_ip,
+                file.dtls_max_handshakes_per_ip,
+                d.dtls_max_handshakes_per_ip,
+            )?,
+            tcp_max_connections: pick(
+                "tcp_max_connections",
+                flags.tcp_max_connections,
+                file.tcp_max_connections,
+                d.tcp_max_connections,
+            )?,
+            tcp_max_connections_per_ip: pick(
+                "tcp_max_connections_per_ip",
+                flags.tcp_max_connections_per_ip,
+                file.tcp_max_connections_per_ip,
+                d.tcp_max_connections_per_ip,
+            )?,
+            tls_max_handshakes: pick(
+                "tls_max_handshakes",
+                flags.tls_max_handshakes,
+                file.tls_max_handshakes,
+                d.tls_max_handshakes,
+            )?,
+            tls_max_handshakes_per_ip: pick(
+                "tls_max_handshakes_per_ip",
+                flags.tls_max_handshakes_per_ip,
+                file.tls_max_handshakes_per_ip,
+                d.tls_max_handshakes_per_ip,
+            )?,
+            tcp_send_queue_bytes: pick(
+                "tcp_send_queue_bytes",
+                flags.tcp_send_queue_bytes,
+                file.tcp_send_queue_bytes,
+                d.tcp_send_queue_bytes,
+            )?,
+        })
     }
 }
 
@@ -505,6 +638,37 @@ mod tests {
             "{shown}"
         );
         assert!(shown.contains("alice"));
+    }
+
+    #[test]
+    fn limits_default_come_from_file_and_flags_and_refuse_zero() {
+        let cfg = parse(&[]).resolve(&Defaults::default()).unwrap();
+        assert_eq!(cfg.limits, Limits::default());
+        let dir = std::env::temp_dir().join(format!("turnkey-turn-cfg3-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.toml");
+        std::fs::write(
+            &path,
+            "tcp_max_connections_per_ip = 8\ndtls_max_handshakes = 100\ntcp_send_queue_bytes = 4096\n",
+        )
+        .unwrap();
+        let cfg = parse(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--tcp-max-connections-per-ip",
+            "4",
+        ])
+        .resolve(&Defaults::default())
+        .unwrap();
+        assert_eq!(cfg.limits.tcp_max_connections_per_ip, 4);
+        assert_eq!(cfg.limits.dtls_max_handshakes, 100);
+        assert_eq!(cfg.limits.tcp_send_queue_bytes, 4096);
+        assert_eq!(cfg.limits.tls_max_handshakes_per_ip, 16);
+        let err = parse(&["--tls-max-handshakes", "0"])
+            .resolve(&Defaults::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tls_max_handshakes"), "{err}");
     }
 
     #[test]

@@ -13,6 +13,19 @@
 //! | `turn_permissions` / `turn_channel_bindings` | gauge | |
 //! | `turn_reservations` | gauge | | (EVEN-PORT R reservations not yet redeemed, RFC 8656 §7.2)
 //! | `turn_quota_rejections_total` | counter | `scope` (`user`, `ip`, `total`) |
+//! | `turn_tcp_connections` (open TCP and TLS client connections) | gauge | |
+//! | `turn_tls_handshakes_in_progress` | gauge | |
+//! | `turn_dtls_handshakes_in_progress` (half-open, cookie-verified) | gauge | |
+//!
+//! `turn_dropped_packets_total` reasons for the caps on unauthenticated state (refused
+//! connections are counted there too, one per connection): `dtls_no_cookie` (ClientHello
+//! without cookie, answered statelessly), `dtls_bad_cookie`, `dtls_no_association`,
+//! `dtls_handshake_limit`, `dtls_handshake_per_ip_limit`, `dtls_association_limit`,
+//! `dtls_bad_record` (association kept), `dtls_handshake_error`, `dtls_handshake_timeout`,
+//! `tcp_connection_limit`, `tcp_per_ip_limit`, `tls_handshake_limit`,
+//! `tls_handshake_per_ip_limit`, `tls_handshake` (failed), `tls_handshake_timeout`,
+//! `tcp_first_request_timeout`, `tcp_queue_full` (a frame that did not fit the byte-bounded
+//! send queue).
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -50,6 +63,12 @@ pub mod names {
     pub const RESERVATIONS: &str = "turn_reservations";
     /// Allocations refused by a quota.
     pub const QUOTA_REJECTIONS: &str = "turn_quota_rejections";
+    /// Open TCP and TLS client connections.
+    pub const TCP_CONNECTIONS: &str = "turn_tcp_connections";
+    /// TLS handshakes in progress.
+    pub const TLS_HANDSHAKES_IN_PROGRESS: &str = "turn_tls_handshakes_in_progress";
+    /// Half-open DTLS handshakes.
+    pub const DTLS_HANDSHAKES_IN_PROGRESS: &str = "turn_dtls_handshakes_in_progress";
 }
 
 /// Handles to every TURN metric. Cloning is cheap (shared atomics).
@@ -81,7 +100,43 @@ pub struct TurnMetrics {
     pub quota_rejections: Family<L1, Counter>,
     /// Hot-path handles, resolved once.
     pub hot: HotCounters,
+    /// Gauges of the caps on unauthenticated state.
+    pub conn: ConnGauges,
 }
+
+/// `turn_tcp_connections`, `turn_tls_handshakes_in_progress`,
+/// `turn_dtls_handshakes_in_progress`.
+#[derive(Clone, Debug, Default)]
+pub struct ConnGauges {
+    /// Open TCP and TLS client connections.
+    pub tcp_connections: Gauge,
+    /// TLS handshakes in progress.
+    pub tls_handshakes: Gauge,
+    /// Half-open DTLS handshakes.
+    pub dtls_handshakes: Gauge,
+}
+
+/// `turn_dropped_packets_total` reasons for the caps on unauthenticated state, exported as
+/// zeros from the start.
+const CONN_DROP_REASONS: [&str; 17] = [
+    "dtls_no_cookie",
+    "dtls_bad_cookie",
+    "dtls_no_association",
+    "dtls_handshake_limit",
+    "dtls_handshake_per_ip_limit",
+    "dtls_association_limit",
+    "dtls_bad_record",
+    "dtls_handshake_error",
+    "dtls_handshake_timeout",
+    "tcp_connection_limit",
+    "tcp_per_ip_limit",
+    "tls_handshake_limit",
+    "tls_handshake_per_ip_limit",
+    "tls_handshake",
+    "tls_handshake_timeout",
+    "tcp_first_request_timeout",
+    "tcp_queue_full",
+];
 
 /// Counters on the per-packet path, resolved from their families once.
 #[derive(Clone, Debug, Default)]
@@ -219,7 +274,38 @@ impl TurnMetrics {
             "Allocations refused by a quota, by scope",
             m.quota_rejections.clone(),
         );
+        m.register_conn(registry);
         m
+    }
+
+    fn register_conn(&self, registry: &mut Registry) {
+        for reason in CONN_DROP_REASONS {
+            let _ = self.dropped_packets.get_or_create(&[("reason", reason)]);
+        }
+        registry.register(
+            names::TCP_CONNECTIONS,
+            "Open TCP and TLS client connections",
+            self.conn.tcp_connections.clone(),
+        );
+        registry.register(
+            names::TLS_HANDSHAKES_IN_PROGRESS,
+            "TLS handshakes in progress",
+            self.conn.tls_handshakes.clone(),
+        );
+        registry.register(
+            names::DTLS_HANDSHAKES_IN_PROGRESS,
+            "Half-open DTLS handshakes (cookie verified, not finished)",
+            self.conn.dtls_handshakes.clone(),
+        );
+    }
+
+    /// Counts `n` dropped packets.
+    pub fn drop_packets(&self, reason: &'static str, n: u64) {
+        if n > 0 {
+            self.dropped_packets
+                .get_or_create(&[("reason", reason)])
+                .inc_by(n);
+        }
     }
 
     /// Counts a dropped packet.

@@ -5,6 +5,13 @@
 //! client's 5-tuple to one worker; that worker's core owns the client's allocation and serves
 //! the allocation's relay sockets, so the data path takes no lock. All sends are non-blocking
 //! (`try_send`); a full socket buffer or TCP queue drops the packet and counts it.
+//!
+//! Unauthenticated state is bounded: DTLS keeps nothing for an address before a cookie round
+//! trip and caps half-open handshakes ([`dtls`]); stream connections are admitted by a
+//! server-wide [`StreamGate`] (connections and TLS handshakes in progress, in total and per
+//! source IP), must finish the TLS handshake within [`TLS_HANDSHAKE_TIMEOUT`] and deliver one
+//! complete frame within [`FIRST_REQUEST_TIMEOUT`], and queue at most `tcp_send_queue_bytes`
+//! for sending ([`SendQueue`]).
 
 pub mod dtls;
 pub mod relay;
@@ -19,26 +26,22 @@ use crate::proto::policy::PeerPolicy;
 use crate::proto::{FiveTuple, Transport};
 use relay::{RelaySockets, Reservations};
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use stun_server::metrics::StunMetrics;
 use stun_server::proto::binding::BindingConfig;
 use stun_server::proto::msg::stream_frame_len;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-/// Frames queued per TCP connection before drops.
-const TCP_QUEUE_FRAMES: usize = 1024;
-/// TCP connections per worker.
-const MAX_TCP_CONNECTIONS_PER_WORKER: usize = 20_000;
 /// A TCP connection that holds no allocation is closed after this long without data.
 const TCP_IDLE_WITHOUT_ALLOCATION: Duration = Duration::from_secs(30);
 /// A TCP connection with an allocation is closed after this long without data (allocations
@@ -48,7 +51,10 @@ const TCP_IDLE_WITH_ALLOCATION: Duration = Duration::from_secs(3660);
 const MAX_FRAME_BYTES: usize = 65_536 + 20;
 
 /// Time a TLS client has to finish its handshake.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a stream client has, from the connection (TCP) or the end of the TLS handshake, to
+/// deliver one complete STUN or ChannelData frame; then it is closed (slowloris).
+pub const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A running server.
 #[derive(Debug)]
@@ -156,6 +162,20 @@ pub fn start(
 ) -> io::Result<RunningServer> {
     let core_cfg = Arc::new(core_config(cfg));
     let shared = Arc::new(Shared::default());
+    let gate = Arc::new(StreamGate::new(
+        StreamLimits {
+            max_connections: cfg.limits.tcp_max_connections,
+            max_connections_per_ip: cfg.limits.tcp_max_connections_per_ip,
+            max_handshakes: cfg.limits.tls_max_handshakes,
+            max_handshakes_per_ip: cfg.limits.tls_max_handshakes_per_ip,
+        },
+        metrics.conn.clone(),
+    ));
+    let dtls_limits = dtls::DtlsLimits {
+        max_handshakes: cfg.limits.dtls_max_handshakes,
+        max_handshakes_per_ip: cfg.limits.dtls_max_handshakes_per_ip,
+        ..dtls::DtlsLimits::default()
+    };
     let reservations: Reservations = Arc::default();
     let stop = CancellationToken::new();
 
@@ -246,6 +266,13 @@ pub fn start(
             socks: dtls_socks,
             cfg: dtls_cfg.clone(),
             certs: certs.clone(),
+            limits: dtls_limits,
+        };
+        let streams = StreamSetup {
+            tls_listeners: tls_socks,
+            acceptor,
+            gate: gate.clone(),
+            send_queue_bytes: cfg.limits.tcp_send_queue_bytes,
         };
         let core = TurnCore::new(
             core_cfg.clone(),
@@ -279,15 +306,7 @@ pub fn start(
                 let local = tokio::task::LocalSet::new();
                 local.block_on(
                     &rt,
-                    run_worker(
-                        core,
-                        relays,
-                        socks,
-                        (tls_socks, acceptor),
-                        dtls,
-                        metrics,
-                        stop,
-                    ),
+                    run_worker(core, relays, socks, streams, dtls, metrics, stop),
                 );
             })?;
         threads.push(t);
@@ -308,6 +327,15 @@ struct DtlsSetup {
     socks: Vec<StdUdpSocket>,
     cfg: Option<Arc<rtc_dtls::config::HandshakeConfig>>,
     certs: Option<Arc<tls::CertStore>>,
+    limits: dtls::DtlsLimits,
+}
+
+/// What a worker needs to serve TLS, and the stream limits.
+struct StreamSetup {
+    tls_listeners: Vec<std::net::TcpListener>,
+    acceptor: Option<TlsAcceptor>,
+    gate: Arc<StreamGate>,
+    send_queue_bytes: usize,
 }
 
 struct Worker {
@@ -317,7 +345,11 @@ struct Worker {
     relays: RelaySockets,
     metrics: TurnMetrics,
     udp: HashMap<SocketAddr, Rc<UdpSocket>>,
-    tcp: HashMap<FiveTuple, mpsc::Sender<Vec<u8>>>,
+    tcp: HashMap<FiveTuple, Rc<SendQueue>>,
+    /// Admission of stream connections (shared by all workers).
+    gate: Arc<StreamGate>,
+    /// `tcp_send_queue_bytes`.
+    send_queue_bytes: usize,
     relay_socks: HashMap<SocketAddr, (Rc<UdpSocket>, AbortHandle)>,
     out: Vec<Transmit>,
 }
@@ -328,7 +360,7 @@ async fn run_worker(
     core: TurnCore,
     relays: RelaySockets,
     socks: Vec<(StdUdpSocket, std::net::TcpListener)>,
-    tls_setup: (Vec<std::net::TcpListener>, Option<TlsAcceptor>),
+    streams: StreamSetup,
     dtls_setup: DtlsSetup,
     metrics: TurnMetrics,
     stop: CancellationToken,
@@ -340,6 +372,8 @@ async fn run_worker(
         metrics,
         udp: HashMap::new(),
         tcp: HashMap::new(),
+        gate: streams.gate,
+        send_queue_bytes: streams.send_queue_bytes,
         relay_socks: HashMap::new(),
         out: Vec::new(),
     }));
@@ -369,8 +403,8 @@ async fn run_worker(
             stop.clone(),
         )));
     }
-    let (tls_socks, acceptor) = tls_setup;
-    for tls in tls_socks {
+    let acceptor = streams.acceptor;
+    for tls in streams.tls_listeners {
         let (Some(acceptor), Ok(l)) = (acceptor.clone(), TcpListener::from_std(tls)) else {
             continue;
         };
@@ -395,7 +429,13 @@ async fn run_worker(
                 local,
                 (
                     s.clone(),
-                    dtls::DtlsServer::new(local, cfg.clone(), generation),
+                    dtls::DtlsServer::new(
+                        local,
+                        cfg.clone(),
+                        generation,
+                        dtls_setup.limits,
+                        Instant::now(),
+                    ),
                 ),
             );
             tasks.push(tokio::task::spawn_local(dtls_listener(w.clone(), s, local)));
@@ -412,6 +452,12 @@ async fn run_worker(
     }
     let mut guard = w.borrow_mut();
     let wk = &mut *guard;
+    for (_, srv) in wk.dtls.values_mut() {
+        gauge_add(
+            &wk.metrics.conn.dtls_handshakes,
+            -(srv.handshakes_in_progress() as i64),
+        );
+    }
     wk.core.close_all(&mut wk.relays);
     for (_, (_, h)) in wk.relay_socks.drain() {
         h.abort();
@@ -444,7 +490,7 @@ fn flush(wr: &WorkerRef, w: &mut Worker) {
                 }
                 Transport::Tcp | Transport::Tls => {
                     if let Some(q) = w.tcp.get(&to) {
-                        if q.try_send(data).is_err() {
+                        if q.try_push(data).is_err() {
                             w.metrics.drop_packet("tcp_queue_full");
                         }
                     }
@@ -521,30 +567,41 @@ async fn dtls_listener(wr: WorkerRef, sock: Rc<UdpSocket>, local: SocketAddr) {
         let Some((s, srv)) = w.dtls.get_mut(&local) else {
             return;
         };
-        let messages = srv.handle_datagram(now, from, &buf[..n]);
+        let received = srv.handle_datagram(now, from, &buf[..n]);
         while let Some((peer, d)) = srv.poll_transmit() {
-            let _ = sockets::send_to(s, &d, peer);
+            if sockets::send_to(s, &d, peer).is_err() {
+                w.metrics.drop_packet("client_send_failed");
+            }
         }
-        match messages {
-            Ok(msgs) => {
-                let tuple = FiveTuple {
-                    client: from,
-                    server: local,
-                    transport: Transport::Dtls,
-                };
-                for m in msgs {
-                    let mut out = std::mem::take(&mut w.out);
-                    w.core
-                        .handle_client(tuple, &m, now, &mut w.relays, &mut out);
-                    w.out = out;
-                }
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, client = %from, "DTLS datagram refused");
-                w.metrics.drop_packet("dtls");
-            }
+        gauge_add(&w.metrics.conn.dtls_handshakes, srv.take_handshakes_delta());
+        if let Some(d) = &received.dropped {
+            tracing::trace!(reason = %d, client = %from, "DTLS datagram dropped");
+            w.metrics.drop_packet(d.reason());
+        }
+        let tuple = FiveTuple {
+            client: from,
+            server: local,
+            transport: Transport::Dtls,
+        };
+        for m in received.messages {
+            let mut out = std::mem::take(&mut w.out);
+            w.core
+                .handle_client(tuple, &m, now, &mut w.relays, &mut out);
+            w.out = out;
+        }
+        if received.closed {
+            w.core.handle_connection_closed(tuple, &mut w.relays);
         }
         flush(&wr, w);
+    }
+}
+
+/// Adds `delta` to a gauge shared by several sans-IO servers.
+fn gauge_add(g: &prometheus_client::metrics::gauge::Gauge, delta: i64) {
+    if delta > 0 {
+        g.inc_by(delta);
+    } else if delta < 0 {
+        g.dec_by(-delta);
     }
 }
 
@@ -576,7 +633,11 @@ async fn dtls_timer(wr: WorkerRef, certs: Option<Arc<tls::CertStore>>) {
             if let Some((cfg, g)) = &fresh {
                 srv.set_config(cfg.clone(), *g);
             }
-            for client in srv.handle_timeout(now) {
+            let expired = srv.handle_timeout(now);
+            w.metrics
+                .drop_packets(dtls::HANDSHAKE_TIMEOUT_REASON, expired.handshake_timeouts);
+            gauge_add(&w.metrics.conn.dtls_handshakes, srv.take_handshakes_delta());
+            for client in expired.idle {
                 closed.push(FiveTuple {
                     client,
                     server: *local,
@@ -630,6 +691,7 @@ async fn tcp_acceptor(
     tls: Option<TlsAcceptor>,
     stop: CancellationToken,
 ) {
+    let gate = wr.borrow().gate.clone();
     loop {
         let (stream, from) = match l.accept().await {
             Ok(x) => x,
@@ -639,10 +701,14 @@ async fn tcp_acceptor(
                 continue;
             }
         };
-        if wr.borrow().tcp.len() >= MAX_TCP_CONNECTIONS_PER_WORKER {
-            wr.borrow().metrics.drop_packet("tcp_connection_limit");
-            continue;
-        }
+        let mut admission = match gate.admit(from.ip(), tls.is_some()) {
+            Ok(a) => a,
+            Err(refused) => {
+                tracing::debug!(client = %from, reason = refused.reason(), "connection refused");
+                wr.borrow().metrics.drop_packet(refused.reason());
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         match &tls {
             None => {
@@ -651,7 +717,13 @@ async fn tcp_acceptor(
                     server: local,
                     transport: Transport::Tcp,
                 };
-                tokio::task::spawn_local(tcp_connection(wr.clone(), stream, tuple, stop.clone()));
+                tokio::task::spawn_local(tcp_connection(
+                    wr.clone(),
+                    stream,
+                    tuple,
+                    stop.clone(),
+                    admission,
+                ));
             }
             Some(acceptor) => {
                 let tuple = FiveTuple {
@@ -662,14 +734,20 @@ async fn tcp_acceptor(
                 let acceptor = acceptor.clone();
                 let (wr, stop) = (wr.clone(), stop.clone());
                 tokio::task::spawn_local(async move {
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-                    {
-                        Ok(Ok(s)) => tcp_connection(wr, s, tuple, stop).await,
+                    let handshake =
+                        tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                    let result = tokio::select! {
+                        r = handshake => r,
+                        _ = stop.cancelled() => return,
+                    };
+                    admission.handshake_done();
+                    match result {
+                        Ok(Ok(s)) => tcp_connection(wr, s, tuple, stop, admission).await,
                         Ok(Err(e)) => {
                             tracing::debug!(error = %e, client = %from, "TLS handshake failed");
                             wr.borrow().metrics.drop_packet("tls_handshake");
                         }
-                        Err(_) => wr.borrow().metrics.drop_packet("tls_handshake"),
+                        Err(_) => wr.borrow().metrics.drop_packet("tls_handshake_timeout"),
                     }
                 });
             }
@@ -678,15 +756,21 @@ async fn tcp_acceptor(
 }
 
 /// One stream client (TCP, or TLS after the handshake): RFC 8489 §6.2.2 framing both ways.
-async fn tcp_connection<S>(wr: WorkerRef, stream: S, tuple: FiveTuple, stop: CancellationToken)
-where
+/// Holds `admission` (its place under the connection caps) until it ends.
+async fn tcp_connection<S>(
+    wr: WorkerRef,
+    stream: S,
+    tuple: FiveTuple,
+    stop: CancellationToken,
+    admission: Admission,
+) where
     S: AsyncRead + AsyncWrite + 'static,
 {
     let (mut rd, mut wrt) = tokio::io::split(stream);
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(TCP_QUEUE_FRAMES);
-    wr.borrow_mut().tcp.insert(tuple, tx);
+    let queue = SendQueue::new(wr.borrow().send_queue_bytes);
+    wr.borrow_mut().tcp.insert(tuple, queue.clone());
     let writer = tokio::task::spawn_local(async move {
-        while let Some(frame) = rx.recv().await {
+        while let Some(frame) = queue.next().await {
             if wrt.write_all(&frame).await.is_err() {
                 break;
             }
@@ -696,6 +780,8 @@ where
             }
         }
     });
+    let first_request_deadline = tokio::time::Instant::now() + FIRST_REQUEST_TIMEOUT;
+    let mut got_frame = false;
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut chunk = vec![0u8; 65_536];
     'conn: loop {
@@ -704,9 +790,19 @@ where
         } else {
             TCP_IDLE_WITHOUT_ALLOCATION
         };
+        let mut deadline = tokio::time::Instant::now() + idle;
+        if !got_frame {
+            deadline = deadline.min(first_request_deadline);
+        }
         let n = tokio::select! {
-            r = tokio::time::timeout(idle, rd.read(&mut chunk)) => match r {
-                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break 'conn,
+            r = tokio::time::timeout_at(deadline, rd.read(&mut chunk)) => match r {
+                Ok(Ok(0)) | Ok(Err(_)) => break 'conn,
+                Err(_) => {
+                    if !got_frame {
+                        wr.borrow().metrics.drop_packet("tcp_first_request_timeout");
+                    }
+                    break 'conn;
+                }
                 Ok(Ok(n)) => n,
             },
             _ = stop.cancelled() => break 'conn,
@@ -725,6 +821,7 @@ where
             if buf.len() - consumed < len {
                 break;
             }
+            got_frame = true;
             let frame = &buf[consumed..consumed + len];
             // ChannelData on a stream is padded; the core reads the length field itself.
             let mut guard = wr.borrow_mut();
@@ -741,9 +838,354 @@ where
     {
         let mut guard = wr.borrow_mut();
         let w = &mut *guard;
-        w.tcp.remove(&tuple);
+        if let Some(q) = w.tcp.remove(&tuple) {
+            q.close();
+        }
         w.core.handle_connection_closed(tuple, &mut w.relays);
         flush(&wr, w);
     }
     writer.abort();
+    drop(admission);
+}
+
+/// Caps on stream connections, server-wide ([`StreamGate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamLimits {
+    /// Open TCP and TLS connections.
+    pub max_connections: usize,
+    /// Open TCP and TLS connections from one source IP.
+    pub max_connections_per_ip: usize,
+    /// TLS handshakes in progress.
+    pub max_handshakes: usize,
+    /// TLS handshakes in progress from one source IP.
+    pub max_handshakes_per_ip: usize,
+}
+
+/// Why a stream connection was refused (closed right after accept); each maps to a
+/// `turn_dropped_packets_total{reason}` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refused {
+    /// `tcp_max_connections` reached.
+    #[error("too many connections")]
+    ConnectionLimit,
+    /// `tcp_max_connections_per_ip` reached for the source IP.
+    #[error("too many connections from this IP")]
+    PerIpLimit,
+    /// `tls_max_handshakes` reached.
+    #[error("too many TLS handshakes in progress")]
+    HandshakeLimit,
+    /// `tls_max_handshakes_per_ip` reached for the source IP.
+    #[error("too many TLS handshakes in progress from this IP")]
+    HandshakePerIpLimit,
+}
+
+impl Refused {
+    /// The `reason` label value.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refused::ConnectionLimit => "tcp_connection_limit",
+            Refused::PerIpLimit => "tcp_per_ip_limit",
+            Refused::HandshakeLimit => "tls_handshake_limit",
+            Refused::HandshakePerIpLimit => "tls_handshake_per_ip_limit",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct GateCounts {
+    connections: usize,
+    handshakes: usize,
+    /// Source IP -> (connections, handshakes in progress).
+    per_ip: HashMap<IpAddr, (usize, usize)>,
+}
+
+/// Server-wide admission of stream connections, shared by every worker (a source IP's
+/// connections land on different workers). Taken once per accept, so a mutex is cheap here.
+#[derive(Debug)]
+pub struct StreamGate {
+    limits: StreamLimits,
+    counts: Mutex<GateCounts>,
+    gauges: crate::metrics::ConnGauges,
+}
+
+impl StreamGate {
+    /// A gate with `limits`, reporting into `gauges`.
+    pub fn new(limits: StreamLimits, gauges: crate::metrics::ConnGauges) -> Self {
+        Self {
+            limits,
+            counts: Mutex::default(),
+            gauges,
+        }
+    }
+
+    /// Admits a connection from `ip`, with a TLS handshake slot if `tls`. The slots are given
+    /// back when the [`Admission`] is dropped.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr, tls: bool) -> Result<Admission, Refused> {
+        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let (ip_conns, ip_handshakes) = c.per_ip.get(&ip).copied().unwrap_or((0, 0));
+        if c.connections >= self.limits.max_connections {
+            return Err(Refused::ConnectionLimit);
+        }
+        if ip_conns >= self.limits.max_connections_per_ip {
+            return Err(Refused::PerIpLimit);
+        }
+        if tls && c.handshakes >= self.limits.max_handshakes {
+            return Err(Refused::HandshakeLimit);
+        }
+        if tls && ip_handshakes >= self.limits.max_handshakes_per_ip {
+            return Err(Refused::HandshakePerIpLimit);
+        }
+        c.connections += 1;
+        c.handshakes += usize::from(tls);
+        c.per_ip
+            .insert(ip, (ip_conns + 1, ip_handshakes + usize::from(tls)));
+        self.report(&c);
+        Ok(Admission {
+            gate: self.clone(),
+            ip,
+            handshake: tls,
+        })
+    }
+
+    fn release(&self, ip: IpAddr, connection: bool, handshake: bool) {
+        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        c.connections -= usize::from(connection);
+        c.handshakes -= usize::from(handshake);
+        if let Some((conns, hs)) = c.per_ip.get_mut(&ip) {
+            *conns -= usize::from(connection);
+            *hs -= usize::from(handshake);
+            if *conns == 0 {
+                c.per_ip.remove(&ip);
+            }
+        }
+        self.report(&c);
+    }
+
+    fn report(&self, c: &GateCounts) {
+        self.gauges.tcp_connections.set(c.connections as i64);
+        self.gauges.tls_handshakes.set(c.handshakes as i64);
+    }
+
+    /// (connections, TLS handshakes) held now, in total.
+    pub fn counts(&self) -> (usize, usize) {
+        let c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        (c.connections, c.handshakes)
+    }
+}
+
+/// A connection's place under the [`StreamGate`] caps; given back on drop.
+#[derive(Debug)]
+pub struct Admission {
+    gate: Arc<StreamGate>,
+    ip: IpAddr,
+    handshake: bool,
+}
+
+impl Admission {
+    /// The TLS handshake ended (either way): its handshake slot is given back.
+    pub fn handshake_done(&mut self) {
+        if std::mem::take(&mut self.handshake) {
+            self.gate.release(self.ip, false, true);
+        }
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.gate.release(self.ip, true, self.handshake);
+    }
+}
+
+/// Frames waiting to be written to one stream connection, bounded in bytes: a frame that would
+/// take the queue over `limit_bytes` is refused (the caller drops and counts it), except that
+/// an empty queue always takes one frame so any frame can be sent.
+#[derive(Debug)]
+pub struct ByteQueue {
+    frames: VecDeque<Vec<u8>>,
+    bytes: usize,
+    limit_bytes: usize,
+}
+
+/// The frame did not fit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("send queue full")]
+pub struct QueueFull;
+
+impl ByteQueue {
+    /// An empty queue holding at most `limit_bytes`.
+    pub fn new(limit_bytes: usize) -> Self {
+        Self {
+            frames: VecDeque::new(),
+            bytes: 0,
+            limit_bytes,
+        }
+    }
+
+    /// Queues `frame` if it fits.
+    pub fn try_push(&mut self, frame: Vec<u8>) -> Result<(), QueueFull> {
+        if !self.frames.is_empty() && self.bytes + frame.len() > self.limit_bytes {
+            return Err(QueueFull);
+        }
+        self.bytes += frame.len();
+        self.frames.push_back(frame);
+        Ok(())
+    }
+
+    /// The oldest frame.
+    pub fn pop(&mut self) -> Option<Vec<u8>> {
+        let f = self.frames.pop_front()?;
+        self.bytes -= f.len();
+        Some(f)
+    }
+
+    /// Bytes queued.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+/// A [`ByteQueue`] shared by a worker (producer) and a connection's writer task.
+#[derive(Debug)]
+pub struct SendQueue {
+    queue: RefCell<ByteQueue>,
+    closed: std::cell::Cell<bool>,
+    ready: Notify,
+}
+
+impl SendQueue {
+    /// An empty queue of `limit_bytes`.
+    pub fn new(limit_bytes: usize) -> Rc<Self> {
+        Rc::new(Self {
+            queue: RefCell::new(ByteQueue::new(limit_bytes)),
+            closed: std::cell::Cell::new(false),
+            ready: Notify::new(),
+        })
+    }
+
+    /// Queues `frame` for the writer if it fits.
+    pub fn try_push(&self, frame: Vec<u8>) -> Result<(), QueueFull> {
+        if self.closed.get() {
+            return Err(QueueFull);
+        }
+        self.queue.borrow_mut().try_push(frame)?;
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// No more frames; the writer ends once the queue is empty.
+    pub fn close(&self) {
+        self.closed.set(true);
+        self.ready.notify_one();
+    }
+
+    /// The next frame, waiting for one; None once closed and empty.
+    pub async fn next(&self) -> Option<Vec<u8>> {
+        loop {
+            if let Some(f) = self.queue.borrow_mut().pop() {
+                return Some(f);
+            }
+            if self.closed.get() {
+                return None;
+            }
+            self.ready.notified().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_send_queue_is_bounded_in_bytes_not_frames() {
+        let mut q = ByteQueue::new(1000);
+        // Many small frames fit until the bytes run out, whatever their number.
+        for _ in 0..100 {
+            q.try_push(vec![0; 10]).unwrap();
+        }
+        assert_eq!(q.bytes(), 1000);
+        assert_eq!(q.try_push(vec![0; 1]), Err(QueueFull));
+        // One big frame only fits an empty queue.
+        let mut q = ByteQueue::new(1000);
+        q.try_push(vec![0; 600]).unwrap();
+        assert_eq!(q.try_push(vec![0; 600]), Err(QueueFull));
+        q.try_push(vec![0; 400]).unwrap();
+        assert_eq!(q.pop().map(|f| f.len()), Some(600));
+        assert_eq!(q.bytes(), 400);
+        q.try_push(vec![0; 600]).unwrap();
+        assert_eq!(q.bytes(), 1000);
+        let mut q = ByteQueue::new(100);
+        q.try_push(vec![0; 70_000]).unwrap();
+        assert_eq!(q.try_push(vec![0; 1]), Err(QueueFull));
+    }
+
+    #[test]
+    fn the_shared_send_queue_wakes_its_writer_and_ends_when_closed() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, async {
+            let q = SendQueue::new(10);
+            let reader = q.clone();
+            let writer = tokio::task::spawn_local(async move {
+                let mut got = Vec::new();
+                while let Some(f) = reader.next().await {
+                    got.push(f);
+                }
+                got
+            });
+            tokio::task::yield_now().await;
+            q.try_push(vec![1; 6]).unwrap();
+            assert_eq!(q.try_push(vec![2; 6]), Err(QueueFull));
+            tokio::task::yield_now().await;
+            q.try_push(vec![3; 6]).unwrap();
+            q.close();
+            assert_eq!(q.try_push(vec![4]), Err(QueueFull));
+            assert_eq!(writer.await.unwrap(), vec![vec![1; 6], vec![3; 6]]);
+        });
+    }
+
+    #[test]
+    fn the_stream_gate_caps_per_ip_and_in_total_and_gives_slots_back() {
+        let gauges = crate::metrics::ConnGauges::default();
+        let gate = Arc::new(StreamGate::new(
+            StreamLimits {
+                max_connections: 5,
+                max_connections_per_ip: 3,
+                max_handshakes: 3,
+                max_handshakes_per_ip: 2,
+            },
+            gauges.clone(),
+        ));
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        let c: IpAddr = "127.0.0.3".parse().unwrap();
+        let mut tls_a1 = gate.admit(a, true).unwrap();
+        let _tls_a2 = gate.admit(a, true).unwrap();
+        assert_eq!(
+            gate.admit(a, true).unwrap_err(),
+            Refused::HandshakePerIpLimit
+        );
+        let tcp_a3 = gate.admit(a, false).unwrap();
+        assert_eq!(gate.admit(a, false).unwrap_err(), Refused::PerIpLimit);
+        let _tls_b1 = gate.admit(b, true).unwrap();
+        assert_eq!(gate.admit(b, true).unwrap_err(), Refused::HandshakeLimit);
+        let _tcp_b2 = gate.admit(b, false).unwrap();
+        assert_eq!(gate.admit(c, false).unwrap_err(), Refused::ConnectionLimit);
+        assert_eq!(gate.counts(), (5, 3));
+        assert_eq!(
+            (gauges.tcp_connections.get(), gauges.tls_handshakes.get()),
+            (5, 3)
+        );
+        tls_a1.handshake_done();
+        tls_a1.handshake_done();
+        assert_eq!(gate.counts(), (5, 2));
+        drop(tcp_a3);
+        let _tls_c = gate.admit(c, true).unwrap();
+        drop(tls_a1);
+        assert_eq!(gate.counts(), (4, 3));
+        assert_eq!(gauges.tls_handshakes.get(), 3);
+    }
 }
