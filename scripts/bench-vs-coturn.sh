@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side TURN relay benchmark: our turn-server and coturn's turnserver, same load, same
-# machine, one run. Prints figures; asserts nothing.
+# machine, one run. First the reflection amplification factor of unauthenticated UDP requests
+# (`turn-bench amplification`), then the relay runs. Prints figures; asserts nothing.
 #
 # Everything listens on 127.0.0.1 only. Both servers are stopped on exit.
 #
@@ -14,6 +15,7 @@
 #   SERVERS="turnkey coturn"    which servers to run
 #   WORKERS=                    --workers for turn-server / --relay-threads for coturn (default: each one's own)
 #   PORT_BASE=                  first of the ports used (default: random in 20000-29000)
+#   AMPLIFICATION=1 RELAY=1     set either to 0 to skip that part
 #   NO_BUILD=1                  use the existing binaries
 #   BENCH=, TURN_SERVER=        binaries to use (default: target/release/turn-bench, turn-server)
 set -euo pipefail
@@ -30,6 +32,8 @@ THREADS=${THREADS:-1}
 TRANSPORT=${TRANSPORT:-udp}
 SERVERS=${SERVERS:-"turnkey coturn"}
 WORKERS=${WORKERS:-}
+AMPLIFICATION=${AMPLIFICATION:-1}
+RELAY=${RELAY:-1}
 port_busy() { ss -Hltun "sport = :$1" 2>/dev/null | grep -q .; }
 # A base whose listener ports (base..base+2) are free, so no server shares a port by accident
 # (coturn sets SO_REUSEPORT and would silently share one).
@@ -144,6 +148,53 @@ for s in $SERVERS; do
 done
 ((${#RUNNING[@]})) || { echo "no server started" >&2; exit 1; }
 
+coturn_version() {
+    local v
+    v=$(dpkg-query -W -f='${Version}' coturn 2>/dev/null) && { echo "coturn $v (Debian package)"; return; }
+    v=$(turnserver --version 2>/dev/null | head -n1) && [[ -n $v ]] && { echo "coturn $v"; return; }
+    echo "coturn (version unknown)"
+}
+
+if [[ $AMPLIFICATION != 0 ]]; then
+    for s in "${RUNNING[@]}"; do
+        log "$s: amplification"
+        if ! RUST_BACKTRACE=0 "$BENCH" amplification --server "127.0.0.1:${PORT[$s]}" --json \
+            >"$WORK/amp-$s.json" 2>"$WORK/amp-$s.err"; then
+            log "$s: amplification failed: $(tr '\n' ' ' <"$WORK/amp-$s.err")"
+            echo '{"rows":[]}' >"$WORK/amp-$s.json"
+        fi
+    done
+    echo
+    echo "Reflection amplification: unauthenticated UDP requests to each server, 5 of each;"
+    echo "factor = response bytes / request bytes (STUN message; 'hdr' counts IPv4+UDP headers too)"
+    wants coturn && echo "$(coturn_version); turnkey $("$TURN_SERVER" --version 2>/dev/null | head -n1 || echo "?")"
+    echo
+    line=$(printf "%-26s %6s" "" "")
+    for s in "${RUNNING[@]}"; do line+=$(printf " | %-22s" "$s"); done
+    echo "$line"
+    line=$(printf "%-26s %6s" request "req B")
+    for s in "${RUNNING[@]}"; do line+=$(printf " | %7s %7s %6s" "resp B" factor hdr); done
+    echo "$line"
+    first=$WORK/amp-${RUNNING[0]}.json
+    while IFS=$'\t' read -r key name bytes; do
+        line=$(printf "%-26s %6s" "$name" "$bytes")
+        for s in "${RUNNING[@]}"; do
+            read -r resp factor hdr < <(jq -r --arg k "$key" '
+                [.rows[] | select(.key == $k)][0]
+                | [(.response_bytes // "-"), (.factor // "-"), (.factor_with_headers // "-")]
+                | map(if type == "number" then (. * 100 | round / 100) else . end) | @tsv' \
+                "$WORK/amp-$s.json")
+            line+=$(printf " | %7s %7s %6s" "${resp:--}" "${factor:--}" "${hdr:--}")
+        done
+        echo "$line"
+    done < <(jq -r '.rows[] | [.key, .request, .request_bytes] | @tsv' "$first")
+    echo
+    for s in "${RUNNING[@]}"; do
+        jq -r --arg s "$s" '.rows[] | "  \($s): \(.request) -> \(.response): \(.attributes | join(" "))"' "$WORK/amp-$s.json"
+    done
+fi
+[[ $RELAY != 0 ]] || exit 0
+
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 log "machine: $(nproc) cores, load $LOAD_BEFORE"
 for rate in $RATES; do
@@ -164,6 +215,7 @@ done
 echo
 echo "TURN relay over $TRANSPORT, $ALLOCATIONS allocations, $SIZE B payload, ${DURATION}s per run, generator threads $THREADS, $(nproc) cores"
 echo "servers (idle thread counts): ${SERVER_INFO% }  load before: $LOAD_BEFORE"
+wants coturn && echo "$(coturn_version)"
 echo "packet = one ChannelData delivered end to end (the server relays it twice: client->peer and peer->client)"
 echo
 fmt="%-8s %-8s %9s %9s %8s %8s %8s %8s %9s %10s %9s %9s\n"

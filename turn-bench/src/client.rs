@@ -1,6 +1,7 @@
 //! The control side of one TURN client: request/response transactions with retransmission
 //! and long-term authentication (RFC 8489 §9.2, RFC 8656 §7-§11). Responses arrive on a channel
-//! fed by whichever reader owns the socket at the time.
+//! fed by whichever reader owns the socket at the time; requests go straight onto a UDP/TCP
+//! socket, or to the task that owns a TLS or DTLS connection ([`Outbound`]).
 
 use std::io;
 use std::net::SocketAddr;
@@ -11,7 +12,9 @@ use rtc_stun::message::TransactionId;
 use tokio::sync::mpsc;
 
 use crate::net::ServerSocket;
-use crate::proto::{self, AuthState, Credentials, Outcome, ProtoError, Request};
+use crate::proto::{
+    self, AuthState, Credentials, Outcome, ProtoError, Request, RESERVATION_TOKEN_BYTES,
+};
 
 /// STUN responses waiting for the control side; beyond this they are dropped and counted.
 const RESPONSE_QUEUE: usize = 64;
@@ -58,11 +61,66 @@ pub enum ClientError {
     },
 }
 
+impl ClientError {
+    /// A short label for counting errors by kind: the request and what went wrong
+    /// ("Allocate 486", "Refresh timeout", "socket ConnectionRefused"), without per-instance
+    /// detail.
+    pub fn kind(&self) -> String {
+        match self {
+            ClientError::Io(e) => format!("socket {:?}", e.kind()),
+            ClientError::Proto(_) => "malformed response".into(),
+            ClientError::Timeout(request) => format!("{request} timeout"),
+            ClientError::Closed(request) => format!("{request} connection closed"),
+            ClientError::Rejected { request, code, .. } => format!("{request} {code}"),
+            ClientError::Incomplete { request, .. } => format!("{request} incomplete"),
+        }
+    }
+}
+
+/// Where a client's requests go.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// Written straight onto a UDP socket or TCP stream that a reader task watches.
+    Socket(Arc<ServerSocket>),
+    /// Handed to the task that owns an encrypted connection (TLS, DTLS), which seals and sends.
+    Link {
+        /// The task's queue of messages to send.
+        tx: mpsc::Sender<Vec<u8>>,
+        /// Whether the link delivers reliably (TLS): no retransmissions then.
+        reliable: bool,
+    },
+}
+
+impl From<Arc<ServerSocket>> for Outbound {
+    fn from(socket: Arc<ServerSocket>) -> Self {
+        Outbound::Socket(socket)
+    }
+}
+
+impl Outbound {
+    fn is_reliable(&self) -> bool {
+        match self {
+            Outbound::Socket(s) => s.is_stream(),
+            Outbound::Link { reliable, .. } => *reliable,
+        }
+    }
+
+    async fn send(&self, raw: &[u8], name: &'static str) -> Result<(), ClientError> {
+        match self {
+            Outbound::Socket(s) => Ok(s.send_async(raw).await?),
+            Outbound::Link { tx, .. } => tx
+                .send(raw.to_vec())
+                .await
+                .map_err(|_| ClientError::Closed(name)),
+        }
+    }
+}
+
 /// The control side of one allocation: sends requests, handles 401/438, keeps the nonce.
 pub struct Allocation {
     /// Index among the run's allocations (also the probe flow id).
     pub index: usize,
-    socket: Arc<ServerSocket>,
+    outbound: Outbound,
     responses: mpsc::Receiver<Vec<u8>>,
     credentials: Arc<Credentials>,
     auth: Option<AuthState>,
@@ -79,19 +137,31 @@ pub struct Granted {
     pub relayed: Option<SocketAddr>,
     /// LIFETIME.
     pub lifetime_secs: Option<u32>,
+    /// RESERVATION-TOKEN.
+    pub reservation_token: Option<[u8; RESERVATION_TOKEN_BYTES]>,
+}
+
+/// What a successful Allocate gave.
+#[derive(Debug, Clone, Copy)]
+pub struct Allocated {
+    /// XOR-RELAYED-ADDRESS.
+    pub relayed: SocketAddr,
+    /// RESERVATION-TOKEN (after EVEN-PORT with the R bit).
+    pub reservation_token: Option<[u8; RESERVATION_TOKEN_BYTES]>,
 }
 
 impl Allocation {
-    /// A not-yet-allocated client on `socket`, reading responses from `responses`.
+    /// A not-yet-allocated client sending to `outbound` (a socket, or a TLS/DTLS link task),
+    /// reading responses from `responses`.
     pub fn new(
         index: usize,
-        socket: Arc<ServerSocket>,
+        outbound: impl Into<Outbound>,
         responses: mpsc::Receiver<Vec<u8>>,
         credentials: Arc<Credentials>,
     ) -> Self {
         Self {
             index,
-            socket,
+            outbound: outbound.into(),
             responses,
             credentials,
             auth: None,
@@ -108,15 +178,26 @@ impl Allocation {
         &mut self,
         lifetime_secs: Option<u32>,
     ) -> Result<SocketAddr, ClientError> {
-        let req = Request::Allocate { lifetime_secs };
-        let granted = self.transact(&req).await?;
+        let allocated = self
+            .allocate_with(&Request::allocate(lifetime_secs))
+            .await?;
+        Ok(allocated.relayed)
+    }
+
+    /// Allocate with any options (`request` should be an Allocate: EVEN-PORT,
+    /// RESERVATION-TOKEN). Records the relayed address and lifetime.
+    pub async fn allocate_with(&mut self, request: &Request) -> Result<Allocated, ClientError> {
+        let granted = self.transact(request).await?;
         let relayed = granted.relayed.ok_or(ClientError::Incomplete {
-            request: req.name(),
+            request: request.name(),
             attribute: "XOR-RELAYED-ADDRESS",
         })?;
         self.relayed = Some(relayed);
         self.lifetime_secs = granted.lifetime_secs.unwrap_or(600);
-        Ok(relayed)
+        Ok(Allocated {
+            relayed,
+            reservation_token: granted.reservation_token,
+        })
     }
 
     /// Sends `request` until answered; retries once per 401 (first contact) and 438 (stale
@@ -135,6 +216,7 @@ impl Allocation {
                 Outcome::Success {
                     relayed,
                     lifetime_secs,
+                    reservation_token,
                     has_integrity,
                     ..
                 } => {
@@ -144,6 +226,7 @@ impl Allocation {
                     return Ok(Granted {
                         relayed,
                         lifetime_secs,
+                        reservation_token,
                     });
                 }
                 Outcome::Error {
@@ -191,13 +274,13 @@ impl Allocation {
         tid: [u8; 12],
         name: &'static str,
     ) -> Result<(proto::Response, Vec<u8>), ClientError> {
-        let (transmissions, mut wait) = if self.socket.is_stream() {
+        let (transmissions, mut wait) = if self.outbound.is_reliable() {
             (1, TCP_RESPONSE_TIMEOUT)
         } else {
             (UDP_TRANSMISSIONS, INITIAL_RTO)
         };
         for _ in 0..transmissions {
-            self.socket.send_async(raw).await?;
+            self.outbound.send(raw, name).await?;
             let deadline = tokio::time::Instant::now() + wait;
             loop {
                 match tokio::time::timeout_at(deadline, self.responses.recv()).await {

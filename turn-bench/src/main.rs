@@ -1,5 +1,9 @@
 //! turn-bench: drives a packet rate through a TURN server (ours, coturn, any RFC 8656 server)
 //! and prints what comes out: delivered rate, loss, one-way latency, server CPU per packet.
+//! Two more modes: `turn-bench soak` churns allocations, channels and connections for a long
+//! time and prints the server's memory, descriptors, relay ports and allocation gauge
+//! (`soak`); `turn-bench amplification` prints the reflection amplification factor of
+//! unauthenticated UDP requests (`amplification`).
 //!
 //! N allocations are paired (i, i^1); each installs a permission and binds channel 0x4000 to
 //! its partner's relayed address, then sends ChannelData probes (flow, sequence number, send
@@ -8,37 +12,66 @@
 //! sub-millisecond ticks and read with kernel receive timestamps (`worker`, `net`). The
 //! protocol pieces (`proto`, `wire`, `stats`) do no I/O.
 
+mod amplification;
 mod client;
+mod link;
 mod net;
 mod procfs;
 mod proto;
 mod report;
 mod run;
+mod scrape;
+mod soak;
 mod stats;
 mod wire;
 mod worker;
 
-use std::net::{SocketAddr, ToSocketAddrs as _};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs as _};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
+use crate::link::Close;
 use crate::net::Transport;
 use crate::proto::Credentials;
 use crate::run::BenchConfig;
+use crate::scrape::MetricsEndpoint;
+use crate::soak::{Kind, SoakConfig};
 
-/// TURN load generator: paced ChannelData through a TURN server, measured.
+/// TURN load generator: paced ChannelData through a TURN server, measured (no subcommand);
+/// long churn runs watching the server's resources (`soak`); reflection amplification factors
+/// (`amplification`).
 #[derive(Debug, Parser)]
-#[command(version, about)]
-struct Args {
-    /// TURN server, HOST:PORT.
-    #[arg(long)]
-    server: String,
-    /// Client-to-server transport (the relay is UDP either way).
-    #[arg(long, value_enum, default_value = "udp")]
-    transport: Transport,
-    /// Long-term credential user name (with --password); with --secret, the REST user label.
+#[command(
+    version,
+    about,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    // Not an Option: clap cannot tell whether an optional flattened struct was given when it
+    // flattens another one (`AuthArgs`); `--server` is required unless there is a subcommand.
+    #[command(flatten)]
+    relay: Args,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Churn against a running server for a given time, printing its RSS, open fds, bound relay
+    /// ports and allocation gauge at intervals, and a drift summary at the end.
+    Soak(Box<SoakArgs>),
+    /// Send unauthenticated UDP requests (Binding with and without FINGERPRINT, Allocate without
+    /// credentials) and print response bytes / request bytes for each.
+    Amplification(AmplificationArgs),
+}
+
+/// Long-term credentials, as a static user or from a TURN REST API secret.
+#[derive(Debug, clap::Args)]
+struct AuthArgs {
+    /// Static user: NAME with --password, or NAME:PASSWORD; with --secret, the REST user label.
     #[arg(long)]
     user: Option<String>,
     /// Long-term credential password.
@@ -48,6 +81,38 @@ struct Args {
     /// password base64(HMAC-SHA1(secret, username)).
     #[arg(long, env = "TURN_BENCH_SECRET")]
     secret: Option<String>,
+}
+
+impl AuthArgs {
+    /// The credentials; REST ones stay valid for `valid_for` beyond an hour from now.
+    fn credentials(&self, valid_for: Duration) -> anyhow::Result<Credentials> {
+        Ok(match (&self.secret, &self.user, &self.password) {
+            (Some(secret), user, None) => {
+                let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+                let expiry = now + 3600 + valid_for.as_secs();
+                Credentials::rest(secret, user.as_deref().unwrap_or("bench"), expiry)
+            }
+            (None, Some(user), Some(password)) => Credentials::new(user.clone(), password.clone()),
+            (None, Some(user), None) if user.contains(':') => {
+                let (name, password) = user.split_once(':').expect("contains ':'");
+                Credentials::new(name, password)
+            }
+            _ => bail!("give --user NAME --password PASS, --user NAME:PASS, or --secret SECRET"),
+        })
+    }
+}
+
+/// The relay benchmark (no subcommand).
+#[derive(Debug, clap::Args)]
+struct Args {
+    /// TURN server, HOST:PORT.
+    #[arg(long, required = true)]
+    server: Option<String>,
+    /// Client-to-server transport (the relay is UDP either way).
+    #[arg(long, value_enum, default_value = "udp")]
+    transport: Transport,
+    #[command(flatten)]
+    auth: AuthArgs,
     /// Number of allocations (even: they are paired).
     #[arg(long, default_value_t = 20)]
     allocations: usize,
@@ -81,15 +146,192 @@ struct Args {
     json: bool,
 }
 
+#[derive(Debug, clap::Args)]
+struct SoakArgs {
+    /// The server's listener for this kind, HOST:PORT (UDP/TCP; the TLS or DTLS one for those).
+    #[arg(long)]
+    server: String,
+    /// What the clients do in a loop.
+    #[arg(long, value_enum)]
+    kind: Kind,
+    #[command(flatten)]
+    auth: AuthArgs,
+    /// Time of churn: 30m, 90s, 1h, or seconds.
+    #[arg(long, default_value = "60s", value_parser = soak::parse_duration)]
+    duration: Duration,
+    /// Time between printed lines.
+    #[arg(long, default_value = "10s", value_parser = soak::parse_duration)]
+    interval: Duration,
+    /// Intervals of churn before RSS counts as warmed up (the summary's reference).
+    #[arg(long, default_value_t = 1)]
+    warmup_intervals: u32,
+    /// Longest wait after churn for fds, relay ports and allocations to return to their
+    /// baseline (EVEN-PORT reservations take about 30 s to expire).
+    #[arg(long, default_value = "40s", value_parser = soak::parse_duration)]
+    settle: Duration,
+    /// Server process id: RSS, open fds and bound relay ports are read from /proc/PID.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// The server's metrics, HOST:PORT or http://HOST:PORT/metrics (turn_allocations gauge).
+    #[arg(long)]
+    metrics: Option<String>,
+    /// The server's relay port range, MIN-MAX.
+    #[arg(long, default_value = "49152-65535")]
+    relay_ports: String,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// Cycles per second, all clients together (a cycle is one pass of the kind's loop).
+    #[arg(long, default_value_t = 50.0)]
+    rate: f64,
+    /// Stop after this many cycles in total, even if time is left.
+    #[arg(long)]
+    max_cycles: Option<u64>,
+    /// IP of the peers in CreatePermission/ChannelBind (default: the server's IP; the server
+    /// must allow it, e.g. turn-server --allow-peer 127.0.0.0/8, coturn --allow-loopback-peers).
+    #[arg(long)]
+    peer_ip: Option<IpAddr>,
+    /// Requested allocation lifetime in seconds (default: the server's).
+    #[arg(long)]
+    lifetime: Option<u32>,
+    /// UDP kinds: allocations made from one source port before a new socket (new port) is used.
+    #[arg(long, default_value_t = 8)]
+    port_reuse: u32,
+    /// channel: ChannelBinds per allocation before Refresh(0) and a new Allocate (1-4096).
+    #[arg(long, default_value_t = 16)]
+    binds_per_allocation: u16,
+    /// tcp/tls/dtls: delete the allocation (Refresh 0) before closing, instead of leaving it
+    /// to the server's connection-close handling.
+    #[arg(long)]
+    delete_before_close: bool,
+    /// tls/dtls: close without close_notify.
+    #[arg(long)]
+    abrupt_close: bool,
+    /// Print JSON lines (one per interval, then a summary object) instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct AmplificationArgs {
+    /// STUN/TURN server UDP listener, HOST:PORT.
+    #[arg(long)]
+    server: String,
+    /// Requests of each kind.
+    #[arg(long, default_value_t = 5)]
+    repeats: u32,
+    /// Wait for each response, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    timeout_ms: u64,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let cfg = config(&args)?;
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Soak(args)) => soak_main(&args),
+        Some(Command::Amplification(args)) => amplification_main(&args),
+        None => relay_main(&cli.relay),
+    }
+}
+
+fn resolve(server: &str) -> anyhow::Result<SocketAddr> {
+    server
+        .to_socket_addrs()
+        .with_context(|| format!("resolving --server {server}"))?
+        .next()
+        .with_context(|| format!("--server {server} resolves to nothing"))
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn soak_main(args: &SoakArgs) -> anyhow::Result<()> {
+    let server = resolve(&args.server)?;
+    let (min, max) = args
+        .relay_ports
+        .split_once('-')
+        .and_then(|(a, b)| Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?)))
+        .filter(|(a, b)| a <= b)
+        .context("--relay-ports must be MIN-MAX")?;
+    if args.clients == 0 {
+        bail!("--clients must be at least 1");
+    }
+    if !(args.rate.is_finite() && args.rate > 0.0) {
+        bail!("--rate must be a positive number");
+    }
+    if args.duration.is_zero() || args.interval.is_zero() {
+        bail!("--duration and --interval must be positive");
+    }
+    if !(1..=4096).contains(&args.binds_per_allocation) {
+        bail!("--binds-per-allocation must be 1-4096 (the channel numbers 0x4000-0x4FFF)");
+    }
+    if args.port_reuse == 0 {
+        bail!("--port-reuse must be at least 1");
+    }
+    let metrics = args
+        .metrics
+        .as_deref()
+        .map(MetricsEndpoint::parse)
+        .transpose()?;
+    let cfg = SoakConfig {
+        server,
+        kind: args.kind,
+        credentials: args.auth.credentials(args.duration)?,
+        clients: args.clients,
+        rate_cps: args.rate,
+        max_cycles: args.max_cycles,
+        duration: args.duration,
+        interval: args.interval,
+        warmup_intervals: args.warmup_intervals,
+        settle: args.settle,
+        server_pid: args.server_pid,
+        metrics,
+        relay_ports: min..=max,
+        peer_ip: args.peer_ip.unwrap_or(server.ip()),
+        lifetime_secs: args.lifetime,
+        port_reuse: args.port_reuse,
+        binds_per_allocation: args.binds_per_allocation,
+        delete_before_close: args.delete_before_close,
+        close: if args.abrupt_close {
+            Close::Abrupt
+        } else {
+            Close::Graceful
+        },
+        json: args.json,
+    };
+    runtime()?.block_on(soak::run(cfg))?;
+    Ok(())
+}
+
+fn amplification_main(args: &AmplificationArgs) -> anyhow::Result<()> {
+    let server = resolve(&args.server)?;
+    if args.repeats == 0 {
+        bail!("--repeats must be at least 1");
+    }
+    let report = amplification::measure(
+        server,
+        args.repeats,
+        Duration::from_millis(args.timeout_ms.max(1)),
+    )?;
+    if args.json {
+        println!("{}", report.to_json_line());
+    } else {
+        print!("{report}");
+    }
+    Ok(())
+}
+
+fn relay_main(args: &Args) -> anyhow::Result<()> {
+    let cfg = config(args)?;
     // The runtime only runs the control side (setup, upkeep, teardown); traffic runs on the
     // worker threads.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let report = runtime.block_on(run::run(&cfg))?;
+    let report = runtime()?.block_on(run::run(&cfg))?;
     if args.json {
         println!("{}", report.to_json_line());
     } else {
@@ -99,12 +341,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn config(args: &Args) -> anyhow::Result<BenchConfig> {
-    let server: SocketAddr = args
-        .server
-        .to_socket_addrs()
-        .with_context(|| format!("resolving --server {}", args.server))?
-        .next()
-        .with_context(|| format!("--server {} resolves to nothing", args.server))?;
+    let server = resolve(args.server.as_deref().context("give --server HOST:PORT")?)?;
     if args.allocations < 2 || !args.allocations.is_multiple_of(2) {
         bail!("--allocations must be even and at least 2");
     }
@@ -125,15 +362,7 @@ fn config(args: &Args) -> anyhow::Result<BenchConfig> {
     }
     let duration = Duration::from_secs_f64(args.duration);
     let warmup = Duration::from_secs_f64(args.warmup);
-    let credentials = match (&args.secret, &args.user, &args.password) {
-        (Some(secret), user, None) => {
-            let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-            let expiry = now + 3600 + (duration + warmup).as_secs();
-            Credentials::rest(secret, user.as_deref().unwrap_or("bench"), expiry)
-        }
-        (None, Some(user), Some(password)) => Credentials::new(user.clone(), password.clone()),
-        _ => bail!("give --user NAME --password PASS, or --secret SECRET"),
-    };
+    let credentials = args.auth.credentials(duration + warmup)?;
     Ok(BenchConfig {
         server,
         transport: args.transport,
@@ -148,4 +377,61 @@ fn config(args: &Args) -> anyhow::Result<BenchConfig> {
         senders: args.threads,
         tick: Duration::from_micros(args.tick_us.max(1)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_lines_of_each_mode() {
+        let cli = Cli::try_parse_from([
+            "turn-bench",
+            "--server",
+            "127.0.0.1:3478",
+            "--user",
+            "bench",
+            "--password",
+            "benchpass",
+            "--rate",
+            "1000",
+        ])
+        .unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.relay.rate, 1000.0);
+        assert!(config(&cli.relay).is_ok());
+
+        let cli = Cli::try_parse_from([
+            "turn-bench",
+            "soak",
+            "--server",
+            "127.0.0.1:3478",
+            "--kind",
+            "even-port",
+            "--user",
+            "bench:benchpass",
+            "--duration",
+            "30m",
+        ])
+        .unwrap();
+        let Some(Command::Soak(soak)) = cli.command else {
+            panic!("soak subcommand");
+        };
+        assert_eq!(soak.kind, Kind::EvenPort);
+        assert_eq!(soak.duration, Duration::from_secs(1800));
+        assert_eq!(
+            soak.auth.credentials(soak.duration).unwrap(),
+            Credentials::new("bench", "benchpass")
+        );
+
+        let cli =
+            Cli::try_parse_from(["turn-bench", "amplification", "--server", "127.0.0.1:3478"])
+                .unwrap();
+        assert!(matches!(cli.command, Some(Command::Amplification(_))));
+        assert!(Cli::try_parse_from(["turn-bench"]).is_err());
+        assert!(Cli::try_parse_from(["turn-bench", "--user", "a:b"]).is_err());
+        assert!(
+            Cli::try_parse_from(["turn-bench", "soak", "--server", "x:1", "--rate", "5"]).is_err()
+        );
+    }
 }

@@ -272,17 +272,13 @@ impl FrameReader {
                     Err(_) => return DrainEnd::Closed,
                 };
                 self.filled += n;
-                let mut at = 0;
-                loop {
-                    match wire::stream_frame_len(&self.buf[at..self.filled]) {
-                        Ok(Some(len)) if at + len <= self.filled => {
-                            on_frame(&self.buf[at..at + len], None);
-                            at += len;
-                        }
-                        Ok(Some(len)) if len > self.buf.len() => return DrainEnd::Closed,
-                        Ok(_) => break,
-                        Err(_) => return DrainEnd::Closed,
-                    }
+                let Ok(at) = wire::split_stream_frames(&self.buf[..self.filled], |frame| {
+                    on_frame(frame, None)
+                }) else {
+                    return DrainEnd::Closed;
+                };
+                if at == 0 && self.filled == self.buf.len() {
+                    return DrainEnd::Closed; // a frame larger than the buffer
                 }
                 self.buf.copy_within(at..self.filled, 0);
                 self.filled -= at;

@@ -1,5 +1,6 @@
-//! Reading Linux /proc: a process's CPU time (all its threads) and the kernel's UDP drop counters.
-//! Parsers are pure; the two `read_*` functions do the file I/O.
+//! Reading Linux /proc: a process's CPU time (all its threads), resident memory, open
+//! descriptors and the UDP ports it has bound, and the kernel's UDP drop counters. Parsers are
+//! pure; the `read_*` functions (and [`socket_inodes`]) do the file I/O.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -27,6 +28,61 @@ pub fn read_process_cpu(pid: &str) -> std::io::Result<Duration> {
             format!("cannot parse /proc/{pid}/stat"),
         )
     })
+}
+
+/// Resident set size in bytes from /proc/PID/status (`VmRSS:   1234 kB`).
+pub fn parse_status_rss_bytes(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let mut parts = line["VmRSS:".len()..].split_ascii_whitespace();
+    let value: u64 = parts.next()?.parse().ok()?;
+    match parts.next() {
+        Some("kB") => Some(value * 1024),
+        _ => None,
+    }
+}
+
+/// Resident memory of process `pid` in bytes.
+pub fn read_process_rss_bytes(pid: &str) -> Option<u64> {
+    parse_status_rss_bytes(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
+}
+
+/// Open file descriptors of process `pid` (entries of /proc/PID/fd).
+pub fn read_process_fds(pid: &str) -> Option<usize> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
+
+/// Counts rows of /proc/net/udp (or udp6) whose inode is in `inodes` and whose local port lies in
+/// `ports`: a process's bound UDP sockets in a port range (its relayed transport addresses).
+pub fn parse_udp_ports_in_range(
+    table: &str,
+    inodes: &HashSet<u64>,
+    ports: &std::ops::RangeInclusive<u16>,
+) -> usize {
+    table
+        .lines()
+        .skip(1)
+        .filter(|row| {
+            let cols: Vec<&str> = row.split_ascii_whitespace().collect();
+            let port = cols
+                .get(1)
+                .and_then(|a| a.rsplit_once(':'))
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            let inode = cols.get(9).and_then(|i| i.parse::<u64>().ok());
+            matches!((port, inode), (Some(p), Some(i)) if ports.contains(&p) && inodes.contains(&i))
+        })
+        .count()
+}
+
+/// UDP sockets of process `pid` bound to a port in `ports`, IPv4 and IPv6.
+pub fn read_process_udp_ports(pid: &str, ports: &std::ops::RangeInclusive<u16>) -> Option<usize> {
+    let inodes = socket_inodes(pid).ok()?;
+    let mut total = 0;
+    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        if let Ok(text) = std::fs::read_to_string(table) {
+            total += parse_udp_ports_in_range(&text, &inodes, ports);
+        }
+    }
+    Some(total)
 }
 
 /// UDP counters of /proc/net/snmp that tell where datagrams were dropped.
@@ -129,6 +185,33 @@ mod tests {
         assert_eq!(parse_stat_cpu(stat), Some(Duration::from_millis(3250)));
         assert_eq!(parse_stat_cpu("garbage"), None);
         assert_eq!(parse_stat_cpu("1 (x) S 1 2"), None);
+    }
+
+    #[test]
+    fn status_rss() {
+        let status = "Name:\tturn-server\nVmPeak:\t  9000 kB\nVmRSS:\t    5120 kB\nThreads:\t3\n";
+        assert_eq!(parse_status_rss_bytes(status), Some(5120 * 1024));
+        assert_eq!(parse_status_rss_bytes("Name:\tx\n"), None);
+        assert_eq!(parse_status_rss_bytes("VmRSS:\t12 MB\n"), None);
+    }
+
+    #[test]
+    fn udp_ports_in_range_by_inode() {
+        // Ports 0xC350 = 50000 (ours, in range), 0x0D96 = 3478 (ours, listener), 0xC351 = 50001
+        // (someone else's).
+        let table = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
+   1: 0100007F:C350 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 11 2 0000000000000000 0\n\
+   2: 0100007F:0D96 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 12 2 0000000000000000 0\n\
+   3: 0100007F:C351 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 13 2 0000000000000000 0\n";
+        let inodes: HashSet<u64> = [11, 12].into_iter().collect();
+        assert_eq!(
+            parse_udp_ports_in_range(table, &inodes, &(49152..=65535)),
+            1
+        );
+        assert_eq!(parse_udp_ports_in_range(table, &inodes, &(1..=65535)), 2);
+        // IPv6 rows have a longer address before the port.
+        let v6 = "header\n   0: 00000000000000000000000001000000:C350 00000000000000000000000000000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 11 2 0000000000000000 0\n";
+        assert_eq!(parse_udp_ports_in_range(v6, &inodes, &(49152..=65535)), 1);
     }
 
     #[test]

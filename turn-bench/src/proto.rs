@@ -10,15 +10,17 @@ use base64::Engine as _;
 use md5::{Digest as _, Md5};
 use ring::hmac;
 use rtc_stun::attributes::{
-    AttrType, ATTR_CHANNEL_NUMBER, ATTR_ERROR_CODE, ATTR_LIFETIME, ATTR_MESSAGE_INTEGRITY,
-    ATTR_NONCE, ATTR_REALM, ATTR_REQUESTED_TRANSPORT, ATTR_USERNAME, ATTR_XORMAPPED_ADDRESS,
-    ATTR_XOR_PEER_ADDRESS, ATTR_XOR_RELAYED_ADDRESS,
+    AttrType, ATTR_CHANNEL_NUMBER, ATTR_ERROR_CODE, ATTR_EVEN_PORT, ATTR_LIFETIME,
+    ATTR_MESSAGE_INTEGRITY, ATTR_NONCE, ATTR_REALM, ATTR_REQUESTED_TRANSPORT,
+    ATTR_RESERVATION_TOKEN, ATTR_USERNAME, ATTR_XORMAPPED_ADDRESS, ATTR_XOR_PEER_ADDRESS,
+    ATTR_XOR_RELAYED_ADDRESS,
 };
 use rtc_stun::error_code::ErrorCodeAttribute;
+use rtc_stun::fingerprint::FINGERPRINT;
 use rtc_stun::message::{
-    Getter as _, Message, MessageType, Method, TransactionId, CLASS_ERROR_RESPONSE, CLASS_REQUEST,
-    CLASS_SUCCESS_RESPONSE, MESSAGE_HEADER_SIZE, METHOD_ALLOCATE, METHOD_CHANNEL_BIND,
-    METHOD_CREATE_PERMISSION, METHOD_REFRESH,
+    Getter as _, Message, MessageType, Method, Setter as _, TransactionId, CLASS_ERROR_RESPONSE,
+    CLASS_REQUEST, CLASS_SUCCESS_RESPONSE, MESSAGE_HEADER_SIZE, METHOD_ALLOCATE, METHOD_BINDING,
+    METHOD_CHANNEL_BIND, METHOD_CREATE_PERMISSION, METHOD_REFRESH,
 };
 use rtc_stun::xoraddr::XorMappedAddress;
 use subtle::ConstantTimeEq as _;
@@ -27,6 +29,10 @@ use subtle::ConstantTimeEq as _;
 const INTEGRITY_BYTES: usize = 20;
 /// REQUESTED-TRANSPORT value for UDP (protocol number 17), RFC 8656 §18.7.
 const TRANSPORT_UDP: u8 = 17;
+/// The R bit of EVEN-PORT: also reserve the next port (RFC 8656 §18.6).
+const EVEN_PORT_RESERVE: u8 = 0x80;
+/// Size of a RESERVATION-TOKEN value, RFC 8656 §18.9.
+pub const RESERVATION_TOKEN_BYTES: usize = 8;
 
 /// Errors of this layer: a response that cannot be read, or a request that cannot be built.
 #[derive(Debug, thiserror::Error)]
@@ -106,10 +112,17 @@ pub struct AuthState {
 /// A TURN request the generator makes (RFC 8656 §7, §9, §11).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
+    /// Binding (RFC 8489 §3): asks for the server-reflexive address; never authenticated.
+    Binding,
     /// Allocate a UDP relayed transport address; `lifetime_secs` None lets the server choose.
     Allocate {
         /// Requested LIFETIME.
         lifetime_secs: Option<u32>,
+        /// EVEN-PORT (RFC 8656 §7.1): `Some(reserve)` asks for an even port, and with `reserve`
+        /// (the R bit) for the next port to be held under a RESERVATION-TOKEN.
+        even_port: Option<bool>,
+        /// RESERVATION-TOKEN: take the port an earlier EVEN-PORT(R) Allocate reserved.
+        reservation_token: Option<[u8; RESERVATION_TOKEN_BYTES]>,
     },
     /// Refresh an allocation; 0 deletes it.
     Refresh {
@@ -131,8 +144,24 @@ pub enum Request {
 }
 
 impl Request {
+    /// A plain Allocate: UDP relay, no EVEN-PORT, no RESERVATION-TOKEN.
+    pub fn allocate(lifetime_secs: Option<u32>) -> Self {
+        Request::Allocate {
+            lifetime_secs,
+            even_port: None,
+            reservation_token: None,
+        }
+    }
+
+    /// Whether the request carries long-term credentials once the realm is known (all TURN
+    /// requests do; Binding does not, RFC 8656 §9.2.3).
+    pub fn is_authenticated(&self) -> bool {
+        !matches!(self, Request::Binding)
+    }
+
     fn method(&self) -> Method {
         match self {
+            Request::Binding => METHOD_BINDING,
             Request::Allocate { .. } => METHOD_ALLOCATE,
             Request::Refresh { .. } => METHOD_REFRESH,
             Request::CreatePermission { .. } => METHOD_CREATE_PERMISSION,
@@ -143,6 +172,7 @@ impl Request {
     /// Short name for messages.
     pub fn name(&self) -> &'static str {
         match self {
+            Request::Binding => "Binding",
             Request::Allocate { .. } => "Allocate",
             Request::Refresh { .. } => "Refresh",
             Request::CreatePermission { .. } => "CreatePermission",
@@ -151,22 +181,61 @@ impl Request {
     }
 }
 
-/// Encodes `request` with transaction id `tid`; with `auth`, adds USERNAME, REALM, NONCE and
-/// MESSAGE-INTEGRITY (RFC 8489 §9.2.4).
+/// Encodes `request` with transaction id `tid`; with `auth` (and if the request is
+/// authenticated at all), adds USERNAME, REALM, NONCE and MESSAGE-INTEGRITY (RFC 8489 §9.2.4).
 pub fn encode_request(
     request: &Request,
     tid: [u8; 12],
     auth: Option<(&str, &AuthState)>,
 ) -> Result<Vec<u8>, ProtoError> {
+    let auth = auth.filter(|_| request.is_authenticated());
+    Ok(build_request(request, tid, auth)?.raw)
+}
+
+/// Encodes `request` without credentials, as a first contact or an off-path sender would, with
+/// or without FINGERPRINT (RFC 8489 §14.7).
+pub fn encode_unauthenticated(
+    request: &Request,
+    tid: [u8; 12],
+    fingerprint: bool,
+) -> Result<Vec<u8>, ProtoError> {
+    let mut m = build_request(request, tid, None)?;
+    if fingerprint {
+        FINGERPRINT
+            .add_to(&mut m)
+            .map_err(|e| ProtoError::Encode(e.to_string()))?;
+    }
+    Ok(m.raw)
+}
+
+fn build_request(
+    request: &Request,
+    tid: [u8; 12],
+    auth: Option<(&str, &AuthState)>,
+) -> Result<Message, ProtoError> {
     let mut m = Message::new();
     m.typ = MessageType::new(request.method(), CLASS_REQUEST);
     m.transaction_id = TransactionId(tid);
     m.write_header();
     match request {
-        Request::Allocate { lifetime_secs } => {
+        Request::Binding => {}
+        Request::Allocate {
+            lifetime_secs,
+            even_port,
+            reservation_token,
+        } => {
             m.add(ATTR_REQUESTED_TRANSPORT, &[TRANSPORT_UDP, 0, 0, 0]);
             if let Some(l) = lifetime_secs {
                 m.add(ATTR_LIFETIME, &l.to_be_bytes());
+            }
+            if let Some(reserve) = even_port {
+                m.add(
+                    ATTR_EVEN_PORT,
+                    &[if *reserve { EVEN_PORT_RESERVE } else { 0 }],
+                );
+            }
+            if let Some(token) = reservation_token {
+                m.add(ATTR_RESERVATION_TOKEN, token);
             }
         }
         Request::Refresh { lifetime_secs } => {
@@ -187,7 +256,7 @@ pub fn encode_request(
         m.add(ATTR_NONCE, auth.nonce.as_bytes());
         add_integrity(&mut m, &auth.key);
     }
-    Ok(m.raw)
+    Ok(m)
 }
 
 fn add_xor_address(m: &mut Message, typ: AttrType, addr: SocketAddr) -> Result<(), ProtoError> {
@@ -239,6 +308,27 @@ pub fn verify_integrity(raw: &[u8], key: &[u8]) -> Result<(), ProtoError> {
 
 /// Byte offset of the first attribute of type `typ`, walking the TLVs with bounds checks.
 fn attribute_offset(raw: &[u8], typ: u16) -> Result<Option<usize>, ProtoError> {
+    Ok(attributes(raw)?.find(|(_, t)| *t == typ).map(|(at, _)| at))
+}
+
+/// The attribute types of a STUN message in order, as RFC names ("XOR-MAPPED-ADDRESS", "0x80ff"
+/// for types without a name here or in rtc-stun).
+pub fn attribute_names(raw: &[u8]) -> Result<Vec<String>, ProtoError> {
+    Ok(attributes(raw)?
+        .map(|(_, t)| match t {
+            // RFC 5780 §7, which rtc-stun does not name.
+            0x0026 => "PADDING".to_owned(),
+            0x0027 => "RESPONSE-PORT".to_owned(),
+            0x8027 => "CACHE-TIMEOUT".to_owned(),
+            0x802b => "RESPONSE-ORIGIN".to_owned(),
+            0x802c => "OTHER-ADDRESS".to_owned(),
+            _ => AttrType(t).to_string(),
+        })
+        .collect())
+}
+
+/// (offset, type) of each attribute TLV, with bounds checks.
+fn attributes(raw: &[u8]) -> Result<impl Iterator<Item = (usize, u16)> + '_, ProtoError> {
     if raw.len() < MESSAGE_HEADER_SIZE {
         return Err(ProtoError::Decode("shorter than a STUN header".into()));
     }
@@ -248,15 +338,16 @@ fn attribute_offset(raw: &[u8], typ: u16) -> Result<Option<usize>, ProtoError> {
         return Err(ProtoError::Decode("truncated".into()));
     }
     let mut at = MESSAGE_HEADER_SIZE;
-    while at + 4 <= end {
+    Ok(std::iter::from_fn(move || {
+        if at + 4 > end {
+            return None;
+        }
         let t = u16::from_be_bytes([raw[at], raw[at + 1]]);
         let l = u16::from_be_bytes([raw[at + 2], raw[at + 3]]) as usize;
-        if t == typ {
-            return Ok(Some(at));
-        }
+        let here = at;
         at += 4 + l.div_ceil(4) * 4;
-    }
-    Ok(None)
+        Some((here, t))
+    }))
 }
 
 /// A decoded response to one of our requests.
@@ -279,6 +370,8 @@ pub enum Outcome {
         mapped: Option<SocketAddr>,
         /// LIFETIME (Allocate, Refresh).
         lifetime_secs: Option<u32>,
+        /// RESERVATION-TOKEN (Allocate with EVEN-PORT R).
+        reservation_token: Option<[u8; RESERVATION_TOKEN_BYTES]>,
         /// Whether MESSAGE-INTEGRITY is present.
         has_integrity: bool,
     },
@@ -316,6 +409,14 @@ pub fn decode_response(raw: &[u8]) -> Result<Response, ProtoError> {
                         .try_into()
                         .map_err(|_| ProtoError::BadAttribute("LIFETIME"))?,
                 )),
+                Err(_) => None,
+            },
+            reservation_token: match m.get(ATTR_RESERVATION_TOKEN) {
+                Ok(v) => Some(
+                    v.as_slice()
+                        .try_into()
+                        .map_err(|_| ProtoError::BadAttribute("RESERVATION-TOKEN"))?,
+                ),
                 Err(_) => None,
             },
             has_integrity: m.contains(ATTR_MESSAGE_INTEGRITY),
@@ -419,6 +520,34 @@ mod tests {
         .unwrap();
         verify_integrity(&raw, &auth.key).unwrap();
         assert_eq!(&raw[0..2], &[0x00, 0x09]);
+    }
+
+    #[test]
+    fn unauthenticated_requests_and_fingerprint() {
+        let raw = encode_unauthenticated(&Request::Binding, [9; 12], true).unwrap();
+        assert_eq!(&raw[0..4], &[0x00, 0x01, 0x00, 0x08]);
+        let mut m = Message::new();
+        m.unmarshal_binary(&raw).unwrap();
+        FINGERPRINT.check(&m).expect("FINGERPRINT verifies");
+        // Binding never carries credentials, even when the client has them.
+        let auth = AuthState {
+            realm: "turnkey".into(),
+            nonce: "abc".into(),
+            key: [0; 16],
+        };
+        let raw = encode_request(&Request::Binding, [9; 12], Some(("u", &auth))).unwrap();
+        assert_eq!(raw.len(), 20);
+        let allocate = Request::Allocate {
+            lifetime_secs: None,
+            even_port: Some(true),
+            reservation_token: None,
+        };
+        let raw = encode_unauthenticated(&allocate, [9; 12], false).unwrap();
+        assert_eq!(
+            attribute_names(&raw).unwrap(),
+            vec!["REQUESTED-TRANSPORT", "EVEN-PORT"]
+        );
+        assert_eq!(&raw[32..33], &[0x80]);
     }
 
     #[test]

@@ -144,6 +144,24 @@ pub fn stream_frame_len(buf: &[u8]) -> Result<Option<usize>, WireError> {
     }))
 }
 
+/// Calls `on_frame` for each whole frame at the start of a TCP/TLS byte stream buffer; returns
+/// the bytes consumed (the rest is an incomplete frame to keep). An error means the stream cannot
+/// be framed (stop reading it).
+pub fn split_stream_frames(
+    buf: &[u8],
+    mut on_frame: impl FnMut(&[u8]),
+) -> Result<usize, WireError> {
+    let mut at = 0;
+    while let Some(len) = stream_frame_len(&buf[at..])? {
+        if at + len > buf.len() {
+            break;
+        }
+        on_frame(&buf[at..at + len]);
+        at += len;
+    }
+    Ok(at)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,6 +202,23 @@ mod tests {
         );
         assert_eq!(
             stream_frame_len(&[0xC0, 0, 0, 0]),
+            Err(WireError::UnknownFrame(0xC0))
+        );
+    }
+
+    #[test]
+    fn stream_split_keeps_the_partial_tail() {
+        // 24 bytes of STUN: type, length 4, cookie, transaction id, 4 bytes of attributes.
+        let mut stream = vec![0x01, 0x01, 0x00, 0x04, 0x21, 0x12, 0xA4, 0x42];
+        stream.extend_from_slice(&[0; 16]);
+        stream.extend_from_slice(&channel_data_frame(0x4000, 5, true));
+        stream.extend_from_slice(&[0x01, 0x01, 0x00]); // a partial header
+        let mut frames = Vec::new();
+        let used = split_stream_frames(&stream, |f| frames.push(f.len())).unwrap();
+        assert_eq!(frames, vec![24, 12]);
+        assert_eq!(used, 36);
+        assert_eq!(
+            split_stream_frames(&[0xC0, 0, 0, 0], |_| {}),
             Err(WireError::UnknownFrame(0xC0))
         );
     }
