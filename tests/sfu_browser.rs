@@ -53,8 +53,12 @@ fn sfu_room(base_url: &str, pages: u32, relay: bool) -> Value {
 
 #[test]
 fn chromium_sfu_rooms() {
-    // The SFU is on loopback: TURN may relay to it.
-    let suite = common::LocalSuite::start(API_KEY, &["--allow-peer", "127.0.0.0/8"]);
+    // The SFU's media is on 127.0.0.2, standing for an SFU host next to the TURN server: TURN
+    // may relay to it (--allow-peer). Its ports on the TURN server's own IP would be refused
+    // (the suite's own ports are never peers, issue 9 §1).
+    let sfu_ip = std::net::IpAddr::from([127, 0, 0, 2]);
+    let suite =
+        common::LocalSuite::start_with_sfu_ip(API_KEY, sfu_ip, &["--allow-peer", "127.0.0.0/8"]);
     let (http, sfu_metrics, turnkey) = (suite.http, suite.sfu_metrics, &suite.guard);
     let base_url = format!("http://{http}");
 

@@ -129,7 +129,16 @@ fn the_suites_own_ports_are_never_peers_even_when_the_host_is_allowed() {
     let server = SocketAddr::from(([127, 0, 0, 1], suite.turn_port));
     let mut c = wire::WireClient::new(server, "alice", "pw");
     c.allocate();
-    for own in [server, suite.guard.metrics, suite.http, suite.sfu_metrics] {
+    let media = suite.sfu_media;
+    let media2 = SocketAddr::new(media.ip(), media.port() + 1);
+    for own in [
+        server,
+        suite.guard.metrics,
+        suite.http,
+        suite.sfu_metrics,
+        media,
+        media2,
+    ] {
         let r = c.call(
             rtc_stun::message::METHOD_CREATE_PERMISSION,
             &[],

@@ -798,16 +798,25 @@ pub struct LocalSuite {
     pub http: SocketAddr,
     /// SFU metrics listener.
     pub sfu_metrics: SocketAddr,
+    /// SFU media (UDP of worker 0, worker 1 on port + 1; ICE-TCP on the same port).
+    pub sfu_media: SocketAddr,
 }
 
 impl LocalSuite {
     /// Starts it (see the type).
     pub fn start(api_key: &str, extra: &[&str]) -> LocalSuite {
+        Self::start_with_sfu_ip(api_key, LOCALHOST, extra)
+    }
+
+    /// Starts it with the SFU's media (UDP and ICE-TCP) on `sfu_ip`: another loopback address
+    /// stands for an SFU host next to the TURN server, which TURN may relay to when
+    /// `--allow-peer` covers it (the suite's own ports on the TURN server's IP never are).
+    pub fn start_with_sfu_ip(api_key: &str, sfu_ip: IpAddr, extra: &[&str]) -> LocalSuite {
         let turn_port = free_udp_tcp_port();
         let http = SocketAddr::new(LOCALHOST, free_udp_tcp_port());
         let sig_metrics = SocketAddr::new(LOCALHOST, free_udp_tcp_port());
         // Two SFU workers: media on port and port + 1.
-        let media_port = free_udp_tcp_port_pair(&[LOCALHOST]);
+        let media_port = free_udp_tcp_port_pair(&[sfu_ip]);
         let link = SocketAddr::new(LOCALHOST, free_udp_tcp_port());
         let sfu_metrics = SocketAddr::new(LOCALHOST, free_udp_tcp_port());
         let mut args: Vec<String> = [
@@ -826,7 +835,7 @@ impl LocalSuite {
             "--signaling-metrics",
             &sig_metrics.to_string(),
             "--sfu-media-listen",
-            &format!("127.0.0.1:{media_port}"),
+            &SocketAddr::new(sfu_ip, media_port).to_string(),
             "--sfu-workers",
             "2",
             "--sfu-link-listen",
@@ -852,6 +861,7 @@ impl LocalSuite {
             turn_port,
             http,
             sfu_metrics,
+            sfu_media: SocketAddr::new(sfu_ip, media_port),
         }
     }
 }
