@@ -122,7 +122,7 @@ async fn run(
 ) -> anyhow::Result<()> {
     let shutdown = turnkey_common::shutdown::on_signal();
     // SIGHUP is logged and ignored (with TLS, the TURN part also reloads its certificate).
-    signaling::run::ignore_hangups("turnkey");
+    turnkey_common::shutdown::ignore_hangups("turnkey");
     let (store, _) = signaling::run::open_store(&sig).await?;
     let mut printed = Ok(());
     let dev_key = sig

@@ -3,7 +3,8 @@
 //!   names checked on every route, TURN credentials per identity and bounded by the access
 //!   token, a generated development API key shown once on stdout and never in the log;
 //! - an empty link secret refused at start (`sfu`, `signaling --sfu-secret`);
-//! - SIGHUP logged and ignored by `stun-server`, `signaling`, `sfu` and `turnkey`.
+//! - SIGHUP logged and ignored by `stun-server`, `signaling`, `sfu`, `turnkey` and `turn-server`
+//!   without TLS (with TLS it reloads the certificate).
 
 mod common;
 
@@ -642,5 +643,20 @@ fn turnkey_survives_sighup() {
     survives_sighup(suite.guard, || {
         matches!(http_get(http, "/"), Ok((200, _)))
             && matches!(http_get(sfu_metrics, "/healthz"), Ok((200, _)))
+    });
+}
+
+#[test]
+fn turn_server_without_tls_survives_sighup() {
+    // With TLS, SIGHUP reloads the certificate (tests/turn_tls.rs); without, nothing to reload.
+    let port = free_udp_tcp_port();
+    let server = ServerGuard::turn_server(&[
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--user",
+        "alice:pw",
+    ]);
+    survives_sighup(server, || {
+        TcpStream::connect(SocketAddr::new(LOCALHOST, port)).is_ok()
     });
 }

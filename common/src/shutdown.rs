@@ -37,3 +37,26 @@ async fn wait_for_signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
+
+/// Logs and ignores SIGHUP for `service`: its default action would end the process, and a
+/// service with nothing to reload must survive an operator's `kill -HUP` or a closing terminal.
+/// Must be called inside a tokio runtime. (turn-server with TLS reloads its certificate on
+/// SIGHUP instead.)
+pub fn ignore_hangups(service: &'static str) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hup) => {
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        tracing::info!(service, "SIGHUP received: ignored (nothing to reload)");
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(service, error = %e, "cannot handle SIGHUP"),
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = service;
+}

@@ -23,7 +23,7 @@ fn main() -> anyhow::Result<()> {
         .build()?
         .block_on(async move {
             let shutdown = turnkey_common::shutdown::on_signal();
-            signaling::run::ignore_hangups("sfu");
+            turnkey_common::shutdown::ignore_hangups("sfu");
             sfu::run::serve(cfg, None, shutdown, |r| {
                 tracing::info!(link = %r.link, metrics = %r.metrics, media = ?r.media, "ready");
             })

@@ -214,27 +214,7 @@ pub fn dev_key_banner(cfg: &SignalingConfig) -> Option<String> {
     ))
 }
 
-/// Logs and ignores SIGHUP from now on, for the whole process (a terminal closing, `kill -HUP`
-/// by habit or a log rotation script must not end the service: the default action of SIGHUP is
-/// to terminate). Nothing is reloaded. Must be called inside a tokio runtime.
-pub fn ignore_hangups(service: &'static str) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::hangup()) {
-            Ok(mut hup) => {
-                tokio::spawn(async move {
-                    while hup.recv().await.is_some() {
-                        tracing::info!(service, "SIGHUP received: ignored (nothing to reload)");
-                    }
-                });
-            }
-            Err(e) => tracing::warn!(service, error = %e, "cannot handle SIGHUP"),
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = service;
-}
+pub use turnkey_common::shutdown::ignore_hangups;
 
 /// Runs the service until SIGTERM or ctrl-c.
 pub async fn run_until_signal(

@@ -31,7 +31,7 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let shutdown = shutdown::on_signal();
-    ignore_hangups();
+    turnkey_common::shutdown::ignore_hangups("stun-server");
     let mut registry = Registry::default();
     let metrics = StunMetrics::register(&mut registry);
     // Client listeners first: the metrics listener answering means ready.
@@ -58,23 +58,4 @@ async fn main() -> anyhow::Result<()> {
     }
     info!("stopped");
     Ok(())
-}
-
-/// Logs and ignores SIGHUP (its default action would end the server; there is nothing to
-/// reload).
-fn ignore_hangups() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::hangup()) {
-            Ok(mut hup) => {
-                tokio::spawn(async move {
-                    while hup.recv().await.is_some() {
-                        info!("SIGHUP received: ignored (nothing to reload)");
-                    }
-                });
-            }
-            Err(e) => warn!(error = %e, "cannot handle SIGHUP"),
-        }
-    }
 }

@@ -78,12 +78,17 @@ pub async fn serve(
                 addr: cfg.metrics,
                 source,
             })?;
-    if let Some(certs) = &server.certs {
-        tokio::spawn(crate::io::tls::watch(
-            certs.clone(),
-            Duration::from_secs(2),
-            shutdown.clone(),
-        ));
+    match &server.certs {
+        // SIGHUP reloads the certificate.
+        Some(certs) => {
+            tokio::spawn(crate::io::tls::watch(
+                certs.clone(),
+                Duration::from_secs(2),
+                shutdown.clone(),
+            ));
+        }
+        // Nothing to reload: SIGHUP must not end the server.
+        None => turnkey_common::shutdown::ignore_hangups("turn-server"),
     }
     let ready = Ready {
         listen: server.listen.clone(),
