@@ -1757,6 +1757,20 @@ impl Worker {
                 p.loss.probe_at = Some(now);
             }
         }
+        // A switch waits for a keyframe of the target layer. When the first request or the
+        // keyframe itself was lost (or the request was suppressed by the per-layer interval
+        // because another subscriber had just asked), ask again, at most once per interval:
+        // otherwise the subscriber could stay on the old layer until the publisher's next
+        // spontaneous keyframe, which simulcast encoders rarely send.
+        for p in self.parts.iter().flatten() {
+            for d in &p.downtracks {
+                if let Some(target) = d.target {
+                    if d.current != Some(target) {
+                        keyframes.push((d.track.clone(), target));
+                    }
+                }
+            }
+        }
         for (t, l) in keyframes {
             self.request_keyframe(now, &t, l);
         }
