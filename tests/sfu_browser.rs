@@ -83,7 +83,25 @@ fn chromium_sfu_rooms() {
         bytes > forwarded * 12.0,
         "sfu_forwarded_bytes_total {bytes}"
     );
-    assert!(data >= 2.0, "sfu_data_messages_total {data}");
+    // The workers export their counters every 250 ms of activity: give the last export time.
+    let data_ok = common::wait_until(Duration::from_secs(5), || {
+        metric(sfu_metrics, "sfu_data_messages_total", &[]) >= 2.0
+    });
+    assert!(
+        data_ok,
+        "sfu_data_messages_total {} (dropped: too_large {}, rate_limited {})",
+        metric(sfu_metrics, "sfu_data_messages_total", &[]),
+        metric(
+            sfu_metrics,
+            "sfu_data_messages_dropped_total",
+            &[("reason", "too_large")]
+        ),
+        metric(
+            sfu_metrics,
+            "sfu_data_messages_dropped_total",
+            &[("reason", "rate_limited")]
+        ),
+    );
     assert!(
         speakers >= 1.0,
         "sfu_active_speaker_changes_total {speakers}"
