@@ -25,36 +25,25 @@ const API_KEY: &str = "app";
 const API_SECRET: &str = "app-secret-for-exposure-tests";
 const TURN_SECRET: &str = "turn-shared-secret";
 
-struct Sig {
-    guard: ServerGuard,
-    http: SocketAddr,
-}
+type Sig = common::Signaling;
 
 fn start_signaling(extra: &[&str]) -> Sig {
-    let http = SocketAddr::new(LOCALHOST, free_udp_tcp_port());
-    let mut args: Vec<String> = vec![
-        "--listen".into(),
-        http.to_string(),
-        "--api-key".into(),
-        format!("{API_KEY}:{API_SECRET}"),
-        "--turn-secret".into(),
-        TURN_SECRET.into(),
-        "--turn-uri".into(),
-        "turn:127.0.0.1:3478?transport=udp".into(),
-    ];
+    let mut args: Vec<String> = [
+        "--api-key",
+        &format!("{API_KEY}:{API_SECRET}"),
+        "--turn-secret",
+        TURN_SECRET,
+        "--turn-uri",
+        "turn:127.0.0.1:3478?transport=udp",
+    ]
+    .map(String::from)
+    .to_vec();
     args.extend(extra.iter().map(|s| s.to_string()));
-    Sig {
-        guard: ServerGuard::start("signaling", &args),
-        http,
-    }
+    Sig::start(&args)
 }
 
 fn basic() -> String {
-    use base64::Engine;
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{API_KEY}:{API_SECRET}"))
-    )
+    common::basic_auth(&format!("{API_KEY}:{API_SECRET}"))
 }
 
 /// One HTTP/1.1 exchange with extra headers. Returns status, lower-cased headers and the body
@@ -523,51 +512,34 @@ fn a_generated_dev_key_is_printed_once_and_never_logged() {
 
 #[test]
 fn an_empty_link_secret_is_refused_at_start() {
-    let port = free_udp_tcp_port();
-    let sfu = run_with_timeout(
-        Command::new(common::bin_path("sfu")).args([
-            "--media-listen",
-            &format!("127.0.0.1:{port}"),
-            "--link-listen",
-            &format!("127.0.0.1:{}", free_udp_tcp_port()),
-            "--metrics",
-            &format!("127.0.0.1:{}", free_udp_tcp_port()),
-            "--sfu-secret",
-            "",
-        ]),
-        Duration::from_secs(20),
-    );
-    assert!(
-        !sfu.timed_out() && !sfu.success(),
-        "sfu started with an empty secret: {}",
-        sfu.combined()
-    );
-    assert!(
-        sfu.stderr.contains("sfu_secret") && sfu.stderr.contains("empty"),
-        "{}",
-        sfu.combined()
-    );
-    let sig = run_with_timeout(
-        Command::new(common::bin_path("signaling")).args([
-            "--listen",
-            &format!("127.0.0.1:{}", free_udp_tcp_port()),
-            "--metrics",
-            &format!("127.0.0.1:{}", free_udp_tcp_port()),
-            "--sfu-secret",
-            "",
-        ]),
-        Duration::from_secs(20),
-    );
-    assert!(
-        !sig.timed_out() && !sig.success(),
-        "signaling started with an empty --sfu-secret: {}",
-        sig.combined()
-    );
-    assert!(
-        sig.stderr.contains("sfu_secret") && sig.stderr.contains("empty"),
-        "{}",
-        sig.combined()
-    );
+    let free = || format!("127.0.0.1:{}", free_udp_tcp_port());
+    let sfu = [
+        "--media-listen",
+        &free(),
+        "--link-listen",
+        &free(),
+        "--metrics",
+        &free(),
+    ];
+    let signaling = ["--listen", &free(), "--metrics", &free()];
+    for (bin, args) in [("sfu", &sfu[..]), ("signaling", &signaling[..])] {
+        let run = run_with_timeout(
+            Command::new(common::bin_path(bin))
+                .args(args)
+                .args(["--sfu-secret", ""]),
+            Duration::from_secs(20),
+        );
+        assert!(
+            !run.timed_out() && !run.success(),
+            "{bin} started with an empty --sfu-secret: {}",
+            run.combined()
+        );
+        assert!(
+            run.stderr.contains("sfu_secret") && run.stderr.contains("empty"),
+            "{bin}: {}",
+            run.combined()
+        );
+    }
 }
 
 extern "C" {

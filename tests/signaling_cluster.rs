@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{free_udp_tcp_port, RedisGuard, ServerGuard};
+use common::RedisGuard;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
@@ -18,31 +18,11 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 const API: &str = "app:cluster-secret";
 
-struct Sig {
-    guard: ServerGuard,
-    http: SocketAddr,
-}
+type Sig = common::Signaling;
 
-/// Starts a node, retrying with new ports if one was taken between the harness finding it free
-/// and the server binding it (parallel tests open many client sockets on ephemeral ports).
+/// Starts node `id` on `redis`, then `extra`.
 fn start_node(redis: &RedisGuard, id: &str, extra: &[&str]) -> Sig {
-    for _ in 0..2 {
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            start_node_once(redis, id, extra)
-        }));
-        if let Ok(sig) = r {
-            return sig;
-        }
-    }
-    start_node_once(redis, id, extra)
-}
-
-fn start_node_once(redis: &RedisGuard, id: &str, extra: &[&str]) -> Sig {
-    let port = free_udp_tcp_port();
-    let http: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut args: Vec<String> = vec![
-        "--listen".into(),
-        http.to_string(),
         "--api-key".into(),
         API.into(),
         "--redis".into(),
@@ -51,18 +31,11 @@ fn start_node_once(redis: &RedisGuard, id: &str, extra: &[&str]) -> Sig {
         id.into(),
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
-    Sig {
-        guard: ServerGuard::start("signaling", &args),
-        http,
-    }
+    Sig::start(&args)
 }
 
 fn basic() -> String {
-    use base64::Engine;
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(API)
-    )
+    common::basic_auth(API)
 }
 
 fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, Value) {

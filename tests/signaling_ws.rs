@@ -26,29 +26,11 @@ const TURN_REST_KEY: &str = "rest-key-1";
 /// How long a client waits for an expected frame.
 const WAIT: Duration = Duration::from_secs(5);
 
-struct Sig {
-    guard: ServerGuard,
-    http: SocketAddr,
-}
+type Sig = common::Signaling;
 
-/// Starts `signaling`, retrying with new ports if one was taken between the harness finding it
-/// free and the server binding it (parallel tests open many client sockets on ephemeral ports).
+/// Starts `signaling` with the test API key, TURN secret and URIs, then `extra`.
 fn start(extra: &[&str]) -> Sig {
-    for _ in 0..2 {
-        let r = std::panic::catch_unwind(|| start_once(extra));
-        if let Ok(sig) = r {
-            return sig;
-        }
-    }
-    start_once(extra)
-}
-
-fn start_once(extra: &[&str]) -> Sig {
-    let port = free_udp_tcp_port();
-    let http: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut args: Vec<String> = vec![
-        "--listen".into(),
-        http.to_string(),
         "--api-key".into(),
         format!("{API_KEY}:{API_SECRET}"),
         "--turn-secret".into(),
@@ -61,16 +43,11 @@ fn start_once(extra: &[&str]) -> Sig {
         "turn:127.0.0.1:3478?transport=udp".into(),
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
-    let guard = ServerGuard::start("signaling", &args);
-    Sig { guard, http }
+    Sig::start(&args)
 }
 
 fn basic() -> String {
-    use base64::Engine;
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{API_KEY}:{API_SECRET}"))
-    )
+    common::basic_auth(&format!("{API_KEY}:{API_SECRET}"))
 }
 
 /// One HTTP/1.1 request (Connection: close). Returns status and body (JSON if it parses,

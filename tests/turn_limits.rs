@@ -20,9 +20,6 @@ use std::time::{Duration, Instant};
 use rtc_dtls::config::ConfigBuilder;
 use rtc_dtls::endpoint::{Endpoint, EndpointEvent};
 use rtc_shared::TransportProtocol;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
 
 mod common;
 use common::{free_udp_tcp_port, wait_until, ServerGuard, LOCALHOST};
@@ -413,44 +410,6 @@ fn tcp_connections_per_ip_are_capped_and_another_ip_still_connects() {
     assert_eq!(server.dropped("tcp_per_ip_limit"), 1.0);
 }
 
-/// Accepts any certificate.
-#[derive(Debug)]
-struct AnyCert;
-
-impl ServerCertVerifier for AnyCert {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        rustls::crypto::ring::default_provider()
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
 #[test]
 fn tls_handshakes_in_progress_are_capped_per_ip() {
     let server = Server::start("tls-per-ip", &["--tls-max-handshakes-per-ip", "2"]);
@@ -473,18 +432,7 @@ fn tls_handshakes_in_progress_are_capped_per_ip() {
     assert_eq!(server.dropped("tls_handshake_per_ip_limit"), 1.0);
 
     // Another IP completes a handshake and is served.
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .dangerous()
-    .with_custom_certificate_verifier(Arc::new(AnyCert))
-    .with_no_client_auth();
-    let conn =
-        rustls::ClientConnection::new(Arc::new(cfg), ServerName::try_from("turn.test").unwrap())
-            .unwrap();
-    let mut tls = rustls::StreamOwned::new(conn, connect_from("127.0.0.2", server.tls_port));
+    let (mut tls, _) = common::tls::client(connect_from("127.0.0.2", server.tls_port));
     let req = binding_request(5);
     tls.write_all(&req).expect("TLS handshake from 127.0.0.2");
     let mut head = [0u8; 20];

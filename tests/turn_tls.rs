@@ -11,15 +11,12 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
 
 mod common;
+use common::tls::{self, Tls};
 use common::{free_udp_tcp_port, require_tool, wait_until, ChildGuard, ServerGuard, LOCALHOST};
 
 const USER: &str = "tlsuser";
@@ -107,71 +104,16 @@ fn start_server(files: &Files) -> (ServerGuard, u16, u16) {
     (server, port, tls_port)
 }
 
-/// Accepts any certificate and remembers the leaf it was shown.
-#[derive(Debug, Default)]
-struct Recorder(Mutex<Vec<u8>>);
-
-impl ServerCertVerifier for Recorder {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        *self.0.lock().unwrap() = end_entity.to_vec();
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        rustls::crypto::ring::default_provider()
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
-
 /// A TLS connection to the server; returns it and the leaf certificate it presented.
 fn connect(port: u16) -> (Tls, Vec<u8>) {
-    let recorder = Arc::new(Recorder::default());
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .dangerous()
-    .with_custom_certificate_verifier(recorder.clone())
-    .with_no_client_auth();
-    let conn = rustls::ClientConnection::new(
-        Arc::new(cfg),
-        ServerName::try_from("turn.test").expect("name"),
-    )
-    .expect("client");
     let tcp = TcpStream::connect(SocketAddr::new(LOCALHOST, port)).expect("connect");
     tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let (mut tls, verifier) = tls::client(tcp);
     tls.flush().expect("handshake");
     while tls.conn.is_handshaking() {
         tls.conn.complete_io(&mut tls.sock).expect("handshake");
     }
-    let leaf = recorder.0.lock().unwrap().clone();
+    let leaf = verifier.leaf();
     (tls, leaf)
 }
 

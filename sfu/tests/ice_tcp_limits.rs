@@ -4,6 +4,9 @@
 //! per source IP and in total are closed at accept; each is counted in
 //! `sfu_ice_tcp_closed_total{reason}` (scraped from `/metrics`).
 
+use rtc::stun::attributes::ATTR_USERNAME;
+use rtc::stun::message::{Message, TransactionId, BINDING_REQUEST};
+use rtc::stun::textattrs::Username;
 use sfu::config::SfuArgs;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -70,21 +73,18 @@ async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
     )
 }
 
-/// An RFC 4571 frame holding a STUN Binding request with USERNAME `username`.
+/// An RFC 4571 frame holding a STUN Binding request with USERNAME `username` (webrtc-rs's
+/// STUN codec).
 fn framed_binding(username: &str) -> Vec<u8> {
-    let mut attrs = vec![0x00, 0x06];
-    attrs.extend_from_slice(&(username.len() as u16).to_be_bytes());
-    attrs.extend_from_slice(username.as_bytes());
-    while attrs.len() % 4 != 0 {
-        attrs.push(0);
-    }
-    let mut m = vec![0x00, 0x01];
-    m.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
-    m.extend_from_slice(&[0x21, 0x12, 0xa4, 0x42]);
-    m.extend_from_slice(&[9; 12]);
-    m.extend_from_slice(&attrs);
-    let mut f = (m.len() as u16).to_be_bytes().to_vec();
-    f.extend_from_slice(&m);
+    let mut m = Message::new();
+    m.build(&[
+        Box::new(BINDING_REQUEST),
+        Box::new(TransactionId::new()),
+        Box::new(Username::new(ATTR_USERNAME, username.to_string())),
+    ])
+    .unwrap();
+    let mut f = (m.raw.len() as u16).to_be_bytes().to_vec();
+    f.extend_from_slice(&m.raw);
     f
 }
 

@@ -14,6 +14,7 @@
 //! - [`RedisGuard`]: a throwaway `redis-server` on a free loopback port, no persistence.
 //! - [`natlab`]: a NAT lab of network namespaces (public host, NAT routers of each RFC 4787
 //!   behaviour, clients) for tests/nat_lab.rs; [`netns`]: one namespace linked to the host.
+//! - [`tls`]: a TLS client that accepts any certificate and records the leaf it was shown.
 //!
 //! Everything binds to loopback only. Nothing here sleeps for a fixed time to "let things
 //! settle"; waits poll a condition with a deadline.
@@ -21,6 +22,7 @@
 
 pub mod natlab;
 pub mod netns;
+pub mod tls;
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -458,6 +460,45 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> ToolOutput {
 // ---------------------------------------------------------------------------------------------
 // Servers
 // ---------------------------------------------------------------------------------------------
+
+/// A `signaling` process listening on a free loopback port.
+pub struct Signaling {
+    pub guard: ServerGuard,
+    /// Its HTTP/WebSocket address.
+    pub http: SocketAddr,
+}
+
+impl Signaling {
+    /// Starts `signaling --listen <free port>` followed by `args`. Tried again with a new port
+    /// if the port was taken between finding it free and the server binding it (parallel
+    /// tests open many client sockets on ephemeral ports).
+    pub fn start(args: &[String]) -> Signaling {
+        let once = || {
+            let http = SocketAddr::new(LOCALHOST, free_udp_tcp_port());
+            let mut all = vec!["--listen".to_string(), http.to_string()];
+            all.extend_from_slice(args);
+            Signaling {
+                guard: ServerGuard::start("signaling", &all),
+                http,
+            }
+        };
+        for _ in 0..2 {
+            if let Ok(sig) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(once)) {
+                return sig;
+            }
+        }
+        once()
+    }
+}
+
+/// The HTTP Basic `Authorization` header value for `user_pass` ("user:password").
+pub fn basic_auth(user_pass: &str) -> String {
+    use base64::Engine;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(user_pass)
+    )
+}
 
 /// One of our servers running as a child process. [`ServerGuard::start`] returns once
 /// `GET /healthz` on its metrics listener answers 200 (every server binds its client listeners

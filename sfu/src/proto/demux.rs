@@ -112,19 +112,19 @@ impl<K: Copy + Eq + Hash> Demux<K> {
 mod tests {
     use super::*;
 
+    /// A STUN Binding request with USERNAME `username` (webrtc-rs's STUN codec).
     fn binding(username: &str) -> Vec<u8> {
-        let mut attrs = vec![0x00, 0x06];
-        attrs.extend_from_slice(&(username.len() as u16).to_be_bytes());
-        attrs.extend_from_slice(username.as_bytes());
-        while attrs.len() % 4 != 0 {
-            attrs.push(0);
-        }
-        let mut m = vec![0x00, 0x01];
-        m.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
-        m.extend_from_slice(&[0x21, 0x12, 0xa4, 0x42]);
-        m.extend_from_slice(&[7; 12]);
-        m.extend_from_slice(&attrs);
-        m
+        use rtc::stun::attributes::ATTR_USERNAME;
+        use rtc::stun::message::{Message, TransactionId, BINDING_REQUEST};
+        use rtc::stun::textattrs::Username;
+        let mut m = Message::new();
+        m.build(&[
+            Box::new(BINDING_REQUEST),
+            Box::new(TransactionId::new()),
+            Box::new(Username::new(ATTR_USERNAME, username.to_string())),
+        ])
+        .unwrap();
+        m.raw
     }
 
     #[test]

@@ -1,46 +1,9 @@
-//! Bounds of the SFU core: a token bucket (time passed in; `rate_per_sec` tokens a second up
-//! to `burst`) for the per-participant data-channel message rate, and the table of ICE-TCP
-//! connections that have not completed ICE yet, capped per source IP and in total.
+//! Bounds of the SFU core: the table of ICE-TCP connections that have not completed ICE yet,
+//! capped per source IP and in total. (The per-participant data-channel message rate uses
+//! [`turnkey_common::rate::TokenBucket`].)
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::time::Instant;
-
-/// A token bucket, full when created.
-#[derive(Clone, Debug)]
-pub struct TokenBucket {
-    rate_per_sec: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl TokenBucket {
-    /// A full bucket of `burst` tokens (at least 1) refilled at `rate_per_sec`.
-    pub fn new(rate_per_sec: u32, burst: u32, now: Instant) -> Self {
-        let burst = f64::from(burst.max(1));
-        TokenBucket {
-            rate_per_sec: f64::from(rate_per_sec),
-            burst,
-            tokens: burst,
-            last: now,
-        }
-    }
-
-    /// Takes one token at `now`; false (nothing taken) when the bucket is empty.
-    #[must_use]
-    pub fn try_take(&mut self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = self.last.max(now);
-        self.tokens = (self.tokens + elapsed * self.rate_per_sec).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
 
 /// Why a connection was refused a place in the [`PendingTable`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,7 +78,6 @@ impl PendingTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn pending_caps_per_ip_and_in_total() {
@@ -136,21 +98,5 @@ mod tests {
         }
         assert_eq!(t.total(), 0);
         assert!(t.by_ip.is_empty());
-    }
-
-    #[test]
-    fn burst_then_rate() {
-        let t0 = Instant::now();
-        let mut b = TokenBucket::new(50, 100, t0);
-        assert_eq!((0..150).filter(|_| b.try_take(t0)).count(), 100);
-        // 100 ms later, 5 tokens are back.
-        let t1 = t0 + Duration::from_millis(100);
-        assert_eq!((0..20).filter(|_| b.try_take(t1)).count(), 5);
-        // A steady 50/s is never limited; time going backwards adds nothing.
-        let mut b = TokenBucket::new(50, 1, t0);
-        for i in 0..1000u64 {
-            assert!(b.try_take(t0 + Duration::from_millis(20 * (i + 1))));
-        }
-        assert!(!b.try_take(t0));
     }
 }

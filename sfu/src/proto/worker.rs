@@ -6,7 +6,6 @@
 
 use super::demux::{Demux, Proto};
 use super::forward::Rewriter;
-use super::limit::TokenBucket;
 use super::media::{self, VideoCodec};
 use super::msg::{self, ClientMsg, ErrorCode};
 use super::peer::{self, BweCell, FeedbackCounters, Leg, PcSettings, AUDIO_LEVEL_URI};
@@ -40,6 +39,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use turnkey_common::rate::TokenBucket;
 
 /// Index of a participant in the worker's table.
 pub type Handle = usize;
@@ -1333,7 +1333,6 @@ impl Worker {
         let video = t.video;
         let mime = t.codec.mime_type.clone();
         let fmtp = t.codec.sdp_fmtp_line.clone();
-        let simulcast = t.layers.len() > 1;
         let single_layer = t.layers.len() == 1;
         let Some(room) = self.parts[h].as_ref().map(|p| p.room.clone()) else {
             return;
@@ -1462,7 +1461,6 @@ impl Worker {
             });
         }
         self.stats.layer_switches += switched;
-        let _ = simulcast;
     }
 
     /// Relays one data-channel message of participant `h` to the others of its room, unless it

@@ -3,6 +3,7 @@
 //! abuse closes with 4008).
 
 use std::time::{Duration, Instant};
+use turnkey_common::rate;
 
 /// What to do with one incoming message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,10 +20,7 @@ pub enum Verdict {
 /// A token bucket refilled at `rate_per_sec` up to `burst`, counting drops per window.
 #[derive(Clone, Debug)]
 pub struct TokenBucket {
-    rate_per_sec: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
+    bucket: rate::TokenBucket,
     window: Duration,
     window_start: Instant,
     dropped_in_window: u32,
@@ -39,10 +37,7 @@ impl TokenBucket {
         now: Instant,
     ) -> Self {
         TokenBucket {
-            rate_per_sec: f64::from(rate_per_sec),
-            burst: f64::from(burst.max(1)),
-            tokens: f64::from(burst.max(1)),
-            last: now,
+            bucket: rate::TokenBucket::new(rate_per_sec, burst, now),
             window,
             window_start: now,
             dropped_in_window: 0,
@@ -52,15 +47,11 @@ impl TokenBucket {
 
     /// Accounts for one message arriving at `now`.
     pub fn handle_message(&mut self, now: Instant) -> Verdict {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate_per_sec).min(self.burst);
         if now.saturating_duration_since(self.window_start) >= self.window {
             self.window_start = now;
             self.dropped_in_window = 0;
         }
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.bucket.try_take(now) {
             return Verdict::Allow;
         }
         self.dropped_in_window += 1;
