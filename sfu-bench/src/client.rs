@@ -7,10 +7,9 @@ use crate::probe::{self, Kind, Probe, SeqSet, Vp8Part};
 use bytes::BytesMut;
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
+use rtc::interceptor::{Registry, Slot};
 use rtc::media_stream::MediaStreamTrack;
-use rtc::peer_connection::configuration::interceptor_registry::{
-    register_default_interceptors, Registry,
-};
+use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
 use rtc::peer_connection::configuration::media_engine::{
     MediaEngine, MIME_TYPE_OPUS, MIME_TYPE_VP8,
 };
@@ -28,6 +27,7 @@ use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::sansio::Protocol as _;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use serde_json::{json, Value};
+use sfu::proto::peer::{FeedbackCounters, FeedbackTap};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -163,10 +163,14 @@ const WAKER: Token = Token(usize::MAX);
 const VP8_PT: u8 = 96;
 const OPUS_PT: u8 = 111;
 
+/// A peer connection with webrtc-rs's defaults plus the SFU's `FeedbackTap`, without which
+/// webrtc-rs never hands inbound PLI/FIR to the application (publishers would not answer the
+/// SFU's keyframe requests).
 fn new_pc(now: Instant) -> anyhow::Result<RTCPeerConnection> {
     let mut me = MediaEngine::default();
     me.register_default_codecs()?;
-    let reg = register_default_interceptors(Registry::new(), &mut me)?;
+    let tap = FeedbackTap::new(Arc::new(FeedbackCounters::default()));
+    let reg = register_default_interceptors(Registry::new().with(Slot::Custom(500), tap), &mut me)?;
     Ok(RTCPeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
         .with_media_engine(me)

@@ -2,10 +2,9 @@
 //! a publisher and a subscriber on one simulated network; no sockets, no sleeps.
 
 use bytes::Bytes;
+use rtc::interceptor::{Registry, Slot};
 use rtc::media_stream::MediaStreamTrack;
-use rtc::peer_connection::configuration::interceptor_registry::{
-    register_default_interceptors, Registry,
-};
+use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
 use rtc::peer_connection::configuration::media_engine::{
     MediaEngine, MIME_TYPE_H264, MIME_TYPE_VP8, MIME_TYPE_VP9,
 };
@@ -15,6 +14,7 @@ use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
@@ -22,9 +22,11 @@ use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use serde_json::Value;
 use sfu::proto::demux::Proto;
+use sfu::proto::peer::{FeedbackCounters, FeedbackTap};
 use sfu::proto::worker::{Worker, WorkerConfig};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 struct Client {
@@ -38,10 +40,15 @@ struct Client {
     offers: usize,
 }
 
+/// A client peer connection with webrtc-rs's default codecs and interceptors (which negotiate
+/// the MID and RID header extensions simulcast needs), plus the SFU's [`FeedbackTap`]: webrtc-rs
+/// hands inbound RTCP (PLI, FIR) to the application only when an interceptor marks it so.
 fn client_pc() -> RTCPeerConnection {
     let mut me = MediaEngine::default();
     me.register_default_codecs().unwrap();
-    let reg = register_default_interceptors(Registry::new(), &mut me).unwrap();
+    let tap = FeedbackTap::new(Arc::new(FeedbackCounters::default()));
+    let reg = register_default_interceptors(Registry::new().with(Slot::Custom(500), tap), &mut me)
+        .unwrap();
     RTCPeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
         .with_media_engine(me)
@@ -80,13 +87,17 @@ const VP8: Codec = Codec {
 };
 
 fn video_track(ssrc: u32, codec: Codec) -> MediaStreamTrack {
-    MediaStreamTrack::new(
-        "stream".into(),
-        "video".into(),
-        "video".into(),
-        RtpCodecKind::Video,
-        vec![RTCRtpEncodingParameters {
+    video_track_layers(&[(ssrc, "")], codec)
+}
+
+/// A video track with one encoding per (SSRC, RID); a single encoding without RID is a plain
+/// track, several are simulcast layers.
+fn video_track_layers(layers: &[(u32, &str)], codec: Codec) -> MediaStreamTrack {
+    let encodings = layers
+        .iter()
+        .map(|&(ssrc, rid)| RTCRtpEncodingParameters {
             rtp_coding_parameters: RTCRtpCodingParameters {
+                rid: rid.into(),
                 ssrc: Some(ssrc),
                 ..Default::default()
             },
@@ -98,8 +109,27 @@ fn video_track(ssrc: u32, codec: Codec) -> MediaStreamTrack {
                 rtcp_feedback: vec![],
             },
             ..Default::default()
-        }],
+        })
+        .collect();
+    MediaStreamTrack::new(
+        "stream".into(),
+        "video".into(),
+        "video".into(),
+        RtpCodecKind::Video,
+        encodings,
     )
+}
+
+/// Alice's simulcast layers (low to high) and what the test does with them: each layer sends
+/// a keyframe only when a PLI for its SSRC arrives, and the first `ignore_plis[i]` PLIs for
+/// layer i are lost on the way.
+struct Simulcast {
+    ssrcs: Vec<u32>,
+    rids: Vec<&'static str>,
+    seq: Vec<u16>,
+    keyframe_wanted: Vec<bool>,
+    ignore_plis: Vec<usize>,
+    plis: Vec<usize>,
 }
 
 fn ctx(local: SocketAddr, peer: SocketAddr) -> TransportContext {
@@ -150,10 +180,34 @@ struct Sim {
     /// STUN Binding success responses the worker sent (what the ICE-TCP I/O takes as ICE
     /// completed on a stream).
     binding_successes: usize,
+    /// Set when alice publishes simulcast instead of one video stream.
+    simulcast: Option<Simulcast>,
 }
 
 impl Sim {
     fn new(cfg: WorkerConfig, codec: Codec) -> Sim {
+        Sim::build(cfg, codec, None)
+    }
+
+    /// Alice publishes VP8 in simulcast layers `rids` (low to high).
+    fn simulcast(cfg: WorkerConfig, rids: &[&'static str], ignore_plis: Vec<usize>) -> Sim {
+        let n = rids.len();
+        Sim::build(
+            cfg,
+            VP8,
+            Some(Simulcast {
+                ssrcs: (0..n as u32).map(|i| 5000 + i).collect(),
+                rids: rids.to_vec(),
+                seq: vec![100; n],
+                // The lowest layer starts with a keyframe; the others wait for a PLI.
+                keyframe_wanted: (0..n).map(|i| i == 0).collect(),
+                ignore_plis,
+                plis: vec![0; n],
+            }),
+        )
+    }
+
+    fn build(cfg: WorkerConfig, codec: Codec, simulcast: Option<Simulcast>) -> Sim {
         let server = cfg.udp_addr;
         let mut w = Worker::new(cfg);
         let t0 = Instant::now();
@@ -163,7 +217,19 @@ impl Sim {
             let addr: SocketAddr = format!("192.0.2.{}:5000", 10 + i).parse().unwrap();
             let mut pc = client_pc();
             if i == 0 {
-                pc.add_track(video_track(4242, codec)).unwrap();
+                let track = match &simulcast {
+                    Some(sc) => {
+                        let layers: Vec<(u32, &str)> = sc
+                            .ssrcs
+                            .iter()
+                            .copied()
+                            .zip(sc.rids.iter().copied())
+                            .collect();
+                        video_track_layers(&layers, codec)
+                    }
+                    None => video_track(4242, codec),
+                };
+                pc.add_track(track).unwrap();
             }
             pc.create_data_channel("room", None).unwrap();
             let offer = pc.create_offer(None).unwrap();
@@ -197,6 +263,7 @@ impl Sim {
             vanished: vec![],
             offers_seen: vec![],
             binding_successes: 0,
+            simulcast,
         }
     }
 
@@ -307,9 +374,30 @@ impl Sim {
                     }
                 }
                 while let Some(TaggedRTCMessage { message, .. }) = c.publish.poll_read() {
-                    if let RTCMessage::DataChannelMessage(_, m) = message {
-                        c.data_received
-                            .push(String::from_utf8_lossy(&m.data).into_owned());
+                    match message {
+                        RTCMessage::DataChannelMessage(_, m) => c
+                            .data_received
+                            .push(String::from_utf8_lossy(&m.data).into_owned()),
+                        RTCMessage::RtcpPacket(_, pkts) => {
+                            let Some(sc) = self.simulcast.as_mut() else {
+                                continue;
+                            };
+                            for p in pkts {
+                                let Some(pli) = p.as_any().downcast_ref::<PictureLossIndication>()
+                                else {
+                                    continue;
+                                };
+                                let Some(i) = sc.ssrcs.iter().position(|s| *s == pli.media_ssrc)
+                                else {
+                                    continue;
+                                };
+                                sc.plis[i] += 1;
+                                if sc.plis[i] > sc.ignore_plis[i] {
+                                    sc.keyframe_wanted[i] = true;
+                                }
+                            }
+                        }
+                        _ => {}
                     }
                 }
                 if let Some(sub) = c.subscribe.as_mut() {
@@ -327,24 +415,28 @@ impl Sim {
                 self.next_send = now + Duration::from_millis(20);
                 let a = &mut self.clients[0];
                 let sid = a.publish.get_senders().next().unwrap();
-                let mut s = a.publish.rtp_sender(sid).unwrap();
-                let pt = s.get_parameters().rtp_parameters.codecs[0].payload_type;
-                self.seq = self.seq.wrapping_add(1);
-                let key = self.sent.is_multiple_of(30);
-                let pkt = rtc::rtp::Packet {
-                    header: rtc::rtp::header::Header {
-                        version: 2,
-                        payload_type: pt,
-                        sequence_number: self.seq,
-                        timestamp: u32::from(self.seq) * 3000,
-                        ssrc: 4242,
-                        marker: true,
-                        ..Default::default()
-                    },
-                    payload: payload(self.codec, key, self.seq),
-                };
-                if s.write_rtp(now, pkt).is_ok() {
-                    self.sent += 1;
+                if let Some(sc) = self.simulcast.as_mut() {
+                    self.sent += send_layers(&mut a.publish, sid, sc, now);
+                } else {
+                    let mut s = a.publish.rtp_sender(sid).unwrap();
+                    let pt = s.get_parameters().rtp_parameters.codecs[0].payload_type;
+                    self.seq = self.seq.wrapping_add(1);
+                    let key = self.sent.is_multiple_of(30);
+                    let pkt = rtc::rtp::Packet {
+                        header: rtc::rtp::header::Header {
+                            version: 2,
+                            payload_type: pt,
+                            sequence_number: self.seq,
+                            timestamp: u32::from(self.seq) * 3000,
+                            ssrc: 4242,
+                            marker: true,
+                            ..Default::default()
+                        },
+                        payload: payload(self.codec, key, self.seq),
+                    };
+                    if s.write_rtp(now, pkt).is_ok() {
+                        self.sent += 1;
+                    }
                 }
                 if !self.data_sent && self.clients[1].dc.is_some() {
                     let dc = self.clients[0].dc.unwrap();
@@ -381,6 +473,71 @@ impl Sim {
             }
         }
     }
+}
+
+/// One VP8 packet on each of alice's simulcast layers, with the MID and RID header extensions
+/// (what a browser sends); a layer sends a keyframe when one is wanted. The last payload byte
+/// is the layer index, so a subscriber can tell which layer it is being forwarded. Returns the
+/// packets the sender took.
+fn send_layers(
+    pc: &mut RTCPeerConnection,
+    sid: rtc::rtp_transceiver::RTCRtpSenderId,
+    sc: &mut Simulcast,
+    now: Instant,
+) -> usize {
+    let mid = pc
+        .local_description()
+        .and_then(|d| {
+            let sdp = d.sdp.split("m=video").nth(1)?;
+            let line = sdp.lines().find(|l| l.starts_with("a=mid:"))?;
+            Some(line["a=mid:".len()..].trim().to_string())
+        })
+        .expect("alice's video m-line has a mid");
+    let mut s = pc.rtp_sender(sid).unwrap();
+    let params = s.get_parameters().rtp_parameters.clone();
+    let pt = params.codecs[0].payload_type;
+    let ext_id = |uri: &str| {
+        params
+            .header_extensions
+            .iter()
+            .find(|e| e.uri == uri)
+            .map(|e| e.id as u8)
+            .unwrap_or_else(|| panic!("{uri} not negotiated"))
+    };
+    let (mid_id, rid_id) = (
+        ext_id(rtc::sdp::extmap::SDES_MID_URI),
+        ext_id(rtc::sdp::extmap::SDES_RTP_STREAM_ID_URI),
+    );
+    let mut sent = 0;
+    for i in 0..sc.ssrcs.len() {
+        sc.seq[i] = sc.seq[i].wrapping_add(1);
+        let key = std::mem::take(&mut sc.keyframe_wanted[i]);
+        let mut body = payload(VP8, key, sc.seq[i]).to_vec();
+        body.push(i as u8);
+        let mut header = rtc::rtp::header::Header {
+            version: 2,
+            payload_type: pt,
+            sequence_number: sc.seq[i],
+            timestamp: u32::from(sc.seq[i]) * 3000,
+            ssrc: sc.ssrcs[i],
+            marker: true,
+            ..Default::default()
+        };
+        header
+            .set_extension(mid_id, Bytes::from(mid.clone()))
+            .unwrap();
+        header
+            .set_extension(rid_id, Bytes::from(sc.rids[i]))
+            .unwrap();
+        let pkt = rtc::rtp::Packet {
+            header,
+            payload: Bytes::from(body),
+        };
+        if s.write_rtp(now, pkt).is_ok() {
+            sent += 1;
+        }
+    }
+    sent
 }
 
 fn server_cfg() -> WorkerConfig {
@@ -623,4 +780,43 @@ fn data_channel_messages_are_capped_in_size_and_rate() {
         "{:?}",
         sim.clients[1].data_received.last()
     );
+}
+
+/// A layer switch survives lost keyframe requests (the defect behind a subscriber stuck on the
+/// low layer in `sfu_network`): alice publishes three simulcast layers whose upper layers send
+/// a keyframe only when asked, and the first two PLIs for each upper layer are lost. Bob's
+/// estimate allows the middle layer at about 0.5 s. The SFU must ask again, once per
+/// `keyframe_request_interval` (500 ms), while the switch is pending, so bob is on the middle
+/// layer by 1.5 s. Asking once (the old code) left him on the low layer until the next layer
+/// change, the first probe at 4.5 s at the earliest; this test stops at 3 s.
+#[test]
+fn a_layer_switch_asks_again_for_a_lost_keyframe() {
+    let mut sim = Sim::simulcast(server_cfg(), &["q", "h", "f"], vec![0, 2, 2]);
+    sim.run_until(Duration::from_secs(3));
+    let sc = sim.simulcast.as_ref().unwrap();
+    let layers: Vec<u8> = sim.clients[1]
+        .rtp_received
+        .iter()
+        .filter_map(|p| p.payload.last().copied())
+        .collect();
+    let highest = layers.iter().copied().max();
+    eprintln!(
+        "PLIs per layer {:?}; bob got {} packets, highest layer {highest:?}; stats {:?}",
+        sc.plis,
+        layers.len(),
+        sim.w.stats()
+    );
+    assert!(layers.len() > 50, "bob got {} packets", layers.len());
+    assert!(
+        highest >= Some(1),
+        "bob stayed on the lowest layer; PLIs per layer {:?}",
+        sc.plis
+    );
+    let switched_to = highest.unwrap() as usize;
+    assert!(
+        sc.plis[switched_to] >= 3,
+        "layer {switched_to} was reached although its PLIs were lost: {:?}",
+        sc.plis
+    );
+    assert!(sim.w.stats().layer_switches >= 1, "{:?}", sim.w.stats());
 }
