@@ -13,7 +13,6 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,42 +21,10 @@ use rtc_dtls::endpoint::{Endpoint, EndpointEvent};
 use rtc_shared::TransportProtocol;
 
 mod common;
+use common::tls::CertFiles;
 use common::{free_udp_tcp_port, wait_until, ServerGuard, LOCALHOST};
 
 const DROPPED: &str = "turn_dropped_packets_total";
-
-/// A test certificate and key (ECDSA P-256, PKCS#8) in a temporary directory.
-struct CertFiles {
-    dir: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-impl CertFiles {
-    fn new(tag: &str) -> CertFiles {
-        let dir = std::env::temp_dir().join(format!("turnkey-limits-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let key = rcgen::KeyPair::generate().expect("key");
-        let cert = rcgen::CertificateParams::new(vec!["turn.test".to_string()])
-            .expect("params")
-            .self_signed(&key)
-            .expect("self-signed");
-        let files = CertFiles {
-            cert: dir.join("cert.pem"),
-            key: dir.join("key.pem"),
-            dir,
-        };
-        std::fs::write(&files.cert, cert.pem()).expect("cert");
-        std::fs::write(&files.key, key.serialize_pem()).expect("key");
-        files
-    }
-}
-
-impl Drop for CertFiles {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// turn-server on 127.0.0.1 with TCP/UDP on `port`, TLS and DTLS on `tls_port`, plus `extra`.
 struct Server {
@@ -69,7 +36,7 @@ struct Server {
 
 impl Server {
     fn start(tag: &str, extra: &[&str]) -> Server {
-        let files = CertFiles::new(tag);
+        let (files, _) = CertFiles::with_new_cert(tag);
         let port = free_udp_tcp_port();
         let tls_port = free_udp_tcp_port();
         let mut args: Vec<String> = [
@@ -80,9 +47,9 @@ impl Server {
             "--dtls-listen",
             &format!("127.0.0.1:{tls_port}"),
             "--cert",
-            files.cert.to_str().unwrap(),
+            files.cert_arg(),
             "--key",
-            files.key.to_str().unwrap(),
+            files.key_arg(),
             "--user",
             "limits:limits-pw",
             "--relay-ip",

@@ -39,32 +39,6 @@ use common::{free_udp_tcp_port, free_udp_tcp_port_pair, http_get, ServerGuard, L
 const API_KEY: &str = "turntest:turntest-api-secret";
 const USER: &str = "tester";
 const PASSWORD: &str = "secretpw";
-/// A self-signed certificate for 127.0.0.1: (cert PEM, key PEM, SPKI SHA-256 in base64 for
-/// Chromium's `--ignore-certificate-errors-spki-list`).
-fn make_cert() -> (String, String, String) {
-    use base64::Engine as _;
-    let key = rcgen::KeyPair::generate().expect("key");
-    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
-        .expect("params")
-        .self_signed(&key)
-        .expect("self-signed");
-    let spki = ring::digest::digest(
-        &ring::digest::SHA256,
-        &rcgen::PublicKeyData::subject_public_key_info(&key),
-    );
-    let spki = base64::engine::general_purpose::STANDARD.encode(spki.as_ref());
-    (cert.pem(), key.serialize_pem(), spki)
-}
-
-/// A temporary directory, removed on drop.
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Per-URL gathering timeout of the page (`?timeout=`).
 const GATHER_TIMEOUT_MS: u64 = 15_000;
 /// The script's limit for one scenario (page load, fetch, gathering).
@@ -225,13 +199,8 @@ fn chromium_turn_test_page_verdicts() {
     let sfu_metrics = SocketAddr::new(LOCALHOST, free_udp_tcp_port());
     let user_arg = format!("{USER}:{PASSWORD}");
     let tls_port = free_udp_tcp_port();
-    let (cert_pem, key_pem, spki) = make_cert();
-    let dir =
-        TempDir(std::env::temp_dir().join(format!("turnkey-turn-test-{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0).expect("temp dir");
-    let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
-    std::fs::write(&cert, cert_pem).expect("write cert");
-    std::fs::write(&key, key_pem).expect("write key");
+    let (files, test_cert) = common::tls::CertFiles::with_new_cert("turn-test-page");
+    let spki = test_cert.spki_sha256;
     let turnkey = ServerGuard::start(
         "turnkey",
         &[
@@ -248,9 +217,9 @@ fn chromium_turn_test_page_verdicts() {
             "--tls-listen",
             &format!("127.0.0.1:{tls_port}"),
             "--cert",
-            cert.to_str().unwrap(),
+            files.cert_arg(),
             "--key",
-            key.to_str().unwrap(),
+            files.key_arg(),
             "--api-key",
             API_KEY,
             "--signaling-listen",

@@ -9,73 +9,17 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
-use base64::Engine as _;
-
 mod common;
-use common::tls::{self, Tls};
+use common::tls::{self, CertFiles, TestCert, Tls};
 use common::{free_udp_tcp_port, require_tool, wait_until, ChildGuard, ServerGuard, LOCALHOST};
 
 const USER: &str = "tlsuser";
 const PASSWORD: &str = "tls-secret";
 
-/// A self-signed certificate for 127.0.0.1 and turn.test; returns (cert PEM, key PEM, SPKI
-/// SHA-256 in base64 for Chromium, leaf DER).
-fn make_cert(cn: &str) -> (String, String, String, Vec<u8>) {
-    let key = rcgen::KeyPair::generate().expect("key");
-    let mut params =
-        rcgen::CertificateParams::new(vec!["turn.test".to_string(), "127.0.0.1".to_string()])
-            .expect("params");
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, cn);
-    let cert = params.self_signed(&key).expect("self-signed");
-    let spki = ring::digest::digest(
-        &ring::digest::SHA256,
-        &rcgen::PublicKeyData::subject_public_key_info(&key),
-    );
-    let spki = base64::engine::general_purpose::STANDARD.encode(spki.as_ref());
-    (cert.pem(), key.serialize_pem(), spki, cert.der().to_vec())
-}
-
-fn write(path: &Path, text: &str) {
-    std::fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-}
-
-struct Files {
-    dir: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-impl Files {
-    fn new(tag: &str) -> Files {
-        let dir = std::env::temp_dir().join(format!("turnkey-tls-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        Files {
-            cert: dir.join("cert.pem"),
-            key: dir.join("key.pem"),
-            dir,
-        }
-    }
-    fn install(&self, cert: &str, key: &str) {
-        // Key first: a reload between the two writes then fails (mismatch) and keeps the old
-        // pair, and the next poll sees the cert's new mtime.
-        write(&self.key, key);
-        write(&self.cert, cert);
-    }
-}
-
-impl Drop for Files {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn start_server(files: &Files) -> (ServerGuard, u16, u16) {
+fn start_server(files: &CertFiles) -> (ServerGuard, u16, u16) {
     let port = free_udp_tcp_port();
     let tls_port = free_udp_tcp_port();
     let server = ServerGuard::turn_server(&[
@@ -87,9 +31,9 @@ fn start_server(files: &Files) -> (ServerGuard, u16, u16) {
         "--dtls-listen",
         &format!("127.0.0.1:{tls_port}"),
         "--cert",
-        files.cert.to_str().unwrap(),
+        files.cert_arg(),
         "--key",
-        files.key.to_str().unwrap(),
+        files.key_arg(),
         "--user",
         &format!("{USER}:{PASSWORD}"),
         "--relay-ip",
@@ -146,9 +90,7 @@ fn turnutils_uclient_relays_over_dtls_without_loss() {
 /// `turnutils_uclient -S` over TLS (`tcp`) or DTLS against `turnutils_peer`.
 fn uclient_over(tcp: bool) {
     let what = if tcp { "TLS" } else { "DTLS" };
-    let files = Files::new(if tcp { "uclient-tls" } else { "uclient-dtls" });
-    let (cert, key, _, _) = make_cert("uclient");
-    files.install(&cert, &key);
+    let (files, _) = CertFiles::with_new_cert(if tcp { "uclient-tls" } else { "uclient-dtls" });
     let (server, _, tls_port) = start_server(&files);
 
     let peer_port = std::iter::repeat_with(free_udp_tcp_port)
@@ -216,21 +158,22 @@ fn uclient_over(tcp: bool) {
 
 #[test]
 fn certificates_reload_on_change_and_on_sighup_without_dropping_connections() {
-    let files = Files::new("reload");
-    let (cert_a, key_a, _, der_a) = make_cert("first");
-    files.install(&cert_a, &key_a);
+    let files = CertFiles::new("reload");
+    let first = TestCert::new("first");
+    files.install(&first);
     let (server, _, tls_port) = start_server(&files);
 
     let (mut old, leaf) = connect(tls_port);
-    assert_eq!(leaf, der_a, "the first certificate is served");
+    assert_eq!(leaf, first.der, "the first certificate is served");
     assert!(binding_works(&mut old));
 
     // Changed files: picked up by the poll (every 2 s).
-    let (cert_b, key_b, _, der_b) = make_cert("second");
+    let second = TestCert::new("second");
     std::thread::sleep(Duration::from_millis(1100)); // a visibly different mtime
-    files.install(&cert_b, &key_b);
+    files.install(&second);
     assert!(
-        wait_until(Duration::from_secs(10), || connect(tls_port).1 == der_b),
+        wait_until(Duration::from_secs(10), || connect(tls_port).1
+            == second.der),
         "new handshakes did not get the second certificate"
     );
     assert!(
@@ -245,8 +188,8 @@ fn certificates_reload_on_change_and_on_sighup_without_dropping_connections() {
     let key_stamp = std::fs::metadata(&files.key)
         .and_then(|m| m.modified())
         .expect("mtime");
-    let (cert_c, key_c, _, der_c) = make_cert("third");
-    files.install(&cert_c, &key_c);
+    let third = TestCert::new("third");
+    files.install(&third);
     for (p, t) in [(&files.cert, stamp), (&files.key, key_stamp)] {
         std::fs::File::options()
             .write(true)
@@ -257,13 +200,13 @@ fn certificates_reload_on_change_and_on_sighup_without_dropping_connections() {
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
         connect(tls_port).1,
-        der_b,
+        second.der,
         "reloaded without a change or signal"
     );
     let rc = unsafe { libc_kill(server.id() as i32, 1) };
     assert_eq!(rc, 0, "kill -HUP");
     assert!(
-        wait_until(Duration::from_secs(10), || connect(tls_port).1 == der_c),
+        wait_until(Duration::from_secs(10), || connect(tls_port).1 == third.der),
         "SIGHUP did not load the third certificate"
     );
     assert!(binding_works(&mut old));
@@ -278,9 +221,8 @@ extern "C" {
 #[test]
 fn chromium_relay_only_call_over_turns() {
     let chromium = common::browser_prerequisites();
-    let files = Files::new("chromium");
-    let (cert, key, spki, _) = make_cert("chromium");
-    files.install(&cert, &key);
+    let (files, cert) = CertFiles::with_new_cert("chromium");
+    let spki = &cert.spki_sha256;
     let (server, _, tls_port) = start_server(&files);
     let url = format!("turns:127.0.0.1:{tls_port}?transport=tcp");
     let mut cmd = Command::new("node");

@@ -8,6 +8,7 @@ pub mod config;
 pub mod histogram;
 pub mod logging;
 pub mod metrics_http;
+pub mod procfs;
 pub mod rate;
 pub mod shutdown;
 

@@ -10,7 +10,6 @@
 mod client;
 mod node;
 mod probe;
-mod procfs;
 mod signal;
 
 use anyhow::{bail, Context as _};
@@ -20,6 +19,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 use turnkey_common::histogram::LatencyHistogram;
+use turnkey_common::procfs;
 
 /// Load generator for the turnkey SFU: publishers and subscribers over real ICE/DTLS-SRTP.
 #[derive(Debug, Parser)]
@@ -199,7 +199,7 @@ fn run(
     pid: &str,
     secret: &str,
 ) -> anyhow::Result<Report> {
-    let rss_before = procfs::read_rss_bytes(pid).unwrap_or(0);
+    let rss_before = procfs::read_process_rss_bytes(pid).unwrap_or(0);
     let shared = Arc::new(client::Shared::new());
     let shutdown = tokio_util::sync::CancellationToken::new();
     let link_errors = Arc::new(signal::LinkErrors::default());
@@ -278,7 +278,7 @@ fn run(
         );
     }
     rt.block_on(tokio::time::sleep(Duration::from_secs_f64(a.warmup)));
-    let rss_connected = procfs::read_rss_bytes(pid).unwrap_or(0);
+    let rss_connected = procfs::read_process_rss_bytes(pid).unwrap_or(0);
     let s0 = snap(pid);
     shared
         .window_start_us

@@ -11,9 +11,9 @@ use tokio::time::sleep_until;
 
 use crate::api::HttpPool;
 use crate::client::{self, Shared};
-use crate::procfs;
 use crate::report::Report;
 use crate::stats::Window;
+use turnkey_common::procfs;
 
 /// After the window closes, how long receivers keep counting messages in flight.
 const DRAIN: Duration = Duration::from_secs(1);
@@ -93,10 +93,10 @@ impl Sample {
         let pid = server_pid.map(|p| p.to_string());
         Self {
             at: Instant::now(),
-            server_rss: pid.as_deref().and_then(procfs::read_rss),
-            server_cpu: pid.as_deref().and_then(procfs::read_cpu),
-            bench_rss: procfs::read_rss("self"),
-            bench_cpu: procfs::read_cpu("self"),
+            server_rss: pid.as_deref().and_then(procfs::read_process_rss_bytes),
+            server_cpu: pid.as_deref().and_then(procfs::read_process_cpu),
+            bench_rss: procfs::read_process_rss_bytes("self"),
+            bench_cpu: procfs::read_process_cpu("self"),
             held: shared.held.load(Ordering::Acquire),
         }
     }

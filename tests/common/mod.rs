@@ -14,7 +14,7 @@
 //! - [`RedisGuard`]: a throwaway `redis-server` on a free loopback port, no persistence.
 //! - [`natlab`]: a NAT lab of network namespaces (public host, NAT routers of each RFC 4787
 //!   behaviour, clients) for tests/nat_lab.rs; [`netns`]: one namespace linked to the host.
-//! - [`tls`]: a TLS client that accepts any certificate and records the leaf it was shown.
+//! - [`tls`]: self-signed test certificates and a TLS client that accepts any certificate.
 //!
 //! Everything binds to loopback only. Nothing here sleeps for a fixed time to "let things
 //! settle"; waits poll a condition with a deadline.

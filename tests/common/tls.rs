@@ -1,8 +1,9 @@
-//! A TLS client for the tests: it accepts any server certificate (the tests make their own
-//! self-signed ones) and remembers the leaf it was shown, so a test can check which
-//! certificate a server presents.
+//! TLS for the tests: self-signed certificates ([`TestCert`], written to disk by [`CertFiles`])
+//! and a client that accepts any server certificate and remembers the leaf it was shown, so a
+//! test can check which certificate a server presents.
 
 use std::net::TcpStream;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -76,4 +77,93 @@ pub fn client(tcp: TcpStream) -> (Tls, Arc<AnyCert>) {
     )
     .expect("TLS client");
     (rustls::StreamOwned::new(conn, tcp), verifier)
+}
+
+/// A self-signed test certificate for `turn.test` and 127.0.0.1.
+pub struct TestCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+    /// SHA-256 of the SubjectPublicKeyInfo in base64, for Chromium's
+    /// `--ignore-certificate-errors-spki-list`.
+    pub spki_sha256: String,
+    /// The certificate's DER (what a client is shown as the leaf).
+    pub der: Vec<u8>,
+}
+
+impl TestCert {
+    /// A new key (ECDSA P-256) and certificate with common name `cn`.
+    pub fn new(cn: &str) -> TestCert {
+        use base64::Engine as _;
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params =
+            rcgen::CertificateParams::new(vec!["turn.test".to_string(), "127.0.0.1".to_string()])
+                .expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        let cert = params.self_signed(&key).expect("self-signed");
+        let spki = ring::digest::digest(
+            &ring::digest::SHA256,
+            &rcgen::PublicKeyData::subject_public_key_info(&key),
+        );
+        TestCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            spki_sha256: base64::engine::general_purpose::STANDARD.encode(spki.as_ref()),
+            der: cert.der().to_vec(),
+        }
+    }
+}
+
+/// `cert.pem` and `key.pem` in a temporary directory of their own, removed on drop.
+pub struct CertFiles {
+    dir: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl CertFiles {
+    /// An empty directory named after `tag` and this process.
+    pub fn new(tag: &str) -> CertFiles {
+        let dir = std::env::temp_dir().join(format!("turnkey-cert-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        CertFiles {
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+            dir,
+        }
+    }
+
+    /// A directory holding a new certificate with common name `tag`.
+    pub fn with_new_cert(tag: &str) -> (CertFiles, TestCert) {
+        let files = CertFiles::new(tag);
+        let cert = TestCert::new(tag);
+        files.install(&cert);
+        (files, cert)
+    }
+
+    /// Writes `cert` over the files. Key first: a server reloading between the two writes then
+    /// sees a mismatched pair (and keeps its old one), and its next poll sees the cert's new
+    /// modification time.
+    pub fn install(&self, cert: &TestCert) {
+        for (path, text) in [(&self.key, &cert.key_pem), (&self.cert, &cert.cert_pem)] {
+            std::fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        }
+    }
+
+    /// The certificate path as a command-line argument.
+    pub fn cert_arg(&self) -> &str {
+        self.cert.to_str().expect("UTF-8 temp path")
+    }
+
+    /// The key path as a command-line argument.
+    pub fn key_arg(&self) -> &str {
+        self.key.to_str().expect("UTF-8 temp path")
+    }
+}
+
+impl Drop for CertFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

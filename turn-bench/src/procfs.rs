@@ -1,55 +1,11 @@
-//! Reading Linux /proc: a process's CPU time (all its threads), resident memory, open
-//! descriptors and the UDP ports it has bound, and the kernel's UDP drop counters. Parsers are
-//! pure; the `read_*` functions (and [`socket_inodes`]) do the file I/O.
+//! Reading Linux /proc: the UDP ports a process has bound, its UDP socket drops, and the
+//! kernel's UDP counters (a process's CPU time, resident memory and open descriptors come from
+//! `turnkey_common::procfs`). Parsers are pure; the `read_*` functions (and [`socket_inodes`])
+//! do the file I/O.
 
 use std::collections::HashSet;
-use std::time::Duration;
 
-/// Clock ticks per second of /proc/PID/stat times (USER_HZ, 100 on every Linux ABI we run on).
-const USER_HZ: u64 = 100;
-
-/// utime + stime of a process, all threads included (fields 14 and 15 of proc(5) stat).
-pub fn parse_stat_cpu(stat: &str) -> Option<Duration> {
-    // The command name (field 2) is in parentheses and may hold spaces or ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_ascii_whitespace().skip(11); // field 3 is index 0
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    let ticks = utime + stime;
-    Some(Duration::from_millis(ticks * 1000 / USER_HZ))
-}
-
-/// CPU time used so far by process `pid` ("self" for this process).
-pub fn read_process_cpu(pid: &str) -> std::io::Result<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    parse_stat_cpu(&stat).ok_or_else(|| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("cannot parse /proc/{pid}/stat"),
-        )
-    })
-}
-
-/// Resident set size in bytes from /proc/PID/status (`VmRSS:   1234 kB`).
-pub fn parse_status_rss_bytes(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let mut parts = line["VmRSS:".len()..].split_ascii_whitespace();
-    let value: u64 = parts.next()?.parse().ok()?;
-    match parts.next() {
-        Some("kB") => Some(value * 1024),
-        _ => None,
-    }
-}
-
-/// Resident memory of process `pid` in bytes.
-pub fn read_process_rss_bytes(pid: &str) -> Option<u64> {
-    parse_status_rss_bytes(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
-}
-
-/// Open file descriptors of process `pid` (entries of /proc/PID/fd).
-pub fn read_process_fds(pid: &str) -> Option<usize> {
-    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
-}
+pub use turnkey_common::procfs::{read_process_cpu, read_process_fds, read_process_rss_bytes};
 
 /// Counts rows of /proc/net/udp (or udp6) whose inode is in `inodes` and whose local port lies in
 /// `ports`: a process's bound UDP sockets in a port range (its relayed transport addresses).
@@ -177,23 +133,6 @@ pub fn read_process_udp_drops(pid: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stat_with_spaces_in_name() {
-        let stat = "1234 (turn server) S 1 1234 1234 0 -1 4194560 1000 0 0 0 250 75 0 0 20 0 4 0 \
-                    12345 100000 500 18446744073709551615";
-        assert_eq!(parse_stat_cpu(stat), Some(Duration::from_millis(3250)));
-        assert_eq!(parse_stat_cpu("garbage"), None);
-        assert_eq!(parse_stat_cpu("1 (x) S 1 2"), None);
-    }
-
-    #[test]
-    fn status_rss() {
-        let status = "Name:\tturn-server\nVmPeak:\t  9000 kB\nVmRSS:\t    5120 kB\nThreads:\t3\n";
-        assert_eq!(parse_status_rss_bytes(status), Some(5120 * 1024));
-        assert_eq!(parse_status_rss_bytes("Name:\tx\n"), None);
-        assert_eq!(parse_status_rss_bytes("VmRSS:\t12 MB\n"), None);
-    }
 
     #[test]
     fn udp_ports_in_range_by_inode() {

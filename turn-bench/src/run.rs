@@ -401,8 +401,8 @@ impl Sample {
     fn take(server_pid: Option<u32>) -> Self {
         Self {
             at: Instant::now(),
-            server_cpu: server_pid.and_then(|p| procfs::read_process_cpu(&p.to_string()).ok()),
-            bench_cpu: procfs::read_process_cpu("self").ok(),
+            server_cpu: server_pid.and_then(|p| procfs::read_process_cpu(&p.to_string())),
+            bench_cpu: procfs::read_process_cpu("self"),
             udp: procfs::read_udp_counters(),
             server_drops: server_pid.and_then(|p| procfs::read_process_udp_drops(&p.to_string())),
             bench_drops: procfs::read_process_udp_drops("self"),

@@ -1,12 +1,13 @@
-//! Reading Linux /proc: CPU time of a process or of one of its threads, and a process's resident
-//! memory. The parsers are pure; the `read_*` functions do the file I/O.
+//! Reading Linux /proc for the benchmark and soak programs: a process's CPU time (all threads,
+//! or per thread by name), resident memory and open descriptors. The parsers are pure; the
+//! `read_*` functions do the file I/O and take a PID as text ("self" for this process).
 
 use std::time::Duration;
 
 /// Clock ticks per second of /proc stat times (USER_HZ, 100 on every Linux ABI we run on).
 const USER_HZ: u64 = 100;
 
-/// utime + stime (fields 14 and 15 of proc(5) `stat`), of a process (all threads) or one task.
+/// utime + stime (fields 14 and 15 of proc(5) `stat`) of a process (all threads) or one task.
 pub fn parse_stat_cpu(stat: &str) -> Option<Duration> {
     // The command name (field 2) is in parentheses and may hold spaces or ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
@@ -16,28 +17,34 @@ pub fn parse_stat_cpu(stat: &str) -> Option<Duration> {
     Some(Duration::from_millis((utime + stime) * 1000 / USER_HZ))
 }
 
-/// `VmRSS` of proc(5) `status`, in bytes.
-pub fn parse_vm_rss_bytes(status: &str) -> Option<u64> {
+/// `VmRSS` of proc(5) `status` (`VmRSS:   1234 kB`), in bytes.
+pub fn parse_status_rss_bytes(status: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let mut parts = line["VmRSS:".len()..].split_ascii_whitespace();
     let value: u64 = parts.next()?.parse().ok()?;
-    match parts.next() {
-        Some("kB") | None => Some(value * 1024),
-        Some(_) => None,
+    match parts.next()? {
+        "kB" => Some(value * 1024),
+        _ => None,
     }
 }
 
-/// CPU time used so far by process `pid` ("self" for this one), all threads.
+/// CPU time used so far by process `pid`, all threads.
 pub fn read_process_cpu(pid: &str) -> Option<Duration> {
     parse_stat_cpu(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
 /// Resident memory of process `pid`, bytes.
-pub fn read_rss_bytes(pid: &str) -> Option<u64> {
-    parse_vm_rss_bytes(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
+pub fn read_process_rss_bytes(pid: &str) -> Option<u64> {
+    parse_status_rss_bytes(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
 }
 
-/// CPU time so far of each thread of `pid` whose name starts with `prefix`, as (name, cpu).
+/// Open file descriptors of process `pid` (entries of /proc/PID/fd).
+pub fn read_process_fds(pid: &str) -> Option<usize> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
+
+/// CPU time so far of each thread of `pid` whose name starts with `prefix`, as (name, cpu),
+/// sorted by name.
 pub fn read_thread_cpu(pid: &str, prefix: &str) -> Vec<(String, Duration)> {
     let mut out = Vec::new();
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
@@ -79,8 +86,16 @@ mod tests {
     #[test]
     fn vm_rss_in_bytes() {
         let status = "Name:\tsfu\nVmPeak:\t  200000 kB\nVmRSS:\t   12345 kB\nThreads:\t5\n";
-        assert_eq!(parse_vm_rss_bytes(status), Some(12345 * 1024));
-        assert_eq!(parse_vm_rss_bytes("Name:\tx\n"), None);
-        assert_eq!(parse_vm_rss_bytes("VmRSS:\tlots kB\n"), None);
+        assert_eq!(parse_status_rss_bytes(status), Some(12345 * 1024));
+        assert_eq!(parse_status_rss_bytes("Name:\tx\n"), None);
+        assert_eq!(parse_status_rss_bytes("VmRSS:\t12 MB\n"), None);
+        assert_eq!(parse_status_rss_bytes("VmRSS:\tlots kB\n"), None);
+    }
+
+    #[test]
+    fn own_process_is_readable() {
+        assert!(read_process_rss_bytes("self").is_some_and(|b| b > 0));
+        assert!(read_process_cpu("self").is_some());
+        assert!(read_process_fds("self").is_some_and(|n| n >= 3));
     }
 }
