@@ -18,7 +18,7 @@ use turn_server::proto::auth::mint_rest_credential;
 #[command(
     name = "turnkey",
     version,
-    about = "turnkey suite for local use: STUN + TURN in one process"
+    about = "turnkey suite for local use: STUN/TURN, signaling and the SFU in one process"
 )]
 struct Cli {
     #[command(flatten)]
@@ -55,7 +55,15 @@ struct Cli {
     sfu_workers: Option<usize>,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
+    // The error alone, one line, without a backtrace: a user reads it to fix a flag.
+    if let Err(e) = start() {
+        eprintln!("Error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn start() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let defaults = Defaults {
         listen: vec!["127.0.0.1:3478".parse()?],
@@ -106,17 +114,107 @@ fn main() -> anyhow::Result<()> {
     ]);
     cfg.protected_ports
         .extend((0..sfu_cfg.workers as u16).map(|i| sfu_cfg.media_listen.port().saturating_add(i)));
+    let ports = Ports {
+        sfu_media: sfu_cfg.media_listen,
+        sfu_workers: sfu_cfg.workers,
+        sfu_link: sfu_cfg.link_listen,
+        sfu_metrics: sfu_cfg.metrics,
+    };
     turnkey_common::logging::init(cfg.log_json, "info");
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(run(cfg, sig, sfu_cfg, generated, cli.credential_ttl))
+        .block_on(run(cfg, sig, sfu_cfg, ports, generated, cli.credential_ttl))
+}
+
+/// The SFU's listeners, to name the flag to change when one of its ports is taken.
+struct Ports {
+    sfu_media: std::net::SocketAddr,
+    sfu_workers: usize,
+    sfu_link: std::net::SocketAddr,
+    sfu_metrics: std::net::SocketAddr,
+}
+
+impl Ports {
+    /// The flag that moves the SFU listener `addr` (media ports are one per worker from
+    /// `--sfu-media-listen`, ICE-TCP on the first).
+    fn sfu_flag(&self, addr: std::net::SocketAddr) -> &'static str {
+        let media = self.sfu_media.port();
+        if addr == self.sfu_link {
+            "--sfu-link-listen"
+        } else if addr == self.sfu_metrics {
+            "--sfu-metrics"
+        } else if addr.ip() == self.sfu_media.ip()
+            && (media..media.saturating_add(self.sfu_workers as u16)).contains(&addr.port())
+        {
+            "--sfu-media-listen"
+        } else {
+            "--sfu-media-listen, --sfu-link-listen or --sfu-metrics"
+        }
+    }
+}
+
+fn turn_error(e: turn_server::run::RunError) -> anyhow::Error {
+    use turn_server::run::RunError;
+    match e {
+        RunError::Listen { addrs, source } => anyhow::anyhow!(
+            "STUN/TURN cannot listen on {}: {source} (change it with --listen, --tls-listen or \
+             --dtls-listen)",
+            addrs
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        RunError::Metrics { addr, source } => anyhow::anyhow!(
+            "TURN metrics cannot listen on {addr}: {source} (change it with --metrics)"
+        ),
+        other => anyhow::anyhow!("TURN: {other}"),
+    }
+}
+
+fn signaling_error(e: signaling::run::RunError) -> anyhow::Error {
+    use signaling::run::RunError;
+    match e {
+        RunError::Listen { addr, source } => anyhow::anyhow!(
+            "signaling cannot listen on {addr}: {source} (change it with --signaling-listen)"
+        ),
+        RunError::Metrics { addr, source } => anyhow::anyhow!(
+            "signaling metrics cannot listen on {addr}: {source} (change it with \
+             --signaling-metrics)"
+        ),
+        other => anyhow::anyhow!("signaling: {other}"),
+    }
+}
+
+fn sfu_error(e: sfu::run::RunError, ports: &Ports) -> anyhow::Error {
+    match e {
+        sfu::run::RunError::Bind { addr, source } => anyhow::anyhow!(
+            "SFU cannot listen on {addr}: {source} (change it with {})",
+            ports.sfu_flag(addr)
+        ),
+        other => anyhow::anyhow!("SFU: {other}"),
+    }
+}
+
+/// Runs `part`; if it fails, stops the others (`shutdown`), so that a part that cannot start
+/// ends the whole process at once instead of at the next Ctrl-C.
+async fn or_stop_all<T>(
+    part: impl std::future::Future<Output = anyhow::Result<T>>,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<T> {
+    let r = part.await;
+    if r.is_err() {
+        shutdown.cancel();
+    }
+    r
 }
 
 async fn run(
     cfg: TurnConfig,
     sig: SignalingConfig,
     sfu_cfg: sfu::config::SfuConfig,
+    ports: Ports,
     generated: bool,
     ttl: u64,
 ) -> anyhow::Result<()> {
@@ -124,48 +222,62 @@ async fn run(
     // SIGHUP is logged and ignored (with TLS, the TURN part also reloads its certificate).
     turnkey_common::shutdown::ignore_hangups("turnkey");
     let (store, _) = signaling::run::open_store(&sig).await?;
-    let mut printed = Ok(());
     let dev_key = sig
         .api_keys
         .first()
         .filter(|_| sig.dev_key)
         .map(|k| format!("{}:{}", k.key, k.secret));
-    let turn = turn_server::run::serve(&cfg, shutdown.clone(), |ready| {
-        printed = print_usage(&cfg, &ready.listen, ready.metrics, generated, ttl);
-    });
-    let sfu = sfu::run::serve(sfu_cfg, Some(store.clone()), shutdown.clone(), |ready| {
-        println!("SFU (rooms created with mode \"sfu\")");
-        println!("  media       udp {:?} (+ ICE-TCP)", ready.media);
-        println!("  metrics     http://{}/metrics", ready.metrics);
-    });
-    let signaling = signaling::run::serve_with_store(sig, store, shutdown.clone(), |ready| {
-        println!("Signaling (session + channel server, in-memory store unless --redis)");
-        println!(
-            "  HTTP/WS     {}  (WebSocket {}/v1/ws)",
-            ready.public_url,
-            ready.public_url.replace("http", "ws")
-        );
-        println!("  metrics     http://{}/metrics", ready.metrics);
-        match &dev_key {
-            Some(k) => {
-                println!("  API key     {k}  (generated for this run; pass --api-key to fix one)");
-                println!("  demo page   {}/?key={k}&room=demo", ready.public_url);
-            }
-            None => println!(
-                "  demo page   {}/?key=KEY:SECRET&room=demo",
-                ready.public_url
-            ),
+    // Each part reports ready once all its listeners are bound; the banner is printed only when
+    // all three are, so "running" is never printed for a half-started suite.
+    let (turn_tx, turn_rx) = tokio::sync::oneshot::channel();
+    let (sfu_tx, sfu_rx) = tokio::sync::oneshot::channel();
+    let (sig_tx, sig_rx) = tokio::sync::oneshot::channel();
+    let turn = or_stop_all(
+        async {
+            turn_server::run::serve(&cfg, shutdown.clone(), |r| {
+                let _ = turn_tx.send(r.clone());
+            })
+            .await
+            .map_err(turn_error)
+        },
+        &shutdown,
+    );
+    let sfu = or_stop_all(
+        async {
+            sfu::run::serve(sfu_cfg, Some(store.clone()), shutdown.clone(), |r| {
+                let _ = sfu_tx.send(r);
+            })
+            .await
+            .map_err(|e| sfu_error(e, &ports))
+        },
+        &shutdown,
+    );
+    let signaling = or_stop_all(
+        async {
+            signaling::run::serve_with_store(sig, store.clone(), shutdown.clone(), |r| {
+                let _ = sig_tx.send(r.clone());
+            })
+            .await
+            .map_err(signaling_error)
+        },
+        &shutdown,
+    );
+    let banner = async {
+        let all = async { Some((turn_rx.await.ok()?, sig_rx.await.ok()?, sfu_rx.await.ok()?)) };
+        let ready = tokio::select! {
+            _ = shutdown.cancelled() => None,
+            r = all => r,
+        };
+        match ready {
+            Some((t, s, f)) => print_banner(&cfg, &t, &s, &f, dev_key.as_deref(), generated, ttl),
+            None => Ok(()),
         }
-    });
-    let (t, s, f) = tokio::join!(turn, signaling, sfu);
-    // One part failing to start stops the others.
-    if t.is_err() || s.is_err() || f.is_err() {
-        shutdown.cancel();
-    }
+    };
+    let (t, s, f, b) = tokio::join!(turn, signaling, sfu, banner);
     t?;
     s?;
     f?;
-    printed
+    b
 }
 
 /// The STUN and TURN URLs clients use for `listen` (a wildcard listener is named by the first
@@ -193,6 +305,41 @@ fn ice_urls(cfg: &TurnConfig, listen: &[std::net::SocketAddr]) -> Vec<String> {
     urls
 }
 
+/// What a developer needs, printed once everything listens: STUN/TURN with a working
+/// credential and an RTCIceServer to paste, the SFU, and signaling with the demo page URL.
+fn print_banner(
+    cfg: &TurnConfig,
+    turn: &turn_server::run::Ready,
+    sig: &signaling::run::Ready,
+    sfu: &sfu::run::Ready,
+    dev_key: Option<&str>,
+    generated: bool,
+    ttl: u64,
+) -> anyhow::Result<()> {
+    print_usage(cfg, &turn.listen, turn.metrics, generated, ttl)?;
+    println!("SFU (rooms created with mode \"sfu\")");
+    println!("  media       udp {:?} (+ ICE-TCP)", sfu.media);
+    println!("  metrics     http://{}/metrics", sfu.metrics);
+    println!("Signaling (session + channel server, in-memory store unless --redis)");
+    println!(
+        "  HTTP/WS     {}  (WebSocket {}/v1/ws)",
+        sig.public_url,
+        sig.public_url.replace("http", "ws")
+    );
+    println!("  metrics     http://{}/metrics", sig.metrics);
+    match dev_key {
+        Some(k) => {
+            println!("  API key     {k}  (generated for this run; pass --api-key to fix one)");
+            println!("  demo page   {}/?key={k}&room=demo", sig.public_url);
+        }
+        None => println!(
+            "  demo page   {}/?key=<your --api-key>&room=demo",
+            sig.public_url
+        ),
+    }
+    Ok(())
+}
+
 fn print_usage(
     cfg: &TurnConfig,
     listen: &[std::net::SocketAddr],
@@ -208,7 +355,7 @@ fn print_usage(
         "username": cred.username,
         "credential": cred.password,
     });
-    println!("turnkey is running (STUN + TURN). Ctrl-C to stop.");
+    println!("turnkey is running (STUN/TURN, SFU, signaling). Ctrl-C to stop.");
     for l in listen {
         println!("  STUN/TURN   udp+tcp {l}");
     }

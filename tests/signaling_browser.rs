@@ -230,3 +230,73 @@ fn chromium_mesh_rooms_through_the_demo_page() {
     );
     println!("turn_relayed_packets_total: {before} -> {after}");
 }
+
+/// A wrong API key is shown at once: the demo page opened with `?key=<wrong>&autojoin=1` and
+/// `/turn-test`'s credential fetch with that key each show the 401 within 10 s (before, the 401
+/// carried a `Basic` challenge, Chromium waited on a login prompt and the demo page sat on
+/// "Joining..." for good). The same request without a browser still gets `Basic`.
+#[test]
+fn chromium_shows_a_wrong_key_at_once() {
+    let chromium = common::browser_prerequisites();
+    let listen = SocketAddr::new(LOCALHOST, free_udp_tcp_port());
+    let base_url = format!("http://{listen}");
+    let _signaling = ServerGuard::start(
+        "signaling",
+        &[
+            "--listen",
+            &listen.to_string(),
+            "--api-key",
+            API_KEY,
+            "--turn-secret",
+            TURN_SECRET,
+            "--turn-uri",
+            "turn:127.0.0.1:3478?transport=udp",
+            "--turn-rest-key",
+            TURN_REST_KEY,
+        ],
+    );
+    let mut cmd = Command::new("node");
+    cmd.current_dir(common::browser_dir())
+        .arg("wrong_key.mjs")
+        .args(["--base-url", &base_url])
+        .args(["--key", "devkey:wrong-secret"])
+        .args(["--timeout-ms", "10000"])
+        .arg("--chromium")
+        .arg(&chromium);
+    let (result, report) =
+        common::run_browser_script(&mut cmd, Duration::from_secs(90), "wrong_key.mjs");
+    assert_eq!(result["ok"], true, "{report}");
+    let demo_error = result["demo"]["error"].as_str().unwrap_or_default();
+    assert!(demo_error.contains("401"), "{report}");
+    let fetch = result["turnTest"]["outcome"].as_str().unwrap_or_default();
+    assert!(fetch.contains("401"), "{report}");
+    assert_eq!(result["demo"]["state"], "error", "{report}");
+
+    // Programs are still told to use Basic.
+    let (head, _) = raw_post(listen, "/v1/rooms/x/join", "devkey:wrong-secret");
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("www-authenticate: basic realm=\"turnkey\""),
+        "{head}"
+    );
+}
+
+/// A POST with HTTP Basic `user_pass` and no browser headers; the response head and body.
+fn raw_post(addr: SocketAddr, path: &str, user_pass: &str) -> (String, String) {
+    use base64::Engine as _;
+    use std::io::{Read, Write};
+    let auth = base64::engine::general_purpose::STANDARD.encode(user_pass);
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Basic \
+         {auth}\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    (head.to_string(), body.to_string())
+}

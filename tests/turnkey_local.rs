@@ -5,7 +5,7 @@
 mod common;
 mod wire;
 
-use common::{free_udp_tcp_port, http_get, wait_until, ServerGuard};
+use common::{free_udp_tcp_port, http_get, run_with_timeout, wait_until, ServerGuard};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
@@ -58,6 +58,14 @@ fn quick_start_binary_prints_working_credentials_and_demo_url() {
             &sig.to_string(),
             "--signaling-metrics",
             &sig_metrics.to_string(),
+            "--sfu-media-listen",
+            &format!("127.0.0.1:{}", free_udp_tcp_port()),
+            "--sfu-workers",
+            "1",
+            "--sfu-link-listen",
+            &format!("127.0.0.1:{}", free_udp_tcp_port()),
+            "--sfu-metrics",
+            &format!("127.0.0.1:{}", free_udp_tcp_port()),
         ],
     );
     assert!(
@@ -116,6 +124,58 @@ fn quick_start_binary_prints_working_credentials_and_demo_url() {
     c2.allocate();
     let (status, _) = post_basic(sig, "/v1/rooms/quickstart/join", "dev:wrong", "{}");
     assert_eq!(status, 401);
+}
+
+/// All or nothing: when any port `turnkey` needs is taken, it exits at once (no "running"
+/// banner, no TURN left serving alone until Ctrl-C) with an error naming the port and the flag
+/// that moves it.
+#[test]
+fn a_taken_port_stops_turnkey_at_once_naming_its_flag() {
+    let flags = [
+        "--listen",
+        "--metrics",
+        "--signaling-listen",
+        "--signaling-metrics",
+        "--sfu-media-listen",
+        "--sfu-link-listen",
+        "--sfu-metrics",
+    ];
+    for taken_flag in flags {
+        // Held for the whole run: TCP on the port (every listener above binds TCP on its
+        // port; the SFU's media port is ICE-TCP's too).
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let mut args: Vec<String> = vec!["--sfu-workers".into(), "1".into()];
+        for flag in flags {
+            let p = if flag == taken_flag {
+                port
+            } else {
+                free_udp_tcp_port()
+            };
+            args.extend([flag.to_string(), format!("127.0.0.1:{p}")]);
+        }
+        let out = run_with_timeout(
+            std::process::Command::new(common::bin_path("turnkey")).args(&args),
+            Duration::from_secs(30),
+        );
+        assert!(
+            !out.timed_out(),
+            "{taken_flag} {port} taken: turnkey kept running:\n{}",
+            out.combined()
+        );
+        assert!(!out.success(), "{taken_flag}: exit 0:\n{}", out.combined());
+        assert!(
+            out.stderr.contains(&format!("127.0.0.1:{port}")) && out.stderr.contains(taken_flag),
+            "{taken_flag} {port} taken: the error does not name the port and the flag:\n{}",
+            out.combined()
+        );
+        assert!(
+            !out.stdout.contains("is running"),
+            "{taken_flag}: printed the banner of a half-started suite:\n{}",
+            out.combined()
+        );
+        drop(taken);
+    }
 }
 
 #[test]

@@ -599,6 +599,26 @@ async fn check_origin(State(node): State<Arc<Node>>, req: Request, next: Next) -
     next.run(req).await
 }
 
+/// The authentication challenge of a 401 (RFC 9110 §11.6.1). Programs (curl, SDKs) get `Basic`,
+/// which tells them to send the API key. A script in a browser page (its requests carry
+/// `Sec-Fetch-Mode`, other than `navigate`) gets `Bearer` instead: on a `Basic` challenge
+/// Chromium opens a login prompt and the page's `fetch` never settles, so a wrong key in the
+/// demo URL hung the page on "Joining..." instead of showing the error.
+async fn challenge(req: Request, next: Next) -> Response {
+    let from_script = req
+        .headers()
+        .get("sec-fetch-mode")
+        .is_some_and(|m| m.as_bytes() != b"navigate");
+    let mut res = next.run(req).await;
+    if from_script && res.status() == StatusCode::UNAUTHORIZED {
+        res.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer realm=\"turnkey\""),
+        );
+    }
+    res
+}
+
 /// CORS (tower-http) for the origins listed in `allowed_origins`: preflights are answered and
 /// `Access-Control-Allow-Origin` is set only for them. Same-origin pages need none of it.
 fn cors(node: &Arc<Node>) -> tower_http::cors::CorsLayer {
@@ -632,8 +652,10 @@ pub fn router(node: Arc<Node>) -> axum::Router {
     if node.cfg.role.channel() {
         r = r.route("/v1/ws", get(crate::channel::ws_handler));
     }
-    // Outermost first: count every answer, then the origin check, then CORS.
+    // Outermost first: count every answer, then the origin check, then CORS, then the 401
+    // challenge.
     r.fallback(not_found)
+        .layer(axum::middleware::from_fn(challenge))
         .layer(cors(&node))
         .layer(axum::middleware::from_fn_with_state(
             node.clone(),
