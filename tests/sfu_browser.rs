@@ -122,4 +122,13 @@ fn chromium_sfu_rooms() {
         "turn_relayed_packets_total {before} -> {after}: {result}"
     );
     println!("relay: turn_relayed_packets_total {before} -> {after}");
+
+    // The log an operator reads: no library noise from the browsers' DTLS handshakes (rtc-dtls
+    // warns for every ClientHello extension it does not know), no colour codes in a file.
+    let log = turnkey.log();
+    assert!(
+        !log.contains("Unsupported Extension Type"),
+        "DTLS library noise at the default level:\n{log}"
+    );
+    assert!(!log.contains('\x1b'), "colour codes in a log file:\n{log}");
 }

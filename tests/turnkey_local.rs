@@ -77,6 +77,7 @@ fn quick_start_binary_prints_working_credentials_and_demo_url() {
         server.log()
     );
     let log = server.log();
+    assert!(!log.contains('\x1b'), "colour codes in a log file:\n{log}");
 
     // The printed TURN credential allocates on the printed TURN address.
     let username = printed(&log, "username").expect("printed username");
