@@ -326,6 +326,21 @@ async fn two_participants_negotiate_and_leave() {
         assert!(v >= min, "{name}{labels:?} = {v}, want >= {min}\n{text}");
     }
     assert!(text.contains("signaling_rooms"), "{text}");
+
+    // The log tells the story at INFO: each join (with its identity and the room's mode) and
+    // the leave.
+    let log = sig.guard.log();
+    for (needle, with) in [
+        ("participant joined", ["identity=alice", a.as_str()]),
+        ("participant joined", ["identity=bob", b.as_str()]),
+        ("participant left", ["reason=\"left\"", b.as_str()]),
+    ] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(needle) && with.iter().all(|w| l.contains(w))),
+            "no {needle:?} line with {with:?}:\n{log}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -608,3 +608,81 @@ fn unredeemed_even_port_reservations_cannot_exhaust_the_port_range() {
     assert!(std::net::UdpSocket::bind(("127.0.0.1", odd)).is_ok());
     assert_eq!(server.metric("turn_allocations", &[]), 0.0);
 }
+
+/// The log tells the story at INFO: an allocation created (user, client, relayed transport
+/// address, lifetime) and ended (duration, bytes each way, why), and an authentication failure
+/// with its reason, never a password. Failures are rate-limited per core (10 a second, burst
+/// 20): a flood of 200 bad requests from one client leaves at most 40 lines per worker.
+#[test]
+fn the_log_tells_allocations_and_auth_failures() {
+    let server = TurnServer::start(&["--user", "alice:pw", "--user", "bob:pw", "--workers", "1"]);
+    // A wrong password: one failure with its reason.
+    let mut wrong = WireClient::new(server.listen, "alice", "not-the-password");
+    assert_eq!(code(&wrong.allocate_with(&[])), Some(401));
+    // A relayed call: alice sends 8 + 5 bytes to bob's relayed address, bob answers 3.
+    let mut a = WireClient::new(server.listen, "alice", "pw");
+    let ra = a.allocate();
+    let mut b = WireClient::new(server.listen, "bob", "pw");
+    let rb = b.allocate();
+    assert_eq!(code(&a.call(METHOD_CREATE_PERMISSION, &[], &[rb])), None);
+    assert_eq!(code(&b.call(METHOD_CREATE_PERMISSION, &[], &[ra])), None);
+    a.send_indication(rb, b"12345678");
+    a.send_indication(rb, b"abcde");
+    assert!(b.recv_raw().is_some() && b.recv_raw().is_some());
+    b.send_indication(ra, b"xyz");
+    assert!(a.recv_raw().is_some());
+    assert_eq!(
+        code(&a.call(METHOD_REFRESH, &[(ATTR_LIFETIME, vec![0, 0, 0, 0])], &[])),
+        None
+    );
+    assert!(
+        common::wait_until(Duration::from_secs(5), || server
+            .guard
+            .log()
+            .contains("allocation ended")),
+        "{}",
+        server.guard.log()
+    );
+    let log = server.guard.log();
+    let line = |needle: &str, with: &[&str]| -> String {
+        log.lines()
+            .find(|l| l.contains(needle) && with.iter().all(|w| l.contains(w)))
+            .unwrap_or_else(|| panic!("no {needle:?} line with {with:?} in:\n{log}"))
+            .to_string()
+    };
+    let created = line("allocation created", &["user=alice", &format!("{ra}")]);
+    assert!(created.contains("lifetime_secs="), "{created}");
+    let ended = line("allocation ended", &["user=alice", "reason=\"refresh\""]);
+    assert!(ended.contains("to_peer_bytes=13"), "{ended}");
+    assert!(ended.contains("from_peer_bytes=3"), "{ended}");
+    assert!(ended.contains("duration_secs="), "{ended}");
+    let failed = line("authentication failed", &["reason=\"bad_integrity\""]);
+    assert!(failed.contains("user=alice"), "{failed}");
+    assert!(
+        !log.contains("not-the-password"),
+        "a password in the log:\n{log}"
+    );
+
+    // A flood: counted in full, logged at most 20 + 10/s.
+    let before = server.metric("turn_auth_failures_total", &["reason=\"bad_integrity\""]);
+    let lines_before = log.matches("authentication failed").count();
+    for _ in 0..200 {
+        wrong.send_raw(&wrong.build(
+            rtc_stun::message::METHOD_ALLOCATE,
+            TransactionId::new(),
+            &[(ATTR_REQUESTED_TRANSPORT, vec![17, 0, 0, 0])],
+            &[],
+        ));
+    }
+    let counted = || server.metric("turn_auth_failures_total", &["reason=\"bad_integrity\""]);
+    assert!(
+        common::wait_until(Duration::from_secs(5), || counted() - before >= 200.0),
+        "{} of 200 failures counted",
+        counted() - before
+    );
+    let logged = server.guard.log().matches("authentication failed").count() - lines_before;
+    assert!(
+        (1..=40).contains(&logged),
+        "{logged} lines for 200 failures"
+    );
+}

@@ -40,6 +40,36 @@ impl TokenBucket {
     }
 }
 
+/// Admits at most `rate_per_sec` events a second (burst `burst`) to a log and counts the rest,
+/// so that a flood (of authentication failures, say) cannot flood the log; the next line logged
+/// says how many were left out.
+#[derive(Clone, Debug)]
+pub struct LogLimiter {
+    bucket: TokenBucket,
+    suppressed: u64,
+}
+
+impl LogLimiter {
+    /// A limiter that admits `burst` events at once, then `rate_per_sec` a second.
+    pub fn new(rate_per_sec: u32, burst: u32, now: Instant) -> Self {
+        LogLimiter {
+            bucket: TokenBucket::new(rate_per_sec, burst, now),
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(n)` when this event is to be logged, `n` being the events left out since the
+    /// last one logged; `None` when it is left out (and counted).
+    pub fn admit(&mut self, now: Instant) -> Option<u64> {
+        if self.bucket.try_take(now) {
+            Some(std::mem::take(&mut self.suppressed))
+        } else {
+            self.suppressed += 1;
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,5 +89,16 @@ mod tests {
             assert!(b.try_take(t0 + Duration::from_millis(20 * (i + 1))));
         }
         assert!(!b.try_take(t0));
+    }
+
+    #[test]
+    fn log_limiter_counts_what_it_leaves_out() {
+        let t0 = Instant::now();
+        let mut l = LogLimiter::new(1, 2, t0);
+        assert_eq!(l.admit(t0), Some(0));
+        assert_eq!(l.admit(t0), Some(0));
+        assert_eq!((0..5).filter_map(|_| l.admit(t0)).count(), 0);
+        assert_eq!(l.admit(t0 + Duration::from_secs(1)), Some(5));
+        assert_eq!(l.admit(t0 + Duration::from_secs(1)), None);
     }
 }

@@ -535,7 +535,14 @@ async fn join(conn: &mut Conn, req: &Request, j: &Join) -> Result<(), JoinError>
         }
     }
     node.metrics.join("ok");
-    tracing::debug!(room = %room.name, participant = %pid, "joined");
+    tracing::info!(
+        room = %room.name,
+        participant = %pid,
+        identity = %rec.identity,
+        mode = ?room.mode,
+        participants = parts.len(),
+        "participant joined"
+    );
     let frame = ServerMsg::ParticipantJoined {
         participant: info(&rec),
     }
@@ -631,6 +638,7 @@ async fn leave(conn: &mut Conn) -> Flow {
     node.hub().remove(&j.pid);
     node.links.close(&j.pid);
     conn.left = true;
+    tracing::info!(room = %j.room, participant = %j.pid, reason = "left", "participant left");
     let _ = node
         .timed(
             "remove_participant",

@@ -489,7 +489,7 @@ impl Node {
                 )
                 .await
             {
-                tracing::debug!(room = %e.room, participant = %e.participant_id, "resume grace over");
+                tracing::info!(room = %e.room, participant = %e.participant_id, reason = "timeout", "participant left (resume grace over)");
                 let frame = ServerMsg::ParticipantLeft {
                     participant_id: e.participant_id.clone(),
                     reason: LeaveReason::Timeout,

@@ -17,6 +17,7 @@ use rtc_stun::message::{
     Message, TransactionId, CLASS_INDICATION, CLASS_REQUEST, METHOD_ALLOCATE, METHOD_BINDING,
     METHOD_CHANNEL_BIND, METHOD_CREATE_PERMISSION, METHOD_DATA, METHOD_REFRESH, METHOD_SEND,
 };
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -28,6 +29,7 @@ use stun_server::proto::msg::{
     self, attr, classify, integrity_present, text_attr, verify_integrity, xor_address,
     xor_addresses, IntegrityAlgorithm, MessageBuilder, PacketKind, PasswordAlgorithm,
 };
+use turnkey_common::rate::LogLimiter;
 
 /// ADDITIONAL-ADDRESS-FAMILY (RFC 8656 §18.11).
 pub const ATTR_ADDITIONAL_ADDRESS_FAMILY: AttrType = AttrType(0x8000);
@@ -373,6 +375,11 @@ struct Channel {
 struct Allocation {
     tuple: FiveTuple,
     username: String,
+    created: Instant,
+    /// Application bytes relayed to peers and from peers (for the "allocation ended" log line;
+    /// `Cell` so the relay paths count through the shared borrow they already hold).
+    to_peer_bytes: Cell<u64>,
+    from_peer_bytes: Cell<u64>,
     holder: Holder,
     relays: Vec<Relay>,
     expires: Instant,
@@ -422,6 +429,11 @@ pub struct TurnCore {
     next_id: u64,
     timers: TimerQueue<TimerKey>,
     unauth_limiter: SourceLimiter,
+    /// The latest `now` handed in (for events that come without one: a closed connection,
+    /// shutdown).
+    last_now: Instant,
+    /// Authentication failures logged at most 10 a second (burst 20) per core.
+    auth_log: RefCell<LogLimiter>,
 }
 
 impl std::fmt::Debug for TurnCore {
@@ -459,6 +471,8 @@ impl TurnCore {
             next_id: 1,
             timers: TimerQueue::default(),
             unauth_limiter,
+            last_now: start,
+            auth_log: RefCell::new(LogLimiter::new(10, 20, start)),
         }
     }
 
@@ -496,6 +510,7 @@ impl TurnCore {
         relays: &mut dyn RelayAllocator,
         out: &mut Vec<Transmit>,
     ) {
+        self.last_now = self.last_now.max(now);
         match classify(data) {
             PacketKind::ChannelData => self.handle_channel_data(tuple, data, now, out),
             PacketKind::Stun => match msg::decode(data) {
@@ -683,11 +698,29 @@ impl TurnCore {
         b
     }
 
-    fn auth_failure(&self, reason: &'static str) {
+    /// Counts an authentication failure and logs it (at most 10 a second per core; the next
+    /// line logged says how many were left out). The log names the client and the username it
+    /// gave, never a password or key.
+    fn auth_failure(&self, reason: &'static str, tuple: &FiveTuple, m: &Message, now: Instant) {
         self.metrics
             .auth_failures
             .get_or_create(&[("reason", reason)])
             .inc();
+        // A stale nonce is routine (a long session's refresh after the nonce lifetime): counted,
+        // not logged.
+        if reason == "stale_nonce" {
+            return;
+        }
+        if let Some(suppressed) = self.auth_log.borrow_mut().admit(now) {
+            tracing::info!(
+                reason,
+                client = %tuple.client,
+                transport = tuple.transport.as_str(),
+                user = %text_attr(m, ATTR_USERNAME).unwrap_or(""),
+                suppressed,
+                "authentication failed"
+            );
+        }
     }
 
     /// Long-term credential check (RFC 8489 §9.2.4). Err is the response to send.
@@ -712,7 +745,7 @@ impl TurnCore {
             (None, Some(h)) => match self.cfg.credentials.user_for_hash(h) {
                 Some(u) => Some(u),
                 None => {
-                    self.auth_failure("unknown_user");
+                    self.auth_failure("unknown_user", &tuple, m, now);
                     return Err(self.challenge(&tuple, m, 401, now));
                 }
             },
@@ -721,16 +754,16 @@ impl TurnCore {
         let (Some(username), Some(realm), Some(nonce)) =
             (username, text_attr(m, ATTR_REALM), text_attr(m, ATTR_NONCE))
         else {
-            self.auth_failure("bad_request");
+            self.auth_failure("bad_request", &tuple, m, now);
             return Err(MessageBuilder::error(m, 400, "Bad Request"));
         };
         let unix = self.unix_secs(now);
         if !self.cfg.nonces.is_valid(nonce, unix, &tuple) {
-            self.auth_failure("stale_nonce");
+            self.auth_failure("stale_nonce", &tuple, m, now);
             return Err(self.challenge(&tuple, m, 438, now));
         }
         if realm != self.cfg.realm {
-            self.auth_failure("wrong_realm");
+            self.auth_failure("wrong_realm", &tuple, m, now);
             return Err(self.challenge(&tuple, m, 401, now));
         }
         let alg = match (
@@ -742,21 +775,21 @@ impl TurnCore {
                 [0, 1, 0, 0] => PasswordAlgorithm::Md5,
                 [0, 2, 0, 0] => PasswordAlgorithm::Sha256,
                 _ => {
-                    self.auth_failure("bad_request");
+                    self.auth_failure("bad_request", &tuple, m, now);
                     return Err(MessageBuilder::error(m, 400, "Bad Request"));
                 }
             },
             _ => {
                 // One without the other, or a list other than ours: a bid-down attempt or a
                 // broken client (§9.2.5).
-                self.auth_failure("algorithm_mismatch");
+                self.auth_failure("algorithm_mismatch", &tuple, m, now);
                 return Err(MessageBuilder::error(m, 400, "Bad Request"));
             }
         };
         let passwords = match self.cfg.credentials.passwords(username, unix, check_expiry) {
             Ok(p) => p,
             Err(e) => {
-                self.auth_failure(e.reason());
+                self.auth_failure(e.reason(), &tuple, m, now);
                 return Err(self.challenge(&tuple, m, 401, now));
             }
         };
@@ -770,7 +803,7 @@ impl TurnCore {
                 });
             }
         }
-        self.auth_failure("bad_integrity");
+        self.auth_failure("bad_integrity", &tuple, m, now);
         Err(self.challenge(&tuple, m, 401, now))
     }
 
@@ -965,6 +998,9 @@ impl TurnCore {
         let alloc = Allocation {
             tuple,
             username: auth.username.clone(),
+            created: now,
+            to_peer_bytes: Cell::new(0),
+            from_peer_bytes: Cell::new(0),
             holder,
             relays: relays_v,
             expires: now + lifetime,
@@ -988,6 +1024,14 @@ impl TurnCore {
         self.shared.allocations.fetch_add(1, Ordering::Relaxed);
         self.timers
             .schedule(alloc.expires, TimerKey::Allocation(id));
+        tracing::info!(
+            user = %alloc.username,
+            client = %tuple.client,
+            transport = tuple.transport.as_str(),
+            relay = ?alloc.relays.iter().map(|r| r.advertised).collect::<Vec<_>>(),
+            lifetime_secs = lifetime.as_secs(),
+            "allocation created"
+        );
         self.allocs.insert(id, alloc);
         b
     }
@@ -1064,7 +1108,7 @@ impl TurnCore {
         let lifetime = self.lifetime(m);
         let mut b = MessageBuilder::success(m);
         if lifetime.is_zero() {
-            self.delete_allocation(id, relays);
+            self.delete_allocation(id, relays, "refresh");
         } else if let Some(a) = self.allocs.get_mut(&id) {
             a.expires = now + lifetime;
             self.timers.schedule(a.expires, TimerKey::Allocation(id));
@@ -1283,6 +1327,8 @@ impl TurnCore {
         }
         self.metrics.hot.c2p_packets.inc();
         self.metrics.hot.c2p_bytes.inc_by(data.len() as u64);
+        a.to_peer_bytes
+            .set(a.to_peer_bytes.get() + data.len() as u64);
         out.push(Transmit::ToPeer {
             relay: relay.local,
             peer,
@@ -1325,6 +1371,7 @@ impl TurnCore {
         }
         self.metrics.hot.c2p_packets.inc();
         self.metrics.hot.c2p_bytes.inc_by(len as u64);
+        a.to_peer_bytes.set(a.to_peer_bytes.get() + len as u64);
         out.push(Transmit::ToPeer {
             relay: relay.local,
             peer: c.peer,
@@ -1342,6 +1389,7 @@ impl TurnCore {
         data: &[u8],
         now: Instant,
     ) -> Option<Transmit> {
+        self.last_now = self.last_now.max(now);
         let Some(a) = self.by_relay.get(&relay).and_then(|id| self.allocs.get(id)) else {
             self.metrics.drop_packet("no_allocation");
             return None;
@@ -1384,6 +1432,8 @@ impl TurnCore {
         };
         self.metrics.hot.p2c_packets.inc();
         self.metrics.hot.p2c_bytes.inc_by(data.len() as u64);
+        a.from_peer_bytes
+            .set(a.from_peer_bytes.get() + data.len() as u64);
         Some(Transmit::ToClient {
             to: a.tuple,
             data: frame,
@@ -1393,17 +1443,18 @@ impl TurnCore {
     /// The stream connection of `tuple` closed: its allocation goes too (RFC 8656 §5).
     pub fn handle_connection_closed(&mut self, tuple: FiveTuple, relays: &mut dyn RelayAllocator) {
         if let Some(&id) = self.by_tuple.get(&tuple) {
-            self.delete_allocation(id, relays);
+            self.delete_allocation(id, relays, "connection_closed");
         }
     }
 
     /// Expires allocations, permissions and channel bindings due at `now`; entries that fired
     /// early (deadline pushed back by a refresh) are re-armed at the real deadline.
     pub fn handle_timeout(&mut self, now: Instant, relays: &mut dyn RelayAllocator) {
+        self.last_now = self.last_now.max(now);
         while let Some((_, key)) = self.timers.pop_due(now) {
             match key {
                 TimerKey::Allocation(id) => match self.allocs.get(&id).map(|a| a.expires) {
-                    Some(t) if t <= now => self.delete_allocation(id, relays),
+                    Some(t) if t <= now => self.delete_allocation(id, relays, "expired"),
                     Some(t) => self.timers.schedule(t, key),
                     None => {}
                 },
@@ -1455,10 +1506,23 @@ impl TurnCore {
         }
     }
 
-    fn delete_allocation(&mut self, id: u64, relays: &mut dyn RelayAllocator) {
+    /// Removes allocation `id`, frees its relayed transport addresses and quota, and logs its
+    /// end: `reason` is `refresh` (lifetime 0), `expired`, `connection_closed` or `shutdown`.
+    fn delete_allocation(&mut self, id: u64, relays: &mut dyn RelayAllocator, reason: &str) {
         let Some(a) = self.allocs.remove(&id) else {
             return;
         };
+        tracing::info!(
+            user = %a.username,
+            client = %a.tuple.client,
+            transport = a.tuple.transport.as_str(),
+            relay = ?a.relays.iter().map(|r| r.advertised).collect::<Vec<_>>(),
+            duration_secs = self.last_now.saturating_duration_since(a.created).as_secs(),
+            to_peer_bytes = a.to_peer_bytes.get(),
+            from_peer_bytes = a.from_peer_bytes.get(),
+            reason,
+            "allocation ended"
+        );
         self.by_tuple.remove(&a.tuple);
         self.timers.cancel(&TimerKey::Allocation(id));
         for ip in a.permissions.keys() {
@@ -1493,7 +1557,7 @@ impl TurnCore {
     pub fn close_all(&mut self, relays: &mut dyn RelayAllocator) {
         let ids: Vec<u64> = self.allocs.keys().copied().collect();
         for id in ids {
-            self.delete_allocation(id, relays);
+            self.delete_allocation(id, relays, "shutdown");
         }
     }
 }
