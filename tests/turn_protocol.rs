@@ -686,3 +686,37 @@ fn the_log_tells_allocations_and_auth_failures() {
         "{logged} lines for 200 failures"
     );
 }
+
+/// Ctrl-C is prompt: the first SIGINT says what the server waits for (1 allocation, up to 60 s)
+/// and keeps serving it; a second SIGINT exits at once (status 130) instead of waiting out the
+/// drain.
+#[test]
+fn a_second_sigint_exits_at_once_and_the_first_says_what_it_waits_for() {
+    let mut server = TurnServer::start(&["--user", "alice:pw", "--drain-timeout", "60"]);
+    let mut a = WireClient::new(server.listen, "alice", "pw");
+    a.allocate();
+    let sigint = |pid: u32| {
+        assert!(Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success());
+    };
+    sigint(server.pid());
+    assert!(
+        common::wait_until(Duration::from_secs(5), || server.guard.log().lines().any(
+            |l| l.contains("draining")
+                && l.contains("allocations=1")
+                && l.contains("up_to_secs=60")
+        )),
+        "the first SIGINT did not say what it waits for:\n{}",
+        server.guard.log()
+    );
+    assert_eq!(code(&a.call(METHOD_REFRESH, &[], &[])), None);
+    assert!(server.wait_exit(Duration::from_millis(300)).is_none());
+    sigint(server.pid());
+    let st = server
+        .wait_exit(Duration::from_secs(10))
+        .expect("a second SIGINT did not end the server before the 60 s drain");
+    assert_eq!(st.code(), Some(130), "{st}");
+}

@@ -4,14 +4,19 @@ use tokio_util::sync::CancellationToken;
 
 pub use tokio_util::sync::CancellationToken as Token;
 
-/// Returns a token cancelled on the first SIGTERM or SIGINT. Must be called inside a tokio runtime.
+/// Returns a token cancelled on the first SIGTERM or SIGINT (graceful: each service says what
+/// it waits for). A second one ends the process at once (exit status 130), for a developer who
+/// pressed Ctrl-C twice. Must be called inside a tokio runtime.
 pub fn on_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
-        tracing::info!("shutdown signal received: draining");
+        tracing::info!("shutdown signal received: draining (send it again to exit at once)");
         t.cancel();
+        wait_for_signal().await;
+        tracing::warn!("second shutdown signal: exiting without draining");
+        std::process::exit(130);
     });
     token
 }
