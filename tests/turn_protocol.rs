@@ -294,10 +294,10 @@ fn metrics_endpoint_lists_every_documented_metric() {
         "turn_relayed_packets_total{direction=\"client_to_peer\"}",
         "turn_relayed_packets_total{direction=\"peer_to_client\"}",
         "turn_relayed_bytes_total{",
-        "# TYPE turn_auth_failures counter",
-        "# TYPE turn_peer_denied counter",
-        "# TYPE turn_dropped_packets counter",
-        "# TYPE stun_binding_requests counter",
+        "# TYPE turn_auth_failures_total counter",
+        "# TYPE turn_peer_denied_total counter",
+        "# TYPE turn_dropped_packets_total counter",
+        "# TYPE stun_binding_requests_total counter",
         "turnkey_build_info{",
     ] {
         assert!(body.contains(name), "missing {name} in:\n{body}");

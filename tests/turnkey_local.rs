@@ -220,3 +220,78 @@ fn the_suites_own_ports_are_never_peers_even_when_the_host_is_allowed() {
     );
     assert_eq!(wire::code(&r), None);
 }
+
+/// Every service's `/metrics` is valid: the classic text format by default, which
+/// `promtool check metrics` (Prometheus's own linter) accepts, and OpenMetrics with its content
+/// type when the scraper asks for it (as Prometheus does); each exports `turnkey_build_info`.
+/// (Before, the body was OpenMetrics served as text 0.0.4, which promtool rejected.)
+#[test]
+fn every_service_serves_valid_metrics() {
+    let promtool = common::require_tool("promtool");
+    let suite = common::LocalSuite::start("metrics:metrics-secret", &[]);
+    let stun = ServerGuard::start(
+        "stun-server",
+        &["--listen", &format!("127.0.0.1:{}", free_udp_tcp_port())],
+    );
+    for (service, addr) in [
+        ("turn", suite.guard.metrics),
+        ("signaling", suite.sig_metrics),
+        ("sfu", suite.sfu_metrics),
+        ("stun", stun.metrics),
+    ] {
+        let (head, body) = get_metrics(addr, None);
+        assert!(
+            head.contains("content-type: text/plain; version=0.0.4"),
+            "{service}: {head}"
+        );
+        assert!(
+            body.lines()
+                .any(|l| l.starts_with("turnkey_build_info{version=")),
+            "{service}: no turnkey_build_info in\n{body}"
+        );
+        let mut check = std::process::Command::new(&promtool)
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("promtool");
+        check
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(body.as_bytes())
+            .unwrap();
+        let out = check.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{service}: promtool check metrics failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (head, body) = get_metrics(addr, Some("application/openmetrics-text; version=1.0.0"));
+        assert!(
+            head.contains("content-type: application/openmetrics-text; version=1.0.0"),
+            "{service}: {head}"
+        );
+        assert!(body.ends_with("# EOF\n"), "{service}: {body}");
+    }
+}
+
+/// `GET /metrics` with an optional `Accept`; the lower-cased head and the body.
+fn get_metrics(addr: SocketAddr, accept: Option<&str>) -> (String, String) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let accept = accept
+        .map(|a| format!("Accept: {a}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    (head.to_ascii_lowercase(), body.to_string())
+}

@@ -229,12 +229,7 @@ impl SfuMetrics {
             "Time each worker spent processing",
             m.worker_busy.clone(),
         );
-        registry.register("turnkey_build_info", "Build information", {
-            let f: Family<L1, Gauge> = Family::default();
-            f.get_or_create(&[("version", env!("CARGO_PKG_VERSION"))])
-                .set(1);
-            f
-        });
+        turnkey_common::metrics_http::register_build_info(registry);
         m
     }
 }

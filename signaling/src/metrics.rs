@@ -167,6 +167,7 @@ impl SignalingMetrics {
     /// Creates the metrics, registers them in `registry` and pre-creates the known series at 0.
     pub fn register(registry: &mut Registry) -> Self {
         let m = SignalingMetrics::default();
+        turnkey_common::metrics_http::register_build_info(registry);
         registry.register(
             names::CONNECTIONS,
             "Open WebSocket connections",

@@ -41,11 +41,6 @@ struct DropLabels {
     reason: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct BuildLabels {
-    version: &'static str,
-}
-
 /// Handles to the STUN server's metrics; cheap to clone (shared counters).
 #[derive(Clone, Debug)]
 pub struct StunMetrics {
@@ -77,13 +72,7 @@ impl StunMetrics {
             "TCP connections currently open",
             m.tcp_connections.clone(),
         );
-        let build_info = Family::<BuildLabels, Gauge>::default();
-        build_info
-            .get_or_create(&BuildLabels {
-                version: env!("CARGO_PKG_VERSION"),
-            })
-            .set(1);
-        registry.register(BUILD_INFO, "turnkey build information", build_info);
+        turnkey_common::metrics_http::register_build_info(registry);
         // Export zeros for the common series so dashboards and rate() work from the start.
         for transport in [Transport::Udp, Transport::Tcp] {
             let _ = m.binding_requests.get_or_create(&RequestLabels {

@@ -839,6 +839,8 @@ pub struct LocalSuite {
     pub http: SocketAddr,
     /// SFU metrics listener.
     pub sfu_metrics: SocketAddr,
+    /// Signaling metrics listener.
+    pub sig_metrics: SocketAddr,
     /// SFU media (UDP of worker 0, worker 1 on port + 1; ICE-TCP on the same port).
     pub sfu_media: SocketAddr,
 }
@@ -902,6 +904,7 @@ impl LocalSuite {
             turn_port,
             http,
             sfu_metrics,
+            sig_metrics,
             sfu_media: SocketAddr::new(sfu_ip, media_port),
         }
     }
