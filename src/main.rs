@@ -18,6 +18,10 @@ use turn_server::proto::auth::mint_rest_credential;
 #[command(
     name = "turnkey",
     version,
+    // turnkey's own defaults (loopback: a development suite), not turn-server's.
+    mut_arg("listen", |a| a.help(
+        "Address to listen on for clients, UDP and TCP (repeatable). Default 127.0.0.1:3478"
+    )),
     about = "turnkey suite for local use: STUN/TURN, signaling and the SFU in one process"
 )]
 struct Cli {
@@ -32,9 +36,16 @@ struct Cli {
     /// Signaling metrics listener.
     #[arg(long = "signaling-metrics", default_value = "127.0.0.1:9643")]
     signaling_metrics: std::net::SocketAddr,
-    /// Signaling API key KEY:SECRET (default: a generated development key, printed).
-    #[arg(long = "api-key", env = "TURNKEY_API_KEY", hide_env_values = true)]
-    api_key: Option<String>,
+    /// Signaling API key KEY:SECRET, repeatable (TURNKEY_API_KEYS: comma-separated). Default: a
+    /// generated development key, printed.
+    #[arg(
+        long = "api-key",
+        value_name = "KEY:SECRET",
+        env = "TURNKEY_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    api_key: Vec<String>,
     /// Redis URL for the signaling store (default: embedded in-memory store).
     #[arg(long)]
     redis: Option<String>,
@@ -79,11 +90,15 @@ fn start() -> anyhow::Result<()> {
         listen: cli.signaling_listen,
         metrics: cli.signaling_metrics,
     });
-    if let Some(k) = &cli.api_key {
-        let Some(key) = signaling::auth::ApiKey::parse(k) else {
-            anyhow::bail!("--api-key must be KEY:SECRET, both non-empty");
-        };
-        sig.api_keys = vec![key];
+    if !cli.api_key.is_empty() {
+        sig.api_keys = cli
+            .api_key
+            .iter()
+            .map(|k| {
+                signaling::auth::ApiKey::parse(k)
+                    .ok_or_else(|| anyhow::anyhow!("--api-key must be KEY:SECRET, both non-empty"))
+            })
+            .collect::<anyhow::Result<_>>()?;
         sig.dev_key = false;
     }
     sig.turn_secrets = cfg.auth_secrets.clone();

@@ -33,14 +33,17 @@ enum Command {
         /// Lifetime: 90s, 30m, 1h, 2d. Default 1h.
         #[arg(long, default_value = "1h", value_parser = parse_duration_secs)]
         ttl: u64,
-        /// The API key that signs it, KEY:SECRET.
+        /// The API key that signs it, KEY:SECRET (from TURNKEY_API_KEYS, the first of a
+        /// comma-separated list signs).
         #[arg(
             long = "api-key",
             value_name = "KEY:SECRET",
-            env = "TURNKEY_API_KEY",
+            env = "TURNKEY_API_KEYS",
+            value_delimiter = ',',
+            required = true,
             hide_env_values = true
         )]
-        api_key: String,
+        api_key: Vec<String>,
         /// Also grant creating the room on first join.
         #[arg(long)]
         create: bool,
@@ -58,7 +61,9 @@ fn main() -> anyhow::Result<()> {
         create,
     }) = cli.command
     {
-        let key = ApiKey::parse(&api_key)
+        let key = api_key
+            .first()
+            .and_then(|k| ApiKey::parse(k))
             .ok_or_else(|| anyhow::anyhow!("--api-key must be KEY:SECRET"))?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?

@@ -22,9 +22,16 @@ struct Cli {
 enum Command {
     /// Print a TURN REST API credential as JSON: {"username","password","ttl"}.
     Credentials {
-        /// The shared secret (same as the server's --auth-secret).
-        #[arg(long, env = "TURNKEY_AUTH_SECRET", hide_env_values = true)]
-        secret: String,
+        /// The shared secret (same as the server's --auth-secret; from TURNKEY_AUTH_SECRETS, the
+        /// first of a comma-separated list signs).
+        #[arg(
+            long,
+            env = "TURNKEY_AUTH_SECRETS",
+            value_delimiter = ',',
+            required = true,
+            hide_env_values = true
+        )]
+        secret: Vec<String>,
         /// The user name part.
         #[arg(long)]
         user: String,
@@ -38,7 +45,10 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Some(Command::Credentials { secret, user, ttl }) = cli.command {
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-        let c = mint_rest_credential(&secret, &user, ttl, now);
+        let Some(secret) = secret.first().filter(|s| !s.is_empty()) else {
+            anyhow::bail!("--secret (or TURNKEY_AUTH_SECRETS) is empty");
+        };
+        let c = mint_rest_credential(secret, &user, ttl, now);
         println!("{}", serde_json::to_string(&c)?);
         return Ok(());
     }
