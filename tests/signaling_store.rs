@@ -85,6 +85,7 @@ conformance! {
     participants_need_a_room => participants_need_a_room;
     move_room_compare_and_set => move_room_compare_and_set;
     delete_room_removes_everything => delete_room_removes_everything;
+    list_rooms_pages_by_name => list_rooms_pages_by_name;
     node_heartbeat_expires => node_heartbeat_expires;
     remove_node_and_least_loaded => remove_node_and_least_loaded;
     publish_subscribe_across_nodes => publish_subscribe_across_nodes;
@@ -272,6 +273,37 @@ async fn delete_room_removes_everything(backend: &dyn Backend) {
     let (_, created) = store.create_room(&room("d", "n2")).await.unwrap();
     assert!(created);
     assert!(store.participants("d").await.unwrap().is_empty());
+}
+
+async fn list_rooms_pages_by_name(backend: &dyn Backend) {
+    let a = backend.node().await;
+    let b = backend.node().await;
+    assert!(a.list_rooms(None, 10).await.unwrap().is_empty());
+    for name in ["c", "a", "b.2", "b-1"] {
+        a.create_room(&room(name, "n1")).await.unwrap();
+    }
+    // A room's participant list is not a room.
+    a.add_participant("a", &participant("p_1", "n1"))
+        .await
+        .unwrap();
+    let names = |v: Vec<RoomRecord>| v.into_iter().map(|r| r.name).collect::<Vec<_>>();
+    // Seen from another node, in name order, paged.
+    assert_eq!(
+        names(b.list_rooms(None, 10).await.unwrap()),
+        ["a", "b-1", "b.2", "c"]
+    );
+    assert_eq!(names(b.list_rooms(None, 2).await.unwrap()), ["a", "b-1"]);
+    assert_eq!(
+        names(b.list_rooms(Some("b-1"), 2).await.unwrap()),
+        ["b.2", "c"]
+    );
+    assert!(b.list_rooms(Some("c"), 2).await.unwrap().is_empty());
+    assert!(a.delete_room("b.2").await.unwrap());
+    assert_eq!(
+        names(b.list_rooms(None, 10).await.unwrap()),
+        ["a", "b-1", "c"]
+    );
+    assert_eq!(b.list_rooms(None, 10).await.unwrap()[0], room("a", "n1"));
 }
 
 async fn node_heartbeat_expires(backend: &dyn Backend) {

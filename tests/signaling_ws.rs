@@ -1111,3 +1111,105 @@ async fn a_client_close_is_echoed_and_the_others_are_told_after_the_grace() {
     assert_eq!(left["participantId"], jb["participantId"]);
     assert_eq!(left["reason"], "timeout");
 }
+
+/// Rooms you can see: `GET /v1/rooms` lists every room (mode, node, participants, capacity,
+/// age) by name, in pages; `signaling rooms list|show|close` wraps it, and `close` ends the
+/// room for its participants (4010). Bad paging input gets 400, no key 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_are_listed_over_http_and_by_the_cli() {
+    let sig = start(&[]);
+    let (status, _) = http(
+        sig.http,
+        "POST",
+        "/v1/rooms",
+        Some(&basic()),
+        r#"{"name":"big-sfu","mode":"sfu","capacity":8}"#,
+    );
+    assert_eq!(status, 201);
+    // An SFU room created without a capacity takes the SFU default (max_capacity, 16), not the
+    // mesh default (4): the page never caps an SFU room.
+    let (status, v) = http(
+        sig.http,
+        "POST",
+        "/v1/rooms",
+        Some(&basic()),
+        r#"{"name":"open-sfu","mode":"sfu"}"#,
+    );
+    assert_eq!((status, &v["capacity"]), (201, &json!(16)), "{v}");
+    let (status, _) = http(sig.http, "DELETE", "/v1/rooms/open-sfu", Some(&basic()), "");
+    assert_eq!(status, 204);
+    let (mut a, _) = join(&sig, "talk", "a").await;
+    let (_b, _) = join(&sig, "talk", "b").await;
+    a.recv_type("participant-joined").await;
+
+    let (status, v) = http(sig.http, "GET", "/v1/rooms", Some(&basic()), "");
+    assert_eq!(status, 200, "{v}");
+    let rooms = v["rooms"].as_array().expect("rooms");
+    let names: Vec<&str> = rooms.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["big-sfu", "talk"], "{v}");
+    assert_eq!(rooms[0]["mode"], "sfu");
+    assert_eq!(rooms[0]["capacity"], 8);
+    assert_eq!(rooms[0]["participants"], 0);
+    assert_eq!(rooms[1]["mode"], "mesh");
+    assert_eq!(rooms[1]["participants"], 2);
+    assert!(rooms[1]["node"].as_str().is_some_and(|n| !n.is_empty()));
+    assert!(rooms[1]["ageSecs"].as_u64().is_some(), "{v}");
+    assert!(v["next"].is_null(), "{v}");
+    // Paging.
+    let (_, p1) = http(sig.http, "GET", "/v1/rooms?limit=1", Some(&basic()), "");
+    assert_eq!(p1["rooms"].as_array().unwrap().len(), 1);
+    assert_eq!(p1["next"], "big-sfu");
+    let (_, p2) = http(
+        sig.http,
+        "GET",
+        "/v1/rooms?limit=1&after=big-sfu",
+        Some(&basic()),
+        "",
+    );
+    assert_eq!(p2["rooms"][0]["name"], "talk");
+    assert!(p2["next"].is_null(), "{p2}");
+    let (status, e) = http(sig.http, "GET", "/v1/rooms?limit=0", Some(&basic()), "");
+    assert_eq!((status, &e["error"]["code"]), (400, &json!("bad_request")));
+    let (status, _) = http(sig.http, "GET", "/v1/rooms", None, "");
+    assert_eq!(status, 401);
+
+    // The CLI.
+    let cli = |args: &[&str]| {
+        let out = Command::new(common::bin_path("signaling"))
+            .arg("rooms")
+            .args(args)
+            .args(["--url", &format!("http://{}", sig.http)])
+            .args(["--api-key", &format!("{API_KEY}:{API_SECRET}")])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = cli(&["list"]);
+    assert!(ok, "{err}");
+    let talk = out
+        .lines()
+        .find(|l| l.starts_with("talk "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(talk.contains("mesh") && talk.contains("2/4"), "{out}");
+    assert!(out.contains("2 room(s)"), "{out}");
+    let (ok, out, err) = cli(&["show", "talk"]);
+    assert!(ok, "{err}");
+    let shown: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["participants"].as_array().unwrap().len(), 2);
+    let (ok, out, err) = cli(&["close", "talk"]);
+    assert!(ok && out.contains("closed"), "{out}{err}");
+    assert_eq!(a.closed().await.0, 4010);
+    let (ok, _, err) = cli(&["show", "talk"]);
+    assert!(!ok && err.contains("404"), "{err}");
+    let bad = Command::new(common::bin_path("signaling"))
+        .args(["rooms", "list", "--url", &format!("http://{}", sig.http)])
+        .args(["--api-key", "app:wrong"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("401"));
+}

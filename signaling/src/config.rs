@@ -136,9 +136,12 @@ pub struct SignalingArgs {
     /// Seconds the access tokens minted by `/join` are valid. Default 3600.
     #[arg(long = "token-ttl", value_name = "SECS")]
     pub token_ttl: Option<u64>,
-    /// Capacity of rooms created without one. Default 4.
+    /// Capacity of mesh rooms created without one. Default 4.
     #[arg(long = "default-capacity", value_name = "N")]
     pub default_capacity: Option<u32>,
+    /// Capacity of SFU rooms created without one. Default: --max-capacity.
+    #[arg(long = "default-sfu-capacity", value_name = "N")]
+    pub default_sfu_capacity: Option<u32>,
     /// Largest room capacity accepted. Default 16.
     #[arg(long = "max-capacity", value_name = "N")]
     pub max_capacity: Option<u32>,
@@ -198,6 +201,8 @@ pub struct FileConfig {
     pub token_ttl: Option<u64>,
     /// See `--default-capacity`.
     pub default_capacity: Option<u32>,
+    /// See `--default-sfu-capacity`.
+    pub default_sfu_capacity: Option<u32>,
     /// See `--max-capacity`.
     pub max_capacity: Option<u32>,
     /// See `--log-json`.
@@ -269,8 +274,10 @@ pub struct SignalingConfig {
     pub rate_burst: u32,
     /// `/join` token lifetime, seconds.
     pub token_ttl_secs: u64,
-    /// Capacity of rooms created without one.
+    /// Capacity of mesh rooms created without one.
     pub default_capacity: u32,
+    /// Capacity of SFU rooms created without one.
+    pub default_sfu_capacity: u32,
     /// Largest capacity.
     pub max_capacity: u32,
     /// Seconds between node heartbeats.
@@ -316,7 +323,7 @@ impl SignalingConfig {
     pub fn redacted(&self) -> String {
         let keys: Vec<&str> = self.api_keys.iter().map(|k| k.key.as_str()).collect();
         format!(
-            "listen={} public_url={:?} api_keys={:?} (secrets <redacted>){} turn_rest_keys={} (<redacted>) turn_secrets={} (<redacted>) turn_uris={:?} turn_ttl={}s turn_credential_grace={}s allowed_origins={:?} store={} sfu_secret={} node_id={} metrics={} role={:?} resume_grace={}s max_message_bytes={} idle_timeout={}s rate={}/s burst={} token_ttl={}s capacity={}..{}",
+            "listen={} public_url={:?} api_keys={:?} (secrets <redacted>){} turn_rest_keys={} (<redacted>) turn_secrets={} (<redacted>) turn_uris={:?} turn_ttl={}s turn_credential_grace={}s allowed_origins={:?} store={} sfu_secret={} node_id={} metrics={} role={:?} resume_grace={}s max_message_bytes={} idle_timeout={}s rate={}/s burst={} token_ttl={}s capacity={}..{} sfu_capacity={}",
             self.listen,
             self.public_url,
             keys,
@@ -347,6 +354,7 @@ impl SignalingConfig {
             self.token_ttl_secs,
             self.default_capacity,
             self.max_capacity,
+            self.default_sfu_capacity,
         )
     }
 }
@@ -426,6 +434,11 @@ impl SignalingArgs {
             .or(file.default_capacity)
             .unwrap_or(4)
             .clamp(1, max_capacity);
+        let default_sfu_capacity = self
+            .default_sfu_capacity
+            .or(file.default_sfu_capacity)
+            .unwrap_or(max_capacity)
+            .clamp(1, max_capacity);
         let node_id = self
             .node_id
             .or(file.node_id)
@@ -464,6 +477,7 @@ impl SignalingArgs {
             rate_burst: self.rate_burst.or(file.rate_burst).unwrap_or(100).max(1),
             token_ttl_secs: self.token_ttl.or(file.token_ttl).unwrap_or(3600).max(1),
             default_capacity,
+            default_sfu_capacity,
             max_capacity,
             heartbeat_secs: 2,
             node_ttl_secs: 6,

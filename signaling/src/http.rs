@@ -138,8 +138,15 @@ fn check_room_name(node: &Node, name: &str) -> ApiResult<()> {
     })
 }
 
-fn check_capacity(node: &Node, capacity: Option<u32>) -> ApiResult<u32> {
-    let c = capacity.unwrap_or(node.cfg.default_capacity);
+/// The capacity of a room created with `capacity` (if given) in `mode`: by default
+/// `default_capacity` for mesh rooms and `default_sfu_capacity` for SFU rooms (an SFU carries
+/// more than a mesh of browsers).
+fn check_capacity(node: &Node, capacity: Option<u32>, mode: Option<RoomMode>) -> ApiResult<u32> {
+    let default = match mode {
+        Some(RoomMode::Sfu) => node.cfg.default_sfu_capacity,
+        _ => node.cfg.default_capacity,
+    };
+    let c = capacity.unwrap_or(default);
     if c == 0 || c > node.cfg.max_capacity {
         return Err(ApiError::bad_request(format!(
             "capacity must be 1..={}",
@@ -181,12 +188,94 @@ async fn create_on_least_loaded(
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct RoomView {
     name: String,
     mode: RoomMode,
     capacity: u32,
     node: String,
+    /// The SFU node of an `sfu` room once chosen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sfu: Option<String>,
+    created_at: u64,
+    age_secs: u64,
     participants: Vec<ParticipantView>,
+}
+
+/// One room of `GET /v1/rooms`: the room object with a participant count.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RoomSummary {
+    name: String,
+    mode: RoomMode,
+    capacity: u32,
+    node: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sfu: Option<String>,
+    created_at: u64,
+    age_secs: u64,
+    participants: usize,
+}
+
+#[derive(Deserialize)]
+struct ListRooms {
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+/// Rooms a page of `GET /v1/rooms` holds at most.
+const LIST_ROOMS_MAX: usize = 1000;
+
+/// `GET /v1/rooms?after=NAME&limit=N`: rooms by name (default 100, at most 1000 a page), with
+/// `next` set to the name to pass as `after` for the next page, or null on the last.
+async fn list_rooms(
+    State(node): State<Arc<Node>>,
+    Query(q): Query<ListRooms>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    authenticate(&node, &headers, false)?;
+    if let Some(a) = &q.after {
+        check_room_name(&node, a)?;
+    }
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > LIST_ROOMS_MAX {
+        return Err(ApiError::bad_request(format!(
+            "limit must be 1..={LIST_ROOMS_MAX}"
+        )));
+    }
+    // One more than the page tells whether another page follows.
+    let mut recs = node
+        .timed(
+            "list_rooms",
+            node.store.list_rooms(q.after.as_deref(), limit + 1),
+        )
+        .await?;
+    let more = recs.len() > limit;
+    recs.truncate(limit);
+    let now = unix_now();
+    let mut rooms = Vec::with_capacity(recs.len());
+    for rec in recs {
+        let n = node
+            .timed("participants", node.store.participants(&rec.name))
+            .await?
+            .len();
+        rooms.push(RoomSummary {
+            age_secs: now.saturating_sub(rec.created_at),
+            name: rec.name,
+            mode: rec.mode,
+            capacity: rec.capacity,
+            node: rec.node,
+            sfu: rec.sfu,
+            created_at: rec.created_at,
+            participants: n,
+        });
+    }
+    let next = if more {
+        rooms.last().map(|r| r.name.clone())
+    } else {
+        None
+    };
+    Ok(Json(json!({ "rooms": rooms, "next": next })).into_response())
 }
 
 #[derive(Serialize)]
@@ -202,10 +291,13 @@ async fn room_view(node: &Node, rec: RoomRecord) -> ApiResult<RoomView> {
         .timed("participants", node.store.participants(&rec.name))
         .await?;
     Ok(RoomView {
+        age_secs: unix_now().saturating_sub(rec.created_at),
         name: rec.name,
         mode: rec.mode,
         capacity: rec.capacity,
         node: rec.node,
+        sfu: rec.sfu,
+        created_at: rec.created_at,
         participants: parts
             .into_iter()
             .map(|p| ParticipantView {
@@ -237,7 +329,7 @@ async fn create_room(
         .name
         .ok_or_else(|| ApiError::bad_request("missing field `name`"))?;
     check_room_name(&node, &name)?;
-    let capacity = check_capacity(&node, req.capacity)?;
+    let capacity = check_capacity(&node, req.capacity, req.mode)?;
     let nodes = live_nodes(&node).await?;
     let (rec, created) = create_on_least_loaded(
         &node,
@@ -357,7 +449,7 @@ async fn join_room(
             (c.sub.clone(), c.grants.create)
         }
     };
-    let capacity = check_capacity(&node, req.capacity)?;
+    let capacity = check_capacity(&node, req.capacity, req.mode)?;
     let nodes = live_nodes(&node).await?;
     let existing = node.timed("get_room", node.store.get_room(&room)).await?;
     let rec = match existing {
@@ -643,7 +735,7 @@ pub fn router(node: Arc<Node>) -> axum::Router {
             .route("/", get(index))
             .route("/client.js", get(client_js))
             .route("/turn-test", get(turn_test))
-            .route("/v1/rooms", post(create_room))
+            .route("/v1/rooms", post(create_room).get(list_rooms))
             .route("/v1/rooms/{room}", get(get_room).delete(delete_room))
             .route("/v1/rooms/{room}/join", post(join_room))
             .route("/v1/ice-servers", post(ice_servers))

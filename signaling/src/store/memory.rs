@@ -133,6 +133,25 @@ impl Store for MemoryStore {
         Ok(self.state().rooms.get(name).map(|e| e.record.clone()))
     }
 
+    async fn list_rooms(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RoomRecord>, StoreError> {
+        let state = self.state();
+        let mut names: Vec<&String> = state
+            .rooms
+            .keys()
+            .filter(|n| after.is_none_or(|a| n.as_str() > a))
+            .collect();
+        names.sort_unstable();
+        Ok(names
+            .into_iter()
+            .take(limit)
+            .filter_map(|n| state.rooms.get(n).map(|e| e.record.clone()))
+            .collect())
+    }
+
     async fn delete_room(&self, name: &str) -> Result<bool, StoreError> {
         Ok(self.state().rooms.remove(name).is_some())
     }

@@ -107,6 +107,12 @@ pub trait Store: Send + Sync + 'static {
     async fn create_room(&self, room: &RoomRecord) -> Result<(RoomRecord, bool), StoreError>;
     /// The room, if it exists.
     async fn get_room(&self, name: &str) -> Result<Option<RoomRecord>, StoreError>;
+    /// Up to `limit` rooms, by name, with names after `after` (paging; `None`: from the start).
+    async fn list_rooms(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RoomRecord>, StoreError>;
     /// Deletes the room and its participant list. True if it existed.
     async fn delete_room(&self, name: &str) -> Result<bool, StoreError>;
     /// Moves the room to `node` if it is still on `from` (compare-and-set; used when the hosting

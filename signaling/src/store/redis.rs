@@ -359,6 +359,50 @@ impl Store for RedisStore {
         json.map(|j| decode(&key, &j)).transpose()
     }
 
+    async fn list_rooms(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RoomRecord>, StoreError> {
+        // SCAN the room keys (names never hold ':', so `turnkey:room:<name>:...` keys are a
+        // room's lists, not rooms), then read the page's records.
+        let mut names: Vec<String> = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{ROOM_PREFIX}*"))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut self.conn())
+                .await
+                .map_err(backend("list_rooms"))?;
+            names.extend(
+                keys.iter()
+                    .filter_map(|k| k.strip_prefix(ROOM_PREFIX))
+                    .filter(|n| !n.contains(':'))
+                    .filter(|n| after.is_none_or(|a| *n > a))
+                    .map(str::to_string),
+            );
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        names.sort_unstable();
+        names.dedup();
+        names.truncate(limit);
+        let mut rooms = Vec::with_capacity(names.len());
+        for name in names {
+            // Deleted between the scan and now: skipped.
+            if let Some(r) = self.get_room(&name).await? {
+                rooms.push(r);
+            }
+        }
+        Ok(rooms)
+    }
+
     async fn delete_room(&self, name: &str) -> Result<bool, StoreError> {
         let (deleted,): (i64,) = redis::pipe()
             .atomic()
