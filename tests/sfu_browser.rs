@@ -67,6 +67,18 @@ fn chromium_sfu_rooms() {
         let remotes = v["remotes"].as_object().expect("remotes");
         assert_eq!(remotes.len(), 2, "each page hears the two others: {v}");
         assert_eq!(v["pairs"]["subscribe"]["local"], "host", "{v}");
+        // The page shows the mode, and a participant who joined later is not "(new)" once
+        // media flows.
+        assert_eq!(v["mode"], "sfu", "{v}");
+        assert!(
+            v["modeText"].as_str().is_some_and(|t| t.contains("SFU")),
+            "{v}"
+        );
+        let status = v["statusText"].as_str().unwrap_or_default();
+        assert!(
+            status.contains("With:") && !status.contains("(new)"),
+            "status: {status}"
+        );
     }
     let forwarded = metric(sfu_metrics, "sfu_forwarded_packets_total", &[]);
     let bytes = metric(sfu_metrics, "sfu_forwarded_bytes_total", &[]);

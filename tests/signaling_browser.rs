@@ -284,6 +284,18 @@ fn chromium_shows_a_wrong_key_at_once() {
 
 /// A POST with HTTP Basic `user_pass` and no browser headers; the response head and body.
 fn raw_post(addr: SocketAddr, path: &str, user_pass: &str) -> (String, String) {
+    raw_request(addr, "POST", path, user_pass, "{}")
+}
+
+/// A request with HTTP Basic `user_pass`, a JSON `body` and no browser headers; the response
+/// head and body.
+fn raw_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    user_pass: &str,
+    body: &str,
+) -> (String, String) {
     use base64::Engine as _;
     use std::io::{Read, Write};
     let auth = base64::engine::general_purpose::STANDARD.encode(user_pass);
@@ -291,12 +303,61 @@ fn raw_post(addr: SocketAddr, path: &str, user_pass: &str) -> (String, String) {
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     write!(
         s,
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Basic \
-         {auth}\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: \
+         Basic {auth}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
     )
     .unwrap();
     let mut raw = String::new();
     s.read_to_string(&mut raw).unwrap();
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
     (head.to_string(), body.to_string())
+}
+
+/// The mode is visible and honoured: asking for `sfu` in a room that exists as mesh joins it
+/// as mesh and says so on the page (before, the page joined the mesh without a word).
+#[test]
+fn chromium_says_when_the_room_exists_in_the_other_mode() {
+    let chromium = common::browser_prerequisites();
+    let listen = SocketAddr::new(LOCALHOST, free_udp_tcp_port());
+    let _signaling = ServerGuard::start(
+        "signaling",
+        &[
+            "--listen",
+            &listen.to_string(),
+            "--api-key",
+            API_KEY,
+            "--turn-secret",
+            TURN_SECRET,
+            "--turn-uri",
+            "turn:127.0.0.1:3478?transport=udp",
+        ],
+    );
+    let (head, body) = raw_request(
+        listen,
+        "POST",
+        "/v1/rooms",
+        API_KEY,
+        r#"{"name":"meshy","mode":"mesh"}"#,
+    );
+    assert!(head.starts_with("HTTP/1.1 201"), "{head}\n{body}");
+    let url = format!("http://{listen}/?key={API_KEY}&room=meshy&mode=sfu&autojoin=1&audio=0");
+    let mut cmd = Command::new("node");
+    cmd.current_dir(common::browser_dir())
+        .arg("demo_join.mjs")
+        .args(["--url", &url])
+        .arg("--chromium")
+        .arg(&chromium);
+    let (result, report) =
+        common::run_browser_script(&mut cmd, Duration::from_secs(90), "demo_join.mjs");
+    assert_eq!(result["state"], "joined", "{report}");
+    assert_eq!(result["mode"], "mesh", "{report}");
+    let notice = result["modeNotice"].as_str().unwrap_or_default();
+    assert!(notice.contains("already exists as a mesh room"), "{report}");
+    assert!(
+        result["modeText"]
+            .as_str()
+            .is_some_and(|t| t.contains("mesh") && t.contains(notice)),
+        "{report}"
+    );
 }

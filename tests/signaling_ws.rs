@@ -1213,3 +1213,48 @@ async fn rooms_are_listed_over_http_and_by_the_cli() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("401"));
 }
+
+/// Empty rooms expire: with `--room-idle-secs 2`, a room nobody joined and a room everyone
+/// left are deleted within a few seconds (logged and counted), while a room with a participant
+/// stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_rooms_expire_after_the_idle_time() {
+    let sig = start(&["--room-idle-secs", "2"]);
+    let (status, _) = http(
+        sig.http,
+        "POST",
+        "/v1/rooms",
+        Some(&basic()),
+        r#"{"name":"never-used"}"#,
+    );
+    assert_eq!(status, 201);
+    let (mut left, _) = join(&sig, "all-left", "a").await;
+    left.send(json!({"type": "leave"})).await;
+    assert_eq!(left.recv().await, json!({"type": "left"}));
+    let (_stays, _) = join(&sig, "occupied", "b").await;
+    let exists = |room: &str| {
+        http(
+            sig.http,
+            "GET",
+            &format!("/v1/rooms/{room}"),
+            Some(&basic()),
+            "",
+        )
+        .0 == 200
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while (exists("never-used") || exists("all-left")) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!exists("never-used"), "an unused room did not expire");
+    assert!(!exists("all-left"), "a room everyone left did not expire");
+    assert!(exists("occupied"), "a room with a participant was deleted");
+    assert_eq!(sig.guard.metric("signaling_rooms_expired_total", &[]), 2.0);
+    assert!(
+        sig.guard
+            .log()
+            .contains("room deleted: empty for the idle time"),
+        "{}",
+        sig.guard.log()
+    );
+}

@@ -121,6 +121,9 @@ pub struct SignalingArgs {
     /// Seconds a dropped participant may resume before the others are told. Default 20.
     #[arg(long = "resume-grace", value_name = "SECS")]
     pub resume_grace: Option<u64>,
+    /// Seconds a room may stay empty before it is deleted (0: never). Default 300.
+    #[arg(long = "room-idle-secs", value_name = "SECS")]
+    pub room_idle_secs: Option<u64>,
     /// Largest accepted WebSocket frame in bytes (error 4013 beyond). Default 65536.
     #[arg(long = "max-message-bytes", value_name = "BYTES")]
     pub max_message_bytes: Option<usize>,
@@ -189,6 +192,8 @@ pub struct FileConfig {
     pub role: Option<Role>,
     /// See `--resume-grace`.
     pub resume_grace: Option<u64>,
+    /// See `--room-idle-secs`.
+    pub room_idle_secs: Option<u64>,
     /// See `--max-message-bytes`.
     pub max_message_bytes: Option<usize>,
     /// See `--idle-timeout`.
@@ -262,6 +267,8 @@ pub struct SignalingConfig {
     pub role: Role,
     /// Resume grace period, seconds.
     pub resume_grace_secs: u64,
+    /// Seconds an empty room lives (0: forever).
+    pub room_idle_secs: u64,
     /// Largest frame, bytes.
     pub max_message_bytes: usize,
     /// Idle timeout, seconds.
@@ -323,7 +330,7 @@ impl SignalingConfig {
     pub fn redacted(&self) -> String {
         let keys: Vec<&str> = self.api_keys.iter().map(|k| k.key.as_str()).collect();
         format!(
-            "listen={} public_url={:?} api_keys={:?} (secrets <redacted>){} turn_rest_keys={} (<redacted>) turn_secrets={} (<redacted>) turn_uris={:?} turn_ttl={}s turn_credential_grace={}s allowed_origins={:?} store={} sfu_secret={} node_id={} metrics={} role={:?} resume_grace={}s max_message_bytes={} idle_timeout={}s rate={}/s burst={} token_ttl={}s capacity={}..{} sfu_capacity={}",
+            "listen={} public_url={:?} api_keys={:?} (secrets <redacted>){} turn_rest_keys={} (<redacted>) turn_secrets={} (<redacted>) turn_uris={:?} turn_ttl={}s turn_credential_grace={}s allowed_origins={:?} store={} sfu_secret={} node_id={} metrics={} role={:?} resume_grace={}s room_idle={}s max_message_bytes={} idle_timeout={}s rate={}/s burst={} token_ttl={}s capacity={}..{} sfu_capacity={}",
             self.listen,
             self.public_url,
             keys,
@@ -347,6 +354,7 @@ impl SignalingConfig {
             self.metrics,
             self.role,
             self.resume_grace_secs,
+            self.room_idle_secs,
             self.max_message_bytes,
             self.idle_timeout_secs,
             self.rate_per_sec,
@@ -466,6 +474,7 @@ impl SignalingArgs {
             metrics: self.metrics.or(file.metrics).unwrap_or(defaults.metrics),
             role: self.role.or(file.role).unwrap_or_default(),
             resume_grace_secs: self.resume_grace.or(file.resume_grace).unwrap_or(20),
+            room_idle_secs: self.room_idle_secs.or(file.room_idle_secs).unwrap_or(300),
             max_message_bytes: self
                 .max_message_bytes
                 .or(file.max_message_bytes)

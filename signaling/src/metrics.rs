@@ -15,6 +15,7 @@
 //! | `signaling_http_requests_total` | counter | `route`, `status` |
 //! | `signaling_sfu_links` | gauge (open participant links to SFU nodes) | |
 //! | `signaling_sfu_link_errors_total` | counter (links that could not be opened or were lost while their participant was in the room) | |
+//! | `signaling_rooms_expired_total` | counter (rooms deleted after `room_idle_secs` empty) | |
 //! | `signaling_refused_requests_total` | counter (HTTP requests and WebSocket joins refused before any work) | `reason` (`origin`: cross-origin browser request from an origin not allowed, 403; `room_name`: room name outside the documented rule, 400 / error 4000) |
 
 use crate::proto::msg::{ErrorCode, CLIENT_TYPES};
@@ -55,6 +56,8 @@ pub mod names {
     pub const SFU_LINKS: &str = "signaling_sfu_links";
     /// SFU links that failed or were lost.
     pub const SFU_LINK_ERRORS: &str = "signaling_sfu_link_errors";
+    /// Rooms deleted after being empty for the idle time.
+    pub const ROOMS_EXPIRED: &str = "signaling_rooms_expired";
     /// Requests refused before any work, by reason.
     pub const REFUSED: &str = "signaling_refused_requests";
 }
@@ -88,9 +91,10 @@ pub const DROP_REASONS: [&str; 7] = [
 ];
 
 /// Store operations timed.
-pub const STORE_OPS: [&str; 14] = [
+pub const STORE_OPS: [&str; 15] = [
     "create_room",
     "get_room",
+    "list_rooms",
     "delete_room",
     "move_room",
     "add_participant",
@@ -139,6 +143,8 @@ pub struct SignalingMetrics {
     pub sfu_links: Gauge,
     /// `signaling_sfu_link_errors_total`.
     pub sfu_link_errors: Counter,
+    /// `signaling_rooms_expired_total`.
+    pub rooms_expired: Counter,
     /// `signaling_refused_requests_total{reason}`.
     pub refused: Family<L1, Counter>,
 }
@@ -158,6 +164,7 @@ impl Default for SignalingMetrics {
             http_requests: Family::default(),
             sfu_links: Gauge::default(),
             sfu_link_errors: Counter::default(),
+            rooms_expired: Counter::default(),
             refused: Family::default(),
         }
     }
@@ -223,6 +230,11 @@ impl SignalingMetrics {
             names::SFU_LINK_ERRORS,
             "SFU links that could not be opened or were lost while their participant was in the room",
             m.sfu_link_errors.clone(),
+        );
+        registry.register(
+            names::ROOMS_EXPIRED,
+            "Rooms deleted after room_idle_secs empty",
+            m.rooms_expired.clone(),
         );
         registry.register(
             names::REFUSED,

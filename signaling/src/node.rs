@@ -501,6 +501,65 @@ impl Node {
         }
     }
 
+    /// Deletes the rooms hosted by this node that have been empty for `room_idle_secs` (0:
+    /// never). `empty_since` remembers, across calls, since when each empty room was seen
+    /// empty; a room with participants again is forgotten.
+    pub async fn sweep_idle_rooms(&self, empty_since: &mut HashMap<String, Instant>) {
+        let idle = Duration::from_secs(self.cfg.room_idle_secs);
+        if idle.is_zero() {
+            return;
+        }
+        let now = Instant::now();
+        let mut seen = std::collections::HashSet::new();
+        let mut after: Option<String> = None;
+        loop {
+            let Ok(page) = self
+                .timed("list_rooms", self.store.list_rooms(after.as_deref(), 1000))
+                .await
+            else {
+                return;
+            };
+            let full = page.len() == 1000;
+            after = page.last().map(|r| r.name.clone());
+            for room in page.into_iter().filter(|r| r.node == self.id()) {
+                let Ok(parts) = self
+                    .timed("participants", self.store.participants(&room.name))
+                    .await
+                else {
+                    continue;
+                };
+                if !parts.is_empty() {
+                    continue;
+                }
+                seen.insert(room.name.clone());
+                let since = *empty_since.entry(room.name.clone()).or_insert(now);
+                if now.saturating_duration_since(since) < idle {
+                    continue;
+                }
+                // Someone may have joined since the check above: ask once more.
+                let still_empty = self
+                    .timed("participants", self.store.participants(&room.name))
+                    .await
+                    .is_ok_and(|p| p.is_empty());
+                if still_empty
+                    && self
+                        .timed("delete_room", self.store.delete_room(&room.name))
+                        .await
+                        .unwrap_or(false)
+                {
+                    tracing::info!(room = %room.name, idle_secs = idle.as_secs(), "room deleted: empty for the idle time");
+                    self.metrics.rooms_expired.inc();
+                }
+                seen.remove(&room.name);
+                empty_since.remove(&room.name);
+            }
+            if !full {
+                break;
+            }
+        }
+        empty_since.retain(|name, _| seen.contains(name));
+    }
+
     /// For rooms with local participants: participants whose node is no longer live are
     /// removed and the room is told (`participant-left`, reason `node-lost`).
     async fn sweep_lost_nodes(&self) {
@@ -592,6 +651,20 @@ impl Node {
                         let _ = node.heartbeat().await;
                         node.sweep_lost_nodes().await;
                     }
+                }
+            }
+        });
+        let node = self.clone();
+        tokio::spawn(async move {
+            // Often enough that a room goes within a fifth of the idle time of its due time.
+            let every = (node.cfg.room_idle_secs / 5).clamp(1, 30);
+            let mut tick = tokio::time::interval(Duration::from_secs(every));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut empty_since = HashMap::new();
+            loop {
+                tokio::select! {
+                    _ = node.shutdown.cancelled() => break,
+                    _ = tick.tick() => node.sweep_idle_rooms(&mut empty_since).await,
                 }
             }
         });

@@ -758,8 +758,10 @@ export class TurnkeyRoom extends EventTarget {
       connectionState: 'new',
     };
     this._participants.set(p.id, participant);
-    this._emit('participant-joined', { participant });
+    // The media layer first: in an sfu room the participant's state is that of our (already
+    // connected) subscribe connection, and listeners of `participant-joined` see it.
     if (this._media) this._media.addParticipant(participant, how);
+    this._emit('participant-joined', { participant });
     return participant;
   }
 

@@ -48,7 +48,14 @@ async function view(page) {
     const d = window.turnkeyDemo;
     const room = d && d.room;
     if (!room) return { state: d ? d.state : 'no-hook', error: d ? d.error : null };
-    const out = { state: d.state, error: d.error, participantId: room.participantId, remotes: {}, pairs: {}, data: d.data, activeSpeaker: d.activeSpeaker };
+    const out = {
+      state: d.state, error: d.error, participantId: room.participantId, remotes: {}, pairs: {}, data: d.data, activeSpeaker: d.activeSpeaker,
+      // What the page shows: the room's mode, and the status line naming the others with their
+      // connection state (never "(new)" once media flows).
+      mode: d.mode,
+      modeText: document.getElementById('room-mode')?.textContent ?? null,
+      statusText: document.getElementById('status')?.textContent ?? null,
+    };
     for (const name of ['publish', 'subscribe']) {
       const pc = room.peerConnection(name);
       if (!pc) continue;
@@ -125,7 +132,7 @@ async function main() {
       await sleep(500);
     }
     result.mediaMs = Date.now() - started;
-    result.views = views.map((v) => ({ id: v.participantId, remotes: v.remotes, pairs: v.pairs }));
+    result.views = views.map((v) => ({ id: v.participantId, remotes: v.remotes, pairs: v.pairs, mode: v.mode, modeText: v.modeText, statusText: v.statusText }));
     // Data channel: page 0 says hello; everyone else hears it from page 0.
     const text = `hello from p0 ${Date.now()}`;
     await pages[0].evaluate((t) => window.turnkeyDemo.sendData(t), text);
