@@ -6,6 +6,8 @@
 //!   from the other two on its subscribe connection (the participant of each track is the msid
 //!   stream id the SFU writes); a data-channel message from page 0 reaches the others with its
 //!   sender id; an active-speaker event arrives; and the SFU's metrics show the media crossed it.
+//! - Two pages with the page's default capture (1280x720, three simulcast layers) receive each
+//!   other's top layer at 1280 wide on the unconstrained loopback link.
 //! - Two pages with `iceTransportPolicy: 'relay'`: both connections of each page to the SFU go
 //!   through our TURN server (relay candidates selected), and the TURN server's relayed-packet
 //!   counter moves.
@@ -29,6 +31,11 @@ fn metric(addr: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
 }
 
 fn sfu_room(base_url: &str, pages: u32, relay: bool) -> Value {
+    sfu_room_with(base_url, pages, relay, &[])
+}
+
+/// [`sfu_room`] with more `sfu_room.mjs` options (`--res WxH`, `--min-frame-width N`).
+fn sfu_room_with(base_url: &str, pages: u32, relay: bool, extra: &[&str]) -> Value {
     let chromium = common::browser_prerequisites();
     let mut cmd = Command::new("node");
     cmd.current_dir(common::browser_dir())
@@ -37,6 +44,7 @@ fn sfu_room(base_url: &str, pages: u32, relay: bool) -> Value {
         .args(["--key", API_KEY])
         .args(["--pages", &pages.to_string()])
         .args(["--timeout-ms", "60000"])
+        .args(extra)
         .arg("--chromium")
         .arg(&chromium);
     if relay {
@@ -123,6 +131,26 @@ fn chromium_sfu_rooms() {
         "a new subscriber asks for keyframes: sfu_pli_total{{sent}} {pli}"
     );
     assert!(bwe >= 1.0, "sfu_bandwidth_estimate_bps_count {bwe}");
+
+    // Sharp video by default: with the page's default capture (1280x720, which Chromium sends
+    // as three simulcast layers) on an unconstrained link, each page soon receives the other's
+    // top layer at its full width. Before, the page captured 320x240, Chromium sent only the
+    // lowest layer, and viewers saw 80x60 for as long as they watched; and the SFU undid each
+    // probe of the top layer half a second later, before its rate could be measured.
+    let result = sfu_room_with(&base_url, 2, false, &["--min-frame-width", "1280"]);
+    for v in result["views"].as_array().expect("views") {
+        for (who, r) in v["remotes"].as_object().expect("remotes") {
+            assert!(
+                r["frameWidth"].as_u64().is_some_and(|w| w >= 1280),
+                "{who} arrives at width {}: {v}",
+                r["frameWidth"]
+            );
+        }
+    }
+    println!(
+        "sharp video: 1280 wide {} ms after media started; {}",
+        result["widthMs"], result["views"]
+    );
 
     // Relay only: every packet to and from the SFU crosses our TURN server.
     let relayed = || turnkey.metric("turn_relayed_packets_total", &[]);

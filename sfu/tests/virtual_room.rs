@@ -820,3 +820,36 @@ fn a_layer_switch_asks_again_for_a_lost_keyframe() {
     );
     assert!(sim.w.stats().layer_switches >= 1, "{:?}", sim.w.stats());
 }
+
+/// A probe of the top layer is held until its rate is measured, then kept while the path is
+/// clean. Alice publishes three layers; bob's estimate starts at 400 kbit/s, below the 750
+/// kbit/s the SFU assumes for a 720p layer it has not measured, so the top layer is reached by
+/// probing (one step above the estimate, at 4-5 s). Before, the SFU undid the probe at the next
+/// tick (the estimate had not moved yet) and did not probe again for 12 s: bob went back to
+/// the middle layer. Now the probed layer is forwarded, its measured rate counts, and bob
+/// stays on it.
+#[test]
+fn a_probed_top_layer_is_kept_while_the_path_is_clean() {
+    let mut sim = Sim::simulcast(server_cfg(), &["q", "h", "f"], vec![0, 0, 0]);
+    sim.run_until(Duration::from_secs(10));
+    let layers: Vec<u8> = sim.clients[1]
+        .rtp_received
+        .iter()
+        .filter_map(|p| p.payload.last().copied())
+        .collect();
+    let tail = &layers[layers.len().saturating_sub(40)..];
+    eprintln!(
+        "bob got {} packets; last layers {tail:?}; stats {:?}",
+        layers.len(),
+        sim.w.stats()
+    );
+    assert!(layers.len() > 100, "bob got {} packets", layers.len());
+    assert!(
+        layers.contains(&2),
+        "the top layer was never forwarded: {tail:?}"
+    );
+    assert!(
+        tail.iter().all(|&l| l == 2),
+        "bob left the top layer on a clean path: last layers {tail:?}"
+    );
+}

@@ -199,7 +199,8 @@ export class TurnkeyRoom extends EventTarget {
    *   (TURN only).
    * @param {boolean} [opts.simulcast] sfu mode: send video as three simulcast layers (rids
    *   q, h, f: quarter, half and full resolution at 150, 500 and 1500 kbit/s); default true.
-   *   false: one layer.
+   *   false: one layer. A capture smaller than 960x540 is always sent as one layer (Chromium
+   *   would send only its lowest layers).
    * @param {RTCIceServer[]} [opts.iceServers] Override the ICE servers of `joined.iceServers`.
    * @param {number} [opts.pingIntervalMs] Keepalive period; default 20000 (PROTOCOL.md).
    * @param {number} [opts.resumeGraceMs] How long to keep trying to resume after an unexpected
@@ -831,6 +832,20 @@ const SIMULCAST_ENCODINGS = [
 ];
 
 /**
+ * Smallest capture, in pixels, that Chromium sends as all three simulcast layers. It limits the
+ * layer count by resolution (3 layers from 960x540, 2 from 480x270, 1 below) and drops the top
+ * layers, not the bottom ones: a 320x240 capture with three encodings goes out as one 80x60
+ * layer. Smaller captures are therefore sent as one layer at full resolution.
+ */
+const SIMULCAST_MIN_PIXELS = 960 * 540;
+
+/** Whether `track` is large enough for three simulcast layers (true when it cannot tell). */
+function simulcastFits(track) {
+  const s = typeof track.getSettings === 'function' ? track.getSettings() : {};
+  return !(s.width > 0 && s.height > 0) || s.width * s.height >= SIMULCAST_MIN_PIXELS;
+}
+
+/**
  * Sfu mode (sfu/PROTOCOL.md): a publish RTCPeerConnection (we offer: the local audio track, the
  * local video track as simulcast, the `room` data channel) and a subscribe RTCPeerConnection
  * (the SFU offers every other participant's tracks, we answer). Every SFU message travels in an
@@ -869,7 +884,7 @@ class SfuSession {
       const video = local.getVideoTracks()[0];
       if (video) {
         const init = { direction: 'sendonly', streams: [local] };
-        if (room._opts.simulcast !== false) init.sendEncodings = SIMULCAST_ENCODINGS.map((e) => ({ ...e }));
+        if (room._opts.simulcast !== false && simulcastFits(video)) init.sendEncodings = SIMULCAST_ENCODINGS.map((e) => ({ ...e }));
         this.videoSender = this.pub.addTransceiver(video, init).sender;
       }
     }

@@ -21,7 +21,7 @@ function usage(message) {
 }
 
 function parseArgs(argv) {
-  const o = { pages: 3, relay: false, res: '320x240', timeoutMs: 60000, chromium: '/usr/bin/chromium', baseUrl: null, key: null };
+  const o = { pages: 3, relay: false, res: null, minFrameWidth: 0, timeoutMs: 60000, chromium: '/usr/bin/chromium', baseUrl: null, key: null };
   for (let i = 0; i < argv.length; i++) {
     const f = argv[i];
     if (f === '--relay') { o.relay = true; continue; }
@@ -31,6 +31,7 @@ function parseArgs(argv) {
     else if (f === '--key') o.key = v;
     else if (f === '--pages') o.pages = Number(v);
     else if (f === '--res') o.res = v;
+    else if (f === '--min-frame-width') o.minFrameWidth = Number(v);
     else if (f === '--timeout-ms') o.timeoutMs = Number(v);
     else if (f === '--chromium') o.chromium = v;
     else usage(`unknown option ${f}`);
@@ -73,6 +74,10 @@ async function view(page) {
             r.nack += s.nackCount || 0;
           } else r.audioBytes += s.bytesReceived || 0;
         }
+        if (name === 'publish' && s.type === 'outbound-rtp' && s.kind === 'video') {
+          // What Chromium sends per simulcast layer (rid): its size, and why it is limited.
+          (out.layers ||= {})[s.rid || '-'] = { frameWidth: s.frameWidth || 0, frameHeight: s.frameHeight || 0, bytesSent: s.bytesSent || 0, limit: s.qualityLimitationReason || null };
+        }
         if (s.type === 'transport' && s.selectedCandidatePairId) {
           const p = report.get(s.selectedCandidatePairId);
           const l = p && report.get(p.localCandidateId);
@@ -114,7 +119,8 @@ async function main() {
     for (let i = 0; i < o.pages; i++) {
       const page = await browser.context.newPage();
       page.on('console', (m) => { if (m.type() === 'error') console.error(`page ${i}: ${m.text()}`); });
-      const q = new URLSearchParams({ key: o.key, room: roomName, name: `p${i}`, autojoin: '1', mode: 'sfu', res: o.res });
+      const q = new URLSearchParams({ key: o.key, room: roomName, name: `p${i}`, autojoin: '1', mode: 'sfu' });
+      if (o.res) q.set('res', o.res);
       if (o.relay) q.set('relay', '1');
       await page.goto(`${o.baseUrl}/?${q}`);
       pages.push(page);
@@ -132,7 +138,22 @@ async function main() {
       await sleep(500);
     }
     result.mediaMs = Date.now() - started;
-    result.views = views.map((v) => ({ id: v.participantId, remotes: v.remotes, pairs: v.pairs, mode: v.mode, modeText: v.modeText, statusText: v.statusText }));
+    if (o.minFrameWidth > 0) {
+      // Sharp video: every page receives every other page's video at least this wide (the
+      // top simulcast layer once the publisher's bandwidth estimate allows it).
+      for (;;) {
+        const narrow = views.flatMap((v, i) => Object.entries(v.remotes).filter(([, r]) => !(r.frameWidth >= o.minFrameWidth)).map(([id, r]) => `page ${i} gets ${id} at width ${r.frameWidth}`));
+        if (narrow.length === 0) break;
+        if (Date.now() > deadline) {
+          result.views = views.map((v) => ({ id: v.participantId, remotes: v.remotes, layers: v.layers }));
+          throw new Error(`video below ${o.minFrameWidth} wide: ${narrow.join('; ')}`);
+        }
+        await sleep(500);
+        views = await Promise.all(pages.map(view));
+      }
+      result.widthMs = Date.now() - started;
+    }
+    result.views = views.map((v) => ({ id: v.participantId, remotes: v.remotes, pairs: v.pairs, mode: v.mode, modeText: v.modeText, statusText: v.statusText, layers: v.layers }));
     // Data channel: page 0 says hello; everyone else hears it from page 0.
     const text = `hello from p0 ${Date.now()}`;
     await pages[0].evaluate((t) => window.turnkeyDemo.sendData(t), text);

@@ -206,6 +206,30 @@ struct Downtrack {
     max_height: Option<u32>,
     /// When the last upward move was tried (probing without padding).
     last_up: Option<Instant>,
+    /// The probe in progress on this downtrack, if any.
+    probe: Option<Probe>,
+}
+
+/// An upward layer step above the estimate: held against the estimate until the layer has
+/// been forwarded for [`PROBE_HOLD`] (the estimate learns the new rate only from what is sent),
+/// unless loss or a delay backoff ends it first.
+#[derive(Clone, Copy, Debug)]
+struct Probe {
+    /// Layer index probed.
+    layer: usize,
+    started: Instant,
+    /// When forwarding switched to `layer` (at its keyframe).
+    reached: Option<Instant>,
+}
+
+impl Probe {
+    /// Whether the probe still holds the layer at `now` (the path is clean).
+    fn holds(&self, now: Instant) -> bool {
+        match self.reached {
+            Some(at) => now.saturating_duration_since(at) < PROBE_HOLD,
+            None => now.saturating_duration_since(self.started) < PROBE_SWITCH_WAIT,
+        }
+    }
 }
 
 struct Participant {
@@ -248,6 +272,15 @@ struct LossEstimate {
     last_loss: Option<Instant>,
     /// When the current probe (an upward layer step above the estimate) started.
     probe_at: Option<Instant>,
+    /// The rate the path delivered with no loss and no delay backoff since the last congestion
+    /// signal, bits per second (0 after loss or a GCC backoff). GCC's delay-based target climbs
+    /// 8 %/s from its start, so on its own it takes ~17 s to allow a 720p layer; a probe that
+    /// held proves the rate at once.
+    proven_bps: f64,
+    /// GCC's target at the last tick, to see it back off.
+    last_gcc_bps: f64,
+    /// Loss above the high threshold or a GCC backoff at the last tick.
+    congested: bool,
 }
 
 impl LossEstimate {
@@ -260,6 +293,9 @@ impl LossEstimate {
             probe_interval: UP_HOLD,
             last_loss: None,
             probe_at: None,
+            proven_bps: 0.0,
+            last_gcc_bps: 0.0,
+            congested: false,
         }
     }
 }
@@ -311,6 +347,13 @@ const MAX_SIGNALS: usize = 4096;
 const MAX_BWE_SAMPLES: usize = 4096;
 /// Hold an upward layer move at least this long after the last one (probing pace).
 const UP_HOLD: Duration = Duration::from_secs(4);
+/// A probed layer is kept this long once forwarded, whatever the estimate says (unless the
+/// path shows loss or delay), so the estimate can measure it.
+const PROBE_HOLD: Duration = Duration::from_secs(2);
+/// The layer being forwarded stays while its rate is within this factor of the budget.
+const STAY_MARGIN: f64 = 1.25;
+/// Longest wait for the probed layer's keyframe before the probe counts as failed.
+const PROBE_SWITCH_WAIT: Duration = Duration::from_secs(4);
 /// RFC 6464 level (-dBov) below which a participant counts as speaking.
 const SPEAKING_LEVEL: f64 = 70.0;
 
@@ -881,6 +924,7 @@ impl Worker {
                 target: None,
                 max_height: None,
                 last_up: None,
+                probe: None,
             });
             return;
         };
@@ -924,6 +968,7 @@ impl Worker {
             target: None,
             max_height: None,
             last_up: None,
+            probe: None,
         });
     }
 
@@ -1187,6 +1232,7 @@ impl Worker {
                             target: None,
                             max_height: None,
                             last_up: None,
+                            probe: None,
                         });
                     }
                     p.needs_offer = false;
@@ -1642,11 +1688,22 @@ impl Worker {
     /// reports: back off to what was delivered under heavy loss, grow slowly without loss).
     fn update_loss_estimates(&mut self, now: Instant, elapsed_secs: f64) {
         for p in self.parts.iter_mut().flatten() {
+            let gcc = p.bwe.get() as f64;
             let e = &mut p.loss;
             let sent_bps = e.bytes as f64 * 8.0 / elapsed_secs;
             e.bytes = 0;
             if let Some(f) = e.fresh.take() {
                 e.loss = 0.5 * e.loss + 0.5 * f;
+            }
+            // GCC backs off to 85 % of the received rate on delay overuse; its increases are
+            // at most 8 %/s.
+            let backed_off = gcc < e.last_gcc_bps * 0.95;
+            e.last_gcc_bps = gcc;
+            e.congested = backed_off || e.loss > HIGH_LOSS;
+            if e.congested {
+                e.proven_bps = 0.0;
+            } else if e.loss < LOW_LOSS {
+                e.proven_bps = e.proven_bps.max(sent_bps).min(self.cfg.pc.bwe_max_bps);
             }
             if e.loss > HIGH_LOSS {
                 e.bps = (sent_bps * (1.0 - 0.5 * e.loss)).max(self.cfg.pc.bwe_min_bps);
@@ -1677,7 +1734,9 @@ impl Worker {
             let Some(p) = self.parts[h].as_mut() else {
                 continue;
             };
-            let bwe = (p.bwe.get() as f64).min(p.loss.bps);
+            let bwe = (p.bwe.get() as f64).max(p.loss.proven_bps).min(p.loss.bps);
+            // A congestion signal this tick ends every probe of this subscriber.
+            let clean = !p.loss.congested;
             // Without loss for a probe interval, one downtrack may step above the estimate: the
             // estimate only learns what the path carries from what is sent.
             let may_probe = p.loss.probe_at.is_none()
@@ -1711,14 +1770,28 @@ impl Worker {
                 let mut best = 0;
                 for (i, l) in t.layers.iter().enumerate() {
                     // A layer's measured rate is unreliable around pauses and restarts: never
-                    // assume it is cheaper than half its nominal rate.
-                    let cost = l.bps.max(l.active_bps).max(nominal_bps(i, n) * 0.5);
+                    // assume it is cheaper than half its nominal rate, except for the layer
+                    // being forwarded, whose rate is what the subscriber gets (an encoder
+                    // ramps a new layer up over seconds). That layer stays while it fits with a
+                    // margin and the path is clean: rates move with every keyframe.
+                    let measured = l.bps.max(l.active_bps);
+                    let forwarded = d.current == Some(i) && measured > 0.0;
+                    let cost = if forwarded {
+                        measured
+                    } else {
+                        measured.max(nominal_bps(i, n) * 0.5)
+                    };
+                    let allowance = if forwarded && clean {
+                        budget * STAY_MARGIN
+                    } else {
+                        budget
+                    };
                     let fits_height = match (max_height, l.height) {
                         (Some(mh), Some(lh)) => u32::from(lh) <= mh,
                         (Some(mh), None) => nominal_height(i, n) <= mh,
                         _ => true,
                     };
-                    if i == 0 || (cost <= budget && fits_height) {
+                    if i == 0 || (cost <= allowance && fits_height) {
                         best = i;
                     }
                 }
@@ -1733,15 +1806,37 @@ impl Worker {
                     }
                     (None, Some(_)) => true,
                 };
+                if let Some(pr) = d.probe.as_mut() {
+                    if pr.reached.is_none() && d.current == Some(pr.layer) {
+                        pr.reached = Some(now);
+                    }
+                }
+                let current_fits_height = match (max_height, t.layers.get(current)) {
+                    (Some(mh), Some(l)) => {
+                        l.height.map_or(nominal_height(current, n), u32::from) <= mh
+                    }
+                    _ => true,
+                };
+                let probing = d.probe.is_some_and(|pr| {
+                    pr.layer == current && clean && current_fits_height && pr.holds(now)
+                });
+                if !probing {
+                    d.probe = None;
+                }
                 let chosen = if best > current && paced {
                     // Up one step at a time.
                     d.last_up = Some(now);
                     current + 1
-                } else if best < current {
+                } else if best < current && !probing {
                     best
                 } else if best == current && may_probe && !probed && paced && next_fits_height {
                     probed = true;
                     d.last_up = Some(now);
+                    d.probe = Some(Probe {
+                        layer: current + 1,
+                        started: now,
+                        reached: None,
+                    });
                     current + 1
                 } else {
                     current
