@@ -14,6 +14,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use turn_server::config::{Defaults, ServerArgs, TurnConfig};
 use turn_server::proto::auth::mint_rest_credential;
 
+mod dev;
+
 #[derive(Parser)]
 #[command(
     name = "turnkey",
@@ -46,6 +48,34 @@ struct Cli {
         hide_env_values = true
     )]
     api_key: Vec<String>,
+    /// Development API key KEY:SECRET: like --api-key, but printed in the demo page URL, and
+    /// (without --auth-secret) the TURN REST secret is derived from it, so the key and TURN
+    /// credentials stay the same across restarts.
+    #[arg(
+        long = "dev-key",
+        value_name = "KEY:SECRET",
+        conflicts_with = "api_key"
+    )]
+    dev_key: Option<String>,
+    /// Keep the development API key, the TURN REST secret and the self-signed HTTPS
+    /// certificate in DIR (created, mode 0700; files dev-key, turn-secret, https-cert.pem,
+    /// https-key.pem, mode 0600) and reuse them on the next start.
+    #[arg(long = "dev-dir", value_name = "DIR")]
+    dev_dir: Option<std::path::PathBuf>,
+    /// Serve signaling (demo page, API, WebSocket) over HTTPS, which browsers need for the
+    /// camera on any origin but localhost: with --cert/--key if given, else a self-signed
+    /// certificate for localhost, the listen and relay IPs and the --public-url host (its
+    /// SHA-256 fingerprint is printed).
+    #[arg(long)]
+    https: bool,
+    /// Base URL browsers reach signaling at (e.g. https://192.168.1.20:8443), printed and handed
+    /// out in join grants. Default: http(s)://<signaling listen address>.
+    #[arg(long = "public-url", value_name = "URL")]
+    public_url: Option<String>,
+    /// Host name in the `turns:` URLs handed out for --tls-listen (the name in the
+    /// certificate). Default: the TLS listen IP (the first relay IP for a wildcard).
+    #[arg(long = "turns-host", value_name = "NAME")]
+    turns_host: Option<String>,
     /// Redis URL for the signaling store (default: embedded in-memory store).
     #[arg(long)]
     redis: Option<String>,
@@ -81,16 +111,62 @@ fn start() -> anyhow::Result<()> {
         metrics: "127.0.0.1:9641".parse()?,
     };
     let mut cfg = cli.args.resolve(&defaults)?;
-    let generated = cfg.auth_secrets.is_empty();
-    if generated {
-        let secret: [u8; 24] = rand::random();
-        cfg.auth_secrets = vec![secret.iter().map(|b| format!("{b:02x}")).collect()];
-    }
+    let dev = dev::DevState::open(cli.dev_dir.as_deref())?;
+    let dev_key = match &cli.dev_key {
+        Some(k) => Some((
+            signaling::auth::ApiKey::parse(k)
+                .ok_or_else(|| anyhow::anyhow!("--dev-key must be KEY:SECRET, both non-empty"))?,
+            KeySource::Flag,
+        )),
+        None if cli.api_key.is_empty() => dev
+            .api_key()?
+            .map(|(k, fresh)| (k, KeySource::Dir { fresh })),
+        None => None,
+    };
+    let secret_source = if !cfg.auth_secrets.is_empty() {
+        SecretSource::Flag
+    } else if let Some((k, KeySource::Flag)) = &dev_key {
+        cfg.auth_secrets = vec![dev::derived_turn_secret(&k.secret)];
+        SecretSource::DevKey
+    } else if let Some((secret, fresh)) = dev.turn_secret()? {
+        cfg.auth_secrets = vec![secret];
+        SecretSource::Dir { fresh }
+    } else {
+        cfg.auth_secrets = vec![dev::random_hex(24)];
+        SecretSource::Generated
+    };
     let mut sig = SignalingConfig::with_defaults(&signaling::config::Defaults {
         listen: cli.signaling_listen,
         metrics: cli.signaling_metrics,
     });
-    if !cli.api_key.is_empty() {
+    if let Some(u) = &cli.public_url {
+        if !(u.starts_with("http://") || u.starts_with("https://")) {
+            anyhow::bail!("--public-url must start with http:// or https://: {u:?}");
+        }
+        sig.public_url = Some(u.trim_end_matches('/').to_string());
+    }
+    if cli.https {
+        sig.tls = Some(match &cfg.tls_files {
+            Some((cert, key)) => signaling::config::Tls::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            None => {
+                let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+                names.push(cli.signaling_listen.ip().to_string());
+                names.extend(cfg.relay_ips.iter().map(|ip| ip.to_string()));
+                if let Some(host) = sig.public_url.as_deref().and_then(dev::url_host) {
+                    names.push(host);
+                }
+                let (cert, key) = dev.self_signed(&names)?;
+                signaling::config::Tls::Pem { cert, key }
+            }
+        });
+    }
+    if let Some((k, _)) = &dev_key {
+        sig.api_keys = vec![k.clone()];
+        sig.dev_key = true;
+    } else if !cli.api_key.is_empty() {
         sig.api_keys = cli
             .api_key
             .iter()
@@ -102,7 +178,11 @@ fn start() -> anyhow::Result<()> {
         sig.dev_key = false;
     }
     sig.turn_secrets = cfg.auth_secrets.clone();
-    sig.turn_uris = ice_urls(&cfg, &cfg.listen);
+    sig.turn_uris = ice_urls(&cfg, &cfg.listen, cli.turns_host.as_deref());
+    let key_source = match &dev_key {
+        Some((_, source)) => *source,
+        None => KeySource::Generated,
+    };
     sig.redis = cli.redis.clone();
     sig.log_json = cfg.log_json;
     // The SFU shares the store (registry) and a generated link secret with signaling.
@@ -139,7 +219,48 @@ fn start() -> anyhow::Result<()> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(run(cfg, sig, sfu_cfg, ports, generated, cli.credential_ttl))
+        .block_on(run(
+            cfg,
+            sig,
+            sfu_cfg,
+            ports,
+            Banner {
+                key_source,
+                secret_source,
+                ttl: cli.credential_ttl,
+                turns_host: cli.turns_host.clone(),
+                dev_dir: cli.dev_dir.clone(),
+            },
+        ))
+}
+
+/// Where the development API key came from.
+#[derive(Clone, Copy)]
+enum KeySource {
+    Generated,
+    Flag,
+    /// `--dev-dir`; `fresh`: created by this start.
+    Dir {
+        fresh: bool,
+    },
+}
+
+/// Where the TURN REST secret came from.
+#[derive(Clone, Copy)]
+enum SecretSource {
+    Generated,
+    Flag,
+    DevKey,
+    Dir { fresh: bool },
+}
+
+/// What the banner says besides the addresses.
+struct Banner {
+    key_source: KeySource,
+    secret_source: SecretSource,
+    ttl: u64,
+    turns_host: Option<String>,
+    dev_dir: Option<std::path::PathBuf>,
 }
 
 /// The SFU's listeners, to name the flag to change when one of its ports is taken.
@@ -230,8 +351,7 @@ async fn run(
     sig: SignalingConfig,
     sfu_cfg: sfu::config::SfuConfig,
     ports: Ports,
-    generated: bool,
-    ttl: u64,
+    banner: Banner,
 ) -> anyhow::Result<()> {
     let shutdown = turnkey_common::shutdown::on_signal();
     // SIGHUP is logged and ignored (with TLS, the TURN part also reloads its certificate).
@@ -284,7 +404,7 @@ async fn run(
             r = all => r,
         };
         match ready {
-            Some((t, s, f)) => print_banner(&cfg, &t, &s, &f, dev_key.as_deref(), generated, ttl),
+            Some((t, s, f)) => print_banner(&cfg, &t, &s, &f, dev_key.as_deref(), &banner),
             None => Ok(()),
         }
     };
@@ -296,10 +416,13 @@ async fn run(
 }
 
 /// The STUN and TURN URLs clients use for `listen` (a wildcard listener is named by the first
-/// relay IP).
-fn ice_urls(cfg: &TurnConfig, listen: &[std::net::SocketAddr]) -> Vec<String> {
-    let mut urls = Vec::new();
-    for l in listen {
+/// relay IP), then a `turns:` URL (RFC 7065) per TLS listener, named `turns_host` if given.
+fn ice_urls(
+    cfg: &TurnConfig,
+    listen: &[std::net::SocketAddr],
+    turns_host: Option<&str>,
+) -> Vec<String> {
+    let host_of = |l: &std::net::SocketAddr| {
         let host = if l.ip().is_unspecified() {
             cfg.relay_ips
                 .first()
@@ -308,14 +431,22 @@ fn ice_urls(cfg: &TurnConfig, listen: &[std::net::SocketAddr]) -> Vec<String> {
         } else {
             l.ip().to_string()
         };
-        let host = if host.contains(':') {
+        if host.contains(':') {
             format!("[{host}]")
         } else {
             host
-        };
+        }
+    };
+    let mut urls = Vec::new();
+    for l in listen {
+        let host = host_of(l);
         urls.push(format!("stun:{host}:{}", l.port()));
         urls.push(format!("turn:{host}:{}?transport=udp", l.port()));
         urls.push(format!("turn:{host}:{}?transport=tcp", l.port()));
+    }
+    for l in &cfg.tls_listen {
+        let host = turns_host.map_or_else(|| host_of(l), str::to_string);
+        urls.push(format!("turns:{host}:{}?transport=tcp", l.port()));
     }
     urls
 }
@@ -328,10 +459,9 @@ fn print_banner(
     sig: &signaling::run::Ready,
     sfu: &sfu::run::Ready,
     dev_key: Option<&str>,
-    generated: bool,
-    ttl: u64,
+    banner: &Banner,
 ) -> anyhow::Result<()> {
-    print_usage(cfg, &turn.listen, turn.metrics, generated, ttl)?;
+    print_usage(cfg, &turn.listen, turn.metrics, banner)?;
     println!("SFU (rooms created with mode \"sfu\")");
     println!("  media       udp {:?} (+ ICE-TCP)", sfu.media);
     println!("  metrics     http://{}/metrics", sfu.metrics);
@@ -342,9 +472,26 @@ fn print_banner(
         sig.public_url.replace("http", "ws")
     );
     println!("  metrics     http://{}/metrics", sig.metrics);
+    if let Some(fp) = &sig.fingerprint {
+        println!("  HTTPS       certificate SHA-256 {fp}");
+        println!(
+            "              (self-signed unless --cert/--key: check this fingerprint when the browser warns)"
+        );
+    }
     match dev_key {
         Some(k) => {
-            println!("  API key     {k}  (generated for this run; pass --api-key to fix one)");
+            let whence = match (banner.key_source, &banner.dev_dir) {
+                (KeySource::Flag, _) => "from --dev-key".to_string(),
+                (KeySource::Dir { fresh: true }, Some(d)) => {
+                    format!("generated and kept in {}", d.join("dev-key").display())
+                }
+                (KeySource::Dir { .. }, Some(d)) => {
+                    format!("kept in {}", d.join("dev-key").display())
+                }
+                _ => "generated for this run; --dev-key KEY:SECRET or --dev-dir DIR keeps one"
+                    .to_string(),
+            };
+            println!("  API key     {k}  ({whence})");
             println!("  demo page   {}/?key={k}&room=demo", sig.public_url);
         }
         None => println!(
@@ -359,12 +506,12 @@ fn print_usage(
     cfg: &TurnConfig,
     listen: &[std::net::SocketAddr],
     metrics: std::net::SocketAddr,
-    generated: bool,
-    ttl: u64,
+    banner: &Banner,
 ) -> anyhow::Result<()> {
+    let ttl = banner.ttl;
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let cred = mint_rest_credential(&cfg.auth_secrets[0], "turnkey-local", ttl, now);
-    let urls = ice_urls(cfg, listen);
+    let urls = ice_urls(cfg, listen, banner.turns_host.as_deref());
     let ice = serde_json::json!({
         "urls": urls,
         "username": cred.username,
@@ -374,14 +521,33 @@ fn print_usage(
     for l in listen {
         println!("  STUN/TURN   udp+tcp {l}");
     }
+    for l in &cfg.tls_listen {
+        println!("  TURN TLS    tcp {l}  (turns:)");
+    }
+    for l in &cfg.dtls_listen {
+        println!("  TURN DTLS   udp {l}");
+    }
     println!(
         "  relay IPs   {:?}, ports {}-{}",
         cfg.relay_ips, cfg.min_port, cfg.max_port
     );
     println!("  metrics     http://{metrics}/metrics");
     println!("  realm       {}", cfg.realm);
-    if generated {
-        println!("  REST secret generated for this run (pass --auth-secret to fix one)");
+    match (banner.secret_source, &banner.dev_dir) {
+        (SecretSource::Generated, _) => println!(
+            "  REST secret generated for this run (--auth-secret, --dev-key or --dev-dir keeps one)"
+        ),
+        (SecretSource::DevKey, _) => println!("  REST secret derived from --dev-key"),
+        (SecretSource::Dir { fresh }, Some(d)) => println!(
+            "  REST secret {} {}",
+            if fresh {
+                "generated and kept in"
+            } else {
+                "kept in"
+            },
+            d.join("turn-secret").display()
+        ),
+        _ => {}
     }
     println!("  credential  (valid {ttl} s)");
     println!("    username  {}", cred.username);

@@ -1258,3 +1258,64 @@ async fn empty_rooms_expire_after_the_idle_time() {
         sig.guard.log()
     );
 }
+
+/// `signaling --cert --key` serves HTTPS and WSS: the page and API over TLS with the given
+/// certificate, wss:// URLs in join grants, a client that does not speak TLS counted in
+/// `signaling_tls_handshake_failures_total` (the others unaffected), and a new certificate
+/// taken on SIGHUP without a restart.
+#[test]
+fn https_with_a_certificate_that_reloads_on_sighup() {
+    let (files, cert) = common::tls::CertFiles::with_new_cert("signaling-https");
+    let sig = start(&["--cert", files.cert_arg(), "--key", files.key_arg()]);
+    let user_pass = format!("{API_KEY}:{API_SECRET}");
+    let (status, page, shown) = common::tls::https_request(sig.http, "GET", "/", "", "");
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(shown, common::tls::fingerprint(&cert.der));
+    let (status, body, _) = common::tls::https_request(
+        sig.http,
+        "POST",
+        "/v1/rooms/secure/join",
+        &user_pass,
+        r#"{"identity":"a"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let join: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        join["url"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("wss://")),
+        "{join}"
+    );
+    // Plain HTTP on the TLS port: no answer, counted.
+    {
+        let mut s = TcpStream::connect(sig.http).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).unwrap_or(0);
+        let answer = String::from_utf8_lossy(&buf[..n]).to_string();
+        assert!(!answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    assert!(common::wait_until(Duration::from_secs(5), || sig
+        .guard
+        .metric("signaling_tls_handshake_failures_total", &[])
+        >= 1.0));
+    // A new certificate on SIGHUP.
+    let next = common::tls::TestCert::new("signaling-https-2");
+    files.install(&next);
+    let pid = sig.guard.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let want = common::tls::fingerprint(&next.der);
+    assert!(
+        common::wait_until(Duration::from_secs(5), || common::tls::https_request(
+            sig.http, "GET", "/", "", ""
+        )
+        .2 == want),
+        "the new certificate was not served after SIGHUP:\n{}",
+        sig.guard.log()
+    );
+}

@@ -295,3 +295,190 @@ fn get_metrics(addr: SocketAddr, accept: Option<&str>) -> (String, String) {
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
     (head.to_ascii_lowercase(), body.to_string())
 }
+
+/// `turnkey` with its ports moved to free ones on 127.0.0.1, plus `extra` flags.
+fn start_turnkey(extra: &[&str]) -> (ServerGuard, SocketAddr, SocketAddr) {
+    let turn = SocketAddr::from(([127, 0, 0, 1], free_udp_tcp_port()));
+    let sig = SocketAddr::from(([127, 0, 0, 1], free_udp_tcp_port()));
+    let port = || format!("127.0.0.1:{}", free_udp_tcp_port());
+    let mut args: Vec<String> = [
+        "--listen".to_string(),
+        turn.to_string(),
+        "--signaling-listen".into(),
+        sig.to_string(),
+        "--signaling-metrics".into(),
+        port(),
+        "--sfu-media-listen".into(),
+        port(),
+        "--sfu-workers".into(),
+        "1".into(),
+        "--sfu-link-listen".into(),
+        port(),
+        "--sfu-metrics".into(),
+        port(),
+    ]
+    .to_vec();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let server = ServerGuard::start("turnkey", &args);
+    assert!(
+        wait_until(Duration::from_secs(20), || server
+            .log()
+            .contains("demo page")),
+        "turnkey did not print its banner:\n{}",
+        server.log()
+    );
+    (server, turn, sig)
+}
+
+/// Usable from another device: `--https` serves the demo page, the API and the WebSocket over
+/// TLS (browsers need https for the camera off localhost) with a self-signed certificate whose
+/// fingerprint is printed, and hands out wss:// URLs; `--dev-dir` keeps the API key, the TURN
+/// secret and the certificate across restarts, so a TURN credential handed out before a
+/// restart still allocates after it. Before, every start made a new key and secret, and there
+/// was no HTTPS.
+#[test]
+fn https_and_a_dev_dir_survive_a_restart() {
+    let dir = std::env::temp_dir().join(format!("turnkey-dev-dir-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let dir_arg = dir.to_str().unwrap().to_string();
+    let (first, _, sig) = start_turnkey(&["--https", "--dev-dir", &dir_arg]);
+    let log = first.log();
+    let key = printed(&log, "API key").expect("printed API key");
+    assert!(log.contains("generated and kept in"), "{log}");
+    let fingerprint = log
+        .lines()
+        .find_map(|l| {
+            l.split_once("certificate SHA-256 ")
+                .map(|(_, fp)| fp.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("no fingerprint printed:\n{log}"));
+    let demo = printed(&log, "demo page").expect("demo page URL");
+    assert!(demo.starts_with(&format!("https://{sig}/?key=")), "{demo}");
+
+    let (status, page, shown) = common::tls::https_request(sig, "GET", "/", "", "");
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("client.js"), "{page}");
+    assert_eq!(
+        shown, fingerprint,
+        "the certificate served is the one printed"
+    );
+    let (status, body, _) = common::tls::https_request(
+        sig,
+        "POST",
+        "/v1/rooms/lan/join",
+        &key,
+        r#"{"identity":"phone"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let join: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        join["url"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("wss://")),
+        "{join}"
+    );
+    let ice = join["iceServers"][0].clone();
+    // A browser that accepted the certificate (as after checking the fingerprint) joins a room
+    // from the https page over wss.
+    let chromium = common::browser_prerequisites();
+    let mut cmd = std::process::Command::new("node");
+    cmd.current_dir(common::browser_dir())
+        .arg("demo_join.mjs")
+        .args(["--url", &format!("{demo}&autojoin=1&audio=0")])
+        .arg("--insecure")
+        .arg("--chromium")
+        .arg(&chromium);
+    let (result, report) =
+        common::run_browser_script(&mut cmd, Duration::from_secs(90), "demo_join.mjs");
+    assert_eq!(result["state"], "joined", "{report}");
+    assert_eq!(result["origin"], format!("https://{sig}"), "{report}");
+    assert_eq!(result["secureContext"], true, "{report}");
+    for f in ["dev-key", "turn-secret", "https-cert.pem", "https-key.pem"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join(f)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{f} is readable by others: {mode:o}");
+    }
+    drop(first);
+
+    let (second, turn2, sig2) = start_turnkey(&["--https", "--dev-dir", &dir_arg]);
+    let log2 = second.log();
+    assert_eq!(printed(&log2, "API key"), Some(key.clone()), "{log2}");
+    assert!(log2.contains(&fingerprint), "a new certificate:\n{log2}");
+    let (status, _, shown) = common::tls::https_request(sig2, "GET", "/", "", "");
+    assert_eq!((status, shown), (200, fingerprint));
+    // The TURN credential of the first run's join grant allocates on the second run.
+    let mut c = wire::WireClient::new(
+        turn2,
+        ice["username"].as_str().unwrap(),
+        ice["credential"].as_str().unwrap(),
+    );
+    c.allocate();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--dev-key` keeps the key and (derived from it) the TURN secret across restarts; with a TLS
+/// listener the banner and join grants hand out `turns:` URLs named by `--turns-host`.
+#[test]
+fn a_dev_key_keeps_turn_credentials_and_tls_gets_turns_urls() {
+    let (files, _cert) = common::tls::CertFiles::with_new_cert("turns-urls");
+    let tls_port = free_udp_tcp_port();
+    let tls_listen = format!("127.0.0.1:{tls_port}");
+    let flags = [
+        "--dev-key",
+        "devk:devs3cret",
+        "--tls-listen",
+        &tls_listen,
+        "--cert",
+        files.cert_arg(),
+        "--key",
+        files.key_arg(),
+        "--turns-host",
+        "turn.test",
+    ];
+    let (first, _, sig) = start_turnkey(&flags);
+    let log = first.log();
+    assert_eq!(
+        printed(&log, "API key").as_deref(),
+        Some("devk:devs3cret"),
+        "{log}"
+    );
+    assert!(log.contains("from --dev-key"), "{log}");
+    let turns = format!("turns:turn.test:{tls_port}?transport=tcp");
+    let json_start = log.find("{\n").expect("RTCIceServer JSON");
+    let json_end = log[json_start..].find("\n}").unwrap() + json_start + 2;
+    let banner_ice: serde_json::Value = serde_json::from_str(&log[json_start..json_end]).unwrap();
+    assert!(
+        banner_ice["urls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u == turns.as_str()),
+        "{banner_ice}"
+    );
+    let (status, body) = post_basic(
+        sig,
+        "/v1/rooms/tls/join",
+        "devk:devs3cret",
+        r#"{"identity":"laptop"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let join: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        join["iceServers"][0]["urls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u == turns.as_str()),
+        "{join}"
+    );
+    drop(first);
+
+    let (second, turn2, _) = start_turnkey(&flags);
+    let mut c = wire::WireClient::new(
+        turn2,
+        banner_ice["username"].as_str().unwrap(),
+        banner_ice["credential"].as_str().unwrap(),
+    );
+    c.allocate();
+    drop(second);
+}

@@ -35,6 +35,25 @@ impl Role {
     }
 }
 
+/// Where the HTTPS certificate comes from.
+#[derive(Clone)]
+pub enum Tls {
+    /// PEM files, reloaded when they change or on SIGHUP.
+    Files {
+        /// Certificate chain.
+        cert: PathBuf,
+        /// Private key.
+        key: PathBuf,
+    },
+    /// PEM text held in memory (`turnkey --https` without files: a self-signed certificate).
+    Pem {
+        /// Certificate chain.
+        cert: String,
+        /// Private key.
+        key: String,
+    },
+}
+
 /// Flags (also used by the `turnkey` local binary, with other defaults).
 #[derive(Args, Debug, Clone, Default)]
 pub struct SignalingArgs {
@@ -48,6 +67,13 @@ pub struct SignalingArgs {
     /// is derived from it (`wss://.../v1/ws`). Default http://<listen address>.
     #[arg(long = "public-url", value_name = "URL")]
     pub public_url: Option<String>,
+    /// PEM certificate chain: serve HTTPS and WSS on --listen (reloaded when the file changes
+    /// or on SIGHUP). Needs --key.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key for --cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
     /// API key KEY:SECRET (repeatable). None: a development key is generated and logged.
     #[arg(
         long = "api-key",
@@ -161,6 +187,10 @@ pub struct FileConfig {
     pub listen: Option<SocketAddr>,
     /// See `--public-url`.
     pub public_url: Option<String>,
+    /// See `--cert`.
+    pub cert: Option<PathBuf>,
+    /// See `--key`.
+    pub key: Option<PathBuf>,
     /// See `--api-key`.
     #[serde(default)]
     pub api_key: Vec<String>,
@@ -239,6 +269,8 @@ pub struct SignalingConfig {
     pub listen: SocketAddr,
     /// Base URL clients reach this node at; None: derived from the bound address.
     pub public_url: Option<String>,
+    /// HTTPS: where the certificate comes from; None: plain HTTP.
+    pub tls: Option<Tls>,
     /// API keys (the first signs `/join` tokens and resume tokens).
     pub api_keys: Vec<ApiKey>,
     /// True if `api_keys` holds a generated development key.
@@ -330,8 +362,13 @@ impl SignalingConfig {
     pub fn redacted(&self) -> String {
         let keys: Vec<&str> = self.api_keys.iter().map(|k| k.key.as_str()).collect();
         format!(
-            "listen={} public_url={:?} api_keys={:?} (secrets <redacted>){} turn_rest_keys={} (<redacted>) turn_secrets={} (<redacted>) turn_uris={:?} turn_ttl={}s turn_credential_grace={}s allowed_origins={:?} store={} sfu_secret={} node_id={} metrics={} role={:?} resume_grace={}s room_idle={}s max_message_bytes={} idle_timeout={}s rate={}/s burst={} token_ttl={}s capacity={}..{} sfu_capacity={}",
+            "listen={} tls={} public_url={:?} api_keys={:?} (secrets <redacted>){} turn_rest_keys={} (<redacted>) turn_secrets={} (<redacted>) turn_uris={:?} turn_ttl={}s turn_credential_grace={}s allowed_origins={:?} store={} sfu_secret={} node_id={} metrics={} role={:?} resume_grace={}s room_idle={}s max_message_bytes={} idle_timeout={}s rate={}/s burst={} token_ttl={}s capacity={}..{} sfu_capacity={}",
             self.listen,
+            match &self.tls {
+                None => "off".to_string(),
+                Some(Tls::Files { cert, .. }) => format!("{}", cert.display()),
+                Some(Tls::Pem { .. }) => "self-signed".to_string(),
+            },
             self.public_url,
             keys,
             if self.dev_key { " (generated dev key)" } else { "" },
@@ -454,9 +491,19 @@ impl SignalingArgs {
         if node_id.is_empty() || node_id.contains(char::is_whitespace) {
             return Err(ConfigError::Invalid(format!("bad node_id {node_id:?}")));
         }
+        let tls = match (self.cert.or(file.cert), self.key.or(file.key)) {
+            (Some(cert), Some(key)) => Some(Tls::Files { cert, key }),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "cert and key go together (HTTPS needs both)".into(),
+                ))
+            }
+        };
         Ok(SignalingConfig {
             listen: self.listen.or(file.listen).unwrap_or(defaults.listen),
             public_url,
+            tls,
             api_keys,
             dev_key,
             turn_rest_keys: nonempty(pick(self.turn_rest_key, file.turn_rest_key)),

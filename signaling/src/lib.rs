@@ -28,6 +28,7 @@ pub mod proto;
 pub mod run;
 pub mod sfu_link;
 pub mod store;
+pub mod tls;
 
 pub use config::{Role, SignalingArgs, SignalingConfig};
 pub use run::{run_until_signal, serve, serve_with_store, Ready, RunError};

@@ -16,6 +16,7 @@
 //! | `signaling_sfu_links` | gauge (open participant links to SFU nodes) | |
 //! | `signaling_sfu_link_errors_total` | counter (links that could not be opened or were lost while their participant was in the room) | |
 //! | `signaling_rooms_expired_total` | counter (rooms deleted after `room_idle_secs` empty) | |
+//! | `signaling_tls_handshake_failures_total` | counter (HTTPS handshakes that failed or timed out) | |
 //! | `signaling_refused_requests_total` | counter (HTTP requests and WebSocket joins refused before any work) | `reason` (`origin`: cross-origin browser request from an origin not allowed, 403; `room_name`: room name outside the documented rule, 400 / error 4000) |
 
 use crate::proto::msg::{ErrorCode, CLIENT_TYPES};
@@ -58,6 +59,8 @@ pub mod names {
     pub const SFU_LINK_ERRORS: &str = "signaling_sfu_link_errors";
     /// Rooms deleted after being empty for the idle time.
     pub const ROOMS_EXPIRED: &str = "signaling_rooms_expired";
+    /// HTTPS handshakes that failed or timed out.
+    pub const TLS_HANDSHAKE_FAILURES: &str = "signaling_tls_handshake_failures";
     /// Requests refused before any work, by reason.
     pub const REFUSED: &str = "signaling_refused_requests";
 }
@@ -145,6 +148,8 @@ pub struct SignalingMetrics {
     pub sfu_link_errors: Counter,
     /// `signaling_rooms_expired_total`.
     pub rooms_expired: Counter,
+    /// `signaling_tls_handshake_failures_total`.
+    pub tls_handshake_failures: Counter,
     /// `signaling_refused_requests_total{reason}`.
     pub refused: Family<L1, Counter>,
 }
@@ -165,6 +170,7 @@ impl Default for SignalingMetrics {
             sfu_links: Gauge::default(),
             sfu_link_errors: Counter::default(),
             rooms_expired: Counter::default(),
+            tls_handshake_failures: Counter::default(),
             refused: Family::default(),
         }
     }
@@ -235,6 +241,11 @@ impl SignalingMetrics {
             names::ROOMS_EXPIRED,
             "Rooms deleted after room_idle_secs empty",
             m.rooms_expired.clone(),
+        );
+        registry.register(
+            names::TLS_HANDSHAKE_FAILURES,
+            "HTTPS handshakes that failed or did not finish within 10 s",
+            m.tls_handshake_failures.clone(),
         );
         registry.register(
             names::REFUSED,

@@ -35,6 +35,9 @@ pub enum RunError {
     /// The store could not be opened or the node could not register.
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// The HTTPS certificate or key could not be loaded.
+    #[error("HTTPS certificate: {0}")]
+    Tls(#[from] turn_server::io::tls::TlsError),
 }
 
 /// Where the running service listens; handed to the `on_ready` callback.
@@ -48,6 +51,19 @@ pub struct Ready {
     pub public_url: String,
     /// This node's id.
     pub node_id: String,
+    /// With HTTPS: the SHA-256 fingerprint of the leaf certificate (colon-separated hex, as
+    /// browsers show it).
+    pub fingerprint: Option<String>,
+}
+
+/// SHA-256 of `der`, as browsers show a certificate fingerprint (`AB:CD:...`).
+pub fn fingerprint_sha256(der: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, der)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// Opens the store the config asks for: Redis with `--redis`, else in memory.
@@ -83,7 +99,8 @@ fn base_url(cfg: &SignalingConfig, bound: SocketAddr) -> String {
     } else {
         bound.ip()
     };
-    format!("http://{}", SocketAddr::new(ip, bound.port()))
+    let scheme = if cfg.tls.is_some() { "https" } else { "http" };
+    format!("{scheme}://{}", SocketAddr::new(ip, bound.port()))
 }
 
 /// Runs the service until `shutdown` is cancelled, with the store the config asks for
@@ -113,12 +130,22 @@ pub async fn serve_with_store(
         // ([`dev_key_banner`]); secrets never go to the log.
         tracing::warn!(
             key = %cfg.api_keys.first().map_or("", |k| k.key.as_str()),
-            "no --api-key given: using a generated development API key, printed on stdout (do not use in production)"
+            "using a development API key, printed on stdout (not for production: give --api-key)"
         );
     }
     if cfg.turn_secrets.is_empty() && cfg.turn_uris.iter().any(|u| u.starts_with("turn")) {
         tracing::warn!("--turn-uri given without --turn-secret: clients get no TURN credentials");
     }
+    // The certificate first: a bad file stops the start before anything listens.
+    let cert_store = match &cfg.tls {
+        None => None,
+        Some(crate::config::Tls::Files { cert, key }) => {
+            Some(turn_server::io::tls::CertStore::open(cert, key)?)
+        }
+        Some(crate::config::Tls::Pem { cert, key }) => Some(
+            turn_server::io::tls::CertStore::fixed(turn_server::io::tls::from_pem(cert, key)?),
+        ),
+    };
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| RunError::Listen {
@@ -163,18 +190,35 @@ pub async fn serve_with_store(
     }
     let app = crate::http::router(node.clone());
     let server_shutdown = shutdown.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(
-            // Signaling frames go out in bursts (offer, candidates): without TCP_NODELAY, Nagle
-            // plus delayed ACKs add ~40 ms to each burst.
-            axum::serve::ListenerExt::tap_io(listener, |tcp| {
-                let _ = tcp.set_nodelay(true);
-            }),
-            app,
-        )
-        .with_graceful_shutdown(async move { server_shutdown.cancelled().await })
-        .await
-    });
+    let fingerprint = cert_store.as_ref().map(|c| fingerprint_sha256(&c.leaf()));
+    let server = match cert_store {
+        Some(store) => {
+            let config = turn_server::io::tls::server_config(store.clone())?;
+            tokio::spawn(turn_server::io::tls::watch(
+                store,
+                Duration::from_secs(10),
+                shutdown.clone(),
+            ));
+            let tls = crate::tls::TlsListener::new(listener, config, metrics.clone());
+            tokio::spawn(async move {
+                axum::serve(tls, app)
+                    .with_graceful_shutdown(async move { server_shutdown.cancelled().await })
+                    .await
+            })
+        }
+        None => tokio::spawn(async move {
+            axum::serve(
+                // Signaling frames go out in bursts (offer, candidates): without TCP_NODELAY,
+                // Nagle plus delayed ACKs add ~40 ms to each burst.
+                axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                    let _ = tcp.set_nodelay(true);
+                }),
+                app,
+            )
+            .with_graceful_shutdown(async move { server_shutdown.cancelled().await })
+            .await
+        }),
+    };
     let metrics_bound =
         turnkey_common::metrics_http::serve(metrics_addr, Arc::new(registry), shutdown.clone())
             .await
@@ -187,8 +231,9 @@ pub async fn serve_with_store(
         metrics: metrics_bound,
         public_url,
         node_id: node.id().to_string(),
+        fingerprint,
     };
-    tracing::info!(http = %ready.http, metrics = %ready.metrics, url = %ready.public_url, ws = %node.ws_url, node = %ready.node_id, role = ?node.cfg.role, "ready");
+    tracing::info!(http = %ready.http, metrics = %ready.metrics, url = %ready.public_url, ws = %node.ws_url, node = %ready.node_id, role = ?node.cfg.role, tls_sha256 = ready.fingerprint.as_deref().unwrap_or("-"), "ready");
     on_ready(&ready);
     shutdown.cancelled().await;
     node.shutdown.cancel();

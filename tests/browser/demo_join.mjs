@@ -3,7 +3,9 @@
 // error, the room's mode and the mode line, and the status line. Exit 0 whenever it could run.
 //
 // Usage: node demo_join.mjs --url 'http://127.0.0.1:PORT/?key=K&room=R&autojoin=1' \
-//          --chromium /usr/bin/chromium [--timeout-ms 20000]
+//          --chromium /usr/bin/chromium [--timeout-ms 20000] [--insecure]
+// --insecure: accept the server's certificate whatever it is (a self-signed https:// URL), as a
+// user who checked the printed fingerprint would.
 
 import { launchChromium } from './chromium.mjs';
 
@@ -13,13 +15,14 @@ for (let i = 0; i < a.length; i++) {
   if (a[i] === '--url') o.url = a[++i];
   else if (a[i] === '--chromium') o.chromium = a[++i];
   else if (a[i] === '--timeout-ms') o.timeoutMs = Number(a[++i]);
+  else if (a[i] === '--insecure') o.insecure = true;
 }
 if (!o.url) {
   console.error('--url is required');
   process.exit(2);
 }
 
-const browser = await launchChromium(o.chromium);
+const browser = await launchChromium(o.chromium, o.insecure ? ['--ignore-certificate-errors'] : []);
 const result = {};
 try {
   const page = await browser.context.newPage();
@@ -36,6 +39,8 @@ try {
       modeNotice: window.turnkeyDemo.modeNotice,
       modeText: document.getElementById('room-mode')?.textContent ?? null,
       statusText: document.getElementById('status')?.textContent ?? null,
+      origin: location.origin,
+      secureContext: window.isSecureContext,
     })),
   );
 } catch (e) {

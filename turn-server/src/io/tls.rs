@@ -31,6 +31,24 @@ pub enum TlsError {
     Key(String),
 }
 
+/// A chain and key from PEM text in memory (e.g. a self-signed certificate generated at start).
+pub fn from_pem(cert: &str, key: &str) -> Result<CertifiedKey, TlsError> {
+    let bad = |reason: String| TlsError::File {
+        path: PathBuf::from("<in memory>"),
+        reason,
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(bad("no CERTIFICATE in the PEM text".into()));
+    }
+    let key_der = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|e| bad(e.to_string()))?;
+    let signing =
+        provider::sign::any_supported_type(&key_der).map_err(|e| TlsError::Key(e.to_string()))?;
+    Ok(CertifiedKey::new(certs, signing))
+}
+
 /// Loads a chain and key from PEM files.
 pub fn load(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
@@ -98,8 +116,23 @@ impl CertStore {
         }))
     }
 
-    /// Loads the files again; on error the old pair stays in use.
+    /// A store over a pair held in memory ([`from_pem`]): nothing to reload.
+    pub fn fixed(ck: CertifiedKey) -> Arc<CertStore> {
+        Arc::new(CertStore {
+            current: RwLock::new(Arc::new(ck)),
+            cert: PathBuf::new(),
+            key: PathBuf::new(),
+            stamp: RwLock::new(None),
+            generation: AtomicU64::new(0),
+        })
+    }
+
+    /// Loads the files again; on error the old pair stays in use. A [`fixed`](Self::fixed)
+    /// store has no files: nothing happens.
     pub fn reload(&self) -> Result<(), TlsError> {
+        if self.cert.as_os_str().is_empty() {
+            return Ok(());
+        }
         let ck = load(&self.cert, &self.key)?;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ck);
         *self.stamp.write().unwrap_or_else(|e| e.into_inner()) = mtimes(&self.cert, &self.key);
@@ -173,6 +206,7 @@ pub async fn watch(store: Arc<CertStore>, every: Duration, stop: CancellationTok
             store.reload_if_changed()
         };
         match r {
+            Some(Ok(())) if store.cert.as_os_str().is_empty() => {}
             Some(Ok(())) => {
                 tracing::info!(cert = %store.cert.display(), sighup = forced, "TLS certificate reloaded")
             }
