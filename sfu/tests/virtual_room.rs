@@ -130,6 +130,9 @@ struct Simulcast {
     keyframe_wanted: Vec<bool>,
     ignore_plis: Vec<usize>,
     plis: Vec<usize>,
+    /// Layers alice sends: all at first, then those the SFU's `layers` messages name (a browser
+    /// pauses the others), unless `silent_until_active` holds a layer back until it is named.
+    active: Vec<bool>,
 }
 
 fn ctx(local: SocketAddr, peer: SocketAddr) -> TransportContext {
@@ -203,8 +206,22 @@ impl Sim {
                 keyframe_wanted: (0..n).map(|i| i == 0).collect(),
                 ignore_plis,
                 plis: vec![0; n],
+                active: vec![true; n],
             }),
         )
+    }
+
+    /// Like [`Sim::simulcast`], but alice's top layer sends nothing until a `layers` message
+    /// names it (an encoder that starts its top layer late, as Chromium does while its
+    /// bandwidth estimate is low).
+    fn simulcast_late_top(cfg: WorkerConfig, rids: &[&'static str]) -> Sim {
+        let mut sim = Sim::simulcast(cfg, rids, vec![0; rids.len()]);
+        if let Some(sc) = sim.simulcast.as_mut() {
+            if let Some(top) = sc.active.last_mut() {
+                *top = false;
+            }
+        }
+        sim
     }
 
     fn build(cfg: WorkerConfig, codec: Codec, simulcast: Option<Simulcast>) -> Sim {
@@ -314,6 +331,19 @@ impl Sim {
                         self.w.handle_message(now, "r1", &id, &msg);
                     }
                     "error" => panic!("sfu error: {m}"),
+                    "layers" => {
+                        if let Some(sc) = self.simulcast.as_mut() {
+                            let named: Vec<&str> = m["active"]
+                                .as_array()
+                                .unwrap()
+                                .iter()
+                                .filter_map(|r| r.as_str())
+                                .collect();
+                            for (i, rid) in sc.rids.iter().enumerate() {
+                                sc.active[i] = named.contains(rid);
+                            }
+                        }
+                    }
                     _ => {}
                 }
             }
@@ -510,6 +540,9 @@ fn send_layers(
     );
     let mut sent = 0;
     for i in 0..sc.ssrcs.len() {
+        if !sc.active[i] {
+            continue;
+        }
         sc.seq[i] = sc.seq[i].wrapping_add(1);
         let key = std::mem::take(&mut sc.keyframe_wanted[i]);
         let mut body = payload(VP8, key, sc.seq[i]).to_vec();
@@ -851,5 +884,27 @@ fn a_probed_top_layer_is_kept_while_the_path_is_clean() {
     assert!(
         tail.iter().all(|&l| l == 2),
         "bob left the top layer on a clean path: last layers {tail:?}"
+    );
+}
+
+/// A top layer the publisher starts late is still reached: alice offers q, h and f but sends f
+/// only once the SFU's `layers` message names it. The SFU must know f from the offer (`a=rid:f
+/// send`), probe it and name it; before, it knew only the layers already flowing, never named f,
+/// and bob stayed on h for good (what Chromium pages showed as a 640-wide picture).
+#[test]
+fn a_top_layer_that_starts_late_is_reached() {
+    let mut sim = Sim::simulcast_late_top(server_cfg(), &["q", "h", "f"]);
+    sim.run_until(Duration::from_secs(12));
+    let layers: Vec<u8> = sim.clients[1]
+        .rtp_received
+        .iter()
+        .filter_map(|p| p.payload.last().copied())
+        .collect();
+    let tail = &layers[layers.len().saturating_sub(40)..];
+    eprintln!("bob got {} packets; last layers {tail:?}", layers.len());
+    assert!(layers.len() > 100, "bob got {} packets", layers.len());
+    assert!(
+        tail.iter().all(|&l| l == 2),
+        "bob never reached the late top layer: last layers {tail:?}"
     );
 }

@@ -297,6 +297,14 @@ export class TurnkeyRoom extends EventTarget {
     return this._state;
   }
 
+  /**
+   * Sfu mode: the id of the loudest participant as last announced (`active-speaker`), possibly
+   * our own; null before the first announcement and in mesh mode. @type {string|null}
+   */
+  get activeSpeaker() {
+    return this._activeSpeaker || null;
+  }
+
   /** The remote participants, by id. @type {Map<string, Participant>} */
   get participants() {
     return this._participants;
@@ -964,6 +972,7 @@ class SfuSession {
         break;
       case 'active-speaker': {
         const participantId = msg.participantId;
+        this.room._activeSpeaker = participantId;
         const participant = this.room.participants.get(participantId) || null;
         this.room._emit('active-speaker', { participantId, participant, level: msg.level });
         break;

@@ -523,6 +523,19 @@ impl Worker {
         for t in existing {
             self.add_downtrack(now, h, &t);
         }
+        // A newcomer learns who is speaking now, not only at the next change.
+        let speaker = self
+            .rooms
+            .get(room)
+            .and_then(|r| r.speaker)
+            .and_then(|s| self.parts[s].as_ref())
+            .map(|s| (s.id.clone(), s.audio_level));
+        if let Some((id, level)) = speaker {
+            self.push_signal(
+                h,
+                json!({"type": "active-speaker", "participantId": id, "level": level.round() as u8}),
+            );
+        }
         self.maybe_offer(now, h);
         self.flush(now);
         Ok(())
@@ -1265,7 +1278,7 @@ impl Worker {
         {
             if let Some(l) = t.layers.iter_mut().find(|l| l.rid == rid) {
                 l.ssrc = ssrc;
-            } else {
+            } else if t.layers.len() < MAX_LAYERS {
                 t.layers.push(new_layer(&rid, ssrc));
                 t.layers.sort_by_key(|l| rid_rank(&l.rid));
             }
@@ -1305,6 +1318,23 @@ impl Worker {
         let id = format!("{}-{}", p.id, self.next_track);
         p.published.push(id.clone());
         let video = VideoCodec::from_mime(&codec.mime_type);
+        // Every layer the offer announces (`a=rid:X send`, RFC 8853), not only those flowing
+        // already: an encoder starts its top layer seconds later, and a layer the SFU did not
+        // know would be left out of the `layers` message, which pauses it for good.
+        let mut layers = vec![new_layer(&rid, ssrc)];
+        if !rid.is_empty() && kind == RtpCodecKind::Video {
+            let offered = pc
+                .pc
+                .remote_description()
+                .map(|d| offered_video_rids(&d.sdp))
+                .unwrap_or_default();
+            for r in offered {
+                if r != rid && layers.len() < MAX_LAYERS {
+                    layers.push(new_layer(&r, 0));
+                }
+            }
+            layers.sort_by_key(|l| rid_rank(&l.rid));
+        }
         self.tracks.insert(
             id.clone(),
             Published {
@@ -1315,7 +1345,7 @@ impl Worker {
                 receiver,
                 codec,
                 video,
-                layers: vec![new_layer(&rid, ssrc)],
+                layers,
                 audio_level_ext,
                 announced: None,
             },
@@ -1594,6 +1624,10 @@ impl Worker {
         let Some(l) = t.layers.get_mut(layer) else {
             return;
         };
+        if l.ssrc == 0 {
+            // Offered but not flowing yet: asked for once its first packet names its SSRC.
+            return;
+        }
         if l.last_keyframe_request
             .is_some_and(|at| now.saturating_duration_since(at) < interval)
         {
@@ -1971,6 +2005,37 @@ fn new_layer(rid: &str, ssrc: u32) -> Layer {
     }
 }
 
+/// Most simulcast layers a track may have (RIDs beyond are ignored).
+const MAX_LAYERS: usize = 4;
+
+/// The RIDs a publisher's offer sends on its video m-section(s): `a=rid:<id> send` (RFC 8851),
+/// at most [`MAX_LAYERS`], in offer order.
+fn offered_video_rids(sdp: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut in_video = false;
+    for line in sdp.lines() {
+        if let Some(m) = line.strip_prefix("m=") {
+            in_video = m.starts_with("video");
+            continue;
+        }
+        if !in_video {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("a=rid:") {
+            let mut parts = rest.split_whitespace();
+            if let (Some(id), Some("send")) = (parts.next(), parts.next()) {
+                if !id.is_empty() && id.len() <= 16 && !out.iter().any(|r| r == id) {
+                    out.push(id.to_string());
+                }
+            }
+        }
+        if out.len() >= MAX_LAYERS {
+            break;
+        }
+    }
+    out
+}
+
 /// Order of simulcast layers by their conventional RIDs (low to high).
 fn rid_rank(rid: &str) -> u8 {
     match rid {
@@ -2051,3 +2116,22 @@ fn random_token(n: usize) -> String {
 
 #[allow(dead_code)]
 fn unused(_: BTreeMap<u8, u8>, _: RTCIceCandidateInit, _: Ordering) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offered_rids_come_from_the_video_section_only() {
+        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rid:x send\r\n\
+                   m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rid:q send\r\na=rid:h send\r\n\
+                   a=rid:f send\r\na=rid:r recv\r\na=simulcast:send q;h;f\r\n";
+        assert_eq!(offered_video_rids(sdp), ["q", "h", "f"]);
+        let many: String = (0..10).map(|i| format!("a=rid:r{i} send\r\n")).collect();
+        assert_eq!(
+            offered_video_rids(&format!("m=video 9 X 96\r\n{many}")).len(),
+            MAX_LAYERS
+        );
+        assert!(offered_video_rids("m=video 9 X 96\r\na=rid:\r\n").is_empty());
+    }
+}
