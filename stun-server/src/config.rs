@@ -37,7 +37,7 @@ pub struct Cli {
     /// Metrics listener (/metrics and /healthz). [default: 127.0.0.1:9642]
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<SocketAddr>,
-    /// SOFTWARE attribute in responses; empty to leave it out. [default: turnkey/VERSION]
+    /// SOFTWARE attribute in responses; empty to leave it out. [default: turnkey/<version>]
     #[arg(long, value_name = "TEXT")]
     pub software: Option<String>,
     /// Log JSON lines instead of text.
