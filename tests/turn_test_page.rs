@@ -381,9 +381,15 @@ fn chromium_turn_test_page_verdicts() {
         .iter()
         .map(|u| u.as_str().unwrap())
         .collect();
+    // turnkey hands out a `turns:` URL for its TLS listener too.
     assert_eq!(
         urls,
-        vec![stun.as_str(), turn_udp.as_str(), turn_tcp.as_str()],
+        vec![
+            stun.as_str(),
+            turn_udp.as_str(),
+            turn_tcp.as_str(),
+            turns.as_str()
+        ],
         "{report}"
     );
     assert_eq!(fetched["hasCredential"], true, "{report}");
@@ -395,6 +401,7 @@ fn chromium_turn_test_page_verdicts() {
     );
     assert_relay_ok(issued, &turn_udp, "udp", &report);
     assert_relay_ok(issued, &turn_tcp, "tcp", &report);
+    assert_relay_ok(issued, &turns, "tls", &report);
     assert_stun_ok(issued, &stun, &report);
     println!(
         "turn-test page: {} scenarios in {} ms",

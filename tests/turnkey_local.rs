@@ -78,6 +78,26 @@ fn quick_start_binary_prints_working_credentials_and_demo_url() {
     );
     let log = server.log();
     assert!(!log.contains('\x1b'), "colour codes in a log file:\n{log}");
+    // The banner README.md shows is the one printed: every sample line without a run-specific
+    // value (no digit) is a line of the real banner.
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let sample = readme
+        .split("```text\nturnkey is running")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .map(|rest| format!("turnkey is running{rest}"))
+        .expect("README.md shows the banner");
+    let printed_lines: Vec<&str> = log.lines().collect();
+    for line in sample
+        .lines()
+        .filter(|l| !l.chars().any(|c| c.is_ascii_digit()))
+    {
+        assert!(
+            printed_lines.contains(&line),
+            "README's banner line {line:?} is not printed:\n{log}"
+        );
+    }
 
     // The printed TURN credential allocates on the printed TURN address.
     let username = printed(&log, "username").expect("printed username");

@@ -159,6 +159,18 @@ async fn run_connection(node: Arc<Node>, mut ws: WebSocket) {
                 .await;
         };
         let _ = tokio::time::timeout(Duration::from_secs(5), flush).await;
+        // Wait for the client's Close (RFC 6455 §7.1.1), discarding what it sent meanwhile,
+        // for at most 2 s: closing the TCP connection with unread frames in its receive buffer
+        // makes the kernel send a reset, and the client may then lose our Close frame (seen
+        // with a client flooding into the rate limit).
+        let drain = async {
+            while let Some(Ok(m)) = ws.recv().await {
+                if matches!(m, Message::Close(_)) {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
     }
     node.unregister_conn(id);
     if let Some(j) = &conn.joined {
