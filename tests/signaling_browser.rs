@@ -240,21 +240,7 @@ fn chromium_shows_a_wrong_key_at_once() {
     let chromium = common::browser_prerequisites();
     let listen = SocketAddr::new(LOCALHOST, free_udp_tcp_port());
     let base_url = format!("http://{listen}");
-    let _signaling = ServerGuard::start(
-        "signaling",
-        &[
-            "--listen",
-            &listen.to_string(),
-            "--api-key",
-            API_KEY,
-            "--turn-secret",
-            TURN_SECRET,
-            "--turn-uri",
-            "turn:127.0.0.1:3478?transport=udp",
-            "--turn-rest-key",
-            TURN_REST_KEY,
-        ],
-    );
+    let _signaling = start_signaling(listen);
     let mut cmd = Command::new("node");
     cmd.current_dir(common::browser_dir())
         .arg("wrong_key.mjs")
@@ -280,6 +266,25 @@ fn chromium_shows_a_wrong_key_at_once() {
             .contains("www-authenticate: basic realm=\"turnkey\""),
         "{head}"
     );
+}
+
+/// `signaling` on `listen` with the test's API key, TURN secret and REST key.
+fn start_signaling(listen: SocketAddr) -> ServerGuard {
+    ServerGuard::start(
+        "signaling",
+        &[
+            "--listen",
+            &listen.to_string(),
+            "--api-key",
+            API_KEY,
+            "--turn-secret",
+            TURN_SECRET,
+            "--turn-uri",
+            "turn:127.0.0.1:3478?transport=udp",
+            "--turn-rest-key",
+            TURN_REST_KEY,
+        ],
+    )
 }
 
 /// A POST with HTTP Basic `user_pass` and no browser headers; the response head and body.
@@ -320,19 +325,7 @@ fn raw_request(
 fn chromium_says_when_the_room_exists_in_the_other_mode() {
     let chromium = common::browser_prerequisites();
     let listen = SocketAddr::new(LOCALHOST, free_udp_tcp_port());
-    let _signaling = ServerGuard::start(
-        "signaling",
-        &[
-            "--listen",
-            &listen.to_string(),
-            "--api-key",
-            API_KEY,
-            "--turn-secret",
-            TURN_SECRET,
-            "--turn-uri",
-            "turn:127.0.0.1:3478?transport=udp",
-        ],
-    );
+    let _signaling = start_signaling(listen);
     let (head, body) = raw_request(
         listen,
         "POST",

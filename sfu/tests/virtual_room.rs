@@ -505,6 +505,15 @@ impl Sim {
     }
 }
 
+/// The simulcast layer of every packet bob received, in order (the last payload byte).
+fn bob_layers(sim: &Sim) -> Vec<u8> {
+    sim.clients[1]
+        .rtp_received
+        .iter()
+        .filter_map(|p| p.payload.last().copied())
+        .collect()
+}
+
 /// One VP8 packet on each of alice's simulcast layers, with the MID and RID header extensions
 /// (what a browser sends); a layer sends a keyframe when one is wanted. The last payload byte
 /// is the layer index, so a subscriber can tell which layer it is being forwarded. Returns the
@@ -827,11 +836,7 @@ fn a_layer_switch_asks_again_for_a_lost_keyframe() {
     let mut sim = Sim::simulcast(server_cfg(), &["q", "h", "f"], vec![0, 2, 2]);
     sim.run_until(Duration::from_secs(3));
     let sc = sim.simulcast.as_ref().unwrap();
-    let layers: Vec<u8> = sim.clients[1]
-        .rtp_received
-        .iter()
-        .filter_map(|p| p.payload.last().copied())
-        .collect();
+    let layers = bob_layers(&sim);
     let highest = layers.iter().copied().max();
     eprintln!(
         "PLIs per layer {:?}; bob got {} packets, highest layer {highest:?}; stats {:?}",
@@ -865,11 +870,7 @@ fn a_layer_switch_asks_again_for_a_lost_keyframe() {
 fn a_probed_top_layer_is_kept_while_the_path_is_clean() {
     let mut sim = Sim::simulcast(server_cfg(), &["q", "h", "f"], vec![0, 0, 0]);
     sim.run_until(Duration::from_secs(10));
-    let layers: Vec<u8> = sim.clients[1]
-        .rtp_received
-        .iter()
-        .filter_map(|p| p.payload.last().copied())
-        .collect();
+    let layers = bob_layers(&sim);
     let tail = &layers[layers.len().saturating_sub(40)..];
     eprintln!(
         "bob got {} packets; last layers {tail:?}; stats {:?}",
@@ -895,11 +896,7 @@ fn a_probed_top_layer_is_kept_while_the_path_is_clean() {
 fn a_top_layer_that_starts_late_is_reached() {
     let mut sim = Sim::simulcast_late_top(server_cfg(), &["q", "h", "f"]);
     sim.run_until(Duration::from_secs(12));
-    let layers: Vec<u8> = sim.clients[1]
-        .rtp_received
-        .iter()
-        .filter_map(|p| p.payload.last().copied())
-        .collect();
+    let layers = bob_layers(&sim);
     let tail = &layers[layers.len().saturating_sub(40)..];
     eprintln!("bob got {} packets; last layers {tail:?}", layers.len());
     assert!(layers.len() > 100, "bob got {} packets", layers.len());

@@ -208,12 +208,8 @@ pub fn https_request(
     (status, body, fingerprint(&verifier.leaf()))
 }
 
-/// SHA-256 of `der` as browsers show a certificate fingerprint (`AB:CD:...`).
+/// SHA-256 of `der` as browsers show a certificate fingerprint (`AB:CD:...`): what signaling
+/// and turnkey print.
 pub fn fingerprint(der: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, der)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    signaling::run::fingerprint_sha256(der)
 }
