@@ -720,3 +720,43 @@ fn a_second_sigint_exits_at_once_and_the_first_says_what_it_waits_for() {
         .expect("a second SIGINT did not end the server before the 60 s drain");
     assert_eq!(st.code(), Some(130), "{st}");
 }
+
+/// A restart binds its port at once although connections of the last run still hold it in
+/// TIME_WAIT (or FIN_WAIT): the check that nothing else holds the port bound TCP without
+/// SO_REUSEADDR, so a restart within a minute of TCP clients failed with "already in use" (and
+/// so did a test that happened to draw a port an earlier test binary's server had used).
+#[test]
+fn a_restart_binds_while_the_last_runs_connections_linger() {
+    let port = free_udp_tcp_port();
+    let listen = format!("127.0.0.1:{port}");
+    let args = [
+        "--listen",
+        &listen,
+        "--relay-ip",
+        "127.0.0.1",
+        "--user",
+        "alice:pw",
+    ];
+    let first = ServerGuard::turn_server(&args);
+    let conns: Vec<std::net::TcpStream> = (0..3)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    // The server closes first, then the clients: its side of each connection lingers.
+    drop(first);
+    drop(conns);
+    let lingering = Command::new("ss")
+        .args(["-Htan", &format!("sport = :{port}")])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_default();
+    assert!(
+        !lingering.trim().is_empty(),
+        "no connection lingers on port {port}: the test shows nothing"
+    );
+    // Panics (with its log) if it exits before it is ready.
+    let second = ServerGuard::turn_server(&args);
+    let mut c = WireClient::new(SocketAddr::from(([127, 0, 0, 1], port)), "alice", "pw");
+    c.allocate();
+    drop(second);
+}

@@ -34,6 +34,9 @@ pub fn probe_exclusive(addr: SocketAddr) -> io::Result<SocketAddr> {
             .as_socket()
             .ok_or_else(|| io::Error::other("not an IP socket"))?;
         let tcp = new_socket(bound, Type::STREAM, Protocol::TCP)?;
+        // As the real listener does: connections of an earlier run in TIME_WAIT do not hold
+        // the port (a listener still does, SO_REUSEPORT group or not).
+        tcp.set_reuse_address(true)?;
         match tcp.bind(&bound.into()) {
             Ok(()) => return Ok(bound),
             Err(e) if addr.port() != 0 => return Err(e),
