@@ -1,4 +1,4 @@
-//! `stun_server::proto::binding::handle_datagram` on arbitrary bytes, with and without RFC 5780.
+//! `stun_proto::binding::handle_datagram` on arbitrary bytes, with and without RFC 5780.
 //!
 //! The first input byte picks the request context (source IPv4/IPv6, which local address the
 //! request arrived on: each of the four RFC 5780 addresses or another one, UDP or TCP); the rest
@@ -17,11 +17,11 @@ use libfuzzer_sys::fuzz_target;
 use rtc_stun::attributes::ATTR_XORMAPPED_ADDRESS;
 use rtc_stun::message::{CLASS_ERROR_RESPONSE, CLASS_SUCCESS_RESPONSE};
 use std::net::SocketAddr;
-use stun_server::proto::binding::{
+use stun_proto::binding::{
     handle_datagram, BindingConfig, BindingOutcome, BindingResult, RequestContext, ResponseSocket,
     Rfc5780Addrs,
 };
-use stun_server::proto::msg::{decode, xor_address, Transport};
+use stun_proto::msg::{decode, xor_address, Transport};
 
 /// Bytes a reply may exceed its request by: four address attributes (IPv6: 24 bytes each),
 /// SOFTWARE, FINGERPRINT and an error reason. Generous; amplification would be far beyond it.

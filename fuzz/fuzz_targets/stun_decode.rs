@@ -1,4 +1,4 @@
-//! The STUN codec of `stun_server::proto::msg` on arbitrary bytes.
+//! The STUN codec of `stun_proto::msg` on arbitrary bytes.
 //!
 //! Checks, beyond "never panics" (house style: decoders never panic on any byte string):
 //! - `classify` and `stream_frame_len` agree on what a frame is and how long it is;
@@ -14,7 +14,7 @@ use rtc_stun::attributes::{
     ATTR_FINGERPRINT, ATTR_MESSAGE_INTEGRITY, ATTR_MESSAGE_INTEGRITY_SHA256, ATTR_SOFTWARE,
     ATTR_USERNAME, ATTR_XORMAPPED_ADDRESS, ATTR_XOR_PEER_ADDRESS, ATTR_XOR_RELAYED_ADDRESS,
 };
-use stun_server::proto::msg::{
+use stun_proto::msg::{
     classify, decode, integrity_present, stream_frame_len, unknown_required, verify_integrity,
     xor_address, IntegrityAlgorithm, MessageBuilder, PacketKind,
 };

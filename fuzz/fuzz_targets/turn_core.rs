@@ -1,4 +1,4 @@
-//! `turn_server::proto::core::TurnCore` driven by a sequence of inputs derived from the fuzz bytes.
+//! `turn_proto::core::TurnCore` driven by a sequence of inputs derived from the fuzz bytes.
 //!
 //! Setup: one core with static users alice/bob, a REST secret (user carol), a fake relay
 //! allocator (IPv4 always, IPv6 optional) that checks every release, and virtual time. Before the
@@ -27,7 +27,6 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use prometheus_client::registry::Registry;
 use rtc_stun::attributes::*;
 use rtc_stun::message::{
     MessageType, Method, TransactionId, CLASS_INDICATION, CLASS_REQUEST, CLASS_SUCCESS_RESPONSE,
@@ -38,18 +37,17 @@ use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use stun_server::proto::binding::BindingConfig;
-use stun_server::proto::msg::{
+use stun_proto::binding::BindingConfig;
+use stun_proto::msg::{
     self, classify, IntegrityAlgorithm, MessageBuilder, PacketKind, PasswordAlgorithm, Transport,
 };
-use turn_server::metrics::TurnMetrics;
-use turn_server::proto::auth::{long_term_key, mint_rest_credential, Credentials, NonceMinter};
-use turn_server::proto::core::{
+use turn_proto::auth::{long_term_key, mint_rest_credential, Credentials, NonceMinter};
+use turn_proto::core::{
     AddressFamily, CoreConfig, RelayAllocator, RelayError, RelayGrant, RelayRequest, Shared,
     Transmit, TurnCore, ATTR_ADDITIONAL_ADDRESS_FAMILY,
 };
-use turn_server::proto::policy::PeerPolicy;
-use turn_server::proto::FiveTuple;
+use turn_proto::policy::PeerPolicy;
+use turn_proto::FiveTuple;
 
 const T0_UNIX: u64 = 1_800_000_000;
 const REALM: &str = "turnkey";
@@ -269,7 +267,6 @@ struct World {
     core: TurnCore,
     cfg: Arc<CoreConfig>,
     shared: Arc<Shared>,
-    metrics: TurnMetrics,
     relays: FakeRelays,
     tuples: [FiveTuple; 8],
     peers: [SocketAddr; 8],
@@ -321,16 +318,14 @@ impl World {
             external_ips,
             binding: BindingConfig::default(),
         });
-        let metrics = TurnMetrics::register(&mut Registry::default());
         let shared = Arc::new(Shared::default());
         let t0 = Instant::now();
-        let core = TurnCore::new(cfg.clone(), shared.clone(), metrics.clone(), t0, T0_UNIX);
+        let core = TurnCore::new(cfg.clone(), shared.clone(), t0, T0_UNIX);
         let rest = mint_rest_credential("restsecret", "carol", 3600, T0_UNIX);
         Self {
             core,
             cfg,
             shared,
-            metrics,
             relays: FakeRelays::new(v6),
             tuples: tuples(),
             peers: fixed_peers(),
@@ -744,11 +739,9 @@ impl World {
             self.relays.live.len() <= 2 * n,
             "a relay outlived its allocation"
         );
-        assert!(self.metrics.permissions.get() >= 0, "permissions gauge < 0");
-        assert!(
-            self.metrics.channel_bindings.get() >= 0,
-            "channel gauge < 0"
-        );
+        let live = &self.core.stats().control;
+        assert!(live.live_permissions >= 0, "permissions gauge < 0");
+        assert!(live.live_channel_bindings >= 0, "channel gauge < 0");
         if n == 0 {
             assert!(
                 self.relays.live.is_empty(),
@@ -758,18 +751,9 @@ impl World {
             for a in self.relays.handed_out.iter().chain(&self.relayed_seen) {
                 assert!(!self.shared.is_live_relay(*a), "{a} still live in Shared");
             }
-            assert_eq!(self.metrics.permissions.get(), 0, "permissions gauge");
-            assert_eq!(self.metrics.channel_bindings.get(), 0, "channel gauge");
-            let mut total = 0;
-            for tr in ["udp", "tcp"] {
-                for fam in ["ipv4", "ipv6", "dual"] {
-                    total += self
-                        .metrics
-                        .allocations
-                        .get_or_create(&[("transport", tr), ("family", fam)])
-                        .get();
-                }
-            }
+            assert_eq!(live.live_permissions, 0, "permissions gauge");
+            assert_eq!(live.live_channel_bindings, 0, "channel gauge");
+            let total: i64 = live.live_allocations.values().sum();
             assert_eq!(total, 0, "allocations gauge");
         }
     }

@@ -1,0 +1,420 @@
+//! sfu-bench: measures a real turnkey SFU node over loopback with real ICE and DTLS-SRTP.
+//!
+//! The `sfu` binary runs as a child process (so its CPU time and memory are its own in /proc);
+//! synthetic participants are webrtc-rs `rtc` peer connections on loopback UDP sockets, driven
+//! by the bench's own mio event loops (`client`), negotiating over the SFU's signaling link
+//! (`signal`, sfu/PROTOCOL.md). Publishers send VP8-shaped and Opus-sized RTP whose payload
+//! carries a probe (`probe`); subscribers decode it to count loss and take the
+//! publish -> receive latency on one monotonic clock. Figures are printed as one table.
+
+mod client;
+mod node;
+mod probe;
+mod signal;
+
+use anyhow::{bail, Context as _};
+use bench_support::histogram::LatencyHistogram;
+use bench_support::procfs;
+use clap::Parser;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+/// Load generator for the turnkey SFU: publishers and subscribers over real ICE/DTLS-SRTP.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Rooms of --room-size participants; everyone publishes video + audio and subscribes to
+    /// the others. Ignored with --fanout.
+    #[arg(long, default_value_t = 5)]
+    rooms: usize,
+    /// Participants per room.
+    #[arg(long, default_value_t = 4)]
+    room_size: usize,
+    /// One room: one publisher and this many subscribers (who publish nothing).
+    #[arg(long)]
+    fanout: Option<usize>,
+    /// Video frames per second per publisher.
+    #[arg(long, default_value_t = 30.0)]
+    fps: f64,
+    /// RTP packets per video frame.
+    #[arg(long, default_value_t = 3)]
+    packets_per_frame: usize,
+    /// Video RTP payload bytes.
+    #[arg(long, default_value_t = 1000)]
+    video_bytes: usize,
+    /// Audio packets per second per publisher (0: no audio is sent, the track is still there).
+    #[arg(long, default_value_t = 50.0)]
+    audio_pps: f64,
+    /// Audio RTP payload bytes.
+    #[arg(long, default_value_t = 100)]
+    audio_bytes: usize,
+    /// Seconds between keyframes.
+    #[arg(long, default_value_t = 2.0)]
+    keyframe_secs: f64,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds of traffic after every flow is up, before measuring.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Most seconds to wait for every (subscriber, track) flow to deliver a first packet.
+    #[arg(long, default_value_t = 30.0)]
+    setup_timeout: f64,
+    /// Client event-loop threads (each runs a share of the participants).
+    #[arg(long, default_value_t = 1)]
+    client_threads: usize,
+    /// SFU worker event loops (`sfu --workers`).
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// The `sfu` binary [default: `sfu` next to this binary].
+    #[arg(long)]
+    sfu_bin: Option<PathBuf>,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+struct Plan {
+    name: String,
+    /// (room, participant id, publishes)
+    seats: Vec<(String, String, bool)>,
+    /// Subscribers of each publisher's tracks.
+    subscribers_per_publisher: usize,
+    subscribers: usize,
+}
+
+fn plan(a: &Args) -> anyhow::Result<Plan> {
+    if let Some(n) = a.fanout {
+        if n == 0 {
+            bail!("--fanout must be at least 1");
+        }
+        let mut seats = vec![("fanout".to_string(), "pub".to_string(), true)];
+        seats.extend((0..n).map(|i| ("fanout".to_string(), format!("s{i}"), false)));
+        return Ok(Plan {
+            name: format!("fanout 1->{n}"),
+            seats,
+            subscribers_per_publisher: n,
+            subscribers: n,
+        });
+    }
+    if a.rooms == 0 || a.room_size < 2 {
+        bail!("--rooms must be >= 1 and --room-size >= 2");
+    }
+    let mut seats = Vec::new();
+    for r in 0..a.rooms {
+        for p in 0..a.room_size {
+            seats.push((format!("r{r}"), format!("p{r}-{p}"), true));
+        }
+    }
+    Ok(Plan {
+        name: format!("{}x{} rooms", a.rooms, a.room_size),
+        subscribers: seats.len(),
+        seats,
+        subscribers_per_publisher: a.room_size - 1,
+    })
+}
+
+/// CPU and wall clock at one instant.
+#[derive(Clone, Copy)]
+struct Snap {
+    wall: Instant,
+    sfu: Duration,
+    sfu_workers: Duration,
+    bench: Duration,
+    clients: Duration,
+}
+
+fn snap(pid: &str) -> Snap {
+    let sum = |v: Vec<(String, Duration)>| v.into_iter().map(|(_, d)| d).sum();
+    Snap {
+        wall: Instant::now(),
+        sfu: procfs::read_process_cpu(pid).unwrap_or_default(),
+        sfu_workers: sum(procfs::read_thread_cpu(pid, "sfu-worker-")),
+        bench: procfs::read_process_cpu("self").unwrap_or_default(),
+        clients: sum(procfs::read_thread_cpu("self", "bench-client-")),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let a = Args::parse();
+    if !(a.duration > 0.0 && a.warmup >= 0.0 && a.fps > 0.0 && a.setup_timeout > 0.0) {
+        bail!("--duration, --fps and --setup-timeout must be positive, --warmup not negative");
+    }
+    if a.client_threads == 0 || a.workers == 0 || a.packets_per_frame == 0 {
+        bail!("--client-threads, --workers and --packets-per-frame must be at least 1");
+    }
+    let plan = plan(&a)?;
+    let load = client::Load {
+        fps: a.fps,
+        packets_per_frame: a.packets_per_frame,
+        video_bytes: a.video_bytes.max(probe::MIN_PAYLOAD),
+        audio_pps: a.audio_pps,
+        audio_bytes: a.audio_bytes.max(probe::MIN_PAYLOAD),
+        keyframe_interval: Duration::from_secs_f64(a.keyframe_secs.max(0.1)),
+    };
+    let bin = match &a.sfu_bin {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("no parent directory")?
+            .join("sfu"),
+    };
+    let secret = "sfu-bench-secret".to_string();
+    let node = node::SfuNode::start(&node::NodeConfig {
+        bin: &bin,
+        workers: a.workers,
+        secret: &secret,
+        max_participants: plan.seats.len().max(a.room_size) + 1,
+    })?;
+    let pid = node.pid();
+    let result = run(&a, &plan, load, &node, &pid, &secret);
+    let mut node = node;
+    let alive = node.alive();
+    let log = node.log.clone();
+    node.stop();
+    if !alive {
+        eprintln!("the sfu exited during the run; see {}", log.display());
+    }
+    let report = result?;
+    if a.json {
+        println!("{}", report.json);
+    } else {
+        println!("{}", report.text);
+    }
+    Ok(())
+}
+
+struct Report {
+    text: String,
+    json: serde_json::Value,
+}
+
+fn run(
+    a: &Args,
+    plan: &Plan,
+    load: client::Load,
+    node: &node::SfuNode,
+    pid: &str,
+    secret: &str,
+) -> anyhow::Result<Report> {
+    let rss_before = procfs::read_process_rss_bytes(pid).unwrap_or(0);
+    let shared = Arc::new(client::Shared::new());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let link_errors = Arc::new(signal::LinkErrors::default());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let _entered = rt.enter();
+    // Seats go round-robin to client threads; each thread gets a poll, a waker and an inbox.
+    let mut threads = Vec::new();
+    let mut per_thread: Vec<Vec<client::Seat>> = vec![Vec::new(); a.client_threads];
+    let mut links = Vec::new();
+    let mut polls = Vec::new();
+    let mut inboxes = Vec::new();
+    for _ in 0..a.client_threads {
+        let poll = mio::Poll::new()?;
+        let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(usize::MAX))?);
+        let (tx, rx) = mpsc::channel();
+        polls.push(poll);
+        inboxes.push((tx, waker, Some(rx)));
+    }
+    for (i, (room, id, publishes)) in plan.seats.iter().enumerate() {
+        let t = i % a.client_threads;
+        let slot = per_thread[t].len();
+        let (out_tx, out_rx) = tokio::sync::mpsc::unbounded_channel();
+        per_thread[t].push(client::Seat {
+            index: i as u32,
+            publishes: *publishes,
+            outbox: out_tx,
+        });
+        let inbox = (inboxes[t].0.clone(), inboxes[t].1.clone());
+        links.push(rt.spawn(signal::run_link(
+            node.link,
+            secret.to_string(),
+            room.clone(),
+            id.clone(),
+            slot,
+            inbox,
+            out_rx,
+            link_errors.clone(),
+            shutdown.clone(),
+        )));
+    }
+    for (t, (poll, seats)) in polls.into_iter().zip(per_thread).enumerate() {
+        let rx = inboxes[t].2.take().context("inbox")?;
+        let shared = shared.clone();
+        let load = load.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("bench-client-{t}"))
+                .spawn(move || client::run(poll, seats, rx, load, shared))?,
+        );
+    }
+    let publishers = plan.seats.iter().filter(|s| s.2).count();
+    let tracks_per_publisher = if a.audio_pps > 0.0 { 2 } else { 1 };
+    let want_flows = publishers * plan.subscribers_per_publisher * tracks_per_publisher;
+    let t0 = Instant::now();
+    let timeout = Duration::from_secs_f64(a.setup_timeout);
+    let mut last = Instant::now();
+    while shared.flows.load(Ordering::Relaxed) < want_flows && t0.elapsed() < timeout {
+        rt.block_on(tokio::time::sleep(Duration::from_millis(50)));
+        if last.elapsed() > Duration::from_secs(2) {
+            last = Instant::now();
+            eprintln!(
+                "setup: {} of {want_flows} flows, {} PCs connected",
+                shared.flows.load(Ordering::Relaxed),
+                shared.connected.load(Ordering::Relaxed)
+            );
+        }
+    }
+    let setup = t0.elapsed();
+    let flows_up = shared.flows.load(Ordering::Relaxed);
+    if flows_up < want_flows {
+        eprintln!(
+            "setup timed out after {:.1} s: {flows_up} of {want_flows} flows; measuring anyway",
+            setup.as_secs_f64()
+        );
+    }
+    rt.block_on(tokio::time::sleep(Duration::from_secs_f64(a.warmup)));
+    let rss_connected = procfs::read_process_rss_bytes(pid).unwrap_or(0);
+    let s0 = snap(pid);
+    shared
+        .window_start_us
+        .store(shared.now_us(), Ordering::Relaxed);
+    rt.block_on(tokio::time::sleep(Duration::from_secs_f64(a.duration)));
+    shared
+        .window_end_us
+        .store(shared.now_us(), Ordering::Relaxed);
+    let s1 = snap(pid);
+    // Let in-flight window packets arrive.
+    rt.block_on(tokio::time::sleep(Duration::from_millis(500)));
+    shared.stop.store(true, Ordering::Relaxed);
+    let mut latency = LatencyHistogram::default();
+    let (mut received, mut duplicates, mut expected, mut sent) = (0u64, 0u64, 0u64, 0u64);
+    let (mut key_req, mut write_err, mut send_err, mut lagged) = (0, 0, 0, 0);
+    let mut errors = Vec::new();
+    for t in threads {
+        let r = t
+            .join()
+            .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+        latency.merge(&r.latency);
+        received += r.received;
+        duplicates += r.duplicates;
+        for v in r.sent.values() {
+            sent += v[0] + v[1];
+            expected += (v[0] + v[1]) * plan.subscribers_per_publisher as u64;
+        }
+        key_req += r.keyframe_requests;
+        write_err += r.write_errors;
+        send_err += r.send_errors;
+        lagged += r.lagged;
+        errors.extend(r.errors);
+    }
+    shutdown.cancel();
+    for l in links {
+        let _ = rt.block_on(l);
+    }
+    let wall = (s1.wall - s0.wall).as_secs_f64();
+    let secs = |a: Duration, b: Duration| (b.saturating_sub(a)).as_secs_f64();
+    let sfu_cpu = secs(s0.sfu, s1.sfu);
+    let sfu_workers = secs(s0.sfu_workers, s1.sfu_workers);
+    let bench_cpu = secs(s0.bench, s1.bench);
+    let clients_cpu = secs(s0.clients, s1.clients);
+    let recv_pps = received as f64 / wall;
+    let exp_pps = expected as f64 / wall;
+    let loss = if expected > 0 {
+        100.0 * (expected.saturating_sub(received)) as f64 / expected as f64
+    } else {
+        0.0
+    };
+    let sfu_cores = sfu_cpu / wall;
+    let pps_per_core = if sfu_cores > 0.0 {
+        recv_pps / sfu_cores
+    } else {
+        0.0
+    };
+    let rss_per_sub = rss_connected.saturating_sub(rss_before) as f64 / plan.subscribers as f64;
+    let client_busiest = clients_cpu / wall / a.client_threads as f64;
+    let q = |x: f64| latency.quantile_us(x);
+    let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+    let json = serde_json::json!({
+        "scenario": plan.name, "participants": plan.seats.len(), "publishers": publishers,
+        "subscribers": plan.subscribers, "flows": want_flows, "flows_up": flows_up,
+        "setup_secs": setup.as_secs_f64(), "window_secs": wall,
+        "sent_pps": sent as f64 / wall, "expected_pps": exp_pps, "received_pps": recv_pps,
+        "loss_percent": loss, "duplicates": duplicates,
+        "latency_p50_us": q(0.5), "latency_p99_us": q(0.99), "latency_max_us": q(1.0),
+        "sfu_cpu_percent": 100.0 * sfu_cores, "sfu_workers_cpu_percent": 100.0 * sfu_workers / wall,
+        "pps_per_sfu_core": pps_per_core, "sfu_rss_before_bytes": rss_before,
+        "sfu_rss_connected_bytes": rss_connected, "sfu_rss_per_subscriber_bytes": rss_per_sub,
+        "bench_cpu_percent": 100.0 * bench_cpu / wall,
+        "bench_client_threads_cpu_percent": 100.0 * clients_cpu / wall,
+        "keyframe_requests": key_req, "write_errors": write_err, "send_errors": send_err,
+        "lagged": lagged, "link_connect_errors": link_errors.connect.load(Ordering::Relaxed),
+        "link_closed": link_errors.closed.load(Ordering::Relaxed), "errors": errors,
+    });
+    let mut text = String::new();
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        text,
+        "{:<14} {:>5} {:>5} {:>9} {:>9} {:>9} {:>7} {:>7} {:>7} {:>8} {:>8} {:>12} {:>8} {:>8}",
+        "scenario",
+        "pubs",
+        "subs",
+        "flows",
+        "exp pps",
+        "recv pps",
+        "loss %",
+        "p50 µs",
+        "p99 µs",
+        "max µs",
+        "sfu cpu%",
+        "pps/sfu core",
+        "KiB/sub",
+        "bench%"
+    );
+    let _ = writeln!(
+        text,
+        "{:<14} {:>5} {:>5} {:>9} {:>9.0} {:>9.0} {:>7.3} {:>7} {:>7} {:>8} {:>8.1} {:>12.0} {:>8.1} {:>8.1}",
+        plan.name,
+        publishers,
+        plan.subscribers,
+        format!("{flows_up}/{want_flows}"),
+        exp_pps,
+        recv_pps,
+        loss,
+        opt(q(0.5)),
+        opt(q(0.99)),
+        opt(q(1.0)),
+        100.0 * sfu_cores,
+        pps_per_core,
+        rss_per_sub / 1024.0,
+        100.0 * bench_cpu / wall,
+    );
+    let _ = write!(
+        text,
+        "window {wall:.1} s after {:.1} s setup; publishers sent {:.0} pps; sfu workers {:.1}% of the sfu's {:.1}% CPU; \
+         sfu RSS {:.1} -> {:.1} MiB; bench client threads {:.1}% of {} core(s) (busiest-average {:.0}%: {}); \
+         duplicates {duplicates}, keyframe requests {key_req}, write errors {write_err}, send errors {send_err}, \
+         lagged {lagged}, link failures {}/{}, sfu errors {}",
+        setup.as_secs_f64(),
+        sent as f64 / wall,
+        100.0 * sfu_workers / wall,
+        100.0 * sfu_cores,
+        rss_before as f64 / 1048576.0,
+        rss_connected as f64 / 1048576.0,
+        100.0 * clients_cpu / wall,
+        a.client_threads,
+        100.0 * client_busiest,
+        if client_busiest > 0.85 { "the bench client is likely the bottleneck" } else { "client not saturated" },
+        link_errors.connect.load(Ordering::Relaxed),
+        link_errors.closed.load(Ordering::Relaxed),
+        errors.len(),
+    );
+    for e in errors.iter().take(5) {
+        let _ = write!(text, "\n  error: {e}");
+    }
+    Ok(Report { text, json })
+}

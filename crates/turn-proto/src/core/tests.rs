@@ -1,0 +1,1387 @@
+//! Deterministic tests of the TURN core with virtual time: every timer (allocation, permission,
+//! channel binding, nonce), every error code, and the relay paths.
+
+use super::*;
+use crate::auth::mint_rest_credential;
+use crate::policy::DenyReason;
+use crate::Transport;
+use rtc_stun::message::{MessageType, Method, CLASS_ERROR_RESPONSE, CLASS_SUCCESS_RESPONSE};
+
+const T0_UNIX: u64 = 1_800_000_000;
+
+struct FakeRelays {
+    v4: IpAddr,
+    v6: Option<IpAddr>,
+    next_port: u16,
+    released: Vec<SocketAddr>,
+    tokens: HashMap<[u8; 8], SocketAddr>,
+    cancelled: Vec<[u8; 8]>,
+    next_token: u8,
+    fail: bool,
+}
+
+impl FakeRelays {
+    fn new(v4: &str) -> Self {
+        Self {
+            v4: v4.parse().unwrap(),
+            v6: None,
+            next_port: 50000,
+            released: vec![],
+            tokens: HashMap::new(),
+            cancelled: vec![],
+            next_token: 1,
+            fail: false,
+        }
+    }
+}
+
+impl RelayAllocator for FakeRelays {
+    fn allocate(&mut self, req: &RelayRequest) -> Result<RelayGrant, RelayError> {
+        if self.fail {
+            return Err(RelayError::Exhausted);
+        }
+        if let Some(t) = req.reservation_token {
+            return self
+                .tokens
+                .remove(&t)
+                .map(|local| RelayGrant {
+                    local,
+                    reservation_token: None,
+                })
+                .ok_or(RelayError::BadToken);
+        }
+        let ip = match req.family {
+            AddressFamily::V4 => self.v4,
+            AddressFamily::V6 => self.v6.ok_or(RelayError::FamilyUnsupported)?,
+        };
+        if req.even_port && self.next_port % 2 == 1 {
+            self.next_port += 1;
+        }
+        let local = SocketAddr::new(ip, self.next_port);
+        self.next_port += 1;
+        let mut token = None;
+        if req.reserve_next {
+            let t = [self.next_token; 8];
+            self.next_token = self.next_token.wrapping_add(1);
+            self.tokens.insert(t, SocketAddr::new(ip, self.next_port));
+            self.next_port += 1;
+            token = Some(t);
+        }
+        Ok(RelayGrant {
+            local,
+            reservation_token: token,
+        })
+    }
+    fn release(&mut self, local: SocketAddr) {
+        self.released.push(local);
+    }
+    fn cancel_reservation(&mut self, token: [u8; 8]) {
+        if self.tokens.remove(&token).is_some() {
+            self.cancelled.push(token);
+        }
+    }
+}
+
+struct Harness {
+    core: TurnCore,
+    relays: FakeRelays,
+    shared: Arc<Shared>,
+    t0: Instant,
+    now: Instant,
+}
+
+fn config() -> CoreConfig {
+    CoreConfig {
+        realm: "turnkey".into(),
+        software: Some("turnkey-test".into()),
+        credentials: Credentials::new(
+            HashMap::from([
+                ("alice".to_string(), "alicepw".to_string()),
+                ("bob".to_string(), "bobpw".to_string()),
+            ]),
+            vec!["restsecret".into()],
+        ),
+        nonces: NonceMinter::new([1; 32], 600),
+        policy: PeerPolicy::new(
+            vec![],
+            vec![],
+            vec!["127.0.0.1".parse().unwrap()],
+            vec![3478],
+            (50000, 50999),
+        ),
+        default_lifetime: Duration::from_secs(600),
+        max_lifetime: Duration::from_secs(3600),
+        permission_lifetime: Duration::from_secs(300),
+        channel_lifetime: Duration::from_secs(600),
+        channel_reuse_delay: Duration::from_secs(300),
+        user_quota: 3,
+        total_quota: 5,
+        ip_quota: 100,
+        reservation_lifetime: Duration::from_secs(30),
+        unauth_rate_per_sec: 0,
+        unauth_burst: 0,
+        external_ips: HashMap::new(),
+        binding: BindingConfig::default(),
+    }
+}
+
+impl Harness {
+    fn new() -> Self {
+        Self::with(config(), FakeRelays::new("127.0.0.1"))
+    }
+    fn with(cfg: CoreConfig, relays: FakeRelays) -> Self {
+        let shared = Arc::new(Shared::default());
+        let t0 = Instant::now();
+        let core = TurnCore::new(Arc::new(cfg), shared.clone(), t0, T0_UNIX);
+        Self {
+            core,
+            relays,
+            shared,
+            t0,
+            now: t0,
+        }
+    }
+    fn advance(&mut self, secs: u64) {
+        self.now += Duration::from_secs(secs);
+        self.core.handle_timeout(self.now, &mut self.relays);
+    }
+    fn send(&mut self, tuple: FiveTuple, data: &[u8]) -> Vec<Transmit> {
+        let mut out = vec![];
+        self.core
+            .handle_client(tuple, data, self.now, &mut self.relays, &mut out);
+        out
+    }
+    /// Sends and expects exactly one reply to the client; returns it decoded.
+    fn request(&mut self, tuple: FiveTuple, data: &[u8]) -> Message {
+        let out = self.send(tuple, data);
+        assert_eq!(out.len(), 1, "{out:?}");
+        match &out[0] {
+            Transmit::ToClient { to, data } => {
+                assert_eq!(*to, tuple);
+                msg::decode(data).expect("valid response")
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+fn tuple(port: u16) -> FiveTuple {
+    FiveTuple {
+        client: SocketAddr::new("198.51.100.1".parse().unwrap(), port),
+        server: "127.0.0.1:3478".parse().unwrap(),
+        transport: Transport::Udp,
+    }
+}
+
+fn code(m: &Message) -> Option<u16> {
+    attr(m, ATTR_ERROR_CODE).map(|v| v[2] as u16 * 100 + v[3] as u16)
+}
+
+/// A client with long-term credentials that learns realm and nonce from the first 401.
+struct Client {
+    tuple: FiveTuple,
+    username: String,
+    password: String,
+    nonce: String,
+}
+
+impl Client {
+    fn new(tuple: FiveTuple, username: &str, password: &str) -> Self {
+        Self {
+            tuple,
+            username: username.into(),
+            password: password.into(),
+            nonce: String::new(),
+        }
+    }
+    fn build(
+        &self,
+        method: Method,
+        tid: TransactionId,
+        attrs: &[(AttrType, Vec<u8>)],
+        peers: &[SocketAddr],
+    ) -> Vec<u8> {
+        let mut b = MessageBuilder::new(MessageType::new(method, CLASS_REQUEST), tid);
+        for (t, v) in attrs {
+            b.raw(*t, v);
+        }
+        for p in peers {
+            b.xor_address(ATTR_XOR_PEER_ADDRESS, *p);
+        }
+        b.raw(ATTR_USERNAME, self.username.as_bytes());
+        b.raw(ATTR_REALM, b"turnkey");
+        b.raw(ATTR_NONCE, self.nonce.as_bytes());
+        let key = long_term_key(
+            &self.username,
+            "turnkey",
+            &self.password,
+            PasswordAlgorithm::Md5,
+        );
+        b.integrity(&key, IntegrityAlgorithm::Sha1);
+        b.fingerprint();
+        b.finish()
+    }
+    /// Sends an authenticated request, handling the 401/438 dance once.
+    fn call(
+        &mut self,
+        h: &mut Harness,
+        method: Method,
+        attrs: &[(AttrType, Vec<u8>)],
+        peers: &[SocketAddr],
+    ) -> Message {
+        let tid = TransactionId::new();
+        let r = h.request(self.tuple, &self.build(method, tid, attrs, peers));
+        if matches!(code(&r), Some(401) | Some(438)) && self.nonce.is_empty()
+            || code(&r) == Some(438)
+        {
+            self.nonce = text_attr(&r, ATTR_NONCE).unwrap().to_string();
+            return h.request(
+                self.tuple,
+                &self.build(method, TransactionId::new(), attrs, peers),
+            );
+        }
+        r
+    }
+    fn allocate(&mut self, h: &mut Harness) -> Message {
+        self.call(h, METHOD_ALLOCATE, &[udp()], &[])
+    }
+}
+
+fn udp() -> (AttrType, Vec<u8>) {
+    (ATTR_REQUESTED_TRANSPORT, vec![17, 0, 0, 0])
+}
+
+fn relayed(m: &Message) -> SocketAddr {
+    xor_address(m, ATTR_XOR_RELAYED_ADDRESS).expect("XOR-RELAYED-ADDRESS")
+}
+
+fn is_success(m: &Message) -> bool {
+    m.typ.class == CLASS_SUCCESS_RESPONSE
+}
+
+fn auth_failures(h: &Harness, reason: AuthFailure) -> u64 {
+    h.core.stats().auth_failures(reason)
+}
+
+fn dropped(h: &Harness, reason: DropReason) -> u64 {
+    h.core.stats().dropped(reason)
+}
+
+fn peer_denied(h: &Harness, reason: DenyReason) -> u64 {
+    let i = DenyReason::ALL.iter().position(|r| *r == reason).unwrap();
+    h.core.stats().control.peer_denied[i]
+}
+
+#[test]
+fn allocate_challenge_then_success() {
+    let mut h = Harness::new();
+    let t = tuple(40000);
+    let mut b = MessageBuilder::new(
+        MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST),
+        TransactionId::new(),
+    );
+    b.raw(ATTR_REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    let r = h.request(t, &b.finish());
+    assert_eq!(r.typ.class, CLASS_ERROR_RESPONSE);
+    assert_eq!(code(&r), Some(401));
+    assert_eq!(text_attr(&r, ATTR_REALM), Some("turnkey"));
+    assert!(text_attr(&r, ATTR_NONCE).unwrap().starts_with("obMatJos2"));
+    assert!(attr(&r, ATTR_PASSWORD_ALGORITHMS).is_some());
+
+    let mut c = Client::new(t, "alice", "alicepw");
+    let r = c.allocate(&mut h);
+    assert!(is_success(&r), "{:?}", code(&r));
+    assert_eq!(relayed(&r).ip(), "127.0.0.1".parse::<IpAddr>().unwrap());
+    assert_eq!(xor_address(&r, ATTR_XORMAPPED_ADDRESS), Some(t.client));
+    assert_eq!(attr(&r, ATTR_LIFETIME), Some(&600u32.to_be_bytes()[..]));
+    let key = long_term_key("alice", "turnkey", "alicepw", PasswordAlgorithm::Md5);
+    assert!(verify_integrity(&r, &key, IntegrityAlgorithm::Sha1));
+    assert_eq!(h.shared.total_allocations(), 1);
+    assert!(h.shared.is_live_relay(relayed(&r)));
+}
+
+#[test]
+fn sha256_integrity_is_accepted_and_answered_in_kind() {
+    let mut h = Harness::new();
+    let t = tuple(40001);
+    let mut c = Client::new(t, "alice", "alicepw");
+    let _ = c.allocate(&mut h); // learn the nonce
+    let mut b = MessageBuilder::new(
+        MessageType::new(METHOD_REFRESH, CLASS_REQUEST),
+        TransactionId::new(),
+    );
+    b.raw(ATTR_PASSWORD_ALGORITHM, &[0, 2, 0, 0]);
+    b.raw(ATTR_PASSWORD_ALGORITHMS, &password_algorithms_value());
+    b.raw(ATTR_USERNAME, b"alice")
+        .raw(ATTR_REALM, b"turnkey")
+        .raw(ATTR_NONCE, c.nonce.as_bytes());
+    let key = long_term_key("alice", "turnkey", "alicepw", PasswordAlgorithm::Sha256);
+    b.integrity(&key, IntegrityAlgorithm::Sha256);
+    let r = h.request(t, &b.finish());
+    assert!(is_success(&r), "{:?}", code(&r));
+    assert!(verify_integrity(&r, &key, IntegrityAlgorithm::Sha256));
+}
+
+#[test]
+fn retransmitted_allocate_gets_same_answer_other_tid_gets_437() {
+    let mut cfg = config();
+    cfg.nonces = NonceMinter::new([1; 32], 60);
+    let mut h = Harness::with(cfg, FakeRelays::new("127.0.0.1"));
+    let t = tuple(40002);
+    let mut c = Client::new(t, "alice", "alicepw");
+    let _ = c.allocate(&mut h);
+    let tid = TransactionId::new();
+    let req = c.build(METHOD_ALLOCATE, tid, &[udp()], &[]);
+    // First allocate already exists from c.allocate: use a fresh tuple for a clean check.
+    let t2 = tuple(40003);
+    let mut c2 = Client::new(t2, "alice", "alicepw");
+    // Learn t2's own nonce (nonces are bound to the 5-tuple): 438 then 437.
+    let _ = c2.call(&mut h, METHOD_REFRESH, &[], &[]);
+    let req2 = c2.build(METHOD_ALLOCATE, tid, &[udp()], &[]);
+    let first = h.send(t2, &req2);
+    let again = h.send(t2, &req2);
+    assert_eq!(first, again);
+    // Even after the nonce went stale.
+    h.advance(61);
+    assert_eq!(h.send(t2, &req2), first);
+    let other = c2.call(&mut h, METHOD_ALLOCATE, &[udp()], &[]);
+    assert_eq!(code(&other), Some(437));
+    let _ = req;
+}
+
+#[test]
+fn wrong_password_unknown_user_and_expired_rest_get_401() {
+    let mut h = Harness::new();
+    let r = Client::new(tuple(40010), "alice", "wrong").allocate(&mut h);
+    assert_eq!(code(&r), Some(401));
+    let r = Client::new(tuple(40011), "mallory", "x").allocate(&mut h);
+    assert_eq!(code(&r), Some(401));
+    let cred = mint_rest_credential("restsecret", "carol", 60, T0_UNIX);
+    let mut c = Client::new(tuple(40012), &cred.username, &cred.password);
+    assert!(is_success(&c.allocate(&mut h)));
+    h.advance(61);
+    // Expiry is checked on Allocate: the existing allocation can still be refreshed and used.
+    let r = c.call(&mut h, METHOD_REFRESH, &[], &[]);
+    assert!(is_success(&r), "{:?}", code(&r));
+    let r = c.call(
+        &mut h,
+        METHOD_CREATE_PERMISSION,
+        &[],
+        &["192.0.2.1:9".parse().unwrap()],
+    );
+    assert!(is_success(&r), "{:?}", code(&r));
+    let mut c = Client::new(tuple(40013), &cred.username, &cred.password);
+    assert_eq!(code(&c.allocate(&mut h)), Some(401));
+    let bad = mint_rest_credential("othersecret", "carol", 60, T0_UNIX + 61);
+    let mut c = Client::new(tuple(40014), &bad.username, &bad.password);
+    assert_eq!(code(&c.allocate(&mut h)), Some(401));
+    assert_eq!(auth_failures(&h, AuthFailure::BadIntegrity), 2);
+    assert_eq!(auth_failures(&h, AuthFailure::UnknownUser), 1);
+    assert_eq!(auth_failures(&h, AuthFailure::Expired), 1);
+}
+
+#[test]
+fn nonce_goes_stale_in_virtual_time_438() {
+    let mut h = Harness::new();
+    let mut c = Client::new(tuple(40020), "alice", "alicepw");
+    assert!(is_success(&c.allocate(&mut h)));
+    h.advance(599);
+    let r = h.request(
+        c.tuple,
+        &c.build(METHOD_REFRESH, TransactionId::new(), &[], &[]),
+    );
+    assert!(is_success(&r));
+    h.advance(2);
+    let r = h.request(
+        c.tuple,
+        &c.build(METHOD_REFRESH, TransactionId::new(), &[], &[]),
+    );
+    assert_eq!(code(&r), Some(438));
+    assert!(text_attr(&r, ATTR_NONCE).is_some());
+    // A bogus nonce is 438 too.
+    c.nonce = "obMatJos2gAAAbogus".into();
+    let r = h.request(
+        c.tuple,
+        &c.build(METHOD_REFRESH, TransactionId::new(), &[], &[]),
+    );
+    assert_eq!(code(&r), Some(438));
+}
+
+#[test]
+fn allocation_expires_and_releases_everything() {
+    let mut h = Harness::new();
+    let mut c = Client::new(tuple(40030), "alice", "alicepw");
+    let r = c.allocate(&mut h);
+    let relay = relayed(&r);
+    assert_eq!(h.core.poll_timeout(), Some(h.t0 + Duration::from_secs(600)));
+    h.advance(599);
+    assert_eq!(h.core.allocation_count(), 1);
+    h.advance(1);
+    assert_eq!(h.core.allocation_count(), 0);
+    assert_eq!(h.relays.released, vec![relay]);
+    assert!(!h.shared.is_live_relay(relay));
+    assert_eq!(h.shared.total_allocations(), 0);
+}
+
+#[test]
+fn refresh_extends_and_zero_deletes() {
+    let mut h = Harness::new();
+    let mut c = Client::new(tuple(40040), "alice", "alicepw");
+    let _ = c.allocate(&mut h);
+    h.advance(500);
+    let r = c.call(
+        &mut h,
+        METHOD_REFRESH,
+        &[(ATTR_LIFETIME, 1200u32.to_be_bytes().to_vec())],
+        &[],
+    );
+    assert_eq!(attr(&r, ATTR_LIFETIME), Some(&1200u32.to_be_bytes()[..]));
+    h.advance(1000);
+    assert_eq!(h.core.allocation_count(), 1);
+    // Too long is capped to max_lifetime.
+    let r = c.call(
+        &mut h,
+        METHOD_REFRESH,
+        &[(ATTR_LIFETIME, 99999u32.to_be_bytes().to_vec())],
+        &[],
+    );
+    assert_eq!(attr(&r, ATTR_LIFETIME), Some(&3600u32.to_be_bytes()[..]));
+    let r = c.call(
+        &mut h,
+        METHOD_REFRESH,
+        &[(ATTR_LIFETIME, vec![0, 0, 0, 0])],
+        &[],
+    );
+    assert!(is_success(&r));
+    assert_eq!(h.core.allocation_count(), 0);
+    let r = c.call(&mut h, METHOD_REFRESH, &[], &[]);
+    assert_eq!(code(&r), Some(437));
+}
+
+#[test]
+fn permission_expires_after_300s() {
+    let mut h = Harness::new();
+    let mut c = Client::new(tuple(40050), "alice", "alicepw");
+    let relay = relayed(&c.allocate(&mut h));
+    let peer: SocketAddr = "192.0.2.50:7000".parse().unwrap();
+    // Before the permission: peer data dropped.
+    assert!(h.core.handle_peer(relay, peer, b"x", h.now).is_none());
+    let r = c.call(&mut h, METHOD_CREATE_PERMISSION, &[], &[peer]);
+    assert!(is_success(&r), "{:?}", code(&r));
+    let got = h
+        .core
+        .handle_peer(relay, peer, b"hello", h.now)
+        .expect("relayed");
+    let Transmit::ToClient { data, .. } = got else {
+        panic!()
+    };
+    let d = msg::decode(&data).unwrap();
+    assert_eq!(d.typ.method, METHOD_DATA);
+    assert_eq!(attr(&d, ATTR_DATA), Some(&b"hello"[..]));
+    assert_eq!(xor_address(&d, ATTR_XOR_PEER_ADDRESS), Some(peer));
+    // Permissions are per IP: another port of the same peer IP is fine.
+    assert!(h
+        .core
+        .handle_peer(relay, "192.0.2.50:7001".parse().unwrap(), b"x", h.now)
+        .is_some());
+    h.advance(299);
+    assert!(h.core.handle_peer(relay, peer, b"x", h.now).is_some());
+    h.advance(1);
+    assert!(h.core.handle_peer(relay, peer, b"x", h.now).is_none());
+    assert_eq!(h.core.stats().control.live_permissions, 0);
+}
+
+#[test]
+fn send_indication_needs_permission() {
+    let mut h = Harness::new();
+    let mut c = Client::new(tuple(40060), "alice", "alicepw");
+    let relay = relayed(&c.allocate(&mut h));
+    let peer: SocketAddr = "192.0.2.60:7000".parse().unwrap();
+    let send = |peer: SocketAddr| {
+        let mut b = MessageBuilder::new(
+            MessageType::new(METHOD_SEND, CLASS_INDICATION),
+            TransactionId::new(),
+        );
+        b.xor_address(ATTR_XOR_PEER_ADDRESS, peer)
+            .raw(ATTR_DATA, b"payload");
+        b.finish()
+    };
+    assert!(h.send(c.tuple, &send(peer)).is_empty());
+    let _ = c.call(&mut h, METHOD_CREATE_PERMISSION, &[], &[peer]);
+    let out = h.send(c.tuple, &send(peer));
+    assert_eq!(
+        out,
+        vec![Transmit::ToPeer {
+            relay,
+            peer,
+            data: b"payload".to_vec()
+        }]
+    );
+    assert_eq!(h.core.stats().relay.c2p_packets, 1);
+    assert_eq!(h.core.stats().relay.c2p_bytes, 7);
+}
+
+#[test]
+fn channel_bind_relay_expiry_and_rebinding_rules() {
+    let mut h = Harness::new();
+    let mut c = Client::new(tuple(40070), "alice", "alicepw");
+    let relay = relayed(&c.allocate(&mut h));
+    let r = c.call(
+        &mut h,
+        METHOD_REFRESH,
+        &[(ATTR_LIFETIME, 3600u32.to_be_bytes().to_vec())],
+        &[],
+    );
+    assert!(is_success(&r));
+    let peer: SocketAddr = "192.0.2.70:7000".parse().unwrap();
+    let peer2: SocketAddr = "192.0.2.71:7000".parse().unwrap();
+    let ch = |n: u16| (ATTR_CHANNEL_NUMBER, vec![(n >> 8) as u8, n as u8, 0, 0]);
+    // Out of range channel numbers.
+    for n in [0x3FFF, 0x8000, 0xFFFF] {
+        let r = c.call(&mut h, METHOD_CHANNEL_BIND, &[ch(n)], &[peer]);
+        assert_eq!(code(&r), Some(400));
+    }
+    let r = c.call(&mut h, METHOD_CHANNEL_BIND, &[ch(0x4001)], &[peer]);
+    assert!(is_success(&r));
+    // ChannelData client -> peer.
+    let out = h.send(c.tuple, &[0x40, 0x01, 0, 3, b'a', b'b', b'c', 0]);
+    assert_eq!(
+        out,
+        vec![Transmit::ToPeer {
+            relay,
+            peer,
+            data: b"abc".to_vec()
+        }]
+    );
+    // Peer -> client as ChannelData (UDP: unpadded).
+    let Some(Transmit::ToClient { data, .. }) = h.core.handle_peer(relay, peer, b"xyz", h.now)
+    else {
+        panic!()
+    };
+    assert_eq!(data, vec![0x40, 0x01, 0, 3, b'x', b'y', b'z']);
+    // Same number to another peer, or same peer to another number: 400.
+    let r = c.call(&mut h, METHOD_CHANNEL_BIND, &[ch(0x4001)], &[peer2]);
+    assert_eq!(code(&r), Some(400));
+    let r = c.call(&mut h, METHOD_CHANNEL_BIND, &[ch(0x4002)], &[peer]);
+    assert_eq!(code(&r), Some(400));
+    // Rebinding the same pair refreshes.
+    h.advance(280);
+    let r = c.call(&mut h, METHOD_CHANNEL_BIND, &[ch(0x4001)], &[peer]);
+    assert!(is_success(&r));
+    // Permission (refreshed by ChannelBind at t=280) lasts to 580; channel to 880.
+    h.advance(310);
+    assert!(h.send(c.tuple, &[0x40, 0x01, 0, 1, 1, 0, 0, 0]).is_empty());
+    let _ = c.call(&mut h, METHOD_CREATE_PERMISSION, &[], &[peer]);
+    assert_eq!(h.send(c.tuple, &[0x40, 0x01, 0, 1, 1, 0, 0, 0]).len(), 1);
+    h.advance(290); // t=880: channel expired
+    assert!(h.send(c.tuple, &[0x40, 0x01, 0, 1, 1, 0, 0, 0]).is_empty());
+    assert_eq!(h.core.stats().control.live_channel_bindings, 0);
+    // Within the reuse delay, the number stays tied to its peer.
+    let r = c.call(&mut h, METHOD_CHANNEL_BIND, &[ch(0x4001)], &[peer2]);
+    assert_eq!(code(&r), Some(400));
+    h.advance(300);
+    let r = c.call(&mut h, METHOD_CHANNEL_BIND, &[ch(0x4001)], &[peer2]);
+    assert!(is_success(&r), "{:?}", code(&r));
+    assert_eq!(h.core.stats().control.live_channel_bindings, 1);
+    // Short ChannelData is dropped, not a panic.
+    assert!(h.send(c.tuple, &[0x40, 0x01, 0, 9, 1]).is_empty());
+}
+
+#[test]
+fn tcp_channel_data_is_padded() {
+    let mut h = Harness::new();
+    let mut t = tuple(40080);
+    t.transport = Transport::Tcp;
+    let mut c = Client::new(t, "alice", "alicepw");
+    let relay = relayed(&c.allocate(&mut h));
+    let peer: SocketAddr = "192.0.2.80:7000".parse().unwrap();
+    let r = c.call(
+        &mut h,
+        METHOD_CHANNEL_BIND,
+        &[(ATTR_CHANNEL_NUMBER, vec![0x40, 0, 0, 0])],
+        &[peer],
+    );
+    assert!(is_success(&r));
+    let Some(Transmit::ToClient { data, .. }) = h.core.handle_peer(relay, peer, b"hello", h.now)
+    else {
+        panic!()
+    };
+    assert_eq!(data.len(), 12);
+    assert_eq!(&data[..9], &[0x40, 0, 0, 5, b'h', b'e', b'l', b'l', b'o']);
+    h.core.handle_connection_closed(t, &mut h.relays);
+    assert_eq!(h.core.allocation_count(), 0);
+}
+
+#[test]
+fn peer_policy_403_and_live_relays_allowed() {
+    let mut h = Harness::new();
+    let mut a = Client::new(tuple(40090), "alice", "alicepw");
+    let mut b = Client::new(tuple(40091), "bob", "bobpw");
+    let ra = relayed(&a.allocate(&mut h));
+    let rb = relayed(&b.allocate(&mut h));
+    // Relays are on 127.0.0.1 (a refused class), yet each may reach the other's relay.
+    let r = a.call(&mut h, METHOD_CREATE_PERMISSION, &[], &[rb]);
+    assert!(is_success(&r), "{:?}", code(&r));
+    let r = b.call(
+        &mut h,
+        METHOD_CHANNEL_BIND,
+        &[(ATTR_CHANNEL_NUMBER, vec![0x40, 0, 0, 0])],
+        &[ra],
+    );
+    assert!(is_success(&r), "{:?}", code(&r));
+    for bad in [
+        "127.0.0.1:3478",
+        "127.0.0.1:22",
+        "10.0.0.1:80",
+        "169.254.169.254:80",
+        "[::ffff:127.0.0.1]:80",
+    ] {
+        let p: SocketAddr = bad.parse().unwrap();
+        let r = if p.is_ipv6() {
+            // v6 peers on a v4-only allocation: family mismatch comes first.
+            let r = a.call(&mut h, METHOD_CREATE_PERMISSION, &[], &[p]);
+            assert_eq!(code(&r), Some(443), "{bad}");
+            continue;
+        } else {
+            a.call(&mut h, METHOD_CREATE_PERMISSION, &[], &[p])
+        };
+        assert_eq!(code(&r), Some(403), "{bad}");
+        let key = long_term_key("alice", "turnkey", "alicepw", PasswordAlgorithm::Md5);
+        assert!(verify_integrity(&r, &key, IntegrityAlgorithm::Sha1));
+    }
+    assert!(peer_denied(&h, DenyReason::OwnAddress) >= 2);
+    assert_eq!(peer_denied(&h, DenyReason::Private), 1);
+    // After B's allocation goes, its relay address is an ordinary refused address again.
+    let _ = b.call(&mut h, METHOD_REFRESH, &[(ATTR_LIFETIME, vec![0; 4])], &[]);
+    let r = a.call(&mut h, METHOD_CREATE_PERMISSION, &[], &[rb]);
+    assert_eq!(code(&r), Some(403));
+}
+
+#[test]
+fn quotas_486_per_user_508_total() {
+    let mut h = Harness::new();
+    for i in 0..3 {
+        assert!(is_success(
+            &Client::new(tuple(41000 + i), "alice", "alicepw").allocate(&mut h)
+        ));
+    }
+    let r = Client::new(tuple(41010), "alice", "alicepw").allocate(&mut h);
+    assert_eq!(code(&r), Some(486));
+    for i in 0..2 {
+        assert!(is_success(
+            &Client::new(tuple(41020 + i), "bob", "bobpw").allocate(&mut h)
+        ));
+    }
+    let cred = mint_rest_credential("restsecret", "carol", 600, T0_UNIX);
+    let r = Client::new(tuple(41030), &cred.username, &cred.password).allocate(&mut h);
+    assert_eq!(code(&r), Some(508));
+    // Draining refuses new allocations too.
+    let mut h = Harness::new();
+    h.shared.start_draining();
+    let r = Client::new(tuple(41040), "alice", "alicepw").allocate(&mut h);
+    assert_eq!(code(&r), Some(508));
+}
+
+#[test]
+fn allocate_error_codes() {
+    let mut h = Harness::new();
+    let mut c = Client::new(tuple(42000), "alice", "alicepw");
+    let r = c.call(&mut h, METHOD_ALLOCATE, &[], &[]);
+    assert_eq!(code(&r), Some(400));
+    let r = c.call(
+        &mut h,
+        METHOD_ALLOCATE,
+        &[(ATTR_REQUESTED_TRANSPORT, vec![6, 0, 0, 0])],
+        &[],
+    );
+    assert_eq!(code(&r), Some(442));
+    let r = c.call(
+        &mut h,
+        METHOD_ALLOCATE,
+        &[udp(), (ATTR_REQUESTED_ADDRESS_FAMILY, vec![2, 0, 0, 0])],
+        &[],
+    );
+    assert_eq!(code(&r), Some(440));
+    let r = c.call(
+        &mut h,
+        METHOD_ALLOCATE,
+        &[udp(), (ATTR_REQUESTED_ADDRESS_FAMILY, vec![3, 0, 0, 0])],
+        &[],
+    );
+    assert_eq!(code(&r), Some(440));
+    let r = c.call(
+        &mut h,
+        METHOD_ALLOCATE,
+        &[udp(), (AttrType(0x7001), vec![1])],
+        &[],
+    );
+    assert_eq!(code(&r), Some(420));
+    assert_eq!(attr(&r, ATTR_UNKNOWN_ATTRIBUTES), Some(&[0x70, 0x01][..]));
+    let r = c.call(
+        &mut h,
+        METHOD_ALLOCATE,
+        &[
+            udp(),
+            (ATTR_EVEN_PORT, vec![0x80]),
+            (ATTR_RESERVATION_TOKEN, vec![1; 8]),
+        ],
+        &[],
+    );
+    assert_eq!(code(&r), Some(400));
+    h.relays.fail = true;
+    let r = c.allocate(&mut h);
+    assert_eq!(code(&r), Some(508));
+    assert_eq!(h.shared.total_allocations(), 0);
+    // 441: another user on the same 5-tuple.
+    h.relays.fail = false;
+    assert!(is_success(&c.allocate(&mut h)));
+    let mut other = Client::new(c.tuple, "bob", "bobpw");
+    let r = other.call(&mut h, METHOD_REFRESH, &[], &[]);
+    assert_eq!(code(&r), Some(441));
+    // Unknown method: 400.
+    let mut raw = MessageBuilder::new(
+        MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST),
+        TransactionId::new(),
+    )
+    .finish();
+    raw[1] = 0x0F; // method 0x00F, not a TURN method
+    let r = h.request(c.tuple, &raw);
+    assert_eq!(code(&r), Some(400));
+}
+
+#[test]
+fn even_port_reservation_and_dual_stack() {
+    let mut relays = FakeRelays::new("127.0.0.1");
+    relays.v6 = Some("::1".parse().unwrap());
+    let mut h = Harness::with(config(), relays);
+    let mut a = Client::new(tuple(43000), "alice", "alicepw");
+    let r = a.call(
+        &mut h,
+        METHOD_ALLOCATE,
+        &[udp(), (ATTR_EVEN_PORT, vec![0x80])],
+        &[],
+    );
+    assert!(is_success(&r));
+    assert_eq!(relayed(&r).port() % 2, 0);
+    let token = attr(&r, ATTR_RESERVATION_TOKEN).expect("token").to_vec();
+    let mut b = Client::new(tuple(43001), "bob", "bobpw");
+    let r2 = b.call(
+        &mut h,
+        METHOD_ALLOCATE,
+        &[udp(), (ATTR_RESERVATION_TOKEN, token.clone())],
+        &[],
+    );
+    assert!(is_success(&r2));
+    assert_eq!(relayed(&r2).port(), relayed(&r).port() + 1);
+    let mut d = Client::new(tuple(43002), "bob", "bobpw");
+    let r3 = d.call(
+        &mut h,
+        METHOD_ALLOCATE,
+        &[udp(), (ATTR_RESERVATION_TOKEN, token)],
+        &[],
+    );
+    assert_eq!(code(&r3), Some(508));
+    // Dual allocation: two XOR-RELAYED-ADDRESS.
+    let mut e = Client::new(tuple(43003), "alice", "alicepw");
+    let r = e.call(
+        &mut h,
+        METHOD_ALLOCATE,
+        &[udp(), (ATTR_ADDITIONAL_ADDRESS_FAMILY, vec![2, 0, 0, 0])],
+        &[],
+    );
+    assert!(is_success(&r));
+    let both = xor_addresses(&r, ATTR_XOR_RELAYED_ADDRESS).unwrap();
+    assert_eq!(both.len(), 2);
+    assert!(both[0].is_ipv4() && both[1].is_ipv6());
+    // IPv6 only.
+    let mut f = Client::new(tuple(43004), "alice", "alicepw");
+    let r = f.call(
+        &mut h,
+        METHOD_ALLOCATE,
+        &[udp(), (ATTR_REQUESTED_ADDRESS_FAMILY, vec![2, 0, 0, 0])],
+        &[],
+    );
+    assert!(relayed(&r).is_ipv6());
+}
+
+#[test]
+fn dual_request_without_v6_reports_address_error() {
+    let mut h = Harness::new();
+    let mut c = Client::new(tuple(43100), "alice", "alicepw");
+    let r = c.call(
+        &mut h,
+        METHOD_ALLOCATE,
+        &[udp(), (ATTR_ADDITIONAL_ADDRESS_FAMILY, vec![2, 0, 0, 0])],
+        &[],
+    );
+    assert!(is_success(&r));
+    let v = attr(&r, ATTR_ADDRESS_ERROR_CODE).expect("ADDRESS-ERROR-CODE");
+    assert_eq!((v[0], v[2], v[3]), (2, 4, 40));
+}
+
+#[test]
+fn external_ip_is_advertised_and_counts_as_live() {
+    let mut cfg = config();
+    cfg.external_ips
+        .insert("127.0.0.1".parse().unwrap(), "203.0.113.5".parse().unwrap());
+    let mut h = Harness::with(cfg, FakeRelays::new("127.0.0.1"));
+    let mut c = Client::new(tuple(43200), "alice", "alicepw");
+    let r = c.allocate(&mut h);
+    let adv = relayed(&r);
+    assert_eq!(adv.ip(), "203.0.113.5".parse::<IpAddr>().unwrap());
+    assert!(h.shared.is_live_relay(adv));
+}
+
+#[test]
+fn binding_is_answered_and_garbage_is_counted() {
+    let mut h = Harness::new();
+    let t = tuple(44000);
+    let b = MessageBuilder::new(rtc_stun::message::BINDING_REQUEST, TransactionId::new());
+    let r = h.request(t, &b.finish());
+    assert_eq!(xor_address(&r, ATTR_XORMAPPED_ADDRESS), Some(t.client));
+    let mut seed = 99u32;
+    for len in 0..300usize {
+        let mut buf = vec![0u8; len];
+        for x in buf.iter_mut() {
+            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            *x = (seed >> 16) as u8;
+        }
+        if len > 0 && len % 3 == 0 {
+            buf[0] = 0x40; // ChannelData-looking
+        }
+        let _ = h.send(t, &buf);
+        let _ = h
+            .core
+            .handle_peer("127.0.0.1:50000".parse().unwrap(), t.client, &buf, h.now);
+    }
+    assert!(dropped(&h, DropReason::NotStun) > 0);
+    // Still answering.
+    let b = MessageBuilder::new(rtc_stun::message::BINDING_REQUEST, TransactionId::new());
+    assert!(h.send(t, &b.finish()).len() == 1);
+}
+
+#[test]
+fn refresh_storm_keeps_timer_table_bounded_and_expiry_exact() {
+    let mut h = Harness::new();
+    let mut c = Client::new(tuple(45000), "alice", "alicepw");
+    let _ = c.allocate(&mut h);
+    for _ in 0..500 {
+        let r = c.call(&mut h, METHOD_REFRESH, &[], &[]);
+        assert!(is_success(&r));
+        let r = c.call(
+            &mut h,
+            METHOD_CREATE_PERMISSION,
+            &[],
+            &["192.0.2.9:1".parse().unwrap()],
+        );
+        assert!(is_success(&r));
+        h.now += Duration::from_millis(100);
+    }
+    assert!(h.core.timers.len() <= 4, "{}", h.core.timers.len());
+    // Last refresh at t=49.9 s: the allocation lives until 649.9 s, re-armed on the way.
+    h.advance(599); // t = 649 s
+    assert_eq!(h.core.allocation_count(), 1);
+    h.advance(1);
+    assert_eq!(h.core.allocation_count(), 0);
+}
+
+#[test]
+fn permissions_per_allocation_are_capped() {
+    let mut h = Harness::new();
+    let mut c = Client::new(tuple(45100), "alice", "alicepw");
+    let _ = c.allocate(&mut h);
+    let peers: Vec<SocketAddr> = (0..MAX_PERMISSIONS_PER_ALLOCATION as u32)
+        .map(|i| SocketAddr::from(([100, 128, (i >> 8) as u8, i as u8], 9)))
+        .collect();
+    for chunk in peers.chunks(64) {
+        let r = c.call(&mut h, METHOD_CREATE_PERMISSION, &[], chunk);
+        assert!(is_success(&r), "{:?}", code(&r));
+    }
+    let r = c.call(
+        &mut h,
+        METHOD_CREATE_PERMISSION,
+        &[],
+        &["203.0.113.1:9".parse().unwrap()],
+    );
+    assert_eq!(code(&r), Some(508));
+    // Refreshing an existing one is still fine.
+    let r = c.call(&mut h, METHOD_CREATE_PERMISSION, &[], &peers[..1]);
+    assert!(is_success(&r));
+}
+
+/// Appends a TLV after everything in `msg` (outside MESSAGE-INTEGRITY), fixing the length.
+fn append_unsigned(msg: &[u8], t: AttrType, value: &[u8]) -> Vec<u8> {
+    let mut out = msg.to_vec();
+    out.extend_from_slice(&t.value().to_be_bytes());
+    out.extend_from_slice(&(value.len() as u16).to_be_bytes());
+    out.extend_from_slice(value);
+    while !out.len().is_multiple_of(4) {
+        out.push(0);
+    }
+    let len = (out.len() - 20) as u16;
+    out[2..4].copy_from_slice(&len.to_be_bytes());
+    out
+}
+
+/// XOR-PEER-ADDRESS value for `peer` under transaction `tid`.
+fn xor_peer_value(peer: SocketAddr, tid: TransactionId) -> Vec<u8> {
+    let mut b = MessageBuilder::new(MessageType::new(METHOD_SEND, CLASS_INDICATION), tid);
+    b.xor_address(ATTR_XOR_PEER_ADDRESS, peer);
+    let m = msg::decode(&b.finish()).unwrap();
+    attr(&m, ATTR_XOR_PEER_ADDRESS).unwrap().to_vec()
+}
+
+fn send_indication(peer: SocketAddr, data: &[u8]) -> Vec<u8> {
+    let mut b = MessageBuilder::indication(METHOD_SEND);
+    b.xor_address(ATTR_XOR_PEER_ADDRESS, peer);
+    b.raw(ATTR_DATA, data);
+    b.finish()
+}
+
+fn to_peers(out: &[Transmit]) -> Vec<SocketAddr> {
+    out.iter()
+        .filter_map(|t| match t {
+            Transmit::ToPeer { peer, .. } => Some(*peer),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn live_relay_permission_never_opens_other_ports_of_the_host() {
+    // RFC 8656 §21.1 / SSRF: A may meet B through B's relayed address on this host, but the
+    // permission (per IP) must not carry A's data to other ports of that IP.
+    let mut h = Harness::new();
+    let mut a = Client::new(tuple(46000), "alice", "alicepw");
+    let mut b = Client::new(tuple(46001), "bob", "bobpw");
+    let ra = relayed(&a.allocate(&mut h));
+    let rb = relayed(&b.allocate(&mut h));
+    let r = a.call(&mut h, METHOD_CREATE_PERMISSION, &[], &[rb]);
+    assert!(is_success(&r));
+    // To B's relay: relayed.
+    assert_eq!(
+        to_peers(&h.send(a.tuple, &send_indication(rb, b"hi"))),
+        [rb]
+    );
+    // To other ports of the same IP (the TURN listener, a metrics port, any service): dropped.
+    for port in [3478u16, 9641, 8080, 22, rb.port() + 7] {
+        let other = SocketAddr::new(rb.ip(), port);
+        let out = h.send(a.tuple, &send_indication(other, b"GET / HTTP/1.0\r\n\r\n"));
+        assert!(to_peers(&out).is_empty(), "{other}: {out:?}");
+    }
+    assert!(dropped(&h, DropReason::PeerDenied) >= 5);
+    // Inbound: a datagram from another port of the host to A's relay is not delivered; from B's
+    // relay it is.
+    let from_service = SocketAddr::new(rb.ip(), 8080);
+    assert!(h.core.handle_peer(ra, from_service, b"x", h.now).is_none());
+    assert!(h.core.handle_peer(ra, rb, b"x", h.now).is_some());
+    // ChannelData bound to B's relay works while B's allocation lives, and stops with it.
+    let r = a.call(
+        &mut h,
+        METHOD_CHANNEL_BIND,
+        &[(ATTR_CHANNEL_NUMBER, vec![0x40, 0x01, 0, 0])],
+        &[rb],
+    );
+    assert!(is_success(&r), "{:?}", code(&r));
+    let frame = [0x40, 0x01, 0, 2, b'o', b'k'];
+    assert_eq!(to_peers(&h.send(a.tuple, &frame)), [rb]);
+    let _ = b.call(&mut h, METHOD_REFRESH, &[(ATTR_LIFETIME, vec![0; 4])], &[]);
+    // A still holds its permission and channel for 127.0.0.1, but rb is no relay any more.
+    assert!(to_peers(&h.send(a.tuple, &frame)).is_empty());
+    assert!(to_peers(&h.send(a.tuple, &send_indication(rb, b"hi"))).is_empty());
+    assert!(h.core.handle_peer(ra, rb, b"x", h.now).is_none());
+}
+
+#[test]
+fn attributes_after_message_integrity_are_ignored() {
+    // RFC 8489 §14.5: an XOR-PEER-ADDRESS appended after MESSAGE-INTEGRITY is not signed and
+    // must not install a permission.
+    let mut h = Harness::new();
+    let mut c = Client::new(tuple(46100), "alice", "alicepw");
+    let _ = c.allocate(&mut h);
+    let signed_peer: SocketAddr = "198.51.100.20:5000".parse().unwrap();
+    let smuggled: SocketAddr = "203.0.113.66:5000".parse().unwrap();
+    let tid = TransactionId::new();
+    let mut b = MessageBuilder::new(
+        MessageType::new(METHOD_CREATE_PERMISSION, CLASS_REQUEST),
+        tid,
+    );
+    b.xor_address(ATTR_XOR_PEER_ADDRESS, signed_peer);
+    b.raw(ATTR_USERNAME, b"alice")
+        .raw(ATTR_REALM, b"turnkey")
+        .raw(ATTR_NONCE, c.nonce.as_bytes());
+    let key = long_term_key("alice", "turnkey", "alicepw", PasswordAlgorithm::Md5);
+    b.integrity(&key, IntegrityAlgorithm::Sha1);
+    let req = append_unsigned(
+        &b.finish(),
+        ATTR_XOR_PEER_ADDRESS,
+        &xor_peer_value(smuggled, tid),
+    );
+    let r = h.request(c.tuple, &req);
+    assert!(is_success(&r), "{:?}", code(&r));
+    assert_eq!(
+        to_peers(&h.send(c.tuple, &send_indication(signed_peer, b"a"))),
+        [signed_peer]
+    );
+    assert!(to_peers(&h.send(c.tuple, &send_indication(smuggled, b"a"))).is_empty());
+    // A ChannelBind whose only XOR-PEER-ADDRESS is unsigned has no peer: 400.
+    let tid = TransactionId::new();
+    let mut b = MessageBuilder::new(MessageType::new(METHOD_CHANNEL_BIND, CLASS_REQUEST), tid);
+    b.raw(ATTR_CHANNEL_NUMBER, &[0x40, 0x02, 0, 0]);
+    b.raw(ATTR_USERNAME, b"alice")
+        .raw(ATTR_REALM, b"turnkey")
+        .raw(ATTR_NONCE, c.nonce.as_bytes());
+    b.integrity(&key, IntegrityAlgorithm::Sha1);
+    let req = append_unsigned(
+        &b.finish(),
+        ATTR_XOR_PEER_ADDRESS,
+        &xor_peer_value(smuggled, tid),
+    );
+    let r = h.request(c.tuple, &req);
+    assert_eq!(code(&r), Some(400));
+}
+
+#[test]
+fn nonce_from_another_five_tuple_is_stale() {
+    let mut h = Harness::new();
+    let mut a = Client::new(tuple(46200), "alice", "alicepw");
+    assert!(is_success(&a.allocate(&mut h)));
+    // A captured request replayed from another source port: the nonce does not fit.
+    let replay = a.build(METHOD_ALLOCATE, TransactionId::new(), &[udp()], &[]);
+    let r = h.request(tuple(46201), &replay);
+    assert_eq!(code(&r), Some(438));
+    assert_eq!(h.core.allocation_count(), 1);
+    // Over TCP from the same address and port: stale too.
+    let mut tcp = tuple(46200);
+    tcp.transport = Transport::Tcp;
+    let r = h.request(tcp, &replay);
+    assert_eq!(code(&r), Some(438));
+    // The 438 carries a nonce for the new 5-tuple, with which the client can go on.
+    let mut b = Client::new(tuple(46201), "alice", "alicepw");
+    b.nonce = text_attr(&r, ATTR_NONCE).unwrap().to_string();
+    assert!(is_success(&b.allocate(&mut h)));
+}
+
+#[test]
+fn password_algorithms_bid_down_is_refused() {
+    // RFC 8489 §9.2.4/§9.2.5: PASSWORD-ALGORITHM without PASSWORD-ALGORITHMS, or with a list
+    // other than the one the server sent, is 400.
+    let mut h = Harness::new();
+    let mut c = Client::new(tuple(46300), "alice", "alicepw");
+    let _ = c.allocate(&mut h);
+    let refresh = |alg: Option<[u8; 4]>, algs: Option<Vec<u8>>, nonce: &str| {
+        let mut b = MessageBuilder::new(
+            MessageType::new(METHOD_REFRESH, CLASS_REQUEST),
+            TransactionId::new(),
+        );
+        if let Some(a) = alg {
+            b.raw(ATTR_PASSWORD_ALGORITHM, &a);
+        }
+        if let Some(l) = &algs {
+            b.raw(ATTR_PASSWORD_ALGORITHMS, l);
+        }
+        b.raw(ATTR_USERNAME, b"alice")
+            .raw(ATTR_REALM, b"turnkey")
+            .raw(ATTR_NONCE, nonce.as_bytes());
+        let pa = match alg {
+            Some([0, 2, ..]) => PasswordAlgorithm::Sha256,
+            _ => PasswordAlgorithm::Md5,
+        };
+        let key = long_term_key("alice", "turnkey", "alicepw", pa);
+        b.integrity(&key, IntegrityAlgorithm::Sha256);
+        b.finish()
+    };
+    let ours = password_algorithms_value().to_vec();
+    type Alg = Option<[u8; 4]>;
+    type Algs = Option<Vec<u8>>;
+    let cases: [(Alg, Algs, Option<u16>); 5] = [
+        (None, None, None),
+        (Some([0, 2, 0, 0]), Some(ours.clone()), None),
+        (Some([0, 1, 0, 0]), Some(ours.clone()), None),
+        (Some([0, 2, 0, 0]), None, Some(400)),
+        (Some([0, 1, 0, 0]), Some(vec![0, 1, 0, 0]), Some(400)),
+    ];
+    for (alg, algs, want) in cases {
+        let r = h.request(c.tuple, &refresh(alg, algs.clone(), &c.nonce));
+        assert_eq!(code(&r), want, "{alg:?} {algs:?}");
+    }
+    let cases2: [(Alg, Algs); 2] = [(None, Some(ours.clone())), (Some([0, 3, 0, 0]), Some(ours))];
+    for (alg, algs) in cases2 {
+        let r = h.request(c.tuple, &refresh(alg, algs.clone(), &c.nonce));
+        assert_eq!(code(&r), Some(400), "{alg:?} {algs:?}");
+    }
+    assert_eq!(auth_failures(&h, AuthFailure::AlgorithmMismatch), 3);
+}
+
+#[test]
+fn userhash_authenticates_static_users() {
+    let mut cfg = config();
+    cfg.credentials = cfg.credentials.clone().hash_users("turnkey");
+    cfg.nonces = NonceMinter::new([1; 32], 600).with_userhash(true);
+    let mut h = Harness::with(cfg, FakeRelays::new("127.0.0.1"));
+    let t = tuple(46400);
+    let mut c = Client::new(t, "alice", "alicepw");
+    let _ = c.call(&mut h, METHOD_REFRESH, &[], &[]); // learn the nonce
+    assert!(c.nonce.starts_with("obMatJos2wAAA"), "{}", c.nonce);
+    let build = |hash: [u8; 32], nonce: &str| {
+        let mut b = MessageBuilder::new(
+            MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST),
+            TransactionId::new(),
+        );
+        b.raw(ATTR_REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        b.raw(ATTR_USER_HASH, &hash)
+            .raw(ATTR_REALM, b"turnkey")
+            .raw(ATTR_NONCE, nonce.as_bytes());
+        let key = long_term_key("alice", "turnkey", "alicepw", PasswordAlgorithm::Md5);
+        b.integrity(&key, IntegrityAlgorithm::Sha1);
+        b.finish()
+    };
+    let unknown = crate::auth::userhash("nobody", "turnkey");
+    assert_eq!(code(&h.request(t, &build(unknown, &c.nonce))), Some(401));
+    let r = h.request(
+        t,
+        &build(crate::auth::userhash("alice", "turnkey"), &c.nonce),
+    );
+    assert!(is_success(&r), "{:?}", code(&r));
+    assert_eq!(h.core.allocation_count(), 1);
+}
+
+#[test]
+fn per_ip_quota_486() {
+    let mut cfg = config();
+    cfg.ip_quota = 2;
+    cfg.user_quota = 10;
+    cfg.total_quota = 10;
+    let mut h = Harness::with(cfg, FakeRelays::new("127.0.0.1"));
+    for (i, user) in ["alice", "bob"].iter().enumerate() {
+        let pw = format!("{user}pw");
+        assert!(is_success(
+            &Client::new(tuple(46500 + i as u16), user, &pw).allocate(&mut h)
+        ));
+    }
+    let r = Client::new(tuple(46510), "alice", "alicepw").allocate(&mut h);
+    assert_eq!(code(&r), Some(486));
+    assert_eq!(h.core.stats().control.quota_rejections[1], 1);
+    // Another source IP is not affected.
+    let mut other = tuple(46511);
+    other.client = "198.51.100.2:46511".parse().unwrap();
+    assert!(is_success(
+        &Client::new(other, "alice", "alicepw").allocate(&mut h)
+    ));
+    // A freed allocation frees its unit.
+    let mut c = Client::new(tuple(46500), "alice", "alicepw");
+    let _ = c.call(&mut h, METHOD_REFRESH, &[(ATTR_LIFETIME, vec![0; 4])], &[]);
+    assert!(is_success(
+        &Client::new(tuple(46512), "alice", "alicepw").allocate(&mut h)
+    ));
+}
+
+#[test]
+fn unauthenticated_responses_are_rate_limited_per_source() {
+    let mut cfg = config();
+    cfg.unauth_rate_per_sec = 2;
+    cfg.unauth_burst = 3;
+    let mut h = Harness::with(cfg, FakeRelays::new("127.0.0.1"));
+    let mut b = MessageBuilder::new(
+        MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST),
+        TransactionId::new(),
+    );
+    b.raw(ATTR_REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    let req = b.finish();
+    let answered = (0..10)
+        .filter(|i| !h.send(tuple(46600 + i), &req).is_empty())
+        .count();
+    assert_eq!(answered, 3);
+    assert_eq!(dropped(&h, DropReason::UnauthRateLimited), 7);
+    // Another source is answered; one second later the first has 2 more.
+    let mut other = tuple(46620);
+    other.client = "203.0.113.5:46620".parse().unwrap();
+    assert_eq!(h.send(other, &req).len(), 1);
+    h.now += Duration::from_secs(1);
+    let answered = (0..10)
+        .filter(|i| !h.send(tuple(46630 + i), &req).is_empty())
+        .count();
+    assert_eq!(answered, 2);
+    // Authenticated traffic is not limited.
+    let mut c = Client::new(tuple(46640), "alice", "alicepw");
+    c.nonce = h.core.cfg.nonces.mint(T0_UNIX + 1, &c.tuple);
+    for _ in 0..20 {
+        let r = c.call(&mut h, METHOD_REFRESH, &[], &[]);
+        assert_eq!(code(&r), Some(437));
+    }
+}
+
+#[test]
+fn challenge_is_small_without_software_or_reason() {
+    // What a spoofed 28-byte Allocate (36 with FINGERPRINT) gets back. coturn 4.17.1 answers the
+    // same request with 96 bytes for this realm (ERROR-CODE without reason, a 24-character
+    // NONCE, REALM, its SOFTWARE); we stay below it.
+    let mut h = Harness::new();
+    let mut b = MessageBuilder::new(
+        MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST),
+        TransactionId::new(),
+    );
+    b.raw(ATTR_REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    let req = b.finish();
+    assert_eq!(req.len(), 28);
+    let out = h.send(tuple(46700), &req);
+    let Transmit::ToClient { data, .. } = &out[0] else {
+        panic!()
+    };
+    let r = msg::decode(data).unwrap();
+    assert_eq!(code(&r), Some(401));
+    assert!(attr(&r, ATTR_SOFTWARE).is_none());
+    assert_eq!(attr(&r, ATTR_ERROR_CODE).map(|v| v.len()), Some(4));
+    assert!(data.len() < 96, "{} bytes", data.len());
+    // Binding answers carry no SOFTWARE either.
+    let b = MessageBuilder::new(rtc_stun::message::BINDING_REQUEST, TransactionId::new());
+    let out = h.send(tuple(46701), &b.finish());
+    let Transmit::ToClient { data, .. } = &out[0] else {
+        panic!()
+    };
+    assert!(attr(&msg::decode(data).unwrap(), ATTR_SOFTWARE).is_none());
+}
+
+#[test]
+fn unredeemed_even_port_reservations_expire_and_hold_quota() {
+    // The loop that used to leak reserved ports for good: Allocate(EVEN-PORT R) + Refresh(0).
+    let mut h = Harness::new(); // user quota 3
+    let mut reserved = 0;
+    for i in 0..6u16 {
+        let mut c = Client::new(tuple(46800 + i), "alice", "alicepw");
+        let r = c.call(
+            &mut h,
+            METHOD_ALLOCATE,
+            &[udp(), (ATTR_EVEN_PORT, vec![0x80])],
+            &[],
+        );
+        if is_success(&r) {
+            reserved += 1;
+            let _ = c.call(&mut h, METHOD_REFRESH, &[(ATTR_LIFETIME, vec![0; 4])], &[]);
+        } else {
+            assert_eq!(code(&r), Some(486));
+        }
+    }
+    // Each reservation holds one unit of alice's quota of 3 until redeemed or expired; an
+    // Allocate with R needs two.
+    assert_eq!(reserved, 2);
+    assert_eq!(h.shared.reservation_count(), 2);
+    assert_eq!(h.core.stats().control.live_reservations, 2);
+    assert_eq!(h.core.allocation_count(), 0);
+    h.advance(29);
+    assert_eq!(h.shared.reservation_count(), 2);
+    h.advance(1);
+    assert_eq!(h.shared.reservation_count(), 0);
+    assert_eq!(h.core.stats().control.live_reservations, 0);
+    assert_eq!(h.relays.cancelled.len(), 2);
+    assert!(h.relays.tokens.is_empty());
+    assert_eq!(h.shared.total_allocations(), 0);
+    // Quota is back: three plain allocations fit again.
+    for i in 0..3 {
+        assert!(is_success(
+            &Client::new(tuple(46850 + i), "alice", "alicepw").allocate(&mut h)
+        ));
+    }
+}
+
+#[test]
+fn redeemed_reservation_returns_its_unit_and_is_not_cancelled() {
+    let mut h = Harness::new();
+    let mut a = Client::new(tuple(46900), "alice", "alicepw");
+    let r = a.call(
+        &mut h,
+        METHOD_ALLOCATE,
+        &[udp(), (ATTR_EVEN_PORT, vec![0x80])],
+        &[],
+    );
+    let token = attr(&r, ATTR_RESERVATION_TOKEN).unwrap().to_vec();
+    assert_eq!(h.shared.total_allocations(), 1);
+    assert_eq!(h.shared.reservation_count(), 1);
+    let mut b = Client::new(tuple(46901), "bob", "bobpw");
+    let r2 = b.call(
+        &mut h,
+        METHOD_ALLOCATE,
+        &[udp(), (ATTR_RESERVATION_TOKEN, token)],
+        &[],
+    );
+    assert!(is_success(&r2));
+    // Alice's reservation unit went back; Bob's allocation holds its own.
+    assert_eq!(h.shared.total_allocations(), 2);
+    assert_eq!(h.shared.total.load(Ordering::Relaxed), 2);
+    assert_eq!(h.shared.reservation_count(), 0);
+    h.advance(31);
+    assert!(h.relays.cancelled.is_empty());
+    assert_eq!(h.core.allocation_count(), 2);
+}
+
+#[test]
+fn allocation_churn_leaves_no_timer_behind() {
+    // Allocate -> CreatePermission -> ChannelBind -> Refresh(0) in a loop: every per-allocation
+    // timer goes with its allocation (stale heap entries were what grew the server's memory).
+    let mut cfg = config();
+    cfg.user_quota = 10;
+    cfg.total_quota = 10;
+    let mut h = Harness::with(cfg, FakeRelays::new("127.0.0.1"));
+    for i in 0..500u16 {
+        let mut c = Client::new(tuple(47000 + i), "alice", "alicepw");
+        assert!(is_success(&c.allocate(&mut h)));
+        let r = c.call(
+            &mut h,
+            METHOD_CREATE_PERMISSION,
+            &[],
+            &[
+                "198.51.100.9:1".parse().unwrap(),
+                "203.0.113.9:1".parse().unwrap(),
+            ],
+        );
+        assert!(is_success(&r));
+        let r = c.call(
+            &mut h,
+            METHOD_CHANNEL_BIND,
+            &[(ATTR_CHANNEL_NUMBER, vec![0x40, 0, 0, 0])],
+            &["192.0.2.9:1".parse().unwrap()],
+        );
+        assert!(is_success(&r));
+        let r = c.call(&mut h, METHOD_REFRESH, &[(ATTR_LIFETIME, vec![0; 4])], &[]);
+        assert!(is_success(&r));
+        h.now += Duration::from_millis(10);
+    }
+    assert_eq!(h.core.allocation_count(), 0);
+    assert_eq!(h.core.timers.len(), 0);
+    assert_eq!(h.core.poll_timeout(), None);
+    assert_eq!(h.core.stats().control.live_permissions, 0);
+    assert_eq!(h.core.stats().control.live_channel_bindings, 0);
+}
+
+#[test]
+fn channels_per_allocation_are_capped() {
+    let mut h = Harness::new();
+    let mut c = Client::new(tuple(47600), "alice", "alicepw");
+    let _ = c.allocate(&mut h);
+    for i in 0..MAX_CHANNELS_PER_ALLOCATION as u16 {
+        let n = 0x4000 + i;
+        let r = c.call(
+            &mut h,
+            METHOD_CHANNEL_BIND,
+            &[(ATTR_CHANNEL_NUMBER, vec![(n >> 8) as u8, n as u8, 0, 0])],
+            &[SocketAddr::from(([198, 51, 100, 1], 1000 + i))],
+        );
+        assert!(is_success(&r), "{:?}", code(&r));
+    }
+    let n = 0x4000 + MAX_CHANNELS_PER_ALLOCATION as u16;
+    let r = c.call(
+        &mut h,
+        METHOD_CHANNEL_BIND,
+        &[(ATTR_CHANNEL_NUMBER, vec![(n >> 8) as u8, n as u8, 0, 0])],
+        &["198.51.100.1:9".parse().unwrap()],
+    );
+    assert_eq!(code(&r), Some(508));
+    // Refreshing an existing binding still works.
+    let r = c.call(
+        &mut h,
+        METHOD_CHANNEL_BIND,
+        &[(ATTR_CHANNEL_NUMBER, vec![0x40, 0, 0, 0])],
+        &["198.51.100.1:1000".parse().unwrap()],
+    );
+    assert!(is_success(&r), "{:?}", code(&r));
+}

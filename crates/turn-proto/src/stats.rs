@@ -1,0 +1,335 @@
+//! What a TURN core counts: plain integers owned by the core (no atomics, no Prometheus). The
+//! service reads [`TurnStats`] after the calls of a wake-up and folds what changed into its
+//! metrics; tests read it directly.
+//!
+//! Every reason is an enum with an `ALL` list, so a service can export every series as zero
+//! from the start.
+
+use crate::policy::DenyReason;
+use crate::Transport;
+use std::collections::HashMap;
+use stun_proto::binding::{BindingDrop, BindingResult};
+
+/// Why the core dropped a packet without answering (`turn_dropped_packets_total{reason}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DropReason {
+    /// Looks like STUN or ChannelData but does not decode.
+    Malformed,
+    /// Neither STUN nor ChannelData.
+    NotStun,
+    /// An indication other than Send.
+    UnexpectedIndication,
+    /// A response or error response sent to the server.
+    UnexpectedResponse,
+    /// An unauthenticated request over its source's response rate (reflection bound).
+    UnauthRateLimited,
+    /// A Send indication to a peer the address policy refuses.
+    PeerDenied,
+    /// Data for a 5-tuple or relayed address with no allocation.
+    NoAllocation,
+    /// Data to or from a peer with no permission (RFC 8656 §9).
+    NoPermission,
+    /// ChannelData on an unbound channel number.
+    NoChannel,
+    /// A peer of the other address family than the relayed transport address.
+    FamilyMismatch,
+    /// Peer data too large to frame for the client.
+    TooLarge,
+}
+
+impl DropReason {
+    /// Every reason.
+    pub const ALL: [DropReason; 11] = [
+        DropReason::Malformed,
+        DropReason::NotStun,
+        DropReason::UnexpectedIndication,
+        DropReason::UnexpectedResponse,
+        DropReason::UnauthRateLimited,
+        DropReason::PeerDenied,
+        DropReason::NoAllocation,
+        DropReason::NoPermission,
+        DropReason::NoChannel,
+        DropReason::FamilyMismatch,
+        DropReason::TooLarge,
+    ];
+
+    /// The metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Malformed => "malformed",
+            DropReason::NotStun => "not_stun",
+            DropReason::UnexpectedIndication => "unexpected_indication",
+            DropReason::UnexpectedResponse => "unexpected_response",
+            DropReason::UnauthRateLimited => "unauth_rate_limited",
+            DropReason::PeerDenied => "peer_denied",
+            DropReason::NoAllocation => "no_allocation",
+            DropReason::NoPermission => "no_permission",
+            DropReason::NoChannel => "no_channel",
+            DropReason::FamilyMismatch => "family_mismatch",
+            DropReason::TooLarge => "too_large",
+        }
+    }
+}
+
+/// Why a request failed authentication (`turn_auth_failures_total{reason}`, RFC 8489 §9.2.4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum AuthFailure {
+    /// MESSAGE-INTEGRITY(-SHA256) does not match any candidate key.
+    BadIntegrity,
+    /// No such static user, and not a REST username.
+    UnknownUser,
+    /// A REST username whose expiry has passed.
+    Expired,
+    /// The nonce is not one this server minted for this 5-tuple, or it has expired (438).
+    StaleNonce,
+    /// REALM differs from the server's.
+    WrongRealm,
+    /// Missing or malformed authentication attributes (400).
+    BadRequest,
+    /// PASSWORD-ALGORITHM(S) do not match what the server offered (400).
+    AlgorithmMismatch,
+}
+
+impl AuthFailure {
+    /// Every reason.
+    pub const ALL: [AuthFailure; 7] = [
+        AuthFailure::BadIntegrity,
+        AuthFailure::UnknownUser,
+        AuthFailure::Expired,
+        AuthFailure::StaleNonce,
+        AuthFailure::WrongRealm,
+        AuthFailure::BadRequest,
+        AuthFailure::AlgorithmMismatch,
+    ];
+
+    /// The metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthFailure::BadIntegrity => "bad_integrity",
+            AuthFailure::UnknownUser => "unknown_user",
+            AuthFailure::Expired => "expired",
+            AuthFailure::StaleNonce => "stale_nonce",
+            AuthFailure::WrongRealm => "wrong_realm",
+            AuthFailure::BadRequest => "bad_request",
+            AuthFailure::AlgorithmMismatch => "algorithm_mismatch",
+        }
+    }
+}
+
+/// Which limit refused an allocation (`turn_quota_rejections_total{scope}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum QuotaScope {
+    /// Per-user quota (486).
+    User,
+    /// Per-client-IP quota (486).
+    Ip,
+    /// Total quota or draining (508).
+    Total,
+}
+
+impl QuotaScope {
+    /// Every scope.
+    pub const ALL: [QuotaScope; 3] = [QuotaScope::User, QuotaScope::Ip, QuotaScope::Total];
+
+    /// The metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QuotaScope::User => "user",
+            QuotaScope::Ip => "ip",
+            QuotaScope::Total => "total",
+        }
+    }
+}
+
+/// Relayed traffic, counted on every data packet (the only fields the per-packet path touches).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RelayStats {
+    /// Packets relayed client -> peer.
+    pub c2p_packets: u64,
+    /// Payload bytes relayed client -> peer.
+    pub c2p_bytes: u64,
+    /// Packets relayed peer -> client.
+    pub p2c_packets: u64,
+    /// Payload bytes relayed peer -> client.
+    pub p2c_bytes: u64,
+}
+
+/// Everything else a core counts. Counters only grow; the `live_*` fields are what exists now
+/// on this core (gauges). `changes` grows with every update, so a reader knows whether to look.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ControlStats {
+    /// Bumped on every change below.
+    pub changes: u64,
+    /// Dropped packets, indexed like [`DropReason::ALL`].
+    pub dropped: [u64; DropReason::ALL.len()],
+    /// Authentication failures, indexed like [`AuthFailure::ALL`].
+    pub auth_failures: [u64; AuthFailure::ALL.len()],
+    /// Peers refused by the address policy, indexed like [`DenyReason::ALL`].
+    pub peer_denied: [u64; DenyReason::ALL.len()],
+    /// Allocations refused by a quota, indexed like [`QuotaScope::ALL`].
+    pub quota_rejections: [u64; QuotaScope::ALL.len()],
+    /// Requests answered, by (method, result) label (`allocate`, `error_437`...).
+    pub requests: HashMap<(&'static str, &'static str), u64>,
+    /// Allocate requests by result label (also `retransmission`).
+    pub allocation_requests: HashMap<&'static str, u64>,
+    /// Binding requests answered, by transport and result.
+    pub binding_requests: HashMap<(Transport, BindingResult), u64>,
+    /// Binding requests dropped, by reason.
+    pub binding_dropped: HashMap<BindingDrop, u64>,
+    /// Live allocations by (transport label, family label).
+    pub live_allocations: HashMap<(&'static str, &'static str), i64>,
+    /// Live permissions.
+    pub live_permissions: i64,
+    /// Live channel bindings.
+    pub live_channel_bindings: i64,
+    /// EVEN-PORT reservations not yet redeemed (RFC 8656 §7.2).
+    pub live_reservations: i64,
+}
+
+/// The counters of one TURN core.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TurnStats {
+    /// Relayed packets and bytes.
+    pub relay: RelayStats,
+    /// Requests, failures, drops, and what is live.
+    pub control: ControlStats,
+}
+
+impl TurnStats {
+    /// Counts a dropped packet.
+    pub fn drop_packet(&mut self, reason: DropReason) {
+        let i = DropReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or_default();
+        self.control.dropped[i] += 1;
+        self.control.changes += 1;
+    }
+
+    /// Dropped packets for `reason` so far.
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        DropReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .map_or(0, |i| self.control.dropped[i])
+    }
+
+    /// Counts an authentication failure.
+    pub fn auth_failure(&mut self, reason: AuthFailure) {
+        if let Some(i) = AuthFailure::ALL.iter().position(|r| *r == reason) {
+            self.control.auth_failures[i] += 1;
+        }
+        self.control.changes += 1;
+    }
+
+    /// Authentication failures for `reason` so far.
+    pub fn auth_failures(&self, reason: AuthFailure) -> u64 {
+        AuthFailure::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .map_or(0, |i| self.control.auth_failures[i])
+    }
+
+    /// Counts a peer refused by the policy.
+    pub fn peer_denied(&mut self, reason: DenyReason) {
+        if let Some(i) = DenyReason::ALL.iter().position(|r| *r == reason) {
+            self.control.peer_denied[i] += 1;
+        }
+        self.control.changes += 1;
+    }
+
+    /// Counts an allocation refused by a quota.
+    pub fn quota_rejection(&mut self, scope: QuotaScope) {
+        if let Some(i) = QuotaScope::ALL.iter().position(|r| *r == scope) {
+            self.control.quota_rejections[i] += 1;
+        }
+        self.control.changes += 1;
+    }
+
+    /// Counts an answered request.
+    pub fn request(&mut self, method: &'static str, result: &'static str) {
+        *self.control.requests.entry((method, result)).or_default() += 1;
+        self.control.changes += 1;
+    }
+
+    /// Counts an Allocate request's result.
+    pub fn allocation_request(&mut self, result: &'static str) {
+        *self.control.allocation_requests.entry(result).or_default() += 1;
+        self.control.changes += 1;
+    }
+
+    /// Counts an answered Binding request.
+    pub fn binding_request(&mut self, transport: Transport, result: BindingResult) {
+        *self
+            .control
+            .binding_requests
+            .entry((transport, result))
+            .or_default() += 1;
+        self.control.changes += 1;
+    }
+
+    /// Counts a dropped Binding request.
+    pub fn binding_dropped(&mut self, reason: BindingDrop) {
+        *self.control.binding_dropped.entry(reason).or_default() += 1;
+        self.control.changes += 1;
+    }
+
+    /// Adds `delta` to the live allocations of (transport, family).
+    pub fn live_allocations(&mut self, transport: &'static str, family: &'static str, delta: i64) {
+        *self
+            .control
+            .live_allocations
+            .entry((transport, family))
+            .or_default() += delta;
+        self.control.changes += 1;
+    }
+
+    /// Adds `delta` to the live permissions.
+    pub fn live_permissions(&mut self, delta: i64) {
+        self.control.live_permissions += delta;
+        self.control.changes += 1;
+    }
+
+    /// Adds `delta` to the live channel bindings.
+    pub fn live_channel_bindings(&mut self, delta: i64) {
+        self.control.live_channel_bindings += delta;
+        self.control.changes += 1;
+    }
+
+    /// Adds `delta` to the unredeemed reservations.
+    pub fn live_reservations(&mut self, delta: i64) {
+        self.control.live_reservations += delta;
+        self.control.changes += 1;
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests anchor virtual time at one real instant
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_has_its_own_label() {
+        let mut labels: Vec<&str> = DropReason::ALL.iter().map(|r| r.as_str()).collect();
+        labels.extend(AuthFailure::ALL.iter().map(|r| r.as_str()));
+        labels.extend(QuotaScope::ALL.iter().map(|r| r.as_str()));
+        let n = labels.len();
+        labels.sort_unstable();
+        labels.dedup();
+        assert_eq!(labels.len(), n);
+    }
+
+    #[test]
+    fn counts_land_in_their_own_slot() {
+        let mut s = TurnStats::default();
+        s.drop_packet(DropReason::NoChannel);
+        s.drop_packet(DropReason::NoChannel);
+        s.auth_failure(AuthFailure::StaleNonce);
+        assert_eq!(s.dropped(DropReason::NoChannel), 2);
+        assert_eq!(s.dropped(DropReason::Malformed), 0);
+        assert_eq!(s.auth_failures(AuthFailure::StaleNonce), 1);
+        assert_eq!(s.control.changes, 3);
+    }
+}

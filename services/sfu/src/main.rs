@@ -1,0 +1,33 @@
+//! `sfu`: one SFU node. See sfu/PROTOCOL.md and deploy/sfu.toml.
+
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(
+    name = "sfu",
+    version,
+    about = "turnkey SFU node (WebRTC selective forwarding)"
+)]
+struct Cli {
+    #[command(flatten)]
+    args: sfu::config::SfuArgs,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let cfg = cli.args.resolve()?;
+    turnkey_runtime::logging::init(cfg.log_json, "info");
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(async move {
+            let shutdown = turnkey_runtime::shutdown::on_signal();
+            turnkey_runtime::shutdown::ignore_hangups("sfu");
+            sfu::run::serve(cfg, None, shutdown, |r| {
+                tracing::info!(link = %r.link, metrics = %r.metrics, media = ?r.media, "ready");
+            })
+            .await
+        })?;
+    Ok(())
+}

@@ -1,0 +1,235 @@
+//! SFU metrics (Prometheus). Names are constants; no participant or room names as labels.
+//!
+//! | name | type | labels |
+//! |---|---|---|
+//! | `sfu_rooms` | gauge | |
+//! | `sfu_participants` | gauge | |
+//! | `sfu_tracks` | gauge | `kind` (`audio`, `video`) |
+//! | `sfu_forwarded_packets_total` | counter | |
+//! | `sfu_forwarded_bytes_total` | counter | |
+//! | `sfu_nack_total` | counter | (NACK packets received from subscribers) |
+//! | `sfu_retransmitted_packets_total` | counter | |
+//! | `sfu_pli_total` | counter | `direction` (`received` from subscribers, `sent` to publishers) |
+//! | `sfu_layer_switches_total` | counter | |
+//! | `sfu_bandwidth_estimate_bps` | histogram | (subscriber estimates, sampled every 500 ms) |
+//! | `sfu_bad_input_total` | counter | `kind` (`packet`, `sdp`, `message`, `unroutable`, `write`) |
+//! | `sfu_data_messages_total` | counter | |
+//! | `sfu_data_messages_dropped_total` | counter | `reason` (`too_large`: over `data_message_max_bytes`; `rate_limited`: over `data_messages_per_sec`/`data_message_burst` of the sender) |
+//! | `sfu_ice_tcp_closed_total` | counter | `reason` (`handshake_timeout`: no ICE within `ice_tcp_handshake_timeout_secs`; `per_ip_limit`, `total_limit`: refused at accept by `ice_tcp_max_pending_per_ip` / `ice_tcp_max_pending`; `pc_gone`: its peer connection was removed) |
+//! | `sfu_ice_tcp_pending` | gauge | (ICE-TCP connections that have not completed ICE yet) |
+//! | `sfu_ice_tcp_established_total` | counter | (ICE-TCP connections on which ICE completed) |
+//! | `sfu_active_speaker_changes_total` | counter | |
+//! | `sfu_ice_timeouts_total` | counter | |
+//! | `sfu_links` | gauge | |
+//! | `sfu_worker_participants` | gauge | `worker` |
+//! | `sfu_worker_busy_seconds_total` | counter | `worker` (time spent processing, per event loop) |
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// One label with an owned value (the worker index).
+pub type LW = [(&'static str, String); 1];
+/// One static label.
+pub type L1 = [(&'static str, &'static str); 1];
+
+/// `sfu_data_messages_dropped_total` reasons.
+pub const DATA_DROP_REASONS: [&str; 2] = ["too_large", "rate_limited"];
+
+/// `sfu_ice_tcp_closed_total` reasons.
+pub const ICE_TCP_CLOSE_REASONS: [&str; 4] = [
+    "handshake_timeout",
+    "per_ip_limit",
+    "total_limit",
+    "pc_gone",
+];
+
+/// Handles to every SFU metric.
+#[derive(Clone, Debug)]
+pub struct SfuMetrics {
+    /// `sfu_rooms`.
+    pub rooms: Gauge,
+    /// `sfu_participants`.
+    pub participants: Gauge,
+    /// `sfu_tracks{kind}`.
+    pub tracks: Family<L1, Gauge>,
+    /// `sfu_forwarded_packets_total`.
+    pub forwarded_packets: Counter,
+    /// `sfu_forwarded_bytes_total`.
+    pub forwarded_bytes: Counter,
+    /// `sfu_nack_total`.
+    pub nack: Counter,
+    /// `sfu_retransmitted_packets_total`.
+    pub retransmitted: Counter,
+    /// `sfu_pli_total{direction}`.
+    pub pli: Family<L1, Counter>,
+    /// `sfu_layer_switches_total`.
+    pub layer_switches: Counter,
+    /// `sfu_bandwidth_estimate_bps`.
+    pub bwe: Histogram,
+    /// `sfu_bad_input_total{kind}`.
+    pub bad_input: Family<L1, Counter>,
+    /// `sfu_data_messages_total`.
+    pub data_messages: Counter,
+    /// `sfu_data_messages_dropped_total{reason}`.
+    pub data_dropped: Family<L1, Counter>,
+    /// `sfu_ice_tcp_closed_total{reason}`.
+    pub ice_tcp_closed: Family<L1, Counter>,
+    /// `sfu_ice_tcp_pending`.
+    pub ice_tcp_pending: Gauge,
+    /// `sfu_ice_tcp_established_total`.
+    pub ice_tcp_established: Counter,
+    /// `sfu_active_speaker_changes_total`.
+    pub speaker_changes: Counter,
+    /// `sfu_ice_timeouts_total`.
+    pub ice_timeouts: Counter,
+    /// `sfu_links`.
+    pub links: Gauge,
+    /// `sfu_worker_participants{worker}`.
+    pub worker_participants: Family<LW, Gauge>,
+    /// `sfu_worker_busy_seconds_total{worker}`.
+    pub worker_busy: Family<LW, Counter<f64, std::sync::atomic::AtomicU64>>,
+}
+
+impl SfuMetrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            rooms: Gauge::default(),
+            participants: Gauge::default(),
+            tracks: Family::default(),
+            forwarded_packets: Counter::default(),
+            forwarded_bytes: Counter::default(),
+            nack: Counter::default(),
+            retransmitted: Counter::default(),
+            pli: Family::default(),
+            layer_switches: Counter::default(),
+            bwe: Histogram::new([
+                50e3, 100e3, 200e3, 300e3, 500e3, 750e3, 1e6, 1.5e6, 2e6, 3e6, 5e6, 10e6,
+            ]),
+            bad_input: Family::default(),
+            data_messages: Counter::default(),
+            data_dropped: Family::default(),
+            ice_tcp_closed: Family::default(),
+            ice_tcp_pending: Gauge::default(),
+            ice_tcp_established: Counter::default(),
+            speaker_changes: Counter::default(),
+            ice_timeouts: Counter::default(),
+            links: Gauge::default(),
+            worker_participants: Family::default(),
+            worker_busy: Family::default(),
+        };
+        for k in ["audio", "video"] {
+            let _ = m.tracks.get_or_create(&[("kind", k)]);
+        }
+        for d in ["received", "sent"] {
+            let _ = m.pli.get_or_create(&[("direction", d)]);
+        }
+        for k in ["packet", "sdp", "message", "unroutable", "write"] {
+            let _ = m.bad_input.get_or_create(&[("kind", k)]);
+        }
+        for r in DATA_DROP_REASONS {
+            let _ = m.data_dropped.get_or_create(&[("reason", r)]);
+        }
+        for r in ICE_TCP_CLOSE_REASONS {
+            let _ = m.ice_tcp_closed.get_or_create(&[("reason", r)]);
+        }
+        registry.register("sfu_rooms", "Rooms hosted", m.rooms.clone());
+        registry.register(
+            "sfu_participants",
+            "Participants connected",
+            m.participants.clone(),
+        );
+        registry.register("sfu_tracks", "Published tracks by kind", m.tracks.clone());
+        registry.register(
+            "sfu_forwarded_packets",
+            "RTP packets forwarded to subscribers",
+            m.forwarded_packets.clone(),
+        );
+        registry.register(
+            "sfu_forwarded_bytes",
+            "RTP bytes forwarded to subscribers",
+            m.forwarded_bytes.clone(),
+        );
+        registry.register(
+            "sfu_nack",
+            "NACK packets received from subscribers",
+            m.nack.clone(),
+        );
+        registry.register(
+            "sfu_retransmitted_packets",
+            "RTP packets retransmitted (RTX) after a NACK",
+            m.retransmitted.clone(),
+        );
+        registry.register(
+            "sfu_pli",
+            "Keyframe requests (PLI/FIR) by direction",
+            m.pli.clone(),
+        );
+        registry.register(
+            "sfu_layer_switches",
+            "Simulcast layer switches done for subscribers",
+            m.layer_switches.clone(),
+        );
+        registry.register(
+            "sfu_bandwidth_estimate_bps",
+            "Subscriber bandwidth estimates (GCC over TWCC), bits per second",
+            m.bwe.clone(),
+        );
+        registry.register(
+            "sfu_bad_input",
+            "Input dropped by kind",
+            m.bad_input.clone(),
+        );
+        registry.register(
+            "sfu_data_messages",
+            "Data-channel messages relayed (per receiver)",
+            m.data_messages.clone(),
+        );
+        registry.register(
+            "sfu_data_messages_dropped",
+            "Data-channel messages dropped (too large, or over the sender's rate)",
+            m.data_dropped.clone(),
+        );
+        registry.register(
+            "sfu_ice_tcp_closed",
+            "ICE-TCP connections closed or refused before or without ICE, by reason",
+            m.ice_tcp_closed.clone(),
+        );
+        registry.register(
+            "sfu_ice_tcp_pending",
+            "ICE-TCP connections that have not completed ICE yet",
+            m.ice_tcp_pending.clone(),
+        );
+        registry.register(
+            "sfu_ice_tcp_established",
+            "ICE-TCP connections on which ICE completed",
+            m.ice_tcp_established.clone(),
+        );
+        registry.register(
+            "sfu_active_speaker_changes",
+            "Active speaker changes announced",
+            m.speaker_changes.clone(),
+        );
+        registry.register(
+            "sfu_ice_timeouts",
+            "Peer connections whose ICE consent expired",
+            m.ice_timeouts.clone(),
+        );
+        registry.register("sfu_links", "Signaling links open", m.links.clone());
+        registry.register(
+            "sfu_worker_participants",
+            "Participants per worker (event loop)",
+            m.worker_participants.clone(),
+        );
+        registry.register(
+            "sfu_worker_busy_seconds",
+            "Time each worker spent processing",
+            m.worker_busy.clone(),
+        );
+        turnkey_runtime::metrics_http::register_build_info(registry);
+        m
+    }
+}

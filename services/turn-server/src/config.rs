@@ -1,0 +1,751 @@
+//! turn-server configuration: coturn-like flags, each also a key of a TOML file (`--config`).
+//! Flags override the file; unknown file keys are an error naming the key. Secrets can come from
+//! the environment (`TURNKEY_AUTH_SECRETS`, `TURNKEY_USERS`, comma-separated) and never appear in
+//! logs ([`TurnConfig::redacted`]).
+
+use clap::Args;
+use ipnet::IpNet;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use turnkey_runtime::config::{load_toml, ConfigError};
+
+/// Server flags (also used, with other defaults, by the `turnkey` local binary).
+#[derive(Args, Debug, Clone, Default)]
+pub struct ServerArgs {
+    /// TOML config file; flags override its keys.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on for clients, UDP and TCP (repeatable). Default 0.0.0.0:3478.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Vec<SocketAddr>,
+    /// Relay address (repeatable, IPv4 and/or IPv6). Default: the listen IP if specific, else
+    /// the primary interface address.
+    #[arg(long = "relay-ip", value_name = "IP")]
+    pub relay_ip: Vec<IpAddr>,
+    /// Lowest relay port. Default 49152.
+    #[arg(long = "min-port")]
+    pub min_port: Option<u16>,
+    /// Highest relay port. Default 65535.
+    #[arg(long = "max-port")]
+    pub max_port: Option<u16>,
+    /// Advertised relay address for a server behind a 1:1 NAT: `PUBLIC` or `PUBLIC/PRIVATE`
+    /// (repeatable; coturn's `external-ip`).
+    #[arg(long = "external-ip", value_name = "PUBLIC[/PRIVATE]")]
+    pub external_ip: Vec<String>,
+    /// Realm (RFC 8489 §14.9). Default "turnkey".
+    #[arg(long)]
+    pub realm: Option<String>,
+    /// Static long-term user NAME:PASSWORD (repeatable).
+    #[arg(
+        long,
+        value_name = "NAME:PASSWORD",
+        env = "TURNKEY_USERS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub user: Vec<String>,
+    /// TURN REST API shared secret (repeatable; the first signs, all validate).
+    #[arg(
+        long = "auth-secret",
+        value_name = "SECRET",
+        env = "TURNKEY_AUTH_SECRETS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub auth_secret: Vec<String>,
+    /// Allow peers in this CIDR even if a default rule refuses them (repeatable).
+    #[arg(long = "allow-peer", value_name = "CIDR")]
+    pub allow_peer: Vec<IpNet>,
+    /// Refuse peers in this CIDR (repeatable).
+    #[arg(long = "deny-peer", value_name = "CIDR")]
+    pub deny_peer: Vec<IpNet>,
+    /// Metrics listener (`/metrics`, `/healthz`). Default 127.0.0.1:9641.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<SocketAddr>,
+    /// Nonce lifetime in seconds (438 after). Default 600.
+    #[arg(long = "nonce-lifetime", value_name = "SECS")]
+    pub nonce_lifetime: Option<u64>,
+    /// Allocations per user (486 beyond). Default 64.
+    #[arg(long = "user-quota")]
+    pub user_quota: Option<u32>,
+    /// Allocations in total (508 beyond). Default 100000.
+    #[arg(long = "total-quota")]
+    pub total_quota: Option<u32>,
+    /// Allocations per client IP address (486 beyond; unredeemed EVEN-PORT reservations
+    /// count). Default 128.
+    #[arg(long = "ip-quota")]
+    pub ip_quota: Option<u32>,
+    /// Responses to unauthenticated requests (401/438 challenges and errors before
+    /// authentication) per second per source IP and worker; beyond, the request is dropped and
+    /// counted (`turn_dropped_packets_total{reason="unauth_rate_limited"}`). 0 turns it off.
+    /// Default 50.
+    #[arg(long = "unauth-rate", value_name = "PER_SEC")]
+    pub unauth_rate: Option<u32>,
+    /// Burst of such responses per source IP. Default 100.
+    #[arg(long = "unauth-burst")]
+    pub unauth_burst: Option<u32>,
+    /// Longest allocation lifetime in seconds. Default 3600.
+    #[arg(long = "max-lifetime", value_name = "SECS")]
+    pub max_lifetime: Option<u64>,
+    /// Worker threads (each with its own SO_REUSEPORT sockets). Default: number of cores.
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Seconds to wait for allocations to end after SIGTERM. Default 10.
+    #[arg(long = "drain-timeout", value_name = "SECS")]
+    pub drain_timeout: Option<u64>,
+    /// SOFTWARE attribute value; empty to omit. Default turnkey/<version>.
+    #[arg(long)]
+    pub software: Option<String>,
+    /// Address to listen on for TURN/STUN over TLS (`turns:`, RFC 8656 §3.1; repeatable;
+    /// typically :5349 or :443). Needs --cert and --key.
+    #[arg(long = "tls-listen", value_name = "ADDR:PORT")]
+    pub tls_listen: Vec<SocketAddr>,
+    /// Address to listen on for TURN/STUN over DTLS (UDP; repeatable; typically :5349).
+    /// Needs --cert and --key.
+    #[arg(long = "dtls-listen", value_name = "ADDR:PORT")]
+    pub dtls_listen: Vec<SocketAddr>,
+    /// PEM certificate chain for TLS/DTLS (reloaded when the file changes or on SIGHUP).
+    #[arg(long, value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key for TLS/DTLS (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// Log JSON lines instead of text.
+    #[arg(long = "log-json")]
+    pub log_json: bool,
+    /// Half-open DTLS handshakes per DTLS socket and worker. Default 2048.
+    #[arg(long = "dtls-max-handshakes", value_name = "N")]
+    pub dtls_max_handshakes: Option<usize>,
+    /// Half-open DTLS handshakes per source IP, per DTLS socket and worker. Default 16.
+    #[arg(long = "dtls-max-handshakes-per-ip", value_name = "N")]
+    pub dtls_max_handshakes_per_ip: Option<usize>,
+    /// Open TCP and TLS client connections in total. Default 100000.
+    #[arg(long = "tcp-max-connections", value_name = "N")]
+    pub tcp_max_connections: Option<usize>,
+    /// Open TCP and TLS client connections per source IP. Default 256.
+    #[arg(long = "tcp-max-connections-per-ip", value_name = "N")]
+    pub tcp_max_connections_per_ip: Option<usize>,
+    /// TLS handshakes in progress in total. Default 4096.
+    #[arg(long = "tls-max-handshakes", value_name = "N")]
+    pub tls_max_handshakes: Option<usize>,
+    /// TLS handshakes in progress per source IP. Default 16.
+    #[arg(long = "tls-max-handshakes-per-ip", value_name = "N")]
+    pub tls_max_handshakes_per_ip: Option<usize>,
+    /// Bytes queued for sending per TCP/TLS connection; beyond, frames are dropped. Default
+    /// 262144.
+    #[arg(long = "tcp-send-queue-bytes", value_name = "BYTES")]
+    pub tcp_send_queue_bytes: Option<usize>,
+}
+
+/// The TOML file: the same keys as the flags, with `_` for `-`.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// See `--listen`.
+    #[serde(default)]
+    pub listen: Vec<SocketAddr>,
+    /// See `--relay-ip`.
+    #[serde(default)]
+    pub relay_ip: Vec<IpAddr>,
+    /// See `--min-port`.
+    pub min_port: Option<u16>,
+    /// See `--max-port`.
+    pub max_port: Option<u16>,
+    /// See `--external-ip`.
+    #[serde(default)]
+    pub external_ip: Vec<String>,
+    /// See `--realm`.
+    pub realm: Option<String>,
+    /// See `--user`.
+    #[serde(default)]
+    pub user: Vec<String>,
+    /// See `--auth-secret`.
+    #[serde(default)]
+    pub auth_secret: Vec<String>,
+    /// See `--allow-peer`.
+    #[serde(default)]
+    pub allow_peer: Vec<IpNet>,
+    /// See `--deny-peer`.
+    #[serde(default)]
+    pub deny_peer: Vec<IpNet>,
+    /// See `--metrics`.
+    pub metrics: Option<SocketAddr>,
+    /// See `--nonce-lifetime`.
+    pub nonce_lifetime: Option<u64>,
+    /// See `--user-quota`.
+    pub user_quota: Option<u32>,
+    /// See `--total-quota`.
+    pub total_quota: Option<u32>,
+    /// See `--ip-quota`.
+    pub ip_quota: Option<u32>,
+    /// See `--unauth-rate`.
+    pub unauth_rate: Option<u32>,
+    /// See `--unauth-burst`.
+    pub unauth_burst: Option<u32>,
+    /// See `--max-lifetime`.
+    pub max_lifetime: Option<u64>,
+    /// See `--workers`.
+    pub workers: Option<usize>,
+    /// See `--drain-timeout`.
+    pub drain_timeout: Option<u64>,
+    /// See `--software`.
+    pub software: Option<String>,
+    /// See `--tls-listen`.
+    #[serde(default)]
+    pub tls_listen: Vec<SocketAddr>,
+    /// See `--dtls-listen`.
+    #[serde(default)]
+    pub dtls_listen: Vec<SocketAddr>,
+    /// See `--cert`.
+    pub cert: Option<PathBuf>,
+    /// See `--key`.
+    pub key: Option<PathBuf>,
+    /// See `--log-json`.
+    pub log_json: Option<bool>,
+    /// See `--dtls-max-handshakes`.
+    pub dtls_max_handshakes: Option<usize>,
+    /// See `--dtls-max-handshakes-per-ip`.
+    pub dtls_max_handshakes_per_ip: Option<usize>,
+    /// See `--tcp-max-connections`.
+    pub tcp_max_connections: Option<usize>,
+    /// See `--tcp-max-connections-per-ip`.
+    pub tcp_max_connections_per_ip: Option<usize>,
+    /// See `--tls-max-handshakes`.
+    pub tls_max_handshakes: Option<usize>,
+    /// See `--tls-max-handshakes-per-ip`.
+    pub tls_max_handshakes_per_ip: Option<usize>,
+    /// See `--tcp-send-queue-bytes`.
+    pub tcp_send_queue_bytes: Option<usize>,
+}
+
+/// Defaults that differ between `turn-server` and the local `turnkey` binary.
+#[derive(Debug, Clone)]
+pub struct Defaults {
+    /// Default client listeners.
+    pub listen: Vec<SocketAddr>,
+    /// Default metrics listener.
+    pub metrics: SocketAddr,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Self {
+            listen: vec!["0.0.0.0:3478".parse().expect("valid literal")],
+            metrics: "127.0.0.1:9641".parse().expect("valid literal"),
+        }
+    }
+}
+
+/// The effective configuration.
+#[derive(Clone)]
+pub struct TurnConfig {
+    /// Client listeners (UDP and TCP on each).
+    pub listen: Vec<SocketAddr>,
+    /// Relay IPs.
+    pub relay_ips: Vec<IpAddr>,
+    /// Relay port range, inclusive.
+    pub min_port: u16,
+    /// Relay port range, inclusive.
+    pub max_port: u16,
+    /// Local relay IP -> advertised public IP.
+    pub external_ips: HashMap<IpAddr, IpAddr>,
+    /// Realm.
+    pub realm: String,
+    /// Static users.
+    pub users: HashMap<String, String>,
+    /// REST secrets, newest first.
+    pub auth_secrets: Vec<String>,
+    /// Peer allow list.
+    pub allow_peer: Vec<IpNet>,
+    /// Peer deny list.
+    pub deny_peer: Vec<IpNet>,
+    /// Metrics listener.
+    pub metrics: SocketAddr,
+    /// Nonce lifetime, seconds.
+    pub nonce_lifetime_secs: u64,
+    /// Allocations per user.
+    pub user_quota: u32,
+    /// Allocations in total.
+    pub total_quota: u32,
+    /// Allocations per client IP.
+    pub ip_quota: u32,
+    /// Unauthenticated responses per second per source IP (0: unlimited).
+    pub unauth_rate_per_sec: u32,
+    /// Burst of unauthenticated responses per source IP.
+    pub unauth_burst: u32,
+    /// Ports of other services of this host that peers may never reach even when
+    /// `allow_peer` covers the host (set by `turnkey` for the services it runs next to TURN:
+    /// signaling, the SFU's media, ICE-TCP and link ports, their metrics). Not a file key.
+    pub protected_ports: Vec<u16>,
+    /// Longest allocation lifetime, seconds.
+    pub max_lifetime_secs: u64,
+    /// Worker threads.
+    pub workers: usize,
+    /// Drain timeout after SIGTERM, seconds.
+    pub drain_timeout_secs: u64,
+    /// SOFTWARE value (None: omitted).
+    pub software: Option<String>,
+    /// TLS listeners.
+    pub tls_listen: Vec<SocketAddr>,
+    /// DTLS listeners.
+    pub dtls_listen: Vec<SocketAddr>,
+    /// Certificate chain and key files (both set when any TLS/DTLS listener is).
+    pub tls_files: Option<(PathBuf, PathBuf)>,
+    /// JSON logs.
+    pub log_json: bool,
+    /// Caps on unauthenticated and per-connection state.
+    pub limits: Limits,
+}
+
+impl std::fmt::Debug for TurnConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl ServerArgs {
+    /// Merges flags over the config file over `defaults`.
+    pub fn resolve(self, defaults: &Defaults) -> Result<TurnConfig, ConfigError> {
+        let file: FileConfig = match &self.config {
+            Some(p) => load_toml(p)?,
+            None => FileConfig::default(),
+        };
+        let limits = Limits::resolve(&self, &file)?;
+        fn pick<T>(flag: Vec<T>, file: Vec<T>) -> Vec<T> {
+            if flag.is_empty() {
+                file
+            } else {
+                flag
+            }
+        }
+        let listen = pick(self.listen, file.listen);
+        let listen = if listen.is_empty() {
+            defaults.listen.clone()
+        } else {
+            listen
+        };
+        let mut relay_ips = pick(self.relay_ip, file.relay_ip);
+        if relay_ips.is_empty() {
+            relay_ips = default_relay_ips(&listen);
+        }
+        let min_port = self.min_port.or(file.min_port).unwrap_or(49152);
+        let max_port = self.max_port.or(file.max_port).unwrap_or(65535);
+        if min_port == 0 || min_port > max_port {
+            return Err(ConfigError::Invalid(format!(
+                "relay port range {min_port}-{max_port} is empty"
+            )));
+        }
+        let mut external_ips = HashMap::new();
+        for e in pick(self.external_ip, file.external_ip) {
+            let (public, private) = match e.split_once('/') {
+                Some((p, l)) => (p, Some(l)),
+                None => (e.as_str(), None),
+            };
+            let public: IpAddr = public
+                .parse()
+                .map_err(|_| ConfigError::Invalid(format!("external_ip: bad address {e:?}")))?;
+            match private {
+                Some(l) => {
+                    let l: IpAddr = l.parse().map_err(|_| {
+                        ConfigError::Invalid(format!("external_ip: bad address {e:?}"))
+                    })?;
+                    external_ips.insert(l, public);
+                }
+                None => {
+                    for r in relay_ips.iter().filter(|r| r.is_ipv4() == public.is_ipv4()) {
+                        external_ips.insert(*r, public);
+                    }
+                }
+            }
+        }
+        let mut users = HashMap::new();
+        for u in pick(self.user, file.user) {
+            let Some((name, pw)) = u.split_once(':') else {
+                return Err(ConfigError::Invalid(
+                    "user must be NAME:PASSWORD (the password is not shown)".into(),
+                ));
+            };
+            if name.is_empty() {
+                return Err(ConfigError::Invalid("user: empty name".into()));
+            }
+            users.insert(name.to_string(), pw.to_string());
+        }
+        let auth_secrets: Vec<String> = pick(self.auth_secret, file.auth_secret)
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .collect();
+        let software = match self.software.or(file.software) {
+            Some(s) if s.is_empty() => None,
+            Some(s) => Some(s),
+            None => Some(turnkey_runtime::SOFTWARE.to_string()),
+        };
+        let tls_listen = pick(self.tls_listen, file.tls_listen);
+        let dtls_listen = pick(self.dtls_listen, file.dtls_listen);
+        let tls_files = match (self.cert.or(file.cert), self.key.or(file.key)) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "cert and key go together (PEM files)".into(),
+                ))
+            }
+        };
+        if (!tls_listen.is_empty() || !dtls_listen.is_empty()) && tls_files.is_none() {
+            return Err(ConfigError::Invalid(
+                "tls_listen/dtls_listen need cert and key".into(),
+            ));
+        }
+        let workers = self
+            .workers
+            .or(file.workers)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .max(1);
+        Ok(TurnConfig {
+            listen,
+            relay_ips,
+            min_port,
+            max_port,
+            external_ips,
+            realm: self
+                .realm
+                .or(file.realm)
+                .unwrap_or_else(|| "turnkey".to_string()),
+            users,
+            auth_secrets,
+            allow_peer: pick(self.allow_peer, file.allow_peer),
+            deny_peer: pick(self.deny_peer, file.deny_peer),
+            metrics: self.metrics.or(file.metrics).unwrap_or(defaults.metrics),
+            nonce_lifetime_secs: self.nonce_lifetime.or(file.nonce_lifetime).unwrap_or(600),
+            user_quota: self.user_quota.or(file.user_quota).unwrap_or(64),
+            total_quota: self.total_quota.or(file.total_quota).unwrap_or(100_000),
+            ip_quota: self.ip_quota.or(file.ip_quota).unwrap_or(128),
+            unauth_rate_per_sec: self.unauth_rate.or(file.unauth_rate).unwrap_or(50),
+            unauth_burst: self.unauth_burst.or(file.unauth_burst).unwrap_or(100),
+            protected_ports: Vec::new(),
+            max_lifetime_secs: self
+                .max_lifetime
+                .or(file.max_lifetime)
+                .unwrap_or(3600)
+                .max(1),
+            workers,
+            drain_timeout_secs: self.drain_timeout.or(file.drain_timeout).unwrap_or(10),
+            software,
+            tls_listen,
+            dtls_listen,
+            tls_files,
+            log_json: self.log_json || file.log_json.unwrap_or(false),
+            limits,
+        })
+    }
+}
+
+/// The listen IPs that are specific, else the primary interface address (found by asking the
+/// routing table with an unconnected-then-connected UDP socket; no packet is sent).
+fn default_relay_ips(listen: &[SocketAddr]) -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = Vec::new();
+    for l in listen {
+        if !l.ip().is_unspecified() && !ips.contains(&l.ip()) {
+            ips.push(l.ip());
+        }
+    }
+    if ips.is_empty() {
+        let primary = UdpSocket::bind("0.0.0.0:0")
+            .and_then(|s| s.connect("192.0.2.1:9").map(|_| s))
+            .and_then(|s| s.local_addr())
+            .map(|a| a.ip())
+            .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        ips.push(primary);
+    }
+    ips
+}
+
+impl TurnConfig {
+    /// One line describing the effective config with every secret redacted.
+    pub fn redacted(&self) -> String {
+        let mut users: Vec<&String> = self.users.keys().collect();
+        users.sort();
+        format!(
+            "listen={:?} relay_ip={:?} ports={}-{} external_ip={:?} realm={:?} users={:?} (passwords <redacted>) auth_secrets={} (<redacted>) allow_peer={:?} deny_peer={:?} metrics={} nonce_lifetime={}s user_quota={} total_quota={} ip_quota={} unauth_rate={}/s unauth_burst={} max_lifetime={}s workers={} drain_timeout={}s tls_listen={:?} dtls_listen={:?} cert={:?} limits={:?}",
+            self.listen,
+            self.relay_ips,
+            self.min_port,
+            self.max_port,
+            self.external_ips,
+            self.realm,
+            users,
+            self.auth_secrets.len(),
+            self.allow_peer,
+            self.deny_peer,
+            self.metrics,
+            self.nonce_lifetime_secs,
+            self.user_quota,
+            self.total_quota,
+            self.ip_quota,
+            self.unauth_rate_per_sec,
+            self.unauth_burst,
+            self.max_lifetime_secs,
+            self.workers,
+            self.drain_timeout_secs,
+            self.tls_listen,
+            self.dtls_listen,
+            self.tls_files.as_ref().map(|(c, _)| c),
+            self.limits,
+        )
+    }
+}
+
+/// Caps on unauthenticated and per-connection state (RFC 6347 §4.2.1 for DTLS): DTLS half-open
+/// handshakes, TCP/TLS connections and TLS handshakes, per source IP and in total, and the
+/// per-connection send queue. Every value is at least 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Half-open DTLS handshakes per DTLS socket and worker.
+    pub dtls_max_handshakes: usize,
+    /// Half-open DTLS handshakes per source IP, per DTLS socket and worker.
+    pub dtls_max_handshakes_per_ip: usize,
+    /// Open TCP and TLS client connections, all workers.
+    pub tcp_max_connections: usize,
+    /// Open TCP and TLS client connections per source IP, all workers.
+    pub tcp_max_connections_per_ip: usize,
+    /// TLS handshakes in progress, all workers.
+    pub tls_max_handshakes: usize,
+    /// TLS handshakes in progress per source IP, all workers.
+    pub tls_max_handshakes_per_ip: usize,
+    /// Bytes queued for sending per TCP/TLS connection.
+    pub tcp_send_queue_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            dtls_max_handshakes: 2048,
+            dtls_max_handshakes_per_ip: 16,
+            tcp_max_connections: 100_000,
+            tcp_max_connections_per_ip: 256,
+            tls_max_handshakes: 4096,
+            tls_max_handshakes_per_ip: 16,
+            tcp_send_queue_bytes: 256 * 1024,
+        }
+    }
+}
+
+impl Limits {
+    fn resolve(flags: &ServerArgs, file: &FileConfig) -> Result<Limits, ConfigError> {
+        let d = Limits::default();
+        let pick = |key: &str, flag: Option<usize>, file: Option<usize>, default: usize| match flag
+            .or(file)
+            .unwrap_or(default)
+        {
+            0 => Err(ConfigError::Invalid(format!("{key} must be at least 1"))),
+            n => Ok(n),
+        };
+        Ok(Limits {
+            dtls_max_handshakes: pick(
+                "dtls_max_handshakes",
+                flags.dtls_max_handshakes,
+                file.dtls_max_handshakes,
+                d.dtls_max_handshakes,
+            )?,
+            dtls_max_handshakes_per_ip: pick(
+                "dtls_max_handshakes_per_ip",
+                flags.dtls_max_handshakes_per_ip,
+                file.dtls_max_handshakes_per_ip,
+                d.dtls_max_handshakes_per_ip,
+            )?,
+            tcp_max_connections: pick(
+                "tcp_max_connections",
+                flags.tcp_max_connections,
+                file.tcp_max_connections,
+                d.tcp_max_connections,
+            )?,
+            tcp_max_connections_per_ip: pick(
+                "tcp_max_connections_per_ip",
+                flags.tcp_max_connections_per_ip,
+                file.tcp_max_connections_per_ip,
+                d.tcp_max_connections_per_ip,
+            )?,
+            tls_max_handshakes: pick(
+                "tls_max_handshakes",
+                flags.tls_max_handshakes,
+                file.tls_max_handshakes,
+                d.tls_max_handshakes,
+            )?,
+            tls_max_handshakes_per_ip: pick(
+                "tls_max_handshakes_per_ip",
+                flags.tls_max_handshakes_per_ip,
+                file.tls_max_handshakes_per_ip,
+                d.tls_max_handshakes_per_ip,
+            )?,
+            tcp_send_queue_bytes: pick(
+                "tcp_send_queue_bytes",
+                flags.tcp_send_queue_bytes,
+                file.tcp_send_queue_bytes,
+                d.tcp_send_queue_bytes,
+            )?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ServerArgs,
+    }
+
+    fn parse(argv: &[&str]) -> ServerArgs {
+        Cli::parse_from(std::iter::once("turn-server").chain(argv.iter().copied())).args
+    }
+
+    #[test]
+    fn flags_override_file_and_secrets_are_redacted() {
+        let dir = std::env::temp_dir().join(format!("turnkey-turn-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.toml");
+        std::fs::write(
+            &path,
+            "realm = \"file.example\"\nlisten = [\"127.0.0.1:3478\"]\nuser = [\"alice:topsecretpw\"]\nauth_secret = [\"filesecret\"]\nmin_port = 50000\nmax_port = 50100\n",
+        )
+        .unwrap();
+        let cfg = parse(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--realm",
+            "flag.example",
+        ])
+        .resolve(&Defaults::default())
+        .unwrap();
+        assert_eq!(cfg.realm, "flag.example");
+        assert_eq!(
+            cfg.listen,
+            vec!["127.0.0.1:3478".parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(cfg.relay_ips, vec!["127.0.0.1".parse::<IpAddr>().unwrap()]);
+        assert_eq!((cfg.min_port, cfg.max_port), (50000, 50100));
+        assert_eq!(
+            cfg.users.get("alice").map(String::as_str),
+            Some("topsecretpw")
+        );
+        let shown = cfg.redacted();
+        assert!(
+            !shown.contains("topsecretpw") && !shown.contains("filesecret"),
+            "{shown}"
+        );
+        assert!(shown.contains("alice"));
+    }
+
+    #[test]
+    fn limits_default_come_from_file_and_flags_and_refuse_zero() {
+        let cfg = parse(&[]).resolve(&Defaults::default()).unwrap();
+        assert_eq!(cfg.limits, Limits::default());
+        let dir = std::env::temp_dir().join(format!("turnkey-turn-cfg3-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.toml");
+        std::fs::write(
+            &path,
+            "tcp_max_connections_per_ip = 8\ndtls_max_handshakes = 100\ntcp_send_queue_bytes = 4096\n",
+        )
+        .unwrap();
+        let cfg = parse(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--tcp-max-connections-per-ip",
+            "4",
+        ])
+        .resolve(&Defaults::default())
+        .unwrap();
+        assert_eq!(cfg.limits.tcp_max_connections_per_ip, 4);
+        assert_eq!(cfg.limits.dtls_max_handshakes, 100);
+        assert_eq!(cfg.limits.tcp_send_queue_bytes, 4096);
+        assert_eq!(cfg.limits.tls_max_handshakes_per_ip, 16);
+        let err = parse(&["--tls-max-handshakes", "0"])
+            .resolve(&Defaults::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tls_max_handshakes"), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_it() {
+        let dir = std::env::temp_dir().join(format!("turnkey-turn-cfg2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.toml");
+        std::fs::write(&path, "relam = \"typo\"\n").unwrap();
+        let err = parse(&["--config", path.to_str().unwrap()])
+            .resolve(&Defaults::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("relam"), "{err}");
+    }
+
+    #[test]
+    fn external_ip_forms_and_bad_values() {
+        let cfg = parse(&["--listen", "127.0.0.1:3478", "--external-ip", "203.0.113.9"])
+            .resolve(&Defaults::default())
+            .unwrap();
+        assert_eq!(
+            cfg.external_ips.get(&"127.0.0.1".parse().unwrap()),
+            Some(&"203.0.113.9".parse().unwrap())
+        );
+        let cfg = parse(&["--external-ip", "203.0.113.9/10.0.0.5"])
+            .resolve(&Defaults::default())
+            .unwrap();
+        assert_eq!(
+            cfg.external_ips.get(&"10.0.0.5".parse().unwrap()),
+            Some(&"203.0.113.9".parse().unwrap())
+        );
+        assert!(parse(&["--external-ip", "nope"])
+            .resolve(&Defaults::default())
+            .is_err());
+        assert!(parse(&["--user", "nocolon"])
+            .resolve(&Defaults::default())
+            .is_err());
+        assert!(parse(&["--min-port", "6000", "--max-port", "5000"])
+            .resolve(&Defaults::default())
+            .is_err());
+    }
+
+    #[test]
+    fn every_listening_port_is_an_own_port_of_the_peer_policy() {
+        // Issue 9 §1: TLS, DTLS and metrics listeners and the neighbouring services' ports are
+        // refused as peers even when allow_peer covers the host.
+        let mut cfg = parse(&[
+            "--listen",
+            "192.0.2.10:3478",
+            "--tls-listen",
+            "192.0.2.10:5349",
+            "--dtls-listen",
+            "192.0.2.10:5350",
+            "--metrics",
+            "192.0.2.10:9641",
+            "--allow-peer",
+            "192.0.2.0/24",
+            "--cert",
+            "/nonexistent/cert.pem",
+            "--key",
+            "/nonexistent/key.pem",
+        ])
+        .resolve(&Defaults::default())
+        .unwrap();
+        cfg.protected_ports = vec![8080];
+        let core = crate::io::core_config(&cfg);
+        for port in [3478u16, 5349, 5350, 9641, 8080, 50_000] {
+            let peer = SocketAddr::from(([192, 0, 2, 10], port));
+            assert_eq!(
+                core.policy.check(peer),
+                Err(turn_proto::policy::DenyReason::OwnAddress),
+                "{peer}"
+            );
+        }
+        assert_eq!(
+            core.policy.check(SocketAddr::from(([192, 0, 2, 10], 22))),
+            Ok(())
+        );
+    }
+}

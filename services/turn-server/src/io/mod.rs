@@ -1,0 +1,1212 @@
+//! The thin tokio layer around [`TurnCore`].
+//!
+//! One worker thread per core, each running a current-thread runtime with its own
+//! `SO_REUSEPORT` UDP socket and TCP listener on every listen address. The kernel steers a
+//! client's 5-tuple to one worker; that worker's core owns the client's allocation and serves
+//! the allocation's relay sockets, so the data path takes no lock. All sends are non-blocking
+//! (`try_send`); a full socket buffer or TCP queue drops the packet and counts it.
+//!
+//! Unauthenticated state is bounded: DTLS keeps nothing for an address before a cookie round
+//! trip and caps half-open handshakes ([`dtls`]); stream connections are admitted by a
+//! server-wide [`StreamGate`] (connections and TLS handshakes in progress, in total and per
+//! source IP), must finish the TLS handshake within [`TLS_HANDSHAKE_TIMEOUT`] and deliver one
+//! complete frame within [`FIRST_REQUEST_TIMEOUT`], and queue at most `tcp_send_queue_bytes`
+//! for sending ([`SendQueue`]).
+
+pub mod dtls;
+pub mod relay;
+pub use turnkey_sockets as sockets;
+pub use turnkey_tls as tls;
+
+use crate::config::TurnConfig;
+use crate::metrics::{gauge_add, Folded, TurnMetrics};
+use relay::{RelaySockets, Reservations};
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use stun_proto::binding::BindingConfig;
+use stun_proto::msg::stream_frame_len;
+use stun_server::metrics::StunMetrics;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::Notify;
+use tokio::task::AbortHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use turn_proto::auth::{Credentials, NonceMinter};
+use turn_proto::core::{CoreConfig, Shared, Transmit, TurnCore};
+use turn_proto::policy::PeerPolicy;
+use turn_proto::{FiveTuple, Transport};
+
+/// A TCP connection that holds no allocation is closed after this long without data.
+const TCP_IDLE_WITHOUT_ALLOCATION: Duration = Duration::from_secs(30);
+/// A TCP connection with an allocation is closed after this long without data (allocations
+/// live at most `max_lifetime` without a Refresh anyway).
+const TCP_IDLE_WITH_ALLOCATION: Duration = Duration::from_secs(3660);
+/// Largest frame a TCP client may send (a STUN message or ChannelData of 64 KiB).
+const MAX_FRAME_BYTES: usize = 65_536 + 20;
+
+/// Time a TLS client has to finish its handshake.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a stream client has, from the connection (TCP) or the end of the TLS handshake, to
+/// deliver one complete STUN or ChannelData frame; then it is closed (slowloris).
+pub const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running server.
+#[derive(Debug)]
+pub struct RunningServer {
+    /// The bound client listeners (port 0 resolved).
+    pub listen: Vec<SocketAddr>,
+    /// The bound TLS listeners.
+    pub listen_tls: Vec<SocketAddr>,
+    /// The bound DTLS listeners.
+    pub listen_dtls: Vec<SocketAddr>,
+    /// The certificate in use (reloadable), when TLS/DTLS is configured.
+    pub certs: Option<Arc<tls::CertStore>>,
+    /// Cross-worker state (allocation count, draining).
+    pub shared: Arc<Shared>,
+    stop: CancellationToken,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// Graceful stop: refuse new allocations, wait up to `drain` for allocations to end, then
+    /// stop the workers and join them.
+    pub async fn shutdown(self, drain: Duration) {
+        self.shared.start_draining();
+        let waiting = self.shared.total_allocations();
+        if waiting > 0 {
+            // What the operator is waiting for, and how to skip it.
+            tracing::info!(
+                allocations = waiting,
+                up_to_secs = drain.as_secs(),
+                "draining: new allocations are refused; waiting for the current ones to end \
+                 (SIGINT/Ctrl-C again exits at once)"
+            );
+        }
+        let deadline = tokio::time::Instant::now() + drain;
+        while self.shared.total_allocations() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tracing::info!(
+            remaining_allocations = self.shared.total_allocations(),
+            "stopping workers"
+        );
+        self.stop.cancel();
+        for t in self.threads {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+}
+
+/// Builds the core configuration from the effective config. The server's own addresses (relay,
+/// listen, external and metrics IPs) and ports (listen and metrics) feed the peer policy.
+pub fn core_config(cfg: &TurnConfig) -> CoreConfig {
+    let mut own_ips: Vec<std::net::IpAddr> = cfg.relay_ips.clone();
+    own_ips.extend(cfg.listen.iter().map(|l| l.ip()));
+    own_ips.extend(cfg.external_ips.values().copied());
+    own_ips.push(cfg.metrics.ip());
+    own_ips.retain(|ip| !ip.is_unspecified());
+    own_ips.sort();
+    own_ips.dedup();
+    // Every port this process (and, under `turnkey`, the suite) listens on: client, TLS, DTLS,
+    // metrics and the protected ports of neighbouring services.
+    let mut own_ports: Vec<u16> = cfg
+        .listen
+        .iter()
+        .chain(&cfg.tls_listen)
+        .chain(&cfg.dtls_listen)
+        .map(|l| l.port())
+        .collect();
+    own_ports.push(cfg.metrics.port());
+    own_ports.extend(&cfg.protected_ports);
+    own_ports.sort_unstable();
+    own_ports.dedup();
+    let nonce_key: [u8; 32] = rand::random();
+    let credentials =
+        Credentials::new(cfg.users.clone(), cfg.auth_secrets.clone()).hash_users(&cfg.realm);
+    let userhash = credentials.has_static_users();
+    CoreConfig {
+        realm: cfg.realm.clone(),
+        software: cfg.software.clone(),
+        credentials,
+        nonces: NonceMinter::new(nonce_key, cfg.nonce_lifetime_secs).with_userhash(userhash),
+        policy: PeerPolicy::new(
+            cfg.allow_peer.clone(),
+            cfg.deny_peer.clone(),
+            own_ips,
+            own_ports,
+            (cfg.min_port, cfg.max_port),
+        ),
+        default_lifetime: Duration::from_secs(600),
+        max_lifetime: Duration::from_secs(cfg.max_lifetime_secs),
+        permission_lifetime: Duration::from_secs(300),
+        channel_lifetime: Duration::from_secs(600),
+        channel_reuse_delay: Duration::from_secs(300),
+        user_quota: cfg.user_quota,
+        total_quota: cfg.total_quota,
+        ip_quota: cfg.ip_quota,
+        reservation_lifetime: relay::RESERVATION_LIFETIME,
+        unauth_rate_per_sec: cfg.unauth_rate_per_sec,
+        unauth_burst: cfg.unauth_burst,
+        external_ips: cfg.external_ips.clone(),
+        // Binding answers anyone: no SOFTWARE, so the response is as small as it can be
+        // (reflection amplification).
+        binding: BindingConfig {
+            software: None,
+            ..BindingConfig::default()
+        },
+    }
+}
+
+/// Binds every client socket (all workers) and starts the workers. When this returns, the
+/// server is accepting clients.
+pub fn start(
+    cfg: &TurnConfig,
+    metrics: TurnMetrics,
+    stun_metrics: StunMetrics,
+) -> io::Result<RunningServer> {
+    let core_cfg = Arc::new(core_config(cfg));
+    let shared = Arc::new(Shared::default());
+    let gate = Arc::new(StreamGate::new(
+        StreamLimits {
+            max_connections: cfg.limits.tcp_max_connections,
+            max_connections_per_ip: cfg.limits.tcp_max_connections_per_ip,
+            max_handshakes: cfg.limits.tls_max_handshakes,
+            max_handshakes_per_ip: cfg.limits.tls_max_handshakes_per_ip,
+        },
+        metrics.conn.clone(),
+    ));
+    let dtls_limits = dtls::DtlsLimits {
+        max_handshakes: cfg.limits.dtls_max_handshakes,
+        max_handshakes_per_ip: cfg.limits.dtls_max_handshakes_per_ip,
+        ..dtls::DtlsLimits::default()
+    };
+    let reservations: Reservations = Arc::default();
+    let stop = CancellationToken::new();
+
+    let (certs, acceptor) = match &cfg.tls_files {
+        Some((cert, key)) => {
+            let store = tls::CertStore::open(cert, key)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+            let sc = tls::server_config(store.clone())
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+            (Some(store), Some(TlsAcceptor::from(sc)))
+        }
+        None => (None, None),
+    };
+    let mut listen_dtls = Vec::new();
+    let mut dtls_per_worker: Vec<Vec<StdUdpSocket>> =
+        (0..cfg.workers).map(|_| Vec::new()).collect();
+    for addr in &cfg.dtls_listen {
+        // Exclusive for a moment, so a second instance cannot silently share the port.
+        let bound = StdUdpSocket::bind(addr)
+            .and_then(|s| s.local_addr())
+            .map_err(|e| {
+                io::Error::new(e.kind(), format!("{addr} (DTLS) is already in use: {e}"))
+            })?;
+        listen_dtls.push(bound);
+        for w in dtls_per_worker.iter_mut() {
+            w.push(sockets::reuseport_udp(bound)?);
+        }
+    }
+    let dtls_cfg = match (&certs, cfg.dtls_listen.is_empty()) {
+        (Some(store), false) => {
+            let (c, k) = store.paths();
+            Some(
+                dtls::handshake_config(c, k)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?,
+            )
+        }
+        _ => None,
+    };
+    let mut listen_tls = Vec::new();
+    let mut tls_per_worker: Vec<Vec<std::net::TcpListener>> =
+        (0..cfg.workers).map(|_| Vec::new()).collect();
+    for addr in &cfg.tls_listen {
+        // TCP only (a DTLS listener may share the port number); exclusive for a moment.
+        let bound = std::net::TcpListener::bind(addr)
+            .and_then(|l| l.local_addr())
+            .map_err(|e| {
+                io::Error::new(e.kind(), format!("{addr} (TLS) is already in use: {e}"))
+            })?;
+        listen_tls.push(bound);
+        for w in tls_per_worker.iter_mut() {
+            w.push(sockets::reuseport_tcp(bound)?);
+        }
+    }
+    // Resolve port 0 once so every worker binds the same address.
+    let mut listen = Vec::new();
+    let mut per_worker: Vec<Vec<(StdUdpSocket, std::net::TcpListener)>> =
+        (0..cfg.workers).map(|_| Vec::new()).collect();
+    for addr in &cfg.listen {
+        let bound = sockets::probe_exclusive(*addr).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("{addr} is already in use (UDP or TCP): {e}"),
+            )
+        })?;
+        listen.push(bound);
+        for w in per_worker.iter_mut() {
+            w.push((
+                sockets::reuseport_udp(bound)?,
+                sockets::reuseport_tcp(bound)?,
+            ));
+        }
+    }
+
+    let start_instant = Instant::now();
+    let start_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut threads = Vec::new();
+    for (i, ((socks, tls_socks), dtls_socks)) in per_worker
+        .into_iter()
+        .zip(tls_per_worker)
+        .zip(dtls_per_worker)
+        .enumerate()
+    {
+        let acceptor = acceptor.clone();
+        let dtls = DtlsSetup {
+            socks: dtls_socks,
+            cfg: dtls_cfg.clone(),
+            certs: certs.clone(),
+            limits: dtls_limits,
+        };
+        let streams = StreamSetup {
+            tls_listeners: tls_socks,
+            acceptor,
+            gate: gate.clone(),
+            send_queue_bytes: cfg.limits.tcp_send_queue_bytes,
+        };
+        let core = TurnCore::new(core_cfg.clone(), shared.clone(), start_instant, start_unix);
+        let stun_metrics = stun_metrics.clone();
+        let relays = RelaySockets::new(
+            cfg.relay_ips.clone(),
+            cfg.min_port,
+            cfg.max_port,
+            reservations.clone(),
+        );
+        let stop = stop.clone();
+        let metrics = metrics.clone();
+        let t = std::thread::Builder::new()
+            .name(format!("turn-worker-{i}"))
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "worker runtime failed to start");
+                        return;
+                    }
+                };
+                let local = tokio::task::LocalSet::new();
+                local.block_on(
+                    &rt,
+                    run_worker(
+                        core,
+                        relays,
+                        socks,
+                        streams,
+                        dtls,
+                        (metrics, stun_metrics),
+                        stop,
+                    ),
+                );
+            })?;
+        threads.push(t);
+    }
+    Ok(RunningServer {
+        listen,
+        listen_tls,
+        listen_dtls,
+        certs,
+        shared,
+        stop,
+        threads,
+    })
+}
+
+/// What a worker needs to serve DTLS.
+struct DtlsSetup {
+    socks: Vec<StdUdpSocket>,
+    cfg: Option<Arc<rtc_dtls::config::HandshakeConfig>>,
+    certs: Option<Arc<tls::CertStore>>,
+    limits: dtls::DtlsLimits,
+}
+
+/// What a worker needs to serve TLS, and the stream limits.
+struct StreamSetup {
+    tls_listeners: Vec<std::net::TcpListener>,
+    acceptor: Option<TlsAcceptor>,
+    gate: Arc<StreamGate>,
+    send_queue_bytes: usize,
+}
+
+struct Worker {
+    /// DTLS sockets by local address, with their associations.
+    dtls: HashMap<SocketAddr, (Rc<UdpSocket>, dtls::DtlsServer)>,
+    core: TurnCore,
+    relays: RelaySockets,
+    metrics: TurnMetrics,
+    stun_metrics: StunMetrics,
+    /// What was last folded of the core's stats into `metrics`.
+    folded: Folded,
+    udp: HashMap<SocketAddr, Rc<UdpSocket>>,
+    tcp: HashMap<FiveTuple, Rc<SendQueue>>,
+    /// Admission of stream connections (shared by all workers).
+    gate: Arc<StreamGate>,
+    /// `tcp_send_queue_bytes`.
+    send_queue_bytes: usize,
+    relay_socks: HashMap<SocketAddr, (Rc<UdpSocket>, AbortHandle)>,
+    out: Vec<Transmit>,
+}
+
+type WorkerRef = Rc<RefCell<Worker>>;
+
+async fn run_worker(
+    core: TurnCore,
+    relays: RelaySockets,
+    socks: Vec<(StdUdpSocket, std::net::TcpListener)>,
+    streams: StreamSetup,
+    dtls_setup: DtlsSetup,
+    (metrics, stun_metrics): (TurnMetrics, StunMetrics),
+    stop: CancellationToken,
+) {
+    let w: WorkerRef = Rc::new(RefCell::new(Worker {
+        dtls: HashMap::new(),
+        core,
+        relays,
+        metrics,
+        stun_metrics,
+        folded: Folded::default(),
+        udp: HashMap::new(),
+        tcp: HashMap::new(),
+        gate: streams.gate,
+        send_queue_bytes: streams.send_queue_bytes,
+        relay_socks: HashMap::new(),
+        out: Vec::new(),
+    }));
+    let mut tasks = Vec::new();
+    for (udp, tcp) in socks {
+        let (udp, tcp) = match (UdpSocket::from_std(udp), TcpListener::from_std(tcp)) {
+            (Ok(u), Ok(t)) => (Rc::new(u), t),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(error = %e, "cannot register listener");
+                continue;
+            }
+        };
+        let Ok(local) = udp.local_addr() else {
+            continue;
+        };
+        w.borrow_mut().udp.insert(local, udp.clone());
+        tasks.push(tokio::task::spawn_local(udp_listener(
+            w.clone(),
+            udp,
+            local,
+        )));
+        tasks.push(tokio::task::spawn_local(tcp_acceptor(
+            w.clone(),
+            tcp,
+            local,
+            None,
+            stop.clone(),
+        )));
+    }
+    let acceptor = streams.acceptor;
+    for tls in streams.tls_listeners {
+        let (Some(acceptor), Ok(l)) = (acceptor.clone(), TcpListener::from_std(tls)) else {
+            continue;
+        };
+        let Ok(local) = l.local_addr() else { continue };
+        tasks.push(tokio::task::spawn_local(tcp_acceptor(
+            w.clone(),
+            l,
+            local,
+            Some(acceptor),
+            stop.clone(),
+        )));
+    }
+    if let Some(cfg) = &dtls_setup.cfg {
+        let generation = dtls_setup.certs.as_ref().map_or(0, |c| c.generation());
+        for sock in dtls_setup.socks {
+            let Ok(s) = UdpSocket::from_std(sock) else {
+                continue;
+            };
+            let Ok(local) = s.local_addr() else { continue };
+            let s = Rc::new(s);
+            w.borrow_mut().dtls.insert(
+                local,
+                (
+                    s.clone(),
+                    dtls::DtlsServer::new(
+                        local,
+                        cfg.clone(),
+                        generation,
+                        dtls_setup.limits,
+                        Instant::now(),
+                    ),
+                ),
+            );
+            tasks.push(tokio::task::spawn_local(dtls_listener(w.clone(), s, local)));
+        }
+        tasks.push(tokio::task::spawn_local(dtls_timer(
+            w.clone(),
+            dtls_setup.certs.clone(),
+        )));
+    }
+    tasks.push(tokio::task::spawn_local(timer_loop(w.clone())));
+    stop.cancelled().await;
+    for t in tasks {
+        t.abort();
+    }
+    let mut guard = w.borrow_mut();
+    let wk = &mut *guard;
+    for (_, srv) in wk.dtls.values_mut() {
+        gauge_add(
+            &wk.metrics.conn.dtls_handshakes,
+            -(srv.handshakes_in_progress() as i64),
+        );
+    }
+    wk.core.close_all(&mut wk.relays);
+    wk.fold_stats();
+    for (_, (_, h)) in wk.relay_socks.drain() {
+        h.abort();
+    }
+}
+
+impl Worker {
+    /// Folds what the core counted since the last call into the Prometheus metrics.
+    fn fold_stats(&mut self) {
+        self.metrics
+            .fold(&self.stun_metrics, self.core.stats(), &mut self.folded);
+    }
+}
+
+/// After any core call: send what it produced, start new relay sockets, close released ones,
+/// and fold the core's counters into the metrics.
+fn flush(wr: &WorkerRef, w: &mut Worker) {
+    w.fold_stats();
+    for t in w.out.drain(..) {
+        match t {
+            Transmit::ToClient { to, data } => match to.transport {
+                Transport::Dtls => {
+                    if let Some((s, srv)) = w.dtls.get_mut(&to.server) {
+                        if srv.send(Instant::now(), to.client, &data).is_err() {
+                            w.metrics.drop_packet("client_send_failed");
+                        }
+                        while let Some((peer, d)) = srv.poll_transmit() {
+                            if sockets::send_to(s, &d, peer).is_err() {
+                                w.metrics.drop_packet("client_send_failed");
+                            }
+                        }
+                    }
+                }
+                Transport::Udp => {
+                    if let Some(s) = w.udp.get(&to.server) {
+                        if sockets::send_to(s, &data, to.client).is_err() {
+                            w.metrics.drop_packet("client_send_failed");
+                        }
+                    }
+                }
+                Transport::Tcp | Transport::Tls => {
+                    if let Some(q) = w.tcp.get(&to) {
+                        if q.try_push(data).is_err() {
+                            w.metrics.drop_packet("tcp_queue_full");
+                        }
+                    }
+                }
+            },
+            Transmit::ToPeer { relay, peer, data } => {
+                if let Some((s, _)) = w.relay_socks.get(&relay) {
+                    if let Err(e) = sockets::send_to(s, &data, peer) {
+                        tracing::debug!(error = %e, %relay, %peer, "peer send failed");
+                        w.metrics.drop_packet("peer_send_failed");
+                    }
+                } else {
+                    w.metrics.drop_packet("relay_socket_missing");
+                }
+            }
+        }
+    }
+    for local in std::mem::take(&mut w.relays.pending_release) {
+        if let Some((_, h)) = w.relay_socks.remove(&local) {
+            h.abort();
+        }
+    }
+    for sock in std::mem::take(&mut w.relays.pending_new) {
+        let Ok(local) = sock.local_addr() else {
+            continue;
+        };
+        match UdpSocket::from_std(sock) {
+            Ok(s) => {
+                let s = Rc::new(s);
+                let h = tokio::task::spawn_local(relay_reader(wr.clone(), s.clone(), local));
+                w.relay_socks.insert(local, (s, h.abort_handle()));
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot register relay socket"),
+        }
+    }
+}
+
+async fn udp_listener(wr: WorkerRef, sock: Rc<UdpSocket>, local: SocketAddr) {
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let (n, from) = match sock.recv_from(&mut buf).await {
+            Ok(x) => x,
+            Err(e) => {
+                // ICMP errors (ECONNREFUSED) surface here on Linux; keep serving.
+                tracing::trace!(error = %e, "udp recv");
+                continue;
+            }
+        };
+        let tuple = FiveTuple {
+            client: from,
+            server: local,
+            transport: Transport::Udp,
+        };
+        let mut guard = wr.borrow_mut();
+        let w = &mut *guard;
+        let mut out = std::mem::take(&mut w.out);
+        w.core
+            .handle_client(tuple, &buf[..n], Instant::now(), &mut w.relays, &mut out);
+        w.out = out;
+        flush(&wr, w);
+    }
+}
+
+async fn dtls_listener(wr: WorkerRef, sock: Rc<UdpSocket>, local: SocketAddr) {
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let (n, from) = match sock.recv_from(&mut buf).await {
+            Ok(x) => x,
+            Err(_) => continue,
+        };
+        let now = Instant::now();
+        let mut guard = wr.borrow_mut();
+        let w = &mut *guard;
+        let Some((s, srv)) = w.dtls.get_mut(&local) else {
+            return;
+        };
+        let received = srv.handle_datagram(now, from, &buf[..n]);
+        while let Some((peer, d)) = srv.poll_transmit() {
+            if sockets::send_to(s, &d, peer).is_err() {
+                w.metrics.drop_packet("client_send_failed");
+            }
+        }
+        gauge_add(&w.metrics.conn.dtls_handshakes, srv.take_handshakes_delta());
+        if let Some(d) = &received.dropped {
+            tracing::trace!(reason = %d, client = %from, "DTLS datagram dropped");
+            w.metrics.drop_packet(d.reason());
+        }
+        let tuple = FiveTuple {
+            client: from,
+            server: local,
+            transport: Transport::Dtls,
+        };
+        for m in received.messages {
+            let mut out = std::mem::take(&mut w.out);
+            w.core
+                .handle_client(tuple, &m, now, &mut w.relays, &mut out);
+            w.out = out;
+        }
+        if received.closed {
+            w.core.handle_connection_closed(tuple, &mut w.relays);
+        }
+        flush(&wr, w);
+    }
+}
+
+/// DTLS handshake retransmissions, idle associations, certificate reloads.
+async fn dtls_timer(wr: WorkerRef, certs: Option<Arc<tls::CertStore>>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        let mut guard = wr.borrow_mut();
+        let w = &mut *guard;
+        let fresh = certs.as_ref().and_then(|c| {
+            let g = c.generation();
+            let stale = w.dtls.values().any(|(_, srv)| srv.generation() != g);
+            if !stale {
+                return None;
+            }
+            let (cert, key) = c.paths();
+            match dtls::handshake_config(cert, key) {
+                Ok(cfg) => Some((cfg, g)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "DTLS certificate reload failed");
+                    None
+                }
+            }
+        });
+        let mut closed = Vec::new();
+        for (local, (s, srv)) in w.dtls.iter_mut() {
+            if let Some((cfg, g)) = &fresh {
+                srv.set_config(cfg.clone(), *g);
+            }
+            let expired = srv.handle_timeout(now);
+            w.metrics
+                .drop_packets(dtls::HANDSHAKE_TIMEOUT_REASON, expired.handshake_timeouts);
+            gauge_add(&w.metrics.conn.dtls_handshakes, srv.take_handshakes_delta());
+            for client in expired.idle {
+                closed.push(FiveTuple {
+                    client,
+                    server: *local,
+                    transport: Transport::Dtls,
+                });
+            }
+            while let Some((peer, d)) = srv.poll_transmit() {
+                let _ = sockets::send_to(s, &d, peer);
+            }
+        }
+        for t in closed {
+            w.core.handle_connection_closed(t, &mut w.relays);
+        }
+        flush(&wr, w);
+    }
+}
+
+async fn relay_reader(wr: WorkerRef, sock: Rc<UdpSocket>, local: SocketAddr) {
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let (n, peer) = match sock.recv_from(&mut buf).await {
+            Ok(x) => x,
+            Err(_) => continue,
+        };
+        let mut guard = wr.borrow_mut();
+        let w = &mut *guard;
+        if let Some(t) = w.core.handle_peer(local, peer, &buf[..n], Instant::now()) {
+            w.out.push(t);
+            flush(&wr, w);
+        } else {
+            w.fold_stats();
+        }
+    }
+}
+
+async fn timer_loop(wr: WorkerRef) {
+    loop {
+        let next = wr.borrow().core.poll_timeout();
+        let cap = Instant::now() + Duration::from_secs(1);
+        let at = next.map_or(cap, |n| n.min(cap));
+        tokio::time::sleep_until(at.into()).await;
+        let mut guard = wr.borrow_mut();
+        let w = &mut *guard;
+        w.core.handle_timeout(Instant::now(), &mut w.relays);
+        flush(&wr, w);
+    }
+}
+
+async fn tcp_acceptor(
+    wr: WorkerRef,
+    l: TcpListener,
+    local: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    stop: CancellationToken,
+) {
+    let gate = wr.borrow().gate.clone();
+    loop {
+        let (stream, from) = match l.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!(error = %e, "accept");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let mut admission = match gate.admit(from.ip(), tls.is_some()) {
+            Ok(a) => a,
+            Err(refused) => {
+                tracing::debug!(client = %from, reason = refused.reason(), "connection refused");
+                wr.borrow().metrics.drop_packet(refused.reason());
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        match &tls {
+            None => {
+                let tuple = FiveTuple {
+                    client: from,
+                    server: local,
+                    transport: Transport::Tcp,
+                };
+                tokio::task::spawn_local(tcp_connection(
+                    wr.clone(),
+                    stream,
+                    tuple,
+                    stop.clone(),
+                    admission,
+                ));
+            }
+            Some(acceptor) => {
+                let tuple = FiveTuple {
+                    client: from,
+                    server: local,
+                    transport: Transport::Tls,
+                };
+                let acceptor = acceptor.clone();
+                let (wr, stop) = (wr.clone(), stop.clone());
+                tokio::task::spawn_local(async move {
+                    let handshake =
+                        tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                    let result = tokio::select! {
+                        r = handshake => r,
+                        _ = stop.cancelled() => return,
+                    };
+                    admission.handshake_done();
+                    match result {
+                        Ok(Ok(s)) => tcp_connection(wr, s, tuple, stop, admission).await,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, client = %from, "TLS handshake failed");
+                            wr.borrow().metrics.drop_packet("tls_handshake");
+                        }
+                        Err(_) => wr.borrow().metrics.drop_packet("tls_handshake_timeout"),
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// One stream client (TCP, or TLS after the handshake): RFC 8489 §6.2.2 framing both ways.
+/// Holds `admission` (its place under the connection caps) until it ends.
+async fn tcp_connection<S>(
+    wr: WorkerRef,
+    stream: S,
+    tuple: FiveTuple,
+    stop: CancellationToken,
+    admission: Admission,
+) where
+    S: AsyncRead + AsyncWrite + 'static,
+{
+    let (mut rd, mut wrt) = tokio::io::split(stream);
+    let queue = SendQueue::new(wr.borrow().send_queue_bytes);
+    wr.borrow_mut().tcp.insert(tuple, queue.clone());
+    let writer = tokio::task::spawn_local(async move {
+        while let Some(frame) = queue.next().await {
+            if wrt.write_all(&frame).await.is_err() {
+                break;
+            }
+            // TLS buffers records: push them out now.
+            if wrt.flush().await.is_err() {
+                break;
+            }
+        }
+    });
+    let first_request_deadline = tokio::time::Instant::now() + FIRST_REQUEST_TIMEOUT;
+    let mut got_frame = false;
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let mut chunk = vec![0u8; 65_536];
+    'conn: loop {
+        let idle = if wr.borrow().core.has_allocation(&tuple) {
+            TCP_IDLE_WITH_ALLOCATION
+        } else {
+            TCP_IDLE_WITHOUT_ALLOCATION
+        };
+        let mut deadline = tokio::time::Instant::now() + idle;
+        if !got_frame {
+            deadline = deadline.min(first_request_deadline);
+        }
+        let n = tokio::select! {
+            r = tokio::time::timeout_at(deadline, rd.read(&mut chunk)) => match r {
+                Ok(Ok(0)) | Ok(Err(_)) => break 'conn,
+                Err(_) => {
+                    if !got_frame {
+                        wr.borrow().metrics.drop_packet("tcp_first_request_timeout");
+                    }
+                    break 'conn;
+                }
+                Ok(Ok(n)) => n,
+            },
+            _ = stop.cancelled() => break 'conn,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let mut consumed = 0;
+        while buf.len() - consumed >= 4 {
+            let Some(len) = stream_frame_len(&buf[consumed..]) else {
+                wr.borrow().metrics.drop_packet("tcp_framing");
+                break 'conn;
+            };
+            if len > MAX_FRAME_BYTES {
+                wr.borrow().metrics.drop_packet("tcp_framing");
+                break 'conn;
+            }
+            if buf.len() - consumed < len {
+                break;
+            }
+            got_frame = true;
+            let frame = &buf[consumed..consumed + len];
+            // ChannelData on a stream is padded; the core reads the length field itself.
+            let mut guard = wr.borrow_mut();
+            let w = &mut *guard;
+            let mut out = std::mem::take(&mut w.out);
+            w.core
+                .handle_client(tuple, frame, Instant::now(), &mut w.relays, &mut out);
+            w.out = out;
+            flush(&wr, w);
+            consumed += len;
+        }
+        buf.drain(..consumed);
+    }
+    {
+        let mut guard = wr.borrow_mut();
+        let w = &mut *guard;
+        if let Some(q) = w.tcp.remove(&tuple) {
+            q.close();
+        }
+        w.core.handle_connection_closed(tuple, &mut w.relays);
+        flush(&wr, w);
+    }
+    writer.abort();
+    drop(admission);
+}
+
+/// Caps on stream connections, server-wide ([`StreamGate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamLimits {
+    /// Open TCP and TLS connections.
+    pub max_connections: usize,
+    /// Open TCP and TLS connections from one source IP.
+    pub max_connections_per_ip: usize,
+    /// TLS handshakes in progress.
+    pub max_handshakes: usize,
+    /// TLS handshakes in progress from one source IP.
+    pub max_handshakes_per_ip: usize,
+}
+
+/// Why a stream connection was refused (closed right after accept); each maps to a
+/// `turn_dropped_packets_total{reason}` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refused {
+    /// `tcp_max_connections` reached.
+    #[error("too many connections")]
+    ConnectionLimit,
+    /// `tcp_max_connections_per_ip` reached for the source IP.
+    #[error("too many connections from this IP")]
+    PerIpLimit,
+    /// `tls_max_handshakes` reached.
+    #[error("too many TLS handshakes in progress")]
+    HandshakeLimit,
+    /// `tls_max_handshakes_per_ip` reached for the source IP.
+    #[error("too many TLS handshakes in progress from this IP")]
+    HandshakePerIpLimit,
+}
+
+impl Refused {
+    /// The `reason` label value.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refused::ConnectionLimit => "tcp_connection_limit",
+            Refused::PerIpLimit => "tcp_per_ip_limit",
+            Refused::HandshakeLimit => "tls_handshake_limit",
+            Refused::HandshakePerIpLimit => "tls_handshake_per_ip_limit",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct GateCounts {
+    connections: usize,
+    handshakes: usize,
+    /// Source IP -> (connections, handshakes in progress).
+    per_ip: HashMap<IpAddr, (usize, usize)>,
+}
+
+/// Server-wide admission of stream connections, shared by every worker (a source IP's
+/// connections land on different workers). Taken once per accept, so a mutex is cheap here.
+#[derive(Debug)]
+pub struct StreamGate {
+    limits: StreamLimits,
+    counts: Mutex<GateCounts>,
+    gauges: crate::metrics::ConnGauges,
+}
+
+impl StreamGate {
+    /// A gate with `limits`, reporting into `gauges`.
+    pub fn new(limits: StreamLimits, gauges: crate::metrics::ConnGauges) -> Self {
+        Self {
+            limits,
+            counts: Mutex::default(),
+            gauges,
+        }
+    }
+
+    /// Admits a connection from `ip`, with a TLS handshake slot if `tls`. The slots are given
+    /// back when the [`Admission`] is dropped.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr, tls: bool) -> Result<Admission, Refused> {
+        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let (ip_conns, ip_handshakes) = c.per_ip.get(&ip).copied().unwrap_or((0, 0));
+        if c.connections >= self.limits.max_connections {
+            return Err(Refused::ConnectionLimit);
+        }
+        if ip_conns >= self.limits.max_connections_per_ip {
+            return Err(Refused::PerIpLimit);
+        }
+        if tls && c.handshakes >= self.limits.max_handshakes {
+            return Err(Refused::HandshakeLimit);
+        }
+        if tls && ip_handshakes >= self.limits.max_handshakes_per_ip {
+            return Err(Refused::HandshakePerIpLimit);
+        }
+        c.connections += 1;
+        c.handshakes += usize::from(tls);
+        c.per_ip
+            .insert(ip, (ip_conns + 1, ip_handshakes + usize::from(tls)));
+        self.report(&c);
+        Ok(Admission {
+            gate: self.clone(),
+            ip,
+            handshake: tls,
+        })
+    }
+
+    fn release(&self, ip: IpAddr, connection: bool, handshake: bool) {
+        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        c.connections -= usize::from(connection);
+        c.handshakes -= usize::from(handshake);
+        if let Some((conns, hs)) = c.per_ip.get_mut(&ip) {
+            *conns -= usize::from(connection);
+            *hs -= usize::from(handshake);
+            if *conns == 0 {
+                c.per_ip.remove(&ip);
+            }
+        }
+        self.report(&c);
+    }
+
+    fn report(&self, c: &GateCounts) {
+        self.gauges.tcp_connections.set(c.connections as i64);
+        self.gauges.tls_handshakes.set(c.handshakes as i64);
+    }
+
+    /// (connections, TLS handshakes) held now, in total.
+    pub fn counts(&self) -> (usize, usize) {
+        let c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        (c.connections, c.handshakes)
+    }
+}
+
+/// A connection's place under the [`StreamGate`] caps; given back on drop.
+#[derive(Debug)]
+pub struct Admission {
+    gate: Arc<StreamGate>,
+    ip: IpAddr,
+    handshake: bool,
+}
+
+impl Admission {
+    /// The TLS handshake ended (either way): its handshake slot is given back.
+    pub fn handshake_done(&mut self) {
+        if std::mem::take(&mut self.handshake) {
+            self.gate.release(self.ip, false, true);
+        }
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.gate.release(self.ip, true, self.handshake);
+    }
+}
+
+/// Frames waiting to be written to one stream connection, bounded in bytes: a frame that would
+/// take the queue over `limit_bytes` is refused (the caller drops and counts it), except that
+/// an empty queue always takes one frame so any frame can be sent.
+#[derive(Debug)]
+pub struct ByteQueue {
+    frames: VecDeque<Vec<u8>>,
+    bytes: usize,
+    limit_bytes: usize,
+}
+
+/// The frame did not fit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("send queue full")]
+pub struct QueueFull;
+
+impl ByteQueue {
+    /// An empty queue holding at most `limit_bytes`.
+    pub fn new(limit_bytes: usize) -> Self {
+        Self {
+            frames: VecDeque::new(),
+            bytes: 0,
+            limit_bytes,
+        }
+    }
+
+    /// Queues `frame` if it fits.
+    pub fn try_push(&mut self, frame: Vec<u8>) -> Result<(), QueueFull> {
+        if !self.frames.is_empty() && self.bytes + frame.len() > self.limit_bytes {
+            return Err(QueueFull);
+        }
+        self.bytes += frame.len();
+        self.frames.push_back(frame);
+        Ok(())
+    }
+
+    /// The oldest frame.
+    pub fn pop(&mut self) -> Option<Vec<u8>> {
+        let f = self.frames.pop_front()?;
+        self.bytes -= f.len();
+        Some(f)
+    }
+
+    /// Bytes queued.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+/// A [`ByteQueue`] shared by a worker (producer) and a connection's writer task.
+#[derive(Debug)]
+pub struct SendQueue {
+    queue: RefCell<ByteQueue>,
+    closed: std::cell::Cell<bool>,
+    ready: Notify,
+}
+
+impl SendQueue {
+    /// An empty queue of `limit_bytes`.
+    pub fn new(limit_bytes: usize) -> Rc<Self> {
+        Rc::new(Self {
+            queue: RefCell::new(ByteQueue::new(limit_bytes)),
+            closed: std::cell::Cell::new(false),
+            ready: Notify::new(),
+        })
+    }
+
+    /// Queues `frame` for the writer if it fits.
+    pub fn try_push(&self, frame: Vec<u8>) -> Result<(), QueueFull> {
+        if self.closed.get() {
+            return Err(QueueFull);
+        }
+        self.queue.borrow_mut().try_push(frame)?;
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// No more frames; the writer ends once the queue is empty.
+    pub fn close(&self) {
+        self.closed.set(true);
+        self.ready.notify_one();
+    }
+
+    /// The next frame, waiting for one; None once closed and empty.
+    pub async fn next(&self) -> Option<Vec<u8>> {
+        loop {
+            if let Some(f) = self.queue.borrow_mut().pop() {
+                return Some(f);
+            }
+            if self.closed.get() {
+                return None;
+            }
+            self.ready.notified().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_send_queue_is_bounded_in_bytes_not_frames() {
+        let mut q = ByteQueue::new(1000);
+        // Many small frames fit until the bytes run out, whatever their number.
+        for _ in 0..100 {
+            q.try_push(vec![0; 10]).unwrap();
+        }
+        assert_eq!(q.bytes(), 1000);
+        assert_eq!(q.try_push(vec![0; 1]), Err(QueueFull));
+        // One big frame only fits an empty queue.
+        let mut q = ByteQueue::new(1000);
+        q.try_push(vec![0; 600]).unwrap();
+        assert_eq!(q.try_push(vec![0; 600]), Err(QueueFull));
+        q.try_push(vec![0; 400]).unwrap();
+        assert_eq!(q.pop().map(|f| f.len()), Some(600));
+        assert_eq!(q.bytes(), 400);
+        q.try_push(vec![0; 600]).unwrap();
+        assert_eq!(q.bytes(), 1000);
+        let mut q = ByteQueue::new(100);
+        q.try_push(vec![0; 70_000]).unwrap();
+        assert_eq!(q.try_push(vec![0; 1]), Err(QueueFull));
+    }
+
+    #[test]
+    fn the_shared_send_queue_wakes_its_writer_and_ends_when_closed() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, async {
+            let q = SendQueue::new(10);
+            let reader = q.clone();
+            let writer = tokio::task::spawn_local(async move {
+                let mut got = Vec::new();
+                while let Some(f) = reader.next().await {
+                    got.push(f);
+                }
+                got
+            });
+            tokio::task::yield_now().await;
+            q.try_push(vec![1; 6]).unwrap();
+            assert_eq!(q.try_push(vec![2; 6]), Err(QueueFull));
+            tokio::task::yield_now().await;
+            q.try_push(vec![3; 6]).unwrap();
+            q.close();
+            assert_eq!(q.try_push(vec![4]), Err(QueueFull));
+            assert_eq!(writer.await.unwrap(), vec![vec![1; 6], vec![3; 6]]);
+        });
+    }
+
+    #[test]
+    fn the_stream_gate_caps_per_ip_and_in_total_and_gives_slots_back() {
+        let gauges = crate::metrics::ConnGauges::default();
+        let gate = Arc::new(StreamGate::new(
+            StreamLimits {
+                max_connections: 5,
+                max_connections_per_ip: 3,
+                max_handshakes: 3,
+                max_handshakes_per_ip: 2,
+            },
+            gauges.clone(),
+        ));
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        let c: IpAddr = "127.0.0.3".parse().unwrap();
+        let mut tls_a1 = gate.admit(a, true).unwrap();
+        let _tls_a2 = gate.admit(a, true).unwrap();
+        assert_eq!(
+            gate.admit(a, true).unwrap_err(),
+            Refused::HandshakePerIpLimit
+        );
+        let tcp_a3 = gate.admit(a, false).unwrap();
+        assert_eq!(gate.admit(a, false).unwrap_err(), Refused::PerIpLimit);
+        let _tls_b1 = gate.admit(b, true).unwrap();
+        assert_eq!(gate.admit(b, true).unwrap_err(), Refused::HandshakeLimit);
+        let _tcp_b2 = gate.admit(b, false).unwrap();
+        assert_eq!(gate.admit(c, false).unwrap_err(), Refused::ConnectionLimit);
+        assert_eq!(gate.counts(), (5, 3));
+        assert_eq!(
+            (gauges.tcp_connections.get(), gauges.tls_handshakes.get()),
+            (5, 3)
+        );
+        tls_a1.handshake_done();
+        tls_a1.handshake_done();
+        assert_eq!(gate.counts(), (5, 2));
+        drop(tcp_a3);
+        let _tls_c = gate.admit(c, true).unwrap();
+        drop(tls_a1);
+        assert_eq!(gate.counts(), (4, 3));
+        assert_eq!(gauges.tls_handshakes.get(), 3);
+    }
+}

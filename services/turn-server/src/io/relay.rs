@@ -1,0 +1,260 @@
+//! Relay socket binding for the core ([`RelayAllocator`]): random ports from the configured
+//! range, EVEN-PORT, and RESERVATION-TOKEN reservations shared by all workers. A reserved
+//! socket is closed when the core cancels it (its 30 s timer, RFC 8656 §7.2) and, as a
+//! backstop, by a purge of expired reservations on every allocation.
+
+use super::sockets::relay_udp;
+use rand::Rng;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use turn_proto::core::{AddressFamily, RelayAllocator, RelayError, RelayGrant, RelayRequest};
+
+/// How long a port reserved by EVEN-PORT(R) stays reserved (RFC 8656 §7.2 suggests ~30 s).
+pub const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
+
+/// Sockets reserved under RESERVATION-TOKENs, shared by all workers.
+pub type Reservations = Arc<Mutex<HashMap<[u8; 8], (UdpSocket, Instant)>>>;
+
+/// Binds relay sockets for one worker. New sockets and releases are queued for the worker to
+/// start and stop their tasks after the core call returns.
+#[derive(Debug)]
+pub struct RelaySockets {
+    relay_ips: Vec<IpAddr>,
+    min_port: u16,
+    max_port: u16,
+    reservations: Reservations,
+    /// Sockets bound during the last core call, to be served.
+    pub pending_new: Vec<UdpSocket>,
+    /// Relay addresses released during the last core call, to be closed.
+    pub pending_release: Vec<SocketAddr>,
+}
+
+impl RelaySockets {
+    /// A binder over `relay_ips` and ports `min_port..=max_port`.
+    pub fn new(
+        relay_ips: Vec<IpAddr>,
+        min_port: u16,
+        max_port: u16,
+        reservations: Reservations,
+    ) -> Self {
+        Self {
+            relay_ips,
+            min_port,
+            max_port,
+            reservations,
+            pending_new: Vec::new(),
+            pending_release: Vec::new(),
+        }
+    }
+
+    fn bind_in_range(
+        &self,
+        ip: IpAddr,
+        req: &RelayRequest,
+    ) -> Option<(UdpSocket, Option<UdpSocket>)> {
+        let span = (self.max_port - self.min_port) as u32 + 1;
+        let start = rand::rng().random_range(0..span);
+        let attempts = span.min(4096);
+        for i in 0..attempts {
+            let port = self.min_port as u32 + (start + i) % span;
+            if req.even_port && port % 2 == 1 {
+                continue;
+            }
+            let Ok(sock) = relay_udp(SocketAddr::new(ip, port as u16), req.dont_fragment) else {
+                continue;
+            };
+            if !req.reserve_next {
+                return Some((sock, None));
+            }
+            if port + 1 > self.max_port as u32 {
+                continue;
+            }
+            if let Ok(next) = relay_udp(SocketAddr::new(ip, port as u16 + 1), false) {
+                return Some((sock, Some(next)));
+            }
+        }
+        None
+    }
+}
+
+impl RelaySockets {
+    /// Closes every reserved socket whose reservation has expired.
+    fn purge_expired(&self, now: Instant) {
+        if let Ok(mut r) = self.reservations.lock() {
+            r.retain(|_, (_, t)| *t > now);
+        }
+    }
+}
+
+impl RelayAllocator for RelaySockets {
+    fn allocate(&mut self, req: &RelayRequest) -> Result<RelayGrant, RelayError> {
+        self.purge_expired(Instant::now());
+        if let Some(token) = req.reservation_token {
+            let mut r = self
+                .reservations
+                .lock()
+                .map_err(|_| RelayError::Exhausted)?;
+            let (sock, _) = r.remove(&token).ok_or(RelayError::BadToken)?;
+            let local = sock.local_addr().map_err(|_| RelayError::Exhausted)?;
+            self.pending_new.push(sock);
+            return Ok(RelayGrant {
+                local,
+                reservation_token: None,
+            });
+        }
+        let ips: Vec<IpAddr> = self
+            .relay_ips
+            .iter()
+            .copied()
+            .filter(|ip| AddressFamily::of(*ip) == req.family)
+            .collect();
+        if ips.is_empty() {
+            return Err(RelayError::FamilyUnsupported);
+        }
+        let ip = ips[rand::rng().random_range(0..ips.len())];
+        let (sock, next) = self.bind_in_range(ip, req).ok_or(RelayError::Exhausted)?;
+        let local = sock.local_addr().map_err(|_| RelayError::Exhausted)?;
+        let mut reservation_token = None;
+        if let Some(next) = next {
+            let token: [u8; 8] = rand::rng().random();
+            if let Ok(mut r) = self.reservations.lock() {
+                r.insert(token, (next, Instant::now() + RESERVATION_LIFETIME));
+                reservation_token = Some(token);
+            }
+        }
+        self.pending_new.push(sock);
+        Ok(RelayGrant {
+            local,
+            reservation_token,
+        })
+    }
+
+    fn release(&mut self, local: SocketAddr) {
+        self.pending_release.push(local);
+    }
+
+    fn cancel_reservation(&mut self, token: [u8; 8]) {
+        if let Ok(mut r) = self.reservations.lock() {
+            r.remove(&token);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binds_even_ports_reserves_next_and_hands_over_by_token() {
+        let res: Reservations = Arc::default();
+        let mut r = RelaySockets::new(
+            vec!["127.0.0.1".parse().unwrap()],
+            51000,
+            51999,
+            res.clone(),
+        );
+        let g = r
+            .allocate(&RelayRequest {
+                family: AddressFamily::V4,
+                even_port: true,
+                reserve_next: true,
+                reservation_token: None,
+                dont_fragment: true,
+            })
+            .unwrap();
+        assert_eq!(g.local.port() % 2, 0);
+        let token = g.reservation_token.unwrap();
+        let mut other = RelaySockets::new(vec!["127.0.0.1".parse().unwrap()], 51000, 51999, res);
+        let g2 = other
+            .allocate(&RelayRequest {
+                family: AddressFamily::V4,
+                even_port: false,
+                reserve_next: false,
+                reservation_token: Some(token),
+                dont_fragment: false,
+            })
+            .unwrap();
+        assert_eq!(g2.local.port(), g.local.port() + 1);
+        assert_eq!(
+            other.allocate(&RelayRequest {
+                family: AddressFamily::V4,
+                even_port: false,
+                reserve_next: false,
+                reservation_token: Some(token),
+                dont_fragment: false,
+            }),
+            Err(RelayError::BadToken)
+        );
+        assert_eq!(
+            r.allocate(&RelayRequest {
+                family: AddressFamily::V6,
+                even_port: false,
+                reserve_next: false,
+                reservation_token: None,
+                dont_fragment: false,
+            }),
+            Err(RelayError::FamilyUnsupported)
+        );
+    }
+
+    #[test]
+    fn reservations_are_closed_on_cancel_and_purged_when_expired() {
+        let res: Reservations = Arc::default();
+        let mut r = RelaySockets::new(
+            vec!["127.0.0.1".parse().unwrap()],
+            53000,
+            53999,
+            res.clone(),
+        );
+        let even_r = RelayRequest {
+            family: AddressFamily::V4,
+            even_port: true,
+            reserve_next: true,
+            reservation_token: None,
+            dont_fragment: false,
+        };
+        let g = r.allocate(&even_r).unwrap();
+        let token = g.reservation_token.unwrap();
+        assert_eq!(res.lock().unwrap().len(), 1);
+        r.cancel_reservation(token);
+        assert_eq!(res.lock().unwrap().len(), 0);
+        // The reserved port is free again: binding it works.
+        let next = SocketAddr::new(g.local.ip(), g.local.port() + 1);
+        assert!(relay_udp(next, false).is_ok());
+        // An expired reservation is purged by the next allocation, whatever it asks for.
+        let g2 = r.allocate(&even_r).unwrap();
+        let t2 = g2.reservation_token.unwrap();
+        res.lock().unwrap().get_mut(&t2).unwrap().1 = Instant::now() - Duration::from_secs(1);
+        let plain = RelayRequest {
+            reserve_next: false,
+            even_port: false,
+            ..even_r
+        };
+        let _ = r.allocate(&plain).unwrap();
+        assert_eq!(res.lock().unwrap().len(), 0);
+    }
+
+    #[test]
+    fn small_range_is_exhausted_cleanly() {
+        let mut r = RelaySockets::new(
+            vec!["127.0.0.1".parse().unwrap()],
+            52010,
+            52011,
+            Arc::default(),
+        );
+        let req = RelayRequest {
+            family: AddressFamily::V4,
+            even_port: false,
+            reserve_next: false,
+            reservation_token: None,
+            dont_fragment: false,
+        };
+        let a = r.allocate(&req).unwrap();
+        let b = r.allocate(&req).unwrap();
+        assert_ne!(a.local, b.local);
+        assert_eq!(r.allocate(&req), Err(RelayError::Exhausted));
+        assert_eq!(r.pending_new.len(), 2);
+    }
+}

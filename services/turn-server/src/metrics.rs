@@ -1,0 +1,439 @@
+//! TURN metrics (Prometheus). Names are constants; no user names ever appear as label values.
+//!
+//! | name | type | labels |
+//! |---|---|---|
+//! | `turn_allocations` | gauge | `transport`, `family` |
+//! | `turn_allocation_requests_total` | counter | `result` (`success`, `auth_challenge`, `error_<code>`) |
+//! | `turn_requests_total` | counter | `method`, `result` |
+//! | `turn_relayed_packets_total` | counter | `direction` (`client_to_peer`, `peer_to_client`) |
+//! | `turn_relayed_bytes_total` | counter | `direction` |
+//! | `turn_auth_failures_total` | counter | `reason` |
+//! | `turn_peer_denied_total` | counter | `reason` |
+//! | `turn_dropped_packets_total` | counter | `reason` |
+//! | `turn_permissions` / `turn_channel_bindings` | gauge | |
+//! | `turn_reservations` | gauge | | (EVEN-PORT R reservations not yet redeemed, RFC 8656 §7.2)
+//! | `turn_quota_rejections_total` | counter | `scope` (`user`, `ip`, `total`) |
+//! | `turn_tcp_connections` (open TCP and TLS client connections) | gauge | |
+//! | `turn_tls_handshakes_in_progress` | gauge | |
+//! | `turn_dtls_handshakes_in_progress` (half-open, cookie-verified) | gauge | |
+//!
+//! `turn_dropped_packets_total` reasons for the caps on unauthenticated state (refused
+//! connections are counted there too, one per connection): `dtls_no_cookie` (ClientHello
+//! without cookie, answered statelessly), `dtls_bad_cookie`, `dtls_no_association`,
+//! `dtls_handshake_limit`, `dtls_handshake_per_ip_limit`, `dtls_association_limit`,
+//! `dtls_bad_record` (association kept), `dtls_handshake_error`, `dtls_handshake_timeout`,
+//! `tcp_connection_limit`, `tcp_per_ip_limit`, `tls_handshake_limit`,
+//! `tls_handshake_per_ip_limit`, `tls_handshake` (failed), `tls_handshake_timeout`,
+//! `tcp_first_request_timeout`, `tcp_queue_full` (a frame that did not fit the byte-bounded
+//! send queue).
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use stun_server::metrics::StunMetrics;
+use turn_proto::policy::DenyReason;
+use turn_proto::stats::{AuthFailure, ControlStats, DropReason, QuotaScope, RelayStats, TurnStats};
+
+/// `turn_dropped_packets_total` reasons of the I/O layer (the core's are [`DropReason::ALL`]).
+const IO_DROP_REASONS: [&str; 4] = [
+    "client_send_failed",
+    "peer_send_failed",
+    "tcp_queue_full",
+    "relay_socket_missing",
+];
+
+/// One label.
+pub type L1 = [(&'static str, &'static str); 1];
+/// Two labels.
+pub type L2 = [(&'static str, &'static str); 2];
+
+/// Metric names (counters are registered without `_total`; the encoder appends it).
+pub mod names {
+    /// Live allocations.
+    pub const ALLOCATIONS: &str = "turn_allocations";
+    /// Allocate requests by result.
+    pub const ALLOCATION_REQUESTS: &str = "turn_allocation_requests";
+    /// Requests by method and result.
+    pub const REQUESTS: &str = "turn_requests";
+    /// Relayed packets by direction.
+    pub const RELAYED_PACKETS: &str = "turn_relayed_packets";
+    /// Relayed payload bytes by direction.
+    pub const RELAYED_BYTES: &str = "turn_relayed_bytes";
+    /// Authentication failures by reason.
+    pub const AUTH_FAILURES: &str = "turn_auth_failures";
+    /// Peers refused by the address policy.
+    pub const PEER_DENIED: &str = "turn_peer_denied";
+    /// Dropped packets by reason.
+    pub const DROPPED_PACKETS: &str = "turn_dropped_packets";
+    /// Live permissions.
+    pub const PERMISSIONS: &str = "turn_permissions";
+    /// Live channel bindings.
+    pub const CHANNEL_BINDINGS: &str = "turn_channel_bindings";
+    /// Unredeemed EVEN-PORT reservations.
+    pub const RESERVATIONS: &str = "turn_reservations";
+    /// Allocations refused by a quota.
+    pub const QUOTA_REJECTIONS: &str = "turn_quota_rejections";
+    /// Open TCP and TLS client connections.
+    pub const TCP_CONNECTIONS: &str = "turn_tcp_connections";
+    /// TLS handshakes in progress.
+    pub const TLS_HANDSHAKES_IN_PROGRESS: &str = "turn_tls_handshakes_in_progress";
+    /// Half-open DTLS handshakes.
+    pub const DTLS_HANDSHAKES_IN_PROGRESS: &str = "turn_dtls_handshakes_in_progress";
+}
+
+/// Handles to every TURN metric. Cloning is cheap (shared atomics).
+#[derive(Clone, Debug, Default)]
+pub struct TurnMetrics {
+    /// `turn_allocations{transport,family}`.
+    pub allocations: Family<L2, Gauge>,
+    /// `turn_allocation_requests_total{result}`.
+    pub allocation_requests: Family<L1, Counter>,
+    /// `turn_requests_total{method,result}`.
+    pub requests: Family<L2, Counter>,
+    /// `turn_relayed_packets_total{direction}`.
+    pub relayed_packets: Family<L1, Counter>,
+    /// `turn_relayed_bytes_total{direction}`.
+    pub relayed_bytes: Family<L1, Counter>,
+    /// `turn_auth_failures_total{reason}`.
+    pub auth_failures: Family<L1, Counter>,
+    /// `turn_peer_denied_total{reason}`.
+    pub peer_denied: Family<L1, Counter>,
+    /// `turn_dropped_packets_total{reason}`.
+    pub dropped_packets: Family<L1, Counter>,
+    /// `turn_permissions`.
+    pub permissions: Gauge,
+    /// `turn_channel_bindings`.
+    pub channel_bindings: Gauge,
+    /// `turn_reservations`: EVEN-PORT reservations waiting to be redeemed.
+    pub reservations: Gauge,
+    /// `turn_quota_rejections_total{scope}`: allocations refused by a quota.
+    pub quota_rejections: Family<L1, Counter>,
+    /// Hot-path handles, resolved once.
+    pub hot: HotCounters,
+    /// Gauges of the caps on unauthenticated state.
+    pub conn: ConnGauges,
+}
+
+/// `turn_tcp_connections`, `turn_tls_handshakes_in_progress`,
+/// `turn_dtls_handshakes_in_progress`.
+#[derive(Clone, Debug, Default)]
+pub struct ConnGauges {
+    /// Open TCP and TLS client connections.
+    pub tcp_connections: Gauge,
+    /// TLS handshakes in progress.
+    pub tls_handshakes: Gauge,
+    /// Half-open DTLS handshakes.
+    pub dtls_handshakes: Gauge,
+}
+
+/// `turn_dropped_packets_total` reasons for the caps on unauthenticated state, exported as
+/// zeros from the start.
+const CONN_DROP_REASONS: [&str; 17] = [
+    "dtls_no_cookie",
+    "dtls_bad_cookie",
+    "dtls_no_association",
+    "dtls_handshake_limit",
+    "dtls_handshake_per_ip_limit",
+    "dtls_association_limit",
+    "dtls_bad_record",
+    "dtls_handshake_error",
+    "dtls_handshake_timeout",
+    "tcp_connection_limit",
+    "tcp_per_ip_limit",
+    "tls_handshake_limit",
+    "tls_handshake_per_ip_limit",
+    "tls_handshake",
+    "tls_handshake_timeout",
+    "tcp_first_request_timeout",
+    "tcp_queue_full",
+];
+
+/// Counters on the per-packet path, resolved from their families once.
+#[derive(Clone, Debug, Default)]
+pub struct HotCounters {
+    /// packets client -> peer.
+    pub c2p_packets: Counter,
+    /// bytes client -> peer.
+    pub c2p_bytes: Counter,
+    /// packets peer -> client.
+    pub p2c_packets: Counter,
+    /// bytes peer -> client.
+    pub p2c_bytes: Counter,
+}
+
+impl TurnMetrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = TurnMetrics::default();
+        let hot = HotCounters {
+            c2p_packets: m
+                .relayed_packets
+                .get_or_create_owned(&[("direction", "client_to_peer")]),
+            c2p_bytes: m
+                .relayed_bytes
+                .get_or_create_owned(&[("direction", "client_to_peer")]),
+            p2c_packets: m
+                .relayed_packets
+                .get_or_create_owned(&[("direction", "peer_to_client")]),
+            p2c_bytes: m
+                .relayed_bytes
+                .get_or_create_owned(&[("direction", "peer_to_client")]),
+        };
+        let m = TurnMetrics { hot, ..m };
+        // Export zeros for every reason the core knows, so every series exists from the start.
+        for reason in AuthFailure::ALL {
+            let _ = m
+                .auth_failures
+                .get_or_create(&[("reason", reason.as_str())]);
+        }
+        for reason in DenyReason::ALL {
+            let _ = m.peer_denied.get_or_create(&[("reason", reason.as_str())]);
+        }
+        for reason in DropReason::ALL {
+            let _ = m
+                .dropped_packets
+                .get_or_create(&[("reason", reason.as_str())]);
+        }
+        for reason in IO_DROP_REASONS {
+            let _ = m.dropped_packets.get_or_create(&[("reason", reason)]);
+        }
+        for result in ["success", "auth_challenge"] {
+            let _ = m.allocation_requests.get_or_create(&[("result", result)]);
+        }
+        registry.register(
+            names::ALLOCATIONS,
+            "Live TURN allocations",
+            m.allocations.clone(),
+        );
+        registry.register(
+            names::ALLOCATION_REQUESTS,
+            "Allocate requests by result",
+            m.allocation_requests.clone(),
+        );
+        registry.register(
+            names::REQUESTS,
+            "TURN requests by method and result",
+            m.requests.clone(),
+        );
+        registry.register(
+            names::RELAYED_PACKETS,
+            "Packets relayed, by direction",
+            m.relayed_packets.clone(),
+        );
+        registry.register(
+            names::RELAYED_BYTES,
+            "Application payload bytes relayed, by direction",
+            m.relayed_bytes.clone(),
+        );
+        registry.register(
+            names::AUTH_FAILURES,
+            "Authentication failures by reason",
+            m.auth_failures.clone(),
+        );
+        registry.register(
+            names::PEER_DENIED,
+            "Peer addresses refused by the relay policy (403)",
+            m.peer_denied.clone(),
+        );
+        registry.register(
+            names::DROPPED_PACKETS,
+            "Packets dropped, by reason",
+            m.dropped_packets.clone(),
+        );
+        registry.register(
+            names::PERMISSIONS,
+            "Live permissions",
+            m.permissions.clone(),
+        );
+        registry.register(
+            names::CHANNEL_BINDINGS,
+            "Live channel bindings",
+            m.channel_bindings.clone(),
+        );
+        registry.register(
+            names::RESERVATIONS,
+            "EVEN-PORT reservations not yet redeemed",
+            m.reservations.clone(),
+        );
+        for scope in QuotaScope::ALL {
+            let _ = m
+                .quota_rejections
+                .get_or_create(&[("scope", scope.as_str())]);
+        }
+        registry.register(
+            names::QUOTA_REJECTIONS,
+            "Allocations refused by a quota, by scope",
+            m.quota_rejections.clone(),
+        );
+        m.register_conn(registry);
+        m
+    }
+
+    fn register_conn(&self, registry: &mut Registry) {
+        for reason in CONN_DROP_REASONS {
+            let _ = self.dropped_packets.get_or_create(&[("reason", reason)]);
+        }
+        registry.register(
+            names::TCP_CONNECTIONS,
+            "Open TCP and TLS client connections",
+            self.conn.tcp_connections.clone(),
+        );
+        registry.register(
+            names::TLS_HANDSHAKES_IN_PROGRESS,
+            "TLS handshakes in progress",
+            self.conn.tls_handshakes.clone(),
+        );
+        registry.register(
+            names::DTLS_HANDSHAKES_IN_PROGRESS,
+            "Half-open DTLS handshakes (cookie verified, not finished)",
+            self.conn.dtls_handshakes.clone(),
+        );
+    }
+
+    /// Counts `n` dropped packets.
+    pub fn drop_packets(&self, reason: &'static str, n: u64) {
+        if n > 0 {
+            self.dropped_packets
+                .get_or_create(&[("reason", reason)])
+                .inc_by(n);
+        }
+    }
+
+    /// Counts a dropped packet.
+    pub fn drop_packet(&self, reason: &'static str) {
+        self.dropped_packets
+            .get_or_create(&[("reason", reason)])
+            .inc();
+    }
+}
+
+/// What a worker last folded of its core's [`TurnStats`]; the difference to the core's current
+/// figures is what the next fold adds.
+#[derive(Debug, Default)]
+pub struct Folded {
+    relay: RelayStats,
+    control: ControlStats,
+}
+
+impl TurnMetrics {
+    /// Adds what `stats` counted since the last fold into the Prometheus metrics (TURN and, for
+    /// Binding requests, STUN). Cheap when only relayed traffic changed: four subtractions.
+    pub fn fold(&self, stun: &StunMetrics, stats: &TurnStats, last: &mut Folded) {
+        let r = &stats.relay;
+        if *r != last.relay {
+            self.hot
+                .c2p_packets
+                .inc_by(r.c2p_packets - last.relay.c2p_packets);
+            self.hot
+                .c2p_bytes
+                .inc_by(r.c2p_bytes - last.relay.c2p_bytes);
+            self.hot
+                .p2c_packets
+                .inc_by(r.p2c_packets - last.relay.p2c_packets);
+            self.hot
+                .p2c_bytes
+                .inc_by(r.p2c_bytes - last.relay.p2c_bytes);
+            last.relay = *r;
+        }
+        let c = &stats.control;
+        if c.changes == last.control.changes {
+            return;
+        }
+        let l = &last.control;
+        for (i, reason) in DropReason::ALL.iter().enumerate() {
+            self.drop_packets(reason.as_str(), c.dropped[i] - l.dropped[i]);
+        }
+        for (i, reason) in AuthFailure::ALL.iter().enumerate() {
+            inc(
+                &self.auth_failures,
+                [("reason", reason.as_str())],
+                c.auth_failures[i] - l.auth_failures[i],
+            );
+        }
+        for (i, reason) in DenyReason::ALL.iter().enumerate() {
+            inc(
+                &self.peer_denied,
+                [("reason", reason.as_str())],
+                c.peer_denied[i] - l.peer_denied[i],
+            );
+        }
+        for (i, scope) in QuotaScope::ALL.iter().enumerate() {
+            inc(
+                &self.quota_rejections,
+                [("scope", scope.as_str())],
+                c.quota_rejections[i] - l.quota_rejections[i],
+            );
+        }
+        for (&(method, result), &n) in &c.requests {
+            let before = l.requests.get(&(method, result)).copied().unwrap_or(0);
+            inc(
+                &self.requests,
+                [("method", method), ("result", result)],
+                n - before,
+            );
+        }
+        for (&result, &n) in &c.allocation_requests {
+            let before = l.allocation_requests.get(result).copied().unwrap_or(0);
+            inc(&self.allocation_requests, [("result", result)], n - before);
+        }
+        for (&(transport, result), &n) in &c.binding_requests {
+            let before = l
+                .binding_requests
+                .get(&(transport, result))
+                .copied()
+                .unwrap_or(0);
+            for _ in before..n {
+                stun.request(transport, result);
+            }
+        }
+        for (&reason, &n) in &c.binding_dropped {
+            let before = l.binding_dropped.get(&reason).copied().unwrap_or(0);
+            for _ in before..n {
+                stun.dropped(reason);
+            }
+        }
+        for (&(transport, family), &n) in &c.live_allocations {
+            let before = l
+                .live_allocations
+                .get(&(transport, family))
+                .copied()
+                .unwrap_or(0);
+            gauge_add(
+                &self
+                    .allocations
+                    .get_or_create(&[("transport", transport), ("family", family)]),
+                n - before,
+            );
+        }
+        gauge_add(&self.permissions, c.live_permissions - l.live_permissions);
+        gauge_add(
+            &self.channel_bindings,
+            c.live_channel_bindings - l.live_channel_bindings,
+        );
+        gauge_add(
+            &self.reservations,
+            c.live_reservations - l.live_reservations,
+        );
+        last.control = c.clone();
+    }
+}
+
+fn inc<const N: usize>(
+    family: &Family<[(&'static str, &'static str); N], Counter>,
+    labels: [(&'static str, &'static str); N],
+    n: u64,
+) {
+    if n > 0 {
+        family.get_or_create(&labels).inc_by(n);
+    }
+}
+
+/// Adds `delta` to a gauge shared by several workers.
+pub fn gauge_add(g: &Gauge, delta: i64) {
+    if delta > 0 {
+        g.inc_by(delta);
+    } else if delta < 0 {
+        g.dec_by(-delta);
+    }
+}
