@@ -3,7 +3,7 @@
 
 Run two of these (e.g. in two network namespaces behind different NATs) with the same --room,
 one with --role offerer and one with --role answerer, in any order. Each joins the room over
-HTTP (API key) and WebSocket (signaling/PROTOCOL.md). The offerer sends its offer once the
+HTTP (API key) and WebSocket (services/signaling/PROTOCOL.md). The offerer sends its offer once the
 other is in the room (`joined.participants` or `participant-joined`); the answerer answers.
 aiortc does not trickle: the offer and answer carry all candidates.
 

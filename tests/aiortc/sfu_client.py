@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """A second WebRTC stack (aiortc) against the turnkey SFU, through the signaling server.
 
-Two aiortc participants, A and B, join a fresh `sfu` room (signaling/PROTOCOL.md, "SFU rooms").
-Each has the two peer connections of sfu/PROTOCOL.md:
+Two aiortc participants, A and B, join a fresh `sfu` room (services/signaling/PROTOCOL.md, "SFU rooms").
+Each has the two peer connections of services/sfu/PROTOCOL.md:
 
 - publish: aiortc offers one synthetic VP8 video track (320x240, its colour changes every
   frame), one synthetic Opus audio track (a sine wave) and the data channel `room`; the SFU
@@ -58,7 +58,7 @@ WIDTH, HEIGHT = 320, 240
 AUDIO_RATE = 48000
 AUDIO_PTIME = 0.020
 AUDIO_SAMPLES = int(AUDIO_RATE * AUDIO_PTIME)
-# Larger than the SFU's biggest frame (1 MiB, signaling/PROTOCOL.md).
+# Larger than the SFU's biggest frame (1 MiB, services/signaling/PROTOCOL.md).
 WS_MAX_SIZE = 4 * 1024 * 1024
 PING_INTERVAL = 20.0
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Drives the signaling server's "Test my TURN server" page (GET /turn-test,
-// signaling/web/turn-test.html) in headless Chromium, once per scenario, and reports what the
+// services/signaling/web/turn-test.html) in headless Chromium, once per scenario, and reports what the
 // page concluded: its window.turnTest.results and the verdict lines it rendered.
 //
 // Usage:

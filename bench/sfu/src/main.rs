@@ -3,7 +3,7 @@
 //! The `sfu` binary runs as a child process (so its CPU time and memory are its own in /proc);
 //! synthetic participants are webrtc-rs `rtc` peer connections on loopback UDP sockets, driven
 //! by the bench's own mio event loops (`client`), negotiating over the SFU's signaling link
-//! (`signal`, sfu/PROTOCOL.md). Publishers send VP8-shaped and Opus-sized RTP whose payload
+//! (`signal`, services/sfu/PROTOCOL.md). Publishers send VP8-shaped and Opus-sized RTP whose payload
 //! carries a probe (`probe`); subscribers decode it to count loss and take the
 //! publish -> receive latency on one monotonic clock. Figures are printed as one table.
 

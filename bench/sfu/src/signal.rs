@@ -1,4 +1,4 @@
-//! One signaling link per participant, as the signaling server opens it (sfu/PROTOCOL.md
+//! One signaling link per participant, as the signaling server opens it (services/sfu/PROTOCOL.md
 //! "The link"): `GET ws://LINK/v1/signal?room=R&participant=P`, `Authorization: Bearer SECRET`,
 //! text frames holding the `msg` objects.
 

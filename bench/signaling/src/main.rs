@@ -1,5 +1,5 @@
 //! signaling-bench: N simulated clients in rooms against one turnkey signaling node
-//! (signaling/PROTOCOL.md), and the figures that come out: connections held, messages relayed
+//! (services/signaling/PROTOCOL.md), and the figures that come out: connections held, messages relayed
 //! per second, relay latency, errors by code, server memory per connection.
 //!
 //! Each client gets an access token over HTTP (`POST /v1/rooms/{room}/join`), opens the

@@ -1,4 +1,4 @@
-//! The frames of signaling protocol v1 (signaling/PROTOCOL.md) that this generator sends and
+//! The frames of signaling protocol v1 (services/signaling/PROTOCOL.md) that this generator sends and
 //! reads, and the probe it hides in relayed payloads. No I/O, no clock.
 //!
 //! A probe is `x-tkb` followed by `<kind><sender>.<seq>.<sent_ns>`: in an SDP as the attribute

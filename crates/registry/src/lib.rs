@@ -67,7 +67,7 @@ pub struct NodeInfo {
 }
 
 /// A live SFU node in the registry (written by the SFU's heartbeat, read by the channel
-/// servers that place `sfu` rooms and open participant links, `sfu/PROTOCOL.md`).
+/// servers that place `sfu` rooms and open participant links, `services/sfu/PROTOCOL.md`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SfuNodeInfo {
     /// SFU node id (unique among SFU nodes; may equal a signaling node id, the registries are

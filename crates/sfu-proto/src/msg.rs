@@ -1,4 +1,4 @@
-//! Messages between a client and the SFU (sfu/PROTOCOL.md), carried on the signaling link.
+//! Messages between a client and the SFU (services/sfu/PROTOCOL.md), carried on the signaling link.
 
 use serde::Deserialize;
 
@@ -38,7 +38,7 @@ pub enum ClientMsg {
     Resync,
 }
 
-/// Error codes of `{"type":"error"}` (sfu/PROTOCOL.md).
+/// Error codes of `{"type":"error"}` (services/sfu/PROTOCOL.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u16)]
 pub enum ErrorCode {

@@ -71,7 +71,7 @@ pub struct Signal {
     pub room: String,
     /// Participant id.
     pub participant: String,
-    /// The JSON object (sfu/PROTOCOL.md "SFU -> client").
+    /// The JSON object (services/sfu/PROTOCOL.md "SFU -> client").
     pub msg: serde_json::Value,
 }
 
@@ -553,7 +553,7 @@ impl Worker {
         }
     }
 
-    /// A message from participant's client (sfu/PROTOCOL.md "Client -> SFU").
+    /// A message from participant's client (services/sfu/PROTOCOL.md "Client -> SFU").
     pub fn handle_message(&mut self, now: Instant, room: &str, participant: &str, text: &str) {
         let key = (room.to_string(), participant.to_string());
         let Some(&h) = self.by_id.get(&key) else {

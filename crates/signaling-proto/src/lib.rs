@@ -8,3 +8,4 @@ pub mod limit;
 pub mod msg;
 pub mod origin;
 pub mod room;
+pub mod sfu_link;

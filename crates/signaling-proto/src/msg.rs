@@ -36,7 +36,7 @@ pub enum ErrorCode {
     /// 4500: the store failed.
     Internal,
     /// 4503: no live SFU node for an `sfu` room, or the participant's link to its SFU node
-    /// could not be opened or was lost (`sfu/PROTOCOL.md`, "The link").
+    /// could not be opened or was lost (`services/sfu/PROTOCOL.md`, "The link").
     SfuUnavailable,
 }
 
@@ -195,7 +195,7 @@ pub struct Ping {
     pub ts: Option<Value>,
 }
 
-/// `sfu` fields: a message for the participant's SFU node (`sfu/PROTOCOL.md`, "Client ->
+/// `sfu` fields: a message for the participant's SFU node (`services/sfu/PROTOCOL.md`, "Client ->
 /// SFU"), relayed verbatim on the link; signaling only checks that it is a JSON object.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct SfuRelay {
@@ -457,7 +457,7 @@ pub enum ServerMsg {
         #[serde(skip_serializing_if = "Option::is_none", default)]
         ts: Option<Value>,
     },
-    /// A message from the participant's SFU node (`sfu/PROTOCOL.md`, "SFU -> client").
+    /// A message from the participant's SFU node (`services/sfu/PROTOCOL.md`, "SFU -> client").
     Sfu {
         /// The SFU protocol message (a JSON object).
         msg: Value,

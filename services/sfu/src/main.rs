@@ -1,4 +1,4 @@
-//! `sfu`: one SFU node. See sfu/PROTOCOL.md and deploy/sfu.toml.
+//! `sfu`: one SFU node. See services/sfu/PROTOCOL.md and deploy/sfu.toml.
 
 use clap::Parser;
 

@@ -64,7 +64,7 @@ pub async fn serve(
     on_ready: impl FnOnce(Ready),
 ) -> Result<(), RunError> {
     if cfg.sfu_secret.is_empty() {
-        // Every link would pass the bearer check (sfu/PROTOCOL.md, "The link").
+        // Every link would pass the bearer check (services/sfu/PROTOCOL.md, "The link").
         return Err(RunError::EmptySecret);
     }
     let store = match (store, &cfg.redis) {

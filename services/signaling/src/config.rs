@@ -127,7 +127,7 @@ pub struct SignalingArgs {
     )]
     pub redis: Option<String>,
     /// Shared secret of the SFU nodes: sent as `Authorization: Bearer <secret>` on every
-    /// participant link (`sfu/PROTOCOL.md`, "The link"). Absent: links carry no credential.
+    /// participant link (`services/sfu/PROTOCOL.md`, "The link"). Absent: links carry no credential.
     #[arg(
         long = "sfu-secret",
         value_name = "SECRET",

@@ -18,11 +18,11 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
-/// The demo page (`signaling/web/index.html`).
+/// The demo page (`services/signaling/web/index.html`).
 pub const INDEX_HTML: &str = include_str!("../web/index.html");
-/// The JavaScript client (`signaling/web/client.js`).
+/// The JavaScript client (`services/signaling/web/client.js`).
 pub const CLIENT_JS: &str = include_str!("../web/client.js");
-/// The "Test my TURN server" page (`signaling/web/turn-test.html`): gathers ICE candidates per
+/// The "Test my TURN server" page (`services/signaling/web/turn-test.html`): gathers ICE candidates per
 /// STUN/TURN URL and gives a verdict per URL.
 pub const TURN_TEST_HTML: &str = include_str!("../web/turn-test.html");
 

@@ -6,7 +6,7 @@
 //! - [`auth`]: API keys and JWT access tokens.
 //! - [`http`] (session role), [`channel`] (channel role), [`node`]: the tokio/axum layer.
 //! - [`sfu_link`]: placement of `sfu` rooms on SFU nodes and the per-participant links to them
-//!   (`sfu/PROTOCOL.md`).
+//!   (`services/sfu/PROTOCOL.md`).
 //! - [`config`], [`metrics`], [`run`]: flags and TOML, Prometheus metrics, lifecycle.
 //!
 //! Embedding (the `turnkey` binary does this next to TURN):

@@ -1,4 +1,4 @@
-//! Participant links to SFU nodes (`sfu/PROTOCOL.md`, "The link"): placement of `sfu` rooms on
+//! Participant links to SFU nodes (`services/sfu/PROTOCOL.md`, "The link"): placement of `sfu` rooms on
 //! the least-loaded live SFU node, and one WebSocket per participant from the channel server
 //! that holds the participant to the SFU node of its room.
 //!
@@ -20,6 +20,7 @@ use crate::node::Node;
 use futures_util::{SinkExt, StreamExt};
 use registry::{least_loaded_sfu, RoomRecord, SfuNodeInfo};
 use signaling_proto::msg::{ErrorCode, ProtoError, ServerMsg};
+use signaling_proto::sfu_link::{LinkClose, LinkQuery};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -85,31 +86,10 @@ pub enum SendError {
     Full,
 }
 
-/// `s` percent-encoded for a URL query value (RFC 3986 §2: everything but unreserved
-/// characters is `%XX` per UTF-8 byte).
-pub fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// The link URL: `<base>/v1/signal?room=R&participant=P&name=N[&resume=1]`, values
-/// percent-encoded, `base` without trailing `/`.
+/// The link URL: `<base>/v1/signal?room=R&participant=P&name=N[&resume=1]`
+/// ([`signaling_proto::sfu_link::LinkQuery::url`]).
 pub fn link_url(base: &str, room: &str, participant: &str, name: &str, resume: bool) -> String {
-    format!(
-        "{}/v1/signal?room={}&participant={}&name={}{}",
-        base.trim_end_matches('/'),
-        percent_encode(room),
-        percent_encode(participant),
-        percent_encode(name),
-        if resume { "&resume=1" } else { "" }
-    )
+    LinkQuery::new(room, participant, name, resume).url(base)
 }
 
 /// Opens a link to `url` with `Authorization: Bearer <secret>` (no header without a secret),
@@ -360,12 +340,12 @@ async fn run(
         tokio::select! {
             biased;
             _ = close.cancelled() => {
-                let frame = CloseFrame { code: CloseCode::Normal, reason: "left".into() };
+                let frame = close_frame(LinkClose::Left);
                 let _ = tokio::time::timeout(LINK_CLOSE_TIMEOUT, ws.close(Some(frame))).await;
                 break None;
             }
             _ = node.shutdown.cancelled() => {
-                let frame = CloseFrame { code: CloseCode::Away, reason: "signaling shutting down".into() };
+                let frame = close_frame(LinkClose::SignalingShutdown);
                 let _ = tokio::time::timeout(LINK_CLOSE_TIMEOUT, ws.close(Some(frame))).await;
                 break None;
             }
@@ -408,21 +388,16 @@ async fn run(
     }
 }
 
+fn close_frame(how: LinkClose) -> CloseFrame {
+    CloseFrame {
+        code: CloseCode::from(how.code()),
+        reason: how.reason().into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn link_urls_are_encoded() {
-        assert_eq!(
-            link_url("ws://127.0.0.1:8090/", "demo", "p_1", "Zoë & co", false),
-            "ws://127.0.0.1:8090/v1/signal?room=demo&participant=p_1&name=Zo%C3%AB%20%26%20co"
-        );
-        assert_eq!(
-            link_url("ws://h:1", "a.b-c_d", "p", "x=y?", true),
-            "ws://h:1/v1/signal?room=a.b-c_d&participant=p&name=x%3Dy%3F&resume=1"
-        );
-    }
 
     #[tokio::test]
     async fn connect_errors_never_panic() {

@@ -1,4 +1,4 @@
-//! The channel server's links to SFU nodes (`sfu/PROTOCOL.md`, "The link"), over the wire: a
+//! The channel server's links to SFU nodes (`services/sfu/PROTOCOL.md`, "The link"), over the wire: a
 //! real signaling node (`serve_with_store` over a shared in-memory store) and a tiny WebSocket
 //! server standing in for the SFU node, which checks the query and the `Authorization` header
 //! and lets each test drive its end of every link.

@@ -1,7 +1,7 @@
 // turnkey signaling client: a small ES module (no framework, no build step) that joins a room on
 // a turnkey signaling server and connects the participants with WebRTC.
 //
-// Wire contract: signaling/PROTOCOL.md (protocol version 1). Served by the signaling server as
+// Wire contract: services/signaling/PROTOCOL.md (protocol version 1). Served by the signaling server as
 // `GET /client.js`, so a page on the same server can `import { TurnkeyRoom } from '/client.js'`.
 //
 //   import { TurnkeyRoom, requestJoin } from '/client.js';
@@ -16,7 +16,7 @@
 //
 // Media topology. A `mesh` room (2-4 people) keeps one RTCPeerConnection per remote participant
 // (class MeshSession). An `sfu` room keeps two RTCPeerConnections to its SFU node (class
-// SfuSession, protocol in sfu/PROTOCOL.md, carried in `sfu` signaling messages): a publish PC
+// SfuSession, protocol in services/sfu/PROTOCOL.md, carried in `sfu` signaling messages): a publish PC
 // (we offer our audio, our simulcast video and the `room` data channel) and a subscribe PC (the
 // SFU offers everyone else's tracks; each track's stream id is its publisher's participant id).
 // createMediaSession picks the implementation from `joined.room.mode`; the events (`track`,
@@ -816,7 +816,7 @@ export class TurnkeyRoom extends EventTarget {
  *   setVideoPreference({maxHeight, trackId})
  * A MeshSession sends to and receives from each participant directly. An SfuSession keeps a
  * publish and a subscribe RTCPeerConnection to the SFU and maps the subscribed tracks to
- * participants by their stream id (sfu/PROTOCOL.md).
+ * participants by their stream id (services/sfu/PROTOCOL.md).
  * @typedef {object} MediaSession
  */
 
@@ -832,7 +832,7 @@ function createMediaSession(room) {
   }
 }
 
-/** Simulcast layers of the published video (sfu/PROTOCOL.md: rids q, h, f). */
+/** Simulcast layers of the published video (services/sfu/PROTOCOL.md: rids q, h, f). */
 const SIMULCAST_ENCODINGS = [
   { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150000 },
   { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500000 },
@@ -854,7 +854,7 @@ function simulcastFits(track) {
 }
 
 /**
- * Sfu mode (sfu/PROTOCOL.md): a publish RTCPeerConnection (we offer: the local audio track, the
+ * Sfu mode (services/sfu/PROTOCOL.md): a publish RTCPeerConnection (we offer: the local audio track, the
  * local video track as simulcast, the `room` data channel) and a subscribe RTCPeerConnection
  * (the SFU offers every other participant's tracks, we answer). Every SFU message travels in an
  * `sfu` signaling frame. Tracks are mapped to participants by their stream id (the msid, which is
@@ -948,7 +948,7 @@ class SfuSession {
     }, this.room._opts.offerTimeoutMs);
   }
 
-  /** A message of the SFU (sfu/PROTOCOL.md, "SFU -> client"). */
+  /** A message of the SFU (services/sfu/PROTOCOL.md, "SFU -> client"). */
   handleSfu(msg) {
     if (this.closed) return;
     switch (msg.type) {

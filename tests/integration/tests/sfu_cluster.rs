@@ -1,6 +1,6 @@
 //! The multi-process SFU topology over a real `redis-server` ([`common::RedisGuard`]): two `sfu`
 //! processes (`sfu-a`, `sfu-b`) register themselves in the signaling store, and one `signaling`
-//! process places `sfu` rooms on them (signaling/PROTOCOL.md, "SFU rooms") and opens the
+//! process places `sfu` rooms on them (services/signaling/PROTOCOL.md, "SFU rooms") and opens the
 //! participants' links with the shared `--sfu-secret`.
 //!
 //! 1. Once both nodes are live in the store's registry, the aiortc client
@@ -37,7 +37,7 @@ const RUN_LIMIT: Duration = Duration::from_secs(SCRIPT_TIMEOUT_SECS + 45);
 /// How long a started SFU node may take to appear in the registry (it registers at start).
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a killed SFU node's registry entry may take to expire: its TTL is three heartbeat
-/// periods (15 s, sfu/src/run.rs) after its last heartbeat, plus margin.
+/// periods (15 s, services/sfu/src/run.rs) after its last heartbeat, plus margin.
 const EXPIRY_TIMEOUT: Duration = Duration::from_secs(25);
 
 const FORWARDED: &str = "sfu_forwarded_packets_total";

@@ -1,5 +1,5 @@
 //! The real `signaling` binary over the wire (single node, embedded memory store): the HTTP
-//! API of `signaling/PROTOCOL.md` with plain HTTP/1.1 requests, and WebSocket clients
+//! API of `services/signaling/PROTOCOL.md` with plain HTTP/1.1 requests, and WebSocket clients
 //! (tokio-tungstenite) that join rooms, negotiate, misbehave, drop and resume. Every bad input
 //! must get its documented error or close code while the server stays up and the other
 //! participants are unaffected. Last, a TURN credential issued by `/v1/turn/credentials` is

@@ -1,4 +1,4 @@
-//! The "Test my TURN server" page (`GET /turn-test`, `signaling/web/turn-test.html`) served by
+//! The "Test my TURN server" page (`GET /turn-test`, `services/signaling/web/turn-test.html`) served by
 //! the `turnkey` binary, driven in headless Chromium (`tests/browser/turn_test_page.mjs`)
 //! against turnkey's own STUN/TURN listener:
 //! - a static long-term user: the STUN URL and both TURN URLs (UDP, TCP) get OK verdicts, the

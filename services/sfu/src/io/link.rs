@@ -1,4 +1,4 @@
-//! The signaling link endpoint (sfu/PROTOCOL.md "The link"): `GET /v1/signal?room=&participant=`
+//! The signaling link endpoint (services/sfu/PROTOCOL.md "The link"): `GET /v1/signal?room=&participant=`
 //! upgraded to WebSocket, `Authorization: Bearer <sfu secret>`.
 
 use super::{Placement, WorkerCmd, QUEUE};
@@ -9,8 +9,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Deserialize;
 use sfu_proto::worker::JoinError;
+use signaling_proto::sfu_link::{self, LinkClose, LinkQuery};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
@@ -52,23 +52,10 @@ impl LinkState {
     }
 }
 
-/// Query of `/v1/signal`.
-#[derive(Debug, Deserialize)]
-pub struct LinkQuery {
-    room: String,
-    participant: String,
-    #[serde(default)]
-    #[allow(dead_code)]
-    name: Option<String>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    resume: Option<String>,
-}
-
 /// The link router.
 pub fn router(state: Arc<LinkState>) -> Router {
     Router::new()
-        .route("/v1/signal", get(signal))
+        .route(sfu_link::PATH, get(signal))
         .with_state(state)
 }
 
@@ -109,18 +96,12 @@ async fn signal(
             "room and participant are required",
         );
     };
-    // The room name rule of signaling (signaling/PROTOCOL.md, "Room names").
-    let ok = |s: &str| !s.is_empty() && s.len() <= 128;
-    if !signaling_proto::room::valid_room_name(&q.room) || !ok(&q.participant) {
+    if let Err(e) = q.validate() {
         st.metrics
             .bad_input
             .get_or_create(&[("kind", "message")])
             .inc();
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "room must follow the room name rule (1..=128 of [A-Za-z0-9._-]) and participant be 1..=128 chars",
-        );
+        return refuse(StatusCode::BAD_REQUEST, "bad_request", &e.to_string());
     }
     ws.max_message_size(sfu_proto::msg::MAX_MESSAGE_BYTES)
         .on_upgrade(move |socket| run_link(st, q, socket))
@@ -145,20 +126,20 @@ async fn run_link(st: Arc<LinkState>, q: LinkQuery, mut socket: WebSocket) {
         (Ok(()), Ok(r)) => r,
         _ => {
             st.placement.release(&q.room);
-            let _ = close(&mut socket, 1011, "worker unavailable").await;
+            let _ = close(&mut socket, LinkClose::WorkerUnavailable).await;
             return;
         }
     };
     if let Err(JoinError::RoomFull) = joined {
         st.placement.release(&q.room);
-        let _ = close(&mut socket, 4409, "room is full").await;
+        let _ = close(&mut socket, LinkClose::RoomFull).await;
         return;
     }
     st.metrics.links.inc();
     loop {
         tokio::select! {
             _ = st.shutdown.cancelled() => {
-                let _ = close(&mut socket, 1001, "shutting down").await;
+                let _ = close(&mut socket, LinkClose::SfuShutdown).await;
                 break;
             }
             m = socket.recv() => match m {
@@ -186,7 +167,7 @@ async fn run_link(st: Arc<LinkState>, q: LinkQuery, mut socket: WebSocket) {
                 }
                 // Replaced by a newer link for the same participant.
                 None => {
-                    let _ = close(&mut socket, 1000, "replaced").await;
+                    let _ = close(&mut socket, LinkClose::Replaced).await;
                     break;
                 }
             },
@@ -203,11 +184,11 @@ async fn run_link(st: Arc<LinkState>, q: LinkQuery, mut socket: WebSocket) {
     st.metrics.links.dec();
 }
 
-async fn close(socket: &mut WebSocket, code: u16, reason: &str) -> Result<(), axum::Error> {
+async fn close(socket: &mut WebSocket, how: LinkClose) -> Result<(), axum::Error> {
     socket
         .send(Message::Close(Some(CloseFrame {
-            code,
-            reason: reason.to_string().into(),
+            code: how.code(),
+            reason: how.reason().into(),
         })))
         .await
 }

@@ -1,4 +1,4 @@
-// Unit test of the browser client's sfu mode (signaling/web/client.js, SfuSession) in Node, with
+// Unit test of the browser client's sfu mode (services/signaling/web/client.js, SfuSession) in Node, with
 // stand-ins for RTCPeerConnection and MediaStream: the signaling frames it sends, the events it
 // emits. Run: `node signaling/tests/js/sfu_session.mjs` (exit code 0 = pass). The real media path
 // is tested in a browser against the real SFU.
