@@ -7,6 +7,7 @@ pub mod config;
 pub mod logging;
 pub mod metrics_http;
 pub mod shutdown;
+pub mod workers;
 
 /// The `SOFTWARE` attribute value and `build_info` version label.
 pub const SOFTWARE: &str = concat!("turnkey/", env!("CARGO_PKG_VERSION"));

@@ -201,7 +201,7 @@ impl SfuArgs {
         let workers = self
             .workers
             .or(f.workers)
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            .unwrap_or_else(|| turnkey_runtime::workers::default_workers());
         if workers == 0 || workers > 256 {
             return Err(ConfigError::Invalid("workers must be 1..=256".into()));
         }

@@ -400,7 +400,7 @@ impl ServerArgs {
         let workers = self
             .workers
             .or(file.workers)
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .unwrap_or_else(|| turnkey_runtime::workers::default_workers())
             .max(1);
         Ok(TurnConfig {
             listen,

@@ -227,20 +227,9 @@ pub fn spawn_worker(
 ) -> std::io::Result<(mpsc::Sender<WorkerCmd>, std::thread::JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel(QUEUE);
     socket.set_nonblocking(true)?;
-    let handle = std::thread::Builder::new()
-        .name(format!("sfu-worker-{index}"))
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!("worker {index}: runtime: {e}");
-                    return;
-                }
-            };
-            rt.block_on(run_worker(index, cfg, socket, rx, metrics, shutdown));
+    let handle =
+        turnkey_runtime::workers::spawn_worker(format!("sfu-worker-{index}"), move || {
+            run_worker(index, cfg, socket, rx, metrics, shutdown)
         })?;
     Ok((tx, handle))
 }

@@ -294,33 +294,17 @@ pub fn start(
         );
         let stop = stop.clone();
         let metrics = metrics.clone();
-        let t = std::thread::Builder::new()
-            .name(format!("turn-worker-{i}"))
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        tracing::error!(error = %e, "worker runtime failed to start");
-                        return;
-                    }
-                };
-                let local = tokio::task::LocalSet::new();
-                local.block_on(
-                    &rt,
-                    run_worker(
-                        core,
-                        relays,
-                        socks,
-                        streams,
-                        dtls,
-                        (metrics, stun_metrics),
-                        stop,
-                    ),
-                );
-            })?;
+        let t = turnkey_runtime::workers::spawn_worker(format!("turn-worker-{i}"), move || {
+            run_worker(
+                core,
+                relays,
+                socks,
+                streams,
+                dtls,
+                (metrics, stun_metrics),
+                stop,
+            )
+        })?;
         threads.push(t);
     }
     Ok(RunningServer {
