@@ -1,4 +1,6 @@
-//! TOML config files: unknown keys are an error that names the key.
+//! The one configuration pattern every service follows ([`Layered`]): clap flags over a TOML
+//! file over defaults, secrets also from `TURNKEY_*` environment variables (clap `env`), and an
+//! unknown key in the file is an error that names it.
 
 use serde::de::DeserializeOwned;
 use std::path::Path;
@@ -38,6 +40,42 @@ pub fn load_toml<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
         path: path.display().to_string(),
         message: e.to_string(),
     })
+}
+
+/// A service's command-line arguments, resolvable into its configuration: flags override the
+/// file, the file overrides `Defaults` (which an embedding program such as `turnkey` may change,
+/// e.g. to other ports).
+pub trait Layered: Sized {
+    /// The config file's shape: every field optional, `#[serde(deny_unknown_fields)]`.
+    type File: DeserializeOwned + Default;
+    /// Defaults under the file.
+    type Defaults;
+    /// The resolved, validated configuration.
+    type Config;
+
+    /// The `--config` file, if given.
+    fn config_path(&self) -> Option<&Path>;
+
+    /// Flags over `file` over `defaults`, then validation.
+    ///
+    /// Errors: [`ConfigError::Invalid`] naming the flag or key whose value is unusable.
+    fn merge(
+        self,
+        file: Self::File,
+        defaults: &Self::Defaults,
+    ) -> Result<Self::Config, ConfigError>;
+
+    /// Reads the config file (if any) and merges it under the flags.
+    ///
+    /// Errors: the file is unreadable or invalid ([`ConfigError::Read`], [`ConfigError::Parse`]
+    /// naming the key), or [`Layered::merge`] refuses a value.
+    fn resolve(self, defaults: &Self::Defaults) -> Result<Self::Config, ConfigError> {
+        let file = match self.config_path() {
+            Some(p) => load_toml(p)?,
+            None => Self::File::default(),
+        };
+        self.merge(file, defaults)
+    }
 }
 
 /// Replaces a secret with a fixed marker for logging the effective config.

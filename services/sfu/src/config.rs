@@ -4,7 +4,8 @@
 use clap::Args;
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+pub use turnkey_runtime::config::{ConfigError, Layered};
 
 /// Command-line flags.
 #[derive(Args, Debug, Clone, Default)]
@@ -167,26 +168,21 @@ pub struct SfuConfig {
     pub log_json: bool,
 }
 
-/// Why the configuration is unusable.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// File unreadable or a key unknown/mistyped (the message names it).
-    #[error("{0}")]
-    File(String),
-    /// A value out of range.
-    #[error("{0}")]
-    Invalid(String),
-}
+/// Defaults under the config file: the literals documented on each flag (nothing an embedding
+/// program changes today).
+#[derive(Clone, Debug, Default)]
+pub struct Defaults {}
 
-impl SfuArgs {
-    /// Flags over file over defaults.
-    pub fn resolve(&self) -> Result<SfuConfig, ConfigError> {
-        let f: FileConfig = match &self.config {
-            Some(p) => turnkey_runtime::config::load_toml(p)
-                .map_err(|e| ConfigError::File(e.to_string()))?,
-            None => FileConfig::default(),
-        };
+impl Layered for SfuArgs {
+    type File = FileConfig;
+    type Defaults = Defaults;
+    type Config = SfuConfig;
+
+    fn config_path(&self) -> Option<&Path> {
+        self.config.as_deref()
+    }
+
+    fn merge(self, f: FileConfig, _defaults: &Defaults) -> Result<SfuConfig, ConfigError> {
         let media_listen = self
             .media_listen
             .or(f.media_listen)
@@ -201,7 +197,7 @@ impl SfuArgs {
         let workers = self
             .workers
             .or(f.workers)
-            .unwrap_or_else(|| turnkey_runtime::workers::default_workers());
+            .unwrap_or_else(turnkey_runtime::workers::default_workers);
         if workers == 0 || workers > 256 {
             return Err(ConfigError::Invalid("workers must be 1..=256".into()));
         }
@@ -317,7 +313,7 @@ mod tests {
             config: Some(sample.into()),
             ..Default::default()
         };
-        let cfg = args.resolve().expect("deploy/sfu.toml");
+        let cfg = args.resolve(&Defaults::default()).expect("deploy/sfu.toml");
         assert_eq!(cfg.max_participants, 16);
         assert_eq!(cfg.media_listen.port(), 9700);
         assert!(!cfg.redacted().contains(&cfg.sfu_secret));
@@ -332,7 +328,7 @@ mod tests {
             config: Some(dir.clone()),
             ..Default::default()
         }
-        .resolve()
+        .resolve(&Defaults::default())
         .unwrap_err()
         .to_string();
         let _ = std::fs::remove_file(&dir);
@@ -345,11 +341,11 @@ mod tests {
             sfu_secret: Some(String::new()),
             ..Default::default()
         }
-        .resolve()
+        .resolve(&Defaults::default())
         .unwrap_err()
         .to_string();
         assert!(err.contains("sfu_secret") && err.contains("empty"), "{err}");
-        let cfg = SfuArgs::default().resolve().unwrap();
+        let cfg = SfuArgs::default().resolve(&Defaults::default()).unwrap();
         assert_eq!(cfg.sfu_secret.len(), 48);
         assert_eq!(cfg.ice_tcp_handshake_timeout_secs, 10);
         assert_eq!(

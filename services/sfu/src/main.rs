@@ -1,6 +1,7 @@
 //! `sfu`: one SFU node. See services/sfu/PROTOCOL.md and deploy/sfu.toml.
 
 use clap::Parser;
+use sfu::config::Layered;
 
 #[derive(Parser)]
 #[command(
@@ -15,7 +16,7 @@ struct Cli {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let cfg = cli.args.resolve()?;
+    let cfg = cli.args.resolve(&sfu::config::Defaults::default())?;
     turnkey_runtime::logging::init(cfg.log_json, "info");
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

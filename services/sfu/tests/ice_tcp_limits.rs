@@ -7,7 +7,7 @@
 use rtc::stun::attributes::ATTR_USERNAME;
 use rtc::stun::message::{Message, TransactionId, BINDING_REQUEST};
 use rtc::stun::textattrs::Username;
-use sfu::config::SfuArgs;
+use sfu::config::{Layered, SfuArgs};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -37,7 +37,7 @@ async fn start(handshake_secs: u64, per_ip: usize, total: usize) -> Node {
         ice_tcp_max_pending: Some(total),
         ..Default::default()
     }
-    .resolve()
+    .resolve(&sfu::config::Defaults::default())
     .unwrap();
     let shutdown = CancellationToken::new();
     let (tx, rx) = tokio::sync::oneshot::channel();

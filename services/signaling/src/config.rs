@@ -8,8 +8,9 @@ use crate::auth::ApiKey;
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use turnkey_runtime::config::{load_toml, ConfigError};
+use std::path::{Path, PathBuf};
+use turnkey_runtime::config::ConfigError;
+pub use turnkey_runtime::config::Layered;
 
 /// Which half of the signaling service this process runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -418,13 +419,16 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-impl SignalingArgs {
-    /// Merges flags over the config file over `defaults`.
-    pub fn resolve(self, defaults: &Defaults) -> Result<SignalingConfig, ConfigError> {
-        let file: FileConfig = match &self.config {
-            Some(p) => load_toml(p)?,
-            None => FileConfig::default(),
-        };
+impl Layered for SignalingArgs {
+    type File = FileConfig;
+    type Defaults = Defaults;
+    type Config = SignalingConfig;
+
+    fn config_path(&self) -> Option<&Path> {
+        self.config.as_deref()
+    }
+
+    fn merge(self, file: FileConfig, defaults: &Defaults) -> Result<SignalingConfig, ConfigError> {
         fn pick<T>(flag: Vec<T>, file: Vec<T>) -> Vec<T> {
             if flag.is_empty() {
                 file
@@ -658,6 +662,6 @@ mod tests {
     fn shipped_sample_config_parses() {
         let path =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/signaling.toml");
-        let _: FileConfig = load_toml(&path).unwrap();
+        let _: FileConfig = turnkey_runtime::config::load_toml(&path).unwrap();
     }
 }

@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use signaling::auth::{mint_token, parse_duration_secs, ApiKey, Grants};
-use signaling::config::{Defaults, SignalingArgs};
+use signaling::config::{Defaults, Layered, SignalingArgs};
 
 #[derive(Parser)]
 #[command(

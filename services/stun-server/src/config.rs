@@ -6,8 +6,8 @@ use crate::server::{Rfc5780Config, ServerConfig};
 use clap::Parser;
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
-use turnkey_runtime::config::{load_toml, ConfigError};
+use std::path::{Path, PathBuf};
+pub use turnkey_runtime::config::{ConfigError, Layered};
 
 /// Default listen address (UDP and TCP), the IANA STUN port.
 pub const DEFAULT_LISTEN: SocketAddr =
@@ -80,16 +80,26 @@ pub struct Config {
     pub log_json: bool,
 }
 
-impl Config {
-    /// Reads `cli.config` if given and merges it under the flags.
-    pub fn load(cli: &Cli) -> Result<Self, ConfigError> {
-        let file = match &cli.config {
-            Some(path) => load_toml(path)?,
-            None => FileConfig::default(),
-        };
-        Self::merge(cli, file)
+/// Defaults under the config file: [`DEFAULT_LISTEN`], [`DEFAULT_METRICS`] (nothing an
+/// embedding program changes today).
+#[derive(Clone, Debug, Default)]
+pub struct Defaults {}
+
+impl Layered for Cli {
+    type File = FileConfig;
+    type Defaults = Defaults;
+    type Config = Config;
+
+    fn config_path(&self) -> Option<&Path> {
+        self.config.as_deref()
     }
 
+    fn merge(self, file: FileConfig, _defaults: &Defaults) -> Result<Config, ConfigError> {
+        Config::merge(&self, file)
+    }
+}
+
+impl Config {
     /// Flags over `file` over defaults; then checks the RFC 5780 settings.
     pub fn merge(cli: &Cli, file: FileConfig) -> Result<Self, ConfigError> {
         let listen = if !cli.listen.is_empty() {

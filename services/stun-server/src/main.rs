@@ -5,7 +5,7 @@ use clap::Parser;
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
 use std::time::Duration;
-use stun_server::config::{Cli, Config};
+use stun_server::config::{Cli, Defaults, Layered};
 use stun_server::metrics::StunMetrics;
 use stun_server::server::StunServer;
 use tracing::{info, warn};
@@ -17,7 +17,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let config = Config::load(&cli)?;
+    let config = cli.resolve(&Defaults::default())?;
     logging::init(config.log_json, "info");
     info!(
         version = turnkey_runtime::SOFTWARE,

@@ -8,8 +8,9 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::path::PathBuf;
-use turnkey_runtime::config::{load_toml, ConfigError};
+use std::path::{Path, PathBuf};
+use turnkey_runtime::config::ConfigError;
+pub use turnkey_runtime::config::Layered;
 
 /// Server flags (also used, with other defaults, by the `turnkey` local binary).
 #[derive(Args, Debug, Clone, Default)]
@@ -305,13 +306,16 @@ impl std::fmt::Debug for TurnConfig {
     }
 }
 
-impl ServerArgs {
-    /// Merges flags over the config file over `defaults`.
-    pub fn resolve(self, defaults: &Defaults) -> Result<TurnConfig, ConfigError> {
-        let file: FileConfig = match &self.config {
-            Some(p) => load_toml(p)?,
-            None => FileConfig::default(),
-        };
+impl Layered for ServerArgs {
+    type File = FileConfig;
+    type Defaults = Defaults;
+    type Config = TurnConfig;
+
+    fn config_path(&self) -> Option<&Path> {
+        self.config.as_deref()
+    }
+
+    fn merge(self, file: FileConfig, defaults: &Defaults) -> Result<TurnConfig, ConfigError> {
         let limits = Limits::resolve(&self, &file)?;
         fn pick<T>(flag: Vec<T>, file: Vec<T>) -> Vec<T> {
             if flag.is_empty() {
@@ -400,7 +404,7 @@ impl ServerArgs {
         let workers = self
             .workers
             .or(file.workers)
-            .unwrap_or_else(|| turnkey_runtime::workers::default_workers())
+            .unwrap_or_else(turnkey_runtime::workers::default_workers)
             .max(1);
         Ok(TurnConfig {
             listen,

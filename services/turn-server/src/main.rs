@@ -2,7 +2,8 @@
 
 use clap::{Parser, Subcommand};
 use std::time::{SystemTime, UNIX_EPOCH};
-use turn_proto::auth::mint_rest_credential;
+use stun_proto::credential::mint_rest_credential;
+use turn_server::config::Layered;
 use turn_server::config::{Defaults, ServerArgs};
 
 #[derive(Parser)]

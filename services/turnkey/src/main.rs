@@ -12,7 +12,7 @@ use clap::Parser;
 use signaling::config::SignalingConfig;
 use std::time::{SystemTime, UNIX_EPOCH};
 use stun_proto::credential::mint_rest_credential;
-use turn_server::config::{Defaults, ServerArgs, TurnConfig};
+use turn_server::config::{Defaults, Layered, ServerArgs, TurnConfig};
 
 mod dev;
 
@@ -196,7 +196,7 @@ fn start() -> anyhow::Result<()> {
         log_json: cfg.log_json,
         ..Default::default()
     }
-    .resolve()?;
+    .resolve(&sfu::config::Defaults::default())?;
     sig.sfu_secret = Some(sfu_cfg.sfu_secret.clone());
     // Peers may never reach the suite's other services through the relay, even where
     // --allow-peer covers this host: signaling, its metrics, the SFU's media ports (one per

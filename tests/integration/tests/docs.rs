@@ -159,22 +159,21 @@ fn readme_defaults(readme: &str, section: &str) -> std::collections::HashMap<Str
 /// checked here (a new row without a check fails this test).
 #[test]
 fn readme_defaults_match_the_code() {
+    use turnkey_runtime::config::Layered;
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
         .expect("README.md");
     let version = env!("CARGO_PKG_VERSION");
     let turn = turn_server::config::ServerArgs::default()
         .resolve(&turn_server::config::Defaults::default())
         .expect("turn-server defaults");
-    let stun = stun_server::config::Config::merge(
-        &stun_server::config::Cli::default(),
-        stun_server::config::FileConfig::default(),
-    )
-    .expect("stun-server defaults");
+    let stun = stun_server::config::Cli::default()
+        .resolve(&stun_server::config::Defaults::default())
+        .expect("stun-server defaults");
     let sig = signaling::config::SignalingArgs::default()
         .resolve(&signaling::config::Defaults::default())
         .expect("signaling defaults");
     let sfu = sfu::config::SfuArgs::default()
-        .resolve()
+        .resolve(&sfu::config::Defaults::default())
         .expect("sfu defaults");
     let s = |v: &dyn std::fmt::Display| v.to_string();
     let l = &turn.limits;

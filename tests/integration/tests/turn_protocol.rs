@@ -312,6 +312,7 @@ fn metrics_endpoint_lists_every_documented_metric() {
 
 #[test]
 fn config_file_unknown_key_is_a_startup_error_naming_it() {
+    use turnkey_runtime::config::Layered;
     let dir = std::env::temp_dir().join(format!("turnkey-cfg-it-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("bad.toml");
