@@ -14,7 +14,8 @@ mod signal;
 
 use anyhow::{bail, Context as _};
 use bench_support::histogram::LatencyHistogram;
-use bench_support::procfs;
+use bench_support::procfs::{self, ProcessSample};
+use bench_support::report::{loss_percent, mib, opt, percent_of_core};
 use clap::Parser;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -120,9 +121,9 @@ fn plan(a: &Args) -> anyhow::Result<Plan> {
 #[derive(Clone, Copy)]
 struct Snap {
     wall: Instant,
-    sfu: Duration,
+    sfu: ProcessSample,
     sfu_workers: Duration,
-    bench: Duration,
+    bench: ProcessSample,
     clients: Duration,
 }
 
@@ -130,9 +131,9 @@ fn snap(pid: &str) -> Snap {
     let sum = |v: Vec<(String, Duration)>| v.into_iter().map(|(_, d)| d).sum();
     Snap {
         wall: Instant::now(),
-        sfu: procfs::read_process_cpu(pid).unwrap_or_default(),
+        sfu: ProcessSample::read(pid),
         sfu_workers: sum(procfs::read_thread_cpu(pid, "sfu-worker-")),
-        bench: procfs::read_process_cpu("self").unwrap_or_default(),
+        bench: ProcessSample::read("self"),
         clients: sum(procfs::read_thread_cpu("self", "bench-client-")),
     }
 }
@@ -318,17 +319,13 @@ fn run(
     }
     let wall = (s1.wall - s0.wall).as_secs_f64();
     let secs = |a: Duration, b: Duration| (b.saturating_sub(a)).as_secs_f64();
-    let sfu_cpu = secs(s0.sfu, s1.sfu);
+    let sfu_cpu = s1.sfu.cpu_secs_since(&s0.sfu).unwrap_or(0.0);
     let sfu_workers = secs(s0.sfu_workers, s1.sfu_workers);
-    let bench_cpu = secs(s0.bench, s1.bench);
+    let bench_cpu = s1.bench.cpu_secs_since(&s0.bench).unwrap_or(0.0);
     let clients_cpu = secs(s0.clients, s1.clients);
     let recv_pps = received as f64 / wall;
     let exp_pps = expected as f64 / wall;
-    let loss = if expected > 0 {
-        100.0 * (expected.saturating_sub(received)) as f64 / expected as f64
-    } else {
-        0.0
-    };
+    let loss = loss_percent(expected, received);
     let sfu_cores = sfu_cpu / wall;
     let pps_per_core = if sfu_cores > 0.0 {
         recv_pps / sfu_cores
@@ -337,8 +334,10 @@ fn run(
     };
     let rss_per_sub = rss_connected.saturating_sub(rss_before) as f64 / plan.subscribers as f64;
     let client_busiest = clients_cpu / wall / a.client_threads as f64;
+    let sfu_workers_percent = percent_of_core(sfu_workers, wall);
+    let bench_percent = percent_of_core(bench_cpu, wall);
+    let clients_percent = percent_of_core(clients_cpu, wall);
     let q = |x: f64| latency.quantile_us(x);
-    let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
     let json = serde_json::json!({
         "scenario": plan.name, "participants": plan.seats.len(), "publishers": publishers,
         "subscribers": plan.subscribers, "flows": want_flows, "flows_up": flows_up,
@@ -346,11 +345,11 @@ fn run(
         "sent_pps": sent as f64 / wall, "expected_pps": exp_pps, "received_pps": recv_pps,
         "loss_percent": loss, "duplicates": duplicates,
         "latency_p50_us": q(0.5), "latency_p99_us": q(0.99), "latency_max_us": q(1.0),
-        "sfu_cpu_percent": 100.0 * sfu_cores, "sfu_workers_cpu_percent": 100.0 * sfu_workers / wall,
+        "sfu_cpu_percent": 100.0 * sfu_cores, "sfu_workers_cpu_percent": sfu_workers_percent,
         "pps_per_sfu_core": pps_per_core, "sfu_rss_before_bytes": rss_before,
         "sfu_rss_connected_bytes": rss_connected, "sfu_rss_per_subscriber_bytes": rss_per_sub,
-        "bench_cpu_percent": 100.0 * bench_cpu / wall,
-        "bench_client_threads_cpu_percent": 100.0 * clients_cpu / wall,
+        "bench_cpu_percent": bench_percent,
+        "bench_client_threads_cpu_percent": clients_percent,
         "keyframe_requests": key_req, "write_errors": write_err, "send_errors": send_err,
         "lagged": lagged, "link_connect_errors": link_errors.connect.load(Ordering::Relaxed),
         "link_closed": link_errors.closed.load(Ordering::Relaxed), "errors": errors,
@@ -391,7 +390,7 @@ fn run(
         100.0 * sfu_cores,
         pps_per_core,
         rss_per_sub / 1024.0,
-        100.0 * bench_cpu / wall,
+        bench_percent,
     );
     let _ = write!(
         text,
@@ -401,11 +400,11 @@ fn run(
          lagged {lagged}, link failures {}/{}, sfu errors {}",
         setup.as_secs_f64(),
         sent as f64 / wall,
-        100.0 * sfu_workers / wall,
+        sfu_workers_percent,
         100.0 * sfu_cores,
-        rss_before as f64 / 1048576.0,
-        rss_connected as f64 / 1048576.0,
-        100.0 * clients_cpu / wall,
+        mib(rss_before),
+        mib(rss_connected),
+        clients_percent,
         a.client_threads,
         100.0 * client_busiest,
         if client_busiest > 0.85 { "the bench client is likely the bottleneck" } else { "client not saturated" },

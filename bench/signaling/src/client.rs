@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bench_support::stats::Window;
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::{sleep_until, timeout};
@@ -19,7 +20,7 @@ use crate::api::HttpPool;
 use crate::proto::{self, Incoming};
 use crate::run::BenchConfig;
 use crate::session::{Session, SessionConfig};
-use crate::stats::{Stats, Window};
+use crate::stats::Stats;
 
 /// Time allowed for each setup step (HTTP join, TCP connect, WebSocket handshake, `joined`).
 const STEP_TIMEOUT: Duration = Duration::from_secs(15);

@@ -4,57 +4,12 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+use bench_support::report::{join_pairs, json_line, mib, opt_f, opt_unit, percent_of_core, us_per};
+use bench_support::stats::Quantiles;
 use serde::Serialize;
 
 use crate::run::{BenchConfig, Samples};
-use crate::stats::{Checks, LatencyHistogram, Stats};
-
-/// Summary of one latency histogram, in microseconds.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct Quantiles {
-    /// Samples.
-    pub count: u64,
-    /// Median.
-    pub p50_us: Option<u64>,
-    /// 99th percentile.
-    pub p99_us: Option<u64>,
-    /// Maximum.
-    pub max_us: Option<u64>,
-    /// Mean.
-    pub mean_us: Option<f64>,
-}
-
-impl From<&LatencyHistogram> for Quantiles {
-    fn from(h: &LatencyHistogram) -> Self {
-        Self {
-            count: h.count(),
-            p50_us: h.quantile_us(0.5),
-            p99_us: h.quantile_us(0.99),
-            max_us: h.max_us(),
-            mean_us: h.mean_us(),
-        }
-    }
-}
-
-impl fmt::Display for Quantiles {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "p50 {} p99 {} max {} (n={})",
-            ms(self.p50_us),
-            ms(self.p99_us),
-            ms(self.max_us),
-            self.count
-        )
-    }
-}
-
-fn ms(us: Option<u64>) -> String {
-    us.map_or_else(
-        || "-".to_owned(),
-        |us| format!("{:.2} ms", us as f64 / 1000.0),
-    )
-}
+use crate::stats::{Checks, Stats};
 
 /// Result of one run. Rates are per second of the measurement window. A steady message counts
 /// if it was sent inside the window; "received" means relayed to and read by its addressee
@@ -161,13 +116,12 @@ impl Report {
             .duration_since(samples.start.at)
             .as_secs_f64()
             .max(1e-9);
-        let cpu = |a: Option<Duration>, b: Option<Duration>| match (a, b) {
-            (Some(a), Some(b)) => Some(b.saturating_sub(a).as_secs_f64()),
-            _ => None,
-        };
-        let server_cpu = cpu(samples.start.server_cpu, samples.end.server_cpu);
+        let server_cpu = samples.end.server.cpu_secs_since(&samples.start.server);
         let held = samples.middle.held;
-        let rss_per_connection = match (samples.before.server_rss, samples.middle.server_rss) {
+        let rss_per_connection = match (
+            samples.before.server.rss_bytes,
+            samples.middle.server.rss_bytes,
+        ) {
             (Some(b), Some(m)) if held > 0 => Some((m as f64 - b as f64) / held as f64),
             _ => None,
         };
@@ -205,23 +159,24 @@ impl Report {
             ping_rtt: (&s.ping_rtt).into(),
             errors: s.errors.clone(),
             checks: s.checks.clone(),
-            server_rss_before_bytes: samples.before.server_rss,
-            server_rss_held_bytes: samples.middle.server_rss,
+            server_rss_before_bytes: samples.before.server.rss_bytes,
+            server_rss_held_bytes: samples.middle.server.rss_bytes,
             server_rss_per_connection_bytes: rss_per_connection,
             server_cpu_secs: server_cpu,
-            server_cpu_percent: server_cpu.map(|c| 100.0 * c / wall),
-            server_cpu_us_per_msg: server_cpu
-                .filter(|_| s.steady_received > 0)
-                .map(|c| c * 1e6 / s.steady_received as f64),
-            bench_rss_held_bytes: samples.middle.bench_rss,
-            bench_cpu_percent: cpu(samples.start.bench_cpu, samples.end.bench_cpu)
-                .map(|c| 100.0 * c / wall),
+            server_cpu_percent: server_cpu.map(|c| percent_of_core(c, wall)),
+            server_cpu_us_per_msg: us_per(server_cpu, s.steady_received),
+            bench_rss_held_bytes: samples.middle.bench.rss_bytes,
+            bench_cpu_percent: samples
+                .end
+                .bench
+                .cpu_secs_since(&samples.start.bench)
+                .map(|c| percent_of_core(c, wall)),
         }
     }
 
     /// One JSON object on one line.
     pub fn to_json_line(&self) -> String {
-        serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+        json_line(self)
     }
 }
 
@@ -229,21 +184,11 @@ fn map<K: fmt::Display>(m: &BTreeMap<K, u64>) -> String {
     if m.is_empty() {
         return "none".to_owned();
     }
-    m.iter()
-        .map(|(k, v)| format!("{k}: {v}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    join_pairs(m, ": ")
 }
 
-fn mib(b: Option<u64>) -> String {
-    b.map_or_else(
-        || "-".to_owned(),
-        |b| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0)),
-    )
-}
-
-fn opt_f(v: Option<f64>, decimals: usize) -> String {
-    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.decimals$}"))
+fn opt_mib(b: Option<u64>) -> String {
+    opt_unit(b.map(mib), 1, "MiB")
 }
 
 impl fmt::Display for Report {
@@ -318,8 +263,8 @@ impl fmt::Display for Report {
         writeln!(
             f,
             "  server       RSS {} before, {} held = {} KiB per connection; CPU {} s ({} % of a core), {} us per received message",
-            mib(self.server_rss_before_bytes),
-            mib(self.server_rss_held_bytes),
+            opt_mib(self.server_rss_before_bytes),
+            opt_mib(self.server_rss_held_bytes),
             opt_f(self.server_rss_per_connection_bytes.map(|b| b / 1024.0), 1),
             opt_f(self.server_cpu_secs, 2),
             opt_f(self.server_cpu_percent, 0),
@@ -328,10 +273,117 @@ impl fmt::Display for Report {
         write!(
             f,
             "  generator    RSS {} held, CPU {} % of a core; {:.1} MB sent, {:.1} MB received (whole run)",
-            mib(self.bench_rss_held_bytes),
+            opt_mib(self.bench_rss_held_bytes),
             opt_f(self.bench_cpu_percent, 0),
             self.checks.bytes_sent as f64 / 1e6,
             self.checks.bytes_received as f64 / 1e6
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use bench_support::procfs::ProcessSample;
+
+    use super::*;
+    use crate::run::Sample;
+
+    const MIB: u64 = 1 << 20;
+
+    fn sample(at: Instant, server: (u64, u64), bench: (u64, u64), held: usize) -> Sample {
+        let process = |(cpu_ms, rss_bytes): (u64, u64)| ProcessSample {
+            cpu: Some(Duration::from_millis(cpu_ms)),
+            rss_bytes: Some(rss_bytes),
+        };
+        Sample {
+            at,
+            server: process(server),
+            bench: process(bench),
+            held,
+        }
+    }
+
+    #[test]
+    fn figures_of_a_run_as_text_and_json() {
+        let cfg = BenchConfig {
+            server: "http://127.0.0.1:8080".parse().unwrap(),
+            server_addr: "127.0.0.1:8080".parse().unwrap(),
+            api_key: "key:secret".to_owned(),
+            connections: 8,
+            room_size: 4,
+            rate: 10.0,
+            message_bytes: 200,
+            sdp_bytes: 2000,
+            candidates: 2,
+            ping_interval: Duration::from_secs(1),
+            duration: Duration::from_secs(2),
+            settle: Duration::ZERO,
+            connect_rate: 100.0,
+            setup_timeout: Duration::from_secs(5),
+            http_connections: 2,
+            source_ips: Vec::new(),
+            server_pid: None,
+            room_prefix: "bench".to_owned(),
+            verbose: false,
+        };
+        let mut s = Stats {
+            opened: 8,
+            joined: 7,
+            dropped: 1,
+            left_cleanly: 6,
+            steady_sent: 100,
+            steady_received: 90,
+            burst_sent: 12,
+            burst_received: 12,
+            negotiated: 7,
+            pings: 3,
+            pongs: 3,
+            ..Stats::default()
+        };
+        s.fail("http_401");
+        s.drop_close_codes.insert(1006, 1);
+        s.errors.insert(4009, 2);
+        s.checks.bytes_sent = 2_500_000;
+        s.checks.bytes_received = 3_000_000;
+        s.latency.record(1000);
+        s.latency.record(2000);
+        let t0 = Instant::now();
+        let at = |secs| t0 + Duration::from_secs(secs);
+        let samples = Samples {
+            before: sample(t0, (0, 10 * MIB), (0, MIB), 0),
+            start: sample(at(1), (1000, 10 * MIB), (100, MIB), 7),
+            middle: sample(at(2), (1200, 10 * MIB + 7 * 4096), (300, 20 * MIB), 7),
+            end: sample(at(3), (1500, 10 * MIB), (600, MIB), 7),
+        };
+        let r = Report::new(&cfg, Duration::from_millis(500), &s, &samples);
+        let expected = [
+            format!(
+                "signaling-bench {}: 8 clients in rooms of 4, ramp 100/s (setup 0.5 s), 2.0 s window",
+                cfg.server
+            ),
+            "  connections  opened 8  joined 7  failed 1 (http_401: 1)  dropped 1 (close codes: 1006: 1)  held 7  left cleanly 6".to_owned(),
+            "  steady       sent 50 msg/s (target 70)  received 45 msg/s  (90 of 100; lagged 0)".to_owned(),
+            "  relay latency  p50 1.00 ms p99 2.00 ms max 2.00 ms (n=2)".to_owned(),
+            "  negotiation  12 sent, 12 received, latency p50 - p99 - max - (n=0); 7 clients done, room full → done p50 - p99 - max - (n=0)".to_owned(),
+            "  setup        HTTP join p50 - p99 - max - (n=0); WebSocket + join → joined p50 - p99 - max - (n=0)".to_owned(),
+            "  ping         3 sent, 3 pongs, RTT p50 - p99 - max - (n=0)".to_owned(),
+            "  errors       4009: 2; misrouted 0, no probe 0, from unannounced senders 0 (announced later 0), announced twice 0, glare 0, unparsable 0, unexpected 0, participant-left 0, room-closed 0".to_owned(),
+            "  server       RSS 10.0 MiB before, 10.0 MiB held = 4.0 KiB per connection; CPU 0.50 s (25 % of a core), 5555.6 us per received message".to_owned(),
+            "  generator    RSS 20.0 MiB held, CPU 25 % of a core; 2.5 MB sent, 3.0 MB received (whole run)".to_owned(),
+        ];
+        assert_eq!(r.to_string(), expected.join("\n"));
+        let json: serde_json::Value = serde_json::from_str(&r.to_json_line()).unwrap();
+        assert_eq!(json["latency"]["p50_us"], 1000);
+        assert_eq!(json["latency"]["count"], 2);
+        assert_eq!(json["ping_rtt"]["p50_us"], serde_json::Value::Null);
+        assert_eq!(json["server_rss_per_connection_bytes"], 4096.0);
+        assert_eq!(json["server_cpu_secs"], 0.5);
+        assert_eq!(json["server_cpu_percent"], 25.0);
+        assert_eq!(json["bench_cpu_percent"], 25.0);
+        assert_eq!(json["bench_rss_held_bytes"], 20 * MIB);
+        assert_eq!(json["failed_by_reason"]["http_401"], 1);
+        assert_eq!(json["bytes_sent"], 2_500_000);
     }
 }

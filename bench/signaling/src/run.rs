@@ -6,14 +6,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bench_support::procfs::ProcessSample;
+use bench_support::stats::Window;
 use tokio::task::JoinSet;
 use tokio::time::sleep_until;
 
 use crate::api::HttpPool;
 use crate::client::{self, Shared};
 use crate::report::Report;
-use crate::stats::Window;
-use bench_support::procfs;
 
 /// After the window closes, how long receivers keep counting messages in flight.
 const DRAIN: Duration = Duration::from_secs(1);
@@ -76,27 +76,20 @@ impl BenchConfig {
 pub struct Sample {
     /// When.
     pub at: Instant,
-    /// Server resident memory, bytes.
-    pub server_rss: Option<u64>,
-    /// Server CPU time so far.
-    pub server_cpu: Option<Duration>,
-    /// This generator's resident memory.
-    pub bench_rss: Option<u64>,
-    /// This generator's CPU time so far.
-    pub bench_cpu: Option<Duration>,
+    /// Server CPU time so far and resident memory.
+    pub server: ProcessSample,
+    /// This generator's.
+    pub bench: ProcessSample,
     /// Connections joined and open.
     pub held: usize,
 }
 
 impl Sample {
     fn take(server_pid: Option<u32>, shared: &Shared) -> Self {
-        let pid = server_pid.map(|p| p.to_string());
         Self {
             at: Instant::now(),
-            server_rss: pid.as_deref().and_then(procfs::read_process_rss_bytes),
-            server_cpu: pid.as_deref().and_then(procfs::read_process_cpu),
-            bench_rss: procfs::read_process_rss_bytes("self"),
-            bench_cpu: procfs::read_process_cpu("self"),
+            server: ProcessSample::read_pid(server_pid),
+            bench: ProcessSample::read("self"),
             held: shared.held.load(Ordering::Acquire),
         }
     }

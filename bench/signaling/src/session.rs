@@ -8,8 +8,10 @@
 //! paced `candidate` messages (re-trickled candidates, renegotiation-sized) round-robin to its
 //! peers, and pings.
 
+use bench_support::stats::Window;
+
 use crate::proto::{self, Incoming, ParticipantInfo, Probe, ProbeKind};
-use crate::stats::{Stats, Window};
+use crate::stats::Stats;
 
 /// What one client does.
 #[derive(Debug, Clone)]

@@ -1,25 +1,9 @@
-//! Counters and latency histograms of a run. No I/O, no clock.
+//! Counters and latency histograms of a run (the histogram and the measurement window are
+//! `bench_support`'s). No I/O, no clock.
 
 use std::collections::BTreeMap;
 
-pub use bench_support::histogram::LatencyHistogram;
-
-/// Half-open measurement window [start, end) in nanoseconds since the run's epoch; a message
-/// counts if it was *sent* inside it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Window {
-    /// First counted send time.
-    pub start_ns: u64,
-    /// First send time no longer counted.
-    pub end_ns: u64,
-}
-
-impl Window {
-    /// Whether a message sent at `sent_ns` is counted.
-    pub fn contains(&self, sent_ns: u64) -> bool {
-        (self.start_ns..self.end_ns).contains(&sent_ns)
-    }
-}
+use bench_support::histogram::LatencyHistogram;
 
 /// Everything the clients count, merged into one place.
 #[derive(Clone, Debug, Default)]
@@ -126,15 +110,6 @@ impl Stats {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn window_is_half_open() {
-        let w = Window {
-            start_ns: 10,
-            end_ns: 20,
-        };
-        assert!(!w.contains(9) && w.contains(10) && !w.contains(20));
-    }
 
     #[test]
     fn failures_by_reason() {

@@ -1,6 +1,7 @@
 //! Reading Linux /proc for the benchmark and soak programs: a process's CPU time (all threads,
-//! or per thread by name), resident memory and open descriptors. The parsers are pure; the
-//! `read_*` functions do the file I/O and take a PID as text ("self" for this process).
+//! or per thread by name), resident memory and open descriptors, and [`ProcessSample`], both of
+//! a process at one instant. The parsers are pure; the `read_*` functions (and
+//! [`ProcessSample::read`]) do the file I/O and take a PID as text ("self" for this process).
 
 use std::time::Duration;
 
@@ -70,6 +71,39 @@ pub fn read_thread_cpu(pid: &str, prefix: &str) -> Vec<(String, Duration)> {
     out
 }
 
+/// A process's CPU time so far (all threads) and resident memory at one instant; None where
+/// /proc could not be read (or there is no process to read).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProcessSample {
+    /// CPU time used so far.
+    pub cpu: Option<Duration>,
+    /// Resident memory, bytes.
+    pub rss_bytes: Option<u64>,
+}
+
+impl ProcessSample {
+    /// Reads process `pid` ("self" for this one).
+    pub fn read(pid: &str) -> Self {
+        Self {
+            cpu: read_process_cpu(pid),
+            rss_bytes: read_process_rss_bytes(pid),
+        }
+    }
+
+    /// Reads process `pid` if there is one (a server PID given on the command line), else
+    /// nothing.
+    pub fn read_pid(pid: Option<u32>) -> Self {
+        pid.map_or_else(Self::default, |p| Self::read(&p.to_string()))
+    }
+
+    /// CPU time the process used from `before` to this sample, in seconds; None when either
+    /// sample lacks it.
+    pub fn cpu_secs_since(&self, before: &Self) -> Option<f64> {
+        let (now, then) = self.cpu.zip(before.cpu)?;
+        Some(now.saturating_sub(then).as_secs_f64())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,5 +131,20 @@ mod tests {
         assert!(read_process_rss_bytes("self").is_some_and(|b| b > 0));
         assert!(read_process_cpu("self").is_some());
         assert!(read_process_fds("self").is_some_and(|n| n >= 3));
+        let sample = ProcessSample::read("self");
+        assert!(sample.cpu.is_some() && sample.rss_bytes.is_some_and(|b| b > 0));
+        assert_eq!(ProcessSample::read_pid(None), ProcessSample::default());
+    }
+
+    #[test]
+    fn cpu_between_samples() {
+        let at = |ms: Option<u64>| ProcessSample {
+            cpu: ms.map(Duration::from_millis),
+            rss_bytes: None,
+        };
+        assert_eq!(at(Some(3500)).cpu_secs_since(&at(Some(1000))), Some(2.5));
+        assert_eq!(at(Some(1000)).cpu_secs_since(&at(Some(3500))), Some(0.0));
+        assert_eq!(at(None).cpu_secs_since(&at(Some(1000))), None);
+        assert_eq!(at(Some(1000)).cpu_secs_since(&at(None)), None);
     }
 }

@@ -206,7 +206,7 @@ fn describe(raw: &[u8]) -> (String, Vec<String>) {
 impl Amplification {
     /// One JSON object on one line.
     pub fn to_json_line(&self) -> String {
-        serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+        bench_support::report::json_line(self)
     }
 }
 

@@ -5,8 +5,6 @@
 
 use std::collections::HashSet;
 
-pub use bench_support::procfs::{read_process_cpu, read_process_fds, read_process_rss_bytes};
-
 /// Counts rows of /proc/net/udp (or udp6) whose inode is in `inodes` and whose local port lies in
 /// `ports`: a process's bound UDP sockets in a port range (its relayed transport addresses).
 pub fn parse_udp_ports_in_range(

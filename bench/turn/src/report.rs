@@ -3,6 +3,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use bench_support::report::{json_line, loss_percent, opt, opt_f, percent_of_core, us_per};
+use bench_support::stats::Quantiles;
 use serde::Serialize;
 
 use crate::run::{BenchConfig, Sample};
@@ -79,10 +81,6 @@ pub struct Report {
     pub delete_failures: u64,
 }
 
-fn secs(d: Option<Duration>) -> Option<f64> {
-    d.map(|d| d.as_secs_f64())
-}
-
 impl Report {
     /// Builds the report from the counters and the two samples around the window.
     #[allow(clippy::too_many_arguments)]
@@ -98,13 +96,9 @@ impl Report {
     ) -> Self {
         let window = cfg.duration.as_secs_f64();
         let per_sec = |x: u64| x as f64 / window;
-        let delta = |a: Option<Duration>, b: Option<Duration>| match (a, b) {
-            (Some(a), Some(b)) => Some(b.saturating_sub(a)),
-            _ => None,
-        };
-        let server_cpu = delta(before.server_cpu, after.server_cpu);
+        let server_cpu = after.server.cpu_secs_since(&before.server);
         let wall = after.at.duration_since(before.at).as_secs_f64();
-        let lost = sent.sent.saturating_sub(received.received);
+        let latency = Quantiles::from(&received.latency);
         Self {
             server: cfg.server.to_string(),
             transport: cfg.transport.name(),
@@ -117,24 +111,18 @@ impl Report {
             received_pps: per_sec(received.received),
             sent: sent.sent,
             received: received.received,
-            loss_percent: if sent.sent == 0 {
-                0.0
-            } else {
-                100.0 * lost as f64 / sent.sent as f64
-            },
+            loss_percent: loss_percent(sent.sent, received.received),
             duplicates: received.duplicates,
             reordered: received.reordered,
-            latency_p50_us: received.latency.quantile_us(0.50),
-            latency_p99_us: received.latency.quantile_us(0.99),
-            latency_max_us: received.latency.max_us(),
-            latency_mean_us: received.latency.mean_us(),
+            latency_p50_us: latency.p50_us,
+            latency_p99_us: latency.p99_us,
+            latency_max_us: latency.max_us,
+            latency_mean_us: latency.mean_us,
             received_payload_bytes_per_sec: per_sec(received.received_bytes),
-            server_cpu_secs: secs(server_cpu),
-            server_cpu_percent: secs(server_cpu).map(|c| 100.0 * c / wall.max(1e-9)),
-            server_cpu_us_per_packet: secs(server_cpu)
-                .filter(|_| received.received > 0)
-                .map(|c| c * 1e6 / received.received as f64),
-            bench_cpu_secs: secs(delta(before.bench_cpu, after.bench_cpu)),
+            server_cpu_secs: server_cpu,
+            server_cpu_percent: server_cpu.map(|c| percent_of_core(c, wall.max(1e-9))),
+            server_cpu_us_per_packet: us_per(server_cpu, received.received),
+            bench_cpu_secs: after.bench.cpu_secs_since(&before.bench),
             kernel_udp_rcvbuf_drops: match (before.udp, after.udp) {
                 (Some(b), Some(a)) => Some(a.since(&b).rcvbuf_errors),
                 _ => None,
@@ -158,16 +146,8 @@ impl Report {
 
     /// One JSON object on one line.
     pub fn to_json_line(&self) -> String {
-        serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+        json_line(self)
     }
-}
-
-fn opt<T: fmt::Display>(v: Option<T>) -> String {
-    v.map_or_else(|| "-".to_owned(), |v| v.to_string())
-}
-
-fn opt_f(v: Option<f64>, decimals: usize) -> String {
-    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.decimals$}"))
 }
 
 impl fmt::Display for Report {
@@ -234,5 +214,105 @@ impl fmt::Display for Report {
             self.upkeep_failures,
             self.delete_failures
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use bench_support::procfs::ProcessSample;
+
+    use super::*;
+    use crate::net::Transport;
+    use crate::procfs::UdpCounters;
+    use crate::proto::Credentials;
+
+    fn sample(at: Instant, server_cpu_ms: u64, bench_cpu_ms: u64, rcvbuf: u64) -> Sample {
+        let cpu = |ms| ProcessSample {
+            cpu: Some(Duration::from_millis(ms)),
+            rss_bytes: Some(1 << 20),
+        };
+        Sample {
+            at,
+            server: cpu(server_cpu_ms),
+            bench: cpu(bench_cpu_ms),
+            udp: Some(UdpCounters {
+                rcvbuf_errors: rcvbuf,
+                ..UdpCounters::default()
+            }),
+            server_drops: Some(rcvbuf / 2),
+            bench_drops: Some(1),
+        }
+    }
+
+    #[test]
+    fn figures_of_a_run_as_text_and_json() {
+        let cfg = BenchConfig {
+            server: "127.0.0.1:3478".parse().unwrap(),
+            transport: Transport::Udp,
+            credentials: Credentials::new("bench", "benchpass"),
+            allocations: 4,
+            rate_pps: 1000.0,
+            payload_bytes: 100,
+            duration: Duration::from_secs(2),
+            warmup: Duration::ZERO,
+            lifetime_secs: None,
+            server_pid: None,
+            senders: 1,
+            tick: Duration::from_millis(1),
+        };
+        let sent = SendStats {
+            sent: 2000,
+            sent_total: 2100,
+            errors: 1,
+            lagged: 2,
+        };
+        let mut received = ReceiveStats {
+            received: 1990,
+            received_bytes: 500_000,
+            duplicates: 3,
+            reordered: 4,
+            malformed: 5,
+            other: 6,
+            ..ReceiveStats::default()
+        };
+        for us in [100, 200, 300, 400] {
+            received.latency.record(us);
+        }
+        let t0 = Instant::now();
+        let before = sample(t0, 1000, 3000, 10);
+        let after = sample(t0 + Duration::from_secs(2), 2000, 3500, 17);
+        let r = Report::new(
+            &cfg,
+            Duration::from_millis(1500),
+            &sent,
+            &received,
+            &before,
+            &after,
+            7,
+            8,
+        );
+        assert_eq!(
+            r.to_string(),
+            "turn-bench 127.0.0.1:3478 over udp: 4 allocations (2 pairs), 100 B payload, 2.0 s window (setup 1.50 s)\n\
+             \x20 offered         1000 pps (target 1000; lagged 2, send errors 1)\n\
+             \x20 received         995 pps  0.25 MB/s payload\n\
+             \x20 loss           0.500 %   (10 of 2000; duplicates 3, reordered 4)\n\
+             \x20 latency   p50 200 us  p99 400 us  max 400 us  mean 250.0 us  (one-way through the relay, kernel receive time)\n\
+             \x20 server    cpu 1.00 s (50 % of a core), 502.51 us per delivered packet (= 2 relay hops)\n\
+             \x20 drops     kernel UDP rcvbuf 7 (server sockets 3, generator sockets 0)\n\
+             \x20 generator cpu 0.50 s; malformed 5; unexpected 6; upkeep failures 7; delete failures 8"
+        );
+        let json: serde_json::Value = serde_json::from_str(&r.to_json_line()).unwrap();
+        assert_eq!(json["loss_percent"], 0.5);
+        assert_eq!(json["latency_p50_us"], 200);
+        assert_eq!(json["latency_max_us"], 400);
+        assert_eq!(json["latency_mean_us"], 250.0);
+        assert_eq!(json["server_cpu_secs"], 1.0);
+        assert_eq!(json["server_cpu_percent"], 50.0);
+        assert_eq!(json["bench_cpu_secs"], 0.5);
+        assert_eq!(json["kernel_udp_rcvbuf_drops"], 7);
+        assert_eq!(json["server_socket_drops"], 3);
     }
 }

@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bench_support::procfs::ProcessSample;
+use bench_support::stats::Window;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -14,7 +16,7 @@ use crate::net::{self, ServerSocket, Transport};
 use crate::procfs;
 use crate::proto::{Credentials, Request};
 use crate::report::Report;
-use crate::stats::{FlowReceiver, ReceiveStats, SendStats, Window};
+use crate::stats::{FlowReceiver, ReceiveStats, SendStats};
 use crate::wire::FIRST_CHANNEL;
 use crate::worker::{self, Flow, Timing};
 
@@ -385,10 +387,10 @@ async fn delete_all(allocations: Vec<Allocation>) -> u64 {
 pub struct Sample {
     /// When it was taken.
     pub at: Instant,
-    /// Server process CPU time (all threads), if a pid was given and readable.
-    pub server_cpu: Option<Duration>,
-    /// This process's CPU time.
-    pub bench_cpu: Option<Duration>,
+    /// The server process's CPU time (all threads) and RSS, if a pid was given and readable.
+    pub server: ProcessSample,
+    /// This process's.
+    pub bench: ProcessSample,
     /// Kernel UDP counters.
     pub udp: Option<procfs::UdpCounters>,
     /// Receive-buffer drops on the server's UDP sockets.
@@ -401,8 +403,8 @@ impl Sample {
     fn take(server_pid: Option<u32>) -> Self {
         Self {
             at: Instant::now(),
-            server_cpu: server_pid.and_then(|p| procfs::read_process_cpu(&p.to_string())),
-            bench_cpu: procfs::read_process_cpu("self"),
+            server: ProcessSample::read_pid(server_pid),
+            bench: ProcessSample::read("self"),
             udp: procfs::read_udp_counters(),
             server_drops: server_pid.and_then(|p| procfs::read_process_udp_drops(&p.to_string())),
             bench_drops: procfs::read_process_udp_drops("self"),

@@ -1,9 +1,11 @@
-//! Counting what arrives: a log-linear latency histogram, per-flow sequence tracking (loss,
-//! duplicates, reordering) and the measurement window. No I/O, no clock.
+//! Counting what arrives: per-flow sequence tracking (loss, duplicates, reordering) and the
+//! counters of senders and receivers (the latency histogram and the measurement window are
+//! `bench_support`'s). No I/O, no clock.
+
+use bench_support::histogram::LatencyHistogram;
+use bench_support::stats::Window;
 
 use crate::wire::{parse_channel_data, Probe};
-
-pub use bench_support::histogram::LatencyHistogram;
 
 /// What happened to one arriving sequence number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,23 +52,6 @@ impl SeqTracker {
                 Arrival::New
             }
         }
-    }
-}
-
-/// Half-open measurement window [start, end) in nanoseconds since the run's epoch; a packet
-/// counts if it was *sent* inside it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Window {
-    /// First counted send time.
-    pub start_ns: u64,
-    /// First send time no longer counted.
-    pub end_ns: u64,
-}
-
-impl Window {
-    /// Whether a packet sent at `sent_ns` is counted.
-    pub fn contains(&self, sent_ns: u64) -> bool {
-        (self.start_ns..self.end_ns).contains(&sent_ns)
     }
 }
 
@@ -228,16 +213,5 @@ mod tests {
         );
         assert_eq!(s.received_bytes, 40);
         assert_eq!(s.latency.quantile_us(0.5), Some(50));
-    }
-
-    #[test]
-    fn window_is_half_open() {
-        let w = Window {
-            start_ns: 10,
-            end_ns: 20,
-        };
-        assert!(!w.contains(9));
-        assert!(w.contains(10));
-        assert!(!w.contains(20));
     }
 }

@@ -8,11 +8,12 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bench_support::stats::Window;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::net::{self, DrainEnd, FrameReader, ServerSocket};
-use crate::stats::{FlowReceiver, ReceiveStats, SendStats, Window};
+use crate::stats::{FlowReceiver, ReceiveStats, SendStats};
 use crate::wire::{self, FrameKind, Probe, CHANNEL_DATA_HEADER_BYTES};
 
 /// How far behind schedule a pacer may fall before it skips ahead (and counts the skip).

@@ -17,12 +17,13 @@ use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bench_support::procfs::{read_process_fds, read_process_rss_bytes};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use self::tally::{Line, Phase, ServerFigures, Summary, Tally};
 use crate::link::{Close, LinkError};
-use crate::procfs;
+use crate::procfs::read_process_udp_ports;
 use crate::proto::Credentials;
 use crate::scrape::{self, MetricsEndpoint, ScrapeError};
 
@@ -174,9 +175,9 @@ impl ServerProbe {
                 .map(|p| scrape::metric_sum(p, name).unwrap_or(0.0))
         };
         ServerFigures {
-            rss_bytes: pid.and_then(procfs::read_process_rss_bytes),
-            fds: pid.and_then(procfs::read_process_fds),
-            relay_ports: pid.and_then(|p| procfs::read_process_udp_ports(p, &self.relay_ports)),
+            rss_bytes: pid.and_then(read_process_rss_bytes),
+            fds: pid.and_then(read_process_fds),
+            relay_ports: pid.and_then(|p| read_process_udp_ports(p, &self.relay_ports)),
             allocations: gauge("turn_allocations"),
             permissions: gauge("turn_permissions"),
             channel_bindings: gauge("turn_channel_bindings"),
@@ -186,7 +187,7 @@ impl ServerProbe {
     /// Fails early when a figure that was asked for cannot be read.
     async fn check(&self) -> Result<(), SoakError> {
         if let Some(pid) = &self.pid {
-            if procfs::read_process_rss_bytes(pid).is_none() {
+            if read_process_rss_bytes(pid).is_none() {
                 return Err(SoakError::Process(pid.parse().unwrap_or_default()));
             }
         }

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use bench_support::report::{join_pairs, json_line, mib, opt, opt_f};
 use serde::Serialize;
 
 /// Churn counters: cycles, successful operations by name, failures by kind.
@@ -193,7 +194,7 @@ impl Line {
 
     /// One JSON object on one line.
     pub fn to_json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+        json_line(self)
     }
 }
 
@@ -274,11 +275,7 @@ impl Summary {
             self.kind,
             self.cycles,
             self.ops,
-            self.ops_by_name
-                .iter()
-                .map(|(k, v)| format!("{k} {v}"))
-                .collect::<Vec<_>>()
-                .join(", "),
+            join_pairs(&self.ops_by_name, " "),
             self.errors,
             if self.errors_by_kind.is_empty() {
                 String::new()
@@ -313,27 +310,16 @@ impl Summary {
 
     /// One JSON object on one line.
     pub fn to_json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+        json_line(self)
     }
 }
 
-fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
-    v.map_or_else(|| "-".to_owned(), |v| v.to_string())
-}
-
 fn opt_mib(bytes: Option<u64>) -> String {
-    bytes.map_or_else(
-        || "-".to_owned(),
-        |b| format!("{:.2}", b as f64 / (1024.0 * 1024.0)),
-    )
+    opt_f(bytes.map(mib), 2)
 }
 
 fn kinds(errors: &BTreeMap<String, u64>) -> String {
-    errors
-        .iter()
-        .map(|(k, v)| format!("{k} x{v}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    join_pairs(errors, " x")
 }
 
 #[cfg(test)]
