@@ -2,7 +2,7 @@
 //! `-` becomes `_`); flags override the file; unknown keys are an error that names the key.
 //! `deploy/stun-server.toml` documents every key.
 
-use crate::server::{Rfc5780Config, ServerConfig};
+use crate::io::{Rfc5780Config, ServerConfig};
 use clap::Parser;
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
@@ -133,7 +133,7 @@ impl Config {
         Ok(config)
     }
 
-    /// The listener settings for [`crate::server::StunServer::start`].
+    /// The listener settings for [`crate::io::StunServer::start`].
     pub fn server_config(&self) -> ServerConfig {
         ServerConfig {
             listen: self.listen.clone(),
