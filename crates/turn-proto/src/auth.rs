@@ -3,17 +3,31 @@
 //!
 //! Static users and shared secrets work at the same time. With several secrets (rotation) every
 //! secret validates; the first one signs. Every comparison of key material is constant-time.
+//!
+//! The TURN core checks each request here (`Authenticator`, RFC 8489 §9.2.4): nonce, realm,
+//! user, password algorithm and integrity, answering with 400, or a 401/438 challenge, and
+//! counting and logging (rate-limited) every failure.
 
 use super::FiveTuple;
+use crate::stats::{AuthFailure, TurnStats};
 use base64::Engine;
 use ring::hmac;
+use rtc_stun::attributes::*;
+use rtc_stun::message::Message;
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::time::Instant;
 use stun_proto::credential::rest_expiry;
 pub use stun_proto::credential::{
     long_term_key, mint_rest_credential, rest_password, userhash, RestCredential,
 };
+use stun_proto::msg::{
+    attr, integrity_present, text_attr, verify_integrity, IntegrityAlgorithm, MessageBuilder,
+    PasswordAlgorithm,
+};
 use subtle::ConstantTimeEq;
+use turnkey_rate::LogLimiter;
 
 /// Why a username has no usable credential; each is a `turn_auth_failures_total` reason.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -235,6 +249,158 @@ impl NonceMinter {
             .into();
         good && now_unix_secs <= expiry as u64
     }
+}
+
+/// The key and algorithm an authenticated request was checked with; responses use the same.
+#[derive(Debug, Clone)]
+pub(crate) struct AuthOk {
+    pub(crate) username: String,
+    pub(crate) key: Vec<u8>,
+    pub(crate) integrity: IntegrityAlgorithm,
+}
+
+/// The long-term credential check of a TURN request (RFC 8489 §9.2.4) as one core runs it: its
+/// configuration, its counters, its failure log, and the wall-clock time of the request.
+pub(crate) struct Authenticator<'a> {
+    /// REALM (RFC 8489 §14.9).
+    pub(crate) realm: &'a str,
+    /// Static users and REST secrets.
+    pub(crate) credentials: &'a Credentials,
+    /// Stateless nonce minter.
+    pub(crate) nonces: &'a NonceMinter,
+    /// Unix seconds at the request (nonce and REST expiry).
+    pub(crate) unix_secs: u64,
+    /// Where authentication failures are counted.
+    pub(crate) stats: &'a mut TurnStats,
+    /// Authentication failures logged at most 10 a second (burst 20) per core.
+    pub(crate) log: &'a RefCell<LogLimiter>,
+}
+
+impl Authenticator<'_> {
+    /// A 401 or 438 with REALM, a nonce bound to `tuple` and PASSWORD-ALGORITHMS (RFC 8489
+    /// §9.2.4). The reason phrase is left empty (it only adds bytes to a response anyone can
+    /// provoke); the code says it all.
+    fn challenge(&self, tuple: &FiveTuple, m: &Message, code: u16) -> MessageBuilder {
+        let mut b = MessageBuilder::error(m, code, "");
+        b.raw(ATTR_REALM, self.realm.as_bytes());
+        b.raw(
+            ATTR_NONCE,
+            self.nonces.mint(self.unix_secs, tuple).as_bytes(),
+        );
+        b.raw(ATTR_PASSWORD_ALGORITHMS, &password_algorithms_value());
+        b
+    }
+
+    /// Counts an authentication failure and logs it (at most 10 a second per core; the next
+    /// line logged says how many were left out). The log names the client and the username it
+    /// gave, never a password or key.
+    fn auth_failure(&mut self, reason: AuthFailure, tuple: &FiveTuple, m: &Message, now: Instant) {
+        self.stats.auth_failure(reason);
+        // A stale nonce is routine (a long session's refresh after the nonce lifetime): counted,
+        // not logged.
+        if reason == AuthFailure::StaleNonce {
+            return;
+        }
+        if let Some(suppressed) = self.log.borrow_mut().admit(now) {
+            tracing::info!(
+                reason = reason.as_str(),
+                client = %tuple.client,
+                transport = tuple.transport.as_str(),
+                user = %text_attr(m, ATTR_USERNAME).unwrap_or(""),
+                suppressed,
+                "authentication failed"
+            );
+        }
+    }
+
+    /// Long-term credential check (RFC 8489 §9.2.4). Err is the response to send.
+    ///
+    /// - The nonce must be one this server minted for this 5-tuple and not expired (438).
+    /// - USERNAME or USERHASH (§14.4, static users) names the user (400 without either).
+    /// - PASSWORD-ALGORITHM/PASSWORD-ALGORITHMS (§9.2.5 bid-down protection): with neither,
+    ///   MD5; otherwise both must be present, PASSWORD-ALGORITHMS must equal the list this
+    ///   server sends, and PASSWORD-ALGORITHM must be one of them (400 otherwise).
+    pub(crate) fn authenticate(
+        &mut self,
+        tuple: FiveTuple,
+        m: &Message,
+        now: Instant,
+        check_expiry: bool,
+    ) -> Result<AuthOk, MessageBuilder> {
+        let Some(integrity) = integrity_present(m) else {
+            return Err(self.challenge(&tuple, m, 401));
+        };
+        let username = match (text_attr(m, ATTR_USERNAME), attr(m, ATTR_USER_HASH)) {
+            (Some(u), None) => Some(u),
+            (None, Some(h)) => match self.credentials.user_for_hash(h) {
+                Some(u) => Some(u),
+                None => {
+                    self.auth_failure(AuthFailure::UnknownUser, &tuple, m, now);
+                    return Err(self.challenge(&tuple, m, 401));
+                }
+            },
+            _ => None,
+        };
+        let (Some(username), Some(realm), Some(nonce)) =
+            (username, text_attr(m, ATTR_REALM), text_attr(m, ATTR_NONCE))
+        else {
+            self.auth_failure(AuthFailure::BadRequest, &tuple, m, now);
+            return Err(MessageBuilder::error(m, 400, "Bad Request"));
+        };
+        let unix = self.unix_secs;
+        if !self.nonces.is_valid(nonce, unix, &tuple) {
+            self.auth_failure(AuthFailure::StaleNonce, &tuple, m, now);
+            return Err(self.challenge(&tuple, m, 438));
+        }
+        if realm != self.realm {
+            self.auth_failure(AuthFailure::WrongRealm, &tuple, m, now);
+            return Err(self.challenge(&tuple, m, 401));
+        }
+        let alg = match (
+            attr(m, ATTR_PASSWORD_ALGORITHM),
+            attr(m, ATTR_PASSWORD_ALGORITHMS),
+        ) {
+            (None, None) => PasswordAlgorithm::Md5,
+            (Some(v), Some(list)) if list == password_algorithms_value() => match v {
+                [0, 1, 0, 0] => PasswordAlgorithm::Md5,
+                [0, 2, 0, 0] => PasswordAlgorithm::Sha256,
+                _ => {
+                    self.auth_failure(AuthFailure::BadRequest, &tuple, m, now);
+                    return Err(MessageBuilder::error(m, 400, "Bad Request"));
+                }
+            },
+            _ => {
+                // One without the other, or a list other than ours: a bid-down attempt or a
+                // broken client (§9.2.5).
+                self.auth_failure(AuthFailure::AlgorithmMismatch, &tuple, m, now);
+                return Err(MessageBuilder::error(m, 400, "Bad Request"));
+            }
+        };
+        let passwords = match self.credentials.passwords(username, unix, check_expiry) {
+            Ok(p) => p,
+            Err(e) => {
+                self.auth_failure(e.auth_failure(), &tuple, m, now);
+                return Err(self.challenge(&tuple, m, 401));
+            }
+        };
+        for pw in passwords {
+            let key = long_term_key(username, realm, &pw, alg);
+            if verify_integrity(m, &key, integrity) {
+                return Ok(AuthOk {
+                    username: username.to_string(),
+                    key,
+                    integrity,
+                });
+            }
+        }
+        self.auth_failure(AuthFailure::BadIntegrity, &tuple, m, now);
+        Err(self.challenge(&tuple, m, 401))
+    }
+}
+
+/// PASSWORD-ALGORITHMS value: MD5 and SHA-256, no parameters (RFC 8489 §14.11).
+pub(crate) fn password_algorithms_value() -> [u8; 8] {
+    [0, 1, 0, 0, 0, 2, 0, 0]
 }
 
 #[cfg(test)]

@@ -2,10 +2,17 @@
 //! channel binding, nonce), every error code, and the relay paths.
 
 use super::*;
-use crate::auth::mint_rest_credential;
+use crate::auth::{long_term_key, mint_rest_credential, password_algorithms_value};
 use crate::policy::DenyReason;
+use crate::stats::AuthFailure;
 use crate::Transport;
-use rtc_stun::message::{MessageType, Method, CLASS_ERROR_RESPONSE, CLASS_SUCCESS_RESPONSE};
+use rtc_stun::message::{
+    MessageType, Method, CLASS_ERROR_RESPONSE, CLASS_SUCCESS_RESPONSE, METHOD_DATA,
+};
+use std::sync::atomic::Ordering;
+use stun_proto::msg::{
+    attr, verify_integrity, xor_address, xor_addresses, IntegrityAlgorithm, PasswordAlgorithm,
+};
 
 const T0_UNIX: u64 = 1_800_000_000;
 

@@ -1,0 +1,315 @@
+//! Allocate (RFC 8656 §7) and Refresh (§8): relayed transport addresses, lifetimes, EVEN-PORT
+//! reservations (§7.2) and the allocation quotas.
+
+use super::shared::Reservation;
+use super::{
+    AddressFamily, Allocation, Holder, Relay, RelayAllocator, RelayError, RelayRequest, TimerKey,
+    TurnCore, ATTR_ADDITIONAL_ADDRESS_FAMILY, ATTR_ADDRESS_ERROR_CODE,
+};
+use crate::auth::{AuthOk, Credentials};
+use crate::stats::QuotaScope;
+use crate::FiveTuple;
+use rtc_stun::attributes::*;
+use rtc_stun::message::Message;
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use stun_proto::msg::{attr, MessageBuilder};
+
+impl TurnCore {
+    fn lifetime(&self, m: &Message) -> Duration {
+        let requested = attr(m, ATTR_LIFETIME)
+            .filter(|v| v.len() == 4)
+            .map(|v| u32::from_be_bytes([v[0], v[1], v[2], v[3]]));
+        match requested {
+            None => self.cfg.default_lifetime.min(self.cfg.max_lifetime),
+            Some(0) => Duration::ZERO,
+            Some(s) => Duration::from_secs(s as u64)
+                .min(self.cfg.max_lifetime)
+                .max(self.cfg.default_lifetime.min(self.cfg.max_lifetime)),
+        }
+    }
+
+    /// RFC 8656 §7.2.
+    pub(super) fn allocate(
+        &mut self,
+        tuple: FiveTuple,
+        m: &Message,
+        auth: &AuthOk,
+        now: Instant,
+        relays: &mut dyn RelayAllocator,
+    ) -> MessageBuilder {
+        if self.by_tuple.contains_key(&tuple) {
+            return MessageBuilder::error(m, 437, "Allocation Mismatch");
+        }
+        match attr(m, ATTR_REQUESTED_TRANSPORT) {
+            Some(v) if v.len() == 4 && v[0] == 17 => {}
+            Some(v) if v.len() == 4 => {
+                return MessageBuilder::error(m, 442, "Unsupported Transport Protocol")
+            }
+            _ => return MessageBuilder::error(m, 400, "Bad Request: REQUESTED-TRANSPORT"),
+        }
+        let token = attr(m, ATTR_RESERVATION_TOKEN);
+        let even_port = attr(m, ATTR_EVEN_PORT);
+        let req_family = attr(m, ATTR_REQUESTED_ADDRESS_FAMILY);
+        let add_family = attr(m, ATTR_ADDITIONAL_ADDRESS_FAMILY);
+        if token.is_some() && (even_port.is_some() || req_family.is_some() || add_family.is_some())
+        {
+            return MessageBuilder::error(m, 400, "Bad Request");
+        }
+        if req_family.is_some() && add_family.is_some() {
+            return MessageBuilder::error(m, 400, "Bad Request");
+        }
+        let token: Option<[u8; 8]> = match token {
+            None => None,
+            Some(v) => match <[u8; 8]>::try_from(v) {
+                Ok(t) => Some(t),
+                Err(_) => return MessageBuilder::error(m, 400, "Bad Request"),
+            },
+        };
+        let (even, reserve) = match even_port {
+            None => (false, false),
+            Some([b, ..]) => (true, b & 0x80 != 0),
+            Some([]) => return MessageBuilder::error(m, 400, "Bad Request"),
+        };
+        let family = match req_family {
+            None => AddressFamily::V4,
+            Some([1, ..]) => AddressFamily::V4,
+            Some([2, ..]) => AddressFamily::V6,
+            Some(_) => return MessageBuilder::error(m, 440, "Address Family not Supported"),
+        };
+        let additional = match add_family {
+            None => None,
+            Some([2, ..]) => Some(AddressFamily::V6),
+            Some(_) => return MessageBuilder::error(m, 400, "Bad Request"),
+        };
+        // With a reservation token the family is that of the reserved socket; the allocator
+        // knows it.
+        let holder = Holder {
+            user: Credentials::quota_name(&auth.username).to_string(),
+            ip: canonical_ip(tuple.client.ip()),
+        };
+        if let Err(b) = self.take_quota(m, &holder) {
+            return b;
+        }
+        // The reserved port counts against the same quotas until redeemed or expired.
+        if reserve {
+            if let Err(b) = self.take_quota(m, &holder) {
+                self.shared.return_quota(&holder);
+                return b;
+            }
+        }
+        let give_back = |core: &Self| {
+            core.shared.return_quota(&holder);
+            if reserve {
+                core.shared.return_quota(&holder);
+            }
+        };
+        let dont_fragment = m.contains(ATTR_DONT_FRAGMENT);
+        let first = relays.allocate(&RelayRequest {
+            family,
+            even_port: even,
+            reserve_next: reserve,
+            reservation_token: token,
+            dont_fragment,
+        });
+        let grant = match first {
+            Ok(g) => g,
+            Err(e) => {
+                give_back(self);
+                return match e {
+                    RelayError::FamilyUnsupported => {
+                        MessageBuilder::error(m, 440, "Address Family not Supported")
+                    }
+                    _ => MessageBuilder::error(m, 508, "Insufficient Capacity"),
+                };
+            }
+        };
+        // A redeemed reservation gives its quota unit back (this allocation holds its own).
+        if let Some(t) = token {
+            if let Some(r) = self.shared.take_reservation(&t, None) {
+                self.shared.return_quota(&r.holder);
+                self.stats.live_reservations(-1);
+            }
+        }
+        match (reserve, grant.reservation_token) {
+            (true, Some(t)) => {
+                let expires = now + self.cfg.reservation_lifetime;
+                self.shared.add_reservation(
+                    t,
+                    Reservation {
+                        holder: holder.clone(),
+                        expires,
+                    },
+                );
+                self.stats.live_reservations(1);
+                self.timers.schedule(expires, TimerKey::Reservation(t));
+            }
+            (true, None) => self.shared.return_quota(&holder),
+            _ => {}
+        }
+        let mut granted = vec![grant.local];
+        let mut address_error = None;
+        if let Some(f) = additional {
+            match relays.allocate(&RelayRequest {
+                family: f,
+                even_port: false,
+                reserve_next: false,
+                reservation_token: None,
+                dont_fragment,
+            }) {
+                Ok(g) => granted.push(g.local),
+                Err(RelayError::FamilyUnsupported) => address_error = Some(440u16),
+                Err(_) => address_error = Some(508u16),
+            }
+        }
+        let lifetime = self.lifetime(m);
+        let lifetime = if lifetime.is_zero() {
+            self.cfg.default_lifetime.min(self.cfg.max_lifetime)
+        } else {
+            lifetime
+        };
+        let relays_v: Vec<Relay> = granted
+            .iter()
+            .map(|l| Relay {
+                local: *l,
+                advertised: self.advertised(*l),
+            })
+            .collect();
+        let mut live: Vec<SocketAddr> = Vec::new();
+        for r in &relays_v {
+            live.push(r.local);
+            live.push(r.advertised);
+        }
+        self.shared.add_relays(&live);
+
+        let mut b = MessageBuilder::success(m);
+        for r in &relays_v {
+            b.xor_address(ATTR_XOR_RELAYED_ADDRESS, r.advertised);
+        }
+        if let Some(code) = address_error {
+            let reason = if code == 440 {
+                "Address Family not Supported"
+            } else {
+                "Insufficient Capacity"
+            };
+            let mut v = vec![2u8, 0, (code / 100) as u8, (code % 100) as u8];
+            v.extend_from_slice(reason.as_bytes());
+            b.raw(ATTR_ADDRESS_ERROR_CODE, &v);
+        }
+        b.raw(ATTR_LIFETIME, &(lifetime.as_secs() as u32).to_be_bytes());
+        if let Some(t) = grant.reservation_token {
+            b.raw(ATTR_RESERVATION_TOKEN, &t);
+        }
+        b.xor_address(ATTR_XORMAPPED_ADDRESS, tuple.client);
+
+        let id = self.next_id;
+        self.next_id += 1;
+        let alloc = Allocation {
+            tuple,
+            username: auth.username.clone(),
+            created: now,
+            to_peer_bytes: Cell::new(0),
+            from_peer_bytes: Cell::new(0),
+            holder,
+            relays: relays_v,
+            expires: now + lifetime,
+            permissions: HashMap::new(),
+            channels: HashMap::new(),
+            peer_channels: HashMap::new(),
+            allocate_tid: m.transaction_id,
+            allocate_response: Vec::new(),
+        };
+        self.stats
+            .live_allocations(tuple.transport.as_str(), alloc.family_label(), 1);
+        for r in &alloc.relays {
+            self.by_relay.insert(r.local, id);
+        }
+        self.by_tuple.insert(tuple, id);
+        self.shared.allocations.fetch_add(1, Ordering::Relaxed);
+        self.timers
+            .schedule(alloc.expires, TimerKey::Allocation(id));
+        tracing::info!(
+            user = %alloc.username,
+            client = %tuple.client,
+            transport = tuple.transport.as_str(),
+            relay = ?alloc.relays.iter().map(|r| r.advertised).collect::<Vec<_>>(),
+            lifetime_secs = lifetime.as_secs(),
+            "allocation created"
+        );
+        self.allocs.insert(id, alloc);
+        b
+    }
+
+    /// One unit of every quota for `h`, or the error response (486 per user or per client IP,
+    /// 508 in total), counted by scope.
+    fn take_quota(&mut self, m: &Message, h: &Holder) -> Result<(), MessageBuilder> {
+        let stats = &mut self.stats;
+        self.shared.take_quota(h, &self.cfg).map_err(|r| {
+            stats.quota_rejection(r);
+            match r {
+                QuotaScope::User | QuotaScope::Ip => {
+                    MessageBuilder::error(m, 486, "Allocation Quota Reached")
+                }
+                QuotaScope::Total => MessageBuilder::error(m, 508, "Insufficient Capacity"),
+            }
+        })
+    }
+
+    fn advertised(&self, local: SocketAddr) -> SocketAddr {
+        match self.cfg.external_ips.get(&local.ip()) {
+            Some(ip) => SocketAddr::new(*ip, local.port()),
+            None => local,
+        }
+    }
+
+    /// RFC 8656 §8.
+    pub(super) fn refresh(
+        &mut self,
+        tuple: FiveTuple,
+        m: &Message,
+        auth: &AuthOk,
+        now: Instant,
+        relays: &mut dyn RelayAllocator,
+    ) -> MessageBuilder {
+        let id = match self.owned_allocation(tuple, m, auth) {
+            Ok(id) => id,
+            Err(b) => return b,
+        };
+        if let Some(v) = attr(m, ATTR_REQUESTED_ADDRESS_FAMILY) {
+            let fam = match v.first() {
+                Some(1) => AddressFamily::V4,
+                Some(2) => AddressFamily::V6,
+                _ => return MessageBuilder::error(m, 440, "Address Family not Supported"),
+            };
+            if self
+                .allocs
+                .get(&id)
+                .and_then(|a| a.relay_for(fam))
+                .is_none()
+            {
+                return MessageBuilder::error(m, 443, "Peer Address Family Mismatch");
+            }
+        }
+        let lifetime = self.lifetime(m);
+        let mut b = MessageBuilder::success(m);
+        if lifetime.is_zero() {
+            self.delete_allocation(id, relays, "refresh");
+        } else if let Some(a) = self.allocs.get_mut(&id) {
+            a.expires = now + lifetime;
+            self.timers.schedule(a.expires, TimerKey::Allocation(id));
+        }
+        b.raw(ATTR_LIFETIME, &(lifetime.as_secs() as u32).to_be_bytes());
+        b
+    }
+}
+
+/// An IPv4-mapped IPv6 address counts as its IPv4 address (per-IP quota).
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    }
+}

@@ -1,0 +1,179 @@
+//! Relaying: Send and Data indications (RFC 8656 §11), ChannelData both ways (§12), and the peer
+//! check every relayed datagram passes (§21.1).
+
+use super::{AddressFamily, CoreConfig, Shared, Transmit, TurnCore};
+use crate::stats::{DropReason, TurnStats};
+use crate::FiveTuple;
+use rtc_stun::attributes::*;
+use rtc_stun::message::{Message, METHOD_DATA};
+use std::net::SocketAddr;
+use std::time::Instant;
+use stun_proto::msg::{attr, xor_address, MessageBuilder};
+
+impl TurnCore {
+    /// The check every datagram relayed to or from a peer passes (RFC 8656 §21.1 and the
+    /// server's own services): the peer policy, except that a live relayed transport address
+    /// of this server is always reachable (two clients of this server meet through it). A
+    /// permission is per IP, so this runs per datagram: a permission for one relayed address
+    /// of this host never opens the host's other ports.
+    fn peer_allowed(
+        cfg: &CoreConfig,
+        shared: &Shared,
+        stats: &mut TurnStats,
+        peer: SocketAddr,
+    ) -> bool {
+        match cfg.policy.check(peer) {
+            Ok(()) => true,
+            Err(_) if shared.is_live_relay(peer) => true,
+            Err(reason) => {
+                stats.peer_denied(reason);
+                stats.drop_packet(DropReason::PeerDenied);
+                false
+            }
+        }
+    }
+
+    /// Send indication (RFC 8656 §11.2): relayed when a permission exists, silently dropped
+    /// (and counted) otherwise.
+    pub(super) fn handle_send(
+        &mut self,
+        tuple: FiveTuple,
+        m: &Message,
+        now: Instant,
+        out: &mut Vec<Transmit>,
+    ) {
+        let Some(a) = self.by_tuple.get(&tuple).and_then(|id| self.allocs.get(id)) else {
+            self.stats.drop_packet(DropReason::NoAllocation);
+            return;
+        };
+        let (Some(peer), Some(data)) = (xor_address(m, ATTR_XOR_PEER_ADDRESS), attr(m, ATTR_DATA))
+        else {
+            self.stats.drop_packet(DropReason::Malformed);
+            return;
+        };
+        if !a.has_permission(peer.ip(), now) {
+            self.stats.drop_packet(DropReason::NoPermission);
+            return;
+        }
+        let Some(relay) = a.relay_for(AddressFamily::of(peer.ip())) else {
+            self.stats.drop_packet(DropReason::FamilyMismatch);
+            return;
+        };
+        if !Self::peer_allowed(&self.cfg, &self.shared, &mut self.stats, peer) {
+            return;
+        }
+        self.stats.relay.c2p_packets += 1;
+        self.stats.relay.c2p_bytes += data.len() as u64;
+        a.to_peer_bytes
+            .set(a.to_peer_bytes.get() + data.len() as u64);
+        out.push(Transmit::ToPeer {
+            relay: relay.local,
+            peer,
+            data: data.to_vec(),
+        });
+    }
+
+    /// ChannelData from a client (RFC 8656 §12.5).
+    pub(super) fn handle_channel_data(
+        &mut self,
+        tuple: FiveTuple,
+        data: &[u8],
+        now: Instant,
+        out: &mut Vec<Transmit>,
+    ) {
+        let number = u16::from_be_bytes([data[0], data[1]]);
+        let len = u16::from_be_bytes([data[2], data[3]]) as usize;
+        if data.len() < 4 + len {
+            self.stats.drop_packet(DropReason::Malformed);
+            return;
+        }
+        let Some(a) = self.by_tuple.get(&tuple).and_then(|id| self.allocs.get(id)) else {
+            self.stats.drop_packet(DropReason::NoAllocation);
+            return;
+        };
+        let Some(c) = a.channels.get(&number).filter(|c| c.bound) else {
+            self.stats.drop_packet(DropReason::NoChannel);
+            return;
+        };
+        if !a.has_permission(c.peer.ip(), now) {
+            self.stats.drop_packet(DropReason::NoPermission);
+            return;
+        }
+        let Some(relay) = a.relay_for(AddressFamily::of(c.peer.ip())) else {
+            self.stats.drop_packet(DropReason::FamilyMismatch);
+            return;
+        };
+        if !Self::peer_allowed(&self.cfg, &self.shared, &mut self.stats, c.peer) {
+            return;
+        }
+        self.stats.relay.c2p_packets += 1;
+        self.stats.relay.c2p_bytes += len as u64;
+        a.to_peer_bytes.set(a.to_peer_bytes.get() + len as u64);
+        out.push(Transmit::ToPeer {
+            relay: relay.local,
+            peer: c.peer,
+            data: data[4..4 + len].to_vec(),
+        });
+    }
+
+    /// A datagram from `peer` arrived on the relay socket bound at `relay`. Returns what to send
+    /// to the client: ChannelData when a channel is bound to the peer, else a Data indication;
+    /// nothing without a permission (RFC 8656 §11.3, §12.6).
+    pub fn handle_peer(
+        &mut self,
+        relay: SocketAddr,
+        peer: SocketAddr,
+        data: &[u8],
+        now: Instant,
+    ) -> Option<Transmit> {
+        self.last_now = self.last_now.max(now);
+        let Some(a) = self.by_relay.get(&relay).and_then(|id| self.allocs.get(id)) else {
+            self.stats.drop_packet(DropReason::NoAllocation);
+            return None;
+        };
+        if !a.has_permission(peer.ip(), now) {
+            self.stats.drop_packet(DropReason::NoPermission);
+            return None;
+        }
+        if !Self::peer_allowed(&self.cfg, &self.shared, &mut self.stats, peer) {
+            return None;
+        }
+        let frame = match a.peer_channels.get(&peer) {
+            Some(n) if a.channels.get(n).is_some_and(|c| c.bound) => {
+                if data.len() > u16::MAX as usize {
+                    self.stats.drop_packet(DropReason::TooLarge);
+                    return None;
+                }
+                let padded = if a.tuple.transport.is_stream() {
+                    data.len().div_ceil(4) * 4
+                } else {
+                    data.len()
+                };
+                let mut f = Vec::with_capacity(4 + padded);
+                f.extend_from_slice(&n.to_be_bytes());
+                f.extend_from_slice(&(data.len() as u16).to_be_bytes());
+                f.extend_from_slice(data);
+                f.resize(4 + padded, 0);
+                f
+            }
+            _ => {
+                if data.len() > u16::MAX as usize - 64 {
+                    self.stats.drop_packet(DropReason::TooLarge);
+                    return None;
+                }
+                let mut b = MessageBuilder::indication(METHOD_DATA);
+                b.xor_address(ATTR_XOR_PEER_ADDRESS, peer);
+                b.raw(ATTR_DATA, data);
+                b.finish()
+            }
+        };
+        self.stats.relay.p2c_packets += 1;
+        self.stats.relay.p2c_bytes += data.len() as u64;
+        a.from_peer_bytes
+            .set(a.from_peer_bytes.get() + data.len() as u64);
+        Some(Transmit::ToClient {
+            to: a.tuple,
+            data: frame,
+        })
+    }
+}

@@ -1,0 +1,131 @@
+//! Lifetimes: allocation (RFC 8656 §6, §8), permission (§9), channel binding and reuse delay
+//! (§12) and EVEN-PORT reservation (§7.2) timers, and releasing an allocation when it expires,
+//! is refreshed to 0, loses its stream connection (§5) or the server shuts down.
+
+use super::{RelayAllocator, TimerKey, TurnCore};
+use crate::FiveTuple;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+impl TurnCore {
+    /// The stream connection of `tuple` closed: its allocation goes too (RFC 8656 §5).
+    pub fn handle_connection_closed(&mut self, tuple: FiveTuple, relays: &mut dyn RelayAllocator) {
+        if let Some(&id) = self.by_tuple.get(&tuple) {
+            self.delete_allocation(id, relays, "connection_closed");
+        }
+    }
+
+    /// Expires allocations, permissions and channel bindings due at `now`; entries that fired
+    /// early (deadline pushed back by a refresh) are re-armed at the real deadline.
+    pub fn handle_timeout(&mut self, now: Instant, relays: &mut dyn RelayAllocator) {
+        self.last_now = self.last_now.max(now);
+        while let Some((_, key)) = self.timers.pop_due(now) {
+            match key {
+                TimerKey::Allocation(id) => match self.allocs.get(&id).map(|a| a.expires) {
+                    Some(t) if t <= now => self.delete_allocation(id, relays, "expired"),
+                    Some(t) => self.timers.schedule(t, key),
+                    None => {}
+                },
+                TimerKey::Permission(id, ip) => {
+                    let Some(a) = self.allocs.get_mut(&id) else {
+                        continue;
+                    };
+                    match a.permissions.get(&ip).copied() {
+                        Some(t) if t <= now => {
+                            a.permissions.remove(&ip);
+                            self.stats.live_permissions(-1);
+                        }
+                        Some(t) => self.timers.schedule(t, key),
+                        None => {}
+                    }
+                }
+                TimerKey::Reservation(token) => {
+                    // Nobody redeemed it in time (RFC 8656 §7.2): the port and the quota unit
+                    // go back. Redeemed ones are already gone from the table.
+                    if let Some(r) = self.shared.take_reservation(&token, Some(now)) {
+                        self.shared.return_quota(&r.holder);
+                        self.stats.live_reservations(-1);
+                        relays.cancel_reservation(token);
+                    }
+                }
+                TimerKey::Channel(id, number) => {
+                    let reuse = self.cfg.channel_reuse_delay;
+                    let Some(a) = self.allocs.get_mut(&id) else {
+                        continue;
+                    };
+                    let Some(c) = a.channels.get_mut(&number) else {
+                        continue;
+                    };
+                    if c.bound && c.expires <= now {
+                        c.bound = false;
+                        self.stats.live_channel_bindings(-1);
+                        self.timers.schedule(c.expires + reuse, key);
+                    } else if c.bound {
+                        self.timers.schedule(c.expires, key);
+                    } else if c.expires + reuse <= now {
+                        let peer = c.peer;
+                        a.channels.remove(&number);
+                        a.peer_channels.remove(&peer);
+                    } else {
+                        self.timers.schedule(c.expires + reuse, key);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Removes allocation `id`, frees its relayed transport addresses and quota, and logs its
+    /// end: `reason` is `refresh` (lifetime 0), `expired`, `connection_closed` or `shutdown`.
+    pub(super) fn delete_allocation(
+        &mut self,
+        id: u64,
+        relays: &mut dyn RelayAllocator,
+        reason: &str,
+    ) {
+        let Some(a) = self.allocs.remove(&id) else {
+            return;
+        };
+        tracing::info!(
+            user = %a.username,
+            client = %a.tuple.client,
+            transport = a.tuple.transport.as_str(),
+            relay = ?a.relays.iter().map(|r| r.advertised).collect::<Vec<_>>(),
+            duration_secs = self.last_now.saturating_duration_since(a.created).as_secs(),
+            to_peer_bytes = a.to_peer_bytes.get(),
+            from_peer_bytes = a.from_peer_bytes.get(),
+            reason,
+            "allocation ended"
+        );
+        self.by_tuple.remove(&a.tuple);
+        self.timers.cancel(&TimerKey::Allocation(id));
+        for ip in a.permissions.keys() {
+            self.timers.cancel(&TimerKey::Permission(id, *ip));
+        }
+        for n in a.channels.keys() {
+            self.timers.cancel(&TimerKey::Channel(id, *n));
+        }
+        let mut live = Vec::new();
+        for r in &a.relays {
+            self.by_relay.remove(&r.local);
+            relays.release(r.local);
+            live.push(r.local);
+            live.push(r.advertised);
+        }
+        self.shared.remove_relays(&live);
+        self.shared.return_quota(&a.holder);
+        self.shared.allocations.fetch_sub(1, Ordering::Relaxed);
+        self.stats
+            .live_allocations(a.tuple.transport.as_str(), a.family_label(), -1);
+        self.stats.live_permissions(-(a.permissions.len() as i64));
+        let bound = a.channels.values().filter(|c| c.bound).count();
+        self.stats.live_channel_bindings(-(bound as i64));
+    }
+
+    /// Deletes every allocation (shutdown).
+    pub fn close_all(&mut self, relays: &mut dyn RelayAllocator) {
+        let ids: Vec<u64> = self.allocs.keys().copied().collect();
+        for id in ids {
+            self.delete_allocation(id, relays, "shutdown");
+        }
+    }
+}

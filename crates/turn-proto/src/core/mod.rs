@@ -1,0 +1,587 @@
+//! The TURN server state machine (RFC 8656): allocations, permissions, channel bindings,
+//! authentication, and relaying decisions. Sans-IO: input is a datagram (or stream frame) with
+//! its 5-tuple, a peer datagram on a relay, or a timer firing; output is [`Transmit`]s.
+//!
+//! One [`TurnCore`] runs per worker and owns the allocations whose client 5-tuples the kernel
+//! steers to that worker. Cross-worker facts (live relayed addresses, quotas, draining) live in
+//! [`Shared`], touched only on control messages, never per relayed packet.
+//!
+//! The work is split by job into `impl TurnCore` blocks: request dispatch here; `allocate`
+//! (Allocate, Refresh, EVEN-PORT reservations, quotas), `permission` (CreatePermission,
+//! ChannelBind, peer admission), `data` (Send and Data indications, ChannelData, peer
+//! datagrams) and `expiry` (timers, allocation release). `shared` holds [`Shared`] and its quota
+//! accounting; the long-term credential check lives in [`crate::auth`].
+
+use crate::auth::{AuthOk, Authenticator, Credentials, NonceMinter};
+use crate::limit::SourceLimiter;
+use crate::policy::PeerPolicy;
+use crate::stats::{DropReason, TurnStats};
+use crate::timers::TimerQueue;
+use crate::FiveTuple;
+use rtc_stun::attributes::*;
+use rtc_stun::message::{
+    Message, TransactionId, CLASS_INDICATION, CLASS_REQUEST, METHOD_ALLOCATE, METHOD_BINDING,
+    METHOD_CHANNEL_BIND, METHOD_CREATE_PERMISSION, METHOD_REFRESH, METHOD_SEND,
+};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use stun_proto::binding::{self, BindingConfig, BindingOutcome, RequestContext};
+use stun_proto::msg::{self, classify, text_attr, MessageBuilder, PacketKind};
+use turnkey_rate::LogLimiter;
+
+mod allocate;
+mod data;
+mod expiry;
+mod permission;
+mod shared;
+
+use shared::Holder;
+pub use shared::Shared;
+
+/// ADDITIONAL-ADDRESS-FAMILY (RFC 8656 §18.11).
+pub const ATTR_ADDITIONAL_ADDRESS_FAMILY: AttrType = AttrType(0x8000);
+/// ADDRESS-ERROR-CODE (RFC 8656 §18.12).
+pub const ATTR_ADDRESS_ERROR_CODE: AttrType = AttrType(0x8001);
+/// ICMP (RFC 8656 §18.13).
+pub const ATTR_ICMP: AttrType = AttrType(0x8004);
+
+/// Permissions one allocation may hold (each is a peer IP); beyond, 508. Keeps memory per
+/// allocation bounded whatever the client sends.
+pub const MAX_PERMISSIONS_PER_ALLOCATION: usize = 1024;
+
+/// Channel numbers one allocation may hold, bound or in their reuse delay (RFC 8656 §12);
+/// beyond, 508. The channel range alone would allow 16384.
+pub const MAX_CHANNELS_PER_ALLOCATION: usize = 1024;
+
+/// Comprehension-required attributes this server understands in TURN requests and indications.
+const KNOWN_ATTRS: &[AttrType] = &[
+    ATTR_USERNAME,
+    ATTR_MESSAGE_INTEGRITY,
+    ATTR_MESSAGE_INTEGRITY_SHA256,
+    ATTR_PASSWORD_ALGORITHM,
+    ATTR_REALM,
+    ATTR_NONCE,
+    ATTR_CHANNEL_NUMBER,
+    ATTR_LIFETIME,
+    ATTR_XOR_PEER_ADDRESS,
+    ATTR_DATA,
+    ATTR_REQUESTED_ADDRESS_FAMILY,
+    ATTR_EVEN_PORT,
+    ATTR_REQUESTED_TRANSPORT,
+    ATTR_DONT_FRAGMENT,
+    ATTR_RESERVATION_TOKEN,
+    ATTR_USER_HASH,
+    ATTR_PASSWORD_ALGORITHMS,
+];
+
+/// An IP address family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AddressFamily {
+    /// IPv4 (REQUESTED-ADDRESS-FAMILY 0x01).
+    V4,
+    /// IPv6 (0x02).
+    V6,
+}
+
+impl AddressFamily {
+    /// The family of `ip`.
+    pub fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(_) => AddressFamily::V4,
+            IpAddr::V6(_) => AddressFamily::V6,
+        }
+    }
+    /// The metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AddressFamily::V4 => "ipv4",
+            AddressFamily::V6 => "ipv6",
+        }
+    }
+}
+
+/// What the core asks the I/O layer for when it needs a relay socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayRequest {
+    /// Which family the relayed transport address must have.
+    pub family: AddressFamily,
+    /// EVEN-PORT: the port must be even.
+    pub even_port: bool,
+    /// EVEN-PORT with R: also reserve port + 1 and return a token for it.
+    pub reserve_next: bool,
+    /// RESERVATION-TOKEN: take the socket reserved under this token.
+    pub reservation_token: Option<[u8; 8]>,
+    /// DONT-FRAGMENT: set DF on packets sent from the relay.
+    pub dont_fragment: bool,
+}
+
+/// A relay socket the I/O layer bound.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayGrant {
+    /// The socket's local address (what peers send to, before any external-address mapping).
+    pub local: SocketAddr,
+    /// The token for the reserved next port, when `reserve_next` was asked.
+    pub reservation_token: Option<[u8; 8]>,
+}
+
+/// Why no relay socket could be had.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RelayError {
+    /// No relay address of the requested family is configured (440).
+    #[error("address family not supported")]
+    FamilyUnsupported,
+    /// No free port in the range, or the OS refused (508).
+    #[error("no relay port available")]
+    Exhausted,
+    /// The reservation token is unknown or expired (508).
+    #[error("unknown reservation token")]
+    BadToken,
+}
+
+/// Binds and releases relay sockets; implemented by the I/O layer (and by tests).
+pub trait RelayAllocator {
+    /// Binds a relay socket per `req`.
+    fn allocate(&mut self, req: &RelayRequest) -> Result<RelayGrant, RelayError>;
+    /// Closes the relay socket bound at `local`.
+    fn release(&mut self, local: SocketAddr);
+    /// Closes the socket reserved under `token` (EVEN-PORT R, RFC 8656 §7.2) that nobody
+    /// redeemed; nothing when it was redeemed or is unknown.
+    fn cancel_reservation(&mut self, token: [u8; 8]);
+}
+
+/// Something to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[must_use]
+pub enum Transmit {
+    /// Send `data` to the client on the 5-tuple `to` (from `to.server`).
+    ToClient {
+        /// The allocation's or request's 5-tuple.
+        to: FiveTuple,
+        /// A STUN message or ChannelData frame.
+        data: Vec<u8>,
+    },
+    /// Send `data` from the relay socket bound at `relay` to `peer`.
+    ToPeer {
+        /// The relay socket's local address.
+        relay: SocketAddr,
+        /// The peer's transport address.
+        peer: SocketAddr,
+        /// Application data.
+        data: Vec<u8>,
+    },
+}
+
+/// Core configuration, shared by all workers.
+#[derive(Debug)]
+pub struct CoreConfig {
+    /// REALM (RFC 8489 §14.9).
+    pub realm: String,
+    /// SOFTWARE in responses; `None` to omit.
+    pub software: Option<String>,
+    /// Static users and REST secrets.
+    pub credentials: Credentials,
+    /// Stateless nonce minter (same key on every worker).
+    pub nonces: NonceMinter,
+    /// Peer address policy.
+    pub policy: PeerPolicy,
+    /// Lifetime granted when the client asks for none or less (RFC 8656 §7.2: 600 s).
+    pub default_lifetime: Duration,
+    /// Longest lifetime granted.
+    pub max_lifetime: Duration,
+    /// Permission lifetime (RFC 8656 §9: 300 s).
+    pub permission_lifetime: Duration,
+    /// Channel binding lifetime (RFC 8656 §12: 600 s).
+    pub channel_lifetime: Duration,
+    /// Time an expired channel's number and peer stay reserved (RFC 8656 §12: 300 s).
+    pub channel_reuse_delay: Duration,
+    /// Allocations per user (486 beyond); an unredeemed EVEN-PORT reservation counts as one.
+    pub user_quota: u32,
+    /// Allocations in total (508 beyond); reservations count too.
+    pub total_quota: u32,
+    /// Allocations per client IP address (486 beyond); reservations count too.
+    pub ip_quota: u32,
+    /// How long a port reserved by EVEN-PORT with the R bit stays reserved (RFC 8656 §7.2:
+    /// about 30 s).
+    pub reservation_lifetime: Duration,
+    /// Responses to unauthenticated requests (401/438 challenges, pre-authentication errors)
+    /// per second per source IP; beyond, requests are dropped and counted. 0 turns it off.
+    pub unauth_rate_per_sec: u32,
+    /// Burst of such responses per source IP.
+    pub unauth_burst: u32,
+    /// Advertised addresses for relay IPs behind a 1:1 NAT: local relay IP -> public IP.
+    pub external_ips: HashMap<IpAddr, IpAddr>,
+    /// Binding handling (shared with the STUN server).
+    pub binding: BindingConfig,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum TimerKey {
+    Allocation(u64),
+    Permission(u64, IpAddr),
+    Channel(u64, u16),
+    Reservation([u8; 8]),
+}
+
+#[derive(Debug)]
+struct Relay {
+    local: SocketAddr,
+    advertised: SocketAddr,
+}
+
+#[derive(Debug)]
+struct Channel {
+    peer: SocketAddr,
+    expires: Instant,
+    bound: bool,
+}
+
+#[derive(Debug)]
+struct Allocation {
+    tuple: FiveTuple,
+    username: String,
+    created: Instant,
+    /// Application bytes relayed to peers and from peers (for the "allocation ended" log line;
+    /// `Cell` so the relay paths count through the shared borrow they already hold).
+    to_peer_bytes: Cell<u64>,
+    from_peer_bytes: Cell<u64>,
+    holder: Holder,
+    relays: Vec<Relay>,
+    expires: Instant,
+    permissions: HashMap<IpAddr, Instant>,
+    channels: HashMap<u16, Channel>,
+    peer_channels: HashMap<SocketAddr, u16>,
+    allocate_tid: TransactionId,
+    allocate_response: Vec<u8>,
+}
+
+impl Allocation {
+    fn relay_for(&self, family: AddressFamily) -> Option<&Relay> {
+        self.relays
+            .iter()
+            .find(|r| AddressFamily::of(r.local.ip()) == family)
+    }
+    fn has_permission(&self, ip: IpAddr, now: Instant) -> bool {
+        self.permissions.get(&ip).is_some_and(|t| *t > now)
+    }
+    fn family_label(&self) -> &'static str {
+        match self.relays.as_slice() {
+            [one] => AddressFamily::of(one.local.ip()).as_str(),
+            _ => "dual",
+        }
+    }
+}
+
+/// A per-worker TURN server core.
+pub struct TurnCore {
+    cfg: Arc<CoreConfig>,
+    shared: Arc<Shared>,
+    stats: TurnStats,
+    start: Instant,
+    start_unix_secs: u64,
+    allocs: HashMap<u64, Allocation>,
+    by_tuple: HashMap<FiveTuple, u64>,
+    by_relay: HashMap<SocketAddr, u64>,
+    next_id: u64,
+    timers: TimerQueue<TimerKey>,
+    unauth_limiter: SourceLimiter,
+    /// The latest `now` handed in (for events that come without one: a closed connection,
+    /// shutdown).
+    last_now: Instant,
+    /// Authentication failures logged at most 10 a second (burst 20) per core.
+    auth_log: RefCell<LogLimiter>,
+}
+
+impl std::fmt::Debug for TurnCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TurnCore")
+            .field("allocations", &self.allocs.len())
+            .finish()
+    }
+}
+
+/// Result of request processing before encoding: a response builder and whether it is signed.
+type Reply = (MessageBuilder, Option<AuthOk>);
+
+impl TurnCore {
+    /// A core. `start`/`start_unix_secs` anchor wall-clock time (nonces, REST expiry) to the
+    /// monotonic `now` values passed later, so tests can drive both with virtual time.
+    pub fn new(
+        cfg: Arc<CoreConfig>,
+        shared: Arc<Shared>,
+        start: Instant,
+        start_unix_secs: u64,
+    ) -> Self {
+        let unauth_limiter = SourceLimiter::new(cfg.unauth_rate_per_sec, cfg.unauth_burst, start);
+        Self {
+            cfg,
+            shared,
+            stats: TurnStats::default(),
+            start,
+            start_unix_secs,
+            allocs: HashMap::new(),
+            by_tuple: HashMap::new(),
+            by_relay: HashMap::new(),
+            next_id: 1,
+            timers: TimerQueue::default(),
+            unauth_limiter,
+            last_now: start,
+            auth_log: RefCell::new(LogLimiter::new(10, 20, start)),
+        }
+    }
+
+    /// What this core has counted so far (the service folds it into its metrics).
+    pub fn stats(&self) -> &TurnStats {
+        &self.stats
+    }
+
+    fn unix_secs(&self, now: Instant) -> u64 {
+        self.start_unix_secs + now.saturating_duration_since(self.start).as_secs()
+    }
+
+    /// True when `tuple` has an allocation on this core.
+    pub fn has_allocation(&self, tuple: &FiveTuple) -> bool {
+        self.by_tuple.contains_key(tuple)
+    }
+
+    /// Number of allocations this core owns.
+    pub fn allocation_count(&self) -> usize {
+        self.allocs.len()
+    }
+
+    /// The next instant [`handle_timeout`](Self::handle_timeout) must be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.next_deadline()
+    }
+
+    /// Handles a datagram (UDP) or one complete frame (TCP) from a client.
+    pub fn handle_client(
+        &mut self,
+        tuple: FiveTuple,
+        data: &[u8],
+        now: Instant,
+        relays: &mut dyn RelayAllocator,
+        out: &mut Vec<Transmit>,
+    ) {
+        self.last_now = self.last_now.max(now);
+        match classify(data) {
+            PacketKind::ChannelData => self.handle_channel_data(tuple, data, now, out),
+            PacketKind::Stun => match msg::decode(data) {
+                Ok(mut m) => {
+                    // RFC 8489 §14.5: nothing after the integrity attribute is acted on.
+                    msg::ignore_after_integrity(&mut m);
+                    self.handle_message(tuple, &m, now, relays, out)
+                }
+                Err(_) => self.stats.drop_packet(DropReason::Malformed),
+            },
+            PacketKind::Other => self.stats.drop_packet(DropReason::NotStun),
+        }
+    }
+
+    fn handle_message(
+        &mut self,
+        tuple: FiveTuple,
+        m: &Message,
+        now: Instant,
+        relays: &mut dyn RelayAllocator,
+        out: &mut Vec<Transmit>,
+    ) {
+        let method = m.typ.method;
+        if method == METHOD_BINDING {
+            let ctx = RequestContext {
+                source: tuple.client,
+                local: tuple.server,
+                transport: tuple.transport,
+            };
+            match binding::handle_binding(m, &ctx, &self.cfg.binding) {
+                BindingOutcome::Reply(r) => {
+                    self.stats.binding_request(tuple.transport, r.result);
+                    out.push(Transmit::ToClient {
+                        to: tuple,
+                        data: r.bytes,
+                    });
+                }
+                BindingOutcome::Drop(reason) => {
+                    self.stats.binding_dropped(reason);
+                }
+            }
+            return;
+        }
+        if m.typ.class == CLASS_INDICATION {
+            if method == METHOD_SEND {
+                self.handle_send(tuple, m, now, out);
+            } else {
+                self.stats.drop_packet(DropReason::UnexpectedIndication);
+            }
+            return;
+        }
+        if m.typ.class != CLASS_REQUEST {
+            self.stats.drop_packet(DropReason::UnexpectedResponse);
+            return;
+        }
+        let method_label = match method {
+            METHOD_ALLOCATE => "allocate",
+            METHOD_REFRESH => "refresh",
+            METHOD_CREATE_PERMISSION => "create_permission",
+            METHOD_CHANNEL_BIND => "channel_bind",
+            _ => "unknown",
+        };
+        // A retransmitted Allocate is answered with the original response, before any other
+        // check (its nonce may have gone stale meanwhile). RFC 8656 §7.2.
+        if method == METHOD_ALLOCATE {
+            if let Some(a) = self.by_tuple.get(&tuple).and_then(|id| self.allocs.get(id)) {
+                if a.allocate_tid == m.transaction_id && !a.allocate_response.is_empty() {
+                    self.stats.allocation_request("retransmission");
+                    out.push(Transmit::ToClient {
+                        to: tuple,
+                        data: a.allocate_response.clone(),
+                    });
+                    return;
+                }
+            }
+        }
+        let (builder, auth) = self.handle_request(tuple, m, now, relays);
+        // An unauthenticated request gets at most a bounded rate of responses per source IP:
+        // these are what a spoofed source would reflect at its victim.
+        if auth.is_none() && !self.unauth_limiter.allow(tuple.client.ip(), now) {
+            self.stats.drop_packet(DropReason::UnauthRateLimited);
+            return;
+        }
+        let result = response_label(builder.error_code_value());
+        let data = self.finish(builder, auth.as_ref(), m);
+        self.stats.request(method_label, result);
+        if method == METHOD_ALLOCATE {
+            self.stats.allocation_request(result);
+            if let Some(id) = self.by_tuple.get(&tuple) {
+                if let Some(a) = self.allocs.get_mut(id) {
+                    if a.allocate_tid == m.transaction_id {
+                        a.allocate_response = data.clone();
+                    }
+                }
+            }
+        }
+        out.push(Transmit::ToClient { to: tuple, data });
+    }
+
+    fn handle_request(
+        &mut self,
+        tuple: FiveTuple,
+        m: &Message,
+        now: Instant,
+        relays: &mut dyn RelayAllocator,
+    ) -> Reply {
+        let method = m.typ.method;
+        if ![
+            METHOD_ALLOCATE,
+            METHOD_REFRESH,
+            METHOD_CREATE_PERMISSION,
+            METHOD_CHANNEL_BIND,
+        ]
+        .contains(&method)
+        {
+            return (MessageBuilder::error(m, 400, "Bad Request"), None);
+        }
+        let unknown = msg::unknown_required(m, KNOWN_ATTRS);
+        if !unknown.is_empty() {
+            let mut b = MessageBuilder::error(m, 420, "Unknown Attribute");
+            b.unknown_attributes(&unknown);
+            return (b, None);
+        }
+        // REST expiry is checked on Allocate; requests on an existing allocation by the same
+        // user are not cut off when the credential expires mid-call.
+        let same_user_allocation = self
+            .by_tuple
+            .get(&tuple)
+            .and_then(|id| self.allocs.get(id))
+            .is_some_and(|a| text_attr(m, ATTR_USERNAME) == Some(a.username.as_str()));
+        let check_expiry = method == METHOD_ALLOCATE || !same_user_allocation;
+        let auth = match self
+            .authenticator(now)
+            .authenticate(tuple, m, now, check_expiry)
+        {
+            Ok(a) => a,
+            Err(b) => return (b, None),
+        };
+        let b = match method {
+            METHOD_ALLOCATE => self.allocate(tuple, m, &auth, now, relays),
+            METHOD_REFRESH => self.refresh(tuple, m, &auth, now, relays),
+            METHOD_CREATE_PERMISSION => self.create_permission(tuple, m, &auth, now),
+            _ => self.channel_bind(tuple, m, &auth, now),
+        };
+        (b, Some(auth))
+    }
+
+    /// Adds SOFTWARE and integrity (when authenticated: unauthenticated responses stay as
+    /// small as they can, to give a reflection attack nothing) and FINGERPRINT (when the
+    /// request had one).
+    fn finish(&self, mut b: MessageBuilder, auth: Option<&AuthOk>, req: &Message) -> Vec<u8> {
+        if let Some(a) = auth {
+            if let Some(s) = &self.cfg.software {
+                b.software(s);
+            }
+            b.integrity(&a.key, a.integrity);
+        }
+        if req.contains(ATTR_FINGERPRINT) {
+            b.fingerprint();
+        }
+        b.finish()
+    }
+
+    /// The long-term credential check ([`crate::auth::Authenticator`]) over this core's
+    /// configuration, counters and failure log, at `now`.
+    fn authenticator(&mut self, now: Instant) -> Authenticator<'_> {
+        let unix_secs = self.unix_secs(now);
+        Authenticator {
+            realm: &self.cfg.realm,
+            credentials: &self.cfg.credentials,
+            nonces: &self.cfg.nonces,
+            unix_secs,
+            stats: &mut self.stats,
+            log: &self.auth_log,
+        }
+    }
+
+    /// Finds the allocation of `tuple` and checks the username matches (437 / 441).
+    fn owned_allocation(
+        &self,
+        tuple: FiveTuple,
+        m: &Message,
+        auth: &AuthOk,
+    ) -> Result<u64, MessageBuilder> {
+        let Some(&id) = self.by_tuple.get(&tuple) else {
+            return Err(MessageBuilder::error(m, 437, "Allocation Mismatch"));
+        };
+        match self.allocs.get(&id) {
+            Some(a) if a.username == auth.username => Ok(id),
+            Some(_) => Err(MessageBuilder::error(m, 441, "Wrong Credentials")),
+            None => Err(MessageBuilder::error(m, 437, "Allocation Mismatch")),
+        }
+    }
+}
+
+/// The `result` label of a response: `success`, `auth_challenge` (401) or `error_<code>`.
+fn response_label(error_code: Option<u16>) -> &'static str {
+    match error_code {
+        None => "success",
+        Some(400) => "error_400",
+        Some(401) => "auth_challenge",
+        Some(403) => "error_403",
+        Some(420) => "error_420",
+        Some(437) => "error_437",
+        Some(438) => "error_438",
+        Some(440) => "error_440",
+        Some(441) => "error_441",
+        Some(442) => "error_442",
+        Some(443) => "error_443",
+        Some(486) => "error_486",
+        Some(508) => "error_508",
+        Some(_) => "error_other",
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests anchor virtual time at one real instant
+mod tests;
