@@ -20,8 +20,34 @@ use subtle::ConstantTimeEq;
 
 /// The demo page (`services/signaling/web/index.html`).
 pub const INDEX_HTML: &str = include_str!("../web/index.html");
-/// The JavaScript client (`services/signaling/web/client.js`).
+/// The JavaScript client's public entry (`services/signaling/web/client.js`): it re-exports the API
+/// from the modules under `services/signaling/web/client/` (see [`CLIENT_MODULES`]).
 pub const CLIENT_JS: &str = include_str!("../web/client.js");
+/// Every ES module of the JavaScript client, with the path it is served at: `/client.js` and
+/// the modules under `/client/` that it imports (no build step: the browser loads each file as
+/// it is). A module missing here is a 404 and the client does not load
+/// (`tests/web_client.rs` checks every import).
+pub const CLIENT_MODULES: &[(&str, &str)] = &[
+    ("/client.js", CLIENT_JS),
+    ("/client/ice.js", include_str!("../web/client/ice.js")),
+    ("/client/join.js", include_str!("../web/client/join.js")),
+    ("/client/mesh.js", include_str!("../web/client/mesh.js")),
+    (
+        "/client/peer-link.js",
+        include_str!("../web/client/peer-link.js"),
+    ),
+    ("/client/room.js", include_str!("../web/client/room.js")),
+    (
+        "/client/session.js",
+        include_str!("../web/client/session.js"),
+    ),
+    ("/client/sfu.js", include_str!("../web/client/sfu.js")),
+    (
+        "/client/simulcast.js",
+        include_str!("../web/client/simulcast.js"),
+    ),
+    ("/client/util.js", include_str!("../web/client/util.js")),
+];
 /// The "Test my TURN server" page (`services/signaling/web/turn-test.html`): gathers ICE candidates per
 /// STUN/TURN URL and gives a verdict per URL.
 pub const TURN_TEST_HTML: &str = include_str!("../web/turn-test.html");
@@ -609,10 +635,11 @@ async fn turn_test() -> Response {
         .into_response()
 }
 
-async fn client_js() -> Response {
+/// One module of [`CLIENT_MODULES`].
+async fn javascript(source: &'static str) -> Response {
     (
         [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
-        CLIENT_JS,
+        source,
     )
         .into_response()
 }
@@ -631,9 +658,12 @@ fn route_label(path: &str) -> &'static str {
         "/v1/ws" => "/v1/ws",
         "/healthz" => "/healthz",
         "/" => "/",
-        "/client.js" => "/client.js",
         "/turn-test" => "/turn-test",
-        _ => "other",
+        // `/client.js` and its modules: one label each (a fixed set).
+        _ => CLIENT_MODULES
+            .iter()
+            .find(|(p, _)| *p == path)
+            .map_or("other", |(p, _)| p),
     }
 }
 
@@ -731,9 +761,11 @@ pub fn router(node: Arc<Node>) -> axum::Router {
     use axum::routing::{get, post};
     let mut r = axum::Router::new().route("/healthz", get(|| async { "ok\n" }));
     if node.cfg.role.session() {
+        for &(path, source) in CLIENT_MODULES {
+            r = r.route(path, get(move || javascript(source)));
+        }
         r = r
             .route("/", get(index))
-            .route("/client.js", get(client_js))
             .route("/turn-test", get(turn_test))
             .route("/v1/rooms", post(create_room).get(list_rooms))
             .route("/v1/rooms/{room}", get(get_room).delete(delete_room))

@@ -212,7 +212,14 @@ fn chromium_mesh_rooms_through_the_demo_page() {
         ],
     );
     get_page(listen, "/", "window.turnkeyDemo");
-    get_page(listen, "/client.js", "export class TurnkeyRoom");
+    // The public entry re-exports the client's API from its modules (see
+    // signaling/tests/web_client.rs for every module it imports).
+    get_page(
+        listen,
+        "/client.js",
+        "export { PROTOCOL_VERSION, TurnkeyRoom }",
+    );
+    get_page(listen, "/client/room.js", "export class TurnkeyRoom");
 
     // Direct (host candidates allowed): the TURN server may or may not carry media here.
     let turn_uris = [turn_udp.as_str(), turn_tcp.as_str()];
