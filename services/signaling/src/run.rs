@@ -4,8 +4,8 @@
 //! with 1001 and leave the node registry.
 
 use crate::config::SignalingConfig;
+use crate::io::node::Node;
 use crate::metrics::SignalingMetrics;
-use crate::node::Node;
 use registry::{memory::MemoryStore, redis::RedisStore, Store, StoreError};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -188,7 +188,7 @@ pub async fn serve_with_store(
             }
         });
     }
-    let app = crate::http::router(node.clone());
+    let app = crate::io::http::router(node.clone());
     let server_shutdown = shutdown.clone();
     let fingerprint = cert_store.as_ref().map(|c| fingerprint_sha256(&c.leaf()));
     let server = match cert_store {
@@ -199,7 +199,7 @@ pub async fn serve_with_store(
                 Duration::from_secs(10),
                 shutdown.clone(),
             ));
-            let tls = crate::tls::TlsListener::new(listener, config, metrics.clone());
+            let tls = crate::io::tls::TlsListener::new(listener, config, metrics.clone());
             tokio::spawn(async move {
                 axum::serve(tls, app)
                     .with_graceful_shutdown(async move { server_shutdown.cancelled().await })

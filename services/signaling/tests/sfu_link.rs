@@ -167,7 +167,7 @@ fn join_msg(room: &str, name: &str, resume: Option<&str>) -> Value {
             create: false,
         },
         3600,
-        signaling::node::unix_now(),
+        signaling::io::node::unix_now(),
     );
     let mut m = json!({"type":"join","v":1,"room":room,"token":token,"name":name});
     if let Some(r) = resume {

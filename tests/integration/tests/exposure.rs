@@ -296,7 +296,7 @@ async fn room_names_are_checked_on_every_route() {
     // WebSocket: a token for a bad room name (minted by an app with the API key) gets error
     // 4000 naming the rule, the connection stays open, and a correct join works after it.
     let key = signaling::auth::ApiKey::parse(&format!("{API_KEY}:{API_SECRET}")).unwrap();
-    let now = signaling::node::unix_now();
+    let now = signaling::io::node::unix_now();
     let grants = signaling::auth::Grants {
         join: true,
         create: true,
@@ -333,7 +333,7 @@ async fn turn_credentials_are_per_identity_and_end_with_the_token() {
         "300",
     ]);
     let auth = basic();
-    let before = signaling::node::unix_now();
+    let before = signaling::io::node::unix_now();
     let (status, _, answer) = request(
         sig.http,
         "POST",
@@ -345,7 +345,7 @@ async fn turn_credentials_are_per_identity_and_end_with_the_token() {
         &join_body("alice"),
     );
     assert_eq!(status, 200, "{answer}");
-    let after = signaling::node::unix_now();
+    let after = signaling::io::node::unix_now();
     // HTTP join: per identity, and the token (600 s) plus the grace (300 s), not 86400 s.
     let ttl = answer["iceServersTtl"].as_u64().unwrap();
     assert_eq!(ttl, 900, "{answer}");
@@ -382,7 +382,7 @@ async fn turn_credentials_are_per_identity_and_end_with_the_token() {
     assert_ne!(pids[0], pids[1]);
     // A bearer token that ends in 100 s: /v1/ice-servers credentials end 300 s after it.
     let key = signaling::auth::ApiKey::parse(&format!("{API_KEY}:{API_SECRET}")).unwrap();
-    let now = signaling::node::unix_now();
+    let now = signaling::io::node::unix_now();
     let short = signaling::auth::mint_token(
         &key,
         "creds",

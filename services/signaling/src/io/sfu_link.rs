@@ -16,7 +16,7 @@
 //!
 //! Only `ws://` link URLs are supported in this build (no TLS for links).
 
-use crate::node::Node;
+use crate::io::node::Node;
 use futures_util::{SinkExt, StreamExt};
 use registry::{least_loaded_sfu, RoomRecord, SfuNodeInfo};
 use signaling_proto::msg::{ErrorCode, ProtoError, ServerMsg};

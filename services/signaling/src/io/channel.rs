@@ -2,8 +2,8 @@
 //! frames, runs them through the core ([`signaling_proto`]) and writes what is queued for it
 //! (bounded queue; overflow closes with 4003). See `PROTOCOL.md`.
 
-use crate::node::{unix_now, Envelope, KillSwitch, Node};
-use crate::sfu_link::{self, PlaceError, SendError};
+use crate::io::node::{unix_now, Envelope, KillSwitch, Node};
+use crate::io::sfu_link::{self, PlaceError, SendError};
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::Response;

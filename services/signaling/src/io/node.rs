@@ -5,8 +5,8 @@
 
 use crate::auth::Keys;
 use crate::config::SignalingConfig;
+use crate::io::sfu_link::Links;
 use crate::metrics::SignalingMetrics;
-use crate::sfu_link::Links;
 use registry::{NodeInfo, ParticipantRecord, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use signaling_proto::hub::{ConnId, Hub, ResumeKeys};
@@ -125,7 +125,7 @@ pub struct Node {
     pub ws_url: String,
     /// Cancelled on shutdown.
     pub shutdown: CancellationToken,
-    /// Links of local participants of `sfu` rooms to their SFU node ([`crate::sfu_link`]).
+    /// Links of local participants of `sfu` rooms to their SFU node ([`crate::io::sfu_link`]).
     pub links: Links,
     /// Which browser origins may call the API and open WebSockets.
     pub origins: signaling_proto::origin::OriginPolicy,

@@ -3,7 +3,7 @@
 //! client. Errors are `{"error":{"code","message"}}` with the HTTP status.
 
 use crate::auth::{mint_token, ApiKey, Claims, Grants};
-use crate::node::{unix_now, Envelope, Node};
+use crate::io::node::{unix_now, Envelope, Node};
 use axum::body::Bytes;
 use axum::extract::{MatchedPath, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -19,38 +19,38 @@ use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
 /// The demo page (`services/signaling/web/index.html`).
-pub const INDEX_HTML: &str = include_str!("../web/index.html");
+pub const INDEX_HTML: &str = include_str!("../../web/index.html");
 /// The JavaScript client's public entry (`services/signaling/web/client.js`): it re-exports the API
 /// from the modules under `services/signaling/web/client/` (see [`CLIENT_MODULES`]).
-pub const CLIENT_JS: &str = include_str!("../web/client.js");
+pub const CLIENT_JS: &str = include_str!("../../web/client.js");
 /// Every ES module of the JavaScript client, with the path it is served at: `/client.js` and
 /// the modules under `/client/` that it imports (no build step: the browser loads each file as
 /// it is). A module missing here is a 404 and the client does not load
 /// (`tests/web_client.rs` checks every import).
 pub const CLIENT_MODULES: &[(&str, &str)] = &[
     ("/client.js", CLIENT_JS),
-    ("/client/ice.js", include_str!("../web/client/ice.js")),
-    ("/client/join.js", include_str!("../web/client/join.js")),
-    ("/client/mesh.js", include_str!("../web/client/mesh.js")),
+    ("/client/ice.js", include_str!("../../web/client/ice.js")),
+    ("/client/join.js", include_str!("../../web/client/join.js")),
+    ("/client/mesh.js", include_str!("../../web/client/mesh.js")),
     (
         "/client/peer-link.js",
-        include_str!("../web/client/peer-link.js"),
+        include_str!("../../web/client/peer-link.js"),
     ),
-    ("/client/room.js", include_str!("../web/client/room.js")),
+    ("/client/room.js", include_str!("../../web/client/room.js")),
     (
         "/client/session.js",
-        include_str!("../web/client/session.js"),
+        include_str!("../../web/client/session.js"),
     ),
-    ("/client/sfu.js", include_str!("../web/client/sfu.js")),
+    ("/client/sfu.js", include_str!("../../web/client/sfu.js")),
     (
         "/client/simulcast.js",
-        include_str!("../web/client/simulcast.js"),
+        include_str!("../../web/client/simulcast.js"),
     ),
-    ("/client/util.js", include_str!("../web/client/util.js")),
+    ("/client/util.js", include_str!("../../web/client/util.js")),
 ];
 /// The "Test my TURN server" page (`services/signaling/web/turn-test.html`): gathers ICE candidates per
 /// STUN/TURN URL and gives a verdict per URL.
-pub const TURN_TEST_HTML: &str = include_str!("../web/turn-test.html");
+pub const TURN_TEST_HTML: &str = include_str!("../../web/turn-test.html");
 
 /// An HTTP error answer.
 #[derive(Debug)]
@@ -774,7 +774,7 @@ pub fn router(node: Arc<Node>) -> axum::Router {
             .route("/v1/turn/credentials", get(turn_credentials));
     }
     if node.cfg.role.channel() {
-        r = r.route("/v1/ws", get(crate::channel::ws_handler));
+        r = r.route("/v1/ws", get(crate::io::channel::ws_handler));
     }
     // Outermost first: count every answer, then the origin check, then CORS, then the 401
     // challenge.
