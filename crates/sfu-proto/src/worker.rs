@@ -10,6 +10,8 @@ use super::media::{self, VideoCodec};
 use super::msg::{self, ClientMsg, ErrorCode};
 use super::peer::{self, BweCell, FeedbackCounters, Leg, PcSettings, AUDIO_LEVEL_URI};
 use bytes::BytesMut;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use rtc::data_channel::RTCDataChannelId;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::event::{RTCDataChannelEvent, RTCPeerConnectionEvent, RTCTrackEvent};
@@ -102,6 +104,11 @@ pub struct WorkerConfig {
     pub data_messages_per_sec: u32,
     /// Burst of that bucket, messages.
     pub data_message_burst: u32,
+    /// Seed of the RNG every SSRC and ICE credential of this worker is drawn from: the same
+    /// seed and the same input replay a run exactly. `None`: the I/O layer draws a seed from
+    /// the OS RNG before building the core (a core built with `None` seeds itself from the OS
+    /// RNG, so its ICE passwords are never predictable).
+    pub rng_seed: Option<u64>,
 }
 
 impl Default for WorkerConfig {
@@ -119,6 +126,7 @@ impl Default for WorkerConfig {
             data_message_max_bytes: 16 * 1024,
             data_messages_per_sec: 50,
             data_message_burst: 100,
+            rng_seed: None,
         }
     }
 }
@@ -337,6 +345,8 @@ pub struct Worker {
     next_tick: Option<Instant>,
     last_tick: Option<Instant>,
     bwe_samples: Vec<f64>,
+    /// Source of every SSRC and ICE credential drawn ([`WorkerConfig::rng_seed`]).
+    rng: StdRng,
 }
 
 /// Rate samples and layer decisions happen this often.
@@ -360,7 +370,12 @@ const SPEAKING_LEVEL: f64 = 70.0;
 impl Worker {
     /// A worker with no rooms.
     pub fn new(cfg: WorkerConfig) -> Self {
+        let rng = match cfg.rng_seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_os_rng(),
+        };
         Self {
+            rng,
             cfg,
             parts: Vec::new(),
             by_id: HashMap::new(),
@@ -702,9 +717,20 @@ impl Worker {
         );
     }
 
+    /// A local ICE ufrag (this worker's prefix + 12 characters) and password (32 characters,
+    /// RFC 8839 §5.4 asks for at least 128 bits) from the worker's RNG.
+    fn draw_ice_credentials(&mut self) -> (String, String) {
+        let ufrag = format!(
+            "{}{}",
+            self.cfg.ufrag_prefix,
+            random_token(&mut self.rng, 12)
+        );
+        let pwd = random_token(&mut self.rng, 32);
+        (ufrag, pwd)
+    }
+
     fn new_pc(&mut self, now: Instant, h: Handle, leg: Leg) -> Result<(), String> {
-        let ufrag = format!("{}{}", self.cfg.ufrag_prefix, random_token(12));
-        let pwd = random_token(32);
+        let (ufrag, pwd) = self.draw_ice_credentials();
         let bwe = self.parts[h]
             .as_ref()
             .map(|p| p.bwe.clone())
@@ -941,8 +967,7 @@ impl Worker {
             });
             return;
         };
-        #[allow(clippy::disallowed_methods)] // replaced by the seeded RNG of the SFU core split
-        let ssrc: u32 = rand::random();
+        let ssrc = draw_ssrc(&mut self.rng);
         let local = MediaStreamTrack::new(
             owner_id.clone(),
             track.to_string(),
@@ -2106,14 +2131,23 @@ pub fn limit_video_bitrate(sdp: &str, bps: u64) -> String {
     out
 }
 
-fn random_token(n: usize) -> String {
-    use rand::Rng;
+/// `n` characters of `[A-Za-z0-9]` from `rng` (ICE ufrag and password characters, RFC 8839
+/// §5.4 allows more; these need no escaping anywhere).
+fn random_token(rng: &mut StdRng, n: usize) -> String {
     const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    #[allow(clippy::disallowed_methods)] // replaced by the seeded RNG of the SFU core split
-    let mut rng = rand::rng();
     (0..n)
         .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
         .collect()
+}
+
+/// A downtrack SSRC from `rng`: never 0, which the worker uses for "not attached yet".
+fn draw_ssrc(rng: &mut StdRng) -> u32 {
+    loop {
+        let ssrc: u32 = rng.random();
+        if ssrc != 0 {
+            return ssrc;
+        }
+    }
 }
 
 #[allow(dead_code)]
@@ -2136,5 +2170,71 @@ mod tests {
             MAX_LAYERS
         );
         assert!(offered_video_rids("m=video 9 X 96\r\na=rid:\r\n").is_empty());
+    }
+
+    fn seeded(seed: u64) -> Worker {
+        Worker::new(WorkerConfig {
+            rng_seed: Some(seed),
+            ..WorkerConfig::default()
+        })
+    }
+
+    /// Three credentials and SSRCs in the order a worker draws them.
+    fn draws(w: &mut Worker) -> Vec<String> {
+        (0..3)
+            .flat_map(|_| {
+                let (ufrag, pwd) = w.draw_ice_credentials();
+                [ufrag, pwd, draw_ssrc(&mut w.rng).to_string()]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_same_seed_draws_the_same_ssrcs_and_ice_credentials() {
+        let a = draws(&mut seeded(7));
+        assert_eq!(a, draws(&mut seeded(7)));
+        assert_ne!(a, draws(&mut seeded(8)));
+        // Unseeded cores differ from each other.
+        let mut x = Worker::new(WorkerConfig::default());
+        let mut y = Worker::new(WorkerConfig::default());
+        assert_ne!(draws(&mut x), draws(&mut y));
+        assert!(a[0].starts_with("w0x") && a[0].len() == 3 + 12 && a[1].len() == 32);
+    }
+
+    /// The `a=ice-ufrag`/`a=ice-pwd` of the worker's answer to a client's publish offer.
+    fn answer_credentials(seed: u64) -> Vec<String> {
+        use rtc::peer_connection::configuration::media_engine::MediaEngine;
+        use rtc::peer_connection::RTCPeerConnectionBuilder;
+        let now = Instant::now();
+        let mut me = MediaEngine::default();
+        me.register_default_codecs().unwrap();
+        let mut client = RTCPeerConnectionBuilder::new()
+            .with_media_engine(me)
+            .build(now)
+            .unwrap();
+        client.create_data_channel("room", None).unwrap();
+        let offer = client.create_offer(None).unwrap();
+        let mut w = seeded(seed);
+        w.join(now, "r", "a", 1).unwrap();
+        let m = json!({"type": "offer", "sdp": offer.sdp}).to_string();
+        w.handle_message(now, "r", "a", &m);
+        let answer = std::iter::from_fn(|| w.poll_signal())
+            .find(|s| s.msg["type"] == "answer")
+            .expect("an answer");
+        answer.msg["sdp"]
+            .as_str()
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with("a=ice-ufrag:") || l.starts_with("a=ice-pwd:"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn the_answer_carries_ice_credentials_drawn_from_the_seed() {
+        let a = answer_credentials(42);
+        assert!(a.len() >= 2, "{a:?}");
+        assert_eq!(a, answer_credentials(42));
+        assert_ne!(a, answer_credentials(43));
     }
 }

@@ -905,3 +905,46 @@ fn a_top_layer_that_starts_late_is_reached() {
         "bob never reached the late top layer: last layers {tail:?}"
     );
 }
+
+/// The SSRCs of bob's downtracks (what he receives on) and the ICE ufrags of the worker's
+/// answers and offers, in a run seeded with `seed`.
+fn drawn_in_a_run(seed: u64) -> (Vec<u32>, Vec<String>) {
+    let mut sim = Sim::new(
+        WorkerConfig {
+            rng_seed: Some(seed),
+            ..server_cfg()
+        },
+        VP8,
+    );
+    sim.run_until(Duration::from_secs(2));
+    let mut ssrcs: Vec<u32> = sim.clients[1]
+        .rtp_received
+        .iter()
+        .map(|p| p.header.ssrc)
+        .collect();
+    ssrcs.dedup();
+    let ufrags = sim
+        .offers_seen
+        .iter()
+        .flat_map(|(_, m)| {
+            m["sdp"]
+                .as_str()
+                .unwrap()
+                .lines()
+                .filter(|l| l.starts_with("a=ice-ufrag:") || l.starts_with("a=ice-pwd:"))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    (ssrcs, ufrags)
+}
+
+#[test]
+fn a_seeded_room_draws_the_same_ssrcs_and_credentials_again() {
+    let a = drawn_in_a_run(11);
+    assert!(!a.0.is_empty() && !a.1.is_empty(), "{a:?}");
+    assert_eq!(a, drawn_in_a_run(11));
+    let b = drawn_in_a_run(12);
+    assert_ne!(a.0, b.0);
+    assert_ne!(a.1, b.1);
+}
