@@ -15,4 +15,5 @@ pub mod msg;
 pub mod peer;
 pub mod sdp;
 pub mod speaker;
+pub mod timers;
 pub mod worker;

@@ -28,6 +28,7 @@ use crate::media::VideoCodec;
 use crate::msg::ErrorCode;
 use crate::peer::{BweCell, FeedbackCounters, Leg, PcSettings};
 use crate::speaker::AudioLevel;
+use crate::timers::TimerQueue;
 use bytes::BytesMut;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -47,13 +48,24 @@ use turnkey_rate::TokenBucket;
 /// Index of a participant in the worker's table.
 pub type Handle = usize;
 
-/// Names one peer connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// Names one peer connection (ordered by participant, then publish before subscribe).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PcKey {
     /// Owner.
     pub participant: Handle,
     /// Which of its two PCs.
     pub leg: Leg,
+}
+
+/// The worker's timers ([`TimerQueue`] keys).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Timer {
+    /// Rate samples, estimates, layer choice, active speaker ([`TICK`]); armed while the
+    /// worker holds participants.
+    Tick,
+    /// The peer connection's own deadline (ICE checks and consent, DTLS retransmits, SCTP,
+    /// RTCP reports), as its `poll_timeout` gave it when last drained.
+    Pc(PcKey),
 }
 
 /// A datagram (or, for ICE-TCP, one RFC 4571 frame's payload) to send.
@@ -277,7 +289,8 @@ pub struct Worker {
     stats: WorkerStats,
     counters: Arc<FeedbackCounters>,
     next_track: u64,
-    next_tick: Option<Instant>,
+    /// Deadlines: the tick, and each peer connection's next timeout.
+    timers: TimerQueue<Timer>,
     last_tick: Option<Instant>,
     bwe_samples: Vec<f64>,
     /// Source of every SSRC and ICE credential drawn ([`WorkerConfig::rng_seed`]).
@@ -312,7 +325,7 @@ impl Worker {
             stats: WorkerStats::default(),
             counters: Arc::new(FeedbackCounters::default()),
             next_track: 0,
-            next_tick: None,
+            timers: TimerQueue::default(),
             last_tick: None,
             bwe_samples: Vec::new(),
         }
@@ -360,20 +373,35 @@ impl Worker {
         self.signals.pop_front()
     }
 
-    /// When [`Self::handle_timeout`] must next be called.
+    /// When [`Self::handle_timeout`] must next be called: the earliest deadline of the timer
+    /// table (each peer connection's is refreshed whenever it is drained), without visiting
+    /// every peer connection.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        let mut next = self.next_tick;
-        for p in self.parts.iter_mut().flatten() {
-            for pc in [p.publish.as_mut(), p.subscribe.as_mut()]
-                .into_iter()
-                .flatten()
-            {
-                if let Some(t) = pc.pc.poll_timeout() {
-                    next = Some(next.map_or(t, |n| n.min(t)));
-                }
+        let next = self.timers.next_deadline();
+        #[cfg(debug_assertions)]
+        self.check_timers(next);
+        next
+    }
+
+    /// Debug builds: no peer connection's own deadline is earlier than the table's next one
+    /// (a PC changed without being drained would otherwise miss its timer).
+    #[cfg(debug_assertions)]
+    fn check_timers(&mut self, next: Option<Instant>) {
+        for (h, p) in self.parts.iter_mut().enumerate() {
+            let Some(p) = p.as_mut() else { continue };
+            for (leg, pc) in [
+                (Leg::Publish, p.publish.as_mut()),
+                (Leg::Subscribe, p.subscribe.as_mut()),
+            ] {
+                let Some(t) = pc.and_then(|pc| pc.pc.poll_timeout()) else {
+                    continue;
+                };
+                debug_assert!(
+                    next.is_some_and(|n| n <= t),
+                    "PC {h}/{leg:?} is due at {t:?}, the timer table first at {next:?}"
+                );
             }
         }
-        next
     }
 
     /// True if datagrams from `remote` over `proto` reach a peer connection (a Binding request
@@ -430,29 +458,44 @@ impl Worker {
 
     /// Timers: PC timers, rate sampling, layer selection, active speaker.
     pub fn handle_timeout(&mut self, now: Instant) {
-        for h in 0..self.parts.len() {
-            for leg in [Leg::Publish, Leg::Subscribe] {
-                let key = PcKey {
-                    participant: h,
-                    leg,
-                };
-                if let Some(pc) = self.pc_mut(key) {
-                    if pc.pc.poll_timeout().is_some_and(|t| t <= now) {
+        let mut due = Vec::new();
+        let mut tick = false;
+        while let Some((_, timer)) = self.timers.pop_due(now) {
+            match timer {
+                Timer::Tick => tick = true,
+                Timer::Pc(key) => due.push(key),
+            }
+        }
+        // In table order (participant, publish before subscribe), as the PCs are drained.
+        due.sort_unstable();
+        for key in due {
+            if let Some(pc) = self.pc_mut(key) {
+                match pc.pc.poll_timeout() {
+                    Some(t) if t <= now => {
                         let _ = pc.pc.handle_timeout(now);
                         self.dirty.push(key);
                     }
+                    // Moved later since it was armed.
+                    Some(t) => self.timers.schedule(t, Timer::Pc(key)),
+                    None => {}
                 }
             }
         }
-        if self.next_tick.is_some_and(|t| t <= now) {
+        if tick {
             self.tick(now);
-            self.next_tick = if self.by_id.is_empty() {
-                None
-            } else {
-                Some(now + TICK)
-            };
+            if !self.by_id.is_empty() {
+                self.timers.schedule(now + TICK, Timer::Tick);
+            }
         }
         self.flush(now);
+    }
+
+    /// Re-arms `key`'s timer from its PC's own deadline (none: disarmed).
+    fn refresh_timer(&mut self, key: PcKey) {
+        match self.pc_mut(key).and_then(|pc| pc.pc.poll_timeout()) {
+            Some(t) => self.timers.schedule(t, Timer::Pc(key)),
+            None => self.timers.cancel(&Timer::Pc(key)),
+        }
     }
 
     fn pc_mut(&mut self, key: PcKey) -> Option<&mut Pc> {
@@ -567,11 +610,10 @@ mod tests {
         assert!(a[0].starts_with("w0x") && a[0].len() == 3 + 12 && a[1].len() == 32);
     }
 
-    /// The `a=ice-ufrag`/`a=ice-pwd` of the worker's answer to a client's publish offer.
-    fn answer_credentials(seed: u64) -> Vec<String> {
+    /// A client's publish offer (a data channel only), as the link message.
+    fn client_offer(now: Instant) -> String {
         use rtc::peer_connection::configuration::media_engine::MediaEngine;
         use rtc::peer_connection::RTCPeerConnectionBuilder;
-        let now = Instant::now();
         let mut me = MediaEngine::default();
         me.register_default_codecs().unwrap();
         let mut client = RTCPeerConnectionBuilder::new()
@@ -580,10 +622,15 @@ mod tests {
             .unwrap();
         client.create_data_channel("room", None).unwrap();
         let offer = client.create_offer(None).unwrap();
+        json!({"type": "offer", "sdp": offer.sdp}).to_string()
+    }
+
+    /// The `a=ice-ufrag`/`a=ice-pwd` of the worker's answer to a client's publish offer.
+    fn answer_credentials(seed: u64) -> Vec<String> {
+        let now = Instant::now();
         let mut w = seeded(seed);
         w.join(now, "r", "a", 1).unwrap();
-        let m = json!({"type": "offer", "sdp": offer.sdp}).to_string();
-        w.handle_message(now, "r", "a", &m);
+        w.handle_message(now, "r", "a", &client_offer(now));
         let answer = std::iter::from_fn(|| w.poll_signal())
             .find(|s| s.msg["type"] == "answer")
             .expect("an answer");
@@ -602,5 +649,41 @@ mod tests {
         assert!(a.len() >= 2, "{a:?}");
         assert_eq!(a, answer_credentials(42));
         assert_ne!(a, answer_credentials(43));
+    }
+
+    #[test]
+    fn the_timer_table_holds_one_entry_per_live_timer() {
+        let now = Instant::now();
+        let mut w = seeded(1);
+        assert_eq!(w.poll_timeout(), None);
+        let offer = client_offer(now);
+        for i in 0..20 {
+            let id = format!("p{i}");
+            w.join(now, "r", &id, 1).unwrap();
+            w.handle_message(now, "r", &id, &offer);
+            assert!(w
+                .pc_mut(PcKey {
+                    participant: 0,
+                    leg: Leg::Publish
+                })
+                .is_some());
+            // The tick and the new publish PC's deadline.
+            assert_eq!(w.timers.len(), 2, "{:?}", w.timers);
+            let pc_due = w.timers.deadline_of(&Timer::Pc(PcKey {
+                participant: 0,
+                leg: Leg::Publish,
+            }));
+            assert!(pc_due.is_some());
+            assert_eq!(
+                w.poll_timeout(),
+                pc_due.min(w.timers.deadline_of(&Timer::Tick))
+            );
+            w.link_closed(now, "r", &id, 1);
+            assert_eq!(w.timers.len(), 1, "only the tick is left: {:?}", w.timers);
+        }
+        // With nobody left, the tick is not re-armed.
+        w.handle_timeout(now + TICK);
+        assert_eq!(w.poll_timeout(), None);
+        assert!(w.timers.is_empty());
     }
 }

@@ -18,7 +18,11 @@ impl Worker {
         while let Some(key) = self.dirty.pop() {
             rounds += 1;
             if rounds > 100_000 {
-                self.dirty.clear();
+                // Not drained this time, but their timers stay true.
+                self.refresh_timer(key);
+                for key in std::mem::take(&mut self.dirty) {
+                    self.refresh_timer(key);
+                }
                 break;
             }
             self.drain_pc(now, key);
@@ -86,6 +90,7 @@ impl Worker {
                 payload: d.message,
             });
         }
+        self.refresh_timer(key);
     }
 
     pub(super) fn on_event(&mut self, now: Instant, key: PcKey, e: RTCPeerConnectionEvent) {

@@ -20,7 +20,9 @@ impl Worker {
         participant: &str,
         link: u64,
     ) -> Result<(), JoinError> {
-        self.next_tick.get_or_insert(now + TICK);
+        if self.timers.deadline_of(&Timer::Tick).is_none() {
+            self.timers.schedule(now + TICK, Timer::Tick);
+        }
         let key = (room.to_string(), participant.to_string());
         if let Some(&h) = self.by_id.get(&key) {
             if let Some(p) = self.parts[h].as_mut() {
@@ -226,6 +228,7 @@ impl Worker {
             let _ = pc.pc.close();
             while pc.pc.poll_write().is_some() {}
         }
+        self.timers.cancel(&Timer::Pc(key));
         self.demux.remove(key);
     }
 
