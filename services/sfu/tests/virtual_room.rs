@@ -948,3 +948,22 @@ fn a_seeded_room_draws_the_same_ssrcs_and_credentials_again() {
     assert_ne!(a.0, b.0);
     assert_ne!(a.1, b.1);
 }
+
+/// A subscriber that leaves drops out of the fan-out of the track it received (debug builds
+/// check the forwarding indexes at every tick), and the publisher's media stops counting as
+/// forwarded.
+#[test]
+fn a_subscriber_that_leaves_drops_out_of_the_fan_out() {
+    let mut sim = Sim::new(server_cfg(), VP8);
+    sim.run_until(Duration::from_secs(3));
+    assert!(!sim.clients[1].rtp_received.is_empty(), "bob got media");
+    let now = sim.now;
+    sim.w.link_closed(now, "r1", "bob", 1);
+    sim.vanished.push("bob".into());
+    assert_eq!(sim.w.census(), (1, 1, 0, 1));
+    let forwarded = sim.w.stats().forwarded_packets;
+    let sent = sim.sent;
+    sim.run_until(Duration::from_secs(5));
+    assert!(sim.sent > sent + 50, "alice kept sending");
+    assert_eq!(sim.w.stats().forwarded_packets, forwarded);
+}

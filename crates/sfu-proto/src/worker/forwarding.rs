@@ -17,14 +17,15 @@ impl Worker {
         rtc_track_id: &str,
         mut pkt: rtc::rtp::Packet,
     ) {
+        let ssrc = pkt.header.ssrc;
         let Some(t) = self
-            .tracks
-            .values_mut()
-            .find(|t| t.owner == h && t.rtc_track_id == rtc_track_id)
+            .by_ssrc
+            .get(&(h, ssrc))
+            .and_then(|id| self.tracks.get_mut(id))
+            .filter(|t| t.rtc_track_id == rtc_track_id)
         else {
             return;
         };
-        let ssrc = pkt.header.ssrc;
         let Some(li) = t.layers.iter().position(|l| l.ssrc == ssrc) else {
             return;
         };
@@ -52,19 +53,8 @@ impl Worker {
                 }
             }
         }
-        let track_id = t.id.clone();
         let video = t.video;
-        let mime = t.codec.mime_type.clone();
-        let fmtp = t.codec.sdp_fmtp_line.clone();
         let single_layer = t.layers.len() == 1;
-        let Some(room) = self.parts[h].as_ref().map(|p| p.room.clone()) else {
-            return;
-        };
-        let members = self
-            .rooms
-            .get(&room)
-            .map(|r| r.participants.clone())
-            .unwrap_or_default();
         pkt.header.extensions.clear();
         pkt.header.extension = false;
         pkt.header.extension_profile = 0;
@@ -75,7 +65,10 @@ impl Worker {
             None
         };
         let mut switched = 0;
-        for m in members {
+        // Borrowed, not cloned: the fan-out, the track id and the codec stay in `t` while the
+        // subscribers' state is written.
+        let t = &*t;
+        for &m in &t.subscribers {
             if m == h {
                 continue;
             }
@@ -85,7 +78,7 @@ impl Worker {
             let Some(pc) = p.subscribe.as_mut().filter(|pc| pc.connected) else {
                 continue;
             };
-            let Some(d) = p.downtracks.iter_mut().find(|d| d.track == track_id) else {
+            let Some(d) = p.downtracks.iter_mut().find(|d| d.track == t.id) else {
                 continue;
             };
             if d.ssrc == 0 {
@@ -109,19 +102,24 @@ impl Worker {
                         .codecs
                         .iter()
                         .find(|c| {
-                            c.rtp_codec.mime_type.eq_ignore_ascii_case(&mime)
-                                && fmtp_compatible(&c.rtp_codec.sdp_fmtp_line, &fmtp)
+                            c.rtp_codec
+                                .mime_type
+                                .eq_ignore_ascii_case(&t.codec.mime_type)
+                                && fmtp_compatible(
+                                    &c.rtp_codec.sdp_fmtp_line,
+                                    &t.codec.sdp_fmtp_line,
+                                )
                         })
                         .or_else(|| {
-                            params
-                                .rtp_parameters
-                                .codecs
-                                .iter()
-                                .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(&mime))
+                            params.rtp_parameters.codecs.iter().find(|c| {
+                                c.rtp_codec
+                                    .mime_type
+                                    .eq_ignore_ascii_case(&t.codec.mime_type)
+                            })
                         })
                         .map(|c| c.payload_type);
                     let Some(pt) = found else {
-                        tracing::debug!(mime = %mime, "no payload type for forwarded codec");
+                        tracing::debug!(mime = %t.codec.mime_type, "no payload type for forwarded codec");
                         continue;
                     };
                     d.payload_type = Some(pt);

@@ -209,6 +209,8 @@ struct Published {
     audio_level_ext: Option<u8>,
     /// Layers announced active to the publisher (None: never announced).
     announced: Option<Vec<String>>,
+    /// Participants with a downtrack of this track, in room order (the forwarding fan-out).
+    subscribers: Vec<Handle>,
 }
 
 /// A published track as one subscriber receives it.
@@ -282,6 +284,9 @@ pub struct Worker {
     by_id: HashMap<(String, String), Handle>,
     rooms: HashMap<String, Room>,
     tracks: HashMap<String, Published>,
+    /// (publisher, SSRC of one of its layers) -> track id: forwarding finds a packet's track
+    /// without a search. Layers offered but not flowing yet (SSRC 0) are not in it.
+    by_ssrc: HashMap<(Handle, u32), String>,
     demux: Demux<PcKey>,
     transmits: VecDeque<Transmit>,
     signals: VecDeque<Signal>,
@@ -318,6 +323,7 @@ impl Worker {
             by_id: HashMap::new(),
             rooms: HashMap::new(),
             tracks: HashMap::new(),
+            by_ssrc: HashMap::new(),
             demux: Demux::default(),
             transmits: VecDeque::new(),
             signals: VecDeque::new(),
@@ -488,6 +494,48 @@ impl Worker {
             }
         }
         self.flush(now);
+    }
+
+    /// Debug builds: the forwarding indexes agree with the tables they index: every flowing
+    /// layer's SSRC names its track and nothing else is indexed; each track's fan-out lists
+    /// the room's members with a downtrack of it, in room order.
+    #[cfg(debug_assertions)]
+    fn check_indexes(&self) {
+        let mut flowing = 0;
+        for t in self.tracks.values() {
+            for l in t.layers.iter().filter(|l| l.ssrc != 0) {
+                flowing += 1;
+                debug_assert_eq!(self.by_ssrc.get(&(t.owner, l.ssrc)), Some(&t.id));
+            }
+            let members: &[Handle] = self.parts[t.owner]
+                .as_ref()
+                .and_then(|p| self.rooms.get(&p.room))
+                .map_or(&[], |r| &r.participants);
+            let expected: Vec<Handle> = members
+                .iter()
+                .copied()
+                .filter(|&m| {
+                    self.parts[m]
+                        .as_ref()
+                        .is_some_and(|p| p.downtracks.iter().any(|d| d.track == t.id))
+                })
+                .collect();
+            debug_assert!(
+                t.subscribers.iter().all(|m| members.contains(m)),
+                "fan-out of {} lists a participant gone from the room",
+                t.id
+            );
+            // A downtrack whose transceiver could not be added again leaves its subscriber
+            // listed; forwarding skips it.
+            let listed: Vec<Handle> = t
+                .subscribers
+                .iter()
+                .copied()
+                .filter(|m| expected.contains(m))
+                .collect();
+            debug_assert_eq!(listed, expected, "fan-out of {}", t.id);
+        }
+        debug_assert_eq!(self.by_ssrc.len(), flowing);
     }
 
     /// Re-arms `key`'s timer from its PC's own deadline (none: disarmed).

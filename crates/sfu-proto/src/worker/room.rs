@@ -141,6 +141,7 @@ impl Worker {
             // Planned: attached when the subscribe PC is created.
             p.downtracks
                 .push(Downtrack::planned(track.to_string(), codec.clock_rate));
+            self.add_subscriber(track, h);
             return;
         };
         let ssrc = draw_ssrc(&mut self.rng);
@@ -178,6 +179,17 @@ impl Worker {
             ssrc,
             ..Downtrack::planned(track.to_string(), codec.clock_rate)
         });
+        self.add_subscriber(track, h);
+    }
+
+    /// `h` has a downtrack of `track` now: it joins the track's fan-out (last, as it is last
+    /// in the room of those with one).
+    fn add_subscriber(&mut self, track: &str, h: Handle) {
+        if let Some(t) = self.tracks.get_mut(track) {
+            if !t.subscribers.contains(&h) {
+                t.subscribers.push(h);
+            }
+        }
     }
 
     pub(super) fn remove_downtracks_of(&mut self, h: Handle, track: &str) {
@@ -198,6 +210,11 @@ impl Worker {
         let Some(t) = self.tracks.remove(id) else {
             return;
         };
+        for l in &t.layers {
+            if l.ssrc != 0 {
+                self.by_ssrc.remove(&(t.owner, l.ssrc));
+            }
+        }
         let room = self.parts[t.owner].as_ref().map(|p| p.room.clone());
         if let Some(p) = self.parts[t.owner].as_mut() {
             p.published.retain(|x| x != id);
@@ -250,6 +267,13 @@ impl Worker {
             participant: h,
             leg: Leg::Subscribe,
         });
+        if let Some(p) = self.parts[h].as_ref() {
+            for d in &p.downtracks {
+                if let Some(t) = self.tracks.get_mut(&d.track) {
+                    t.subscribers.retain(|&x| x != h);
+                }
+            }
+        }
         self.parts[h] = None;
         self.by_id.remove(&key);
         if let Some(r) = self.rooms.get_mut(&room) {
@@ -281,10 +305,18 @@ impl Worker {
             .find(|t| t.owner == h && t.rtc_track_id == rtc_track_id)
         {
             if let Some(l) = t.layers.iter_mut().find(|l| l.rid == rid) {
+                if l.ssrc != 0 && l.ssrc != ssrc {
+                    self.by_ssrc.remove(&(h, l.ssrc));
+                }
                 l.ssrc = ssrc;
             } else if t.layers.len() < MAX_LAYERS {
                 t.layers.push(new_layer(&rid, ssrc));
                 t.layers.sort_by_key(|l| rid_rank(&l.rid));
+            } else {
+                return;
+            }
+            if ssrc != 0 {
+                self.by_ssrc.insert((h, ssrc), t.id.clone());
             }
             return;
         }
@@ -352,8 +384,12 @@ impl Worker {
                 layers,
                 audio_level_ext,
                 announced: None,
+                subscribers: Vec::new(),
             },
         );
+        if ssrc != 0 {
+            self.by_ssrc.insert((h, ssrc), id.clone());
+        }
         let members = self
             .rooms
             .get(&room)

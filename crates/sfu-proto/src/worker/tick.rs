@@ -40,6 +40,8 @@ impl Worker {
         self.select_layers(now);
         self.announce_layers();
         self.active_speakers(now);
+        #[cfg(debug_assertions)]
+        self.check_indexes();
     }
 
     /// RTCP receiver report blocks from subscriber `h`: the fraction lost on its downtracks
