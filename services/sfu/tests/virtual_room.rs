@@ -22,6 +22,7 @@ use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use serde_json::Value;
 use sfu_proto::demux::Proto;
+use sfu_proto::msg::ServerMsg;
 use sfu_proto::peer::{FeedbackCounters, FeedbackTap};
 use sfu_proto::worker::{Worker, WorkerConfig};
 use std::collections::HashMap;
@@ -294,7 +295,7 @@ impl Sim {
             let now = self.now;
             // Signals from the SFU.
             while let Some(s) = self.w.poll_signal() {
-                let m: Value = s.msg.clone();
+                let m: Value = s.msg.to_json();
                 if m["type"] == "offer" {
                     self.offers_seen.push((s.participant.clone(), m.clone()));
                 }
@@ -640,9 +641,9 @@ fn a_publisher_reaches_a_subscriber_through_the_core() {
     sim.w.link_closed(now, "r1", "alice", 1);
     let mut reoffered = false;
     while let Some(s) = sim.w.poll_signal() {
-        if s.participant == "bob" && s.msg["type"] == "offer" {
+        if let (true, ServerMsg::Offer { tracks, .. }) = (s.participant == "bob", &s.msg) {
             reoffered = true;
-            assert!(s.msg["tracks"].as_array().unwrap().is_empty());
+            assert!(tracks.is_empty());
         }
     }
     assert!(reoffered, "no re-offer after alice left");
@@ -694,8 +695,8 @@ fn bad_input_is_answered_with_codes_and_counted() {
     let codes = |w: &mut Worker| {
         let mut v = vec![];
         while let Some(s) = w.poll_signal() {
-            if s.msg["type"] == "error" {
-                v.push(s.msg["code"].as_u64().unwrap());
+            if let ServerMsg::Error { code, .. } = s.msg {
+                v.push(code as u64);
             }
         }
         v

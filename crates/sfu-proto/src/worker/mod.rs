@@ -25,7 +25,7 @@ use crate::demux::{Demux, Proto};
 use crate::forward::Rewriter;
 use crate::layers::{LayerRate, Selection};
 use crate::media::VideoCodec;
-use crate::msg::ErrorCode;
+use crate::msg::{ErrorCode, ServerMsg};
 use crate::peer::{BweCell, FeedbackCounters, Leg, PcSettings};
 use crate::speaker::AudioLevel;
 use crate::timers::TimerQueue;
@@ -86,8 +86,8 @@ pub struct Signal {
     pub room: String,
     /// Participant id.
     pub participant: String,
-    /// The JSON object (sfu/PROTOCOL.md "SFU -> client").
-    pub msg: serde_json::Value,
+    /// The message (sfu/PROTOCOL.md "SFU -> client"); the I/O layer serializes it.
+    pub msg: ServerMsg,
 }
 
 /// Limits and addresses of a worker.
@@ -554,7 +554,7 @@ impl Worker {
         }
     }
 
-    fn push_signal(&mut self, h: Handle, msg: serde_json::Value) {
+    fn push_signal(&mut self, h: Handle, msg: ServerMsg) {
         let Some(p) = self.parts[h].as_ref() else {
             return;
         };
@@ -571,7 +571,10 @@ impl Worker {
     fn error(&mut self, h: Handle, code: ErrorCode, message: &str) {
         self.push_signal(
             h,
-            json!({"type": "error", "code": code as u16, "message": message}),
+            ServerMsg::Error {
+                code,
+                message: message.to_string(),
+            },
         );
     }
 
@@ -680,11 +683,12 @@ mod tests {
         w.join(now, "r", "a", 1).unwrap();
         w.handle_message(now, "r", "a", &client_offer(now));
         let answer = std::iter::from_fn(|| w.poll_signal())
-            .find(|s| s.msg["type"] == "answer")
+            .find_map(|s| match s.msg {
+                ServerMsg::Answer { sdp } => Some(sdp),
+                _ => None,
+            })
             .expect("an answer");
-        answer.msg["sdp"]
-            .as_str()
-            .unwrap()
+        answer
             .lines()
             .filter(|l| l.starts_with("a=ice-ufrag:") || l.starts_with("a=ice-pwd:"))
             .map(str::to_string)

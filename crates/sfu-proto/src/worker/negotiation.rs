@@ -3,7 +3,7 @@
 //! applies the answer, one offer outstanding at a time (sfu/PROTOCOL.md).
 
 use super::*;
-use crate::msg::{self, ClientMsg};
+use crate::msg::{self, ClientMsg, OfferedTrack};
 use crate::peer;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
@@ -148,7 +148,7 @@ impl Worker {
         match result {
             Ok(answer) => {
                 let answer = limit_video_bitrate(&answer, max_bps);
-                self.push_signal(h, json!({"type": "answer", "sdp": answer}));
+                self.push_signal(h, ServerMsg::Answer { sdp: answer });
             }
             Err(e) => {
                 self.stats.bad_sdp += 1;
@@ -248,14 +248,16 @@ impl Worker {
                         .rtp_transceiver(d.transceiver)
                         .and_then(|t| t.mid().clone());
                     let (participant, kind) = owners.get(&d.track).cloned().unwrap_or_default();
-                    tracks.push(json!({
-                        "trackId": d.track, "participantId": participant,
-                        "kind": kind, "mid": mid,
-                    }));
+                    tracks.push(OfferedTrack {
+                        track_id: d.track.clone(),
+                        participant_id: participant,
+                        kind,
+                        mid,
+                    });
                 }
                 p.offer_outstanding = true;
                 p.needs_offer = false;
-                self.push_signal(h, json!({"type": "offer", "sdp": sdp, "tracks": tracks}));
+                self.push_signal(h, ServerMsg::Offer { sdp, tracks });
             }
             Err(e) => self.error(h, ErrorCode::Internal, &e.to_string()),
         }

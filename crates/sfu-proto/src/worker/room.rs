@@ -96,7 +96,10 @@ impl Worker {
         if let Some((id, level)) = speaker {
             self.push_signal(
                 h,
-                json!({"type": "active-speaker", "participantId": id, "level": level.round() as u8}),
+                ServerMsg::ActiveSpeaker {
+                    participant_id: id,
+                    level: level.round() as u8,
+                },
             );
         }
         self.maybe_offer(now, h);

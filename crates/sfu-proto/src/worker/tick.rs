@@ -170,7 +170,10 @@ impl Worker {
             }
             self.push_signal(
                 owner,
-                json!({"type": "layers", "trackId": id, "active": active}),
+                ServerMsg::Layers {
+                    track_id: id,
+                    active,
+                },
             );
         }
     }
@@ -202,7 +205,10 @@ impl Worker {
             for m in members {
                 self.push_signal(
                     m,
-                    json!({"type": "active-speaker", "participantId": id, "level": level.round() as u8}),
+                    ServerMsg::ActiveSpeaker {
+                        participant_id: id.clone(),
+                        level: level.round() as u8,
+                    },
                 );
             }
         }

@@ -415,7 +415,8 @@ async fn run_worker(
         });
         while let Some(s) = core.poll_signal() {
             if let Some((_, tx)) = links.get(&(s.room, s.participant)) {
-                let _ = tx.try_send(s.msg.to_string());
+                // The core's typed message becomes the link's JSON text here.
+                let _ = tx.try_send(s.msg.to_json().to_string());
             }
         }
         if now >= next_export {
