@@ -1,6 +1,7 @@
 //! Messages between a client and the SFU (services/sfu/PROTOCOL.md), carried on the signaling link.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 
 /// Client -> SFU.
 #[derive(Debug, Deserialize)]
@@ -56,6 +57,109 @@ pub enum ErrorCode {
     Internal = 4500,
 }
 
+/// SFU -> client (services/sfu/PROTOCOL.md "SFU -> client"): typed in the core, serialized by the I/O
+/// layer (`serde_json::to_string`) into the JSON object signaling wraps as
+/// `{"type":"sfu","msg":...}`. Keys come out sorted, as they always have.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum ServerMsg {
+    /// Answer to the client's publish offer.
+    Answer {
+        /// SDP.
+        sdp: String,
+    },
+    /// Subscribe offer: the SFU's downtracks for this client.
+    Offer {
+        /// SDP.
+        sdp: String,
+        /// Who publishes each m-section's track.
+        tracks: Vec<OfferedTrack>,
+    },
+    /// The simulcast layers of a published track someone watches (the publisher pauses the
+    /// others).
+    Layers {
+        /// The track.
+        track_id: String,
+        /// RIDs to keep sending, low to high.
+        active: Vec<String>,
+    },
+    /// The room's active speaker changed (or, on join, who it is).
+    ActiveSpeaker {
+        /// The speaker.
+        participant_id: String,
+        /// Smoothed RFC 6464 level, -dBov (0 loudest).
+        level: u8,
+    },
+    /// A request failed.
+    Error {
+        /// What failed.
+        code: ErrorCode,
+        /// Human-readable detail.
+        message: String,
+    },
+}
+
+/// One track of a subscribe offer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OfferedTrack {
+    /// The SFU's track id.
+    pub track_id: String,
+    /// Its publisher.
+    pub participant_id: String,
+    /// `audio` or `video`.
+    pub kind: String,
+    /// The m-section carrying it (None before the transceiver has one).
+    pub mid: Option<String>,
+}
+
+impl ServerMsg {
+    /// The message's `type`.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::Answer { .. } => "answer",
+            Self::Offer { .. } => "offer",
+            Self::Layers { .. } => "layers",
+            Self::ActiveSpeaker { .. } => "active-speaker",
+            Self::Error { .. } => "error",
+        }
+    }
+
+    /// The JSON object sent.
+    pub fn to_json(&self) -> Value {
+        match self {
+            Self::Answer { sdp } => json!({"type": "answer", "sdp": sdp}),
+            Self::Offer { sdp, tracks } => {
+                let tracks: Vec<Value> = tracks
+                    .iter()
+                    .map(|t| {
+                        json!({
+                            "trackId": t.track_id, "participantId": t.participant_id,
+                            "kind": t.kind, "mid": t.mid,
+                        })
+                    })
+                    .collect();
+                json!({"type": "offer", "sdp": sdp, "tracks": tracks})
+            }
+            Self::Layers { track_id, active } => {
+                json!({"type": "layers", "trackId": track_id, "active": active})
+            }
+            Self::ActiveSpeaker {
+                participant_id,
+                level,
+            } => json!({"type": "active-speaker", "participantId": participant_id, "level": level}),
+            Self::Error { code, message } => {
+                json!({"type": "error", "code": *code as u16, "message": message})
+            }
+        }
+    }
+}
+
+impl Serialize for ServerMsg {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.to_json().serialize(s)
+    }
+}
+
 /// Largest link message accepted, bytes.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 
@@ -93,5 +197,71 @@ mod tests {
         assert!(parse(r#"{"type":"nope"}"#).is_err());
         assert!(parse("[]").is_err());
         assert!(parse("\u{0}").is_err());
+    }
+
+    /// Each message type as the bytes on the wire (pinned: clients parse these).
+    #[test]
+    fn server_messages_serialize_as_before() {
+        let rows: Vec<(ServerMsg, &str)> = vec![
+            (
+                ServerMsg::Answer { sdp: "v=0".into() },
+                r#"{"sdp":"v=0","type":"answer"}"#,
+            ),
+            (
+                ServerMsg::Offer {
+                    sdp: "v=0".into(),
+                    tracks: vec![
+                        OfferedTrack {
+                            track_id: "a-1".into(),
+                            participant_id: "a".into(),
+                            kind: "video".into(),
+                            mid: Some("0".into()),
+                        },
+                        OfferedTrack {
+                            track_id: "a-2".into(),
+                            participant_id: "a".into(),
+                            kind: "audio".into(),
+                            mid: None,
+                        },
+                    ],
+                },
+                concat!(
+                    r#"{"sdp":"v=0","tracks":[{"kind":"video","mid":"0","participantId":"a","trackId":"a-1"},"#,
+                    r#"{"kind":"audio","mid":null,"participantId":"a","trackId":"a-2"}],"type":"offer"}"#
+                ),
+            ),
+            (
+                ServerMsg::Offer {
+                    sdp: String::new(),
+                    tracks: vec![],
+                },
+                r#"{"sdp":"","tracks":[],"type":"offer"}"#,
+            ),
+            (
+                ServerMsg::Layers {
+                    track_id: "a-1".into(),
+                    active: vec!["q".into(), "h".into()],
+                },
+                r#"{"active":["q","h"],"trackId":"a-1","type":"layers"}"#,
+            ),
+            (
+                ServerMsg::ActiveSpeaker {
+                    participant_id: "b".into(),
+                    level: 37,
+                },
+                r#"{"level":37,"participantId":"b","type":"active-speaker"}"#,
+            ),
+            (
+                ServerMsg::Error {
+                    code: ErrorCode::WrongState,
+                    message: "no".into(),
+                },
+                r#"{"code":4409,"message":"no","type":"error"}"#,
+            ),
+        ];
+        for (m, wire) in rows {
+            assert_eq!(serde_json::to_string(&m).unwrap(), wire);
+            assert_eq!(m.to_json()["type"], m.type_name());
+        }
     }
 }

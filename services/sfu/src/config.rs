@@ -86,6 +86,11 @@ pub struct SfuArgs {
     /// Burst of the data-channel rate limit, messages. [default: 100]
     #[arg(long = "data-message-burst")]
     pub data_message_burst: Option<u32>,
+    /// Seed of the RNG the media workers draw SSRCs and ICE credentials from (worker i uses
+    /// seed + i), so a recorded run replays exactly. Testing only: with a fixed seed, ICE
+    /// passwords are predictable. [default: drawn from the OS RNG at start]
+    #[arg(long = "rng-seed")]
+    pub rng_seed: Option<u64>,
     /// JSON logs.
     #[arg(long = "log-json")]
     pub log_json: bool,
@@ -116,6 +121,7 @@ pub struct FileConfig {
     data_message_max_bytes: Option<usize>,
     data_messages_per_sec: Option<u32>,
     data_message_burst: Option<u32>,
+    rng_seed: Option<u64>,
     log_json: Option<bool>,
 }
 
@@ -164,6 +170,8 @@ pub struct SfuConfig {
     pub data_messages_per_sec: u32,
     /// Burst of that rate, messages.
     pub data_message_burst: u32,
+    /// Seed of the media workers' RNG (worker i uses seed + i); `None`: drawn from the OS RNG.
+    pub rng_seed: Option<u64>,
     /// JSON logs.
     pub log_json: bool,
 }
@@ -276,6 +284,7 @@ impl Layered for SfuArgs {
                 .or(f.data_message_burst)
                 .unwrap_or(100)
                 .max(1),
+            rng_seed: self.rng_seed.or(f.rng_seed),
             log_json: self.log_json || f.log_json.unwrap_or(false),
         })
     }
@@ -317,6 +326,10 @@ mod tests {
         assert_eq!(cfg.max_participants, 16);
         assert_eq!(cfg.media_listen.port(), 9700);
         assert!(!cfg.redacted().contains(&cfg.sfu_secret));
+        assert_eq!(
+            cfg.rng_seed, None,
+            "the sample leaves the seed to the OS RNG"
+        );
 
         let dir = std::env::temp_dir().join(format!("sfu-cfg-{}", std::process::id()));
         std::fs::write(
@@ -360,5 +373,27 @@ mod tests {
             ),
             (16 * 1024, 50, 100)
         );
+    }
+
+    #[test]
+    fn the_rng_seed_comes_from_the_file_unless_a_flag_gives_one() {
+        let path = std::env::temp_dir().join(format!("sfu-seed-{}", std::process::id()));
+        std::fs::write(&path, "rng_seed = 5\n").unwrap();
+        let from_file = SfuArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        }
+        .resolve()
+        .map(|c| c.rng_seed);
+        let from_flag = SfuArgs {
+            config: Some(path.clone()),
+            rng_seed: Some(9),
+            ..Default::default()
+        }
+        .resolve()
+        .map(|c| c.rng_seed);
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(from_file.unwrap(), Some(5));
+        assert_eq!(from_flag.unwrap(), Some(9));
     }
 }

@@ -270,6 +270,10 @@ async fn run_worker(
             return;
         }
     };
+    let mut cfg = cfg;
+    // The core never reads the OS RNG: unless configured, its seed is drawn here.
+    let seed = *cfg.rng_seed.get_or_insert_with(rand::random);
+    tracing::debug!(worker = index, rng_seed = seed, "worker RNG seeded");
     let mut core = Worker::new(cfg);
     let mut links: HashMap<(String, String), (u64, mpsc::Sender<String>)> = HashMap::new();
     let mut tcp: HashMap<SocketAddr, TcpConn> = HashMap::new();
@@ -400,7 +404,8 @@ async fn run_worker(
         });
         while let Some(s) = core.poll_signal() {
             if let Some((_, tx)) = links.get(&(s.room, s.participant)) {
-                let _ = tx.try_send(s.msg.to_string());
+                // The core's typed message becomes the link's JSON text here.
+                let _ = tx.try_send(s.msg.to_json().to_string());
             }
         }
         if now >= next_export {

@@ -1,0 +1,741 @@
+//! One worker's SFU state machine: rooms, participants, their two peer connections each, and
+//! the forwarding between them. Sans-IO: datagrams, link messages and timeouts go in with `now`;
+//! datagrams to send, messages for participants and the next deadline come out.
+//!
+//! A room lives on exactly one worker, so forwarding never crosses threads.
+//!
+//! The jobs live in one file each: `room` (the registry of rooms, participants, tracks and
+//! downtracks), `negotiation` (offers and answers), `pump` (draining peer connections:
+//! events, media, RTCP, data channels), `forwarding` (per RTP packet), `keyframe` (PLI to
+//! publishers), `tick` (rate samples, then the pure decisions of [`crate::bwe`],
+//! [`crate::layers`] and [`crate::speaker`]). This file holds the types, the public API and
+//! the RNG every SSRC and ICE credential is drawn from.
+
+mod forwarding;
+mod keyframe;
+mod negotiation;
+mod pump;
+mod room;
+mod tick;
+
+pub use crate::sdp::limit_video_bitrate;
+
+use crate::bwe::LossEstimate;
+use crate::demux::{Demux, Proto};
+use crate::forward::Rewriter;
+use crate::layers::{LayerRate, Selection};
+use crate::media::VideoCodec;
+use crate::msg::{ErrorCode, ServerMsg};
+use crate::peer::{BweCell, FeedbackCounters, Leg, PcSettings};
+use crate::speaker::AudioLevel;
+use crate::timers::TimerQueue;
+use bytes::BytesMut;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rtc::data_channel::RTCDataChannelId;
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RtpCodecKind};
+use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverId};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use serde_json::json;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use turnkey_rate::TokenBucket;
+
+/// Index of a participant in the worker's table.
+pub type Handle = usize;
+
+/// Names one peer connection (ordered by participant, then publish before subscribe).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PcKey {
+    /// Owner.
+    pub participant: Handle,
+    /// Which of its two PCs.
+    pub leg: Leg,
+}
+
+/// The worker's timers ([`TimerQueue`] keys).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Timer {
+    /// Rate samples, estimates, layer choice, active speaker ([`TICK`]); armed while the
+    /// worker holds participants.
+    Tick,
+    /// The peer connection's own deadline (ICE checks and consent, DTLS retransmits, SCTP,
+    /// RTCP reports), as its `poll_timeout` gave it when last drained.
+    Pc(PcKey),
+}
+
+/// A datagram (or, for ICE-TCP, one RFC 4571 frame's payload) to send.
+#[derive(Debug)]
+pub struct Transmit {
+    /// UDP or TCP.
+    pub proto: Proto,
+    /// Destination.
+    pub remote: SocketAddr,
+    /// Bytes.
+    pub payload: BytesMut,
+}
+
+/// A message for one participant (to be wrapped by signaling as `{"type":"sfu","msg":...}`).
+#[derive(Debug)]
+pub struct Signal {
+    /// Room.
+    pub room: String,
+    /// Participant id.
+    pub participant: String,
+    /// The message (services/sfu/PROTOCOL.md "SFU -> client"); the I/O layer serializes it.
+    pub msg: ServerMsg,
+}
+
+/// Limits and addresses of a worker.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// Advertised UDP host candidate; also the `local_addr` every PC sees.
+    pub udp_addr: SocketAddr,
+    /// Advertised ICE-TCP passive candidate, if any.
+    pub tcp_addr: Option<SocketAddr>,
+    /// PC settings.
+    pub pc: PcSettings,
+    /// Participants per room.
+    pub max_participants: usize,
+    /// Published tracks per room.
+    pub max_tracks_per_room: usize,
+    /// Published tracks per participant.
+    pub max_tracks_per_participant: usize,
+    /// Video bitrate a publisher may send, bits per second (sent as `b=TIAS`/`b=AS` in answers).
+    pub max_publish_bitrate_bps: u64,
+    /// Least time between two keyframe requests to one publisher layer.
+    pub keyframe_request_interval: Duration,
+    /// Start of every local ICE ufrag of this worker (names the worker to the ICE-TCP acceptor).
+    pub ufrag_prefix: String,
+    /// Largest data-channel message relayed, bytes; larger ones are dropped.
+    pub data_message_max_bytes: usize,
+    /// Data-channel messages one participant may send per second (token bucket).
+    pub data_messages_per_sec: u32,
+    /// Burst of that bucket, messages.
+    pub data_message_burst: u32,
+    /// Seed of the RNG every SSRC and ICE credential of this worker is drawn from: the same
+    /// seed and the same input replay a run exactly. `None`: the I/O layer draws a seed from
+    /// the OS RNG before building the core (a core built with `None` seeds itself from the OS
+    /// RNG, so its ICE passwords are never predictable).
+    pub rng_seed: Option<u64>,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            udp_addr: "127.0.0.1:9000".parse().expect("literal"),
+            tcp_addr: None,
+            pc: PcSettings::default(),
+            max_participants: 16,
+            max_tracks_per_room: 64,
+            max_tracks_per_participant: 4,
+            max_publish_bitrate_bps: 2_500_000,
+            keyframe_request_interval: Duration::from_millis(500),
+            ufrag_prefix: "w0x".into(),
+            data_message_max_bytes: 16 * 1024,
+            data_messages_per_sec: 50,
+            data_message_burst: 100,
+            rng_seed: None,
+        }
+    }
+}
+
+/// Counters of one worker (the I/O layer turns them into Prometheus metrics).
+#[derive(Debug, Default, Clone)]
+pub struct WorkerStats {
+    /// RTP packets written to subscribers.
+    pub forwarded_packets: u64,
+    /// Their payload + header bytes.
+    pub forwarded_bytes: u64,
+    /// Keyframe requests (PLI) sent to publishers.
+    pub pli_sent: u64,
+    /// Simulcast layer switches done.
+    pub layer_switches: u64,
+    /// Datagrams for no known PC.
+    pub unroutable: u64,
+    /// Datagrams a PC refused (bad DTLS/SRTP/RTP/RTCP).
+    pub bad_packets: u64,
+    /// SDP that could not be applied.
+    pub bad_sdp: u64,
+    /// Link messages refused (bad JSON, unknown type, wrong state).
+    pub bad_messages: u64,
+    /// Packets a subscriber leg refused (codec/extension mismatch).
+    pub write_errors: u64,
+    /// Data-channel messages relayed (per receiver).
+    pub data_messages: u64,
+    /// Data-channel messages dropped: over `data_message_max_bytes`.
+    pub data_dropped_too_large: u64,
+    /// Data-channel messages dropped: the sender's bucket was empty.
+    pub data_dropped_rate_limited: u64,
+    /// Participants whose ICE timed out.
+    pub ice_timeouts: u64,
+    /// Active speaker changes announced.
+    pub speaker_changes: u64,
+}
+
+struct Pc {
+    pc: RTCPeerConnection,
+    connected: bool,
+    failed: bool,
+}
+
+/// One simulcast layer (or the only layer) of a published track.
+#[derive(Debug)]
+struct Layer {
+    rid: String,
+    /// 0 while offered (`a=rid`) but not flowing yet.
+    ssrc: u32,
+    rate: LayerRate,
+    /// From its last VP8 keyframe, pixels.
+    height: Option<u16>,
+    last_keyframe_request: Option<Instant>,
+}
+
+/// A published track.
+struct Published {
+    id: String,
+    owner: Handle,
+    kind: RtpCodecKind,
+    rtc_track_id: String,
+    receiver: RTCRtpReceiverId,
+    codec: RTCRtpCodec,
+    video: VideoCodec,
+    /// Low to high ([`layers::rid_rank`]).
+    layers: Vec<Layer>,
+    audio_level_ext: Option<u8>,
+    /// Layers announced active to the publisher (None: never announced).
+    announced: Option<Vec<String>>,
+    /// Participants with a downtrack of this track, in room order (the forwarding fan-out).
+    subscribers: Vec<Handle>,
+}
+
+/// A published track as one subscriber receives it.
+struct Downtrack {
+    track: String,
+    transceiver: RTCRtpTransceiverId,
+    sender: RTCRtpSenderId,
+    /// 0 while planned (the subscribe PC does not exist yet).
+    ssrc: u32,
+    payload_type: Option<u8>,
+    rewriter: Rewriter,
+    /// Which layer is forwarded and which wanted ([`layers::choose`]).
+    sel: Selection,
+    max_height: Option<u32>,
+}
+
+impl Downtrack {
+    /// A downtrack of `track` not attached to a subscribe PC yet.
+    fn planned(track: String, clock_rate: u32) -> Self {
+        Self {
+            track,
+            transceiver: RTCRtpTransceiverId::default(),
+            sender: RTCRtpSenderId::default(),
+            ssrc: 0,
+            payload_type: None,
+            rewriter: Rewriter::new(clock_rate),
+            sel: Selection::default(),
+            max_height: None,
+        }
+    }
+}
+
+struct Participant {
+    room: String,
+    id: String,
+    link: u64,
+    publish: Option<Pc>,
+    subscribe: Option<Pc>,
+    published: Vec<String>,
+    downtracks: Vec<Downtrack>,
+    offer_outstanding: bool,
+    needs_offer: bool,
+    data_channel: Option<RTCDataChannelId>,
+    bwe: Arc<BweCell>,
+    max_height: Option<u32>,
+    audio: AudioLevel,
+    /// Loss-based side of the estimate (RTCP receiver reports, RFC 3550 §6.4.2).
+    loss: LossEstimate,
+    /// Data-channel messages this participant may still send.
+    data_bucket: TokenBucket,
+}
+
+struct Room {
+    participants: Vec<Handle>,
+    speaker: Option<Handle>,
+}
+
+/// Why a join was refused.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum JoinError {
+    /// The room already has `max_participants`.
+    #[error("room is full")]
+    RoomFull,
+}
+
+/// The worker core.
+pub struct Worker {
+    cfg: WorkerConfig,
+    parts: Vec<Option<Participant>>,
+    by_id: HashMap<(String, String), Handle>,
+    rooms: HashMap<String, Room>,
+    tracks: HashMap<String, Published>,
+    /// (publisher, SSRC of one of its layers) -> track id: forwarding finds a packet's track
+    /// without a search. Layers offered but not flowing yet (SSRC 0) are not in it.
+    by_ssrc: HashMap<(Handle, u32), String>,
+    demux: Demux<PcKey>,
+    transmits: VecDeque<Transmit>,
+    signals: VecDeque<Signal>,
+    dirty: Vec<PcKey>,
+    stats: WorkerStats,
+    counters: Arc<FeedbackCounters>,
+    next_track: u64,
+    /// Deadlines: the tick, and each peer connection's next timeout.
+    timers: TimerQueue<Timer>,
+    last_tick: Option<Instant>,
+    bwe_samples: Vec<f64>,
+    /// Source of every SSRC and ICE credential drawn ([`WorkerConfig::rng_seed`]).
+    rng: StdRng,
+}
+
+/// Rate samples and layer decisions happen this often.
+const TICK: Duration = Duration::from_millis(500);
+/// Outbound queues are bounded: beyond this, the oldest datagram is dropped.
+const MAX_TRANSMITS: usize = 65_536;
+const MAX_SIGNALS: usize = 4096;
+const MAX_BWE_SAMPLES: usize = 4096;
+
+impl Worker {
+    /// A worker with no rooms.
+    pub fn new(cfg: WorkerConfig) -> Self {
+        let rng = match cfg.rng_seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_os_rng(),
+        };
+        Self {
+            rng,
+            cfg,
+            parts: Vec::new(),
+            by_id: HashMap::new(),
+            rooms: HashMap::new(),
+            tracks: HashMap::new(),
+            by_ssrc: HashMap::new(),
+            demux: Demux::default(),
+            transmits: VecDeque::new(),
+            signals: VecDeque::new(),
+            dirty: Vec::new(),
+            stats: WorkerStats::default(),
+            counters: Arc::new(FeedbackCounters::default()),
+            next_track: 0,
+            timers: TimerQueue::default(),
+            last_tick: None,
+            bwe_samples: Vec::new(),
+        }
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> &WorkerStats {
+        &self.stats
+    }
+
+    /// NACK/PLI/FIR received and retransmissions sent, over every PC of this worker.
+    pub fn feedback(&self) -> &FeedbackCounters {
+        &self.counters
+    }
+
+    /// Rooms, participants, published (audio, video) tracks held.
+    pub fn census(&self) -> (usize, usize, usize, usize) {
+        let audio = self
+            .tracks
+            .values()
+            .filter(|t| t.kind == RtpCodecKind::Audio)
+            .count();
+        (
+            self.rooms.len(),
+            self.by_id.len(),
+            audio,
+            self.tracks.len() - audio,
+        )
+    }
+
+    /// Subscriber bandwidth estimates sampled since the last call (bits per second).
+    pub fn take_bwe_samples(&mut self) -> Vec<f64> {
+        std::mem::take(&mut self.bwe_samples)
+    }
+
+    /// Next datagram to send.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// Next message for a participant.
+    #[must_use]
+    pub fn poll_signal(&mut self) -> Option<Signal> {
+        self.signals.pop_front()
+    }
+
+    /// When [`Self::handle_timeout`] must next be called: the earliest deadline of the timer
+    /// table (each peer connection's is refreshed whenever it is drained), without visiting
+    /// every peer connection.
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        let next = self.timers.next_deadline();
+        #[cfg(debug_assertions)]
+        self.check_timers(next);
+        next
+    }
+
+    /// Debug builds: no peer connection's own deadline is earlier than the table's next one
+    /// (a PC changed without being drained would otherwise miss its timer).
+    #[cfg(debug_assertions)]
+    fn check_timers(&mut self, next: Option<Instant>) {
+        for (h, p) in self.parts.iter_mut().enumerate() {
+            let Some(p) = p.as_mut() else { continue };
+            for (leg, pc) in [
+                (Leg::Publish, p.publish.as_mut()),
+                (Leg::Subscribe, p.subscribe.as_mut()),
+            ] {
+                let Some(t) = pc.and_then(|pc| pc.pc.poll_timeout()) else {
+                    continue;
+                };
+                debug_assert!(
+                    next.is_some_and(|n| n <= t),
+                    "PC {h}/{leg:?} is due at {t:?}, the timer table first at {next:?}"
+                );
+            }
+        }
+    }
+
+    /// True if datagrams from `remote` over `proto` reach a peer connection (a Binding request
+    /// with a known ufrag bound the 5-tuple, and that PC still exists).
+    pub fn routes(&self, proto: Proto, remote: SocketAddr) -> bool {
+        self.demux.lookup(proto, remote).is_some()
+    }
+
+    /// True if this worker holds participant `participant` of `room`.
+    pub fn has_participant(&self, room: &str, participant: &str) -> bool {
+        self.by_id
+            .contains_key(&(room.to_string(), participant.to_string()))
+    }
+
+    /// A datagram (or ICE-TCP frame) from `remote`.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        proto: Proto,
+        remote: SocketAddr,
+        bytes: &[u8],
+    ) {
+        let Some(key) = self.demux.route(proto, remote, bytes) else {
+            self.stats.unroutable += 1;
+            return;
+        };
+        let local = match proto {
+            Proto::Udp => self.cfg.udp_addr,
+            Proto::Tcp => self.cfg.tcp_addr.unwrap_or(self.cfg.udp_addr),
+        };
+        let Some(pc) = self.pc_mut(key) else {
+            self.stats.unroutable += 1;
+            return;
+        };
+        let r = pc.pc.handle_read(TaggedBytesMut {
+            now,
+            transport: TransportContext {
+                local_addr: local,
+                peer_addr: remote,
+                ecn: None,
+                transport_protocol: match proto {
+                    Proto::Udp => TransportProtocol::UDP,
+                    Proto::Tcp => TransportProtocol::TCP,
+                },
+            },
+            message: BytesMut::from(bytes),
+        });
+        if r.is_err() {
+            self.stats.bad_packets += 1;
+        }
+        self.dirty.push(key);
+        self.flush(now);
+    }
+
+    /// Timers: PC timers, rate sampling, layer selection, active speaker.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let mut due = Vec::new();
+        let mut tick = false;
+        while let Some((_, timer)) = self.timers.pop_due(now) {
+            match timer {
+                Timer::Tick => tick = true,
+                Timer::Pc(key) => due.push(key),
+            }
+        }
+        // In table order (participant, publish before subscribe), as the PCs are drained.
+        due.sort_unstable();
+        for key in due {
+            if let Some(pc) = self.pc_mut(key) {
+                match pc.pc.poll_timeout() {
+                    Some(t) if t <= now => {
+                        let _ = pc.pc.handle_timeout(now);
+                        self.dirty.push(key);
+                    }
+                    // Moved later since it was armed.
+                    Some(t) => self.timers.schedule(t, Timer::Pc(key)),
+                    None => {}
+                }
+            }
+        }
+        if tick {
+            self.tick(now);
+            if !self.by_id.is_empty() {
+                self.timers.schedule(now + TICK, Timer::Tick);
+            }
+        }
+        self.flush(now);
+    }
+
+    /// Debug builds: the forwarding indexes agree with the tables they index: every flowing
+    /// layer's SSRC names its track and nothing else is indexed; each track's fan-out lists
+    /// the room's members with a downtrack of it, in room order.
+    #[cfg(debug_assertions)]
+    fn check_indexes(&self) {
+        let mut flowing = 0;
+        for t in self.tracks.values() {
+            for l in t.layers.iter().filter(|l| l.ssrc != 0) {
+                flowing += 1;
+                debug_assert_eq!(self.by_ssrc.get(&(t.owner, l.ssrc)), Some(&t.id));
+            }
+            let members: &[Handle] = self.parts[t.owner]
+                .as_ref()
+                .and_then(|p| self.rooms.get(&p.room))
+                .map_or(&[], |r| &r.participants);
+            let expected: Vec<Handle> = members
+                .iter()
+                .copied()
+                .filter(|&m| {
+                    self.parts[m]
+                        .as_ref()
+                        .is_some_and(|p| p.downtracks.iter().any(|d| d.track == t.id))
+                })
+                .collect();
+            debug_assert!(
+                t.subscribers.iter().all(|m| members.contains(m)),
+                "fan-out of {} lists a participant gone from the room",
+                t.id
+            );
+            // A downtrack whose transceiver could not be added again leaves its subscriber
+            // listed; forwarding skips it.
+            let listed: Vec<Handle> = t
+                .subscribers
+                .iter()
+                .copied()
+                .filter(|m| expected.contains(m))
+                .collect();
+            debug_assert_eq!(listed, expected, "fan-out of {}", t.id);
+        }
+        debug_assert_eq!(self.by_ssrc.len(), flowing);
+    }
+
+    /// Re-arms `key`'s timer from its PC's own deadline (none: disarmed).
+    fn refresh_timer(&mut self, key: PcKey) {
+        match self.pc_mut(key).and_then(|pc| pc.pc.poll_timeout()) {
+            Some(t) => self.timers.schedule(t, Timer::Pc(key)),
+            None => self.timers.cancel(&Timer::Pc(key)),
+        }
+    }
+
+    fn pc_mut(&mut self, key: PcKey) -> Option<&mut Pc> {
+        let p = self.parts.get_mut(key.participant)?.as_mut()?;
+        match key.leg {
+            Leg::Publish => p.publish.as_mut(),
+            Leg::Subscribe => p.subscribe.as_mut(),
+        }
+    }
+
+    fn push_signal(&mut self, h: Handle, msg: ServerMsg) {
+        let Some(p) = self.parts[h].as_ref() else {
+            return;
+        };
+        if self.signals.len() >= MAX_SIGNALS {
+            self.signals.pop_front();
+        }
+        self.signals.push_back(Signal {
+            room: p.room.clone(),
+            participant: p.id.clone(),
+            msg,
+        });
+    }
+
+    fn error(&mut self, h: Handle, code: ErrorCode, message: &str) {
+        self.push_signal(
+            h,
+            ServerMsg::Error {
+                code,
+                message: message.to_string(),
+            },
+        );
+    }
+
+    /// A local ICE ufrag (this worker's prefix + 12 characters) and password (32 characters,
+    /// RFC 8839 §5.4 asks for at least 128 bits) from the worker's RNG.
+    fn draw_ice_credentials(&mut self) -> (String, String) {
+        let ufrag = format!(
+            "{}{}",
+            self.cfg.ufrag_prefix,
+            random_token(&mut self.rng, 12)
+        );
+        let pwd = random_token(&mut self.rng, 32);
+        (ufrag, pwd)
+    }
+}
+
+fn new_layer(rid: &str, ssrc: u32) -> Layer {
+    Layer {
+        rid: rid.to_string(),
+        ssrc,
+        rate: LayerRate::default(),
+        height: None,
+        last_keyframe_request: None,
+    }
+}
+
+fn kind_name(k: RtpCodecKind) -> String {
+    match k {
+        RtpCodecKind::Audio => "audio".into(),
+        _ => "video".into(),
+    }
+}
+
+/// `n` characters of `[A-Za-z0-9]` from `rng` (ICE ufrag and password characters, RFC 8839
+/// §5.4 allows more; these need no escaping anywhere).
+fn random_token(rng: &mut StdRng, n: usize) -> String {
+    const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    (0..n)
+        .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
+        .collect()
+}
+
+/// A downtrack SSRC from `rng`: never 0, which the worker uses for "not attached yet".
+fn draw_ssrc(rng: &mut StdRng) -> u32 {
+    loop {
+        let ssrc: u32 = rng.random();
+        if ssrc != 0 {
+            return ssrc;
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests anchor virtual time at one real instant
+mod tests {
+    use super::*;
+
+    fn seeded(seed: u64) -> Worker {
+        Worker::new(WorkerConfig {
+            rng_seed: Some(seed),
+            ..WorkerConfig::default()
+        })
+    }
+
+    /// Three credentials and SSRCs in the order a worker draws them.
+    fn draws(w: &mut Worker) -> Vec<String> {
+        (0..3)
+            .flat_map(|_| {
+                let (ufrag, pwd) = w.draw_ice_credentials();
+                [ufrag, pwd, draw_ssrc(&mut w.rng).to_string()]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_same_seed_draws_the_same_ssrcs_and_ice_credentials() {
+        let a = draws(&mut seeded(7));
+        assert_eq!(a, draws(&mut seeded(7)));
+        assert_ne!(a, draws(&mut seeded(8)));
+        // Unseeded cores differ from each other.
+        let mut x = Worker::new(WorkerConfig::default());
+        let mut y = Worker::new(WorkerConfig::default());
+        assert_ne!(draws(&mut x), draws(&mut y));
+        assert!(a[0].starts_with("w0x") && a[0].len() == 3 + 12 && a[1].len() == 32);
+    }
+
+    /// A client's publish offer (a data channel only), as the link message.
+    fn client_offer(now: Instant) -> String {
+        use rtc::peer_connection::configuration::media_engine::MediaEngine;
+        use rtc::peer_connection::RTCPeerConnectionBuilder;
+        let mut me = MediaEngine::default();
+        me.register_default_codecs().unwrap();
+        let mut client = RTCPeerConnectionBuilder::new()
+            .with_media_engine(me)
+            .build(now)
+            .unwrap();
+        client.create_data_channel("room", None).unwrap();
+        let offer = client.create_offer(None).unwrap();
+        json!({"type": "offer", "sdp": offer.sdp}).to_string()
+    }
+
+    /// The `a=ice-ufrag`/`a=ice-pwd` of the worker's answer to a client's publish offer.
+    fn answer_credentials(seed: u64) -> Vec<String> {
+        let now = Instant::now();
+        let mut w = seeded(seed);
+        w.join(now, "r", "a", 1).unwrap();
+        w.handle_message(now, "r", "a", &client_offer(now));
+        let answer = std::iter::from_fn(|| w.poll_signal())
+            .find_map(|s| match s.msg {
+                ServerMsg::Answer { sdp } => Some(sdp),
+                _ => None,
+            })
+            .expect("an answer");
+        answer
+            .lines()
+            .filter(|l| l.starts_with("a=ice-ufrag:") || l.starts_with("a=ice-pwd:"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn the_answer_carries_ice_credentials_drawn_from_the_seed() {
+        let a = answer_credentials(42);
+        assert!(a.len() >= 2, "{a:?}");
+        assert_eq!(a, answer_credentials(42));
+        assert_ne!(a, answer_credentials(43));
+    }
+
+    #[test]
+    fn the_timer_table_holds_one_entry_per_live_timer() {
+        let now = Instant::now();
+        let mut w = seeded(1);
+        assert_eq!(w.poll_timeout(), None);
+        let offer = client_offer(now);
+        for i in 0..20 {
+            let id = format!("p{i}");
+            w.join(now, "r", &id, 1).unwrap();
+            w.handle_message(now, "r", &id, &offer);
+            assert!(w
+                .pc_mut(PcKey {
+                    participant: 0,
+                    leg: Leg::Publish
+                })
+                .is_some());
+            // The tick and the new publish PC's deadline.
+            assert_eq!(w.timers.len(), 2, "{:?}", w.timers);
+            let pc_due = w.timers.deadline_of(&Timer::Pc(PcKey {
+                participant: 0,
+                leg: Leg::Publish,
+            }));
+            assert!(pc_due.is_some());
+            assert_eq!(
+                w.poll_timeout(),
+                pc_due.min(w.timers.deadline_of(&Timer::Tick))
+            );
+            w.link_closed(now, "r", &id, 1);
+            assert_eq!(w.timers.len(), 1, "only the tick is left: {:?}", w.timers);
+        }
+        // With nobody left, the tick is not re-armed.
+        w.handle_timeout(now + TICK);
+        assert_eq!(w.poll_timeout(), None);
+        assert!(w.timers.is_empty());
+    }
+}
