@@ -15,5 +15,4 @@ pub mod msg;
 pub mod peer;
 pub mod sdp;
 pub mod speaker;
-pub mod timers;
 pub mod worker;

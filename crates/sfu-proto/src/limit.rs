@@ -1,6 +1,6 @@
 //! Bounds of the SFU core: the table of ICE-TCP connections that have not completed ICE yet,
 //! capped per source IP and in total. (The per-participant data-channel message rate uses
-//! [`turnkey_rate::TokenBucket`].)
+//! [`turnkey_time::rate::TokenBucket`].)
 
 use std::collections::HashMap;
 use std::net::IpAddr;

@@ -3,7 +3,7 @@
 //! abuse closes with 4008).
 
 use std::time::{Duration, Instant};
-use turnkey_rate as rate;
+use turnkey_time::rate;
 
 /// What to do with one incoming message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -27,7 +27,7 @@ use stun_proto::msg::{
     PasswordAlgorithm,
 };
 use subtle::ConstantTimeEq;
-use turnkey_rate::LogLimiter;
+use turnkey_time::rate::LogLimiter;
 
 /// Why a username has no usable credential; each is a `turn_auth_failures_total` reason.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]

@@ -5,7 +5,6 @@ pub mod core;
 pub mod limit;
 pub mod policy;
 pub mod stats;
-pub mod timers;
 
 pub use stun_proto::msg::Transport;
 

@@ -383,14 +383,14 @@ mod tests {
             config: Some(path.clone()),
             ..Default::default()
         }
-        .resolve()
+        .resolve(&Defaults::default())
         .map(|c| c.rng_seed);
         let from_flag = SfuArgs {
             config: Some(path.clone()),
             rng_seed: Some(9),
             ..Default::default()
         }
-        .resolve()
+        .resolve(&Defaults::default())
         .map(|c| c.rng_seed);
         let _ = std::fs::remove_file(&path);
         assert_eq!(from_file.unwrap(), Some(5));

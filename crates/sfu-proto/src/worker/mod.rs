@@ -28,7 +28,6 @@ use crate::media::VideoCodec;
 use crate::msg::{ErrorCode, ServerMsg};
 use crate::peer::{BweCell, FeedbackCounters, Leg, PcSettings};
 use crate::speaker::AudioLevel;
-use crate::timers::TimerQueue;
 use bytes::BytesMut;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -43,7 +42,8 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use turnkey_rate::TokenBucket;
+use turnkey_time::rate::TokenBucket;
+use turnkey_time::timers::TimerQueue;
 
 /// Index of a participant in the worker's table.
 pub type Handle = usize;

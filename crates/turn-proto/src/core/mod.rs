@@ -16,7 +16,6 @@ use crate::auth::{AuthOk, Authenticator, Credentials, NonceMinter};
 use crate::limit::SourceLimiter;
 use crate::policy::PeerPolicy;
 use crate::stats::{DropReason, TurnStats};
-use crate::timers::TimerQueue;
 use crate::FiveTuple;
 use rtc_stun::attributes::*;
 use rtc_stun::message::{
@@ -30,7 +29,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stun_proto::binding::{self, BindingConfig, BindingOutcome, RequestContext};
 use stun_proto::msg::{self, classify, text_attr, MessageBuilder, PacketKind};
-use turnkey_rate::LogLimiter;
+use turnkey_time::rate::LogLimiter;
+use turnkey_time::timers::TimerQueue;
 
 mod allocate;
 mod data;
