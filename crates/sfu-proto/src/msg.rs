@@ -57,6 +57,23 @@ pub enum ErrorCode {
     Internal = 4500,
 }
 
+impl ErrorCode {
+    /// Every code.
+    pub const ALL: [ErrorCode; 6] = [
+        ErrorCode::BadRequest,
+        ErrorCode::BadSdp,
+        ErrorCode::IceTimeout,
+        ErrorCode::WrongState,
+        ErrorCode::Limit,
+        ErrorCode::Internal,
+    ];
+
+    /// The numeric code sent to the client.
+    pub fn code(self) -> u16 {
+        self as u16
+    }
+}
+
 /// SFU -> client (services/sfu/PROTOCOL.md "SFU -> client"): typed in the core, serialized by the I/O
 /// layer (`serde_json::to_string`) into the JSON object signaling wraps as
 /// `{"type":"sfu","msg":...}`. Keys come out sorted, as they always have.
@@ -174,6 +191,14 @@ pub fn parse(text: &str) -> Result<ClientMsg, String> {
 #[cfg(test)]
 #[allow(clippy::disallowed_methods)] // tests anchor virtual time at one real instant
 mod tests {
+    #[test]
+    fn every_error_code_is_listed_once() {
+        let mut codes: Vec<u16> = ErrorCode::ALL.iter().map(|c| c.code()).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes, [4000, 4400, 4408, 4409, 4429, 4500]);
+    }
+
     use super::*;
 
     #[test]
