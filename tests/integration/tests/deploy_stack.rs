@@ -287,10 +287,10 @@ fn file_config_keys(crate_dir: &str) -> Vec<String> {
 #[test]
 fn sample_configs_document_every_key() {
     for (crate_dir, sample) in [
-        ("turn-server", "deploy/turn-server.toml"),
-        ("stun-server", "deploy/stun-server.toml"),
-        ("signaling", "deploy/signaling.toml"),
-        ("sfu", "deploy/sfu.toml"),
+        ("services/turn-server", "deploy/turn-server.toml"),
+        ("services/stun-server", "deploy/stun-server.toml"),
+        ("services/signaling", "deploy/signaling.toml"),
+        ("services/sfu", "deploy/sfu.toml"),
     ] {
         let keys = file_config_keys(crate_dir);
         assert!(keys.len() >= 5, "{crate_dir}: FileConfig keys {keys:?}");
