@@ -125,7 +125,11 @@ pub async fn serve(
             data_message_max_bytes: cfg.data_message_max_bytes,
             data_messages_per_sec: cfg.data_messages_per_sec,
             data_message_burst: cfg.data_message_burst,
-            rng_seed: cfg.rng_seed.map(|s| s.wrapping_add(i as u64)),
+            // The core never reads the OS RNG: unless configured, each worker's seed is drawn
+            // here (worker i of a configured seed s uses s + i).
+            rng_seed: cfg
+                .rng_seed
+                .map_or_else(rand::random, |s| s.wrapping_add(i as u64)),
             ..WorkerConfig::default()
         };
         let (tx, th) = io::spawn_worker(i, wc, sock, metrics.clone(), shutdown.clone())

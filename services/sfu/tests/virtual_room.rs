@@ -912,7 +912,7 @@ fn a_top_layer_that_starts_late_is_reached() {
 fn drawn_in_a_run(seed: u64) -> (Vec<u32>, Vec<String>) {
     let mut sim = Sim::new(
         WorkerConfig {
-            rng_seed: Some(seed),
+            rng_seed: seed,
             ..server_cfg()
         },
         VP8,

@@ -270,10 +270,7 @@ async fn run_worker(
             return;
         }
     };
-    let mut cfg = cfg;
-    // The core never reads the OS RNG: unless configured, its seed is drawn here.
-    let seed = *cfg.rng_seed.get_or_insert_with(rand::random);
-    tracing::debug!(worker = index, rng_seed = seed, "worker RNG seeded");
+    tracing::debug!(worker = index, rng_seed = cfg.rng_seed, "worker RNG seeded");
     let mut core = Worker::new(cfg);
     let mut links: HashMap<(String, String), (u64, mpsc::Sender<String>)> = HashMap::new();
     let mut tcp: HashMap<SocketAddr, TcpConn> = HashMap::new();
