@@ -39,6 +39,12 @@ pub enum DenyReason {
 }
 
 impl DenyReason {
+    /// Its slot in the counters: the position in [`DenyReason::ALL`], which lists the variants
+    /// in declaration order.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// Every reason.
     pub const ALL: [DenyReason; 8] = [
         DenyReason::Configured,

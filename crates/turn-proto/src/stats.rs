@@ -39,6 +39,12 @@ pub enum DropReason {
 }
 
 impl DropReason {
+    /// Its slot in the counters: the position in [`DropReason::ALL`], which lists the variants in
+    /// declaration order (a test checks it).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// Every reason.
     pub const ALL: [DropReason; 11] = [
         DropReason::Malformed,
@@ -93,6 +99,12 @@ pub enum AuthFailure {
 }
 
 impl AuthFailure {
+    /// Its slot in the counters: the position in [`AuthFailure::ALL`], which lists the variants in
+    /// declaration order (a test checks it).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// Every reason.
     pub const ALL: [AuthFailure; 7] = [
         AuthFailure::BadIntegrity,
@@ -130,6 +142,12 @@ pub enum QuotaScope {
 }
 
 impl QuotaScope {
+    /// Its slot in the counters: the position in [`QuotaScope::ALL`], which lists the variants in
+    /// declaration order (a test checks it).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// Every scope.
     pub const ALL: [QuotaScope; 3] = [QuotaScope::User, QuotaScope::Ip, QuotaScope::Total];
 
@@ -200,51 +218,35 @@ pub struct TurnStats {
 impl TurnStats {
     /// Counts a dropped packet.
     pub fn drop_packet(&mut self, reason: DropReason) {
-        let i = DropReason::ALL
-            .iter()
-            .position(|r| *r == reason)
-            .unwrap_or_default();
-        self.control.dropped[i] += 1;
+        self.control.dropped[reason.index()] += 1;
         self.control.changes += 1;
     }
 
     /// Dropped packets for `reason` so far.
     pub fn dropped(&self, reason: DropReason) -> u64 {
-        DropReason::ALL
-            .iter()
-            .position(|r| *r == reason)
-            .map_or(0, |i| self.control.dropped[i])
+        self.control.dropped[reason.index()]
     }
 
     /// Counts an authentication failure.
     pub fn auth_failure(&mut self, reason: AuthFailure) {
-        if let Some(i) = AuthFailure::ALL.iter().position(|r| *r == reason) {
-            self.control.auth_failures[i] += 1;
-        }
+        self.control.auth_failures[reason.index()] += 1;
         self.control.changes += 1;
     }
 
     /// Authentication failures for `reason` so far.
     pub fn auth_failures(&self, reason: AuthFailure) -> u64 {
-        AuthFailure::ALL
-            .iter()
-            .position(|r| *r == reason)
-            .map_or(0, |i| self.control.auth_failures[i])
+        self.control.auth_failures[reason.index()]
     }
 
     /// Counts a peer refused by the policy.
     pub fn peer_denied(&mut self, reason: DenyReason) {
-        if let Some(i) = DenyReason::ALL.iter().position(|r| *r == reason) {
-            self.control.peer_denied[i] += 1;
-        }
+        self.control.peer_denied[reason.index()] += 1;
         self.control.changes += 1;
     }
 
     /// Counts an allocation refused by a quota.
     pub fn quota_rejection(&mut self, scope: QuotaScope) {
-        if let Some(i) = QuotaScope::ALL.iter().position(|r| *r == scope) {
-            self.control.quota_rejections[i] += 1;
-        }
+        self.control.quota_rejections[scope.index()] += 1;
         self.control.changes += 1;
     }
 
@@ -319,6 +321,22 @@ mod tests {
         labels.sort_unstable();
         labels.dedup();
         assert_eq!(labels.len(), n);
+    }
+
+    #[test]
+    fn all_lists_are_in_declaration_order() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i, "{r:?}");
+        }
+        for (i, r) in AuthFailure::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i, "{r:?}");
+        }
+        for (i, r) in QuotaScope::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i, "{r:?}");
+        }
+        for (i, r) in DenyReason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i, "{r:?}");
+        }
     }
 
     #[test]

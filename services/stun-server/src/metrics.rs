@@ -90,17 +90,31 @@ impl StunMetrics {
 
     /// Counts one answered Binding request.
     pub fn request(&self, transport: Transport, result: BindingResult) {
+        self.requests(transport, result, 1);
+    }
+
+    /// Counts `n` answered Binding requests (a TURN worker folding its core's counts).
+    pub fn requests(&self, transport: Transport, result: BindingResult, n: u64) {
         self.binding_requests
             .get_or_create(&RequestLabels {
                 transport: transport.as_str(),
                 result: result.as_str(),
             })
-            .inc();
+            .inc_by(n);
     }
 
     /// Counts one packet dropped by the Binding handler.
     pub fn dropped(&self, reason: BindingDrop) {
-        self.dropped_because(reason.as_str());
+        self.dropped_n(reason, 1);
+    }
+
+    /// Counts `n` packets dropped by the Binding handler.
+    pub fn dropped_n(&self, reason: BindingDrop, n: u64) {
+        self.dropped
+            .get_or_create(&DropLabels {
+                reason: reason.as_str(),
+            })
+            .inc_by(n);
     }
 
     /// Counts one drop for an I/O-level reason (`DROP_*` constants).

@@ -383,14 +383,14 @@ impl TurnMetrics {
                 .get(&(transport, result))
                 .copied()
                 .unwrap_or(0);
-            for _ in before..n {
-                stun.request(transport, result);
+            if n > before {
+                stun.requests(transport, result, n - before);
             }
         }
         for (&reason, &n) in &c.binding_dropped {
             let before = l.binding_dropped.get(&reason).copied().unwrap_or(0);
-            for _ in before..n {
-                stun.dropped(reason);
+            if n > before {
+                stun.dropped_n(reason, n - before);
             }
         }
         for (&(transport, family), &n) in &c.live_allocations {

@@ -275,8 +275,7 @@ fn dropped(h: &Harness, reason: DropReason) -> u64 {
 }
 
 fn peer_denied(h: &Harness, reason: DenyReason) -> u64 {
-    let i = DenyReason::ALL.iter().position(|r| *r == reason).unwrap();
-    h.core.stats().control.peer_denied[i]
+    h.core.stats().control.peer_denied[reason.index()]
 }
 
 #[test]

@@ -86,12 +86,6 @@ pub enum SendError {
     Full,
 }
 
-/// The link URL: `<base>/v1/signal?room=R&participant=P&name=N[&resume=1]`
-/// ([`signaling_proto::sfu_link::LinkQuery::url`]).
-pub fn link_url(base: &str, room: &str, participant: &str, name: &str, resume: bool) -> String {
-    LinkQuery::new(room, participant, name, resume).url(base)
-}
-
 /// Opens a link to `url` with `Authorization: Bearer <secret>` (no header without a secret),
 /// accepting frames up to [`MAX_LINK_FRAME_BYTES`].
 ///
@@ -280,7 +274,7 @@ pub async fn open_on(
     name: &str,
     resume: bool,
 ) -> Result<LinkStream, ProtoError> {
-    let url = link_url(&sfu.url, room, pid, name, resume);
+    let url = LinkQuery::new(room, pid, name, resume).url(&sfu.url);
     connect(&url, node.cfg.sfu_secret.as_deref())
         .await
         .map_err(|e| {
