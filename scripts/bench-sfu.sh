@@ -30,7 +30,7 @@ TARGET=${CARGO_TARGET_DIR:-$PWD/target}
 
 if [[ -z "${NO_BUILD:-}" ]]; then
     echo "== building release binaries" >&2
-    cargo build --release -p sfu -p sfu-bench --bins
+    cargo build --release -p turnkey-bin --bin sfu --bin sfu-bench
 fi
 BENCH=$TARGET/release/sfu-bench
 [[ -x $BENCH && -x $TARGET/release/sfu ]] || { echo "missing $BENCH or sfu" >&2; exit 1; }

@@ -70,7 +70,7 @@ log() { echo "== $*" >&2; }
 
 if [[ -z "${NO_BUILD:-}" ]]; then
     log "building release binaries"
-    cargo build --release -p signaling -p signaling-bench --bins
+    cargo build --release -p turnkey-bin --bin signaling --bin signaling-bench
 fi
 BENCH=${BENCH:-$ROOT/target/release/signaling-bench}
 SIGNALING=${SIGNALING:-$ROOT/target/release/signaling}

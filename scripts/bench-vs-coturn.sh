@@ -75,8 +75,8 @@ wants() { [[ " $SERVERS " == *" $1 "* ]]; }
 
 if [[ -z "${NO_BUILD:-}" ]]; then
     log "building release binaries"
-    cargo build --release -p turn-bench
-    if wants turnkey && ! cargo build --release -p turn-server; then
+    cargo build --release -p turnkey-bin --bin turn-bench
+    if wants turnkey && ! cargo build --release -p turnkey-bin --bin turn-server; then
         log "turn-server does not build; benchmarking the others only"
     fi
 fi

@@ -72,7 +72,7 @@ if [[ -z ${NO_BUILD:-} ]]; then
     flag=()
     [[ $PROFILE == release ]] && flag=(--release)
     log "building turn-bench and turn-server ($PROFILE)"
-    cargo build "${flag[@]}" -p turn-bench -p turn-server
+    cargo build "${flag[@]}" -p turnkey-bin --bin turn-bench --bin turn-server
 fi
 BENCH=${BENCH:-$ROOT/target/$PROFILE/turn-bench}
 TURN_SERVER=${TURN_SERVER:-$ROOT/target/$PROFILE/turn-server}

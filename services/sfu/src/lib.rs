@@ -7,6 +7,7 @@
 //! - [`io`]: workers (one event loop per core), ICE-TCP acceptor, signaling link endpoint.
 //! - [`run`]: start a node; [`config`]: flags and TOML.
 
+pub mod cli;
 pub mod config;
 pub mod io;
 pub mod metrics;

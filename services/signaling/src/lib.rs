@@ -20,6 +20,7 @@
 //! ```
 
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod io;
 pub mod metrics;

@@ -4,6 +4,7 @@
 //! the thin tokio layer around it, [`run`] the lifecycle; [`metrics`] holds the Prometheus metrics and [`config`] the
 //! flags and config file of the `stun-server` binary.
 
+pub mod cli;
 pub mod config;
 pub mod io;
 pub mod metrics;

@@ -8,6 +8,7 @@
 //! - [`config`]: flags and TOML config. [`metrics`]: Prometheus metrics. [`run`]: the server
 //!   lifecycle both binaries share.
 
+pub mod cli;
 pub mod config;
 pub mod io;
 pub mod metrics;

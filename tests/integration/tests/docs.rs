@@ -13,6 +13,7 @@ const OTHER_PROGRAMS: &[(&str, &str)] = &[
     ("--release", "cargo"),
     ("--workspace", "cargo"),
     ("--bins", "cargo"),
+    ("--test", "cargo"),
     ("--check", "cargo fmt"),
     ("--build", "docker compose"),
     ("--env-file", "docker compose"),
@@ -160,7 +161,7 @@ fn readme_defaults(readme: &str, section: &str) -> std::collections::HashMap<Str
 #[test]
 fn readme_defaults_match_the_code() {
     use turnkey_runtime::config::Layered;
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
         .expect("README.md");
     let version = env!("CARGO_PKG_VERSION");
     let turn = turn_server::config::ServerArgs::default()

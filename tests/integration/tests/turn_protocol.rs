@@ -326,7 +326,7 @@ fn config_file_unknown_key_is_a_startup_error_naming_it() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("relay_ipp"), "{err}");
     // The shipped sample config is valid.
-    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/turn-server.toml");
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/turn-server.toml");
     let cfg = turn_server::config::ServerArgs {
         config: Some(sample.into()),
         ..Default::default()

@@ -80,7 +80,7 @@ fn quick_start_binary_prints_working_credentials_and_demo_url() {
     assert!(!log.contains('\x1b'), "colour codes in a log file:\n{log}");
     // The banner README.md shows is the one printed: every sample line without a run-specific
     // value (no digit) is a line of the real banner.
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
         .expect("README.md");
     let sample = readme
         .split("```text\nturnkey is running")

@@ -2,8 +2,8 @@
 //! `stun-server`, `turnkey`) as child processes and talk to them with real clients.
 //!
 //! Use it from a test file with `mod common;`. What is here:
-//! - [`bin_path`]: the path of a workspace binary (`cargo build --workspace --bins` runs once per
-//!   test process first, so it is never stale).
+//! - [`bin_path`]: the path of an executable of bin/ (`CARGO_BIN_EXE_*`: cargo builds them before
+//!   the tests, so it is never stale).
 //! - [`free_udp_tcp_port`], [`free_udp_tcp_port_pair`]: loopback ports free for UDP and TCP.
 //! - [`ServerGuard`]: a server child process that is ready (`/healthz` answers 200) when
 //!   returned, logs to a temporary file (printed if the test fails) and is killed on drop.
@@ -31,7 +31,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, Once};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// The loopback address every test listens on.
@@ -47,71 +47,28 @@ pub const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
 // Binaries
 // ---------------------------------------------------------------------------------------------
 
-/// The repository root (this crate is `tests/integration`).
-pub const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+/// The repository root (these tests are targets of the `bin/` package, `turnkey-bin`).
+pub const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
-static BUILD: Once = Once::new();
-
-/// The directory cargo put this test executable's binaries in: `target/<profile>`
-/// (the test runs from `target/<profile>/deps/<test>-<hash>`). This follows
-/// `CARGO_TARGET_DIR`, `--release` and `--target` without having to know about them.
-fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    if let Some(dir) = exe.parent().and_then(Path::parent) {
-        return dir.to_path_buf();
-    }
-    // Unusual layout: fall back to $CARGO_TARGET_DIR/debug or <workspace>/target/debug.
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(ROOT).join("target"));
-    target.join("debug")
-}
-
-/// Runs `cargo build --workspace --bins` once per test process, in the profile this test was
-/// built with. `cargo test` builds only the binaries of the package under test, so without this
-/// a test could run a stale `turn-server`. This is the same command as `scripts/test.sh` runs
-/// before `cargo test`, so there it is a no-op (building a `-p` subset instead would select other
-/// features and rebuild). When everything is up to date it takes well under a second.
-fn build_binaries_once() {
-    BUILD.call_once(|| {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args([
-            "build",
-            "--quiet",
-            "--workspace",
-            "--bins",
-            "--manifest-path",
-        ])
-        .arg(Path::new(ROOT).join("Cargo.toml"));
-        if profile_dir().file_name().and_then(|n| n.to_str()) == Some("release") {
-            cmd.arg("--release");
-        }
-        let status = cmd
-            .stdin(Stdio::null())
-            .status()
-            .expect("failed to run cargo build");
-        assert!(
-            status.success(),
-            "cargo build --workspace --bins failed: {status}"
-        );
-    });
-}
-
-/// Path of the workspace binary `name` (`turn-server`, `stun-server`, `turnkey`), next to this
-/// test executable in `target/<profile>/`. Builds the workspace's binaries once per test
-/// process first.
+/// Path of the executable `name` (`turnkey`, `stun-server`, `turn-server`, `signaling`, `sfu`,
+/// `turn-bench`, `signaling-bench`, `sfu-bench`): `CARGO_BIN_EXE_<name>`, which cargo sets for
+/// the tests of the package declaring the binaries (bin/Cargo.toml) after building them, so it
+/// is never stale and no test builds anything.
 ///
-/// Panics if the binary is still missing after the build.
+/// Panics on a name that is not one of those executables.
 pub fn bin_path(name: &str) -> PathBuf {
-    build_binaries_once();
-    let path = profile_dir().join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        path.is_file(),
-        "{} not found after `cargo build --workspace --bins`",
-        path.display()
-    );
-    path
+    let path = match name {
+        "turnkey" => env!("CARGO_BIN_EXE_turnkey"),
+        "stun-server" => env!("CARGO_BIN_EXE_stun-server"),
+        "turn-server" => env!("CARGO_BIN_EXE_turn-server"),
+        "signaling" => env!("CARGO_BIN_EXE_signaling"),
+        "sfu" => env!("CARGO_BIN_EXE_sfu"),
+        "turn-bench" => env!("CARGO_BIN_EXE_turn-bench"),
+        "signaling-bench" => env!("CARGO_BIN_EXE_signaling-bench"),
+        "sfu-bench" => env!("CARGO_BIN_EXE_sfu-bench"),
+        other => panic!("{other} is not an executable of bin/Cargo.toml"),
+    };
+    PathBuf::from(path)
 }
 
 /// `tests/browser`: the Node scripts that drive Chromium, and their `node_modules`.

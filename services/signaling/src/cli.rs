@@ -1,8 +1,8 @@
 //! `signaling`: the turnkey signaling server. See `signaling --help` and `PROTOCOL.md`.
 
+use crate::auth::{mint_token, parse_duration_secs, ApiKey, Grants};
+use crate::config::{Defaults, Layered, SignalingArgs};
 use clap::{Parser, Subcommand};
-use signaling::auth::{mint_token, parse_duration_secs, ApiKey, Grants};
-use signaling::config::{Defaults, Layered, SignalingArgs};
 
 #[derive(Parser)]
 #[command(
@@ -168,7 +168,7 @@ fn rooms(action: RoomsAction, url: &str, api_key: &[String]) -> anyhow::Result<(
     Ok(())
 }
 
-fn main() -> anyhow::Result<()> {
+pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Some(Command::Rooms {
         action,
@@ -203,12 +203,12 @@ fn main() -> anyhow::Result<()> {
     }
     let cfg = cli.args.resolve(&Defaults::default())?;
     turnkey_runtime::logging::init(cfg.log_json, "info");
-    let banner = signaling::run::dev_key_banner(&cfg);
+    let banner = crate::run::dev_key_banner(&cfg);
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
         .block_on(async move {
-            signaling::run_until_signal(cfg, |ready| {
+            crate::run_until_signal(cfg, |ready| {
                 // The developer's copy of a generated key: stdout, once, never the log.
                 if let Some(line) = banner {
                     println!("signaling ready on {}", ready.public_url);

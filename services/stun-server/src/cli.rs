@@ -1,12 +1,12 @@
 //! `stun-server`: see `stun-server --help` and `deploy/stun-server.toml`.
 
+use crate::config::{Cli, Defaults, Layered};
 use clap::Parser;
-use stun_server::config::{Cli, Defaults, Layered};
 use tracing::info;
 use turnkey_runtime::logging;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+pub async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = cli.resolve(&Defaults::default())?;
     logging::init(config.log_json, "info");
@@ -21,6 +21,6 @@ async fn main() -> anyhow::Result<()> {
         "effective configuration"
     );
 
-    stun_server::run::run_until_signal(&config).await?;
+    crate::run::run_until_signal(&config).await?;
     Ok(())
 }

@@ -228,7 +228,7 @@ struct AmplificationArgs {
     json: bool,
 }
 
-fn main() -> anyhow::Result<()> {
+pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Soak(args)) => soak_main(&args),

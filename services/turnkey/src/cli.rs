@@ -14,7 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use stun_proto::credential::mint_rest_credential;
 use turn_server::config::{Defaults, Layered, ServerArgs, TurnConfig};
 
-mod dev;
+use crate::dev;
 
 #[derive(Parser)]
 #[command(
@@ -96,7 +96,7 @@ struct Cli {
     sfu_workers: Option<usize>,
 }
 
-fn main() {
+pub fn main() {
     // The error alone, one line, without a backtrace: a user reads it to fix a flag.
     if let Err(e) = start() {
         eprintln!("Error: {e:#}");

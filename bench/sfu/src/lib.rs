@@ -138,7 +138,7 @@ fn snap(pid: &str) -> Snap {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+pub fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     if !(a.duration > 0.0 && a.warmup >= 0.0 && a.fps > 0.0 && a.setup_timeout > 0.0) {
         bail!("--duration, --fps and --setup-timeout must be positive, --warmup not negative");

@@ -1,7 +1,7 @@
 //! `sfu`: one SFU node. See services/sfu/PROTOCOL.md and deploy/sfu.toml.
 
+use crate::config::Layered;
 use clap::Parser;
-use sfu::config::Layered;
 
 #[derive(Parser)]
 #[command(
@@ -11,12 +11,12 @@ use sfu::config::Layered;
 )]
 struct Cli {
     #[command(flatten)]
-    args: sfu::config::SfuArgs,
+    args: crate::config::SfuArgs,
 }
 
-fn main() -> anyhow::Result<()> {
+pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let cfg = cli.args.resolve(&sfu::config::Defaults::default())?;
+    let cfg = cli.args.resolve(&crate::config::Defaults::default())?;
     turnkey_runtime::logging::init(cfg.log_json, "info");
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -25,7 +25,7 @@ fn main() -> anyhow::Result<()> {
         .block_on(async move {
             let shutdown = turnkey_runtime::shutdown::on_signal();
             turnkey_runtime::shutdown::ignore_hangups("sfu");
-            sfu::run::serve(cfg, None, shutdown, |r| {
+            crate::run::serve(cfg, None, shutdown, |r| {
                 tracing::info!(link = %r.link, metrics = %r.metrics, media = ?r.media, "ready");
             })
             .await

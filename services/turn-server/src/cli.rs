@@ -1,10 +1,10 @@
 //! `turn-server`: the TURN relay (answers STUN Binding too). See `turn-server --help`.
 
+use crate::config::Layered;
+use crate::config::{Defaults, ServerArgs};
 use clap::{Parser, Subcommand};
 use std::time::{SystemTime, UNIX_EPOCH};
 use stun_proto::credential::mint_rest_credential;
-use turn_server::config::Layered;
-use turn_server::config::{Defaults, ServerArgs};
 
 #[derive(Parser)]
 #[command(
@@ -42,7 +42,7 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Some(Command::Credentials { secret, user, ttl }) = cli.command {
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
@@ -61,7 +61,7 @@ fn main() -> anyhow::Result<()> {
         .block_on(run(cfg))
 }
 
-async fn run(cfg: turn_server::config::TurnConfig) -> anyhow::Result<()> {
-    turn_server::run::run_until_signal(&cfg, |_| {}).await?;
+async fn run(cfg: crate::config::TurnConfig) -> anyhow::Result<()> {
+    crate::run::run_until_signal(&cfg, |_| {}).await?;
     Ok(())
 }

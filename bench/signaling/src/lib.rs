@@ -94,7 +94,7 @@ struct Args {
     json: bool,
 }
 
-fn main() -> anyhow::Result<()> {
+pub fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let cfg = config(&args)?;
     // Each client holds one socket, plus the HTTP pool and some slack.

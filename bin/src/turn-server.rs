@@ -1,0 +1,3 @@
+fn main() -> anyhow::Result<()> {
+    turn_server::cli::main()
+}

@@ -1,0 +1,3 @@
+fn main() {
+    turnkey::cli::main()
+}

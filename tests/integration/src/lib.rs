@@ -1,1 +1,0 @@
-//! The integration tests live in `tests/`; this crate has no code of its own.
