@@ -161,6 +161,49 @@ impl QuotaScope {
     }
 }
 
+/// Why an allocation ended (`turn_allocations_ended_total{reason}` and the accounting record).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EndReason {
+    /// Refreshed with LIFETIME 0 (RFC 8656 §8).
+    Refresh,
+    /// Its lifetime ran out.
+    Expired,
+    /// Its TCP/TLS connection closed (RFC 8656 §5).
+    ConnectionClosed,
+    /// Ended through the admin API.
+    Admin,
+    /// The server stopped.
+    Shutdown,
+}
+
+impl EndReason {
+    /// Its slot in the counters: the position in [`EndReason::ALL`], which lists the variants in
+    /// declaration order (a test checks it).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Every reason.
+    pub const ALL: [EndReason; 5] = [
+        EndReason::Refresh,
+        EndReason::Expired,
+        EndReason::ConnectionClosed,
+        EndReason::Admin,
+        EndReason::Shutdown,
+    ];
+
+    /// The metrics label and the accounting record's `reason`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Refresh => "refresh",
+            EndReason::Expired => "expired",
+            EndReason::ConnectionClosed => "connection_closed",
+            EndReason::Admin => "admin",
+            EndReason::Shutdown => "shutdown",
+        }
+    }
+}
+
 /// Relayed traffic, counted on every data packet (the only fields the per-packet path touches).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RelayStats {
@@ -188,6 +231,10 @@ pub struct ControlStats {
     pub peer_denied: [u64; DenyReason::ALL.len()],
     /// Allocations refused by a quota, indexed like [`QuotaScope::ALL`].
     pub quota_rejections: [u64; QuotaScope::ALL.len()],
+    /// Allocations ended, indexed like [`EndReason::ALL`].
+    pub allocations_ended: [u64; EndReason::ALL.len()],
+    /// Allocate requests sent to an alternate server (300 Try Alternate).
+    pub alternate_redirects: u64,
     /// Requests answered, by (method, result) label (`allocate`, `error_437`...).
     pub requests: HashMap<(&'static str, &'static str), u64>,
     /// Allocate requests by result label (also `retransmission`).
@@ -300,6 +347,18 @@ impl TurnStats {
         self.control.changes += 1;
     }
 
+    /// Counts an allocation that ended.
+    pub fn allocation_ended(&mut self, reason: EndReason) {
+        self.control.allocations_ended[reason.index()] += 1;
+        self.control.changes += 1;
+    }
+
+    /// Counts an Allocate answered with 300 Try Alternate.
+    pub fn alternate_redirect(&mut self) {
+        self.control.alternate_redirects += 1;
+        self.control.changes += 1;
+    }
+
     /// Adds `delta` to the unredeemed reservations.
     pub fn live_reservations(&mut self, delta: i64) {
         self.control.live_reservations += delta;
@@ -321,6 +380,11 @@ mod tests {
         labels.sort_unstable();
         labels.dedup();
         assert_eq!(labels.len(), n);
+        // `turn_allocations_ended_total{reason}` is a family of its own.
+        let mut ends: Vec<&str> = EndReason::ALL.iter().map(|r| r.as_str()).collect();
+        ends.sort_unstable();
+        ends.dedup();
+        assert_eq!(ends.len(), EndReason::ALL.len());
     }
 
     #[test]
@@ -332,6 +396,9 @@ mod tests {
             assert_eq!(r.index(), i, "{r:?}");
         }
         for (i, r) in QuotaScope::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i, "{r:?}");
+        }
+        for (i, r) in EndReason::ALL.iter().enumerate() {
             assert_eq!(r.index(), i, "{r:?}");
         }
         for (i, r) in DenyReason::ALL.iter().enumerate() {

@@ -40,6 +40,149 @@ enum Command {
         #[arg(long, default_value_t = 86_400)]
         ttl: u64,
     },
+    /// Call a running server's admin API (`--admin-listen`) and print its JSON answer.
+    Admin {
+        #[command(subcommand)]
+        action: AdminAction,
+        /// The admin API's address.
+        #[arg(long = "url", default_value = "http://127.0.0.1:9640", global = true)]
+        url: String,
+        /// The server's admin token.
+        #[arg(
+            long = "token",
+            value_name = "TOKEN",
+            env = "TURNKEY_ADMIN_TOKEN",
+            hide_env_values = true,
+            global = true
+        )]
+        token: Option<String>,
+    },
+}
+
+/// `turn-server admin ...`.
+#[derive(Subcommand)]
+enum AdminAction {
+    /// List live allocations (`GET /v1/allocations`).
+    Allocations {
+        /// Only this user's.
+        #[arg(long = "user")]
+        user: Option<String>,
+        /// Only this client: an IP address or IP:port.
+        #[arg(long = "client")]
+        client: Option<String>,
+        /// At most this many (1-10000). Default 1000.
+        #[arg(long = "limit")]
+        limit: Option<usize>,
+    },
+    /// Show one allocation (`GET /v1/allocations/{id}`).
+    Show {
+        /// The allocation id.
+        id: u64,
+    },
+    /// End one allocation (`--id`) or every allocation of a user (`--user`); the client's next
+    /// request gets 437.
+    End {
+        /// The allocation id.
+        #[arg(long = "id", required_unless_present = "user", conflicts_with = "user")]
+        id: Option<u64>,
+        /// The user.
+        #[arg(long = "user")]
+        user: Option<String>,
+    },
+    /// Draining: `start` (new allocations refused or sent to an alternate server), `stop`,
+    /// `status`.
+    Drain {
+        /// start, stop or status.
+        #[arg(value_enum)]
+        action: DrainAction,
+    },
+    /// The effective configuration, secrets redacted.
+    Config,
+    /// Each worker's load.
+    Workers,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DrainAction {
+    Start,
+    Stop,
+    Status,
+}
+
+/// Runs `turn-server admin ...`: one HTTP call, the JSON answer on stdout; an API error is
+/// printed with its status and the exit status is 1.
+fn admin(action: AdminAction, url: &str, token: Option<&str>) -> anyhow::Result<()> {
+    let token = token
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("--token (or TURNKEY_ADMIN_TOKEN) is needed"))?;
+    let auth = format!("Bearer {token}");
+    let base = url.trim_end_matches('/');
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(10)))
+        .build()
+        .into();
+    let mut query: Vec<(&str, String)> = Vec::new();
+    let (method, path) = match &action {
+        AdminAction::Allocations {
+            user,
+            client,
+            limit,
+        } => {
+            if let Some(u) = user {
+                query.push(("user", u.clone()));
+            }
+            if let Some(c) = client {
+                query.push(("client", c.clone()));
+            }
+            if let Some(l) = limit {
+                query.push(("limit", l.to_string()));
+            }
+            ("GET", "/v1/allocations".to_string())
+        }
+        AdminAction::Show { id } => ("GET", format!("/v1/allocations/{id}")),
+        AdminAction::End { id: Some(id), .. } => ("DELETE", format!("/v1/allocations/{id}")),
+        AdminAction::End { user, .. } => {
+            query.push(("user", user.clone().unwrap_or_default()));
+            ("DELETE", "/v1/allocations".to_string())
+        }
+        AdminAction::Drain { action } => match action {
+            DrainAction::Start => ("POST", "/v1/drain".to_string()),
+            DrainAction::Stop => ("DELETE", "/v1/drain".to_string()),
+            DrainAction::Status => ("GET", "/v1/drain".to_string()),
+        },
+        AdminAction::Config => ("GET", "/v1/config".to_string()),
+        AdminAction::Workers => ("GET", "/v1/workers".to_string()),
+    };
+    let target = format!("{base}{path}");
+    let q = query.iter().map(|(k, v)| (*k, v.as_str()));
+    let res = match method {
+        "POST" => agent
+            .post(&target)
+            .header("Authorization", &auth)
+            .query_pairs(q)
+            .send_empty(),
+        "DELETE" => agent
+            .delete(&target)
+            .header("Authorization", &auth)
+            .query_pairs(q)
+            .call(),
+        _ => agent
+            .get(&target)
+            .header("Authorization", &auth)
+            .query_pairs(q)
+            .call(),
+    };
+    let mut res = res.map_err(|e| anyhow::anyhow!("{method} {target}: {e}"))?;
+    let status = res.status().as_u16();
+    let text = res.body_mut().read_to_string().unwrap_or_default();
+    if status >= 400 {
+        let body: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        let msg = body["error"]["message"].as_str().unwrap_or(text.trim());
+        anyhow::bail!("{method} {target}: HTTP {status}: {msg}");
+    }
+    println!("{}", text.trim());
+    Ok(())
 }
 
 pub fn main() -> anyhow::Result<()> {
@@ -52,6 +195,9 @@ pub fn main() -> anyhow::Result<()> {
         let c = mint_rest_credential(secret, &user, ttl, now);
         println!("{}", serde_json::to_string(&c)?);
         return Ok(());
+    }
+    if let Some(Command::Admin { action, url, token }) = cli.command {
+        return admin(action, &url, token.as_deref());
     }
     let cfg = cli.args.resolve(&Defaults::default())?;
     turnkey_runtime::logging::init(cfg.log_json, "info");

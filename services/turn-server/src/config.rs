@@ -113,9 +113,34 @@ pub struct ServerArgs {
     /// PEM private key for TLS/DTLS (PKCS#8, PKCS#1 or SEC1).
     #[arg(long, value_name = "FILE")]
     pub key: Option<PathBuf>,
-    /// Log JSON lines instead of text.
+    /// Log JSON lines instead of text (the same as `--log-format json`).
     #[arg(long = "log-json")]
     pub log_json: bool,
+    /// Log format: `text` or `json` (one JSON object per event, e.g. the "allocation ended"
+    /// accounting record). Default text.
+    #[arg(long = "log-format", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Admin HTTP API listener (allocations, ending them, draining, effective config, worker
+    /// load; see services/turn-server/admin-openapi.json). Off unless set; needs
+    /// --admin-token.
+    #[arg(long = "admin-listen", value_name = "ADDR:PORT")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Bearer token the admin API requires (`Authorization: Bearer TOKEN`).
+    #[arg(
+        long = "admin-token",
+        value_name = "TOKEN",
+        env = "TURNKEY_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+    /// Server a new allocation is sent to with 300 Try Alternate (RFC 8489 §10) while this
+    /// server drains or is over --alternate-over-allocations (repeatable).
+    #[arg(long = "alternate-server", value_name = "ADDR:PORT")]
+    pub alternate_server: Vec<SocketAddr>,
+    /// Live allocations from which new ones are sent to an alternate server; 0: only while
+    /// draining. Default 0.
+    #[arg(long = "alternate-over-allocations", value_name = "N")]
+    pub alternate_over_allocations: Option<u32>,
     /// Half-open DTLS handshakes per DTLS socket and worker. Default 2048.
     #[arg(long = "dtls-max-handshakes", value_name = "N")]
     pub dtls_max_handshakes: Option<usize>,
@@ -205,6 +230,17 @@ pub struct FileConfig {
     pub key: Option<PathBuf>,
     /// See `--log-json`.
     pub log_json: Option<bool>,
+    /// See `--log-format`.
+    pub log_format: Option<LogFormat>,
+    /// See `--admin-listen`.
+    pub admin_listen: Option<SocketAddr>,
+    /// See `--admin-token` (better from `TURNKEY_ADMIN_TOKEN`).
+    pub admin_token: Option<String>,
+    /// See `--alternate-server`.
+    #[serde(default)]
+    pub alternate_server: Vec<SocketAddr>,
+    /// See `--alternate-over-allocations`.
+    pub alternate_over_allocations: Option<u32>,
     /// See `--dtls-max-handshakes`.
     pub dtls_max_handshakes: Option<usize>,
     /// See `--dtls-max-handshakes-per-ip`.
@@ -219,6 +255,16 @@ pub struct FileConfig {
     pub tls_max_handshakes_per_ip: Option<usize>,
     /// See `--tcp-send-queue-bytes`.
     pub tcp_send_queue_bytes: Option<usize>,
+}
+
+/// `--log-format`.
+#[derive(clap::ValueEnum, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Defaults that differ between `turn-server` and the local `turnkey` binary.
@@ -296,6 +342,14 @@ pub struct TurnConfig {
     pub tls_files: Option<(PathBuf, PathBuf)>,
     /// JSON logs.
     pub log_json: bool,
+    /// Admin API listener (None: off).
+    pub admin_listen: Option<SocketAddr>,
+    /// Admin API bearer token (set whenever `admin_listen` is).
+    pub admin_token: Option<String>,
+    /// Alternate servers for 300 Try Alternate.
+    pub alternate_servers: Vec<SocketAddr>,
+    /// Live allocations from which new ones go to an alternate server (0: only draining).
+    pub alternate_over_allocations: u32,
     /// Caps on unauthenticated and per-connection state.
     pub limits: Limits,
 }
@@ -401,6 +455,25 @@ impl Layered for ServerArgs {
                 "tls_listen/dtls_listen need cert and key".into(),
             ));
         }
+        let admin_listen = self.admin_listen.or(file.admin_listen);
+        let admin_token = self
+            .admin_token
+            .or(file.admin_token)
+            .filter(|t| !t.is_empty());
+        if admin_listen.is_some() && admin_token.is_none() {
+            return Err(ConfigError::Invalid(
+                "admin_listen needs admin_token (or TURNKEY_ADMIN_TOKEN): the admin API is never open"
+                    .into(),
+            ));
+        }
+        if admin_token.as_ref().is_some_and(|t| t.len() < 16) {
+            return Err(ConfigError::Invalid(
+                "admin_token must be at least 16 characters".into(),
+            ));
+        }
+        let log_format = self.log_format.or(file.log_format);
+        let log_json =
+            self.log_json || file.log_json.unwrap_or(false) || log_format == Some(LogFormat::Json);
         let workers = self
             .workers
             .or(file.workers)
@@ -439,7 +512,14 @@ impl Layered for ServerArgs {
             tls_listen,
             dtls_listen,
             tls_files,
-            log_json: self.log_json || file.log_json.unwrap_or(false),
+            log_json,
+            admin_listen,
+            admin_token,
+            alternate_servers: pick(self.alternate_server, file.alternate_server),
+            alternate_over_allocations: self
+                .alternate_over_allocations
+                .or(file.alternate_over_allocations)
+                .unwrap_or(0),
             limits,
         })
     }
@@ -471,7 +551,7 @@ impl TurnConfig {
         let mut users: Vec<&String> = self.users.keys().collect();
         users.sort();
         format!(
-            "listen={:?} relay_ip={:?} ports={}-{} external_ip={:?} realm={:?} users={:?} (passwords <redacted>) auth_secrets={} (<redacted>) allow_peer={:?} deny_peer={:?} metrics={} nonce_lifetime={}s user_quota={} total_quota={} ip_quota={} unauth_rate={}/s unauth_burst={} max_lifetime={}s workers={} drain_timeout={}s tls_listen={:?} dtls_listen={:?} cert={:?} limits={:?}",
+            "listen={:?} relay_ip={:?} ports={}-{} external_ip={:?} realm={:?} users={:?} (passwords <redacted>) auth_secrets={} (<redacted>) allow_peer={:?} deny_peer={:?} metrics={} nonce_lifetime={}s user_quota={} total_quota={} ip_quota={} unauth_rate={}/s unauth_burst={} max_lifetime={}s workers={} drain_timeout={}s tls_listen={:?} dtls_listen={:?} cert={:?} limits={:?} admin_listen={:?} admin_token={} alternate_server={:?} alternate_over_allocations={}",
             self.listen,
             self.relay_ips,
             self.min_port,
@@ -496,7 +576,71 @@ impl TurnConfig {
             self.dtls_listen,
             self.tls_files.as_ref().map(|(c, _)| c),
             self.limits,
+            self.admin_listen,
+            if self.admin_token.is_some() {
+                "<redacted>"
+            } else {
+                "none"
+            },
+            self.alternate_servers,
+            self.alternate_over_allocations,
         )
+    }
+
+    /// The effective configuration as JSON (`GET /v1/config` of the admin API), with every
+    /// secret redacted: user names are listed, passwords, REST secrets and the admin token
+    /// are not.
+    pub fn redacted_json(&self) -> serde_json::Value {
+        let mut users: Vec<&String> = self.users.keys().collect();
+        users.sort();
+        let mut external: Vec<(String, String)> = self
+            .external_ips
+            .iter()
+            .map(|(l, p)| (l.to_string(), p.to_string()))
+            .collect();
+        external.sort();
+        let strings = |v: &[SocketAddr]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        serde_json::json!({
+            "listen": strings(&self.listen),
+            "relay_ip": self.relay_ips.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
+            "min_port": self.min_port,
+            "max_port": self.max_port,
+            "external_ip": external.into_iter().map(|(l, p)| format!("{p}/{l}")).collect::<Vec<_>>(),
+            "realm": self.realm,
+            "users": users,
+            "auth_secrets": self.auth_secrets.len(),
+            "allow_peer": self.allow_peer.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            "deny_peer": self.deny_peer.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            "metrics": self.metrics.to_string(),
+            "nonce_lifetime": self.nonce_lifetime_secs,
+            "user_quota": self.user_quota,
+            "total_quota": self.total_quota,
+            "ip_quota": self.ip_quota,
+            "unauth_rate": self.unauth_rate_per_sec,
+            "unauth_burst": self.unauth_burst,
+            "max_lifetime": self.max_lifetime_secs,
+            "workers": self.workers,
+            "drain_timeout": self.drain_timeout_secs,
+            "software": self.software,
+            "tls_listen": strings(&self.tls_listen),
+            "dtls_listen": strings(&self.dtls_listen),
+            "cert": self.tls_files.as_ref().map(|(c, _)| c.display().to_string()),
+            "key": self.tls_files.as_ref().map(|_| "<redacted>"),
+            "log_json": self.log_json,
+            "admin_listen": self.admin_listen.map(|a| a.to_string()),
+            "admin_token": self.admin_token.as_ref().map(|_| "<redacted>"),
+            "alternate_server": strings(&self.alternate_servers),
+            "alternate_over_allocations": self.alternate_over_allocations,
+            "limits": {
+                "dtls_max_handshakes": self.limits.dtls_max_handshakes,
+                "dtls_max_handshakes_per_ip": self.limits.dtls_max_handshakes_per_ip,
+                "tcp_max_connections": self.limits.tcp_max_connections,
+                "tcp_max_connections_per_ip": self.limits.tcp_max_connections_per_ip,
+                "tls_max_handshakes": self.limits.tls_max_handshakes,
+                "tls_max_handshakes_per_ip": self.limits.tls_max_handshakes_per_ip,
+                "tcp_send_queue_bytes": self.limits.tcp_send_queue_bytes,
+            },
+        })
     }
 }
 

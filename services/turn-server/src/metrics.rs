@@ -16,6 +16,10 @@
 //! | `turn_tcp_connections` (open TCP and TLS client connections) | gauge | |
 //! | `turn_tls_handshakes_in_progress` | gauge | |
 //! | `turn_dtls_handshakes_in_progress` (half-open, cookie-verified) | gauge | |
+//! | `turn_allocations_ended_total` | counter | `reason` (`refresh`, `expired`, `connection_closed`, `admin`, `shutdown`) |
+//! | `turn_alternate_redirects_total` (Allocates answered 300 Try Alternate) | counter | |
+//! | `turn_draining` (1 while new allocations are refused or redirected) | gauge | |
+//! | `turn_admin_requests_total` | counter | `status` (HTTP status class: `2xx`, `4xx`, `5xx`) |
 //!
 //! `turn_dropped_packets_total` reasons for the caps on unauthenticated state (refused
 //! connections are counted there too, one per connection): `dtls_no_cookie` (ClientHello
@@ -33,7 +37,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use stun_server::metrics::StunMetrics;
 use turn_proto::policy::DenyReason;
-use turn_proto::stats::{AuthFailure, ControlStats, DropReason, QuotaScope, RelayStats, TurnStats};
+use turn_proto::stats::{
+    AuthFailure, ControlStats, DropReason, EndReason, QuotaScope, RelayStats, TurnStats,
+};
 
 /// `turn_dropped_packets_total` reasons of the I/O layer (the core's are [`DropReason::ALL`]).
 const IO_DROP_REASONS: [&str; 4] = [
@@ -80,6 +86,14 @@ pub mod names {
     pub const TLS_HANDSHAKES_IN_PROGRESS: &str = "turn_tls_handshakes_in_progress";
     /// Half-open DTLS handshakes.
     pub const DTLS_HANDSHAKES_IN_PROGRESS: &str = "turn_dtls_handshakes_in_progress";
+    /// Allocations ended, by reason.
+    pub const ALLOCATIONS_ENDED: &str = "turn_allocations_ended";
+    /// Allocates answered 300 Try Alternate.
+    pub const ALTERNATE_REDIRECTS: &str = "turn_alternate_redirects";
+    /// 1 while draining.
+    pub const DRAINING: &str = "turn_draining";
+    /// Admin API requests by status class.
+    pub const ADMIN_REQUESTS: &str = "turn_admin_requests";
 }
 
 /// Handles to every TURN metric. Cloning is cheap (shared atomics).
@@ -113,6 +127,37 @@ pub struct TurnMetrics {
     pub hot: HotCounters,
     /// Gauges of the caps on unauthenticated state.
     pub conn: ConnGauges,
+    /// `turn_allocations_ended_total{reason}`.
+    pub allocations_ended: Family<L1, Counter>,
+    /// `turn_alternate_redirects_total`.
+    pub alternate_redirects: Counter,
+    /// The admin API's metrics.
+    pub admin: AdminMetrics,
+}
+
+/// `turn_draining` and `turn_admin_requests_total{status}`.
+#[derive(Clone, Debug, Default)]
+pub struct AdminMetrics {
+    /// 1 while draining.
+    pub draining: Gauge,
+    /// Admin API answers by status class.
+    pub requests: Family<L1, Counter>,
+}
+
+impl AdminMetrics {
+    /// Counts an answer with HTTP `status`.
+    pub fn request(&self, status: u16) {
+        let class = match status {
+            200..=299 => "2xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.requests.get_or_create(&[("status", class)]).inc();
+    }
+    /// Sets `turn_draining`.
+    pub fn draining(&self, on: bool) {
+        self.draining.set(i64::from(on));
+    }
 }
 
 /// `turn_tcp_connections`, `turn_tls_handshakes_in_progress`,
@@ -267,6 +312,34 @@ impl TurnMetrics {
             m.quota_rejections.clone(),
         );
         m.register_conn(registry);
+        for reason in EndReason::ALL {
+            let _ = m
+                .allocations_ended
+                .get_or_create(&[("reason", reason.as_str())]);
+        }
+        registry.register(
+            names::ALLOCATIONS_ENDED,
+            "Allocations ended, by reason",
+            m.allocations_ended.clone(),
+        );
+        registry.register(
+            names::ALTERNATE_REDIRECTS,
+            "Allocate requests answered 300 Try Alternate (draining or over the configured load)",
+            m.alternate_redirects.clone(),
+        );
+        registry.register(
+            names::DRAINING,
+            "1 while new allocations are refused or sent to an alternate server",
+            m.admin.draining.clone(),
+        );
+        for class in ["2xx", "4xx", "5xx"] {
+            let _ = m.admin.requests.get_or_create(&[("status", class)]);
+        }
+        registry.register(
+            names::ADMIN_REQUESTS,
+            "Admin API requests by status class",
+            m.admin.requests.clone(),
+        );
         m
     }
 
@@ -364,6 +437,17 @@ impl TurnMetrics {
                 [("scope", scope.as_str())],
                 c.quota_rejections[i] - l.quota_rejections[i],
             );
+        }
+        for (i, reason) in EndReason::ALL.iter().enumerate() {
+            inc(
+                &self.allocations_ended,
+                [("reason", reason.as_str())],
+                c.allocations_ended[i] - l.allocations_ended[i],
+            );
+        }
+        if c.alternate_redirects > l.alternate_redirects {
+            self.alternate_redirects
+                .inc_by(c.alternate_redirects - l.alternate_redirects);
         }
         for (&(method, result), &n) in &c.requests {
             let before = l.requests.get(&(method, result)).copied().unwrap_or(0);

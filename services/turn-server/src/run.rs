@@ -21,6 +21,14 @@ pub enum RunError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The admin API listener could not be bound.
+    #[error("binding admin listener {addr}: {source}")]
+    Admin {
+        /// The configured address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// The metrics listener could not be bound.
     #[error("binding metrics listener {addr}: {source}")]
     Metrics {
@@ -42,6 +50,8 @@ pub struct Ready {
     pub listen_dtls: Vec<SocketAddr>,
     /// The metrics listener.
     pub metrics: SocketAddr,
+    /// The admin API listener, when configured.
+    pub admin: Option<SocketAddr>,
 }
 
 /// Runs the server until a shutdown signal (SIGTERM, ctrl-c), then drains. See [`serve`].
@@ -66,11 +76,29 @@ pub async fn serve(
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = TurnMetrics::register(&mut registry);
     let stun_metrics = StunMetrics::register(&mut registry);
+    let admin_metrics = metrics.admin.clone();
     let server =
         crate::io::start(cfg, metrics, stun_metrics).map_err(|source| RunError::Listen {
             addrs: cfg.listen.clone(),
             source,
         })?;
+    let admin = match (cfg.admin_listen, &cfg.admin_token) {
+        (Some(addr), Some(token)) => {
+            let state = crate::io::admin::AdminState {
+                workers: server.workers.clone(),
+                shared: server.shared.clone(),
+                config: Arc::new(cfg.redacted_json()),
+                token: Arc::from(token.as_str()),
+                metrics: admin_metrics.clone(),
+            };
+            Some(
+                crate::io::admin::serve(addr, state, shutdown.clone())
+                    .await
+                    .map_err(|source| RunError::Admin { addr, source })?,
+            )
+        }
+        _ => None,
+    };
     let metrics_addr =
         turnkey_runtime::metrics_http::serve(cfg.metrics, Arc::new(registry), shutdown.clone())
             .await
@@ -95,10 +123,12 @@ pub async fn serve(
         listen_tls: server.listen_tls.clone(),
         listen_dtls: server.listen_dtls.clone(),
         metrics: metrics_addr,
+        admin,
     };
-    tracing::info!(listen = ?ready.listen, tls = ?ready.listen_tls, dtls = ?ready.listen_dtls, metrics = %ready.metrics, workers = cfg.workers, "ready");
+    tracing::info!(listen = ?ready.listen, tls = ?ready.listen_tls, dtls = ?ready.listen_dtls, metrics = %ready.metrics, admin = ?ready.admin, workers = cfg.workers, "ready");
     on_ready(&ready);
     shutdown.cancelled().await;
+    admin_metrics.draining(true);
     server
         .shutdown(Duration::from_secs(cfg.drain_timeout_secs))
         .await;

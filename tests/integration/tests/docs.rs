@@ -27,6 +27,8 @@ fn all_help() -> String {
         ("turnkey", &["--help"]),
         ("turn-server", &["--help"]),
         ("turn-server", &["credentials", "--help"]),
+        ("turn-server", &["admin", "--help"]),
+        ("turn-server", &["admin", "end", "--help"]),
         ("stun-server", &["--help"]),
         ("signaling", &["--help"]),
         ("signaling", &["token", "--help"]),
@@ -203,6 +205,10 @@ fn readme_defaults_match_the_code() {
                         .replace(version, "<version>"),
                 ),
                 ("log_json", s(&turn.log_json)),
+                (
+                    "alternate_over_allocations",
+                    s(&turn.alternate_over_allocations),
+                ),
                 ("dtls_max_handshakes", s(&l.dtls_max_handshakes)),
                 (
                     "dtls_max_handshakes_per_ip",

@@ -3,8 +3,8 @@
 
 use super::shared::Reservation;
 use super::{
-    AddressFamily, Allocation, Holder, Relay, RelayAllocator, RelayError, RelayRequest, TimerKey,
-    TurnCore, ATTR_ADDITIONAL_ADDRESS_FAMILY, ATTR_ADDRESS_ERROR_CODE,
+    AddressFamily, Allocation, EndReason, Holder, Relay, RelayAllocator, RelayError, RelayRequest,
+    TimerKey, Traffic, TurnCore, ATTR_ADDITIONAL_ADDRESS_FAMILY, ATTR_ADDRESS_ERROR_CODE,
 };
 use crate::auth::{AuthOk, Credentials};
 use crate::stats::QuotaScope;
@@ -87,6 +87,14 @@ impl TurnCore {
         };
         // With a reservation token the family is that of the reserved socket; the allocator
         // knows it.
+        // Draining or loaded: send the client to another server (RFC 8489 §10), after
+        // authentication so the 300 is signed and cannot be forged to hijack clients.
+        if let Some(alt) = self.alternate_for(tuple.client) {
+            self.stats.alternate_redirect();
+            let mut b = MessageBuilder::error(m, 300, "Try Alternate");
+            b.address(ATTR_ALTERNATE_SERVER, alt);
+            return b;
+        }
         let holder = Holder {
             user: Credentials::quota_name(&auth.username).to_string(),
             ip: canonical_ip(tuple.client.ip()),
@@ -205,14 +213,14 @@ impl TurnCore {
         }
         b.xor_address(ATTR_XORMAPPED_ADDRESS, tuple.client);
 
-        let id = self.next_id;
-        self.next_id += 1;
+        let id = self.shared.next_allocation_id();
         let alloc = Allocation {
             tuple,
             username: auth.username.clone(),
             created: now,
-            to_peer_bytes: Cell::new(0),
-            from_peer_bytes: Cell::new(0),
+            started_unix_secs: self.unix_secs(now),
+            to_peer: Cell::new(Traffic::default()),
+            from_peer: Cell::new(Traffic::default()),
             holder,
             relays: relays_v,
             expires: now + lifetime,
@@ -258,6 +266,38 @@ impl TurnCore {
         })
     }
 
+    /// The alternate server for a new allocation of `client`, when this server drains or is at
+    /// `alternate_over_allocations`: one of the configured servers of the client's family,
+    /// chosen by the client's address so a client retrying lands on the same one.
+    fn alternate_for(&self, client: SocketAddr) -> Option<SocketAddr> {
+        let cfg = &self.cfg;
+        if cfg.alternate_servers.is_empty() {
+            return None;
+        }
+        let loaded = cfg.alternate_over_allocations > 0
+            && self.shared.total_allocations() >= cfg.alternate_over_allocations;
+        if !self.shared.is_draining() && !loaded {
+            return None;
+        }
+        let family = AddressFamily::of(canonical_ip(client.ip()));
+        let same: Vec<SocketAddr> = cfg
+            .alternate_servers
+            .iter()
+            .copied()
+            .filter(|a| AddressFamily::of(a.ip()) == family)
+            .collect();
+        let pool = if same.is_empty() {
+            &cfg.alternate_servers[..]
+        } else {
+            &same[..]
+        };
+        let h = match canonical_ip(client.ip()) {
+            IpAddr::V4(v4) => u32::from(v4) as usize,
+            IpAddr::V6(v6) => u128::from(v6) as usize,
+        } ^ client.port() as usize;
+        pool.get(h % pool.len()).copied()
+    }
+
     fn advertised(&self, local: SocketAddr) -> SocketAddr {
         match self.cfg.external_ips.get(&local.ip()) {
             Some(ip) => SocketAddr::new(*ip, local.port()),
@@ -296,7 +336,7 @@ impl TurnCore {
         let lifetime = self.lifetime(m);
         let mut b = MessageBuilder::success(m);
         if lifetime.is_zero() {
-            self.delete_allocation(id, relays, "refresh");
+            self.delete_allocation(id, relays, EndReason::Refresh);
         } else if let Some(a) = self.allocs.get_mut(&id) {
             a.expires = now + lifetime;
             self.timers.schedule(a.expires, TimerKey::Allocation(id));

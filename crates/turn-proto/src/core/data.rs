@@ -1,7 +1,7 @@
 //! Relaying: Send and Data indications (RFC 8656 §11), ChannelData both ways (§12), and the peer
 //! check every relayed datagram passes (§21.1).
 
-use super::{AddressFamily, CoreConfig, Shared, Transmit, TurnCore};
+use super::{AddressFamily, CoreConfig, Shared, Traffic, Transmit, TurnCore};
 use crate::stats::{DropReason, TurnStats};
 use crate::FiveTuple;
 use rtc_stun::attributes::*;
@@ -64,8 +64,7 @@ impl TurnCore {
         }
         self.stats.relay.c2p_packets += 1;
         self.stats.relay.c2p_bytes += data.len() as u64;
-        a.to_peer_bytes
-            .set(a.to_peer_bytes.get() + data.len() as u64);
+        Traffic::count(&a.to_peer, data.len());
         out.push(Transmit::ToPeer {
             relay: relay.local,
             peer,
@@ -108,7 +107,7 @@ impl TurnCore {
         }
         self.stats.relay.c2p_packets += 1;
         self.stats.relay.c2p_bytes += len as u64;
-        a.to_peer_bytes.set(a.to_peer_bytes.get() + len as u64);
+        Traffic::count(&a.to_peer, len);
         out.push(Transmit::ToPeer {
             relay: relay.local,
             peer: c.peer,
@@ -169,8 +168,7 @@ impl TurnCore {
         };
         self.stats.relay.p2c_packets += 1;
         self.stats.relay.p2c_bytes += data.len() as u64;
-        a.from_peer_bytes
-            .set(a.from_peer_bytes.get() + data.len() as u64);
+        Traffic::count(&a.from_peer, data.len());
         Some(Transmit::ToClient {
             to: a.tuple,
             data: frame,

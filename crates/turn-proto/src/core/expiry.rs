@@ -2,7 +2,7 @@
 //! (§12) and EVEN-PORT reservation (§7.2) timers, and releasing an allocation when it expires,
 //! is refreshed to 0, loses its stream connection (§5) or the server shuts down.
 
-use super::{RelayAllocator, TimerKey, TurnCore};
+use super::{AllocationInfo, EndReason, RelayAllocator, TimerKey, TurnCore};
 use crate::FiveTuple;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -11,7 +11,7 @@ impl TurnCore {
     /// The stream connection of `tuple` closed: its allocation goes too (RFC 8656 §5).
     pub fn handle_connection_closed(&mut self, tuple: FiveTuple, relays: &mut dyn RelayAllocator) {
         if let Some(&id) = self.by_tuple.get(&tuple) {
-            self.delete_allocation(id, relays, "connection_closed");
+            self.delete_allocation(id, relays, EndReason::ConnectionClosed);
         }
     }
 
@@ -22,7 +22,9 @@ impl TurnCore {
         while let Some((_, key)) = self.timers.pop_due(now) {
             match key {
                 TimerKey::Allocation(id) => match self.allocs.get(&id).map(|a| a.expires) {
-                    Some(t) if t <= now => self.delete_allocation(id, relays, "expired"),
+                    Some(t) if t <= now => {
+                        self.delete_allocation(id, relays, EndReason::Expired);
+                    }
                     Some(t) => self.timers.schedule(t, key),
                     None => {}
                 },
@@ -75,25 +77,33 @@ impl TurnCore {
     }
 
     /// Removes allocation `id`, frees its relayed transport addresses and quota, and logs its
-    /// end: `reason` is `refresh` (lifetime 0), `expired`, `connection_closed` or `shutdown`.
+    /// accounting record ("allocation ended": user, realm, client 5-tuple, relayed addresses,
+    /// start, duration, packets and bytes each way, `reason`). Returns the record.
     pub(super) fn delete_allocation(
         &mut self,
         id: u64,
         relays: &mut dyn RelayAllocator,
-        reason: &str,
-    ) {
-        let Some(a) = self.allocs.remove(&id) else {
-            return;
-        };
+        reason: EndReason,
+    ) -> Option<AllocationInfo> {
+        let info = self.allocation_info(id, self.last_now)?;
+        let a = self.allocs.remove(&id)?;
+        self.stats.allocation_ended(reason);
+        let relayed: Vec<String> = info.relayed.iter().map(|r| r.to_string()).collect();
         tracing::info!(
-            user = %a.username,
-            client = %a.tuple.client,
-            transport = a.tuple.transport.as_str(),
-            relay = ?a.relays.iter().map(|r| r.advertised).collect::<Vec<_>>(),
-            duration_secs = self.last_now.saturating_duration_since(a.created).as_secs(),
-            to_peer_bytes = a.to_peer_bytes.get(),
-            from_peer_bytes = a.from_peer_bytes.get(),
-            reason,
+            id,
+            user = %info.user,
+            realm = %self.cfg.realm,
+            client = %info.tuple.client,
+            server = %info.tuple.server,
+            transport = info.tuple.transport.as_str(),
+            relayed = %relayed.join(","),
+            started = info.started_unix_secs,
+            duration_secs = info.age_secs,
+            to_peer_packets = info.to_peer.packets,
+            to_peer_bytes = info.to_peer.bytes,
+            from_peer_packets = info.from_peer.packets,
+            from_peer_bytes = info.from_peer.bytes,
+            reason = reason.as_str(),
             "allocation ended"
         );
         self.by_tuple.remove(&a.tuple);
@@ -119,13 +129,14 @@ impl TurnCore {
         self.stats.live_permissions(-(a.permissions.len() as i64));
         let bound = a.channels.values().filter(|c| c.bound).count();
         self.stats.live_channel_bindings(-(bound as i64));
+        Some(info)
     }
 
     /// Deletes every allocation (shutdown).
     pub fn close_all(&mut self, relays: &mut dyn RelayAllocator) {
         let ids: Vec<u64> = self.allocs.keys().copied().collect();
         for id in ids {
-            self.delete_allocation(id, relays, "shutdown");
+            self.delete_allocation(id, relays, EndReason::Shutdown);
         }
     }
 }

@@ -32,12 +32,15 @@ use stun_proto::msg::{self, classify, text_attr, MessageBuilder, PacketKind};
 use turnkey_time::rate::LogLimiter;
 use turnkey_time::timers::TimerQueue;
 
+mod admin;
 mod allocate;
 mod data;
 mod expiry;
 mod permission;
 mod shared;
 
+pub use crate::stats::EndReason;
+pub use admin::{AllocationFilter, AllocationInfo, ChannelInfo, PermissionInfo, Traffic};
 use shared::Holder;
 pub use shared::Shared;
 
@@ -216,6 +219,13 @@ pub struct CoreConfig {
     pub external_ips: HashMap<IpAddr, IpAddr>,
     /// Binding handling (shared with the STUN server).
     pub binding: BindingConfig,
+    /// Servers an Allocate is sent to with 300 Try Alternate (RFC 8489 §10, ALTERNATE-SERVER)
+    /// while this server drains or holds `alternate_over_allocations` allocations or more.
+    /// Empty: such Allocates get 508 (draining) or are served.
+    pub alternate_servers: Vec<SocketAddr>,
+    /// Live allocations (all workers) from which new Allocates are sent to an alternate
+    /// server; 0 turns it off (only draining sends clients elsewhere).
+    pub alternate_over_allocations: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -244,10 +254,12 @@ struct Allocation {
     tuple: FiveTuple,
     username: String,
     created: Instant,
-    /// Application bytes relayed to peers and from peers (for the "allocation ended" log line;
-    /// `Cell` so the relay paths count through the shared borrow they already hold).
-    to_peer_bytes: Cell<u64>,
-    from_peer_bytes: Cell<u64>,
+    /// Wall-clock start, seconds since the Unix epoch (accounting).
+    started_unix_secs: u64,
+    /// Application data relayed to peers and from peers (accounting; `Cell` so the relay paths
+    /// count through the shared borrow they already hold).
+    to_peer: Cell<Traffic>,
+    from_peer: Cell<Traffic>,
     holder: Holder,
     relays: Vec<Relay>,
     expires: Instant,
@@ -285,7 +297,6 @@ pub struct TurnCore {
     allocs: HashMap<u64, Allocation>,
     by_tuple: HashMap<FiveTuple, u64>,
     by_relay: HashMap<SocketAddr, u64>,
-    next_id: u64,
     timers: TimerQueue<TimerKey>,
     unauth_limiter: SourceLimiter,
     /// The latest `now` handed in (for events that come without one: a closed connection,
@@ -325,7 +336,6 @@ impl TurnCore {
             allocs: HashMap::new(),
             by_tuple: HashMap::new(),
             by_relay: HashMap::new(),
-            next_id: 1,
             timers: TimerQueue::default(),
             unauth_limiter,
             last_now: start,
@@ -566,6 +576,7 @@ impl TurnCore {
 fn response_label(error_code: Option<u16>) -> &'static str {
     match error_code {
         None => "success",
+        Some(300) => "try_alternate",
         Some(400) => "error_400",
         Some(401) => "auth_challenge",
         Some(403) => "error_403",

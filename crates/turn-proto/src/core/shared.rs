@@ -5,7 +5,7 @@ use super::CoreConfig;
 use crate::stats::QuotaScope;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::Instant;
 
@@ -19,6 +19,8 @@ pub struct Shared {
     pub(super) total: AtomicU32,
     pub(super) allocations: AtomicU32,
     draining: AtomicBool,
+    /// The last allocation id handed out (ids are unique across workers).
+    last_allocation_id: AtomicU64,
 }
 
 /// Who holds a quota unit: an allocation or an unredeemed reservation.
@@ -42,9 +44,23 @@ pub(super) struct Reservation {
 }
 
 impl Shared {
-    /// Stops new allocations (graceful shutdown); existing ones keep working.
+    /// Stops new allocations (graceful shutdown, or the admin API); existing ones keep
+    /// working. New Allocates get 300 Try Alternate when alternate servers are configured,
+    /// else 508.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
+    }
+    /// Accepts new allocations again.
+    pub fn stop_draining(&self) {
+        self.draining.store(false, Ordering::Relaxed);
+    }
+    /// True while draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+    /// A new allocation id, unique across the workers sharing this state (never 0).
+    pub(super) fn next_allocation_id(&self) -> u64 {
+        self.last_allocation_id.fetch_add(1, Ordering::Relaxed) + 1
     }
     /// Live allocations across all workers.
     pub fn total_allocations(&self) -> u32 {

@@ -129,6 +129,8 @@ fn config() -> CoreConfig {
         unauth_burst: 0,
         external_ips: HashMap::new(),
         binding: BindingConfig::default(),
+        alternate_servers: Vec::new(),
+        alternate_over_allocations: 0,
     }
 }
 
@@ -1390,4 +1392,162 @@ fn channels_per_allocation_are_capped() {
         &["198.51.100.1:1000".parse().unwrap()],
     );
     assert!(is_success(&r), "{:?}", code(&r));
+}
+
+#[test]
+fn admin_lists_an_allocation_with_its_accounting_and_ends_it() {
+    let mut h = Harness::new();
+    let mut c = Client::new(tuple(40900), "alice", "alicepw");
+    let relay = relayed(&c.allocate(&mut h));
+    let mut other = Client::new(tuple(40901), "bob", "bobpw");
+    let _ = other.allocate(&mut h);
+    let peer: SocketAddr = "192.0.2.90:7000".parse().unwrap();
+    let ch = (ATTR_CHANNEL_NUMBER, vec![0x40, 0x01, 0, 0]);
+    assert!(is_success(&c.call(
+        &mut h,
+        METHOD_CHANNEL_BIND,
+        &[ch],
+        &[peer]
+    )));
+    assert_eq!(h.send(c.tuple, &[0x40, 0x01, 0, 3, 1, 2, 3, 0]).len(), 1);
+    assert_eq!(h.send(c.tuple, &[0x40, 0x01, 0, 2, 1, 2, 0, 0]).len(), 1);
+    assert!(h.core.handle_peer(relay, peer, b"hello", h.now).is_some());
+    h.now += Duration::from_secs(7);
+
+    let all = h.core.allocations(&AllocationFilter::default(), 100, h.now);
+    assert_eq!(all.len(), 2);
+    let by_user = AllocationFilter {
+        user: Some("alice".into()),
+        ..AllocationFilter::default()
+    };
+    let list = h.core.allocations(&by_user, 100, h.now);
+    assert_eq!(list.len(), 1);
+    let a = &list[0];
+    assert_eq!(a.user, "alice");
+    assert_eq!(a.tuple, c.tuple);
+    assert_eq!(a.relayed, vec![relay]);
+    assert_eq!(a.started_unix_secs, T0_UNIX);
+    assert_eq!(a.age_secs, 7);
+    assert_eq!(a.lifetime_left_secs, 600 - 7);
+    assert_eq!(
+        a.permissions,
+        vec![PermissionInfo {
+            peer: peer.ip(),
+            expires_in_secs: 300 - 7
+        }]
+    );
+    assert_eq!(
+        a.channels,
+        vec![ChannelInfo {
+            number: 0x4001,
+            peer,
+            expires_in_secs: 600 - 7
+        }]
+    );
+    assert_eq!(
+        a.to_peer,
+        Traffic {
+            packets: 2,
+            bytes: 5
+        }
+    );
+    assert_eq!(
+        a.from_peer,
+        Traffic {
+            packets: 1,
+            bytes: 5
+        }
+    );
+    let by_ip = AllocationFilter {
+        client_ip: Some("198.51.100.1".parse().unwrap()),
+        ..AllocationFilter::default()
+    };
+    assert_eq!(h.core.allocations(&by_ip, 1, h.now).len(), 1, "limit");
+    let nobody = AllocationFilter {
+        client_ip: Some("198.51.100.2".parse().unwrap()),
+        ..AllocationFilter::default()
+    };
+    assert!(h.core.allocations(&nobody, 100, h.now).is_empty());
+
+    // Ending it frees its relay and quota; the client's next request gets 437.
+    let ended = h
+        .core
+        .end_allocation(a.id, h.now, &mut h.relays)
+        .expect("ended");
+    assert_eq!(ended.to_peer.bytes, 5);
+    assert!(h.core.end_allocation(a.id, h.now, &mut h.relays).is_none());
+    assert!(!h.shared.is_live_relay(relay));
+    assert_eq!(
+        h.core.stats().control.allocations_ended[EndReason::Admin.index()],
+        1
+    );
+    let r = c.call(&mut h, METHOD_REFRESH, &[], &[]);
+    assert_eq!(code(&r), Some(437));
+    assert_eq!(h.core.allocation_count(), 1);
+    // By user: only bob's.
+    assert_eq!(
+        h.core.end_user_allocations("alice", h.now, &mut h.relays),
+        vec![]
+    );
+    assert_eq!(
+        h.core
+            .end_user_allocations("bob", h.now, &mut h.relays)
+            .len(),
+        1
+    );
+    assert_eq!(h.core.allocation_count(), 0);
+    assert_eq!(h.shared.total_allocations(), 0);
+}
+
+#[test]
+fn draining_sends_allocates_to_an_alternate_server_after_authentication() {
+    let alt4: SocketAddr = "203.0.113.7:3478".parse().unwrap();
+    let alt6: SocketAddr = "[2001:db8::7]:3478".parse().unwrap();
+    let mut cfg = config();
+    cfg.alternate_servers = vec![alt6, alt4];
+    let mut h = Harness::with(cfg, FakeRelays::new("127.0.0.1"));
+    let mut c = Client::new(tuple(40910), "alice", "alicepw");
+    assert!(is_success(&c.allocate(&mut h)));
+    h.shared.start_draining();
+    let mut d = Client::new(tuple(40911), "alice", "alicepw");
+    // Unauthenticated: the usual 401, no ALTERNATE-SERVER.
+    let mut b = MessageBuilder::new(
+        MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST),
+        TransactionId::new(),
+    );
+    b.raw(ATTR_REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    let r = h.request(d.tuple, &b.finish());
+    assert_eq!(code(&r), Some(401));
+    assert!(attr(&r, ATTR_ALTERNATE_SERVER).is_none());
+    // Authenticated: 300 with the IPv4 alternate, signed.
+    let r = d.allocate(&mut h);
+    assert_eq!(code(&r), Some(300));
+    let v = attr(&r, ATTR_ALTERNATE_SERVER).expect("ALTERNATE-SERVER");
+    assert_eq!(v[1], 1, "IPv4 family");
+    assert_eq!(&v[4..8], &[203, 0, 113, 7]);
+    assert!(r.contains(ATTR_MESSAGE_INTEGRITY));
+    assert_eq!(h.core.stats().control.alternate_redirects, 1);
+    // The existing allocation keeps working.
+    assert!(is_success(&c.call(&mut h, METHOD_REFRESH, &[], &[])));
+    // Draining stopped: served again.
+    h.shared.stop_draining();
+    assert!(is_success(&d.allocate(&mut h)));
+}
+
+#[test]
+fn over_the_configured_load_allocates_go_to_the_alternate_and_without_one_draining_is_508() {
+    let mut cfg = config();
+    cfg.alternate_servers = vec!["203.0.113.8:3478".parse().unwrap()];
+    cfg.alternate_over_allocations = 1;
+    let mut h = Harness::with(cfg, FakeRelays::new("127.0.0.1"));
+    assert!(is_success(
+        &Client::new(tuple(40920), "alice", "alicepw").allocate(&mut h)
+    ));
+    let r = Client::new(tuple(40921), "bob", "bobpw").allocate(&mut h);
+    assert_eq!(code(&r), Some(300));
+
+    let mut h = Harness::new();
+    h.shared.start_draining();
+    let r = Client::new(tuple(40922), "alice", "alicepw").allocate(&mut h);
+    assert_eq!(code(&r), Some(508));
 }

@@ -13,6 +13,7 @@
 //! complete frame within [`FIRST_REQUEST_TIMEOUT`], and queue at most `tcp_send_queue_bytes`
 //! for sending ([`SendQueue`]).
 
+pub mod admin;
 pub mod dtls;
 pub mod relay;
 pub use turnkey_sockets as sockets;
@@ -69,6 +70,8 @@ pub struct RunningServer {
     pub certs: Option<Arc<tls::CertStore>>,
     /// Cross-worker state (allocation count, draining).
     pub shared: Arc<Shared>,
+    /// The workers' command queues (admin API).
+    pub workers: admin::Workers,
     stop: CancellationToken,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
@@ -160,6 +163,8 @@ pub fn core_config(cfg: &TurnConfig) -> CoreConfig {
             software: None,
             ..BindingConfig::default()
         },
+        alternate_servers: cfg.alternate_servers.clone(),
+        alternate_over_allocations: cfg.alternate_over_allocations,
     }
 }
 
@@ -265,12 +270,14 @@ pub fn start(
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let mut threads = Vec::new();
+    let (workers, mut commands) = admin::Workers::new(cfg.workers);
     for (i, ((socks, tls_socks), dtls_socks)) in per_worker
         .into_iter()
         .zip(tls_per_worker)
         .zip(dtls_per_worker)
         .enumerate()
     {
+        let commands = commands.remove(0);
         let acceptor = acceptor.clone();
         let dtls = DtlsSetup {
             socks: dtls_socks,
@@ -302,7 +309,11 @@ pub fn start(
                 streams,
                 dtls,
                 (metrics, stun_metrics),
-                stop,
+                WorkerControl {
+                    index: i,
+                    commands,
+                    stop,
+                },
             )
         })?;
         threads.push(t);
@@ -313,6 +324,7 @@ pub fn start(
         listen_dtls,
         certs,
         shared,
+        workers,
         stop,
         threads,
     })
@@ -355,6 +367,14 @@ struct Worker {
 
 type WorkerRef = Rc<RefCell<Worker>>;
 
+/// What a worker is told by the rest of the server: its index, the admin API's commands and
+/// the stop signal.
+struct WorkerControl {
+    index: usize,
+    commands: tokio::sync::mpsc::Receiver<admin::WorkerCommand>,
+    stop: CancellationToken,
+}
+
 async fn run_worker(
     core: TurnCore,
     relays: RelaySockets,
@@ -362,8 +382,13 @@ async fn run_worker(
     streams: StreamSetup,
     dtls_setup: DtlsSetup,
     (metrics, stun_metrics): (TurnMetrics, StunMetrics),
-    stop: CancellationToken,
+    control: WorkerControl,
 ) {
+    let WorkerControl {
+        index,
+        commands,
+        stop,
+    } = control;
     let w: WorkerRef = Rc::new(RefCell::new(Worker {
         dtls: HashMap::new(),
         core,
@@ -447,6 +472,11 @@ async fn run_worker(
         )));
     }
     tasks.push(tokio::task::spawn_local(timer_loop(w.clone())));
+    tasks.push(tokio::task::spawn_local(command_loop(
+        w.clone(),
+        index,
+        commands,
+    )));
     stop.cancelled().await;
     for t in tasks {
         t.abort();
@@ -672,6 +702,55 @@ async fn relay_reader(wr: WorkerRef, sock: Rc<UdpSocket>, local: SocketAddr) {
             flush(&wr, w);
         } else {
             w.fold_stats();
+        }
+    }
+}
+
+/// Answers the admin API's questions from inside the worker, where its allocations live.
+async fn command_loop(
+    wr: WorkerRef,
+    index: usize,
+    mut commands: tokio::sync::mpsc::Receiver<admin::WorkerCommand>,
+) {
+    use admin::{EndTarget, WorkerCommand};
+    while let Some(cmd) = commands.recv().await {
+        let now = Instant::now();
+        let mut guard = wr.borrow_mut();
+        let w = &mut *guard;
+        match cmd {
+            WorkerCommand::List {
+                filter,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(w.core.allocations(&filter, limit, now));
+            }
+            WorkerCommand::End { target, reply } => {
+                let ended = match target {
+                    EndTarget::Id(id) => w
+                        .core
+                        .end_allocation(id, now, &mut w.relays)
+                        .into_iter()
+                        .collect(),
+                    EndTarget::User(user) => w.core.end_user_allocations(&user, now, &mut w.relays),
+                };
+                // Closes the released relay sockets and counts the ends.
+                flush(&wr, w);
+                let _ = reply.send(ended);
+            }
+            WorkerCommand::Load { reply } => {
+                let relay = &w.core.stats().relay;
+                let _ = reply.send(admin::WorkerLoad {
+                    worker: index,
+                    allocations: w.core.allocation_count(),
+                    relay_sockets: w.relay_socks.len(),
+                    stream_connections: w.tcp.len(),
+                    to_peer_packets: relay.c2p_packets,
+                    to_peer_bytes: relay.c2p_bytes,
+                    from_peer_packets: relay.p2c_packets,
+                    from_peer_bytes: relay.p2c_bytes,
+                });
+            }
         }
     }
 }

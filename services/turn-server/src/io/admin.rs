@@ -1,0 +1,504 @@
+//! The admin HTTP API (`admin_listen`, off by default; `Authorization: Bearer <admin_token>`;
+//! JSON in and out; errors as `{"error":{"code","message"}}` with their HTTP status). The
+//! routes and shapes are in `services/turn-server/admin-openapi.json`.
+//!
+//! Allocations live on the worker that owns their client 5-tuple, with no lock, so every
+//! question goes to each worker over a bounded command channel ([`Workers`]) and is answered
+//! from inside its event loop; a worker that is too busy to take a command within
+//! [`COMMAND_TIMEOUT`] makes the request fail with 503 rather than hang.
+
+use crate::metrics::AdminMetrics;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use subtle::ConstantTimeEq;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use turn_proto::core::{AllocationFilter, AllocationInfo, Shared};
+
+/// Commands a worker's queue holds; beyond, the request gets 503.
+pub const COMMAND_QUEUE: usize = 16;
+/// How long a request waits for every worker's answer.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most allocations one listing returns (`limit` may ask for fewer).
+pub const MAX_LIST: usize = 10_000;
+/// Allocations listed when `limit` is not given.
+pub const DEFAULT_LIST: usize = 1_000;
+
+/// Which allocations to end.
+#[derive(Debug, Clone)]
+pub enum EndTarget {
+    /// The allocation with this id.
+    Id(u64),
+    /// Every allocation of this user.
+    User(String),
+}
+
+/// A question for one worker, answered on `reply`.
+#[derive(Debug)]
+pub enum WorkerCommand {
+    /// The allocations matching `filter`, at most `limit`.
+    List {
+        /// Which allocations.
+        filter: AllocationFilter,
+        /// At most this many.
+        limit: usize,
+        /// The answer.
+        reply: oneshot::Sender<Vec<AllocationInfo>>,
+    },
+    /// End allocations; answers with their final records.
+    End {
+        /// Which ones.
+        target: EndTarget,
+        /// The answer.
+        reply: oneshot::Sender<Vec<AllocationInfo>>,
+    },
+    /// The worker's load.
+    Load {
+        /// The answer.
+        reply: oneshot::Sender<WorkerLoad>,
+    },
+}
+
+/// One worker's load (`GET /v1/workers`).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct WorkerLoad {
+    /// The worker's index.
+    pub worker: usize,
+    /// Allocations it owns.
+    pub allocations: usize,
+    /// Open relay sockets.
+    pub relay_sockets: usize,
+    /// Open TCP/TLS client connections.
+    pub stream_connections: usize,
+    /// Packets relayed client -> peer since start.
+    pub to_peer_packets: u64,
+    /// Payload bytes relayed client -> peer since start.
+    pub to_peer_bytes: u64,
+    /// Packets relayed peer -> client since start.
+    pub from_peer_packets: u64,
+    /// Payload bytes relayed peer -> client since start.
+    pub from_peer_bytes: u64,
+}
+
+/// The command queues of every worker.
+#[derive(Debug, Clone, Default)]
+pub struct Workers {
+    queues: Vec<mpsc::Sender<WorkerCommand>>,
+}
+
+/// Why a worker did not answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerBusy;
+
+impl Workers {
+    /// One queue per worker; the receivers go to the workers, in order.
+    pub fn new(workers: usize) -> (Self, Vec<mpsc::Receiver<WorkerCommand>>) {
+        let (queues, receivers) = (0..workers).map(|_| mpsc::channel(COMMAND_QUEUE)).unzip();
+        (Self { queues }, receivers)
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl Fn(oneshot::Sender<T>) -> WorkerCommand,
+    ) -> Result<Vec<T>, WorkerBusy> {
+        let mut answers = Vec::with_capacity(self.queues.len());
+        for q in &self.queues {
+            let (tx, rx) = oneshot::channel();
+            q.try_send(make(tx)).map_err(|_| WorkerBusy)?;
+            answers.push(rx);
+        }
+        let mut out = Vec::with_capacity(answers.len());
+        for rx in answers {
+            match tokio::time::timeout(COMMAND_TIMEOUT, rx).await {
+                Ok(Ok(v)) => out.push(v),
+                _ => return Err(WorkerBusy),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The allocations of every worker matching `filter`, at most `limit`, in id order.
+    pub async fn list(
+        &self,
+        filter: &AllocationFilter,
+        limit: usize,
+    ) -> Result<Vec<AllocationInfo>, WorkerBusy> {
+        let parts = self
+            .ask(|reply| WorkerCommand::List {
+                filter: filter.clone(),
+                limit,
+                reply,
+            })
+            .await?;
+        let mut all: Vec<AllocationInfo> = parts.into_iter().flatten().collect();
+        all.sort_by_key(|a| a.id);
+        all.truncate(limit);
+        Ok(all)
+    }
+
+    /// Ends the allocations `target` names on every worker; their final records.
+    pub async fn end(&self, target: EndTarget) -> Result<Vec<AllocationInfo>, WorkerBusy> {
+        let parts = self
+            .ask(|reply| WorkerCommand::End {
+                target: target.clone(),
+                reply,
+            })
+            .await?;
+        Ok(parts.into_iter().flatten().collect())
+    }
+
+    /// Every worker's load.
+    pub async fn load(&self) -> Result<Vec<WorkerLoad>, WorkerBusy> {
+        self.ask(|reply| WorkerCommand::Load { reply }).await
+    }
+}
+
+/// What the admin API works on.
+#[derive(Clone)]
+pub struct AdminState {
+    /// The workers' command queues.
+    pub workers: Workers,
+    /// Cross-worker state (draining, totals).
+    pub shared: Arc<Shared>,
+    /// `GET /v1/config`: the effective configuration, secrets redacted.
+    pub config: Arc<Value>,
+    /// The bearer token.
+    pub token: Arc<str>,
+    /// Request counters.
+    pub metrics: AdminMetrics,
+}
+
+/// An API error: its status, a stable code and a message.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    fn busy() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "worker_busy",
+            "a worker did not answer in time; retry",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({"error": {"code": self.code, "message": self.message}})),
+        )
+            .into_response()
+    }
+}
+
+impl From<WorkerBusy> for ApiError {
+    fn from(_: WorkerBusy) -> Self {
+        Self::busy()
+    }
+}
+
+type ApiResult = Result<Json<Value>, ApiError>;
+
+/// One allocation as JSON (the `Allocation` schema).
+pub fn allocation_json(a: &AllocationInfo) -> Value {
+    json!({
+        "id": a.id.to_string(),
+        "client": a.tuple.client.to_string(),
+        "server": a.tuple.server.to_string(),
+        "transport": a.tuple.transport.as_str(),
+        "relayed": a.relayed.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+        "user": a.user,
+        "started": a.started_unix_secs,
+        "age_secs": a.age_secs,
+        "lifetime_left_secs": a.lifetime_left_secs,
+        "permissions": a.permissions.iter().map(|p| json!({
+            "peer": p.peer.to_string(),
+            "expires_in_secs": p.expires_in_secs,
+        })).collect::<Vec<_>>(),
+        "channels": a.channels.iter().map(|c| json!({
+            "number": c.number,
+            "peer": c.peer.to_string(),
+            "expires_in_secs": c.expires_in_secs,
+        })).collect::<Vec<_>>(),
+        "to_peer": {"packets": a.to_peer.packets, "bytes": a.to_peer.bytes},
+        "from_peer": {"packets": a.from_peer.packets, "bytes": a.from_peer.bytes},
+    })
+}
+
+/// The admin router: the routes of admin-openapi.json behind the bearer token.
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route(
+            "/v1/allocations",
+            get(list_allocations).delete(end_user_allocations),
+        )
+        .route(
+            "/v1/allocations/{id}",
+            get(get_allocation).delete(end_allocation),
+        )
+        .route(
+            "/v1/drain",
+            get(drain_status).post(drain_start).delete(drain_stop),
+        )
+        .route("/v1/config", get(config))
+        .route("/v1/workers", get(workers))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authorize,
+        ))
+        .with_state(state)
+}
+
+/// Checks the bearer token (constant time) before any route; counts every answer by status.
+async fn authorize(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let ok: bool = presented.as_bytes().ct_eq(s.token.as_bytes()).into();
+    let res = if ok {
+        next.run(req).await
+    } else {
+        let mut r = ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Authorization: Bearer <admin token> is missing or wrong",
+        )
+        .into_response();
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        r
+    };
+    s.metrics.request(res.status().as_u16());
+    res
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this route",
+    )
+}
+
+/// `GET /v1/allocations` query.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    user: Option<String>,
+    /// An IP (any port) or IP:port.
+    client: Option<String>,
+    limit: Option<usize>,
+}
+
+fn query<T: serde::de::DeserializeOwned>(
+    q: Result<Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, ApiError> {
+    q.map(|Query(v)| v)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))
+}
+
+fn client_filter(client: Option<&str>) -> Result<AllocationFilter, ApiError> {
+    let mut f = AllocationFilter::default();
+    match client {
+        None => {}
+        Some(c) => {
+            if let Ok(a) = c.parse::<SocketAddr>() {
+                f.client = Some(a);
+            } else if let Ok(ip) = c.parse::<IpAddr>() {
+                f.client_ip = Some(ip);
+            } else {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_client",
+                    format!("client {c:?} is neither an IP address nor IP:port"),
+                ));
+            }
+        }
+    }
+    Ok(f)
+}
+
+async fn list_allocations(
+    State(s): State<AdminState>,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let q = query(q)?;
+    let limit = match q.limit {
+        None => DEFAULT_LIST,
+        Some(n) if (1..=MAX_LIST).contains(&n) => n,
+        Some(n) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_limit",
+                format!("limit {n} is not in 1..={MAX_LIST}"),
+            ))
+        }
+    };
+    let mut filter = client_filter(q.client.as_deref())?;
+    filter.user = q.user;
+    // One more than asked, to say whether the list was cut.
+    let mut list = s.workers.list(&filter, limit + 1).await?;
+    let truncated = list.len() > limit;
+    list.truncate(limit);
+    Ok(Json(json!({
+        "allocations": list.iter().map(allocation_json).collect::<Vec<_>>(),
+        "truncated": truncated,
+    })))
+}
+
+fn parse_id(id: &str) -> Result<u64, ApiError> {
+    id.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_id",
+            format!("allocation id {id:?} is not a positive integer"),
+        )
+    })
+}
+
+fn no_such_allocation(id: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no_such_allocation",
+        format!("no live allocation {id}"),
+    )
+}
+
+async fn get_allocation(State(s): State<AdminState>, Path(id): Path<String>) -> ApiResult {
+    let id = parse_id(&id)?;
+    let filter = AllocationFilter {
+        id: Some(id),
+        ..AllocationFilter::default()
+    };
+    let found = s.workers.list(&filter, 1).await?;
+    let a = found.first().ok_or_else(|| no_such_allocation(id))?;
+    Ok(Json(allocation_json(a)))
+}
+
+async fn end_allocation(State(s): State<AdminState>, Path(id): Path<String>) -> ApiResult {
+    let id = parse_id(&id)?;
+    let ended = s.workers.end(EndTarget::Id(id)).await?;
+    if ended.is_empty() {
+        return Err(no_such_allocation(id));
+    }
+    Ok(Json(json!({
+        "ended": ended.iter().map(allocation_json).collect::<Vec<_>>(),
+    })))
+}
+
+/// `DELETE /v1/allocations` query: the user is required (ending everything is `drain`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndQuery {
+    user: Option<String>,
+}
+
+async fn end_user_allocations(
+    State(s): State<AdminState>,
+    q: Result<Query<EndQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let user = query(q)?.user.filter(|u| !u.is_empty()).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "user_required",
+            "DELETE /v1/allocations needs ?user=NAME",
+        )
+    })?;
+    let ended = s.workers.end(EndTarget::User(user)).await?;
+    Ok(Json(json!({
+        "ended": ended.iter().map(allocation_json).collect::<Vec<_>>(),
+    })))
+}
+
+fn drain_json(s: &AdminState) -> Json<Value> {
+    Json(json!({
+        "draining": s.shared.is_draining(),
+        "allocations": s.shared.total_allocations(),
+    }))
+}
+
+async fn drain_status(State(s): State<AdminState>) -> Json<Value> {
+    drain_json(&s)
+}
+
+async fn drain_start(State(s): State<AdminState>) -> Json<Value> {
+    if !s.shared.is_draining() {
+        tracing::info!("draining started through the admin API: new allocations are refused or sent to an alternate server");
+    }
+    s.shared.start_draining();
+    s.metrics.draining(true);
+    drain_json(&s)
+}
+
+async fn drain_stop(State(s): State<AdminState>) -> Json<Value> {
+    if s.shared.is_draining() {
+        tracing::info!("draining stopped through the admin API");
+    }
+    s.shared.stop_draining();
+    s.metrics.draining(false);
+    drain_json(&s)
+}
+
+async fn config(State(s): State<AdminState>) -> Json<Value> {
+    Json((*s.config).clone())
+}
+
+async fn workers(State(s): State<AdminState>) -> ApiResult {
+    let load = s.workers.load().await?;
+    Ok(Json(json!({ "workers": load })))
+}
+
+/// Binds the admin listener and serves until `shutdown`; returns the bound address.
+pub async fn serve(
+    addr: SocketAddr,
+    state: AdminState,
+    shutdown: CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let app = router(state);
+    tokio::spawn(async move {
+        let r = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "admin API stopped");
+        }
+    });
+    Ok(local)
+}
