@@ -27,6 +27,7 @@ fn all_help() -> String {
         ("turnkey", &["--help"]),
         ("turn-server", &["--help"]),
         ("turn-server", &["credentials", "--help"]),
+        ("turn-server", &["import-coturn", "--help"]),
         ("stun-server", &["--help"]),
         ("signaling", &["--help"]),
         ("signaling", &["token", "--help"]),
