@@ -7,9 +7,12 @@
 //!   listening sockets and the relay sockets of the allocations it owns.
 //! - [`config`]: flags and TOML config. [`metrics`]: Prometheus metrics. [`run`]: the server
 //!   lifecycle both binaries share.
+//! - [`coturn`]: `turn-server import-coturn`, a coturn `turnserver.conf` translated into the
+//!   TOML of [`config`].
 
 pub mod cli;
 pub mod config;
+pub mod coturn;
 pub mod io;
 pub mod metrics;
 pub mod run;

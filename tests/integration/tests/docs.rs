@@ -29,6 +29,7 @@ fn all_help() -> String {
         ("turn-server", &["credentials", "--help"]),
         ("turn-server", &["admin", "--help"]),
         ("turn-server", &["admin", "end", "--help"]),
+        ("turn-server", &["import-coturn", "--help"]),
         ("stun-server", &["--help"]),
         ("signaling", &["--help"]),
         ("signaling", &["token", "--help"]),
