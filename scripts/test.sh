@@ -2,8 +2,9 @@
 # The one test command: bash scripts/test.sh
 #
 # Installs what the tests need if it is missing (Debian/Ubuntu: coturn's turnutils_* client
-# tools, chromium, iproute2 (ip, tc), iptables, Node.js + npm, redis-server, the browser test's
-# npm packages, aiortc in a venv), then runs
+# tools, chromium, iproute2 (ip, tc), iptables, Node.js + npm, redis-server, haproxy (the
+# PROXY protocol test runs its own instances), the browser test's npm packages, aiortc in a
+# venv), then runs
 #   cargo fmt --check, cargo clippy -D warnings, cargo build --bins, cargo test
 # over the whole workspace. Exits non-zero on the first failure.
 #
@@ -53,6 +54,7 @@ if ! have cc; then MISSING+=(gcc libc6-dev); fi
 if ! have redis-server; then MISSING+=(redis-server); fi
 if ! have docker-compose; then MISSING+=(docker-compose); fi
 if ! have prometheus; then MISSING+=(prometheus); fi
+if ! have haproxy; then MISSING+=(haproxy); fi
 if ! have cargo && ! [ -x "$HOME/.cargo/bin/cargo" ]; then
   if ! have curl; then MISSING+=(curl); fi
   MISSING+=(ca-certificates)

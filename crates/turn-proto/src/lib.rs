@@ -1,9 +1,11 @@
-//! The sans-IO TURN core: no tokio, no sockets, no clock.
+//! The sans-IO TURN core: no tokio, no sockets, no clock. Also the PROXY protocol v2 header
+//! decoder ([`proxy`]) for stream connections from a load balancer.
 
 pub mod auth;
 pub mod core;
 pub mod limit;
 pub mod policy;
+pub mod proxy;
 pub mod stats;
 
 pub use stun_proto::msg::Transport;

@@ -163,6 +163,12 @@ pub struct ServerArgs {
     /// 262144.
     #[arg(long = "tcp-send-queue-bytes", value_name = "BYTES")]
     pub tcp_send_queue_bytes: Option<usize>,
+    /// Load balancers whose connections start with a PROXY protocol v2 header (repeatable).
+    /// When set, every TCP and TLS connection must come from one of these CIDRs and start
+    /// with a valid header, whose source address is then the client's address; UDP and DTLS
+    /// are unaffected. Default: none (no header is read).
+    #[arg(long = "proxy-protocol-from", value_name = "CIDR")]
+    pub proxy_protocol_from: Vec<IpNet>,
 }
 
 /// The TOML file: the same keys as the flags, with `_` for `-`.
@@ -255,6 +261,9 @@ pub struct FileConfig {
     pub tls_max_handshakes_per_ip: Option<usize>,
     /// See `--tcp-send-queue-bytes`.
     pub tcp_send_queue_bytes: Option<usize>,
+    /// See `--proxy-protocol-from`.
+    #[serde(default)]
+    pub proxy_protocol_from: Vec<IpNet>,
 }
 
 /// `--log-format`.
@@ -352,6 +361,8 @@ pub struct TurnConfig {
     pub alternate_over_allocations: u32,
     /// Caps on unauthenticated and per-connection state.
     pub limits: Limits,
+    /// Load balancers that send a PROXY protocol v2 header on TCP/TLS (empty: off).
+    pub proxy_protocol_from: Vec<IpNet>,
 }
 
 impl std::fmt::Debug for TurnConfig {
@@ -521,6 +532,7 @@ impl Layered for ServerArgs {
                 .or(file.alternate_over_allocations)
                 .unwrap_or(0),
             limits,
+            proxy_protocol_from: pick(self.proxy_protocol_from, file.proxy_protocol_from),
         })
     }
 }
@@ -551,7 +563,7 @@ impl TurnConfig {
         let mut users: Vec<&String> = self.users.keys().collect();
         users.sort();
         format!(
-            "listen={:?} relay_ip={:?} ports={}-{} external_ip={:?} realm={:?} users={:?} (passwords <redacted>) auth_secrets={} (<redacted>) allow_peer={:?} deny_peer={:?} metrics={} nonce_lifetime={}s user_quota={} total_quota={} ip_quota={} unauth_rate={}/s unauth_burst={} max_lifetime={}s workers={} drain_timeout={}s tls_listen={:?} dtls_listen={:?} cert={:?} limits={:?} admin_listen={:?} admin_token={} alternate_server={:?} alternate_over_allocations={}",
+            "listen={:?} relay_ip={:?} ports={}-{} external_ip={:?} realm={:?} users={:?} (passwords <redacted>) auth_secrets={} (<redacted>) allow_peer={:?} deny_peer={:?} metrics={} nonce_lifetime={}s user_quota={} total_quota={} ip_quota={} unauth_rate={}/s unauth_burst={} max_lifetime={}s workers={} drain_timeout={}s tls_listen={:?} dtls_listen={:?} cert={:?} limits={:?} admin_listen={:?} admin_token={} alternate_server={:?} alternate_over_allocations={} proxy_protocol_from={:?}",
             self.listen,
             self.relay_ips,
             self.min_port,
@@ -584,6 +596,7 @@ impl TurnConfig {
             },
             self.alternate_servers,
             self.alternate_over_allocations,
+            self.proxy_protocol_from,
         )
     }
 
@@ -631,6 +644,7 @@ impl TurnConfig {
             "admin_token": self.admin_token.as_ref().map(|_| "<redacted>"),
             "alternate_server": strings(&self.alternate_servers),
             "alternate_over_allocations": self.alternate_over_allocations,
+            "proxy_protocol_from": self.proxy_protocol_from.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
             "limits": {
                 "dtls_max_handshakes": self.limits.dtls_max_handshakes,
                 "dtls_max_handshakes_per_ip": self.limits.dtls_max_handshakes_per_ip,
@@ -817,6 +831,37 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("tls_max_handshakes"), "{err}");
+    }
+
+    #[test]
+    fn proxy_protocol_from_comes_from_file_or_flags_and_is_off_by_default() {
+        let cfg = parse(&[]).resolve(&Defaults::default()).unwrap();
+        assert!(cfg.proxy_protocol_from.is_empty());
+        let dir = std::env::temp_dir().join(format!("turnkey-turn-cfg4-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.toml");
+        std::fs::write(&path, "proxy_protocol_from = [\"10.0.0.0/8\"]\n").unwrap();
+        let cfg = parse(&["--config", path.to_str().unwrap()])
+            .resolve(&Defaults::default())
+            .unwrap();
+        assert_eq!(
+            cfg.proxy_protocol_from,
+            vec!["10.0.0.0/8".parse::<IpNet>().unwrap()]
+        );
+        let cfg = parse(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--proxy-protocol-from",
+            "192.0.2.1/32",
+            "--proxy-protocol-from",
+            "2001:db8::/32",
+        ])
+        .resolve(&Defaults::default())
+        .unwrap();
+        assert_eq!(cfg.proxy_protocol_from.len(), 2);
+        assert!(cfg
+            .redacted()
+            .contains("proxy_protocol_from=[192.0.2.1/32, 2001:db8::/32]"));
     }
 
     #[test]

@@ -20,6 +20,8 @@
 //! | `turn_alternate_redirects_total` (Allocates answered 300 Try Alternate) | counter | |
 //! | `turn_draining` (1 while new allocations are refused or redirected) | gauge | |
 //! | `turn_admin_requests_total` | counter | `status` (HTTP status class: `2xx`, `4xx`, `5xx`) |
+//! | `turn_proxy_protocol_accepted_total` | counter | `command` (`proxy`, `local`) |
+//! | `turn_proxy_protocol_rejected_total` | counter | `reason` ([`ProxyReject`]: `source_not_allowed`, `missing_header`, `malformed`, `unsupported`, `timeout`, `closed`) |
 //!
 //! `turn_dropped_packets_total` reasons for the caps on unauthenticated state (refused
 //! connections are counted there too, one per connection): `dtls_no_cookie` (ClientHello
@@ -29,8 +31,10 @@
 //! `tcp_connection_limit`, `tcp_per_ip_limit`, `tls_handshake_limit`,
 //! `tls_handshake_per_ip_limit`, `tls_handshake` (failed), `tls_handshake_timeout`,
 //! `tcp_first_request_timeout`, `tcp_queue_full` (a frame that did not fit the byte-bounded
-//! send queue).
+//! send queue), `tcp_duplicate_tuple` (behind a balancer: a second connection whose PROXY
+//! header names a client address and port already connected to the same worker).
 
+use crate::io::proxy::ProxyReject;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -94,7 +98,14 @@ pub mod names {
     pub const DRAINING: &str = "turn_draining";
     /// Admin API requests by status class.
     pub const ADMIN_REQUESTS: &str = "turn_admin_requests";
+    /// PROXY protocol v2 headers accepted on the stream listeners, by command.
+    pub const PROXY_PROTOCOL_ACCEPTED: &str = "turn_proxy_protocol_accepted";
+    /// Stream connections closed for want of a valid PROXY v2 header, by reason.
+    pub const PROXY_PROTOCOL_REJECTED: &str = "turn_proxy_protocol_rejected";
 }
+
+/// `turn_proxy_protocol_accepted_total` `command` values.
+pub const PROXY_COMMANDS: [&str; 2] = ["proxy", "local"];
 
 /// Handles to every TURN metric. Cloning is cheap (shared atomics).
 #[derive(Clone, Debug, Default)]
@@ -133,6 +144,10 @@ pub struct TurnMetrics {
     pub alternate_redirects: Counter,
     /// The admin API's metrics.
     pub admin: AdminMetrics,
+    /// `turn_proxy_protocol_accepted_total{command}`.
+    pub proxy_accepted: Family<L1, Counter>,
+    /// `turn_proxy_protocol_rejected_total{reason}`.
+    pub proxy_rejected: Family<L1, Counter>,
 }
 
 /// `turn_draining` and `turn_admin_requests_total{status}`.
@@ -174,7 +189,7 @@ pub struct ConnGauges {
 
 /// `turn_dropped_packets_total` reasons for the caps on unauthenticated state, exported as
 /// zeros from the start.
-const CONN_DROP_REASONS: [&str; 17] = [
+const CONN_DROP_REASONS: [&str; 18] = [
     "dtls_no_cookie",
     "dtls_bad_cookie",
     "dtls_no_association",
@@ -192,6 +207,7 @@ const CONN_DROP_REASONS: [&str; 17] = [
     "tls_handshake_timeout",
     "tcp_first_request_timeout",
     "tcp_queue_full",
+    crate::io::DUPLICATE_TUPLE_REASON,
 ];
 
 /// Counters on the per-packet path, resolved from their families once.
@@ -340,7 +356,43 @@ impl TurnMetrics {
             "Admin API requests by status class",
             m.admin.requests.clone(),
         );
+        m.register_proxy(registry);
         m
+    }
+
+    fn register_proxy(&self, registry: &mut Registry) {
+        for command in PROXY_COMMANDS {
+            let _ = self.proxy_accepted.get_or_create(&[("command", command)]);
+        }
+        for reason in ProxyReject::ALL {
+            let _ = self
+                .proxy_rejected
+                .get_or_create(&[("reason", reason.as_str())]);
+        }
+        registry.register(
+            names::PROXY_PROTOCOL_ACCEPTED,
+            "PROXY protocol v2 headers accepted on the TCP/TLS listeners, by command",
+            self.proxy_accepted.clone(),
+        );
+        registry.register(
+            names::PROXY_PROTOCOL_REJECTED,
+            "TCP/TLS connections closed for want of a valid PROXY protocol v2 header, by reason",
+            self.proxy_rejected.clone(),
+        );
+    }
+
+    /// Counts a connection closed for want of a valid PROXY header.
+    pub fn proxy_reject(&self, reason: ProxyReject) {
+        self.proxy_rejected
+            .get_or_create(&[("reason", reason.as_str())])
+            .inc();
+    }
+
+    /// Counts an accepted PROXY header (`command`: one of [`PROXY_COMMANDS`]).
+    pub fn proxy_accept(&self, command: &'static str) {
+        self.proxy_accepted
+            .get_or_create(&[("command", command)])
+            .inc();
     }
 
     fn register_conn(&self, registry: &mut Registry) {

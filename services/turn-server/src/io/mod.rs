@@ -12,15 +12,26 @@
 //! source IP), must finish the TLS handshake within [`TLS_HANDSHAKE_TIMEOUT`] and deliver one
 //! complete frame within [`FIRST_REQUEST_TIMEOUT`], and queue at most `tcp_send_queue_bytes`
 //! for sending ([`SendQueue`]).
+//!
+//! Behind a load balancer (`proxy_protocol_from`), every stream connection must come from an
+//! allowed balancer and start with a PROXY protocol v2 header ([`proxy`]), read within the
+//! first-request timeout before anything else (before the TLS handshake). The header's source
+//! address is the client side of the connection's 5-tuple, so authentication, the nonce,
+//! XOR-MAPPED-ADDRESS, quotas, rate limits, the peer policy, logs and metrics all see the
+//! client, not the balancer. The [`StreamGate`] admits the connection at accept under the
+//! server-wide caps only (the balancer's IP would otherwise reach the per-IP caps for all its
+//! clients) and applies the per-IP caps to the client's IP once the header names it.
 
 pub mod admin;
 pub mod dtls;
+pub mod proxy;
 pub mod relay;
 pub use turnkey_sockets as sockets;
 pub use turnkey_tls as tls;
 
 use crate::config::TurnConfig;
 use crate::metrics::{gauge_add, Folded, TurnMetrics};
+use proxy::{ProxyFrom, ProxyReject};
 use relay::{RelaySockets, Reservations};
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -33,7 +44,7 @@ use stun_proto::binding::BindingConfig;
 use stun_proto::msg::stream_frame_len;
 use stun_server::metrics::StunMetrics;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 use tokio_rustls::TlsAcceptor;
@@ -41,6 +52,7 @@ use tokio_util::sync::CancellationToken;
 use turn_proto::auth::{Credentials, NonceMinter};
 use turn_proto::core::{CoreConfig, Shared, Transmit, TurnCore};
 use turn_proto::policy::PeerPolicy;
+use turn_proto::proxy::Header;
 use turn_proto::{FiveTuple, Transport};
 
 /// A TCP connection that holds no allocation is closed after this long without data.
@@ -54,8 +66,12 @@ const MAX_FRAME_BYTES: usize = 65_536 + 20;
 /// Time a TLS client has to finish its handshake.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a stream client has, from the connection (TCP) or the end of the TLS handshake, to
-/// deliver one complete STUN or ChannelData frame; then it is closed (slowloris).
+/// deliver one complete STUN or ChannelData frame; then it is closed (slowloris). A PROXY v2
+/// header must also arrive within this time of the connection.
 pub const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// `turn_dropped_packets_total` reason of a stream connection whose 5-tuple is already open
+/// on the worker (two PROXY headers naming the same client address and port).
+pub const DUPLICATE_TUPLE_REASON: &str = "tcp_duplicate_tuple";
 
 /// A running server.
 #[derive(Debug)]
@@ -290,6 +306,7 @@ pub fn start(
             acceptor,
             gate: gate.clone(),
             send_queue_bytes: cfg.limits.tcp_send_queue_bytes,
+            proxy_from: ProxyFrom::new(cfg.proxy_protocol_from.clone()),
         };
         let core = TurnCore::new(core_cfg.clone(), shared.clone(), start_instant, start_unix);
         let stun_metrics = stun_metrics.clone();
@@ -344,6 +361,8 @@ struct StreamSetup {
     acceptor: Option<TlsAcceptor>,
     gate: Arc<StreamGate>,
     send_queue_bytes: usize,
+    /// Balancers that send a PROXY v2 header (empty: no header).
+    proxy_from: ProxyFrom,
 }
 
 struct Worker {
@@ -426,6 +445,7 @@ async fn run_worker(
             tcp,
             local,
             None,
+            streams.proxy_from.clone(),
             stop.clone(),
         )));
     }
@@ -440,6 +460,7 @@ async fn run_worker(
             l,
             local,
             Some(acceptor),
+            streams.proxy_from.clone(),
             stop.clone(),
         )));
     }
@@ -773,6 +794,7 @@ async fn tcp_acceptor(
     l: TcpListener,
     local: SocketAddr,
     tls: Option<TlsAcceptor>,
+    proxy_from: ProxyFrom,
     stop: CancellationToken,
 ) {
     let gate = wr.borrow().gate.clone();
@@ -785,7 +807,19 @@ async fn tcp_acceptor(
                 continue;
             }
         };
-        let mut admission = match gate.admit(from.ip(), tls.is_some()) {
+        let admitted = if proxy_from.enabled() {
+            if !proxy_from.allows(from.ip()) {
+                let reason = ProxyReject::SourceNotAllowed;
+                tracing::debug!(source = %from, reason = reason.as_str(), "PROXY connection refused");
+                wr.borrow().metrics.proxy_reject(reason);
+                continue;
+            }
+            // The balancer's IP is not the client's: per-IP caps wait for the header.
+            gate.admit_unattributed(tls.is_some())
+        } else {
+            gate.admit(from.ip(), tls.is_some())
+        };
+        let admission = match admitted {
             Ok(a) => a,
             Err(refused) => {
                 tracing::debug!(client = %from, reason = refused.reason(), "connection refused");
@@ -794,62 +828,115 @@ async fn tcp_acceptor(
             }
         };
         let _ = stream.set_nodelay(true);
-        match &tls {
-            None => {
-                let tuple = FiveTuple {
-                    client: from,
-                    server: local,
-                    transport: Transport::Tcp,
-                };
-                tokio::task::spawn_local(tcp_connection(
-                    wr.clone(),
-                    stream,
-                    tuple,
-                    stop.clone(),
-                    admission,
-                ));
+        tokio::task::spawn_local(stream_client(
+            wr.clone(),
+            stream,
+            (from, local),
+            tls.clone(),
+            proxy_from.enabled(),
+            admission,
+            stop.clone(),
+        ));
+    }
+}
+
+/// A new stream connection from `from` to `local`: the PROXY header if `proxied`, then the TLS
+/// handshake if `tls`, then [`tcp_connection`].
+async fn stream_client(
+    wr: WorkerRef,
+    mut stream: TcpStream,
+    (from, local): (SocketAddr, SocketAddr),
+    tls: Option<TlsAcceptor>,
+    proxied: bool,
+    mut admission: Admission,
+    stop: CancellationToken,
+) {
+    // The header and, on TCP, the first frame must arrive within FIRST_REQUEST_TIMEOUT of the
+    // accept.
+    let first_request_deadline = tokio::time::Instant::now() + FIRST_REQUEST_TIMEOUT;
+    let mut client = from;
+    if proxied {
+        let read = tokio::time::timeout_at(first_request_deadline, proxy::read_header(&mut stream));
+        let header = tokio::select! {
+            r = read => r.unwrap_or(Err(ProxyReject::Timeout)),
+            _ = stop.cancelled() => return,
+        };
+        let metrics = wr.borrow().metrics.clone();
+        match header {
+            Err(reason) => {
+                tracing::debug!(source = %from, reason = reason.as_str(), "PROXY connection refused");
+                metrics.proxy_reject(reason);
+                return;
             }
-            Some(acceptor) => {
-                let tuple = FiveTuple {
-                    client: from,
-                    server: local,
-                    transport: Transport::Tls,
-                };
-                let acceptor = acceptor.clone();
-                let (wr, stop) = (wr.clone(), stop.clone());
-                tokio::task::spawn_local(async move {
-                    let handshake =
-                        tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
-                    let result = tokio::select! {
-                        r = handshake => r,
-                        _ = stop.cancelled() => return,
-                    };
-                    admission.handshake_done();
-                    match result {
-                        Ok(Ok(s)) => tcp_connection(wr, s, tuple, stop, admission).await,
-                        Ok(Err(e)) => {
-                            tracing::debug!(error = %e, client = %from, "TLS handshake failed");
-                            wr.borrow().metrics.drop_packet("tls_handshake");
-                        }
-                        Err(_) => wr.borrow().metrics.drop_packet("tls_handshake_timeout"),
-                    }
-                });
+            Ok(Header::Local) => metrics.proxy_accept("local"),
+            Ok(Header::Proxy {
+                source,
+                destination,
+            }) => {
+                metrics.proxy_accept("proxy");
+                tracing::debug!(client = %source, balancer = %from, %destination, "PROXY header");
+                client = source;
             }
         }
+        if let Err(refused) = admission.attribute(client.ip()) {
+            tracing::debug!(%client, reason = refused.reason(), "connection refused");
+            metrics.drop_packet(refused.reason());
+            return;
+        }
+    }
+    let Some(acceptor) = tls else {
+        let tuple = FiveTuple {
+            client,
+            server: local,
+            transport: Transport::Tcp,
+        };
+        tcp_connection(wr, stream, tuple, stop, admission, first_request_deadline).await;
+        return;
+    };
+    let tuple = FiveTuple {
+        client,
+        server: local,
+        transport: Transport::Tls,
+    };
+    let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+    let result = tokio::select! {
+        r = handshake => r,
+        _ = stop.cancelled() => return,
+    };
+    admission.handshake_done();
+    match result {
+        Ok(Ok(s)) => {
+            let deadline = tokio::time::Instant::now() + FIRST_REQUEST_TIMEOUT;
+            tcp_connection(wr, s, tuple, stop, admission, deadline).await;
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, %client, "TLS handshake failed");
+            wr.borrow().metrics.drop_packet("tls_handshake");
+        }
+        Err(_) => wr.borrow().metrics.drop_packet("tls_handshake_timeout"),
     }
 }
 
 /// One stream client (TCP, or TLS after the handshake): RFC 8489 §6.2.2 framing both ways.
-/// Holds `admission` (its place under the connection caps) until it ends.
+/// Holds `admission` (its place under the connection caps) until it ends; must deliver its
+/// first frame by `first_request_deadline`.
 async fn tcp_connection<S>(
     wr: WorkerRef,
     stream: S,
     tuple: FiveTuple,
     stop: CancellationToken,
     admission: Admission,
+    first_request_deadline: tokio::time::Instant,
 ) where
     S: AsyncRead + AsyncWrite + 'static,
 {
+    if wr.borrow().tcp.contains_key(&tuple) {
+        // Only possible with PROXY headers: two balancer connections naming the same client
+        // address and port. The 5-tuple keys the allocation, so the second cannot be served.
+        tracing::debug!(client = %tuple.client, "a connection with this 5-tuple is open; closed");
+        wr.borrow().metrics.drop_packet(DUPLICATE_TUPLE_REASON);
+        return;
+    }
     let (mut rd, mut wrt) = tokio::io::split(stream);
     let queue = SendQueue::new(wr.borrow().send_queue_bytes);
     wr.borrow_mut().tcp.insert(tuple, queue.clone());
@@ -864,7 +951,6 @@ async fn tcp_connection<S>(
             }
         }
     });
-    let first_request_deadline = tokio::time::Instant::now() + FIRST_REQUEST_TIMEOUT;
     let mut got_frame = false;
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut chunk = vec![0u8; 65_536];
@@ -1007,40 +1093,72 @@ impl StreamGate {
     /// back when the [`Admission`] is dropped.
     pub fn admit(self: &Arc<Self>, ip: IpAddr, tls: bool) -> Result<Admission, Refused> {
         let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        let (ip_conns, ip_handshakes) = c.per_ip.get(&ip).copied().unwrap_or((0, 0));
-        if c.connections >= self.limits.max_connections {
-            return Err(Refused::ConnectionLimit);
-        }
-        if ip_conns >= self.limits.max_connections_per_ip {
-            return Err(Refused::PerIpLimit);
-        }
-        if tls && c.handshakes >= self.limits.max_handshakes {
-            return Err(Refused::HandshakeLimit);
-        }
-        if tls && ip_handshakes >= self.limits.max_handshakes_per_ip {
-            return Err(Refused::HandshakePerIpLimit);
-        }
+        self.check_total(&c, tls)?;
+        self.check_per_ip(&c, ip, tls)?;
         c.connections += 1;
         c.handshakes += usize::from(tls);
-        c.per_ip
-            .insert(ip, (ip_conns + 1, ip_handshakes + usize::from(tls)));
+        Self::add_per_ip(&mut c, ip, tls);
         self.report(&c);
         Ok(Admission {
             gate: self.clone(),
-            ip,
+            ip: Some(ip),
             handshake: tls,
         })
     }
 
-    fn release(&self, ip: IpAddr, connection: bool, handshake: bool) {
+    /// Admits a connection whose client IP is not known yet (a PROXY header will name it)
+    /// under the server-wide caps only; [`Admission::attribute`] applies the per-IP caps.
+    pub fn admit_unattributed(self: &Arc<Self>, tls: bool) -> Result<Admission, Refused> {
+        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        self.check_total(&c, tls)?;
+        c.connections += 1;
+        c.handshakes += usize::from(tls);
+        self.report(&c);
+        Ok(Admission {
+            gate: self.clone(),
+            ip: None,
+            handshake: tls,
+        })
+    }
+
+    fn check_total(&self, c: &GateCounts, tls: bool) -> Result<(), Refused> {
+        if c.connections >= self.limits.max_connections {
+            return Err(Refused::ConnectionLimit);
+        }
+        if tls && c.handshakes >= self.limits.max_handshakes {
+            return Err(Refused::HandshakeLimit);
+        }
+        Ok(())
+    }
+
+    fn check_per_ip(&self, c: &GateCounts, ip: IpAddr, tls: bool) -> Result<(), Refused> {
+        let (ip_conns, ip_handshakes) = c.per_ip.get(&ip).copied().unwrap_or((0, 0));
+        if ip_conns >= self.limits.max_connections_per_ip {
+            return Err(Refused::PerIpLimit);
+        }
+        if tls && ip_handshakes >= self.limits.max_handshakes_per_ip {
+            return Err(Refused::HandshakePerIpLimit);
+        }
+        Ok(())
+    }
+
+    fn add_per_ip(c: &mut GateCounts, ip: IpAddr, tls: bool) {
+        let e = c.per_ip.entry(ip).or_insert((0, 0));
+        e.0 += 1;
+        e.1 += usize::from(tls);
+    }
+
+    fn release(&self, ip: Option<IpAddr>, connection: bool, handshake: bool) {
         let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         c.connections -= usize::from(connection);
         c.handshakes -= usize::from(handshake);
-        if let Some((conns, hs)) = c.per_ip.get_mut(&ip) {
+        if let Some((conns, hs)) = ip.and_then(|ip| c.per_ip.get_mut(&ip)) {
             *conns -= usize::from(connection);
             *hs -= usize::from(handshake);
             if *conns == 0 {
-                c.per_ip.remove(&ip);
+                if let Some(ip) = ip {
+                    c.per_ip.remove(&ip);
+                }
             }
         }
         self.report(&c);
@@ -1062,11 +1180,24 @@ impl StreamGate {
 #[derive(Debug)]
 pub struct Admission {
     gate: Arc<StreamGate>,
-    ip: IpAddr,
+    /// The IP whose per-IP slots this holds (None: not attributed yet).
+    ip: Option<IpAddr>,
     handshake: bool,
 }
 
 impl Admission {
+    /// Names the client IP of an admission taken with [`StreamGate::admit_unattributed`] and
+    /// takes its per-IP slots (a connection, and a handshake if one is still held). On refusal
+    /// the admission is unchanged; dropping it gives its server-wide slots back.
+    pub fn attribute(&mut self, ip: IpAddr) -> Result<(), Refused> {
+        assert!(self.ip.is_none(), "an admission is attributed once");
+        let mut c = self.gate.counts.lock().unwrap_or_else(|e| e.into_inner());
+        self.gate.check_per_ip(&c, ip, self.handshake)?;
+        StreamGate::add_per_ip(&mut c, ip, self.handshake);
+        self.ip = Some(ip);
+        Ok(())
+    }
+
     /// The TLS handshake ended (either way): its handshake slot is given back.
     pub fn handshake_done(&mut self) {
         if std::mem::take(&mut self.handshake) {
@@ -1271,5 +1402,50 @@ mod tests {
         drop(tls_a1);
         assert_eq!(gate.counts(), (4, 3));
         assert_eq!(gauges.tls_handshakes.get(), 3);
+    }
+
+    #[test]
+    fn behind_a_balancer_the_per_ip_caps_apply_to_the_client_named_by_the_header() {
+        let gauges = crate::metrics::ConnGauges::default();
+        let gate = Arc::new(StreamGate::new(
+            StreamLimits {
+                max_connections: 4,
+                max_connections_per_ip: 1,
+                max_handshakes: 4,
+                max_handshakes_per_ip: 1,
+            },
+            gauges,
+        ));
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        // Three connections from one balancer: the per-IP cap of 1 does not apply to it.
+        let mut c1 = gate.admit_unattributed(true).unwrap();
+        let mut c2 = gate.admit_unattributed(true).unwrap();
+        let mut c3 = gate.admit_unattributed(false).unwrap();
+        assert_eq!(gate.counts(), (3, 2));
+        // Their headers name clients: a second one from `a` is refused, per connection and
+        // per handshake.
+        c1.attribute(a).unwrap();
+        assert_eq!(c2.attribute(a).unwrap_err(), Refused::PerIpLimit);
+        assert_eq!(c3.attribute(a).unwrap_err(), Refused::PerIpLimit);
+        c2.attribute(b).unwrap();
+        drop(c3);
+        assert_eq!(gate.counts(), (2, 2));
+        // The server-wide caps still hold before any header.
+        let _c4 = gate.admit_unattributed(true).unwrap();
+        let _c5 = gate.admit_unattributed(false).unwrap();
+        assert_eq!(
+            gate.admit_unattributed(false).unwrap_err(),
+            Refused::ConnectionLimit
+        );
+        c1.handshake_done();
+        drop(c1);
+        // `a`'s slot is free again.
+        let _a = gate.admit(a, false).unwrap();
+        assert_eq!(gate.counts(), (4, 2));
+        assert_eq!(gate.admit(b, false).unwrap_err(), Refused::ConnectionLimit);
+        drop(c2);
+        let _b = gate.admit(b, false).unwrap();
+        assert_eq!(gate.counts(), (4, 1));
     }
 }
