@@ -410,11 +410,11 @@ enum Rule {
 }
 
 const WHY_USERDB: &str = "database user stores are not supported: use static users (user, or the TURNKEY_USERS env) or TURN REST secrets (auth_secret, or TURNKEY_AUTH_SECRETS)";
-const WHY_CLI: &str = "coturn's telnet CLI has no turnkey counterpart: use the metrics listener for status (an admin API is not there yet)";
-const WHY_WEB_ADMIN: &str = "coturn's web admin has no turnkey counterpart: use the metrics listener for status (an admin API is not there yet)";
+const WHY_CLI: &str = "coturn's telnet CLI has no turnkey counterpart: use the admin HTTP API instead (admin_listen, admin_token; `turn-server admin ...`), a different protocol, so it is not set up from the CLI's address or password";
+const WHY_WEB_ADMIN: &str = "coturn's web admin has no turnkey counterpart: use the admin HTTP API instead (admin_listen, admin_token; `turn-server admin ...`)";
 const WHY_LOG: &str = "turnkey logs to stderr (tracing; RUST_LOG sets the filter, log_json the format): route it with systemd/journald or the container runtime";
 const WHY_RFC5780: &str = "turn-server does no RFC 5780 NAT behaviour discovery: run turnkey's stun-server with --alt-ip for that";
-const WHY_ALTERNATE: &str = "ALTERNATE-SERVER redirection (300, RFC 8489 §10) is not supported yet: balance with DNS or a load balancer in front";
+const WHY_TLS_ALTERNATE: &str = "turnkey has one alternate_server list for every transport: a TLS client is sent to the same servers (add the TLS servers there if they differ)";
 const WHY_BANDWIDTH: &str = "bandwidth limits are not supported yet (turnkey limits allocations per user, per IP and in total)";
 const WHY_DEVICE: &str =
     "binding to a network device is not supported: use the device's address in listen / relay_ip";
@@ -434,7 +434,8 @@ fn rule(name: &str) -> Option<Rule> {
         | "no-multicast-peers" | "cert" | "pkey" | "prometheus" | "prometheus-port"
         | "no-software-attribute" | "prod" | "no-tls" | "no-dtls" | "relay-threads"
         | "channel-lifetime" | "permission-lifetime" | "rest-api-separator"
-        | "allocation-default-address-family" | "max-bps" | "bps-capacity" => Map,
+        | "allocation-default-address-family" | "max-bps" | "bps-capacity"
+        | "alternate-server" => Map,
         "lt-cred-mech" => DefaultFlag(
             "turnkey always uses the long-term credential mechanism (RFC 8489 §9.2)",
         ),
@@ -492,7 +493,9 @@ fn rule(name: &str) -> Option<Rule> {
         "check-origin-consistency" => UnmappedFlag(
             "turnkey does not use the ORIGIN attribute",
         ),
-        "udp-self-balance" => UnmappedFlag(WHY_ALTERNATE),
+        "udp-self-balance" => UnmappedFlag(
+            "coturn's UDP self-balancing (ALTERNATE-SERVER among its own listeners) has no counterpart: turnkey spreads clients over workers with SO_REUSEPORT",
+        ),
         "keep-address-family" => UnmappedFlag(
             "turnkey follows RFC 6156: IPv4 relays unless REQUESTED-ADDRESS-FAMILY asks for IPv6",
         ),
@@ -524,7 +527,7 @@ fn rule(name: &str) -> Option<Rule> {
         "tcp-proxy-port" => Unmapped(
             "the PROXY protocol (v2) listener is not supported yet",
         ),
-        "alternate-server" | "tls-alternate-server" => Unmapped(WHY_ALTERNATE),
+        "tls-alternate-server" => Unmapped(WHY_TLS_ALTERNATE),
         "max-allocate-timeout" => Unmapped(
             "turnkey has no allocation-establishment timeout setting",
         ),
@@ -562,6 +565,7 @@ struct Importer {
     tls_port: Option<(usize, u16)>,
     aux: Vec<SocketAddr>,
     relay_ips: Vec<IpAddr>,
+    alternates: Vec<SocketAddr>,
     external_ips: Vec<String>,
     min_port: Option<(usize, u16)>,
     max_port: Option<(usize, u16)>,
@@ -665,6 +669,25 @@ impl Importer {
                     parse_num(o, "an ADDRESS:PORT (1.2.3.4:5555 or [1:2::3:4]:5555)")?;
                 self.aux.push(a);
                 self.mapped(o, &["listen"]);
+            }
+            "alternate-server" => {
+                // coturn: IP[:PORT], the port defaulting to 3478.
+                let v = need_value(o)?.trim();
+                let a = v.parse::<SocketAddr>().ok().or_else(|| {
+                    v.parse::<IpAddr>()
+                        .ok()
+                        .map(|ip| SocketAddr::new(ip, COTURN_PORT))
+                });
+                match a {
+                    Some(a) => {
+                        self.alternates.push(a);
+                        self.mapped(o, &["alternate_server"]);
+                    }
+                    None => self.unmapped(
+                        o,
+                        "turnkey needs IP or IP:PORT here, not a host name: resolve it and add alternate_server by hand",
+                    ),
+                }
             }
             "relay-ip" => {
                 let ip = parse_ip(o)?;
@@ -1088,6 +1111,11 @@ impl Importer {
             };
             SocketAddr::new(ip, self.prometheus_port.unwrap_or(COTURN_PROMETHEUS_PORT))
         });
+        if !self.alternates.is_empty() {
+            notes.push(
+                "alternate_server: coturn sends every allocation to the alternate servers; turnkey serves them itself and sends new ones there only while draining (`turn-server admin drain start`, SIGTERM) or from alternate_over_allocations live allocations".into(),
+            );
+        }
         if !self.prometheus {
             notes.push(
                 "turnkey always serves /metrics and /healthz (default 127.0.0.1:9641); coturn's exporter was off".into(),
@@ -1102,6 +1130,10 @@ impl Importer {
         // Write the TOML.
         let mut keys = Keys::default();
         keys.list("listen", listen.iter().map(|a| toml_str(&a.to_string())));
+        keys.list(
+            "alternate_server",
+            self.alternates.iter().map(|a| toml_str(&a.to_string())),
+        );
         keys.list(
             "tls_listen",
             tls_listen.iter().map(|a| toml_str(&a.to_string())),
@@ -1568,7 +1600,7 @@ mod tests {
     #[test]
     fn defaults_and_unmapped_say_why() {
         let i = run("lt-cred-mech\nno-loopback-peers\nno-multicast-peers\nno-tcp-relay\nfingerprint\nno-cli\n\
-             max-bps=100\nalternate-server=1.2.3.4\nmobility\ncli-password=qwerty\npsql-userdb=\"host=x password=y\"\n\
+             max-bps=100\nalternate-server=1.2.3.4\ntls-alternate-server=1.2.3.4:5349\nmobility\ncli-password=qwerty\npsql-userdb=\"host=x password=y\"\n\
              no-udp\nno-tcp\nuser=ninefingers:0xbc807ee29df3c9ffa736523fb2c4e8ee\nsha512-please\nverbose=0\n\
              user-quota=0\nchannel-lifetime=600\npermission-lifetime=60\nuse-auth-secret\n");
         for o in [
@@ -1584,7 +1616,12 @@ mod tests {
             why(&i.already_default, o);
         }
         assert!(why(&i.unmapped, "max-bps").contains("bandwidth"));
-        assert!(why(&i.unmapped, "alternate-server").contains("ALTERNATE-SERVER"));
+        assert!(why(&i.unmapped, "tls-alternate-server").contains("alternate_server"));
+        assert!(
+            i.toml.contains("alternate_server = [\"1.2.3.4:3478\"]"),
+            "{}",
+            i.toml
+        );
         assert!(why(&i.unmapped, "cli-password").contains("CLI"));
         assert!(why(&i.unmapped, "psql-userdb").contains("static users"));
         assert!(why(&i.unmapped, "no-udp").contains("UDP and TCP"));
@@ -1604,7 +1641,7 @@ mod tests {
         // Everything is recorded once, in the TOML too.
         assert_eq!(
             i.mapped.len() + i.already_default.len() + i.unmapped.len(),
-            20
+            21
         );
         let file = file(&i);
         assert!(file.user.is_empty());

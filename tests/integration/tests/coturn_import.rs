@@ -279,7 +279,7 @@ fn every_documented_option_is_mapped_or_explained() {
     assert_eq!(cfg.software, None);
     let unmapped = options_of(&by_kind, "unmapped");
     for o in [
-        "alternate-server",
+        "tls-alternate-server",
         "psql-userdb",
         "cli-password",
         "web-admin",
