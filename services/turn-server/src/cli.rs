@@ -258,15 +258,34 @@ pub fn main() -> anyhow::Result<()> {
     if let Some(Command::Admin { action, url, token }) = cli.command {
         return admin(action, &url, token.as_deref());
     }
-    let cfg = cli.args.resolve(&Defaults::default())?;
-    turnkey_runtime::logging::init(cfg.log_json, "info");
+    let args = cli.args;
+    let cfg = args.clone().resolve(&Defaults::default())?;
+    let log =
+        turnkey_runtime::logging::init_reloadable(cfg.log_json, cfg.log_level.as_deref(), "info");
+    // SIGHUP and a change of the --config file read the configuration again (flags and
+    // environment on top, as at start).
+    let reload = crate::run::Reload {
+        watch: args.config.clone(),
+        resolve: Box::new(move || {
+            args.clone()
+                .resolve(&Defaults::default())
+                .map_err(|e| e.to_string())
+        }),
+        log,
+    };
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(run(cfg))
+        .block_on(run(cfg, reload))
 }
 
-async fn run(cfg: crate::config::TurnConfig) -> anyhow::Result<()> {
-    crate::run::run_until_signal(&cfg, |_| {}).await?;
+async fn run(cfg: crate::config::TurnConfig, reload: crate::run::Reload) -> anyhow::Result<()> {
+    crate::run::serve_with_reload(
+        &cfg,
+        Some(reload),
+        turnkey_runtime::shutdown::on_signal(),
+        |_| {},
+    )
+    .await?;
     Ok(())
 }

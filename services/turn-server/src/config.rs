@@ -120,6 +120,10 @@ pub struct ServerArgs {
     /// accounting record). Default text.
     #[arg(long = "log-format", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Log filter (`RUST_LOG` syntax: `info`, `debug`, `info,turn_proto=debug`); reloaded with
+    /// the config file. Default: `RUST_LOG`, else info.
+    #[arg(long = "log-level", value_name = "FILTER")]
+    pub log_level: Option<String>,
     /// Admin HTTP API listener (allocations, ending them, draining, effective config, worker
     /// load; see services/turn-server/admin-openapi.json). Off unless set; needs
     /// --admin-token.
@@ -238,6 +242,8 @@ pub struct FileConfig {
     pub log_json: Option<bool>,
     /// See `--log-format`.
     pub log_format: Option<LogFormat>,
+    /// See `--log-level`.
+    pub log_level: Option<String>,
     /// See `--admin-listen`.
     pub admin_listen: Option<SocketAddr>,
     /// See `--admin-token` (better from `TURNKEY_ADMIN_TOKEN`).
@@ -351,6 +357,8 @@ pub struct TurnConfig {
     pub tls_files: Option<(PathBuf, PathBuf)>,
     /// JSON logs.
     pub log_json: bool,
+    /// Log filter (None: `RUST_LOG`, else info).
+    pub log_level: Option<String>,
     /// Admin API listener (None: off).
     pub admin_listen: Option<SocketAddr>,
     /// Admin API bearer token (set whenever `admin_listen` is).
@@ -482,6 +490,14 @@ impl Layered for ServerArgs {
                 "admin_token must be at least 16 characters".into(),
             ));
         }
+        let log_level = self
+            .log_level
+            .or(file.log_level)
+            .filter(|l| !l.trim().is_empty());
+        if let Some(l) = &log_level {
+            turnkey_runtime::logging::valid_filter(l)
+                .map_err(|e| ConfigError::Invalid(format!("log_level {l:?}: {e}")))?;
+        }
         let log_format = self.log_format.or(file.log_format);
         let log_json =
             self.log_json || file.log_json.unwrap_or(false) || log_format == Some(LogFormat::Json);
@@ -524,6 +540,7 @@ impl Layered for ServerArgs {
             dtls_listen,
             tls_files,
             log_json,
+            log_level,
             admin_listen,
             admin_token,
             alternate_servers: pick(self.alternate_server, file.alternate_server),
@@ -600,6 +617,108 @@ impl TurnConfig {
         )
     }
 
+    /// The keys whose change needs a restart (sockets, listeners, workers, log format) and that
+    /// differ between `self` (in force) and `new`.
+    pub fn restart_only_changes(&self, new: &TurnConfig) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        let mut check = |key: &'static str, same: bool| {
+            if !same {
+                changed.push(key);
+            }
+        };
+        check("listen", self.listen == new.listen);
+        check("relay_ip", self.relay_ips == new.relay_ips);
+        check(
+            "min_port/max_port",
+            (self.min_port, self.max_port) == (new.min_port, new.max_port),
+        );
+        check("external_ip", self.external_ips == new.external_ips);
+        check("metrics", self.metrics == new.metrics);
+        check("workers", self.workers == new.workers);
+        check("tls_listen", self.tls_listen == new.tls_listen);
+        check("dtls_listen", self.dtls_listen == new.dtls_listen);
+        check("cert/key", self.tls_files == new.tls_files);
+        check("log_json/log_format", self.log_json == new.log_json);
+        check("admin_listen", self.admin_listen == new.admin_listen);
+        check(
+            "proxy_protocol_from",
+            self.proxy_protocol_from == new.proxy_protocol_from,
+        );
+        check("limits", self.limits == new.limits);
+        changed
+    }
+
+    /// `new` with every restart-only key (see [`restart_only_changes`](Self::restart_only_changes))
+    /// taken from `self`: what a reload puts in force.
+    pub fn reloadable_part_of(&self, new: TurnConfig) -> TurnConfig {
+        TurnConfig {
+            listen: self.listen.clone(),
+            relay_ips: self.relay_ips.clone(),
+            min_port: self.min_port,
+            max_port: self.max_port,
+            external_ips: self.external_ips.clone(),
+            metrics: self.metrics,
+            workers: self.workers,
+            tls_listen: self.tls_listen.clone(),
+            dtls_listen: self.dtls_listen.clone(),
+            tls_files: self.tls_files.clone(),
+            log_json: self.log_json,
+            admin_listen: self.admin_listen,
+            proxy_protocol_from: self.proxy_protocol_from.clone(),
+            limits: self.limits,
+            protected_ports: self.protected_ports.clone(),
+            ..new
+        }
+    }
+
+    /// The reloadable keys that differ between `self` and `new` (names only: never values,
+    /// which may be secrets).
+    pub fn reloadable_changes(&self, new: &TurnConfig) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        let mut check = |key: &'static str, same: bool| {
+            if !same {
+                changed.push(key);
+            }
+        };
+        check("realm", self.realm == new.realm);
+        check("user", self.users == new.users);
+        check("auth_secret", self.auth_secrets == new.auth_secrets);
+        check("allow_peer", self.allow_peer == new.allow_peer);
+        check("deny_peer", self.deny_peer == new.deny_peer);
+        check(
+            "nonce_lifetime",
+            self.nonce_lifetime_secs == new.nonce_lifetime_secs,
+        );
+        check("user_quota", self.user_quota == new.user_quota);
+        check("total_quota", self.total_quota == new.total_quota);
+        check("ip_quota", self.ip_quota == new.ip_quota);
+        check(
+            "unauth_rate",
+            self.unauth_rate_per_sec == new.unauth_rate_per_sec,
+        );
+        check("unauth_burst", self.unauth_burst == new.unauth_burst);
+        check(
+            "max_lifetime",
+            self.max_lifetime_secs == new.max_lifetime_secs,
+        );
+        check(
+            "drain_timeout",
+            self.drain_timeout_secs == new.drain_timeout_secs,
+        );
+        check("software", self.software == new.software);
+        check("log_level", self.log_level == new.log_level);
+        check("admin_token", self.admin_token == new.admin_token);
+        check(
+            "alternate_server",
+            self.alternate_servers == new.alternate_servers,
+        );
+        check(
+            "alternate_over_allocations",
+            self.alternate_over_allocations == new.alternate_over_allocations,
+        );
+        changed
+    }
+
     /// The effective configuration as JSON (`GET /v1/config` of the admin API), with every
     /// secret redacted: user names are listed, passwords, REST secrets and the admin token
     /// are not.
@@ -640,6 +759,7 @@ impl TurnConfig {
             "cert": self.tls_files.as_ref().map(|(c, _)| c.display().to_string()),
             "key": self.tls_files.as_ref().map(|_| "<redacted>"),
             "log_json": self.log_json,
+            "log_level": self.log_level,
             "admin_listen": self.admin_listen.map(|a| a.to_string()),
             "admin_token": self.admin_token.as_ref().map(|_| "<redacted>"),
             "alternate_server": strings(&self.alternate_servers),
@@ -940,5 +1060,44 @@ mod tests {
             core.policy.check(SocketAddr::from(([192, 0, 2, 10], 22))),
             Ok(())
         );
+    }
+
+    #[test]
+    fn a_reload_takes_the_reloadable_keys_and_keeps_the_sockets() {
+        let old = parse(&[
+            "--listen",
+            "127.0.0.1:3478",
+            "--user",
+            "a:pw",
+            "--user-quota",
+            "1",
+        ])
+        .resolve(&Defaults::default())
+        .unwrap();
+        let new = parse(&[
+            "--listen",
+            "127.0.0.1:4000",
+            "--user",
+            "b:pw",
+            "--user-quota",
+            "2",
+            "--log-level",
+            "debug",
+        ])
+        .resolve(&Defaults::default())
+        .unwrap();
+        assert_eq!(old.restart_only_changes(&new), vec!["listen"]);
+        let applied = old.reloadable_part_of(new);
+        assert_eq!(applied.listen, old.listen);
+        assert_eq!(applied.user_quota, 2);
+        assert!(applied.users.contains_key("b") && !applied.users.contains_key("a"));
+        assert_eq!(
+            old.reloadable_changes(&applied),
+            vec!["user", "user_quota", "log_level"]
+        );
+        assert!(old.reloadable_changes(&old.clone()).is_empty());
+        assert!(parse(&["--log-level", "info,[bad"])
+            .resolve(&Defaults::default())
+            .is_err());
     }
 }

@@ -20,6 +20,7 @@
 //! | `turn_alternate_redirects_total` (Allocates answered 300 Try Alternate) | counter | |
 //! | `turn_draining` (1 while new allocations are refused or redirected) | gauge | |
 //! | `turn_admin_requests_total` | counter | `status` (HTTP status class: `2xx`, `4xx`, `5xx`) |
+//! | `turn_config_reloads_total` | counter | `result` (`ok`, `error`) |
 //! | `turn_proxy_protocol_accepted_total` | counter | `command` (`proxy`, `local`) |
 //! | `turn_proxy_protocol_rejected_total` | counter | `reason` ([`ProxyReject`]: `source_not_allowed`, `missing_header`, `malformed`, `unsupported`, `timeout`, `closed`) |
 //!
@@ -98,6 +99,8 @@ pub mod names {
     pub const DRAINING: &str = "turn_draining";
     /// Admin API requests by status class.
     pub const ADMIN_REQUESTS: &str = "turn_admin_requests";
+    /// Config reloads by result.
+    pub const CONFIG_RELOADS: &str = "turn_config_reloads";
     /// PROXY protocol v2 headers accepted on the stream listeners, by command.
     pub const PROXY_PROTOCOL_ACCEPTED: &str = "turn_proxy_protocol_accepted";
     /// Stream connections closed for want of a valid PROXY v2 header, by reason.
@@ -157,6 +160,8 @@ pub struct AdminMetrics {
     pub draining: Gauge,
     /// Admin API answers by status class.
     pub requests: Family<L1, Counter>,
+    /// Config reloads by result (`ok`, `error`).
+    pub reloads: Family<L1, Counter>,
 }
 
 impl AdminMetrics {
@@ -168,6 +173,11 @@ impl AdminMetrics {
             _ => "5xx",
         };
         self.requests.get_or_create(&[("status", class)]).inc();
+    }
+    /// Counts a config reload.
+    pub fn reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.reloads.get_or_create(&[("result", result)]).inc();
     }
     /// Sets `turn_draining`.
     pub fn draining(&self, on: bool) {
@@ -351,6 +361,14 @@ impl TurnMetrics {
         for class in ["2xx", "4xx", "5xx"] {
             let _ = m.admin.requests.get_or_create(&[("status", class)]);
         }
+        for result in ["ok", "error"] {
+            let _ = m.admin.reloads.get_or_create(&[("result", result)]);
+        }
+        registry.register(
+            names::CONFIG_RELOADS,
+            "Configuration reloads (SIGHUP or file change) by result; on error the configuration in force stays",
+            m.admin.reloads.clone(),
+        );
         registry.register(
             names::ADMIN_REQUESTS,
             "Admin API requests by status class",

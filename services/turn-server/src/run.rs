@@ -3,8 +3,10 @@
 //! until SIGTERM or ctrl-c, then drain.
 
 use crate::config::TurnConfig;
+use crate::io::admin::AdminLive;
 use crate::metrics::TurnMetrics;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use stun_server::metrics::StunMetrics;
@@ -69,6 +71,43 @@ pub async fn serve(
     shutdown: tokio_util::sync::CancellationToken,
     on_ready: impl FnOnce(&Ready),
 ) -> Result<(), RunError> {
+    serve_with_reload(cfg, None, shutdown, on_ready).await
+}
+
+/// How the configuration is read again on SIGHUP or when its file changes.
+pub struct Reload {
+    /// Reads the configuration again: the file, with the command line's flags and environment
+    /// on top (as at start).
+    pub resolve: Box<dyn Fn() -> Result<TurnConfig, String> + Send + Sync>,
+    /// The file to watch for changes (polled every [`RELOAD_POLL`]); `None`: SIGHUP only.
+    pub watch: Option<PathBuf>,
+    /// The log filter handle, for `log_level`.
+    pub log: Option<turnkey_runtime::logging::LogLevel>,
+}
+
+impl std::fmt::Debug for Reload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reload")
+            .field("watch", &self.watch)
+            .finish()
+    }
+}
+
+/// How often the config file is checked for a change.
+pub const RELOAD_POLL: Duration = Duration::from_secs(2);
+
+/// [`serve`], and with `reload` the configuration is read again on SIGHUP and whenever its
+/// file changes: users, REST secrets, realm, peer policy, quotas, lifetimes, the
+/// unauthenticated rate, alternate servers, the admin token, the log level and the drain
+/// timeout take effect at once; live allocations are kept. A file that fails to load leaves
+/// the configuration in force and logs why; a change to a key that needs a restart (listeners,
+/// relay addresses and ports, workers, certificates' paths, log format) is logged and ignored.
+pub async fn serve_with_reload(
+    cfg: &TurnConfig,
+    reload: Option<Reload>,
+    shutdown: tokio_util::sync::CancellationToken,
+    on_ready: impl FnOnce(&Ready),
+) -> Result<(), RunError> {
     tracing::info!(config = %cfg.redacted(), "starting turn server");
     if cfg.users.is_empty() && cfg.auth_secrets.is_empty() {
         tracing::warn!("no user and no auth secret: every allocation will be refused (401)");
@@ -82,13 +121,17 @@ pub async fn serve(
             addrs: cfg.listen.clone(),
             source,
         })?;
+    let server = Arc::new(server);
+    let live = Arc::new(std::sync::RwLock::new(AdminLive {
+        config: Arc::new(cfg.redacted_json()),
+        token: Arc::from(cfg.admin_token.as_deref().unwrap_or_default()),
+    }));
     let admin = match (cfg.admin_listen, &cfg.admin_token) {
-        (Some(addr), Some(token)) => {
+        (Some(addr), Some(_)) => {
             let state = crate::io::admin::AdminState {
                 workers: server.workers.clone(),
                 shared: server.shared.clone(),
-                config: Arc::new(cfg.redacted_json()),
-                token: Arc::from(token.as_str()),
+                live: live.clone(),
                 metrics: admin_metrics.clone(),
             };
             Some(
@@ -106,17 +149,31 @@ pub async fn serve(
                 addr: cfg.metrics,
                 source,
             })?;
-    match &server.certs {
+    if let Some(certs) = &server.certs {
         // SIGHUP reloads the certificate.
-        Some(certs) => {
-            tokio::spawn(turnkey_tls::watch(
-                certs.clone(),
-                Duration::from_secs(2),
+        tokio::spawn(turnkey_tls::watch(
+            certs.clone(),
+            Duration::from_secs(2),
+            shutdown.clone(),
+        ));
+    }
+    let current = Arc::new(std::sync::RwLock::new(cfg.clone()));
+    match reload {
+        Some(reload) => {
+            tokio::spawn(reload_loop(
+                reload,
+                Reloading {
+                    server: server.clone(),
+                    current: current.clone(),
+                    live,
+                    metrics: admin_metrics.clone(),
+                },
                 shutdown.clone(),
             ));
         }
         // Nothing to reload: SIGHUP must not end the server.
-        None => turnkey_runtime::shutdown::ignore_hangups("turn-server"),
+        None if server.certs.is_none() => turnkey_runtime::shutdown::ignore_hangups("turn-server"),
+        None => {}
     }
     let ready = Ready {
         listen: server.listen.clone(),
@@ -129,9 +186,114 @@ pub async fn serve(
     on_ready(&ready);
     shutdown.cancelled().await;
     admin_metrics.draining(true);
-    server
-        .shutdown(Duration::from_secs(cfg.drain_timeout_secs))
-        .await;
+    let drain = current
+        .read()
+        .map(|c| c.drain_timeout_secs)
+        .unwrap_or(cfg.drain_timeout_secs);
+    server.shutdown(Duration::from_secs(drain)).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// What a reload changes.
+struct Reloading {
+    server: Arc<crate::io::RunningServer>,
+    current: Arc<std::sync::RwLock<TurnConfig>>,
+    live: Arc<std::sync::RwLock<AdminLive>>,
+    metrics: crate::metrics::AdminMetrics,
+}
+
+/// The file's modification time and length, to notice a change.
+fn file_stamp(path: &std::path::Path) -> Option<(std::time::SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+async fn reload_loop(reload: Reload, r: Reloading, stop: tokio_util::sync::CancellationToken) {
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(RELOAD_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stamp = reload.watch.as_deref().and_then(file_stamp);
+    loop {
+        #[cfg(unix)]
+        let hup_fut = async {
+            match hup.as_mut() {
+                Some(h) => {
+                    h.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hup_fut = std::future::pending::<()>();
+        let trigger = tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = hup_fut => "sighup",
+            _ = tick.tick() => {
+                let Some(path) = reload.watch.as_deref() else { continue };
+                let now = file_stamp(path);
+                if now == stamp {
+                    continue;
+                }
+                stamp = now;
+                "file_changed"
+            }
+        };
+        apply_reload(&reload, &r, trigger).await;
+        // What was just read needs no second reload when the poll sees it.
+        if let Some(path) = reload.watch.as_deref() {
+            stamp = file_stamp(path);
+        }
+    }
+}
+
+/// Reads the configuration again and puts its reloadable part in force.
+async fn apply_reload(reload: &Reload, r: &Reloading, trigger: &'static str) {
+    let new = match (reload.resolve)() {
+        Ok(c) => c,
+        Err(e) => {
+            r.metrics.reload(false);
+            tracing::error!(trigger, error = %e, "config reload failed: the configuration in force stays");
+            return;
+        }
+    };
+    let old = match r.current.read() {
+        Ok(c) => c.clone(),
+        Err(p) => p.into_inner().clone(),
+    };
+    let restart_only = old.restart_only_changes(&new);
+    if !restart_only.is_empty() {
+        tracing::warn!(trigger, keys = ?restart_only, "config reload: these keys need a restart; their values in force stay");
+    }
+    let new = old.reloadable_part_of(new);
+    let changed = old.reloadable_changes(&new);
+    if let Err(crate::io::admin::WorkerBusy) = r.server.reconfigure(&new).await {
+        r.metrics.reload(false);
+        tracing::error!(trigger, "config reload failed: a worker did not take the new configuration in time; retry (SIGHUP)");
+        return;
+    }
+    if old.log_level != new.log_level {
+        if let Some(log) = &reload.log {
+            let filter = new
+                .log_level
+                .clone()
+                .or_else(|| std::env::var("RUST_LOG").ok())
+                .unwrap_or_else(|| "info".into());
+            if let Err(e) = log.set(&filter) {
+                tracing::warn!(error = %e, "config reload: log_level not applied");
+            }
+        }
+    }
+    if let Ok(mut l) = r.live.write() {
+        *l = AdminLive {
+            config: Arc::new(new.redacted_json()),
+            token: Arc::from(new.admin_token.as_deref().unwrap_or_default()),
+        };
+    }
+    if let Ok(mut c) = r.current.write() {
+        *c = new;
+    }
+    r.metrics.reload(true);
+    tracing::info!(trigger, changed = ?changed, "config reloaded");
 }

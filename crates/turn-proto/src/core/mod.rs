@@ -343,6 +343,27 @@ impl TurnCore {
         }
     }
 
+    /// Replaces the configuration (a reload): users, REST secrets, realm, peer policy,
+    /// quotas, lifetimes, alternate servers and the unauthenticated rate take effect for the
+    /// next request or datagram. Live allocations, their permissions and channels are kept,
+    /// also those of a user the new configuration no longer has (their refreshes then fail
+    /// authentication; the admin API ends them at once). The nonce key must stay the same, or
+    /// every client in the middle of a transaction gets 438 once.
+    pub fn reconfigure(&mut self, cfg: Arc<CoreConfig>, now: Instant) {
+        if cfg.unauth_rate_per_sec != self.cfg.unauth_rate_per_sec
+            || cfg.unauth_burst != self.cfg.unauth_burst
+        {
+            self.unauth_limiter =
+                SourceLimiter::new(cfg.unauth_rate_per_sec, cfg.unauth_burst, now);
+        }
+        self.cfg = cfg;
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Arc<CoreConfig> {
+        &self.cfg
+    }
+
     /// What this core has counted so far (the service folds it into its metrics).
     pub fn stats(&self) -> &TurnStats {
         &self.stats

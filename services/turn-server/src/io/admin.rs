@@ -21,7 +21,7 @@ use std::time::Duration;
 use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use turn_proto::core::{AllocationFilter, AllocationInfo, Shared};
+use turn_proto::core::{AllocationFilter, AllocationInfo, CoreConfig, Shared};
 
 /// Commands a worker's queue holds; beyond, the request gets 503.
 pub const COMMAND_QUEUE: usize = 16;
@@ -59,6 +59,13 @@ pub enum WorkerCommand {
         target: EndTarget,
         /// The answer.
         reply: oneshot::Sender<Vec<AllocationInfo>>,
+    },
+    /// Put a new core configuration in force (reload).
+    Reconfigure {
+        /// The configuration.
+        config: Arc<CoreConfig>,
+        /// Done.
+        reply: oneshot::Sender<()>,
     },
     /// The worker's load.
     Load {
@@ -155,6 +162,30 @@ impl Workers {
         Ok(parts.into_iter().flatten().collect())
     }
 
+    /// Puts `config` in force on every worker. Unlike the questions, a reload waits for room
+    /// in a full queue (up to [`COMMAND_TIMEOUT`]) rather than failing at once.
+    pub async fn reconfigure(&self, config: Arc<CoreConfig>) -> Result<(), WorkerBusy> {
+        let mut answers = Vec::with_capacity(self.queues.len());
+        for q in &self.queues {
+            let (tx, rx) = oneshot::channel();
+            let cmd = WorkerCommand::Reconfigure {
+                config: config.clone(),
+                reply: tx,
+            };
+            match tokio::time::timeout(COMMAND_TIMEOUT, q.send(cmd)).await {
+                Ok(Ok(())) => answers.push(rx),
+                _ => return Err(WorkerBusy),
+            }
+        }
+        for rx in answers {
+            match tokio::time::timeout(COMMAND_TIMEOUT, rx).await {
+                Ok(Ok(())) => {}
+                _ => return Err(WorkerBusy),
+            }
+        }
+        Ok(())
+    }
+
     /// Every worker's load.
     pub async fn load(&self) -> Result<Vec<WorkerLoad>, WorkerBusy> {
         self.ask(|reply| WorkerCommand::Load { reply }).await
@@ -168,12 +199,28 @@ pub struct AdminState {
     pub workers: Workers,
     /// Cross-worker state (draining, totals).
     pub shared: Arc<Shared>,
+    /// The token and the shown configuration, replaced by a reload.
+    pub live: Arc<std::sync::RwLock<AdminLive>>,
+    /// Request counters.
+    pub metrics: AdminMetrics,
+}
+
+/// What a reload changes in the admin API.
+#[derive(Debug, Clone)]
+pub struct AdminLive {
     /// `GET /v1/config`: the effective configuration, secrets redacted.
     pub config: Arc<Value>,
     /// The bearer token.
     pub token: Arc<str>,
-    /// Request counters.
-    pub metrics: AdminMetrics,
+}
+
+impl AdminState {
+    fn live(&self) -> AdminLive {
+        match self.live.read() {
+            Ok(l) => l.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
 }
 
 /// An API error: its status, a stable code and a message.
@@ -283,7 +330,9 @@ async fn authorize(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    let ok: bool = presented.as_bytes().ct_eq(s.token.as_bytes()).into();
+    let token = s.live().token;
+    let ok: bool = presented.as_bytes().ct_eq(token.as_bytes()).into();
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
     let res = if ok {
         next.run(req).await
     } else {
@@ -300,6 +349,7 @@ async fn authorize(
         r
     };
     s.metrics.request(res.status().as_u16());
+    tracing::debug!(%method, %path, status = res.status().as_u16(), "admin request");
     res
 }
 
@@ -475,7 +525,7 @@ async fn drain_stop(State(s): State<AdminState>) -> Json<Value> {
 }
 
 async fn config(State(s): State<AdminState>) -> Json<Value> {
-    Json((*s.config).clone())
+    Json((*s.live().config).clone())
 }
 
 async fn workers(State(s): State<AdminState>) -> ApiResult {

@@ -88,14 +88,23 @@ pub struct RunningServer {
     pub shared: Arc<Shared>,
     /// The workers' command queues (admin API).
     pub workers: admin::Workers,
+    /// The stateless nonce key (kept across reloads).
+    nonce_key: [u8; 32],
     stop: CancellationToken,
-    threads: Vec<std::thread::JoinHandle<()>>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 impl RunningServer {
+    /// Puts the reloadable part of `cfg` in force on every worker (see
+    /// [`TurnCore::reconfigure`]); the nonce key stays.
+    pub async fn reconfigure(&self, cfg: &TurnConfig) -> Result<(), admin::WorkerBusy> {
+        let core = Arc::new(core_config_with_key(cfg, self.nonce_key));
+        self.workers.reconfigure(core).await
+    }
+
     /// Graceful stop: refuse new allocations, wait up to `drain` for allocations to end, then
     /// stop the workers and join them.
-    pub async fn shutdown(self, drain: Duration) {
+    pub async fn shutdown(&self, drain: Duration) {
         self.shared.start_draining();
         let waiting = self.shared.total_allocations();
         if waiting > 0 {
@@ -116,7 +125,11 @@ impl RunningServer {
             "stopping workers"
         );
         self.stop.cancel();
-        for t in self.threads {
+        let threads = match self.threads.lock() {
+            Ok(mut t) => std::mem::take(&mut *t),
+            Err(p) => std::mem::take(&mut *p.into_inner()),
+        };
+        for t in threads {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
     }
@@ -125,6 +138,12 @@ impl RunningServer {
 /// Builds the core configuration from the effective config. The server's own addresses (relay,
 /// listen, external and metrics IPs) and ports (listen and metrics) feed the peer policy.
 pub fn core_config(cfg: &TurnConfig) -> CoreConfig {
+    core_config_with_key(cfg, rand::random())
+}
+
+/// [`core_config`] with the stateless nonce key given: a reload keeps the key, so nonces
+/// handed out before it stay valid.
+pub fn core_config_with_key(cfg: &TurnConfig, nonce_key: [u8; 32]) -> CoreConfig {
     let mut own_ips: Vec<std::net::IpAddr> = cfg.relay_ips.clone();
     own_ips.extend(cfg.listen.iter().map(|l| l.ip()));
     own_ips.extend(cfg.external_ips.values().copied());
@@ -145,7 +164,6 @@ pub fn core_config(cfg: &TurnConfig) -> CoreConfig {
     own_ports.extend(&cfg.protected_ports);
     own_ports.sort_unstable();
     own_ports.dedup();
-    let nonce_key: [u8; 32] = rand::random();
     let credentials =
         Credentials::new(cfg.users.clone(), cfg.auth_secrets.clone()).hash_users(&cfg.realm);
     let userhash = credentials.has_static_users();
@@ -191,7 +209,8 @@ pub fn start(
     metrics: TurnMetrics,
     stun_metrics: StunMetrics,
 ) -> io::Result<RunningServer> {
-    let core_cfg = Arc::new(core_config(cfg));
+    let nonce_key: [u8; 32] = rand::random();
+    let core_cfg = Arc::new(core_config_with_key(cfg, nonce_key));
     let shared = Arc::new(Shared::default());
     let gate = Arc::new(StreamGate::new(
         StreamLimits {
@@ -342,8 +361,9 @@ pub fn start(
         certs,
         shared,
         workers,
+        nonce_key,
         stop,
-        threads,
+        threads: Mutex::new(threads),
     })
 }
 
@@ -758,6 +778,10 @@ async fn command_loop(
                 // Closes the released relay sockets and counts the ends.
                 flush(&wr, w);
                 let _ = reply.send(ended);
+            }
+            WorkerCommand::Reconfigure { config, reply } => {
+                w.core.reconfigure(config, now);
+                let _ = reply.send(());
             }
             WorkerCommand::Load { reply } => {
                 let relay = &w.core.stats().relay;
