@@ -1,5 +1,6 @@
-//! A token bucket with time passed in (no clock of its own, so cores stay sans-IO and tests
-//! run in virtual time): `rate_per_sec` tokens a second up to `burst`, full when created.
+//! Token buckets with time passed in (no clock of its own, so cores stay sans-IO and tests run in
+//! virtual time): [`TokenBucket`] counts events (`rate_per_sec` tokens a second up to `burst`),
+//! [`ByteBucket`] counts bytes (bandwidth caps); both are full when created.
 
 use std::time::Instant;
 
@@ -37,6 +38,72 @@ impl TokenBucket {
         } else {
             false
         }
+    }
+}
+
+/// A token bucket counted in bytes, for bandwidth caps: `rate_bytes_per_sec` bytes a second up
+/// to `burst_bytes`, full when created. A datagram of `len` bytes passes when the bucket holds
+/// `len` bytes, or when it is full (so a datagram larger than the burst is never refused for
+/// ever): it then leaves the bucket in debt, which the refill pays back before the next one. Over
+/// any long interval the bytes admitted stay within `rate * interval + burst` (+ one datagram).
+#[derive(Clone, Copy, Debug)]
+pub struct ByteBucket {
+    rate_bytes_per_sec: f64,
+    burst_bytes: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl ByteBucket {
+    /// A full bucket of `burst_bytes` (at least 1) refilled at `rate_bytes_per_sec`.
+    pub fn new(rate_bytes_per_sec: u64, burst_bytes: u64, now: Instant) -> Self {
+        let burst = burst_bytes.max(1) as f64;
+        ByteBucket {
+            rate_bytes_per_sec: rate_bytes_per_sec as f64,
+            burst_bytes: burst,
+            tokens: burst,
+            last: now,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = self.last.max(now);
+        self.tokens = (self.tokens + elapsed * self.rate_bytes_per_sec).min(self.burst_bytes);
+    }
+
+    /// Takes `len` bytes at `now`; false (nothing taken) when the bucket holds less than
+    /// `min(len, burst)`. Time going backwards adds nothing.
+    #[must_use]
+    pub fn try_take(&mut self, len: u64, now: Instant) -> bool {
+        self.refill(now);
+        let len = len as f64;
+        if self.tokens >= len.min(self.burst_bytes) {
+            self.tokens -= len;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Gives back `len` bytes taken by [`try_take`](Self::try_take) for a datagram that was
+    /// then refused by another bucket (never above the burst).
+    pub fn refund(&mut self, len: u64) {
+        self.tokens = (self.tokens + len as f64).min(self.burst_bytes);
+    }
+
+    /// Changes the rate and the burst from `now` on: what accrued until `now` at the old rate is
+    /// kept, up to the new burst.
+    pub fn set_rate(&mut self, rate_bytes_per_sec: u64, burst_bytes: u64, now: Instant) {
+        self.refill(now);
+        self.rate_bytes_per_sec = rate_bytes_per_sec as f64;
+        self.burst_bytes = burst_bytes.max(1) as f64;
+        self.tokens = self.tokens.min(self.burst_bytes);
+    }
+
+    /// The refill rate, bytes a second.
+    pub fn rate_bytes_per_sec(&self) -> u64 {
+        self.rate_bytes_per_sec as u64
     }
 }
 
@@ -90,6 +157,38 @@ mod tests {
             assert!(b.try_take(t0 + Duration::from_millis(20 * (i + 1))));
         }
         assert!(!b.try_take(t0));
+    }
+
+    #[test]
+    fn byte_bucket_admits_the_rate_and_lets_a_large_datagram_through_in_debt() {
+        let t0 = Instant::now();
+        // 10 000 B/s, burst 2 000 B: the burst, then 1 000 B every 100 ms.
+        let mut b = ByteBucket::new(10_000, 2_000, t0);
+        assert!(b.try_take(1_000, t0));
+        assert!(b.try_take(1_000, t0));
+        assert!(!b.try_take(1_000, t0));
+        let mut passed = 0u64;
+        for ms in 1..=10_000u64 {
+            if b.try_take(500, t0 + Duration::from_millis(ms)) {
+                passed += 500;
+            }
+        }
+        // 10 s at 10 000 B/s, within one datagram.
+        assert!((99_500..=100_500).contains(&passed), "{passed}");
+        // A datagram larger than the burst passes when the bucket is full, then the debt is
+        // paid back before anything else passes.
+        let t1 = t0 + Duration::from_secs(20);
+        let mut b = ByteBucket::new(1_000, 100, t0);
+        assert!(b.try_take(1_200, t1));
+        assert!(!b.try_take(1, t1 + Duration::from_millis(1_000)));
+        assert!(b.try_take(1, t1 + Duration::from_millis(1_101)));
+        // A refund never fills beyond the burst; a rate change keeps what accrued.
+        b.refund(10_000);
+        assert!(b.try_take(100, t1 + Duration::from_millis(1_101)));
+        assert!(!b.try_take(100, t1 + Duration::from_millis(1_101)));
+        b.set_rate(1_000_000, 1_000, t1 + Duration::from_millis(1_101));
+        assert_eq!(b.rate_bytes_per_sec(), 1_000_000);
+        assert!(b.try_take(1_000, t1 + Duration::from_millis(1_102)));
     }
 
     #[test]

@@ -36,6 +36,12 @@ pub enum DropReason {
     FamilyMismatch,
     /// Peer data too large to frame for the client.
     TooLarge,
+    /// Relayed data over its allocation's bandwidth cap.
+    BandwidthAllocation,
+    /// Relayed data over its user's bandwidth cap.
+    BandwidthUser,
+    /// Relayed data over the server's total bandwidth cap.
+    BandwidthTotal,
 }
 
 impl DropReason {
@@ -46,7 +52,7 @@ impl DropReason {
     }
 
     /// Every reason.
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::Malformed,
         DropReason::NotStun,
         DropReason::UnexpectedIndication,
@@ -58,6 +64,9 @@ impl DropReason {
         DropReason::NoChannel,
         DropReason::FamilyMismatch,
         DropReason::TooLarge,
+        DropReason::BandwidthAllocation,
+        DropReason::BandwidthUser,
+        DropReason::BandwidthTotal,
     ];
 
     /// The metrics label.
@@ -74,6 +83,9 @@ impl DropReason {
             DropReason::NoChannel => "no_channel",
             DropReason::FamilyMismatch => "family_mismatch",
             DropReason::TooLarge => "too_large",
+            DropReason::BandwidthAllocation => "bandwidth_allocation",
+            DropReason::BandwidthUser => "bandwidth_user",
+            DropReason::BandwidthTotal => "bandwidth_total",
         }
     }
 }
@@ -157,6 +169,41 @@ impl QuotaScope {
             QuotaScope::User => "user",
             QuotaScope::Ip => "ip",
             QuotaScope::Total => "total",
+        }
+    }
+}
+
+/// Which bandwidth cap (`turn_bandwidth_cap_bps{scope}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BandwidthScope {
+    /// Per allocation.
+    Allocation,
+    /// Per user (all the user's allocations).
+    User,
+    /// All allocations.
+    Total,
+}
+
+impl BandwidthScope {
+    /// Its slot in the counters: the position in [`BandwidthScope::ALL`], which lists the
+    /// variants in declaration order (a test checks it).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Every scope.
+    pub const ALL: [BandwidthScope; 3] = [
+        BandwidthScope::Allocation,
+        BandwidthScope::User,
+        BandwidthScope::Total,
+    ];
+
+    /// The metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BandwidthScope::Allocation => "allocation",
+            BandwidthScope::User => "user",
+            BandwidthScope::Total => "total",
         }
     }
 }
@@ -251,6 +298,9 @@ pub struct ControlStats {
     pub live_channel_bindings: i64,
     /// EVEN-PORT reservations not yet redeemed (RFC 8656 §7.2).
     pub live_reservations: i64,
+    /// The bandwidth caps this core applies, bits per second, indexed like
+    /// [`BandwidthScope::ALL`] (0: none).
+    pub bandwidth_caps_bps: [u64; BandwidthScope::ALL.len()],
 }
 
 /// The counters of one TURN core.
@@ -359,6 +409,12 @@ impl TurnStats {
         self.control.changes += 1;
     }
 
+    /// Records the bandwidth caps now applied (indexed like [`BandwidthScope::ALL`]).
+    pub fn bandwidth_caps(&mut self, bps: [u64; BandwidthScope::ALL.len()]) {
+        self.control.bandwidth_caps_bps = bps;
+        self.control.changes += 1;
+    }
+
     /// Adds `delta` to the unredeemed reservations.
     pub fn live_reservations(&mut self, delta: i64) {
         self.control.live_reservations += delta;
@@ -402,6 +458,9 @@ mod tests {
             assert_eq!(r.index(), i, "{r:?}");
         }
         for (i, r) in DenyReason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i, "{r:?}");
+        }
+        for (i, r) in BandwidthScope::ALL.iter().enumerate() {
             assert_eq!(r.index(), i, "{r:?}");
         }
     }

@@ -116,6 +116,31 @@ enum AdminAction {
     Config,
     /// Each worker's load.
     Workers,
+    /// Bandwidth caps (bits per second of relayed payload, each direction; 0: none). Without
+    /// options, shows the live server-wide caps (`GET /v1/bandwidth`); with some, changes them
+    /// for every allocation, existing ones included (`PUT /v1/bandwidth`); with `--id` and
+    /// `--bps`, gives one allocation its own cap, 0 returning it to the server-wide one
+    /// (`PUT /v1/allocations/{id}/bandwidth`).
+    Bandwidth {
+        /// Per allocation.
+        #[arg(long = "allocation-bps", value_name = "BPS", conflicts_with = "id")]
+        allocation_bps: Option<u64>,
+        /// Per user.
+        #[arg(long = "user-bps", value_name = "BPS", conflicts_with = "id")]
+        user_bps: Option<u64>,
+        /// Whole server.
+        #[arg(long = "total-bps", value_name = "BPS", conflicts_with = "id")]
+        total_bps: Option<u64>,
+        /// Bucket depth, milliseconds of each cap's rate (1-10000).
+        #[arg(long = "burst-ms", value_name = "MS", conflicts_with = "id")]
+        burst_ms: Option<u64>,
+        /// One allocation (with `--bps`).
+        #[arg(long = "id", requires = "bps")]
+        id: Option<u64>,
+        /// That allocation's own cap; 0: back to the server-wide cap.
+        #[arg(long = "bps", value_name = "BPS", requires = "id")]
+        bps: Option<u64>,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -139,6 +164,7 @@ fn admin(action: AdminAction, url: &str, token: Option<&str>) -> anyhow::Result<
         .build()
         .into();
     let mut query: Vec<(&str, String)> = Vec::new();
+    let mut body: Option<serde_json::Value> = None;
     let (method, path) = match &action {
         AdminAction::Allocations {
             user,
@@ -169,6 +195,37 @@ fn admin(action: AdminAction, url: &str, token: Option<&str>) -> anyhow::Result<
         },
         AdminAction::Config => ("GET", "/v1/config".to_string()),
         AdminAction::Workers => ("GET", "/v1/workers".to_string()),
+        AdminAction::Bandwidth {
+            id: Some(id), bps, ..
+        } => {
+            body = Some(serde_json::json!({ "bps": bps.unwrap_or(0) }));
+            ("PUT", format!("/v1/allocations/{id}/bandwidth"))
+        }
+        AdminAction::Bandwidth {
+            allocation_bps,
+            user_bps,
+            total_bps,
+            burst_ms,
+            ..
+        } => {
+            let mut set = serde_json::Map::new();
+            for (k, v) in [
+                ("allocation_bps", allocation_bps),
+                ("user_bps", user_bps),
+                ("total_bps", total_bps),
+                ("burst_ms", burst_ms),
+            ] {
+                if let Some(v) = v {
+                    set.insert(k.to_string(), (*v).into());
+                }
+            }
+            if set.is_empty() {
+                ("GET", "/v1/bandwidth".to_string())
+            } else {
+                body = Some(serde_json::Value::Object(set));
+                ("PUT", "/v1/bandwidth".to_string())
+            }
+        }
     };
     let target = format!("{base}{path}");
     let q = query.iter().map(|(k, v)| (*k, v.as_str()));
@@ -183,6 +240,12 @@ fn admin(action: AdminAction, url: &str, token: Option<&str>) -> anyhow::Result<
             .header("Authorization", &auth)
             .query_pairs(q)
             .call(),
+        "PUT" => agent
+            .put(&target)
+            .header("Authorization", &auth)
+            .header("Content-Type", "application/json")
+            .query_pairs(q)
+            .send(body.unwrap_or_default().to_string()),
         _ => agent
             .get(&target)
             .header("Authorization", &auth)

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
+use turn_proto::core::{BandwidthCaps, DEFAULT_BURST_MS};
 use turnkey_runtime::config::ConfigError;
 pub use turnkey_runtime::config::Layered;
 
@@ -173,6 +174,23 @@ pub struct ServerArgs {
     /// are unaffected. Default: none (no header is read).
     #[arg(long = "proxy-protocol-from", value_name = "CIDR")]
     pub proxy_protocol_from: Vec<IpNet>,
+    /// Bandwidth cap per allocation, bits per second of relayed payload, each direction on its
+    /// own; over it, datagrams are dropped
+    /// (`turn_dropped_packets_total{reason="bandwidth_allocation"}`). 0: no cap. Default 0.
+    #[arg(long = "bandwidth-allocation-bps", value_name = "BPS")]
+    pub bandwidth_allocation_bps: Option<u64>,
+    /// Bandwidth cap per user (all the user's allocations together), bits per second, each
+    /// direction on its own. 0: no cap. Default 0.
+    #[arg(long = "bandwidth-user-bps", value_name = "BPS")]
+    pub bandwidth_user_bps: Option<u64>,
+    /// Bandwidth cap of the whole server, bits per second, each direction on its own. 0: no
+    /// cap. Default 0.
+    #[arg(long = "bandwidth-total-bps", value_name = "BPS")]
+    pub bandwidth_total_bps: Option<u64>,
+    /// What a bandwidth cap lets through at once, in milliseconds of its rate (1 to 10000; a
+    /// datagram larger than that still passes when the bucket is full). Default 200.
+    #[arg(long = "bandwidth-burst-ms", value_name = "MS")]
+    pub bandwidth_burst_ms: Option<u64>,
 }
 
 /// The TOML file: the same keys as the flags, with `_` for `-`.
@@ -270,6 +288,14 @@ pub struct FileConfig {
     /// See `--proxy-protocol-from`.
     #[serde(default)]
     pub proxy_protocol_from: Vec<IpNet>,
+    /// See `--bandwidth-allocation-bps`.
+    pub bandwidth_allocation_bps: Option<u64>,
+    /// See `--bandwidth-user-bps`.
+    pub bandwidth_user_bps: Option<u64>,
+    /// See `--bandwidth-total-bps`.
+    pub bandwidth_total_bps: Option<u64>,
+    /// See `--bandwidth-burst-ms`.
+    pub bandwidth_burst_ms: Option<u64>,
 }
 
 /// `--log-format`.
@@ -371,6 +397,9 @@ pub struct TurnConfig {
     pub limits: Limits,
     /// Load balancers that send a PROXY protocol v2 header on TCP/TLS (empty: off).
     pub proxy_protocol_from: Vec<IpNet>,
+    /// Bandwidth caps (bits per second of relayed payload, each direction; 0: none) and their
+    /// burst; the admin API can change them while running.
+    pub bandwidth: BandwidthCaps,
 }
 
 impl std::fmt::Debug for TurnConfig {
@@ -501,6 +530,27 @@ impl Layered for ServerArgs {
         let log_format = self.log_format.or(file.log_format);
         let log_json =
             self.log_json || file.log_json.unwrap_or(false) || log_format == Some(LogFormat::Json);
+        let bandwidth = BandwidthCaps {
+            allocation_bps: self
+                .bandwidth_allocation_bps
+                .or(file.bandwidth_allocation_bps)
+                .unwrap_or(0),
+            user_bps: self
+                .bandwidth_user_bps
+                .or(file.bandwidth_user_bps)
+                .unwrap_or(0),
+            total_bps: self
+                .bandwidth_total_bps
+                .or(file.bandwidth_total_bps)
+                .unwrap_or(0),
+            burst_ms: self
+                .bandwidth_burst_ms
+                .or(file.bandwidth_burst_ms)
+                .unwrap_or(DEFAULT_BURST_MS),
+        };
+        bandwidth
+            .validate()
+            .map_err(|e| ConfigError::Invalid(format!("bandwidth_{e}")))?;
         let workers = self
             .workers
             .or(file.workers)
@@ -550,6 +600,7 @@ impl Layered for ServerArgs {
                 .unwrap_or(0),
             limits,
             proxy_protocol_from: pick(self.proxy_protocol_from, file.proxy_protocol_from),
+            bandwidth,
         })
     }
 }
@@ -580,7 +631,7 @@ impl TurnConfig {
         let mut users: Vec<&String> = self.users.keys().collect();
         users.sort();
         format!(
-            "listen={:?} relay_ip={:?} ports={}-{} external_ip={:?} realm={:?} users={:?} (passwords <redacted>) auth_secrets={} (<redacted>) allow_peer={:?} deny_peer={:?} metrics={} nonce_lifetime={}s user_quota={} total_quota={} ip_quota={} unauth_rate={}/s unauth_burst={} max_lifetime={}s workers={} drain_timeout={}s tls_listen={:?} dtls_listen={:?} cert={:?} limits={:?} admin_listen={:?} admin_token={} alternate_server={:?} alternate_over_allocations={} proxy_protocol_from={:?}",
+            "listen={:?} relay_ip={:?} ports={}-{} external_ip={:?} realm={:?} users={:?} (passwords <redacted>) auth_secrets={} (<redacted>) allow_peer={:?} deny_peer={:?} metrics={} nonce_lifetime={}s user_quota={} total_quota={} ip_quota={} unauth_rate={}/s unauth_burst={} max_lifetime={}s workers={} drain_timeout={}s tls_listen={:?} dtls_listen={:?} cert={:?} limits={:?} admin_listen={:?} admin_token={} alternate_server={:?} alternate_over_allocations={} proxy_protocol_from={:?} bandwidth_allocation_bps={} bandwidth_user_bps={} bandwidth_total_bps={} bandwidth_burst_ms={}",
             self.listen,
             self.relay_ips,
             self.min_port,
@@ -614,6 +665,10 @@ impl TurnConfig {
             self.alternate_servers,
             self.alternate_over_allocations,
             self.proxy_protocol_from,
+            self.bandwidth.allocation_bps,
+            self.bandwidth.user_bps,
+            self.bandwidth.total_bps,
+            self.bandwidth.burst_ms,
         )
     }
 
@@ -708,6 +763,7 @@ impl TurnConfig {
         check("software", self.software == new.software);
         check("log_level", self.log_level == new.log_level);
         check("admin_token", self.admin_token == new.admin_token);
+        check("bandwidth", self.bandwidth == new.bandwidth);
         check(
             "alternate_server",
             self.alternate_servers == new.alternate_servers,
@@ -732,7 +788,7 @@ impl TurnConfig {
             .collect();
         external.sort();
         let strings = |v: &[SocketAddr]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "listen": strings(&self.listen),
             "relay_ip": self.relay_ips.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
             "min_port": self.min_port,
@@ -774,7 +830,17 @@ impl TurnConfig {
                 "tls_max_handshakes_per_ip": self.limits.tls_max_handshakes_per_ip,
                 "tcp_send_queue_bytes": self.limits.tcp_send_queue_bytes,
             },
-        })
+        });
+        // The caps as configured; GET /v1/bandwidth has the live ones.
+        for (k, n) in [
+            ("bandwidth_allocation_bps", self.bandwidth.allocation_bps),
+            ("bandwidth_user_bps", self.bandwidth.user_bps),
+            ("bandwidth_total_bps", self.bandwidth.total_bps),
+            ("bandwidth_burst_ms", self.bandwidth.burst_ms),
+        ] {
+            v[k] = n.into();
+        }
+        v
     }
 }
 
@@ -982,6 +1048,50 @@ mod tests {
         assert!(cfg
             .redacted()
             .contains("proxy_protocol_from=[192.0.2.1/32, 2001:db8::/32]"));
+    }
+
+    #[test]
+    fn bandwidth_caps_come_from_file_and_flags_and_refuse_a_bad_burst() {
+        let cfg = parse(&[]).resolve(&Defaults::default()).unwrap();
+        assert_eq!(cfg.bandwidth, BandwidthCaps::default());
+        assert_eq!(cfg.bandwidth.burst_ms, 200);
+        let dir = std::env::temp_dir().join(format!("turnkey-turn-cfg5-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.toml");
+        std::fs::write(
+            &path,
+            "bandwidth_allocation_bps = 2000000\nbandwidth_user_bps = 5000000\nbandwidth_burst_ms = 50\n",
+        )
+        .unwrap();
+        let cfg = parse(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--bandwidth-allocation-bps",
+            "1000000",
+            "--bandwidth-total-bps",
+            "100000000",
+        ])
+        .resolve(&Defaults::default())
+        .unwrap();
+        assert_eq!(
+            cfg.bandwidth,
+            BandwidthCaps {
+                allocation_bps: 1_000_000,
+                user_bps: 5_000_000,
+                total_bps: 100_000_000,
+                burst_ms: 50,
+            }
+        );
+        assert!(cfg.redacted().contains("bandwidth_allocation_bps=1000000"));
+        assert_eq!(cfg.redacted_json()["bandwidth_burst_ms"], 50);
+        assert_eq!(crate::io::core_config(&cfg).bandwidth, cfg.bandwidth);
+        for bad in ["0", "10001"] {
+            let err = parse(&["--bandwidth-burst-ms", bad])
+                .resolve(&Defaults::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("bandwidth_burst_ms"), "{err}");
+        }
     }
 
     #[test]

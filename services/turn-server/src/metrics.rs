@@ -21,8 +21,12 @@
 //! | `turn_draining` (1 while new allocations are refused or redirected) | gauge | |
 //! | `turn_admin_requests_total` | counter | `status` (HTTP status class: `2xx`, `4xx`, `5xx`) |
 //! | `turn_config_reloads_total` | counter | `result` (`ok`, `error`) |
+//! | `turn_bandwidth_cap_bps` (the live bandwidth caps, bits per second each way; 0: none) | gauge | `scope` (`allocation`, `user`, `total`) |
 //! | `turn_proxy_protocol_accepted_total` | counter | `command` (`proxy`, `local`) |
 //! | `turn_proxy_protocol_rejected_total` | counter | `reason` ([`ProxyReject`]: `source_not_allowed`, `missing_header`, `malformed`, `unsupported`, `timeout`, `closed`) |
+//!
+//! `turn_dropped_packets_total` reasons of the bandwidth caps: `bandwidth_allocation`,
+//! `bandwidth_user`, `bandwidth_total` (a datagram over the first cap it meets).
 //!
 //! `turn_dropped_packets_total` reasons for the caps on unauthenticated state (refused
 //! connections are counted there too, one per connection): `dtls_no_cookie` (ClientHello
@@ -41,9 +45,11 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use stun_server::metrics::StunMetrics;
+use turn_proto::core::BandwidthCaps;
 use turn_proto::policy::DenyReason;
 use turn_proto::stats::{
-    AuthFailure, ControlStats, DropReason, EndReason, QuotaScope, RelayStats, TurnStats,
+    AuthFailure, BandwidthScope, ControlStats, DropReason, EndReason, QuotaScope, RelayStats,
+    TurnStats,
 };
 
 /// `turn_dropped_packets_total` reasons of the I/O layer (the core's are [`DropReason::ALL`]).
@@ -101,6 +107,8 @@ pub mod names {
     pub const ADMIN_REQUESTS: &str = "turn_admin_requests";
     /// Config reloads by result.
     pub const CONFIG_RELOADS: &str = "turn_config_reloads";
+    /// The live bandwidth caps by scope, bits per second.
+    pub const BANDWIDTH_CAP_BPS: &str = "turn_bandwidth_cap_bps";
     /// PROXY protocol v2 headers accepted on the stream listeners, by command.
     pub const PROXY_PROTOCOL_ACCEPTED: &str = "turn_proxy_protocol_accepted";
     /// Stream connections closed for want of a valid PROXY v2 header, by reason.
@@ -162,6 +170,8 @@ pub struct AdminMetrics {
     pub requests: Family<L1, Counter>,
     /// Config reloads by result (`ok`, `error`).
     pub reloads: Family<L1, Counter>,
+    /// `turn_bandwidth_cap_bps{scope}`.
+    pub bandwidth_cap: Family<L1, Gauge>,
 }
 
 impl AdminMetrics {
@@ -182,6 +192,17 @@ impl AdminMetrics {
     /// Sets `turn_draining`.
     pub fn draining(&self, on: bool) {
         self.draining.set(i64::from(on));
+    }
+    /// Sets `turn_bandwidth_cap_bps{scope}` to `caps`.
+    pub fn bandwidth_caps(&self, caps: &BandwidthCaps) {
+        self.bandwidth_cap_values(BandwidthScope::ALL.map(|s| caps.bps(s)));
+    }
+    fn bandwidth_cap_values(&self, bps: [u64; BandwidthScope::ALL.len()]) {
+        for (scope, v) in BandwidthScope::ALL.iter().zip(bps) {
+            self.bandwidth_cap
+                .get_or_create(&[("scope", scope.as_str())])
+                .set(i64::try_from(v).unwrap_or(i64::MAX));
+        }
     }
 }
 
@@ -373,6 +394,12 @@ impl TurnMetrics {
             names::ADMIN_REQUESTS,
             "Admin API requests by status class",
             m.admin.requests.clone(),
+        );
+        m.admin.bandwidth_cap_values([0; BandwidthScope::ALL.len()]);
+        registry.register(
+            names::BANDWIDTH_CAP_BPS,
+            "Live bandwidth caps, bits per second of relayed payload each way (0: none)",
+            m.admin.bandwidth_cap.clone(),
         );
         m.register_proxy(registry);
         m
@@ -569,6 +596,9 @@ impl TurnMetrics {
             &self.reservations,
             c.live_reservations - l.live_reservations,
         );
+        if c.bandwidth_caps_bps != l.bandwidth_caps_bps {
+            self.admin.bandwidth_cap_values(c.bandwidth_caps_bps);
+        }
         last.control = c.clone();
     }
 }

@@ -116,6 +116,7 @@ pub async fn serve_with_reload(
     let metrics = TurnMetrics::register(&mut registry);
     let stun_metrics = StunMetrics::register(&mut registry);
     let admin_metrics = metrics.admin.clone();
+    admin_metrics.bandwidth_caps(&cfg.bandwidth);
     let server =
         crate::io::start(cfg, metrics, stun_metrics).map_err(|source| RunError::Listen {
             addrs: cfg.listen.clone(),

@@ -29,6 +29,7 @@ fn all_help() -> String {
         ("turn-server", &["credentials", "--help"]),
         ("turn-server", &["admin", "--help"]),
         ("turn-server", &["admin", "end", "--help"]),
+        ("turn-server", &["admin", "bandwidth", "--help"]),
         ("turn-server", &["import-coturn", "--help"]),
         ("stun-server", &["--help"]),
         ("signaling", &["--help"]),
@@ -223,6 +224,13 @@ fn readme_defaults_match_the_code() {
                 ("tls_max_handshakes", s(&l.tls_max_handshakes)),
                 ("tls_max_handshakes_per_ip", s(&l.tls_max_handshakes_per_ip)),
                 ("tcp_send_queue_bytes", s(&l.tcp_send_queue_bytes)),
+                ("bandwidth_burst_ms", s(&turn.bandwidth.burst_ms)),
+                (
+                    "bandwidth_allocation_bps",
+                    s(&turn.bandwidth.allocation_bps),
+                ),
+                ("bandwidth_user_bps", s(&turn.bandwidth.user_bps)),
+                ("bandwidth_total_bps", s(&turn.bandwidth.total_bps)),
             ],
         ),
         (

@@ -76,6 +76,11 @@ pub struct AllocationInfo {
     pub to_peer: Traffic,
     /// Relayed peer -> client.
     pub from_peer: Traffic,
+    /// The per-allocation bandwidth cap that applies to it, bits per second of payload each
+    /// way (0: none); user and total caps apply besides.
+    pub bandwidth_bps: u64,
+    /// True when `bandwidth_bps` is its own (admin API), not the server-wide one.
+    pub bandwidth_override: bool,
 }
 
 /// Which allocations to list: every field that is set must match.
@@ -144,6 +149,7 @@ impl TurnCore {
             })
             .collect();
         channels.sort_by_key(|c| c.number);
+        let (bandwidth_bps, bandwidth_override) = self.allocation_cap(id);
         Some(AllocationInfo {
             id,
             tuple: a.tuple,
@@ -156,6 +162,8 @@ impl TurnCore {
             channels,
             to_peer: a.to_peer.get(),
             from_peer: a.from_peer.get(),
+            bandwidth_bps,
+            bandwidth_override,
         })
     }
 

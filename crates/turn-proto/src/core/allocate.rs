@@ -229,6 +229,8 @@ impl TurnCore {
             peer_channels: HashMap::new(),
             allocate_tid: m.transaction_id,
             allocate_response: Vec::new(),
+            bandwidth: self.new_allocation_limits(&auth.username, now),
+            bandwidth_override_bps: None,
         };
         self.stats
             .live_allocations(tuple.transport.as_str(), alloc.family_label(), 1);

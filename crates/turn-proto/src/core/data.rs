@@ -1,6 +1,7 @@
 //! Relaying: Send and Data indications (RFC 8656 §11), ChannelData both ways (§12), and the peer
 //! check every relayed datagram passes (§21.1).
 
+use super::bandwidth::Direction;
 use super::{AddressFamily, CoreConfig, Shared, Traffic, Transmit, TurnCore};
 use crate::stats::{DropReason, TurnStats};
 use crate::FiveTuple;
@@ -42,7 +43,11 @@ impl TurnCore {
         now: Instant,
         out: &mut Vec<Transmit>,
     ) {
-        let Some(a) = self.by_tuple.get(&tuple).and_then(|id| self.allocs.get(id)) else {
+        let Some(a) = self
+            .by_tuple
+            .get(&tuple)
+            .and_then(|id| self.allocs.get_mut(id))
+        else {
             self.stats.drop_packet(DropReason::NoAllocation);
             return;
         };
@@ -55,18 +60,24 @@ impl TurnCore {
             self.stats.drop_packet(DropReason::NoPermission);
             return;
         }
-        let Some(relay) = a.relay_for(AddressFamily::of(peer.ip())) else {
+        let Some(relay) = a.relay_for(AddressFamily::of(peer.ip())).map(|r| r.local) else {
             self.stats.drop_packet(DropReason::FamilyMismatch);
             return;
         };
         if !Self::peer_allowed(&self.cfg, &self.shared, &mut self.stats, peer) {
             return;
         }
+        if let Some(limits) = a.bandwidth.as_deref_mut() {
+            if let Err(reason) = limits.admit(Direction::ToPeer, data.len(), now) {
+                self.stats.drop_packet(reason);
+                return;
+            }
+        }
         self.stats.relay.c2p_packets += 1;
         self.stats.relay.c2p_bytes += data.len() as u64;
         Traffic::count(&a.to_peer, data.len());
         out.push(Transmit::ToPeer {
-            relay: relay.local,
+            relay,
             peer,
             data: data.to_vec(),
         });
@@ -86,31 +97,41 @@ impl TurnCore {
             self.stats.drop_packet(DropReason::Malformed);
             return;
         }
-        let Some(a) = self.by_tuple.get(&tuple).and_then(|id| self.allocs.get(id)) else {
+        let Some(a) = self
+            .by_tuple
+            .get(&tuple)
+            .and_then(|id| self.allocs.get_mut(id))
+        else {
             self.stats.drop_packet(DropReason::NoAllocation);
             return;
         };
-        let Some(c) = a.channels.get(&number).filter(|c| c.bound) else {
+        let Some(peer) = a.channels.get(&number).filter(|c| c.bound).map(|c| c.peer) else {
             self.stats.drop_packet(DropReason::NoChannel);
             return;
         };
-        if !a.has_permission(c.peer.ip(), now) {
+        if !a.has_permission(peer.ip(), now) {
             self.stats.drop_packet(DropReason::NoPermission);
             return;
         }
-        let Some(relay) = a.relay_for(AddressFamily::of(c.peer.ip())) else {
+        let Some(relay) = a.relay_for(AddressFamily::of(peer.ip())).map(|r| r.local) else {
             self.stats.drop_packet(DropReason::FamilyMismatch);
             return;
         };
-        if !Self::peer_allowed(&self.cfg, &self.shared, &mut self.stats, c.peer) {
+        if !Self::peer_allowed(&self.cfg, &self.shared, &mut self.stats, peer) {
             return;
+        }
+        if let Some(limits) = a.bandwidth.as_deref_mut() {
+            if let Err(reason) = limits.admit(Direction::ToPeer, len, now) {
+                self.stats.drop_packet(reason);
+                return;
+            }
         }
         self.stats.relay.c2p_packets += 1;
         self.stats.relay.c2p_bytes += len as u64;
         Traffic::count(&a.to_peer, len);
         out.push(Transmit::ToPeer {
-            relay: relay.local,
-            peer: c.peer,
+            relay,
+            peer,
             data: data[4..4 + len].to_vec(),
         });
     }
@@ -126,7 +147,12 @@ impl TurnCore {
         now: Instant,
     ) -> Option<Transmit> {
         self.last_now = self.last_now.max(now);
-        let Some(a) = self.by_relay.get(&relay).and_then(|id| self.allocs.get(id)) else {
+        self.sync_bandwidth(now);
+        let Some(a) = self
+            .by_relay
+            .get(&relay)
+            .and_then(|id| self.allocs.get_mut(id))
+        else {
             self.stats.drop_packet(DropReason::NoAllocation);
             return None;
         };
@@ -136,6 +162,12 @@ impl TurnCore {
         }
         if !Self::peer_allowed(&self.cfg, &self.shared, &mut self.stats, peer) {
             return None;
+        }
+        if let Some(limits) = a.bandwidth.as_deref_mut() {
+            if let Err(reason) = limits.admit(Direction::FromPeer, data.len(), now) {
+                self.stats.drop_packet(reason);
+                return None;
+            }
         }
         let frame = match a.peer_channels.get(&peer) {
             Some(n) if a.channels.get(n).is_some_and(|c| c.bound) => {

@@ -19,6 +19,7 @@ impl TurnCore {
     /// early (deadline pushed back by a refresh) are re-armed at the real deadline.
     pub fn handle_timeout(&mut self, now: Instant, relays: &mut dyn RelayAllocator) {
         self.last_now = self.last_now.max(now);
+        self.sync_bandwidth(now);
         while let Some((_, key)) = self.timers.pop_due(now) {
             match key {
                 TimerKey::Allocation(id) => match self.allocs.get(&id).map(|a| a.expires) {
@@ -86,7 +87,8 @@ impl TurnCore {
         reason: EndReason,
     ) -> Option<AllocationInfo> {
         let info = self.allocation_info(id, self.last_now)?;
-        let a = self.allocs.remove(&id)?;
+        let mut a = self.allocs.remove(&id)?;
+        self.release_allocation_limits(&a.username, a.bandwidth.take());
         self.stats.allocation_ended(reason);
         let relayed: Vec<String> = info.relayed.iter().map(|r| r.to_string()).collect();
         tracing::info!(

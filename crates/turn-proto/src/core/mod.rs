@@ -3,14 +3,16 @@
 //! its 5-tuple, a peer datagram on a relay, or a timer firing; output is [`Transmit`]s.
 //!
 //! One [`TurnCore`] runs per worker and owns the allocations whose client 5-tuples the kernel
-//! steers to that worker. Cross-worker facts (live relayed addresses, quotas, draining) live in
-//! [`Shared`], touched only on control messages, never per relayed packet.
+//! steers to that worker. Cross-worker facts (live relayed addresses, quotas, draining, the live
+//! bandwidth caps) live in [`Shared`], touched only on control messages, never per relayed
+//! packet except for the per-user and total bandwidth buckets while such a cap is set.
 //!
 //! The work is split by job into `impl TurnCore` blocks: request dispatch here; `allocate`
 //! (Allocate, Refresh, EVEN-PORT reservations, quotas), `permission` (CreatePermission,
 //! ChannelBind, peer admission), `data` (Send and Data indications, ChannelData, peer
-//! datagrams) and `expiry` (timers, allocation release). `shared` holds [`Shared`] and its quota
-//! accounting; the long-term credential check lives in [`crate::auth`].
+//! datagrams), `expiry` (timers, allocation release) and `bandwidth` (the caps). `shared` holds
+//! [`Shared`] and its quota accounting; the long-term credential check lives in
+//! [`crate::auth`].
 
 use crate::auth::{AuthOk, Authenticator, Credentials, NonceMinter};
 use crate::limit::SourceLimiter;
@@ -34,6 +36,7 @@ use turnkey_time::timers::TimerQueue;
 
 mod admin;
 mod allocate;
+mod bandwidth;
 mod data;
 mod expiry;
 mod permission;
@@ -41,6 +44,7 @@ mod shared;
 
 pub use crate::stats::EndReason;
 pub use admin::{AllocationFilter, AllocationInfo, ChannelInfo, PermissionInfo, Traffic};
+pub use bandwidth::{BandwidthCaps, BandwidthError, DEFAULT_BURST_MS, MAX_BURST_MS};
 use shared::Holder;
 pub use shared::Shared;
 
@@ -226,6 +230,10 @@ pub struct CoreConfig {
     /// Live allocations (all workers) from which new Allocates are sent to an alternate
     /// server; 0 turns it off (only draining sends clients elsewhere).
     pub alternate_over_allocations: u32,
+    /// Bandwidth caps (bits per second of relayed payload, each direction; 0: none). The live
+    /// caps start from these and can be changed through [`Shared::set_bandwidth_caps`]; a
+    /// reload ([`TurnCore::set_config`]) that changes these makes them live again.
+    pub bandwidth: BandwidthCaps,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -268,6 +276,11 @@ struct Allocation {
     peer_channels: HashMap<SocketAddr, u16>,
     allocate_tid: TransactionId,
     allocate_response: Vec<u8>,
+    /// The buckets its relayed datagrams pass; `None` while no bandwidth cap applies (the
+    /// no-cap hot path is this one branch).
+    bandwidth: Option<Box<bandwidth::AllocLimits>>,
+    /// Its own per-allocation cap (admin API), bits per second; `None`: the server-wide one.
+    bandwidth_override_bps: Option<u64>,
 }
 
 impl Allocation {
@@ -304,6 +317,9 @@ pub struct TurnCore {
     last_now: Instant,
     /// Authentication failures logged at most 10 a second (burst 20) per core.
     auth_log: RefCell<LogLimiter>,
+    /// The generation of the shared bandwidth caps last applied, and those caps.
+    bw_generation: u64,
+    bw_caps: BandwidthCaps,
 }
 
 impl std::fmt::Debug for TurnCore {
@@ -327,7 +343,7 @@ impl TurnCore {
         start_unix_secs: u64,
     ) -> Self {
         let unauth_limiter = SourceLimiter::new(cfg.unauth_rate_per_sec, cfg.unauth_burst, start);
-        Self {
+        let mut core = Self {
             cfg,
             shared,
             stats: TurnStats::default(),
@@ -340,7 +356,11 @@ impl TurnCore {
             unauth_limiter,
             last_now: start,
             auth_log: RefCell::new(LogLimiter::new(10, 20, start)),
-        }
+            bw_generation: 0,
+            bw_caps: BandwidthCaps::default(),
+        };
+        core.init_bandwidth(start);
+        core
     }
 
     /// Replaces the configuration (a reload): users, REST secrets, realm, peer policy,
@@ -356,7 +376,9 @@ impl TurnCore {
             self.unauth_limiter =
                 SourceLimiter::new(cfg.unauth_rate_per_sec, cfg.unauth_burst, now);
         }
-        self.cfg = cfg;
+        // Changed bandwidth caps become the caps in force (unchanged ones leave those set
+        // through the admin API alone).
+        self.set_config(cfg, now);
     }
 
     /// The configuration in force.
@@ -398,6 +420,7 @@ impl TurnCore {
         out: &mut Vec<Transmit>,
     ) {
         self.last_now = self.last_now.max(now);
+        self.sync_bandwidth(now);
         match classify(data) {
             PacketKind::ChannelData => self.handle_channel_data(tuple, data, now, out),
             PacketKind::Stun => match msg::decode(data) {

@@ -1,5 +1,7 @@
 //! State shared by all workers' TURN cores: live relayed transport addresses, allocation
-//! quotas and unredeemed EVEN-PORT reservations (RFC 8656 §7.2).
+//! quotas, unredeemed EVEN-PORT reservations (RFC 8656 §7.2), and the live bandwidth caps with
+//! the per-user and total buckets (`bandwidth.rs`; the only part touched per relayed packet,
+//! and only while such a cap is set).
 
 use super::CoreConfig;
 use crate::stats::QuotaScope;
@@ -9,7 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::Instant;
 
-/// State shared by all workers; touched on control messages only.
+/// State shared by all workers; touched on control messages only (and, while a user or total
+/// bandwidth cap is set, by the capped datagrams).
 #[derive(Debug, Default)]
 pub struct Shared {
     live_relays: RwLock<HashSet<SocketAddr>>,
@@ -21,6 +24,8 @@ pub struct Shared {
     draining: AtomicBool,
     /// The last allocation id handed out (ids are unique across workers).
     last_allocation_id: AtomicU64,
+    /// The live bandwidth caps and the per-user and total buckets.
+    pub(super) bandwidth: super::bandwidth::SharedBandwidth,
 }
 
 /// Who holds a quota unit: an allocation or an unredeemed reservation.

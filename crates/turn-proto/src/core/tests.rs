@@ -131,6 +131,7 @@ fn config() -> CoreConfig {
         binding: BindingConfig::default(),
         alternate_servers: Vec::new(),
         alternate_over_allocations: 0,
+        bandwidth: BandwidthCaps::default(),
     }
 }
 
@@ -1550,4 +1551,296 @@ fn over_the_configured_load_allocates_go_to_the_alternate_and_without_one_draini
     h.shared.start_draining();
     let r = Client::new(tuple(40922), "alice", "alicepw").allocate(&mut h);
     assert_eq!(code(&r), Some(508));
+}
+
+// Bandwidth caps (issue 12 item 4), in virtual time.
+
+impl Harness {
+    /// A core on its own relays sharing `shared` with another harness's core (two workers).
+    fn beside(other: &Harness, cfg: CoreConfig, relay_ip: &str) -> Self {
+        let core = TurnCore::new(Arc::new(cfg), other.shared.clone(), other.t0, T0_UNIX);
+        Self {
+            core,
+            relays: FakeRelays::new(relay_ip),
+            shared: other.shared.clone(),
+            t0: other.t0,
+            now: other.now,
+        }
+    }
+}
+
+fn capped(allocation_bps: u64, user_bps: u64, total_bps: u64) -> CoreConfig {
+    CoreConfig {
+        bandwidth: BandwidthCaps {
+            allocation_bps,
+            user_bps,
+            total_bps,
+            burst_ms: 200,
+        },
+        ..config()
+    }
+}
+
+/// A relaying allocation: `user`'s allocation on `h` from client port `port`, with channel
+/// 0x4001 bound to `peer`. Returns the client and the relayed address.
+fn channel_to(
+    h: &mut Harness,
+    port: u16,
+    user: &str,
+    password: &str,
+    peer: SocketAddr,
+) -> (Client, SocketAddr) {
+    let mut c = Client::new(tuple(port), user, password);
+    let relay = relayed(&c.allocate(h));
+    let ch = (ATTR_CHANNEL_NUMBER, vec![0x40, 0x01, 0, 0]);
+    assert!(is_success(&c.call(h, METHOD_CHANNEL_BIND, &[ch], &[peer])));
+    (c, relay)
+}
+
+/// ChannelData on 0x4001 with `len` payload bytes.
+fn channel_data(len: usize) -> Vec<u8> {
+    let mut f = vec![0x40, 0x01, (len >> 8) as u8, len as u8];
+    f.resize(4 + len, 0);
+    f
+}
+
+/// Payload bytes that got through when `tuple` sends a 1000-byte datagram every `every`.
+fn offer_c2p(h: &mut Harness, tuple: FiveTuple, every: Duration, secs: u64) -> u64 {
+    let frame = channel_data(1000);
+    let steps = Duration::from_secs(secs).as_micros() / every.as_micros();
+    let mut passed = 0;
+    for _ in 0..steps {
+        h.now += every;
+        passed += 1000 * h.send(tuple, &frame).len() as u64;
+    }
+    passed
+}
+
+fn assert_near(got: u64, want: u64, pct: u64) {
+    let (lo, hi) = (want * (100 - pct) / 100, want * (100 + pct) / 100);
+    assert!(
+        (lo..=hi).contains(&got),
+        "{got} not within {pct}% of {want}"
+    );
+}
+
+#[test]
+fn an_allocation_cap_passes_its_rate_each_way_and_drops_the_rest_by_reason() {
+    // 800 kbit/s = 100 000 B/s each way, 200 ms (20 000 B) burst.
+    let mut h = Harness::with(capped(800_000, 0, 0), FakeRelays::new("127.0.0.1"));
+    let peer: SocketAddr = "192.0.2.200:7000".parse().unwrap();
+    let (c, relay) = channel_to(&mut h, 41000, "alice", "alicepw", peer);
+    // Offered: 200 000 B/s each way for 10 s (1000-byte datagrams every 5 ms), both at once.
+    let frame = channel_data(1000);
+    let payload = vec![7u8; 1000];
+    let (mut c2p, mut p2c) = (0u64, 0u64);
+    for _ in 0..2000 {
+        h.now += Duration::from_millis(5);
+        c2p += 1000 * h.send(c.tuple, &frame).len() as u64;
+        if h.core.handle_peer(relay, peer, &payload, h.now).is_some() {
+            p2c += 1000;
+        }
+    }
+    // rate * T (+ the 20 000 B burst), within 3 %, each direction on its own.
+    assert_near(c2p, 1_000_000, 3);
+    assert_near(p2c, 1_000_000, 3);
+    let over = dropped(&h, DropReason::BandwidthAllocation);
+    assert_eq!(over, 4000 - (c2p + p2c) / 1000);
+    assert_eq!(dropped(&h, DropReason::BandwidthUser), 0);
+    assert_eq!(dropped(&h, DropReason::BandwidthTotal), 0);
+    assert_eq!(h.core.stats().relay.c2p_bytes, c2p);
+    // The cap shows in the allocation's record and in the stats.
+    let info = &h.core.allocations(&AllocationFilter::default(), 10, h.now)[0];
+    assert_eq!(
+        (info.bandwidth_bps, info.bandwidth_override),
+        (800_000, false)
+    );
+    assert_eq!(h.core.stats().control.bandwidth_caps_bps, [800_000, 0, 0]);
+}
+
+#[test]
+fn directions_are_capped_independently() {
+    let mut h = Harness::with(capped(800_000, 0, 0), FakeRelays::new("127.0.0.1"));
+    let peer: SocketAddr = "192.0.2.201:7000".parse().unwrap();
+    let (c, relay) = channel_to(&mut h, 41010, "alice", "alicepw", peer);
+    // Client -> peer saturated at twice the cap...
+    let passed = offer_c2p(&mut h, c.tuple, Duration::from_millis(5), 5);
+    assert_near(passed, 500_000, 5);
+    assert!(dropped(&h, DropReason::BandwidthAllocation) > 400);
+    // ...leaves peer -> client its whole burst and rate.
+    let before = dropped(&h, DropReason::BandwidthAllocation);
+    for _ in 0..20 {
+        assert!(h
+            .core
+            .handle_peer(relay, peer, &[1u8; 1000], h.now)
+            .is_some());
+    }
+    assert_eq!(dropped(&h, DropReason::BandwidthAllocation), before);
+}
+
+#[test]
+fn without_caps_nothing_is_dropped_and_no_allocation_has_a_limiter() {
+    let mut h = Harness::new();
+    let peer: SocketAddr = "192.0.2.202:7000".parse().unwrap();
+    let (c, relay) = channel_to(&mut h, 41020, "alice", "alicepw", peer);
+    // 1000 B every 100 µs: 80 Mbit/s.
+    let passed = offer_c2p(&mut h, c.tuple, Duration::from_micros(100), 1);
+    assert_eq!(passed, 10_000_000);
+    assert!(h
+        .core
+        .handle_peer(relay, peer, &[1u8; 1000], h.now)
+        .is_some());
+    for r in [
+        DropReason::BandwidthAllocation,
+        DropReason::BandwidthUser,
+        DropReason::BandwidthTotal,
+    ] {
+        assert_eq!(dropped(&h, r), 0);
+    }
+    assert!(h.core.allocs.values().all(|a| a.bandwidth.is_none()));
+    assert_eq!(h.shared.bandwidth_user_entries(), 0);
+}
+
+#[test]
+fn a_user_cap_is_shared_by_the_users_allocations_on_two_cores() {
+    // 800 kbit/s per user; no per-allocation cap.
+    let mut a = Harness::with(capped(0, 800_000, 0), FakeRelays::new("127.0.0.1"));
+    let mut b = Harness::beside(&a, capped(0, 800_000, 0), "127.0.0.2");
+    let peer: SocketAddr = "192.0.2.203:7000".parse().unwrap();
+    let (ca, _) = channel_to(&mut a, 41030, "alice", "alicepw", peer);
+    let (cb, _) = channel_to(&mut b, 41031, "alice", "alicepw", peer);
+    let (bob, _) = channel_to(&mut a, 41032, "bob", "bobpw", peer);
+    assert_eq!(a.shared.bandwidth_user_entries(), 2);
+    // Each of alice's allocations offers 200 000 B/s, bob 100 000 B/s, for 10 s.
+    let frame = channel_data(1000);
+    let (mut alice, mut bobs) = (0u64, 0u64);
+    for i in 0..2000 {
+        a.now += Duration::from_millis(5);
+        b.now = a.now;
+        alice += 1000 * a.send(ca.tuple, &frame).len() as u64;
+        alice += 1000 * b.send(cb.tuple, &frame).len() as u64;
+        if i % 2 == 0 {
+            bobs += 1000 * a.send(bob.tuple, &frame).len() as u64;
+        }
+    }
+    // Alice together: the user's rate (+ one burst); bob, under his own cap, everything.
+    assert_near(alice, 1_000_000, 3);
+    assert_eq!(bobs, 1_000_000);
+    let user_drops =
+        dropped(&a, DropReason::BandwidthUser) + dropped(&b, DropReason::BandwidthUser);
+    assert_eq!(user_drops, 4000 - alice / 1000);
+    // Per-user state lives only while the user has allocations.
+    let _ = ca;
+    a.core.close_all(&mut a.relays);
+    assert_eq!(a.shared.bandwidth_user_entries(), 1);
+    b.core.close_all(&mut b.relays);
+    assert_eq!(b.shared.bandwidth_user_entries(), 0);
+}
+
+#[test]
+fn a_total_cap_holds_all_allocations_together() {
+    let mut h = Harness::with(capped(0, 0, 800_000), FakeRelays::new("127.0.0.1"));
+    let peer: SocketAddr = "192.0.2.204:7000".parse().unwrap();
+    let (ca, _) = channel_to(&mut h, 41040, "alice", "alicepw", peer);
+    let (cb, _) = channel_to(&mut h, 41041, "bob", "bobpw", peer);
+    let frame = channel_data(1000);
+    let mut passed = 0u64;
+    for _ in 0..2000 {
+        h.now += Duration::from_millis(5);
+        passed += 1000 * h.send(ca.tuple, &frame).len() as u64;
+        passed += 1000 * h.send(cb.tuple, &frame).len() as u64;
+    }
+    assert_near(passed, 1_000_000, 3);
+    assert_eq!(
+        dropped(&h, DropReason::BandwidthTotal),
+        4000 - passed / 1000
+    );
+    assert_eq!(dropped(&h, DropReason::BandwidthAllocation), 0);
+}
+
+#[test]
+fn caps_change_live_and_one_allocation_can_have_its_own() {
+    let mut h = Harness::new();
+    let peer: SocketAddr = "192.0.2.205:7000".parse().unwrap();
+    let (c, _) = channel_to(&mut h, 41050, "alice", "alicepw", peer);
+    let every = Duration::from_millis(5);
+    assert_eq!(offer_c2p(&mut h, c.tuple, every, 2), 400_000);
+    // The admin API sets a server-wide cap: the live allocation gets it at its next datagram.
+    let caps = BandwidthCaps {
+        allocation_bps: 800_000,
+        ..BandwidthCaps::default()
+    };
+    h.shared.set_bandwidth_caps(caps, h.now).unwrap();
+    assert_near(offer_c2p(&mut h, c.tuple, every, 10), 1_000_000, 3);
+    // Refused caps change nothing.
+    let bad = BandwidthCaps {
+        burst_ms: 0,
+        ..caps
+    };
+    assert_eq!(
+        h.shared.set_bandwidth_caps(bad, h.now),
+        Err(BandwidthError::BurstMs)
+    );
+    assert_eq!(h.shared.bandwidth_caps(), caps);
+    // Its own cap: 400 kbit/s (50 000 B/s).
+    let id = h.core.allocs.keys().copied().next().unwrap();
+    let info = h
+        .core
+        .set_allocation_bandwidth(id, Some(400_000), h.now)
+        .unwrap();
+    assert_eq!(
+        (info.bandwidth_bps, info.bandwidth_override),
+        (400_000, true)
+    );
+    assert_near(offer_c2p(&mut h, c.tuple, every, 10), 500_000, 3);
+    // A server-wide change leaves its own cap alone.
+    h.shared
+        .set_bandwidth_caps(
+            BandwidthCaps {
+                allocation_bps: 1_600_000,
+                ..caps
+            },
+            h.now,
+        )
+        .unwrap();
+    assert_near(offer_c2p(&mut h, c.tuple, every, 10), 500_000, 3);
+    // Back to the server-wide cap (1.6 Mbit/s = 200 000 B/s: everything offered passes).
+    let info = h.core.set_allocation_bandwidth(id, None, h.now).unwrap();
+    assert_eq!(
+        (info.bandwidth_bps, info.bandwidth_override),
+        (1_600_000, false)
+    );
+    assert_eq!(offer_c2p(&mut h, c.tuple, every, 2), 400_000);
+    assert!(h
+        .core
+        .set_allocation_bandwidth(id + 100, None, h.now)
+        .is_none());
+    // Caps off again: the limiter goes.
+    h.shared
+        .set_bandwidth_caps(BandwidthCaps::default(), h.now)
+        .unwrap();
+    assert_eq!(offer_c2p(&mut h, c.tuple, every, 1), 200_000);
+    assert!(h.core.allocs.values().all(|a| a.bandwidth.is_none()));
+}
+
+#[test]
+fn a_reload_that_changes_the_configured_caps_applies_them() {
+    let mut h = Harness::new();
+    let peer: SocketAddr = "192.0.2.206:7000".parse().unwrap();
+    let (c, _) = channel_to(&mut h, 41060, "alice", "alicepw", peer);
+    h.core.set_config(Arc::new(capped(800_000, 0, 0)), h.now);
+    assert_eq!(h.shared.bandwidth_caps().allocation_bps, 800_000);
+    assert_near(
+        offer_c2p(&mut h, c.tuple, Duration::from_millis(5), 10),
+        1_000_000,
+        3,
+    );
+    // A reload with the same caps keeps what the admin API set since.
+    let admin = BandwidthCaps {
+        allocation_bps: 400_000,
+        ..BandwidthCaps::default()
+    };
+    h.shared.set_bandwidth_caps(admin, h.now).unwrap();
+    h.core.set_config(Arc::new(capped(800_000, 0, 0)), h.now);
+    assert_eq!(h.shared.bandwidth_caps(), admin);
 }

@@ -8,10 +8,11 @@
 //! [`COMMAND_TIMEOUT`] makes the request fail with 503 rather than hang.
 
 use crate::metrics::AdminMetrics;
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -21,7 +22,7 @@ use std::time::Duration;
 use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use turn_proto::core::{AllocationFilter, AllocationInfo, CoreConfig, Shared};
+use turn_proto::core::{AllocationFilter, AllocationInfo, BandwidthCaps, CoreConfig, Shared};
 
 /// Commands a worker's queue holds; beyond, the request gets 503.
 pub const COMMAND_QUEUE: usize = 16;
@@ -71,6 +72,16 @@ pub enum WorkerCommand {
     Load {
         /// The answer.
         reply: oneshot::Sender<WorkerLoad>,
+    },
+    /// Give allocation `id` its own bandwidth cap (`None`: back to the server-wide cap);
+    /// answers with the allocation when it lives on this worker.
+    AllocationBandwidth {
+        /// The allocation id.
+        id: u64,
+        /// Bits per second each way.
+        bps: Option<u64>,
+        /// The answer.
+        reply: oneshot::Sender<Option<AllocationInfo>>,
     },
 }
 
@@ -190,6 +201,19 @@ impl Workers {
     pub async fn load(&self) -> Result<Vec<WorkerLoad>, WorkerBusy> {
         self.ask(|reply| WorkerCommand::Load { reply }).await
     }
+
+    /// Gives allocation `id` its own bandwidth cap (`None`: the server-wide one); the
+    /// allocation as it is now, or `None` when no worker has it.
+    pub async fn set_allocation_bandwidth(
+        &self,
+        id: u64,
+        bps: Option<u64>,
+    ) -> Result<Option<AllocationInfo>, WorkerBusy> {
+        let parts = self
+            .ask(|reply| WorkerCommand::AllocationBandwidth { id, bps, reply })
+            .await?;
+        Ok(parts.into_iter().flatten().next())
+    }
 }
 
 /// What the admin API works on.
@@ -289,6 +313,7 @@ pub fn allocation_json(a: &AllocationInfo) -> Value {
         })).collect::<Vec<_>>(),
         "to_peer": {"packets": a.to_peer.packets, "bytes": a.to_peer.bytes},
         "from_peer": {"packets": a.from_peer.packets, "bytes": a.from_peer.bytes},
+        "bandwidth": {"bps": a.bandwidth_bps, "own": a.bandwidth_override},
     })
 }
 
@@ -303,6 +328,8 @@ pub fn router(state: AdminState) -> Router {
             "/v1/allocations/{id}",
             get(get_allocation).delete(end_allocation),
         )
+        .route("/v1/allocations/{id}/bandwidth", put(allocation_bandwidth))
+        .route("/v1/bandwidth", get(bandwidth).put(set_bandwidth))
         .route(
             "/v1/drain",
             get(drain_status).post(drain_start).delete(drain_stop),
@@ -522,6 +549,100 @@ async fn drain_stop(State(s): State<AdminState>) -> Json<Value> {
     s.shared.stop_draining();
     s.metrics.draining(false);
     drain_json(&s)
+}
+
+fn bandwidth_json(c: &BandwidthCaps) -> Json<Value> {
+    Json(json!({
+        "allocation_bps": c.allocation_bps,
+        "user_bps": c.user_bps,
+        "total_bps": c.total_bps,
+        "burst_ms": c.burst_ms,
+    }))
+}
+
+/// A JSON object body, or 400 `bad_body` naming what is wrong (not JSON, not an object, a
+/// wrong type, an unknown field). Only an object: serde would take `[1]` for a struct too.
+fn body<T: serde::de::DeserializeOwned>(
+    b: Result<Json<Value>, JsonRejection>,
+) -> Result<T, ApiError> {
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_body", m);
+    let Json(v) = b.map_err(|e| bad(e.body_text()))?;
+    if !v.is_object() {
+        return Err(bad("the body must be a JSON object".into()));
+    }
+    serde_json::from_value(v).map_err(|e| bad(e.to_string()))
+}
+
+async fn bandwidth(State(s): State<AdminState>) -> Json<Value> {
+    bandwidth_json(&s.shared.bandwidth_caps())
+}
+
+/// `PUT /v1/bandwidth` body: any subset of the caps.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BandwidthBody {
+    allocation_bps: Option<u64>,
+    user_bps: Option<u64>,
+    total_bps: Option<u64>,
+    burst_ms: Option<u64>,
+}
+
+async fn set_bandwidth(
+    State(s): State<AdminState>,
+    b: Result<Json<Value>, JsonRejection>,
+) -> ApiResult {
+    let b: BandwidthBody = body(b)?;
+    let old = s.shared.bandwidth_caps();
+    let caps = BandwidthCaps {
+        allocation_bps: b.allocation_bps.unwrap_or(old.allocation_bps),
+        user_bps: b.user_bps.unwrap_or(old.user_bps),
+        total_bps: b.total_bps.unwrap_or(old.total_bps),
+        burst_ms: b.burst_ms.unwrap_or(old.burst_ms),
+    };
+    s.shared
+        .set_bandwidth_caps(caps, std::time::Instant::now())
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_bandwidth", e.to_string()))?;
+    if caps != old {
+        tracing::info!(
+            allocation_bps = caps.allocation_bps,
+            user_bps = caps.user_bps,
+            total_bps = caps.total_bps,
+            burst_ms = caps.burst_ms,
+            "bandwidth caps changed through the admin API"
+        );
+    }
+    s.metrics.bandwidth_caps(&caps);
+    Ok(bandwidth_json(&caps))
+}
+
+/// `PUT /v1/allocations/{id}/bandwidth` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AllocationBandwidthBody {
+    /// Bits per second each way; 0: back to the server-wide cap.
+    bps: u64,
+}
+
+async fn allocation_bandwidth(
+    State(s): State<AdminState>,
+    Path(id): Path<String>,
+    b: Result<Json<Value>, JsonRejection>,
+) -> ApiResult {
+    let id = parse_id(&id)?;
+    let b: AllocationBandwidthBody = body(b)?;
+    let bps = b.bps;
+    let own = (bps > 0).then_some(bps);
+    let a = s
+        .workers
+        .set_allocation_bandwidth(id, own)
+        .await?
+        .ok_or_else(|| no_such_allocation(id))?;
+    tracing::info!(
+        id,
+        bps,
+        "allocation bandwidth cap set through the admin API"
+    );
+    Ok(Json(allocation_json(&a)))
 }
 
 async fn config(State(s): State<AdminState>) -> Json<Value> {

@@ -199,6 +199,7 @@ pub fn core_config_with_key(cfg: &TurnConfig, nonce_key: [u8; 32]) -> CoreConfig
         },
         alternate_servers: cfg.alternate_servers.clone(),
         alternate_over_allocations: cfg.alternate_over_allocations,
+        bandwidth: cfg.bandwidth,
     }
 }
 
@@ -795,6 +796,10 @@ async fn command_loop(
                     from_peer_packets: relay.p2c_packets,
                     from_peer_bytes: relay.p2c_bytes,
                 });
+            }
+            WorkerCommand::AllocationBandwidth { id, bps, reply } => {
+                let _ = reply.send(w.core.set_allocation_bandwidth(id, bps, now));
+                w.fold_stats();
             }
         }
     }
