@@ -435,7 +435,7 @@ fn rule(name: &str) -> Option<Rule> {
         | "no-software-attribute" | "prod" | "no-tls" | "no-dtls" | "relay-threads"
         | "channel-lifetime" | "permission-lifetime" | "rest-api-separator"
         | "allocation-default-address-family" | "max-bps" | "bps-capacity"
-        | "alternate-server" => Map,
+        | "alternate-server" | "mobility" => Map,
         "lt-cred-mech" => DefaultFlag(
             "turnkey always uses the long-term credential mechanism (RFC 8489 §9.2)",
         ),
@@ -483,9 +483,6 @@ fn rule(name: &str) -> Option<Rule> {
         ),
         "no-stun-backward-compatibility" => UnmappedFlag(
             "turnkey already drops classic RFC 3489 requests (no magic cookie) but always puts MAPPED-ADDRESS next to XOR-MAPPED-ADDRESS; that cannot be turned off",
-        ),
-        "mobility" => UnmappedFlag(
-            "ICE mobility (MOBILITY-TICKET, RFC 8016) is not supported yet",
         ),
         "server-relay" => UnmappedFlag(
             "turnkey always checks permissions (RFC 8656 §9); relaying without them is not supported",
@@ -589,6 +586,7 @@ struct Importer {
     prometheus: bool,
     prometheus_port: Option<u16>,
     software_off: bool,
+    mobility: bool,
     workers: Option<usize>,
     /// Which lines fed each TOML key, for the comment above it.
     sources: Vec<(&'static str, usize, String)>,
@@ -865,6 +863,14 @@ impl Importer {
             "prometheus-port" => {
                 self.prometheus_port = Some(parse_port(o)?);
                 self.mapped(o, &["metrics"]);
+            }
+            "mobility" => {
+                if parse_bool(o)? {
+                    self.mobility = true;
+                    self.mapped(o, &["mobility"]);
+                } else {
+                    self.flag_off(o);
+                }
             }
             "no-software-attribute" | "prod" => {
                 if parse_bool(o)? {
@@ -1187,6 +1193,9 @@ impl Importer {
         }
         if self.software_off {
             keys.one("software", toml_str(""));
+        }
+        if self.mobility {
+            keys.one("mobility", "true".to_string());
         }
         if let Some(n) = self.workers {
             keys.one("workers", n.to_string());
@@ -1630,7 +1639,7 @@ mod tests {
         assert!(why(&i.unmapped, "user-quota").contains("unlimited"));
         assert!(why(&i.unmapped, "permission-lifetime").contains("300"));
         assert!(why(&i.unmapped, "use-auth-secret").contains("database"));
-        assert!(why(&i.unmapped, "mobility").contains("not supported"));
+        assert!(i.toml.contains("mobility = true"), "{}", i.toml);
         // Never the values: not the hashed key, not the CLI or database password.
         let shown = format!("{:?}{:?}", i.unmapped, i.toml);
         assert!(

@@ -76,6 +76,9 @@ pub struct AllocationInfo {
     pub to_peer: Traffic,
     /// Relayed peer -> client.
     pub from_peer: Traffic,
+    /// Times the allocation moved to a new client 5-tuple (RFC 8016 mobility); `tuple` is
+    /// the current one.
+    pub moves: u32,
 }
 
 /// Which allocations to list: every field that is set must match.
@@ -156,6 +159,7 @@ impl TurnCore {
             channels,
             to_peer: a.to_peer.get(),
             from_peer: a.from_peer.get(),
+            moves: a.mobility.as_ref().map_or(0, |m| m.moves),
         })
     }
 

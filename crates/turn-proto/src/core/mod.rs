@@ -36,11 +36,14 @@ mod admin;
 mod allocate;
 mod data;
 mod expiry;
+mod mobility;
 mod permission;
 mod shared;
 
 pub use crate::stats::EndReason;
 pub use admin::{AllocationFilter, AllocationInfo, ChannelInfo, PermissionInfo, Traffic};
+use mobility::Mobility;
+pub use mobility::{Ticket, TicketError, TicketKey, ATTR_MOBILITY_TICKET, TICKET_CHARS};
 use shared::Holder;
 pub use shared::Shared;
 
@@ -226,6 +229,9 @@ pub struct CoreConfig {
     /// Live allocations (all workers) from which new Allocates are sent to an alternate
     /// server; 0 turns it off (only draining sends clients elsewhere).
     pub alternate_over_allocations: u32,
+    /// RFC 8016 mobility: the key that seals MOBILITY-TICKETs (one per server, shared by
+    /// every worker). `None`: mobility is off and any MOBILITY-TICKET gets 405.
+    pub mobility: Option<TicketKey>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -268,6 +274,8 @@ struct Allocation {
     peer_channels: HashMap<SocketAddr, u16>,
     allocate_tid: TransactionId,
     allocate_response: Vec<u8>,
+    /// RFC 8016 state, when the client asked for mobility.
+    mobility: Option<Mobility>,
 }
 
 impl Allocation {
@@ -278,6 +286,14 @@ impl Allocation {
     }
     fn has_permission(&self, ip: IpAddr, now: Instant) -> bool {
         self.permissions.get(&ip).is_some_and(|t| *t > now)
+    }
+    /// Where data for the client goes: the old 5-tuple while a move is not confirmed (RFC 8016
+    /// §3.2, make before break), else the allocation's 5-tuple.
+    fn egress_tuple(&self) -> FiveTuple {
+        self.mobility
+            .as_ref()
+            .and_then(|m| m.old_tuple)
+            .unwrap_or(self.tuple)
     }
     fn family_label(&self) -> &'static str {
         match self.relays.as_slice() {
@@ -294,6 +310,9 @@ pub struct TurnCore {
     stats: TurnStats,
     start: Instant,
     start_unix_secs: u64,
+    /// This core's worker index (sealed into mobility tickets, so another worker can route a
+    /// Refresh here).
+    worker: u16,
     allocs: HashMap<u64, Allocation>,
     by_tuple: HashMap<FiveTuple, u64>,
     by_relay: HashMap<SocketAddr, u64>,
@@ -333,6 +352,7 @@ impl TurnCore {
             stats: TurnStats::default(),
             start,
             start_unix_secs,
+            worker: 0,
             allocs: HashMap::new(),
             by_tuple: HashMap::new(),
             by_relay: HashMap::new(),
@@ -341,6 +361,12 @@ impl TurnCore {
             last_now: start,
             auth_log: RefCell::new(LogLimiter::new(10, 20, start)),
         }
+    }
+
+    /// The core of worker `index` (0 unless set): sealed into the mobility tickets it issues.
+    pub fn with_worker(mut self, index: u16) -> Self {
+        self.worker = index;
+        self
     }
 
     /// What this core has counted so far (the service folds it into its metrics).
@@ -454,6 +480,13 @@ impl TurnCore {
             }
         }
         let (builder, auth) = self.handle_request(tuple, m, now, relays);
+        // Heard on the new 5-tuple after a move (another request than the moving Refresh):
+        // the old one is forgotten (RFC 8016 §3.2).
+        if auth.is_some() && !(method == METHOD_REFRESH && m.contains(ATTR_MOBILITY_TICKET)) {
+            if let Some(&id) = self.by_tuple.get(&tuple) {
+                self.confirm_move(id, tuple);
+            }
+        }
         // An unauthenticated request gets at most a bounded rate of responses per source IP:
         // these are what a spoofed source would reflect at its victim.
         if auth.is_none() && !self.unauth_limiter.allow(tuple.client.ip(), now) {
@@ -502,11 +535,14 @@ impl TurnCore {
         }
         // REST expiry is checked on Allocate; requests on an existing allocation by the same
         // user are not cut off when the credential expires mid-call.
+        let username = text_attr(m, ATTR_USERNAME);
         let same_user_allocation = self
             .by_tuple
             .get(&tuple)
             .and_then(|id| self.allocs.get(id))
-            .is_some_and(|a| text_attr(m, ATTR_USERNAME) == Some(a.username.as_str()));
+            .is_some_and(|a| username == Some(a.username.as_str()))
+            || (method == METHOD_REFRESH
+                && self.ticket_user(m).is_some_and(|u| username == Some(u)));
         let check_expiry = method == METHOD_ALLOCATE || !same_user_allocation;
         let auth = match self
             .authenticator(now)
@@ -580,6 +616,7 @@ fn response_label(error_code: Option<u16>) -> &'static str {
         Some(400) => "error_400",
         Some(401) => "auth_challenge",
         Some(403) => "error_403",
+        Some(405) => "error_405",
         Some(420) => "error_420",
         Some(437) => "error_437",
         Some(438) => "error_438",

@@ -242,6 +242,7 @@ pub fn allocation_json(a: &AllocationInfo) -> Value {
         })).collect::<Vec<_>>(),
         "to_peer": {"packets": a.to_peer.packets, "bytes": a.to_peer.bytes},
         "from_peer": {"packets": a.from_peer.packets, "bytes": a.from_peer.bytes},
+        "moves": a.moves,
     })
 }
 
