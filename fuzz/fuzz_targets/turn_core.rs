@@ -44,7 +44,7 @@ use stun_proto::msg::{
 use turn_proto::auth::{long_term_key, mint_rest_credential, Credentials, NonceMinter};
 use turn_proto::core::{
     AddressFamily, CoreConfig, RelayAllocator, RelayError, RelayGrant, RelayRequest, Shared,
-    Transmit, TurnCore, ATTR_ADDITIONAL_ADDRESS_FAMILY,
+    TicketKey, Transmit, TurnCore, ATTR_ADDITIONAL_ADDRESS_FAMILY,
 };
 use turn_proto::policy::PeerPolicy;
 use turn_proto::FiveTuple;
@@ -317,6 +317,9 @@ impl World {
             unauth_burst: 40,
             external_ips,
             binding: BindingConfig::default(),
+            alternate_servers: Vec::new(),
+            alternate_over_allocations: 0,
+            mobility: Some(TicketKey::new([3; 32])),
         });
         let shared = Arc::new(Shared::default());
         let t0 = Instant::now();

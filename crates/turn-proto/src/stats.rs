@@ -251,6 +251,82 @@ impl EndReason {
     }
 }
 
+/// Why a MOBILITY-TICKET was refused (`turn_mobility_refusals_total{reason}`, RFC 8016 §3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum MobilityRefusal {
+    /// Mobility is off (`mobility = false`): 405 Mobility Forbidden.
+    Disabled,
+    /// Not over UDP: a stream or DTLS allocation ends with its connection (405).
+    Transport,
+    /// A ticket that is malformed, forged or modified, or a non-empty one in an Allocate (400).
+    BadTicket,
+    /// A genuine ticket whose allocation is gone or lives on no worker here (437).
+    UnknownAllocation,
+    /// A ticket issued before the allocation's last move (437): replay of an old ticket.
+    StaleTicket,
+    /// The Refresh was signed by another user than the allocation's (441).
+    WrongUser,
+    /// The new 5-tuple already holds another allocation (437).
+    TupleInUse,
+}
+
+impl MobilityRefusal {
+    /// Its slot in the counters: the position in [`MobilityRefusal::ALL`], which lists the
+    /// variants in declaration order (a test checks it).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Every reason.
+    pub const ALL: [MobilityRefusal; 7] = [
+        MobilityRefusal::Disabled,
+        MobilityRefusal::Transport,
+        MobilityRefusal::BadTicket,
+        MobilityRefusal::UnknownAllocation,
+        MobilityRefusal::StaleTicket,
+        MobilityRefusal::WrongUser,
+        MobilityRefusal::TupleInUse,
+    ];
+
+    /// The metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MobilityRefusal::Disabled => "disabled",
+            MobilityRefusal::Transport => "transport",
+            MobilityRefusal::BadTicket => "bad_ticket",
+            MobilityRefusal::UnknownAllocation => "unknown_allocation",
+            MobilityRefusal::StaleTicket => "stale_ticket",
+            MobilityRefusal::WrongUser => "wrong_user",
+            MobilityRefusal::TupleInUse => "tuple_in_use",
+        }
+    }
+
+    /// The STUN error code of the answer (RFC 8016 §3.1.2, §3.2.2).
+    pub fn error_code(self) -> u16 {
+        match self {
+            MobilityRefusal::Disabled | MobilityRefusal::Transport => 405,
+            MobilityRefusal::BadTicket => 400,
+            MobilityRefusal::UnknownAllocation
+            | MobilityRefusal::StaleTicket
+            | MobilityRefusal::TupleInUse => 437,
+            MobilityRefusal::WrongUser => 441,
+        }
+    }
+
+    /// The reason phrase of the answer.
+    pub fn reason_phrase(self) -> &'static str {
+        match self {
+            MobilityRefusal::Disabled | MobilityRefusal::Transport => "Mobility Forbidden",
+            MobilityRefusal::BadTicket => "Bad Request: MOBILITY-TICKET",
+            MobilityRefusal::UnknownAllocation
+            | MobilityRefusal::StaleTicket
+            | MobilityRefusal::TupleInUse => "Allocation Mismatch",
+            MobilityRefusal::WrongUser => "Wrong Credentials",
+        }
+    }
+}
+
 /// Relayed traffic, counted on every data packet (the only fields the per-packet path touches).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RelayStats {
@@ -282,6 +358,10 @@ pub struct ControlStats {
     pub allocations_ended: [u64; EndReason::ALL.len()],
     /// Allocate requests sent to an alternate server (300 Try Alternate).
     pub alternate_redirects: u64,
+    /// Allocations moved to a new client 5-tuple (RFC 8016).
+    pub mobility_moves: u64,
+    /// MOBILITY-TICKETs refused, indexed like [`MobilityRefusal::ALL`].
+    pub mobility_refusals: [u64; MobilityRefusal::ALL.len()],
     /// Requests answered, by (method, result) label (`allocate`, `error_437`...).
     pub requests: HashMap<(&'static str, &'static str), u64>,
     /// Allocate requests by result label (also `retransmission`).
@@ -415,6 +495,23 @@ impl TurnStats {
         self.control.changes += 1;
     }
 
+    /// Counts an allocation moved to a new client 5-tuple.
+    pub fn mobility_move(&mut self) {
+        self.control.mobility_moves += 1;
+        self.control.changes += 1;
+    }
+
+    /// Counts a refused MOBILITY-TICKET.
+    pub fn mobility_refusal(&mut self, reason: MobilityRefusal) {
+        self.control.mobility_refusals[reason.index()] += 1;
+        self.control.changes += 1;
+    }
+
+    /// Refused MOBILITY-TICKETs for `reason` so far.
+    pub fn mobility_refusals(&self, reason: MobilityRefusal) -> u64 {
+        self.control.mobility_refusals[reason.index()]
+    }
+
     /// Adds `delta` to the unredeemed reservations.
     pub fn live_reservations(&mut self, delta: i64) {
         self.control.live_reservations += delta;
@@ -433,6 +530,10 @@ mod tests {
         labels.extend(AuthFailure::ALL.iter().map(|r| r.as_str()));
         labels.extend(QuotaScope::ALL.iter().map(|r| r.as_str()));
         let n = labels.len();
+        let mut mob: Vec<&str> = MobilityRefusal::ALL.iter().map(|r| r.as_str()).collect();
+        mob.sort_unstable();
+        mob.dedup();
+        assert_eq!(mob.len(), MobilityRefusal::ALL.len());
         labels.sort_unstable();
         labels.dedup();
         assert_eq!(labels.len(), n);
@@ -461,6 +562,9 @@ mod tests {
             assert_eq!(r.index(), i, "{r:?}");
         }
         for (i, r) in BandwidthScope::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i, "{r:?}");
+        }
+        for (i, r) in MobilityRefusal::ALL.iter().enumerate() {
             assert_eq!(r.index(), i, "{r:?}");
         }
     }

@@ -146,6 +146,12 @@ pub struct ServerArgs {
     /// draining. Default 0.
     #[arg(long = "alternate-over-allocations", value_name = "N")]
     pub alternate_over_allocations: Option<u32>,
+    /// RFC 8016 mobility: a UDP client that asks for it (an empty MOBILITY-TICKET in its
+    /// Allocate) gets a ticket, and after its address changed moves its allocation to the new
+    /// 5-tuple with a Refresh carrying the ticket. Off by default (as in coturn): a ticket lets
+    /// an allocation outlive its 5-tuple, which an operator should opt into.
+    #[arg(long)]
+    pub mobility: bool,
     /// Half-open DTLS handshakes per DTLS socket and worker. Default 2048.
     #[arg(long = "dtls-max-handshakes", value_name = "N")]
     pub dtls_max_handshakes: Option<usize>,
@@ -271,6 +277,8 @@ pub struct FileConfig {
     pub alternate_server: Vec<SocketAddr>,
     /// See `--alternate-over-allocations`.
     pub alternate_over_allocations: Option<u32>,
+    /// See `--mobility`.
+    pub mobility: Option<bool>,
     /// See `--dtls-max-handshakes`.
     pub dtls_max_handshakes: Option<usize>,
     /// See `--dtls-max-handshakes-per-ip`.
@@ -393,6 +401,8 @@ pub struct TurnConfig {
     pub alternate_servers: Vec<SocketAddr>,
     /// Live allocations from which new ones go to an alternate server (0: only draining).
     pub alternate_over_allocations: u32,
+    /// RFC 8016 mobility (MOBILITY-TICKET) for UDP allocations.
+    pub mobility: bool,
     /// Caps on unauthenticated and per-connection state.
     pub limits: Limits,
     /// Load balancers that send a PROXY protocol v2 header on TCP/TLS (empty: off).
@@ -598,6 +608,7 @@ impl Layered for ServerArgs {
                 .alternate_over_allocations
                 .or(file.alternate_over_allocations)
                 .unwrap_or(0),
+            mobility: self.mobility || file.mobility.unwrap_or(false),
             limits,
             proxy_protocol_from: pick(self.proxy_protocol_from, file.proxy_protocol_from),
             bandwidth,
@@ -631,7 +642,7 @@ impl TurnConfig {
         let mut users: Vec<&String> = self.users.keys().collect();
         users.sort();
         format!(
-            "listen={:?} relay_ip={:?} ports={}-{} external_ip={:?} realm={:?} users={:?} (passwords <redacted>) auth_secrets={} (<redacted>) allow_peer={:?} deny_peer={:?} metrics={} nonce_lifetime={}s user_quota={} total_quota={} ip_quota={} unauth_rate={}/s unauth_burst={} max_lifetime={}s workers={} drain_timeout={}s tls_listen={:?} dtls_listen={:?} cert={:?} limits={:?} admin_listen={:?} admin_token={} alternate_server={:?} alternate_over_allocations={} proxy_protocol_from={:?} bandwidth_allocation_bps={} bandwidth_user_bps={} bandwidth_total_bps={} bandwidth_burst_ms={}",
+            "listen={:?} relay_ip={:?} ports={}-{} external_ip={:?} realm={:?} users={:?} (passwords <redacted>) auth_secrets={} (<redacted>) allow_peer={:?} deny_peer={:?} metrics={} nonce_lifetime={}s user_quota={} total_quota={} ip_quota={} unauth_rate={}/s unauth_burst={} max_lifetime={}s workers={} drain_timeout={}s tls_listen={:?} dtls_listen={:?} cert={:?} limits={:?} admin_listen={:?} admin_token={} alternate_server={:?} alternate_over_allocations={} mobility={} proxy_protocol_from={:?} bandwidth_allocation_bps={} bandwidth_user_bps={} bandwidth_total_bps={} bandwidth_burst_ms={}",
             self.listen,
             self.relay_ips,
             self.min_port,
@@ -664,6 +675,7 @@ impl TurnConfig {
             },
             self.alternate_servers,
             self.alternate_over_allocations,
+            self.mobility,
             self.proxy_protocol_from,
             self.bandwidth.allocation_bps,
             self.bandwidth.user_bps,
@@ -764,6 +776,7 @@ impl TurnConfig {
         check("log_level", self.log_level == new.log_level);
         check("admin_token", self.admin_token == new.admin_token);
         check("bandwidth", self.bandwidth == new.bandwidth);
+        check("mobility", self.mobility == new.mobility);
         check(
             "alternate_server",
             self.alternate_servers == new.alternate_servers,
@@ -820,6 +833,7 @@ impl TurnConfig {
             "admin_token": self.admin_token.as_ref().map(|_| "<redacted>"),
             "alternate_server": strings(&self.alternate_servers),
             "alternate_over_allocations": self.alternate_over_allocations,
+            "mobility": self.mobility,
             "proxy_protocol_from": self.proxy_protocol_from.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
             "limits": {
                 "dtls_max_handshakes": self.limits.dtls_max_handshakes,

@@ -415,7 +415,6 @@ const WHY_WEB_ADMIN: &str = "coturn's web admin has no turnkey counterpart: use 
 const WHY_LOG: &str = "turnkey logs to stderr (tracing; RUST_LOG sets the filter, log_json the format): route it with systemd/journald or the container runtime";
 const WHY_RFC5780: &str = "turn-server does no RFC 5780 NAT behaviour discovery: run turnkey's stun-server with --alt-ip for that";
 const WHY_TLS_ALTERNATE: &str = "turnkey has one alternate_server list for every transport: a TLS client is sent to the same servers (add the TLS servers there if they differ)";
-const WHY_BANDWIDTH: &str = "bandwidth limits are not supported yet (turnkey limits allocations per user, per IP and in total)";
 const WHY_DEVICE: &str =
     "binding to a network device is not supported: use the device's address in listen / relay_ip";
 const WHY_TLS_TUNING: &str = "not configurable: turnkey's TLS (rustls) uses its own safe cipher suites and curves, without finite-field DH, TLS 1.2 and 1.3 only";
@@ -435,7 +434,7 @@ fn rule(name: &str) -> Option<Rule> {
         | "no-software-attribute" | "prod" | "no-tls" | "no-dtls" | "relay-threads"
         | "channel-lifetime" | "permission-lifetime" | "rest-api-separator"
         | "allocation-default-address-family" | "max-bps" | "bps-capacity"
-        | "alternate-server" => Map,
+        | "alternate-server" | "mobility" => Map,
         "lt-cred-mech" => DefaultFlag(
             "turnkey always uses the long-term credential mechanism (RFC 8489 §9.2)",
         ),
@@ -483,9 +482,6 @@ fn rule(name: &str) -> Option<Rule> {
         ),
         "no-stun-backward-compatibility" => UnmappedFlag(
             "turnkey already drops classic RFC 3489 requests (no magic cookie) but always puts MAPPED-ADDRESS next to XOR-MAPPED-ADDRESS; that cannot be turned off",
-        ),
-        "mobility" => UnmappedFlag(
-            "ICE mobility (MOBILITY-TICKET, RFC 8016) is not supported yet",
         ),
         "server-relay" => UnmappedFlag(
             "turnkey always checks permissions (RFC 8656 §9); relaying without them is not supported",
@@ -589,6 +585,9 @@ struct Importer {
     prometheus: bool,
     prometheus_port: Option<u16>,
     software_off: bool,
+    mobility: bool,
+    allocation_bps: Option<u64>,
+    total_bps: Option<u64>,
     workers: Option<usize>,
     /// Which lines fed each TOML key, for the comment above it.
     sources: Vec<(&'static str, usize, String)>,
@@ -866,6 +865,14 @@ impl Importer {
                 self.prometheus_port = Some(parse_port(o)?);
                 self.mapped(o, &["metrics"]);
             }
+            "mobility" => {
+                if parse_bool(o)? {
+                    self.mobility = true;
+                    self.mapped(o, &["mobility"]);
+                } else {
+                    self.flag_off(o);
+                }
+            }
             "no-software-attribute" | "prod" => {
                 if parse_bool(o)? {
                     self.software_off = true;
@@ -896,10 +903,17 @@ impl Importer {
                 }
             }
             "max-bps" | "bps-capacity" => {
-                if need_value(o)?.trim() == "0" {
+                // coturn counts bytes per second, turnkey bits per second of payload, each
+                // direction on its own as coturn does.
+                let v: u64 = parse_num(o, "a number of bytes per second")?;
+                if v == 0 {
                     self.already_default(o, "0 means no bandwidth limit, as in turnkey");
+                } else if o.name == "max-bps" {
+                    self.allocation_bps = Some(v.saturating_mul(8));
+                    self.mapped(o, &["bandwidth_allocation_bps"]);
                 } else {
-                    self.unmapped(o, WHY_BANDWIDTH);
+                    self.total_bps = Some(v.saturating_mul(8));
+                    self.mapped(o, &["bandwidth_total_bps"]);
                 }
             }
             "rest-api-separator" => {
@@ -1187,6 +1201,15 @@ impl Importer {
         }
         if self.software_off {
             keys.one("software", toml_str(""));
+        }
+        if let Some(b) = self.allocation_bps {
+            keys.one("bandwidth_allocation_bps", b.to_string());
+        }
+        if let Some(b) = self.total_bps {
+            keys.one("bandwidth_total_bps", b.to_string());
+        }
+        if self.mobility {
+            keys.one("mobility", "true".to_string());
         }
         if let Some(n) = self.workers {
             keys.one("workers", n.to_string());
@@ -1615,7 +1638,11 @@ mod tests {
         ] {
             why(&i.already_default, o);
         }
-        assert!(why(&i.unmapped, "max-bps").contains("bandwidth"));
+        assert!(
+            i.toml.contains("bandwidth_allocation_bps = 800"),
+            "max-bps 100 B/s is 800 bit/s: {}",
+            i.toml
+        );
         assert!(why(&i.unmapped, "tls-alternate-server").contains("alternate_server"));
         assert!(
             i.toml.contains("alternate_server = [\"1.2.3.4:3478\"]"),
@@ -1630,7 +1657,7 @@ mod tests {
         assert!(why(&i.unmapped, "user-quota").contains("unlimited"));
         assert!(why(&i.unmapped, "permission-lifetime").contains("300"));
         assert!(why(&i.unmapped, "use-auth-secret").contains("database"));
-        assert!(why(&i.unmapped, "mobility").contains("not supported"));
+        assert!(i.toml.contains("mobility = true"), "{}", i.toml);
         // Never the values: not the hashed key, not the CLI or database password.
         let shown = format!("{:?}{:?}", i.unmapped, i.toml);
         assert!(

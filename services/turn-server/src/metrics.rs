@@ -24,6 +24,10 @@
 //! | `turn_bandwidth_cap_bps` (the live bandwidth caps, bits per second each way; 0: none) | gauge | `scope` (`allocation`, `user`, `total`) |
 //! | `turn_proxy_protocol_accepted_total` | counter | `command` (`proxy`, `local`) |
 //! | `turn_proxy_protocol_rejected_total` | counter | `reason` ([`ProxyReject`]: `source_not_allowed`, `missing_header`, `malformed`, `unsupported`, `timeout`, `closed`) |
+//! | `turn_mobility_moves_total` (allocations moved to a new client 5-tuple, RFC 8016) | counter | |
+//! | `turn_mobility_refusals_total` | counter | `reason` ([`MobilityRefusal`]: `disabled`, `transport`, `bad_ticket`, `unknown_allocation`, `stale_ticket`, `wrong_user`, `tuple_in_use`) |
+//! | `turn_mobility_forwarded_packets_total` (datagrams a worker handed to the worker owning their allocation after a move) | counter | |
+//! | `turn_mobility_routes` (client 5-tuples routed to another worker) | gauge | |
 //!
 //! `turn_dropped_packets_total` reasons of the bandwidth caps: `bandwidth_allocation`,
 //! `bandwidth_user`, `bandwidth_total` (a datagram over the first cap it meets).
@@ -37,7 +41,10 @@
 //! `tls_handshake_per_ip_limit`, `tls_handshake` (failed), `tls_handshake_timeout`,
 //! `tcp_first_request_timeout`, `tcp_queue_full` (a frame that did not fit the byte-bounded
 //! send queue), `tcp_duplicate_tuple` (behind a balancer: a second connection whose PROXY
-//! header names a client address and port already connected to the same worker).
+//! header names a client address and port already connected to the same worker),
+//! `mobility_forward_queue_full` (a datagram for the worker owning its allocation that did not
+//! fit that worker's bounded queue), `mobility_route_table_full` (a moved client 5-tuple not
+//! routed because the worker's route table was full of live routes).
 
 use crate::io::proxy::ProxyReject;
 use prometheus_client::metrics::counter::Counter;
@@ -48,16 +55,18 @@ use stun_server::metrics::StunMetrics;
 use turn_proto::core::BandwidthCaps;
 use turn_proto::policy::DenyReason;
 use turn_proto::stats::{
-    AuthFailure, BandwidthScope, ControlStats, DropReason, EndReason, QuotaScope, RelayStats,
-    TurnStats,
+    AuthFailure, BandwidthScope, ControlStats, DropReason, EndReason, MobilityRefusal, QuotaScope,
+    RelayStats, TurnStats,
 };
 
 /// `turn_dropped_packets_total` reasons of the I/O layer (the core's are [`DropReason::ALL`]).
-const IO_DROP_REASONS: [&str; 4] = [
+const IO_DROP_REASONS: [&str; 6] = [
     "client_send_failed",
     "peer_send_failed",
     "tcp_queue_full",
     "relay_socket_missing",
+    crate::io::MOBILITY_QUEUE_FULL_REASON,
+    crate::io::MOBILITY_ROUTES_FULL_REASON,
 ];
 
 /// One label.
@@ -113,6 +122,14 @@ pub mod names {
     pub const PROXY_PROTOCOL_ACCEPTED: &str = "turn_proxy_protocol_accepted";
     /// Stream connections closed for want of a valid PROXY v2 header, by reason.
     pub const PROXY_PROTOCOL_REJECTED: &str = "turn_proxy_protocol_rejected";
+    /// Allocations moved to a new client 5-tuple (RFC 8016).
+    pub const MOBILITY_MOVES: &str = "turn_mobility_moves";
+    /// MOBILITY-TICKETs refused, by reason.
+    pub const MOBILITY_REFUSALS: &str = "turn_mobility_refusals";
+    /// Datagrams handed to the worker that owns their allocation.
+    pub const MOBILITY_FORWARDED_PACKETS: &str = "turn_mobility_forwarded_packets";
+    /// Client 5-tuples routed to another worker.
+    pub const MOBILITY_ROUTES: &str = "turn_mobility_routes";
 }
 
 /// `turn_proxy_protocol_accepted_total` `command` values.
@@ -159,6 +176,22 @@ pub struct TurnMetrics {
     pub proxy_accepted: Family<L1, Counter>,
     /// `turn_proxy_protocol_rejected_total{reason}`.
     pub proxy_rejected: Family<L1, Counter>,
+    /// RFC 8016 mobility.
+    pub mobility: MobilityMetrics,
+}
+
+/// `turn_mobility_moves_total`, `turn_mobility_refusals_total{reason}`,
+/// `turn_mobility_forwarded_packets_total`, `turn_mobility_routes`.
+#[derive(Clone, Debug, Default)]
+pub struct MobilityMetrics {
+    /// Allocations moved.
+    pub moves: Counter,
+    /// Tickets refused, by reason.
+    pub refusals: Family<L1, Counter>,
+    /// Datagrams handed to the owning worker.
+    pub forwarded: Counter,
+    /// Routes to other workers, all workers.
+    pub routes: Gauge,
 }
 
 /// `turn_draining` and `turn_admin_requests_total{status}`.
@@ -402,7 +435,37 @@ impl TurnMetrics {
             m.admin.bandwidth_cap.clone(),
         );
         m.register_proxy(registry);
+        m.register_mobility(registry);
         m
+    }
+
+    fn register_mobility(&self, registry: &mut Registry) {
+        for reason in MobilityRefusal::ALL {
+            let _ = self
+                .mobility
+                .refusals
+                .get_or_create(&[("reason", reason.as_str())]);
+        }
+        registry.register(
+            names::MOBILITY_MOVES,
+            "Allocations moved to a new client 5-tuple with a MOBILITY-TICKET (RFC 8016)",
+            self.mobility.moves.clone(),
+        );
+        registry.register(
+            names::MOBILITY_REFUSALS,
+            "MOBILITY-TICKETs refused, by reason",
+            self.mobility.refusals.clone(),
+        );
+        registry.register(
+            names::MOBILITY_FORWARDED_PACKETS,
+            "Datagrams handed to the worker owning their allocation after the client moved",
+            self.mobility.forwarded.clone(),
+        );
+        registry.register(
+            names::MOBILITY_ROUTES,
+            "Client 5-tuples routed to the worker owning their allocation",
+            self.mobility.routes.clone(),
+        );
     }
 
     fn register_proxy(&self, registry: &mut Registry) {
@@ -540,6 +603,18 @@ impl TurnMetrics {
                 &self.allocations_ended,
                 [("reason", reason.as_str())],
                 c.allocations_ended[i] - l.allocations_ended[i],
+            );
+        }
+        if c.mobility_moves > l.mobility_moves {
+            self.mobility
+                .moves
+                .inc_by(c.mobility_moves - l.mobility_moves);
+        }
+        for (i, reason) in MobilityRefusal::ALL.iter().enumerate() {
+            inc(
+                &self.mobility.refusals,
+                [("reason", reason.as_str())],
+                c.mobility_refusals[i] - l.mobility_refusals[i],
             );
         }
         if c.alternate_redirects > l.alternate_redirects {

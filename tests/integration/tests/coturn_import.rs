@@ -283,7 +283,6 @@ fn every_documented_option_is_mapped_or_explained() {
         "psql-userdb",
         "cli-password",
         "web-admin",
-        "mobility",
         "no-udp",
         "no-auth",
         "user-quota",
@@ -425,7 +424,7 @@ fn a_hand_written_config_imports_exactly_and_serves_uclient() {
     let by_kind = check_every_option_accounted(&conf, &toml);
     assert_eq!(
         options_of(&by_kind, "unmapped"),
-        ["cli-password", "max-bps"]
+        ["cli-password"]
     );
     assert_eq!(
         options_of(&by_kind, "default"),
@@ -450,6 +449,8 @@ fn a_hand_written_config_imports_exactly_and_serves_uclient() {
     assert_eq!((cfg.user_quota, cfg.total_quota), (8, 500));
     assert_eq!(cfg.max_lifetime_secs, 1200);
     assert_eq!(cfg.nonce_lifetime_secs, 300);
+    // max-bps is bytes per second in coturn, bits per second in turnkey.
+    assert_eq!(cfg.bandwidth.allocation_bps, 8_000_000);
     assert_eq!(
         shown(&cfg.deny_peer),
         [

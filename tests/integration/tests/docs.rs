@@ -211,6 +211,7 @@ fn readme_defaults_match_the_code() {
                     "alternate_over_allocations",
                     s(&turn.alternate_over_allocations),
                 ),
+                ("mobility", s(&turn.mobility)),
                 ("dtls_max_handshakes", s(&l.dtls_max_handshakes)),
                 (
                     "dtls_max_handshakes_per_ip",

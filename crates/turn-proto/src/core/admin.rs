@@ -81,6 +81,9 @@ pub struct AllocationInfo {
     pub bandwidth_bps: u64,
     /// True when `bandwidth_bps` is its own (admin API), not the server-wide one.
     pub bandwidth_override: bool,
+    /// Times the allocation moved to a new client 5-tuple (RFC 8016 mobility); `tuple` is
+    /// the current one.
+    pub moves: u32,
 }
 
 /// Which allocations to list: every field that is set must match.
@@ -164,6 +167,7 @@ impl TurnCore {
             from_peer: a.from_peer.get(),
             bandwidth_bps,
             bandwidth_override,
+            moves: a.mobility.as_ref().map_or(0, |m| m.moves),
         })
     }
 

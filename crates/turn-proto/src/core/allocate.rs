@@ -3,10 +3,12 @@
 
 use super::shared::Reservation;
 use super::{
-    AddressFamily, Allocation, EndReason, Holder, Relay, RelayAllocator, RelayError, RelayRequest,
-    TimerKey, Traffic, TurnCore, ATTR_ADDITIONAL_ADDRESS_FAMILY, ATTR_ADDRESS_ERROR_CODE,
+    AddressFamily, Allocation, EndReason, Holder, Mobility, Relay, RelayAllocator, RelayError,
+    RelayRequest, TimerKey, Traffic, TurnCore, ATTR_ADDITIONAL_ADDRESS_FAMILY,
+    ATTR_ADDRESS_ERROR_CODE, ATTR_MOBILITY_TICKET,
 };
 use crate::auth::{AuthOk, Credentials};
+use crate::stats::MobilityRefusal;
 use crate::stats::QuotaScope;
 use crate::FiveTuple;
 use rtc_stun::attributes::*;
@@ -51,6 +53,26 @@ impl TurnCore {
             }
             _ => return MessageBuilder::error(m, 400, "Bad Request: REQUESTED-TRANSPORT"),
         }
+        // RFC 8016 §3.1.2: an empty MOBILITY-TICKET asks for mobility.
+        let mobile = match attr(m, ATTR_MOBILITY_TICKET) {
+            None => false,
+            Some(v) => {
+                let refused = if self.cfg.mobility.is_none() {
+                    Some(MobilityRefusal::Disabled)
+                } else if tuple.transport != crate::Transport::Udp {
+                    Some(MobilityRefusal::Transport)
+                } else if !v.is_empty() {
+                    Some(MobilityRefusal::BadTicket)
+                } else {
+                    None
+                };
+                if let Some(r) = refused {
+                    self.stats.mobility_refusal(r);
+                    return MessageBuilder::error(m, r.error_code(), r.reason_phrase());
+                }
+                true
+            }
+        };
         let token = attr(m, ATTR_RESERVATION_TOKEN);
         let even_port = attr(m, ATTR_EVEN_PORT);
         let req_family = attr(m, ATTR_REQUESTED_ADDRESS_FAMILY);
@@ -231,6 +253,7 @@ impl TurnCore {
             allocate_response: Vec::new(),
             bandwidth: self.new_allocation_limits(&auth.username, now),
             bandwidth_override_bps: None,
+            mobility: mobile.then(Mobility::default),
         };
         self.stats
             .live_allocations(tuple.transport.as_str(), alloc.family_label(), 1);
@@ -250,6 +273,9 @@ impl TurnCore {
             "allocation created"
         );
         self.allocs.insert(id, alloc);
+        if let Some(ticket) = self.issue_ticket(id) {
+            b.raw(ATTR_MOBILITY_TICKET, &ticket);
+        }
         b
     }
 
@@ -316,7 +342,11 @@ impl TurnCore {
         now: Instant,
         relays: &mut dyn RelayAllocator,
     ) -> MessageBuilder {
-        let id = match self.owned_allocation(tuple, m, auth) {
+        let owner = match attr(m, ATTR_MOBILITY_TICKET) {
+            None => self.owned_allocation(tuple, m, auth),
+            Some(v) => self.mobility_refresh(tuple, m, v, auth),
+        };
+        let id = match owner {
             Ok(id) => id,
             Err(b) => return b,
         };
@@ -344,6 +374,12 @@ impl TurnCore {
             self.timers.schedule(a.expires, TimerKey::Allocation(id));
         }
         b.raw(ATTR_LIFETIME, &(lifetime.as_secs() as u32).to_be_bytes());
+        // RFC 8016 §3.2: a new ticket in every Refresh success of a mobile allocation.
+        if !lifetime.is_zero() {
+            if let Some(ticket) = self.issue_ticket(id) {
+                b.raw(ATTR_MOBILITY_TICKET, &ticket);
+            }
+        }
         b
     }
 }

@@ -43,14 +43,22 @@ impl TurnCore {
         now: Instant,
         out: &mut Vec<Transmit>,
     ) {
-        let Some(a) = self
-            .by_tuple
-            .get(&tuple)
-            .and_then(|id| self.allocs.get_mut(id))
-        else {
+        let Some(&id) = self.by_tuple.get(&tuple) else {
             self.stats.drop_packet(DropReason::NoAllocation);
             return;
         };
+        let Some(mut a) = self.allocs.get_mut(&id) else {
+            self.stats.drop_packet(DropReason::NoAllocation);
+            return;
+        };
+        if a.mobility.as_ref().is_some_and(|m| m.old_tuple.is_some()) {
+            // Data on the new 5-tuple confirms a move (RFC 8016 §3.2).
+            self.confirm_move(id, tuple);
+            let Some(again) = self.allocs.get_mut(&id) else {
+                return;
+            };
+            a = again;
+        }
         let (Some(peer), Some(data)) = (xor_address(m, ATTR_XOR_PEER_ADDRESS), attr(m, ATTR_DATA))
         else {
             self.stats.drop_packet(DropReason::Malformed);
@@ -97,14 +105,22 @@ impl TurnCore {
             self.stats.drop_packet(DropReason::Malformed);
             return;
         }
-        let Some(a) = self
-            .by_tuple
-            .get(&tuple)
-            .and_then(|id| self.allocs.get_mut(id))
-        else {
+        let Some(&id) = self.by_tuple.get(&tuple) else {
             self.stats.drop_packet(DropReason::NoAllocation);
             return;
         };
+        let Some(mut a) = self.allocs.get_mut(&id) else {
+            self.stats.drop_packet(DropReason::NoAllocation);
+            return;
+        };
+        if a.mobility.as_ref().is_some_and(|m| m.old_tuple.is_some()) {
+            // Data on the new 5-tuple confirms a move (RFC 8016 §3.2).
+            self.confirm_move(id, tuple);
+            let Some(again) = self.allocs.get_mut(&id) else {
+                return;
+            };
+            a = again;
+        }
         let Some(peer) = a.channels.get(&number).filter(|c| c.bound).map(|c| c.peer) else {
             self.stats.drop_packet(DropReason::NoChannel);
             return;
@@ -202,7 +218,7 @@ impl TurnCore {
         self.stats.relay.p2c_bytes += data.len() as u64;
         Traffic::count(&a.from_peer, data.len());
         Some(Transmit::ToClient {
-            to: a.tuple,
+            to: a.egress_tuple(),
             data: frame,
         })
     }

@@ -78,8 +78,9 @@ impl TurnCore {
     }
 
     /// Removes allocation `id`, frees its relayed transport addresses and quota, and logs its
-    /// accounting record ("allocation ended": user, realm, client 5-tuple, relayed addresses,
-    /// start, duration, packets and bytes each way, `reason`). Returns the record.
+    /// accounting record ("allocation ended": user, realm, client 5-tuple (the current one after
+    /// RFC 8016 moves), relayed addresses, start, duration, packets and bytes each way, moves,
+    /// `reason`). Returns the record.
     pub(super) fn delete_allocation(
         &mut self,
         id: u64,
@@ -105,10 +106,14 @@ impl TurnCore {
             to_peer_bytes = info.to_peer.bytes,
             from_peer_packets = info.from_peer.packets,
             from_peer_bytes = info.from_peer.bytes,
+            moves = info.moves,
             reason = reason.as_str(),
             "allocation ended"
         );
         self.by_tuple.remove(&a.tuple);
+        if let Some(old) = a.mobility.as_ref().and_then(|m| m.old_tuple) {
+            self.by_tuple.remove(&old);
+        }
         self.timers.cancel(&TimerKey::Allocation(id));
         for ip in a.permissions.keys() {
             self.timers.cancel(&TimerKey::Permission(id, *ip));

@@ -39,12 +39,15 @@ mod allocate;
 mod bandwidth;
 mod data;
 mod expiry;
+mod mobility;
 mod permission;
 mod shared;
 
 pub use crate::stats::EndReason;
 pub use admin::{AllocationFilter, AllocationInfo, ChannelInfo, PermissionInfo, Traffic};
 pub use bandwidth::{BandwidthCaps, BandwidthError, DEFAULT_BURST_MS, MAX_BURST_MS};
+use mobility::Mobility;
+pub use mobility::{Ticket, TicketError, TicketKey, ATTR_MOBILITY_TICKET, TICKET_CHARS};
 use shared::Holder;
 pub use shared::Shared;
 
@@ -234,6 +237,9 @@ pub struct CoreConfig {
     /// caps start from these and can be changed through [`Shared::set_bandwidth_caps`]; a
     /// reload ([`TurnCore::set_config`]) that changes these makes them live again.
     pub bandwidth: BandwidthCaps,
+    /// RFC 8016 mobility: the key that seals MOBILITY-TICKETs (one per server, shared by
+    /// every worker). `None`: mobility is off and any MOBILITY-TICKET gets 405.
+    pub mobility: Option<TicketKey>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -281,6 +287,8 @@ struct Allocation {
     bandwidth: Option<Box<bandwidth::AllocLimits>>,
     /// Its own per-allocation cap (admin API), bits per second; `None`: the server-wide one.
     bandwidth_override_bps: Option<u64>,
+    /// RFC 8016 state, when the client asked for mobility.
+    mobility: Option<Mobility>,
 }
 
 impl Allocation {
@@ -291,6 +299,14 @@ impl Allocation {
     }
     fn has_permission(&self, ip: IpAddr, now: Instant) -> bool {
         self.permissions.get(&ip).is_some_and(|t| *t > now)
+    }
+    /// Where data for the client goes: the old 5-tuple while a move is not confirmed (RFC 8016
+    /// §3.2, make before break), else the allocation's 5-tuple.
+    fn egress_tuple(&self) -> FiveTuple {
+        self.mobility
+            .as_ref()
+            .and_then(|m| m.old_tuple)
+            .unwrap_or(self.tuple)
     }
     fn family_label(&self) -> &'static str {
         match self.relays.as_slice() {
@@ -307,6 +323,9 @@ pub struct TurnCore {
     stats: TurnStats,
     start: Instant,
     start_unix_secs: u64,
+    /// This core's worker index (sealed into mobility tickets, so another worker can route a
+    /// Refresh here).
+    worker: u16,
     allocs: HashMap<u64, Allocation>,
     by_tuple: HashMap<FiveTuple, u64>,
     by_relay: HashMap<SocketAddr, u64>,
@@ -349,6 +368,7 @@ impl TurnCore {
             stats: TurnStats::default(),
             start,
             start_unix_secs,
+            worker: 0,
             allocs: HashMap::new(),
             by_tuple: HashMap::new(),
             by_relay: HashMap::new(),
@@ -384,6 +404,12 @@ impl TurnCore {
     /// The configuration in force.
     pub fn config(&self) -> &Arc<CoreConfig> {
         &self.cfg
+    }
+
+    /// The core of worker `index` (0 unless set): sealed into the mobility tickets it issues.
+    pub fn with_worker(mut self, index: u16) -> Self {
+        self.worker = index;
+        self
     }
 
     /// What this core has counted so far (the service folds it into its metrics).
@@ -498,6 +524,13 @@ impl TurnCore {
             }
         }
         let (builder, auth) = self.handle_request(tuple, m, now, relays);
+        // Heard on the new 5-tuple after a move (another request than the moving Refresh):
+        // the old one is forgotten (RFC 8016 §3.2).
+        if auth.is_some() && !(method == METHOD_REFRESH && m.contains(ATTR_MOBILITY_TICKET)) {
+            if let Some(&id) = self.by_tuple.get(&tuple) {
+                self.confirm_move(id, tuple);
+            }
+        }
         // An unauthenticated request gets at most a bounded rate of responses per source IP:
         // these are what a spoofed source would reflect at its victim.
         if auth.is_none() && !self.unauth_limiter.allow(tuple.client.ip(), now) {
@@ -546,11 +579,14 @@ impl TurnCore {
         }
         // REST expiry is checked on Allocate; requests on an existing allocation by the same
         // user are not cut off when the credential expires mid-call.
+        let username = text_attr(m, ATTR_USERNAME);
         let same_user_allocation = self
             .by_tuple
             .get(&tuple)
             .and_then(|id| self.allocs.get(id))
-            .is_some_and(|a| text_attr(m, ATTR_USERNAME) == Some(a.username.as_str()));
+            .is_some_and(|a| username == Some(a.username.as_str()))
+            || (method == METHOD_REFRESH
+                && self.ticket_user(m).is_some_and(|u| username == Some(u)));
         let check_expiry = method == METHOD_ALLOCATE || !same_user_allocation;
         let auth = match self
             .authenticator(now)
@@ -624,6 +660,7 @@ fn response_label(error_code: Option<u16>) -> &'static str {
         Some(400) => "error_400",
         Some(401) => "auth_challenge",
         Some(403) => "error_403",
+        Some(405) => "error_405",
         Some(420) => "error_420",
         Some(437) => "error_437",
         Some(438) => "error_438",

@@ -132,6 +132,8 @@ fn config() -> CoreConfig {
         alternate_servers: Vec::new(),
         alternate_over_allocations: 0,
         bandwidth: BandwidthCaps::default(),
+
+        mobility: None,
     }
 }
 
@@ -1843,4 +1845,391 @@ fn a_reload_that_changes_the_configured_caps_applies_them() {
     h.shared.set_bandwidth_caps(admin, h.now).unwrap();
     h.core.set_config(Arc::new(capped(800_000, 0, 0)), h.now);
     assert_eq!(h.shared.bandwidth_caps(), admin);
+}
+
+// RFC 8016 mobility.
+
+fn mobile_config() -> CoreConfig {
+    let mut cfg = config();
+    cfg.mobility = Some(TicketKey::new([5; 32]));
+    cfg
+}
+
+fn want_ticket() -> (AttrType, Vec<u8>) {
+    (ATTR_MOBILITY_TICKET, Vec::new())
+}
+
+fn ticket(m: &Message) -> Vec<u8> {
+    attr(m, ATTR_MOBILITY_TICKET)
+        .expect("MOBILITY-TICKET")
+        .to_vec()
+}
+
+fn refusals(h: &Harness, r: crate::stats::MobilityRefusal) -> u64 {
+    h.core.stats().mobility_refusals(r)
+}
+
+/// A mobile allocation on `port` with a channel 0x4001 bound to `peer`; returns the client,
+/// the relayed address and the Allocate's ticket.
+fn mobile_call(h: &mut Harness, port: u16, peer: SocketAddr) -> (Client, SocketAddr, Vec<u8>) {
+    let mut c = Client::new(tuple(port), "alice", "alicepw");
+    let r = c.call(h, METHOD_ALLOCATE, &[udp(), want_ticket()], &[]);
+    assert!(is_success(&r), "{:?}", code(&r));
+    let t = ticket(&r);
+    assert_eq!(t.len(), TICKET_CHARS);
+    let relay = relayed(&r);
+    let r = c.call(
+        h,
+        METHOD_CHANNEL_BIND,
+        &[(ATTR_CHANNEL_NUMBER, vec![0x40, 0x01, 0, 0])],
+        &[peer],
+    );
+    assert!(is_success(&r), "{:?}", code(&r));
+    (c, relay, t)
+}
+
+#[test]
+fn ticket_only_when_asked_and_enabled() {
+    // Enabled, not asked: no ticket, in Allocate nor Refresh.
+    let mut h = Harness::with(mobile_config(), FakeRelays::new("127.0.0.1"));
+    let mut c = Client::new(tuple(41000), "alice", "alicepw");
+    let r = c.allocate(&mut h);
+    assert!(is_success(&r));
+    assert!(attr(&r, ATTR_MOBILITY_TICKET).is_none());
+    let r = c.call(&mut h, METHOD_REFRESH, &[], &[]);
+    assert!(is_success(&r) && attr(&r, ATTR_MOBILITY_TICKET).is_none());
+    // Asked: a ticket in the Allocate and a new one in every Refresh success.
+    let mut c = Client::new(tuple(41001), "alice", "alicepw");
+    let r = c.call(&mut h, METHOD_ALLOCATE, &[udp(), want_ticket()], &[]);
+    let t0 = ticket(&r);
+    let r = c.call(&mut h, METHOD_REFRESH, &[], &[]);
+    let t1 = ticket(&r);
+    let r = c.call(&mut h, METHOD_REFRESH, &[], &[]);
+    let t2 = ticket(&r);
+    assert!(t0 != t1 && t1 != t2 && t0 != t2);
+    // Deleting: no ticket.
+    let r = c.call(&mut h, METHOD_REFRESH, &[(ATTR_LIFETIME, vec![0; 4])], &[]);
+    assert!(is_success(&r) && attr(&r, ATTR_MOBILITY_TICKET).is_none());
+    // A non-empty ticket in an Allocate: 400.
+    let mut c = Client::new(tuple(41002), "alice", "alicepw");
+    let r = c.call(
+        &mut h,
+        METHOD_ALLOCATE,
+        &[udp(), (ATTR_MOBILITY_TICKET, b"x".to_vec())],
+        &[],
+    );
+    assert_eq!(code(&r), Some(400));
+    assert_eq!(refusals(&h, crate::stats::MobilityRefusal::BadTicket), 1);
+
+    // Disabled: asking gets 405 Mobility Forbidden, and so does a Refresh with a ticket.
+    let mut h = Harness::new();
+    let mut c = Client::new(tuple(41003), "alice", "alicepw");
+    let r = c.call(&mut h, METHOD_ALLOCATE, &[udp(), want_ticket()], &[]);
+    assert_eq!(code(&r), Some(405));
+    assert_eq!(h.shared.total_allocations(), 0);
+    assert!(is_success(&c.allocate(&mut h)));
+    let r = c.call(&mut h, METHOD_REFRESH, &[(ATTR_MOBILITY_TICKET, t0)], &[]);
+    assert_eq!(code(&r), Some(405));
+    assert_eq!(refusals(&h, crate::stats::MobilityRefusal::Disabled), 2);
+}
+
+#[test]
+fn mobility_over_tcp_is_forbidden() {
+    let mut h = Harness::with(mobile_config(), FakeRelays::new("127.0.0.1"));
+    let mut t = tuple(41010);
+    t.transport = Transport::Tcp;
+    let mut c = Client::new(t, "alice", "alicepw");
+    let r = c.call(&mut h, METHOD_ALLOCATE, &[udp(), want_ticket()], &[]);
+    assert_eq!(code(&r), Some(405));
+    // A UDP allocation's ticket presented over TCP: 405 too.
+    let (_, _, tk) = mobile_call(&mut h, 41011, "192.0.2.10:7000".parse().unwrap());
+    let mut c = Client::new(t, "alice", "alicepw");
+    let r = c.call(&mut h, METHOD_REFRESH, &[(ATTR_MOBILITY_TICKET, tk)], &[]);
+    assert_eq!(code(&r), Some(405));
+    assert_eq!(refusals(&h, crate::stats::MobilityRefusal::Transport), 2);
+}
+
+#[test]
+fn refresh_with_ticket_from_new_tuple_moves_the_allocation() {
+    let mut h = Harness::with(mobile_config(), FakeRelays::new("127.0.0.1"));
+    let peer: SocketAddr = "192.0.2.20:7000".parse().unwrap();
+    let (mut c, relay, tk) = mobile_call(&mut h, 41020, peer);
+    let other: SocketAddr = "192.0.2.21:7000".parse().unwrap();
+    let r = c.call(&mut h, METHOD_CREATE_PERMISSION, &[], &[other]);
+    assert!(is_success(&r));
+    let old = c.tuple;
+    // The client's address changes (another IP and port).
+    let new = FiveTuple {
+        client: "203.0.113.9:50123".parse().unwrap(),
+        ..old
+    };
+    c.tuple = new;
+    let r = c.call(
+        &mut h,
+        METHOD_REFRESH,
+        &[(ATTR_MOBILITY_TICKET, tk.clone())],
+        &[],
+    );
+    assert!(is_success(&r), "{:?}", code(&r));
+    let tk2 = ticket(&r);
+    assert_ne!(tk2, tk);
+    assert_eq!(h.core.stats().control.mobility_moves, 1);
+    assert_eq!(h.shared.total_allocations(), 1);
+    // Same allocation, now on the new 5-tuple, permissions and channel kept.
+    let info = h.core.allocations(&AllocationFilter::default(), 10, h.now);
+    assert_eq!(info.len(), 1);
+    assert_eq!(info[0].tuple, new);
+    assert_eq!(info[0].relayed, vec![relay]);
+    assert_eq!(info[0].moves, 1);
+    assert_eq!(info[0].permissions.len(), 2);
+    assert_eq!(info[0].channels.len(), 1);
+    // Make before break: until the client is heard on the new 5-tuple, peer data still goes
+    // to the old one, and the old one still relays.
+    match h.core.handle_peer(relay, peer, b"early", h.now) {
+        Some(Transmit::ToClient { to, .. }) => assert_eq!(to, old),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        h.send(old, &[0x40, 0x01, 0, 1, b'o', 0, 0, 0]),
+        vec![Transmit::ToPeer {
+            relay,
+            peer,
+            data: b"o".to_vec()
+        }]
+    );
+    // ChannelData from the new 5-tuple relays and confirms the move.
+    assert_eq!(
+        h.send(new, &[0x40, 0x01, 0, 3, b'a', b'b', b'c', 0]),
+        vec![Transmit::ToPeer {
+            relay,
+            peer,
+            data: b"abc".to_vec()
+        }]
+    );
+    match h.core.handle_peer(relay, peer, b"xyz", h.now) {
+        Some(Transmit::ToClient { to, data }) => {
+            assert_eq!(to, new);
+            assert_eq!(data, vec![0x40, 0x01, 0, 3, b'x', b'y', b'z']);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Send indications to the other permitted peer work from the new 5-tuple.
+    assert_eq!(
+        to_peers(&h.send(new, &send_indication(other, b"hi"))),
+        vec![other]
+    );
+    // The old 5-tuple is forgotten: 437 for its requests, its data dropped.
+    let mut stale = Client::new(old, "alice", "alicepw");
+    let r = stale.call(&mut h, METHOD_REFRESH, &[], &[]);
+    assert_eq!(code(&r), Some(437));
+    assert!(h.send(old, &[0x40, 0x01, 0, 1, b'o', 0, 0, 0]).is_empty());
+    // Plain refreshes from the new 5-tuple keep working and rotate the ticket.
+    let r = c.call(&mut h, METHOD_REFRESH, &[], &[]);
+    assert!(is_success(&r));
+    assert_ne!(ticket(&r), tk2);
+    // A retransmitted moving Refresh (same ticket, same 5-tuple) is a plain refresh.
+    let r = c.call(
+        &mut h,
+        METHOD_REFRESH,
+        &[(ATTR_MOBILITY_TICKET, tk2.clone())],
+        &[],
+    );
+    assert!(is_success(&r), "{:?}", code(&r));
+    assert_eq!(h.core.stats().control.mobility_moves, 1);
+    // The accounting record names the current client address.
+    let id = info[0].id;
+    let rec = h.core.end_allocation(id, h.now, &mut h.relays).unwrap();
+    assert_eq!(rec.tuple, new);
+    assert_eq!(rec.moves, 1);
+    assert!(!h.core.has_allocation(&new));
+    assert!(!h.core.has_allocation(&old));
+}
+
+#[test]
+fn moving_needs_the_same_user_441() {
+    let mut h = Harness::with(mobile_config(), FakeRelays::new("127.0.0.1"));
+    let (_, _, tk) = mobile_call(&mut h, 41030, "192.0.2.30:7000".parse().unwrap());
+    // Bob got hold of alice's ticket: he authenticates as himself, not as her.
+    let mut bob = Client::new(tuple(41031), "bob", "bobpw");
+    let r = bob.call(
+        &mut h,
+        METHOD_REFRESH,
+        &[(ATTR_MOBILITY_TICKET, tk.clone())],
+        &[],
+    );
+    assert_eq!(code(&r), Some(441));
+    // Without alice's password the ticket is useless: 401.
+    let mut mallory = Client::new(tuple(41032), "alice", "guess");
+    let r = mallory.call(&mut h, METHOD_REFRESH, &[(ATTR_MOBILITY_TICKET, tk)], &[]);
+    assert_eq!(code(&r), Some(401));
+    assert_eq!(h.core.stats().control.mobility_moves, 0);
+    assert_eq!(refusals(&h, crate::stats::MobilityRefusal::WrongUser), 1);
+    let info = h.core.allocations(&AllocationFilter::default(), 10, h.now);
+    assert_eq!(info[0].tuple, tuple(41030));
+}
+
+#[test]
+fn forged_modified_and_other_allocation_tickets_are_refused() {
+    let mut h = Harness::with(mobile_config(), FakeRelays::new("127.0.0.1"));
+    let (_, _, tk) = mobile_call(&mut h, 41040, "192.0.2.40:7000".parse().unwrap());
+    let mut c = Client::new(tuple(41041), "alice", "alicepw");
+    // Modified: 400.
+    let mut bad = tk.clone();
+    bad[5] = if bad[5] == b'A' { b'B' } else { b'A' };
+    let r = c.call(&mut h, METHOD_REFRESH, &[(ATTR_MOBILITY_TICKET, bad)], &[]);
+    assert_eq!(code(&r), Some(400));
+    // Sealed under another key (another server, or before a restart): 400.
+    let forged = TicketKey::new([6; 32]).seal(&Ticket {
+        allocation: 1,
+        worker: 0,
+        serial: 0,
+    });
+    let r = c.call(
+        &mut h,
+        METHOD_REFRESH,
+        &[(ATTR_MOBILITY_TICKET, forged)],
+        &[],
+    );
+    assert_eq!(code(&r), Some(400));
+    // Garbage: 400.
+    let r = c.call(
+        &mut h,
+        METHOD_REFRESH,
+        &[(ATTR_MOBILITY_TICKET, b"x".to_vec())],
+        &[],
+    );
+    assert_eq!(code(&r), Some(400));
+    assert_eq!(refusals(&h, crate::stats::MobilityRefusal::BadTicket), 3);
+    // A genuine ticket for an allocation that is gone: 437.
+    let (mut gone, _, gone_tk) = mobile_call(&mut h, 41042, "192.0.2.41:7000".parse().unwrap());
+    let r = gone.call(&mut h, METHOD_REFRESH, &[(ATTR_LIFETIME, vec![0; 4])], &[]);
+    assert!(is_success(&r));
+    let r = c.call(
+        &mut h,
+        METHOD_REFRESH,
+        &[(ATTR_MOBILITY_TICKET, gone_tk)],
+        &[],
+    );
+    assert_eq!(code(&r), Some(437));
+    assert_eq!(
+        refusals(&h, crate::stats::MobilityRefusal::UnknownAllocation),
+        1
+    );
+    // Another allocation's ticket presented from a 5-tuple that holds an allocation: 437, and
+    // neither moves.
+    let (mut holder, _, _) = mobile_call(&mut h, 41043, "192.0.2.42:7000".parse().unwrap());
+    let r = holder.call(&mut h, METHOD_REFRESH, &[(ATTR_MOBILITY_TICKET, tk)], &[]);
+    assert_eq!(code(&r), Some(437));
+    assert_eq!(refusals(&h, crate::stats::MobilityRefusal::TupleInUse), 1);
+    assert_eq!(h.core.stats().control.mobility_moves, 0);
+    assert!(h.core.has_allocation(&tuple(41040)) && h.core.has_allocation(&tuple(41043)));
+}
+
+#[test]
+fn a_ticket_from_before_a_move_cannot_move_the_allocation_again() {
+    let mut h = Harness::with(mobile_config(), FakeRelays::new("127.0.0.1"));
+    let (mut c, _, tk0) = mobile_call(&mut h, 41050, "192.0.2.50:7000".parse().unwrap());
+    // A Refresh before the move: tk1 is also valid until the move.
+    let r = c.call(&mut h, METHOD_REFRESH, &[], &[]);
+    let tk1 = ticket(&r);
+    c.tuple = tuple(41051);
+    let r = c.call(
+        &mut h,
+        METHOD_REFRESH,
+        &[(ATTR_MOBILITY_TICKET, tk0.clone())],
+        &[],
+    );
+    assert!(is_success(&r), "{:?}", code(&r));
+    let tk2 = ticket(&r);
+    // Both pre-move tickets are now stale from any other 5-tuple, even for the right user.
+    for (port, old) in [(41052, &tk0), (41053, &tk1)] {
+        let mut thief = Client::new(tuple(port), "alice", "alicepw");
+        let r = thief.call(
+            &mut h,
+            METHOD_REFRESH,
+            &[(ATTR_MOBILITY_TICKET, old.clone())],
+            &[],
+        );
+        assert_eq!(code(&r), Some(437));
+    }
+    assert_eq!(refusals(&h, crate::stats::MobilityRefusal::StaleTicket), 2);
+    // The new ticket moves it again; the unconfirmed 5-tuple (41051) is dropped, the one last
+    // heard from (41050) stays the fallback until the client is heard on 41054.
+    c.tuple = tuple(41054);
+    let r = c.call(&mut h, METHOD_REFRESH, &[(ATTR_MOBILITY_TICKET, tk2)], &[]);
+    assert!(is_success(&r), "{:?}", code(&r));
+    assert!(!h.core.has_allocation(&tuple(41051)));
+    assert!(h.core.has_allocation(&tuple(41050)));
+    let r = c.call(&mut h, METHOD_REFRESH, &[], &[]);
+    assert!(is_success(&r));
+    assert!(!h.core.has_allocation(&tuple(41050)));
+    assert_eq!(h.core.stats().control.mobility_moves, 2);
+}
+
+#[test]
+fn a_captured_moving_refresh_replayed_from_elsewhere_is_stale() {
+    let mut h = Harness::with(mobile_config(), FakeRelays::new("127.0.0.1"));
+    let (mut c, _, tk) = mobile_call(&mut h, 41060, "192.0.2.60:7000".parse().unwrap());
+    c.tuple = tuple(41061);
+    let _ = c.call(&mut h, METHOD_REFRESH, &[], &[]); // learn the new 5-tuple's nonce (437)
+    let req = c.build(
+        METHOD_REFRESH,
+        TransactionId::new(),
+        &[(ATTR_MOBILITY_TICKET, tk)],
+        &[],
+    );
+    // An attacker replays the signed request from its own address before the client.
+    let r = h.request(tuple(41062), &req);
+    assert_eq!(code(&r), Some(438));
+    assert_eq!(h.core.stats().control.mobility_moves, 0);
+    // The client's own request moves it.
+    let r = h.request(tuple(41061), &req);
+    assert!(is_success(&r), "{:?}", code(&r));
+}
+
+#[test]
+fn mobility_owner_names_the_worker_of_a_sealed_ticket() {
+    let cfg = Arc::new(mobile_config());
+    let shared = Arc::new(Shared::default());
+    let t0 = Instant::now();
+    let mut relays = FakeRelays::new("127.0.0.1");
+    let mut w3 = TurnCore::new(cfg.clone(), shared.clone(), t0, T0_UNIX).with_worker(3);
+    let w0 = TurnCore::new(cfg, shared, t0, T0_UNIX);
+    let mut h = Harness::with(mobile_config(), FakeRelays::new("127.0.0.1"));
+    let mut c = Client::new(tuple(41070), "alice", "alicepw");
+    // Learn a nonce from the harness core (same nonce key), then allocate on worker 3.
+    let _ = c.allocate(&mut h);
+    c.tuple = tuple(41071);
+    let _ = c.call(&mut h, METHOD_REFRESH, &[], &[]);
+    let mut out = vec![];
+    let req = c.build(
+        METHOD_ALLOCATE,
+        TransactionId::new(),
+        &[udp(), want_ticket()],
+        &[],
+    );
+    w3.handle_client(c.tuple, &req, t0, &mut relays, &mut out);
+    let Some(Transmit::ToClient { data, .. }) = out.pop() else {
+        panic!()
+    };
+    let tk = ticket(&msg::decode(&data).unwrap());
+    let refresh = c.build(
+        METHOD_REFRESH,
+        TransactionId::new(),
+        &[(ATTR_MOBILITY_TICKET, tk)],
+        &[],
+    );
+    assert_eq!(w0.mobility_owner(&refresh), Some(3));
+    // Not a Refresh, no ticket, or a bad one: nobody.
+    assert_eq!(w0.mobility_owner(&req), None);
+    let plain = c.build(METHOD_REFRESH, TransactionId::new(), &[], &[]);
+    assert_eq!(w0.mobility_owner(&plain), None);
+    let bad = c.build(
+        METHOD_REFRESH,
+        TransactionId::new(),
+        &[(ATTR_MOBILITY_TICKET, vec![b'A'; TICKET_CHARS])],
+        &[],
+    );
+    assert_eq!(w0.mobility_owner(&bad), None);
+    assert_eq!(w0.mobility_owner(&[0x40, 0x01, 0, 0]), None);
 }

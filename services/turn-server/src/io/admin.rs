@@ -314,6 +314,7 @@ pub fn allocation_json(a: &AllocationInfo) -> Value {
         "to_peer": {"packets": a.to_peer.packets, "bytes": a.to_peer.bytes},
         "from_peer": {"packets": a.from_peer.packets, "bytes": a.from_peer.bytes},
         "bandwidth": {"bps": a.bandwidth_bps, "own": a.bandwidth_override},
+        "moves": a.moves,
     })
 }
 

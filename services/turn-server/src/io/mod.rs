@@ -21,9 +21,13 @@
 //! client, not the balancer. The [`StreamGate`] admits the connection at accept under the
 //! server-wide caps only (the balancer's IP would otherwise reach the per-IP caps for all its
 //! clients) and applies the per-IP caps to the client's IP once the header names it.
+//!
+//! With RFC 8016 mobility, a client that moved may be steered to another worker than the one
+//! owning its allocation; that worker hands its datagrams to the owner ([`mobility`]).
 
 pub mod admin;
 pub mod dtls;
+pub mod mobility;
 pub mod proxy;
 pub mod relay;
 pub use turnkey_sockets as sockets;
@@ -72,6 +76,12 @@ pub const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// `turn_dropped_packets_total` reason of a stream connection whose 5-tuple is already open
 /// on the worker (two PROXY headers naming the same client address and port).
 pub const DUPLICATE_TUPLE_REASON: &str = "tcp_duplicate_tuple";
+/// `turn_dropped_packets_total` reason of a datagram for the worker owning its allocation
+/// (after an RFC 8016 move) that did not fit that worker's queue.
+pub const MOBILITY_QUEUE_FULL_REASON: &str = "mobility_forward_queue_full";
+/// `turn_dropped_packets_total` reason of a moved client 5-tuple that could not be routed to
+/// the worker owning its allocation: the route table was full of live routes.
+pub const MOBILITY_ROUTES_FULL_REASON: &str = "mobility_route_table_full";
 
 /// A running server.
 #[derive(Debug)]
@@ -88,8 +98,8 @@ pub struct RunningServer {
     pub shared: Arc<Shared>,
     /// The workers' command queues (admin API).
     pub workers: admin::Workers,
-    /// The stateless nonce key (kept across reloads).
-    nonce_key: [u8; 32],
+    /// The nonce and ticket keys (kept across reloads).
+    keys: ProcessKeys,
     stop: CancellationToken,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
@@ -98,7 +108,7 @@ impl RunningServer {
     /// Puts the reloadable part of `cfg` in force on every worker (see
     /// [`TurnCore::reconfigure`]); the nonce key stays.
     pub async fn reconfigure(&self, cfg: &TurnConfig) -> Result<(), admin::WorkerBusy> {
-        let core = Arc::new(core_config_with_key(cfg, self.nonce_key));
+        let core = Arc::new(core_config_with_keys(cfg, &self.keys));
         self.workers.reconfigure(core).await
     }
 
@@ -138,12 +148,36 @@ impl RunningServer {
 /// Builds the core configuration from the effective config. The server's own addresses (relay,
 /// listen, external and metrics IPs) and ports (listen and metrics) feed the peer policy.
 pub fn core_config(cfg: &TurnConfig) -> CoreConfig {
-    core_config_with_key(cfg, rand::random())
+    core_config_with_keys(cfg, &ProcessKeys::random())
 }
 
-/// [`core_config`] with the stateless nonce key given: a reload keeps the key, so nonces
-/// handed out before it stay valid.
-pub fn core_config_with_key(cfg: &TurnConfig, nonce_key: [u8; 32]) -> CoreConfig {
+/// The keys one server process draws at start and keeps across reloads: the stateless nonce
+/// key (nonces handed out before a reload stay valid) and the MOBILITY-TICKET key (RFC 8016).
+#[derive(Clone)]
+pub struct ProcessKeys {
+    nonce: [u8; 32],
+    ticket: [u8; 32],
+}
+
+impl ProcessKeys {
+    /// Fresh random keys.
+    pub fn random() -> Self {
+        Self {
+            nonce: rand::random(),
+            ticket: rand::random(),
+        }
+    }
+}
+
+impl std::fmt::Debug for ProcessKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProcessKeys(<redacted>)")
+    }
+}
+
+/// [`core_config`] with the process's keys given.
+pub fn core_config_with_keys(cfg: &TurnConfig, keys: &ProcessKeys) -> CoreConfig {
+    let nonce_key = keys.nonce;
     let mut own_ips: Vec<std::net::IpAddr> = cfg.relay_ips.clone();
     own_ips.extend(cfg.listen.iter().map(|l| l.ip()));
     own_ips.extend(cfg.external_ips.values().copied());
@@ -164,6 +198,11 @@ pub fn core_config_with_key(cfg: &TurnConfig, nonce_key: [u8; 32]) -> CoreConfig
     own_ports.extend(&cfg.protected_ports);
     own_ports.sort_unstable();
     own_ports.dedup();
+    // The ticket key is one per process, shared by every worker's core and kept across reloads
+    // (tickets die with the process, as do the allocations they name).
+    let mobility = cfg
+        .mobility
+        .then(|| turn_proto::core::TicketKey::new(keys.ticket));
     let credentials =
         Credentials::new(cfg.users.clone(), cfg.auth_secrets.clone()).hash_users(&cfg.realm);
     let userhash = credentials.has_static_users();
@@ -200,6 +239,7 @@ pub fn core_config_with_key(cfg: &TurnConfig, nonce_key: [u8; 32]) -> CoreConfig
         alternate_servers: cfg.alternate_servers.clone(),
         alternate_over_allocations: cfg.alternate_over_allocations,
         bandwidth: cfg.bandwidth,
+        mobility,
     }
 }
 
@@ -210,8 +250,8 @@ pub fn start(
     metrics: TurnMetrics,
     stun_metrics: StunMetrics,
 ) -> io::Result<RunningServer> {
-    let nonce_key: [u8; 32] = rand::random();
-    let core_cfg = Arc::new(core_config_with_key(cfg, nonce_key));
+    let keys = ProcessKeys::random();
+    let core_cfg = Arc::new(core_config_with_keys(cfg, &keys));
     let shared = Arc::new(Shared::default());
     let gate = Arc::new(StreamGate::new(
         StreamLimits {
@@ -307,6 +347,13 @@ pub fn start(
         .unwrap_or(0);
     let mut threads = Vec::new();
     let (workers, mut commands) = admin::Workers::new(cfg.workers);
+    // Each worker's queue of datagrams handed over by the others (RFC 8016 moves).
+    let (forward_to, mut forwarded): (Vec<_>, Vec<_>) = (0..cfg.workers)
+        .map(|_| tokio::sync::mpsc::channel(mobility::FORWARD_QUEUE))
+        .unzip();
+    let forward_to: Arc<[tokio::sync::mpsc::Sender<mobility::Forwarded>]> = forward_to.into();
+    // A route unused for longer than an allocation can live without a Refresh leads nowhere.
+    let route_idle = Duration::from_secs(cfg.max_lifetime_secs + 60);
     for (i, ((socks, tls_socks), dtls_socks)) in per_worker
         .into_iter()
         .zip(tls_per_worker)
@@ -314,6 +361,11 @@ pub fn start(
         .enumerate()
     {
         let commands = commands.remove(0);
+        let mobility = MobilitySetup {
+            forward_to: forward_to.clone(),
+            forwarded: forwarded.remove(0),
+            routes: mobility::Routes::new(mobility::ROUTES_PER_WORKER, route_idle),
+        };
         let acceptor = acceptor.clone();
         let dtls = DtlsSetup {
             socks: dtls_socks,
@@ -328,7 +380,8 @@ pub fn start(
             send_queue_bytes: cfg.limits.tcp_send_queue_bytes,
             proxy_from: ProxyFrom::new(cfg.proxy_protocol_from.clone()),
         };
-        let core = TurnCore::new(core_cfg.clone(), shared.clone(), start_instant, start_unix);
+        let core = TurnCore::new(core_cfg.clone(), shared.clone(), start_instant, start_unix)
+            .with_worker(i as u16);
         let stun_metrics = stun_metrics.clone();
         let relays = RelaySockets::new(
             cfg.relay_ips.clone(),
@@ -350,6 +403,7 @@ pub fn start(
                     index: i,
                     commands,
                     stop,
+                    mobility,
                 },
             )
         })?;
@@ -362,10 +416,20 @@ pub fn start(
         certs,
         shared,
         workers,
-        nonce_key,
+        keys,
         stop,
         threads: Mutex::new(threads),
     })
+}
+
+/// What a worker needs to hand datagrams of moved clients to their allocation's worker, and
+/// to serve those handed to it.
+struct MobilitySetup {
+    /// Every worker's queue, by index.
+    forward_to: Arc<[tokio::sync::mpsc::Sender<mobility::Forwarded>]>,
+    /// This worker's queue.
+    forwarded: tokio::sync::mpsc::Receiver<mobility::Forwarded>,
+    routes: mobility::Routes,
 }
 
 /// What a worker needs to serve DTLS.
@@ -403,6 +467,12 @@ struct Worker {
     send_queue_bytes: usize,
     relay_socks: HashMap<SocketAddr, (Rc<UdpSocket>, AbortHandle)>,
     out: Vec<Transmit>,
+    /// This worker's index.
+    index: usize,
+    /// Every worker's queue of handed-over datagrams, by index.
+    forward_to: Arc<[tokio::sync::mpsc::Sender<mobility::Forwarded>]>,
+    /// Moved client 5-tuples steered here whose allocation lives on another worker.
+    routes: mobility::Routes,
 }
 
 type WorkerRef = Rc<RefCell<Worker>>;
@@ -413,6 +483,7 @@ struct WorkerControl {
     index: usize,
     commands: tokio::sync::mpsc::Receiver<admin::WorkerCommand>,
     stop: CancellationToken,
+    mobility: MobilitySetup,
 }
 
 async fn run_worker(
@@ -428,6 +499,7 @@ async fn run_worker(
         index,
         commands,
         stop,
+        mobility,
     } = control;
     let w: WorkerRef = Rc::new(RefCell::new(Worker {
         dtls: HashMap::new(),
@@ -442,6 +514,9 @@ async fn run_worker(
         send_queue_bytes: streams.send_queue_bytes,
         relay_socks: HashMap::new(),
         out: Vec::new(),
+        index,
+        forward_to: mobility.forward_to,
+        routes: mobility.routes,
     }));
     let mut tasks = Vec::new();
     for (udp, tcp) in socks {
@@ -514,6 +589,10 @@ async fn run_worker(
         )));
     }
     tasks.push(tokio::task::spawn_local(timer_loop(w.clone())));
+    tasks.push(tokio::task::spawn_local(forwarded_loop(
+        w.clone(),
+        mobility.forwarded,
+    )));
     tasks.push(tokio::task::spawn_local(command_loop(
         w.clone(),
         index,
@@ -533,6 +612,7 @@ async fn run_worker(
     }
     wk.core.close_all(&mut wk.relays);
     wk.fold_stats();
+    gauge_add(&wk.metrics.mobility.routes, -(wk.routes.len() as i64));
     for (_, (_, h)) in wk.relay_socks.drain() {
         h.abort();
     }
@@ -543,6 +623,46 @@ impl Worker {
     fn fold_stats(&mut self) {
         self.metrics
             .fold(&self.stun_metrics, self.core.stats(), &mut self.folded);
+    }
+
+    /// The other worker a UDP datagram from `tuple` belongs to (RFC 8016): a routed 5-tuple,
+    /// or a Refresh whose MOBILITY-TICKET names another worker from a 5-tuple this worker's
+    /// core does not know (then the route is recorded). `None`: this worker serves it.
+    fn mobility_route(&mut self, tuple: FiveTuple, data: &[u8], now: Instant) -> Option<usize> {
+        if let Some(owner) = self.routes.lookup(&tuple, now) {
+            return Some(owner);
+        }
+        if self.forward_to.len() < 2 {
+            return None;
+        }
+        let owner = usize::from(self.core.mobility_owner(data)?);
+        if owner == self.index || owner >= self.forward_to.len() || self.core.has_allocation(&tuple)
+        {
+            return None;
+        }
+        match self.routes.insert(tuple, owner, now) {
+            Ok(evicted) => gauge_add(&self.metrics.mobility.routes, 1 - evicted as i64),
+            Err(mobility::RoutesFull) => {
+                // This Refresh still goes; what follows on this 5-tuple meets 437 here.
+                self.metrics.drop_packet(MOBILITY_ROUTES_FULL_REASON);
+            }
+        }
+        tracing::debug!(client = %tuple.client, worker = self.index, owner, "client 5-tuple routed to its allocation's worker");
+        Some(owner)
+    }
+
+    /// Hands a datagram from `tuple` to worker `owner` (bounded queue; dropped when full).
+    fn forward(&self, owner: usize, tuple: FiveTuple, data: &[u8]) {
+        let f = mobility::Forwarded {
+            tuple,
+            data: data.to_vec(),
+        };
+        match self.forward_to[owner].try_send(f) {
+            Ok(()) => {
+                self.metrics.mobility.forwarded.inc();
+            }
+            Err(_) => self.metrics.drop_packet(MOBILITY_QUEUE_FULL_REASON),
+        }
     }
 }
 
@@ -628,13 +748,45 @@ async fn udp_listener(wr: WorkerRef, sock: Rc<UdpSocket>, local: SocketAddr) {
             server: local,
             transport: Transport::Udp,
         };
+        let now = Instant::now();
         let mut guard = wr.borrow_mut();
         let w = &mut *guard;
+        if let Some(owner) = w.mobility_route(tuple, &buf[..n], now) {
+            w.forward(owner, tuple, &buf[..n]);
+            continue;
+        }
         let mut out = std::mem::take(&mut w.out);
         w.core
-            .handle_client(tuple, &buf[..n], Instant::now(), &mut w.relays, &mut out);
+            .handle_client(tuple, &buf[..n], now, &mut w.relays, &mut out);
         w.out = out;
         flush(&wr, w);
+    }
+}
+
+/// Serves the datagrams other workers hand over (clients that moved here, RFC 8016), as if
+/// they had arrived on this worker's own socket for the same server address. At most 64 per
+/// wake-up, so the queue cannot starve the sockets.
+async fn forwarded_loop(wr: WorkerRef, mut rx: tokio::sync::mpsc::Receiver<mobility::Forwarded>) {
+    while let Some(first) = rx.recv().await {
+        {
+            let now = Instant::now();
+            let mut guard = wr.borrow_mut();
+            let w = &mut *guard;
+            let mut next = Some(first);
+            let mut served = 0;
+            while let Some(f) = next.take() {
+                let mut out = std::mem::take(&mut w.out);
+                w.core
+                    .handle_client(f.tuple, &f.data, now, &mut w.relays, &mut out);
+                w.out = out;
+                served += 1;
+                if served < 64 {
+                    next = rx.try_recv().ok();
+                }
+            }
+            flush(&wr, w);
+        }
+        tokio::task::yield_now().await;
     }
 }
 
