@@ -163,6 +163,14 @@ pub struct ServerArgs {
     /// 262144.
     #[arg(long = "tcp-send-queue-bytes", value_name = "BYTES")]
     pub tcp_send_queue_bytes: Option<usize>,
+    /// Peer TCP connections of one TCP allocation (RFC 6062: connecting, waiting for
+    /// ConnectionBind, or bound); beyond, Connect gets 403 and incoming peers are closed.
+    /// Default 64.
+    #[arg(long = "peer-tcp-max-connections-per-allocation", value_name = "N")]
+    pub peer_tcp_max_connections_per_allocation: Option<usize>,
+    /// Peer TCP connections of TCP allocations in the whole server. Default 10000.
+    #[arg(long = "peer-tcp-max-connections", value_name = "N")]
+    pub peer_tcp_max_connections: Option<usize>,
     /// Load balancers whose connections start with a PROXY protocol v2 header (repeatable).
     /// When set, every TCP and TLS connection must come from one of these CIDRs and start
     /// with a valid header, whose source address is then the client's address; UDP and DTLS
@@ -261,6 +269,10 @@ pub struct FileConfig {
     pub tls_max_handshakes_per_ip: Option<usize>,
     /// See `--tcp-send-queue-bytes`.
     pub tcp_send_queue_bytes: Option<usize>,
+    /// See `--peer-tcp-max-connections-per-allocation`.
+    pub peer_tcp_max_connections_per_allocation: Option<usize>,
+    /// See `--peer-tcp-max-connections`.
+    pub peer_tcp_max_connections: Option<usize>,
     /// See `--proxy-protocol-from`.
     #[serde(default)]
     pub proxy_protocol_from: Vec<IpNet>,
@@ -653,6 +665,8 @@ impl TurnConfig {
                 "tls_max_handshakes": self.limits.tls_max_handshakes,
                 "tls_max_handshakes_per_ip": self.limits.tls_max_handshakes_per_ip,
                 "tcp_send_queue_bytes": self.limits.tcp_send_queue_bytes,
+                "peer_tcp_max_connections_per_allocation": self.limits.peer_tcp_max_connections_per_allocation,
+                "peer_tcp_max_connections": self.limits.peer_tcp_max_connections,
             },
         })
     }
@@ -677,6 +691,10 @@ pub struct Limits {
     pub tls_max_handshakes_per_ip: usize,
     /// Bytes queued for sending per TCP/TLS connection.
     pub tcp_send_queue_bytes: usize,
+    /// Peer TCP connections of one TCP allocation (RFC 6062).
+    pub peer_tcp_max_connections_per_allocation: usize,
+    /// Peer TCP connections of TCP allocations, all workers.
+    pub peer_tcp_max_connections: usize,
 }
 
 impl Default for Limits {
@@ -689,6 +707,8 @@ impl Default for Limits {
             tls_max_handshakes: 4096,
             tls_max_handshakes_per_ip: 16,
             tcp_send_queue_bytes: 256 * 1024,
+            peer_tcp_max_connections_per_allocation: 64,
+            peer_tcp_max_connections: 10_000,
         }
     }
 }
@@ -745,6 +765,18 @@ impl Limits {
                 flags.tcp_send_queue_bytes,
                 file.tcp_send_queue_bytes,
                 d.tcp_send_queue_bytes,
+            )?,
+            peer_tcp_max_connections_per_allocation: pick(
+                "peer_tcp_max_connections_per_allocation",
+                flags.peer_tcp_max_connections_per_allocation,
+                file.peer_tcp_max_connections_per_allocation,
+                d.peer_tcp_max_connections_per_allocation,
+            )?,
+            peer_tcp_max_connections: pick(
+                "peer_tcp_max_connections",
+                flags.peer_tcp_max_connections,
+                file.peer_tcp_max_connections,
+                d.peer_tcp_max_connections,
             )?,
         })
     }

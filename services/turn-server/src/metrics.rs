@@ -22,6 +22,11 @@
 //! | `turn_admin_requests_total` | counter | `status` (HTTP status class: `2xx`, `4xx`, `5xx`) |
 //! | `turn_proxy_protocol_accepted_total` | counter | `command` (`proxy`, `local`) |
 //! | `turn_proxy_protocol_rejected_total` | counter | `reason` ([`ProxyReject`]: `source_not_allowed`, `missing_header`, `malformed`, `unsupported`, `timeout`, `closed`) |
+//! | `turn_peer_tcp_connections` (peer TCP connections of TCP allocations, RFC 6062: connecting, waiting for ConnectionBind, or bound) | gauge | |
+//! | `turn_peer_tcp_events_total` | counter | `event` ([`TcpEvent`]: `connected`, `connect_failed`, `accepted`, `bound`, `bind_timeout`, `bind_rejected`, `no_permission`, `peer_denied`, `limit`, `duplicate`, `closed`) |
+//!
+//! The bytes of TCP allocations' data connections count into `turn_relayed_bytes_total`, and
+//! each read into `turn_relayed_packets_total`.
 //!
 //! `turn_dropped_packets_total` reasons for the caps on unauthenticated state (refused
 //! connections are counted there too, one per connection): `dtls_no_cookie` (ClientHello
@@ -42,7 +47,7 @@ use prometheus_client::registry::Registry;
 use stun_server::metrics::StunMetrics;
 use turn_proto::policy::DenyReason;
 use turn_proto::stats::{
-    AuthFailure, ControlStats, DropReason, EndReason, QuotaScope, RelayStats, TurnStats,
+    AuthFailure, ControlStats, DropReason, EndReason, QuotaScope, RelayStats, TcpEvent, TurnStats,
 };
 
 /// `turn_dropped_packets_total` reasons of the I/O layer (the core's are [`DropReason::ALL`]).
@@ -102,6 +107,10 @@ pub mod names {
     pub const PROXY_PROTOCOL_ACCEPTED: &str = "turn_proxy_protocol_accepted";
     /// Stream connections closed for want of a valid PROXY v2 header, by reason.
     pub const PROXY_PROTOCOL_REJECTED: &str = "turn_proxy_protocol_rejected";
+    /// Peer TCP connections of TCP allocations (RFC 6062).
+    pub const PEER_TCP_CONNECTIONS: &str = "turn_peer_tcp_connections";
+    /// Peer TCP connection events (RFC 6062), by event.
+    pub const PEER_TCP_EVENTS: &str = "turn_peer_tcp_events";
 }
 
 /// `turn_proxy_protocol_accepted_total` `command` values.
@@ -148,6 +157,10 @@ pub struct TurnMetrics {
     pub proxy_accepted: Family<L1, Counter>,
     /// `turn_proxy_protocol_rejected_total{reason}`.
     pub proxy_rejected: Family<L1, Counter>,
+    /// `turn_peer_tcp_connections`.
+    pub peer_tcp_connections: Gauge,
+    /// `turn_peer_tcp_events_total{event}`.
+    pub peer_tcp_events: Family<L1, Counter>,
 }
 
 /// `turn_draining` and `turn_admin_requests_total{status}`.
@@ -357,6 +370,21 @@ impl TurnMetrics {
             m.admin.requests.clone(),
         );
         m.register_proxy(registry);
+        for event in TcpEvent::ALL {
+            let _ = m
+                .peer_tcp_events
+                .get_or_create(&[("event", event.as_str())]);
+        }
+        registry.register(
+            names::PEER_TCP_CONNECTIONS,
+            "Peer TCP connections of TCP allocations (RFC 6062): connecting, waiting for ConnectionBind, or bound",
+            m.peer_tcp_connections.clone(),
+        );
+        registry.register(
+            names::PEER_TCP_EVENTS,
+            "Peer TCP connection events of TCP allocations (RFC 6062), by event",
+            m.peer_tcp_events.clone(),
+        );
         m
     }
 
@@ -490,6 +518,17 @@ impl TurnMetrics {
                 c.quota_rejections[i] - l.quota_rejections[i],
             );
         }
+        for (i, event) in TcpEvent::ALL.iter().enumerate() {
+            inc(
+                &self.peer_tcp_events,
+                [("event", event.as_str())],
+                c.tcp_events[i] - l.tcp_events[i],
+            );
+        }
+        gauge_add(
+            &self.peer_tcp_connections,
+            c.live_peer_connections - l.live_peer_connections,
+        );
         for (i, reason) in EndReason::ALL.iter().enumerate() {
             inc(
                 &self.allocations_ended,

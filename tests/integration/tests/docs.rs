@@ -223,6 +223,11 @@ fn readme_defaults_match_the_code() {
                 ("tls_max_handshakes", s(&l.tls_max_handshakes)),
                 ("tls_max_handshakes_per_ip", s(&l.tls_max_handshakes_per_ip)),
                 ("tcp_send_queue_bytes", s(&l.tcp_send_queue_bytes)),
+                (
+                    "peer_tcp_max_connections_per_allocation",
+                    s(&l.peer_tcp_max_connections_per_allocation),
+                ),
+                ("peer_tcp_max_connections", s(&l.peer_tcp_max_connections)),
             ],
         ),
         (
