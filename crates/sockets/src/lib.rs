@@ -70,6 +70,33 @@ pub fn reuseport_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
     Ok(s.into())
 }
 
+/// A TCP allocation's relayed transport address (RFC 6062 §5.1): a non-blocking listener on
+/// exactly `addr`, with SO_REUSEADDR and SO_REUSEPORT so that [`relay_tcp_connector`] can open
+/// connections to peers from the same address. SO_REUSEPORT would also let a second listener
+/// share the port: the caller holds a UDP socket on the same port (bound without it) as the
+/// port's lock.
+pub fn relay_tcp_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    let s = new_socket(addr, Type::STREAM, Protocol::TCP)?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.bind(&addr.into())?;
+    s.listen(128)?;
+    Ok(s.into())
+}
+
+/// A TCP socket bound to the relayed transport address `local` of a TCP allocation, ready to
+/// connect to a peer from it (RFC 6062 §5.2).
+pub fn relay_tcp_connector(local: SocketAddr) -> io::Result<tokio::net::TcpSocket> {
+    let s = match local {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    s.set_reuseaddr(true)?;
+    s.set_reuseport(true)?;
+    s.bind(local)?;
+    Ok(s)
+}
+
 /// A non-blocking relay UDP socket on exactly `addr`; with `dont_fragment`, the DF bit is set on
 /// every packet it sends (IP_MTU_DISCOVER = IP_PMTUDISC_DO / IPV6_DONTFRAG).
 pub fn relay_udp(addr: SocketAddr, dont_fragment: bool) -> io::Result<UdpSocket> {

@@ -42,6 +42,9 @@ pub enum DropReason {
     BandwidthUser,
     /// Relayed data over the server's total bandwidth cap.
     BandwidthTotal,
+    /// A Send indication or ChannelData for a TCP allocation (RFC 6062 §5.1: data goes over
+    /// the data connections, not the control connection).
+    TcpAllocation,
 }
 
 impl DropReason {
@@ -52,7 +55,7 @@ impl DropReason {
     }
 
     /// Every reason.
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 15] = [
         DropReason::Malformed,
         DropReason::NotStun,
         DropReason::UnexpectedIndication,
@@ -67,6 +70,7 @@ impl DropReason {
         DropReason::BandwidthAllocation,
         DropReason::BandwidthUser,
         DropReason::BandwidthTotal,
+        DropReason::TcpAllocation,
     ];
 
     /// The metrics label.
@@ -86,6 +90,7 @@ impl DropReason {
             DropReason::BandwidthAllocation => "bandwidth_allocation",
             DropReason::BandwidthUser => "bandwidth_user",
             DropReason::BandwidthTotal => "bandwidth_total",
+            DropReason::TcpAllocation => "tcp_allocation",
         }
     }
 }
@@ -327,6 +332,79 @@ impl MobilityRefusal {
     }
 }
 
+/// What happened to a peer TCP connection of a TCP allocation (RFC 6062)
+/// (`turn_peer_tcp_events_total{event}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TcpEvent {
+    /// Connect (§5.2): the server's connection to the peer succeeded; CONNECTION-ID sent.
+    Connected,
+    /// Connect: the connection to the peer failed or timed out (447).
+    ConnectFailed,
+    /// A peer connected to a relayed transport address with a permission (§5.3);
+    /// ConnectionAttempt sent.
+    Accepted,
+    /// ConnectionBind (§5.4) joined a client data connection to a peer connection.
+    Bound,
+    /// No ConnectionBind within the bind timeout (30 s): the peer connection was closed.
+    BindTimeout,
+    /// ConnectionBind naming no connection waiting to be bound (unknown, expired, already
+    /// bound, or another user's) (400).
+    BindRejected,
+    /// A peer connected to a relayed transport address without a permission for its IP
+    /// (§5.3): closed.
+    NoPermission,
+    /// A peer refused by the peer policy: Connect answered 403, an incoming connection closed.
+    PeerDenied,
+    /// Over the per-allocation or server-wide cap on peer connections: Connect answered 403
+    /// (RFC 6062 §5.2), an incoming connection closed.
+    Limit,
+    /// Connect to a peer this allocation is already connecting or connected to (446).
+    Duplicate,
+    /// A peer connection ended (closed by either side, or its allocation ended).
+    Closed,
+}
+
+impl TcpEvent {
+    /// Its slot in the counters: the position in [`TcpEvent::ALL`], which lists the variants in
+    /// declaration order (a test checks it).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Every event.
+    pub const ALL: [TcpEvent; 11] = [
+        TcpEvent::Connected,
+        TcpEvent::ConnectFailed,
+        TcpEvent::Accepted,
+        TcpEvent::Bound,
+        TcpEvent::BindTimeout,
+        TcpEvent::BindRejected,
+        TcpEvent::NoPermission,
+        TcpEvent::PeerDenied,
+        TcpEvent::Limit,
+        TcpEvent::Duplicate,
+        TcpEvent::Closed,
+    ];
+
+    /// The metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TcpEvent::Connected => "connected",
+            TcpEvent::ConnectFailed => "connect_failed",
+            TcpEvent::Accepted => "accepted",
+            TcpEvent::Bound => "bound",
+            TcpEvent::BindTimeout => "bind_timeout",
+            TcpEvent::BindRejected => "bind_rejected",
+            TcpEvent::NoPermission => "no_permission",
+            TcpEvent::PeerDenied => "peer_denied",
+            TcpEvent::Limit => "limit",
+            TcpEvent::Duplicate => "duplicate",
+            TcpEvent::Closed => "closed",
+        }
+    }
+}
+
 /// Relayed traffic, counted on every data packet (the only fields the per-packet path touches).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RelayStats {
@@ -381,6 +459,11 @@ pub struct ControlStats {
     /// The bandwidth caps this core applies, bits per second, indexed like
     /// [`BandwidthScope::ALL`] (0: none).
     pub bandwidth_caps_bps: [u64; BandwidthScope::ALL.len()],
+    /// Peer TCP connection events (RFC 6062), indexed like [`TcpEvent::ALL`].
+    pub tcp_events: [u64; TcpEvent::ALL.len()],
+    /// Peer TCP connections (connecting, waiting for ConnectionBind, or bound) this core
+    /// opened minus those it removed; summed over the cores it is the server's count.
+    pub live_peer_connections: i64,
 }
 
 /// The counters of one TURN core.
@@ -512,6 +595,23 @@ impl TurnStats {
         self.control.mobility_refusals[reason.index()]
     }
 
+    /// Counts a peer TCP connection event (RFC 6062).
+    pub fn tcp_event(&mut self, event: TcpEvent) {
+        self.control.tcp_events[event.index()] += 1;
+        self.control.changes += 1;
+    }
+
+    /// Peer TCP connection events of `event` so far.
+    pub fn tcp_events(&self, event: TcpEvent) -> u64 {
+        self.control.tcp_events[event.index()]
+    }
+
+    /// Adds `delta` to the live peer TCP connections.
+    pub fn live_peer_connections(&mut self, delta: i64) {
+        self.control.live_peer_connections += delta;
+        self.control.changes += 1;
+    }
+
     /// Adds `delta` to the unredeemed reservations.
     pub fn live_reservations(&mut self, delta: i64) {
         self.control.live_reservations += delta;
@@ -553,6 +653,9 @@ mod tests {
             assert_eq!(r.index(), i, "{r:?}");
         }
         for (i, r) in QuotaScope::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i, "{r:?}");
+        }
+        for (i, r) in TcpEvent::ALL.iter().enumerate() {
             assert_eq!(r.index(), i, "{r:?}");
         }
         for (i, r) in EndReason::ALL.iter().enumerate() {

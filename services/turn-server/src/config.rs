@@ -174,6 +174,14 @@ pub struct ServerArgs {
     /// 262144.
     #[arg(long = "tcp-send-queue-bytes", value_name = "BYTES")]
     pub tcp_send_queue_bytes: Option<usize>,
+    /// Peer TCP connections of one TCP allocation (RFC 6062: connecting, waiting for
+    /// ConnectionBind, or bound); beyond, Connect gets 403 and incoming peers are closed.
+    /// Default 64.
+    #[arg(long = "peer-tcp-max-connections-per-allocation", value_name = "N")]
+    pub peer_tcp_max_connections_per_allocation: Option<usize>,
+    /// Peer TCP connections of TCP allocations in the whole server. Default 10000.
+    #[arg(long = "peer-tcp-max-connections", value_name = "N")]
+    pub peer_tcp_max_connections: Option<usize>,
     /// Load balancers whose connections start with a PROXY protocol v2 header (repeatable).
     /// When set, every TCP and TLS connection must come from one of these CIDRs and start
     /// with a valid header, whose source address is then the client's address; UDP and DTLS
@@ -293,6 +301,10 @@ pub struct FileConfig {
     pub tls_max_handshakes_per_ip: Option<usize>,
     /// See `--tcp-send-queue-bytes`.
     pub tcp_send_queue_bytes: Option<usize>,
+    /// See `--peer-tcp-max-connections-per-allocation`.
+    pub peer_tcp_max_connections_per_allocation: Option<usize>,
+    /// See `--peer-tcp-max-connections`.
+    pub peer_tcp_max_connections: Option<usize>,
     /// See `--proxy-protocol-from`.
     #[serde(default)]
     pub proxy_protocol_from: Vec<IpNet>,
@@ -835,15 +847,19 @@ impl TurnConfig {
             "alternate_over_allocations": self.alternate_over_allocations,
             "mobility": self.mobility,
             "proxy_protocol_from": self.proxy_protocol_from.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
-            "limits": {
-                "dtls_max_handshakes": self.limits.dtls_max_handshakes,
-                "dtls_max_handshakes_per_ip": self.limits.dtls_max_handshakes_per_ip,
-                "tcp_max_connections": self.limits.tcp_max_connections,
-                "tcp_max_connections_per_ip": self.limits.tcp_max_connections_per_ip,
-                "tls_max_handshakes": self.limits.tls_max_handshakes,
-                "tls_max_handshakes_per_ip": self.limits.tls_max_handshakes_per_ip,
-                "tcp_send_queue_bytes": self.limits.tcp_send_queue_bytes,
-            },
+        });
+        // Separately: one json! literal this long exceeds the macro recursion limit.
+        let l = &self.limits;
+        v["limits"] = serde_json::json!({
+            "dtls_max_handshakes": l.dtls_max_handshakes,
+            "dtls_max_handshakes_per_ip": l.dtls_max_handshakes_per_ip,
+            "tcp_max_connections": l.tcp_max_connections,
+            "tcp_max_connections_per_ip": l.tcp_max_connections_per_ip,
+            "tls_max_handshakes": l.tls_max_handshakes,
+            "tls_max_handshakes_per_ip": l.tls_max_handshakes_per_ip,
+            "tcp_send_queue_bytes": l.tcp_send_queue_bytes,
+            "peer_tcp_max_connections_per_allocation": l.peer_tcp_max_connections_per_allocation,
+            "peer_tcp_max_connections": l.peer_tcp_max_connections,
         });
         // The caps as configured; GET /v1/bandwidth has the live ones.
         for (k, n) in [
@@ -877,6 +893,10 @@ pub struct Limits {
     pub tls_max_handshakes_per_ip: usize,
     /// Bytes queued for sending per TCP/TLS connection.
     pub tcp_send_queue_bytes: usize,
+    /// Peer TCP connections of one TCP allocation (RFC 6062).
+    pub peer_tcp_max_connections_per_allocation: usize,
+    /// Peer TCP connections of TCP allocations, all workers.
+    pub peer_tcp_max_connections: usize,
 }
 
 impl Default for Limits {
@@ -889,6 +909,8 @@ impl Default for Limits {
             tls_max_handshakes: 4096,
             tls_max_handshakes_per_ip: 16,
             tcp_send_queue_bytes: 256 * 1024,
+            peer_tcp_max_connections_per_allocation: 64,
+            peer_tcp_max_connections: 10_000,
         }
     }
 }
@@ -945,6 +967,18 @@ impl Limits {
                 flags.tcp_send_queue_bytes,
                 file.tcp_send_queue_bytes,
                 d.tcp_send_queue_bytes,
+            )?,
+            peer_tcp_max_connections_per_allocation: pick(
+                "peer_tcp_max_connections_per_allocation",
+                flags.peer_tcp_max_connections_per_allocation,
+                file.peer_tcp_max_connections_per_allocation,
+                d.peer_tcp_max_connections_per_allocation,
+            )?,
+            peer_tcp_max_connections: pick(
+                "peer_tcp_max_connections",
+                flags.peer_tcp_max_connections,
+                file.peer_tcp_max_connections,
+                d.peer_tcp_max_connections,
             )?,
         })
     }

@@ -28,9 +28,14 @@
 //! | `turn_mobility_refusals_total` | counter | `reason` ([`MobilityRefusal`]: `disabled`, `transport`, `bad_ticket`, `unknown_allocation`, `stale_ticket`, `wrong_user`, `tuple_in_use`) |
 //! | `turn_mobility_forwarded_packets_total` (datagrams a worker handed to the worker owning their allocation after a move) | counter | |
 //! | `turn_mobility_routes` (client 5-tuples routed to another worker) | gauge | |
+//! | `turn_peer_tcp_connections` (peer TCP connections of TCP allocations, RFC 6062: connecting, waiting for ConnectionBind, or bound) | gauge | |
+//! | `turn_peer_tcp_events_total` | counter | `event` ([`TcpEvent`]: `connected`, `connect_failed`, `accepted`, `bound`, `bind_timeout`, `bind_rejected`, `no_permission`, `peer_denied`, `limit`, `duplicate`, `closed`) |
 //!
 //! `turn_dropped_packets_total` reasons of the bandwidth caps: `bandwidth_allocation`,
 //! `bandwidth_user`, `bandwidth_total` (a datagram over the first cap it meets).
+//!
+//! The bytes of TCP allocations' data connections count into `turn_relayed_bytes_total`, and
+//! each read into `turn_relayed_packets_total`.
 //!
 //! `turn_dropped_packets_total` reasons for the caps on unauthenticated state (refused
 //! connections are counted there too, one per connection): `dtls_no_cookie` (ClientHello
@@ -56,7 +61,7 @@ use turn_proto::core::BandwidthCaps;
 use turn_proto::policy::DenyReason;
 use turn_proto::stats::{
     AuthFailure, BandwidthScope, ControlStats, DropReason, EndReason, MobilityRefusal, QuotaScope,
-    RelayStats, TurnStats,
+    RelayStats, TcpEvent, TurnStats,
 };
 
 /// `turn_dropped_packets_total` reasons of the I/O layer (the core's are [`DropReason::ALL`]).
@@ -130,6 +135,10 @@ pub mod names {
     pub const MOBILITY_FORWARDED_PACKETS: &str = "turn_mobility_forwarded_packets";
     /// Client 5-tuples routed to another worker.
     pub const MOBILITY_ROUTES: &str = "turn_mobility_routes";
+    /// Peer TCP connections of TCP allocations (RFC 6062).
+    pub const PEER_TCP_CONNECTIONS: &str = "turn_peer_tcp_connections";
+    /// Peer TCP connection events (RFC 6062), by event.
+    pub const PEER_TCP_EVENTS: &str = "turn_peer_tcp_events";
 }
 
 /// `turn_proxy_protocol_accepted_total` `command` values.
@@ -178,6 +187,10 @@ pub struct TurnMetrics {
     pub proxy_rejected: Family<L1, Counter>,
     /// RFC 8016 mobility.
     pub mobility: MobilityMetrics,
+    /// `turn_peer_tcp_connections`.
+    pub peer_tcp_connections: Gauge,
+    /// `turn_peer_tcp_events_total{event}`.
+    pub peer_tcp_events: Family<L1, Counter>,
 }
 
 /// `turn_mobility_moves_total`, `turn_mobility_refusals_total{reason}`,
@@ -436,6 +449,21 @@ impl TurnMetrics {
         );
         m.register_proxy(registry);
         m.register_mobility(registry);
+        for event in TcpEvent::ALL {
+            let _ = m
+                .peer_tcp_events
+                .get_or_create(&[("event", event.as_str())]);
+        }
+        registry.register(
+            names::PEER_TCP_CONNECTIONS,
+            "Peer TCP connections of TCP allocations (RFC 6062): connecting, waiting for ConnectionBind, or bound",
+            m.peer_tcp_connections.clone(),
+        );
+        registry.register(
+            names::PEER_TCP_EVENTS,
+            "Peer TCP connection events of TCP allocations (RFC 6062), by event",
+            m.peer_tcp_events.clone(),
+        );
         m
     }
 
@@ -598,6 +626,17 @@ impl TurnMetrics {
                 c.quota_rejections[i] - l.quota_rejections[i],
             );
         }
+        for (i, event) in TcpEvent::ALL.iter().enumerate() {
+            inc(
+                &self.peer_tcp_events,
+                [("event", event.as_str())],
+                c.tcp_events[i] - l.tcp_events[i],
+            );
+        }
+        gauge_add(
+            &self.peer_tcp_connections,
+            c.live_peer_connections - l.live_peer_connections,
+        );
         for (i, reason) in EndReason::ALL.iter().enumerate() {
             inc(
                 &self.allocations_ended,

@@ -422,10 +422,7 @@ fn a_hand_written_config_imports_exactly_and_serves_uclient() {
     let conf_path = temp_file("turnserver.conf", &conf);
     let toml = import_ok(&conf_path);
     let by_kind = check_every_option_accounted(&conf, &toml);
-    assert_eq!(
-        options_of(&by_kind, "unmapped"),
-        ["cli-password"]
-    );
+    assert_eq!(options_of(&by_kind, "unmapped"), ["cli-password"]);
     assert_eq!(
         options_of(&by_kind, "default"),
         ["fingerprint", "lt-cred-mech", "no-multicast-peers"]

@@ -232,6 +232,11 @@ fn readme_defaults_match_the_code() {
                 ),
                 ("bandwidth_user_bps", s(&turn.bandwidth.user_bps)),
                 ("bandwidth_total_bps", s(&turn.bandwidth.total_bps)),
+                (
+                    "peer_tcp_max_connections_per_allocation",
+                    s(&l.peer_tcp_max_connections_per_allocation),
+                ),
+                ("peer_tcp_max_connections", s(&l.peer_tcp_max_connections)),
             ],
         ),
         (

@@ -72,7 +72,8 @@ pub struct AllocationInfo {
     pub permissions: Vec<PermissionInfo>,
     /// Bound channels (and those in their reuse delay).
     pub channels: Vec<ChannelInfo>,
-    /// Relayed client -> peer.
+    /// Relayed client -> peer (for a TCP allocation, RFC 6062: the bytes of its data
+    /// connections, and one packet per read from the client's data connection).
     pub to_peer: Traffic,
     /// Relayed peer -> client.
     pub from_peer: Traffic,
@@ -105,6 +106,15 @@ impl AllocationFilter {
             && self.user.as_deref().is_none_or(|u| u == user)
             && self.client_ip.is_none_or(|ip| ip == tuple.client.ip())
             && self.client.is_none_or(|c| c == tuple.client)
+    }
+}
+
+/// `datagrams` plus what the data connections of a TCP allocation relayed ((reads, bytes)).
+fn with_stream(datagrams: Traffic, stream: Option<(u64, u64)>) -> Traffic {
+    let (packets, bytes) = stream.unwrap_or((0, 0));
+    Traffic {
+        packets: datagrams.packets + packets,
+        bytes: datagrams.bytes + bytes,
     }
 }
 
@@ -163,8 +173,8 @@ impl TurnCore {
             lifetime_left_secs: left(a.expires),
             permissions,
             channels,
-            to_peer: a.to_peer.get(),
-            from_peer: a.from_peer.get(),
+            to_peer: with_stream(a.to_peer.get(), a.tcp.as_ref().map(|t| t.to_peer())),
+            from_peer: with_stream(a.from_peer.get(), a.tcp.as_ref().map(|t| t.from_peer())),
             bandwidth_bps,
             bandwidth_override,
             moves: a.mobility.as_ref().map_or(0, |m| m.moves),

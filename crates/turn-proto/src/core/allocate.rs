@@ -1,10 +1,10 @@
 //! Allocate (RFC 8656 §7) and Refresh (§8): relayed transport addresses, lifetimes, EVEN-PORT
-//! reservations (§7.2) and the allocation quotas.
+//! reservations (§7.2), the allocation quotas, and TCP allocations (RFC 6062 §5.1).
 
 use super::shared::Reservation;
 use super::{
     AddressFamily, Allocation, EndReason, Holder, Mobility, Relay, RelayAllocator, RelayError,
-    RelayRequest, TimerKey, Traffic, TurnCore, ATTR_ADDITIONAL_ADDRESS_FAMILY,
+    RelayRequest, RelayTransport, TimerKey, Traffic, TurnCore, ATTR_ADDITIONAL_ADDRESS_FAMILY,
     ATTR_ADDRESS_ERROR_CODE, ATTR_MOBILITY_TICKET,
 };
 use crate::auth::{AuthOk, Credentials};
@@ -17,6 +17,7 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stun_proto::msg::{attr, MessageBuilder};
 
@@ -46,13 +47,14 @@ impl TurnCore {
         if self.by_tuple.contains_key(&tuple) {
             return MessageBuilder::error(m, 437, "Allocation Mismatch");
         }
-        match attr(m, ATTR_REQUESTED_TRANSPORT) {
-            Some(v) if v.len() == 4 && v[0] == 17 => {}
+        let transport = match attr(m, ATTR_REQUESTED_TRANSPORT) {
+            Some(v) if v.len() == 4 && v[0] == 17 => RelayTransport::Udp,
+            Some(v) if v.len() == 4 && v[0] == 6 => RelayTransport::Tcp,
             Some(v) if v.len() == 4 => {
                 return MessageBuilder::error(m, 442, "Unsupported Transport Protocol")
             }
             _ => return MessageBuilder::error(m, 400, "Bad Request: REQUESTED-TRANSPORT"),
-        }
+        };
         // RFC 8016 §3.1.2: an empty MOBILITY-TICKET asks for mobility.
         let mobile = match attr(m, ATTR_MOBILITY_TICKET) {
             None => false,
@@ -77,6 +79,24 @@ impl TurnCore {
         let even_port = attr(m, ATTR_EVEN_PORT);
         let req_family = attr(m, ATTR_REQUESTED_ADDRESS_FAMILY);
         let add_family = attr(m, ATTR_ADDITIONAL_ADDRESS_FAMILY);
+        if transport == RelayTransport::Tcp {
+            // RFC 6062 §5.1: a TCP allocation is asked for over TCP or TLS, without the
+            // UDP-only attributes. One relayed address (no dual allocation).
+            if !tuple.transport.is_stream() {
+                return MessageBuilder::error(
+                    m,
+                    400,
+                    "Bad Request: TCP allocations need a TCP or TLS connection",
+                );
+            }
+            if token.is_some()
+                || even_port.is_some()
+                || add_family.is_some()
+                || m.contains(ATTR_DONT_FRAGMENT)
+            {
+                return MessageBuilder::error(m, 400, "Bad Request: not for a TCP allocation");
+            }
+        }
         if token.is_some() && (even_port.is_some() || req_family.is_some() || add_family.is_some())
         {
             return MessageBuilder::error(m, 400, "Bad Request");
@@ -139,6 +159,7 @@ impl TurnCore {
         };
         let dont_fragment = m.contains(ATTR_DONT_FRAGMENT);
         let first = relays.allocate(&RelayRequest {
+            transport,
             family,
             even_port: even,
             reserve_next: reserve,
@@ -184,6 +205,7 @@ impl TurnCore {
         let mut address_error = None;
         if let Some(f) = additional {
             match relays.allocate(&RelayRequest {
+                transport,
                 family: f,
                 even_port: false,
                 reserve_next: false,
@@ -254,6 +276,7 @@ impl TurnCore {
             bandwidth: self.new_allocation_limits(&auth.username, now),
             bandwidth_override_bps: None,
             mobility: mobile.then(Mobility::default),
+            tcp: (transport == RelayTransport::Tcp).then(Arc::default),
         };
         self.stats
             .live_allocations(tuple.transport.as_str(), alloc.family_label(), 1);
@@ -268,6 +291,7 @@ impl TurnCore {
             user = %alloc.username,
             client = %tuple.client,
             transport = tuple.transport.as_str(),
+            relay_transport = if alloc.tcp.is_some() { "tcp" } else { "udp" },
             relay = ?alloc.relays.iter().map(|r| r.advertised).collect::<Vec<_>>(),
             lifetime_secs = lifetime.as_secs(),
             "allocation created"

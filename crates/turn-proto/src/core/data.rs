@@ -59,6 +59,11 @@ impl TurnCore {
             };
             a = again;
         }
+        // RFC 6062 §5.1: data of a TCP allocation goes over its data connections.
+        if a.tcp.is_some() {
+            self.stats.drop_packet(DropReason::TcpAllocation);
+            return;
+        }
         let (Some(peer), Some(data)) = (xor_address(m, ATTR_XOR_PEER_ADDRESS), attr(m, ATTR_DATA))
         else {
             self.stats.drop_packet(DropReason::Malformed);

@@ -29,6 +29,7 @@ impl TurnCore {
                     Some(t) => self.timers.schedule(t, key),
                     None => {}
                 },
+                TimerKey::PeerConnection(c) => self.peer_connection_deadline(c),
                 TimerKey::Permission(id, ip) => {
                     let Some(a) = self.allocs.get_mut(&id) else {
                         continue;
@@ -91,6 +92,9 @@ impl TurnCore {
         let mut a = self.allocs.remove(&id)?;
         self.release_allocation_limits(&a.username, a.bandwidth.take());
         self.stats.allocation_ended(reason);
+        if a.tcp.is_some() {
+            self.close_allocation_connections(id);
+        }
         let relayed: Vec<String> = info.relayed.iter().map(|r| r.to_string()).collect();
         tracing::info!(
             id,

@@ -10,9 +10,9 @@
 //! The work is split by job into `impl TurnCore` blocks: request dispatch here; `allocate`
 //! (Allocate, Refresh, EVEN-PORT reservations, quotas), `permission` (CreatePermission,
 //! ChannelBind, peer admission), `data` (Send and Data indications, ChannelData, peer
-//! datagrams), `expiry` (timers, allocation release) and `bandwidth` (the caps). `shared` holds
-//! [`Shared`] and its quota accounting; the long-term credential check lives in
-//! [`crate::auth`].
+//! datagrams), `tcp` (RFC 6062 TCP allocations: Connect, ConnectionBind, ConnectionAttempt),
+//! `expiry` (timers, allocation release) and `bandwidth` (the caps). `shared` holds [`Shared`]
+//! and its quota accounting; the long-term credential check lives in [`crate::auth`].
 
 use crate::auth::{AuthOk, Authenticator, Credentials, NonceMinter};
 use crate::limit::SourceLimiter;
@@ -22,10 +22,11 @@ use crate::FiveTuple;
 use rtc_stun::attributes::*;
 use rtc_stun::message::{
     Message, TransactionId, CLASS_INDICATION, CLASS_REQUEST, METHOD_ALLOCATE, METHOD_BINDING,
-    METHOD_CHANNEL_BIND, METHOD_CREATE_PERMISSION, METHOD_REFRESH, METHOD_SEND,
+    METHOD_CHANNEL_BIND, METHOD_CONNECT, METHOD_CONNECTION_BIND, METHOD_CREATE_PERMISSION,
+    METHOD_REFRESH, METHOD_SEND,
 };
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,6 +43,7 @@ mod expiry;
 mod mobility;
 mod permission;
 mod shared;
+mod tcp;
 
 pub use crate::stats::EndReason;
 pub use admin::{AllocationFilter, AllocationInfo, ChannelInfo, PermissionInfo, Traffic};
@@ -49,7 +51,7 @@ pub use bandwidth::{BandwidthCaps, BandwidthError, DEFAULT_BURST_MS, MAX_BURST_M
 use mobility::Mobility;
 pub use mobility::{Ticket, TicketError, TicketKey, ATTR_MOBILITY_TICKET, TICKET_CHARS};
 use shared::Holder;
-pub use shared::Shared;
+pub use shared::{Shared, StreamTraffic};
 
 /// ADDITIONAL-ADDRESS-FAMILY (RFC 8656 §18.11).
 pub const ATTR_ADDITIONAL_ADDRESS_FAMILY: AttrType = AttrType(0x8000);
@@ -85,6 +87,7 @@ const KNOWN_ATTRS: &[AttrType] = &[
     ATTR_RESERVATION_TOKEN,
     ATTR_USER_HASH,
     ATTR_PASSWORD_ALGORITHMS,
+    ATTR_CONNECTION_ID,
 ];
 
 /// An IP address family.
@@ -113,9 +116,22 @@ impl AddressFamily {
     }
 }
 
+/// The transport of a relayed transport address (REQUESTED-TRANSPORT, RFC 8656 §18.10).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RelayTransport {
+    /// UDP (17): a UDP socket (RFC 8656).
+    Udp,
+    /// TCP (6): a listening TCP socket, peers reached through Connect and ConnectionAttempt
+    /// (RFC 6062 §5.1). Its port must not be taken by a UDP relay either: the core keys
+    /// allocations by the relayed address alone.
+    Tcp,
+}
+
 /// What the core asks the I/O layer for when it needs a relay socket.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RelayRequest {
+    /// UDP socket or TCP listener.
+    pub transport: RelayTransport,
     /// Which family the relayed transport address must have.
     pub family: AddressFamily,
     /// EVEN-PORT: the port must be even.
@@ -183,6 +199,35 @@ pub enum Transmit {
         /// Application data.
         data: Vec<u8>,
     },
+    /// Open a TCP connection from the relayed transport address `relay` (a TCP allocation's
+    /// listening address, so the socket needs SO_REUSEADDR/SO_REUSEPORT) to `peer`, and tell
+    /// [`TurnCore::handle_peer_connected`] how it went (RFC 6062 §5.2). The core answers the
+    /// client and bounds the attempt with its own timer (a [`Transmit::ClosePeerConnection`]
+    /// when it gives up).
+    ConnectPeer {
+        /// The CONNECTION-ID the connection will have.
+        connection_id: u32,
+        /// The relayed transport address (local).
+        relay: SocketAddr,
+        /// The peer's transport address.
+        peer: SocketAddr,
+    },
+    /// The ConnectionBind on the stream connection `to` succeeded and its response is queued
+    /// just before this (RFC 6062 §5.4): once that response is written, the connection stops
+    /// carrying STUN and carries the bytes of peer connection `connection_id`, both ways, as
+    /// they are. Bytes are counted into [`TurnCore::peer_connection_traffic`].
+    BindConnection {
+        /// The client data connection.
+        to: FiveTuple,
+        /// The peer connection it is joined to.
+        connection_id: u32,
+    },
+    /// Close peer connection `connection_id` (and its client data connection, if bound), or
+    /// stop connecting it: it expired unbound, its allocation ended, or its connect timed out.
+    ClosePeerConnection {
+        /// The CONNECTION-ID.
+        connection_id: u32,
+    },
 }
 
 /// Core configuration, shared by all workers.
@@ -240,6 +285,34 @@ pub struct CoreConfig {
     /// RFC 8016 mobility: the key that seals MOBILITY-TICKETs (one per server, shared by
     /// every worker). `None`: mobility is off and any MOBILITY-TICKET gets 405.
     pub mobility: Option<TicketKey>,
+    /// TCP allocations (RFC 6062).
+    pub tcp: TcpRelayConfig,
+}
+
+/// Bounds of TCP allocations (RFC 6062).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpRelayConfig {
+    /// Peer TCP connections one allocation may have (connecting, waiting for ConnectionBind
+    /// or bound); beyond, Connect gets 508 and incoming peers are closed.
+    pub max_connections_per_allocation: usize,
+    /// Peer TCP connections in the whole server.
+    pub max_connections: usize,
+    /// How long a Connect may take before 447 (RFC 6062 §5.2: at least 30 s).
+    pub connect_timeout: Duration,
+    /// How long a peer connection waits for its ConnectionBind before it is closed (RFC 6062
+    /// §5.2, §5.3: 30 s).
+    pub bind_timeout: Duration,
+}
+
+impl Default for TcpRelayConfig {
+    fn default() -> Self {
+        Self {
+            max_connections_per_allocation: 64,
+            max_connections: 10_000,
+            connect_timeout: Duration::from_secs(30),
+            bind_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -248,6 +321,8 @@ enum TimerKey {
     Permission(u64, IpAddr),
     Channel(u64, u16),
     Reservation([u8; 8]),
+    /// A peer TCP connection's connect or bind deadline (RFC 6062).
+    PeerConnection(u32),
 }
 
 #[derive(Debug)]
@@ -289,6 +364,8 @@ struct Allocation {
     bandwidth_override_bps: Option<u64>,
     /// RFC 8016 state, when the client asked for mobility.
     mobility: Option<Mobility>,
+    /// A TCP allocation (RFC 6062): the bytes its data connections relay.
+    tcp: Option<Arc<StreamTraffic>>,
 }
 
 impl Allocation {
@@ -339,6 +416,11 @@ pub struct TurnCore {
     /// The generation of the shared bandwidth caps last applied, and those caps.
     bw_generation: u64,
     bw_caps: BandwidthCaps,
+    /// Connect requests waiting for their peer connection (RFC 6062 §5.2), by CONNECTION-ID.
+    connecting: HashMap<u32, tcp::PendingConnect>,
+    /// What timers and connection events produced, for [`TurnCore::poll_transmit`]; at most
+    /// one entry per peer connection event.
+    queued: VecDeque<Transmit>,
 }
 
 impl std::fmt::Debug for TurnCore {
@@ -348,9 +430,6 @@ impl std::fmt::Debug for TurnCore {
             .finish()
     }
 }
-
-/// Result of request processing before encoding: a response builder and whether it is signed.
-type Reply = (MessageBuilder, Option<AuthOk>);
 
 impl TurnCore {
     /// A core. `start`/`start_unix_secs` anchor wall-clock time (nonces, REST expiry) to the
@@ -376,6 +455,8 @@ impl TurnCore {
             unauth_limiter,
             last_now: start,
             auth_log: RefCell::new(LogLimiter::new(10, 20, start)),
+            connecting: HashMap::new(),
+            queued: VecDeque::new(),
             bw_generation: 0,
             bw_caps: BandwidthCaps::default(),
         };
@@ -429,6 +510,12 @@ impl TurnCore {
     /// Number of allocations this core owns.
     pub fn allocation_count(&self) -> usize {
         self.allocs.len()
+    }
+
+    /// What the core produced outside a call that takes an `out` list (timers, ended
+    /// allocations): Connect answers, closed peer connections. Call after every core call.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.queued.pop_front()
     }
 
     /// The next instant [`handle_timeout`](Self::handle_timeout) must be called.
@@ -507,6 +594,8 @@ impl TurnCore {
             METHOD_REFRESH => "refresh",
             METHOD_CREATE_PERMISSION => "create_permission",
             METHOD_CHANNEL_BIND => "channel_bind",
+            METHOD_CONNECT => "connect",
+            METHOD_CONNECTION_BIND => "connection_bind",
             _ => "unknown",
         };
         // A retransmitted Allocate is answered with the original response, before any other
@@ -523,7 +612,8 @@ impl TurnCore {
                 }
             }
         }
-        let (builder, auth) = self.handle_request(tuple, m, now, relays);
+        let mut after = Vec::new();
+        let (builder, auth) = self.handle_request(tuple, m, now, relays, &mut after);
         // Heard on the new 5-tuple after a move (another request than the moving Refresh):
         // the old one is forgotten (RFC 8016 §3.2).
         if auth.is_some() && !(method == METHOD_REFRESH && m.contains(ATTR_MOBILITY_TICKET)) {
@@ -531,6 +621,11 @@ impl TurnCore {
                 self.confirm_move(id, tuple);
             }
         }
+        // A Connect is answered once its peer connection is up (RFC 6062 §5.2).
+        let Some(builder) = builder else {
+            out.append(&mut after);
+            return;
+        };
         // An unauthenticated request gets at most a bounded rate of responses per source IP:
         // these are what a spoofed source would reflect at its victim.
         if auth.is_none() && !self.unauth_limiter.allow(tuple.client.ip(), now) {
@@ -551,31 +646,39 @@ impl TurnCore {
             }
         }
         out.push(Transmit::ToClient { to: tuple, data });
+        out.append(&mut after);
     }
 
+    /// Authenticates and dispatches a request. Returns the response (None: answered later,
+    /// a Connect) and the credentials it is signed with; `after` gets what must follow the
+    /// response (a ConnectionBind's [`Transmit::BindConnection`], a Connect's
+    /// [`Transmit::ConnectPeer`]).
     fn handle_request(
         &mut self,
         tuple: FiveTuple,
         m: &Message,
         now: Instant,
         relays: &mut dyn RelayAllocator,
-    ) -> Reply {
+        after: &mut Vec<Transmit>,
+    ) -> (Option<MessageBuilder>, Option<AuthOk>) {
         let method = m.typ.method;
         if ![
             METHOD_ALLOCATE,
             METHOD_REFRESH,
             METHOD_CREATE_PERMISSION,
             METHOD_CHANNEL_BIND,
+            METHOD_CONNECT,
+            METHOD_CONNECTION_BIND,
         ]
         .contains(&method)
         {
-            return (MessageBuilder::error(m, 400, "Bad Request"), None);
+            return (Some(MessageBuilder::error(m, 400, "Bad Request")), None);
         }
         let unknown = msg::unknown_required(m, KNOWN_ATTRS);
         if !unknown.is_empty() {
             let mut b = MessageBuilder::error(m, 420, "Unknown Attribute");
             b.unknown_attributes(&unknown);
-            return (b, None);
+            return (Some(b), None);
         }
         // REST expiry is checked on Allocate; requests on an existing allocation by the same
         // user are not cut off when the credential expires mid-call.
@@ -593,28 +696,43 @@ impl TurnCore {
             .authenticate(tuple, m, now, check_expiry)
         {
             Ok(a) => a,
-            Err(b) => return (b, None),
+            Err(b) => return (Some(b), None),
         };
         let b = match method {
             METHOD_ALLOCATE => self.allocate(tuple, m, &auth, now, relays),
             METHOD_REFRESH => self.refresh(tuple, m, &auth, now, relays),
             METHOD_CREATE_PERMISSION => self.create_permission(tuple, m, &auth, now),
+            METHOD_CONNECT => match self.connect(tuple, m, &auth, now, after) {
+                Some(b) => b,
+                None => return (None, Some(auth)),
+            },
+            METHOD_CONNECTION_BIND => self.connection_bind(tuple, m, &auth, after),
             _ => self.channel_bind(tuple, m, &auth, now),
         };
-        (b, Some(auth))
+        (Some(b), Some(auth))
     }
 
     /// Adds SOFTWARE and integrity (when authenticated: unauthenticated responses stay as
     /// small as they can, to give a reflection attack nothing) and FINGERPRINT (when the
     /// request had one).
-    fn finish(&self, mut b: MessageBuilder, auth: Option<&AuthOk>, req: &Message) -> Vec<u8> {
+    fn finish(&self, b: MessageBuilder, auth: Option<&AuthOk>, req: &Message) -> Vec<u8> {
+        self.finish_with(b, auth, req.contains(ATTR_FINGERPRINT))
+    }
+
+    /// [`finish`](Self::finish) for a response sent after its request is gone (Connect).
+    fn finish_with(
+        &self,
+        mut b: MessageBuilder,
+        auth: Option<&AuthOk>,
+        fingerprint: bool,
+    ) -> Vec<u8> {
         if let Some(a) = auth {
             if let Some(s) = &self.cfg.software {
                 b.software(s);
             }
             b.integrity(&a.key, a.integrity);
         }
-        if req.contains(ATTR_FINGERPRINT) {
+        if fingerprint {
             b.fingerprint();
         }
         b.finish()
@@ -668,6 +786,8 @@ fn response_label(error_code: Option<u16>) -> &'static str {
         Some(441) => "error_441",
         Some(442) => "error_442",
         Some(443) => "error_443",
+        Some(446) => "error_446",
+        Some(447) => "error_447",
         Some(486) => "error_486",
         Some(508) => "error_508",
         Some(_) => "error_other",

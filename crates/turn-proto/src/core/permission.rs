@@ -119,6 +119,10 @@ impl TurnCore {
         let Some(peer) = xor_address(m, ATTR_XOR_PEER_ADDRESS) else {
             return MessageBuilder::error(m, 400, "Bad Request: XOR-PEER-ADDRESS");
         };
+        // RFC 6062 §5.1: a TCP allocation relays over data connections, never channels.
+        if self.allocs.get(&id).is_some_and(|a| a.tcp.is_some()) {
+            return MessageBuilder::error(m, 400, "Bad Request: a TCP allocation has no channels");
+        }
         if let Err(b) = self.admit_peers(id, m, &[peer]) {
             return b;
         }

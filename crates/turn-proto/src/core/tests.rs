@@ -4,10 +4,11 @@
 use super::*;
 use crate::auth::{long_term_key, mint_rest_credential, password_algorithms_value};
 use crate::policy::DenyReason;
-use crate::stats::AuthFailure;
+use crate::stats::{AuthFailure, TcpEvent};
 use crate::Transport;
 use rtc_stun::message::{
-    MessageType, Method, CLASS_ERROR_RESPONSE, CLASS_SUCCESS_RESPONSE, METHOD_DATA,
+    MessageType, Method, CLASS_ERROR_RESPONSE, CLASS_SUCCESS_RESPONSE, METHOD_CONNECTION_ATTEMPT,
+    METHOD_DATA,
 };
 use std::sync::atomic::Ordering;
 use stun_proto::msg::{
@@ -134,6 +135,7 @@ fn config() -> CoreConfig {
         bandwidth: BandwidthCaps::default(),
 
         mobility: None,
+        tcp: TcpRelayConfig::default(),
     }
 }
 
@@ -705,7 +707,8 @@ fn allocate_error_codes() {
         &[(ATTR_REQUESTED_TRANSPORT, vec![6, 0, 0, 0])],
         &[],
     );
-    assert_eq!(code(&r), Some(442));
+    // TCP over UDP: 400 (RFC 6062 §5.1); over TCP it is granted (tcp_allocation_* tests).
+    assert_eq!(code(&r), Some(400));
     let r = c.call(
         &mut h,
         METHOD_ALLOCATE,
@@ -2232,4 +2235,433 @@ fn mobility_owner_names_the_worker_of_a_sealed_ticket() {
     );
     assert_eq!(w0.mobility_owner(&bad), None);
     assert_eq!(w0.mobility_owner(&[0x40, 0x01, 0, 0]), None);
+}
+
+// ---- RFC 6062 TCP allocations ----------------------------------------------------------------
+
+fn tcp_tuple(port: u16) -> FiveTuple {
+    FiveTuple {
+        transport: Transport::Tcp,
+        ..tuple(port)
+    }
+}
+
+fn tcp() -> (AttrType, Vec<u8>) {
+    (ATTR_REQUESTED_TRANSPORT, vec![6, 0, 0, 0])
+}
+
+fn peer_attr(peer: SocketAddr) -> (AttrType, Vec<u8>) {
+    let mut b = MessageBuilder::new(
+        MessageType::new(METHOD_CONNECT, CLASS_REQUEST),
+        TransactionId::new(),
+    );
+    b.xor_address(ATTR_XOR_PEER_ADDRESS, peer);
+    let m = msg::decode(&b.finish()).unwrap();
+    (
+        ATTR_XOR_PEER_ADDRESS,
+        attr(&m, ATTR_XOR_PEER_ADDRESS).unwrap().to_vec(),
+    )
+}
+
+/// The client messages among `out`, decoded, and the rest.
+fn split(out: Vec<Transmit>) -> (Vec<(FiveTuple, Message)>, Vec<Transmit>) {
+    let mut msgs = vec![];
+    let mut rest = vec![];
+    for t in out {
+        match t {
+            Transmit::ToClient { to, data } => msgs.push((to, msg::decode(&data).unwrap())),
+            other => rest.push(other),
+        }
+    }
+    (msgs, rest)
+}
+
+fn tcp_events(h: &Harness, e: TcpEvent) -> u64 {
+    h.core.stats().tcp_events(e)
+}
+
+fn queued(h: &mut Harness) -> Vec<Transmit> {
+    std::iter::from_fn(|| h.core.poll_transmit()).collect()
+}
+
+/// A TCP allocation of alice over TCP; returns the client and the relayed address.
+fn tcp_allocation(h: &mut Harness, port: u16) -> (Client, SocketAddr) {
+    let mut c = Client::new(tcp_tuple(port), "alice", "alicepw");
+    let r = c.call(h, METHOD_ALLOCATE, &[tcp()], &[]);
+    assert!(is_success(&r), "{:?}", code(&r));
+    (c, relayed(&r))
+}
+
+/// Sends Connect to `peer` (the client already knows its nonce); returns what came out.
+fn connect(h: &mut Harness, c: &Client, peer: SocketAddr) -> Vec<Transmit> {
+    let data = c.build(
+        METHOD_CONNECT,
+        TransactionId::new(),
+        &[peer_attr(peer)],
+        &[],
+    );
+    h.send(c.tuple, &data)
+}
+
+fn cid_attr(m: &Message) -> Vec<u8> {
+    attr(m, ATTR_CONNECTION_ID).expect("CONNECTION-ID").to_vec()
+}
+
+#[test]
+fn tcp_allocation_over_tcp_is_granted_and_over_udp_refused() {
+    let mut h = Harness::new();
+    let (_, relay) = tcp_allocation(&mut h, 41000);
+    assert!(h.shared.is_live_relay(relay));
+    // Over UDP: 400 (RFC 6062 §5.1), as with EVEN-PORT or DONT-FRAGMENT over TCP.
+    let mut u = Client::new(tuple(41001), "alice", "alicepw");
+    assert_eq!(
+        code(&u.call(&mut h, METHOD_ALLOCATE, &[tcp()], &[])),
+        Some(400)
+    );
+    let mut t = Client::new(tcp_tuple(41002), "alice", "alicepw");
+    let even = (ATTR_EVEN_PORT, vec![0u8]);
+    assert_eq!(
+        code(&t.call(&mut h, METHOD_ALLOCATE, &[tcp(), even], &[])),
+        Some(400)
+    );
+    let df = (ATTR_DONT_FRAGMENT, vec![]);
+    assert_eq!(
+        code(&t.call(&mut h, METHOD_ALLOCATE, &[tcp(), df], &[])),
+        Some(400)
+    );
+    // Another transport number is still 442.
+    let sctp = (ATTR_REQUESTED_TRANSPORT, vec![132, 0, 0, 0]);
+    assert_eq!(
+        code(&t.call(&mut h, METHOD_ALLOCATE, &[sctp], &[])),
+        Some(442)
+    );
+}
+
+#[test]
+fn connect_opens_from_the_relay_and_answers_when_the_peer_is_up() {
+    let mut h = Harness::new();
+    let (c, relay) = tcp_allocation(&mut h, 41010);
+    let peer: SocketAddr = "192.0.2.10:8000".parse().unwrap();
+    // No permission needed: the core asks the I/O layer to connect and answers later.
+    let out = connect(&mut h, &c, peer);
+    let Transmit::ConnectPeer {
+        connection_id,
+        relay: from,
+        peer: to,
+    } = out[0]
+    else {
+        panic!("{out:?}")
+    };
+    assert_eq!(out.len(), 1);
+    assert_eq!((from, to), (relay, peer));
+    assert_eq!(h.shared.peer_connection_count(), 1);
+    // The same peer again while connecting: 446.
+    let (msgs, _) = split(connect(&mut h, &c, peer));
+    assert_eq!(code(&msgs[0].1), Some(446));
+    let mut out = vec![];
+    assert!(h
+        .core
+        .handle_peer_connected(connection_id, true, h.now, &mut out));
+    let (msgs, _) = split(out);
+    let (to, r) = &msgs[0];
+    assert_eq!(*to, c.tuple);
+    assert!(is_success(r));
+    assert_eq!(r.typ.method, METHOD_CONNECT);
+    assert_eq!(cid_attr(r), connection_id.to_be_bytes());
+    let key = long_term_key("alice", "turnkey", "alicepw", PasswordAlgorithm::Md5);
+    assert!(verify_integrity(r, &key, IntegrityAlgorithm::Sha1));
+    assert_eq!(tcp_events(&h, TcpEvent::Connected), 1);
+    // Connected: still 446.
+    let (msgs, _) = split(connect(&mut h, &c, peer));
+    assert_eq!(code(&msgs[0].1), Some(446));
+    assert_eq!(tcp_events(&h, TcpEvent::Duplicate), 2);
+    // A failed connection is 447 and forgotten.
+    let other: SocketAddr = "192.0.2.11:8000".parse().unwrap();
+    let out = connect(&mut h, &c, other);
+    let Transmit::ConnectPeer { connection_id, .. } = out[0] else {
+        panic!()
+    };
+    let mut out = vec![];
+    assert!(!h
+        .core
+        .handle_peer_connected(connection_id, false, h.now, &mut out));
+    let (msgs, _) = split(out);
+    assert_eq!(code(&msgs[0].1), Some(447));
+    assert_eq!(h.shared.peer_connection_count(), 1);
+    assert_eq!(h.core.stats().control.live_peer_connections, 1);
+}
+
+#[test]
+fn connect_is_refused_for_denied_peers_udp_allocations_and_over_the_cap() {
+    let mut cfg = config();
+    cfg.tcp.max_connections_per_allocation = 1;
+    let mut h = Harness::with(cfg, FakeRelays::new("127.0.0.1"));
+    let (c, _) = tcp_allocation(&mut h, 41020);
+    // The policy: private and own addresses are refused (403), counted both ways.
+    let (msgs, rest) = split(connect(&mut h, &c, "10.0.0.1:80".parse().unwrap()));
+    assert!(rest.is_empty());
+    assert_eq!(code(&msgs[0].1), Some(403));
+    assert_eq!(peer_denied(&h, DenyReason::Private), 1);
+    assert_eq!(tcp_events(&h, TcpEvent::PeerDenied), 1);
+    // The cap: one connection per allocation here, the second Connect is 403.
+    assert_eq!(
+        connect(&mut h, &c, "192.0.2.20:80".parse().unwrap()).len(),
+        1
+    );
+    let (msgs, _) = split(connect(&mut h, &c, "192.0.2.21:80".parse().unwrap()));
+    assert_eq!(code(&msgs[0].1), Some(403));
+    assert_eq!(tcp_events(&h, TcpEvent::Limit), 1);
+    // Connect on a UDP allocation: 400.
+    let mut u = Client::new(tuple(41021), "alice", "alicepw");
+    assert!(is_success(&u.allocate(&mut h)));
+    let r = u.call(
+        &mut h,
+        METHOD_CONNECT,
+        &[peer_attr("192.0.2.22:80".parse().unwrap())],
+        &[],
+    );
+    assert_eq!(code(&r), Some(400));
+}
+
+#[test]
+fn connect_times_out_with_447() {
+    let mut h = Harness::new();
+    let (c, _) = tcp_allocation(&mut h, 41030);
+    let out = connect(&mut h, &c, "192.0.2.30:80".parse().unwrap());
+    let Transmit::ConnectPeer { connection_id, .. } = out[0] else {
+        panic!()
+    };
+    h.advance(29);
+    assert!(queued(&mut h).is_empty());
+    h.advance(1);
+    let (msgs, rest) = split(queued(&mut h));
+    assert_eq!(code(&msgs[0].1), Some(447));
+    assert_eq!(rest, vec![Transmit::ClosePeerConnection { connection_id }]);
+    // The late connection is not kept.
+    let mut out = vec![];
+    assert!(!h
+        .core
+        .handle_peer_connected(connection_id, true, h.now, &mut out));
+    assert!(out.is_empty());
+    assert_eq!(h.shared.peer_connection_count(), 0);
+}
+
+#[test]
+fn connection_bind_claims_a_waiting_connection_once_for_its_user() {
+    let mut h = Harness::new();
+    let (c, _) = tcp_allocation(&mut h, 41040);
+    let out = connect(&mut h, &c, "192.0.2.40:80".parse().unwrap());
+    let Transmit::ConnectPeer { connection_id, .. } = out[0] else {
+        panic!()
+    };
+    let id = connection_id.to_be_bytes().to_vec();
+    // Not yet connected: nothing to bind.
+    let mut d = Client::new(tcp_tuple(41041), "alice", "alicepw");
+    let bind = |id: &[u8]| vec![(ATTR_CONNECTION_ID, id.to_vec())];
+    assert_eq!(
+        code(&d.call(&mut h, METHOD_CONNECTION_BIND, &bind(&id), &[])),
+        Some(400)
+    );
+    let mut out = vec![];
+    assert!(h
+        .core
+        .handle_peer_connected(connection_id, true, h.now, &mut out));
+    // Unknown id, another user, over UDP: 400.
+    assert_eq!(
+        code(&d.call(&mut h, METHOD_CONNECTION_BIND, &bind(&[0, 0, 0, 99]), &[])),
+        Some(400)
+    );
+    let mut bob = Client::new(tcp_tuple(41042), "bob", "bobpw");
+    assert_eq!(
+        code(&bob.call(&mut h, METHOD_CONNECTION_BIND, &bind(&id), &[])),
+        Some(400)
+    );
+    let mut udp = Client::new(tuple(41043), "alice", "alicepw");
+    assert_eq!(
+        code(&udp.call(&mut h, METHOD_CONNECTION_BIND, &bind(&id), &[])),
+        Some(400)
+    );
+    // The control connection itself cannot become a data connection.
+    let mut ctl = c;
+    assert_eq!(
+        code(&ctl.call(&mut h, METHOD_CONNECTION_BIND, &bind(&id), &[])),
+        Some(400)
+    );
+    // alice on a new connection: success, then the I/O layer joins the two.
+    let data = d.build(
+        METHOD_CONNECTION_BIND,
+        TransactionId::new(),
+        &bind(&id),
+        &[],
+    );
+    let out = h.send(d.tuple, &data);
+    assert_eq!(out.len(), 2, "{out:?}");
+    let (msgs, rest) = split(out);
+    assert!(is_success(&msgs[0].1));
+    assert_eq!(
+        rest,
+        vec![Transmit::BindConnection {
+            to: d.tuple,
+            connection_id
+        }]
+    );
+    assert!(h.core.peer_connection_traffic(connection_id).is_some());
+    // Once only; and a bound connection outlives the bind deadline.
+    let mut d2 = Client::new(tcp_tuple(41044), "alice", "alicepw");
+    assert_eq!(
+        code(&d2.call(&mut h, METHOD_CONNECTION_BIND, &bind(&id), &[])),
+        Some(400)
+    );
+    h.advance(31);
+    assert!(queued(&mut h).is_empty());
+    assert_eq!(h.shared.peer_connection_count(), 1);
+    assert_eq!(tcp_events(&h, TcpEvent::Bound), 1);
+    // Counted when the id was looked up (not for UDP or the control connection).
+    assert_eq!(tcp_events(&h, TcpEvent::BindRejected), 4);
+    // The I/O layer reports the end.
+    h.core.handle_peer_connection_closed(connection_id);
+    assert_eq!(h.shared.peer_connection_count(), 0);
+    assert_eq!(h.core.stats().control.live_peer_connections, 0);
+}
+
+#[test]
+fn a_peer_is_accepted_only_with_a_permission_and_expires_unbound_after_30s() {
+    let mut h = Harness::new();
+    let (mut c, relay) = tcp_allocation(&mut h, 41050);
+    let peer: SocketAddr = "192.0.2.50:33000".parse().unwrap();
+    let mut out = vec![];
+    assert_eq!(
+        h.core.handle_peer_accept(relay, peer, h.now, &mut out),
+        None
+    );
+    assert!(out.is_empty());
+    assert_eq!(tcp_events(&h, TcpEvent::NoPermission), 1);
+    let r = c.call(&mut h, METHOD_CREATE_PERMISSION, &[], &[peer]);
+    assert!(is_success(&r));
+    let id = h
+        .core
+        .handle_peer_accept(relay, peer, h.now, &mut out)
+        .expect("accepted");
+    let (msgs, _) = split(out);
+    let (to, ind) = &msgs[0];
+    assert_eq!(*to, c.tuple);
+    assert_eq!(
+        ind.typ,
+        MessageType::new(METHOD_CONNECTION_ATTEMPT, CLASS_INDICATION)
+    );
+    assert_eq!(cid_attr(ind), id.to_be_bytes());
+    assert_eq!(xor_address(ind, ATTR_XOR_PEER_ADDRESS), Some(peer));
+    // No ConnectionBind within 30 s: closed, and the id is dead.
+    h.advance(29);
+    assert!(queued(&mut h).is_empty());
+    h.advance(1);
+    assert_eq!(
+        queued(&mut h),
+        vec![Transmit::ClosePeerConnection { connection_id: id }]
+    );
+    assert_eq!(tcp_events(&h, TcpEvent::BindTimeout), 1);
+    let mut d = Client::new(tcp_tuple(41051), "alice", "alicepw");
+    let bind = vec![(ATTR_CONNECTION_ID, id.to_be_bytes().to_vec())];
+    assert_eq!(
+        code(&d.call(&mut h, METHOD_CONNECTION_BIND, &bind, &[])),
+        Some(400)
+    );
+    // A peer on a UDP relay or an unknown address: refused.
+    let mut out = vec![];
+    assert_eq!(
+        h.core
+            .handle_peer_accept("127.0.0.1:9".parse().unwrap(), peer, h.now, &mut out),
+        None
+    );
+}
+
+#[test]
+fn incoming_peers_are_capped_and_policy_checked() {
+    let mut cfg = config();
+    cfg.tcp.max_connections = 1;
+    cfg.policy = PeerPolicy::new(
+        vec![],
+        vec!["192.0.2.99/32".parse().unwrap()],
+        vec!["127.0.0.1".parse().unwrap()],
+        vec![3478],
+        (50000, 50999),
+    );
+    let mut h = Harness::with(cfg, FakeRelays::new("127.0.0.1"));
+    let (mut c, relay) = tcp_allocation(&mut h, 41060);
+    let ok: SocketAddr = "192.0.2.60:33000".parse().unwrap();
+    let r = c.call(&mut h, METHOD_CREATE_PERMISSION, &[], &[ok]);
+    assert!(is_success(&r));
+    let mut out = vec![];
+    assert!(h
+        .core
+        .handle_peer_accept(relay, ok, h.now, &mut out)
+        .is_some());
+    // Server-wide cap of 1: the next peer is closed.
+    let second: SocketAddr = "192.0.2.60:33001".parse().unwrap();
+    assert_eq!(
+        h.core.handle_peer_accept(relay, second, h.now, &mut out),
+        None
+    );
+    assert_eq!(tcp_events(&h, TcpEvent::Limit), 1);
+    // The policy per connection: a peer from the permitted IP but a refused port (the
+    // server's own relay range on its own address) is closed.
+    let own: SocketAddr = "127.0.0.1:50500".parse().unwrap();
+    let r = c.call(
+        &mut h,
+        METHOD_CREATE_PERMISSION,
+        &[],
+        &["127.0.0.1:1".parse().unwrap()],
+    );
+    assert_eq!(code(&r), Some(403));
+    assert_eq!(h.core.handle_peer_accept(relay, own, h.now, &mut out), None);
+    // ChannelBind is refused and Send dropped on a TCP allocation (RFC 6062 §5.1).
+    let r = c.call(
+        &mut h,
+        METHOD_CHANNEL_BIND,
+        &[(ATTR_CHANNEL_NUMBER, vec![0x40, 0, 0, 0])],
+        &[ok],
+    );
+    assert_eq!(code(&r), Some(400));
+    let mut b = MessageBuilder::indication(METHOD_SEND);
+    b.xor_address(ATTR_XOR_PEER_ADDRESS, ok)
+        .raw(ATTR_DATA, b"x");
+    assert!(h.send(c.tuple, &b.finish()).is_empty());
+    assert_eq!(dropped(&h, DropReason::TcpAllocation), 1);
+}
+
+#[test]
+fn an_ended_tcp_allocation_closes_its_peer_connections() {
+    let mut h = Harness::new();
+    let (mut c, relay) = tcp_allocation(&mut h, 41070);
+    let peer: SocketAddr = "192.0.2.70:33000".parse().unwrap();
+    assert!(is_success(&c.call(
+        &mut h,
+        METHOD_CREATE_PERMISSION,
+        &[],
+        &[peer]
+    )));
+    let mut out = vec![];
+    let accepted = h
+        .core
+        .handle_peer_accept(relay, peer, h.now, &mut out)
+        .unwrap();
+    let out = connect(&mut h, &c, "192.0.2.71:80".parse().unwrap());
+    let Transmit::ConnectPeer { connection_id, .. } = out[0] else {
+        panic!()
+    };
+    assert_eq!(h.core.stats().control.live_peer_connections, 2);
+    h.core.handle_connection_closed(c.tuple, &mut h.relays);
+    let mut closed: Vec<Transmit> = queued(&mut h);
+    closed.sort_by_key(|t| format!("{t:?}"));
+    let mut want = vec![
+        Transmit::ClosePeerConnection {
+            connection_id: accepted,
+        },
+        Transmit::ClosePeerConnection { connection_id },
+    ];
+    want.sort_by_key(|t| format!("{t:?}"));
+    assert_eq!(closed, want);
+    assert_eq!(h.shared.peer_connection_count(), 0);
+    assert_eq!(h.core.stats().control.live_peer_connections, 0);
+    assert_eq!(h.relays.released, vec![relay]);
 }

@@ -24,6 +24,16 @@
 //!
 //! With RFC 8016 mobility, a client that moved may be steered to another worker than the one
 //! owning its allocation; that worker hands its datagrams to the owner ([`mobility`]).
+//!
+//! TCP allocations (RFC 6062): a TCP allocation's relay is a listening socket served by the
+//! allocation's worker ([`relay_acceptor`]), which asks the core whether to accept each peer.
+//! Connections to peers (Connect) leave from the relayed address ([`connect_peer`]). A peer
+//! connection waiting for its ConnectionBind is parked as a plain socket in the server-wide
+//! [`PeerStreams`], because the client's data connection may reach any worker; the worker
+//! whose core accepts the ConnectionBind takes it, writes the response and from then on copies
+//! bytes both ways ([`splice`]), counting them into the allocation's accounting and
+//! `turn_relayed_*`. The core's deadlines and allocation ends close slots through their
+//! cancellation tokens.
 
 pub mod admin;
 pub mod dtls;
@@ -54,7 +64,7 @@ use tokio::task::AbortHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use turn_proto::auth::{Credentials, NonceMinter};
-use turn_proto::core::{CoreConfig, Shared, Transmit, TurnCore};
+use turn_proto::core::{CoreConfig, Shared, StreamTraffic, TcpRelayConfig, Transmit, TurnCore};
 use turn_proto::policy::PeerPolicy;
 use turn_proto::proxy::Header;
 use turn_proto::{FiveTuple, Transport};
@@ -240,6 +250,11 @@ pub fn core_config_with_keys(cfg: &TurnConfig, keys: &ProcessKeys) -> CoreConfig
         alternate_over_allocations: cfg.alternate_over_allocations,
         bandwidth: cfg.bandwidth,
         mobility,
+        tcp: TcpRelayConfig {
+            max_connections_per_allocation: cfg.limits.peer_tcp_max_connections_per_allocation,
+            max_connections: cfg.limits.peer_tcp_max_connections,
+            ..TcpRelayConfig::default()
+        },
     }
 }
 
@@ -268,6 +283,7 @@ pub fn start(
         ..dtls::DtlsLimits::default()
     };
     let reservations: Reservations = Arc::default();
+    let peer_streams = PeerStreams::default();
     let stop = CancellationToken::new();
 
     let (certs, acceptor) = match &cfg.tls_files {
@@ -379,6 +395,7 @@ pub fn start(
             gate: gate.clone(),
             send_queue_bytes: cfg.limits.tcp_send_queue_bytes,
             proxy_from: ProxyFrom::new(cfg.proxy_protocol_from.clone()),
+            peer_streams: peer_streams.clone(),
         };
         let core = TurnCore::new(core_cfg.clone(), shared.clone(), start_instant, start_unix)
             .with_worker(i as u16);
@@ -448,6 +465,8 @@ struct StreamSetup {
     send_queue_bytes: usize,
     /// Balancers that send a PROXY v2 header (empty: no header).
     proxy_from: ProxyFrom,
+    /// Peer connections of TCP allocations (shared by all workers).
+    peer_streams: PeerStreams,
 }
 
 struct Worker {
@@ -466,6 +485,13 @@ struct Worker {
     /// `tcp_send_queue_bytes`.
     send_queue_bytes: usize,
     relay_socks: HashMap<SocketAddr, (Rc<UdpSocket>, AbortHandle)>,
+    /// TCP allocations' relay listeners: the accept task and the UDP socket holding the port.
+    tcp_relays: HashMap<SocketAddr, (AbortHandle, StdUdpSocket)>,
+    /// Peer connections of TCP allocations (shared by all workers).
+    peer_streams: PeerStreams,
+    /// Stream connections whose ConnectionBind just succeeded, with the CONNECTION-ID: their
+    /// reader stops reading STUN and joins them to the peer.
+    binds: HashMap<FiveTuple, u32>,
     out: Vec<Transmit>,
     /// This worker's index.
     index: usize,
@@ -513,6 +539,9 @@ async fn run_worker(
         gate: streams.gate,
         send_queue_bytes: streams.send_queue_bytes,
         relay_socks: HashMap::new(),
+        tcp_relays: HashMap::new(),
+        peer_streams: streams.peer_streams,
+        binds: HashMap::new(),
         out: Vec::new(),
         index,
         forward_to: mobility.forward_to,
@@ -616,6 +645,9 @@ async fn run_worker(
     for (_, (_, h)) in wk.relay_socks.drain() {
         h.abort();
     }
+    for (_, (h, _)) in wk.tcp_relays.drain() {
+        h.abort();
+    }
 }
 
 impl Worker {
@@ -669,9 +701,31 @@ impl Worker {
 /// After any core call: send what it produced, start new relay sockets, close released ones,
 /// and fold the core's counters into the metrics.
 fn flush(wr: &WorkerRef, w: &mut Worker) {
+    while let Some(t) = w.core.poll_transmit() {
+        w.out.push(t);
+    }
     w.fold_stats();
     for t in w.out.drain(..) {
         match t {
+            Transmit::ConnectPeer {
+                connection_id,
+                relay,
+                peer,
+            } => {
+                let stop = w.peer_streams.open(connection_id);
+                tokio::task::spawn_local(connect_peer(
+                    wr.clone(),
+                    connection_id,
+                    (relay, peer),
+                    stop,
+                ));
+            }
+            Transmit::BindConnection { to, connection_id } => {
+                w.binds.insert(to, connection_id);
+            }
+            Transmit::ClosePeerConnection { connection_id } => {
+                w.peer_streams.close(connection_id);
+            }
             Transmit::ToClient { to, data } => match to.transport {
                 Transport::Dtls => {
                     if let Some((s, srv)) = w.dtls.get_mut(&to.server) {
@@ -715,6 +769,21 @@ fn flush(wr: &WorkerRef, w: &mut Worker) {
     for local in std::mem::take(&mut w.relays.pending_release) {
         if let Some((_, h)) = w.relay_socks.remove(&local) {
             h.abort();
+        }
+        if let Some((h, _lock)) = w.tcp_relays.remove(&local) {
+            h.abort();
+        }
+    }
+    for (listener, lock) in std::mem::take(&mut w.relays.pending_new_tcp) {
+        let Ok(local) = listener.local_addr() else {
+            continue;
+        };
+        match TcpListener::from_std(listener) {
+            Ok(l) => {
+                let h = tokio::task::spawn_local(relay_acceptor(wr.clone(), l, local));
+                w.tcp_relays.insert(local, (h.abort_handle(), lock));
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot register TCP relay listener"),
         }
     }
     for sock in std::mem::take(&mut w.relays.pending_new) {
@@ -941,7 +1010,7 @@ async fn command_loop(
                 let _ = reply.send(admin::WorkerLoad {
                     worker: index,
                     allocations: w.core.allocation_count(),
-                    relay_sockets: w.relay_socks.len(),
+                    relay_sockets: w.relay_socks.len() + w.tcp_relays.len(),
                     stream_connections: w.tcp.len(),
                     to_peer_packets: relay.c2p_packets,
                     to_peer_bytes: relay.c2p_bytes,
@@ -1109,7 +1178,7 @@ async fn tcp_connection<S>(
     admission: Admission,
     first_request_deadline: tokio::time::Instant,
 ) where
-    S: AsyncRead + AsyncWrite + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
     if wr.borrow().tcp.contains_key(&tuple) {
         // Only possible with PROXY headers: two balancer connections naming the same client
@@ -1124,14 +1193,17 @@ async fn tcp_connection<S>(
     let writer = tokio::task::spawn_local(async move {
         while let Some(frame) = queue.next().await {
             if wrt.write_all(&frame).await.is_err() {
-                break;
+                return None;
             }
             // TLS buffers records: push them out now.
             if wrt.flush().await.is_err() {
-                break;
+                return None;
             }
         }
+        Some(wrt)
     });
+    // After a successful ConnectionBind: the CONNECTION-ID and the bytes read past it.
+    let mut bound: Option<(u32, Vec<u8>)> = None;
     let mut got_frame = false;
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut chunk = vec![0u8; 65_536];
@@ -1183,6 +1255,10 @@ async fn tcp_connection<S>(
             w.out = out;
             flush(&wr, w);
             consumed += len;
+            if let Some(id) = w.binds.remove(&tuple) {
+                bound = Some((id, buf[consumed..].to_vec()));
+                break 'conn;
+            }
         }
         buf.drain(..consumed);
     }
@@ -1195,8 +1271,242 @@ async fn tcp_connection<S>(
         w.core.handle_connection_closed(tuple, &mut w.relays);
         flush(&wr, w);
     }
-    writer.abort();
+    let Some((connection_id, leftover)) = bound else {
+        writer.abort();
+        drop(admission);
+        return;
+    };
+    // The client data connection (RFC 6062 §5.4): the writer ends once it has written the
+    // ConnectionBind response; from then on the connection carries the peer's bytes.
+    let joined = match writer.await {
+        Ok(Some(wrt)) => Some(rd.unsplit(wrt)),
+        _ => None,
+    };
+    let peer = wr.borrow().peer_streams.take(connection_id);
+    if let (Some(client), Some((peer, peer_stop))) = (joined, peer) {
+        let (traffic, hot) = {
+            let w = wr.borrow();
+            (
+                w.core.peer_connection_traffic(connection_id),
+                w.metrics.hot.clone(),
+            )
+        };
+        match TcpStream::from_std(peer) {
+            Ok(peer) => {
+                tokio::select! {
+                    _ = splice(client, leftover, peer, traffic, hot) => {}
+                    _ = peer_stop.cancelled() => {}
+                    _ = stop.cancelled() => {}
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot register peer connection"),
+        }
+    }
+    let mut guard = wr.borrow_mut();
+    let w = &mut *guard;
+    w.peer_streams.forget(connection_id);
+    w.core.handle_peer_connection_closed(connection_id);
+    flush(&wr, w);
     drop(admission);
+}
+
+/// Copies bytes both ways between a client data connection and its peer connection (RFC 6062
+/// §5.4), `leftover` (bytes the client sent right after its ConnectionBind) first, until
+/// either side closes or fails. Counts into the allocation's `traffic` and the relayed-traffic
+/// metrics (a "packet" is one read).
+async fn splice<S>(
+    client: S,
+    leftover: Vec<u8>,
+    peer: TcpStream,
+    traffic: Option<Arc<StreamTraffic>>,
+    hot: crate::metrics::HotCounters,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut cr, mut cw) = tokio::io::split(client);
+    let (mut pr, mut pw) = peer.into_split();
+    let to_peer = |n: usize| {
+        if let Some(t) = &traffic {
+            t.count_to_peer(n);
+        }
+        hot.c2p_packets.inc();
+        hot.c2p_bytes.inc_by(n as u64);
+    };
+    let from_peer = |n: usize| {
+        if let Some(t) = &traffic {
+            t.count_from_peer(n);
+        }
+        hot.p2c_packets.inc();
+        hot.p2c_bytes.inc_by(n as u64);
+    };
+    let up = async {
+        if !leftover.is_empty() {
+            pw.write_all(&leftover).await?;
+            to_peer(leftover.len());
+        }
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = cr.read(&mut buf).await?;
+            if n == 0 {
+                return io::Result::Ok(());
+            }
+            pw.write_all(&buf[..n]).await?;
+            to_peer(n);
+        }
+    };
+    let down = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = pr.read(&mut buf).await?;
+            if n == 0 {
+                return io::Result::Ok(());
+            }
+            cw.write_all(&buf[..n]).await?;
+            // TLS buffers records: push them out now.
+            cw.flush().await?;
+            from_peer(n);
+        }
+    };
+    tokio::select! {
+        _ = up => {}
+        _ = down => {}
+    }
+}
+
+/// Connect (RFC 6062 §5.2): opens the TCP connection from the relayed transport address to the
+/// peer and tells the core; the core's deadline (or the allocation's end) cancels it through
+/// `stop`. A connection the core keeps is parked for its ConnectionBind before the Connect
+/// response goes out.
+async fn connect_peer(
+    wr: WorkerRef,
+    connection_id: u32,
+    (relay, peer): (SocketAddr, SocketAddr),
+    stop: CancellationToken,
+) {
+    let attempt = async { sockets::relay_tcp_connector(relay)?.connect(peer).await };
+    let result = tokio::select! {
+        r = attempt => r,
+        _ = stop.cancelled() => return,
+    };
+    if let Err(e) = &result {
+        tracing::debug!(error = %e, %relay, %peer, "connection to peer failed");
+    }
+    let mut guard = wr.borrow_mut();
+    let w = &mut *guard;
+    let mut out = std::mem::take(&mut w.out);
+    let kept =
+        w.core
+            .handle_peer_connected(connection_id, result.is_ok(), Instant::now(), &mut out);
+    w.out = out;
+    match result.map(|s| s.into_std()) {
+        Ok(Ok(s)) if kept => w.peer_streams.park(connection_id, s),
+        _ => {
+            w.peer_streams.forget(connection_id);
+            if kept {
+                w.core.handle_peer_connection_closed(connection_id);
+            }
+        }
+    }
+    flush(&wr, w);
+}
+
+/// Accepts peers on a TCP allocation's relayed transport address (RFC 6062 §5.3): the core
+/// decides (permission, policy, caps) and sends the ConnectionAttempt; an accepted peer is
+/// parked for its ConnectionBind first, a refused one closed at once.
+async fn relay_acceptor(wr: WorkerRef, l: TcpListener, local: SocketAddr) {
+    loop {
+        let (stream, peer) = match l.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!(error = %e, %local, "relay accept");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let mut guard = wr.borrow_mut();
+        let w = &mut *guard;
+        let mut out = std::mem::take(&mut w.out);
+        let accepted = w
+            .core
+            .handle_peer_accept(local, peer, Instant::now(), &mut out);
+        w.out = out;
+        if let Some(id) = accepted {
+            let _ = w.peer_streams.open(id);
+            match stream.into_std() {
+                Ok(s) => w.peer_streams.park(id, s),
+                Err(_) => {
+                    w.peer_streams.forget(id);
+                    w.core.handle_peer_connection_closed(id);
+                }
+            }
+        } else {
+            tracing::debug!(%local, %peer, "peer connection refused");
+        }
+        flush(&wr, w);
+    }
+}
+
+/// The peer connections of TCP allocations (RFC 6062), server-wide by CONNECTION-ID: each
+/// slot holds the connection's cancellation token (its connect, or its relaying once bound)
+/// and, while it waits for its ConnectionBind, the socket itself, for whichever worker gets
+/// the ConnectionBind. Bounded by the core's caps on peer connections.
+#[derive(Clone, Debug, Default)]
+pub struct PeerStreams(Arc<Mutex<HashMap<u32, PeerSlot>>>);
+
+#[derive(Debug)]
+struct PeerSlot {
+    stream: Option<std::net::TcpStream>,
+    stop: CancellationToken,
+}
+
+impl PeerStreams {
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<u32, PeerSlot>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    /// A slot for connection `id`; its token.
+    fn open(&self, id: u32) -> CancellationToken {
+        let stop = CancellationToken::new();
+        self.slots().insert(
+            id,
+            PeerSlot {
+                stream: None,
+                stop: stop.clone(),
+            },
+        );
+        stop
+    }
+    /// Parks the socket of connection `id` until its ConnectionBind (dropped when the slot
+    /// is gone).
+    fn park(&self, id: u32, stream: std::net::TcpStream) {
+        if let Some(slot) = self.slots().get_mut(&id) {
+            slot.stream = Some(stream);
+        }
+    }
+    /// Takes the parked socket of connection `id`, with its token (the slot stays, for
+    /// [`close`](Self::close)).
+    fn take(&self, id: u32) -> Option<(std::net::TcpStream, CancellationToken)> {
+        let mut slots = self.slots();
+        let slot = slots.get_mut(&id)?;
+        Some((slot.stream.take()?, slot.stop.clone()))
+    }
+    /// Closes connection `id`: stops its connect or its relaying, drops its socket.
+    fn close(&self, id: u32) {
+        if let Some(slot) = self.slots().remove(&id) {
+            slot.stop.cancel();
+        }
+    }
+    /// Forgets connection `id` (it ended).
+    fn forget(&self, id: u32) {
+        self.slots().remove(&id);
+    }
+    /// Slots held now (connecting, parked or relaying).
+    pub fn len(&self) -> usize {
+        self.slots().len()
+    }
+    /// True when no slot is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Caps on stream connections, server-wide ([`StreamGate`]).

@@ -2,14 +2,21 @@
 //! range, EVEN-PORT, and RESERVATION-TOKEN reservations shared by all workers. A reserved
 //! socket is closed when the core cancels it (its 30 s timer, RFC 8656 §7.2) and, as a
 //! backstop, by a purge of expired reservations on every allocation.
+//!
+//! A TCP allocation (RFC 6062) gets a listening TCP socket, plus a UDP socket on the same port
+//! that is never read: it keeps the port from every other relay, UDP or TCP (the TCP listener
+//! has SO_REUSEPORT so connections to peers can leave from its address, which would let a
+//! second listener share the port).
 
-use super::sockets::relay_udp;
+use super::sockets::{relay_tcp_listener, relay_udp};
 use rand::Rng;
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use turn_proto::core::{AddressFamily, RelayAllocator, RelayError, RelayGrant, RelayRequest};
+use turn_proto::core::{
+    AddressFamily, RelayAllocator, RelayError, RelayGrant, RelayRequest, RelayTransport,
+};
 
 /// How long a port reserved by EVEN-PORT(R) stays reserved (RFC 8656 §7.2 suggests ~30 s).
 pub const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
@@ -27,6 +34,9 @@ pub struct RelaySockets {
     reservations: Reservations,
     /// Sockets bound during the last core call, to be served.
     pub pending_new: Vec<UdpSocket>,
+    /// TCP relay listeners bound during the last core call, to be served, each with the UDP
+    /// socket that holds its port.
+    pub pending_new_tcp: Vec<(TcpListener, UdpSocket)>,
     /// Relay addresses released during the last core call, to be closed.
     pub pending_release: Vec<SocketAddr>,
 }
@@ -45,6 +55,7 @@ impl RelaySockets {
             max_port,
             reservations,
             pending_new: Vec::new(),
+            pending_new_tcp: Vec::new(),
             pending_release: Vec::new(),
         }
     }
@@ -80,6 +91,22 @@ impl RelaySockets {
 }
 
 impl RelaySockets {
+    /// A TCP relay on a free port of `ip`: the port's UDP lock, then the listener.
+    fn bind_tcp_in_range(&self, ip: IpAddr) -> Option<(TcpListener, UdpSocket)> {
+        let span = (self.max_port - self.min_port) as u32 + 1;
+        let start = rand::rng().random_range(0..span);
+        for i in 0..span.min(4096) {
+            let addr = SocketAddr::new(ip, (self.min_port as u32 + (start + i) % span) as u16);
+            let Ok(lock) = relay_udp(addr, false) else {
+                continue;
+            };
+            if let Ok(l) = relay_tcp_listener(addr) {
+                return Some((l, lock));
+            }
+        }
+        None
+    }
+
     /// Closes every reserved socket whose reservation has expired.
     fn purge_expired(&self, now: Instant) {
         if let Ok(mut r) = self.reservations.lock() {
@@ -114,6 +141,15 @@ impl RelayAllocator for RelaySockets {
             return Err(RelayError::FamilyUnsupported);
         }
         let ip = ips[rand::rng().random_range(0..ips.len())];
+        if req.transport == RelayTransport::Tcp {
+            let (listener, lock) = self.bind_tcp_in_range(ip).ok_or(RelayError::Exhausted)?;
+            let local = listener.local_addr().map_err(|_| RelayError::Exhausted)?;
+            self.pending_new_tcp.push((listener, lock));
+            return Ok(RelayGrant {
+                local,
+                reservation_token: None,
+            });
+        }
         let (sock, next) = self.bind_in_range(ip, req).ok_or(RelayError::Exhausted)?;
         let local = sock.local_addr().map_err(|_| RelayError::Exhausted)?;
         let mut reservation_token = None;
@@ -157,6 +193,7 @@ mod tests {
         );
         let g = r
             .allocate(&RelayRequest {
+                transport: RelayTransport::Udp,
                 family: AddressFamily::V4,
                 even_port: true,
                 reserve_next: true,
@@ -169,6 +206,7 @@ mod tests {
         let mut other = RelaySockets::new(vec!["127.0.0.1".parse().unwrap()], 51000, 51999, res);
         let g2 = other
             .allocate(&RelayRequest {
+                transport: RelayTransport::Udp,
                 family: AddressFamily::V4,
                 even_port: false,
                 reserve_next: false,
@@ -179,6 +217,7 @@ mod tests {
         assert_eq!(g2.local.port(), g.local.port() + 1);
         assert_eq!(
             other.allocate(&RelayRequest {
+                transport: RelayTransport::Udp,
                 family: AddressFamily::V4,
                 even_port: false,
                 reserve_next: false,
@@ -189,6 +228,7 @@ mod tests {
         );
         assert_eq!(
             r.allocate(&RelayRequest {
+                transport: RelayTransport::Udp,
                 family: AddressFamily::V6,
                 even_port: false,
                 reserve_next: false,
@@ -209,6 +249,7 @@ mod tests {
             res.clone(),
         );
         let even_r = RelayRequest {
+            transport: RelayTransport::Udp,
             family: AddressFamily::V4,
             even_port: true,
             reserve_next: true,
@@ -245,6 +286,7 @@ mod tests {
             Arc::default(),
         );
         let req = RelayRequest {
+            transport: RelayTransport::Udp,
             family: AddressFamily::V4,
             even_port: false,
             reserve_next: false,
@@ -256,5 +298,36 @@ mod tests {
         assert_ne!(a.local, b.local);
         assert_eq!(r.allocate(&req), Err(RelayError::Exhausted));
         assert_eq!(r.pending_new.len(), 2);
+    }
+
+    #[test]
+    fn a_tcp_relay_listens_and_holds_its_port_against_udp_relays() {
+        let mut r = RelaySockets::new(
+            vec!["127.0.0.1".parse().unwrap()],
+            54010,
+            54011,
+            Arc::default(),
+        );
+        let tcp = RelayRequest {
+            transport: RelayTransport::Tcp,
+            family: AddressFamily::V4,
+            even_port: false,
+            reserve_next: false,
+            reservation_token: None,
+            dont_fragment: false,
+        };
+        let udp = RelayRequest {
+            transport: RelayTransport::Udp,
+            ..tcp.clone()
+        };
+        let t = r.allocate(&tcp).unwrap();
+        assert_eq!(r.pending_new_tcp.len(), 1);
+        // The only other port goes to the next relay, whatever its transport; then none.
+        let u = r.allocate(&udp).unwrap();
+        assert_ne!(t.local.port(), u.local.port());
+        assert_eq!(r.allocate(&tcp), Err(RelayError::Exhausted));
+        assert_eq!(r.allocate(&udp), Err(RelayError::Exhausted));
+        // The listener accepts.
+        let _c = std::net::TcpStream::connect(t.local).unwrap();
     }
 }
