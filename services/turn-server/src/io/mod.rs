@@ -24,6 +24,7 @@
 
 pub mod admin;
 pub mod dtls;
+pub mod fleet;
 pub mod proxy;
 pub mod relay;
 pub use turnkey_sockets as sockets;
