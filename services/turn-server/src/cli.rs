@@ -59,6 +59,34 @@ enum Command {
         )]
         token: Option<String>,
     },
+    /// Change the fleet state in Redis that every node with --redis / --redis-sentinel watches
+    /// (each change is one MULTI with an INCR of turnkey:turn:version; nodes poll it every
+    /// second): rotate the REST secrets, add or remove static users.
+    Fleet {
+        #[command(subcommand)]
+        action: FleetAction,
+        /// The fleet's Redis (redis://[:password@]host:port/db); with --redis-sentinel only its
+        /// password and database are used.
+        #[arg(
+            long = "redis",
+            value_name = "URL",
+            env = "TURNKEY_REDIS_URL",
+            hide_env_values = true,
+            global = true
+        )]
+        redis: Option<String>,
+        /// Redis Sentinel HOST:PORT (repeatable).
+        #[arg(long = "redis-sentinel", value_name = "HOST:PORT", global = true)]
+        redis_sentinel: Vec<String>,
+        /// The master's name at the Sentinels.
+        #[arg(
+            long = "redis-master",
+            value_name = "NAME",
+            default_value = "mymaster",
+            global = true
+        )]
+        redis_master: String,
+    },
     /// Translate a coturn turnserver.conf into this server's TOML config, printed to stdout.
     ///
     /// Every coturn option of the file is listed in comments at the top of the output, one
@@ -73,6 +101,102 @@ enum Command {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+}
+
+/// `turn-server fleet ...`.
+#[derive(Subcommand)]
+enum FleetAction {
+    /// Replace the REST secrets: comma-separated, the first is the newest (it signs), the others
+    /// still validate. Rotating is `set-secrets NEW,OLD`, then later `set-secrets NEW`.
+    #[command(name = "set-secrets")]
+    SetSecrets {
+        /// SECRET[,SECRET...] (or `-` to read them from stdin, one line, so they stay out of
+        /// the process list).
+        #[arg(value_name = "SECRETS")]
+        secrets: String,
+    },
+    /// Add or replace a static user NAME:PASSWORD (or `-` to read it from stdin).
+    #[command(name = "set-user")]
+    SetUser {
+        /// NAME:PASSWORD.
+        #[arg(value_name = "NAME:PASSWORD")]
+        user: String,
+    },
+    /// Remove a static user (its live allocations stay until they end or are ended through
+    /// the admin API; its next request fails authentication).
+    #[command(name = "remove-user")]
+    RemoveUser {
+        /// The user name.
+        name: String,
+    },
+    /// The version, the number of REST secrets and the user names (no secret, no password).
+    Show,
+}
+
+/// Reads one line from stdin when `value` is `-`.
+fn value_or_stdin(value: String) -> anyhow::Result<String> {
+    if value != "-" {
+        return Ok(value);
+    }
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}
+
+/// Runs `turn-server fleet ...`: one atomic change, a one-line JSON answer.
+fn fleet(
+    action: FleetAction,
+    redis: Option<String>,
+    sentinels: Vec<String>,
+    master: String,
+) -> anyhow::Result<()> {
+    use crate::io::fleet;
+    if redis.is_none() && sentinels.is_empty() {
+        anyhow::bail!("--redis (or TURNKEY_REDIS_URL) or --redis-sentinel is needed");
+    }
+    let cfg = crate::config::FleetConfig {
+        redis: redis.filter(|u| !u.is_empty()),
+        sentinels,
+        master,
+    };
+    let client = fleet::FleetRedis::new(&cfg)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let out = rt.block_on(async {
+        Ok::<_, fleet::FleetError>(match action {
+            FleetAction::SetSecrets { secrets } => {
+                let secrets: Vec<String> = value_or_stdin(secrets)
+                    .map_err(|e| fleet::FleetError::Config(e.to_string()))?
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect();
+                let n = secrets.len();
+                let version = fleet::set_secrets(&client, &secrets).await?;
+                serde_json::json!({"auth_secrets": n, "version": version})
+            }
+            FleetAction::SetUser { user } => {
+                let user =
+                    value_or_stdin(user).map_err(|e| fleet::FleetError::Config(e.to_string()))?;
+                let Some((name, pw)) = user.split_once(':') else {
+                    return Err(fleet::FleetError::Config(
+                        "the user must be NAME:PASSWORD (the password is not shown)".into(),
+                    ));
+                };
+                let version = fleet::set_user(&client, name, pw).await?;
+                serde_json::json!({"user": name, "version": version})
+            }
+            FleetAction::RemoveUser { name } => {
+                let (removed, version) = fleet::remove_user(&client, &name).await?;
+                serde_json::json!({"user": name, "removed": removed, "version": version})
+            }
+            FleetAction::Show => fleet::show(&client).await?,
+        })
+    })?;
+    println!("{out}");
+    Ok(())
 }
 
 /// `turn-server admin ...`.
@@ -140,6 +264,19 @@ enum AdminAction {
         /// That allocation's own cap; 0: back to the server-wide cap.
         #[arg(long = "bps", value_name = "BPS", requires = "id")]
         bps: Option<u64>,
+    },
+    /// The nodes of the fleet (fleet state in Redis), with their allocation counts
+    /// (`GET /v1/fleet`).
+    Fleet,
+    /// The allocations of the whole fleet, each with its node (`GET /v1/fleet/allocations`).
+    #[command(name = "fleet-allocations")]
+    FleetAllocations {
+        /// Only this user's.
+        #[arg(long = "user")]
+        user: Option<String>,
+        /// Only this node's.
+        #[arg(long = "node")]
+        node: Option<String>,
     },
 }
 
@@ -225,6 +362,16 @@ fn admin(action: AdminAction, url: &str, token: Option<&str>) -> anyhow::Result<
                 body = Some(serde_json::Value::Object(set));
                 ("PUT", "/v1/bandwidth".to_string())
             }
+        }
+        AdminAction::Fleet => ("GET", "/v1/fleet".to_string()),
+        AdminAction::FleetAllocations { user, node } => {
+            if let Some(u) = user {
+                query.push(("user", u.clone()));
+            }
+            if let Some(n) = node {
+                query.push(("node", n.clone()));
+            }
+            ("GET", "/v1/fleet/allocations".to_string())
         }
     };
     let target = format!("{base}{path}");
@@ -320,6 +467,15 @@ pub fn main() -> anyhow::Result<()> {
     }
     if let Some(Command::Admin { action, url, token }) = cli.command {
         return admin(action, &url, token.as_deref());
+    }
+    if let Some(Command::Fleet {
+        action,
+        redis,
+        redis_sentinel,
+        redis_master,
+    }) = cli.command
+    {
+        return fleet(action, redis, redis_sentinel, redis_master);
     }
     let args = cli.args;
     let cfg = args.clone().resolve(&Defaults::default())?;

@@ -205,6 +205,27 @@ pub struct ServerArgs {
     /// datagram larger than that still passes when the bucket is full). Default 200.
     #[arg(long = "bandwidth-burst-ms", value_name = "MS")]
     pub bandwidth_burst_ms: Option<u64>,
+    /// Fleet state in Redis (redis://[:password@]host:port/db): REST secrets and users read
+    /// from it and watched, this node's allocations published for the fleet's admin API. With
+    /// --redis-sentinel, only its password and database are used. Default: off.
+    #[arg(
+        long = "redis",
+        value_name = "URL",
+        env = "TURNKEY_REDIS_URL",
+        hide_env_values = true
+    )]
+    pub redis: Option<String>,
+    /// Redis Sentinel HOST:PORT (repeatable): the fleet Redis is the master Sentinel names,
+    /// found again after a failover.
+    #[arg(long = "redis-sentinel", value_name = "HOST:PORT")]
+    pub redis_sentinel: Vec<String>,
+    /// The master's name at the Sentinels. Default mymaster.
+    #[arg(long = "redis-master", value_name = "NAME")]
+    pub redis_master: Option<String>,
+    /// This node's name in the fleet (letters, digits, `.`, `_`, `-`; unique per node).
+    /// Default: the host name and the first listen port (`host-3478`).
+    #[arg(long = "node-name", value_name = "NAME")]
+    pub node_name: Option<String>,
 }
 
 /// The TOML file: the same keys as the flags, with `_` for `-`.
@@ -316,6 +337,15 @@ pub struct FileConfig {
     pub bandwidth_total_bps: Option<u64>,
     /// See `--bandwidth-burst-ms`.
     pub bandwidth_burst_ms: Option<u64>,
+    /// See `--redis` (better from `TURNKEY_REDIS_URL` when it holds a password).
+    pub redis: Option<String>,
+    /// See `--redis-sentinel`.
+    #[serde(default)]
+    pub redis_sentinel: Vec<String>,
+    /// See `--redis-master`.
+    pub redis_master: Option<String>,
+    /// See `--node-name`.
+    pub node_name: Option<String>,
 }
 
 /// `--log-format`.
@@ -422,6 +452,90 @@ pub struct TurnConfig {
     /// Bandwidth caps (bits per second of relayed payload, each direction; 0: none) and their
     /// burst; the admin API can change them while running.
     pub bandwidth: BandwidthCaps,
+    /// Fleet state in Redis (None: off).
+    pub fleet: Option<FleetConfig>,
+    /// This node's name in the fleet.
+    pub node_name: String,
+}
+
+/// Where the fleet state lives (`redis`, `redis_sentinel`, `redis_master`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct FleetConfig {
+    /// The Redis URL; with Sentinels, only its password and database are used.
+    pub redis: Option<String>,
+    /// Sentinel addresses (HOST:PORT); empty: `redis` is the server.
+    pub sentinels: Vec<String>,
+    /// The master's name at the Sentinels.
+    pub master: String,
+}
+
+impl std::fmt::Debug for FleetConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl FleetConfig {
+    /// The Redis URL, sentinels and master name, with the password redacted.
+    pub fn redacted(&self) -> String {
+        if self.sentinels.is_empty() {
+            format!("redis {}", redact_url(self.redis.as_deref().unwrap_or("")))
+        } else {
+            format!(
+                "redis master {:?} through sentinels {:?}{}",
+                self.master,
+                self.sentinels,
+                self.redis
+                    .as_deref()
+                    .map(|u| format!(" ({})", redact_url(u)))
+                    .unwrap_or_default()
+            )
+        }
+    }
+}
+
+/// `redis://user:password@host` -> `redis://user:<redacted>@host`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or("", |(u, _)| u);
+            format!("{scheme}://{user}:<redacted>@{host}")
+        }
+        None => url.to_string(),
+    }
+}
+
+/// A node name: 1 to 64 of `[A-Za-z0-9._-]` (it is part of Redis keys).
+pub fn valid_node_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// The host name (from the kernel) and `port`, made a valid node name.
+fn default_node_name(port: u16) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default();
+    let host: String = host
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(56)
+        .collect();
+    let host = if host.is_empty() { "turn".into() } else { host };
+    format!("{host}-{port}")
 }
 
 impl std::fmt::Debug for TurnConfig {
@@ -573,6 +687,43 @@ impl Layered for ServerArgs {
         bandwidth
             .validate()
             .map_err(|e| ConfigError::Invalid(format!("bandwidth_{e}")))?;
+        let redis = self.redis.or(file.redis).filter(|u| !u.is_empty());
+        let sentinels = pick(self.redis_sentinel, file.redis_sentinel);
+        let master = self
+            .redis_master
+            .or(file.redis_master)
+            .unwrap_or_else(|| "mymaster".to_string());
+        if let Some(u) = &redis {
+            if !u.starts_with("redis://") && !u.starts_with("rediss://") {
+                return Err(ConfigError::Invalid(
+                    "redis must be a redis:// URL (the value is not shown)".into(),
+                ));
+            }
+        }
+        for s in &sentinels {
+            if s.rsplit_once(':')
+                .and_then(|(h, p)| p.parse::<u16>().ok().filter(|_| !h.is_empty()))
+                .is_none()
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "redis_sentinel {s:?} is not HOST:PORT"
+                )));
+            }
+        }
+        let fleet = (redis.is_some() || !sentinels.is_empty()).then_some(FleetConfig {
+            redis,
+            sentinels,
+            master,
+        });
+        let node_name = self
+            .node_name
+            .or(file.node_name)
+            .unwrap_or_else(|| default_node_name(listen[0].port()));
+        if !valid_node_name(&node_name) {
+            return Err(ConfigError::Invalid(format!(
+                "node_name {node_name:?}: 1 to 64 letters, digits, '.', '_' or '-'"
+            )));
+        }
         let workers = self
             .workers
             .or(file.workers)
@@ -624,6 +775,8 @@ impl Layered for ServerArgs {
             limits,
             proxy_protocol_from: pick(self.proxy_protocol_from, file.proxy_protocol_from),
             bandwidth,
+            fleet,
+            node_name,
         })
     }
 }
@@ -654,7 +807,7 @@ impl TurnConfig {
         let mut users: Vec<&String> = self.users.keys().collect();
         users.sort();
         format!(
-            "listen={:?} relay_ip={:?} ports={}-{} external_ip={:?} realm={:?} users={:?} (passwords <redacted>) auth_secrets={} (<redacted>) allow_peer={:?} deny_peer={:?} metrics={} nonce_lifetime={}s user_quota={} total_quota={} ip_quota={} unauth_rate={}/s unauth_burst={} max_lifetime={}s workers={} drain_timeout={}s tls_listen={:?} dtls_listen={:?} cert={:?} limits={:?} admin_listen={:?} admin_token={} alternate_server={:?} alternate_over_allocations={} mobility={} proxy_protocol_from={:?} bandwidth_allocation_bps={} bandwidth_user_bps={} bandwidth_total_bps={} bandwidth_burst_ms={}",
+            "listen={:?} relay_ip={:?} ports={}-{} external_ip={:?} realm={:?} users={:?} (passwords <redacted>) auth_secrets={} (<redacted>) allow_peer={:?} deny_peer={:?} metrics={} nonce_lifetime={}s user_quota={} total_quota={} ip_quota={} unauth_rate={}/s unauth_burst={} max_lifetime={}s workers={} drain_timeout={}s tls_listen={:?} dtls_listen={:?} cert={:?} limits={:?} admin_listen={:?} admin_token={} alternate_server={:?} alternate_over_allocations={} mobility={} proxy_protocol_from={:?} bandwidth_allocation_bps={} bandwidth_user_bps={} bandwidth_total_bps={} bandwidth_burst_ms={} fleet={} node_name={}",
             self.listen,
             self.relay_ips,
             self.min_port,
@@ -693,6 +846,10 @@ impl TurnConfig {
             self.bandwidth.user_bps,
             self.bandwidth.total_bps,
             self.bandwidth.burst_ms,
+            self.fleet
+                .as_ref()
+                .map_or_else(|| "off".to_string(), FleetConfig::redacted),
+            self.node_name,
         )
     }
 
@@ -724,6 +881,8 @@ impl TurnConfig {
             self.proxy_protocol_from == new.proxy_protocol_from,
         );
         check("limits", self.limits == new.limits);
+        check("redis/redis_sentinel/redis_master", self.fleet == new.fleet);
+        check("node_name", self.node_name == new.node_name);
         changed
     }
 
@@ -746,6 +905,8 @@ impl TurnConfig {
             proxy_protocol_from: self.proxy_protocol_from.clone(),
             limits: self.limits,
             protected_ports: self.protected_ports.clone(),
+            fleet: self.fleet.clone(),
+            node_name: self.node_name.clone(),
             ..new
         }
     }
@@ -870,6 +1031,20 @@ impl TurnConfig {
         ] {
             v[k] = n.into();
         }
+        v["redis"] = self
+            .fleet
+            .as_ref()
+            .and_then(|f| f.redis.as_deref())
+            .map(redact_url)
+            .into();
+        v["redis_sentinel"] = self
+            .fleet
+            .as_ref()
+            .map(|f| f.sentinels.clone())
+            .unwrap_or_default()
+            .into();
+        v["redis_master"] = self.fleet.as_ref().map(|f| f.master.clone()).into();
+        v["node_name"] = self.node_name.clone().into();
         v
     }
 }
@@ -1034,6 +1209,49 @@ mod tests {
             "{shown}"
         );
         assert!(shown.contains("alice"));
+    }
+
+    #[test]
+    fn fleet_keys_are_restart_only_and_the_redis_password_is_redacted() {
+        let cfg = parse(&[]).resolve(&Defaults::default()).unwrap();
+        assert!(cfg.fleet.is_none());
+        assert!(cfg.node_name.ends_with("-3478"), "{}", cfg.node_name);
+        let cfg = parse(&[
+            "--redis",
+            "redis://:redispassword@10.0.0.5:6379/2",
+            "--node-name",
+            "turn-1",
+        ])
+        .resolve(&Defaults::default())
+        .unwrap();
+        let f = cfg.fleet.clone().unwrap();
+        assert_eq!(f.master, "mymaster");
+        assert!(f.sentinels.is_empty());
+        for shown in [
+            cfg.redacted(),
+            cfg.redacted_json().to_string(),
+            format!("{cfg:?}"),
+        ] {
+            assert!(!shown.contains("redispassword"), "{shown}");
+            assert!(shown.contains("10.0.0.5:6379"), "{shown}");
+        }
+        let sentinel = parse(&["--redis-sentinel", "10.0.0.6:26379", "--node-name", "x"])
+            .resolve(&Defaults::default())
+            .unwrap();
+        assert_eq!(
+            cfg.restart_only_changes(&sentinel),
+            vec!["redis/redis_sentinel/redis_master", "node_name"]
+        );
+        let kept = cfg.reloadable_part_of(sentinel);
+        assert_eq!(kept.fleet, cfg.fleet);
+        assert_eq!(kept.node_name, "turn-1");
+        for bad in [
+            &["--node-name", "a:b"][..],
+            &["--redis", "http://x"],
+            &["--redis-sentinel", "nohost"],
+        ] {
+            assert!(parse(bad).resolve(&Defaults::default()).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
@@ -1244,7 +1462,7 @@ mod tests {
         ])
         .resolve(&Defaults::default())
         .unwrap();
-        assert_eq!(old.restart_only_changes(&new), vec!["listen"]);
+        assert_eq!(old.restart_only_changes(&new), vec!["listen", "node_name"]);
         let applied = old.reloadable_part_of(new);
         assert_eq!(applied.listen, old.listen);
         assert_eq!(applied.user_quota, 2);

@@ -22,6 +22,9 @@
 //! | `turn_admin_requests_total` | counter | `status` (HTTP status class: `2xx`, `4xx`, `5xx`) |
 //! | `turn_config_reloads_total` | counter | `result` (`ok`, `error`) |
 //! | `turn_bandwidth_cap_bps` (the live bandwidth caps, bits per second each way; 0: none) | gauge | `scope` (`allocation`, `user`, `total`) |
+//! | `turn_fleet_redis_up` (1 while the fleet Redis answers; 0 when not configured) | gauge | |
+//! | `turn_fleet_redis_errors_total` (failed fleet Redis operations) | counter | `op` (`read`, `publish`) |
+//! | `turn_fleet_credential_updates_total` (REST secrets and users read from Redis) | counter | `result` (`applied`, `refused`) |
 //! | `turn_proxy_protocol_accepted_total` | counter | `command` (`proxy`, `local`) |
 //! | `turn_proxy_protocol_rejected_total` | counter | `reason` ([`ProxyReject`]: `source_not_allowed`, `missing_header`, `malformed`, `unsupported`, `timeout`, `closed`) |
 //! | `turn_mobility_moves_total` (allocations moved to a new client 5-tuple, RFC 8016) | counter | |
@@ -123,6 +126,12 @@ pub mod names {
     pub const CONFIG_RELOADS: &str = "turn_config_reloads";
     /// The live bandwidth caps by scope, bits per second.
     pub const BANDWIDTH_CAP_BPS: &str = "turn_bandwidth_cap_bps";
+    /// Gauge (fleet state in Redis).
+    pub const FLEET_REDIS_UP: &str = "turn_fleet_redis_up";
+    /// Counter (`_total` added).
+    pub const FLEET_REDIS_ERRORS: &str = "turn_fleet_redis_errors";
+    /// Counter (`_total` added).
+    pub const FLEET_CREDENTIAL_UPDATES: &str = "turn_fleet_credential_updates";
     /// PROXY protocol v2 headers accepted on the stream listeners, by command.
     pub const PROXY_PROTOCOL_ACCEPTED: &str = "turn_proxy_protocol_accepted";
     /// Stream connections closed for want of a valid PROXY v2 header, by reason.
@@ -218,6 +227,33 @@ pub struct AdminMetrics {
     pub reloads: Family<L1, Counter>,
     /// `turn_bandwidth_cap_bps{scope}`.
     pub bandwidth_cap: Family<L1, Gauge>,
+    /// Fleet state in Redis.
+    pub fleet: FleetMetrics,
+}
+
+/// `turn_fleet_redis_up`, `turn_fleet_redis_errors_total{op}`,
+/// `turn_fleet_credential_updates_total{result}`.
+#[derive(Clone, Debug, Default)]
+pub struct FleetMetrics {
+    /// 1 while Redis answers.
+    pub up: Gauge,
+    /// Failed Redis operations by `op` (`read`: credentials, fleet listing; `publish`).
+    pub errors: Family<L1, Counter>,
+    /// Credential sets read from Redis, by `result` (`applied`, `refused`: over a bound).
+    pub updates: Family<L1, Counter>,
+}
+
+impl FleetMetrics {
+    /// Counts a failed operation and sets `up` to 0.
+    pub fn error(&self, op: &'static str) {
+        self.errors.get_or_create(&[("op", op)]).inc();
+        self.up.set(0);
+    }
+    /// Counts a credential update read from Redis.
+    pub fn update(&self, applied: bool) {
+        let result = if applied { "applied" } else { "refused" };
+        self.updates.get_or_create(&[("result", result)]).inc();
+    }
 }
 
 impl AdminMetrics {
@@ -446,6 +482,27 @@ impl TurnMetrics {
             names::BANDWIDTH_CAP_BPS,
             "Live bandwidth caps, bits per second of relayed payload each way (0: none)",
             m.admin.bandwidth_cap.clone(),
+        );
+        for op in ["read", "publish"] {
+            let _ = m.admin.fleet.errors.get_or_create(&[("op", op)]);
+        }
+        for result in ["applied", "refused"] {
+            let _ = m.admin.fleet.updates.get_or_create(&[("result", result)]);
+        }
+        registry.register(
+            names::FLEET_REDIS_UP,
+            "1 while the fleet Redis (--redis / --redis-sentinel) answers; 0 when it does not or is not configured",
+            m.admin.fleet.up.clone(),
+        );
+        registry.register(
+            names::FLEET_REDIS_ERRORS,
+            "Failed fleet Redis operations by op (read: credentials and fleet listings, publish: this node's summary)",
+            m.admin.fleet.errors.clone(),
+        );
+        registry.register(
+            names::FLEET_CREDENTIAL_UPDATES,
+            "REST secrets and users read from Redis, by result (refused: over a bound, the previous ones stay)",
+            m.admin.fleet.updates.clone(),
         );
         m.register_proxy(registry);
         m.register_mobility(registry);

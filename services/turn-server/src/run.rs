@@ -4,6 +4,7 @@
 
 use crate::config::TurnConfig;
 use crate::io::admin::AdminLive;
+use crate::io::fleet::{FleetCredentials, FleetRedis};
 use crate::metrics::TurnMetrics;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,6 +32,9 @@ pub enum RunError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The fleet Redis configuration is unusable (the URL is never shown).
+    #[error("{0}")]
+    Fleet(crate::io::fleet::FleetError),
     /// The metrics listener could not be bound.
     #[error("binding metrics listener {addr}: {source}")]
     Metrics {
@@ -109,13 +113,26 @@ pub async fn serve_with_reload(
     on_ready: impl FnOnce(&Ready),
 ) -> Result<(), RunError> {
     tracing::info!(config = %cfg.redacted(), "starting turn server");
-    if cfg.users.is_empty() && cfg.auth_secrets.is_empty() {
-        tracing::warn!("no user and no auth secret: every allocation will be refused (401)");
-    }
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = TurnMetrics::register(&mut registry);
     let stun_metrics = StunMetrics::register(&mut registry);
     let admin_metrics = metrics.admin.clone();
+    // Fleet state: the Redis credentials, read (for a few seconds at most) before serving.
+    let base = cfg.clone();
+    let fleet_redis = match &cfg.fleet {
+        Some(f) => Some(Arc::new(FleetRedis::new(f).map_err(RunError::Fleet)?)),
+        None => None,
+    };
+    let (creds_tx, creds_rx) = tokio::sync::watch::channel::<Option<Arc<FleetCredentials>>>(None);
+    if let Some(redis) = &fleet_redis {
+        if let Some(c) = crate::io::fleet::initial_credentials(redis, &admin_metrics.fleet).await {
+            creds_tx.send_replace(Some(Arc::new(c)));
+        }
+    }
+    let cfg = &with_fleet_credentials(base.clone(), &creds_rx);
+    if cfg.users.is_empty() && cfg.auth_secrets.is_empty() {
+        tracing::warn!("no user and no auth secret: every allocation will be refused (401)");
+    }
     admin_metrics.bandwidth_caps(&cfg.bandwidth);
     let server =
         crate::io::start(cfg, metrics, stun_metrics).map_err(|source| RunError::Listen {
@@ -134,6 +151,10 @@ pub async fn serve_with_reload(
                 shared: server.shared.clone(),
                 live: live.clone(),
                 metrics: admin_metrics.clone(),
+                fleet: fleet_redis.as_ref().map(|r| crate::io::admin::AdminFleet {
+                    redis: r.clone(),
+                    node: cfg.node_name.clone(),
+                }),
             };
             Some(
                 crate::io::admin::serve(addr, state, shutdown.clone())
@@ -159,22 +180,41 @@ pub async fn serve_with_reload(
         ));
     }
     let current = Arc::new(std::sync::RwLock::new(cfg.clone()));
-    match reload {
-        Some(reload) => {
-            tokio::spawn(reload_loop(
-                reload,
-                Reloading {
-                    server: server.clone(),
-                    current: current.clone(),
-                    live,
-                    metrics: admin_metrics.clone(),
-                },
-                shutdown.clone(),
-            ));
-        }
-        // Nothing to reload: SIGHUP must not end the server.
-        None if server.certs.is_none() => turnkey_runtime::shutdown::ignore_hangups("turn-server"),
-        None => {}
+    if let Some(redis) = &fleet_redis {
+        tracing::info!(node = %cfg.node_name, "fleet state in Redis: watching credentials, publishing this node's summary");
+        tokio::spawn(crate::io::fleet::watch_credentials(
+            redis.clone(),
+            creds_tx,
+            admin_metrics.fleet.clone(),
+            shutdown.clone(),
+        ));
+        let publisher = crate::io::fleet::Publisher {
+            redis: redis.clone(),
+            node: cfg.node_name.clone(),
+            workers: server.workers.clone(),
+            shared: server.shared.clone(),
+            worker_count: cfg.workers,
+            metrics: admin_metrics.fleet.clone(),
+        };
+        tokio::spawn(publisher.run(shutdown.clone()));
+    }
+    // Nothing to reload on SIGHUP: it must not end the server.
+    if reload.is_none() && server.certs.is_none() {
+        turnkey_runtime::shutdown::ignore_hangups("turn-server");
+    }
+    if reload.is_some() || fleet_redis.is_some() {
+        tokio::spawn(reload_loop(
+            reload,
+            Reloading {
+                server: server.clone(),
+                base: std::sync::RwLock::new(base),
+                creds: creds_rx,
+                current: current.clone(),
+                live,
+                metrics: admin_metrics.clone(),
+            },
+            shutdown.clone(),
+        ));
     }
     let ready = Ready {
         listen: server.listen.clone(),
@@ -196,9 +236,26 @@ pub async fn serve_with_reload(
     Ok(())
 }
 
+/// `cfg` (the file's and flags' configuration) with the latest Redis credentials added
+/// ([`FleetCredentials::overlay`]): what is put in force at start, on every reload and on every
+/// credential change in Redis.
+fn with_fleet_credentials(
+    mut cfg: TurnConfig,
+    creds: &tokio::sync::watch::Receiver<Option<Arc<FleetCredentials>>>,
+) -> TurnConfig {
+    if let Some(c) = creds.borrow().as_deref() {
+        c.overlay(&mut cfg);
+    }
+    cfg
+}
+
 /// What a reload changes.
 struct Reloading {
     server: Arc<crate::io::RunningServer>,
+    /// The configuration last resolved from the file and flags, without the Redis credentials.
+    base: std::sync::RwLock<TurnConfig>,
+    /// The latest Redis credentials (never changes without fleet state).
+    creds: tokio::sync::watch::Receiver<Option<Arc<FleetCredentials>>>,
     current: Arc<std::sync::RwLock<TurnConfig>>,
     live: Arc<std::sync::RwLock<AdminLive>>,
     metrics: crate::metrics::AdminMetrics,
@@ -210,12 +267,22 @@ fn file_stamp(path: &std::path::Path) -> Option<(std::time::SystemTime, u64)> {
     Some((m.modified().ok()?, m.len()))
 }
 
-async fn reload_loop(reload: Reload, r: Reloading, stop: tokio_util::sync::CancellationToken) {
+async fn reload_loop(
+    reload: Option<Reload>,
+    r: Reloading,
+    stop: tokio_util::sync::CancellationToken,
+) {
     #[cfg(unix)]
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut hup = match &reload {
+        Some(_) => tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok(),
+        None => None,
+    };
     let mut tick = tokio::time::interval(RELOAD_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut stamp = reload.watch.as_deref().and_then(file_stamp);
+    let watch = reload.as_ref().and_then(|r| r.watch.clone());
+    let mut stamp = watch.as_deref().and_then(file_stamp);
+    let mut creds = r.creds.clone();
+    let mut creds_open = true;
     loop {
         #[cfg(unix)]
         let hup_fut = async {
@@ -228,11 +295,18 @@ async fn reload_loop(reload: Reload, r: Reloading, stop: tokio_util::sync::Cance
         };
         #[cfg(not(unix))]
         let hup_fut = std::future::pending::<()>();
+        let creds_fut = async {
+            if !creds_open || creds.changed().await.is_err() {
+                creds_open = false;
+                std::future::pending::<()>().await;
+            }
+        };
         let trigger = tokio::select! {
             _ = stop.cancelled() => return,
             _ = hup_fut => "sighup",
+            _ = creds_fut => "redis",
             _ = tick.tick() => {
-                let Some(path) = reload.watch.as_deref() else { continue };
+                let Some(path) = watch.as_deref() else { continue };
                 let now = file_stamp(path);
                 if now == stamp {
                     continue;
@@ -241,24 +315,47 @@ async fn reload_loop(reload: Reload, r: Reloading, stop: tokio_util::sync::Cance
                 "file_changed"
             }
         };
-        apply_reload(&reload, &r, trigger).await;
+        let log = reload.as_ref().and_then(|l| l.log.as_ref());
+        if trigger == "redis" {
+            let base = match r.base.read() {
+                Ok(b) => b.clone(),
+                Err(p) => p.into_inner().clone(),
+            };
+            apply(&r, log, base, trigger).await;
+            continue;
+        }
+        let Some(reload) = reload.as_ref() else {
+            continue;
+        };
+        let new = match (reload.resolve)() {
+            Ok(c) => c,
+            Err(e) => {
+                r.metrics.reload(false);
+                tracing::error!(trigger, error = %e, "config reload failed: the configuration in force stays");
+                continue;
+            }
+        };
+        if let Ok(mut b) = r.base.write() {
+            *b = new.clone();
+        }
+        apply(&r, log, new, trigger).await;
         // What was just read needs no second reload when the poll sees it.
-        if let Some(path) = reload.watch.as_deref() {
+        if let Some(path) = watch.as_deref() {
             stamp = file_stamp(path);
         }
     }
 }
 
-/// Reads the configuration again and puts its reloadable part in force.
-async fn apply_reload(reload: &Reload, r: &Reloading, trigger: &'static str) {
-    let new = match (reload.resolve)() {
-        Ok(c) => c,
-        Err(e) => {
-            r.metrics.reload(false);
-            tracing::error!(trigger, error = %e, "config reload failed: the configuration in force stays");
-            return;
-        }
-    };
+/// Puts the reloadable part of `new` (a configuration just resolved from the file and flags,
+/// or the last one when the Redis credentials changed), with the latest Redis credentials
+/// added, in force on every worker and in the admin API.
+async fn apply(
+    r: &Reloading,
+    log: Option<&turnkey_runtime::logging::LogLevel>,
+    new: TurnConfig,
+    trigger: &'static str,
+) {
+    let new = with_fleet_credentials(new, &r.creds);
     let old = match r.current.read() {
         Ok(c) => c.clone(),
         Err(p) => p.into_inner().clone(),
@@ -275,7 +372,7 @@ async fn apply_reload(reload: &Reload, r: &Reloading, trigger: &'static str) {
         return;
     }
     if old.log_level != new.log_level {
-        if let Some(log) = &reload.log {
+        if let Some(log) = log {
             let filter = new
                 .log_level
                 .clone()

@@ -24,6 +24,9 @@ use crate::dev;
     mut_arg("listen", |a| a.help(
         "Address to listen on for clients, UDP and TCP (repeatable). Default 127.0.0.1:3478"
     )),
+    mut_arg("redis", |a| a.help(
+        "Redis URL (redis://[:password@]host:port/db) for the signaling store and TURN's fleet state (REST secrets and users watched, allocation summaries published). Default: embedded in-memory store, no fleet state"
+    )),
     about = "turnkey suite for local use: STUN/TURN, signaling and the SFU in one process"
 )]
 struct Cli {
@@ -76,9 +79,6 @@ struct Cli {
     /// certificate). Default: the TLS listen IP (the first relay IP for a wildcard).
     #[arg(long = "turns-host", value_name = "NAME")]
     turns_host: Option<String>,
-    /// Redis URL for the signaling store (default: embedded in-memory store).
-    #[arg(long)]
-    redis: Option<String>,
     /// SFU media address (UDP of worker 0, worker i on port + i; ICE-TCP on the same port).
     #[arg(long = "sfu-media-listen", default_value = "127.0.0.1:9700")]
     sfu_media_listen: std::net::SocketAddr,
@@ -183,7 +183,8 @@ fn start() -> anyhow::Result<()> {
         Some((_, source)) => *source,
         None => KeySource::Generated,
     };
-    sig.redis = cli.redis.clone();
+    // One Redis for the suite: the signaling store and TURN's fleet state (--redis).
+    sig.redis = cfg.fleet.as_ref().and_then(|f| f.redis.clone());
     sig.log_json = cfg.log_json;
     // The SFU shares the store (registry) and a generated link secret with signaling.
     let sfu_cfg = sfu::config::SfuArgs {

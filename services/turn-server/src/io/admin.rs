@@ -227,6 +227,17 @@ pub struct AdminState {
     pub live: Arc<std::sync::RwLock<AdminLive>>,
     /// Request counters.
     pub metrics: AdminMetrics,
+    /// The fleet state in Redis (None: `/v1/fleet*` answer 503 `fleet_unavailable`).
+    pub fleet: Option<AdminFleet>,
+}
+
+/// What the fleet routes read.
+#[derive(Clone, Debug)]
+pub struct AdminFleet {
+    /// The fleet's Redis.
+    pub redis: Arc<crate::io::fleet::FleetRedis>,
+    /// This node's name.
+    pub node: String,
 }
 
 /// What a reload changes in the admin API.
@@ -337,6 +348,8 @@ pub fn router(state: AdminState) -> Router {
         )
         .route("/v1/config", get(config))
         .route("/v1/workers", get(workers))
+        .route("/v1/fleet", get(fleet_nodes))
+        .route("/v1/fleet/allocations", get(fleet_allocations))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
@@ -653,6 +666,59 @@ async fn config(State(s): State<AdminState>) -> Json<Value> {
 async fn workers(State(s): State<AdminState>) -> ApiResult {
     let load = s.workers.load().await?;
     Ok(Json(json!({ "workers": load })))
+}
+
+fn fleet_of(s: &AdminState) -> Result<&AdminFleet, ApiError> {
+    s.fleet.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "fleet_unavailable",
+            "fleet state is off: start the server with --redis or --redis-sentinel",
+        )
+    })
+}
+
+fn fleet_error(s: &AdminState, e: crate::io::fleet::FleetError) -> ApiError {
+    s.metrics.fleet.error("read");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "fleet_unavailable",
+        format!("the fleet Redis did not answer: {e}"),
+    )
+}
+
+/// `GET /v1/fleet`: every live node's summary header.
+async fn fleet_nodes(State(s): State<AdminState>) -> ApiResult {
+    let fleet = fleet_of(&s)?;
+    let nodes = crate::io::fleet::fleet_nodes(&fleet.redis)
+        .await
+        .map_err(|e| fleet_error(&s, e))?;
+    Ok(Json(json!({"node": fleet.node, "nodes": nodes})))
+}
+
+/// `GET /v1/fleet/allocations` query.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FleetQuery {
+    user: Option<String>,
+    node: Option<String>,
+}
+
+/// `GET /v1/fleet/allocations`: the allocations of every live node's summary.
+async fn fleet_allocations(
+    State(s): State<AdminState>,
+    q: Result<Query<FleetQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let q = query(q)?;
+    let fleet = fleet_of(&s)?;
+    let (list, truncated) = crate::io::fleet::fleet_allocations(
+        &fleet.redis,
+        q.node.as_deref().filter(|n| !n.is_empty()),
+        q.user.as_deref().filter(|u| !u.is_empty()),
+    )
+    .await
+    .map_err(|e| fleet_error(&s, e))?;
+    Ok(Json(json!({"allocations": list, "truncated": truncated})))
 }
 
 /// Binds the admin listener and serves until `shutdown`; returns the bound address.

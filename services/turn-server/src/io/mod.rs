@@ -37,6 +37,7 @@
 
 pub mod admin;
 pub mod dtls;
+pub mod fleet;
 pub mod mobility;
 pub mod proxy;
 pub mod relay;
