@@ -43,8 +43,8 @@ use stun_proto::msg::{
 };
 use turn_proto::auth::{long_term_key, mint_rest_credential, Credentials, NonceMinter};
 use turn_proto::core::{
-    AddressFamily, CoreConfig, RelayAllocator, RelayError, RelayGrant, RelayRequest, Shared,
-    TicketKey, Transmit, TurnCore, ATTR_ADDITIONAL_ADDRESS_FAMILY,
+    AddressFamily, BandwidthCaps, CoreConfig, RelayAllocator, RelayError, RelayGrant, RelayRequest,
+    Shared, TcpRelayConfig, TicketKey, Transmit, TurnCore, ATTR_ADDITIONAL_ADDRESS_FAMILY,
 };
 use turn_proto::policy::PeerPolicy;
 use turn_proto::FiveTuple;
@@ -320,6 +320,12 @@ impl World {
             alternate_servers: Vec::new(),
             alternate_over_allocations: 0,
             mobility: Some(TicketKey::new([3; 32])),
+            // A cap, so the bucket path is fuzzed too.
+            bandwidth: BandwidthCaps {
+                allocation_bps: 8_000_000,
+                ..BandwidthCaps::default()
+            },
+            tcp: TcpRelayConfig::default(),
         });
         let shared = Arc::new(Shared::default());
         let t0 = Instant::now();
@@ -725,6 +731,14 @@ impl World {
                     "relayed to {peer}, which the policy refuses and is no live relay"
                 );
             }
+            // RFC 6062: a connection to a peer passes the same policy check.
+            Transmit::ConnectPeer { peer, .. } => {
+                assert!(
+                    self.cfg.policy.check(peer).is_ok() || self.shared.is_live_relay(peer),
+                    "TCP connection to {peer}, which the policy refuses and is no live relay"
+                );
+            }
+            Transmit::BindConnection { .. } | Transmit::ClosePeerConnection { .. } => {}
         }
     }
 
@@ -825,7 +839,11 @@ fuzz_target!(|data: &[u8]| {
         "allocations outlived their lifetime"
     );
     assert_eq!(w.core.poll_timeout(), None, "a timer is still armed");
-    assert_eq!(w.shared.reservation_count(), 0, "a reservation outlived its 30 s");
+    assert_eq!(
+        w.shared.reservation_count(),
+        0,
+        "a reservation outlived its 30 s"
+    );
     assert!(
         w.relays.reserved.is_empty(),
         "reserved sockets never cancelled: {:?}",
