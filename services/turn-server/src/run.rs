@@ -303,7 +303,10 @@ async fn reload_loop(
         };
         let trigger = tokio::select! {
             _ = stop.cancelled() => return,
-            _ = hup_fut => "sighup",
+            _ = hup_fut => {
+                tracing::info!("SIGHUP received: reading the configuration again");
+                "sighup"
+            }
             _ = creds_fut => "redis",
             _ = tick.tick() => {
                 let Some(path) = watch.as_deref() else { continue };

@@ -5,7 +5,8 @@
 //! allocation only) and the new cap holds for the live allocation. Bad bodies get a 400 JSON
 //! error and change nothing; the metric series exist from the start.
 //!
-//! A raw client and peer (not turn-bench or coturn's uclient) because what is measured is the
+//! The same cap is also measured with `turn-bench` (two capped allocations relaying to each
+//! other). The other checks use a raw client and peer because what is measured there is the
 //! relayed payload arriving at the peer, with the sender pacing itself above the cap: on a
 //! loaded machine the sender may fall behind its schedule, but it catches up in bursts, so the
 //! offered load stays above the cap, and the figure is what the server let through.
@@ -320,4 +321,66 @@ fn a_capped_allocation_stays_within_10_percent_of_its_cap_and_the_admin_api_chan
     );
     assert_eq!(status, 200, "{a}");
     assert_eq!(a["bandwidth"], json!({"bps": 1_000_000, "own": false}));
+}
+
+/// The same cap measured by `turn-bench`, the repository's load generator (not our raw client):
+/// it pairs two allocations and relays ChannelData client to client through the server, so
+/// every datagram passes its sender's client -> peer cap and its receiver's peer -> client cap.
+/// Each of the two allocations offers twice the cap; what turn-bench receives per second over
+/// the measured window (after a warm-up that drains the buckets' burst) must be within 10 % of
+/// two caps.
+#[test]
+fn turn_bench_through_capped_allocations_receives_within_10_percent_of_the_caps() {
+    const CAP_BPS: u64 = 2_000_000;
+    let s = Server::start(&["--bandwidth-allocation-bps", &CAP_BPS.to_string()]);
+    // 1000-byte payloads at 500 packets/s per allocation: 4 Mbit/s each, twice the cap.
+    let out = common::run_with_timeout(
+        Command::new(common::bin_path("turn-bench")).args([
+            "--server",
+            &s.listen.to_string(),
+            "--user",
+            "alice",
+            "--password",
+            "alicepw",
+            "--allocations",
+            "2",
+            "--rate",
+            "1000",
+            "--size",
+            &PAYLOAD.to_string(),
+            "--warmup",
+            "1",
+            "--duration",
+            "4",
+            "--json",
+        ]),
+        Duration::from_secs(60),
+    );
+    assert!(out.success(), "turn-bench failed:\n{}", out.combined());
+    let report: Value = out
+        .stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no JSON report:\n{}", out.combined()));
+    let received_bps = report["received_payload_bytes_per_sec"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no received_payload_bytes_per_sec in {report}"))
+        * 8.0;
+    println!(
+        "turn-bench: 2 allocations capped at {CAP_BPS} bit/s each, offered twice that: received {received_bps:.0} bit/s ({:.3} of the caps)",
+        received_bps / (2 * CAP_BPS) as f64
+    );
+    assert_within_10pct(
+        received_bps,
+        (2 * CAP_BPS) as f64,
+        "turn-bench, two capped flows",
+    );
+    assert!(
+        s.guard.metric(
+            "turn_dropped_packets_total",
+            &[("reason", "bandwidth_allocation")]
+        ) > 0.0,
+        "the cap dropped what was over it"
+    );
 }
