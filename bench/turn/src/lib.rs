@@ -93,14 +93,17 @@ impl AuthArgs {
                 Credentials::rest(secret, user.as_deref().unwrap_or("bench"), expiry)
             }
             (None, Some(user), Some(password)) => Credentials::new(user.clone(), password.clone()),
-            (None, Some(user), None) if user.contains(':') => {
-                let (name, password) = user.split_once(':').expect("contains ':'");
-                Credentials::new(name, password)
-            }
-            _ => bail!("give --user NAME --password PASS, --user NAME:PASS, or --secret SECRET"),
+            (None, Some(user), None) => match user.split_once(':') {
+                Some((name, password)) => Credentials::new(name, password),
+                None => bail!(AUTH_USAGE),
+            },
+            _ => bail!(AUTH_USAGE),
         })
     }
 }
+
+/// What to give when the credentials are missing or half given.
+const AUTH_USAGE: &str = "give --user NAME --password PASS, --user NAME:PASS, or --secret SECRET";
 
 /// The relay benchmark (no subcommand).
 #[derive(Debug, clap::Args)]
