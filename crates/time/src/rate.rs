@@ -2,7 +2,7 @@
 //! virtual time): [`TokenBucket`] counts events (`rate_per_sec` tokens a second up to `burst`),
 //! [`ByteBucket`] counts bytes (bandwidth caps); both are full when created.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// A token bucket, full when created.
 #[derive(Clone, Debug)]
@@ -86,6 +86,25 @@ impl ByteBucket {
         }
     }
 
+    /// How long from `now` until [`try_take`](Self::try_take) of `len` bytes would pass at
+    /// the current rate (zero when it would pass now); at most `max` (a bucket with no rate
+    /// never fills). For pacing a stream instead of dropping its bytes.
+    pub fn time_until(&mut self, len: u64, now: Instant, max: Duration) -> Duration {
+        self.refill(now);
+        let missing = (len as f64).min(self.burst_bytes) - self.tokens;
+        if missing <= 0.0 {
+            return Duration::ZERO;
+        }
+        if self.rate_bytes_per_sec <= 0.0 {
+            return max;
+        }
+        // Never zero while the take would fail (a wait rounded down to nothing would spin).
+        Duration::try_from_secs_f64(missing / self.rate_bytes_per_sec)
+            .unwrap_or(max)
+            .max(Duration::from_micros(1))
+            .min(max)
+    }
+
     /// Gives back `len` bytes taken by [`try_take`](Self::try_take) for a datagram that was
     /// then refused by another bucket (never above the burst).
     pub fn refund(&mut self, len: u64) {
@@ -141,7 +160,6 @@ impl LogLimiter {
 #[allow(clippy::disallowed_methods)] // tests anchor virtual time at one real instant
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn burst_then_rate() {
@@ -200,5 +218,31 @@ mod tests {
         assert_eq!((0..5).filter_map(|_| l.admit(t0)).count(), 0);
         assert_eq!(l.admit(t0 + Duration::from_secs(1)), Some(5));
         assert_eq!(l.admit(t0 + Duration::from_secs(1)), None);
+    }
+
+    #[test]
+    fn time_until_says_when_a_take_would_pass() {
+        let t0 = Instant::now();
+        let max = Duration::from_secs(1);
+        // 1000 bytes a second, 100 deep, full.
+        let mut b = ByteBucket::new(1000, 100, t0);
+        assert_eq!(b.time_until(100, t0, max), Duration::ZERO);
+        assert!(b.try_take(100, t0));
+        // Empty: 50 bytes take 50 ms; more than the depth waits for a full bucket (100 ms).
+        assert_eq!(b.time_until(50, t0, max), Duration::from_millis(50));
+        assert_eq!(b.time_until(5000, t0, max), Duration::from_millis(100));
+        let t1 = t0 + Duration::from_millis(100);
+        assert_eq!(b.time_until(5000, t1, max), Duration::ZERO);
+        // A large take leaves a debt: the next one waits for the debt and its own bytes.
+        assert!(b.try_take(5000, t1));
+        assert_eq!(
+            b.time_until(100, t1, Duration::from_secs(60)),
+            Duration::from_secs(5)
+        );
+        // Capped at `max`, and a bucket with no rate answers `max`.
+        assert_eq!(b.time_until(100, t1, max), max);
+        let mut none = ByteBucket::new(0, 10, t0);
+        assert!(none.try_take(10, t0));
+        assert_eq!(none.time_until(1, t0, max), max);
     }
 }

@@ -22,6 +22,7 @@
 //! | `turn_admin_requests_total` | counter | `status` (HTTP status class: `2xx`, `4xx`, `5xx`) |
 //! | `turn_config_reloads_total` | counter | `result` (`ok`, `error`) |
 //! | `turn_bandwidth_cap_bps` (the live bandwidth caps, bits per second each way; 0: none) | gauge | `scope` (`allocation`, `user`, `total`) |
+//! | `turn_bandwidth_stream_waits_total` (reads of TCP allocations' data connections held back by a cap, RFC 6062: a stream is paced, not dropped) | counter | `scope` (`allocation`, `user`, `total`) |
 //! | `turn_fleet_redis_up` (1 while the fleet Redis answers; 0 when not configured) | gauge | |
 //! | `turn_fleet_redis_errors_total` (failed fleet Redis operations) | counter | `op` (`read`, `publish`) |
 //! | `turn_fleet_credential_updates_total` (REST secrets and users read from Redis) | counter | `result` (`applied`, `refused`) |
@@ -126,6 +127,8 @@ pub mod names {
     pub const CONFIG_RELOADS: &str = "turn_config_reloads";
     /// The live bandwidth caps by scope, bits per second.
     pub const BANDWIDTH_CAP_BPS: &str = "turn_bandwidth_cap_bps";
+    /// Data-connection reads held back by a bandwidth cap, by scope.
+    pub const BANDWIDTH_STREAM_WAITS: &str = "turn_bandwidth_stream_waits";
     /// Gauge (fleet state in Redis).
     pub const FLEET_REDIS_UP: &str = "turn_fleet_redis_up";
     /// Counter (`_total` added).
@@ -200,6 +203,8 @@ pub struct TurnMetrics {
     pub peer_tcp_connections: Gauge,
     /// `turn_peer_tcp_events_total{event}`.
     pub peer_tcp_events: Family<L1, Counter>,
+    /// `turn_bandwidth_stream_waits_total{scope}`.
+    pub stream_waits: Family<L1, Counter>,
 }
 
 /// `turn_mobility_moves_total`, `turn_mobility_refusals_total{reason}`,
@@ -334,6 +339,8 @@ pub struct HotCounters {
     pub p2c_packets: Counter,
     /// bytes peer -> client.
     pub p2c_bytes: Counter,
+    /// `turn_bandwidth_stream_waits_total{scope}`, indexed like [`BandwidthScope::ALL`].
+    pub stream_waits: [Counter; BandwidthScope::ALL.len()],
 }
 
 impl TurnMetrics {
@@ -353,6 +360,8 @@ impl TurnMetrics {
             p2c_bytes: m
                 .relayed_bytes
                 .get_or_create_owned(&[("direction", "peer_to_client")]),
+            stream_waits: BandwidthScope::ALL
+                .map(|s| m.stream_waits.get_or_create_owned(&[("scope", s.as_str())])),
         };
         let m = TurnMetrics { hot, ..m };
         // Export zeros for every reason the core knows, so every series exists from the start.
@@ -482,6 +491,11 @@ impl TurnMetrics {
             names::BANDWIDTH_CAP_BPS,
             "Live bandwidth caps, bits per second of relayed payload each way (0: none)",
             m.admin.bandwidth_cap.clone(),
+        );
+        registry.register(
+            names::BANDWIDTH_STREAM_WAITS,
+            "Reads of TCP allocations' data connections (RFC 6062) held back by a bandwidth cap, by scope (a stream is paced, not dropped)",
+            m.stream_waits.clone(),
         );
         for op in ["read", "publish"] {
             let _ = m.admin.fleet.errors.get_or_create(&[("op", op)]);

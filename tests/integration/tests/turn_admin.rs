@@ -6,7 +6,10 @@
 mod common;
 mod wire;
 
-use common::{free_udp_tcp_port, require_tool, run_with_timeout, ServerGuard, TOOL_TIMEOUT};
+use common::{
+    admin_call, free_udp_tcp_port, require_tool, run_with_timeout, AdminTurn, ServerGuard,
+    TOOL_TIMEOUT,
+};
 use rtc_stun::attributes::*;
 use rtc_stun::message::{METHOD_CHANNEL_BIND, METHOD_REFRESH};
 use serde_json::Value;
@@ -18,89 +21,28 @@ use wire::{code, relayed, WireClient};
 
 const TOKEN: &str = "admin-token-for-tests-0123456789";
 
-/// A turn-server on free loopback ports with the admin API on, users alice and bob, the loopback
-/// peer address allowed, two workers.
-struct Server {
-    guard: ServerGuard,
-    listen: SocketAddr,
-    admin: SocketAddr,
-}
+/// A turn-server with the admin API on ([`common::AdminTurn`]), users alice and bob.
+type Server = AdminTurn;
 
-impl Server {
-    fn start(extra: &[&str]) -> Self {
-        let listen = SocketAddr::from(([127, 0, 0, 1], free_udp_tcp_port()));
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_udp_tcp_port()));
-        let mut args: Vec<String> = [
-            "--listen",
-            &listen.to_string(),
-            "--relay-ip",
-            "127.0.0.1",
-            "--user",
-            "alice:alicepw",
-            "--user",
-            "bob:bobpw",
-            "--allow-peer",
-            "127.0.0.1/32",
-            // Relay ports above Linux's ephemeral range, where the test peers' ports come from
-            // (the server refuses its own relay port range as peers).
-            "--min-port",
-            "61000",
-            "--max-port",
-            "65535",
-            "--workers",
-            "2",
-            "--admin-listen",
-            &admin.to_string(),
-            "--admin-token",
-            TOKEN,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let guard = ServerGuard::turn_server(&args);
-        Self {
-            guard,
-            listen,
-            admin,
-        }
+impl AdminTurn {
+    fn with(extra: &[&str]) -> Self {
+        let mut args = vec!["--user", "alice:alicepw", "--user", "bob:bobpw"];
+        args.extend_from_slice(extra);
+        AdminTurn::start(TOKEN, &args)
     }
 
     /// One admin API call with `token`; the status and the JSON body.
     fn call_with(&self, method: &str, path: &str, token: Option<&str>) -> (u16, Value) {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(10)))
-            .build()
-            .into();
-        let url = format!("http://{}{path}", self.admin);
-        let auth = token.map(|t| format!("Bearer {t}"));
-        let res = match (method, &auth) {
-            ("GET", Some(a)) => agent.get(&url).header("Authorization", a).call(),
-            ("GET", None) => agent.get(&url).call(),
-            ("DELETE", Some(a)) => agent.delete(&url).header("Authorization", a).call(),
-            ("DELETE", None) => agent.delete(&url).call(),
-            ("POST", Some(a)) => agent.post(&url).header("Authorization", a).send_empty(),
-            ("POST", None) => agent.post(&url).send_empty(),
-            ("PUT", Some(a)) => agent.put(&url).header("Authorization", a).send_empty(),
-            ("PATCH", Some(a)) => agent.patch(&url).header("Authorization", a).send_empty(),
-            other => panic!("unsupported {other:?}"),
-        };
-        let mut res = res.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
-        let status = res.status().as_u16();
-        let text = res.body_mut().read_to_string().unwrap_or_default();
-        let body = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("{method} {path}: {status} not JSON ({e}): {text:?}"));
-        (status, body)
+        admin_call(self.admin, token, method, path, None)
     }
 
-    fn call(&self, method: &str, path: &str) -> (u16, Value) {
+    fn api(&self, method: &str, path: &str) -> (u16, Value) {
         self.call_with(method, path, Some(TOKEN))
     }
 
     /// An error answer: its status and `error.code`.
     fn error(&self, method: &str, path: &str) -> (u16, String) {
-        let (status, body) = self.call(method, path);
+        let (status, body) = self.api(method, path);
         let code = body["error"]["code"]
             .as_str()
             .unwrap_or_else(|| panic!("{method} {path}: {status} without error.code: {body}"))
@@ -113,7 +55,7 @@ impl Server {
     }
 
     fn allocations(&self, query: &str) -> Vec<Value> {
-        let (status, body) = self.call("GET", &format!("/v1/allocations{query}"));
+        let (status, body) = self.api("GET", &format!("/v1/allocations{query}"));
         assert_eq!(status, 200, "{body}");
         body["allocations"].as_array().expect("allocations").clone()
     }
@@ -167,7 +109,7 @@ fn relay_traffic(c: &mut WireClient, peer: &UdpSocket, to_peer: usize, from_peer
 
 #[test]
 fn admin_api_lists_allocations_with_their_figures_and_ends_them_by_id_and_by_user() {
-    let s = Server::start(&[]);
+    let s = Server::with(&[]);
     let p = peer();
     let mut alice = WireClient::new(s.listen, "alice", "alicepw");
     relay_traffic(&mut alice, &p, 3, 2);
@@ -201,7 +143,7 @@ fn admin_api_lists_allocations_with_their_figures_and_ends_them_by_id_and_by_use
     assert_eq!(s.allocations(&format!("?client={alice_addr}")).len(), 1);
     assert_eq!(s.allocations("?client=127.0.0.1").len(), 1);
     assert!(s.allocations("?client=127.0.0.9").is_empty());
-    let (status, one) = s.call("GET", &format!("/v1/allocations/{id}"));
+    let (status, one) = s.api("GET", &format!("/v1/allocations/{id}"));
     assert_eq!((status, &one["id"]), (200, &a["id"]));
 
     // Bad input: JSON errors with the protocol's status, and nothing changes.
@@ -251,7 +193,7 @@ fn admin_api_lists_allocations_with_their_figures_and_ends_them_by_id_and_by_use
         b.allocate();
     }
     assert_eq!(s.allocations("?user=bob").len(), 2);
-    let (status, ended) = s.call("DELETE", "/v1/allocations?user=bob");
+    let (status, ended) = s.api("DELETE", "/v1/allocations?user=bob");
     assert_eq!(status, 200, "{ended}");
     assert_eq!(ended["ended"].as_array().unwrap().len(), 2, "{ended}");
     for b in &mut bobs {
@@ -288,7 +230,7 @@ fn admin_api_lists_allocations_with_their_figures_and_ends_them_by_id_and_by_use
             >= 10.0
     );
     // Per-worker load: two workers, every relayed packet counted once.
-    let (status, w) = s.call("GET", "/v1/workers");
+    let (status, w) = s.api("GET", "/v1/workers");
     assert_eq!(status, 200);
     let workers = w["workers"].as_array().unwrap();
     assert_eq!(workers.len(), 2, "{w}");
@@ -301,8 +243,8 @@ fn admin_api_lists_allocations_with_their_figures_and_ends_them_by_id_and_by_use
 
 #[test]
 fn config_is_shown_with_every_secret_redacted() {
-    let s = Server::start(&["--auth-secret", "rest-secret-value-xyz"]);
-    let (status, c) = s.call("GET", "/v1/config");
+    let s = Server::with(&["--auth-secret", "rest-secret-value-xyz"]);
+    let (status, c) = s.api("GET", "/v1/config");
     assert_eq!(status, 200);
     assert_eq!(c["users"], serde_json::json!(["alice", "bob"]));
     assert_eq!(c["auth_secrets"], 1);
@@ -325,14 +267,14 @@ fn openapi_file_matches_the_routes_the_server_answers() {
         .expect("admin-openapi.json"),
     )
     .expect("valid JSON");
-    let s = Server::start(&[]);
+    let s = Server::with(&[]);
     let paths = spec["paths"].as_object().expect("paths");
     assert!(paths.len() >= 5);
     for (path, ops) in paths {
         let concrete = path.replace("{id}", "12345");
         for method in ["GET", "POST", "DELETE", "PUT", "PATCH"] {
             let documented = ops.get(method.to_lowercase()).is_some();
-            let (status, body) = s.call(method, &concrete);
+            let (status, body) = s.api(method, &concrete);
             let code = body["error"]["code"].as_str().unwrap_or("");
             if documented {
                 assert!(
@@ -354,19 +296,19 @@ fn openapi_file_matches_the_routes_the_server_answers() {
         }
     }
     // Put the server back the way it was.
-    let _ = s.call("DELETE", "/v1/drain");
+    let _ = s.api("DELETE", "/v1/drain");
 }
 
 #[test]
 fn draining_sends_new_allocations_to_the_alternate_server_and_coturn_follows_it() {
-    let b = Server::start(&[]);
+    let b = Server::with(&[]);
     let b_listen = b.listen.to_string();
-    let a = Server::start(&["--alternate-server", &b_listen]);
+    let a = Server::with(&["--alternate-server", &b_listen]);
     // An allocation from before draining keeps working.
     let mut early = WireClient::new(a.listen, "alice", "alicepw");
     early.allocate();
 
-    let (status, d) = a.call("POST", "/v1/drain");
+    let (status, d) = a.api("POST", "/v1/drain");
     assert_eq!(status, 200);
     assert_eq!(d["draining"], true);
     assert_eq!(d["allocations"], 1);
@@ -411,7 +353,7 @@ fn draining_sends_new_allocations_to_the_alternate_server_and_coturn_follows_it(
     assert!(a.guard.metric("turn_alternate_redirects_total", &[]) >= 2.0);
 
     // Draining stopped: A serves again.
-    let (status, d) = a.call("DELETE", "/v1/drain");
+    let (status, d) = a.api("DELETE", "/v1/drain");
     assert_eq!((status, &d["draining"]), (200, &Value::Bool(false)));
     let mut again = WireClient::new(a.listen, "bob", "bobpw");
     let r = again.allocate_with(&[]);
@@ -421,7 +363,7 @@ fn draining_sends_new_allocations_to_the_alternate_server_and_coturn_follows_it(
 
 #[test]
 fn allocation_end_is_one_json_accounting_record_with_log_format_json() {
-    let s = Server::start(&["--log-format", "json"]);
+    let s = Server::with(&["--log-format", "json"]);
     let p = peer();
     let mut c = WireClient::new(s.listen, "alice", "alicepw");
     relay_traffic(&mut c, &p, 4, 1);

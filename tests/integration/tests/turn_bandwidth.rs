@@ -14,7 +14,7 @@
 mod common;
 mod wire;
 
-use common::{free_udp_tcp_port, metric_value, ServerGuard};
+use common::AdminTurn;
 use rtc_stun::attributes::ATTR_CHANNEL_NUMBER;
 use rtc_stun::message::METHOD_CHANNEL_BIND;
 use serde_json::{json, Value};
@@ -29,76 +29,14 @@ const TOKEN: &str = "admin-token-for-bandwidth-tests-01";
 /// Payload bytes per datagram.
 const PAYLOAD: usize = 1000;
 
-struct Server {
-    guard: ServerGuard,
-    listen: SocketAddr,
-    admin: SocketAddr,
-}
+/// A turn-server with the admin API on ([`common::AdminTurn`]), user alice.
+type Server = AdminTurn;
 
-impl Server {
-    fn start(extra: &[&str]) -> Self {
-        let listen = SocketAddr::from(([127, 0, 0, 1], free_udp_tcp_port()));
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_udp_tcp_port()));
-        let mut args: Vec<String> = [
-            "--listen",
-            &listen.to_string(),
-            "--relay-ip",
-            "127.0.0.1",
-            "--user",
-            "alice:alicepw",
-            "--allow-peer",
-            "127.0.0.1/32",
-            // Relay ports above the ephemeral range the peer's port comes from.
-            "--min-port",
-            "61000",
-            "--max-port",
-            "65535",
-            "--workers",
-            "2",
-            "--admin-listen",
-            &admin.to_string(),
-            "--admin-token",
-            TOKEN,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(extra.iter().map(|s| s.to_string()));
-        Self {
-            guard: ServerGuard::turn_server(&args),
-            listen,
-            admin,
-        }
-    }
-
-    /// One admin API call; `body` is sent raw as JSON. The status and the JSON answer.
-    fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(10)))
-            .build()
-            .into();
-        let url = format!("http://{}{path}", self.admin);
-        let auth = format!("Bearer {TOKEN}");
-        let res = match (method, body) {
-            ("GET", _) => agent.get(&url).header("Authorization", &auth).call(),
-            ("PUT", Some(b)) => agent
-                .put(&url)
-                .header("Authorization", &auth)
-                .header("Content-Type", "application/json")
-                .send(b),
-            other => panic!("unsupported {other:?}"),
-        };
-        let mut res = res.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
-        let status = res.status().as_u16();
-        let text = res.body_mut().read_to_string().unwrap_or_default();
-        let v = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("{method} {path}: {status} not JSON ({e}): {text:?}"));
-        (status, v)
-    }
-
-    fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        metric_value(&self.guard.scrape_metrics(), name, labels)
+impl AdminTurn {
+    fn with(extra: &[&str]) -> Self {
+        let mut args = vec!["--user", "alice:alicepw"];
+        args.extend_from_slice(extra);
+        AdminTurn::start(TOKEN, &args)
     }
 }
 
@@ -184,7 +122,7 @@ fn assert_within_10pct(measured_bps: f64, cap_bps: f64, what: &str) {
 
 #[test]
 fn a_capped_allocation_stays_within_10_percent_of_its_cap_and_the_admin_api_changes_it_live() {
-    let s = Server::start(&["--bandwidth-allocation-bps", "2000000"]);
+    let s = Server::with(&["--bandwidth-allocation-bps", "2000000"]);
     // The series exist from the start.
     assert_eq!(
         s.metric("turn_bandwidth_cap_bps", &[("scope", "allocation")]),
@@ -332,7 +270,7 @@ fn a_capped_allocation_stays_within_10_percent_of_its_cap_and_the_admin_api_chan
 #[test]
 fn turn_bench_through_capped_allocations_receives_within_10_percent_of_the_caps() {
     const CAP_BPS: u64 = 2_000_000;
-    let s = Server::start(&["--bandwidth-allocation-bps", &CAP_BPS.to_string()]);
+    let s = Server::with(&["--bandwidth-allocation-bps", &CAP_BPS.to_string()]);
     // 1000-byte payloads at 500 packets/s per allocation: 4 Mbit/s each, twice the cap.
     let out = common::run_with_timeout(
         Command::new(common::bin_path("turn-bench")).args([

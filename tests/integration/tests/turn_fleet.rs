@@ -59,19 +59,7 @@ impl Node {
     }
 
     fn get(&self, path: &str) -> (u16, Value) {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(10)))
-            .build()
-            .into();
-        let mut res = agent
-            .get(format!("http://{}{path}", self.admin))
-            .header("Authorization", format!("Bearer {TOKEN}"))
-            .call()
-            .expect("admin API");
-        let status = res.status().as_u16();
-        let body = res.body_mut().read_to_string().unwrap_or_default();
-        (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+        common::admin_call(self.admin, Some(TOKEN), "GET", path, None)
     }
 
     /// The ERROR-CODE of a fresh client's Allocate with these credentials (None: success).

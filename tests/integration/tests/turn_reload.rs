@@ -76,19 +76,7 @@ impl Setup {
     }
 
     fn get(&self, path: &str, token: &str) -> (u16, Value) {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(10)))
-            .build()
-            .into();
-        let mut res = agent
-            .get(format!("http://{}{path}", self.admin))
-            .header("Authorization", format!("Bearer {token}"))
-            .call()
-            .expect("admin API");
-        let status = res.status().as_u16();
-        let body = res.body_mut().read_to_string().unwrap_or_default();
-        (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+        common::admin_call(self.admin, Some(token), "GET", path, None)
     }
 
     fn reloads(&self, result: &str) -> f64 {

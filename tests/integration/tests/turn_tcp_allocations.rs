@@ -458,3 +458,119 @@ fn the_peer_policy_applies_to_tcp_peers() {
     assert!(counted, "{}", server.scrape_metrics());
     assert_eq!(event(&server, "accepted"), 0.0);
 }
+
+/// Payload bits per second `rx` receives while `tx` writes to it as fast as it can for `secs`,
+/// counted after the first `skip` (while the cap's initial burst drains). What is left in the
+/// socket buffers afterwards stays there (a later measurement of the same direction reads it,
+/// paced by the same caps).
+fn stream_rate(tx: &TcpStream, rx: &TcpStream, secs: f64, skip: f64) -> f64 {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let mut tx = tx.try_clone().unwrap();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            tx.set_write_timeout(Some(Duration::from_millis(50)))
+                .unwrap();
+            let chunk = vec![0x5a_u8; 16 * 1024];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // A timed-out write (the buffers are full: the cap holds) is tried again.
+                let _ = tx.write(&chunk);
+            }
+        })
+    };
+    let mut rx = rx.try_clone().unwrap();
+    rx.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let start = std::time::Instant::now();
+    let (from, to) = (
+        start + Duration::from_secs_f64(skip),
+        start + Duration::from_secs_f64(secs),
+    );
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut bytes = 0u64;
+    while std::time::Instant::now() < to {
+        if let Ok(n) = rx.read(&mut buf) {
+            if std::time::Instant::now() >= from {
+                bytes += n as u64;
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    bytes as f64 * 8.0 / (secs - skip)
+}
+
+fn assert_within_10pct(measured_bps: f64, cap_bps: f64, what: &str) {
+    let ratio = measured_bps / cap_bps;
+    eprintln!("{what}: {measured_bps:.0} bit/s, cap {cap_bps:.0} ({ratio:.3})");
+    assert!(
+        (0.9..=1.1).contains(&ratio),
+        "{what}: {measured_bps:.0} bit/s, cap {cap_bps:.0}"
+    );
+}
+
+#[test]
+fn a_capped_tcp_allocation_is_paced_to_its_cap_each_way_and_the_admin_api_changes_it_live() {
+    const TOKEN: &str = "admin-token-for-tcp-allocation-caps";
+    let user = format!("{USER}:{PASSWORD}");
+    let s = common::AdminTurn::start(
+        TOKEN,
+        &["--user", &user, "--bandwidth-allocation-bps", "4000000"],
+    );
+    // A peer that accepts one connection from the relayed address.
+    let peer = TcpListener::bind("127.0.0.1:0").unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    assert!(peer_addr.port() < RELAY_PORTS.0);
+    let mut control = StreamClient::connect(s.listen);
+    control.allocate_tcp();
+    let r = control.with_peer(METHOD_CONNECT, peer_addr);
+    assert_eq!(code(&r), None, "Connect failed");
+    let id = attr(&r, ATTR_CONNECTION_ID).unwrap().to_vec();
+    let (peer_side, _) = peer.accept().expect("the relay connects to the peer");
+    let mut data = control.data_connection(s.listen);
+    assert_eq!(code(&data.bind(&id)), None, "ConnectionBind failed");
+
+    // 4 Mbit/s each way; the other direction is not slowed by a saturated one.
+    assert_within_10pct(
+        stream_rate(&data.sock, &peer_side, 4.0, 1.0),
+        4_000_000.0,
+        "client -> peer",
+    );
+    assert_within_10pct(
+        stream_rate(&peer_side, &data.sock, 4.0, 1.0),
+        4_000_000.0,
+        "peer -> client",
+    );
+    let waits = s
+        .metric(
+            "turn_bandwidth_stream_waits_total",
+            &[("scope", "allocation")],
+        )
+        .unwrap_or(0.0);
+    assert!(waits > 10.0, "paced reads are counted: {waits}");
+    assert_eq!(
+        s.metric("turn_bandwidth_stream_waits_total", &[("scope", "user")]),
+        Some(0.0)
+    );
+
+    // This allocation's own cap through the admin API: 2 Mbit/s, for the live data connection.
+    let (_, list) = s.call("GET", &format!("/v1/allocations?user={USER}"), None);
+    let alloc = &list["allocations"][0];
+    assert_eq!(alloc["relay_transport"], "tcp", "{alloc}");
+    let alloc_id = alloc["id"].as_str().expect("id");
+    let (status, body) = s.call(
+        "PUT",
+        &format!("/v1/allocations/{alloc_id}/bandwidth"),
+        Some(r#"{"bps": 2000000}"#),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_within_10pct(
+        stream_rate(&data.sock, &peer_side, 4.0, 1.0),
+        2_000_000.0,
+        "client -> peer after PUT",
+    );
+    // The bytes crossed the relay, counted into the allocation's record.
+    let (_, one) = s.call("GET", &format!("/v1/allocations/{alloc_id}"), None);
+    let sent = one["to_peer"]["bytes"].as_u64().unwrap_or(0);
+    assert!(sent > 1_500_000, "{one}");
+}

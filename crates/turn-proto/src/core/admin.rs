@@ -60,6 +60,8 @@ pub struct AllocationInfo {
     /// The relayed transport addresses, as advertised to the client (one, or two with RFC
     /// 6156 dual allocation).
     pub relayed: Vec<SocketAddr>,
+    /// Their transport: UDP, or TCP for an RFC 6062 allocation.
+    pub relay_transport: super::RelayTransport,
     /// The authenticated user name.
     pub user: String,
     /// Start, seconds since the Unix epoch.
@@ -167,6 +169,11 @@ impl TurnCore {
             id,
             tuple: a.tuple,
             relayed: a.relays.iter().map(|r| r.advertised).collect(),
+            relay_transport: if a.tcp.is_some() {
+                super::RelayTransport::Tcp
+            } else {
+                super::RelayTransport::Udp
+            },
             user: a.username.clone(),
             started_unix_secs: a.started_unix_secs,
             age_secs: now.saturating_duration_since(a.created).as_secs(),

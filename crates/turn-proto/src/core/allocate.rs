@@ -258,7 +258,7 @@ impl TurnCore {
         b.xor_address(ATTR_XORMAPPED_ADDRESS, tuple.client);
 
         let id = self.shared.next_allocation_id();
-        let alloc = Allocation {
+        let mut alloc = Allocation {
             tuple,
             username: auth.username.clone(),
             created: now,
@@ -273,11 +273,12 @@ impl TurnCore {
             peer_channels: HashMap::new(),
             allocate_tid: m.transaction_id,
             allocate_response: Vec::new(),
-            bandwidth: self.new_allocation_limits(&auth.username, now),
+            bandwidth: None,
             bandwidth_override_bps: None,
             mobility: mobile.then(Mobility::default),
             tcp: (transport == RelayTransport::Tcp).then(Arc::default),
         };
+        alloc.bandwidth = self.new_allocation_limits(&auth.username, alloc.tcp.as_deref(), now);
         self.stats
             .live_allocations(tuple.transport.as_str(), alloc.family_label(), 1);
         for r in &alloc.relays {

@@ -13,16 +13,24 @@
 //! capped allocation). Each core compares the generation with the one it last applied at the
 //! start of every call and rebuilds its allocations' buckets when it moved.
 //!
+//! TCP allocations (RFC 6062) carry their payload over client data connections, spliced by the
+//! I/O layer on whichever worker accepted them, and a stream cannot drop bytes: their reads are
+//! paced instead. The owning core publishes the allocation's buckets into its
+//! [`StreamTraffic`] (its own pair shared by all its data connections, and the user and total
+//! pairs); a read of `len` bytes waits ([`StreamTraffic::pace`]) until every bucket of its
+//! direction admits it, so TCP flow control slows the sender down to the cap.
+//!
 //! Hot path: an allocation with no cap of any scope has no limiter (`None`), so a relayed
 //! datagram costs one branch on that `Option` plus one relaxed atomic load (the generation)
 //! per call; nothing is locked and no clock is read.
 
+use super::shared::StreamTraffic;
 use super::{AllocationInfo, Shared, TurnCore};
 use crate::stats::{BandwidthScope, DropReason};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use turnkey_time::rate::ByteBucket;
 
 /// Default bucket depth, milliseconds of the cap's rate.
@@ -99,10 +107,12 @@ fn new_bucket(bps: u64, burst_ms: u64, now: Instant) -> ByteBucket {
     ByteBucket::new(rate, burst, now)
 }
 
-/// Which way a datagram is relayed; each has its own buckets.
+/// Which way payload is relayed; each has its own buckets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Direction {
+pub enum Direction {
+    /// Client -> peer.
     ToPeer = 0,
+    /// Peer -> client.
     FromPeer = 1,
 }
 
@@ -138,6 +148,66 @@ impl SharedBuckets {
             b.refund(len);
         }
     }
+    /// Takes `len` bytes, or says how long until it could (at most `max`).
+    fn take_or_wait(
+        &self,
+        dir: Direction,
+        len: u64,
+        now: Instant,
+        max: Duration,
+    ) -> Result<(), Duration> {
+        let Ok(mut b) = self.dirs[dir as usize].lock() else {
+            return Ok(());
+        };
+        if b.try_take(len, now) {
+            Ok(())
+        } else {
+            Err(b.time_until(len, now, max))
+        }
+    }
+}
+
+/// The buckets a TCP allocation's data connections pass (RFC 6062): shared by all of them, on
+/// any worker, and replaced by the owning core when the caps change.
+#[derive(Debug)]
+pub(super) struct StreamLimits {
+    own: Option<Arc<SharedBuckets>>,
+    user: Option<Arc<SharedBuckets>>,
+    total: Option<Arc<SharedBuckets>>,
+}
+
+/// Longest single wait of a paced stream read: a cap raised (or lifted) meanwhile takes effect
+/// within this.
+pub const MAX_STREAM_WAIT: Duration = Duration::from_millis(250);
+
+impl StreamLimits {
+    /// Takes `len` bytes from every bucket of `dir`, or none of them: the first scope that
+    /// cannot admit them now, and how long until it could.
+    pub(super) fn admit(
+        &self,
+        dir: Direction,
+        len: usize,
+        now: Instant,
+    ) -> Result<(), (BandwidthScope, Duration)> {
+        let len = len as u64;
+        let scopes = [
+            (BandwidthScope::Allocation, &self.own),
+            (BandwidthScope::User, &self.user),
+            (BandwidthScope::Total, &self.total),
+        ];
+        for (i, (scope, buckets)) in scopes.iter().enumerate() {
+            let Some(b) = buckets else { continue };
+            if let Err(wait) = b.take_or_wait(dir, len, now, MAX_STREAM_WAIT) {
+                for (_, taken) in &scopes[..i] {
+                    if let Some(t) = taken {
+                        t.refund(dir, len);
+                    }
+                }
+                return Err((*scope, wait));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The live server-wide caps and the buckets shared by the workers (part of [`Shared`]).
@@ -149,9 +219,10 @@ pub(super) struct SharedBandwidth {
     generation: AtomicU64,
     /// The total buckets while a total cap is set.
     total: Mutex<Option<Arc<SharedBuckets>>>,
-    /// One pair per user that has an allocation holding it (only while a user cap is set):
-    /// bounded by the live allocations.
-    users: Mutex<HashMap<String, Arc<SharedBuckets>>>,
+    /// One pair per user that has an allocation holding it (only while a user cap is set),
+    /// with the number of allocations holding it: bounded by the live allocations. (Counted, not
+    /// read off the `Arc`: TCP allocations' data connections hold clones too.)
+    users: Mutex<HashMap<String, (Arc<SharedBuckets>, usize)>>,
 }
 
 impl SharedBandwidth {
@@ -192,7 +263,7 @@ impl SharedBandwidth {
         }
         if caps.user_bps > 0 {
             if let Ok(users) = self.users.lock() {
-                for b in users.values() {
+                for (b, _) in users.values() {
                     b.set_rate(caps.user_bps, caps.burst_ms, now);
                 }
             }
@@ -208,20 +279,29 @@ impl SharedBandwidth {
 
     fn acquire_user(&self, user: &str, caps: &BandwidthCaps, now: Instant) -> Arc<SharedBuckets> {
         match self.users.lock() {
-            Ok(mut users) => users
-                .entry(user.to_string())
-                .or_insert_with(|| Arc::new(SharedBuckets::new(caps.user_bps, caps.burst_ms, now)))
-                .clone(),
+            Ok(mut users) => {
+                let (b, holders) = users.entry(user.to_string()).or_insert_with(|| {
+                    (
+                        Arc::new(SharedBuckets::new(caps.user_bps, caps.burst_ms, now)),
+                        0,
+                    )
+                });
+                *holders += 1;
+                b.clone()
+            }
             Err(_) => Arc::new(SharedBuckets::new(caps.user_bps, caps.burst_ms, now)),
         }
     }
 
     /// Drops one allocation's hold on `user`'s buckets; the entry goes with the last one.
     fn release_user(&self, user: &str, held: Arc<SharedBuckets>) {
+        drop(held);
         if let Ok(mut users) = self.users.lock() {
-            drop(held);
-            if users.get(user).is_some_and(|b| Arc::strong_count(b) == 1) {
-                users.remove(user);
+            if let Some((_, holders)) = users.get_mut(user) {
+                *holders = holders.saturating_sub(1);
+                if *holders == 0 {
+                    users.remove(user);
+                }
             }
         }
     }
@@ -306,13 +386,16 @@ impl AllocLimits {
 
 /// The limiter an allocation of `user` needs under `caps` (with its own cap `own_override`),
 /// reusing what it had: its own buckets keep their tokens across a rate change. `None` when no
-/// cap applies. The user's shared buckets are taken or given back as needed.
+/// cap applies. The user's shared buckets are taken or given back as needed. A TCP allocation
+/// (`stream`: its data connections' state) gets its own buckets there, shared by its data
+/// connections, and the limits its connections pass are published there.
 fn rebuild(
     shared: &Shared,
     caps: &BandwidthCaps,
     user: &str,
     own_override: Option<u64>,
     old: Option<Box<AllocLimits>>,
+    stream: Option<&StreamTraffic>,
     now: Instant,
 ) -> Option<Box<AllocLimits>> {
     let own_bps = own_override.unwrap_or(caps.allocation_bps);
@@ -320,6 +403,43 @@ fn rebuild(
         Some(l) => (l.own, l.user),
         None => (None, None),
     };
+    let user_buckets = match (caps.user_bps, old_user) {
+        (0, Some(held)) => {
+            shared.bandwidth.release_user(user, held);
+            None
+        }
+        (0, None) => None,
+        (_, Some(held)) => Some(held),
+        (_, None) => Some(shared.bandwidth.acquire_user(user, caps, now)),
+    };
+    let total = shared.bandwidth.total();
+    if let Some(stream) = stream {
+        let own = match (own_bps, stream.limits().and_then(|l| l.own.clone())) {
+            (0, _) => None,
+            (bps, Some(b)) => {
+                b.set_rate(bps, caps.burst_ms, now);
+                Some(b)
+            }
+            (bps, None) => Some(Arc::new(SharedBuckets::new(bps, caps.burst_ms, now))),
+        };
+        let limits = (own.is_some() || user_buckets.is_some() || total.is_some()).then(|| {
+            Arc::new(StreamLimits {
+                own,
+                user: user_buckets.clone(),
+                total: total.clone(),
+            })
+        });
+        stream.set_limits(limits);
+        // The allocation itself relays nothing (Send and ChannelData are refused on a TCP
+        // allocation): it only holds the user's buckets.
+        return user_buckets.map(|user| {
+            Box::new(AllocLimits {
+                own: None,
+                user: Some(user),
+                total: None,
+            })
+        });
+    }
     let own = match (own_bps, old_own) {
         (0, _) => None,
         (bps, Some(mut b)) => {
@@ -335,16 +455,6 @@ fn rebuild(
             Some([b, b])
         }
     };
-    let user_buckets = match (caps.user_bps, old_user) {
-        (0, Some(held)) => {
-            shared.bandwidth.release_user(user, held);
-            None
-        }
-        (0, None) => None,
-        (_, Some(held)) => Some(held),
-        (_, None) => Some(shared.bandwidth.acquire_user(user, caps, now)),
-    };
-    let total = shared.bandwidth.total();
     if own.is_none() && user_buckets.is_none() && total.is_none() {
         return None;
     }
@@ -377,6 +487,7 @@ impl TurnCore {
                 &a.username,
                 a.bandwidth_override_bps,
                 a.bandwidth.take(),
+                a.tcp.as_deref(),
                 now,
             );
         }
@@ -390,17 +501,28 @@ impl TurnCore {
         self.apply_bandwidth(now);
     }
 
-    /// The limiter for a new allocation of `user` (none while no cap applies).
+    /// The limiter for a new allocation of `user` (none while no cap applies); a TCP
+    /// allocation's data connections get theirs in `stream`.
     pub(super) fn new_allocation_limits(
         &self,
         user: &str,
+        stream: Option<&StreamTraffic>,
         now: Instant,
     ) -> Option<Box<AllocLimits>> {
-        rebuild(&self.shared, &self.bw_caps, user, None, None, now)
+        rebuild(&self.shared, &self.bw_caps, user, None, None, stream, now)
     }
 
-    /// Gives back what an ended allocation held of the shared buckets.
-    pub(super) fn release_allocation_limits(&self, user: &str, limits: Option<Box<AllocLimits>>) {
+    /// Gives back what an ended allocation held of the shared buckets; its data connections
+    /// (TCP allocations) pass no buckets from now on.
+    pub(super) fn release_allocation_limits(
+        &self,
+        user: &str,
+        limits: Option<Box<AllocLimits>>,
+        stream: Option<&StreamTraffic>,
+    ) {
+        if let Some(stream) = stream {
+            stream.set_limits(None);
+        }
         if let Some(held) = limits.and_then(|l| l.user) {
             self.shared.bandwidth.release_user(user, held);
         }
@@ -436,6 +558,7 @@ impl TurnCore {
             &a.username,
             bps,
             a.bandwidth.take(),
+            a.tcp.as_deref(),
             now,
         );
         self.allocation_info(id, now)

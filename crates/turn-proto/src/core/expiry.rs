@@ -90,7 +90,7 @@ impl TurnCore {
     ) -> Option<AllocationInfo> {
         let info = self.allocation_info(id, self.last_now)?;
         let mut a = self.allocs.remove(&id)?;
-        self.release_allocation_limits(&a.username, a.bandwidth.take());
+        self.release_allocation_limits(&a.username, a.bandwidth.take(), a.tcp.as_deref());
         self.stats.allocation_ended(reason);
         if a.tcp.is_some() {
             self.close_allocation_connections(id);
@@ -104,6 +104,7 @@ impl TurnCore {
             server = %info.tuple.server,
             transport = info.tuple.transport.as_str(),
             relayed = %relayed.join(","),
+            relay_transport = info.relay_transport.as_str(),
             started = info.started_unix_secs,
             duration_secs = info.age_secs,
             to_peer_packets = info.to_peer.packets,

@@ -47,7 +47,9 @@ mod tcp;
 
 pub use crate::stats::EndReason;
 pub use admin::{AllocationFilter, AllocationInfo, ChannelInfo, PermissionInfo, Traffic};
-pub use bandwidth::{BandwidthCaps, BandwidthError, DEFAULT_BURST_MS, MAX_BURST_MS};
+pub use bandwidth::{
+    BandwidthCaps, BandwidthError, Direction, DEFAULT_BURST_MS, MAX_BURST_MS, MAX_STREAM_WAIT,
+};
 use mobility::Mobility;
 pub use mobility::{Ticket, TicketError, TicketKey, ATTR_MOBILITY_TICKET, TICKET_CHARS};
 use shared::Holder;
@@ -125,6 +127,16 @@ pub enum RelayTransport {
     /// (RFC 6062 §5.1). Its port must not be taken by a UDP relay either: the core keys
     /// allocations by the relayed address alone.
     Tcp,
+}
+
+impl RelayTransport {
+    /// `udp` or `tcp`, for logs and the admin API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RelayTransport::Udp => "udp",
+            RelayTransport::Tcp => "tcp",
+        }
+    }
 }
 
 /// What the core asks the I/O layer for when it needs a relay socket.

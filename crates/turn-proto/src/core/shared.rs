@@ -4,13 +4,14 @@
 //! and only while such a cap is set), and the peer TCP connections of TCP allocations (RFC
 //! 6062), which a ConnectionBind on any worker may claim.
 
+use super::bandwidth::{Direction, StreamLimits};
 use super::CoreConfig;
-use crate::stats::QuotaScope;
+use crate::stats::{BandwidthScope, QuotaScope};
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// State shared by all workers; touched on control messages only (and, while a user or total
 /// bandwidth cap is set, by the capped datagrams).
@@ -35,15 +36,45 @@ pub struct Shared {
 /// I/O layer as it copies them (on whichever worker holds the client data connection) and
 /// read into the allocation's accounting ([`super::AllocationInfo`]). A "packet" here is one
 /// read from a stream.
+///
+/// It also carries the bandwidth caps the data connections pass
+/// ([`pace`](StreamTraffic::pace)), set by the core that owns the allocation.
 #[derive(Debug, Default)]
 pub struct StreamTraffic {
     to_peer_packets: AtomicU64,
     to_peer_bytes: AtomicU64,
     from_peer_packets: AtomicU64,
     from_peer_bytes: AtomicU64,
+    limits: Mutex<Option<Arc<StreamLimits>>>,
 }
 
 impl StreamTraffic {
+    /// Admits `len` bytes just read from one side of a data connection going `dir` under the
+    /// allocation's bandwidth caps, or says which cap holds them back and how long to wait
+    /// before asking again (at most [`MAX_STREAM_WAIT`](super::MAX_STREAM_WAIT)). Nothing is taken on refusal. Always
+    /// admits while no cap applies.
+    pub fn pace(
+        &self,
+        dir: Direction,
+        len: usize,
+        now: Instant,
+    ) -> Result<(), (BandwidthScope, Duration)> {
+        match self.limits() {
+            Some(l) => l.admit(dir, len, now),
+            None => Ok(()),
+        }
+    }
+
+    pub(super) fn limits(&self) -> Option<Arc<StreamLimits>> {
+        self.limits.lock().ok().and_then(|l| l.clone())
+    }
+
+    pub(super) fn set_limits(&self, limits: Option<Arc<StreamLimits>>) {
+        if let Ok(mut l) = self.limits.lock() {
+            *l = limits;
+        }
+    }
+
     /// Counts `bytes` read from the client data connection and written to the peer.
     pub fn count_to_peer(&self, bytes: usize) {
         self.to_peer_packets.fetch_add(1, Ordering::Relaxed);

@@ -4,7 +4,7 @@
 use super::*;
 use crate::auth::{long_term_key, mint_rest_credential, password_algorithms_value};
 use crate::policy::DenyReason;
-use crate::stats::{AuthFailure, TcpEvent};
+use crate::stats::{AuthFailure, BandwidthScope, TcpEvent};
 use crate::Transport;
 use rtc_stun::message::{
     MessageType, Method, CLASS_ERROR_RESPONSE, CLASS_SUCCESS_RESPONSE, METHOD_CONNECTION_ATTEMPT,
@@ -2664,4 +2664,116 @@ fn an_ended_tcp_allocation_closes_its_peer_connections() {
     assert_eq!(h.shared.peer_connection_count(), 0);
     assert_eq!(h.core.stats().control.live_peer_connections, 0);
     assert_eq!(h.relays.released, vec![relay]);
+}
+
+/// Bytes a TCP allocation's data connections get through when they read `chunk` bytes at a
+/// time for `secs` of virtual time going `dir`, sleeping as [`StreamTraffic::pace`] says
+/// (the I/O layer's loop); the waits by scope.
+fn paced(
+    stream: &StreamTraffic,
+    dir: Direction,
+    chunk: usize,
+    start: Instant,
+    secs: u64,
+) -> (u64, [u64; 3]) {
+    let (mut now, end) = (start, start + Duration::from_secs(secs));
+    let (mut passed, mut waits) = (0u64, [0u64; 3]);
+    while now < end {
+        match stream.pace(dir, chunk, now) {
+            Ok(()) => passed += chunk as u64,
+            Err((scope, wait)) => {
+                assert!(wait > Duration::ZERO && wait <= MAX_STREAM_WAIT, "{wait:?}");
+                waits[scope.index()] += 1;
+                now += wait;
+            }
+        }
+    }
+    (passed, waits)
+}
+
+fn stream_of(h: &Harness, relay: SocketAddr) -> Arc<StreamTraffic> {
+    let id = h.core.by_relay[&relay];
+    h.core.allocs[&id].tcp.clone().expect("a TCP allocation")
+}
+
+#[test]
+fn a_tcp_allocations_data_connections_are_paced_by_its_caps() {
+    // 800 kbit/s = 100 000 B/s per allocation, 200 ms (20 000 B) deep; no user or total cap.
+    let mut h = Harness::with(capped(800_000, 0, 0), FakeRelays::new("127.0.0.1"));
+    let (_c, relay) = tcp_allocation(&mut h, 41100);
+    let stream = stream_of(&h, relay);
+    // 16 KiB reads for 10 s each way: rate * T, plus at most the burst and one read.
+    let (up, waits) = paced(&stream, Direction::ToPeer, 16_384, h.now, 10);
+    assert!(
+        (1_000_000..=1_000_000 + 20_000 + 16_384).contains(&up),
+        "{up}"
+    );
+    assert!(waits[BandwidthScope::Allocation.index()] > 10, "{waits:?}");
+    assert_eq!(waits[1] + waits[2], 0);
+    let (down, _) = paced(&stream, Direction::FromPeer, 16_384, h.now, 10);
+    assert_near(down, 1_000_000, 4);
+    // The allocation's own cap, set through the admin API, applies at once: 1.6 Mbit/s.
+    let id = h.core.by_relay[&relay];
+    let info = h
+        .core
+        .set_allocation_bandwidth(id, Some(1_600_000), h.now)
+        .expect("the allocation");
+    assert_eq!(
+        (info.bandwidth_bps, info.bandwidth_override),
+        (1_600_000, true)
+    );
+    let later = h.now + Duration::from_secs(20);
+    let (up, _) = paced(&stream, Direction::ToPeer, 16_384, later, 10);
+    assert_near(up, 2_000_000, 3);
+    // Back to the server-wide cap, then no cap at all: every read passes at once.
+    h.core.set_allocation_bandwidth(id, None, h.now);
+    h.shared
+        .set_bandwidth_caps(BandwidthCaps::default(), h.now)
+        .unwrap();
+    h.advance(1);
+    for _ in 0..1000 {
+        assert_eq!(stream.pace(Direction::ToPeer, 1 << 20, later), Ok(()));
+    }
+}
+
+#[test]
+fn a_user_cap_is_shared_by_tcp_allocations_on_two_cores_and_released_with_them() {
+    // 800 kbit/s per user; alice has a TCP allocation on each of two cores.
+    let mut a = Harness::with(capped(0, 800_000, 0), FakeRelays::new("127.0.0.1"));
+    let mut b = Harness::beside(&a, capped(0, 800_000, 0), "127.0.0.2");
+    let (_ca, ra) = tcp_allocation(&mut a, 41110);
+    let (_cb, rb) = tcp_allocation(&mut b, 41111);
+    assert_eq!(a.shared.bandwidth_user_entries(), 1);
+    let (sa, sb) = (stream_of(&a, ra), stream_of(&b, rb));
+    // Interleaved 4 KiB reads on both for 10 s: together the user's rate, not twice it.
+    let start = a.now;
+    let (mut now, mut total, mut waits) = (start, 0u64, 0u64);
+    while now < start + Duration::from_secs(10) {
+        let mut slept = Duration::MAX;
+        for s in [&sa, &sb] {
+            match s.pace(Direction::ToPeer, 4096, now) {
+                Ok(()) => {
+                    total += 4096;
+                    slept = Duration::ZERO;
+                }
+                Err((scope, wait)) => {
+                    assert_eq!(scope, BandwidthScope::User);
+                    waits += 1;
+                    slept = slept.min(wait);
+                }
+            }
+        }
+        now += slept;
+    }
+    assert_near(total, 1_000_000, 4);
+    assert!(waits > 10);
+    // Ending one allocation keeps the user's buckets for the other; ending both frees them,
+    // and a data connection left over passes no bucket.
+    let id = a.core.by_relay[&ra];
+    assert!(a.core.end_allocation(id, a.now, &mut a.relays).is_some());
+    assert_eq!(a.shared.bandwidth_user_entries(), 1);
+    assert_eq!(sa.pace(Direction::ToPeer, 1 << 30, a.now), Ok(()));
+    let id = b.core.by_relay[&rb];
+    assert!(b.core.end_allocation(id, b.now, &mut b.relays).is_some());
+    assert_eq!(a.shared.bandwidth_user_entries(), 0);
 }

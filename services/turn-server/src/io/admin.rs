@@ -309,6 +309,7 @@ pub fn allocation_json(a: &AllocationInfo) -> Value {
         "server": a.tuple.server.to_string(),
         "transport": a.tuple.transport.as_str(),
         "relayed": a.relayed.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+        "relay_transport": a.relay_transport.as_str(),
         "user": a.user,
         "started": a.started_unix_secs,
         "age_secs": a.age_secs,

@@ -436,6 +436,7 @@ pub fn summary_entry(a: &AllocationInfo) -> Value {
         "server": a.tuple.server.to_string(),
         "transport": a.tuple.transport.as_str(),
         "relayed": a.relayed.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+        "relay_transport": a.relay_transport.as_str(),
         "started": a.started_unix_secs,
         "age_secs": a.age_secs,
         "to_peer": {"packets": a.to_peer.packets, "bytes": a.to_peer.bytes},

@@ -65,7 +65,9 @@ use tokio::task::AbortHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use turn_proto::auth::{Credentials, NonceMinter};
-use turn_proto::core::{CoreConfig, Shared, StreamTraffic, TcpRelayConfig, Transmit, TurnCore};
+use turn_proto::core::{
+    CoreConfig, Direction, Shared, StreamTraffic, TcpRelayConfig, Transmit, TurnCore,
+};
 use turn_proto::policy::PeerPolicy;
 use turn_proto::proxy::Header;
 use turn_proto::{FiveTuple, Transport};
@@ -1314,7 +1316,8 @@ async fn tcp_connection<S>(
 /// Copies bytes both ways between a client data connection and its peer connection (RFC 6062
 /// §5.4), `leftover` (bytes the client sent right after its ConnectionBind) first, until
 /// either side closes or fails. Counts into the allocation's `traffic` and the relayed-traffic
-/// metrics (a "packet" is one read).
+/// metrics (a "packet" is one read). Each read waits for the allocation's bandwidth caps
+/// before it is written on ([`pace`]): the side over the cap is slowed by TCP flow control.
 async fn splice<S>(
     client: S,
     leftover: Vec<u8>,
@@ -1340,8 +1343,10 @@ async fn splice<S>(
         hot.p2c_packets.inc();
         hot.p2c_bytes.inc_by(n as u64);
     };
+    let traffic = traffic.as_deref();
     let up = async {
         if !leftover.is_empty() {
+            pace(traffic, Direction::ToPeer, leftover.len(), &hot).await;
             pw.write_all(&leftover).await?;
             to_peer(leftover.len());
         }
@@ -1351,6 +1356,7 @@ async fn splice<S>(
             if n == 0 {
                 return io::Result::Ok(());
             }
+            pace(traffic, Direction::ToPeer, n, &hot).await;
             pw.write_all(&buf[..n]).await?;
             to_peer(n);
         }
@@ -1362,6 +1368,7 @@ async fn splice<S>(
             if n == 0 {
                 return io::Result::Ok(());
             }
+            pace(traffic, Direction::FromPeer, n, &hot).await;
             cw.write_all(&buf[..n]).await?;
             // TLS buffers records: push them out now.
             cw.flush().await?;
@@ -1371,6 +1378,23 @@ async fn splice<S>(
     tokio::select! {
         _ = up => {}
         _ = down => {}
+    }
+}
+
+/// Waits until the allocation's bandwidth caps admit `len` bytes going `dir` (at once while no
+/// cap applies), counting each wait by the scope that held it back. The caps are read again
+/// after every wait, so a change through the admin API or a reload applies within
+/// [`MAX_STREAM_WAIT`](turn_proto::core::MAX_STREAM_WAIT).
+async fn pace(
+    traffic: Option<&StreamTraffic>,
+    dir: Direction,
+    len: usize,
+    hot: &crate::metrics::HotCounters,
+) {
+    let Some(t) = traffic else { return };
+    while let Err((scope, wait)) = t.pace(dir, len, Instant::now()) {
+        hot.stream_waits[scope.index()].inc();
+        tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
     }
 }
 

@@ -11,6 +11,7 @@
 //! - [`http_get`], [`scrape_metrics`], [`metric_value`]: reading `/metrics`.
 //! - [`require_tool`]: finds an external tool (e.g. coturn's `turnutils_uclient`) on `PATH`.
 //! - [`aiortc_python`]: the Python interpreter with aiortc for `tests/aiortc`.
+//! - [`AdminTurn`], [`admin_call`]: a `turn-server` with its admin API on, and calls to that API.
 //! - [`RedisGuard`]: a throwaway `redis-server` on a free loopback port, no persistence.
 //! - [`natlab`]: a NAT lab of network namespaces (public host, NAT routers of each RFC 4787
 //!   behaviour, clients) for tests/nat_lab.rs; [`netns`]: one namespace linked to the host.
@@ -544,6 +545,114 @@ impl ServerGuard {
     /// exported at all).
     pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         metric_value(&self.scrape_metrics(), name, labels).unwrap_or(0.0)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// turn-server's admin API
+// ---------------------------------------------------------------------------------------------
+
+/// One call of turn-server's admin API listening on `admin`: `method` on `path` (with its query)
+/// with `Authorization: Bearer <token>` (none without `token`) and `body` sent as JSON. Returns
+/// the status and the JSON answer; panics when the call fails or the answer is not JSON (every
+/// answer of the admin API is, errors included).
+pub fn admin_call(
+    admin: SocketAddr,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let url = format!("http://{admin}{path}");
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let with_auth = |r: ureq::RequestBuilder<ureq::typestate::WithoutBody>| match &auth {
+        Some(a) => r.header("Authorization", a),
+        None => r,
+    };
+    let with_auth_body = |r: ureq::RequestBuilder<ureq::typestate::WithBody>| {
+        let r = r.header("Content-Type", "application/json");
+        match &auth {
+            Some(a) => r.header("Authorization", a),
+            None => r,
+        }
+    };
+    let body = body.unwrap_or("");
+    let res = match method {
+        "GET" => with_auth(agent.get(&url)).call(),
+        "DELETE" => with_auth(agent.delete(&url)).call(),
+        "POST" => with_auth_body(agent.post(&url)).send(body),
+        "PUT" => with_auth_body(agent.put(&url)).send(body),
+        "PATCH" => with_auth_body(agent.patch(&url)).send(body),
+        other => panic!("admin_call: unsupported method {other}"),
+    };
+    let mut res = res.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let status = res.status().as_u16();
+    let text = res.body_mut().read_to_string().unwrap_or_default();
+    let v = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{method} {path}: {status} not JSON ({e}): {text:?}"));
+    (status, v)
+}
+
+/// A `turn-server` on 127.0.0.1 with its admin API on (bearer `token`): relay address
+/// 127.0.0.1, relay ports 61000-65535 (above Linux's ephemeral range, where the tests' peer
+/// ports come from: the server refuses its own relay range as peers), peers on 127.0.0.1
+/// allowed, two workers, plus `extra` (users, caps...).
+pub struct AdminTurn {
+    pub guard: ServerGuard,
+    /// The TURN listener (UDP and TCP).
+    pub listen: SocketAddr,
+    /// The admin API.
+    pub admin: SocketAddr,
+    pub token: String,
+}
+
+impl AdminTurn {
+    pub fn start(token: &str, extra: &[&str]) -> AdminTurn {
+        let listen = SocketAddr::new(LOCALHOST, free_udp_tcp_port());
+        let admin = SocketAddr::new(LOCALHOST, free_udp_tcp_port());
+        let mut args: Vec<String> = [
+            "--listen",
+            &listen.to_string(),
+            "--relay-ip",
+            "127.0.0.1",
+            "--allow-peer",
+            "127.0.0.1/32",
+            "--min-port",
+            "61000",
+            "--max-port",
+            "65535",
+            "--workers",
+            "2",
+            "--admin-listen",
+            &admin.to_string(),
+            "--admin-token",
+            token,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        AdminTurn {
+            guard: ServerGuard::turn_server(&args),
+            listen,
+            admin,
+            token: token.to_string(),
+        }
+    }
+
+    /// [`admin_call`] with the server's token.
+    pub fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+        admin_call(self.admin, Some(&self.token), method, path, body)
+    }
+
+    /// The value of metric `name` over the series with `labels` (None: no such series).
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        metric_value(&self.guard.scrape_metrics(), name, labels)
     }
 }
 
