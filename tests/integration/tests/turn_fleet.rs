@@ -1,6 +1,7 @@
 //! Fleet state in Redis: REST secrets and static users read from Redis and watched by every
 //! node (`turn-server fleet set-secrets` rotates a secret on the whole fleet), the allocations of
-//! the fleet listed through the admin API of any node, Redis Sentinel, and a Redis that is not
+//! the fleet listed through the admin API of any node, Redis Sentinel (and a failover from a
+//! killed master to its replica), and a Redis that is not
 //! there at start. Real `redis-server` processes, the real `turn-server` binary, a raw TURN
 //! client.
 
@@ -68,7 +69,7 @@ impl Node {
     }
 
     /// Waits until `ok` holds, or fails with the node's log.
-    fn wait(&self, what: &str, ok: impl Fn() -> bool) -> Duration {
+    fn wait(&self, what: &str, mut ok: impl FnMut() -> bool) -> Duration {
         let start = Instant::now();
         while !ok() {
             assert!(
@@ -265,9 +266,9 @@ fn secrets_and_users_in_redis_reach_every_node_and_rotation_takes_effect_everywh
     }
 }
 
-/// A `redis-server --sentinel` monitoring `master` as `mymaster`; ready when it names the
-/// master.
-fn sentinel(master: &RedisGuard) -> (ChildGuard, u16, std::path::PathBuf) {
+/// A `redis-server --sentinel` monitoring `master` as `mymaster` (quorum 1, the master down
+/// after `down_after_ms` without an answer); ready when it names the master.
+fn sentinel(master: &RedisGuard, down_after_ms: u64) -> (ChildGuard, u16, std::path::PathBuf) {
     let port = free_udp_tcp_port();
     let conf = std::env::temp_dir().join(format!(
         "turnkey-sentinel-{}-{port}.conf",
@@ -276,7 +277,7 @@ fn sentinel(master: &RedisGuard) -> (ChildGuard, u16, std::path::PathBuf) {
     std::fs::write(
         &conf,
         format!(
-            "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {}\nsentinel monitor mymaster 127.0.0.1 {} 1\nsentinel down-after-milliseconds mymaster 5000\n",
+            "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {}\nsentinel monitor mymaster 127.0.0.1 {} 1\nsentinel down-after-milliseconds mymaster {down_after_ms}\nsentinel failover-timeout mymaster 10000\n",
             std::env::temp_dir().display(),
             master.port
         ),
@@ -312,7 +313,7 @@ fn sentinel(master: &RedisGuard) -> (ChildGuard, u16, std::path::PathBuf) {
 #[test]
 fn a_node_finds_the_redis_master_through_sentinel() {
     let master = RedisGuard::start();
-    let (_sentinel, port, conf) = sentinel(&master);
+    let (_sentinel, port, conf) = sentinel(&master, 5000);
     let addr = format!("127.0.0.1:{port}");
     let s: &[&str] = &["--redis-sentinel", &addr, "--redis-master", "mymaster"];
     // The CLI through Sentinel too.
@@ -329,6 +330,128 @@ fn a_node_finds_the_redis_master_through_sentinel() {
     let (status, f) = node.get("/v1/fleet");
     assert_eq!(status, 200, "{f}");
     node.assert_no_secret_logged(&["sentinel-secret", "gina-pw"]);
+    let _ = std::fs::remove_file(conf);
+}
+
+/// The port of `mymaster` once Sentinel has finished a failover to it: `SENTINEL MASTER`
+/// flags are just `master` (during the failover `get-master-addr-by-name` already names the
+/// promoted replica, but clients refuse a master whose flags still say it is down).
+fn sentinel_settled_master(sentinel_port: u16) -> Option<u16> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{sentinel_port}/")).ok()?;
+    let mut c = client.get_connection().ok()?;
+    let info: std::collections::HashMap<String, String> = redis::cmd("SENTINEL")
+        .arg("master")
+        .arg("mymaster")
+        .query(&mut c)
+        .ok()?;
+    (info.get("flags")? == "master").then(|| info.get("port")?.parse().ok())?
+}
+
+/// Waits up to `within` for `ok`, or fails with `what` and `log`.
+fn wait_for(what: &str, within: Duration, log: impl Fn() -> String, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(
+            start.elapsed() < within,
+            "never saw {what} within {within:?}:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn after_a_sentinel_failover_a_node_reads_and_publishes_through_the_new_master() {
+    // A master, a replica of it, and a Sentinel that fails over one second after the master
+    // stops answering.
+    let master = RedisGuard::start();
+    let replica = RedisGuard::start();
+    let replica_client = redis::Client::open(replica.url()).unwrap();
+    let mut rc = replica_client.get_connection().unwrap();
+    redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(master.port)
+        .exec(&mut rc)
+        .unwrap();
+    wait_for(
+        "the replica in sync",
+        Duration::from_secs(20),
+        || replica.log(),
+        || {
+            redis::cmd("INFO")
+                .arg("replication")
+                .query::<String>(&mut rc)
+                .is_ok_and(|i| i.contains("master_link_status:up"))
+        },
+    );
+    let (sentinel_child, port, conf) = sentinel(&master, 1000);
+    // Sentinel learns the replica from the master's INFO.
+    wait_for(
+        "Sentinel knowing the replica",
+        Duration::from_secs(30),
+        || sentinel_child.log(),
+        || {
+            let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+            client.get_connection().is_ok_and(|mut c| {
+                redis::cmd("SENTINEL")
+                    .arg("replicas")
+                    .arg("mymaster")
+                    .query::<Vec<redis::Value>>(&mut c)
+                    .is_ok_and(|r| r.len() == 1)
+            })
+        },
+    );
+    let addr = format!("127.0.0.1:{port}");
+    let s: &[&str] = &["--redis-sentinel", &addr, "--redis-master", "mymaster"];
+    fleet(s, &["set-secrets", "before-failover"]);
+    let node = Node::start("f1", &["--redis-sentinel", &addr]);
+    let (u, p) = rest("before-failover", "hana");
+    assert_eq!(node.allocate(&u, &p), None, "secret read through Sentinel");
+    node.wait("the node in the fleet listing", || {
+        let (status, f) = node.get("/v1/fleet");
+        status == 200 && f["nodes"].as_array().is_some_and(|n| n.len() == 1)
+    });
+
+    // The master dies; Sentinel promotes the replica.
+    drop(master);
+    wait_for(
+        "Sentinel naming the replica as master",
+        Duration::from_secs(30),
+        || sentinel_child.log(),
+        || sentinel_settled_master(port) == Some(replica.port),
+    );
+    // What the old master had reached the replica: the node still takes the old secret.
+    assert_eq!(node.allocate(&u, &p), None);
+    // A rotation written through Sentinel (to the new master) reaches the node, which found
+    // the new master through Sentinel too.
+    fleet(s, &["set-secrets", "after-failover"]);
+    let (u2, p2) = rest("after-failover", "ines");
+    node.wait("the rotated secret", || node.allocate(&u2, &p2).is_none());
+    node.wait("the fleet Redis up again", || {
+        node.guard.metric("turn_fleet_redis_up", &[]) == 1.0
+    });
+    assert!(
+        node.guard
+            .metric("turn_fleet_redis_errors_total", &[("op", "read")])
+            >= 1.0,
+        "the outage is counted: {}",
+        node.guard.scrape_metrics()
+    );
+    // And the node publishes its summary to the new master.
+    let mut nc = replica_client.get_connection().unwrap();
+    node.wait("the node's summary on the new master", || {
+        redis::cmd("ZRANGE")
+            .arg("turnkey:turn:nodes")
+            .arg(0)
+            .arg(-1)
+            .query::<Vec<String>>(&mut nc)
+            .is_ok_and(|n| n == ["f1"])
+            && redis::cmd("EXISTS")
+                .arg("turnkey:turn:node:f1")
+                .query::<u32>(&mut nc)
+                .is_ok_and(|e| e == 1)
+    });
+    node.assert_no_secret_logged(&["before-failover", "after-failover"]);
     let _ = std::fs::remove_file(conf);
 }
 
