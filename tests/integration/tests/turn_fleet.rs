@@ -1,9 +1,8 @@
 //! Fleet state in Redis: REST secrets and static users read from Redis and watched by every
 //! node (`turn-server fleet set-secrets` rotates a secret on the whole fleet), the allocations of
 //! the fleet listed through the admin API of any node, Redis Sentinel (and a failover from a
-//! killed master to its replica), and a Redis that is not
-//! there at start. Real `redis-server` processes, the real `turn-server` binary, a raw TURN
-//! client.
+//! killed master to its replica), and a Redis that is not there at start. Real `redis-server`
+//! processes, the real `turn-server` binary, a raw TURN client.
 
 mod common;
 mod wire;
