@@ -12,7 +12,10 @@
 #   ALLOCATIONS=20 SIZE=160     allocations (even) and payload bytes
 #   THREADS=1                   generator threads
 #   TRANSPORT=udp               udp or tcp (client to server; relay is UDP)
-#   SERVERS="turnkey coturn"    which servers to run
+#   SERVERS="turnkey coturn"    which servers to run (add "base" with TURN_SERVER_BASE)
+#   ROUNDS=1                    rounds over all rates and servers, alternating servers each time
+#   TURN_SERVER_BASE=           a second turn-server binary (an older build) run as server "base"
+#                               beside the first, for before/after comparisons in one run
 #   WORKERS=                    --workers for turn-server / --relay-threads for coturn (default: each one's own)
 #   PORT_BASE=                  first of the ports used (default: random in 20000-29000)
 #   AMPLIFICATION=1 RELAY=1     set either to 0 to skip that part
@@ -47,10 +50,14 @@ fi
 TURNKEY_PORT=$PORT_BASE
 TURNKEY_METRICS=$((PORT_BASE + 1))
 COTURN_PORT=$((PORT_BASE + 2))
+BASE_PORT=$((PORT_BASE + 3))
+BASE_METRICS=$((PORT_BASE + 4))
+ROUNDS=${ROUNDS:-1}
 # Relay port ranges, apart from each other and from the listeners (ports in use are skipped by
 # both servers).
 TURNKEY_MIN=$((PORT_BASE + 10000)); TURNKEY_MAX=$((TURNKEY_MIN + 999))
 COTURN_MIN=$((TURNKEY_MAX + 1)); COTURN_MAX=$((COTURN_MIN + 999))
+BASE_MIN=$((COTURN_MAX + 1)); BASE_MAX=$((BASE_MIN + 999))
 
 WORK=$(mktemp -d /tmp/bench-vs-coturn.XXXXXX)
 RESULTS=$WORK/results.jsonl
@@ -93,26 +100,36 @@ if wants coturn && ! command -v turnserver >/dev/null; then
 fi
 
 
-start_turnkey() {
-    local bin=$TURN_SERVER
-    [[ -x $bin ]] || { log "no $bin; skipping turnkey"; return 1; }
+# run_turn_server NAME BIN PORT METRICS MIN MAX
+run_turn_server() {
+    local name=$1 bin=$2 port=$3 metrics=$4 min=$5 max=$6
+    [[ -x $bin ]] || { log "no $bin; skipping $name"; return 1; }
     local extra=()
     [[ -n $WORKERS ]] && extra+=(--workers "$WORKERS")
-    "$bin" --listen "127.0.0.1:$TURNKEY_PORT" --relay-ip 127.0.0.1 \
-        --user bench:benchpass --metrics "127.0.0.1:$TURNKEY_METRICS" \
-        --min-port "$TURNKEY_MIN" --max-port "$TURNKEY_MAX" --user-quota 100000 "${extra[@]}" \
-        >"$WORK/turnkey.log" 2>&1 &
-    PIDS[turnkey]=$!
+    "$bin" --listen "127.0.0.1:$port" --relay-ip 127.0.0.1 \
+        --user bench:benchpass --metrics "127.0.0.1:$metrics" \
+        --min-port "$min" --max-port "$max" --user-quota 100000 "${extra[@]}" \
+        >"$WORK/$name.log" 2>&1 &
+    PIDS[$name]=$!
     for _ in $(seq 100); do
-        if curl -fsS "http://127.0.0.1:$TURNKEY_METRICS/healthz" >/dev/null 2>&1; then
+        if curl -fsS "http://127.0.0.1:$metrics/healthz" >/dev/null 2>&1; then
             return 0
         fi
-        kill -0 "${PIDS[turnkey]}" 2>/dev/null || break
+        kill -0 "${PIDS[$name]}" 2>/dev/null || break
         sleep 0.1
     done
-    log "turn-server did not become ready; last log lines:"
-    tail -n 5 "$WORK/turnkey.log" >&2 || true
+    log "$name ($bin) did not become ready; last log lines:"
+    tail -n 5 "$WORK/$name.log" >&2 || true
     return 1
+}
+
+start_turnkey() {
+    run_turn_server turnkey "$TURN_SERVER" "$TURNKEY_PORT" "$TURNKEY_METRICS" "$TURNKEY_MIN" "$TURNKEY_MAX"
+}
+
+start_base() {
+    [[ -n ${TURN_SERVER_BASE:-} ]] || { log "TURN_SERVER_BASE not set; skipping base"; return 1; }
+    run_turn_server base "$TURN_SERVER_BASE" "$BASE_PORT" "$BASE_METRICS" "$BASE_MIN" "$BASE_MAX"
 }
 
 start_coturn() {
@@ -135,7 +152,7 @@ start_coturn() {
     return 1
 }
 
-declare -A PORT=([turnkey]=$TURNKEY_PORT [coturn]=$COTURN_PORT)
+declare -A PORT=([turnkey]=$TURNKEY_PORT [coturn]=$COTURN_PORT [base]=$BASE_PORT)
 RUNNING=()
 SERVER_INFO=""
 for s in $SERVERS; do
@@ -197,9 +214,15 @@ fi
 
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 log "machine: $(nproc) cores, load $LOAD_BEFORE"
+for round in $(seq "$ROUNDS"); do
 for rate in $RATES; do
-    for s in "${RUNNING[@]}"; do
-        log "$s at $rate pps"
+    # Alternate the order each round, so neither server always runs first.
+    order=("${RUNNING[@]}")
+    if (( round % 2 == 0 )); then
+        order=(); for ((i = ${#RUNNING[@]} - 1; i >= 0; i--)); do order+=("${RUNNING[$i]}"); done
+    fi
+    for s in "${order[@]}"; do
+        log "round $round: $s at $rate pps"
         if out=$(RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0 "$BENCH" --server "127.0.0.1:${PORT[$s]}" --transport "$TRANSPORT" \
             --user bench --password benchpass --allocations "$ALLOCATIONS" --rate "$rate" \
             --size "$SIZE" --duration "$DURATION" --warmup "$WARMUP" --threads "$THREADS" \
@@ -210,6 +233,7 @@ for rate in $RATES; do
             jq -nc --arg s "$s" --argjson r "$rate" '{label: $s, target_pps: $r, failed: true}' >>"$RESULTS"
         fi
     done
+done
 done
 
 echo
@@ -233,3 +257,22 @@ jq -r 'def r2: if type == "number" then (. * 100 | round / 100) else "-" end;
         # shellcheck disable=SC2059
         printf "$fmt" "$target" "$label" "$sent" "$recv" "$loss" "$p50" "$p99" "$max" "$cpu" "$us" "$drops" "$gen"
     done
+
+# Medians over the rounds: server CPU per relayed packet (lower is better) and received pps,
+# with each server's CPU figure as a ratio to coturn's and to base's (how many times as many
+# packets per CPU-second: the other's us/pkt over this one's).
+echo
+echo "medians over $ROUNDS round(s): srv-us/pkt, recv/s; 'x coturn' and 'x base' = packets per server CPU-second relative to them (>1: better)"
+jq -rs 'def median: sort | if length == 0 then null elif length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+        map(select(.failed | not)) | group_by(.target_pps)[] | group_by(.label)[]
+        | [.[0].target_pps, .[0].label, (map(.server_cpu_us_per_packet) | median), (map(.received_pps) | median)]
+        | @tsv' "$RESULTS" |
+    awk -F'\t' '{ key = $1; us[key, $2] = $3; rx[key, $2] = $4; rates[key] = 1; labels[$2] = 1 }
+        END {
+            printf "%-8s %-8s %10s %9s %9s %9s\n", "target", "server", "srv-us/pkt", "recv/s", "x coturn", "x base";
+            for (r in rates) for (l in labels) if ((r, l) in us) {
+                c = ((r, "coturn") in us && us[r, l] > 0) ? sprintf("%.2f", us[r, "coturn"] / us[r, l]) : "-";
+                b = ((r, "base") in us && us[r, l] > 0) ? sprintf("%.2f", us[r, "base"] / us[r, l]) : "-";
+                printf "%-8s %-8s %10.2f %9d %9s %9s\n", r, l, us[r, l], rx[r, l], c, b;
+            }
+        }' | { read -r header; echo "$header"; sort -n -k1,1 -k2,2; }

@@ -1,5 +1,7 @@
 //! Socket set-up: the one place with socket options (SO_REUSEPORT, buffer sizes, DF).
 
+pub mod batch;
+
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
 use std::net::{SocketAddr, TcpListener, UdpSocket};

@@ -104,57 +104,64 @@ impl TurnCore {
         now: Instant,
         out: &mut Vec<Transmit>,
     ) {
+        if let Some((relay, peer, payload)) = self.route_channel_data(tuple, data, now) {
+            out.push(Transmit::ToPeer {
+                relay,
+                peer,
+                data: data[payload].to_vec(),
+            });
+        }
+    }
+
+    /// ChannelData from a client (RFC 8656 §12.5), checked and counted: where its payload
+    /// (`data[range]`) goes, or `None` when it is dropped (counted by reason).
+    pub(super) fn route_channel_data(
+        &mut self,
+        tuple: FiveTuple,
+        data: &[u8],
+        now: Instant,
+    ) -> Option<(SocketAddr, SocketAddr, std::ops::Range<usize>)> {
         let number = u16::from_be_bytes([data[0], data[1]]);
         let len = u16::from_be_bytes([data[2], data[3]]) as usize;
         if data.len() < 4 + len {
             self.stats.drop_packet(DropReason::Malformed);
-            return;
+            return None;
         }
         let Some(&id) = self.by_tuple.get(&tuple) else {
             self.stats.drop_packet(DropReason::NoAllocation);
-            return;
+            return None;
         };
-        let Some(mut a) = self.allocs.get_mut(&id) else {
-            self.stats.drop_packet(DropReason::NoAllocation);
-            return;
-        };
+        let mut a = self.allocs.get_mut(&id)?;
         if a.mobility.as_ref().is_some_and(|m| m.old_tuple.is_some()) {
             // Data on the new 5-tuple confirms a move (RFC 8016 §3.2).
             self.confirm_move(id, tuple);
-            let Some(again) = self.allocs.get_mut(&id) else {
-                return;
-            };
-            a = again;
+            a = self.allocs.get_mut(&id)?;
         }
         let Some(peer) = a.channels.get(&number).filter(|c| c.bound).map(|c| c.peer) else {
             self.stats.drop_packet(DropReason::NoChannel);
-            return;
+            return None;
         };
         if !a.has_permission(peer.ip(), now) {
             self.stats.drop_packet(DropReason::NoPermission);
-            return;
+            return None;
         }
         let Some(relay) = a.relay_for(AddressFamily::of(peer.ip())).map(|r| r.local) else {
             self.stats.drop_packet(DropReason::FamilyMismatch);
-            return;
+            return None;
         };
         if !Self::peer_allowed(&self.cfg, &self.shared, &mut self.stats, peer) {
-            return;
+            return None;
         }
         if let Some(limits) = a.bandwidth.as_deref_mut() {
             if let Err(reason) = limits.admit(Direction::ToPeer, len, now) {
                 self.stats.drop_packet(reason);
-                return;
+                return None;
             }
         }
         self.stats.relay.c2p_packets += 1;
         self.stats.relay.c2p_bytes += len as u64;
         Traffic::count(&a.to_peer, len);
-        out.push(Transmit::ToPeer {
-            relay,
-            peer,
-            data: data[4..4 + len].to_vec(),
-        });
+        Some((relay, peer, 4..4 + len))
     }
 
     /// A datagram from `peer` arrived on the relay socket bound at `relay`. Returns what to send
@@ -167,6 +174,23 @@ impl TurnCore {
         data: &[u8],
         now: Instant,
     ) -> Option<Transmit> {
+        let mut frame = Vec::new();
+        let to = self.handle_peer_into(relay, peer, data, now, &mut frame)?;
+        Some(Transmit::ToClient { to, data: frame })
+    }
+
+    /// [`handle_peer`](Self::handle_peer) writing the frame for the client into `frame`
+    /// (cleared first; a buffer the caller reuses, so relaying allocates nothing): the client's
+    /// 5-tuple to send it on, or `None` when the datagram is dropped (counted by reason).
+    pub fn handle_peer_into(
+        &mut self,
+        relay: SocketAddr,
+        peer: SocketAddr,
+        data: &[u8],
+        now: Instant,
+        frame: &mut Vec<u8>,
+    ) -> Option<FiveTuple> {
+        frame.clear();
         self.last_now = self.last_now.max(now);
         self.sync_bandwidth(now);
         let Some(a) = self
@@ -190,7 +214,7 @@ impl TurnCore {
                 return None;
             }
         }
-        let frame = match a.peer_channels.get(&peer) {
+        match a.peer_channels.get(&peer) {
             Some(n) if a.channels.get(n).is_some_and(|c| c.bound) => {
                 if data.len() > u16::MAX as usize {
                     self.stats.drop_packet(DropReason::TooLarge);
@@ -201,12 +225,11 @@ impl TurnCore {
                 } else {
                     data.len()
                 };
-                let mut f = Vec::with_capacity(4 + padded);
-                f.extend_from_slice(&n.to_be_bytes());
-                f.extend_from_slice(&(data.len() as u16).to_be_bytes());
-                f.extend_from_slice(data);
-                f.resize(4 + padded, 0);
-                f
+                frame.reserve(4 + padded);
+                frame.extend_from_slice(&n.to_be_bytes());
+                frame.extend_from_slice(&(data.len() as u16).to_be_bytes());
+                frame.extend_from_slice(data);
+                frame.resize(4 + padded, 0);
             }
             _ => {
                 if data.len() > u16::MAX as usize - 64 {
@@ -216,15 +239,12 @@ impl TurnCore {
                 let mut b = MessageBuilder::indication(METHOD_DATA);
                 b.xor_address(ATTR_XOR_PEER_ADDRESS, peer);
                 b.raw(ATTR_DATA, data);
-                b.finish()
+                frame.extend_from_slice(&b.finish());
             }
-        };
+        }
         self.stats.relay.p2c_packets += 1;
         self.stats.relay.p2c_bytes += data.len() as u64;
         Traffic::count(&a.from_peer, data.len());
-        Some(Transmit::ToClient {
-            to: a.egress_tuple(),
-            data: frame,
-        })
+        Some(a.egress_tuple())
     }
 }

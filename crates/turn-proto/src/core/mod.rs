@@ -139,6 +139,25 @@ impl RelayTransport {
     }
 }
 
+/// What [`TurnCore::relay_client_data`] made of a datagram from a client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientData {
+    /// ChannelData to relay: send `data[payload]` from the relayed transport address `relay`
+    /// to `peer`.
+    ToPeer {
+        /// The relayed transport address to send from.
+        relay: SocketAddr,
+        /// The peer bound to the channel.
+        peer: SocketAddr,
+        /// Where the application data is in the datagram.
+        payload: std::ops::Range<usize>,
+    },
+    /// ChannelData dropped (counted by reason).
+    Dropped,
+    /// Not ChannelData: for [`TurnCore::handle_client`].
+    Other,
+}
+
 /// What the core asks the I/O layer for when it needs a relay socket.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RelayRequest {
@@ -557,6 +576,26 @@ impl TurnCore {
                 Err(_) => self.stats.drop_packet(DropReason::Malformed),
             },
             PacketKind::Other => self.stats.drop_packet(DropReason::NotStun),
+        }
+    }
+
+    /// The data path for a datagram from a client, without copying: ChannelData is checked,
+    /// counted and routed here, and the caller sends `data[payload]` from `relay` to `peer`
+    /// itself; anything else is [`ClientData::Other`], for
+    /// [`handle_client`](Self::handle_client). Same checks and counters as `handle_client`.
+    pub fn relay_client_data(&mut self, tuple: FiveTuple, data: &[u8], now: Instant) -> ClientData {
+        if classify(data) != PacketKind::ChannelData {
+            return ClientData::Other;
+        }
+        self.last_now = self.last_now.max(now);
+        self.sync_bandwidth(now);
+        match self.route_channel_data(tuple, data, now) {
+            Some((relay, peer, payload)) => ClientData::ToPeer {
+                relay,
+                peer,
+                payload,
+            },
+            None => ClientData::Dropped,
         }
     }
 

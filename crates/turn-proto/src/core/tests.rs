@@ -2777,3 +2777,92 @@ fn a_user_cap_is_shared_by_tcp_allocations_on_two_cores_and_released_with_them()
     assert!(b.core.end_allocation(id, b.now, &mut b.relays).is_some());
     assert_eq!(a.shared.bandwidth_user_entries(), 0);
 }
+
+#[test]
+fn relay_client_data_routes_channel_data_without_copying_and_counts_like_handle_client() {
+    let mut h = Harness::new();
+    let peer: SocketAddr = "192.0.2.210:7000".parse().unwrap();
+    let (c, relay) = channel_to(&mut h, 41200, "alice", "alicepw", peer);
+    let mut frame = channel_data(300);
+    frame[4..].copy_from_slice(&[9u8; 300]);
+    let before = h.core.stats().relay.c2p_bytes;
+    match h.core.relay_client_data(c.tuple, &frame, h.now) {
+        ClientData::ToPeer {
+            relay: r,
+            peer: p,
+            payload,
+        } => {
+            assert_eq!(
+                (r, p),
+                (h.core.allocs.values().next().unwrap().relays[0].local, peer)
+            );
+            assert_eq!(payload, 4..304);
+            assert_eq!(&frame[payload], &[9u8; 300][..]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(h.core.stats().relay.c2p_bytes, before + 300);
+    assert!(h.shared.is_live_relay(relay));
+    // An unbound channel is dropped and counted; STUN goes to handle_client.
+    let mut unbound = channel_data(10);
+    unbound[1] = 0x02;
+    assert_eq!(
+        h.core.relay_client_data(c.tuple, &unbound, h.now),
+        ClientData::Dropped
+    );
+    assert_eq!(dropped(&h, DropReason::NoChannel), 1);
+    // A length field longer than the datagram: malformed.
+    let mut short = channel_data(10);
+    short[3] = 200;
+    assert_eq!(
+        h.core.relay_client_data(c.tuple, &short, h.now),
+        ClientData::Dropped
+    );
+    assert_eq!(dropped(&h, DropReason::Malformed), 1);
+    let binding = c.build(METHOD_BINDING, TransactionId::new(), &[], &[]);
+    assert_eq!(
+        h.core.relay_client_data(c.tuple, &binding, h.now),
+        ClientData::Other
+    );
+    // From another 5-tuple: no allocation.
+    assert_eq!(
+        h.core.relay_client_data(tuple(41299), &frame, h.now),
+        ClientData::Dropped
+    );
+    assert_eq!(dropped(&h, DropReason::NoAllocation), 1);
+}
+
+#[test]
+fn handle_peer_into_reuses_the_callers_buffer_for_channel_data_and_data_indications() {
+    let mut h = Harness::new();
+    let peer: SocketAddr = "192.0.2.211:7000".parse().unwrap();
+    let (c, relay) = channel_to(&mut h, 41210, "alice", "alicepw", peer);
+    let mut buf = vec![0xffu8; 5000];
+    let to = h
+        .core
+        .handle_peer_into(relay, peer, b"hello", h.now, &mut buf)
+        .expect("relayed");
+    assert_eq!(to, c.tuple);
+    assert_eq!(buf, [0x40, 0x01, 0, 5, b'h', b'e', b'l', b'l', b'o']);
+    // The same bytes as handle_peer's.
+    let Some(Transmit::ToClient { data, .. }) = h.core.handle_peer(relay, peer, b"hello", h.now)
+    else {
+        panic!("handle_peer relays too")
+    };
+    assert_eq!(data, buf);
+    // Another peer of the same IP without a channel: a Data indication, in the same buffer.
+    let other: SocketAddr = "192.0.2.211:7001".parse().unwrap();
+    h.core
+        .handle_peer_into(relay, other, b"hi", h.now, &mut buf)
+        .expect("permission by IP");
+    let m = stun_proto::msg::decode(&buf).expect("a STUN message");
+    assert_eq!(m.typ, MessageType::new(METHOD_DATA, CLASS_INDICATION));
+    assert_eq!(attr(&m, ATTR_DATA), Some(&b"hi"[..]));
+    // No permission: nothing, counted.
+    let stranger: SocketAddr = "198.51.100.9:7000".parse().unwrap();
+    assert!(h
+        .core
+        .handle_peer_into(relay, stranger, b"x", h.now, &mut buf)
+        .is_none());
+    assert_eq!(dropped(&h, DropReason::NoPermission), 1);
+}

@@ -66,11 +66,12 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use turn_proto::auth::{Credentials, NonceMinter};
 use turn_proto::core::{
-    CoreConfig, Direction, Shared, StreamTraffic, TcpRelayConfig, Transmit, TurnCore,
+    ClientData, CoreConfig, Direction, Shared, StreamTraffic, TcpRelayConfig, Transmit, TurnCore,
 };
 use turn_proto::policy::PeerPolicy;
 use turn_proto::proxy::Header;
 use turn_proto::{FiveTuple, Transport};
+use turnkey_sockets::batch::{RecvBatch, BATCH};
 
 /// A TCP connection that holds no allocation is closed after this long without data.
 const TCP_IDLE_WITHOUT_ALLOCATION: Duration = Duration::from_secs(30);
@@ -502,6 +503,12 @@ struct Worker {
     forward_to: Arc<[tokio::sync::mpsc::Sender<mobility::Forwarded>]>,
     /// Moved client 5-tuples steered here whose allocation lives on another worker.
     routes: mobility::Routes,
+    /// The receive slots every UDP listener and relay socket of this worker reads into
+    /// (taken by a reader for its synchronous turn, put back before it awaits).
+    rx: Option<Box<RecvBatch>>,
+    /// The frame of the datagram a peer sent that goes to its client next (reused: relaying
+    /// allocates nothing per datagram).
+    frame: Vec<u8>,
 }
 
 type WorkerRef = Rc<RefCell<Worker>>;
@@ -549,6 +556,8 @@ async fn run_worker(
         index,
         forward_to: mobility.forward_to,
         routes: mobility.routes,
+        rx: Some(Box::new(RecvBatch::new())),
+        frame: Vec::with_capacity(2048),
     }));
     let mut tasks = Vec::new();
     for (udp, tcp) in socks {
@@ -704,11 +713,19 @@ impl Worker {
 /// After any core call: send what it produced, start new relay sockets, close released ones,
 /// and fold the core's counters into the metrics.
 fn flush(wr: &WorkerRef, w: &mut Worker) {
+    flush_io(wr, w);
+    w.fold_stats();
+}
+
+/// [`flush`] but for the metrics: what a batch of datagrams does after each datagram (so a
+/// relay socket an Allocate created serves the next datagram), folding the counters once at
+/// the end of the batch.
+fn flush_io(wr: &WorkerRef, w: &mut Worker) {
     while let Some(t) = w.core.poll_transmit() {
         w.out.push(t);
     }
-    w.fold_stats();
-    for t in w.out.drain(..) {
+    let mut out = std::mem::take(&mut w.out);
+    for t in out.drain(..) {
         match t {
             Transmit::ConnectPeer {
                 connection_id,
@@ -757,18 +774,10 @@ fn flush(wr: &WorkerRef, w: &mut Worker) {
                     }
                 }
             },
-            Transmit::ToPeer { relay, peer, data } => {
-                if let Some((s, _)) = w.relay_socks.get(&relay) {
-                    if let Err(e) = sockets::send_to(s, &data, peer) {
-                        tracing::debug!(error = %e, %relay, %peer, "peer send failed");
-                        w.metrics.drop_packet("peer_send_failed");
-                    }
-                } else {
-                    w.metrics.drop_packet("relay_socket_missing");
-                }
-            }
+            Transmit::ToPeer { relay, peer, data } => send_to_peer(w, relay, peer, &data),
         }
     }
+    w.out = out;
     for local in std::mem::take(&mut w.relays.pending_release) {
         if let Some((_, h)) = w.relay_socks.remove(&local) {
             h.abort();
@@ -804,34 +813,93 @@ fn flush(wr: &WorkerRef, w: &mut Worker) {
     }
 }
 
-async fn udp_listener(wr: WorkerRef, sock: Rc<UdpSocket>, local: SocketAddr) {
-    let mut buf = vec![0u8; 65_536];
-    loop {
-        let (n, from) = match sock.recv_from(&mut buf).await {
-            Ok(x) => x,
+/// Batches one wake-up of a UDP reader serves at most, [`BATCH`] datagrams each, before the
+/// other tasks of the worker get their turn.
+const READS_PER_WAKEUP: usize = 4;
+
+/// Waits until `sock` is readable, then reads its queued datagrams in batches (recvmmsg, into
+/// the worker's shared slots) and hands each to `serve`, at most [`READS_PER_WAKEUP`] batches
+/// a wake-up; then folds the core's counters once and `after` runs.
+async fn read_batches(
+    wr: &WorkerRef,
+    sock: &UdpSocket,
+    mut serve: impl FnMut(&WorkerRef, &mut Worker, SocketAddr, &[u8], Instant),
+    after: fn(&WorkerRef, &mut Worker),
+) {
+    if sock.readable().await.is_err() {
+        return;
+    }
+    let mut guard = wr.borrow_mut();
+    let w = &mut *guard;
+    let Some(mut batch) = w.rx.take() else {
+        return;
+    };
+    for _ in 0..READS_PER_WAKEUP {
+        match sock.try_io(tokio::io::Interest::READABLE, || batch.recv(sock)) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) => {
                 // ICMP errors (ECONNREFUSED) surface here on Linux; keep serving.
                 tracing::trace!(error = %e, "udp recv");
                 continue;
             }
-        };
+        }
+        let now = Instant::now();
+        for (from, data) in batch.datagrams() {
+            serve(wr, w, from, data, now);
+        }
+        if batch.len() < BATCH {
+            break;
+        }
+    }
+    w.rx = Some(batch);
+    after(wr, w);
+}
+
+/// Sends `data` from the relay socket bound at `relay` to `peer`; a failure is dropped and
+/// counted.
+fn send_to_peer(w: &Worker, relay: SocketAddr, peer: SocketAddr, data: &[u8]) {
+    if let Some((s, _)) = w.relay_socks.get(&relay) {
+        if let Err(e) = sockets::send_to(s, data, peer) {
+            tracing::debug!(error = %e, %relay, %peer, "peer send failed");
+            w.metrics.drop_packet("peer_send_failed");
+        }
+    } else {
+        w.metrics.drop_packet("relay_socket_missing");
+    }
+}
+
+async fn udp_listener(wr: WorkerRef, sock: Rc<UdpSocket>, local: SocketAddr) {
+    let serve = |wr: &WorkerRef, w: &mut Worker, from: SocketAddr, data: &[u8], now: Instant| {
         let tuple = FiveTuple {
             client: from,
             server: local,
             transport: Transport::Udp,
         };
-        let now = Instant::now();
-        let mut guard = wr.borrow_mut();
-        let w = &mut *guard;
-        if let Some(owner) = w.mobility_route(tuple, &buf[..n], now) {
-            w.forward(owner, tuple, &buf[..n]);
-            continue;
+        if let Some(owner) = w.mobility_route(tuple, data, now) {
+            w.forward(owner, tuple, data);
+            return;
+        }
+        match w.core.relay_client_data(tuple, data, now) {
+            ClientData::ToPeer {
+                relay,
+                peer,
+                payload,
+            } => {
+                send_to_peer(w, relay, peer, &data[payload]);
+                return;
+            }
+            ClientData::Dropped => return,
+            ClientData::Other => {}
         }
         let mut out = std::mem::take(&mut w.out);
         w.core
-            .handle_client(tuple, &buf[..n], now, &mut w.relays, &mut out);
+            .handle_client(tuple, data, now, &mut w.relays, &mut out);
         w.out = out;
-        flush(&wr, w);
+        flush_io(wr, w);
+    };
+    loop {
+        read_batches(&wr, &sock, serve, |_, w| w.fold_stats()).await;
     }
 }
 
@@ -954,21 +1022,30 @@ async fn dtls_timer(wr: WorkerRef, certs: Option<Arc<tls::CertStore>>) {
     }
 }
 
+/// Serves one relay socket: what peers send to the relayed transport address, in batches
+/// read into the worker's shared slots (the task keeps no buffer of its own); what the core
+/// sends to clients goes out after each batch.
 async fn relay_reader(wr: WorkerRef, sock: Rc<UdpSocket>, local: SocketAddr) {
-    let mut buf = vec![0u8; 65_536];
-    loop {
-        let (n, peer) = match sock.recv_from(&mut buf).await {
-            Ok(x) => x,
-            Err(_) => continue,
-        };
-        let mut guard = wr.borrow_mut();
-        let w = &mut *guard;
-        if let Some(t) = w.core.handle_peer(local, peer, &buf[..n], Instant::now()) {
-            w.out.push(t);
-            flush(&wr, w);
-        } else {
-            w.fold_stats();
+    let serve = |_: &WorkerRef, w: &mut Worker, peer: SocketAddr, data: &[u8], now: Instant| {
+        let mut frame = std::mem::take(&mut w.frame);
+        if let Some(to) = w.core.handle_peer_into(local, peer, data, now, &mut frame) {
+            match (to.transport, w.udp.get(&to.server)) {
+                (Transport::Udp, Some(s)) => {
+                    if sockets::send_to(s, &frame, to.client).is_err() {
+                        w.metrics.drop_packet("client_send_failed");
+                    }
+                }
+                // Streams and DTLS take their own copy.
+                _ => w.out.push(Transmit::ToClient {
+                    to,
+                    data: frame.clone(),
+                }),
+            }
         }
+        w.frame = frame;
+    };
+    loop {
+        read_batches(&wr, &sock, serve, flush).await;
     }
 }
 
