@@ -14,6 +14,7 @@
 
 mod amplification;
 mod client;
+mod idle;
 mod link;
 mod net;
 mod procfs;
@@ -66,6 +67,9 @@ enum Command {
     /// Send unauthenticated UDP requests (Binding with and without FINGERPRINT, Allocate without
     /// credentials) and print response bytes / request bytes for each.
     Amplification(AmplificationArgs),
+    /// Hold N idle allocations (each with a permission and a channel) from clients on several
+    /// loopback source addresses and print the server's RSS per allocation.
+    Idle(IdleArgs),
 }
 
 /// Long-term credentials, as a static user or from a TURN REST API secret.
@@ -216,6 +220,40 @@ struct SoakArgs {
 }
 
 #[derive(Debug, clap::Args)]
+struct IdleArgs {
+    /// The server's UDP listener, HOST:PORT.
+    #[arg(long)]
+    server: String,
+    #[command(flatten)]
+    auth: AuthArgs,
+    /// Allocations to hold.
+    #[arg(long, default_value_t = 10_000)]
+    allocations: usize,
+    /// First client source address; clients use it and the addresses after it in turn.
+    #[arg(long, default_value = "127.0.10.1")]
+    source: std::net::Ipv4Addr,
+    /// Number of client source addresses (a server bounds what one address may set up).
+    #[arg(long, default_value_t = 100)]
+    sources: usize,
+    /// Allocations being set up at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// The peer each allocation gets a permission and a channel for (the server must allow
+    /// it: turn-server --allow-peer, coturn --allow-loopback-peers).
+    #[arg(long, default_value = "127.0.0.1:9")]
+    peer: SocketAddr,
+    /// Seconds between the last allocation and the RSS reading.
+    #[arg(long, default_value_t = 2.0)]
+    settle: f64,
+    /// Server process id: its RSS is read from /proc/PID/status.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
 struct AmplificationArgs {
     /// STUN/TURN server UDP listener, HOST:PORT.
     #[arg(long)]
@@ -236,6 +274,7 @@ pub fn main() -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Soak(args)) => soak_main(&args),
         Some(Command::Amplification(args)) => amplification_main(&args),
+        Some(Command::Idle(args)) => idle_main(&args),
         None => relay_main(&cli.relay),
     }
 }
@@ -326,6 +365,33 @@ fn amplification_main(args: &AmplificationArgs) -> anyhow::Result<()> {
         println!("{}", report.to_json_line());
     } else {
         print!("{report}");
+    }
+    Ok(())
+}
+
+fn idle_main(args: &IdleArgs) -> anyhow::Result<()> {
+    if !(args.settle.is_finite() && args.settle >= 0.0) {
+        bail!("--settle must be zero or positive");
+    }
+    let sources = idle::loopback_sources(args.source, args.sources.max(1));
+    if sources.is_empty() {
+        bail!("--source must be a loopback address (127.0.0.0/8)");
+    }
+    let cfg = idle::IdleConfig {
+        server: resolve(&args.server)?,
+        credentials: args.auth.credentials(Duration::from_secs(3600))?,
+        allocations: args.allocations,
+        sources,
+        concurrency: args.concurrency,
+        peer: args.peer,
+        settle: Duration::from_secs_f64(args.settle),
+        server_pid: args.server_pid,
+    };
+    let report = runtime()?.block_on(idle::run(cfg));
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        println!("{report}");
     }
     Ok(())
 }

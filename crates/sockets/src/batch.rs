@@ -1,14 +1,18 @@
 //! Batched UDP receive: one `recvmmsg(2)` reads every datagram a socket has queued, up to
 //! [`BATCH`], into one buffer set that a worker shares among all its sockets (no buffer per
-//! socket, so an idle relay socket costs no receive buffer). Through nix's `recvmmsg`; no
-//! control messages are asked for, so the kernel adds nothing per datagram.
+//! socket, so an idle relay socket costs no receive buffer). No control messages are asked
+//! for, so the kernel adds nothing per datagram.
 //!
 //! Use it from a tokio task with `UdpSocket::try_io(Interest::READABLE, ...)`, so that a read
 //! that finds the socket empty (`WouldBlock`) clears tokio's readiness.
+//!
+//! The call is made here with libc rather than through nix's `recvmmsg`: nix keeps its message
+//! headers between calls without resetting each `msg_namelen`, so a set that once read an
+//! IPv4 source (16 bytes) truncates the IPv6 sources of the next read (28 bytes). Every header
+//! is filled afresh for each call here, on the stack.
 
-use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
-use std::io::{self, IoSliceMut};
-use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsRawFd;
 
 /// Most datagrams one read returns.
@@ -20,7 +24,8 @@ pub const SLOT: usize = 65_536;
 /// A set of [`BATCH`] receive slots and what the last [`recv`](RecvBatch::recv) put there.
 pub struct RecvBatch {
     storage: Vec<u8>,
-    headers: MultiHeaders<SockaddrStorage>,
+    /// The source address of each slot's datagram, as the kernel wrote it.
+    names: Box<[libc::sockaddr_storage]>,
     /// Length and source of each datagram of the last read.
     got: Vec<(usize, Option<SocketAddr>)>,
 }
@@ -37,49 +42,99 @@ impl Default for RecvBatch {
     }
 }
 
-fn socket_addr(s: &SockaddrStorage) -> Option<SocketAddr> {
-    if let Some(v4) = s.as_sockaddr_in() {
-        return Some(SocketAddr::V4(SocketAddrV4::from(*v4)));
+/// The address in `name` (of `len` bytes), when it is IPv4 or IPv6.
+#[allow(unsafe_code)]
+fn socket_addr(name: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
+    let len = len as usize;
+    match i32::from(name.ss_family) {
+        libc::AF_INET if len >= std::mem::size_of::<libc::sockaddr_in>() => {
+            // SAFETY: the family says the storage holds a sockaddr_in, `len` says the kernel
+            // wrote all of it, and sockaddr_storage is large and aligned enough for any
+            // sockaddr.
+            let a =
+                unsafe { &*(name as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 if len >= std::mem::size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: as above, for a sockaddr_in6.
+            let a =
+                unsafe { &*(name as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(a.sin6_addr.s6_addr),
+                u16::from_be(a.sin6_port),
+                u32::from_be(a.sin6_flowinfo),
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
     }
-    s.as_sockaddr_in6()
-        .map(|v6| SocketAddr::V6(SocketAddrV6::from(*v6)))
 }
 
 impl RecvBatch {
     /// An empty set of [`BATCH`] slots of [`SLOT`] bytes.
+    #[allow(unsafe_code)]
     pub fn new() -> Self {
         Self {
             storage: vec![0u8; BATCH * SLOT],
-            headers: MultiHeaders::preallocate(BATCH, None),
+            // SAFETY: sockaddr_storage is a plain C struct for which all zeroes is valid.
+            names: (0..BATCH)
+                .map(|_| unsafe { std::mem::zeroed::<libc::sockaddr_storage>() })
+                .collect(),
             got: Vec::with_capacity(BATCH),
         }
     }
 
     /// Reads what `sock` has queued, up to [`BATCH`] datagrams, without waiting: the number
     /// read, or `WouldBlock` when there was none. The datagrams replace those of the last read.
+    #[allow(unsafe_code)]
     pub fn recv(&mut self, sock: &impl AsRawFd) -> io::Result<usize> {
         self.got.clear();
-        let mut iovs: [[IoSliceMut<'_>; 1]; BATCH] = {
-            let mut chunks = self.storage.chunks_mut(SLOT);
-            std::array::from_fn(|_| [IoSliceMut::new(chunks.next().unwrap_or_default())])
+        // SAFETY: iovec and mmsghdr are plain C structs for which all zeroes is valid (null
+        // pointers, zero lengths); every field the call reads is set below.
+        let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+        for (i, ((iov, hdr), slot)) in iovs
+            .iter_mut()
+            .zip(hdrs.iter_mut())
+            .zip(self.storage.chunks_mut(SLOT))
+            .enumerate()
+        {
+            iov.iov_base = slot.as_mut_ptr().cast();
+            iov.iov_len = slot.len();
+            hdr.msg_hdr.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
+            hdr.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as _;
+            hdr.msg_hdr.msg_iov = iov;
+            hdr.msg_hdr.msg_iovlen = 1;
+        }
+        // SAFETY: each of the BATCH headers points at its own iovec (on this stack frame) over
+        // its own SLOT bytes of `self.storage`, and at its own sockaddr_storage with the
+        // length of it; all outlive the call, and nothing else uses them during it. The fd is
+        // borrowed from a live socket.
+        let n = unsafe {
+            libc::recvmmsg(
+                sock.as_raw_fd(),
+                hdrs.as_mut_ptr(),
+                BATCH as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
         };
-        let results = recvmmsg(
-            sock.as_raw_fd(),
-            &mut self.headers,
-            iovs.iter_mut(),
-            MsgFlags::MSG_DONTWAIT,
-            None,
-        )
-        .map_err(io::Error::from)?;
-        for r in results {
-            let from = r.address.as_ref().and_then(socket_addr);
-            self.got.push((r.bytes.min(SLOT), from));
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        for (hdr, name) in hdrs.iter().zip(self.names.iter()).take(n as usize) {
+            let from = socket_addr(name, hdr.msg_hdr.msg_namelen);
+            self.got.push(((hdr.msg_len as usize).min(SLOT), from));
         }
         Ok(self.got.len())
     }
 
     /// The datagrams of the last read with their source, in arrival order (a datagram whose
-    /// source the kernel did not report is skipped).
+    /// source is not an IP address is skipped).
     pub fn datagrams(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> {
         self.got
             .iter()
@@ -162,5 +217,34 @@ mod tests {
         assert_eq!(n, 1);
         let (from, data) = batch.datagrams().next().unwrap();
         assert_eq!((from, data), (tx.local_addr().unwrap(), &b"v6"[..]));
+    }
+
+    #[test]
+    fn one_set_reads_ipv4_then_ipv6_sources_whole() {
+        // The same set, as a worker shares it: an IPv4 read must not shorten the IPv6
+        // addresses of the next one.
+        let mut batch = RecvBatch::new();
+        let rx4 = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx4 = UdpSocket::bind("127.0.0.1:0").unwrap();
+        tx4.send_to(b"four", rx4.local_addr().unwrap()).unwrap();
+        let rx6 = UdpSocket::bind("[::1]:0").expect("IPv6 loopback");
+        let tx6 = UdpSocket::bind("[::1]:0").unwrap();
+        tx6.send_to(b"six", rx6.local_addr().unwrap()).unwrap();
+        for (rx, tx, want) in [(&rx4, &tx4, &b"four"[..]), (&rx6, &tx6, &b"six"[..])] {
+            rx.set_nonblocking(true).unwrap();
+            let mut n = 0;
+            for _ in 0..100 {
+                if let Ok(k) = batch.recv(rx) {
+                    n = k;
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            assert_eq!(n, 1);
+            assert_eq!(
+                batch.datagrams().next(),
+                Some((tx.local_addr().unwrap(), want))
+            );
+        }
     }
 }
