@@ -38,6 +38,7 @@ fn all_help() -> String {
         ("turn-bench", &["--help"]),
         ("turn-bench", &["soak", "--help"]),
         ("turn-bench", &["amplification", "--help"]),
+        ("turn-bench", &["idle", "--help"]),
         ("signaling-bench", &["--help"]),
         ("sfu-bench", &["--help"]),
     ];

@@ -52,12 +52,14 @@ use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use stun_proto::binding::BindingConfig;
 use stun_proto::msg::stream_frame_len;
 use stun_server::metrics::StunMetrics;
+use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Notify;
@@ -72,6 +74,7 @@ use turn_proto::policy::PeerPolicy;
 use turn_proto::proxy::Header;
 use turn_proto::{FiveTuple, Transport};
 use turnkey_sockets::batch::{RecvBatch, BATCH};
+use turnkey_sockets::poller::Poller;
 
 /// A TCP connection that holds no allocation is closed after this long without data.
 const TCP_IDLE_WITHOUT_ALLOCATION: Duration = Duration::from_secs(30);
@@ -488,7 +491,13 @@ struct Worker {
     gate: Arc<StreamGate>,
     /// `tcp_send_queue_bytes`.
     send_queue_bytes: usize,
-    relay_socks: HashMap<SocketAddr, (Rc<UdpSocket>, AbortHandle)>,
+    /// UDP relay sockets by relayed transport address: plain non-blocking sockets in the
+    /// worker's [`Poller`], served by its one `relay_poller` task.
+    relay_socks: HashMap<SocketAddr, StdUdpSocket>,
+    /// The relay socket of each poller token (its file descriptor).
+    relay_tokens: HashMap<u64, SocketAddr>,
+    /// The readiness of every relay socket of this worker.
+    poller: Rc<AsyncFd<Poller>>,
     /// TCP allocations' relay listeners: the accept task and the UDP socket holding the port.
     tcp_relays: HashMap<SocketAddr, (AbortHandle, StdUdpSocket)>,
     /// Peer connections of TCP allocations (shared by all workers).
@@ -537,6 +546,13 @@ async fn run_worker(
         stop,
         mobility,
     } = control;
+    let poller = match Poller::new().and_then(Poller::register) {
+        Ok(p) => Rc::new(p),
+        Err(e) => {
+            tracing::error!(error = %e, worker = index, "cannot create the relay sockets' poller");
+            return;
+        }
+    };
     let w: WorkerRef = Rc::new(RefCell::new(Worker {
         dtls: HashMap::new(),
         core,
@@ -549,6 +565,8 @@ async fn run_worker(
         gate: streams.gate,
         send_queue_bytes: streams.send_queue_bytes,
         relay_socks: HashMap::new(),
+        relay_tokens: HashMap::new(),
+        poller: poller.clone(),
         tcp_relays: HashMap::new(),
         peer_streams: streams.peer_streams,
         binds: HashMap::new(),
@@ -559,7 +577,7 @@ async fn run_worker(
         rx: Some(Box::new(RecvBatch::new())),
         frame: Vec::with_capacity(2048),
     }));
-    let mut tasks = Vec::new();
+    let mut tasks = vec![tokio::task::spawn_local(relay_poller(w.clone(), poller))];
     for (udp, tcp) in socks {
         let (udp, tcp) = match (UdpSocket::from_std(udp), TcpListener::from_std(tcp)) {
             (Ok(u), Ok(t)) => (Rc::new(u), t),
@@ -654,8 +672,9 @@ async fn run_worker(
     wk.core.close_all(&mut wk.relays);
     wk.fold_stats();
     gauge_add(&wk.metrics.mobility.routes, -(wk.routes.len() as i64));
-    for (_, (_, h)) in wk.relay_socks.drain() {
-        h.abort();
+    wk.relay_tokens.clear();
+    for (_, s) in wk.relay_socks.drain() {
+        let _ = wk.poller.get_ref().remove(&s);
     }
     for (_, (h, _)) in wk.tcp_relays.drain() {
         h.abort();
@@ -779,8 +798,9 @@ fn flush_io(wr: &WorkerRef, w: &mut Worker) {
     }
     w.out = out;
     for local in std::mem::take(&mut w.relays.pending_release) {
-        if let Some((_, h)) = w.relay_socks.remove(&local) {
-            h.abort();
+        if let Some(s) = w.relay_socks.remove(&local) {
+            let _ = w.poller.get_ref().remove(&s);
+            w.relay_tokens.remove(&(s.as_raw_fd() as u64));
         }
         if let Some((h, _lock)) = w.tcp_relays.remove(&local) {
             h.abort();
@@ -802,11 +822,11 @@ fn flush_io(wr: &WorkerRef, w: &mut Worker) {
         let Ok(local) = sock.local_addr() else {
             continue;
         };
-        match UdpSocket::from_std(sock) {
-            Ok(s) => {
-                let s = Rc::new(s);
-                let h = tokio::task::spawn_local(relay_reader(wr.clone(), s.clone(), local));
-                w.relay_socks.insert(local, (s, h.abort_handle()));
+        let token = sock.as_raw_fd() as u64;
+        match w.poller.get_ref().add(&sock, token) {
+            Ok(()) => {
+                w.relay_tokens.insert(token, local);
+                w.relay_socks.insert(local, sock);
             }
             Err(e) => tracing::warn!(error = %e, "cannot register relay socket"),
         }
@@ -859,8 +879,8 @@ async fn read_batches(
 /// Sends `data` from the relay socket bound at `relay` to `peer`; a failure is dropped and
 /// counted.
 fn send_to_peer(w: &Worker, relay: SocketAddr, peer: SocketAddr, data: &[u8]) {
-    if let Some((s, _)) = w.relay_socks.get(&relay) {
-        if let Err(e) = sockets::send_to(s, data, peer) {
+    if let Some(s) = w.relay_socks.get(&relay) {
+        if let Err(e) = s.send_to(data, peer) {
             tracing::debug!(error = %e, %relay, %peer, "peer send failed");
             w.metrics.drop_packet("peer_send_failed");
         }
@@ -1022,11 +1042,81 @@ async fn dtls_timer(wr: WorkerRef, certs: Option<Arc<tls::CertStore>>) {
     }
 }
 
-/// Serves one relay socket: what peers send to the relayed transport address, in batches
-/// read into the worker's shared slots (the task keeps no buffer of its own); what the core
-/// sends to clients goes out after each batch.
-async fn relay_reader(wr: WorkerRef, sock: Rc<UdpSocket>, local: SocketAddr) {
-    let serve = |_: &WorkerRef, w: &mut Worker, peer: SocketAddr, data: &[u8], now: Instant| {
+/// Serves every UDP relay socket of the worker: waits until the poller reports some readable,
+/// then reads each in batches (at most [`READS_PER_WAKEUP`] a round, into the worker's shared
+/// slots) and relays what peers sent to the clients; the counters are folded once a round.
+/// Between rounds the other tasks get their turn; a socket left with datagrams queued is
+/// reported again (level-triggered).
+async fn relay_poller(wr: WorkerRef, poller: Rc<AsyncFd<Poller>>) {
+    let mut ready = Vec::with_capacity(sockets::poller::MAX_EVENTS);
+    loop {
+        let Ok(mut guard) = poller.readable().await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        loop {
+            let n = {
+                let w = wr.borrow();
+                match w.poller.get_ref().ready(&mut ready) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "relay poller");
+                        0
+                    }
+                }
+            };
+            if n == 0 {
+                guard.clear_ready();
+                break;
+            }
+            {
+                let mut guard = wr.borrow_mut();
+                let w = &mut *guard;
+                let Some(mut batch) = w.rx.take() else {
+                    break;
+                };
+                for token in &ready {
+                    if let Some(&local) = w.relay_tokens.get(token) {
+                        drain_relay(w, local, &mut batch);
+                    }
+                }
+                w.rx = Some(batch);
+                flush(&wr, w);
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// Reads up to [`READS_PER_WAKEUP`] batches from the relay socket at `local` and hands each
+/// datagram to the core; frames for UDP clients go out at once.
+fn drain_relay(w: &mut Worker, local: SocketAddr, batch: &mut RecvBatch) {
+    for _ in 0..READS_PER_WAKEUP {
+        let Some(sock) = w.relay_socks.get(&local) else {
+            return;
+        };
+        match batch.recv(sock) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) => {
+                // ICMP errors (port unreachable from a peer) surface here; keep serving.
+                tracing::trace!(error = %e, %local, "relay recv");
+                continue;
+            }
+        }
+        let now = Instant::now();
+        for (peer, data) in batch.datagrams() {
+            relay_from_peer(w, local, peer, data, now);
+        }
+        if batch.len() < BATCH {
+            return;
+        }
+    }
+}
+
+/// A datagram from `peer` to the relayed transport address `local`: to its client.
+fn relay_from_peer(w: &mut Worker, local: SocketAddr, peer: SocketAddr, data: &[u8], now: Instant) {
+    {
         let mut frame = std::mem::take(&mut w.frame);
         if let Some(to) = w.core.handle_peer_into(local, peer, data, now, &mut frame) {
             match (to.transport, w.udp.get(&to.server)) {
@@ -1043,9 +1133,6 @@ async fn relay_reader(wr: WorkerRef, sock: Rc<UdpSocket>, local: SocketAddr) {
             }
         }
         w.frame = frame;
-    };
-    loop {
-        read_batches(&wr, &sock, serve, flush).await;
     }
 }
 
