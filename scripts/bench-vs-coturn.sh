@@ -242,9 +242,9 @@ echo "servers (idle thread counts): ${SERVER_INFO% }  load before: $LOAD_BEFORE"
 wants coturn && echo "$(coturn_version)"
 echo "packet = one ChannelData delivered end to end (the server relays it twice: client->peer and peer->client)"
 echo
-fmt="%-8s %-8s %9s %9s %8s %8s %8s %8s %9s %10s %9s %9s\n"
+fmt="%-8s %-8s %9s %9s %8s %8s %8s %8s %9s %10s %11s %9s %9s\n"
 # shellcheck disable=SC2059
-printf "$fmt" target server sent/s recv/s loss% p50us p99us maxus srvcpu% srv-us/pkt srvdrops gen-cpu-s
+printf "$fmt" target server sent/s recv/s loss% p50us p99us maxus srvcpu% srv-us/pkt mach-us/pkt srvdrops gen-cpu-s
 jq -r 'def r2: if type == "number" then (. * 100 | round / 100) else "-" end;
         def int: if type == "number" then floor else "-" end;
         [(.target_pps | int), .label,
@@ -252,10 +252,11 @@ jq -r 'def r2: if type == "number" then (. * 100 | round / 100) else "-" end;
          (.received_pps | int), (.loss_percent | r2),
          (.latency_p50_us | int), (.latency_p99_us | int), (.latency_max_us | int),
          (.server_cpu_percent | int), (.server_cpu_us_per_packet | r2),
+         (.machine_cpu_us_per_packet | r2),
          (.server_socket_drops | int), (.bench_cpu_secs | r2)] | @tsv' "$RESULTS" |
-    while IFS=$'\t' read -r target label sent recv loss p50 p99 max cpu us drops gen; do
+    while IFS=$'\t' read -r target label sent recv loss p50 p99 max cpu us mus drops gen; do
         # shellcheck disable=SC2059
-        printf "$fmt" "$target" "$label" "$sent" "$recv" "$loss" "$p50" "$p99" "$max" "$cpu" "$us" "$drops" "$gen"
+        printf "$fmt" "$target" "$label" "$sent" "$recv" "$loss" "$p50" "$p99" "$max" "$cpu" "$us" "$mus" "$drops" "$gen"
     done
 
 # Medians over the rounds: server CPU per relayed packet (lower is better) and received pps,
@@ -263,16 +264,19 @@ jq -r 'def r2: if type == "number" then (. * 100 | round / 100) else "-" end;
 # packets per CPU-second: the other's us/pkt over this one's).
 echo
 echo "medians over $ROUNDS round(s): srv-us/pkt, recv/s; 'x coturn' and 'x base' = packets per server CPU-second relative to them (>1: better)"
+echo "mach-us/pkt = busy CPU of the whole machine (/proc/stat) minus the generator's, per packet; 'm x coturn' its ratio"
 jq -rs 'def median: sort | if length == 0 then null elif length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
         map(select(.failed | not)) | group_by(.target_pps)[] | group_by(.label)[]
-        | [.[0].target_pps, .[0].label, (map(.server_cpu_us_per_packet) | median), (map(.received_pps) | median)]
+        | [.[0].target_pps, .[0].label, (map(.server_cpu_us_per_packet) | median), (map(.received_pps) | median),
+           (map(.machine_cpu_us_per_packet // empty) | median // 0)]
         | @tsv' "$RESULTS" |
-    awk -F'\t' '{ key = $1; us[key, $2] = $3; rx[key, $2] = $4; rates[key] = 1; labels[$2] = 1 }
+    awk -F'\t' '{ key = $1; us[key, $2] = $3; rx[key, $2] = $4; mus[key, $2] = $5; rates[key] = 1; labels[$2] = 1 }
         END {
-            printf "%-8s %-8s %10s %9s %9s %9s\n", "target", "server", "srv-us/pkt", "recv/s", "x coturn", "x base";
+            printf "%-8s %-8s %10s %9s %9s %9s %11s %11s\n", "target", "server", "srv-us/pkt", "recv/s", "x coturn", "x base", "mach-us/pkt", "m x coturn";
             for (r in rates) for (l in labels) if ((r, l) in us) {
                 c = ((r, "coturn") in us && us[r, l] > 0) ? sprintf("%.2f", us[r, "coturn"] / us[r, l]) : "-";
                 b = ((r, "base") in us && us[r, l] > 0) ? sprintf("%.2f", us[r, "base"] / us[r, l]) : "-";
-                printf "%-8s %-8s %10.2f %9d %9s %9s\n", r, l, us[r, l], rx[r, l], c, b;
+                m = ((r, "coturn") in mus && mus[r, l] > 0 && mus[r, "coturn"] > 0) ? sprintf("%.2f", mus[r, "coturn"] / mus[r, l]) : "-";
+                printf "%-8s %-8s %10.2f %9d %9s %9s %11.2f %11s\n", r, l, us[r, l], rx[r, l], c, b, mus[r, l], m;
             }
         }' | { read -r header; echo "$header"; sort -n -k1,1 -k2,2; }

@@ -29,6 +29,26 @@ pub fn parse_status_rss_bytes(status: &str) -> Option<u64> {
     }
 }
 
+/// Busy CPU time of the whole machine, all cores (proc(5) `stat`, first line: user, nice,
+/// system, irq, softirq and steal; not idle or iowait). Softirq work (the network stack, an
+/// XDP program) counts here whichever process it ran in.
+pub fn parse_machine_busy(stat: &str) -> Option<Duration> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_ascii_whitespace()
+        .skip(1)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal [guest guest_nice: inside user/nice]
+    let busy = v.first()? + v.get(1)? + v.get(2)? + v.get(5)? + v.get(6)? + v.get(7).unwrap_or(&0);
+    Some(Duration::from_millis(busy * 1000 / USER_HZ))
+}
+
+/// Busy CPU time of the whole machine so far ([`parse_machine_busy`] of /proc/stat).
+pub fn read_machine_busy() -> Option<Duration> {
+    parse_machine_busy(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
 /// CPU time used so far by process `pid`, all threads.
 pub fn read_process_cpu(pid: &str) -> Option<Duration> {
     parse_stat_cpu(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
@@ -115,6 +135,16 @@ mod tests {
         assert_eq!(parse_stat_cpu(stat), Some(Duration::from_millis(3250)));
         assert_eq!(parse_stat_cpu("garbage"), None);
         assert_eq!(parse_stat_cpu("1 (x) S 1 2"), None);
+    }
+
+    #[test]
+    fn machine_busy_leaves_out_idle_and_iowait() {
+        let stat = "cpu  100 5 50 1000 7 3 40 2 0 0\ncpu0 50 2 25 500 3 1 20 1 0 0\nintr 1\n";
+        // 100 + 5 + 50 + 3 + 40 + 2 = 200 ticks.
+        assert_eq!(parse_machine_busy(stat), Some(Duration::from_secs(2)));
+        assert_eq!(parse_machine_busy("cpu0 1 2 3\n"), None);
+        assert_eq!(parse_machine_busy("cpu  1 2 x 4 5 6 7\n"), None);
+        assert!(read_machine_busy().is_some());
     }
 
     #[test]

@@ -61,6 +61,11 @@ pub struct Report {
     pub server_cpu_us_per_packet: Option<f64>,
     /// This generator's CPU time during the window.
     pub bench_cpu_secs: Option<f64>,
+    /// Busy CPU time of the whole machine during the window minus this generator's: the
+    /// server's threads plus kernel work done for it anywhere (softirq, an XDP program).
+    pub machine_cpu_secs: Option<f64>,
+    /// `machine_cpu_secs` per delivered probe.
+    pub machine_cpu_us_per_packet: Option<f64>,
     /// Kernel receive-buffer drops (whole host network namespace, any socket) in the window.
     pub kernel_udp_rcvbuf_drops: Option<u64>,
     /// Of those, drops at the server's UDP sockets (needs --server-pid).
@@ -97,6 +102,13 @@ impl Report {
         let window = cfg.duration.as_secs_f64();
         let per_sec = |x: u64| x as f64 / window;
         let server_cpu = after.server.cpu_secs_since(&before.server);
+        let bench_cpu = after.bench.cpu_secs_since(&before.bench);
+        let machine_cpu = match (before.machine_busy, after.machine_busy, bench_cpu) {
+            (Some(b), Some(a), Some(own)) => {
+                Some((a.saturating_sub(b).as_secs_f64() - own).max(0.0))
+            }
+            _ => None,
+        };
         let wall = after.at.duration_since(before.at).as_secs_f64();
         let latency = Quantiles::from(&received.latency);
         Self {
@@ -122,7 +134,9 @@ impl Report {
             server_cpu_secs: server_cpu,
             server_cpu_percent: server_cpu.map(|c| percent_of_core(c, wall.max(1e-9))),
             server_cpu_us_per_packet: us_per(server_cpu, received.received),
-            bench_cpu_secs: after.bench.cpu_secs_since(&before.bench),
+            bench_cpu_secs: bench_cpu,
+            machine_cpu_secs: machine_cpu,
+            machine_cpu_us_per_packet: us_per(machine_cpu, received.received),
             kernel_udp_rcvbuf_drops: match (before.udp, after.udp) {
                 (Some(b), Some(a)) => Some(a.since(&b).rcvbuf_errors),
                 _ => None,
@@ -200,6 +214,12 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
+            "  machine   cpu {} s besides the generator's, {} us per delivered packet",
+            opt_f(self.machine_cpu_secs, 2),
+            opt_f(self.machine_cpu_us_per_packet, 2)
+        )?;
+        writeln!(
+            f,
             "  drops     kernel UDP rcvbuf {} (server sockets {}, generator sockets {})",
             opt(self.kernel_udp_rcvbuf_drops),
             opt(self.server_socket_drops),
@@ -243,6 +263,7 @@ mod tests {
             }),
             server_drops: Some(rcvbuf / 2),
             bench_drops: Some(1),
+            machine_busy: Some(Duration::from_millis(10 * server_cpu_ms + bench_cpu_ms)),
         }
     }
 
@@ -301,6 +322,7 @@ mod tests {
              \x20 loss           0.500 %   (10 of 2000; duplicates 3, reordered 4)\n\
              \x20 latency   p50 200 us  p99 400 us  max 400 us  mean 250.0 us  (one-way through the relay, kernel receive time)\n\
              \x20 server    cpu 1.00 s (50 % of a core), 502.51 us per delivered packet (= 2 relay hops)\n\
+             \x20 machine   cpu 10.00 s besides the generator's, 5025.13 us per delivered packet\n\
              \x20 drops     kernel UDP rcvbuf 7 (server sockets 3, generator sockets 0)\n\
              \x20 generator cpu 0.50 s; malformed 5; unexpected 6; upkeep failures 7; delete failures 8"
         );
@@ -312,6 +334,7 @@ mod tests {
         assert_eq!(json["server_cpu_secs"], 1.0);
         assert_eq!(json["server_cpu_percent"], 50.0);
         assert_eq!(json["bench_cpu_secs"], 0.5);
+        assert_eq!(json["machine_cpu_secs"], 10.0);
         assert_eq!(json["kernel_udp_rcvbuf_drops"], 7);
         assert_eq!(json["server_socket_drops"], 3);
     }

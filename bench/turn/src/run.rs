@@ -397,6 +397,8 @@ pub struct Sample {
     pub server_drops: Option<u64>,
     /// Receive-buffer drops on this process's UDP sockets.
     pub bench_drops: Option<u64>,
+    /// Busy CPU time of the whole machine (/proc/stat).
+    pub machine_busy: Option<Duration>,
 }
 
 impl Sample {
@@ -408,6 +410,7 @@ impl Sample {
             udp: procfs::read_udp_counters(),
             server_drops: server_pid.and_then(|p| procfs::read_process_udp_drops(&p.to_string())),
             bench_drops: procfs::read_process_udp_drops("self"),
+            machine_busy: bench_support::procfs::read_machine_busy(),
         }
     }
 }

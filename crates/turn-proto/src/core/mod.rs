@@ -672,6 +672,20 @@ impl TurnCore {
                 self.confirm_move(id, tuple);
             }
         }
+        // An authenticated request other than Allocate means the client has its Allocate
+        // answer: no retransmission of that Allocate can follow, so its stored response
+        // (kept only for those, RFC 8656 §7.2) is freed.
+        if auth.is_some() && method != METHOD_ALLOCATE {
+            if let Some(a) = self
+                .by_tuple
+                .get(&tuple)
+                .and_then(|id| self.allocs.get_mut(id))
+            {
+                if a.allocate_response.capacity() > 0 {
+                    a.allocate_response = Vec::new();
+                }
+            }
+        }
         // A Connect is answered once its peer connection is up (RFC 6062 §5.2).
         let Some(builder) = builder else {
             out.append(&mut after);

@@ -2866,3 +2866,32 @@ fn handle_peer_into_reuses_the_callers_buffer_for_channel_data_and_data_indicati
         .is_none());
     assert_eq!(dropped(&h, DropReason::NoPermission), 1);
 }
+
+#[test]
+fn the_stored_allocate_response_goes_once_the_client_sends_another_request() {
+    let mut h = Harness::new();
+    let peer: SocketAddr = "192.0.2.212:7000".parse().unwrap();
+    let mut c = Client::new(tuple(41220), "alice", "alicepw");
+    let tid = TransactionId::new();
+    // Learn the nonce, then Allocate with a known transaction id.
+    let _ = c.call(&mut h, METHOD_REFRESH, &[], &[]);
+    let req = c.build(METHOD_ALLOCATE, tid, &[udp()], &[]);
+    let first = h.send(c.tuple, &req);
+    let id = h.core.by_tuple[&c.tuple];
+    assert!(!h.core.allocs[&id].allocate_response.is_empty());
+    assert_eq!(
+        h.send(c.tuple, &req),
+        first,
+        "a retransmission meets the stored answer"
+    );
+    // CreatePermission: the client had its answer; the stored response is freed.
+    let r = c.call(&mut h, METHOD_CREATE_PERMISSION, &[], &[peer]);
+    assert!(is_success(&r));
+    assert_eq!(h.core.allocs[&id].allocate_response.capacity(), 0);
+    // A late copy of the old Allocate is then an Allocate on an allocated 5-tuple: 437.
+    let late = h.send(c.tuple, &req);
+    let Transmit::ToClient { data, .. } = &late[0] else {
+        panic!("{late:?}")
+    };
+    assert_eq!(code(&stun_proto::msg::decode(data).unwrap()), Some(437));
+}
