@@ -648,6 +648,14 @@ pub struct Folded {
     control: ControlStats,
 }
 
+impl Folded {
+    /// True when `stats` counted a control event (a request, an allocation's end, a drop...)
+    /// that is not folded yet: one comparison.
+    pub fn control_behind(&self, stats: &TurnStats) -> bool {
+        stats.control.changes != self.control.changes
+    }
+}
+
 impl TurnMetrics {
     /// Adds what `stats` counted since the last fold into the Prometheus metrics (TURN and, for
     /// Binding requests, STUN). Cheap when only relayed traffic changed: four subtractions.

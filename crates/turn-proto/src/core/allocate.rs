@@ -2,6 +2,7 @@
 //! reservations (§7.2), the allocation quotas, and TCP allocations (RFC 6062 §5.1).
 
 use super::shared::Reservation;
+use super::smallmap::SmallMap;
 use super::{
     AddressFamily, Allocation, EndReason, Holder, Mobility, Relay, RelayAllocator, RelayError,
     RelayRequest, RelayTransport, TimerKey, Traffic, TurnCore, ATTR_ADDITIONAL_ADDRESS_FAMILY,
@@ -14,7 +15,6 @@ use crate::FiveTuple;
 use rtc_stun::attributes::*;
 use rtc_stun::message::Message;
 use std::cell::Cell;
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -268,9 +268,9 @@ impl TurnCore {
             holder,
             relays: relays_v,
             expires: now + lifetime,
-            permissions: HashMap::new(),
-            channels: HashMap::new(),
-            peer_channels: HashMap::new(),
+            permissions: SmallMap::default(),
+            channels: SmallMap::default(),
+            peer_channels: SmallMap::default(),
             allocate_tid: m.transaction_id,
             allocate_response: Vec::new(),
             bandwidth: None,

@@ -25,6 +25,7 @@ use rtc_stun::message::{
     METHOD_CHANNEL_BIND, METHOD_CONNECT, METHOD_CONNECTION_BIND, METHOD_CREATE_PERMISSION,
     METHOD_REFRESH, METHOD_SEND,
 };
+use smallmap::SmallMap;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -43,6 +44,7 @@ mod expiry;
 mod mobility;
 mod permission;
 mod shared;
+mod smallmap;
 mod tcp;
 
 pub use crate::stats::EndReason;
@@ -383,9 +385,9 @@ struct Allocation {
     holder: Holder,
     relays: Vec<Relay>,
     expires: Instant,
-    permissions: HashMap<IpAddr, Instant>,
-    channels: HashMap<u16, Channel>,
-    peer_channels: HashMap<SocketAddr, u16>,
+    permissions: SmallMap<IpAddr, Instant>,
+    channels: SmallMap<u16, Channel>,
+    peer_channels: SmallMap<SocketAddr, u16>,
     allocate_tid: TransactionId,
     allocate_response: Vec<u8>,
     /// The buckets its relayed datagrams pass; `None` while no bandwidth cap applies (the

@@ -736,12 +736,17 @@ fn flush(wr: &WorkerRef, w: &mut Worker) {
     w.fold_stats();
 }
 
-/// [`flush`] but for the metrics: what a batch of datagrams does after each datagram (so a
-/// relay socket an Allocate created serves the next datagram), folding the counters once at
-/// the end of the batch.
+/// [`flush`] for the middle of a batch, after each datagram (so a relay socket an Allocate
+/// created serves the next datagram): control counters are folded before any response goes
+/// out, relayed-traffic counters once at the end of the batch.
 fn flush_io(wr: &WorkerRef, w: &mut Worker) {
     while let Some(t) = w.core.poll_transmit() {
         w.out.push(t);
+    }
+    // What a request changed is in the metrics before its response leaves, so a client that
+    // has its answer never scrapes the old figures; relayed traffic waits for the batch's end.
+    if w.folded.control_behind(w.core.stats()) {
+        w.fold_stats();
     }
     let mut out = std::mem::take(&mut w.out);
     for t in out.drain(..) {
