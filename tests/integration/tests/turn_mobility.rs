@@ -8,7 +8,7 @@
 mod common;
 mod wire;
 
-use common::{free_udp_tcp_port, require_tool, run_with_timeout, ServerGuard, TOOL_TIMEOUT};
+use common::{require_tool, run_with_timeout, AdminTurn, TOOL_TIMEOUT};
 use rtc_stun::attributes::*;
 use rtc_stun::message::{Message, METHOD_CHANNEL_BIND, METHOD_REFRESH};
 use serde_json::Value;
@@ -25,60 +25,18 @@ const ATTR_MOBILITY_TICKET: AttrType = AttrType(0x8030);
 /// lands on the other worker with probability 1/2.
 const MAX_MOVES: usize = 40;
 
-struct Server {
-    guard: ServerGuard,
-    listen: SocketAddr,
-    admin: SocketAddr,
-}
+type Server = AdminTurn;
 
-impl Server {
-    fn start(extra: &[&str]) -> Self {
-        let listen = SocketAddr::from(([127, 0, 0, 1], free_udp_tcp_port()));
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_udp_tcp_port()));
-        let mut args: Vec<String> = [
-            "--listen",
-            &listen.to_string(),
-            "--relay-ip",
-            "127.0.0.1",
-            "--user",
-            "alice:alicepw",
-            "--user",
-            "bob:bobpw",
-            "--allow-peer",
-            "127.0.0.1/32",
-            "--min-port",
-            "61000",
-            "--max-port",
-            "65535",
-            "--workers",
-            "2",
-            "--admin-listen",
-            &admin.to_string(),
-            "--admin-token",
-            TOKEN,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(extra.iter().map(|s| s.to_string()));
-        Self {
-            guard: ServerGuard::turn_server(&args),
-            listen,
-            admin,
-        }
+impl AdminTurn {
+    fn with(extra: &[&str]) -> Self {
+        let mut args = vec!["--user", "alice:alicepw", "--user", "bob:bobpw"];
+        args.extend_from_slice(extra);
+        AdminTurn::start(TOKEN, &args)
     }
 
     fn allocations(&self) -> Vec<Value> {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(10)))
-            .build()
-            .into();
-        let mut res = agent
-            .get(format!("http://{}/v1/allocations", self.admin))
-            .header("Authorization", format!("Bearer {TOKEN}"))
-            .call()
-            .expect("admin API");
-        let body: Value = serde_json::from_str(&res.body_mut().read_to_string().unwrap()).unwrap();
+        let (status, body) = self.call("GET", "/v1/allocations", None);
+        assert_eq!(status, 200, "{body}");
         body["allocations"].as_array().expect("allocations").clone()
     }
 
@@ -127,7 +85,7 @@ fn both_ways(c: &WireClient, peer: &UdpSocket, relay: SocketAddr, tag: u8) {
 
 #[test]
 fn a_client_that_rebinds_its_socket_keeps_its_allocation_on_either_worker() {
-    let s = Server::start(&["--mobility"]);
+    let s = Server::with(&["--mobility"]);
     let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
     peer.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let peer_addr = peer.local_addr().unwrap();
@@ -227,7 +185,7 @@ fn a_client_that_rebinds_its_socket_keeps_its_allocation_on_either_worker() {
 
 #[test]
 fn mobility_is_off_by_default_405() {
-    let s = Server::start(&[]);
+    let s = Server::with(&[]);
     let mut c = WireClient::new(s.listen, "alice", "alicepw");
     let r = c.allocate_with(&[(ATTR_MOBILITY_TICKET, Vec::new())]);
     assert_eq!(code(&r), Some(405));
@@ -261,7 +219,7 @@ fn mobility_is_off_by_default_405() {
 /// both answers), then relays client to client from the new socket.
 #[test]
 fn coturn_uclient_moves_its_allocations() {
-    let s = Server::start(&["--mobility"]);
+    let s = Server::with(&["--mobility"]);
     let tool = require_tool("turnutils_uclient");
     let args: Vec<String> = [
         "-M", "-y", "-c", "-X", "-z", "5", "-m", "4", "-n", "20", "-l", "100", "-u", "alice", "-w",

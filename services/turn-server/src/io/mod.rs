@@ -842,43 +842,35 @@ fn flush_io(wr: &WorkerRef, w: &mut Worker) {
 /// other tasks of the worker get their turn.
 const READS_PER_WAKEUP: usize = 4;
 
-/// Waits until `sock` is readable, then reads its queued datagrams in batches (recvmmsg, into
-/// the worker's shared slots) and hands each to `serve`, at most [`READS_PER_WAKEUP`] batches
-/// a wake-up; then folds the core's counters once and `after` runs.
-async fn read_batches(
-    wr: &WorkerRef,
-    sock: &UdpSocket,
-    mut serve: impl FnMut(&WorkerRef, &mut Worker, SocketAddr, &[u8], Instant),
-    after: fn(&WorkerRef, &mut Worker),
+/// Reads one socket's queued datagrams in batches, at most [`READS_PER_WAKEUP`] of them:
+/// `recv` fills `batch` from the socket (`None`: the socket is gone), `serve` gets each
+/// datagram. Stops when the socket is empty (`WouldBlock`) or a batch comes back short.
+fn read_rounds(
+    w: &mut Worker,
+    batch: &mut RecvBatch,
+    mut recv: impl FnMut(&Worker, &mut RecvBatch) -> Option<io::Result<usize>>,
+    mut serve: impl FnMut(&mut Worker, SocketAddr, &[u8], Instant),
 ) {
-    if sock.readable().await.is_err() {
-        return;
-    }
-    let mut guard = wr.borrow_mut();
-    let w = &mut *guard;
-    let Some(mut batch) = w.rx.take() else {
-        return;
-    };
     for _ in 0..READS_PER_WAKEUP {
-        match sock.try_io(tokio::io::Interest::READABLE, || batch.recv(sock)) {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) => {
-                // ICMP errors (ECONNREFUSED) surface here on Linux; keep serving.
+        match recv(w, batch) {
+            None => return,
+            Some(Ok(_)) => {}
+            Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Some(Err(e)) => {
+                // ICMP errors (ECONNREFUSED, port unreachable) surface here on Linux; keep
+                // serving.
                 tracing::trace!(error = %e, "udp recv");
                 continue;
             }
         }
         let now = Instant::now();
         for (from, data) in batch.datagrams() {
-            serve(wr, w, from, data, now);
+            serve(w, from, data, now);
         }
         if batch.len() < BATCH {
-            break;
+            return;
         }
     }
-    w.rx = Some(batch);
-    after(wr, w);
 }
 
 /// Sends `data` from the relay socket bound at `relay` to `peer`; a failure is dropped and
@@ -894,6 +886,8 @@ fn send_to_peer(w: &Worker, relay: SocketAddr, peer: SocketAddr, data: &[u8]) {
     }
 }
 
+/// Serves one UDP listener: waits until it is readable, reads its datagrams in batches into the
+/// worker's shared slots, and folds the counters once a wake-up.
 async fn udp_listener(wr: WorkerRef, sock: Rc<UdpSocket>, local: SocketAddr) {
     let serve = |wr: &WorkerRef, w: &mut Worker, from: SocketAddr, data: &[u8], now: Instant| {
         let tuple = FiveTuple {
@@ -924,7 +918,22 @@ async fn udp_listener(wr: WorkerRef, sock: Rc<UdpSocket>, local: SocketAddr) {
         flush_io(wr, w);
     };
     loop {
-        read_batches(&wr, &sock, serve, |_, w| w.fold_stats()).await;
+        if sock.readable().await.is_err() {
+            continue;
+        }
+        let mut guard = wr.borrow_mut();
+        let w = &mut *guard;
+        let Some(mut batch) = w.rx.take() else {
+            continue;
+        };
+        read_rounds(
+            w,
+            &mut batch,
+            |_, b| Some(sock.try_io(tokio::io::Interest::READABLE, || b.recv(&*sock))),
+            |w, from, data, now| serve(&wr, w, from, data, now),
+        );
+        w.rx = Some(batch);
+        w.fold_stats();
     }
 }
 
@@ -1096,27 +1105,12 @@ async fn relay_poller(wr: WorkerRef, poller: Rc<AsyncFd<Poller>>) {
 /// Reads up to [`READS_PER_WAKEUP`] batches from the relay socket at `local` and hands each
 /// datagram to the core; frames for UDP clients go out at once.
 fn drain_relay(w: &mut Worker, local: SocketAddr, batch: &mut RecvBatch) {
-    for _ in 0..READS_PER_WAKEUP {
-        let Some(sock) = w.relay_socks.get(&local) else {
-            return;
-        };
-        match batch.recv(sock) {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-            Err(e) => {
-                // ICMP errors (port unreachable from a peer) surface here; keep serving.
-                tracing::trace!(error = %e, %local, "relay recv");
-                continue;
-            }
-        }
-        let now = Instant::now();
-        for (peer, data) in batch.datagrams() {
-            relay_from_peer(w, local, peer, data, now);
-        }
-        if batch.len() < BATCH {
-            return;
-        }
-    }
+    read_rounds(
+        w,
+        batch,
+        |w, b| w.relay_socks.get(&local).map(|s| b.recv(s)),
+        |w, peer, data, now| relay_from_peer(w, local, peer, data, now),
+    );
 }
 
 /// A datagram from `peer` to the relayed transport address `local`: to its client.
