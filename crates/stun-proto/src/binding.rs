@@ -220,6 +220,11 @@ pub enum BindingResult {
 }
 
 impl BindingResult {
+    /// Its slot in counters: the position in [`BindingResult::ALL`] (declaration order).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// Every result.
     pub const ALL: [BindingResult; 3] = [
         BindingResult::Success,
@@ -264,6 +269,11 @@ pub enum BindingDrop {
 }
 
 impl BindingDrop {
+    /// Its slot in counters: the position in [`BindingDrop::ALL`] (declaration order).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// Every reason.
     pub const ALL: [BindingDrop; 5] = [
         BindingDrop::Malformed,

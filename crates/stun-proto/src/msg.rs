@@ -33,6 +33,19 @@ pub enum Transport {
 }
 
 impl Transport {
+    /// Every transport.
+    pub const ALL: [Transport; 4] = [
+        Transport::Udp,
+        Transport::Tcp,
+        Transport::Tls,
+        Transport::Dtls,
+    ];
+
+    /// Its slot in counters: the position in [`Transport::ALL`] (declaration order).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// The lowercase label: `udp`, `tcp`, `tls`, `dtls`.
     pub fn as_str(self) -> &'static str {
         match self {

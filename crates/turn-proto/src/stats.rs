@@ -405,6 +405,185 @@ impl TcpEvent {
     }
 }
 
+/// The method of an answered request (`turn_requests_total{method}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RequestMethod {
+    /// Allocate (RFC 8656 §7).
+    Allocate,
+    /// Refresh (RFC 8656 §8).
+    Refresh,
+    /// CreatePermission (RFC 8656 §10).
+    CreatePermission,
+    /// ChannelBind (RFC 8656 §12).
+    ChannelBind,
+    /// Connect (RFC 6062 §5.2).
+    Connect,
+    /// ConnectionBind (RFC 6062 §5.4).
+    ConnectionBind,
+    /// Any other method (answered 400).
+    Unknown,
+}
+
+impl RequestMethod {
+    /// Its slot in the counters: the position in [`RequestMethod::ALL`], which lists the
+    /// variants in declaration order (a test checks it).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Every method.
+    pub const ALL: [RequestMethod; 7] = [
+        RequestMethod::Allocate,
+        RequestMethod::Refresh,
+        RequestMethod::CreatePermission,
+        RequestMethod::ChannelBind,
+        RequestMethod::Connect,
+        RequestMethod::ConnectionBind,
+        RequestMethod::Unknown,
+    ];
+
+    /// The metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestMethod::Allocate => "allocate",
+            RequestMethod::Refresh => "refresh",
+            RequestMethod::CreatePermission => "create_permission",
+            RequestMethod::ChannelBind => "channel_bind",
+            RequestMethod::Connect => "connect",
+            RequestMethod::ConnectionBind => "connection_bind",
+            RequestMethod::Unknown => "unknown",
+        }
+    }
+}
+
+/// How a request was answered (`turn_requests_total{result}`,
+/// `turn_allocation_requests_total{result}`): success, the 401 challenge, or the STUN error
+/// code sent (RFC 8656 §19, RFC 8489 §14.8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RequestResult {
+    /// A success response.
+    Success,
+    /// 300 Try Alternate.
+    TryAlternate,
+    /// 400 Bad Request.
+    Error400,
+    /// 401 Unauthenticated: the challenge (realm and nonce) a client expects first.
+    AuthChallenge,
+    /// 403 Forbidden.
+    Error403,
+    /// 405 Mobility Forbidden.
+    Error405,
+    /// 420 Unknown Attribute.
+    Error420,
+    /// 437 Allocation Mismatch.
+    Error437,
+    /// 438 Stale Nonce.
+    Error438,
+    /// 440 Address Family not Supported.
+    Error440,
+    /// 441 Wrong Credentials.
+    Error441,
+    /// 442 Unsupported Transport Protocol.
+    Error442,
+    /// 443 Peer Address Family Mismatch.
+    Error443,
+    /// 446 Connection Already Exists (RFC 6062).
+    Error446,
+    /// 447 Connection Timeout or Failure (RFC 6062).
+    Error447,
+    /// 486 Allocation Quota Reached.
+    Error486,
+    /// 508 Insufficient Capacity.
+    Error508,
+    /// Any other error code.
+    ErrorOther,
+    /// A retransmitted Allocate answered with its stored response (Allocate only).
+    Retransmission,
+}
+
+impl RequestResult {
+    /// Its slot in the counters: the position in [`RequestResult::ALL`], which lists the
+    /// variants in declaration order (a test checks it).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Every result.
+    pub const ALL: [RequestResult; 19] = [
+        RequestResult::Success,
+        RequestResult::TryAlternate,
+        RequestResult::Error400,
+        RequestResult::AuthChallenge,
+        RequestResult::Error403,
+        RequestResult::Error405,
+        RequestResult::Error420,
+        RequestResult::Error437,
+        RequestResult::Error438,
+        RequestResult::Error440,
+        RequestResult::Error441,
+        RequestResult::Error442,
+        RequestResult::Error443,
+        RequestResult::Error446,
+        RequestResult::Error447,
+        RequestResult::Error486,
+        RequestResult::Error508,
+        RequestResult::ErrorOther,
+        RequestResult::Retransmission,
+    ];
+
+    /// The result of a response carrying `error_code` (`None`: a success response).
+    pub fn of_response(error_code: Option<u16>) -> Self {
+        match error_code {
+            None => RequestResult::Success,
+            Some(300) => RequestResult::TryAlternate,
+            Some(400) => RequestResult::Error400,
+            Some(401) => RequestResult::AuthChallenge,
+            Some(403) => RequestResult::Error403,
+            Some(405) => RequestResult::Error405,
+            Some(420) => RequestResult::Error420,
+            Some(437) => RequestResult::Error437,
+            Some(438) => RequestResult::Error438,
+            Some(440) => RequestResult::Error440,
+            Some(441) => RequestResult::Error441,
+            Some(442) => RequestResult::Error442,
+            Some(443) => RequestResult::Error443,
+            Some(446) => RequestResult::Error446,
+            Some(447) => RequestResult::Error447,
+            Some(486) => RequestResult::Error486,
+            Some(508) => RequestResult::Error508,
+            Some(_) => RequestResult::ErrorOther,
+        }
+    }
+
+    /// The metrics label: `success`, `try_alternate`, `auth_challenge`, `error_<code>`,
+    /// `error_other`, `retransmission`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestResult::Success => "success",
+            RequestResult::TryAlternate => "try_alternate",
+            RequestResult::Error400 => "error_400",
+            RequestResult::AuthChallenge => "auth_challenge",
+            RequestResult::Error403 => "error_403",
+            RequestResult::Error405 => "error_405",
+            RequestResult::Error420 => "error_420",
+            RequestResult::Error437 => "error_437",
+            RequestResult::Error438 => "error_438",
+            RequestResult::Error440 => "error_440",
+            RequestResult::Error441 => "error_441",
+            RequestResult::Error442 => "error_442",
+            RequestResult::Error443 => "error_443",
+            RequestResult::Error446 => "error_446",
+            RequestResult::Error447 => "error_447",
+            RequestResult::Error486 => "error_486",
+            RequestResult::Error508 => "error_508",
+            RequestResult::ErrorOther => "error_other",
+            RequestResult::Retransmission => "retransmission",
+        }
+    }
+}
+
 /// Relayed traffic, counted on every data packet (the only fields the per-packet path touches).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RelayStats {
@@ -440,14 +619,14 @@ pub struct ControlStats {
     pub mobility_moves: u64,
     /// MOBILITY-TICKETs refused, indexed like [`MobilityRefusal::ALL`].
     pub mobility_refusals: [u64; MobilityRefusal::ALL.len()],
-    /// Requests answered, by (method, result) label (`allocate`, `error_437`...).
-    pub requests: HashMap<(&'static str, &'static str), u64>,
-    /// Allocate requests by result label (also `retransmission`).
-    pub allocation_requests: HashMap<&'static str, u64>,
-    /// Binding requests answered, by transport and result.
-    pub binding_requests: HashMap<(Transport, BindingResult), u64>,
-    /// Binding requests dropped, by reason.
-    pub binding_dropped: HashMap<BindingDrop, u64>,
+    /// Requests answered, indexed like [`RequestMethod::ALL`] then [`RequestResult::ALL`].
+    pub requests: [[u64; RequestResult::ALL.len()]; RequestMethod::ALL.len()],
+    /// Allocate requests by result (also `retransmission`), indexed like [`RequestResult::ALL`].
+    pub allocation_requests: [u64; RequestResult::ALL.len()],
+    /// Binding requests answered, indexed like [`Transport::ALL`] then [`BindingResult::ALL`].
+    pub binding_requests: [[u64; BindingResult::ALL.len()]; Transport::ALL.len()],
+    /// Binding requests dropped, indexed like [`BindingDrop::ALL`].
+    pub binding_dropped: [u64; BindingDrop::ALL.len()],
     /// Live allocations by (transport label, family label).
     pub live_allocations: HashMap<(&'static str, &'static str), i64>,
     /// Live permissions.
@@ -511,30 +690,36 @@ impl TurnStats {
     }
 
     /// Counts an answered request.
-    pub fn request(&mut self, method: &'static str, result: &'static str) {
-        *self.control.requests.entry((method, result)).or_default() += 1;
+    pub fn request(&mut self, method: RequestMethod, result: RequestResult) {
+        self.control.requests[method.index()][result.index()] += 1;
         self.control.changes += 1;
     }
 
+    /// Answered requests of `method` with `result` so far.
+    pub fn requests(&self, method: RequestMethod, result: RequestResult) -> u64 {
+        self.control.requests[method.index()][result.index()]
+    }
+
     /// Counts an Allocate request's result.
-    pub fn allocation_request(&mut self, result: &'static str) {
-        *self.control.allocation_requests.entry(result).or_default() += 1;
+    pub fn allocation_request(&mut self, result: RequestResult) {
+        self.control.allocation_requests[result.index()] += 1;
         self.control.changes += 1;
+    }
+
+    /// Allocate requests with `result` so far.
+    pub fn allocation_requests(&self, result: RequestResult) -> u64 {
+        self.control.allocation_requests[result.index()]
     }
 
     /// Counts an answered Binding request.
     pub fn binding_request(&mut self, transport: Transport, result: BindingResult) {
-        *self
-            .control
-            .binding_requests
-            .entry((transport, result))
-            .or_default() += 1;
+        self.control.binding_requests[transport.index()][result.index()] += 1;
         self.control.changes += 1;
     }
 
     /// Counts a dropped Binding request.
     pub fn binding_dropped(&mut self, reason: BindingDrop) {
-        *self.control.binding_dropped.entry(reason).or_default() += 1;
+        self.control.binding_dropped[reason.index()] += 1;
         self.control.changes += 1;
     }
 
@@ -670,6 +855,51 @@ mod tests {
         for (i, r) in MobilityRefusal::ALL.iter().enumerate() {
             assert_eq!(r.index(), i, "{r:?}");
         }
+        for (i, r) in RequestMethod::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i, "{r:?}");
+        }
+        for (i, r) in RequestResult::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i, "{r:?}");
+        }
+        for (i, r) in Transport::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i, "{r:?}");
+        }
+        for (i, r) in BindingResult::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i, "{r:?}");
+        }
+        for (i, r) in BindingDrop::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn request_results_map_error_codes_to_distinct_labels() {
+        let mut labels: Vec<&str> = RequestResult::ALL.iter().map(|r| r.as_str()).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        assert_eq!(labels.len(), RequestResult::ALL.len());
+        for r in RequestResult::ALL {
+            // Every result but the two without a code of their own maps back from its code.
+            let code = match r.as_str() {
+                "success" => None,
+                "try_alternate" => Some(300),
+                "auth_challenge" => Some(401),
+                "error_other" => Some(499),
+                "retransmission" => continue,
+                l => Some(l.trim_start_matches("error_").parse().unwrap()),
+            };
+            assert_eq!(RequestResult::of_response(code), r, "{r:?}");
+        }
+        let mut s = TurnStats::default();
+        s.request(RequestMethod::ChannelBind, RequestResult::Error443);
+        assert_eq!(
+            s.requests(RequestMethod::ChannelBind, RequestResult::Error443),
+            1
+        );
+        assert_eq!(
+            s.requests(RequestMethod::Refresh, RequestResult::Error443),
+            0
+        );
     }
 
     #[test]

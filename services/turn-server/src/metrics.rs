@@ -60,12 +60,14 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use stun_proto::binding::{BindingDrop, BindingResult};
+use stun_proto::msg::Transport;
 use stun_server::metrics::StunMetrics;
 use turn_proto::core::BandwidthCaps;
 use turn_proto::policy::DenyReason;
 use turn_proto::stats::{
     AuthFailure, BandwidthScope, ControlStats, DropReason, EndReason, MobilityRefusal, QuotaScope,
-    RelayStats, TcpEvent, TurnStats,
+    RelayStats, RequestMethod, RequestResult, TcpEvent, TurnStats,
 };
 
 /// `turn_dropped_packets_total` reasons of the I/O layer (the core's are [`DropReason::ALL`]).
@@ -381,8 +383,10 @@ impl TurnMetrics {
         for reason in IO_DROP_REASONS {
             let _ = m.dropped_packets.get_or_create(&[("reason", reason)]);
         }
-        for result in ["success", "auth_challenge"] {
-            let _ = m.allocation_requests.get_or_create(&[("result", result)]);
+        for result in RequestResult::ALL {
+            let _ = m
+                .allocation_requests
+                .get_or_create(&[("result", result.as_str())]);
         }
         registry.register(
             names::ALLOCATIONS,
@@ -739,32 +743,37 @@ impl TurnMetrics {
             self.alternate_redirects
                 .inc_by(c.alternate_redirects - l.alternate_redirects);
         }
-        for (&(method, result), &n) in &c.requests {
-            let before = l.requests.get(&(method, result)).copied().unwrap_or(0);
-            inc(
-                &self.requests,
-                [("method", method), ("result", result)],
-                n - before,
-            );
-        }
-        for (&result, &n) in &c.allocation_requests {
-            let before = l.allocation_requests.get(result).copied().unwrap_or(0);
-            inc(&self.allocation_requests, [("result", result)], n - before);
-        }
-        for (&(transport, result), &n) in &c.binding_requests {
-            let before = l
-                .binding_requests
-                .get(&(transport, result))
-                .copied()
-                .unwrap_or(0);
-            if n > before {
-                stun.requests(transport, result, n - before);
+        for (m, method) in RequestMethod::ALL.iter().enumerate() {
+            if c.requests[m] == l.requests[m] {
+                continue;
+            }
+            for (r, result) in RequestResult::ALL.iter().enumerate() {
+                inc(
+                    &self.requests,
+                    [("method", method.as_str()), ("result", result.as_str())],
+                    c.requests[m][r] - l.requests[m][r],
+                );
             }
         }
-        for (&reason, &n) in &c.binding_dropped {
-            let before = l.binding_dropped.get(&reason).copied().unwrap_or(0);
-            if n > before {
-                stun.dropped_n(reason, n - before);
+        for (r, result) in RequestResult::ALL.iter().enumerate() {
+            inc(
+                &self.allocation_requests,
+                [("result", result.as_str())],
+                c.allocation_requests[r] - l.allocation_requests[r],
+            );
+        }
+        for (t, transport) in Transport::ALL.iter().enumerate() {
+            for (r, result) in BindingResult::ALL.iter().enumerate() {
+                let n = c.binding_requests[t][r] - l.binding_requests[t][r];
+                if n > 0 {
+                    stun.requests(*transport, *result, n);
+                }
+            }
+        }
+        for (i, reason) in BindingDrop::ALL.iter().enumerate() {
+            let n = c.binding_dropped[i] - l.binding_dropped[i];
+            if n > 0 {
+                stun.dropped_n(*reason, n);
             }
         }
         for (&(transport, family), &n) in &c.live_allocations {

@@ -18,9 +18,8 @@
 //! TURN/TLS]}, checks every cell and prints a table (`scripts/traversal-report.sh` shows it).
 //! A cell that is not as expected prints both peers' RESULT lines and logs.
 //!
-//! Needs root for the namespaces. If `ip netns add` fails, each test prints why and returns:
-//! the only skip. Everything else it needs (coturn's tools, the aiortc venv, openssl) fails the
-//! test when missing.
+//! Needs root for the namespaces; without them, or without anything else it needs (coturn's
+//! tools, the aiortc venv, openssl), the test fails.
 
 mod common;
 
@@ -34,14 +33,11 @@ use std::time::Duration;
 /// network, the STUN query alone waits 5 s).
 const CONNECT_TIMEOUT_SECS: u64 = 15;
 
-fn lab_or_skip(kinds: &[NatKind]) -> Option<Lab> {
-    match Lab::create(kinds) {
-        Ok(lab) => Some(lab),
-        Err(e) => {
-            eprintln!("SKIPPED: {e}");
-            None
-        }
-    }
+/// Builds the lab. Without it (no root, no `ip netns`) the test fails: the test command runs
+/// as root, and a skipped lab would pass without checking anything.
+fn lab(kinds: &[NatKind]) -> Lab {
+    Lab::create(kinds)
+        .unwrap_or_else(|e| panic!("cannot build the NAT lab (needs root and ip netns): {e}"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -89,9 +85,7 @@ fn verdict<'a>(out: &str, verdicts: &[&'a str]) -> Option<&'a str> {
 #[test]
 fn natdiscovery_reports_each_emulated_nat_behaviour() {
     let kinds = NatKind::ALL;
-    let Some(mut lab) = lab_or_skip(&kinds) else {
-        return;
-    };
+    let mut lab = lab(&kinds);
     let servers = lab.start_servers(None);
     // Filtering first, in its own run: the mapping test sends to the alternate IP, which
     // opens the address-dependent filter for that IP (see NatKind::EimAdf).
@@ -312,9 +306,7 @@ fn turn_relayed_packets(lab: &Lab) -> f64 {
 
 #[test]
 fn symmetric_nats_connect_only_through_turn_over_udp_and_tcp() {
-    let Some(mut lab) = lab_or_skip(&[NatKind::Symmetric, NatKind::Symmetric]) else {
-        return;
-    };
+    let mut lab = lab(&[NatKind::Symmetric, NatKind::Symmetric]);
     let servers = lab.start_servers(None);
 
     let stun = run_pair(&lab, &servers, 0, 1, Mode::StunOnly, None);
@@ -356,9 +348,7 @@ fn turn_server_has_tls() -> bool {
 
 #[test]
 fn udp_blocked_client_connects_through_turn_over_tcp_and_tls() {
-    let Some(mut lab) = lab_or_skip(&[NatKind::UdpBlocked, NatKind::EimApdf]) else {
-        return;
-    };
+    let mut lab = lab(&[NatKind::UdpBlocked, NatKind::EimApdf]);
     let tls = turn_server_has_tls();
     let cert_dir = natlab::temp_dir("natlab-cert");
     let cert = tls.then(|| natlab::self_signed_cert(&cert_dir, natlab::PUBLIC_IP));
@@ -418,9 +408,7 @@ fn pairs_with_a_direct_path_do_not_use_the_relay() {
         NatKind::EimApdf,
         NatKind::Symmetric,
     ];
-    let Some(mut lab) = lab_or_skip(&kinds) else {
-        return;
-    };
+    let mut lab = lab(&kinds);
     let servers = lab.start_servers(None);
     for (a, b, mode) in [
         (0, 1, Mode::StunOnly),
@@ -484,9 +472,7 @@ fn traversal_report() {
     let kinds = [
         EimEif, EimEif, EimAdf, EimAdf, EimApdf, EimApdf, Symmetric, Symmetric, UdpBlocked,
     ];
-    let Some(mut lab) = lab_or_skip(&kinds) else {
-        return;
-    };
+    let mut lab = lab(&kinds);
     let tls = turn_server_has_tls();
     let cert_dir = natlab::temp_dir("natlab-cert");
     let cert = tls.then(|| natlab::self_signed_cert(&cert_dir, natlab::PUBLIC_IP));

@@ -68,7 +68,8 @@ impl Worker {
         // Borrowed, not cloned: the fan-out, the track id and the codec stay in `t` while the
         // subscribers' state is written.
         let t = &*t;
-        for &m in &t.subscribers {
+        for sub in &t.subscribers {
+            let m = sub.member;
             if m == h {
                 continue;
             }
@@ -78,7 +79,7 @@ impl Worker {
             let Some(pc) = p.subscribe.as_mut().filter(|pc| pc.connected) else {
                 continue;
             };
-            let Some(d) = p.downtracks.iter_mut().find(|d| d.track == t.id) else {
+            let Some(d) = downtrack_mut(&mut p.downtracks, &t.id, &sub.downtrack) else {
                 continue;
             };
             if d.ssrc == 0 {

@@ -38,6 +38,7 @@ use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverId
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use serde_json::json;
+use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -210,7 +211,25 @@ struct Published {
     /// Layers announced active to the publisher (None: never announced).
     announced: Option<Vec<String>>,
     /// Participants with a downtrack of this track, in room order (the forwarding fan-out).
-    subscribers: Vec<Handle>,
+    subscribers: Vec<Subscriber>,
+}
+
+/// One entry of a track's fan-out: the subscriber and where its downtrack of the track was
+/// last found in its list, so forwarding finds it without a search.
+struct Subscriber {
+    member: Handle,
+    /// Index into the subscriber's `downtracks`. Checked on every use (the list shifts when a
+    /// downtrack is removed); a stale hint costs one search and is corrected.
+    downtrack: Cell<usize>,
+}
+
+impl Subscriber {
+    fn new(member: Handle) -> Self {
+        Self {
+            member,
+            downtrack: Cell::new(0),
+        }
+    }
 }
 
 /// A published track as one subscriber receives it.
@@ -225,6 +244,24 @@ struct Downtrack {
     /// Which layer is forwarded and which wanted ([`layers::choose`]).
     sel: Selection,
     max_height: Option<u32>,
+}
+
+/// The downtrack of `track` in a subscriber's `downtracks`, looked up at `hint` first (O(1)
+/// while the list has not shifted); the hint is updated when it was stale.
+fn downtrack_mut<'a>(
+    downtracks: &'a mut [Downtrack],
+    track: &str,
+    hint: &Cell<usize>,
+) -> Option<&'a mut Downtrack> {
+    let i = match downtracks.get(hint.get()) {
+        Some(d) if d.track == track => hint.get(),
+        _ => {
+            let i = downtracks.iter().position(|d| d.track == track)?;
+            hint.set(i);
+            i
+        }
+    };
+    downtracks.get_mut(i)
 }
 
 impl Downtrack {
@@ -518,7 +555,7 @@ impl Worker {
                 })
                 .collect();
             debug_assert!(
-                t.subscribers.iter().all(|m| members.contains(m)),
+                t.subscribers.iter().all(|s| members.contains(&s.member)),
                 "fan-out of {} lists a participant gone from the room",
                 t.id
             );
@@ -527,7 +564,7 @@ impl Worker {
             let listed: Vec<Handle> = t
                 .subscribers
                 .iter()
-                .copied()
+                .map(|s| s.member)
                 .filter(|m| expected.contains(m))
                 .collect();
             debug_assert_eq!(listed, expected, "fan-out of {}", t.id);
@@ -628,6 +665,27 @@ fn draw_ssrc(rng: &mut StdRng) -> u32 {
 #[allow(clippy::disallowed_methods)] // tests anchor virtual time at one real instant
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_downtrack_is_found_at_its_hint_and_a_stale_hint_is_corrected() {
+        let mut dts: Vec<Downtrack> = ["a-1", "b-2", "c-3"]
+            .iter()
+            .map(|t| Downtrack::planned(t.to_string(), 90_000))
+            .collect();
+        let hint = Cell::new(2);
+        assert_eq!(downtrack_mut(&mut dts, "c-3", &hint).unwrap().track, "c-3");
+        assert_eq!(hint.get(), 2);
+        // The list shifts: "c-3" moves to 1; the hint is found stale and corrected.
+        dts.remove(0);
+        assert_eq!(downtrack_mut(&mut dts, "c-3", &hint).unwrap().track, "c-3");
+        assert_eq!(hint.get(), 1);
+        // Out of range and gone.
+        let far = Cell::new(9);
+        assert_eq!(downtrack_mut(&mut dts, "b-2", &far).unwrap().track, "b-2");
+        assert_eq!(far.get(), 0);
+        assert!(downtrack_mut(&mut dts, "a-1", &far).is_none());
+        assert_eq!(far.get(), 0);
+    }
 
     fn seeded(seed: u64) -> Worker {
         Worker::new(WorkerConfig {

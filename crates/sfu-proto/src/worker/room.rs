@@ -189,8 +189,8 @@ impl Worker {
     /// in the room of those with one).
     fn add_subscriber(&mut self, track: &str, h: Handle) {
         if let Some(t) = self.tracks.get_mut(track) {
-            if !t.subscribers.contains(&h) {
-                t.subscribers.push(h);
+            if !t.subscribers.iter().any(|s| s.member == h) {
+                t.subscribers.push(Subscriber::new(h));
             }
         }
     }
@@ -273,7 +273,7 @@ impl Worker {
         if let Some(p) = self.parts[h].as_ref() {
             for d in &p.downtracks {
                 if let Some(t) = self.tracks.get_mut(&d.track) {
-                    t.subscribers.retain(|&x| x != h);
+                    t.subscribers.retain(|s| s.member != h);
                 }
             }
         }

@@ -17,7 +17,7 @@
 use crate::auth::{AuthOk, Authenticator, Credentials, NonceMinter};
 use crate::limit::SourceLimiter;
 use crate::policy::PeerPolicy;
-use crate::stats::{DropReason, TurnStats};
+use crate::stats::{DropReason, RequestMethod, RequestResult, TurnStats};
 use crate::FiveTuple;
 use rtc_stun::attributes::*;
 use rtc_stun::message::{
@@ -643,20 +643,20 @@ impl TurnCore {
             return;
         }
         let method_label = match method {
-            METHOD_ALLOCATE => "allocate",
-            METHOD_REFRESH => "refresh",
-            METHOD_CREATE_PERMISSION => "create_permission",
-            METHOD_CHANNEL_BIND => "channel_bind",
-            METHOD_CONNECT => "connect",
-            METHOD_CONNECTION_BIND => "connection_bind",
-            _ => "unknown",
+            METHOD_ALLOCATE => RequestMethod::Allocate,
+            METHOD_REFRESH => RequestMethod::Refresh,
+            METHOD_CREATE_PERMISSION => RequestMethod::CreatePermission,
+            METHOD_CHANNEL_BIND => RequestMethod::ChannelBind,
+            METHOD_CONNECT => RequestMethod::Connect,
+            METHOD_CONNECTION_BIND => RequestMethod::ConnectionBind,
+            _ => RequestMethod::Unknown,
         };
         // A retransmitted Allocate is answered with the original response, before any other
         // check (its nonce may have gone stale meanwhile). RFC 8656 §7.2.
         if method == METHOD_ALLOCATE {
             if let Some(a) = self.by_tuple.get(&tuple).and_then(|id| self.allocs.get(id)) {
                 if a.allocate_tid == m.transaction_id && !a.allocate_response.is_empty() {
-                    self.stats.allocation_request("retransmission");
+                    self.stats.allocation_request(RequestResult::Retransmission);
                     out.push(Transmit::ToClient {
                         to: tuple,
                         data: a.allocate_response.clone(),
@@ -699,7 +699,7 @@ impl TurnCore {
             self.stats.drop_packet(DropReason::UnauthRateLimited);
             return;
         }
-        let result = response_label(builder.error_code_value());
+        let result = RequestResult::of_response(builder.error_code_value());
         let data = self.finish(builder, auth.as_ref(), m);
         self.stats.request(method_label, result);
         if method == METHOD_ALLOCATE {
@@ -838,29 +838,6 @@ impl TurnCore {
 }
 
 /// The `result` label of a response: `success`, `auth_challenge` (401) or `error_<code>`.
-fn response_label(error_code: Option<u16>) -> &'static str {
-    match error_code {
-        None => "success",
-        Some(300) => "try_alternate",
-        Some(400) => "error_400",
-        Some(401) => "auth_challenge",
-        Some(403) => "error_403",
-        Some(405) => "error_405",
-        Some(420) => "error_420",
-        Some(437) => "error_437",
-        Some(438) => "error_438",
-        Some(440) => "error_440",
-        Some(441) => "error_441",
-        Some(442) => "error_442",
-        Some(443) => "error_443",
-        Some(446) => "error_446",
-        Some(447) => "error_447",
-        Some(486) => "error_486",
-        Some(508) => "error_508",
-        Some(_) => "error_other",
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::disallowed_methods)] // tests anchor virtual time at one real instant
 mod tests;

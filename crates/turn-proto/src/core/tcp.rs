@@ -11,7 +11,7 @@
 use super::shared::{OpenRefused, PeerConn, PeerConnState};
 use super::{AddressFamily, StreamTraffic, TimerKey, Transmit, TurnCore};
 use crate::auth::AuthOk;
-use crate::stats::TcpEvent;
+use crate::stats::{RequestMethod, RequestResult, TcpEvent};
 use crate::FiveTuple;
 use rtc_stun::attributes::*;
 use rtc_stun::message::{
@@ -185,12 +185,12 @@ impl TurnCore {
                 b
             }
         };
-        let label = if connection_id.is_some() {
-            "success"
+        let result = if connection_id.is_some() {
+            RequestResult::Success
         } else {
-            "error_447"
+            RequestResult::Error447
         };
-        self.stats.request("connect", label);
+        self.stats.request(RequestMethod::Connect, result);
         Transmit::ToClient {
             to: p.tuple,
             data: self.finish_with(b, Some(&p.auth), p.fingerprint),
