@@ -4,8 +4,8 @@
 use super::shared::Reservation;
 use super::smallmap::SmallMap;
 use super::{
-    AddressFamily, Allocation, EndReason, Holder, Mobility, Relay, RelayAllocator, RelayError,
-    RelayRequest, RelayTransport, TimerKey, Traffic, TurnCore, ATTR_ADDITIONAL_ADDRESS_FAMILY,
+    AddressFamily, Allocation, EndReason, Holder, Relay, RelayAllocator, RelayError, RelayRequest,
+    RelayTransport, TimerKey, Traffic, TurnCore, ATTR_ADDITIONAL_ADDRESS_FAMILY,
     ATTR_ADDRESS_ERROR_CODE, ATTR_MOBILITY_TICKET,
 };
 use crate::auth::{AuthOk, Credentials};
@@ -275,7 +275,7 @@ impl TurnCore {
             allocate_response: Vec::new(),
             bandwidth: None,
             bandwidth_override_bps: None,
-            mobility: mobile.then(Mobility::default),
+            mobility: mobile.then(Box::default),
             tcp: (transport == RelayTransport::Tcp).then(Arc::default),
         };
         alloc.bandwidth = self.new_allocation_limits(&auth.username, alloc.tcp.as_deref(), now);
@@ -297,7 +297,7 @@ impl TurnCore {
             lifetime_secs = lifetime.as_secs(),
             "allocation created"
         );
-        self.allocs.insert(id, alloc);
+        self.allocs.insert(id, Box::new(alloc));
         if let Some(ticket) = self.issue_ticket(id) {
             b.raw(ATTR_MOBILITY_TICKET, &ticket);
         }
@@ -396,7 +396,9 @@ impl TurnCore {
             self.delete_allocation(id, relays, EndReason::Refresh);
         } else if let Some(a) = self.allocs.get_mut(&id) {
             a.expires = now + lifetime;
-            self.timers.schedule(a.expires, TimerKey::Allocation(id));
+            // A later expiry is found when the timer fires early; an earlier one moves it.
+            let expires = a.expires;
+            self.arm_allocation_timer(id, expires);
         }
         b.raw(ATTR_LIFETIME, &(lifetime.as_secs() as u32).to_be_bytes());
         // RFC 8016 §3.2: a new ticket in every Refresh success of a mobile allocation.

@@ -4,6 +4,7 @@
 
 use super::{AllocationInfo, EndReason, RelayAllocator, TimerKey, TurnCore};
 use crate::FiveTuple;
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -22,27 +23,14 @@ impl TurnCore {
         self.sync_bandwidth(now);
         while let Some((_, key)) = self.timers.pop_due(now) {
             match key {
-                TimerKey::Allocation(id) => match self.allocs.get(&id).map(|a| a.expires) {
-                    Some(t) if t <= now => {
+                TimerKey::Allocation(id) => {
+                    if self.allocs.get(&id).is_some_and(|a| a.expires <= now) {
                         self.delete_allocation(id, relays, EndReason::Expired);
-                    }
-                    Some(t) => self.timers.schedule(t, key),
-                    None => {}
-                },
-                TimerKey::PeerConnection(c) => self.peer_connection_deadline(c),
-                TimerKey::Permission(id, ip) => {
-                    let Some(a) = self.allocs.get_mut(&id) else {
-                        continue;
-                    };
-                    match a.permissions.get(&ip).copied() {
-                        Some(t) if t <= now => {
-                            a.permissions.remove(&ip);
-                            self.stats.live_permissions(-1);
-                        }
-                        Some(t) => self.timers.schedule(t, key),
-                        None => {}
+                    } else {
+                        self.expire_within(id, now);
                     }
                 }
+                TimerKey::PeerConnection(c) => self.peer_connection_deadline(c),
                 TimerKey::Reservation(token) => {
                     // Nobody redeemed it in time (RFC 8656 §7.2): the port and the quota unit
                     // go back. Redeemed ones are already gone from the table.
@@ -52,29 +40,56 @@ impl TurnCore {
                         relays.cancel_reservation(token);
                     }
                 }
-                TimerKey::Channel(id, number) => {
-                    let reuse = self.cfg.channel_reuse_delay;
-                    let Some(a) = self.allocs.get_mut(&id) else {
-                        continue;
-                    };
-                    let Some(c) = a.channels.get_mut(&number) else {
-                        continue;
-                    };
-                    if c.bound && c.expires <= now {
-                        c.bound = false;
-                        self.stats.live_channel_bindings(-1);
-                        self.timers.schedule(c.expires + reuse, key);
-                    } else if c.bound {
-                        self.timers.schedule(c.expires, key);
-                    } else if c.expires + reuse <= now {
-                        let peer = c.peer;
-                        a.channels.remove(&number);
-                        a.peer_channels.remove(&peer);
-                    } else {
-                        self.timers.schedule(c.expires + reuse, key);
-                    }
-                }
             }
+        }
+    }
+
+    /// Allocation `id`'s one timer fired before the allocation's own expiry: removes its
+    /// permissions (RFC 8656 §9) and unbinds its channels (§12) that are due, forgets channel
+    /// numbers whose reuse delay (§12: 5 minutes after the binding expired) has passed, and
+    /// re-arms the timer at the earliest deadline left. One timer per allocation, not one per
+    /// permission and channel: an idle allocation holds one timer entry.
+    pub(super) fn expire_within(&mut self, id: u64, now: Instant) {
+        let reuse = self.cfg.channel_reuse_delay;
+        let Some(a) = self.allocs.get_mut(&id) else {
+            return;
+        };
+        let expired: Vec<IpAddr> = a
+            .permissions
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(ip, _)| *ip)
+            .collect();
+        for ip in expired {
+            a.permissions.remove(&ip);
+            self.stats.live_permissions(-1);
+        }
+        let mut forget = Vec::new();
+        for (n, c) in a.channels.iter_mut() {
+            if c.bound && c.expires <= now {
+                c.bound = false;
+                self.stats.live_channel_bindings(-1);
+            }
+            if !c.bound && c.expires + reuse <= now {
+                forget.push((*n, c.peer));
+            }
+        }
+        for (n, peer) in forget {
+            a.channels.remove(&n);
+            if a.peer_channels.get(&peer) == Some(&n) {
+                a.peer_channels.remove(&peer);
+            }
+        }
+        let next = a.next_deadline(reuse);
+        self.timers.schedule(next, TimerKey::Allocation(id));
+    }
+
+    /// Arms allocation `id`'s timer at `deadline` (a new permission or channel binding) unless
+    /// it fires earlier already.
+    pub(super) fn arm_allocation_timer(&mut self, id: u64, deadline: Instant) {
+        let key = TimerKey::Allocation(id);
+        if self.timers.deadline_of(&key).is_none_or(|t| deadline < t) {
+            self.timers.schedule(deadline, key);
         }
     }
 
@@ -120,12 +135,6 @@ impl TurnCore {
             self.by_tuple.remove(&old);
         }
         self.timers.cancel(&TimerKey::Allocation(id));
-        for ip in a.permissions.keys() {
-            self.timers.cancel(&TimerKey::Permission(id, *ip));
-        }
-        for n in a.channels.keys() {
-            self.timers.cancel(&TimerKey::Channel(id, *n));
-        }
         let mut live = Vec::new();
         for r in &a.relays {
             self.by_relay.remove(&r.local);

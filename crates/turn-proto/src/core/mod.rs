@@ -350,9 +350,9 @@ impl Default for TcpRelayConfig {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum TimerKey {
+    /// An allocation's one timer: the earliest of its own expiry and its permissions' and
+    /// channel bindings' deadlines ([`TurnCore::expire_within`]).
     Allocation(u64),
-    Permission(u64, IpAddr),
-    Channel(u64, u16),
     Reservation([u8; 8]),
     /// A peer TCP connection's connect or bind deadline (RFC 6062).
     PeerConnection(u32),
@@ -396,7 +396,7 @@ struct Allocation {
     /// Its own per-allocation cap (admin API), bits per second; `None`: the server-wide one.
     bandwidth_override_bps: Option<u64>,
     /// RFC 8016 state, when the client asked for mobility.
-    mobility: Option<Mobility>,
+    mobility: Option<Box<Mobility>>,
     /// A TCP allocation (RFC 6062): the bytes its data connections relay.
     tcp: Option<Arc<StreamTraffic>>,
 }
@@ -418,6 +418,19 @@ impl Allocation {
             .and_then(|m| m.old_tuple)
             .unwrap_or(self.tuple)
     }
+    /// The earliest deadline it holds: its expiry, a permission's, a bound channel's, or the
+    /// end of an unbound channel number's reuse delay `reuse` (RFC 8656 §12).
+    fn next_deadline(&self, reuse: Duration) -> Instant {
+        let permissions = self.permissions.values().copied();
+        let channels = self.channels.values().map(|c| {
+            if c.bound {
+                c.expires
+            } else {
+                c.expires + reuse
+            }
+        });
+        permissions.chain(channels).fold(self.expires, Instant::min)
+    }
     fn family_label(&self) -> &'static str {
         match self.relays.as_slice() {
             [one] => AddressFamily::of(one.local.ip()).as_str(),
@@ -436,7 +449,9 @@ pub struct TurnCore {
     /// This core's worker index (sealed into mobility tickets, so another worker can route a
     /// Refresh here).
     worker: u16,
-    allocs: HashMap<u64, Allocation>,
+    /// Boxed: the map's buckets stay small (a hash map holds up to twice its entries in
+    /// buckets), and an idle allocation costs its own size once.
+    allocs: HashMap<u64, Box<Allocation>>,
     by_tuple: HashMap<FiveTuple, u64>,
     by_relay: HashMap<SocketAddr, u64>,
     timers: TimerQueue<TimerKey>,

@@ -2,8 +2,7 @@
 //! of the peers they name.
 
 use super::{
-    AddressFamily, Channel, TimerKey, TurnCore, MAX_CHANNELS_PER_ALLOCATION,
-    MAX_PERMISSIONS_PER_ALLOCATION,
+    AddressFamily, Channel, TurnCore, MAX_CHANNELS_PER_ALLOCATION, MAX_PERMISSIONS_PER_ALLOCATION,
 };
 use crate::auth::AuthOk;
 use crate::FiveTuple;
@@ -65,7 +64,7 @@ impl TurnCore {
             if a.permissions.insert(ip, expires).is_none() {
                 self.stats.live_permissions(1);
             }
-            self.timers.schedule(expires, TimerKey::Permission(id, ip));
+            self.arm_allocation_timer(id, expires);
         }
     }
 
@@ -167,7 +166,7 @@ impl TurnCore {
             if newly {
                 self.stats.live_channel_bindings(1);
             }
-            self.timers.schedule(expires, TimerKey::Channel(id, number));
+            self.arm_allocation_timer(id, expires);
         }
         self.install_permission(id, peer.ip(), now);
         MessageBuilder::success(m)

@@ -96,8 +96,11 @@ impl<K: Eq + Hash + Copy, V> SmallMap<K, V> {
         }
     }
 
-    pub(super) fn keys(&self) -> impl Iterator<Item = &K> + '_ {
-        self.iter().map(|(k, _)| k)
+    pub(super) fn iter_mut(&mut self) -> Box<dyn Iterator<Item = (&K, &mut V)> + '_> {
+        match self {
+            SmallMap::Few(v) => Box::new(v.iter_mut().map(|(k, v)| (&*k, v))),
+            SmallMap::Many(m) => Box::new(m.iter_mut()),
+        }
     }
 
     pub(super) fn values(&self) -> impl Iterator<Item = &V> + '_ {
@@ -132,7 +135,7 @@ mod tests {
             a.sort_unstable();
             b.sort_unstable();
             assert_eq!(a, b);
-            assert_eq!(s.keys().count(), h.len());
+            assert_eq!(s.iter().count(), h.len());
             assert_eq!(s.values().count(), h.len());
         }
         assert!(matches!(s, SmallMap::Many(_)));
