@@ -1,4 +1,6 @@
-//! Batched UDP receive: one `recvmmsg(2)` reads every datagram a socket has queued, up to
+//! Batched UDP receive and send.
+//!
+//! Receive: one `recvmmsg(2)` reads every datagram a socket has queued, up to
 //! [`BATCH`], into one buffer set that a worker shares among all its sockets (no buffer per
 //! socket, so an idle relay socket costs no receive buffer). No control messages are asked
 //! for, so the kernel adds nothing per datagram.
@@ -11,9 +13,13 @@
 //! IPv4 source (16 bytes) truncates the IPv6 sources of the next read (28 bytes). Every header
 //! is filled afresh for each call here, on the stack.
 
+//!
+//! Send: [`SendBatch`] queues what one wake-up produces and hands each run of datagrams that
+//! leave the same socket to one `sendmmsg(2)`.
+
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 /// Most datagrams one read returns.
 pub const BATCH: usize = 32;
@@ -153,6 +159,224 @@ impl RecvBatch {
     }
 }
 
+/// The C form of `addr`, and its length, for a message header.
+#[allow(unsafe_code)]
+fn c_addr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is a plain C struct for which all zeroes is valid.
+    let mut st: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            // SAFETY: sockaddr_storage is large and aligned enough for a sockaddr_in, and
+            // the reference is the only one to `st` while it lives.
+            let sin =
+                unsafe { &mut *(&mut st as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = a.port().to_be();
+            sin.sin_addr.s_addr = u32::from(*a.ip()).to_be();
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            // SAFETY: as above, for a sockaddr_in6.
+            let sin6 = unsafe {
+                &mut *(&mut st as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
+            };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = a.port().to_be();
+            sin6.sin6_addr.s6_addr = a.ip().octets();
+            sin6.sin6_flowinfo = a.flowinfo().to_be();
+            sin6.sin6_scope_id = a.scope_id();
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (st, len as libc::socklen_t)
+}
+
+/// Datagrams queued to be sent together: up to [`BATCH`], each with the socket it leaves from
+/// (named by a key of the caller's, `K`, resolved to the socket only when sent, so a socket
+/// closed meanwhile is never written to by a stale descriptor) and its destination.
+///
+/// Each entry has its own buffer, kept between flushes, so a worker frames into it without an
+/// allocation per datagram. A run of consecutive entries with the same key goes out in one
+/// `sendmmsg(2)`.
+pub struct SendBatch<K> {
+    bufs: Vec<Vec<u8>>,
+    queued: Vec<(K, SocketAddr)>,
+}
+
+impl<K> std::fmt::Debug for SendBatch<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SendBatch {{ queued: {} }}", self.queued.len())
+    }
+}
+
+impl<K: PartialEq + Copy> Default for SendBatch<K> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<K: PartialEq + Copy> SendBatch<K> {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self {
+            bufs: (0..BATCH).map(|_| Vec::new()).collect(),
+            queued: Vec::with_capacity(BATCH),
+        }
+    }
+
+    /// Datagrams queued.
+    pub fn len(&self) -> usize {
+        self.queued.len()
+    }
+
+    /// True when nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.queued.is_empty()
+    }
+
+    /// True when [`BATCH`] datagrams are queued: flush before the next.
+    pub fn is_full(&self) -> bool {
+        self.queued.len() == BATCH
+    }
+
+    /// The (emptied) buffer of the next datagram, to write it into before [`commit`]; `None`
+    /// when the batch is full.
+    ///
+    /// [`commit`]: SendBatch::commit
+    pub fn next_buf(&mut self) -> Option<&mut Vec<u8>> {
+        let b = self.bufs.get_mut(self.queued.len())?;
+        b.clear();
+        Some(b)
+    }
+
+    /// Queues the datagram written into [`next_buf`](SendBatch::next_buf), to leave socket
+    /// `via` for `to`. Returns false (nothing queued) when the batch is full.
+    pub fn commit(&mut self, via: K, to: SocketAddr) -> bool {
+        if self.is_full() {
+            return false;
+        }
+        self.queued.push((via, to));
+        true
+    }
+
+    /// Queues a copy of `data`, to leave socket `via` for `to`. Returns false (nothing
+    /// queued) when the batch is full.
+    pub fn push(&mut self, via: K, to: SocketAddr, data: &[u8]) -> bool {
+        let Some(b) = self.next_buf() else {
+            return false;
+        };
+        b.extend_from_slice(data);
+        self.commit(via, to)
+    }
+
+    /// The buffer of the last queued datagram.
+    pub fn last(&self) -> Option<&[u8]> {
+        let n = self.queued.len().checked_sub(1)?;
+        Some(&self.bufs[n])
+    }
+
+    /// Takes back the last queued datagram (its buffer is reused).
+    pub fn pop(&mut self) {
+        self.queued.pop();
+    }
+
+    /// Sends everything queued, without waiting, and empties the batch. `socket` resolves a
+    /// key to its socket now (`None`: it is gone, and its datagrams are reported with
+    /// `NotFound`); `failed` hears each datagram not sent (a full socket buffer gives
+    /// `WouldBlock`, an ICMP error remembered by the socket `ConnectionRefused`...). Returns the
+    /// number sent.
+    pub fn flush<'s>(
+        &mut self,
+        mut socket: impl FnMut(&K) -> Option<BorrowedFd<'s>>,
+        mut failed: impl FnMut(&K, SocketAddr, io::Error),
+    ) -> usize {
+        let mut sent = 0;
+        let mut i = 0;
+        while i < self.queued.len() {
+            let via = self.queued[i].0;
+            let end = i + self.queued[i..]
+                .iter()
+                .take_while(|(k, _)| *k == via)
+                .count();
+            match socket(&via) {
+                None => {
+                    for &(k, to) in &self.queued[i..end] {
+                        failed(&k, to, io::ErrorKind::NotFound.into());
+                    }
+                }
+                Some(fd) => {
+                    let mut at = i;
+                    while at < end {
+                        match self.send_run(fd, at, end) {
+                            Ok(n) => {
+                                sent += n;
+                                at += n;
+                            }
+                            Err(e) => {
+                                // The datagram at `at` failed: report it and go on after it.
+                                failed(&via, self.queued[at].1, e);
+                                at += 1;
+                            }
+                        }
+                    }
+                }
+            }
+            i = end;
+        }
+        self.queued.clear();
+        sent
+    }
+
+    /// One `sendmmsg(2)` of entries `from..to` on `fd`: how many the kernel took (at least 1),
+    /// or the error of the first.
+    #[allow(unsafe_code)]
+    fn send_run(&self, fd: BorrowedFd<'_>, from: usize, to: usize) -> io::Result<usize> {
+        let n = to - from;
+        debug_assert!(n > 0 && n <= BATCH);
+        // SAFETY: iovec and mmsghdr are plain C structs for which all zeroes is valid; every
+        // field the call reads is set below.
+        let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+        let mut names: [(libc::sockaddr_storage, libc::socklen_t); BATCH] =
+            std::array::from_fn(|_| c_addr(SocketAddr::from(([0, 0, 0, 0], 0))));
+        for k in 0..n {
+            let (_, dest) = self.queued[from + k];
+            names[k] = c_addr(dest);
+            let buf = &self.bufs[from + k];
+            iovs[k].iov_base = buf.as_ptr() as *mut libc::c_void;
+            iovs[k].iov_len = buf.len();
+        }
+        for k in 0..n {
+            hdrs[k].msg_hdr.msg_name = (&mut names[k].0 as *mut libc::sockaddr_storage).cast();
+            hdrs[k].msg_hdr.msg_namelen = names[k].1;
+            hdrs[k].msg_hdr.msg_iov = &mut iovs[k];
+            hdrs[k].msg_hdr.msg_iovlen = 1;
+        }
+        // SAFETY: the first `n` headers each point at their own iovec over a live buffer of
+        // `self.bufs` (only read by the call) and at their own destination address with its
+        // length, all on this stack frame or in `self`, outliving the call. The fd is
+        // borrowed from a live socket.
+        let r = unsafe {
+            libc::sendmmsg(
+                fd.as_raw_fd(),
+                hdrs.as_mut_ptr(),
+                n as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // The kernel returns 0 only for n == 0; count it as one failure so a caller always
+        // moves on.
+        if r == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        Ok(r as usize)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,5 +470,99 @@ mod tests {
                 Some((tx.local_addr().unwrap(), want))
             );
         }
+    }
+
+    #[test]
+    fn sends_runs_of_one_socket_in_order_to_each_destination() {
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = UdpSocket::bind("[::1]:0").expect("IPv6 loopback");
+        let rx4 = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let rx6 = UdpSocket::bind("[::1]:0").unwrap();
+        let (to4, to6) = (rx4.local_addr().unwrap(), rx6.local_addr().unwrap());
+        let mut batch: SendBatch<u8> = SendBatch::new();
+        // 1 and 2 are the sockets; 3 names one that is gone.
+        for i in 0..10u8 {
+            assert!(batch.push(1, to4, &[i; 3]));
+        }
+        assert!(batch.push(3, to4, b"lost"));
+        for i in 10..BATCH as u8 - 1 {
+            let buf = batch.next_buf().unwrap();
+            buf.extend_from_slice(&[i; 5]);
+            assert!(batch.commit(2, to6));
+        }
+        assert!(batch.is_full());
+        assert!(!batch.push(1, to4, b"over"));
+        assert!(batch.next_buf().is_none());
+        let mut failures = Vec::new();
+        let sent = batch.flush(
+            |k| match k {
+                1 => Some(std::os::fd::AsFd::as_fd(&a)),
+                2 => Some(std::os::fd::AsFd::as_fd(&b)),
+                _ => None,
+            },
+            |k, to, e| failures.push((*k, to, e.kind())),
+        );
+        assert_eq!(sent, BATCH - 1);
+        assert_eq!(failures, vec![(3, to4, io::ErrorKind::NotFound)]);
+        assert!(batch.is_empty());
+        let mut rx = RecvBatch::new();
+        for (sock, from, want) in [(&rx4, &a, 10), (&rx6, &b, BATCH - 11)] {
+            sock.set_nonblocking(true).unwrap();
+            let mut got = Vec::new();
+            for _ in 0..100 {
+                if let Ok(n) = rx.recv(sock) {
+                    got.extend(rx.datagrams().map(|(f, d)| (f, d.to_vec())));
+                    if got.len() == want || n == 0 {
+                        break;
+                    }
+                } else {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+            }
+            assert_eq!(got.len(), want);
+            for (f, d) in &got {
+                assert_eq!(*f, from.local_addr().unwrap());
+                assert!(d.iter().all(|&x| x == d[0]));
+            }
+            // In order.
+            let firsts: Vec<u8> = got.iter().map(|(_, d)| d[0]).collect();
+            let mut sorted = firsts.clone();
+            sorted.sort_unstable();
+            assert_eq!(firsts, sorted);
+        }
+    }
+
+    #[test]
+    fn a_failed_datagram_is_reported_and_the_rest_of_its_run_still_goes() {
+        // An IPv4 socket cannot send to an IPv6 destination: the kernel fails that one.
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = rx.local_addr().unwrap();
+        let v6: SocketAddr = "[::1]:9".parse().unwrap();
+        let mut batch: SendBatch<u8> = SendBatch::new();
+        batch.push(1, to, b"one");
+        batch.push(1, v6, b"bad");
+        batch.push(1, to, b"three");
+        let mut failures = Vec::new();
+        let sent = batch.flush(
+            |_| Some(std::os::fd::AsFd::as_fd(&a)),
+            |_, to, _| failures.push(to),
+        );
+        assert_eq!(sent, 2);
+        assert_eq!(failures, vec![v6]);
+        rx.set_nonblocking(true).unwrap();
+        let mut rb = RecvBatch::new();
+        let mut got = Vec::new();
+        for _ in 0..100 {
+            if rb.recv(&rx).is_ok() {
+                got.extend(rb.datagrams().map(|(_, d)| d.to_vec()));
+                if got.len() == 2 {
+                    break;
+                }
+            } else {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+        assert_eq!(got, vec![b"one".to_vec(), b"three".to_vec()]);
     }
 }

@@ -52,7 +52,7 @@ use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -73,7 +73,7 @@ use turn_proto::core::{
 use turn_proto::policy::PeerPolicy;
 use turn_proto::proxy::Header;
 use turn_proto::{FiveTuple, Transport};
-use turnkey_sockets::batch::{RecvBatch, BATCH};
+use turnkey_sockets::batch::{RecvBatch, SendBatch, BATCH};
 use turnkey_sockets::poller::Poller;
 
 /// A TCP connection that holds no allocation is closed after this long without data.
@@ -515,9 +515,19 @@ struct Worker {
     /// The receive slots every UDP listener and relay socket of this worker reads into
     /// (taken by a reader for its synchronous turn, put back before it awaits).
     rx: Option<Box<RecvBatch>>,
-    /// The frame of the datagram a peer sent that goes to its client next (reused: relaying
-    /// allocates nothing per datagram).
-    frame: Vec<u8>,
+    /// Relayed datagrams of this wake-up not sent yet: each run that leaves one socket goes
+    /// out in one `sendmmsg(2)` ([`send_queued`]). Peer data is framed for its client straight
+    /// into the batch's buffers (relaying allocates nothing per datagram).
+    tx: SendBatch<Via>,
+}
+
+/// The socket a queued datagram leaves from, resolved when the batch is sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Via {
+    /// The relay socket of this relayed transport address (to a peer).
+    Relay(SocketAddr),
+    /// The UDP listener at this server address (to a client).
+    Listener(SocketAddr),
 }
 
 type WorkerRef = Rc<RefCell<Worker>>;
@@ -575,7 +585,7 @@ async fn run_worker(
         forward_to: mobility.forward_to,
         routes: mobility.routes,
         rx: Some(Box::new(RecvBatch::new())),
-        frame: Vec::with_capacity(2048),
+        tx: SendBatch::new(),
     }));
     let mut tasks = vec![tokio::task::spawn_local(relay_poller(w.clone(), poller))];
     for (udp, tcp) in socks {
@@ -886,6 +896,38 @@ fn send_to_peer(w: &Worker, relay: SocketAddr, peer: SocketAddr, data: &[u8]) {
     }
 }
 
+/// Sends the relayed datagrams queued in the worker's batch (each run from one socket in one
+/// `sendmmsg(2)`); a datagram not sent is dropped and counted like a single send's failure.
+fn send_queued(w: &mut Worker) {
+    if w.tx.is_empty() {
+        return;
+    }
+    let Worker {
+        tx,
+        relay_socks,
+        udp,
+        metrics,
+        ..
+    } = w;
+    tx.flush(
+        |via| match via {
+            Via::Relay(a) => relay_socks.get(a).map(|s| s.as_fd()),
+            Via::Listener(a) => udp.get(a).map(|s| s.as_fd()),
+        },
+        |via, to, e| match via {
+            Via::Relay(relay) if e.kind() == io::ErrorKind::NotFound => {
+                tracing::debug!(%relay, peer = %to, "relay socket gone before its datagram was sent");
+                metrics.drop_packet("relay_socket_missing");
+            }
+            Via::Relay(relay) => {
+                tracing::debug!(error = %e, %relay, peer = %to, "peer send failed");
+                metrics.drop_packet("peer_send_failed");
+            }
+            Via::Listener(_) => metrics.drop_packet("client_send_failed"),
+        },
+    );
+}
+
 /// Serves one UDP listener: waits until it is readable, reads its datagrams in batches into the
 /// worker's shared slots, and folds the counters once a wake-up.
 async fn udp_listener(wr: WorkerRef, sock: Rc<UdpSocket>, local: SocketAddr) {
@@ -905,12 +947,18 @@ async fn udp_listener(wr: WorkerRef, sock: Rc<UdpSocket>, local: SocketAddr) {
                 peer,
                 payload,
             } => {
-                send_to_peer(w, relay, peer, &data[payload]);
+                if w.tx.is_full() {
+                    send_queued(w);
+                }
+                w.tx.push(Via::Relay(relay), peer, &data[payload]);
                 return;
             }
             ClientData::Dropped => return,
             ClientData::Other => {}
         }
+        // What was relayed before this message leaves before anything it changes (a
+        // Refresh(0) closing a relay socket, a response).
+        send_queued(w);
         let mut out = std::mem::take(&mut w.out);
         w.core
             .handle_client(tuple, data, now, &mut w.relays, &mut out);
@@ -932,6 +980,7 @@ async fn udp_listener(wr: WorkerRef, sock: Rc<UdpSocket>, local: SocketAddr) {
             |_, b| Some(sock.try_io(tokio::io::Interest::READABLE, || b.recv(&*sock))),
             |w, from, data, now| serve(&wr, w, from, data, now),
         );
+        send_queued(w);
         w.rx = Some(batch);
         w.fold_stats();
     }
@@ -1094,6 +1143,7 @@ async fn relay_poller(wr: WorkerRef, poller: Rc<AsyncFd<Poller>>) {
                         drain_relay(w, local, &mut batch);
                     }
                 }
+                send_queued(w);
                 w.rx = Some(batch);
                 flush(&wr, w);
             }
@@ -1113,25 +1163,23 @@ fn drain_relay(w: &mut Worker, local: SocketAddr, batch: &mut RecvBatch) {
     );
 }
 
-/// A datagram from `peer` to the relayed transport address `local`: to its client.
+/// A datagram from `peer` to the relayed transport address `local`: to its client, framed
+/// into the worker's send batch (UDP clients) or copied into a transmit (streams, DTLS).
 fn relay_from_peer(w: &mut Worker, local: SocketAddr, peer: SocketAddr, data: &[u8], now: Instant) {
-    {
-        let mut frame = std::mem::take(&mut w.frame);
-        if let Some(to) = w.core.handle_peer_into(local, peer, data, now, &mut frame) {
-            match (to.transport, w.udp.get(&to.server)) {
-                (Transport::Udp, Some(s)) => {
-                    if sockets::send_to(s, &frame, to.client).is_err() {
-                        w.metrics.drop_packet("client_send_failed");
-                    }
-                }
-                // Streams and DTLS take their own copy.
-                _ => w.out.push(Transmit::ToClient {
-                    to,
-                    data: frame.clone(),
-                }),
-            }
-        }
-        w.frame = frame;
+    if w.tx.is_full() {
+        send_queued(w);
+    }
+    let Some(buf) = w.tx.next_buf() else {
+        return;
+    };
+    let Some(to) = w.core.handle_peer_into(local, peer, data, now, buf) else {
+        return;
+    };
+    if to.transport == Transport::Udp && w.udp.contains_key(&to.server) {
+        w.tx.commit(Via::Listener(to.server), to.client);
+    } else {
+        let data = buf.clone();
+        w.out.push(Transmit::ToClient { to, data });
     }
 }
 
