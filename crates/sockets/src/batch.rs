@@ -168,8 +168,9 @@ fn c_addr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
         SocketAddr::V4(a) => {
             // SAFETY: sockaddr_storage is large and aligned enough for a sockaddr_in, and
             // the reference is the only one to `st` while it lives.
-            let sin =
-                unsafe { &mut *(&mut st as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let sin = unsafe {
+                &mut *(&mut st as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>()
+            };
             sin.sin_family = libc::AF_INET as libc::sa_family_t;
             sin.sin_port = a.port().to_be();
             sin.sin_addr.s_addr = u32::from(*a.ip()).to_be();
@@ -197,10 +198,20 @@ fn c_addr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
 ///
 /// Each entry has its own buffer, kept between flushes, so a worker frames into it without an
 /// allocation per datagram. A run of consecutive entries with the same key goes out in one
-/// `sendmmsg(2)`.
+/// `sendmmsg(2)`; within it, consecutive datagrams to one destination of one size (the last
+/// may be shorter) form one message with UDP GSO, which the kernel sends as one buffer as far
+/// down the stack as it can and cuts into the same datagrams.
 pub struct SendBatch<K> {
     bufs: Vec<Vec<u8>>,
     queued: Vec<(K, SocketAddr)>,
+    /// UDP GSO (`UDP_SEGMENT`, Linux 4.18) for runs to one destination; turned off for good
+    /// the first time the kernel cannot do it (EIO: no checksum offload on the route).
+    gso: bool,
+    /// Entries before this index go without GSO in this flush: a message the kernel refused
+    /// with EINVAL (a segment over the path MTU with DF set) is sent again one by one.
+    no_gso_before: usize,
+    /// GSO messages the kernel refused (sent again one datagram at a time).
+    gso_refused: u64,
 }
 
 impl<K> std::fmt::Debug for SendBatch<K> {
@@ -221,7 +232,15 @@ impl<K: PartialEq + Copy> SendBatch<K> {
         Self {
             bufs: (0..BATCH).map(|_| Vec::new()).collect(),
             queued: Vec::with_capacity(BATCH),
+            gso: true,
+            no_gso_before: 0,
+            gso_refused: 0,
         }
+    }
+
+    /// GSO messages the kernel refused so far (their datagrams went again one at a time).
+    pub fn gso_refused(&self) -> u64 {
+        self.gso_refused
     }
 
     /// Datagrams queued.
@@ -312,10 +331,13 @@ impl<K: PartialEq + Copy> SendBatch<K> {
                                 sent += n;
                                 at += n;
                             }
-                            Err(e) => {
-                                // The datagram at `at` failed: report it and go on after it.
-                                failed(&via, self.queued[at].1, e);
-                                at += 1;
+                            Err((e, n)) => {
+                                // The message at `at` (n datagrams) failed: report them and
+                                // go on after it.
+                                for &(k, to) in &self.queued[at..at + n] {
+                                    failed(&k, to, io::Error::from(e.kind()));
+                                }
+                                at += n;
                             }
                         }
                     }
@@ -324,15 +346,46 @@ impl<K: PartialEq + Copy> SendBatch<K> {
             i = end;
         }
         self.queued.clear();
+        self.no_gso_before = 0;
         sent
     }
 
-    /// One `sendmmsg(2)` of entries `from..to` on `fd`: how many the kernel took (at least 1),
-    /// or the error of the first.
+    /// How many entries from `at` (before `end`) one GSO message takes: consecutive entries
+    /// to one destination whose sizes equal the first's, the last possibly shorter, at most
+    /// [`GSO_MAX_SEGMENTS`] and [`GSO_MAX_BYTES`] in all. 1 when GSO is off.
+    fn gso_run(&self, at: usize, end: usize) -> usize {
+        let size = self.bufs[at].len();
+        if !self.gso || size == 0 || at < self.no_gso_before {
+            return 1;
+        }
+        let to = self.queued[at].1;
+        let mut n = 1;
+        let mut bytes = size;
+        while at + n < end && n < GSO_MAX_SEGMENTS {
+            let len = self.bufs[at + n].len();
+            if self.queued[at + n].1 != to || len == 0 || len > size || bytes + len > GSO_MAX_BYTES
+            {
+                break;
+            }
+            bytes += len;
+            n += 1;
+            if len < size {
+                break;
+            }
+        }
+        n
+    }
+
+    /// One `sendmmsg(2)` of entries `from..to` on `fd`: how many entries the kernel took (at
+    /// least 1), or the error of the first message with the number of entries it carried.
     #[allow(unsafe_code)]
-    fn send_run(&self, fd: BorrowedFd<'_>, from: usize, to: usize) -> io::Result<usize> {
-        let n = to - from;
-        debug_assert!(n > 0 && n <= BATCH);
+    fn send_run(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        from: usize,
+        to: usize,
+    ) -> Result<usize, (io::Error, usize)> {
+        debug_assert!(from < to && to - from <= BATCH);
         // SAFETY: iovec and mmsghdr are plain C structs for which all zeroes is valid; every
         // field the call reads is set below.
         let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
@@ -340,42 +393,92 @@ impl<K: PartialEq + Copy> SendBatch<K> {
         let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
         let mut names: [(libc::sockaddr_storage, libc::socklen_t); BATCH] =
             std::array::from_fn(|_| c_addr(SocketAddr::from(([0, 0, 0, 0], 0))));
-        for k in 0..n {
-            let (_, dest) = self.queued[from + k];
-            names[k] = c_addr(dest);
-            let buf = &self.bufs[from + k];
-            iovs[k].iov_base = buf.as_ptr() as *mut libc::c_void;
-            iovs[k].iov_len = buf.len();
+        // One control buffer per message, 8-byte aligned, room for one UDP_SEGMENT cmsg.
+        let mut cmsgs = [[0u64; 4]; BATCH];
+        // Entries per message, in order.
+        let mut spans = [0usize; BATCH];
+        let mut msgs = 0;
+        let mut at = from;
+        while at < to {
+            let n = self.gso_run(at, to);
+            for k in 0..n {
+                let buf = &self.bufs[at + k];
+                iovs[at - from + k].iov_base = buf.as_ptr() as *mut libc::c_void;
+                iovs[at - from + k].iov_len = buf.len();
+            }
+            names[msgs] = c_addr(self.queued[at].1);
+            let hdr = &mut hdrs[msgs].msg_hdr;
+            hdr.msg_name = (&mut names[msgs].0 as *mut libc::sockaddr_storage).cast();
+            hdr.msg_namelen = names[msgs].1;
+            hdr.msg_iov = &mut iovs[at - from];
+            hdr.msg_iovlen = n as _;
+            if n > 1 {
+                let segment = self.bufs[at].len() as u16;
+                hdr.msg_control = cmsgs[msgs].as_mut_ptr().cast();
+                // SAFETY: CMSG_SPACE only computes a size.
+                hdr.msg_controllen = unsafe { libc::CMSG_SPACE(2) } as _;
+                // SAFETY: msg_control points at 32 aligned bytes of `cmsgs`, more than the
+                // CMSG_SPACE(2) announced, so CMSG_FIRSTHDR returns a header inside them, and
+                // its data (2 bytes, CMSG_LEN(2)) fits too.
+                unsafe {
+                    let c = libc::CMSG_FIRSTHDR(hdr);
+                    (*c).cmsg_level = libc::SOL_UDP;
+                    (*c).cmsg_type = libc::UDP_SEGMENT;
+                    (*c).cmsg_len = libc::CMSG_LEN(2) as _;
+                    std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), segment);
+                }
+            }
+            spans[msgs] = n;
+            msgs += 1;
+            at += n;
         }
-        for k in 0..n {
-            hdrs[k].msg_hdr.msg_name = (&mut names[k].0 as *mut libc::sockaddr_storage).cast();
-            hdrs[k].msg_hdr.msg_namelen = names[k].1;
-            hdrs[k].msg_hdr.msg_iov = &mut iovs[k];
-            hdrs[k].msg_hdr.msg_iovlen = 1;
-        }
-        // SAFETY: the first `n` headers each point at their own iovec over a live buffer of
-        // `self.bufs` (only read by the call) and at their own destination address with its
-        // length, all on this stack frame or in `self`, outliving the call. The fd is
-        // borrowed from a live socket.
+        // SAFETY: the first `msgs` headers each point at their own iovecs over live buffers of
+        // `self.bufs` (only read by the call), their own destination address with its length,
+        // and (GSO) their own control buffer, all on this stack frame or in `self`, outliving
+        // the call. The fd is borrowed from a live socket.
         let r = unsafe {
             libc::sendmmsg(
                 fd.as_raw_fd(),
                 hdrs.as_mut_ptr(),
-                n as libc::c_uint,
+                msgs as libc::c_uint,
                 libc::MSG_DONTWAIT,
             )
         };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
+        if r <= 0 {
+            let e = if r < 0 {
+                io::Error::last_os_error()
+            } else {
+                io::ErrorKind::WriteZero.into()
+            };
+            if spans[0] > 1 {
+                match e.raw_os_error() {
+                    // The route cannot segment (no checksum offload): the same datagrams go
+                    // again one by one, and GSO stays off.
+                    Some(libc::EIO) => {
+                        self.gso = false;
+                        self.gso_refused += 1;
+                        return Ok(0);
+                    }
+                    // This message cannot be segmented (over the path MTU with DF set, or an
+                    // old kernel): these datagrams go again one by one.
+                    Some(libc::EINVAL) => {
+                        self.no_gso_before = from + spans[0];
+                        self.gso_refused += 1;
+                        return Ok(0);
+                    }
+                    _ => {}
+                }
+            }
+            return Err((e, spans[0]));
         }
-        // The kernel returns 0 only for n == 0; count it as one failure so a caller always
-        // moves on.
-        if r == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        Ok(r as usize)
+        Ok(spans[..r as usize].iter().sum())
     }
 }
+
+/// Most datagrams the kernel cuts one GSO message into (`UDP_MAX_SEGMENTS`).
+const GSO_MAX_SEGMENTS: usize = 64;
+/// Most bytes in one GSO message (an IP datagram's limit less headers, with room to spare).
+const GSO_MAX_BYTES: usize = 60_000;
 
 #[cfg(test)]
 mod tests {
@@ -564,5 +667,105 @@ mod tests {
             }
         }
         assert_eq!(got, vec![b"one".to_vec(), b"three".to_vec()]);
+    }
+
+    #[test]
+    fn runs_to_one_destination_of_one_size_go_as_one_gso_message_and_arrive_as_sent() {
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let other = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (to, to2) = (rx.local_addr().unwrap(), other.local_addr().unwrap());
+        let mut batch: SendBatch<u8> = SendBatch::new();
+        let sizes = [100, 100, 100, 40, 100, 100, 120, 100];
+        for (i, &n) in sizes.iter().enumerate() {
+            batch.push(1, to, &vec![i as u8; n]);
+        }
+        batch.push(1, to2, &[9; 100]);
+        batch.push(1, to, &[10; 100]);
+        // Grouping: a shorter datagram ends a run, a longer one or another destination starts
+        // a new one.
+        let mut runs = Vec::new();
+        let mut at = 0;
+        while at < batch.len() {
+            let n = batch.gso_run(at, batch.len());
+            runs.push(n);
+            at += n;
+        }
+        assert_eq!(runs, vec![4, 2, 2, 1, 1]);
+        let sent = batch.flush(
+            |_| Some(std::os::fd::AsFd::as_fd(&a)),
+            |_, to, e| panic!("{to}: {e}"),
+        );
+        assert_eq!(sent, 10);
+        let mut rb = RecvBatch::new();
+        let mut got = Vec::new();
+        rx.set_nonblocking(true).unwrap();
+        for _ in 0..100 {
+            if rb.recv(&rx).is_ok() {
+                got.extend(rb.datagrams().map(|(f, d)| (f, d.to_vec())));
+                if got.len() == 9 {
+                    break;
+                }
+            } else {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+        let want: Vec<Vec<u8>> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| vec![i as u8; n])
+            .chain([vec![10u8; 100]])
+            .collect();
+        assert_eq!(got.iter().map(|(_, d)| d.clone()).collect::<Vec<_>>(), want);
+        assert!(got.iter().all(|(f, _)| *f == a.local_addr().unwrap()));
+    }
+
+    #[test]
+    #[allow(unsafe_code)]
+    fn a_gso_message_the_kernel_refuses_goes_again_one_datagram_at_a_time() {
+        // UDP checksums off (SO_NO_CHECK) makes the kernel refuse GSO with EINVAL.
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let one: libc::c_int = 1;
+        // SAFETY: a valid fd, option and a c_int of the size given.
+        let r = unsafe {
+            libc::setsockopt(
+                a.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_NO_CHECK,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0);
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = rx.local_addr().unwrap();
+        let mut batch: SendBatch<u8> = SendBatch::new();
+        for i in 0..4u8 {
+            batch.push(1, to, &[i; 64]);
+        }
+        assert_eq!(batch.gso_run(0, 4), 4);
+        let sent = batch.flush(
+            |_| Some(std::os::fd::AsFd::as_fd(&a)),
+            |_, to, e| panic!("{to}: {e}"),
+        );
+        assert_eq!(sent, 4);
+        assert_eq!(batch.gso_refused(), 1);
+        // Only that flush went without GSO.
+        assert!(batch.gso);
+        assert_eq!(batch.no_gso_before, 0);
+        rx.set_nonblocking(true).unwrap();
+        let mut rb = RecvBatch::new();
+        let mut got = Vec::new();
+        for _ in 0..100 {
+            if rb.recv(&rx).is_ok() {
+                got.extend(rb.datagrams().map(|(_, d)| d.to_vec()));
+                if got.len() == 4 {
+                    break;
+                }
+            } else {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+        assert_eq!(got, (0..4u8).map(|i| vec![i; 64]).collect::<Vec<_>>());
     }
 }
