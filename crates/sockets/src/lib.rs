@@ -1,6 +1,7 @@
 //! Socket set-up: the one place with socket options (SO_REUSEPORT, buffer sizes, DF).
 
 pub mod batch;
+pub mod xdp;
 pub mod poller;
 
 use socket2::{Domain, Protocol, Socket, Type};
