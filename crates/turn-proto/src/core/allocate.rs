@@ -397,6 +397,7 @@ impl TurnCore {
         } else if let Some(a) = self.allocs.get_mut(&id) {
             a.expires = now + lifetime;
             self.timers.schedule(a.expires, TimerKey::Allocation(id));
+            self.fast_path.touch(id);
         }
         b.raw(ATTR_LIFETIME, &(lifetime.as_secs() as u32).to_be_bytes());
         // RFC 8016 §3.2: a new ticket in every Refresh success of a mobile allocation.

@@ -22,6 +22,12 @@ impl TurnCore {
         self.sync_bandwidth(now);
         while let Some((_, key)) = self.timers.pop_due(now) {
             match key {
+                TimerKey::Allocation(id) | TimerKey::Permission(id, _) | TimerKey::Channel(id, _) => {
+                    self.fast_path.touch(id)
+                }
+                _ => {}
+            }
+            match key {
                 TimerKey::Allocation(id) => match self.allocs.get(&id).map(|a| a.expires) {
                     Some(t) if t <= now => {
                         self.delete_allocation(id, relays, EndReason::Expired);
@@ -90,6 +96,7 @@ impl TurnCore {
     ) -> Option<AllocationInfo> {
         let info = self.allocation_info(id, self.last_now)?;
         let mut a = self.allocs.remove(&id)?;
+        self.fast_path.touch(id);
         self.release_allocation_limits(&a.username, a.bandwidth.take(), a.tcp.as_deref());
         self.stats.allocation_ended(reason);
         if a.tcp.is_some() {

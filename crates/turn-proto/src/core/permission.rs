@@ -66,6 +66,7 @@ impl TurnCore {
                 self.stats.live_permissions(1);
             }
             self.timers.schedule(expires, TimerKey::Permission(id, ip));
+            self.fast_path.touch(id);
         }
     }
 
