@@ -41,6 +41,7 @@ pub mod fleet;
 pub mod mobility;
 pub mod proxy;
 pub mod relay;
+pub mod xdp;
 pub use turnkey_sockets as sockets;
 pub use turnkey_tls as tls;
 
@@ -363,6 +364,15 @@ pub fn start(
         }
     }
 
+    // The XDP fast path: attached before any worker runs; a failure fails the start (the
+    // operator asked for it explicitly).
+    let fast_path = match &cfg.xdp {
+        Some(x) => Some(
+            xdp::XdpShared::attach(x, metrics.xdp.clone())
+                .map_err(|e| io::Error::other(format!("--xdp {}: {e}", x.interfaces.join(","))))?,
+        ),
+        None => None,
+    };
     let start_instant = Instant::now();
     let start_unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -415,6 +425,7 @@ pub fn start(
         );
         let stop = stop.clone();
         let metrics = metrics.clone();
+        let fast_path = fast_path.clone();
         let t = turnkey_runtime::workers::spawn_worker(format!("turn-worker-{i}"), move || {
             run_worker(
                 core,
@@ -428,6 +439,7 @@ pub fn start(
                     commands,
                     stop,
                     mobility,
+                    fast_path,
                 },
             )
         })?;
@@ -518,6 +530,8 @@ struct Worker {
     /// The frame of the datagram a peer sent that goes to its client next (reused: relaying
     /// allocates nothing per datagram).
     frame: Vec<u8>,
+    /// The XDP fast path (`--xdp`): this worker's installed channel bindings.
+    fast_path: Option<xdp::WorkerFastPath>,
 }
 
 type WorkerRef = Rc<RefCell<Worker>>;
@@ -529,6 +543,7 @@ struct WorkerControl {
     commands: tokio::sync::mpsc::Receiver<admin::WorkerCommand>,
     stop: CancellationToken,
     mobility: MobilitySetup,
+    fast_path: Option<Arc<xdp::XdpShared>>,
 }
 
 async fn run_worker(
@@ -545,6 +560,7 @@ async fn run_worker(
         commands,
         stop,
         mobility,
+        fast_path,
     } = control;
     let poller = match Poller::new().and_then(Poller::register) {
         Ok(p) => Rc::new(p),
@@ -576,7 +592,13 @@ async fn run_worker(
         routes: mobility.routes,
         rx: Some(Box::new(RecvBatch::new())),
         frame: Vec::with_capacity(2048),
+        fast_path: None,
     }));
+    if let Some(shared) = fast_path {
+        let mut guard = w.borrow_mut();
+        let wk = &mut *guard;
+        wk.fast_path = Some(xdp::WorkerFastPath::new(shared, &mut wk.core));
+    }
     let mut tasks = vec![tokio::task::spawn_local(relay_poller(w.clone(), poller))];
     for (udp, tcp) in socks {
         let (udp, tcp) = match (UdpSocket::from_std(udp), TcpListener::from_std(tcp)) {
@@ -669,6 +691,10 @@ async fn run_worker(
             -(srv.handshakes_in_progress() as i64),
         );
     }
+    if let Some(fp) = wk.fast_path.as_mut() {
+        // Final per-binding counts into the allocations before their records are logged.
+        fp.clear(&mut wk.core);
+    }
     wk.core.close_all(&mut wk.relays);
     wk.fold_stats();
     gauge_add(&wk.metrics.mobility.routes, -(wk.routes.len() as i64));
@@ -682,6 +708,13 @@ async fn run_worker(
 }
 
 impl Worker {
+    /// Mirrors the core's fast path events into the XDP maps (nothing without `--xdp`).
+    fn apply_fast_path(&mut self) {
+        if let Some(fp) = self.fast_path.as_mut() {
+            fp.apply(&mut self.core, Instant::now());
+        }
+    }
+
     /// Folds what the core counted since the last call into the Prometheus metrics.
     fn fold_stats(&mut self) {
         self.metrics
@@ -733,6 +766,7 @@ impl Worker {
 /// and fold the core's counters into the metrics.
 fn flush(wr: &WorkerRef, w: &mut Worker) {
     flush_io(wr, w);
+    w.apply_fast_path();
     w.fold_stats();
 }
 
@@ -1155,6 +1189,10 @@ async fn command_loop(
                 let _ = reply.send(w.core.allocations(&filter, limit, now));
             }
             WorkerCommand::End { target, reply } => {
+                if let Some(fp) = w.fast_path.as_mut() {
+                    // What XDP forwarded goes into the records the ends log.
+                    fp.sync_counts(&mut w.core);
+                }
                 let ended = match target {
                     EndTarget::Id(id) => w
                         .core
@@ -1169,6 +1207,8 @@ async fn command_loop(
             }
             WorkerCommand::Reconfigure { config, reply } => {
                 w.core.reconfigure(config, now);
+                // A narrower peer policy takes bindings off the fast path now.
+                w.apply_fast_path();
                 let _ = reply.send(());
             }
             WorkerCommand::Load { reply } => {
@@ -1186,6 +1226,7 @@ async fn command_loop(
             }
             WorkerCommand::AllocationBandwidth { id, bps, reply } => {
                 let _ = reply.send(w.core.set_allocation_bandwidth(id, bps, now));
+                w.apply_fast_path();
                 w.fold_stats();
             }
         }
@@ -1200,8 +1241,12 @@ async fn timer_loop(wr: WorkerRef) {
         tokio::time::sleep_until(at.into()).await;
         let mut guard = wr.borrow_mut();
         let w = &mut *guard;
-        w.core.handle_timeout(Instant::now(), &mut w.relays);
+        let now = Instant::now();
+        w.core.handle_timeout(now, &mut w.relays);
         flush(&wr, w);
+        if let Some(fp) = w.fast_path.as_mut() {
+            fp.sync(&mut w.core, now);
+        }
     }
 }
 
