@@ -945,6 +945,10 @@ async fn udp_listener(wr: WorkerRef, sock: Rc<UdpSocket>, local: SocketAddr) {
             ClientData::Dropped => return,
             ClientData::Other => {}
         }
+        if let Some(fp) = w.fast_path.as_mut() {
+            // A request may end the allocation (Refresh 0): its record gets what XDP relayed.
+            fp.sync_client(&mut w.core, tuple.client, tuple.server);
+        }
         let mut out = std::mem::take(&mut w.out);
         w.core
             .handle_client(tuple, data, now, &mut w.relays, &mut out);
@@ -1242,6 +1246,10 @@ async fn timer_loop(wr: WorkerRef) {
         let mut guard = wr.borrow_mut();
         let w = &mut *guard;
         let now = Instant::now();
+        if let Some(fp) = w.fast_path.as_mut() {
+            // Bindings whose deadline passed may go with their allocation now.
+            fp.sync_due(&mut w.core, now);
+        }
         w.core.handle_timeout(now, &mut w.relays);
         flush(&wr, w);
         if let Some(fp) = w.fast_path.as_mut() {

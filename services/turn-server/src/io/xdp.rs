@@ -10,6 +10,7 @@
 use crate::config::{XdpConfig, XdpMode};
 use crate::metrics::XdpMetrics;
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use turn_proto::core::{FastPathBinding, FastPathEvent, Traffic, TurnCore};
@@ -81,8 +82,20 @@ impl XdpShared {
 #[derive(Debug)]
 pub struct WorkerFastPath {
     shared: Arc<XdpShared>,
-    entries: HashMap<(u64, u16), (FastBinding, EntryCounts)>,
+    entries: HashMap<(u64, u16), Entry>,
+    /// The entries of each client 5-tuple (client, server address).
+    by_client: HashMap<(SocketAddr, SocketAddr), Vec<(u64, u16)>>,
+    /// No entry's deadline is before this (a lower bound).
+    next_due: Option<Instant>,
     last_sync: Instant,
+}
+
+#[derive(Debug)]
+struct Entry {
+    binding: FastPathBinding,
+    fb: FastBinding,
+    /// What of the program's counts was added to the allocation already.
+    accounted: EntryCounts,
 }
 
 fn binding(b: &FastPathBinding) -> FastBinding {
@@ -102,6 +115,8 @@ impl WorkerFastPath {
         Self {
             shared,
             entries: HashMap::new(),
+            by_client: HashMap::new(),
+            next_due: None,
             last_sync: Instant::now(),
         }
     }
@@ -122,10 +137,23 @@ impl WorkerFastPath {
                     match router.install(&fb, self.shared.clock.ns_at(b.expires)) {
                         Ok(()) => {
                             let accounted = match self.entries.get(&key) {
-                                Some((old, acc)) if *old == fb => *acc,
+                                Some(old) if old.fb == fb => old.accounted,
                                 _ => EntryCounts::default(),
                             };
-                            self.entries.insert(key, (fb, accounted));
+                            let tuple = (b.client, b.server);
+                            let keys = self.by_client.entry(tuple).or_default();
+                            if !keys.contains(&key) {
+                                keys.push(key);
+                            }
+                            self.next_due = Some(self.next_due.map_or(b.expires, |d| d.min(b.expires)));
+                            self.entries.insert(
+                                key,
+                                Entry {
+                                    binding: b,
+                                    fb,
+                                    accounted,
+                                },
+                            );
                         }
                         Err(e) => {
                             self.shared.metrics.install_failures.inc();
@@ -135,9 +163,16 @@ impl WorkerFastPath {
                 }
                 FastPathEvent::Remove(b) => {
                     let key = (b.allocation, b.channel);
-                    if let Some((fb, acc)) = self.entries.remove(&key) {
-                        let counts = router.remove(&fb);
-                        add_delta(core, b.allocation, counts, acc);
+                    if let Some(e) = self.entries.remove(&key) {
+                        let counts = router.remove(&e.fb);
+                        add_delta(core, b.allocation, counts, e.accounted);
+                        let tuple = (e.binding.client, e.binding.server);
+                        if let Some(keys) = self.by_client.get_mut(&tuple) {
+                            keys.retain(|k| *k != key);
+                            if keys.is_empty() {
+                                self.by_client.remove(&tuple);
+                            }
+                        }
                     }
                 }
             }
@@ -160,22 +195,53 @@ impl WorkerFastPath {
     pub fn sync_counts(&mut self, core: &mut TurnCore) {
         {
             let guard = self.shared.lock();
-            for ((id, _), (fb, acc)) in self.entries.iter_mut() {
-                let counts = guard.0.entry_counts(fb);
-                add_delta(core, *id, counts, *acc);
-                *acc = counts;
+            for e in self.entries.values_mut() {
+                sync_entry(core, &guard.0, e);
             }
         }
         self.shared.fold_counters();
     }
 
+    /// Adds the counts of the bindings of client 5-tuple (`client`, `server`) to its
+    /// allocation now: before a request of that client, which may end the allocation.
+    pub fn sync_client(&mut self, core: &mut TurnCore, client: SocketAddr, server: SocketAddr) {
+        let Some(keys) = self.by_client.get(&(client, server)) else {
+            return;
+        };
+        let guard = self.shared.lock();
+        for key in keys {
+            if let Some(e) = self.entries.get_mut(key) {
+                sync_entry(core, &guard.0, e);
+            }
+        }
+    }
+
+    /// Adds the counts of the bindings whose deadline is past to their allocations: before
+    /// the core's timers run, which may end those allocations.
+    pub fn sync_due(&mut self, core: &mut TurnCore, now: Instant) {
+        if self.next_due.is_none_or(|d| d > now) {
+            return;
+        }
+        let guard = self.shared.lock();
+        let mut next: Option<Instant> = None;
+        for e in self.entries.values_mut() {
+            if e.binding.expires <= now {
+                sync_entry(core, &guard.0, e);
+            } else {
+                next = Some(next.map_or(e.binding.expires, |d| d.min(e.binding.expires)));
+            }
+        }
+        self.next_due = next;
+    }
+
     /// Removes every binding of this worker (shutdown), with its final counts.
     pub fn clear(&mut self, core: &mut TurnCore) {
         let mut guard = self.shared.lock();
-        for ((id, _), (fb, acc)) in self.entries.drain() {
-            let counts = guard.0.remove(&fb);
-            add_delta(core, id, counts, acc);
+        for ((id, _), e) in self.entries.drain() {
+            let counts = guard.0.remove(&e.fb);
+            add_delta(core, id, counts, e.accounted);
         }
+        self.by_client.clear();
         self.shared
             .metrics
             .bindings
@@ -183,6 +249,12 @@ impl WorkerFastPath {
         drop(guard);
         self.shared.fold_counters();
     }
+}
+
+fn sync_entry(core: &mut TurnCore, router: &XdpRouter, e: &mut Entry) {
+    let counts = router.entry_counts(&e.fb);
+    add_delta(core, e.binding.allocation, counts, e.accounted);
+    e.accounted = counts;
 }
 
 fn add_delta(core: &mut TurnCore, id: u64, now: EntryCounts, before: EntryCounts) {
