@@ -34,6 +34,11 @@ const SERVER_IP: &str = "192.0.2.2";
 const RELAY_IP: &str = "203.0.113.2";
 const PEER_IP: &str = "203.0.113.1";
 const PEER_PORT: u16 = 5000;
+// The same links carry IPv6 (2001:db8::/32, RFC 3849).
+const CLIENT_IP6: &str = "2001:db8:1::1";
+const SERVER_IP6: &str = "2001:db8:1::2";
+const RELAY_IP6: &str = "2001:db8:2::2";
+const PEER_IP6: &str = "2001:db8:2::1";
 const SERVER_PORT: u16 = 3478;
 
 fn run(args: &[&str]) {
@@ -73,19 +78,34 @@ impl Drop for Ns {
     }
 }
 
-/// Joins namespaces `a` and `b` by a veth pair (`a_if` in `a` with `a_addr`, `b_if` in `b`
-/// with `b_addr`), checksum offload off on both ends.
-fn link(a: &str, a_if: &str, a_addr: &str, b: &str, b_if: &str, b_addr: &str) {
+/// Joins namespaces `a` and `b` by a veth pair (`a_if` in `a` with `a_addr` and `a_addr6`,
+/// `b_if` in `b` with `b_addr` and `b_addr6`), checksum offload off on both ends.
+fn link(a: (&str, &str, &str, &str), b: (&str, &str, &str, &str)) {
+    let (a, a_if, _, _) = a;
+    let (b, b_if, _, _) = b;
     run(&[
         "ip", "link", "add", a_if, "netns", a, "type", "veth", "peer", "name", b_if, "netns", b,
     ]);
-    for (ns, dev, addr) in [(a, a_if, a_addr), (b, b_if, b_addr)] {
+}
+
+fn configure((ns, dev, addr, addr6): (&str, &str, &str, &str)) {
+    {
         run(&["ip", "netns", "exec", ns, "ip", "addr", "add", addr, "dev", dev]);
+        // nodad: usable at once (no duplicate address detection delay).
+        run(&[
+            "ip", "netns", "exec", ns, "ip", "addr", "add", addr6, "dev", dev, "nodad",
+        ]);
         run(&["ip", "netns", "exec", ns, "ip", "link", "set", dev, "up"]);
         run(&[
             "ip", "netns", "exec", ns, "ethtool", "-K", dev, "tx", "off", "rx", "off",
         ]);
     }
+}
+
+fn join(a: (&str, &str, &str, &str), b: (&str, &str, &str, &str)) {
+    link(a, b);
+    configure(a);
+    configure(b);
 }
 
 /// The three namespaces and the server ns's link to the test.
@@ -105,26 +125,43 @@ fn topology(tag: &str) -> Topology {
     let peer = Ns::create(format!("tkp{id}"));
     let (sc, cs) = (format!("xs{id}"), format!("xc{id}"));
     let (sp, ps) = (format!("xq{id}"), format!("xp{id}"));
-    link(
-        &server.name,
-        &sc,
-        &format!("{SERVER_IP}/24"),
-        &client.0,
-        &cs,
-        &format!("{CLIENT_IP}/24"),
+    join(
+        (
+            &server.name,
+            &sc,
+            &format!("{SERVER_IP}/24"),
+            &format!("{SERVER_IP6}/64"),
+        ),
+        (
+            &client.0,
+            &cs,
+            &format!("{CLIENT_IP}/24"),
+            &format!("{CLIENT_IP6}/64"),
+        ),
     );
-    link(
-        &server.name,
-        &sp,
-        &format!("{RELAY_IP}/24"),
-        &peer.0,
-        &ps,
-        &format!("{PEER_IP}/24"),
+    join(
+        (
+            &server.name,
+            &sp,
+            &format!("{RELAY_IP}/24"),
+            &format!("{RELAY_IP6}/64"),
+        ),
+        (
+            &peer.0,
+            &ps,
+            &format!("{PEER_IP}/24"),
+            &format!("{PEER_IP6}/64"),
+        ),
     );
     // bpf_fib_lookup answers only where forwarding is on (README "XDP fast path").
-    server
-        .exec(&["sysctl", "-qw", "net.ipv4.conf.all.forwarding=1"])
-        .expect("forwarding in the server ns");
+    for sysctl in [
+        "net.ipv4.conf.all.forwarding=1",
+        "net.ipv6.conf.all.forwarding=1",
+    ] {
+        server
+            .exec(&["sysctl", "-qw", sysctl])
+            .expect("forwarding in the server ns");
+    }
     Topology {
         server,
         client,
@@ -143,10 +180,19 @@ struct Server {
 
 impl Server {
     fn start(t: &Topology, extra: &[&str]) -> Server {
+        Self::start_family(t, false, extra)
+    }
+
+    fn start_family(t: &Topology, v6: bool, extra: &[&str]) -> Server {
         let metrics = SocketAddr::new(t.server.ns_ip.into(), 9641);
         let admin = SocketAddr::new(t.server.ns_ip.into(), 9642);
         let bin = bin_path("turn-server");
-        let listen = format!("{SERVER_IP}:{SERVER_PORT}");
+        let listen = if v6 {
+            format!("[{SERVER_IP6}]:{SERVER_PORT}")
+        } else {
+            format!("{SERVER_IP}:{SERVER_PORT}")
+        };
+        let relay_ip = if v6 { RELAY_IP6 } else { RELAY_IP };
         let xdp = t.xdp_ifaces.join(",");
         let metrics_s = metrics.to_string();
         let admin_s = admin.to_string();
@@ -159,7 +205,7 @@ impl Server {
             "--listen",
             &listen,
             "--relay-ip",
-            RELAY_IP,
+            relay_ip,
             "--min-port",
             "40000",
             "--max-port",
@@ -218,6 +264,10 @@ impl Server {
 }
 
 fn start_peer(t: &Topology) -> ChildGuard {
+    start_peer_on(t, PEER_IP)
+}
+
+fn start_peer_on(t: &Topology, ip: &str) -> ChildGuard {
     let tool = require_tool("turnutils_peer");
     ChildGuard::spawn(
         "turnutils_peer",
@@ -227,7 +277,7 @@ fn start_peer(t: &Topology) -> ChildGuard {
             &t.peer.0,
             tool.to_str().expect("utf-8 path"),
             "-L",
-            PEER_IP,
+            ip,
             "-p",
             &PEER_PORT.to_string(),
         ]),
@@ -237,15 +287,25 @@ fn start_peer(t: &Topology) -> ChildGuard {
 /// uclient in the client ns: `clients` clients, `messages` each of 120 bytes every `gap_ms`,
 /// over channels (no `-s`), no RTCP allocation (`-c`).
 fn uclient(t: &Topology, clients: u64, messages: u64, gap_ms: u64) -> Command {
+    uclient_family(t, false, clients, messages, gap_ms)
+}
+
+/// [`uclient`] over IPv4 (`-X`) or IPv6 (`-x`: an IPv6 relayed address).
+fn uclient_family(t: &Topology, v6: bool, clients: u64, messages: u64, gap_ms: u64) -> Command {
     let tool = require_tool("turnutils_uclient");
+    let (family, peer, server) = if v6 {
+        ("-x", PEER_IP6, SERVER_IP6)
+    } else {
+        ("-X", PEER_IP, SERVER_IP)
+    };
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", &t.client.0])
         .arg(tool)
-        .args(["-c", "-X", "-z", &gap_ms.to_string()])
+        .args(["-c", family, "-z", &gap_ms.to_string()])
         .args(["-m", &clients.to_string(), "-n", &messages.to_string()])
         .args(["-l", "120", "-p", &SERVER_PORT.to_string()])
-        .args(["-e", PEER_IP, "-r", &PEER_PORT.to_string()])
-        .args(["-u", USER, "-w", PASSWORD, SERVER_IP]);
+        .args(["-e", peer, "-r", &PEER_PORT.to_string()])
+        .args(["-u", USER, "-w", PASSWORD, server]);
     cmd
 }
 
@@ -293,13 +353,30 @@ fn ended_records(log: &str) -> (u64, u64) {
         })
 }
 
-/// `Udp: InCsumErrors` of namespace `ns`.
-fn udp_checksum_errors(ns: &str) -> u64 {
+/// UDP datagrams with a bad checksum that namespace `ns` received: `Udp: InCsumErrors` of
+/// `/proc/net/snmp` (`family` "Udp") or `Udp6InCsumErrors` of `/proc/net/snmp6` ("Udp6").
+fn udp_checksum_errors(ns: &str, family: &str) -> u64 {
+    let file = if family == "Udp6" {
+        "/proc/net/snmp6"
+    } else {
+        "/proc/net/snmp"
+    };
     let out = Command::new("ip")
-        .args(["netns", "exec", ns, "cat", "/proc/net/snmp"])
+        .args(["netns", "exec", ns, "cat", file])
         .output()
-        .expect("read /proc/net/snmp");
+        .expect("read the SNMP counters");
     let text = String::from_utf8_lossy(&out.stdout);
+    if family == "Udp6" {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("Udp6InCsumErrors"))
+            .unwrap_or_else(|| panic!("no Udp6InCsumErrors in {text}"));
+        return line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .expect("a number");
+    }
     let udp: Vec<&str> = text.lines().filter(|l| l.starts_with("Udp: ")).collect();
     assert_eq!(udp.len(), 2, "{text}");
     let names: Vec<&str> = udp[0].split_whitespace().collect();
@@ -313,14 +390,23 @@ fn udp_checksum_errors(ns: &str) -> u64 {
 
 #[test]
 fn channel_data_takes_the_xdp_path_both_ways_with_valid_checksums() {
-    let t = topology("xa");
-    let server = Server::start(&t, &[]);
-    let _peer = start_peer(&t);
+    relay_through_xdp("xa", false);
+}
+
+#[test]
+fn ipv6_channel_data_takes_the_xdp_path_both_ways_with_valid_checksums() {
+    relay_through_xdp("xd", true);
+}
+
+fn relay_through_xdp(tag: &str, v6: bool) {
+    let t = topology(tag);
+    let server = Server::start_family(&t, v6, &[]);
+    let _peer = start_peer_on(&t, if v6 { PEER_IP6 } else { PEER_IP });
     std::thread::sleep(Duration::from_millis(300));
     const CLIENTS: u64 = 2;
     const MESSAGES: u64 = 100;
     let out = run_with_timeout(
-        &mut uclient(&t, CLIENTS, MESSAGES, 5),
+        &mut uclient_family(&t, v6, CLIENTS, MESSAGES, 5),
         Duration::from_secs(45),
     );
     let shown = shown(&out);
@@ -349,7 +435,7 @@ fn channel_data_takes_the_xdp_path_both_ways_with_valid_checksums() {
         server.relayed("client_to_peer", "userspace"),
         server.relayed("peer_to_client", "userspace"),
     );
-    println!("xdp {xdp:?} userspace {user:?} of {expected} each way");
+    println!("v6={v6}: xdp {xdp:?} userspace {user:?} of {expected} each way");
     // A few datagrams may take the normal path (before the peer's neighbour entry exists).
     let few = 10.0;
     assert!(
@@ -365,9 +451,14 @@ fn channel_data_takes_the_xdp_path_both_ways_with_valid_checksums() {
             >= 2.0 * 120.0 * (expected as f64 - few),
         "{text}"
     );
-    assert_eq!(udp_checksum_errors(&t.peer.0), 0, "peer ns saw bad UDP checksums");
+    let family = if v6 { "Udp6" } else { "Udp" };
     assert_eq!(
-        udp_checksum_errors(&t.client.0),
+        udp_checksum_errors(&t.peer.0, family),
+        0,
+        "peer ns saw bad UDP checksums"
+    );
+    assert_eq!(
+        udp_checksum_errors(&t.client.0, family),
         0,
         "client ns saw bad UDP checksums"
     );
