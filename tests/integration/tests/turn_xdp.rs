@@ -567,7 +567,16 @@ fn a_refused_peer_never_gets_a_map_entry() {
         0.0,
         "{text}"
     );
+    // The program goes with the process.
     drop(server);
+    for dev in &t.xdp_ifaces {
+        let out = Command::new("ip")
+            .args(["-n", &t.server.name, "link", "show", "dev", dev])
+            .output()
+            .expect("ip link show");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && !text.contains("xdp"), "{text}");
+    }
 }
 
 #[test]
@@ -591,4 +600,46 @@ fn without_the_program_or_with_a_bad_interface_the_server_does_not_start() {
         "no clear error: {}",
         shown(&out)
     );
+}
+
+#[test]
+fn the_program_stops_at_the_deadline_when_userspace_is_late() {
+    // Allocations live at most 10 s, so every entry's deadline is at most 10 s after the last
+    // request the server handled.
+    let t = topology("xe");
+    let server = Server::start(&t, &["--max-lifetime", "10"]);
+    let _peer = start_peer(&t);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut cmd = uclient(&t, 1, 6000, 5);
+    let client = ChildGuard::spawn("turnutils_uclient", &mut cmd);
+    let flowing = wait_until(Duration::from_secs(15), || {
+        server.relayed("client_to_peer", "xdp") >= 50.0
+    });
+    assert!(
+        flowing,
+        "no XDP traffic: {}\n{}",
+        scrape_metrics(server.metrics),
+        client.log()
+    );
+    assert_eq!(
+        server.metric("turn_xdp_passed_total", &[("reason", "expired")]),
+        0.0
+    );
+    // Userspace stops (no timer, no Remove) while the client keeps sending: past the
+    // deadline the program must hand the datagrams to the (stopped) server instead.
+    let pid = server.child.id().to_string();
+    run(&["kill", "-STOP", &pid]);
+    std::thread::sleep(Duration::from_secs(11));
+    run(&["kill", "-CONT", &pid]);
+    let passed = wait_until(Duration::from_secs(5), || {
+        server.metric("turn_xdp_passed_total", &[("reason", "expired")]) >= 10.0
+    });
+    let text = scrape_metrics(server.metrics);
+    assert!(
+        passed,
+        "the program did not stop at the deadline:\n{text}\n{}",
+        client.log()
+    );
+    drop(client);
+    drop(server);
 }
