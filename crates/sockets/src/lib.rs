@@ -1,8 +1,8 @@
 //! Socket set-up: the one place with socket options (SO_REUSEPORT, buffer sizes, DF).
 
 pub mod batch;
-pub mod xdp;
 pub mod poller;
+pub mod xdp;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;

@@ -1301,6 +1301,56 @@ mod tests {
     }
 
     #[test]
+    fn xdp_keys_from_file_and_flags_are_restart_only() {
+        let cfg = parse(&[]).resolve(&Defaults::default()).unwrap();
+        assert_eq!(cfg.xdp, None);
+        let dir = std::env::temp_dir().join(format!("turnkey-turn-xdp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.toml");
+        std::fs::write(
+            &path,
+            "xdp = [\"eth0\"]\nxdp_mode = \"native\"\nxdp_max_bindings = 100\n",
+        )
+        .unwrap();
+        let file = parse(&["--config", path.to_str().unwrap()])
+            .resolve(&Defaults::default())
+            .unwrap();
+        assert_eq!(
+            file.xdp,
+            Some(XdpConfig {
+                interfaces: vec!["eth0".into()],
+                mode: XdpMode::Native,
+                max_bindings: 100,
+            })
+        );
+        let flags = parse(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--xdp",
+            "veth0,veth1",
+            "--xdp-mode",
+            "generic",
+        ])
+        .resolve(&Defaults::default())
+        .unwrap();
+        let x = flags.xdp.clone().unwrap();
+        assert_eq!(x.interfaces, vec!["veth0".to_string(), "veth1".to_string()]);
+        assert_eq!((x.mode, x.max_bindings), (XdpMode::Generic, 100));
+        assert_eq!(
+            file.restart_only_changes(&flags),
+            vec!["xdp/xdp_mode/xdp_max_bindings"]
+        );
+        assert_eq!(file.reloadable_part_of(flags).xdp, file.xdp);
+        for bad in [
+            &["--xdp", "a/b"][..],
+            &["--xdp", "eth0", "--xdp-max-bindings", "0"],
+        ] {
+            assert!(parse(bad).resolve(&Defaults::default()).is_err(), "{bad:?}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn fleet_keys_are_restart_only_and_the_redis_password_is_redacted() {
         let cfg = parse(&[]).resolve(&Defaults::default()).unwrap();
         assert!(cfg.fleet.is_none());

@@ -90,7 +90,9 @@ fn link(a: (&str, &str, &str, &str), b: (&str, &str, &str, &str)) {
 
 fn configure((ns, dev, addr, addr6): (&str, &str, &str, &str)) {
     {
-        run(&["ip", "netns", "exec", ns, "ip", "addr", "add", addr, "dev", dev]);
+        run(&[
+            "ip", "netns", "exec", ns, "ip", "addr", "add", addr, "dev", dev,
+        ]);
         // nodad: usable at once (no duplicate address detection delay).
         run(&[
             "ip", "netns", "exec", ns, "ip", "addr", "add", addr6, "dev", dev, "nodad",
@@ -241,7 +243,11 @@ impl Server {
             if matches!(http_get(metrics, "/healthz"), Ok((200, _))) {
                 break;
             }
-            assert!(Instant::now() < deadline, "turn-server not ready:\n{}", child.log());
+            assert!(
+                Instant::now() < deadline,
+                "turn-server not ready:\n{}",
+                child.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         Server {
@@ -517,10 +523,8 @@ fn ending_the_allocations_stops_the_fast_path_at_once() {
     // uclient keeps sending on its dead allocation: userspace drops it.
     std::thread::sleep(Duration::from_millis(1500));
     let frozen = server.relayed("client_to_peer", "xdp");
-    let dropped_before = server.metric(
-        "turn_dropped_packets_total",
-        &[("reason", "no_allocation")],
-    );
+    let dropped_before =
+        server.metric("turn_dropped_packets_total", &[("reason", "no_allocation")]);
     std::thread::sleep(Duration::from_millis(2500));
     let text = scrape_metrics(server.metrics);
     assert_eq!(
@@ -528,10 +532,8 @@ fn ending_the_allocations_stops_the_fast_path_at_once() {
         frozen,
         "XDP still relays after the allocation ended:\n{text}"
     );
-    let dropped = server.metric(
-        "turn_dropped_packets_total",
-        &[("reason", "no_allocation")],
-    ) - dropped_before;
+    let dropped = server.metric("turn_dropped_packets_total", &[("reason", "no_allocation")])
+        - dropped_before;
     assert!(
         dropped >= 100.0,
         "userspace did not see (and drop) the client's datagrams: {dropped}\n{text}"
@@ -556,7 +558,11 @@ fn a_refused_peer_never_gets_a_map_entry() {
     let text = scrape_metrics(server.metrics);
     assert!(denied, "no refusal counted: {shown}\n{text}");
     assert_eq!(server.metric("turn_xdp_bindings", &[]), 0.0, "{text}");
-    assert_eq!(server.metric("turn_xdp_install_failures_total", &[]), 0.0, "{text}");
+    assert_eq!(
+        server.metric("turn_xdp_install_failures_total", &[]),
+        0.0,
+        "{text}"
+    );
     assert_eq!(
         server.metric("turn_relayed_packets_total", &[("path", "xdp")]),
         0.0,

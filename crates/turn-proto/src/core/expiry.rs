@@ -22,9 +22,9 @@ impl TurnCore {
         self.sync_bandwidth(now);
         while let Some((_, key)) = self.timers.pop_due(now) {
             match key {
-                TimerKey::Allocation(id) | TimerKey::Permission(id, _) | TimerKey::Channel(id, _) => {
-                    self.fast_path.touch(id)
-                }
+                TimerKey::Allocation(id)
+                | TimerKey::Permission(id, _)
+                | TimerKey::Channel(id, _) => self.fast_path.touch(id),
                 _ => {}
             }
             match key {

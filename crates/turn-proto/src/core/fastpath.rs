@@ -189,7 +189,8 @@ impl TurnCore {
         for old in &had {
             let same_key = want.iter().find(|w| w.channel == old.channel);
             let keep = same_key.is_some_and(|w| {
-                (w.client, w.server, w.relay, w.peer) == (old.client, old.server, old.relay, old.peer)
+                (w.client, w.server, w.relay, w.peer)
+                    == (old.client, old.server, old.relay, old.peer)
             });
             if !keep {
                 fp.events.push_back(FastPathEvent::Remove(*old));

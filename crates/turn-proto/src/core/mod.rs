@@ -49,11 +49,11 @@ mod smallmap;
 mod tcp;
 
 pub use crate::stats::EndReason;
-pub use fastpath::{FastPathBinding, FastPathEvent};
 pub use admin::{AllocationFilter, AllocationInfo, ChannelInfo, PermissionInfo, Traffic};
 pub use bandwidth::{
     BandwidthCaps, BandwidthError, Direction, DEFAULT_BURST_MS, MAX_BURST_MS, MAX_STREAM_WAIT,
 };
+pub use fastpath::{FastPathBinding, FastPathEvent};
 use mobility::Mobility;
 pub use mobility::{Ticket, TicketError, TicketKey, ATTR_MOBILITY_TICKET, TICKET_CHARS};
 use shared::Holder;

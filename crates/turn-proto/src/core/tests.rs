@@ -3111,6 +3111,69 @@ fn fast_path_traffic_is_added_to_the_allocation_accounting() {
         },
     );
     let info = h.core.allocation_info(id, h.now).unwrap();
-    assert_eq!(info.to_peer, Traffic { packets: 6, bytes: 510 });
-    assert_eq!(info.from_peer, Traffic { packets: 2, bytes: 64 });
+    assert_eq!(
+        info.to_peer,
+        Traffic {
+            packets: 6,
+            bytes: 510
+        }
+    );
+    assert_eq!(
+        info.from_peer,
+        Traffic {
+            packets: 2,
+            bytes: 64
+        }
+    );
+}
+
+#[test]
+fn fast_path_follows_an_rfc_8016_move_only_once_it_is_confirmed() {
+    let mut h = Harness::with(mobile_config(), FakeRelays::new("127.0.0.1"));
+    h.core.enable_fast_path();
+    let peer: SocketAddr = "192.0.2.84:7000".parse().unwrap();
+    let (mut c, relay, tk) = mobile_call(&mut h, 41007, peer);
+    let first = installed(&fast_events(&mut h));
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].client, c.tuple.client);
+    let old = c.tuple;
+    let new = FiveTuple {
+        client: "203.0.113.9:50124".parse().unwrap(),
+        ..old
+    };
+    c.tuple = new;
+    let r = c.call(&mut h, METHOD_REFRESH, &[(ATTR_MOBILITY_TICKET, tk)], &[]);
+    assert!(is_success(&r), "{:?}", code(&r));
+    // Moved but not confirmed: data may come on either 5-tuple, the fast path has none.
+    let ev = fast_events(&mut h);
+    assert_eq!(ev, vec![FastPathEvent::Remove(first[0])]);
+    // ChannelData on the new 5-tuple confirms the move: the binding comes back on it.
+    assert_eq!(h.send(new, &channel_data(3)).len(), 1);
+    let ev = fast_events(&mut h);
+    let again = installed(&ev);
+    assert_eq!(again.len(), 1, "{ev:?}");
+    assert_eq!(
+        (again[0].client, again[0].relay, again[0].peer),
+        (new.client, relay, peer)
+    );
+}
+
+#[test]
+fn fast_path_follows_a_reload_that_refuses_the_peer() {
+    let mut h = Harness::new();
+    h.core.enable_fast_path();
+    let peer: SocketAddr = "192.0.2.85:7000".parse().unwrap();
+    let _ = channel_to(&mut h, 41008, "alice", "alicepw", peer);
+    assert_eq!(installed(&fast_events(&mut h)).len(), 1);
+    let mut cfg = config();
+    cfg.policy = PeerPolicy::new(
+        vec![],
+        vec!["192.0.2.0/24".parse().unwrap()],
+        vec!["127.0.0.1".parse().unwrap()],
+        vec![3478],
+        (50000, 50999),
+    );
+    h.core.reconfigure(Arc::new(cfg), h.now);
+    assert_eq!(removed(&fast_events(&mut h)).len(), 1);
+    assert_eq!(h.core.fast_path_bindings(), 0);
 }

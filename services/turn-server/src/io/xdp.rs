@@ -145,7 +145,8 @@ impl WorkerFastPath {
                             if !keys.contains(&key) {
                                 keys.push(key);
                             }
-                            self.next_due = Some(self.next_due.map_or(b.expires, |d| d.min(b.expires)));
+                            self.next_due =
+                                Some(self.next_due.map_or(b.expires, |d| d.min(b.expires)));
                             self.entries.insert(
                                 key,
                                 Entry {
@@ -242,10 +243,7 @@ impl WorkerFastPath {
             add_delta(core, id, counts, e.accounted);
         }
         self.by_client.clear();
-        self.shared
-            .metrics
-            .bindings
-            .set(guard.0.installed() as i64);
+        self.shared.metrics.bindings.set(guard.0.installed() as i64);
         drop(guard);
         self.shared.fold_counters();
     }
@@ -263,7 +261,9 @@ fn add_delta(core: &mut TurnCore, id: u64, now: EntryCounts, before: EntryCounts
         bytes: now.to_peer_bytes.saturating_sub(before.to_peer_bytes),
     };
     let from_peer = Traffic {
-        packets: now.from_peer_packets.saturating_sub(before.from_peer_packets),
+        packets: now
+            .from_peer_packets
+            .saturating_sub(before.from_peer_packets),
         bytes: now.from_peer_bytes.saturating_sub(before.from_peer_bytes),
     };
     if to_peer.packets + from_peer.packets > 0 {
