@@ -2949,7 +2949,7 @@ fn fast_path_follows_channel_permission_and_allocation_deadlines() {
     assert!(is_success(&c.call(
         &mut h,
         METHOD_CHANNEL_BIND,
-        &[ch.clone()],
+        std::slice::from_ref(&ch),
         &[peer]
     )));
     let ev = fast_events(&mut h);
@@ -3047,7 +3047,12 @@ fn fast_path_never_gets_a_refused_peer_or_a_live_relay() {
     // The test policy denies 127.0.0.1: 403 and no entry.
     let denied: SocketAddr = "127.0.0.1:7000".parse().unwrap();
     let ch = (ATTR_CHANNEL_NUMBER, vec![0x40, 0x02, 0, 0]);
-    let r = c.call(&mut h, METHOD_CHANNEL_BIND, &[ch.clone()], &[denied]);
+    let r = c.call(
+        &mut h,
+        METHOD_CHANNEL_BIND,
+        std::slice::from_ref(&ch),
+        &[denied],
+    );
     assert_eq!(code(&r), Some(403));
     assert!(fast_events(&mut h).is_empty());
     // Another allocation's relayed address (allowed on the slow path as a live relay, denied
