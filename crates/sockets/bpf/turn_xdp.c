@@ -384,7 +384,11 @@ static __noinline int handle_v4(struct xdp_md *ctx)
 	__u32 ulen = bpf_ntohs(h.udp.len);
 	if (ulen < sizeof(struct udphdr) || tot != 20 + ulen)
 		return XDP_PASS;
-	if (data + sizeof(struct ethhdr) + tot > end) // truncated
+	// The frame is exactly the datagram (or a minimum-size Ethernet frame padded to 60
+	// bytes): nothing truncated, and no GRO super-packet whose later segments would be lost.
+	if (data + sizeof(struct ethhdr) + tot > end)
+		return XDP_PASS;
+	if (data + sizeof(struct ethhdr) + tot != end && end - data > ETH_ZLEN)
 		return XDP_PASS;
 
 	__u16 chan, clen_be;
@@ -566,6 +570,9 @@ static __noinline int handle_v6(struct xdp_md *ctx)
 	if (h.udp.check == 0) // mandatory over IPv6 (RFC 8200 §8.1)
 		return XDP_PASS;
 	if (data + sizeof(struct ethhdr) + sizeof(struct ipv6hdr) + ulen > end)
+		return XDP_PASS;
+	if (data + sizeof(struct ethhdr) + sizeof(struct ipv6hdr) + ulen != end &&
+	    end - data > ETH_ZLEN)
 		return XDP_PASS;
 
 	__u16 chan, clen_be;
