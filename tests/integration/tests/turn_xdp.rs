@@ -649,3 +649,45 @@ fn the_program_stops_at_the_deadline_when_userspace_is_late() {
     drop(client);
     drop(server);
 }
+
+#[test]
+fn when_the_maps_are_full_bindings_stay_on_the_normal_path() {
+    let t = topology("xf");
+    // uclient binds two channels per client (its peer port and the next): 4 wanted, 2 fit.
+    let server = Server::start(&t, &["--xdp-max-bindings", "2"]);
+    let _peer = start_peer(&t);
+    std::thread::sleep(Duration::from_millis(300));
+    const CLIENTS: u64 = 2;
+    const MESSAGES: u64 = 50;
+    let out = run_with_timeout(
+        &mut uclient(&t, CLIENTS, MESSAGES, 5),
+        Duration::from_secs(45),
+    );
+    let shown = shown(&out);
+    assert!(out.success(), "uclient failed: {shown}");
+    let expected = CLIENTS * MESSAGES;
+    assert_eq!(
+        report(&out.stdout),
+        Some((expected, expected, 0)),
+        "{shown}"
+    );
+    let counted = wait_until(Duration::from_secs(5), || {
+        server.metric(
+            "turn_relayed_packets_total",
+            &[("direction", "client_to_peer")],
+        ) >= expected as f64
+    });
+    let text = scrape_metrics(server.metrics);
+    assert!(counted, "{text}");
+    assert!(
+        server.metric("turn_xdp_install_failures_total", &[]) >= 1.0,
+        "no install failure counted:\n{text}"
+    );
+    assert!(server.metric("turn_xdp_bindings", &[]) <= 2.0, "{text}");
+    // Both paths carried traffic: the client whose bindings fit, and the other one.
+    assert!(server.relayed("client_to_peer", "xdp") > 0.0, "{text}");
+    assert!(
+        server.relayed("client_to_peer", "userspace") >= MESSAGES as f64 - 10.0,
+        "{text}"
+    );
+}
