@@ -1,7 +1,7 @@
 //! The XDP fast path (`--xdp`) end to end, in network namespaces of its own:
 //!
 //! ```text
-//!  client ns                server ns (turn-server --xdp xc..,xp.. --xdp-mode generic)      peer ns
+//!  client ns                server ns (turn-server --xdp xs..,xq.. --xdp-mode generic|native) peer ns
 //!  192.0.2.1/24 ---veth--- 192.0.2.2/24 (listener :3478)                                   
 //!                          203.0.113.2/24 (relayed addresses) ---veth--- 203.0.113.1/24 (turnutils_peer)
 //!                          198.51.100.x/30 ---veth--- root ns (the test: /metrics, admin API)
@@ -117,6 +117,8 @@ struct Topology {
     peer: Ns,
     /// The server-side interfaces (client-facing, peer-facing): where XDP goes.
     xdp_ifaces: [String; 2],
+    /// Their other ends (in the client ns, in the peer ns).
+    end_ifaces: [String; 2],
 }
 
 fn topology(tag: &str) -> Topology {
@@ -169,6 +171,7 @@ fn topology(tag: &str) -> Topology {
         client,
         peer,
         xdp_ifaces: [sc, sp],
+        end_ifaces: [cs, ps],
     }
 }
 
@@ -182,10 +185,10 @@ struct Server {
 
 impl Server {
     fn start(t: &Topology, extra: &[&str]) -> Server {
-        Self::start_family(t, false, extra)
+        Self::start_family(t, false, "generic", extra)
     }
 
-    fn start_family(t: &Topology, v6: bool, extra: &[&str]) -> Server {
+    fn start_family(t: &Topology, v6: bool, mode: &str, extra: &[&str]) -> Server {
         let metrics = SocketAddr::new(t.server.ns_ip.into(), 9641);
         let admin = SocketAddr::new(t.server.ns_ip.into(), 9642);
         let bin = bin_path("turn-server");
@@ -225,7 +228,7 @@ impl Server {
             "--xdp",
             &xdp,
             "--xdp-mode",
-            "generic",
+            mode,
         ];
         args.extend_from_slice(extra);
         let mut cmd = Command::new("ip");
@@ -396,17 +399,72 @@ fn udp_checksum_errors(ns: &str, family: &str) -> u64 {
 
 #[test]
 fn channel_data_takes_the_xdp_path_both_ways_with_valid_checksums() {
-    relay_through_xdp("xa", false);
+    relay_through_xdp("xa", false, "generic");
 }
 
 #[test]
 fn ipv6_channel_data_takes_the_xdp_path_both_ways_with_valid_checksums() {
-    relay_through_xdp("xd", true);
+    relay_through_xdp("xd", true, "generic");
 }
 
-fn relay_through_xdp(tag: &str, v6: bool) {
+/// Native XDP on veth: frames redirected into a veth reach its peer only when that peer has
+/// an XDP program too, so the client and peer ends get one that passes everything.
+#[test]
+fn native_mode_on_veth_relays_both_ways() {
+    relay_through_xdp("xg", false, "native");
+}
+
+/// Compiles an XDP program that passes everything and attaches it (native) to `dev` in `ns`.
+fn attach_pass_program(ns: &str, dev: &str) {
+    let dir = std::env::temp_dir().join(format!("turnkey-xdp-pass-{}-{dev}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let src = dir.join("pass.c");
+    let obj = dir.join("pass.o");
+    {
+        std::fs::write(
+            &src,
+            "#include <linux/bpf.h>\n#include <bpf/bpf_helpers.h>\n\
+             SEC(\"xdp\") int pass(struct xdp_md *ctx) { return XDP_PASS; }\n\
+             char _license[] SEC(\"license\") = \"GPL\";\n",
+        )
+        .expect("write pass.c");
+        let arch = std::env::consts::ARCH;
+        run(&[
+            "clang",
+            "-O2",
+            "-target",
+            "bpf",
+            &format!("-I/usr/include/{arch}-linux-gnu"),
+            "-c",
+            src.to_str().expect("utf-8"),
+            "-o",
+            obj.to_str().expect("utf-8"),
+        ]);
+    }
+    run(&[
+        "ip",
+        "-n",
+        ns,
+        "link",
+        "set",
+        "dev",
+        dev,
+        "xdpdrv",
+        "obj",
+        obj.to_str().expect("utf-8"),
+        "sec",
+        "xdp",
+    ]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn relay_through_xdp(tag: &str, v6: bool, mode: &str) {
     let t = topology(tag);
-    let server = Server::start_family(&t, v6, &[]);
+    if mode == "native" {
+        attach_pass_program(&t.client.0, &t.end_ifaces[0]);
+        attach_pass_program(&t.peer.0, &t.end_ifaces[1]);
+    }
+    let server = Server::start_family(&t, v6, mode, &[]);
     let _peer = start_peer_on(&t, if v6 { PEER_IP6 } else { PEER_IP });
     std::thread::sleep(Duration::from_millis(300));
     const CLIENTS: u64 = 2;
@@ -441,7 +499,7 @@ fn relay_through_xdp(tag: &str, v6: bool) {
         server.relayed("client_to_peer", "userspace"),
         server.relayed("peer_to_client", "userspace"),
     );
-    println!("v6={v6}: xdp {xdp:?} userspace {user:?} of {expected} each way");
+    println!("v6={v6} {mode}: xdp {xdp:?} userspace {user:?} of {expected} each way");
     // A few datagrams may take the normal path (before the peer's neighbour entry exists).
     let few = 10.0;
     assert!(
