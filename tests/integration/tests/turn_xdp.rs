@@ -711,8 +711,9 @@ fn the_program_stops_at_the_deadline_when_userspace_is_late() {
 #[test]
 fn when_the_maps_are_full_bindings_stay_on_the_normal_path() {
     let t = topology("xf");
-    // uclient binds two channels per client (its peer port and the next): 4 wanted, 2 fit.
-    let server = Server::start(&t, &["--xdp-max-bindings", "2"]);
+    // uclient binds two channels per client (its peer port and the next): 4 wanted, 1 fits,
+    // so at least one client's traffic stays on the normal path whatever the order.
+    let server = Server::start(&t, &["--xdp-max-bindings", "1"]);
     let _peer = start_peer(&t);
     std::thread::sleep(Duration::from_millis(300));
     const CLIENTS: u64 = 2;
@@ -737,13 +738,19 @@ fn when_the_maps_are_full_bindings_stay_on_the_normal_path() {
     });
     let text = scrape_metrics(server.metrics);
     assert!(counted, "{text}");
+    println!(
+        "full maps: xdp {} userspace {} failures {} bindings {}",
+        server.relayed("client_to_peer", "xdp"),
+        server.relayed("client_to_peer", "userspace"),
+        server.metric("turn_xdp_install_failures_total", &[]),
+        server.metric("turn_xdp_bindings", &[])
+    );
     assert!(
         server.metric("turn_xdp_install_failures_total", &[]) >= 1.0,
         "no install failure counted:\n{text}"
     );
-    assert!(server.metric("turn_xdp_bindings", &[]) <= 2.0, "{text}");
-    // Both paths carried traffic: the client whose bindings fit, and the other one.
-    assert!(server.relayed("client_to_peer", "xdp") > 0.0, "{text}");
+    assert!(server.metric("turn_xdp_bindings", &[]) <= 1.0, "{text}");
+    // The client without a binding in the maps was relayed by the workers, without loss.
     assert!(
         server.relayed("client_to_peer", "userspace") >= MESSAGES as f64 - 10.0,
         "{text}"
