@@ -367,10 +367,13 @@ pub fn start(
     // The XDP fast path: attached before any worker runs; a failure fails the start (the
     // operator asked for it explicitly).
     let fast_path = match &cfg.xdp {
-        Some(x) => Some(
+        Some(x) => Some({
+            if let Some(w) = cfg.listen.iter().find(|l| l.ip().is_unspecified()) {
+                tracing::warn!(listen = %w, "the XDP fast path needs a specific listen address: clients of a wildcard listener stay on the normal path");
+            }
             xdp::XdpShared::attach(x, metrics.xdp.clone())
-                .map_err(|e| io::Error::other(format!("--xdp {}: {e}", x.interfaces.join(","))))?,
-        ),
+                .map_err(|e| io::Error::other(format!("--xdp {}: {e}", x.interfaces.join(","))))?
+        }),
         None => None,
     };
     let start_instant = Instant::now();
