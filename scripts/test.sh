@@ -2,7 +2,7 @@
 # The one test command: bash scripts/test.sh
 #
 # Installs what the tests need if it is missing (Debian/Ubuntu: coturn's turnutils_* client
-# tools, chromium, iproute2 (ip, tc), iptables, Node.js + npm, redis-server, haproxy (the
+# tools, chromium, iproute2 (ip, tc), iptables, clang + libbpf-dev + ethtool (the XDP test), Node.js + npm, redis-server, haproxy (the
 # PROXY protocol test runs its own instances), the browser test's npm packages, aiortc in a
 # venv), then runs
 #   cargo fmt --check, cargo clippy -D warnings, cargo build --bins, cargo test
@@ -55,6 +55,11 @@ if ! have redis-server; then MISSING+=(redis-server); fi
 if ! have docker-compose; then MISSING+=(docker-compose); fi
 if ! have prometheus; then MISSING+=(prometheus); fi
 if ! have haproxy; then MISSING+=(haproxy); fi
+# The XDP fast path (turn_xdp): clang builds the eBPF object, libbpf-dev has its headers,
+# ethtool turns veth checksum offload off so the test sees real UDP checksums.
+if ! have clang; then MISSING+=(clang); fi
+if ! [ -f /usr/include/bpf/bpf_helpers.h ]; then MISSING+=(libbpf-dev); fi
+if ! have ethtool; then MISSING+=(ethtool); fi
 if ! have cargo && ! [ -x "$HOME/.cargo/bin/cargo" ]; then
   if ! have curl; then MISSING+=(curl); fi
   MISSING+=(ca-certificates)

@@ -2,6 +2,7 @@
 
 pub mod batch;
 pub mod poller;
+pub mod xdp;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;

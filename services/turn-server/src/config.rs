@@ -226,6 +226,21 @@ pub struct ServerArgs {
     /// Default: the host name and the first listen port (`host-3478`).
     #[arg(long = "node-name", value_name = "NAME")]
     pub node_name: Option<String>,
+    /// XDP fast path for ChannelData over UDP on these interfaces (repeatable or a comma
+    /// list; the interfaces clients and peers arrive on): bound channels with a live
+    /// permission are relayed in the kernel without waking the workers. Needs root (or
+    /// CAP_BPF + CAP_NET_ADMIN) and a build with clang; start fails when it cannot attach.
+    /// Default: off.
+    #[arg(long = "xdp", value_name = "IFACE", value_delimiter = ',')]
+    pub xdp: Vec<String>,
+    /// How the XDP program is attached: native (in the driver), generic (every interface,
+    /// slower) or auto (native where the driver supports it). Default auto.
+    #[arg(long = "xdp-mode", value_name = "MODE")]
+    pub xdp_mode: Option<XdpMode>,
+    /// Channel bindings the XDP maps hold; beyond, bindings stay on the normal path
+    /// (`turn_xdp_install_failures_total`). Default 65536.
+    #[arg(long = "xdp-max-bindings", value_name = "N")]
+    pub xdp_max_bindings: Option<u32>,
 }
 
 /// The TOML file: the same keys as the flags, with `_` for `-`.
@@ -346,6 +361,37 @@ pub struct FileConfig {
     pub redis_master: Option<String>,
     /// See `--node-name`.
     pub node_name: Option<String>,
+    /// See `--xdp`.
+    #[serde(default)]
+    pub xdp: Vec<String>,
+    /// See `--xdp-mode`.
+    pub xdp_mode: Option<XdpMode>,
+    /// See `--xdp-max-bindings`.
+    pub xdp_max_bindings: Option<u32>,
+}
+
+/// `--xdp-mode`.
+#[derive(clap::ValueEnum, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// In the driver (fails where the driver has no XDP support).
+    Native,
+    /// In the kernel's generic receive path (every interface).
+    Generic,
+    /// Native where supported, else generic.
+    #[default]
+    Auto,
+}
+
+/// The XDP fast path (`--xdp`, `--xdp-mode`, `--xdp-max-bindings`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct XdpConfig {
+    /// Interfaces to attach to.
+    pub interfaces: Vec<String>,
+    /// Attach mode.
+    pub mode: XdpMode,
+    /// Entries per map.
+    pub max_bindings: u32,
 }
 
 /// `--log-format`.
@@ -456,6 +502,8 @@ pub struct TurnConfig {
     pub fleet: Option<FleetConfig>,
     /// This node's name in the fleet.
     pub node_name: String,
+    /// The XDP fast path (None: off).
+    pub xdp: Option<XdpConfig>,
 }
 
 /// Where the fleet state lives (`redis`, `redis_sentinel`, `redis_master`).
@@ -729,6 +777,31 @@ impl Layered for ServerArgs {
             .or(file.workers)
             .unwrap_or_else(turnkey_runtime::workers::default_workers)
             .max(1);
+        let xdp_interfaces = pick(self.xdp, file.xdp);
+        let xdp = if xdp_interfaces.is_empty() {
+            None
+        } else {
+            if let Some(bad) = xdp_interfaces
+                .iter()
+                .find(|i| i.is_empty() || i.len() > 15 || i.contains(['/', ' ']))
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "xdp: {bad:?} is not an interface name"
+                )));
+            }
+            let max_bindings = self
+                .xdp_max_bindings
+                .or(file.xdp_max_bindings)
+                .unwrap_or(65536);
+            if max_bindings == 0 {
+                return Err(ConfigError::Invalid("xdp_max_bindings must be > 0".into()));
+            }
+            Some(XdpConfig {
+                interfaces: xdp_interfaces,
+                mode: self.xdp_mode.or(file.xdp_mode).unwrap_or_default(),
+                max_bindings,
+            })
+        };
         Ok(TurnConfig {
             listen,
             relay_ips,
@@ -777,6 +850,7 @@ impl Layered for ServerArgs {
             bandwidth,
             fleet,
             node_name,
+            xdp,
         })
     }
 }
@@ -807,7 +881,7 @@ impl TurnConfig {
         let mut users: Vec<&String> = self.users.keys().collect();
         users.sort();
         format!(
-            "listen={:?} relay_ip={:?} ports={}-{} external_ip={:?} realm={:?} users={:?} (passwords <redacted>) auth_secrets={} (<redacted>) allow_peer={:?} deny_peer={:?} metrics={} nonce_lifetime={}s user_quota={} total_quota={} ip_quota={} unauth_rate={}/s unauth_burst={} max_lifetime={}s workers={} drain_timeout={}s tls_listen={:?} dtls_listen={:?} cert={:?} limits={:?} admin_listen={:?} admin_token={} alternate_server={:?} alternate_over_allocations={} mobility={} proxy_protocol_from={:?} bandwidth_allocation_bps={} bandwidth_user_bps={} bandwidth_total_bps={} bandwidth_burst_ms={} fleet={} node_name={}",
+            "listen={:?} relay_ip={:?} ports={}-{} external_ip={:?} realm={:?} users={:?} (passwords <redacted>) auth_secrets={} (<redacted>) allow_peer={:?} deny_peer={:?} metrics={} nonce_lifetime={}s user_quota={} total_quota={} ip_quota={} unauth_rate={}/s unauth_burst={} max_lifetime={}s workers={} drain_timeout={}s tls_listen={:?} dtls_listen={:?} cert={:?} limits={:?} admin_listen={:?} admin_token={} alternate_server={:?} alternate_over_allocations={} mobility={} proxy_protocol_from={:?} bandwidth_allocation_bps={} bandwidth_user_bps={} bandwidth_total_bps={} bandwidth_burst_ms={} fleet={} node_name={} xdp={:?}",
             self.listen,
             self.relay_ips,
             self.min_port,
@@ -850,6 +924,7 @@ impl TurnConfig {
                 .as_ref()
                 .map_or_else(|| "off".to_string(), FleetConfig::redacted),
             self.node_name,
+            self.xdp,
         )
     }
 
@@ -883,6 +958,7 @@ impl TurnConfig {
         check("limits", self.limits == new.limits);
         check("redis/redis_sentinel/redis_master", self.fleet == new.fleet);
         check("node_name", self.node_name == new.node_name);
+        check("xdp/xdp_mode/xdp_max_bindings", self.xdp == new.xdp);
         changed
     }
 
@@ -907,6 +983,7 @@ impl TurnConfig {
             protected_ports: self.protected_ports.clone(),
             fleet: self.fleet.clone(),
             node_name: self.node_name.clone(),
+            xdp: self.xdp.clone(),
             ..new
         }
     }
@@ -1045,6 +1122,18 @@ impl TurnConfig {
             .into();
         v["redis_master"] = self.fleet.as_ref().map(|f| f.master.clone()).into();
         v["node_name"] = self.node_name.clone().into();
+        v["xdp"] = self
+            .xdp
+            .as_ref()
+            .map(|x| x.interfaces.clone())
+            .unwrap_or_default()
+            .into();
+        v["xdp_mode"] = self
+            .xdp
+            .as_ref()
+            .map(|x| format!("{:?}", x.mode).to_lowercase())
+            .into();
+        v["xdp_max_bindings"] = self.xdp.as_ref().map(|x| x.max_bindings).into();
         v
     }
 }
@@ -1209,6 +1298,56 @@ mod tests {
             "{shown}"
         );
         assert!(shown.contains("alice"));
+    }
+
+    #[test]
+    fn xdp_keys_from_file_and_flags_are_restart_only() {
+        let cfg = parse(&[]).resolve(&Defaults::default()).unwrap();
+        assert_eq!(cfg.xdp, None);
+        let dir = std::env::temp_dir().join(format!("turnkey-turn-xdp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.toml");
+        std::fs::write(
+            &path,
+            "xdp = [\"eth0\"]\nxdp_mode = \"native\"\nxdp_max_bindings = 100\n",
+        )
+        .unwrap();
+        let file = parse(&["--config", path.to_str().unwrap()])
+            .resolve(&Defaults::default())
+            .unwrap();
+        assert_eq!(
+            file.xdp,
+            Some(XdpConfig {
+                interfaces: vec!["eth0".into()],
+                mode: XdpMode::Native,
+                max_bindings: 100,
+            })
+        );
+        let flags = parse(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--xdp",
+            "veth0,veth1",
+            "--xdp-mode",
+            "generic",
+        ])
+        .resolve(&Defaults::default())
+        .unwrap();
+        let x = flags.xdp.clone().unwrap();
+        assert_eq!(x.interfaces, vec!["veth0".to_string(), "veth1".to_string()]);
+        assert_eq!((x.mode, x.max_bindings), (XdpMode::Generic, 100));
+        assert_eq!(
+            file.restart_only_changes(&flags),
+            vec!["xdp/xdp_mode/xdp_max_bindings"]
+        );
+        assert_eq!(file.reloadable_part_of(flags).xdp, file.xdp);
+        for bad in [
+            &["--xdp", "a/b"][..],
+            &["--xdp", "eth0", "--xdp-max-bindings", "0"],
+        ] {
+            assert!(parse(bad).resolve(&Defaults::default()).is_err(), "{bad:?}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

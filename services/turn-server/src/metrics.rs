@@ -5,8 +5,11 @@
 //! | `turn_allocations` | gauge | `transport`, `family` |
 //! | `turn_allocation_requests_total` | counter | `result` (`success`, `auth_challenge`, `error_<code>`) |
 //! | `turn_requests_total` | counter | `method`, `result` |
-//! | `turn_relayed_packets_total` | counter | `direction` (`client_to_peer`, `peer_to_client`) |
-//! | `turn_relayed_bytes_total` | counter | `direction` |
+//! | `turn_relayed_packets_total` | counter | `direction` (`client_to_peer`, `peer_to_client`), `path` (`userspace`, `xdp`) |
+//! | `turn_relayed_bytes_total` | counter | `direction`, `path` |
+//! | `turn_xdp_bindings` (channel bindings installed in the XDP fast path) | gauge | |
+//! | `turn_xdp_install_failures_total` (bindings left on the normal path: map full, mixed families) | counter | |
+//! | `turn_xdp_passed_total` (datagrams of installed bindings the XDP program handed to the normal path) | counter | `reason` (`expired`, `route`, `mtu`, `malformed`) |
 //! | `turn_auth_failures_total` | counter | `reason` |
 //! | `turn_peer_denied_total` | counter | `reason` |
 //! | `turn_dropped_packets_total` | counter | `reason` |
@@ -153,7 +156,16 @@ pub mod names {
     pub const PEER_TCP_CONNECTIONS: &str = "turn_peer_tcp_connections";
     /// Peer TCP connection events (RFC 6062), by event.
     pub const PEER_TCP_EVENTS: &str = "turn_peer_tcp_events";
+    /// Channel bindings installed in the XDP fast path.
+    pub const XDP_BINDINGS: &str = "turn_xdp_bindings";
+    /// Bindings the XDP fast path could not take.
+    pub const XDP_INSTALL_FAILURES: &str = "turn_xdp_install_failures";
+    /// Datagrams of installed bindings the XDP program passed to the normal path, by reason.
+    pub const XDP_PASSED: &str = "turn_xdp_passed";
 }
+
+/// `turn_xdp_passed_total` `reason` values.
+pub const XDP_PASS_REASONS: [&str; 4] = ["expired", "route", "mtu", "malformed"];
 
 /// `turn_proxy_protocol_accepted_total` `command` values.
 pub const PROXY_COMMANDS: [&str; 2] = ["proxy", "local"];
@@ -167,10 +179,12 @@ pub struct TurnMetrics {
     pub allocation_requests: Family<L1, Counter>,
     /// `turn_requests_total{method,result}`.
     pub requests: Family<L2, Counter>,
-    /// `turn_relayed_packets_total{direction}`.
-    pub relayed_packets: Family<L1, Counter>,
-    /// `turn_relayed_bytes_total{direction}`.
-    pub relayed_bytes: Family<L1, Counter>,
+    /// `turn_relayed_packets_total{direction,path}`.
+    pub relayed_packets: Family<L2, Counter>,
+    /// `turn_relayed_bytes_total{direction,path}`.
+    pub relayed_bytes: Family<L2, Counter>,
+    /// The XDP fast path's series.
+    pub xdp: XdpMetrics,
     /// `turn_auth_failures_total{reason}`.
     pub auth_failures: Family<L1, Counter>,
     /// `turn_peer_denied_total{reason}`.
@@ -330,6 +344,25 @@ const CONN_DROP_REASONS: [&str; 18] = [
     crate::io::DUPLICATE_TUPLE_REASON,
 ];
 
+/// The XDP fast path's series (README "XDP fast path"); zeros while it is off.
+#[derive(Clone, Debug, Default)]
+pub struct XdpMetrics {
+    /// `turn_relayed_packets_total{direction="client_to_peer",path="xdp"}`.
+    pub c2p_packets: Counter,
+    /// `turn_relayed_bytes_total{direction="client_to_peer",path="xdp"}`.
+    pub c2p_bytes: Counter,
+    /// `turn_relayed_packets_total{direction="peer_to_client",path="xdp"}`.
+    pub p2c_packets: Counter,
+    /// `turn_relayed_bytes_total{direction="peer_to_client",path="xdp"}`.
+    pub p2c_bytes: Counter,
+    /// `turn_xdp_bindings`.
+    pub bindings: Gauge,
+    /// `turn_xdp_install_failures_total`.
+    pub install_failures: Counter,
+    /// `turn_xdp_passed_total{reason}`, indexed like [`XDP_PASS_REASONS`].
+    pub passed: [Counter; XDP_PASS_REASONS.len()],
+}
+
 /// Counters on the per-packet path, resolved from their families once.
 #[derive(Clone, Debug, Default)]
 pub struct HotCounters {
@@ -352,20 +385,50 @@ impl TurnMetrics {
         let hot = HotCounters {
             c2p_packets: m
                 .relayed_packets
-                .get_or_create_owned(&[("direction", "client_to_peer")]),
+                .get_or_create_owned(&[("direction", "client_to_peer"), ("path", "userspace")]),
             c2p_bytes: m
                 .relayed_bytes
-                .get_or_create_owned(&[("direction", "client_to_peer")]),
+                .get_or_create_owned(&[("direction", "client_to_peer"), ("path", "userspace")]),
             p2c_packets: m
                 .relayed_packets
-                .get_or_create_owned(&[("direction", "peer_to_client")]),
+                .get_or_create_owned(&[("direction", "peer_to_client"), ("path", "userspace")]),
             p2c_bytes: m
                 .relayed_bytes
-                .get_or_create_owned(&[("direction", "peer_to_client")]),
+                .get_or_create_owned(&[("direction", "peer_to_client"), ("path", "userspace")]),
             stream_waits: BandwidthScope::ALL
                 .map(|s| m.stream_waits.get_or_create_owned(&[("scope", s.as_str())])),
         };
-        let m = TurnMetrics { hot, ..m };
+        let xdp_series = |family: &Family<L2, Counter>, direction| {
+            family.get_or_create_owned(&[("direction", direction), ("path", "xdp")])
+        };
+        let xdp = XdpMetrics {
+            c2p_packets: xdp_series(&m.relayed_packets, "client_to_peer"),
+            c2p_bytes: xdp_series(&m.relayed_bytes, "client_to_peer"),
+            p2c_packets: xdp_series(&m.relayed_packets, "peer_to_client"),
+            p2c_bytes: xdp_series(&m.relayed_bytes, "peer_to_client"),
+            ..XdpMetrics::default()
+        };
+        let passed_family: Family<L1, Counter> = Family::default();
+        let xdp = XdpMetrics {
+            passed: XDP_PASS_REASONS.map(|r| passed_family.get_or_create_owned(&[("reason", r)])),
+            ..xdp
+        };
+        registry.register(
+            names::XDP_BINDINGS,
+            "Channel bindings installed in the XDP fast path",
+            xdp.bindings.clone(),
+        );
+        registry.register(
+            names::XDP_INSTALL_FAILURES,
+            "Channel bindings the XDP fast path could not take (left on the normal path)",
+            xdp.install_failures.clone(),
+        );
+        registry.register(
+            names::XDP_PASSED,
+            "Datagrams of installed bindings the XDP program passed to the normal path, by reason",
+            passed_family,
+        );
+        let m = TurnMetrics { hot, xdp, ..m };
         // Export zeros for every reason the core knows, so every series exists from the start.
         for reason in AuthFailure::ALL {
             let _ = m
@@ -405,12 +468,12 @@ impl TurnMetrics {
         );
         registry.register(
             names::RELAYED_PACKETS,
-            "Packets relayed, by direction",
+            "Packets relayed, by direction and path (userspace workers or the XDP fast path)",
             m.relayed_packets.clone(),
         );
         registry.register(
             names::RELAYED_BYTES,
-            "Application payload bytes relayed, by direction",
+            "Application payload bytes relayed, by direction and path",
             m.relayed_bytes.clone(),
         );
         registry.register(

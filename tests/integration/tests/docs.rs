@@ -172,6 +172,15 @@ fn readme_defaults_match_the_code() {
     let turn = turn_server::config::ServerArgs::default()
         .resolve(&turn_server::config::Defaults::default())
         .expect("turn-server defaults");
+    // The XDP keys resolve only with an interface named.
+    let turn_xdp = turn_server::config::ServerArgs {
+        xdp: vec!["eth0".into()],
+        ..Default::default()
+    }
+    .resolve(&turn_server::config::Defaults::default())
+    .expect("turn-server defaults with --xdp")
+    .xdp
+    .expect("xdp on");
     let stun = stun_server::config::Cli::default()
         .resolve(&stun_server::config::Defaults::default())
         .expect("stun-server defaults");
@@ -198,6 +207,8 @@ fn readme_defaults_match_the_code() {
                 ("ip_quota", s(&turn.ip_quota)),
                 ("unauth_rate", s(&turn.unauth_rate_per_sec)),
                 ("unauth_burst", s(&turn.unauth_burst)),
+                ("xdp_max_bindings", s(&turn_xdp.max_bindings)),
+                ("xdp_mode", format!("{:?}", turn_xdp.mode).to_lowercase()),
                 ("max_lifetime", s(&turn.max_lifetime_secs)),
                 ("drain_timeout", s(&turn.drain_timeout_secs)),
                 (

@@ -399,6 +399,7 @@ impl TurnCore {
             // A later expiry is found when the timer fires early; an earlier one moves it.
             let expires = a.expires;
             self.arm_allocation_timer(id, expires);
+            self.fast_path.touch(id);
         }
         b.raw(ATTR_LIFETIME, &(lifetime.as_secs() as u32).to_be_bytes());
         // RFC 8016 §3.2: a new ticket in every Refresh success of a mobile allocation.

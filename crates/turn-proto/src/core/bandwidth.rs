@@ -493,6 +493,7 @@ impl TurnCore {
         }
         self.stats
             .bandwidth_caps(BandwidthScope::ALL.map(|s| caps.bps(s)));
+        self.fast_path.touch_all();
     }
 
     /// Sets the configured caps on the shared state unless a core did already (start).
@@ -561,6 +562,7 @@ impl TurnCore {
             a.tcp.as_deref(),
             now,
         );
+        self.fast_path.touch(id);
         self.allocation_info(id, now)
     }
 
@@ -575,6 +577,8 @@ impl TurnCore {
             }
         }
         self.cfg = cfg;
+        // The peer policy may have changed.
+        self.fast_path.touch_all();
         self.sync_bandwidth(now);
     }
 }

@@ -24,6 +24,7 @@ impl TurnCore {
         while let Some((_, key)) = self.timers.pop_due(now) {
             match key {
                 TimerKey::Allocation(id) => {
+                    self.fast_path.touch(id);
                     if self.allocs.get(&id).is_some_and(|a| a.expires <= now) {
                         self.delete_allocation(id, relays, EndReason::Expired);
                     } else {
@@ -105,6 +106,7 @@ impl TurnCore {
     ) -> Option<AllocationInfo> {
         let info = self.allocation_info(id, self.last_now)?;
         let mut a = self.allocs.remove(&id)?;
+        self.fast_path.touch(id);
         self.release_allocation_limits(&a.username, a.bandwidth.take(), a.tcp.as_deref());
         self.stats.allocation_ended(reason);
         if a.tcp.is_some() {

@@ -259,6 +259,7 @@ impl TurnCore {
                     }
                 }
                 self.stats.mobility_move();
+                self.fast_path.touch(id);
                 tracing::info!(id, from = %current.client, to = %tuple.client, "allocation moved back");
                 return Ok(id);
             }
@@ -287,6 +288,7 @@ impl TurnCore {
         a.tuple = tuple;
         self.by_tuple.insert(tuple, id);
         self.stats.mobility_move();
+        self.fast_path.touch(id);
         tracing::info!(
             id,
             user = %a.username,
@@ -308,6 +310,7 @@ impl TurnCore {
         }
         if let Some(old) = a.mobility.as_mut().and_then(|m| m.old_tuple.take()) {
             self.by_tuple.remove(&old);
+            self.fast_path.touch(id);
         }
     }
 }

@@ -41,6 +41,7 @@ mod allocate;
 mod bandwidth;
 mod data;
 mod expiry;
+mod fastpath;
 mod mobility;
 mod permission;
 mod shared;
@@ -52,6 +53,7 @@ pub use admin::{AllocationFilter, AllocationInfo, ChannelInfo, PermissionInfo, T
 pub use bandwidth::{
     BandwidthCaps, BandwidthError, Direction, DEFAULT_BURST_MS, MAX_BURST_MS, MAX_STREAM_WAIT,
 };
+pub use fastpath::{FastPathBinding, FastPathEvent};
 use mobility::Mobility;
 pub use mobility::{Ticket, TicketError, TicketKey, ATTR_MOBILITY_TICKET, TICKET_CHARS};
 use shared::Holder;
@@ -469,6 +471,8 @@ pub struct TurnCore {
     /// What timers and connection events produced, for [`TurnCore::poll_transmit`]; at most
     /// one entry per peer connection event.
     queued: VecDeque<Transmit>,
+    /// The XDP fast path's view: which channel bindings are announced (off unless enabled).
+    fast_path: fastpath::FastPathState,
 }
 
 impl std::fmt::Debug for TurnCore {
@@ -505,6 +509,7 @@ impl TurnCore {
             auth_log: RefCell::new(LogLimiter::new(10, 20, start)),
             connecting: HashMap::new(),
             queued: VecDeque::new(),
+            fast_path: fastpath::FastPathState::default(),
             bw_generation: 0,
             bw_caps: BandwidthCaps::default(),
         };

@@ -65,6 +65,7 @@ impl TurnCore {
                 self.stats.live_permissions(1);
             }
             self.arm_allocation_timer(id, expires);
+            self.fast_path.touch(id);
         }
     }
 

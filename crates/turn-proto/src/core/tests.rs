@@ -2938,3 +2938,290 @@ fn the_stored_allocate_response_goes_once_the_client_sends_another_request() {
     };
     assert_eq!(code(&stun_proto::msg::decode(data).unwrap()), Some(437));
 }
+
+// ---- The XDP fast path's events (fastpath.rs) ----
+
+fn fast_events(h: &mut Harness) -> Vec<FastPathEvent> {
+    std::iter::from_fn(|| h.core.poll_fast_path_event(h.now)).collect()
+}
+
+fn installed(events: &[FastPathEvent]) -> Vec<FastPathBinding> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            FastPathEvent::Install(b) => Some(*b),
+            FastPathEvent::Remove(_) => None,
+        })
+        .collect()
+}
+
+fn removed(events: &[FastPathEvent]) -> Vec<FastPathBinding> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            FastPathEvent::Remove(b) => Some(*b),
+            FastPathEvent::Install(_) => None,
+        })
+        .collect()
+}
+
+#[test]
+fn fast_path_is_silent_unless_enabled() {
+    let mut h = Harness::new();
+    let peer: SocketAddr = "192.0.2.80:7000".parse().unwrap();
+    let _ = channel_to(&mut h, 41000, "alice", "alicepw", peer);
+    assert!(fast_events(&mut h).is_empty());
+}
+
+#[test]
+fn fast_path_follows_channel_permission_and_allocation_deadlines() {
+    let mut h = Harness::new();
+    h.core.enable_fast_path();
+    let peer: SocketAddr = "192.0.2.81:7000".parse().unwrap();
+    let mut c = Client::new(tuple(41001), "alice", "alicepw");
+    let relay = relayed(&c.allocate(&mut h));
+    // A permission alone is not a channel: nothing for the fast path.
+    assert!(is_success(&c.call(
+        &mut h,
+        METHOD_CREATE_PERMISSION,
+        &[],
+        &[peer]
+    )));
+    assert!(fast_events(&mut h).is_empty());
+    let ch = (ATTR_CHANNEL_NUMBER, vec![0x40, 0x01, 0, 0]);
+    assert!(is_success(&c.call(
+        &mut h,
+        METHOD_CHANNEL_BIND,
+        std::slice::from_ref(&ch),
+        &[peer]
+    )));
+    let ev = fast_events(&mut h);
+    let want = FastPathBinding {
+        allocation: installed(&ev)[0].allocation,
+        client: c.tuple.client,
+        server: c.tuple.server,
+        channel: 0x4001,
+        relay,
+        peer,
+        // permission 300 s < channel 600 s = allocation 600 s
+        expires: h.t0 + Duration::from_secs(300),
+    };
+    assert_eq!(ev, vec![FastPathEvent::Install(want)]);
+    assert_eq!(h.core.fast_path_bindings(), 1);
+    // Nothing changed: nothing to say.
+    h.advance(10);
+    assert!(fast_events(&mut h).is_empty());
+
+    // A permission refresh moves the deadline (an Install for the same key).
+    h.advance(190); // t=200
+    assert!(is_success(&c.call(
+        &mut h,
+        METHOD_CREATE_PERMISSION,
+        &[],
+        &[peer]
+    )));
+    let ev = fast_events(&mut h);
+    assert_eq!(
+        ev,
+        vec![FastPathEvent::Install(FastPathBinding {
+            expires: h.t0 + Duration::from_secs(500),
+            ..want
+        })]
+    );
+
+    // The permission expires at t=500: removed at once, by the timer.
+    h.advance(299);
+    assert!(fast_events(&mut h).is_empty());
+    h.advance(1);
+    let ev = fast_events(&mut h);
+    assert_eq!(removed(&ev).len(), 1, "{ev:?}");
+    assert!(installed(&ev).is_empty());
+    assert_eq!(h.core.fast_path_bindings(), 0);
+
+    // A new permission brings it back until the channel's deadline (t=600).
+    assert!(is_success(&c.call(
+        &mut h,
+        METHOD_CREATE_PERMISSION,
+        &[],
+        &[peer]
+    )));
+    let ev = fast_events(&mut h);
+    assert_eq!(installed(&ev)[0].expires, h.t0 + Duration::from_secs(600));
+    // The allocation is refreshed but the channel expires at t=600.
+    let r = c.call(
+        &mut h,
+        METHOD_REFRESH,
+        &[(ATTR_LIFETIME, 3600u32.to_be_bytes().to_vec())],
+        &[],
+    );
+    assert!(is_success(&r));
+    assert!(fast_events(&mut h).is_empty(), "same deadline: no event");
+    h.advance(100); // t=600
+    let ev = fast_events(&mut h);
+    assert_eq!(removed(&ev).len(), 1, "{ev:?}");
+
+    // Rebinding after the reuse delay, then deleting the allocation (Refresh 0).
+    h.advance(300);
+    assert!(is_success(&c.call(
+        &mut h,
+        METHOD_CHANNEL_BIND,
+        &[ch],
+        &[peer]
+    )));
+    assert_eq!(installed(&fast_events(&mut h)).len(), 1);
+    let r = c.call(
+        &mut h,
+        METHOD_REFRESH,
+        &[(ATTR_LIFETIME, 0u32.to_be_bytes().to_vec())],
+        &[],
+    );
+    assert!(is_success(&r));
+    let ev = fast_events(&mut h);
+    assert_eq!(removed(&ev).len(), 1, "{ev:?}");
+    assert_eq!(h.core.fast_path_bindings(), 0);
+}
+
+#[test]
+fn fast_path_never_gets_a_refused_peer_or_a_live_relay() {
+    let mut h = Harness::new();
+    h.core.enable_fast_path();
+    let mut c = Client::new(tuple(41002), "alice", "alicepw");
+    let _ = c.allocate(&mut h);
+    // The test policy denies 127.0.0.1: 403 and no entry.
+    let denied: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+    let ch = (ATTR_CHANNEL_NUMBER, vec![0x40, 0x02, 0, 0]);
+    let r = c.call(
+        &mut h,
+        METHOD_CHANNEL_BIND,
+        std::slice::from_ref(&ch),
+        &[denied],
+    );
+    assert_eq!(code(&r), Some(403));
+    assert!(fast_events(&mut h).is_empty());
+    // Another allocation's relayed address (allowed on the slow path as a live relay, denied
+    // by the policy) is left to the slow path.
+    let mut other = Client::new(tuple(41003), "bob", "bobpw");
+    let other_relay = relayed(&other.allocate(&mut h));
+    let r = c.call(&mut h, METHOD_CHANNEL_BIND, &[ch], &[other_relay]);
+    assert!(is_success(&r), "{:?}", code(&r));
+    assert!(fast_events(&mut h).is_empty());
+    assert_eq!(h.core.fast_path_bindings(), 0);
+}
+
+#[test]
+fn fast_path_stays_off_while_a_bandwidth_cap_applies() {
+    let mut h = Harness::with(capped(1_000_000, 0, 0), FakeRelays::new("127.0.0.1"));
+    h.core.enable_fast_path();
+    let peer: SocketAddr = "192.0.2.82:7000".parse().unwrap();
+    let _ = channel_to(&mut h, 41004, "alice", "alicepw", peer);
+    assert!(fast_events(&mut h).is_empty());
+
+    // Without caps it is installed; a per-allocation cap removes it, lifting it reinstalls.
+    let mut h = Harness::new();
+    h.core.enable_fast_path();
+    let _ = channel_to(&mut h, 41005, "alice", "alicepw", peer);
+    let ev = fast_events(&mut h);
+    let id = installed(&ev)[0].allocation;
+    assert!(h
+        .core
+        .set_allocation_bandwidth(id, Some(400_000), h.now)
+        .is_some());
+    assert_eq!(removed(&fast_events(&mut h)).len(), 1);
+    assert!(h.core.set_allocation_bandwidth(id, None, h.now).is_some());
+    assert_eq!(installed(&fast_events(&mut h)).len(), 1);
+    // A server-wide cap set live (admin API) removes it too.
+    let caps = BandwidthCaps {
+        total_bps: 10_000_000,
+        ..BandwidthCaps::default()
+    };
+    h.shared.set_bandwidth_caps(caps, h.now).unwrap();
+    h.advance(1);
+    assert_eq!(removed(&fast_events(&mut h)).len(), 1);
+}
+
+#[test]
+fn fast_path_traffic_is_added_to_the_allocation_accounting() {
+    let mut h = Harness::new();
+    h.core.enable_fast_path();
+    let peer: SocketAddr = "192.0.2.83:7000".parse().unwrap();
+    let (c, _) = channel_to(&mut h, 41006, "alice", "alicepw", peer);
+    let id = installed(&fast_events(&mut h))[0].allocation;
+    assert_eq!(h.send(c.tuple, &channel_data(10)).len(), 1);
+    h.core.add_fast_path_traffic(
+        id,
+        Traffic {
+            packets: 5,
+            bytes: 500,
+        },
+        Traffic {
+            packets: 2,
+            bytes: 64,
+        },
+    );
+    let info = h.core.allocation_info(id, h.now).unwrap();
+    assert_eq!(
+        info.to_peer,
+        Traffic {
+            packets: 6,
+            bytes: 510
+        }
+    );
+    assert_eq!(
+        info.from_peer,
+        Traffic {
+            packets: 2,
+            bytes: 64
+        }
+    );
+}
+
+#[test]
+fn fast_path_follows_an_rfc_8016_move_only_once_it_is_confirmed() {
+    let mut h = Harness::with(mobile_config(), FakeRelays::new("127.0.0.1"));
+    h.core.enable_fast_path();
+    let peer: SocketAddr = "192.0.2.84:7000".parse().unwrap();
+    let (mut c, relay, tk) = mobile_call(&mut h, 41007, peer);
+    let first = installed(&fast_events(&mut h));
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].client, c.tuple.client);
+    let old = c.tuple;
+    let new = FiveTuple {
+        client: "203.0.113.9:50124".parse().unwrap(),
+        ..old
+    };
+    c.tuple = new;
+    let r = c.call(&mut h, METHOD_REFRESH, &[(ATTR_MOBILITY_TICKET, tk)], &[]);
+    assert!(is_success(&r), "{:?}", code(&r));
+    // Moved but not confirmed: data may come on either 5-tuple, the fast path has none.
+    let ev = fast_events(&mut h);
+    assert_eq!(ev, vec![FastPathEvent::Remove(first[0])]);
+    // ChannelData on the new 5-tuple confirms the move: the binding comes back on it.
+    assert_eq!(h.send(new, &channel_data(3)).len(), 1);
+    let ev = fast_events(&mut h);
+    let again = installed(&ev);
+    assert_eq!(again.len(), 1, "{ev:?}");
+    assert_eq!(
+        (again[0].client, again[0].relay, again[0].peer),
+        (new.client, relay, peer)
+    );
+}
+
+#[test]
+fn fast_path_follows_a_reload_that_refuses_the_peer() {
+    let mut h = Harness::new();
+    h.core.enable_fast_path();
+    let peer: SocketAddr = "192.0.2.85:7000".parse().unwrap();
+    let _ = channel_to(&mut h, 41008, "alice", "alicepw", peer);
+    assert_eq!(installed(&fast_events(&mut h)).len(), 1);
+    let mut cfg = config();
+    cfg.policy = PeerPolicy::new(
+        vec![],
+        vec!["192.0.2.0/24".parse().unwrap()],
+        vec!["127.0.0.1".parse().unwrap()],
+        vec![3478],
+        (50000, 50999),
+    );
+    h.core.reconfigure(Arc::new(cfg), h.now);
+    assert_eq!(removed(&fast_events(&mut h)).len(), 1);
+    assert_eq!(h.core.fast_path_bindings(), 0);
+}

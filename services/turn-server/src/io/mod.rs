@@ -41,6 +41,7 @@ pub mod fleet;
 pub mod mobility;
 pub mod proxy;
 pub mod relay;
+pub mod xdp;
 pub use turnkey_sockets as sockets;
 pub use turnkey_tls as tls;
 
@@ -363,6 +364,18 @@ pub fn start(
         }
     }
 
+    // The XDP fast path: attached before any worker runs; a failure fails the start (the
+    // operator asked for it explicitly).
+    let fast_path = match &cfg.xdp {
+        Some(x) => Some({
+            if let Some(w) = cfg.listen.iter().find(|l| l.ip().is_unspecified()) {
+                tracing::warn!(listen = %w, "the XDP fast path needs a specific listen address: clients of a wildcard listener stay on the normal path");
+            }
+            xdp::XdpShared::attach(x, metrics.xdp.clone())
+                .map_err(|e| io::Error::other(format!("--xdp {}: {e}", x.interfaces.join(","))))?
+        }),
+        None => None,
+    };
     let start_instant = Instant::now();
     let start_unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -415,6 +428,7 @@ pub fn start(
         );
         let stop = stop.clone();
         let metrics = metrics.clone();
+        let fast_path = fast_path.clone();
         let t = turnkey_runtime::workers::spawn_worker(format!("turn-worker-{i}"), move || {
             run_worker(
                 core,
@@ -428,6 +442,7 @@ pub fn start(
                     commands,
                     stop,
                     mobility,
+                    fast_path,
                 },
             )
         })?;
@@ -519,6 +534,8 @@ struct Worker {
     /// out in one `sendmmsg(2)` ([`send_queued`]). Peer data is framed for its client straight
     /// into the batch's buffers (relaying allocates nothing per datagram).
     tx: SendBatch<Via>,
+    /// The XDP fast path (`--xdp`): this worker's installed channel bindings.
+    fast_path: Option<xdp::WorkerFastPath>,
 }
 
 /// The socket a queued datagram leaves from, resolved when the batch is sent.
@@ -539,6 +556,7 @@ struct WorkerControl {
     commands: tokio::sync::mpsc::Receiver<admin::WorkerCommand>,
     stop: CancellationToken,
     mobility: MobilitySetup,
+    fast_path: Option<Arc<xdp::XdpShared>>,
 }
 
 async fn run_worker(
@@ -555,6 +573,7 @@ async fn run_worker(
         commands,
         stop,
         mobility,
+        fast_path,
     } = control;
     let poller = match Poller::new().and_then(Poller::register) {
         Ok(p) => Rc::new(p),
@@ -586,7 +605,13 @@ async fn run_worker(
         routes: mobility.routes,
         rx: Some(Box::new(RecvBatch::new())),
         tx: SendBatch::new(),
+        fast_path: None,
     }));
+    if let Some(shared) = fast_path {
+        let mut guard = w.borrow_mut();
+        let wk = &mut *guard;
+        wk.fast_path = Some(xdp::WorkerFastPath::new(shared, &mut wk.core));
+    }
     let mut tasks = vec![tokio::task::spawn_local(relay_poller(w.clone(), poller))];
     for (udp, tcp) in socks {
         let (udp, tcp) = match (UdpSocket::from_std(udp), TcpListener::from_std(tcp)) {
@@ -679,6 +704,10 @@ async fn run_worker(
             -(srv.handshakes_in_progress() as i64),
         );
     }
+    if let Some(fp) = wk.fast_path.as_mut() {
+        // Final per-binding counts into the allocations before their records are logged.
+        fp.clear(&mut wk.core);
+    }
     wk.core.close_all(&mut wk.relays);
     wk.fold_stats();
     gauge_add(&wk.metrics.mobility.routes, -(wk.routes.len() as i64));
@@ -692,6 +721,13 @@ async fn run_worker(
 }
 
 impl Worker {
+    /// Mirrors the core's fast path events into the XDP maps (nothing without `--xdp`).
+    fn apply_fast_path(&mut self) {
+        if let Some(fp) = self.fast_path.as_mut() {
+            fp.apply(&mut self.core, Instant::now());
+        }
+    }
+
     /// Folds what the core counted since the last call into the Prometheus metrics.
     fn fold_stats(&mut self) {
         self.metrics
@@ -743,6 +779,7 @@ impl Worker {
 /// and fold the core's counters into the metrics.
 fn flush(wr: &WorkerRef, w: &mut Worker) {
     flush_io(wr, w);
+    w.apply_fast_path();
     w.fold_stats();
 }
 
@@ -959,6 +996,10 @@ async fn udp_listener(wr: WorkerRef, sock: Rc<UdpSocket>, local: SocketAddr) {
         // What was relayed before this message leaves before anything it changes (a
         // Refresh(0) closing a relay socket, a response).
         send_queued(w);
+        if let Some(fp) = w.fast_path.as_mut() {
+            // A request may end the allocation (Refresh 0): its record gets what XDP relayed.
+            fp.sync_client(&mut w.core, tuple.client, tuple.server);
+        }
         let mut out = std::mem::take(&mut w.out);
         w.core
             .handle_client(tuple, data, now, &mut w.relays, &mut out);
@@ -1203,6 +1244,10 @@ async fn command_loop(
                 let _ = reply.send(w.core.allocations(&filter, limit, now));
             }
             WorkerCommand::End { target, reply } => {
+                if let Some(fp) = w.fast_path.as_mut() {
+                    // What XDP forwarded goes into the records the ends log.
+                    fp.sync_counts(&mut w.core);
+                }
                 let ended = match target {
                     EndTarget::Id(id) => w
                         .core
@@ -1217,6 +1262,8 @@ async fn command_loop(
             }
             WorkerCommand::Reconfigure { config, reply } => {
                 w.core.reconfigure(config, now);
+                // A narrower peer policy takes bindings off the fast path now.
+                w.apply_fast_path();
                 let _ = reply.send(());
             }
             WorkerCommand::Load { reply } => {
@@ -1234,6 +1281,7 @@ async fn command_loop(
             }
             WorkerCommand::AllocationBandwidth { id, bps, reply } => {
                 let _ = reply.send(w.core.set_allocation_bandwidth(id, bps, now));
+                w.apply_fast_path();
                 w.fold_stats();
             }
         }
@@ -1248,8 +1296,16 @@ async fn timer_loop(wr: WorkerRef) {
         tokio::time::sleep_until(at.into()).await;
         let mut guard = wr.borrow_mut();
         let w = &mut *guard;
-        w.core.handle_timeout(Instant::now(), &mut w.relays);
+        let now = Instant::now();
+        if let Some(fp) = w.fast_path.as_mut() {
+            // Bindings whose deadline passed may go with their allocation now.
+            fp.sync_due(&mut w.core, now);
+        }
+        w.core.handle_timeout(now, &mut w.relays);
         flush(&wr, w);
+        if let Some(fp) = w.fast_path.as_mut() {
+            fp.sync(&mut w.core, now);
+        }
     }
 }
 
