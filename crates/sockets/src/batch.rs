@@ -1,4 +1,4 @@
-//! Batched UDP receive: one `recvmmsg(2)` reads every datagram a socket has queued, up to
+//! Batched UDP receive and send. Receive: one `recvmmsg(2)` reads every datagram a socket has queued, up to
 //! [`BATCH`], into one buffer set that a worker shares among all its sockets (no buffer per
 //! socket, so an idle relay socket costs no receive buffer). No control messages are asked
 //! for, so the kernel adds nothing per datagram.
@@ -10,6 +10,9 @@
 //! headers between calls without resetting each `msg_namelen`, so a set that once read an
 //! IPv4 source (16 bytes) truncates the IPv6 sources of the next read (28 bytes). Every header
 //! is filled afresh for each call here, on the stack.
+//!
+//! Send: [`SendBatch`] collects datagrams (each with its own destination) and hands up to
+//! [`BATCH`] of them to the kernel in one `sendmmsg(2)`.
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -153,6 +156,116 @@ impl RecvBatch {
     }
 }
 
+/// Datagrams queued for one socket, each with its destination, sent by [`SendBatch::send`] in
+/// `sendmmsg(2)` calls of up to [`BATCH`]. The bytes live in one growing buffer that is kept
+/// between rounds, so a steady load allocates nothing.
+#[derive(Default)]
+pub struct SendBatch {
+    bytes: Vec<u8>,
+    /// Start and length in `bytes`, and destination, of each queued datagram.
+    queued: Vec<(usize, usize, socket2::SockAddr)>,
+}
+
+impl std::fmt::Debug for SendBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SendBatch {{ datagrams: {} }}", self.queued.len())
+    }
+}
+
+/// What one [`SendBatch::send`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sent {
+    /// Datagrams the kernel took.
+    pub datagrams: usize,
+    /// Datagrams dropped: the socket buffer was full, or the kernel refused that one datagram
+    /// (an ICMP error left on the socket, an unreachable destination).
+    pub dropped: usize,
+    /// `sendmmsg` calls made.
+    pub calls: usize,
+}
+
+impl SendBatch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Queues one datagram to `to`, made of `parts` back to back (a header and a payload, say).
+    pub fn push(&mut self, to: SocketAddr, parts: &[&[u8]]) {
+        let start = self.bytes.len();
+        for p in parts {
+            self.bytes.extend_from_slice(p);
+        }
+        self.queued
+            .push((start, self.bytes.len() - start, socket2::SockAddr::from(to)));
+    }
+
+    /// Datagrams queued.
+    pub fn len(&self) -> usize {
+        self.queued.len()
+    }
+
+    /// True when nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.queued.is_empty()
+    }
+
+    /// Sends everything queued on `sock` (non-blocking) and empties the batch. A datagram the
+    /// kernel refuses is dropped and counted, and sending goes on with the next one; when the
+    /// socket buffer is full (`WouldBlock`) the rest is dropped. Other errors than those two
+    /// kinds are counted the same way: a relay drops rather than queues.
+    #[allow(unsafe_code)]
+    pub fn send(&mut self, sock: &impl AsRawFd) -> Sent {
+        let mut out = Sent::default();
+        let mut next = 0;
+        while next < self.queued.len() {
+            let chunk = &self.queued[next..(next + BATCH).min(self.queued.len())];
+            // SAFETY: iovec and mmsghdr are plain C structs for which all zeroes is valid; every
+            // field the call reads is set below.
+            let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
+            // SAFETY: as above.
+            let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+            for ((iov, hdr), (start, len, to)) in iovs.iter_mut().zip(hdrs.iter_mut()).zip(chunk)
+            {
+                // The kernel only reads through this pointer (sendmmsg), never writes.
+                iov.iov_base = self.bytes[*start..*start + *len].as_ptr() as *mut libc::c_void;
+                iov.iov_len = *len;
+                hdr.msg_hdr.msg_name = to.as_ptr() as *mut libc::c_void;
+                hdr.msg_hdr.msg_namelen = to.len();
+                hdr.msg_hdr.msg_iov = iov;
+                hdr.msg_hdr.msg_iovlen = 1;
+            }
+            // SAFETY: the first chunk.len() headers point at their own iovec (this stack frame)
+            // over a range of `self.bytes`, and at the SockAddr of their datagram with its
+            // length; all outlive the call and none is written by it except msg_len. The fd is
+            // borrowed from a live socket.
+            let n = unsafe {
+                libc::sendmmsg(
+                    sock.as_raw_fd(),
+                    hdrs.as_mut_ptr(),
+                    chunk.len() as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            out.calls += 1;
+            if n > 0 {
+                out.datagrams += n as usize;
+                next += n as usize;
+            } else if io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock {
+                out.dropped += self.queued.len() - next;
+                break;
+            } else {
+                // The first datagram of the chunk was refused: drop it, go on.
+                out.dropped += 1;
+                next += 1;
+            }
+        }
+        self.queued.clear();
+        self.bytes.clear();
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,5 +359,49 @@ mod tests {
                 Some((tx.local_addr().unwrap(), want))
             );
         }
+    }
+    #[test]
+    fn sends_every_queued_datagram_to_its_own_destination() {
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        tx.set_nonblocking(true).unwrap();
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut batch = SendBatch::new();
+        assert_eq!(batch.send(&tx), Sent::default());
+        // More than one call's worth: BATCH + 8, alternating destinations, header + payload.
+        for i in 0..BATCH as u16 + 8 {
+            let to = if i % 2 == 0 { &a } else { &b };
+            batch.push(to.local_addr().unwrap(), &[&i.to_be_bytes(), &[0xab; 10]]);
+        }
+        assert_eq!(batch.len(), BATCH + 8);
+        let sent = batch.send(&tx);
+        assert_eq!((sent.datagrams, sent.dropped, sent.calls), (BATCH + 8, 0, 2));
+        assert!(batch.is_empty());
+        let mut buf = [0u8; 64];
+        for (rx, first) in [(&a, 0u16), (&b, 1)] {
+            for k in 0..(BATCH as u16 + 8) / 2 {
+                let (len, from) = rx.recv_from(&mut buf).unwrap();
+                assert_eq!(from, tx.local_addr().unwrap());
+                assert_eq!(len, 12);
+                assert_eq!(u16::from_be_bytes([buf[0], buf[1]]), first + 2 * k);
+                assert_eq!(&buf[2..12], &[0xab; 10]);
+            }
+        }
+    }
+
+    #[test]
+    fn a_refused_datagram_is_dropped_and_the_rest_still_go() {
+        // IPv4 socket, an IPv6 destination first: EAFNOSUPPORT / EINVAL for that one only.
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        tx.set_nonblocking(true).unwrap();
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut batch = SendBatch::new();
+        batch.push("[::1]:9".parse().unwrap(), &[b"no"]);
+        batch.push(rx.local_addr().unwrap(), &[b"yes"]);
+        let sent = batch.send(&tx);
+        assert_eq!((sent.datagrams, sent.dropped), (1, 1));
+        let mut buf = [0u8; 8];
+        assert_eq!(rx.recv(&mut buf).unwrap(), 3);
+        assert_eq!(&buf[..3], b"yes");
     }
 }
