@@ -128,9 +128,18 @@ struct Args {
     transport: Transport,
     #[command(flatten)]
     auth: AuthArgs,
-    /// Number of allocations (even: they are paired).
+    /// Number of allocations (even: with --peers pair they are paired).
     #[arg(long, default_value_t = 20)]
     allocations: usize,
+    /// Who each allocation's peer is: `pair`, the partner allocation's relayed address (the
+    /// server relays every probe twice); `generator`, a UDP socket of this generator (once each
+    /// way; every allocation has a peer address of its own, as coturn --multiplex-peer needs).
+    #[arg(long, value_enum, default_value = "pair")]
+    peers: run::Peers,
+    /// --peers generator: the IP the peer sockets are bound on (default: the server's IP; the
+    /// server must allow it as a peer).
+    #[arg(long)]
+    peer_ip: Option<IpAddr>,
     /// Total offered ChannelData packets per second, all allocations together.
     #[arg(long, default_value_t = 20_000.0)]
     rate: f64,
@@ -563,8 +572,13 @@ fn find_max_main(args: &Args, cfg: &BenchConfig) -> anyhow::Result<()> {
 
 fn config(args: &Args) -> anyhow::Result<BenchConfig> {
     let server = resolve(args.server.as_deref().context("give --server HOST:PORT")?)?;
-    if args.allocations < 2 || !args.allocations.is_multiple_of(2) {
-        bail!("--allocations must be even and at least 2");
+    if args.peers == run::Peers::Pair
+        && (args.allocations < 2 || !args.allocations.is_multiple_of(2))
+    {
+        bail!("--allocations must be even and at least 2 with --peers pair");
+    }
+    if args.allocations == 0 {
+        bail!("--allocations must be at least 1");
     }
     if usize::from(args.size) < wire::PROBE_BYTES {
         bail!("--size must be at least {} bytes", wire::PROBE_BYTES);
@@ -597,6 +611,8 @@ fn config(args: &Args) -> anyhow::Result<BenchConfig> {
         server_pid: args.server_pid,
         senders: args.threads,
         tick: Duration::from_micros(args.tick_us.max(1)),
+        peers: args.peers,
+        peer_ip: args.peer_ip.unwrap_or(server.ip()),
     })
 }
 

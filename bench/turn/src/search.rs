@@ -69,8 +69,8 @@ pub struct SearchResult {
     pub elapsed_secs: f64,
 }
 
-/// Runs `measure` at the rates the search picks; an `Err` from it (the run itself failed) counts
-/// as a failure at that rate.
+/// Runs `measure` at the rates the search picks; an `Err` from it (the run itself failed: set-up
+/// refused, no server) ends the search.
 pub fn find_max<E>(
     cfg: &SearchConfig,
     mut measure: impl FnMut(f64) -> Result<Measured, E>,
@@ -99,6 +99,10 @@ pub fn find_max<E>(
             passed: ok,
             generator_limited,
         });
+        if m.is_none() {
+            // Set-up failed, the server refused: not a matter of rate.
+            break "a run failed";
+        }
         if ok {
             passed = Some(m.expect("ok implies measured"));
         } else {
@@ -184,7 +188,7 @@ mod tests {
     }
 
     #[test]
-    fn stops_at_the_ceiling_the_step_budget_and_on_failed_runs() {
+    fn stops_at_the_ceiling_the_step_budget_and_at_a_failed_run() {
         let c = SearchConfig {
             ceiling_pps: 50_000.0,
             ..cfg()
@@ -203,7 +207,8 @@ mod tests {
 
         let r = find_max(&cfg(), |_| Err::<Measured, _>("no server"));
         assert!(r.best.is_none());
-        assert!(r.steps.iter().all(|s| !s.passed && s.measured.is_none()));
+        assert_eq!((r.steps.len(), r.stopped), (1, "a run failed"));
+        assert!(!r.steps[0].passed && r.steps[0].measured.is_none());
     }
 
     #[test]

@@ -308,9 +308,15 @@ mod tests {
         assert_eq!(channel_data_header(0x4fff, 0x1234), [0x4f, 0xff, 0x12, 0x34]);
     }
 
-    /// The generator's own relay run against a floor on loopback: every probe comes back.
+    /// The generator's own relay run against a floor on loopback, with paired allocations and
+    /// with generator peers: every probe comes back.
     #[test]
     fn relays_the_generators_load_both_ways() {
+        relays(crate::run::Peers::Pair);
+        relays(crate::run::Peers::Generator);
+    }
+
+    fn relays(peers: crate::run::Peers) {
         let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let listen = probe.local_addr().unwrap();
         drop(probe);
@@ -336,6 +342,8 @@ mod tests {
             server_pid: None,
             senders: 1,
             tick: Duration::from_micros(100),
+            peers,
+            peer_ip: "127.0.0.1".parse().unwrap(),
         };
         let report = tokio::runtime::Builder::new_current_thread()
             .enable_all()
