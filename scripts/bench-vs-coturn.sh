@@ -157,6 +157,8 @@ run_turn_server() {
     [[ -x $bin ]] || { log "no $bin; skipping $name"; return 1; }
     local extra=()
     [[ -n $WORKERS ]] && extra+=(--workers "$WORKERS")
+    # Generator peers are loopback sockets that are not our relayed addresses: allow them.
+    [[ $PEERS == generator ]] && extra+=(--allow-peer 127.0.0.0/8)
     "$bin" --listen "127.0.0.1:$port" --relay-ip 127.0.0.1 \
         --user bench:benchpass --metrics "127.0.0.1:$metrics" \
         --min-port "$min" --max-port "$max" --user-quota 100000 "${extra[@]}" \

@@ -168,7 +168,10 @@ mod tests {
     fn doubles_then_bisects_to_within_the_resolution() {
         let r = find_max(&cfg(), server(73_000.0));
         let rates: Vec<f64> = r.steps.iter().map(|s| s.target_pps).collect();
-        assert_eq!(&rates[..5], &[10_000.0, 20_000.0, 40_000.0, 80_000.0, 60_000.0]);
+        assert_eq!(
+            &rates[..5],
+            &[10_000.0, 20_000.0, 40_000.0, 80_000.0, 60_000.0]
+        );
         assert_eq!(r.stopped, "resolution reached");
         let best = r.best.unwrap().target_pps;
         assert!(best <= 73_000.0 && best > 73_000.0 / 1.05, "{best}");

@@ -237,7 +237,7 @@ mod tests {
         rx.handle_payload(&payload, 12_000, window);
         rx.handle_payload(&payload, 12_000, window); // duplicate
         rx.handle_payload(&payload[..10], 12_000, window); // not a probe
-        // The same probe inside a ChannelData header is not a plain payload.
+                                                           // The same probe inside a ChannelData header is not a plain payload.
         let mut framed = vec![0x40, 0x00, 0x00, 40];
         framed.extend_from_slice(&payload);
         rx.handle_payload(&framed, 12_000, window);

@@ -225,8 +225,7 @@ impl SendBatch {
             let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
             // SAFETY: as above.
             let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-            for ((iov, hdr), (start, len, to)) in iovs.iter_mut().zip(hdrs.iter_mut()).zip(chunk)
-            {
+            for ((iov, hdr), (start, len, to)) in iovs.iter_mut().zip(hdrs.iter_mut()).zip(chunk) {
                 // The kernel only reads through this pointer (sendmmsg), never writes.
                 iov.iov_base = self.bytes[*start..*start + *len].as_ptr() as *mut libc::c_void;
                 iov.iov_len = *len;
@@ -375,7 +374,10 @@ mod tests {
         }
         assert_eq!(batch.len(), BATCH + 8);
         let sent = batch.send(&tx);
-        assert_eq!((sent.datagrams, sent.dropped, sent.calls), (BATCH + 8, 0, 2));
+        assert_eq!(
+            (sent.datagrams, sent.dropped, sent.calls),
+            (BATCH + 8, 0, 2)
+        );
         assert!(batch.is_empty());
         let mut buf = [0u8; 64];
         for (rx, first) in [(&a, 0u16), (&b, 1)] {

@@ -305,7 +305,10 @@ mod tests {
         assert_eq!(&frame[..4], &[0x40, 0x00, 0x00, 161]);
         let (channel, data) = wire::parse_channel_data(&frame).unwrap();
         assert_eq!((channel, data), (0x4000, &payload[..]));
-        assert_eq!(channel_data_header(0x4fff, 0x1234), [0x4f, 0xff, 0x12, 0x34]);
+        assert_eq!(
+            channel_data_header(0x4fff, 0x1234),
+            [0x4f, 0xff, 0x12, 0x34]
+        );
     }
 
     /// The generator's own relay run against a floor on loopback, with paired allocations and

@@ -130,9 +130,8 @@ pub fn parse_request(raw: &[u8]) -> Result<Request, StunError> {
                 req.channel = Some(u16::from_be_bytes([v[0], v[1]]));
             }
             attr::XOR_PEER_ADDRESS if req.peer.is_none() => {
-                req.peer = Some(
-                    xor_address(value, &transaction_id).ok_or(StunError::BadAttribute(t))?,
-                );
+                req.peer =
+                    Some(xor_address(value, &transaction_id).ok_or(StunError::BadAttribute(t))?);
             }
             _ => {}
         }
@@ -172,9 +171,17 @@ pub fn success_response(req: &Request, answer: &Answer) -> Vec<u8> {
                 put_xor_address(&mut out, attr::XOR_RELAYED_ADDRESS, relayed, &tid);
             }
             put_xor_address(&mut out, attr::XOR_MAPPED_ADDRESS, answer.mapped, &tid);
-            put(&mut out, attr::LIFETIME, &answer.lifetime_secs.to_be_bytes());
+            put(
+                &mut out,
+                attr::LIFETIME,
+                &answer.lifetime_secs.to_be_bytes(),
+            );
         }
-        Method::Refresh => put(&mut out, attr::LIFETIME, &answer.lifetime_secs.to_be_bytes()),
+        Method::Refresh => put(
+            &mut out,
+            attr::LIFETIME,
+            &answer.lifetime_secs.to_be_bytes(),
+        ),
         Method::Binding => put_xor_address(&mut out, attr::XOR_MAPPED_ADDRESS, answer.mapped, &tid),
         Method::CreatePermission | Method::ChannelBind => {}
     }
