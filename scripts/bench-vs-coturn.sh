@@ -19,7 +19,13 @@
 #                   relay table), the physical floor of what a relay can cost
 # Ratios in the summaries are to coturn-new when it ran, else to coturn.
 #
-# Everything listens on 127.0.0.1 only. All servers are stopped on exit.
+# TOPOLOGY=loopback (default): everything listens on 127.0.0.1 only. TOPOLOGY=netns (root):
+# three network namespaces joined by veth pairs, documentation addresses only:
+#   client ns 192.0.2.2 --veth-- 192.0.2.1 server ns 198.51.100.1 --veth-- 198.51.100.2 peer ns
+# the servers run in the server ns (listening on 192.0.2.1, relaying from 198.51.100.1), the
+# generator in the client ns, and with PEERS=generator its peer sockets are made in the peer
+# ns (turn-bench --peer-netns). Traffic then crosses the veth pairs (and their softirq work)
+# instead of loopback. The namespaces are deleted on exit. All servers are stopped on exit.
 #
 # Usage: scripts/bench-vs-coturn.sh
 # Environment (all optional):
@@ -44,6 +50,7 @@
 #   WORKERS=                    --workers for turn-server / --relay-threads for coturn (default: each one's own)
 #   PORT_BASE=                  first of the ports used (default: random in 20000-29000)
 #   AMPLIFICATION=1 RELAY=1     set either to 0 to skip that part
+#   TOPOLOGY=loopback           loopback or netns (see above)
 #   NO_BUILD=1                  use the existing binaries
 #   BENCH=, TURN_SERVER=        binaries to use (default: $CARGO_TARGET_DIR or target, release/)
 set -euo pipefail
@@ -76,7 +83,21 @@ MAX_WARMUP=${MAX_WARMUP:-0.5}
 WORKERS=${WORKERS:-}
 AMPLIFICATION=${AMPLIFICATION:-1}
 RELAY=${RELAY:-1}
-port_busy() { ss -Hltun "sport = :$1" 2>/dev/null | grep -q .; }
+TOPOLOGY=${TOPOLOGY:-loopback}
+IN_SERVER=() IN_CLIENT=() PEER_NETNS_ARGS=()
+case $TOPOLOGY in
+    loopback)
+        SERVER_IP=127.0.0.1 RELAY_IP=127.0.0.1 PEER_IP=127.0.0.1 PEER_NET=127.0.0.0/8 ;;
+    netns)
+        SERVER_IP=192.0.2.1 CLIENT_IP=192.0.2.2 RELAY_IP=198.51.100.1 PEER_IP=198.51.100.2
+        PEER_NET=198.51.100.0/24
+        NS_CLIENT=tkb-client-$$ NS_SERVER=tkb-server-$$ NS_PEER=tkb-peer-$$
+        IN_SERVER=(ip netns exec "$NS_SERVER") IN_CLIENT=(ip netns exec "$NS_CLIENT")
+        PEER_NETNS_ARGS=(--peer-netns "/run/netns/$NS_PEER") ;;
+    *) echo "TOPOLOGY must be loopback or netns" >&2; exit 2 ;;
+esac
+# In the server's namespace (the host's for loopback).
+port_busy() { "${IN_SERVER[@]}" ss -Hltun "sport = :$1" 2>/dev/null | grep -q .; }
 # A base whose listener ports (base..base+2) are free, so no server shares a port by accident
 # (coturn sets SO_REUSEPORT and would silently share one).
 if [[ -z ${PORT_BASE:-} ]]; then
@@ -121,6 +142,10 @@ cleanup() {
     for name in "${!PIDS[@]}"; do
         wait "${PIDS[$name]}" 2>/dev/null || true
     done
+    if [[ $TOPOLOGY == netns ]]; then
+        # Deleting a namespace deletes its end of each veth pair, and so the pair.
+        for ns in "$NS_CLIENT" "$NS_SERVER" "$NS_PEER"; do ip netns del "$ns" 2>/dev/null || true; done
+    fi
     echo "logs and raw results: $WORK" >&2
 }
 trap cleanup EXIT
@@ -129,6 +154,25 @@ trap 'exit 130' INT TERM
 log() { echo "== $*" >&2; }
 
 wants() { [[ " $SERVERS " == *" $1 "* ]]; }
+
+# client ns 192.0.2.2 <-> 192.0.2.1 server ns 198.51.100.1 <-> 198.51.100.2 peer ns
+if [[ $TOPOLOGY == netns ]]; then
+    log "netns topology: $NS_CLIENT $CLIENT_IP -- $SERVER_IP $NS_SERVER $RELAY_IP -- $PEER_IP $NS_PEER"
+    for ns in "$NS_CLIENT" "$NS_SERVER" "$NS_PEER"; do
+        ip netns add "$ns"
+        ip -n "$ns" link set lo up
+    done
+    ip link add "tkbc$$" netns "$NS_CLIENT" type veth peer name "tkbsc$$" netns "$NS_SERVER"
+    ip link add "tkbp$$" netns "$NS_PEER" type veth peer name "tkbsp$$" netns "$NS_SERVER"
+    ip -n "$NS_CLIENT" addr add "$CLIENT_IP/24" dev "tkbc$$"
+    ip -n "$NS_SERVER" addr add "$SERVER_IP/24" dev "tkbsc$$"
+    ip -n "$NS_SERVER" addr add "$RELAY_IP/24" dev "tkbsp$$"
+    ip -n "$NS_PEER" addr add "$PEER_IP/24" dev "tkbp$$"
+    for l in "$NS_CLIENT tkbc$$" "$NS_SERVER tkbsc$$" "$NS_SERVER tkbsp$$" "$NS_PEER tkbp$$"; do
+        read -r ns dev <<<"$l"
+        ip -n "$ns" link set "$dev" up
+    done
+fi
 
 if [[ -z "${NO_BUILD:-}" ]]; then
     log "building release binaries"
@@ -157,15 +201,16 @@ run_turn_server() {
     [[ -x $bin ]] || { log "no $bin; skipping $name"; return 1; }
     local extra=()
     [[ -n $WORKERS ]] && extra+=(--workers "$WORKERS")
-    # Generator peers are loopback sockets that are not our relayed addresses: allow them.
-    [[ $PEERS == generator ]] && extra+=(--allow-peer 127.0.0.0/8)
-    "$bin" --listen "127.0.0.1:$port" --relay-ip 127.0.0.1 \
+    # Generator peers (loopback, or 198.51.100.2 in the peer ns) and, with netns, the relayed
+    # addresses on 198.51.100.1 are addresses the default peer rules refuse: allow them.
+    [[ $PEERS == generator || $TOPOLOGY == netns ]] && extra+=(--allow-peer "$PEER_NET")
+    "${IN_SERVER[@]}" "$bin" --listen "$SERVER_IP:$port" --relay-ip "$RELAY_IP" \
         --user bench:benchpass --metrics "127.0.0.1:$metrics" \
         --min-port "$min" --max-port "$max" --user-quota 100000 "${extra[@]}" \
         >"$WORK/$name.log" 2>&1 &
     PIDS[$name]=$!
     for _ in $(seq 100); do
-        if curl -fsS "http://127.0.0.1:$metrics/healthz" >/dev/null 2>&1; then
+        if "${IN_SERVER[@]}" curl -fsS "http://127.0.0.1:$metrics/healthz" >/dev/null 2>&1; then
             return 0
         fi
         kill -0 "${PIDS[$name]}" 2>/dev/null || break
@@ -191,7 +236,7 @@ run_coturn() {
     shift 5
     local extra=("$@")
     [[ -n $WORKERS ]] && extra+=(--relay-threads "$WORKERS")
-    "$bin" -n --no-cli --no-tls --no-dtls -L 127.0.0.1 -E 127.0.0.1 --relay-ip 127.0.0.1 \
+    "${IN_SERVER[@]}" "$bin" -n --no-cli --no-tls --no-dtls -L "$SERVER_IP" -E "$RELAY_IP" --relay-ip "$RELAY_IP" \
         -p "$port" --lt-cred-mech --user bench:benchpass -r turnkey \
         --allow-loopback-peers --min-port "$min" --max-port "$max" \
         --pidfile "$WORK/$name.pid" --userdb "$WORK/$name.sqlite" \
@@ -242,7 +287,7 @@ start_coturn-new-mux() {
 }
 
 start_floor() {
-    "$BENCH" floor --listen "127.0.0.1:$FLOOR_PORT" --relay-ip 127.0.0.1 \
+    "${IN_SERVER[@]}" "$BENCH" floor --listen "$SERVER_IP:$FLOOR_PORT" --relay-ip "$RELAY_IP" \
         --max-secs 86400 >"$WORK/floor.log" 2>&1 &
     PIDS[floor]=$!
     for _ in $(seq 100); do
@@ -263,7 +308,7 @@ for s in $SERVERS; do
     if "start_$s"; then
         RUNNING+=("$s")
         threads=$(awk '/^Threads:/ {print $2}' "/proc/${PIDS[$s]}/status" 2>/dev/null || echo "?")
-        log "$s: pid ${PIDS[$s]}, 127.0.0.1:${PORT[$s]}, $threads threads"
+        log "$s: pid ${PIDS[$s]}, $SERVER_IP:${PORT[$s]}, $threads threads"
         SERVER_INFO+="$s: $threads threads; "
     fi
 done
@@ -287,7 +332,7 @@ versions() {
 if [[ $AMPLIFICATION != 0 ]]; then
     for s in "${RUNNING[@]}"; do
         log "$s: amplification"
-        if ! RUST_BACKTRACE=0 "$BENCH" amplification --server "127.0.0.1:${PORT[$s]}" --json \
+        if ! RUST_BACKTRACE=0 "${IN_CLIENT[@]}" "$BENCH" amplification --server "$SERVER_IP:${PORT[$s]}" --json \
             >"$WORK/amp-$s.json" 2>"$WORK/amp-$s.err"; then
             log "$s: amplification failed: $(tr '\n' ' ' <"$WORK/amp-$s.err")"
             echo '{"rows":[]}' >"$WORK/amp-$s.json"
@@ -332,6 +377,7 @@ REF=coturn
 [[ " ${RUNNING[*]} " == *" coturn-new "* ]] && REF=coturn-new
 BENCH_ARGS=(--transport "$TRANSPORT" --user bench --password benchpass --allocations "$ALLOCATIONS"
     --size "$SIZE" --threads "$THREADS" --peers "$PEERS")
+[[ $PEERS == generator ]] && BENCH_ARGS+=(--peer-ip "$PEER_IP" "${PEER_NETNS_ARGS[@]}")
 for round in $(seq "$ROUNDS"); do
     # Alternate the order each round, so no server always runs first.
     order=("${RUNNING[@]}")
@@ -341,7 +387,7 @@ for round in $(seq "$ROUNDS"); do
     for rate in $RATES; do
         for s in "${order[@]}"; do
             log "round $round: $s at $rate pps"
-            if out=$(RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0 "$BENCH" --server "127.0.0.1:${PORT[$s]}" "${BENCH_ARGS[@]}" \
+            if out=$(RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0 "${IN_CLIENT[@]}" "$BENCH" --server "$SERVER_IP:${PORT[$s]}" "${BENCH_ARGS[@]}" \
                 --rate "$rate" --duration "$DURATION" --warmup "$WARMUP" \
                 --server-pid "${PIDS[$s]}" --json 2>"$WORK/bench-$s-$rate.err"); then
                 jq -c --arg s "$s" '{label: $s} + .' <<<"$out" >>"$RESULTS"
@@ -354,7 +400,7 @@ for round in $(seq "$ROUNDS"); do
     if [[ $FIND_MAX != 0 ]]; then
         for s in "${order[@]}"; do
             log "round $round: $s, highest rate with loss < $MAX_LOSS % (at most ${MAX_SECS}s)"
-            if out=$(RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0 "$BENCH" --server "127.0.0.1:${PORT[$s]}" "${BENCH_ARGS[@]}" \
+            if out=$(RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0 "${IN_CLIENT[@]}" "$BENCH" --server "$SERVER_IP:${PORT[$s]}" "${BENCH_ARGS[@]}" \
                 --find-max --rate "$MAX_START" --max-loss "$MAX_LOSS" --max-secs "$MAX_SECS" \
                 --duration "$MAX_DURATION" --warmup "$MAX_WARMUP" \
                 --server-pid "${PIDS[$s]}" --json 2>"$WORK/max-$s-$round.err"); then
@@ -367,7 +413,7 @@ for round in $(seq "$ROUNDS"); do
 done
 
 echo
-echo "TURN relay over $TRANSPORT, $ALLOCATIONS allocations, $SIZE B payload, ${DURATION}s per run, generator threads $THREADS, $(nproc) cores"
+echo "TURN relay over $TRANSPORT, topology $TOPOLOGY, $ALLOCATIONS allocations, $SIZE B payload, ${DURATION}s per run, generator threads $THREADS, $(nproc) cores"
 echo "servers (idle thread counts): ${SERVER_INFO% }  load before: $LOAD_BEFORE"
 echo "$(versions)"
 if [[ $PEERS == pair ]]; then

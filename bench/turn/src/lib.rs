@@ -140,6 +140,10 @@ struct Args {
     /// server must allow it as a peer).
     #[arg(long)]
     peer_ip: Option<IpAddr>,
+    /// --peers generator: make the peer sockets in this network namespace (a file such as
+    /// /run/netns/NAME, as `ip netns add NAME` makes; needs CAP_SYS_ADMIN).
+    #[arg(long)]
+    peer_netns: Option<std::path::PathBuf>,
     /// Total offered ChannelData packets per second, all allocations together.
     #[arg(long, default_value_t = 20_000.0)]
     rate: f64,
@@ -613,6 +617,7 @@ fn config(args: &Args) -> anyhow::Result<BenchConfig> {
         tick: Duration::from_micros(args.tick_us.max(1)),
         peers: args.peers,
         peer_ip: args.peer_ip.unwrap_or(server.ip()),
+        peer_netns: args.peer_netns.clone(),
     })
 }
 

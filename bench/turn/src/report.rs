@@ -297,6 +297,7 @@ mod tests {
             tick: Duration::from_millis(1),
             peers: crate::run::Peers::Pair,
             peer_ip: "127.0.0.1".parse().unwrap(),
+            peer_netns: None,
         };
         let sent = SendStats {
             sent: 2000,

@@ -89,6 +89,9 @@ pub struct BenchConfig {
     pub peers: Peers,
     /// With `Peers::Generator`, the IP the peer sockets are bound on.
     pub peer_ip: IpAddr,
+    /// With `Peers::Generator`, the network namespace (a file such as /run/netns/NAME) the
+    /// peer sockets are made in; None: this process's.
+    pub peer_netns: Option<std::path::PathBuf>,
 }
 
 /// Errors that end a run.
@@ -170,13 +173,11 @@ pub async fn run(cfg: &BenchConfig) -> Result<Report, RunError> {
     // address.
     let mut peer_sockets = Vec::new();
     if cfg.peers == Peers::Generator {
-        for (index, r) in relayed.iter().enumerate() {
-            match ServerSocket::connect_udp(Some(SocketAddr::new(cfg.peer_ip, 0)), *r) {
-                Ok(s) => peer_sockets.push(s),
-                Err(source) => {
-                    let e = RunError::Connect { index, source };
-                    return Err(abandon(allocations, readers, e).await);
-                }
+        match peer_sockets_in(cfg.peer_netns.as_deref(), cfg.peer_ip, &relayed) {
+            Ok(s) => peer_sockets = s,
+            Err((index, source)) => {
+                let e = RunError::Connect { index, source };
+                return Err(abandon(allocations, readers, e).await);
             }
         }
     }
@@ -319,6 +320,38 @@ pub async fn run(cfg: &BenchConfig) -> Result<Report, RunError> {
         upkeep_failures,
         delete_failures,
     ))
+}
+
+/// One peer socket per relayed address, bound on `peer_ip` and connected to it; with `netns`,
+/// made by a short-lived thread that enters that network namespace first (a socket stays in the
+/// namespace it was made in). On failure, the index of the socket that failed and why.
+fn peer_sockets_in(
+    netns: Option<&std::path::Path>,
+    peer_ip: IpAddr,
+    relayed: &[SocketAddr],
+) -> Result<Vec<Arc<ServerSocket>>, (usize, std::io::Error)> {
+    let make = || {
+        if let Some(path) = netns {
+            let ns = std::fs::File::open(path).map_err(|e| (0, e))?;
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| (0, std::io::Error::from(e)))?;
+        }
+        relayed
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                ServerSocket::connect_udp(Some(SocketAddr::new(peer_ip, 0)), *r).map_err(|e| (i, e))
+            })
+            .collect()
+    };
+    match netns {
+        None => make(),
+        Some(_) => std::thread::scope(|s| {
+            s.spawn(make)
+                .join()
+                .unwrap_or_else(|_| Err((0, std::io::Error::other("peer socket thread panicked"))))
+        }),
+    }
 }
 
 /// The tokio tasks that read the sockets outside the traffic phase.

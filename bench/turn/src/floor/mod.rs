@@ -347,6 +347,7 @@ mod tests {
             tick: Duration::from_micros(100),
             peers,
             peer_ip: "127.0.0.1".parse().unwrap(),
+            peer_netns: None,
         };
         let report = tokio::runtime::Builder::new_current_thread()
             .enable_all()
