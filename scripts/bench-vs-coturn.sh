@@ -87,7 +87,9 @@ TOPOLOGY=${TOPOLOGY:-loopback}
 IN_SERVER=() IN_CLIENT=() PEER_NETNS_ARGS=()
 case $TOPOLOGY in
     loopback)
-        SERVER_IP=127.0.0.1 RELAY_IP=127.0.0.1 PEER_IP=127.0.0.1 PEER_NET=127.0.0.0/8 ;;
+        # Generator peers on 127.0.0.2: a peer on the relay IP whose port falls in a server's
+        # relay port range is refused as the server's own address (turn-server: 403).
+        SERVER_IP=127.0.0.1 RELAY_IP=127.0.0.1 PEER_IP=127.0.0.2 PEER_NET=127.0.0.0/8 ;;
     netns)
         SERVER_IP=192.0.2.1 CLIENT_IP=192.0.2.2 RELAY_IP=198.51.100.1 PEER_IP=198.51.100.2
         PEER_NET=198.51.100.0/24

@@ -137,7 +137,9 @@ struct Args {
     #[arg(long, value_enum, default_value = "pair")]
     peers: run::Peers,
     /// --peers generator: the IP the peer sockets are bound on (default: the server's IP; the
-    /// server must allow it as a peer).
+    /// server must allow it as a peer). Better an IP the server does not relay from (e.g.
+    /// 127.0.0.2 on loopback): a server refuses a peer on its own IP whose port falls in its
+    /// relay port range.
     #[arg(long)]
     peer_ip: Option<IpAddr>,
     /// --peers generator: make the peer sockets in this network namespace (a file such as
@@ -509,14 +511,13 @@ fn find_max_main(args: &Args, cfg: &BenchConfig) -> anyhow::Result<()> {
             ..cfg.clone()
         };
         let r = rt.block_on(run::run(&step));
-        if !args.json {
-            match &r {
-                Ok(r) => eprintln!(
-                    "offered {:>9.0}/s  sent {:>9.0}/s  received {:>9.0}/s  loss {:>7.3} %",
-                    rate, r.sent_pps, r.received_pps, r.loss_percent
-                ),
-                Err(e) => eprintln!("offered {rate:>9.0}/s  failed: {e:#}"),
-            }
+        match &r {
+            Ok(r) if !args.json => eprintln!(
+                "offered {:>9.0}/s  sent {:>9.0}/s  received {:>9.0}/s  loss {:>7.3} %",
+                rate, r.sent_pps, r.received_pps, r.loss_percent
+            ),
+            Ok(_) => {}
+            Err(e) => eprintln!("offered {rate:>9.0}/s  failed: {}", error_chain(e)),
         }
         let r = r?;
         let m = search::Measured {
@@ -572,6 +573,18 @@ fn find_max_main(args: &Args, cfg: &BenchConfig) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// An error and its causes, "outer: inner: innermost".
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 fn config(args: &Args) -> anyhow::Result<BenchConfig> {

@@ -70,7 +70,8 @@ pub struct SearchResult {
 }
 
 /// Runs `measure` at the rates the search picks; an `Err` from it (the run itself failed: set-up
-/// refused, no server) ends the search.
+/// refused, no server) ends the search when nothing has passed yet, and otherwise counts as a
+/// failure at that rate.
 pub fn find_max<E>(
     cfg: &SearchConfig,
     mut measure: impl FnMut(f64) -> Result<Measured, E>,
@@ -99,8 +100,9 @@ pub fn find_max<E>(
             passed: ok,
             generator_limited,
         });
-        if m.is_none() {
-            // Set-up failed, the server refused: not a matter of rate.
+        if m.is_none() && passed.is_none() {
+            // The first runs cannot even set up (the server refuses, or is not there): not a
+            // matter of rate. Later, a run that fails counts as a failure at its rate.
             break "a run failed";
         }
         if ok {
@@ -212,6 +214,22 @@ mod tests {
         assert!(r.best.is_none());
         assert_eq!((r.steps.len(), r.stopped), (1, "a run failed"));
         assert!(!r.steps[0].passed && r.steps[0].measured.is_none());
+    }
+
+    #[test]
+    fn a_run_that_fails_after_a_pass_counts_as_a_failure_at_its_rate() {
+        let mut inner = server(1e9);
+        let r = find_max(&cfg(), |rate| {
+            if rate > 30_000.0 {
+                Err(())
+            } else {
+                inner(rate)
+            }
+        });
+        let rates: Vec<f64> = r.steps.iter().map(|s| s.target_pps).collect();
+        assert_eq!(&rates[..4], &[10_000.0, 20_000.0, 40_000.0, 30_000.0]);
+        assert_eq!(r.stopped, "resolution reached");
+        assert!(r.best.unwrap().target_pps >= 30_000.0 / 1.05);
     }
 
     #[test]
