@@ -16,7 +16,11 @@
 #                   paired allocations every peer is one of its few shared relay addresses and
 #                   it answers CreatePermission with 400)
 #   floor           `turn-bench floor`: a bare batched UDP forwarder (no auth, no state but the
-#                   relay table), the physical floor of what a relay can cost
+#                   relay table), a relay socket per allocation as in standard TURN: the
+#                   physical floor of what such a relay can cost
+#   floor-shared    the same with one relay socket for all allocations, peers told apart by
+#                   address (turn-bench floor --shared-relay; like --multiplex-peer, needs
+#                   PEERS=generator)
 # Ratios in the summaries are to coturn-new when it ran, else to coturn.
 #
 # TOPOLOGY=loopback (default): everything listens on 127.0.0.1 only. TOPOLOGY=netns (root):
@@ -67,7 +71,7 @@ THREADS=${THREADS:-1}
 TRANSPORT=${TRANSPORT:-udp}
 COTURN_NEWEST=${COTURN_NEWEST:-}
 if [[ -n $COTURN_NEWEST ]]; then
-    SERVERS=${SERVERS:-"turnkey coturn coturn-new coturn-new-mux floor"}
+    SERVERS=${SERVERS:-"turnkey coturn coturn-new coturn-new-mux floor floor-shared"}
 else
     SERVERS=${SERVERS:-"turnkey coturn"}
 fi
@@ -119,6 +123,7 @@ BASE_METRICS=$((PORT_BASE + 4))
 COTURN_NEW_PORT=$((PORT_BASE + 5))
 COTURN_NEW_MUX_PORT=$((PORT_BASE + 6))
 FLOOR_PORT=$((PORT_BASE + 7))
+FLOOR_SHARED_PORT=$((PORT_BASE + 8))
 # --multiplex-peer-port: relay thread i binds this + 2i (IPv4) and + 2i + 1 (IPv6).
 MUX_RELAY_PORT=$((PORT_BASE + 20))
 ROUNDS=${ROUNDS:-1}
@@ -288,21 +293,32 @@ start_coturn-new-mux() {
     run_coturn coturn-new-mux "$COTURN_NEWEST" "$COTURN_NEW_MUX_PORT" "$COTURN_NEW_MUX_MIN" "$COTURN_NEW_MUX_MAX" "${flags[@]}"
 }
 
-start_floor() {
-    "${IN_SERVER[@]}" "$BENCH" floor --listen "$SERVER_IP:$FLOOR_PORT" --relay-ip "$RELAY_IP" \
-        --max-secs 86400 >"$WORK/floor.log" 2>&1 &
-    PIDS[floor]=$!
+# run_floor NAME PORT [EXTRA FLAGS...]
+run_floor() {
+    local name=$1 port=$2
+    shift 2
+    "${IN_SERVER[@]}" "$BENCH" floor --listen "$SERVER_IP:$port" --relay-ip "$RELAY_IP" \
+        --max-secs 86400 "$@" >"$WORK/$name.log" 2>&1 &
+    PIDS[$name]=$!
     for _ in $(seq 100); do
-        port_busy "$FLOOR_PORT" && return 0
-        kill -0 "${PIDS[floor]}" 2>/dev/null || break
+        port_busy "$port" && return 0
+        kill -0 "${PIDS[$name]}" 2>/dev/null || break
         sleep 0.1
     done
-    log "floor did not start; see $WORK/floor.log"
+    log "$name did not start; see $WORK/$name.log"
     return 1
 }
 
+start_floor() { run_floor floor "$FLOOR_PORT"; }
+
+start_floor-shared() {
+    [[ $PEERS == generator ]] || { log "floor-shared needs PEERS=generator; skipping it"; return 1; }
+    run_floor floor-shared "$FLOOR_SHARED_PORT" --shared-relay
+}
+
 declare -A PORT=([turnkey]=$TURNKEY_PORT [coturn]=$COTURN_PORT [base]=$BASE_PORT
-    [coturn-new]=$COTURN_NEW_PORT [coturn-new-mux]=$COTURN_NEW_MUX_PORT [floor]=$FLOOR_PORT)
+    [coturn-new]=$COTURN_NEW_PORT [coturn-new-mux]=$COTURN_NEW_MUX_PORT [floor]=$FLOOR_PORT
+    [floor-shared]=$FLOOR_SHARED_PORT)
 RUNNING=()
 SERVER_INFO=""
 for s in $SERVERS; do

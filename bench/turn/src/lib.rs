@@ -311,6 +311,10 @@ struct FloorArgs {
     /// The floor exits after this many seconds.
     #[arg(long, default_value_t = 3600)]
     max_secs: u64,
+    /// One relay socket for all allocations, told apart by the peer's address and port (like
+    /// coturn --multiplex-peer); only for peers of their own (turn-bench --peers generator).
+    #[arg(long)]
+    shared_relay: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -464,6 +468,7 @@ fn floor_main(args: &FloorArgs) -> anyhow::Result<()> {
         lifetime_secs: args.lifetime,
         max_allocations: args.max_allocations,
         max_runtime: Duration::from_secs(args.max_secs),
+        shared_relay: args.shared_relay,
     })
     .with_context(|| format!("floor on {}", args.listen))?;
     eprintln!("{stats:?}");

@@ -7,6 +7,11 @@
 //! that allocation, Refresh with LIFETIME 0 closes it. Reads are `recvmmsg` and writes
 //! `sendmmsg` (`turnkey_sockets::batch`), on one thread over one epoll set.
 //!
+//! With `shared_relay`, all allocations share one relay socket, told apart by the peer's
+//! address and port as coturn's `--multiplex-peer` does: every allocation must have a peer of
+//! its own (the generator's `--peers generator`), and then what one receive batch yields goes
+//! out in one `sendmmsg` on the shared socket too.
+//!
 //! The generator (`turn-bench` without a subcommand) needs no special mode for it: it runs its
 //! usual Allocate / CreatePermission / ChannelBind set-up, and the floor's answers carry no
 //! MESSAGE-INTEGRITY, which it accepts when no 401 asked for credentials.
@@ -25,6 +30,8 @@ use crate::wire::{self, FrameKind, CHANNEL_DATA_HEADER_BYTES};
 
 /// Epoll token of the client-facing listener; relay slot `k` has `k + 1`.
 const LISTENER: u64 = 0;
+/// Epoll token of the shared relay socket.
+const SHARED: u64 = u64::MAX;
 /// Receive batches taken from one socket per wake-up before the others get a turn.
 const MAX_READS_PER_WAKE: usize = 8;
 /// Epoll wait, so that the time limit is checked even when nothing arrives.
@@ -43,6 +50,8 @@ pub struct FloorConfig {
     pub max_allocations: usize,
     /// The floor exits after this long.
     pub max_runtime: Duration,
+    /// One relay socket for all allocations (peers told apart by address), instead of one each.
+    pub shared_relay: bool,
 }
 
 /// What the floor did, printed when it exits.
@@ -66,7 +75,8 @@ pub struct FloorStats {
 /// One allocation.
 struct Slot {
     client: SocketAddr,
-    socket: UdpSocket,
+    /// Its own relay socket (None with a shared one).
+    socket: Option<UdpSocket>,
     relayed: SocketAddr,
     /// The channel binding: channel number and peer.
     binding: Option<(u16, SocketAddr)>,
@@ -84,6 +94,10 @@ struct Floor {
     to_clients: SendBatch,
     /// Slots with datagrams queued in their `out`.
     dirty: Vec<usize>,
+    /// The shared relay socket, its queue of datagrams to peers, and the slot of each peer.
+    shared: Option<UdpSocket>,
+    shared_out: SendBatch,
+    by_peer: HashMap<SocketAddr, usize>,
     stats: FloorStats,
 }
 
@@ -100,6 +114,9 @@ pub fn run(cfg: FloorConfig) -> io::Result<FloorStats> {
         by_client: HashMap::new(),
         to_clients: SendBatch::new(),
         dirty: Vec::new(),
+        shared: None,
+        shared_out: SendBatch::new(),
+        by_peer: HashMap::new(),
         stats: FloorStats::default(),
     };
     let started = Instant::now();
@@ -114,23 +131,31 @@ pub fn run(cfg: FloorConfig) -> io::Result<FloorStats> {
         for ev in &events[..ready] {
             let token = ev.data();
             for _ in 0..MAX_READS_PER_WAKE {
-                let got = if token == LISTENER {
-                    batch.recv(&floor.listener)
-                } else {
-                    match floor.slots.get(token as usize - 1) {
-                        Some(Some(slot)) => batch.recv(&slot.socket),
+                let got = match token {
+                    LISTENER => batch.recv(&floor.listener),
+                    SHARED => match &floor.shared {
+                        Some(socket) => batch.recv(socket),
+                        None => break,
+                    },
+                    _ => match floor.slots.get(token as usize - 1) {
+                        Some(Some(Slot {
+                            socket: Some(socket),
+                            ..
+                        })) => batch.recv(socket),
                         _ => break,
-                    }
+                    },
                 };
                 match got {
                     Ok(_) => floor.stats.receive_calls += 1,
                     Err(_) => break,
                 }
-                if token == LISTENER {
-                    floor.handle_from_clients(&batch);
-                    floor.flush_to_peers();
-                } else {
-                    floor.handle_from_peers(token as usize - 1, &batch);
+                match token {
+                    LISTENER => {
+                        floor.handle_from_clients(&batch);
+                        floor.flush_to_peers();
+                    }
+                    SHARED => floor.handle_from_shared(&batch),
+                    _ => floor.handle_from_peers(token as usize - 1, &batch),
                 }
                 if batch.len() < turnkey_sockets::batch::BATCH {
                     break;
@@ -147,16 +172,22 @@ impl Floor {
         for (from, data) in batch.datagrams() {
             match data.first().map(|&b| wire::classify(b)) {
                 Some(Ok(FrameKind::ChannelData)) => {
+                    let shared = self.shared.is_some();
                     let relayed = self.by_client.get(&from).and_then(|&k| {
                         let slot = self.slots[k].as_mut()?;
                         let (channel, payload) = wire::parse_channel_data(data).ok()?;
                         let (bound, peer) = slot.binding?;
-                        (bound == channel).then(|| slot.out.push(peer, &[payload]))?;
+                        let out = if shared {
+                            &mut self.shared_out
+                        } else {
+                            &mut slot.out
+                        };
+                        (bound == channel).then(|| out.push(peer, &[payload]))?;
                         Some(k)
                     });
                     match relayed {
                         Some(k) => {
-                            if !self.dirty.contains(&k) {
+                            if !shared && !self.dirty.contains(&k) {
                                 self.dirty.push(k);
                             }
                             self.stats.to_peer += 1;
@@ -201,7 +232,15 @@ impl Floor {
             stun::Method::ChannelBind => {
                 if let (Some(k), Some(channel), Some(peer)) = (slot, req.channel, req.peer) {
                     if let Some(s) = self.slots[k].as_mut() {
-                        s.binding = Some((channel, peer));
+                        if let Some((_, old)) = s.binding.replace((channel, peer)) {
+                            if self.by_peer.get(&old) == Some(&k) {
+                                self.by_peer.remove(&old);
+                            }
+                        }
+                        if self.shared.is_some() {
+                            // Last binding wins (coturn refuses the second one instead).
+                            self.by_peer.insert(peer, k);
+                        }
                     }
                 }
             }
@@ -218,9 +257,6 @@ impl Floor {
         if self.by_client.len() >= self.cfg.max_allocations {
             return None;
         }
-        let socket =
-            turnkey_sockets::relay_udp(SocketAddr::new(self.cfg.relay_ip, 0), false).ok()?;
-        let relayed = socket.local_addr().ok()?;
         let k = match self.slots.iter().position(Option::is_none) {
             Some(k) => k,
             None => {
@@ -228,9 +264,25 @@ impl Floor {
                 self.slots.len() - 1
             }
         };
-        self.epoll
-            .add(&socket, EpollEvent::new(EpollFlags::EPOLLIN, k as u64 + 1))
-            .ok()?;
+        let (socket, relayed) = if self.cfg.shared_relay {
+            if self.shared.is_none() {
+                let socket =
+                    turnkey_sockets::reuseport_udp(SocketAddr::new(self.cfg.relay_ip, 0)).ok()?;
+                self.epoll
+                    .add(&socket, EpollEvent::new(EpollFlags::EPOLLIN, SHARED))
+                    .ok()?;
+                self.shared = Some(socket);
+            }
+            (None, self.shared.as_ref()?.local_addr().ok()?)
+        } else {
+            let socket =
+                turnkey_sockets::relay_udp(SocketAddr::new(self.cfg.relay_ip, 0), false).ok()?;
+            let relayed = socket.local_addr().ok()?;
+            self.epoll
+                .add(&socket, EpollEvent::new(EpollFlags::EPOLLIN, k as u64 + 1))
+                .ok()?;
+            (Some(socket), relayed)
+        };
         self.slots[k] = Some(Slot {
             client,
             socket,
@@ -244,7 +296,14 @@ impl Floor {
 
     fn release(&mut self, k: usize) {
         if let Some(slot) = self.slots[k].take() {
-            let _ = self.epoll.delete(&slot.socket);
+            if let Some(socket) = &slot.socket {
+                let _ = self.epoll.delete(socket);
+            }
+            if let Some((_, peer)) = slot.binding {
+                if self.by_peer.get(&peer) == Some(&k) {
+                    self.by_peer.remove(&peer);
+                }
+            }
             self.by_client.remove(&slot.client);
             self.dirty.retain(|&d| d != k);
         }
@@ -266,10 +325,40 @@ impl Floor {
         }
     }
 
+    /// Datagrams on the shared relay socket: the peer's address says whose they are.
+    fn handle_from_shared(&mut self, batch: &RecvBatch) {
+        for (from, data) in batch.datagrams() {
+            let slot = self
+                .by_peer
+                .get(&from)
+                .and_then(|&k| self.slots[k].as_ref());
+            match slot.and_then(|s| Some((s.client, s.binding?))) {
+                Some((client, (channel, _))) if data.len() <= usize::from(u16::MAX) => {
+                    let header = channel_data_header(channel, data.len() as u16);
+                    self.to_clients.push(client, &[&header, data]);
+                    self.stats.to_client += 1;
+                }
+                _ => self.stats.dropped += 1,
+            }
+        }
+    }
+
     fn flush_to_peers(&mut self) {
+        if let Some(shared) = &self.shared {
+            if !self.shared_out.is_empty() {
+                let sent = self.shared_out.send(shared);
+                self.stats.send_calls += sent.calls as u64;
+                self.stats.dropped += sent.dropped as u64;
+            }
+        }
         for k in self.dirty.drain(..) {
-            if let Some(slot) = self.slots[k].as_mut() {
-                let sent = slot.out.send(&slot.socket);
+            if let Some(Slot {
+                socket: Some(socket),
+                out,
+                ..
+            }) = self.slots[k].as_mut()
+            {
+                let sent = out.send(socket);
                 self.stats.send_calls += sent.calls as u64;
                 self.stats.dropped += sent.dropped as u64;
             }
@@ -315,11 +404,12 @@ mod tests {
     /// with generator peers: every probe comes back.
     #[test]
     fn relays_the_generators_load_both_ways() {
-        relays(crate::run::Peers::Pair);
-        relays(crate::run::Peers::Generator);
+        relays(crate::run::Peers::Pair, false);
+        relays(crate::run::Peers::Generator, false);
+        relays(crate::run::Peers::Generator, true);
     }
 
-    fn relays(peers: crate::run::Peers) {
+    fn relays(peers: crate::run::Peers, shared_relay: bool) {
         let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let listen = probe.local_addr().unwrap();
         drop(probe);
@@ -329,6 +419,7 @@ mod tests {
             lifetime_secs: 600,
             max_allocations: 16,
             max_runtime: Duration::from_secs(20),
+            shared_relay,
         };
         std::thread::spawn(move || run(cfg));
         std::thread::sleep(Duration::from_millis(100));
