@@ -43,7 +43,8 @@
 #                               per allocation, 1 hop); default generator when coturn-new-mux
 #                               runs, else pair
 #   SERVERS="turnkey coturn"    which servers to run, in this order (names above); default adds
-#                               coturn-new, coturn-new-mux and floor when COTURN_NEWEST is set
+#                               coturn-new, coturn-new-mux, floor and floor-shared when
+#                               COTURN_NEWEST is set
 #   COTURN_NEWEST=              coturn built from source, e.g. /opt/coturn-newest/bin/turnserver
 #   FIND_MAX=1                  also search each server's highest rate with loss < MAX_LOSS %
 #   MAX_LOSS=0.1 MAX_SECS=60    (turn-bench --find-max --max-loss --max-secs, per server per round;
