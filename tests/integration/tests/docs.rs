@@ -22,6 +22,7 @@ const OTHER_PROGRAMS: &[(&str, &str)] = &[
     ("--udp-recvmmsg", "coturn turnserver"),
     ("--multiplex-peer", "coturn turnserver"),
     ("--udp-gso", "coturn turnserver"),
+    ("--udp-sendmmsg-log", "coturn turnserver"),
 ];
 
 /// The `--help` text of every binary and subcommand.
