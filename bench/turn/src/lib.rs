@@ -3,7 +3,9 @@
 //! Two more modes: `turn-bench soak` churns allocations, channels and connections for a long
 //! time and prints the server's memory, descriptors, relay ports and allocation gauge
 //! (`soak`); `turn-bench amplification` prints the reflection amplification factor of
-//! unauthenticated UDP requests (`amplification`).
+//! unauthenticated UDP requests (`amplification`); `turn-bench floor` is a bare batched UDP
+//! forwarder that relays what a TURN server relays in this benchmark and nothing else, the
+//! physical floor to compare servers with (`floor`).
 //!
 //! N allocations are paired (i, i^1); each installs a permission and binds channel 0x4000 to
 //! its partner's relayed address, then sends ChannelData probes (flow, sequence number, send
@@ -14,6 +16,7 @@
 
 mod amplification;
 mod client;
+mod floor;
 mod idle;
 mod link;
 mod net;
@@ -22,6 +25,7 @@ mod proto;
 mod report;
 mod run;
 mod scrape;
+mod search;
 mod soak;
 mod stats;
 mod wire;
@@ -70,6 +74,10 @@ enum Command {
     /// Hold N idle allocations (each with a permission and a channel) from clients on several
     /// loopback source addresses and print the server's RSS per allocation.
     Idle(IdleArgs),
+    /// Run the floor: a bare batched UDP forwarder (recvmmsg/sendmmsg, one thread) that
+    /// answers every TURN request with a success, without authentication, and relays
+    /// ChannelData to the bound peer and back; point the relay benchmark at it as at a server.
+    Floor(FloorArgs),
 }
 
 /// Long-term credentials, as a static user or from a TURN REST API secret.
@@ -120,9 +128,24 @@ struct Args {
     transport: Transport,
     #[command(flatten)]
     auth: AuthArgs,
-    /// Number of allocations (even: they are paired).
+    /// Number of allocations (even: with --peers pair they are paired).
     #[arg(long, default_value_t = 20)]
     allocations: usize,
+    /// Who each allocation's peer is: `pair`, the partner allocation's relayed address (the
+    /// server relays every probe twice); `generator`, a UDP socket of this generator (once each
+    /// way; every allocation has a peer address of its own, as coturn --multiplex-peer needs).
+    #[arg(long, value_enum, default_value = "pair")]
+    peers: run::Peers,
+    /// --peers generator: the IP the peer sockets are bound on (default: the server's IP; the
+    /// server must allow it as a peer). Better an IP the server does not relay from (e.g.
+    /// 127.0.0.2 on loopback): a server refuses a peer on its own IP whose port falls in its
+    /// relay port range.
+    #[arg(long)]
+    peer_ip: Option<IpAddr>,
+    /// --peers generator: make the peer sockets in this network namespace (a file such as
+    /// /run/netns/NAME, as `ip netns add NAME` makes; needs CAP_SYS_ADMIN).
+    #[arg(long)]
+    peer_netns: Option<std::path::PathBuf>,
     /// Total offered ChannelData packets per second, all allocations together.
     #[arg(long, default_value_t = 20_000.0)]
     rate: f64,
@@ -151,6 +174,24 @@ struct Args {
     /// Print one JSON object on stdout instead of the text report.
     #[arg(long)]
     json: bool,
+    /// Search for the highest offered rate relayed with loss under --max-loss: one run per
+    /// step, from --rate doubling until a run fails, then bisecting (each run takes --warmup +
+    /// --duration plus set-up and a 0.5 s drain).
+    #[arg(long)]
+    find_max: bool,
+    /// --find-max: a run passes with loss under this many percent (and the generator sending
+    /// at least 95 % of the offered rate).
+    #[arg(long, default_value_t = 0.1)]
+    max_loss: f64,
+    /// --find-max: total seconds for all runs; a run that would not fit is not started.
+    #[arg(long, default_value_t = 60.0)]
+    max_secs: f64,
+    /// --find-max: most runs.
+    #[arg(long, default_value_t = 12)]
+    max_steps: usize,
+    /// --find-max: never offer more than this many packets/s.
+    #[arg(long, default_value_t = 2_000_000.0)]
+    ceiling: f64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -254,6 +295,29 @@ struct IdleArgs {
 }
 
 #[derive(Debug, clap::Args)]
+struct FloorArgs {
+    /// Client-facing UDP listener, HOST:PORT.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// IP the relay sockets are bound on (the relayed transport addresses).
+    #[arg(long, default_value = "127.0.0.1")]
+    relay_ip: IpAddr,
+    /// LIFETIME granted to every allocation, seconds (nothing expires: the floor has no timers).
+    #[arg(long, default_value_t = 600)]
+    lifetime: u32,
+    /// Most allocations held at once.
+    #[arg(long, default_value_t = 10_000)]
+    max_allocations: usize,
+    /// The floor exits after this many seconds.
+    #[arg(long, default_value_t = 3600)]
+    max_secs: u64,
+    /// One relay socket for all allocations, told apart by the peer's address and port (like
+    /// coturn --multiplex-peer); only for peers of their own (turn-bench --peers generator).
+    #[arg(long)]
+    shared_relay: bool,
+}
+
+#[derive(Debug, clap::Args)]
 struct AmplificationArgs {
     /// STUN/TURN server UDP listener, HOST:PORT.
     #[arg(long)]
@@ -275,6 +339,7 @@ pub fn main() -> anyhow::Result<()> {
         Some(Command::Soak(args)) => soak_main(&args),
         Some(Command::Amplification(args)) => amplification_main(&args),
         Some(Command::Idle(args)) => idle_main(&args),
+        Some(Command::Floor(args)) => floor_main(&args),
         None => relay_main(&cli.relay),
     }
 }
@@ -396,8 +461,25 @@ fn idle_main(args: &IdleArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn floor_main(args: &FloorArgs) -> anyhow::Result<()> {
+    let stats = floor::run(floor::FloorConfig {
+        listen: args.listen,
+        relay_ip: args.relay_ip,
+        lifetime_secs: args.lifetime,
+        max_allocations: args.max_allocations,
+        max_runtime: Duration::from_secs(args.max_secs),
+        shared_relay: args.shared_relay,
+    })
+    .with_context(|| format!("floor on {}", args.listen))?;
+    eprintln!("{stats:?}");
+    Ok(())
+}
+
 fn relay_main(args: &Args) -> anyhow::Result<()> {
     let cfg = config(args)?;
+    if args.find_max {
+        return find_max_main(args, &cfg);
+    }
     // The runtime only runs the control side (setup, upkeep, teardown); traffic runs on the
     // worker threads.
     let report = runtime()?.block_on(run::run(&cfg))?;
@@ -409,10 +491,116 @@ fn relay_main(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--find-max`: one run per step of [`search::find_max`]; prints every step and the best.
+fn find_max_main(args: &Args, cfg: &BenchConfig) -> anyhow::Result<()> {
+    if !(args.max_loss.is_finite() && args.max_loss > 0.0) {
+        bail!("--max-loss must be a positive percentage");
+    }
+    if !(args.max_secs.is_finite() && args.max_secs > 0.0) || args.max_steps == 0 {
+        bail!("--max-secs and --max-steps must be positive");
+    }
+    let search_cfg = search::SearchConfig {
+        start_pps: cfg.rate_pps,
+        ceiling_pps: args.ceiling.max(cfg.rate_pps),
+        max_loss_percent: args.max_loss,
+        min_sent_fraction: 0.95,
+        resolution: 0.05,
+        max_steps: args.max_steps,
+        budget: Duration::from_secs_f64(args.max_secs),
+    };
+    let rt = runtime()?;
+    let mut reports = Vec::new();
+    let result = search::find_max(&search_cfg, |rate| {
+        let step = BenchConfig {
+            rate_pps: rate,
+            ..cfg.clone()
+        };
+        let r = rt.block_on(run::run(&step));
+        match &r {
+            Ok(r) if !args.json => eprintln!(
+                "offered {:>9.0}/s  sent {:>9.0}/s  received {:>9.0}/s  loss {:>7.3} %",
+                rate, r.sent_pps, r.received_pps, r.loss_percent
+            ),
+            Ok(_) => {}
+            Err(e) => eprintln!("offered {rate:>9.0}/s  failed: {}", error_chain(e)),
+        }
+        let r = r?;
+        let m = search::Measured {
+            target_pps: rate,
+            sent_pps: r.sent_pps,
+            received_pps: r.received_pps,
+            loss_percent: r.loss_percent,
+        };
+        reports.push(r);
+        Ok::<_, run::RunError>(m)
+    });
+    let best = result.best.and_then(|b| {
+        reports
+            .iter()
+            .find(|r| r.target_pps == b.target_pps)
+            .cloned()
+    });
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "mode": "find_max",
+                "max_loss_percent": args.max_loss,
+                "max_pps": result.best.map(|b| b.target_pps),
+                "max_received_pps": result.best.map(|b| b.received_pps),
+                "stopped": result.stopped,
+                "elapsed_secs": result.elapsed_secs,
+                "steps": result.steps,
+                "best": best,
+            })
+        );
+    } else {
+        match result.best {
+            Some(b) => println!(
+                "highest rate with loss < {} %: {:.0} offered, {:.0} received per second \
+                 ({} runs in {:.1} s, {})",
+                args.max_loss,
+                b.target_pps,
+                b.received_pps,
+                result.steps.len(),
+                result.elapsed_secs,
+                result.stopped
+            ),
+            None => println!(
+                "no rate passed (loss < {} %): {} runs, {}",
+                args.max_loss,
+                result.steps.len(),
+                result.stopped
+            ),
+        }
+        if let Some(best) = best {
+            println!("{best}");
+        }
+    }
+    Ok(())
+}
+
+/// An error and its causes, "outer: inner: innermost".
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
 fn config(args: &Args) -> anyhow::Result<BenchConfig> {
     let server = resolve(args.server.as_deref().context("give --server HOST:PORT")?)?;
-    if args.allocations < 2 || !args.allocations.is_multiple_of(2) {
-        bail!("--allocations must be even and at least 2");
+    if args.peers == run::Peers::Pair
+        && (args.allocations < 2 || !args.allocations.is_multiple_of(2))
+    {
+        bail!("--allocations must be even and at least 2 with --peers pair");
+    }
+    if args.allocations == 0 {
+        bail!("--allocations must be at least 1");
     }
     if usize::from(args.size) < wire::PROBE_BYTES {
         bail!("--size must be at least {} bytes", wire::PROBE_BYTES);
@@ -445,6 +633,9 @@ fn config(args: &Args) -> anyhow::Result<BenchConfig> {
         server_pid: args.server_pid,
         senders: args.threads,
         tick: Duration::from_micros(args.tick_us.max(1)),
+        peers: args.peers,
+        peer_ip: args.peer_ip.unwrap_or(server.ip()),
+        peer_netns: args.peer_netns.clone(),
     })
 }
 

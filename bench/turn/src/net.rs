@@ -86,19 +86,8 @@ impl AsFd for ServerSocket {
 impl ServerSocket {
     /// Opens a connection to `server`.
     pub async fn connect(server: SocketAddr, transport: Transport) -> io::Result<Arc<Self>> {
-        let domain = Domain::for_address(server);
         let socket = match transport {
-            Transport::Udp => {
-                let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
-                let _ = s.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
-                let _ = s.set_send_buffer_size(SOCKET_BUFFER_BYTES);
-                s.set_nonblocking(true)?;
-                s.connect(&server.into())?;
-                let s: UdpSocket = s.into();
-                // Best effort: without it latency is taken when the worker reads.
-                let _ = setsockopt(&s, ReceiveTimestampns, &true);
-                ServerSocket::Udp(s)
-            }
+            Transport::Udp => return Self::connect_udp(None, server),
             Transport::Tcp => {
                 let s = tokio::net::TcpStream::connect(server).await?;
                 s.set_nodelay(true)?;
@@ -110,6 +99,32 @@ impl ServerSocket {
             }
         };
         Ok(Arc::new(socket))
+    }
+
+    /// A connected UDP socket to `to`, bound to `bind` (None: the kernel's choice). Also the
+    /// generator's peer sockets (`--peers generator`): bound on the peer IP, connected to the
+    /// relayed transport address.
+    pub fn connect_udp(bind: Option<SocketAddr>, to: SocketAddr) -> io::Result<Arc<Self>> {
+        let s = Socket::new(Domain::for_address(to), Type::DGRAM, Some(Protocol::UDP))?;
+        let _ = s.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
+        let _ = s.set_send_buffer_size(SOCKET_BUFFER_BYTES);
+        s.set_nonblocking(true)?;
+        if let Some(bind) = bind {
+            s.bind(&bind.into())?;
+        }
+        s.connect(&to.into())?;
+        let s: UdpSocket = s.into();
+        // Best effort: without it latency is taken when the worker reads.
+        let _ = setsockopt(&s, ReceiveTimestampns, &true);
+        Ok(Arc::new(ServerSocket::Udp(s)))
+    }
+
+    /// The local address of the connection.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        match self {
+            ServerSocket::Udp(s) => s.local_addr(),
+            ServerSocket::Tcp { stream, .. } => stream.local_addr(),
+        }
     }
 
     /// Whether frames need RFC 8656 §12.5 padding.

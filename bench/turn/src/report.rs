@@ -10,17 +10,22 @@ use serde::Serialize;
 use crate::run::{BenchConfig, Sample};
 use crate::stats::{ReceiveStats, SendStats};
 
-/// Result of one run. Rates are per second of the measurement window; a "packet" is one
-/// ChannelData probe delivered end to end (client → server → relay → server → partner client),
-/// which the server handles twice: once client→peer, once peer→client.
+/// Result of one run. Rates are per second of the measurement window; a "packet" is one probe
+/// delivered end to end. With paired allocations (client → server → relay → server → partner
+/// client) the server handles each twice, once client→peer and once peer→client; with generator
+/// peers once (client → server → peer, or peer → server → client): `relays_per_packet`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     /// Server address.
     pub server: String,
     /// Client-to-server transport.
     pub transport: &'static str,
-    /// Allocations (half of them send to the other half and back).
+    /// Allocations.
     pub allocations: usize,
+    /// Who the peers are: "pair" (the allocations, in pairs) or "generator" (a socket each).
+    pub peers: &'static str,
+    /// Relay hops the server makes per delivered probe (2 with pairs, 1 with generator peers).
+    pub relays_per_packet: u32,
     /// Application data per ChannelData message.
     pub payload_bytes: u16,
     /// Measurement window.
@@ -57,7 +62,7 @@ pub struct Report {
     pub server_cpu_secs: Option<f64>,
     /// Server CPU as a percentage of one core.
     pub server_cpu_percent: Option<f64>,
-    /// Server CPU per delivered probe (two relay operations each).
+    /// Server CPU per delivered probe (`relays_per_packet` relay operations each).
     pub server_cpu_us_per_packet: Option<f64>,
     /// This generator's CPU time during the window.
     pub bench_cpu_secs: Option<f64>,
@@ -115,6 +120,8 @@ impl Report {
             server: cfg.server.to_string(),
             transport: cfg.transport.name(),
             allocations: cfg.allocations,
+            peers: cfg.peers.name(),
+            relays_per_packet: cfg.peers.relays_per_packet(),
             payload_bytes: cfg.payload_bytes,
             duration_secs: window,
             setup_secs: setup.as_secs_f64(),
@@ -168,11 +175,15 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "turn-bench {} over {}: {} allocations ({} pairs), {} B payload, {:.1} s window (setup {:.2} s)",
+            "turn-bench {} over {}: {} allocations ({}), {} B payload, {:.1} s window (setup {:.2} s)",
             self.server,
             self.transport,
             self.allocations,
-            self.allocations / 2,
+            if self.relays_per_packet == 2 {
+                format!("{} pairs", self.allocations / 2)
+            } else {
+                "a peer socket each".to_string()
+            },
             self.payload_bytes,
             self.duration_secs,
             self.setup_secs
@@ -207,10 +218,12 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "  server    cpu {} s ({} % of a core), {} us per delivered packet (= 2 relay hops)",
+            "  server    cpu {} s ({} % of a core), {} us per delivered packet (= {} relay hop{})",
             opt_f(self.server_cpu_secs, 2),
             opt_f(self.server_cpu_percent, 0),
-            opt_f(self.server_cpu_us_per_packet, 2)
+            opt_f(self.server_cpu_us_per_packet, 2),
+            self.relays_per_packet,
+            if self.relays_per_packet == 1 { "" } else { "s" }
         )?;
         writeln!(
             f,
@@ -282,6 +295,9 @@ mod tests {
             server_pid: None,
             senders: 1,
             tick: Duration::from_millis(1),
+            peers: crate::run::Peers::Pair,
+            peer_ip: "127.0.0.1".parse().unwrap(),
+            peer_netns: None,
         };
         let sent = SendStats {
             sent: 2000,

@@ -1,7 +1,7 @@
 //! One benchmark run: open the allocations, pair them, pace probes through the relay, measure,
 //! clean up.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,37 @@ const DRAIN: Duration = Duration::from_millis(500);
 const MAX_UPKEEP_PERIOD: Duration = Duration::from_secs(240);
 /// Time allowed for deleting all allocations at the end.
 const DELETE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Who the allocations' peers are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Peers {
+    /// Allocations in pairs (i, i^1), each the other's peer: a probe goes client → server →
+    /// relayed address → partner's relayed address → server → partner client, two relay hops.
+    Pair,
+    /// One UDP socket of the generator per allocation is its peer: client → server → peer
+    /// and peer → server → client, one relay hop each way; every allocation has its own peer
+    /// transport address (what coturn's --multiplex-peer needs, which tells allocations apart
+    /// by the peer's address and port).
+    Generator,
+}
+
+impl Peers {
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Peers::Pair => "pair",
+            Peers::Generator => "generator",
+        }
+    }
+
+    /// Relay hops the server makes per delivered probe.
+    pub fn relays_per_packet(self) -> u32 {
+        match self {
+            Peers::Pair => 2,
+            Peers::Generator => 1,
+        }
+    }
+}
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -54,6 +85,13 @@ pub struct BenchConfig {
     pub senders: usize,
     /// Pacing tick.
     pub tick: Duration,
+    /// Who the peers are.
+    pub peers: Peers,
+    /// With `Peers::Generator`, the IP the peer sockets are bound on.
+    pub peer_ip: IpAddr,
+    /// With `Peers::Generator`, the network namespace (a file such as /run/netns/NAME) the
+    /// peer sockets are made in; None: this process's.
+    pub peer_netns: Option<std::path::PathBuf>,
 }
 
 /// Errors that end a run.
@@ -116,7 +154,7 @@ pub async fn run(cfg: &BenchConfig) -> Result<Report, RunError> {
     }
     let readers = AsyncReaders::start(&sockets, &response_senders)?;
 
-    // Allocate, then pair (i, i^1): permission and channel to the partner's relayed address.
+    // Allocate, then a permission and channel 0x4000 to each allocation's peer.
     let lifetime = cfg.lifetime_secs;
     let allocations = for_each(allocations, move |mut a| async move {
         let r = a.allocate(lifetime).await.map(|_| ());
@@ -131,9 +169,28 @@ pub async fn run(cfg: &BenchConfig) -> Result<Report, RunError> {
         .iter()
         .map(|a| a.relayed.expect("allocated"))
         .collect();
-    let peers = Arc::new(relayed.clone());
+    // The peers: the partner's relayed address, or a socket of ours connected to the relayed
+    // address.
+    let mut peer_sockets = Vec::new();
+    if cfg.peers == Peers::Generator {
+        match peer_sockets_in(cfg.peer_netns.as_deref(), cfg.peer_ip, &relayed) {
+            Ok(s) => peer_sockets = s,
+            Err((index, source)) => {
+                let e = RunError::Connect { index, source };
+                return Err(abandon(allocations, readers, e).await);
+            }
+        }
+    }
+    let peer_addrs: Vec<SocketAddr> = match cfg.peers {
+        Peers::Pair => (0..n).map(|i| relayed[i ^ 1]).collect(),
+        Peers::Generator => peer_sockets
+            .iter()
+            .map(|s| s.local_addr().expect("a bound UDP socket has an address"))
+            .collect(),
+    };
+    let peers = Arc::new(peer_addrs.clone());
     let allocations = for_each(allocations, move |mut a| {
-        let peer = peers[a.index ^ 1];
+        let peer = peers[a.index];
         async move {
             let mut r = a.transact(&Request::CreatePermission { peer }).await;
             if r.is_ok() {
@@ -176,21 +233,35 @@ pub async fn run(cfg: &BenchConfig) -> Result<Report, RunError> {
         window,
         tick: cfg.tick,
     };
-    let threads = cfg.senders.clamp(1, n);
+    // Flow ids: client i sends flow i; with generator peers, peer i sends flow n + i.
+    let flow_count = n + peer_sockets.len();
+    let threads = cfg.senders.clamp(1, flow_count);
     let mut groups: Vec<Vec<Flow>> = (0..threads).map(|_| Vec::new()).collect();
     for (index, (socket, responses)) in sockets.iter().zip(&response_senders).enumerate() {
+        let from = match cfg.peers {
+            Peers::Pair => index ^ 1,
+            Peers::Generator => n + index,
+        };
         groups[index % threads].push(Flow::new(
             index,
             socket.clone(),
             responses.clone(),
-            FlowReceiver::new(FIRST_CHANNEL, (index ^ 1) as u32),
+            FlowReceiver::new(FIRST_CHANNEL, from as u32),
             FIRST_CHANNEL,
+            cfg.payload_bytes,
+        ));
+    }
+    for (i, socket) in peer_sockets.iter().enumerate() {
+        groups[(n + i) % threads].push(Flow::peer(
+            n + i,
+            socket.clone(),
+            FlowReceiver::new(FIRST_CHANNEL, i as u32),
             cfg.payload_bytes,
         ));
     }
     let mut workers = Vec::with_capacity(threads);
     for flows in groups {
-        let rate = cfg.rate_pps * flows.len() as f64 / n as f64;
+        let rate = cfg.rate_pps * flows.len() as f64 / flow_count as f64;
         workers.push(worker::spawn(flows, rate, timing).map_err(RunError::Thread)?);
     }
 
@@ -200,7 +271,7 @@ pub async fn run(cfg: &BenchConfig) -> Result<Report, RunError> {
     let refresh_lifetime = cfg.lifetime_secs.unwrap_or(min_lifetime);
     let mut upkeep = JoinSet::new();
     for a in allocations {
-        let peer = relayed[a.index ^ 1];
+        let peer = peer_addrs[a.index];
         upkeep.spawn(upkeep_loop(
             a,
             peer,
@@ -249,6 +320,38 @@ pub async fn run(cfg: &BenchConfig) -> Result<Report, RunError> {
         upkeep_failures,
         delete_failures,
     ))
+}
+
+/// One peer socket per relayed address, bound on `peer_ip` and connected to it; with `netns`,
+/// made by a short-lived thread that enters that network namespace first (a socket stays in the
+/// namespace it was made in). On failure, the index of the socket that failed and why.
+fn peer_sockets_in(
+    netns: Option<&std::path::Path>,
+    peer_ip: IpAddr,
+    relayed: &[SocketAddr],
+) -> Result<Vec<Arc<ServerSocket>>, (usize, std::io::Error)> {
+    let make = || {
+        if let Some(path) = netns {
+            let ns = std::fs::File::open(path).map_err(|e| (0, e))?;
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| (0, std::io::Error::from(e)))?;
+        }
+        relayed
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                ServerSocket::connect_udp(Some(SocketAddr::new(peer_ip, 0)), *r).map_err(|e| (i, e))
+            })
+            .collect()
+    };
+    match netns {
+        None => make(),
+        Some(_) => std::thread::scope(|s| {
+            s.spawn(make)
+                .join()
+                .unwrap_or_else(|_| Err((0, std::io::Error::other("peer socket thread panicked"))))
+        }),
+    }
 }
 
 /// The tokio tasks that read the sockets outside the traffic phase.

@@ -114,20 +114,25 @@ impl FlowReceiver {
     /// Handles one ChannelData message received at `now_ns` (same epoch as the probes). Before
     /// the window is known, nothing counts as received.
     pub fn handle_channel_data(&mut self, frame: &[u8], now_ns: u64, window: Option<Window>) {
-        let probe = match parse_channel_data(frame) {
-            Ok((channel, data)) if channel == self.channel => match Probe::read(data) {
-                Ok(p) if p.flow == self.flow => (p, data.len()),
-                _ => {
-                    self.stats.malformed += 1;
-                    return;
-                }
-            },
+        match parse_channel_data(frame) {
+            Ok((channel, data)) if channel == self.channel => {
+                self.handle_payload(data, now_ns, window)
+            }
+            _ => self.stats.malformed += 1,
+        }
+    }
+
+    /// Handles one probe payload without a ChannelData header, as a peer receives it from the
+    /// relay (RFC 8656 §11.6).
+    pub fn handle_payload(&mut self, data: &[u8], now_ns: u64, window: Option<Window>) {
+        let probe = match Probe::read(data) {
+            Ok(p) if p.flow == self.flow => p,
             _ => {
                 self.stats.malformed += 1;
                 return;
             }
         };
-        let (probe, bytes) = probe;
+        let bytes = data.len();
         if !window.is_some_and(|w| w.contains(probe.sent_ns)) {
             self.stats.outside_window += 1;
             return;
@@ -213,5 +218,32 @@ mod tests {
         );
         assert_eq!(s.received_bytes, 40);
         assert_eq!(s.latency.quantile_us(0.5), Some(50));
+    }
+
+    #[test]
+    fn flow_receiver_counts_plain_payloads_as_a_peer_gets_them() {
+        let window = Some(Window {
+            start_ns: 1_000,
+            end_ns: 10_000,
+        });
+        let mut rx = FlowReceiver::new(0x4000, 7);
+        let mut payload = [0u8; 40];
+        Probe {
+            flow: 7,
+            seq: 0,
+            sent_ns: 2_000,
+        }
+        .write(&mut payload);
+        rx.handle_payload(&payload, 12_000, window);
+        rx.handle_payload(&payload, 12_000, window); // duplicate
+        rx.handle_payload(&payload[..10], 12_000, window); // not a probe
+                                                           // The same probe inside a ChannelData header is not a plain payload.
+        let mut framed = vec![0x40, 0x00, 0x00, 40];
+        framed.extend_from_slice(&payload);
+        rx.handle_payload(&framed, 12_000, window);
+        assert_eq!(rx.stats.received, 1);
+        assert_eq!(rx.stats.received_bytes, 40);
+        assert_eq!(rx.stats.duplicates, 1);
+        assert_eq!(rx.stats.malformed, 2);
     }
 }

@@ -70,6 +70,8 @@ pub struct Flow {
     /// Counts the partner's probes.
     pub receiver: FlowReceiver,
     frame: Vec<u8>,
+    /// Bytes before the probe in `frame`: the ChannelData header, or 0 for a peer's raw payload.
+    header_bytes: usize,
     seq: u64,
     reader: FrameReader,
     closed: bool,
@@ -88,6 +90,31 @@ impl Flow {
         Self {
             index,
             frame: wire::channel_data_frame(channel, payload_bytes, socket.is_stream()),
+            header_bytes: CHANNEL_DATA_HEADER_BYTES,
+            reader: FrameReader::new(socket.clone()),
+            socket,
+            responses,
+            receiver,
+            seq: 0,
+            closed: false,
+        }
+    }
+
+    /// A peer's flow (`--peers generator`): `payload_bytes` probes as plain UDP payloads to the
+    /// relayed transport address `socket` is connected to, and plain payloads back.
+    pub fn peer(
+        index: usize,
+        socket: Arc<ServerSocket>,
+        receiver: FlowReceiver,
+        payload_bytes: u16,
+    ) -> Self {
+        // Nothing answers a peer's socket with STUN: a queue nobody reads, so anything that
+        // is not a probe counts as unexpected.
+        let (responses, _) = mpsc::channel(1);
+        Self {
+            index,
+            frame: vec![0; usize::from(payload_bytes)],
+            header_bytes: 0,
             reader: FrameReader::new(socket.clone()),
             socket,
             responses,
@@ -188,7 +215,7 @@ fn send_burst(f: &mut Flow, count: u64, window: Window, stats: &mut SendStats) {
             seq: f.seq,
             sent_ns,
         }
-        .write(&mut f.frame[CHANNEL_DATA_HEADER_BYTES..]);
+        .write(&mut f.frame[f.header_bytes..]);
         f.seq += 1;
         match f.socket.queue(&f.frame) {
             Ok(()) => {
@@ -210,11 +237,16 @@ fn receive(flows: &mut [Flow], epoll: &Epoll, events: &mut [EpollEvent], window:
         let Some(f) = flows.get_mut(ev.data() as usize) else {
             continue;
         };
-        let (receiver, responses) = (&mut f.receiver, &f.responses);
+        let (receiver, responses, raw) = (&mut f.receiver, &f.responses, f.header_bytes == 0);
         let end = f.reader.drain(|frame, kernel_ns| {
             let Some(&first) = frame.first() else {
                 return;
             };
+            if raw {
+                let now_ns = kernel_ns.unwrap_or_else(net::realtime_ns);
+                receiver.handle_payload(frame, now_ns, Some(window));
+                return;
+            }
             match wire::classify(first) {
                 Ok(FrameKind::ChannelData) => {
                     let now_ns = kernel_ns.unwrap_or_else(net::realtime_ns);

@@ -212,6 +212,8 @@ pub struct SendBatch<K> {
     no_gso_before: usize,
     /// GSO messages the kernel refused (sent again one datagram at a time).
     gso_refused: u64,
+    /// `sendmmsg(2)` calls made so far.
+    calls: u64,
 }
 
 impl<K> std::fmt::Debug for SendBatch<K> {
@@ -235,12 +237,30 @@ impl<K: PartialEq + Copy> SendBatch<K> {
             gso: true,
             no_gso_before: 0,
             gso_refused: 0,
+            calls: 0,
         }
     }
 
     /// GSO messages the kernel refused so far (their datagrams went again one at a time).
     pub fn gso_refused(&self) -> u64 {
         self.gso_refused
+    }
+
+    /// `sendmmsg(2)` calls made so far.
+    pub fn calls(&self) -> u64 {
+        self.calls
+    }
+
+    /// Queues a datagram made of `parts` back to back (a header and a payload, say), to leave
+    /// socket `via` for `to`. Returns false (nothing queued) when the batch is full.
+    pub fn push_parts(&mut self, via: K, to: SocketAddr, parts: &[&[u8]]) -> bool {
+        let Some(b) = self.next_buf() else {
+            return false;
+        };
+        for p in parts {
+            b.extend_from_slice(p);
+        }
+        self.commit(via, to)
     }
 
     /// Datagrams queued.
@@ -432,6 +452,7 @@ impl<K: PartialEq + Copy> SendBatch<K> {
             msgs += 1;
             at += n;
         }
+        self.calls += 1;
         // SAFETY: the first `msgs` headers each point at their own iovecs over live buffers of
         // `self.bufs` (only read by the call), their own destination address with its length,
         // and (GSO) their own control buffer, all on this stack frame or in `self`, outliving

@@ -19,6 +19,10 @@ const OTHER_PROGRAMS: &[(&str, &str)] = &[
     ("--env-file", "docker compose"),
     ("--now", "systemctl"),
     ("--random-fully", "iptables"),
+    ("--udp-recvmmsg", "coturn turnserver"),
+    ("--multiplex-peer", "coturn turnserver"),
+    ("--udp-gso", "coturn turnserver"),
+    ("--udp-sendmmsg-log", "coturn turnserver"),
 ];
 
 /// The `--help` text of every binary and subcommand.
@@ -39,6 +43,7 @@ fn all_help() -> String {
         ("turn-bench", &["soak", "--help"]),
         ("turn-bench", &["amplification", "--help"]),
         ("turn-bench", &["idle", "--help"]),
+        ("turn-bench", &["floor", "--help"]),
         ("signaling-bench", &["--help"]),
         ("sfu-bench", &["--help"]),
     ];
