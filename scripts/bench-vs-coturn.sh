@@ -21,6 +21,11 @@
 #   floor-shared    the same with one relay socket for all allocations, peers told apart by
 #                   address (turn-bench floor --shared-relay; like --multiplex-peer, needs
 #                   PEERS=generator)
+#   xdp             our turn-server (TURN_SERVER) with its XDP fast path on both server veths
+#                   (--xdp, XDP_MODE=generic or native; TOPOLOGY=netns only). Native mode on
+#                   veth needs an XDP program on the far ends too: the script attaches one that
+#                   passes everything (compiled with clang), which then runs for every server.
+#                   IP forwarding is turned on in the server ns (bpf_fib_lookup needs it).
 # Ratios in the summaries are to coturn-new when it ran, else to coturn.
 #
 # TOPOLOGY=loopback (default): everything listens on 127.0.0.1 only. TOPOLOGY=netns (root):
@@ -111,7 +116,7 @@ if [[ -z ${PORT_BASE:-} ]]; then
     for _ in $(seq 20); do
         PORT_BASE=$((20000 + (RANDOM % 900) * 10))
         busy=0
-        for off in $(seq 0 9) $(seq 20 29); do port_busy $((PORT_BASE + off)) && { busy=1; break; }; done
+        for off in $(seq 0 29); do port_busy $((PORT_BASE + off)) && { busy=1; break; }; done
         ((busy)) || break
     done
 fi
@@ -125,6 +130,9 @@ COTURN_NEW_PORT=$((PORT_BASE + 5))
 COTURN_NEW_MUX_PORT=$((PORT_BASE + 6))
 FLOOR_PORT=$((PORT_BASE + 7))
 FLOOR_SHARED_PORT=$((PORT_BASE + 8))
+XDP_PORT=$((PORT_BASE + 9))
+XDP_METRICS=$((PORT_BASE + 19))
+XDP_MODE=${XDP_MODE:-generic}
 # --multiplex-peer-port: relay thread i binds this + 2i (IPv4) and + 2i + 1 (IPv6).
 MUX_RELAY_PORT=$((PORT_BASE + 20))
 ROUNDS=${ROUNDS:-1}
@@ -135,6 +143,7 @@ COTURN_MIN=$((TURNKEY_MAX + 1)); COTURN_MAX=$((COTURN_MIN + 999))
 BASE_MIN=$((COTURN_MAX + 1)); BASE_MAX=$((BASE_MIN + 999))
 COTURN_NEW_MIN=$((BASE_MAX + 1)); COTURN_NEW_MAX=$((COTURN_NEW_MIN + 999))
 COTURN_NEW_MUX_MIN=$((COTURN_NEW_MAX + 1)); COTURN_NEW_MUX_MAX=$((COTURN_NEW_MUX_MIN + 999))
+XDP_MIN=$((COTURN_NEW_MUX_MAX + 1)); XDP_MAX=$((XDP_MIN + 999))
 
 WORK=$(mktemp -d /tmp/bench-vs-coturn.XXXXXX)
 RESULTS=$WORK/results.jsonl
@@ -203,11 +212,12 @@ if wants coturn && ! command -v turnserver >/dev/null; then
 fi
 
 
-# run_turn_server NAME BIN PORT METRICS MIN MAX
+# run_turn_server NAME BIN PORT METRICS MIN MAX [EXTRA FLAGS...]
 run_turn_server() {
     local name=$1 bin=$2 port=$3 metrics=$4 min=$5 max=$6
+    shift 6
     [[ -x $bin ]] || { log "no $bin; skipping $name"; return 1; }
-    local extra=()
+    local extra=("$@")
     [[ -n $WORKERS ]] && extra+=(--workers "$WORKERS")
     # Generator peers (loopback, or 198.51.100.2 in the peer ns) and, with netns, the relayed
     # addresses on 198.51.100.1 are addresses the default peer rules refuse: allow them.
@@ -317,9 +327,31 @@ start_floor-shared() {
     run_floor floor-shared "$FLOOR_SHARED_PORT" --shared-relay
 }
 
+# An XDP program that passes everything, attached natively to IFACE in NS (the far end of a
+# veth pair must have one for native XDP redirects into the pair to be delivered).
+attach_pass_program() {
+    local ns=$1 dev=$2
+    printf '%s\n' '#include <linux/bpf.h>' '#include <bpf/bpf_helpers.h>' \
+        'SEC("xdp") int pass(struct xdp_md *ctx) { return XDP_PASS; }' \
+        'char _license[] SEC("license") = "GPL";' >"$WORK/pass.c"
+    clang -O2 -target bpf "-I/usr/include/$(uname -m)-linux-gnu" -c "$WORK/pass.c" -o "$WORK/pass.o"
+    ip -n "$ns" link set dev "$dev" xdpdrv obj "$WORK/pass.o" sec xdp
+}
+
+start_xdp() {
+    [[ $TOPOLOGY == netns ]] || { log "xdp needs TOPOLOGY=netns; skipping it"; return 1; }
+    ip netns exec "$NS_SERVER" sysctl -qw net.ipv4.conf.all.forwarding=1
+    if [[ $XDP_MODE == native ]]; then
+        attach_pass_program "$NS_CLIENT" "tkbc$$" && attach_pass_program "$NS_PEER" "tkbp$$" ||
+            { log "could not attach the pass programs for native XDP; skipping xdp"; return 1; }
+    fi
+    run_turn_server xdp "$TURN_SERVER" "$XDP_PORT" "$XDP_METRICS" "$XDP_MIN" "$XDP_MAX" \
+        --xdp "tkbsc$$,tkbsp$$" --xdp-mode "$XDP_MODE"
+}
+
 declare -A PORT=([turnkey]=$TURNKEY_PORT [coturn]=$COTURN_PORT [base]=$BASE_PORT
     [coturn-new]=$COTURN_NEW_PORT [coturn-new-mux]=$COTURN_NEW_MUX_PORT [floor]=$FLOOR_PORT
-    [floor-shared]=$FLOOR_SHARED_PORT)
+    [floor-shared]=$FLOOR_SHARED_PORT [xdp]=$XDP_PORT)
 RUNNING=()
 SERVER_INFO=""
 for s in $SERVERS; do
