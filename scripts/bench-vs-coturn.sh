@@ -34,7 +34,8 @@
 # the servers run in the server ns (listening on 192.0.2.1, relaying from 198.51.100.1), the
 # generator in the client ns, and with PEERS=generator its peer sockets are made in the peer
 # ns (turn-bench --peer-netns). Traffic then crosses the veth pairs (and their softirq work)
-# instead of loopback. The namespaces are deleted on exit. All servers are stopped on exit.
+# instead of loopback; the client and peer ends have checksum offload off (full checksums, as
+# from a wire). The namespaces are deleted on exit. All servers are stopped on exit.
 #
 # Usage: scripts/bench-vs-coturn.sh
 # Environment (all optional):
@@ -188,6 +189,13 @@ if [[ $TOPOLOGY == netns ]]; then
     for l in "$NS_CLIENT tkbc$$" "$NS_SERVER tkbsc$$" "$NS_SERVER tkbsp$$" "$NS_PEER tkbp$$"; do
         read -r ns dev <<<"$l"
         ip -n "$ns" link set "$dev" up
+    done
+    # The client and peer ends put full UDP checksums on their datagrams, as traffic from a
+    # wire has: with checksum offload a same-host sender leaves them partial, which an XDP
+    # program cannot complete (README, "XDP fast path").
+    for l in "$NS_CLIENT tkbc$$" "$NS_PEER tkbp$$"; do
+        read -r ns dev <<<"$l"
+        ip netns exec "$ns" ethtool -K "$dev" tx off >/dev/null
     done
 fi
 
@@ -500,23 +508,27 @@ echo "  kpkt/srv-s = packets per CPU-second of the server process (all threads),
 echo "  kpkt/mach-s = packets per busy CPU-second of the whole machine (/proc/stat) minus the generator's"
 echo "               own; counts kernel work wherever it ran, but unreliable on this VM (see README)"
 echo "  p50/p99 = one-way latency through the relay, microseconds; lat x $REF = $REF's p99 / this p99"
+echo "  tot-us/pkt = CPU of the server and the generator together per packet (their /proc times: on"
+echo "               one machine the softirq work of a delivery, an XDP program's included, is charged"
+echo "               to whichever of them is running, so the sum holds all of it); t x $REF its ratio"
 jq -rs 'def median: sort | if length == 0 then null elif length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
         map(select(.failed | not)) | group_by(.target_pps)[] | group_by(.label)[]
         | [.[0].target_pps, .[0].label, (map(.server_cpu_us_per_packet // empty) | median // 0),
            (map(.received_pps) | median),
            (map(.machine_cpu_us_per_packet // empty) | median // 0),
-           (map(.latency_p50_us // empty) | median // 0), (map(.latency_p99_us // empty) | median // 0)]
+           (map(.latency_p50_us // empty) | median // 0), (map(.latency_p99_us // empty) | median // 0),
+           (map(select(.received > 0) | (.server_cpu_secs + .bench_cpu_secs) * 1e6 / .received) | median // 0)]
         | @tsv' "$RESULTS" |
     awk -F'\t' -v ref="$REF" '
         function ratio(a, b) { return (a > 0 && b > 0) ? sprintf("%.2f", a / b) : "-" }
         function k(us) { return us > 0 ? sprintf("%.1f", 1000 / us) : "-" }
-        { key = $1; us[key, $2] = $3; rx[key, $2] = $4; mus[key, $2] = $5; p50[key, $2] = $6; p99[key, $2] = $7; rates[key] = 1; labels[$2] = 1 }
+        { key = $1; us[key, $2] = $3; rx[key, $2] = $4; mus[key, $2] = $5; p50[key, $2] = $6; p99[key, $2] = $7; tot[key, $2] = $8; rates[key] = 1; labels[$2] = 1 }
         END {
-            printf "%-8s %-14s %9s %6s %6s %10s %8s %8s %8s %11s %8s %9s\n", "target", "server", "recv/s", "p50us", "p99us", "kpkt/srv-s", "x " ref, "x floor", "x base", "kpkt/mach-s", "m x " ref, "lat x " ref;
+            printf "%-8s %-14s %9s %6s %6s %10s %8s %8s %8s %11s %8s %9s %10s %8s\n", "target", "server", "recv/s", "p50us", "p99us", "kpkt/srv-s", "x " ref, "x floor", "x base", "kpkt/mach-s", "m x " ref, "lat x " ref, "tot-us/pkt", "t x " ref;
             for (r in rates) for (l in labels) if ((r, l) in us) {
-                printf "%-8s %-14s %9d %6d %6d %10s %8s %8s %8s %11s %8s %9s\n", r, l, rx[r, l], p50[r, l], p99[r, l], k(us[r, l]),
+                printf "%-8s %-14s %9d %6d %6d %10s %8s %8s %8s %11s %8s %9s %10.2f %8s\n", r, l, rx[r, l], p50[r, l], p99[r, l], k(us[r, l]),
                     ratio(us[r, ref], us[r, l]), ratio(us[r, "floor"], us[r, l]), ratio(us[r, "base"], us[r, l]),
-                    k(mus[r, l]), ratio(mus[r, ref], mus[r, l]), ratio(p99[r, ref], p99[r, l]);
+                    k(mus[r, l]), ratio(mus[r, ref], mus[r, l]), ratio(p99[r, ref], p99[r, l]), tot[r, l], ratio(tot[r, ref], tot[r, l]);
             }
         }' | { read -r header; echo "$header"; sort -n -k1,1 -k2,2; }
 fi
