@@ -183,6 +183,35 @@ static __always_inline __u16 finish_udp(__u64 s)
 	return c ? c : 0xffff;
 }
 
+// RFC 1624 update of a UDP checksum for a datagram whose IP addresses (`alen` bytes: source
+// and destination as they lie in the IP header), ports and length changed, and whose
+// ChannelData header words (chan, clen_be) were removed (`strip`, to the peer) or added (to
+// the client).
+static __always_inline __u16 udp_check_rewritten(const void *old_addrs, const struct udphdr *ou,
+						 const void *new_addrs, const struct udphdr *nu,
+						 int alen, __u16 chan, __u16 clen_be, int strip)
+{
+	__u64 s = (__u16)~ou->check;
+	s = sub_bytes(s, old_addrs, alen);
+	s = sub16(s, ou->source);
+	s = sub16(s, ou->dest);
+	s = sub16(s, ou->len); // pseudo-header length and header length
+	s = sub16(s, ou->len);
+	s = add_bytes(s, new_addrs, alen);
+	s = add16(s, nu->source);
+	s = add16(s, nu->dest);
+	s = add16(s, nu->len);
+	s = add16(s, nu->len);
+	if (strip) {
+		s = sub16(s, chan);
+		s = sub16(s, clen_be);
+	} else {
+		s = add16(s, chan);
+		s = add16(s, clen_be);
+	}
+	return finish_udp(s);
+}
+
 // Route the rewritten packet; on success, fill in the MACs and return the XDP action.
 static __always_inline int route(struct xdp_md *ctx, struct bpf_fib_lookup *fib,
 				 struct ethhdr *eth)
@@ -264,20 +293,8 @@ static __noinline int v4_to_peer(struct xdp_md *ctx, struct hdr4 *h, struct clie
 
 	n.ip.check = ipv4_header_csum((__u8 *)&n + sizeof(struct ethhdr));
 	if (h->udp.check) { // zero: no checksum (IPv4), stays so
-		__u64 s = (__u16)~h->udp.check;
-		s = sub_bytes(s, (const __u8 *)&h->ip.saddr, 8); // saddr, daddr
-		s = sub16(s, h->udp.source);
-		s = sub16(s, h->udp.dest);
-		s = sub16(s, h->udp.len); // pseudo-header length and header length
-		s = sub16(s, h->udp.len);
-		s = sub16(s, chan);
-		s = sub16(s, clen_be);
-		s = add_bytes(s, (const __u8 *)&n.ip.saddr, 8);
-		s = add16(s, n.udp.source);
-		s = add16(s, n.udp.dest);
-		s = add16(s, n.udp.len);
-		s = add16(s, n.udp.len);
-		n.udp.check = finish_udp(s);
+		n.udp.check = udp_check_rewritten(&h->ip.saddr, &h->udp, &n.ip.saddr, &n.udp, 8,
+							  chan, clen_be, 1);
 	}
 	if (bpf_xdp_adjust_head(ctx, 4))
 		return XDP_PASS;
@@ -333,20 +350,8 @@ static __noinline int v4_to_client(struct xdp_md *ctx, struct hdr4 *h, struct pe
 
 	n.ip.check = ipv4_header_csum((__u8 *)&n + sizeof(struct ethhdr));
 	if (h->udp.check) {
-		__u64 s = (__u16)~h->udp.check;
-		s = sub_bytes(s, (const __u8 *)&h->ip.saddr, 8);
-		s = sub16(s, h->udp.source);
-		s = sub16(s, h->udp.dest);
-		s = sub16(s, h->udp.len);
-		s = sub16(s, h->udp.len);
-		s = add_bytes(s, (const __u8 *)&n.ip.saddr, 8);
-		s = add16(s, n.udp.source);
-		s = add16(s, n.udp.dest);
-		s = add16(s, n.udp.len);
-		s = add16(s, n.udp.len);
-		s = add16(s, chan);
-		s = add16(s, clen_be);
-		n.udp.check = finish_udp(s);
+		n.udp.check = udp_check_rewritten(&h->ip.saddr, &h->udp, &n.ip.saddr, &n.udp, 8,
+							  chan, clen_be, 0);
 	}
 	if (bpf_xdp_adjust_head(ctx, -4))
 		return XDP_PASS;
@@ -455,20 +460,8 @@ static __noinline int v6_to_peer(struct xdp_md *ctx, struct hdr6 *h, struct clie
 	if (route(ctx, &fib, &n.eth))
 		return XDP_PASS;
 
-	__u64 s = (__u16)~h->udp.check;
-	s = sub_bytes(s, (const __u8 *)&h->ip.saddr, 32);
-	s = sub16(s, h->udp.source);
-	s = sub16(s, h->udp.dest);
-	s = sub16(s, h->udp.len);
-	s = sub16(s, h->udp.len);
-	s = sub16(s, chan);
-	s = sub16(s, clen_be);
-	s = add_bytes(s, (const __u8 *)&n.ip.saddr, 32);
-	s = add16(s, n.udp.source);
-	s = add16(s, n.udp.dest);
-	s = add16(s, n.udp.len);
-	s = add16(s, n.udp.len);
-	n.udp.check = finish_udp(s);
+	n.udp.check = udp_check_rewritten(&h->ip.saddr, &h->udp, &n.ip.saddr, &n.udp, 32,
+						  chan, clen_be, 1);
 
 	if (bpf_xdp_adjust_head(ctx, 4))
 		return XDP_PASS;
@@ -520,20 +513,8 @@ static __noinline int v6_to_client(struct xdp_md *ctx, struct hdr6 *h, struct pe
 	if (route(ctx, &fib, &n.eth))
 		return XDP_PASS;
 
-	__u64 s = (__u16)~h->udp.check;
-	s = sub_bytes(s, (const __u8 *)&h->ip.saddr, 32);
-	s = sub16(s, h->udp.source);
-	s = sub16(s, h->udp.dest);
-	s = sub16(s, h->udp.len);
-	s = sub16(s, h->udp.len);
-	s = add_bytes(s, (const __u8 *)&n.ip.saddr, 32);
-	s = add16(s, n.udp.source);
-	s = add16(s, n.udp.dest);
-	s = add16(s, n.udp.len);
-	s = add16(s, n.udp.len);
-	s = add16(s, chan);
-	s = add16(s, clen_be);
-	n.udp.check = finish_udp(s);
+	n.udp.check = udp_check_rewritten(&h->ip.saddr, &h->udp, &n.ip.saddr, &n.udp, 32,
+						  chan, clen_be, 0);
 
 	if (bpf_xdp_adjust_head(ctx, -4))
 		return XDP_PASS;
