@@ -19,12 +19,12 @@ mod common;
 
 use common::netns::Netns;
 use common::{
-    admin_call, bin_path, http_get, metric_value, require_tool, run_with_timeout, scrape_metrics,
-    wait_until, ChildGuard, ToolOutput,
+    admin_call, bin_path, metric_value, require_tool, run_with_timeout, scrape_metrics,
+    wait_healthy, wait_until, ChildGuard, ToolOutput,
 };
 use std::net::SocketAddr;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const USER: &str = "alice";
 const PASSWORD: &str = "wonderland";
@@ -234,25 +234,11 @@ impl Server {
         let mut cmd = Command::new("ip");
         cmd.args(&args).env("RUST_LOG", "info");
         let mut child = ChildGuard::spawn("turn-server-xdp", &mut cmd);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = child.try_wait() {
-                panic!(
-                    "turn-server {} exited before it was ready ({status}):\n{}",
-                    args.join(" "),
-                    child.log()
-                );
-            }
-            if matches!(http_get(metrics, "/healthz"), Ok((200, _))) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "turn-server not ready:\n{}",
-                child.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_healthy(
+            &mut child,
+            &format!("turn-server {}", args.join(" ")),
+            metrics,
+        );
         Server {
             child,
             metrics,

@@ -286,6 +286,30 @@ fn tail(path: &Path, max_lines: usize) -> String {
     lines[lines.len().saturating_sub(max_lines)..].join("\n")
 }
 
+/// Waits until the server `child` (described by `what` in failures) answers
+/// `GET http://{metrics}/healthz` with 200, for at most [`READY_TIMEOUT`]; panics with its log
+/// when it exits first or does not answer in time.
+pub fn wait_healthy(child: &mut ChildGuard, what: &str, metrics: SocketAddr) {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait() {
+            panic!(
+                "{what} exited before it was ready ({status}); its log:\n{}",
+                child.log()
+            );
+        }
+        if matches!(http_get(metrics, "/healthz"), Ok((200, _))) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not answer GET http://{metrics}/healthz within {READY_TIMEOUT:?}; its log:\n{}",
+            child.log()
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
 /// A long-running child process (e.g. `turnutils_peer`) with stdout and stderr in a log file.
 /// Killed on drop; if the test is failing, the end of its log is printed to stderr.
 pub struct ChildGuard {
@@ -489,24 +513,7 @@ impl ServerGuard {
             cmd.env("RUST_LOG", "info");
         }
         let mut child = ChildGuard::spawn(bin, &mut cmd);
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Some(status) = child.try_wait() {
-                panic!(
-                    "{bin} {} exited before it was ready ({status}); its log:\n{}",
-                    args.join(" "),
-                    child.log()
-                );
-            }
-            if matches!(http_get(metrics, "/healthz"), Ok((200, _))) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{bin} did not answer GET http://{metrics}/healthz within {READY_TIMEOUT:?}"
-            );
-            std::thread::sleep(Duration::from_millis(25));
-        }
+        wait_healthy(&mut child, &format!("{bin} {}", args.join(" ")), metrics);
         ServerGuard { child, metrics }
     }
 
