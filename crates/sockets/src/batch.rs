@@ -506,6 +506,25 @@ mod tests {
     use super::*;
     use std::net::UdpSocket;
 
+    /// Reads `rx` (made non-blocking) until `want` datagrams arrived or half a second passed:
+    /// their sources and bytes, in order.
+    fn recv_all(rx: &UdpSocket, want: usize) -> Vec<(SocketAddr, Vec<u8>)> {
+        rx.set_nonblocking(true).unwrap();
+        let mut rb = RecvBatch::new();
+        let mut got = Vec::new();
+        for _ in 0..100 {
+            if rb.recv(rx).is_ok() {
+                got.extend(rb.datagrams().map(|(f, d)| (f, d.to_vec())));
+                if got.len() >= want {
+                    break;
+                }
+            } else {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+        got
+    }
+
     #[test]
     fn reads_every_queued_datagram_with_its_source_in_one_call() {
         let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -631,18 +650,7 @@ mod tests {
         assert!(batch.is_empty());
         let mut rx = RecvBatch::new();
         for (sock, from, want) in [(&rx4, &a, 10), (&rx6, &b, BATCH - 11)] {
-            sock.set_nonblocking(true).unwrap();
-            let mut got = Vec::new();
-            for _ in 0..100 {
-                if let Ok(n) = rx.recv(sock) {
-                    got.extend(rx.datagrams().map(|(f, d)| (f, d.to_vec())));
-                    if got.len() == want || n == 0 {
-                        break;
-                    }
-                } else {
-                    std::thread::sleep(std::time::Duration::from_millis(5));
-                }
-            }
+            let got = recv_all(sock, want);
             assert_eq!(got.len(), want);
             for (f, d) in &got {
                 assert_eq!(*f, from.local_addr().unwrap());
@@ -674,19 +682,7 @@ mod tests {
         );
         assert_eq!(sent, 2);
         assert_eq!(failures, vec![v6]);
-        rx.set_nonblocking(true).unwrap();
-        let mut rb = RecvBatch::new();
-        let mut got = Vec::new();
-        for _ in 0..100 {
-            if rb.recv(&rx).is_ok() {
-                got.extend(rb.datagrams().map(|(_, d)| d.to_vec()));
-                if got.len() == 2 {
-                    break;
-                }
-            } else {
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-        }
+        let got: Vec<Vec<u8>> = recv_all(&rx, 2).into_iter().map(|(_, d)| d).collect();
         assert_eq!(got, vec![b"one".to_vec(), b"three".to_vec()]);
     }
 
@@ -718,19 +714,7 @@ mod tests {
             |_, to, e| panic!("{to}: {e}"),
         );
         assert_eq!(sent, 10);
-        let mut rb = RecvBatch::new();
-        let mut got = Vec::new();
-        rx.set_nonblocking(true).unwrap();
-        for _ in 0..100 {
-            if rb.recv(&rx).is_ok() {
-                got.extend(rb.datagrams().map(|(f, d)| (f, d.to_vec())));
-                if got.len() == 9 {
-                    break;
-                }
-            } else {
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-        }
+        let got = recv_all(&rx, 9);
         let want: Vec<Vec<u8>> = sizes
             .iter()
             .enumerate()
@@ -774,19 +758,7 @@ mod tests {
         // Only that flush went without GSO.
         assert!(batch.gso);
         assert_eq!(batch.no_gso_before, 0);
-        rx.set_nonblocking(true).unwrap();
-        let mut rb = RecvBatch::new();
-        let mut got = Vec::new();
-        for _ in 0..100 {
-            if rb.recv(&rx).is_ok() {
-                got.extend(rb.datagrams().map(|(_, d)| d.to_vec()));
-                if got.len() == 4 {
-                    break;
-                }
-            } else {
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-        }
+        let got: Vec<Vec<u8>> = recv_all(&rx, 4).into_iter().map(|(_, d)| d).collect();
         assert_eq!(got, (0..4u8).map(|i| vec![i; 64]).collect::<Vec<_>>());
     }
 }
