@@ -648,7 +648,6 @@ mod tests {
         assert_eq!(sent, BATCH - 1);
         assert_eq!(failures, vec![(3, to4, io::ErrorKind::NotFound)]);
         assert!(batch.is_empty());
-        let mut rx = RecvBatch::new();
         for (sock, from, want) in [(&rx4, &a, 10), (&rx6, &b, BATCH - 11)] {
             let got = recv_all(sock, want);
             assert_eq!(got.len(), want);
