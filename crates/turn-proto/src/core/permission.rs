@@ -94,7 +94,7 @@ impl TurnCore {
         MessageBuilder::success(m)
     }
 
-    /// RFC 8656 §11.
+    /// RFC 8656 §12.2 (ChannelBind; §11 is Send and Data).
     pub(super) fn channel_bind(
         &mut self,
         tuple: FiveTuple,
