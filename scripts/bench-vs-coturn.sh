@@ -256,6 +256,17 @@ start_base() {
     run_turn_server base "$TURN_SERVER_BASE" "$BASE_PORT" "$BASE_METRICS" "$BASE_MIN" "$BASE_MAX"
 }
 
+# wait_listening NAME PORT: until server NAME (in PIDS) listens on PORT (10 s), or it exits.
+wait_listening() {
+    local name=$1 port=$2
+    for _ in $(seq 100); do
+        port_busy "$port" && return 0
+        kill -0 "${PIDS[$name]}" 2>/dev/null || return 1
+        sleep 0.1
+    done
+    return 1
+}
+
 # run_coturn NAME BIN PORT MIN MAX [EXTRA FLAGS...]
 run_coturn() {
     local name=$1 bin=$2 port=$3 min=$4 max=$5
@@ -269,13 +280,7 @@ run_coturn() {
         --no-stdout-log --log-file "$WORK/$name.log" --simple-log "${extra[@]}" \
         >"$WORK/$name.out" 2>&1 &
     PIDS[$name]=$!
-    for _ in $(seq 100); do
-        port_busy "$port" && return 0
-        kill -0 "${PIDS[$name]}" 2>/dev/null || break
-        sleep 0.1
-    done
-    log "$name ($bin) did not start; see $WORK/$name.out and $WORK/$name.log"
-    return 1
+    wait_listening "$name" "$port" || { log "$name ($bin) did not start; see $WORK/$name.out and $WORK/$name.log"; return 1; }
 }
 
 start_coturn() {
@@ -319,13 +324,7 @@ run_floor() {
     "${IN_SERVER[@]}" "$BENCH" floor --listen "$SERVER_IP:$port" --relay-ip "$RELAY_IP" \
         --max-secs 86400 "$@" >"$WORK/$name.log" 2>&1 &
     PIDS[$name]=$!
-    for _ in $(seq 100); do
-        port_busy "$port" && return 0
-        kill -0 "${PIDS[$name]}" 2>/dev/null || break
-        sleep 0.1
-    done
-    log "$name did not start; see $WORK/$name.log"
-    return 1
+    wait_listening "$name" "$port" || { log "$name did not start; see $WORK/$name.log"; return 1; }
 }
 
 start_floor() { run_floor floor "$FLOOR_PORT"; }

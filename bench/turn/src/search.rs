@@ -105,10 +105,9 @@ pub fn find_max<E>(
             // matter of rate. Later, a run that fails counts as a failure at its rate.
             break "a run failed";
         }
-        if ok {
-            passed = Some(m.expect("ok implies measured"));
-        } else {
-            failed_pps = Some(failed_pps.map_or(rate, |f| f.min(rate)));
+        match m {
+            Some(m) if ok => passed = Some(m),
+            _ => failed_pps = Some(failed_pps.map_or(rate, |f| f.min(rate))),
         }
         let lo = passed.map(|m| m.target_pps);
         rate = match (lo, failed_pps) {

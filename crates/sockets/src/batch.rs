@@ -301,22 +301,7 @@ impl<K: PartialEq + Copy> SendBatch<K> {
     /// Queues a copy of `data`, to leave socket `via` for `to`. Returns false (nothing
     /// queued) when the batch is full.
     pub fn push(&mut self, via: K, to: SocketAddr, data: &[u8]) -> bool {
-        let Some(b) = self.next_buf() else {
-            return false;
-        };
-        b.extend_from_slice(data);
-        self.commit(via, to)
-    }
-
-    /// The buffer of the last queued datagram.
-    pub fn last(&self) -> Option<&[u8]> {
-        let n = self.queued.len().checked_sub(1)?;
-        Some(&self.bufs[n])
-    }
-
-    /// Takes back the last queued datagram (its buffer is reused).
-    pub fn pop(&mut self) {
-        self.queued.pop();
+        self.push_parts(via, to, &[data])
     }
 
     /// Sends everything queued, without waiting, and empties the batch. `socket` resolves a
