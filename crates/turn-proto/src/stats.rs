@@ -45,6 +45,12 @@ pub enum DropReason {
     /// A Send indication or ChannelData for a TCP allocation (RFC 6062 §5.1: data goes over
     /// the data connections, not the control connection).
     TcpAllocation,
+    /// Data to or from a peer endpoint (IP and port) that another allocation on the same
+    /// multiplexed relayed address owns, or that is not registered there.
+    PeerEndpointTaken,
+    /// A Send indication to a new peer endpoint of an allocation on a multiplexed relayed
+    /// address that holds [`crate::core::MAX_PEER_ENDPOINTS_PER_ALLOCATION`] already.
+    PeerEndpointLimit,
 }
 
 impl DropReason {
@@ -55,7 +61,7 @@ impl DropReason {
     }
 
     /// Every reason.
-    pub const ALL: [DropReason; 15] = [
+    pub const ALL: [DropReason; 17] = [
         DropReason::Malformed,
         DropReason::NotStun,
         DropReason::UnexpectedIndication,
@@ -71,6 +77,8 @@ impl DropReason {
         DropReason::BandwidthUser,
         DropReason::BandwidthTotal,
         DropReason::TcpAllocation,
+        DropReason::PeerEndpointTaken,
+        DropReason::PeerEndpointLimit,
     ];
 
     /// The metrics label.
@@ -91,6 +99,8 @@ impl DropReason {
             DropReason::BandwidthUser => "bandwidth_user",
             DropReason::BandwidthTotal => "bandwidth_total",
             DropReason::TcpAllocation => "tcp_allocation",
+            DropReason::PeerEndpointTaken => "peer_endpoint_taken",
+            DropReason::PeerEndpointLimit => "peer_endpoint_limit",
         }
     }
 }

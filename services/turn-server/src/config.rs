@@ -241,6 +241,15 @@ pub struct ServerArgs {
     /// (`turn_xdp_install_failures_total`). Default 65536.
     #[arg(long = "xdp-max-bindings", value_name = "N")]
     pub xdp_max_bindings: Option<u32>,
+    /// Multiplexed relay mode (non-standard, like coturn's `--multiplex-peer`): each worker
+    /// shares N UDP relay sockets per relay IP between its allocations, on the lowest even
+    /// ports of the relay range (worker w's k-th: the first even port + 2·(w·N + k)), and tells
+    /// their peers apart by IP and port. A server then holds far more allocations than it may
+    /// open file descriptors. Each peer endpoint belongs to one allocation per shared socket
+    /// (508 to a second one); allocations asking for EVEN-PORT with R, a RESERVATION-TOKEN,
+    /// DONT-FRAGMENT or TCP get a socket of their own as usual. Default 0 (off).
+    #[arg(long = "relay-multiplex", value_name = "N")]
+    pub relay_multiplex: Option<u16>,
 }
 
 /// The TOML file: the same keys as the flags, with `_` for `-`.
@@ -368,6 +377,8 @@ pub struct FileConfig {
     pub xdp_mode: Option<XdpMode>,
     /// See `--xdp-max-bindings`.
     pub xdp_max_bindings: Option<u32>,
+    /// See `--relay-multiplex`.
+    pub relay_multiplex: Option<u16>,
 }
 
 /// `--xdp-mode`.
@@ -504,6 +515,8 @@ pub struct TurnConfig {
     pub node_name: String,
     /// The XDP fast path (None: off).
     pub xdp: Option<XdpConfig>,
+    /// Shared relay sockets per worker and relay IP (`--relay-multiplex`; 0: off).
+    pub relay_multiplex: u16,
 }
 
 /// Where the fleet state lives (`redis`, `redis_sentinel`, `redis_master`).
@@ -802,6 +815,17 @@ impl Layered for ServerArgs {
                 max_bindings,
             })
         };
+        let relay_multiplex = self.relay_multiplex.or(file.relay_multiplex).unwrap_or(0);
+        if relay_multiplex > 0 {
+            let last = multiplexed_port(min_port, workers, relay_multiplex, workers - 1)
+                + 2 * (relay_multiplex as u32 - 1);
+            if last >= max_port as u32 {
+                return Err(ConfigError::Invalid(format!(
+                    "relay_multiplex {relay_multiplex} x {workers} workers needs even ports up \
+                     to {last} and at least one more, beyond the relay range {min_port}-{max_port}"
+                )));
+            }
+        }
         Ok(TurnConfig {
             listen,
             relay_ips,
@@ -851,8 +875,17 @@ impl Layered for ServerArgs {
             fleet,
             node_name,
             xdp,
+            relay_multiplex,
         })
     }
+}
+
+/// The port of worker `worker`'s first shared relay socket (`--relay-multiplex n`): the even
+/// ports from the bottom of the relay range, `n` per worker.
+pub fn multiplexed_port(min_port: u16, workers: usize, n: u16, worker: usize) -> u32 {
+    debug_assert!(worker < workers.max(1));
+    let base = min_port as u32 + (min_port as u32 % 2);
+    base + 2 * (worker as u32 * n as u32)
 }
 
 /// The listen IPs that are specific, else the primary interface address (found by asking the
@@ -881,7 +914,7 @@ impl TurnConfig {
         let mut users: Vec<&String> = self.users.keys().collect();
         users.sort();
         format!(
-            "listen={:?} relay_ip={:?} ports={}-{} external_ip={:?} realm={:?} users={:?} (passwords <redacted>) auth_secrets={} (<redacted>) allow_peer={:?} deny_peer={:?} metrics={} nonce_lifetime={}s user_quota={} total_quota={} ip_quota={} unauth_rate={}/s unauth_burst={} max_lifetime={}s workers={} drain_timeout={}s tls_listen={:?} dtls_listen={:?} cert={:?} limits={:?} admin_listen={:?} admin_token={} alternate_server={:?} alternate_over_allocations={} mobility={} proxy_protocol_from={:?} bandwidth_allocation_bps={} bandwidth_user_bps={} bandwidth_total_bps={} bandwidth_burst_ms={} fleet={} node_name={} xdp={:?}",
+            "listen={:?} relay_ip={:?} ports={}-{} external_ip={:?} realm={:?} users={:?} (passwords <redacted>) auth_secrets={} (<redacted>) allow_peer={:?} deny_peer={:?} metrics={} nonce_lifetime={}s user_quota={} total_quota={} ip_quota={} unauth_rate={}/s unauth_burst={} max_lifetime={}s workers={} drain_timeout={}s tls_listen={:?} dtls_listen={:?} cert={:?} limits={:?} admin_listen={:?} admin_token={} alternate_server={:?} alternate_over_allocations={} mobility={} proxy_protocol_from={:?} bandwidth_allocation_bps={} bandwidth_user_bps={} bandwidth_total_bps={} bandwidth_burst_ms={} fleet={} node_name={} xdp={:?} relay_multiplex={}",
             self.listen,
             self.relay_ips,
             self.min_port,
@@ -925,6 +958,7 @@ impl TurnConfig {
                 .map_or_else(|| "off".to_string(), FleetConfig::redacted),
             self.node_name,
             self.xdp,
+            self.relay_multiplex,
         )
     }
 
@@ -959,6 +993,10 @@ impl TurnConfig {
         check("redis/redis_sentinel/redis_master", self.fleet == new.fleet);
         check("node_name", self.node_name == new.node_name);
         check("xdp/xdp_mode/xdp_max_bindings", self.xdp == new.xdp);
+        check(
+            "relay_multiplex",
+            self.relay_multiplex == new.relay_multiplex,
+        );
         changed
     }
 
@@ -984,6 +1022,7 @@ impl TurnConfig {
             fleet: self.fleet.clone(),
             node_name: self.node_name.clone(),
             xdp: self.xdp.clone(),
+            relay_multiplex: self.relay_multiplex,
             ..new
         }
     }
@@ -1134,6 +1173,7 @@ impl TurnConfig {
             .map(|x| format!("{:?}", x.mode).to_lowercase())
             .into();
         v["xdp_max_bindings"] = self.xdp.as_ref().map(|x| x.max_bindings).into();
+        v["relay_multiplex"] = self.relay_multiplex.into();
         v
     }
 }

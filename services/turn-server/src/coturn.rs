@@ -434,7 +434,16 @@ fn rule(name: &str) -> Option<Rule> {
         | "no-software-attribute" | "prod" | "no-tls" | "no-dtls" | "relay-threads"
         | "channel-lifetime" | "permission-lifetime" | "rest-api-separator"
         | "allocation-default-address-family" | "max-bps" | "bps-capacity"
-        | "alternate-server" | "mobility" => Map,
+        | "alternate-server" | "mobility" | "multiplex-peer" => Map,
+        "udp-recvmmsg" | "udp-sendmmsg" | "udp-gso" => DefaultFlag(
+            "turnkey always batches UDP (recvmmsg, sendmmsg, and UDP GSO where the kernel has it)",
+        ),
+        "multiplex-peer-port" => Unmapped(
+            "turnkey puts the shared relay sockets (relay_multiplex) on the lowest even ports of the relay range",
+        ),
+        "multiplex-peer-max-peers" => Unmapped(
+            "turnkey allows 256 peer endpoints per allocation on a shared relay socket",
+        ),
         "lt-cred-mech" => DefaultFlag(
             "turnkey always uses the long-term credential mechanism (RFC 8489 §9.2)",
         ),
@@ -586,6 +595,7 @@ struct Importer {
     prometheus_port: Option<u16>,
     software_off: bool,
     mobility: bool,
+    multiplex: bool,
     allocation_bps: Option<u64>,
     total_bps: Option<u64>,
     workers: Option<usize>,
@@ -869,6 +879,14 @@ impl Importer {
                 if parse_bool(o)? {
                     self.mobility = true;
                     self.mapped(o, &["mobility"]);
+                } else {
+                    self.flag_off(o);
+                }
+            }
+            "multiplex-peer" => {
+                if parse_bool(o)? {
+                    self.multiplex = true;
+                    self.mapped(o, &["relay_multiplex"]);
                 } else {
                     self.flag_off(o);
                 }
@@ -1210,6 +1228,10 @@ impl Importer {
         }
         if self.mobility {
             keys.one("mobility", "true".to_string());
+        }
+        if self.multiplex {
+            // coturn shares one socket per relay thread and family.
+            keys.one("relay_multiplex", "1".to_string());
         }
         if let Some(n) = self.workers {
             keys.one("workers", n.to_string());

@@ -17,14 +17,13 @@
 mod common;
 
 use common::{
-    bin_path, free_udp_tcp_port, require_tool, run_with_timeout, wait_until, ChildGuard,
-    ServerGuard, ToolOutput, TOOL_TIMEOUT,
+    bin_path, free_udp_tcp_port, require_tool, run_with_timeout, ServerGuard, ToolOutput,
+    TOOL_TIMEOUT,
 };
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 use turn_server::config::{Defaults, Layered, ServerArgs, TurnConfig};
 
 /// coturn's documented example configuration, from Debian's `coturn` package.
@@ -344,30 +343,6 @@ fn hand_written(port: u16) -> String {
     )
 }
 
-/// Starts `turnutils_peer` (UDP echo) on 127.0.0.1 below the relay range and waits until it
-/// echoes.
-fn start_echo_peer() -> (ChildGuard, u16) {
-    let tool = require_tool("turnutils_peer");
-    let port = std::iter::repeat_with(free_udp_tcp_port)
-        .find(|p| p + 1 < 61000)
-        .expect("a free port below the relay range");
-    let peer = ChildGuard::spawn(
-        "turnutils_peer",
-        Command::new(tool).args(["-L", "127.0.0.1", "-p", &port.to_string()]),
-    );
-    let probe = UdpSocket::bind("127.0.0.1:0").expect("bind probe");
-    probe
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .expect("set_read_timeout");
-    let echoes = wait_until(Duration::from_secs(10), || {
-        let _ = probe.send_to(b"ping", ("127.0.0.1", port));
-        let mut buf = [0u8; 16];
-        matches!(probe.recv_from(&mut buf), Ok((4, _)) if &buf[..4] == b"ping")
-    });
-    assert!(echoes, "turnutils_peer on port {port} does not echo");
-    (peer, port)
-}
-
 /// The number right after `key` in `line`.
 fn number_after(line: &str, key: &str) -> Option<u64> {
     let start = line.find(key)? + key.len();
@@ -471,7 +446,7 @@ fn a_hand_written_config_imports_exactly_and_serves_uclient() {
     // A server started from the imported file relays for the imported user and secret.
     let toml_path = temp_file("imported.toml", &toml);
     let server = ServerGuard::turn_server(&["--config", toml_path.to_str().expect("UTF-8 path")]);
-    let (peer, peer_port) = start_echo_peer();
+    let (peer, peer_port) = common::start_echo_peer(61000);
     relay_through(port, peer_port, ["-w", PASSWORD]);
     relay_through(port, peer_port, ["-W", SECRET]);
     let allocations = server.metric("turn_allocation_requests_total", &[("result", "success")]);

@@ -19,13 +19,10 @@
 
 mod common;
 
-use common::{
-    bin_path, free_udp_tcp_port, http_get, require_tool, run_with_timeout, wait_until, ChildGuard,
-    TOOL_TIMEOUT,
-};
+use common::{bin_path, free_udp_tcp_port, http_get, require_tool, run_with_timeout, TOOL_TIMEOUT};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -443,27 +440,6 @@ impl Drop for Stack {
     }
 }
 
-/// Starts `turnutils_peer` (UDP echo) on 127.0.0.1 and waits until it echoes.
-fn start_echo_peer() -> (ChildGuard, u16) {
-    let tool = require_tool("turnutils_peer");
-    let port = free_udp_tcp_port();
-    let peer = ChildGuard::spawn(
-        "turnutils_peer",
-        Command::new(tool).args(["-L", "127.0.0.1", "-p", &port.to_string()]),
-    );
-    let probe = UdpSocket::bind("127.0.0.1:0").expect("bind probe");
-    probe
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .expect("set_read_timeout");
-    let echoes = wait_until(Duration::from_secs(10), || {
-        let _ = probe.send_to(b"ping", ("127.0.0.1", port));
-        let mut buf = [0u8; 16];
-        matches!(probe.recv_from(&mut buf), Ok((4, _)) if &buf[..4] == b"ping")
-    });
-    assert!(echoes, "turnutils_peer on port {port} does not echo");
-    (peer, port)
-}
-
 /// `turnutils_uclient` against the stack's TURN server: one client, ChannelData through the
 /// echo peer, with `password`.
 fn uclient(turn: SocketAddr, peer_port: u16, password: &str) -> common::ToolOutput {
@@ -540,7 +516,7 @@ fn every_dashboard_query_returns_data() {
     });
 
     // TURN: an allocation relaying through an echo peer, then a wrong password; STUN Binding.
-    let (_peer, peer_port) = start_echo_peer();
+    let (_peer, peer_port) = common::start_echo_peer(u16::MAX);
     let ok = uclient(turn, peer_port, TURN_PASSWORD);
     assert!(
         ok.success(),

@@ -213,6 +213,7 @@ fn readme_defaults_match_the_code() {
                 ("unauth_rate", s(&turn.unauth_rate_per_sec)),
                 ("unauth_burst", s(&turn.unauth_burst)),
                 ("xdp_max_bindings", s(&turn_xdp.max_bindings)),
+                ("relay_multiplex", s(&turn.relay_multiplex)),
                 ("xdp_mode", format!("{:?}", turn_xdp.mode).to_lowercase()),
                 ("max_lifetime", s(&turn.max_lifetime_secs)),
                 ("drain_timeout", s(&turn.drain_timeout_secs)),

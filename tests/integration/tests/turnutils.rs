@@ -29,10 +29,9 @@
 mod common;
 
 use common::{
-    free_udp_tcp_port, require_tool, run_with_timeout, wait_until, ChildGuard, ServerGuard,
-    ToolOutput, TOOL_TIMEOUT,
+    free_udp_tcp_port, require_tool, run_with_timeout, wait_until, ServerGuard, ToolOutput,
+    TOOL_TIMEOUT,
 };
-use std::net::UdpSocket;
 use std::process::Command;
 use std::time::Duration;
 
@@ -153,30 +152,6 @@ fn start_turn_server(auth: Auth, allow_loopback_peers: bool) -> (ServerGuard, u1
     (ServerGuard::turn_server(&args), port)
 }
 
-/// Starts `turnutils_peer` (UDP echo) on 127.0.0.1 and waits until it echoes. Its port and
-/// the next one (uclient's RTCP peer) are below [`RELAY_PORTS`].
-fn start_echo_peer() -> (ChildGuard, u16) {
-    let tool = require_tool("turnutils_peer");
-    let port = std::iter::repeat_with(free_udp_tcp_port)
-        .find(|p| p + 1 < RELAY_PORTS.0)
-        .expect("a free port below the relay range");
-    let peer = ChildGuard::spawn(
-        "turnutils_peer",
-        Command::new(tool).args(["-L", "127.0.0.1", "-p", &port.to_string()]),
-    );
-    let probe = UdpSocket::bind("127.0.0.1:0").expect("bind probe");
-    probe
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .expect("set_read_timeout");
-    let echoes = wait_until(Duration::from_secs(10), || {
-        let _ = probe.send_to(b"ping", ("127.0.0.1", port));
-        let mut buf = [0u8; 16];
-        matches!(probe.recv_from(&mut buf), Ok((4, _)) if &buf[..4] == b"ping")
-    });
-    assert!(echoes, "turnutils_peer on port {port} does not echo");
-    (peer, port)
-}
-
 /// The uclient command line for `case` against 127.0.0.1:`server_port`.
 fn uclient_args(case: Case, server_port: u16, peer_port: Option<u16>) -> Vec<String> {
     let mut args: Vec<String> = Vec::new();
@@ -222,7 +197,7 @@ fn check(case: Case) {
     let echo = matches!(case.peer, Peer::Echo);
     let (server, server_port) = start_turn_server(case.auth, echo);
     let peer = match case.peer {
-        Peer::Echo => Some(start_echo_peer()),
+        Peer::Echo => Some(common::start_echo_peer(RELAY_PORTS.0)),
         Peer::ClientToClient => None,
     };
     let args = uclient_args(case, server_port, peer.as_ref().map(|p| p.1));
@@ -349,7 +324,7 @@ fn udp_rtp_rtcp_pair_with_even_port_reservation() {
 #[test]
 fn wrong_password_is_refused_and_counted() {
     let (server, server_port) = start_turn_server(Auth::Static, true);
-    let (_peer, peer_port) = start_echo_peer();
+    let (_peer, peer_port) = common::start_echo_peer(RELAY_PORTS.0);
     let failures = "turn_auth_failures_total";
     let before = server.metric(failures, &[]);
     let mut args = uclient_args(BASE, server_port, Some(peer_port));
@@ -393,7 +368,7 @@ fn wrong_password_is_refused_and_counted() {
 #[test]
 fn loopback_peer_is_refused_by_default() {
     let (server, server_port) = start_turn_server(Auth::Static, false);
-    let (_peer, peer_port) = start_echo_peer();
+    let (_peer, peer_port) = common::start_echo_peer(RELAY_PORTS.0);
     let denied = "turn_peer_denied_total";
     let before = server.metric(denied, &[]);
     let args = uclient_args(BASE, server_port, Some(peer_port));

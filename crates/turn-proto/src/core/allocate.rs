@@ -201,7 +201,7 @@ impl TurnCore {
             (true, None) => self.shared.return_quota(&holder),
             _ => {}
         }
-        let mut granted = vec![grant.local];
+        let mut granted = vec![(grant.local, grant.multiplexed)];
         let mut address_error = None;
         if let Some(f) = additional {
             match relays.allocate(&RelayRequest {
@@ -212,7 +212,7 @@ impl TurnCore {
                 reservation_token: None,
                 dont_fragment,
             }) {
-                Ok(g) => granted.push(g.local),
+                Ok(g) => granted.push((g.local, g.multiplexed)),
                 Err(RelayError::FamilyUnsupported) => address_error = Some(440u16),
                 Err(_) => address_error = Some(508u16),
             }
@@ -225,9 +225,10 @@ impl TurnCore {
         };
         let relays_v: Vec<Relay> = granted
             .iter()
-            .map(|l| Relay {
-                local: *l,
-                advertised: self.advertised(*l),
+            .map(|&(local, multiplexed)| Relay {
+                local,
+                advertised: self.advertised(local),
+                multiplexed,
             })
             .collect();
         let mut live: Vec<SocketAddr> = Vec::new();
@@ -277,12 +278,17 @@ impl TurnCore {
             bandwidth_override_bps: None,
             mobility: mobile.then(Box::default),
             tcp: (transport == RelayTransport::Tcp).then(Arc::default),
+            endpoints: Vec::new(),
         };
         alloc.bandwidth = self.new_allocation_limits(&auth.username, alloc.tcp.as_deref(), now);
         self.stats
             .live_allocations(tuple.transport.as_str(), alloc.family_label(), 1);
         for r in &alloc.relays {
-            self.by_relay.insert(r.local, id);
+            if r.multiplexed {
+                self.multiplexed_relays.insert(r.local);
+            } else {
+                self.by_relay.insert(r.local, id);
+            }
         }
         self.by_tuple.insert(tuple, id);
         self.shared.allocations.fetch_add(1, Ordering::Relaxed);

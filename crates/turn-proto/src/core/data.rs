@@ -80,6 +80,17 @@ impl TurnCore {
         if !Self::peer_allowed(&self.cfg, &self.shared, &mut self.stats, peer) {
             return;
         }
+        if Self::multiplexed_relay(a, peer).is_some() {
+            // A new peer endpoint on a shared relayed address is claimed by its first Send.
+            if let Err(reason) = self.claim_endpoint(id, peer) {
+                self.stats.drop_packet(reason);
+                return;
+            }
+            let Some(again) = self.allocs.get_mut(&id) else {
+                return;
+            };
+            a = again;
+        }
         if let Some(limits) = a.bandwidth.as_deref_mut() {
             if let Err(reason) = limits.admit(Direction::ToPeer, data.len(), now) {
                 self.stats.drop_packet(reason);
@@ -152,6 +163,12 @@ impl TurnCore {
         if !Self::peer_allowed(&self.cfg, &self.shared, &mut self.stats, peer) {
             return None;
         }
+        if !Self::owns_endpoint(&self.by_endpoint, id, a, peer) {
+            // Another allocation on this shared relayed address owns the endpoint (or nobody
+            // does since its permission ended): the peer must not take this as theirs.
+            self.stats.drop_packet(DropReason::PeerEndpointTaken);
+            return None;
+        }
         if let Some(limits) = a.bandwidth.as_deref_mut() {
             if let Err(reason) = limits.admit(Direction::ToPeer, len, now) {
                 self.stats.drop_packet(reason);
@@ -193,12 +210,18 @@ impl TurnCore {
         frame.clear();
         self.last_now = self.last_now.max(now);
         self.sync_bandwidth(now);
-        let Some(a) = self
-            .by_relay
-            .get(&relay)
-            .and_then(|id| self.allocs.get_mut(id))
-        else {
-            self.stats.drop_packet(DropReason::NoAllocation);
+        let id = match self.by_relay.get(&relay) {
+            Some(&id) => Some(id),
+            // A multiplexed relayed address: the peer endpoint says whose it is.
+            None => self.by_endpoint.get(&(relay, peer)).copied(),
+        };
+        let Some(a) = id.and_then(|id| self.allocs.get_mut(&id)) else {
+            let reason = if self.multiplexed_relays.contains(&relay) {
+                DropReason::PeerEndpointTaken
+            } else {
+                DropReason::NoAllocation
+            };
+            self.stats.drop_packet(reason);
             return None;
         };
         if !a.has_permission(peer.ip(), now) {

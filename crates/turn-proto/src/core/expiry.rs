@@ -61,7 +61,7 @@ impl TurnCore {
             .filter(|(_, t)| **t <= now)
             .map(|(ip, _)| *ip)
             .collect();
-        for ip in expired {
+        for &ip in &expired {
             a.permissions.remove(&ip);
             self.stats.live_permissions(-1);
         }
@@ -83,6 +83,9 @@ impl TurnCore {
         }
         let next = a.next_deadline(reuse);
         self.timers.schedule(next, TimerKey::Allocation(id));
+        for ip in expired {
+            self.release_endpoints_of(id, ip);
+        }
     }
 
     /// Arms allocation `id`'s timer at `deadline` (a new permission or channel binding) unless
@@ -137,10 +140,14 @@ impl TurnCore {
             self.by_tuple.remove(&old);
         }
         self.timers.cancel(&TimerKey::Allocation(id));
+        self.release_endpoints(&mut a);
         let mut live = Vec::new();
         for r in &a.relays {
-            self.by_relay.remove(&r.local);
-            relays.release(r.local);
+            // A multiplexed socket stays: other allocations share it.
+            if !r.multiplexed {
+                self.by_relay.remove(&r.local);
+                relays.release(r.local);
+            }
             live.push(r.local);
             live.push(r.advertised);
         }

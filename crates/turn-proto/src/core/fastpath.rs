@@ -168,6 +168,11 @@ impl TurnCore {
             if relay.ip().is_unspecified() || self.cfg.policy.check(c.peer).is_err() {
                 continue;
             }
+            // On a multiplexed relayed address, only an endpoint it owns (the program keys
+            // peer datagrams by relay and peer, like the core).
+            if !Self::owns_endpoint(&self.by_endpoint, id, a, c.peer) {
+                continue;
+            }
             v.push(FastPathBinding {
                 allocation: id,
                 client: a.tuple.client,

@@ -43,6 +43,7 @@ mod data;
 mod expiry;
 mod fastpath;
 mod mobility;
+mod multiplex;
 mod permission;
 mod shared;
 mod smallmap;
@@ -73,6 +74,11 @@ pub const MAX_PERMISSIONS_PER_ALLOCATION: usize = 1024;
 /// Channel numbers one allocation may hold, bound or in their reuse delay (RFC 8656 §12);
 /// beyond, 508. The channel range alone would allow 16384.
 pub const MAX_CHANNELS_PER_ALLOCATION: usize = 1024;
+
+/// Peer endpoints (IP and port) one allocation on a multiplexed relayed transport address may
+/// hold; beyond, CreatePermission and ChannelBind get 508 and Send indications are dropped.
+/// Bounds what one client can claim of an address many allocations share.
+pub const MAX_PEER_ENDPOINTS_PER_ALLOCATION: usize = 256;
 
 /// Comprehension-required attributes this server understands in TURN requests and indications.
 const KNOWN_ATTRS: &[AttrType] = &[
@@ -186,6 +192,9 @@ pub struct RelayGrant {
     pub local: SocketAddr,
     /// The token for the reserved next port, when `reserve_next` was asked.
     pub reservation_token: Option<[u8; 8]>,
+    /// The socket is shared by many allocations (the multiplexed relay mode, non-standard):
+    /// the core tells their peers apart by the peer's IP and port and never releases it.
+    pub multiplexed: bool,
 }
 
 /// Why no relay socket could be had.
@@ -364,6 +373,8 @@ enum TimerKey {
 struct Relay {
     local: SocketAddr,
     advertised: SocketAddr,
+    /// Shared with other allocations ([`RelayGrant::multiplexed`]).
+    multiplexed: bool,
 }
 
 #[derive(Debug)]
@@ -401,6 +412,9 @@ struct Allocation {
     mobility: Option<Box<Mobility>>,
     /// A TCP allocation (RFC 6062): the bytes its data connections relay.
     tcp: Option<Arc<StreamTraffic>>,
+    /// The peer endpoints it owns on its multiplexed relayed address (empty otherwise); at
+    /// most [`MAX_PEER_ENDPOINTS_PER_ALLOCATION`].
+    endpoints: Vec<SocketAddr>,
 }
 
 impl Allocation {
@@ -456,6 +470,11 @@ pub struct TurnCore {
     allocs: HashMap<u64, Box<Allocation>>,
     by_tuple: HashMap<FiveTuple, u64>,
     by_relay: HashMap<SocketAddr, u64>,
+    /// Allocations on multiplexed relayed addresses, by (relay socket, peer endpoint): each
+    /// endpoint belongs to one allocation per shared socket.
+    by_endpoint: HashMap<(SocketAddr, SocketAddr), u64>,
+    /// The multiplexed relay sockets granted so far (a handful per worker).
+    multiplexed_relays: std::collections::HashSet<SocketAddr>,
     timers: TimerQueue<TimerKey>,
     unauth_limiter: SourceLimiter,
     /// The latest `now` handed in (for events that come without one: a closed connection,
@@ -503,6 +522,8 @@ impl TurnCore {
             allocs: HashMap::new(),
             by_tuple: HashMap::new(),
             by_relay: HashMap::new(),
+            by_endpoint: HashMap::new(),
+            multiplexed_relays: std::collections::HashSet::new(),
             timers: TimerQueue::default(),
             unauth_limiter,
             last_now: start,

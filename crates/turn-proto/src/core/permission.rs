@@ -15,7 +15,9 @@ use stun_proto::msg::{attr, xor_address, xor_addresses, MessageBuilder};
 impl TurnCore {
     /// Checks peers before permissions are installed for them: each peer's family against the
     /// allocation's relays (443), then the policy (403) unless the peer is a live relayed
-    /// address of this server, then room for the new permissions (508).
+    /// address of this server, then room for the new permissions (508), then, on a
+    /// multiplexed relayed address, the peer endpoints (508 when another allocation owns one
+    /// or there is no room).
     fn admit_peers(
         &mut self,
         id: u64,
@@ -55,7 +57,7 @@ impl TurnCore {
                 "Insufficient Capacity: too many permissions",
             ));
         }
-        Ok(())
+        self.admit_endpoints(id, m, peers)
     }
 
     fn install_permission(&mut self, id: u64, ip: IpAddr, now: Instant) {
@@ -66,6 +68,15 @@ impl TurnCore {
             }
             self.arm_allocation_timer(id, expires);
             self.fast_path.touch(id);
+            self.reclaim_channel_endpoints(id, ip);
+        }
+    }
+
+    /// Claims `peer` for allocation `id` on a multiplexed relayed address after the request
+    /// naming it was admitted ([`Self::admit_peers`] checked it is free).
+    fn claim_admitted(&mut self, id: u64, peer: SocketAddr) {
+        if let Err(reason) = self.claim_endpoint(id, peer) {
+            self.stats.drop_packet(reason);
         }
     }
 
@@ -90,6 +101,7 @@ impl TurnCore {
         }
         for p in peers {
             self.install_permission(id, p.ip(), now);
+            self.claim_admitted(id, p);
         }
         MessageBuilder::success(m)
     }
@@ -170,6 +182,7 @@ impl TurnCore {
             self.arm_allocation_timer(id, expires);
         }
         self.install_permission(id, peer.ip(), now);
+        self.claim_admitted(id, peer);
         MessageBuilder::success(m)
     }
 }

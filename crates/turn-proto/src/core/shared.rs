@@ -7,7 +7,7 @@
 use super::bandwidth::{Direction, StreamLimits};
 use super::CoreConfig;
 use crate::stats::{BandwidthScope, QuotaScope};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 /// bandwidth cap is set, by the capped datagrams).
 #[derive(Debug, Default)]
 pub struct Shared {
-    live_relays: RwLock<HashSet<SocketAddr>>,
+    /// Live relayed transport addresses (local and advertised), each with the number of
+    /// allocations using it (more than one for a multiplexed address).
+    live_relays: RwLock<HashMap<SocketAddr, u32>>,
     quotas: Mutex<Quotas>,
     reservations: Mutex<HashMap<[u8; 8], Reservation>>,
     /// Quota units held: allocations plus unredeemed reservations.
@@ -195,18 +197,25 @@ impl Shared {
     pub fn is_live_relay(&self, addr: SocketAddr) -> bool {
         self.live_relays
             .read()
-            .map(|s| s.contains(&addr))
+            .map(|s| s.contains_key(&addr))
             .unwrap_or(false)
     }
     pub(super) fn add_relays(&self, addrs: &[SocketAddr]) {
         if let Ok(mut s) = self.live_relays.write() {
-            s.extend(addrs.iter().copied());
+            for a in addrs {
+                *s.entry(*a).or_insert(0) += 1;
+            }
         }
     }
     pub(super) fn remove_relays(&self, addrs: &[SocketAddr]) {
         if let Ok(mut s) = self.live_relays.write() {
             for a in addrs {
-                s.remove(a);
+                if let Some(n) = s.get_mut(a) {
+                    *n -= 1;
+                    if *n == 0 {
+                        s.remove(a);
+                    }
+                }
             }
         }
     }

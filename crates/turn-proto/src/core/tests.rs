@@ -26,6 +26,8 @@ struct FakeRelays {
     cancelled: Vec<[u8; 8]>,
     next_token: u8,
     fail: bool,
+    /// Grant this shared port (multiplexed) to every UDP request it can serve.
+    shared_port: Option<u16>,
 }
 
 impl FakeRelays {
@@ -39,6 +41,7 @@ impl FakeRelays {
             cancelled: vec![],
             next_token: 1,
             fail: false,
+            shared_port: None,
         }
     }
 }
@@ -55,6 +58,7 @@ impl RelayAllocator for FakeRelays {
                 .map(|local| RelayGrant {
                     local,
                     reservation_token: None,
+                    multiplexed: false,
                 })
                 .ok_or(RelayError::BadToken);
         }
@@ -62,6 +66,15 @@ impl RelayAllocator for FakeRelays {
             AddressFamily::V4 => self.v4,
             AddressFamily::V6 => self.v6.ok_or(RelayError::FamilyUnsupported)?,
         };
+        if let Some(port) = self.shared_port {
+            if !req.reserve_next && !req.dont_fragment && req.transport == RelayTransport::Udp {
+                return Ok(RelayGrant {
+                    local: SocketAddr::new(ip, port),
+                    reservation_token: None,
+                    multiplexed: true,
+                });
+            }
+        }
         if req.even_port && self.next_port % 2 == 1 {
             self.next_port += 1;
         }
@@ -78,6 +91,7 @@ impl RelayAllocator for FakeRelays {
         Ok(RelayGrant {
             local,
             reservation_token: token,
+            multiplexed: false,
         })
     }
     fn release(&mut self, local: SocketAddr) {
@@ -3224,4 +3238,242 @@ fn fast_path_follows_a_reload_that_refuses_the_peer() {
     h.core.reconfigure(Arc::new(cfg), h.now);
     assert_eq!(removed(&fast_events(&mut h)).len(), 1);
     assert_eq!(h.core.fast_path_bindings(), 0);
+}
+
+/// A harness whose relay allocator shares one socket, 127.0.0.1:50100, between allocations.
+fn multiplexed_harness() -> Harness {
+    let mut relays = FakeRelays::new("127.0.0.1");
+    relays.shared_port = Some(50100);
+    let mut cfg = config();
+    cfg.user_quota = 10;
+    cfg.total_quota = 10;
+    Harness::with(cfg, relays)
+}
+
+#[test]
+fn multiplexed_relay_routes_peer_data_by_endpoint_and_refuses_a_taken_one() {
+    let mut h = multiplexed_harness();
+    let shared: SocketAddr = "127.0.0.1:50100".parse().unwrap();
+    let p1: SocketAddr = "192.0.2.80:7000".parse().unwrap();
+    let p2: SocketAddr = "192.0.2.81:7000".parse().unwrap();
+    let (mut a, ra) = channel_to(&mut h, 40800, "alice", "alicepw", p1);
+    let (mut b, rb) = channel_to(&mut h, 40801, "bob", "bobpw", p2);
+    assert_eq!(
+        (ra, rb),
+        (shared, shared),
+        "both allocations on the shared socket"
+    );
+    assert!(h.shared.is_live_relay(shared));
+    // Each peer's datagrams reach the allocation that owns its endpoint.
+    let to = |h: &mut Harness, peer| match h.core.handle_peer(shared, peer, b"hi", h.now) {
+        Some(Transmit::ToClient { to, .. }) => Some(to),
+        _ => None,
+    };
+    assert_eq!(to(&mut h, p1), Some(a.tuple));
+    assert_eq!(to(&mut h, p2), Some(b.tuple));
+    // Another port of p1's IP was never named: nobody's.
+    let p1_other = SocketAddr::new(p1.ip(), 7001);
+    assert_eq!(to(&mut h, p1_other), None);
+    assert_eq!(dropped(&h, DropReason::PeerEndpointTaken), 1);
+    // B may not claim A's endpoint, by CreatePermission, ChannelBind or Send.
+    let r = b.call(&mut h, METHOD_CREATE_PERMISSION, &[], &[p1]);
+    assert_eq!(code(&r), Some(508));
+    let ch2 = (ATTR_CHANNEL_NUMBER, vec![0x40, 0x02, 0, 0]);
+    let r = b.call(&mut h, METHOD_CHANNEL_BIND, &[ch2], &[p1]);
+    assert_eq!(code(&r), Some(508));
+    // With a permission for p1's IP (port 0 claims nothing), B's Send to p1 is still dropped:
+    // p1 would take it for A's.
+    let r = b.call(
+        &mut h,
+        METHOD_CREATE_PERMISSION,
+        &[],
+        &[SocketAddr::new(p1.ip(), 0)],
+    );
+    assert!(is_success(&r));
+    assert!(h.send(b.tuple, &send_indication(p1, b"x")).is_empty());
+    assert_eq!(dropped(&h, DropReason::PeerEndpointTaken), 2);
+    // B's Send to a free port of that IP claims it, and the answer comes back to B.
+    let out = h.send(b.tuple, &send_indication(p1_other, b"x"));
+    assert_eq!(to_peers(&out), vec![p1_other]);
+    assert_eq!(to(&mut h, p1_other), Some(b.tuple));
+    // A still relays to p1.
+    assert_eq!(to_peers(&h.send(a.tuple, &channel_data(3))), vec![p1]);
+    // A Refresh to 0 gives A's endpoints up; the shared socket is never released.
+    let r = a.call(&mut h, METHOD_REFRESH, &[(ATTR_LIFETIME, vec![0; 4])], &[]);
+    assert!(is_success(&r));
+    assert!(h.relays.released.is_empty());
+    assert!(h.shared.is_live_relay(shared), "B still uses it");
+    assert_eq!(to(&mut h, p1), None);
+    // Now B may have it.
+    let ch3 = (ATTR_CHANNEL_NUMBER, vec![0x40, 0x03, 0, 0]);
+    assert!(is_success(&b.call(
+        &mut h,
+        METHOD_CHANNEL_BIND,
+        &[ch3],
+        &[p1]
+    )));
+    assert_eq!(to(&mut h, p1), Some(b.tuple));
+    let r = b.call(&mut h, METHOD_REFRESH, &[(ATTR_LIFETIME, vec![0; 4])], &[]);
+    assert!(is_success(&r));
+    assert!(!h.shared.is_live_relay(shared));
+    assert!(h.core.by_endpoint.is_empty());
+}
+
+#[test]
+fn multiplexed_endpoints_end_with_their_permission_and_come_back_with_it() {
+    let mut h = multiplexed_harness();
+    let shared: SocketAddr = "127.0.0.1:50100".parse().unwrap();
+    let p: SocketAddr = "192.0.2.82:7000".parse().unwrap();
+    h.core.enable_fast_path();
+    let (mut a, _) = channel_to(&mut h, 40810, "alice", "alicepw", p);
+    let fast = |h: &mut Harness| -> (Vec<(u64, SocketAddr)>, usize) {
+        let events = fast_events(h);
+        let on: Vec<(u64, SocketAddr)> = installed(&events)
+            .iter()
+            .map(|b| (b.allocation, b.peer))
+            .collect();
+        (on, removed(&events).len())
+    };
+    let (on, _) = fast(&mut h);
+    assert_eq!(on.len(), 1, "A's channel on the fast path");
+    let a_id = on[0].0;
+    let r = a.call(
+        &mut h,
+        METHOD_REFRESH,
+        &[(ATTR_LIFETIME, 3600u32.to_be_bytes().to_vec())],
+        &[],
+    );
+    assert!(is_success(&r));
+    let mut b = Client::new(tuple(40811), "bob", "bobpw");
+    let r = b.call(
+        &mut h,
+        METHOD_ALLOCATE,
+        &[udp(), (ATTR_LIFETIME, 3600u32.to_be_bytes().to_vec())],
+        &[],
+    );
+    assert_eq!(relayed(&r), shared);
+    // The permission (300 s) ends before the channel (600 s): the endpoint is free again.
+    h.advance(301);
+    assert!(h.core.by_endpoint.is_empty());
+    assert!(h.core.handle_peer(shared, p, b"hi", h.now).is_none());
+    assert_eq!(fast(&mut h), (vec![], 1), "withdrawn with the permission");
+    // B names the free endpoint first: A's channel to it relays nothing either way.
+    assert!(is_success(&b.call(
+        &mut h,
+        METHOD_CREATE_PERMISSION,
+        &[],
+        &[p]
+    )));
+    let any_port = SocketAddr::new(p.ip(), 0);
+    assert!(is_success(&a.call(
+        &mut h,
+        METHOD_CREATE_PERMISSION,
+        &[],
+        &[any_port]
+    )));
+    let r = a.call(&mut h, METHOD_CREATE_PERMISSION, &[], &[p]);
+    assert_eq!(code(&r), Some(508));
+    // A's channel is bound and its permission live, but the endpoint is B's: no fast path.
+    assert_eq!(fast(&mut h), (vec![], 0));
+    let taken = dropped(&h, DropReason::PeerEndpointTaken);
+    assert!(h.send(a.tuple, &channel_data(3)).is_empty());
+    assert_eq!(dropped(&h, DropReason::PeerEndpointTaken), taken + 1);
+    let to = |h: &mut Harness| match h.core.handle_peer(shared, p, b"hi", h.now) {
+        Some(Transmit::ToClient { to, .. }) => Some(to),
+        _ => None,
+    };
+    assert_eq!(to(&mut h), Some(b.tuple));
+    // B goes; A's next permission for the IP claims its bound channel's peer again.
+    let r = b.call(&mut h, METHOD_REFRESH, &[(ATTR_LIFETIME, vec![0; 4])], &[]);
+    assert!(is_success(&r));
+    assert_eq!(to(&mut h), None);
+    assert!(is_success(&a.call(
+        &mut h,
+        METHOD_CREATE_PERMISSION,
+        &[],
+        &[any_port]
+    )));
+    assert_eq!(to(&mut h), Some(a.tuple));
+    assert_eq!(to_peers(&h.send(a.tuple, &channel_data(3))), vec![p]);
+    assert_eq!(fast(&mut h).0, vec![(a_id, p)], "back on the fast path");
+}
+
+#[test]
+fn multiplexed_endpoints_per_allocation_are_capped() {
+    let mut h = multiplexed_harness();
+    let mut a = Client::new(tuple(40820), "alice", "alicepw");
+    relayed(&a.allocate(&mut h));
+    let peer = |i: usize| SocketAddr::new("192.0.2.83".parse().unwrap(), 1024 + i as u16);
+    let all: Vec<SocketAddr> = (0..MAX_PEER_ENDPOINTS_PER_ALLOCATION).map(peer).collect();
+    for chunk in all.chunks(64) {
+        assert!(is_success(&a.call(
+            &mut h,
+            METHOD_CREATE_PERMISSION,
+            &[],
+            chunk
+        )));
+    }
+    let over = peer(MAX_PEER_ENDPOINTS_PER_ALLOCATION);
+    let r = a.call(&mut h, METHOD_CREATE_PERMISSION, &[], &[over]);
+    assert_eq!(code(&r), Some(508));
+    assert!(h.send(a.tuple, &send_indication(over, b"x")).is_empty());
+    assert_eq!(dropped(&h, DropReason::PeerEndpointLimit), 1);
+    // Endpoints it holds still relay.
+    assert_eq!(
+        to_peers(&h.send(a.tuple, &send_indication(peer(0), b"x"))),
+        vec![peer(0)]
+    );
+    assert_eq!(h.core.by_endpoint.len(), MAX_PEER_ENDPOINTS_PER_ALLOCATION);
+}
+
+#[test]
+fn requests_a_shared_socket_cannot_honour_get_their_own() {
+    let mut h = multiplexed_harness();
+    let shared: SocketAddr = "127.0.0.1:50100".parse().unwrap();
+    // EVEN-PORT without R: the shared port is even.
+    let mut a = Client::new(tuple(40830), "alice", "alicepw");
+    let r = a.call(
+        &mut h,
+        METHOD_ALLOCATE,
+        &[udp(), (ATTR_EVEN_PORT, vec![0])],
+        &[],
+    );
+    assert_eq!(relayed(&r), shared);
+    // EVEN-PORT with R, and DONT-FRAGMENT: a socket of their own, released at the end.
+    let mut b = Client::new(tuple(40831), "bob", "bobpw");
+    let r = b.call(
+        &mut h,
+        METHOD_ALLOCATE,
+        &[udp(), (ATTR_EVEN_PORT, vec![0x80])],
+        &[],
+    );
+    let own = relayed(&r);
+    assert_ne!(own, shared);
+    assert_eq!(own.port() % 2, 0);
+    assert!(attr(&r, ATTR_RESERVATION_TOKEN).is_some());
+    let mut c = Client::new(tuple(40832), "alice", "alicepw");
+    let r = c.call(
+        &mut h,
+        METHOD_ALLOCATE,
+        &[udp(), (ATTR_DONT_FRAGMENT, vec![])],
+        &[],
+    );
+    assert_ne!(relayed(&r), shared);
+    // Two allocations, one on a shared and one on its own socket, may name the same peer.
+    let p: SocketAddr = "192.0.2.84:7000".parse().unwrap();
+    assert!(is_success(&a.call(
+        &mut h,
+        METHOD_CREATE_PERMISSION,
+        &[],
+        &[p]
+    )));
+    assert!(is_success(&b.call(
+        &mut h,
+        METHOD_CREATE_PERMISSION,
+        &[],
+        &[p]
+    )));
+    let r = b.call(&mut h, METHOD_REFRESH, &[(ATTR_LIFETIME, vec![0; 4])], &[]);
+    assert!(is_success(&r));
+    assert_eq!(h.relays.released, vec![own]);
 }

@@ -390,6 +390,28 @@ pub fn start(
     let forward_to: Arc<[tokio::sync::mpsc::Sender<mobility::Forwarded>]> = forward_to.into();
     // A route unused for longer than an allocation can live without a Refresh leads nowhere.
     let route_idle = Duration::from_secs(cfg.max_lifetime_secs + 60);
+    // The multiplexed relay mode's shared sockets, bound before any worker runs: a port in use
+    // fails the start.
+    let mut relays_per_worker = Vec::with_capacity(cfg.workers);
+    for i in 0..cfg.workers {
+        let mut relays = RelaySockets::new(
+            cfg.relay_ips.clone(),
+            cfg.min_port,
+            cfg.max_port,
+            reservations.clone(),
+        );
+        if cfg.relay_multiplex > 0 {
+            let first =
+                crate::config::multiplexed_port(cfg.min_port, cfg.workers, cfg.relay_multiplex, i);
+            relays.multiplex(first, cfg.relay_multiplex).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("--relay-multiplex: cannot bind the shared relay sockets from port {first}: {e}"),
+                )
+            })?;
+        }
+        relays_per_worker.push(relays);
+    }
     for (i, ((socks, tls_socks), dtls_socks)) in per_worker
         .into_iter()
         .zip(tls_per_worker)
@@ -420,12 +442,7 @@ pub fn start(
         let core = TurnCore::new(core_cfg.clone(), shared.clone(), start_instant, start_unix)
             .with_worker(i as u16);
         let stun_metrics = stun_metrics.clone();
-        let relays = RelaySockets::new(
-            cfg.relay_ips.clone(),
-            cfg.min_port,
-            cfg.max_port,
-            reservations.clone(),
-        );
+        let relays = relays_per_worker.remove(0);
         let stop = stop.clone();
         let metrics = metrics.clone();
         let fast_path = fast_path.clone();
@@ -607,6 +624,8 @@ async fn run_worker(
         tx: SendBatch::new(),
         fast_path: None,
     }));
+    // The shared relay sockets of the multiplexed mode, bound at start.
+    serve_new_relays(&mut w.borrow_mut());
     if let Some(shared) = fast_path {
         let mut guard = w.borrow_mut();
         let wk = &mut *guard;
@@ -870,6 +889,11 @@ fn flush_io(wr: &WorkerRef, w: &mut Worker) {
             Err(e) => tracing::warn!(error = %e, "cannot register TCP relay listener"),
         }
     }
+    serve_new_relays(w);
+}
+
+/// Puts the UDP relay sockets bound since the last call into the worker's poller.
+fn serve_new_relays(w: &mut Worker) {
     for sock in std::mem::take(&mut w.relays.pending_new) {
         let Ok(local) = sock.local_addr() else {
             continue;

@@ -3,6 +3,12 @@
 //! socket is closed when the core cancels it (its 30 s timer, RFC 8656 §7.2) and, as a
 //! backstop, by a purge of expired reservations on every allocation.
 //!
+//! In the multiplexed relay mode (`--relay-multiplex N`), each worker binds N shared UDP
+//! sockets per relay IP at start and grants them to every allocation they can serve (plain
+//! UDP, or EVEN-PORT without R: their ports are even); the core tells the allocations apart by
+//! peer endpoint and never releases them. What a shared socket cannot honour (EVEN-PORT with
+//! R, RESERVATION-TOKEN, DONT-FRAGMENT, TCP) gets a socket of its own as usual.
+//!
 //! A TCP allocation (RFC 6062) gets a listening TCP socket, plus a UDP socket on the same port
 //! that is never read: it keeps the port from every other relay, UDP or TCP (the TCP listener
 //! has SO_REUSEPORT so connections to peers can leave from its address, which would let a
@@ -39,6 +45,8 @@ pub struct RelaySockets {
     pub pending_new_tcp: Vec<(TcpListener, UdpSocket)>,
     /// Relay addresses released during the last core call, to be closed.
     pub pending_release: Vec<SocketAddr>,
+    /// This worker's shared sockets (multiplexed mode; empty otherwise), by relay IP.
+    shared: Vec<(IpAddr, Vec<SocketAddr>)>,
 }
 
 impl RelaySockets {
@@ -57,7 +65,40 @@ impl RelaySockets {
             pending_new: Vec::new(),
             pending_new_tcp: Vec::new(),
             pending_release: Vec::new(),
+            shared: Vec::new(),
         }
+    }
+
+    /// Turns on the multiplexed relay mode for this worker: binds `n` shared sockets on each
+    /// relay IP from port `first` (every other port: they stay even when `first` is) and queues
+    /// them in [`pending_new`](Self::pending_new) to be served. Fails when one cannot be bound.
+    pub fn multiplex(&mut self, first: u32, n: u16) -> std::io::Result<()> {
+        for &ip in &self.relay_ips {
+            let mut addrs = Vec::with_capacity(n as usize);
+            for k in 0..n as u32 {
+                let port = u16::try_from(first + 2 * k).map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::InvalidInput, "shared port > 65535")
+                })?;
+                let sock = relay_udp(SocketAddr::new(ip, port), false)?;
+                addrs.push(sock.local_addr()?);
+                self.pending_new.push(sock);
+            }
+            self.shared.push((ip, addrs));
+        }
+        Ok(())
+    }
+
+    /// A shared socket for `req` on `ip`, when the multiplexed mode is on and one can honour
+    /// it.
+    fn shared_for(&self, ip: IpAddr, req: &RelayRequest) -> Option<SocketAddr> {
+        if req.transport != RelayTransport::Udp || req.reserve_next || req.dont_fragment {
+            return None;
+        }
+        let (_, addrs) = self.shared.iter().find(|(i, _)| *i == ip)?;
+        if addrs.is_empty() {
+            return None;
+        }
+        Some(addrs[rand::rng().random_range(0..addrs.len())])
     }
 
     fn bind_in_range(
@@ -129,6 +170,7 @@ impl RelayAllocator for RelaySockets {
             return Ok(RelayGrant {
                 local,
                 reservation_token: None,
+                multiplexed: false,
             });
         }
         let ips: Vec<IpAddr> = self
@@ -141,6 +183,13 @@ impl RelayAllocator for RelaySockets {
             return Err(RelayError::FamilyUnsupported);
         }
         let ip = ips[rand::rng().random_range(0..ips.len())];
+        if let Some(local) = self.shared_for(ip, req) {
+            return Ok(RelayGrant {
+                local,
+                reservation_token: None,
+                multiplexed: true,
+            });
+        }
         if req.transport == RelayTransport::Tcp {
             let (listener, lock) = self.bind_tcp_in_range(ip).ok_or(RelayError::Exhausted)?;
             let local = listener.local_addr().map_err(|_| RelayError::Exhausted)?;
@@ -148,6 +197,7 @@ impl RelayAllocator for RelaySockets {
             return Ok(RelayGrant {
                 local,
                 reservation_token: None,
+                multiplexed: false,
             });
         }
         let (sock, next) = self.bind_in_range(ip, req).ok_or(RelayError::Exhausted)?;
@@ -164,11 +214,15 @@ impl RelayAllocator for RelaySockets {
         Ok(RelayGrant {
             local,
             reservation_token,
+            multiplexed: false,
         })
     }
 
     fn release(&mut self, local: SocketAddr) {
-        self.pending_release.push(local);
+        // The core never releases a shared socket; should it, the socket stays.
+        if !self.shared.iter().any(|(_, a)| a.contains(&local)) {
+            self.pending_release.push(local);
+        }
     }
 
     fn cancel_reservation(&mut self, token: [u8; 8]) {
@@ -275,6 +329,56 @@ mod tests {
         };
         let _ = r.allocate(&plain).unwrap();
         assert_eq!(res.lock().unwrap().len(), 0);
+    }
+
+    #[test]
+    fn multiplexed_mode_shares_even_ports_and_binds_what_they_cannot_honour() {
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let mut r = RelaySockets::new(vec![ip], 55000, 55099, Arc::default());
+        r.multiplex(55010, 3).unwrap();
+        let shared: Vec<SocketAddr> = [55010, 55012, 55014]
+            .map(|p| SocketAddr::new(ip, p))
+            .to_vec();
+        assert_eq!(r.pending_new.len(), 3);
+        // A second worker's sockets cannot take the same ports.
+        let mut clash = RelaySockets::new(vec![ip], 55000, 55099, Arc::default());
+        assert!(clash.multiplex(55014, 1).is_err());
+        let plain = RelayRequest {
+            transport: RelayTransport::Udp,
+            family: AddressFamily::V4,
+            even_port: true,
+            reserve_next: false,
+            reservation_token: None,
+            dont_fragment: false,
+        };
+        for _ in 0..20 {
+            let g = r.allocate(&plain).unwrap();
+            assert!(g.multiplexed && shared.contains(&g.local), "{g:?}");
+            r.release(g.local);
+        }
+        assert!(
+            r.pending_release.is_empty(),
+            "shared sockets are never closed"
+        );
+        assert_eq!(r.pending_new.len(), 3, "no new socket for shared grants");
+        for own in [
+            RelayRequest {
+                reserve_next: true,
+                ..plain.clone()
+            },
+            RelayRequest {
+                dont_fragment: true,
+                ..plain.clone()
+            },
+            RelayRequest {
+                transport: RelayTransport::Tcp,
+                even_port: false,
+                ..plain.clone()
+            },
+        ] {
+            let g = r.allocate(&own).unwrap();
+            assert!(!g.multiplexed && !shared.contains(&g.local), "{own:?}");
+        }
     }
 
     #[test]

@@ -1007,6 +1007,30 @@ pub fn sighup(pid: u32) {
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("kill -HUP");
 }
 
+/// Starts coturn's `turnutils_peer` (a UDP echo) on 127.0.0.1 at a free port below `below` (and
+/// with the next port free too, for uclient's RTCP peer) and waits until it echoes.
+pub fn start_echo_peer(below: u16) -> (ChildGuard, u16) {
+    let tool = require_tool("turnutils_peer");
+    let port = std::iter::repeat_with(free_udp_tcp_port)
+        .find(|p| p + 1 < below)
+        .expect("a free port below the relay range");
+    let peer = ChildGuard::spawn(
+        "turnutils_peer",
+        Command::new(tool).args(["-L", "127.0.0.1", "-p", &port.to_string()]),
+    );
+    let probe = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind probe");
+    probe
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("set_read_timeout");
+    let echoes = wait_until(Duration::from_secs(10), || {
+        let _ = probe.send_to(b"ping", ("127.0.0.1", port));
+        let mut buf = [0u8; 16];
+        matches!(probe.recv_from(&mut buf), Ok((4, _)) if &buf[..4] == b"ping")
+    });
+    assert!(echoes, "turnutils_peer on port {port} does not echo");
+    (peer, port)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
