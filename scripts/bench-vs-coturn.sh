@@ -6,6 +6,9 @@
 #
 # Servers (SERVERS):
 #   turnkey         our turn-server (TURN_SERVER)
+#   turnkey-mux     our turn-server in its multiplexed relay mode (--relay-multiplex 1: one
+#                   shared relay socket per worker, peers told apart by address; like
+#                   coturn-new-mux it needs PEERS=generator)
 #   base            a second turn-server build (TURN_SERVER_BASE), for before/after
 #   coturn          the `turnserver` on PATH (Debian's coturn 4.6.1 here)
 #   coturn-new      coturn built from source (COTURN_NEWEST, scripts/build-coturn.sh), default
@@ -78,12 +81,12 @@ THREADS=${THREADS:-1}
 TRANSPORT=${TRANSPORT:-udp}
 COTURN_NEWEST=${COTURN_NEWEST:-}
 if [[ -n $COTURN_NEWEST ]]; then
-    SERVERS=${SERVERS:-"turnkey coturn coturn-new coturn-new-mux floor floor-shared"}
+    SERVERS=${SERVERS:-"turnkey turnkey-mux coturn coturn-new coturn-new-mux floor floor-shared"}
 else
     SERVERS=${SERVERS:-"turnkey coturn"}
 fi
 if [[ -z ${PEERS:-} ]]; then
-    if [[ " $SERVERS " == *" coturn-new-mux "* ]]; then PEERS=generator; else PEERS=pair; fi
+    if [[ " $SERVERS " == *"-mux "* ]]; then PEERS=generator; else PEERS=pair; fi
 fi
 FIND_MAX=${FIND_MAX:-1}
 MAX_LOSS=${MAX_LOSS:-0.1}
@@ -133,6 +136,8 @@ FLOOR_PORT=$((PORT_BASE + 7))
 FLOOR_SHARED_PORT=$((PORT_BASE + 8))
 XDP_PORT=$((PORT_BASE + 9))
 XDP_METRICS=$((PORT_BASE + 19))
+TURNKEY_MUX_PORT=$((PORT_BASE + 11))
+TURNKEY_MUX_METRICS=$((PORT_BASE + 12))
 XDP_MODE=${XDP_MODE:-generic}
 # --multiplex-peer-port: relay thread i binds this + 2i (IPv4) and + 2i + 1 (IPv6).
 MUX_RELAY_PORT=$((PORT_BASE + 20))
@@ -145,6 +150,7 @@ BASE_MIN=$((COTURN_MAX + 1)); BASE_MAX=$((BASE_MIN + 999))
 COTURN_NEW_MIN=$((BASE_MAX + 1)); COTURN_NEW_MAX=$((COTURN_NEW_MIN + 999))
 COTURN_NEW_MUX_MIN=$((COTURN_NEW_MAX + 1)); COTURN_NEW_MUX_MAX=$((COTURN_NEW_MUX_MIN + 999))
 XDP_MIN=$((COTURN_NEW_MUX_MAX + 1)); XDP_MAX=$((XDP_MIN + 999))
+TURNKEY_MUX_MIN=$((XDP_MAX + 1)); TURNKEY_MUX_MAX=$((TURNKEY_MUX_MIN + 999))
 
 WORK=$(mktemp -d /tmp/bench-vs-coturn.XXXXXX)
 RESULTS=$WORK/results.jsonl
@@ -202,7 +208,7 @@ fi
 if [[ -z "${NO_BUILD:-}" ]]; then
     log "building release binaries"
     cargo build --release -p turnkey-bin --bin turn-bench
-    if wants turnkey && ! cargo build --release -p turnkey-bin --bin turn-server; then
+    if { wants turnkey || wants turnkey-mux || wants xdp; } && ! cargo build --release -p turnkey-bin --bin turn-server; then
         log "turn-server does not build; benchmarking the others only"
     fi
 fi
@@ -249,6 +255,12 @@ run_turn_server() {
 
 start_turnkey() {
     run_turn_server turnkey "$TURN_SERVER" "$TURNKEY_PORT" "$TURNKEY_METRICS" "$TURNKEY_MIN" "$TURNKEY_MAX"
+}
+
+start_turnkey-mux() {
+    [[ $PEERS == generator ]] || { log "turnkey-mux needs PEERS=generator; skipping it"; return 1; }
+    run_turn_server turnkey-mux "$TURN_SERVER" "$TURNKEY_MUX_PORT" "$TURNKEY_MUX_METRICS" \
+        "$TURNKEY_MUX_MIN" "$TURNKEY_MUX_MAX" --relay-multiplex 1
 }
 
 start_base() {
@@ -358,7 +370,7 @@ start_xdp() {
 
 declare -A PORT=([turnkey]=$TURNKEY_PORT [coturn]=$COTURN_PORT [base]=$BASE_PORT
     [coturn-new]=$COTURN_NEW_PORT [coturn-new-mux]=$COTURN_NEW_MUX_PORT [floor]=$FLOOR_PORT
-    [floor-shared]=$FLOOR_SHARED_PORT [xdp]=$XDP_PORT)
+    [floor-shared]=$FLOOR_SHARED_PORT [xdp]=$XDP_PORT [turnkey-mux]=$TURNKEY_MUX_PORT)
 RUNNING=()
 SERVER_INFO=""
 for s in $SERVERS; do

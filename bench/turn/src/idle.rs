@@ -28,8 +28,11 @@ pub struct IdleConfig {
     pub sources: Vec<IpAddr>,
     /// Allocations being set up at once.
     pub concurrency: usize,
-    /// The peer every allocation gets a permission and channel 0x4000 for.
+    /// The peer every allocation gets a permission and channel 0x4000 for (the first one with
+    /// `distinct_peers`).
     pub peer: SocketAddr,
+    /// Each allocation gets its own peer endpoint ([`peer_for`]).
+    pub distinct_peers: bool,
     /// Seconds to hold them once set up, before measuring (let the server settle).
     pub settle: Duration,
     /// The server process, for its RSS.
@@ -120,15 +123,18 @@ async fn set_up(
     let cancel = CancellationToken::new();
     tokio::spawn(net::forward_stun(socket.clone(), tx, cancel.clone()));
     let mut alloc = Allocation::new(index, socket, rx, credentials);
+    let peer = if cfg.distinct_peers {
+        peer_for(cfg.peer, index)
+    } else {
+        cfg.peer
+    };
     let held = async {
         alloc.allocate(None).await?;
-        alloc
-            .transact(&Request::CreatePermission { peer: cfg.peer })
-            .await?;
+        alloc.transact(&Request::CreatePermission { peer }).await?;
         alloc
             .transact(&Request::ChannelBind {
                 channel: 0x4000,
-                peer: cfg.peer,
+                peer,
             })
             .await?;
         Ok(())
@@ -166,13 +172,29 @@ pub async fn run(cfg: IdleConfig) -> IdleReport {
     }
     let mut held = Vec::with_capacity(cfg.allocations);
     let mut failed = 0;
+    let mut first_error: Option<String> = None;
     while let Some(r) = tasks.join_next().await {
         match r {
             Ok(Ok(h)) => held.push(h),
-            _ => failed += 1,
+            Ok(Err(e)) => {
+                failed += 1;
+                first_error.get_or_insert_with(|| format!("{e}: {e:?}"));
+            }
+            Err(e) => {
+                failed += 1;
+                first_error.get_or_insert_with(|| e.to_string());
+            }
         }
     }
     let setup_secs = started.elapsed().as_secs_f64();
+    // For a script running several generators at once: all of them hold theirs from here.
+    eprintln!(
+        "held {} allocations ({failed} failed) in {setup_secs:.1} s",
+        held.len()
+    );
+    if let Some(e) = first_error {
+        eprintln!("first failure: {e}");
+    }
     tokio::time::sleep(cfg.settle).await;
     let rss_after_bytes = rss();
     let allocations = held.len();
@@ -185,6 +207,22 @@ pub async fn run(cfg: IdleConfig) -> IdleReport {
         setup_secs,
         rss_before_bytes,
         rss_after_bytes,
+    }
+}
+
+/// Allocation `index`'s own peer endpoint: ports 1024-65023 of `first`'s address (from
+/// `first`'s port), then of the next IPv4 addresses. IPv6 peers keep `first`'s address.
+pub fn peer_for(first: SocketAddr, index: usize) -> SocketAddr {
+    const PORTS: usize = 64_000;
+    let from = (first.port() as usize).clamp(1024, 1024 + PORTS - 1) - 1024;
+    let slot = from + index;
+    let port = 1024 + (slot % PORTS) as u16;
+    match first.ip() {
+        IpAddr::V4(v4) => {
+            let ip = std::net::Ipv4Addr::from(u32::from(v4).wrapping_add((slot / PORTS) as u32));
+            SocketAddr::new(IpAddr::V4(ip), port)
+        }
+        v6 => SocketAddr::new(v6, port),
     }
 }
 
@@ -212,6 +250,17 @@ mod tests {
             loopback_sources("127.255.255.254".parse().unwrap(), 5).len(),
             2
         );
+    }
+
+    #[test]
+    fn distinct_peers_are_distinct_and_above_1023() {
+        let first: SocketAddr = "127.0.9.1:1024".parse().unwrap();
+        let peers: std::collections::HashSet<SocketAddr> =
+            (0..150_000).map(|i| peer_for(first, i)).collect();
+        assert_eq!(peers.len(), 150_000);
+        assert!(peers.iter().all(|p| p.port() >= 1024));
+        let next: SocketAddr = "127.0.9.2:1024".parse().unwrap();
+        assert_eq!(peer_for(first, 64_000), next);
     }
 
     #[test]

@@ -283,6 +283,11 @@ struct IdleArgs {
     /// it: turn-server --allow-peer, coturn --allow-loopback-peers).
     #[arg(long, default_value = "127.0.0.1:9")]
     peer: SocketAddr,
+    /// Give every allocation a peer endpoint of its own, from --peer on (ports 1024-65023,
+    /// then the next IPv4 address): a multiplexed relay (turn-server --relay-multiplex,
+    /// coturn --multiplex-peer) gives an endpoint to one allocation per shared socket.
+    #[arg(long)]
+    distinct_peers: bool,
     /// Seconds between the last allocation and the RSS reading.
     #[arg(long, default_value_t = 2.0)]
     settle: f64,
@@ -449,6 +454,7 @@ fn idle_main(args: &IdleArgs) -> anyhow::Result<()> {
         sources,
         concurrency: args.concurrency,
         peer: args.peer,
+        distinct_peers: args.distinct_peers,
         settle: Duration::from_secs_f64(args.settle),
         server_pid: args.server_pid,
     };
