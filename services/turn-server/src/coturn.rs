@@ -1457,6 +1457,7 @@ mod tests {
              prometheus\n\
              prometheus-port=9700\n\
              no-software-attribute\n\
+             multiplex-peer\n\
              relay-threads=4\n");
         let f = file(&i);
         assert_eq!(
@@ -1485,9 +1486,10 @@ mod tests {
         assert_eq!(f.metrics, Some("0.0.0.0:9700".parse().unwrap()));
         assert_eq!(f.software.as_deref(), Some(""));
         assert_eq!(f.workers, Some(4));
+        assert_eq!(f.relay_multiplex, Some(1));
         assert!(f.tls_listen.is_empty() && f.dtls_listen.is_empty() && f.cert.is_none());
         assert!(i.unmapped.is_empty(), "{:?}", i.unmapped);
-        assert_eq!(i.mapped.len(), 21);
+        assert_eq!(i.mapped.len(), 22);
         // The secrets are in the TOML (that is the point) but never in a record.
         let records = format!("{:?}{:?}{:?}", i.mapped, i.unmapped, i.notes);
         assert!(!records.contains("wonderland") && !records.contains("north"));
