@@ -239,15 +239,20 @@ jq -rs "$median"'
 if [[ $FIND_MAX != 0 && -s $MAXES ]]; then
     echo
     echo "largest fan-out (1 publisher -> N subscribers) with loss < $MAX_LOSS % and every flow up: doubling from $MAX_START, then bisecting to $MAX_RES; ${MAX_DURATION}s per step, at most ${MAX_SECS}s per server"
-    fmt2="%-8s %8s %13s %6s  %s\n"
+    fmt2="%-8s %8s %13s %8s %8s %11s %6s  %s\n"
     # shellcheck disable=SC2059
-    printf "$fmt2" server max-held first-failed steps "steps (fan-out: loss %, flows up)"
+    printf "$fmt2" server max-held first-failed p50us p99us pkt/cpu-s steps "steps (fan-out: loss %, flows up)"
     for s in "${SERVER_LIST[@]}"; do
+        # Figures of the step at the largest fan-out that held.
+        read -r mp50 mp99 mpps < <(jq -rs --arg s "$s" --arg l "max${LO[$s]}" \
+            '[.[] | select(.server == $s and .label == $l and (.failed | not))] | last
+             | if . == null then "- - -" else "\(.latency_p50_us) \(.latency_p99_us) \(.pps_per_sfu_core | floor)" end' "$MAXES")
         trail=$(jq -rs --arg s "$s" 'map(select(.server == $s))[] |
             if .failed then "\(.label | ltrimstr("max")): FAILED"
             else "\(.label | ltrimstr("max")): \(.loss_percent * 100 | round / 100)% \(.flows_up)/\(.flows)" end' "$MAXES" | paste -sd, - | sed 's/,/, /g')
         # shellcheck disable=SC2059
-        printf "$fmt2" "$s" "${LO[$s]}" "$( ((HI[$s] > 0)) && echo "${HI[$s]}" || echo "-")" "${STEPS[$s]}" "$trail (stopped: ${STOPPED[$s]:-done})"
+        printf "$fmt2" "$s" "${LO[$s]}" "$( ((HI[$s] > 0)) && echo "${HI[$s]}" || echo "-")" "$mp50" "$mp99" "$mpps" \
+            "${STEPS[$s]}" "$trail (stopped: ${STOPPED[$s]:-done})"
     done
     if [[ -n ${LO[turnkey]:-} && -n ${LO[janus]:-} ]] && ((LO[janus] > 0)); then
         echo "t/j max fan-out: $(awk -v a="${LO[turnkey]}" -v b="${LO[janus]}" 'BEGIN { printf "%.2f", a / b }')"
