@@ -141,7 +141,10 @@ impl JanusNode {
         let tag = std::process::id();
         let dir = std::env::temp_dir().join(format!("sfu-bench-janus-{tag}"));
         std::fs::create_dir_all(&dir).context("janus config folder")?;
-        write_config(&dir, c, api)?;
+        if let Err(e) = write_config(&dir, c, api) {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e.context("writing the janus config"));
+        }
         let log = std::env::temp_dir().join(format!("sfu-bench-janus-{tag}.log"));
         let log_file = std::fs::File::create(&log).context("janus log file")?;
         let child = Command::new(c.bin)
@@ -153,8 +156,14 @@ impl JanusNode {
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file)
-            .spawn()
-            .with_context(|| format!("starting {}", c.bin.display()))?;
+            .spawn();
+        let child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e).with_context(|| format!("starting {}", c.bin.display()));
+            }
+        };
         let mut node = Self {
             child,
             api,
