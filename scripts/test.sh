@@ -3,7 +3,7 @@
 #
 # Installs what the tests need if it is missing (Debian/Ubuntu: coturn's turnutils_* client
 # tools, chromium, iproute2 (ip, tc), iptables, clang + libbpf-dev + ethtool (the XDP test), Node.js + npm, redis-server, haproxy (the
-# PROXY protocol test runs its own instances), the browser test's npm packages, aiortc in a
+# PROXY protocol test runs its own instances), janus (sfu-bench's anchor server), the browser test's npm packages, aiortc in a
 # venv), then runs
 #   cargo fmt --check, cargo clippy -D warnings, cargo build --bins, cargo test
 # over the whole workspace. Exits non-zero on the first failure.
@@ -55,6 +55,8 @@ if ! have redis-server; then MISSING+=(redis-server); fi
 if ! have docker-compose; then MISSING+=(docker-compose); fi
 if ! have prometheus; then MISSING+=(prometheus); fi
 if ! have haproxy; then MISSING+=(haproxy); fi
+# Janus (VideoRoom), the anchor server of sfu-bench (tests/sfu_bench_janus.rs).
+if ! have janus; then MISSING+=(janus); fi
 # The XDP fast path (turn_xdp): clang builds the eBPF object, libbpf-dev has its headers,
 # ethtool turns veth checksum offload off so the test sees real UDP checksums.
 if ! have clang; then MISSING+=(clang); fi

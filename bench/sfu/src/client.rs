@@ -30,7 +30,7 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use serde_json::{json, Value};
 use sfu_proto::peer::{FeedbackCounters, FeedbackTap};
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -62,6 +62,9 @@ pub struct Seat {
     pub publishes: bool,
     /// Where messages for the SFU go (the participant's link).
     pub outbox: UnboundedSender<String>,
+    /// Send SDPs with the host candidate in them (Janus: no trickle); turnkey's SFU is ICE-lite
+    /// and learns the address from the checks, so its SDPs go without.
+    pub candidates_in_sdp: bool,
 }
 
 /// State shared by the main thread and every client thread.
@@ -233,8 +236,8 @@ fn track(stream: &str, kind: RtpCodecKind, ssrc: u32) -> MediaStreamTrack {
     )
 }
 
-fn bind(poll: &Poll, token: Token) -> anyhow::Result<(UdpSocket, SocketAddr)> {
-    let mut sock = UdpSocket::bind("127.0.0.1:0".parse()?)?;
+fn bind(poll: &Poll, token: Token, ip: IpAddr) -> anyhow::Result<(UdpSocket, SocketAddr)> {
+    let mut sock = UdpSocket::bind(SocketAddr::new(ip, 0))?;
     let local = sock.local_addr()?;
     poll.registry()
         .register(&mut sock, token, Interest::READABLE)?;
@@ -242,12 +245,13 @@ fn bind(poll: &Poll, token: Token) -> anyhow::Result<(UdpSocket, SocketAddr)> {
 }
 
 /// Runs a client thread until `shared.stop`. `inbox` carries the SFU's messages for
-/// `seats[slot]`.
+/// `seats[slot]`. Every peer connection has its own UDP socket on `ip`.
 pub fn run(
     poll: Poll,
     seats: Vec<Seat>,
     inbox: mpsc::Receiver<(usize, Value)>,
     load: Load,
+    ip: IpAddr,
     shared: Arc<Shared>,
 ) -> anyhow::Result<ThreadReport> {
     let mut poll = poll;
@@ -263,7 +267,7 @@ pub fn run(
             streams: HashMap::new(),
         };
         if part.seat.publishes {
-            let (sock, local) = bind(&poll, Token(slot * 2))?;
+            let (sock, local) = bind(&poll, Token(slot * 2), ip)?;
             let mut pc = new_pc(start)?;
             let stream = format!("p{}", part.seat.index);
             let (vs, aus) = (
@@ -275,10 +279,11 @@ pub fn run(
             let offer = pc.create_offer(None)?;
             pc.set_local_description(start, offer.clone())?;
             add_host(&mut pc, local)?;
+            let sdp = sdp_to_send(&pc, offer, part.seat.candidates_in_sdp);
             let _ = part
                 .seat
                 .outbox
-                .send(json!({"type": "offer", "sdp": offer.sdp}).to_string());
+                .send(json!({"type": "offer", "sdp": sdp}).to_string());
             part.publish = Some(Pc {
                 pc,
                 sock,
@@ -363,7 +368,7 @@ pub fn run(
         let now = Instant::now();
         while let Ok((slot, msg)) = inbox.try_recv() {
             if let Some(part) = parts.get_mut(slot) {
-                if let Err(e) = on_signal(&poll, slot, part, &msg, now) {
+                if let Err(e) = on_signal(&poll, slot, part, &msg, now, ip) {
                     report.errors.push(format!("p{}: {e}", part.seat.index));
                 }
             }
@@ -477,12 +482,28 @@ fn drain_reads(part: &mut Part, leg: usize, shared: &Shared, report: &mut Thread
     }
 }
 
+/// The SDP of `desc` (just set as the local description) as it goes to the server: with the
+/// PC's host candidate in it when `with_candidates`.
+fn sdp_to_send(
+    pc: &RTCPeerConnection,
+    desc: RTCSessionDescription,
+    with_candidates: bool,
+) -> String {
+    if with_candidates {
+        if let Some(d) = pc.local_description() {
+            return d.sdp;
+        }
+    }
+    desc.sdp
+}
+
 fn on_signal(
     poll: &Poll,
     slot: usize,
     part: &mut Part,
     msg: &Value,
     now: Instant,
+    ip: IpAddr,
 ) -> anyhow::Result<()> {
     let sdp = msg["sdp"].as_str().unwrap_or_default().to_string();
     match msg["type"].as_str() {
@@ -497,7 +518,7 @@ fn on_signal(
         }
         Some("offer") => {
             if part.subscribe.is_none() {
-                let (sock, local) = bind(poll, Token(slot * 2 + 1))?;
+                let (sock, local) = bind(poll, Token(slot * 2 + 1), ip)?;
                 part.subscribe = Some(Pc {
                     pc: new_pc(now)?,
                     sock,
@@ -519,12 +540,13 @@ fn on_signal(
             let answer = pc.pc.create_answer(None)?;
             pc.pc.set_local_description(now, answer.clone())?;
             pc.dirty = true;
+            let sdp = sdp_to_send(&pc.pc, answer, part.seat.candidates_in_sdp);
             let _ = part
                 .seat
                 .outbox
-                .send(json!({"type": "answer", "sdp": answer.sdp}).to_string());
+                .send(json!({"type": "answer", "sdp": sdp}).to_string());
         }
-        Some("error") => anyhow::bail!("sfu error: {msg}"),
+        Some("error") => anyhow::bail!("server error: {msg}"),
         _ => {}
     }
     Ok(())

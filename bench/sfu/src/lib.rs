@@ -1,13 +1,18 @@
-//! sfu-bench: measures a real turnkey SFU node over loopback with real ICE and DTLS-SRTP.
+//! sfu-bench: measures a real turnkey SFU node over loopback with real ICE and DTLS-SRTP, or
+//! (`--server janus`) Janus's VideoRoom as an anchor under the very same load.
 //!
-//! The `sfu` binary runs as a child process (so its CPU time and memory are its own in /proc);
-//! synthetic participants are webrtc-rs `rtc` peer connections on loopback UDP sockets, driven
-//! by the bench's own mio event loops (`client`), negotiating over the SFU's signaling link
-//! (`signal`, services/sfu/PROTOCOL.md). Publishers send VP8-shaped and Opus-sized RTP whose payload
+//! The server runs as a child process (so its CPU time and memory are its own in /proc): the
+//! `sfu` binary (`node`) or `janus` with a configuration the bench writes (`janus`). Synthetic
+//! participants are webrtc-rs `rtc` peer connections on local UDP sockets, driven by the
+//! bench's own mio event loops (`client`), negotiating over the SFU's signaling link (`signal`,
+//! services/sfu/PROTOCOL.md) or Janus's API (`janus_api`), which both carry the same offers and
+//! answers to the client threads. Publishers send VP8-shaped and Opus-sized RTP whose payload
 //! carries a probe (`probe`); subscribers decode it to count loss and take the
 //! publish -> receive latency on one monotonic clock. Figures are printed as one table.
 
 mod client;
+mod janus;
+mod janus_api;
 mod node;
 mod probe;
 mod signal;
@@ -17,15 +22,44 @@ use bench_support::histogram::LatencyHistogram;
 use bench_support::procfs::{self, ProcessSample};
 use bench_support::report::{loss_percent, mib, opt, percent_of_core};
 use clap::Parser;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-/// Load generator for the turnkey SFU: publishers and subscribers over real ICE/DTLS-SRTP.
+/// The server under test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum ServerKind {
+    /// turnkey's `sfu` node.
+    Turnkey,
+    /// Janus's VideoRoom plugin (the `janus` binary, e.g. Debian's package).
+    Janus,
+}
+
+impl ServerKind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Turnkey => "turnkey",
+            Self::Janus => "janus",
+        }
+    }
+}
+
+/// Load generator for the turnkey SFU (or Janus, as an anchor): publishers and subscribers over
+/// real ICE/DTLS-SRTP.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
+    /// The server to measure.
+    #[arg(long, value_enum, default_value_t = ServerKind::Turnkey)]
+    server: ServerKind,
+    /// Local address of the media (the server's ICE candidates and the clients' sockets)
+    /// [default: 127.0.0.1 for turnkey; for Janus, which never gathers on loopback, the first
+    /// IPv4 address of another interface; datagrams between local addresses still go over the
+    /// loopback device].
+    #[arg(long)]
+    host_ip: Option<IpAddr>,
     /// Rooms of --room-size participants; everyone publishes video + audio and subscribes to
     /// the others. Ignored with --fanout.
     #[arg(long, default_value_t = 5)]
@@ -72,6 +106,16 @@ struct Args {
     /// The `sfu` binary [default: `sfu` next to this binary].
     #[arg(long)]
     sfu_bin: Option<PathBuf>,
+    /// The `janus` binary.
+    #[arg(long, default_value = "janus")]
+    janus_bin: PathBuf,
+    /// Folder of Janus's plugin folders [default: the first /usr/lib/*/janus with the VideoRoom
+    /// plugin].
+    #[arg(long)]
+    janus_lib_dir: Option<PathBuf>,
+    /// Janus `event_loops` (0: Janus's default of one thread per handle) [default: --workers].
+    #[arg(long)]
+    janus_event_loops: Option<usize>,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -81,6 +125,12 @@ struct Plan {
     name: String,
     /// (room, participant id, publishes)
     seats: Vec<(String, String, bool)>,
+    /// Room index of each seat.
+    room_of: Vec<usize>,
+    /// Publishers per room.
+    publishers_per_room: Vec<usize>,
+    /// Seats whose tracks each seat receives.
+    subscribes_to: Vec<Vec<usize>>,
     /// Subscribers of each publisher's tracks.
     subscribers_per_publisher: usize,
     subscribers: usize,
@@ -93,8 +143,13 @@ fn plan(a: &Args) -> anyhow::Result<Plan> {
         }
         let mut seats = vec![("fanout".to_string(), "pub".to_string(), true)];
         seats.extend((0..n).map(|i| ("fanout".to_string(), format!("s{i}"), false)));
+        let mut subscribes_to = vec![Vec::new()];
+        subscribes_to.extend((0..n).map(|_| vec![0]));
         return Ok(Plan {
             name: format!("fanout 1->{n}"),
+            room_of: vec![0; seats.len()],
+            publishers_per_room: vec![1],
+            subscribes_to,
             seats,
             subscribers_per_publisher: n,
             subscribers: n,
@@ -104,13 +159,24 @@ fn plan(a: &Args) -> anyhow::Result<Plan> {
         bail!("--rooms must be >= 1 and --room-size >= 2");
     }
     let mut seats = Vec::new();
+    let (mut room_of, mut subscribes_to) = (Vec::new(), Vec::new());
     for r in 0..a.rooms {
         for p in 0..a.room_size {
             seats.push((format!("r{r}"), format!("p{r}-{p}"), true));
+            room_of.push(r);
+            let first = r * a.room_size;
+            subscribes_to.push(
+                (first..first + a.room_size)
+                    .filter(|&o| o != first + p)
+                    .collect(),
+            );
         }
     }
     Ok(Plan {
         name: format!("{}x{} rooms", a.rooms, a.room_size),
+        room_of,
+        publishers_per_room: vec![a.room_size; a.rooms],
+        subscribes_to,
         subscribers: seats.len(),
         seats,
         subscribers_per_publisher: a.room_size - 1,
@@ -155,28 +221,56 @@ pub fn main() -> anyhow::Result<()> {
         audio_bytes: a.audio_bytes.max(probe::MIN_PAYLOAD),
         keyframe_interval: Duration::from_secs_f64(a.keyframe_secs.max(0.1)),
     };
-    let bin = match &a.sfu_bin {
-        Some(b) => b.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("no parent directory")?
-            .join("sfu"),
-    };
     let secret = "sfu-bench-secret".to_string();
-    let node = node::SfuNode::start(&node::NodeConfig {
-        bin: &bin,
-        workers: a.workers,
-        secret: &secret,
-        max_participants: plan.seats.len().max(a.room_size) + 1,
-    })?;
-    let pid = node.pid();
-    let result = run(&a, &plan, load, &node, &pid, &secret);
-    let mut node = node;
-    let alive = node.alive();
-    let log = node.log.clone();
-    node.stop();
+    let (server, host_ip) = match a.server {
+        ServerKind::Turnkey => {
+            let bin = match &a.sfu_bin {
+                Some(b) => b.clone(),
+                None => std::env::current_exe()?
+                    .parent()
+                    .context("no parent directory")?
+                    .join("sfu"),
+            };
+            let host_ip = a.host_ip.unwrap_or(IpAddr::from([127, 0, 0, 1]));
+            let node = node::SfuNode::start(&node::NodeConfig {
+                bin: &bin,
+                workers: a.workers,
+                secret: &secret,
+                max_participants: plan.seats.len().max(a.room_size) + 1,
+                host_ip,
+            })?;
+            (Server::Turnkey(node), host_ip)
+        }
+        ServerKind::Janus => {
+            let host_ip = match a.host_ip {
+                Some(ip) => ip,
+                None => janus::first_host_ipv4()?,
+            };
+            let lib_dir = match &a.janus_lib_dir {
+                Some(d) => d.clone(),
+                None => janus::find_lib_dir()?,
+            };
+            let node = janus::JanusNode::start(&janus::JanusConfig {
+                bin: &a.janus_bin,
+                lib_dir: &lib_dir,
+                host_ip,
+                event_loops: a.janus_event_loops.unwrap_or(a.workers),
+            })?;
+            (Server::Janus(node), host_ip)
+        }
+    };
+    let pid = server.pid();
+    let result = run(&a, &plan, load, &server, host_ip, &pid, &secret);
+    let mut server = server;
+    let alive = server.alive();
+    let log = server.log();
+    server.stop();
     if !alive {
-        eprintln!("the sfu exited during the run; see {}", log.display());
+        eprintln!(
+            "the {} server exited during the run; see {}",
+            a.server.name(),
+            log.display()
+        );
     }
     let report = result?;
     if a.json {
@@ -192,11 +286,48 @@ struct Report {
     json: serde_json::Value,
 }
 
+/// The server child under test.
+enum Server {
+    Turnkey(node::SfuNode),
+    Janus(janus::JanusNode),
+}
+
+impl Server {
+    fn pid(&self) -> String {
+        match self {
+            Self::Turnkey(n) => n.pid(),
+            Self::Janus(n) => n.pid(),
+        }
+    }
+
+    fn alive(&mut self) -> bool {
+        match self {
+            Self::Turnkey(n) => n.alive(),
+            Self::Janus(n) => n.alive(),
+        }
+    }
+
+    fn log(&self) -> PathBuf {
+        match self {
+            Self::Turnkey(n) => n.log.clone(),
+            Self::Janus(n) => n.log.clone(),
+        }
+    }
+
+    fn stop(self) {
+        match self {
+            Self::Turnkey(n) => n.stop(),
+            Self::Janus(n) => n.stop(),
+        }
+    }
+}
+
 fn run(
     a: &Args,
     plan: &Plan,
     load: client::Load,
-    node: &node::SfuNode,
+    server: &Server,
+    host_ip: IpAddr,
     pid: &str,
     secret: &str,
 ) -> anyhow::Result<Report> {
@@ -221,6 +352,7 @@ fn run(
         polls.push(poll);
         inboxes.push((tx, waker, Some(rx)));
     }
+    let (mut janus_seats, mut janus_outboxes) = (Vec::new(), Vec::new());
     for (i, (room, id, publishes)) in plan.seats.iter().enumerate() {
         let t = i % a.client_threads;
         let slot = per_thread[t].len();
@@ -229,16 +361,40 @@ fn run(
             index: i as u32,
             publishes: *publishes,
             outbox: out_tx,
+            candidates_in_sdp: matches!(server, Server::Janus(_)),
         });
         let inbox = (inboxes[t].0.clone(), inboxes[t].1.clone());
-        links.push(rt.spawn(signal::run_link(
-            node.link,
-            secret.to_string(),
-            room.clone(),
-            id.clone(),
-            slot,
-            inbox,
-            out_rx,
+        match server {
+            Server::Turnkey(node) => links.push(rt.spawn(signal::run_link(
+                node.link,
+                secret.to_string(),
+                room.clone(),
+                id.clone(),
+                slot,
+                inbox,
+                out_rx,
+                link_errors.clone(),
+                shutdown.clone(),
+            ))),
+            Server::Janus(_) => {
+                janus_seats.push(janus_api::JanusSeat {
+                    room: plan.room_of[i],
+                    id: id.clone(),
+                    publishes: *publishes,
+                    subscribes_to: plan.subscribes_to[i].clone(),
+                    inbox,
+                    slot,
+                });
+                janus_outboxes.push(out_rx);
+            }
+        }
+    }
+    if let Server::Janus(node) = server {
+        links.push(rt.spawn(janus_api::run(
+            node.api,
+            plan.publishers_per_room.clone(),
+            janus_seats,
+            janus_outboxes,
             link_errors.clone(),
             shutdown.clone(),
         )));
@@ -250,7 +406,7 @@ fn run(
         threads.push(
             std::thread::Builder::new()
                 .name(format!("bench-client-{t}"))
-                .spawn(move || client::run(poll, seats, rx, load, shared))?,
+                .spawn(move || client::run(poll, seats, rx, load, host_ip, shared))?,
         );
     }
     let publishers = plan.seats.iter().filter(|s| s.2).count();
@@ -339,6 +495,7 @@ fn run(
     let clients_percent = percent_of_core(clients_cpu, wall);
     let q = |x: f64| latency.quantile_us(x);
     let json = serde_json::json!({
+        "server": a.server.name(), "host_ip": host_ip.to_string(),
         "scenario": plan.name, "participants": plan.seats.len(), "publishers": publishers,
         "subscribers": plan.subscribers, "flows": want_flows, "flows_up": flows_up,
         "setup_secs": setup.as_secs_f64(), "window_secs": wall,
@@ -358,7 +515,8 @@ fn run(
     use std::fmt::Write as _;
     let _ = writeln!(
         text,
-        "{:<14} {:>5} {:>5} {:>9} {:>9} {:>9} {:>7} {:>7} {:>7} {:>8} {:>8} {:>12} {:>8} {:>8}",
+        "{:<8} {:<14} {:>5} {:>5} {:>9} {:>9} {:>9} {:>7} {:>7} {:>7} {:>8} {:>8} {:>12} {:>8} {:>8}",
+        "server",
         "scenario",
         "pubs",
         "subs",
@@ -376,7 +534,8 @@ fn run(
     );
     let _ = writeln!(
         text,
-        "{:<14} {:>5} {:>5} {:>9} {:>9.0} {:>9.0} {:>7.3} {:>7} {:>7} {:>8} {:>8.1} {:>12.0} {:>8.1} {:>8.1}",
+        "{:<8} {:<14} {:>5} {:>5} {:>9} {:>9.0} {:>9.0} {:>7.3} {:>7} {:>7} {:>8} {:>8.1} {:>12.0} {:>8.1} {:>8.1}",
+        a.server.name(),
         plan.name,
         publishers,
         plan.subscribers,
@@ -394,13 +553,14 @@ fn run(
     );
     let _ = write!(
         text,
-        "window {wall:.1} s after {:.1} s setup; publishers sent {:.0} pps; sfu workers {:.1}% of the sfu's {:.1}% CPU; \
-         sfu RSS {:.1} -> {:.1} MiB; bench client threads {:.1}% of {} core(s) (busiest-average {:.0}%: {}); \
+        "window {wall:.1} s after {:.1} s setup; publishers sent {:.0} pps; sfu workers {:.1}% of the {} server's {:.1}% CPU; \
+         server RSS {:.1} -> {:.1} MiB; bench client threads {:.1}% of {} core(s) (busiest-average {:.0}%: {}); \
          duplicates {duplicates}, keyframe requests {key_req}, write errors {write_err}, send errors {send_err}, \
-         lagged {lagged}, link failures {}/{}, sfu errors {}",
+         lagged {lagged}, link failures {}/{}, server errors {}; media on {host_ip}",
         setup.as_secs_f64(),
         sent as f64 / wall,
         sfu_workers_percent,
+        a.server.name(),
         100.0 * sfu_cores,
         mib(rss_before),
         mib(rss_connected),

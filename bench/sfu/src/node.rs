@@ -2,7 +2,7 @@
 //! memory can be read from /proc apart from the bench's own.
 
 use anyhow::{bail, Context as _};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -26,12 +26,14 @@ pub struct NodeConfig<'a> {
     pub secret: &'a str,
     /// `--max-participants`.
     pub max_participants: usize,
+    /// Address of the media ports (`--media-listen`), also the one in its ICE candidates.
+    pub host_ip: IpAddr,
 }
 
 impl SfuNode {
     /// Starts the node on free loopback ports and waits until its link listener accepts.
     pub fn start(c: &NodeConfig<'_>) -> anyhow::Result<Self> {
-        let media = free_udp_range(c.workers)?;
+        let media = free_udp_range(c.host_ip, c.workers)?;
         let link = free_tcp_port()?;
         let metrics = free_tcp_port()?;
         let log = std::env::temp_dir().join(format!("sfu-bench-{}.log", std::process::id()));
@@ -59,18 +61,9 @@ impl SfuNode {
             .spawn()
             .with_context(|| format!("starting {}", c.bin.display()))?;
         let mut node = Self { child, link, log };
-        let t0 = Instant::now();
-        while TcpStream::connect_timeout(&link, Duration::from_millis(200)).is_err() {
-            if let Some(status) = node.child.try_wait()? {
-                bail!("sfu exited ({status}); see {}", node.log.display());
-            }
-            if t0.elapsed() > Duration::from_secs(15) {
-                bail!(
-                    "sfu link {link} not ready after 15 s; see {}",
-                    node.log.display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if let Err(e) = wait_listening(&mut node.child, link, "sfu", &node.log) {
+            node.stop();
+            return Err(e);
         }
         Ok(node)
     }
@@ -86,29 +79,56 @@ impl SfuNode {
     }
 
     /// SIGTERM, then SIGKILL after 5 s.
-    pub fn stop(mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(5) {
-            if !matches!(self.child.try_wait(), Ok(None)) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    pub fn stop(self) {
+        stop_child(self.child);
     }
 }
 
-fn free_tcp_port() -> anyhow::Result<SocketAddr> {
+/// Waits until `child` (a server called `what`, logging to `log`) accepts TCP connections on
+/// `addr`; an error if it exits first or takes over 15 s.
+pub fn wait_listening(
+    child: &mut Child,
+    addr: SocketAddr,
+    what: &str,
+    log: &Path,
+) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        if let Some(status) = child.try_wait()? {
+            bail!("{what} exited ({status}); see {}", log.display());
+        }
+        if t0.elapsed() > Duration::from_secs(15) {
+            bail!("{what}: {addr} not ready after 15 s; see {}", log.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// SIGTERM to a server child, then SIGKILL if it has not exited after 5 s.
+pub fn stop_child(mut child: Child) {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(5) {
+        if !matches!(child.try_wait(), Ok(None)) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_tcp_port() -> anyhow::Result<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
-/// A loopback address whose port and the `n - 1` following ones are free for UDP.
-fn free_udp_range(n: usize) -> anyhow::Result<SocketAddr> {
+/// An address on `ip` whose port and the `n - 1` following ones are free for UDP.
+fn free_udp_range(ip: IpAddr, n: usize) -> anyhow::Result<SocketAddr> {
     for _ in 0..50 {
-        let first = UdpSocket::bind("127.0.0.1:0")?;
+        let first = UdpSocket::bind(SocketAddr::new(ip, 0))?;
         let base = first.local_addr()?;
         if usize::from(base.port()) + n > 65_535 {
             continue;
@@ -120,5 +140,5 @@ fn free_udp_range(n: usize) -> anyhow::Result<SocketAddr> {
             return Ok(base);
         }
     }
-    bail!("no {n} consecutive free UDP ports on 127.0.0.1")
+    bail!("no {n} consecutive free UDP ports on {ip}")
 }
