@@ -4,14 +4,18 @@
 //! every (subscriber, track) flow must deliver packets. Figures are not asserted (a benchmark
 //! prints them), only that media went through.
 //!
-//! Needs `janus` (`bash scripts/test.sh` installs it) and, since Janus never gathers ICE
-//! candidates on a loopback interface, an IPv4 address on another interface; a missing piece
-//! fails the test, it is never skipped.
+//! Janus never gathers ICE candidates on a loopback interface, so the run happens inside a
+//! network namespace the test builds (`common::netns`): the bench, Janus and every client use
+//! the namespace's veth address (198.51.100.0/24, TEST-NET-2), whose local traffic goes over
+//! the namespace's own loopback device. Needs `janus` (`bash scripts/test.sh` installs it) and
+//! root for the namespace; a missing piece fails the test, it is never skipped.
 
 use std::process::Command;
 use std::time::Duration;
 
 mod common;
+
+use common::netns::Netns;
 
 /// Time after which sfu-bench is killed: Janus's start, setup, 1 s warm-up, 3 s measured and
 /// the stop (SIGTERM, SIGKILL after 5 s) take far less.
@@ -20,9 +24,14 @@ const RUN_LIMIT: Duration = Duration::from_secs(120);
 #[test]
 fn sfu_bench_drives_janus_videoroom_publisher_to_two_subscribers() {
     let janus = common::require_tool("janus");
+    let ns = Netns::create("jn").unwrap_or_else(|e| panic!("network namespace: {e}"));
+    let host_ip = ns.ns_ip.to_string();
     let run = common::run_with_timeout(
-        Command::new(common::bin_path("sfu-bench"))
-            .args(["--server", "janus", "--fanout", "2", "--duration", "3"])
+        Command::new("ip")
+            .args(["netns", "exec", &ns.name])
+            .arg(common::bin_path("sfu-bench"))
+            .args(["--server", "janus", "--host-ip", &host_ip])
+            .args(["--fanout", "2", "--duration", "3"])
             .args(["--setup-timeout", "30", "--json", "--janus-bin"])
             .arg(&janus),
         RUN_LIMIT,
