@@ -31,6 +31,61 @@ pub fn offered_video_rids(sdp: &str) -> Vec<String> {
     out
 }
 
+/// Most track ids [`sending_track_ids`] returns.
+pub const MAX_SENDING_TRACKS: usize = 64;
+
+/// The msid track ids (RFC 8830 §2: `a=msid:<stream id> <track id>`, or the same in an
+/// `a=ssrc:<n> msid:` line) of the audio and video m-sections of an offer that send: port not 0
+/// and direction `sendrecv` (the default) or `sendonly`. A track the publisher stopped
+/// (`removeTrack`: its m-section turns `recvonly` or `inactive`) is not listed. At most
+/// [`MAX_SENDING_TRACKS`], in SDP order.
+pub fn sending_track_ids(sdp: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    // The current m-section: it carries media, and its msid track ids so far.
+    let mut media = false;
+    let mut sends = true;
+    let mut ids: Vec<String> = Vec::new();
+    let flush = |media: bool, sends: bool, ids: &mut Vec<String>, out: &mut Vec<String>| {
+        if media && sends {
+            for id in ids.drain(..) {
+                if out.len() < MAX_SENDING_TRACKS && !out.contains(&id) {
+                    out.push(id);
+                }
+            }
+        }
+        ids.clear();
+    };
+    for line in sdp.lines() {
+        let line = line.trim_end_matches('\r');
+        if let Some(m) = line.strip_prefix("m=") {
+            flush(media, sends, &mut ids, &mut out);
+            let mut f = m.split_whitespace();
+            let kind = f.next().unwrap_or("");
+            let port = f.next().unwrap_or("0");
+            media = (kind == "audio" || kind == "video") && port != "0";
+            sends = true;
+            continue;
+        }
+        match line {
+            "a=recvonly" | "a=inactive" => sends = false,
+            "a=sendonly" | "a=sendrecv" => sends = true,
+            _ => {}
+        }
+        let msid = line.strip_prefix("a=msid:").or_else(|| {
+            line.strip_prefix("a=ssrc:")
+                .and_then(|r| r.split_once(' '))
+                .and_then(|(_, r)| r.strip_prefix("msid:"))
+        });
+        if let Some(track) = msid.and_then(|m| m.split_whitespace().nth(1)) {
+            if !track.is_empty() && track.len() <= 64 && ids.len() < MAX_SENDING_TRACKS {
+                ids.push(track.to_string());
+            }
+        }
+    }
+    flush(media, sends, &mut ids, &mut out);
+    out
+}
+
 /// Whether a subscriber's codec fmtp line `a` can carry media encoded per `b`: H.264
 /// profiles (the first 4 hex digits of `profile-level-id`, RFC 6184 §8.1) must match; other
 /// codecs' fmtp lines are compatible.
@@ -85,6 +140,29 @@ mod tests {
         assert!(offered_video_rids("m=video 9 X 96\r\na=rid:\r\n").is_empty());
         let dup = "m=video 9 X 96\r\na=rid:q send\r\na=rid:q send\r\na=rid:x send\r\n";
         assert_eq!(offered_video_rids(dup), ["q", "x"]);
+    }
+
+    #[test]
+    fn sending_tracks_are_those_of_sending_media_sections() {
+        // Camera (simulcast), microphone, a screen share being stopped (recvonly), a rejected
+        // section, and the data channel.
+        let sdp = "v=0\r\n\
+                   m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=sendonly\r\na=msid:s mic-1\r\n\
+                   m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\na=msid:s cam-1\r\n\
+                   a=rid:q send\r\na=ssrc:5 msid:s cam-1\r\n\
+                   m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:2\r\na=recvonly\r\n\
+                   m=video 0 UDP/TLS/RTP/SAVPF 96\r\na=mid:3\r\na=sendonly\r\na=msid:s old-1\r\n\
+                   m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:4\r\na=sendonly\r\na=msid:x screen-1\r\n\
+                   m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=msid:s nope\r\n";
+        assert_eq!(sending_track_ids(sdp), ["mic-1", "cam-1", "screen-1"]);
+        let stopped = sdp.replace("a=mid:4\r\na=sendonly", "a=mid:4\r\na=inactive");
+        assert_eq!(sending_track_ids(&stopped), ["mic-1", "cam-1"]);
+        assert!(sending_track_ids("").is_empty());
+        assert!(sending_track_ids("m=video\r\na=msid:\r\na=msid:x\r\na=ssrc:1\r\n").is_empty());
+        let many: String = (0..100)
+            .map(|i| format!("m=audio 9 X 111\r\na=msid:s t{i}\r\n"))
+            .collect();
+        assert_eq!(sending_track_ids(&many).len(), MAX_SENDING_TRACKS);
     }
 
     #[test]

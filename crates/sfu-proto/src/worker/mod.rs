@@ -22,10 +22,11 @@ pub use crate::sdp::limit_video_bitrate;
 
 use crate::bwe::LossEstimate;
 use crate::demux::{Demux, Proto};
+use crate::dtls_flight::LastFlight;
 use crate::forward::Rewriter;
 use crate::layers::{LayerRate, Selection};
 use crate::media::VideoCodec;
-use crate::msg::{ErrorCode, ServerMsg};
+use crate::msg::{ErrorCode, ServerMsg, Source, Sources};
 use crate::peer::{BweCell, FeedbackCounters, Leg, PcSettings};
 use crate::speaker::AudioLevel;
 use bytes::BytesMut;
@@ -176,12 +177,18 @@ pub struct WorkerStats {
     pub ice_timeouts: u64,
     /// Active speaker changes announced.
     pub speaker_changes: u64,
+    /// DTLS handshake flights sent again because the peer repeated its own
+    /// ([`crate::dtls_flight`]).
+    pub dtls_flights_resent: u64,
 }
 
 struct Pc {
     pc: RTCPeerConnection,
     connected: bool,
     failed: bool,
+    /// Our last DTLS handshake flight, sent again when the peer repeats its own
+    /// ([`crate::dtls_flight`]: works around rtc-dtls not doing so).
+    flight: LastFlight,
 }
 
 /// One simulcast layer (or the only layer) of a published track.
@@ -201,6 +208,8 @@ struct Published {
     id: String,
     owner: Handle,
     kind: RtpCodecKind,
+    /// What it carries, as the publisher's offer said (default by kind).
+    source: Source,
     rtc_track_id: String,
     receiver: RTCRtpReceiverId,
     codec: RTCRtpCodec,
@@ -287,6 +296,8 @@ struct Participant {
     publish: Option<Pc>,
     subscribe: Option<Pc>,
     published: Vec<String>,
+    /// The `sources` of the participant's last publish offer.
+    sources: Sources,
     downtracks: Vec<Downtrack>,
     offer_outstanding: bool,
     needs_offer: bool,
@@ -476,6 +487,12 @@ impl Worker {
             self.stats.unroutable += 1;
             return;
         };
+        // The peer repeated a handshake flight: it lost ours (RFC 6347 §4.2.4).
+        let resend: Vec<BytesMut> = if pc.flight.on_received(now, bytes) {
+            pc.flight.flight().cloned().collect()
+        } else {
+            Vec::new()
+        };
         let r = pc.pc.handle_read(TaggedBytesMut {
             now,
             transport: TransportContext {
@@ -492,8 +509,26 @@ impl Worker {
         if r.is_err() {
             self.stats.bad_packets += 1;
         }
+        if !resend.is_empty() {
+            self.stats.dtls_flights_resent += 1;
+            for payload in resend {
+                self.push_transmit(Transmit {
+                    proto,
+                    remote,
+                    payload,
+                });
+            }
+        }
         self.dirty.push(key);
         self.flush(now);
+    }
+
+    /// Queues a datagram; the queue is bounded, the oldest is dropped when full.
+    fn push_transmit(&mut self, t: Transmit) {
+        if self.transmits.len() >= MAX_TRANSMITS {
+            self.transmits.pop_front();
+        }
+        self.transmits.push_back(t);
     }
 
     /// Timers: PC timers, rate sampling, layer selection, active speaker.
@@ -632,6 +667,14 @@ fn new_layer(rid: &str, ssrc: u32) -> Layer {
         rate: LayerRate::default(),
         height: None,
         last_keyframe_request: None,
+    }
+}
+
+/// The source of a track its publisher did not name: microphone for audio, camera for video.
+fn default_source(k: RtpCodecKind) -> Source {
+    match k {
+        RtpCodecKind::Audio => Source::Microphone,
+        _ => Source::Camera,
     }
 }
 

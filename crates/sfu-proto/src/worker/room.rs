@@ -61,6 +61,7 @@ impl Worker {
             publish: None,
             subscribe: None,
             published: Vec::new(),
+            sources: Sources::default(),
             downtracks: Vec::new(),
             offer_outstanding: false,
             needs_offer: false,
@@ -236,6 +237,28 @@ impl Worker {
         }
     }
 
+    /// The publisher's new offer no longer sends some of its tracks (`removeTrack`, a screen
+    /// share stopped: the m-section turned `recvonly`/`inactive`, services/sfu/PROTOCOL.md
+    /// "Stopping a track"): they are removed, and every subscriber gets an offer without them.
+    pub(super) fn remove_stopped_tracks(&mut self, now: Instant, h: Handle, sending: &[String]) {
+        let Some(p) = self.parts[h].as_ref() else {
+            return;
+        };
+        let stopped: Vec<String> = p
+            .published
+            .iter()
+            .filter(|id| {
+                self.tracks
+                    .get(*id)
+                    .is_some_and(|t| !sending.contains(&t.rtc_track_id))
+            })
+            .cloned()
+            .collect();
+        for id in stopped {
+            self.remove_track(now, &id);
+        }
+    }
+
     pub(super) fn close_pc(&mut self, key: PcKey) {
         let Some(p) = self.parts[key.participant].as_mut() else {
             return;
@@ -353,6 +376,10 @@ impl Worker {
             self.error(h, ErrorCode::Limit, "too many tracks");
             return;
         }
+        let source = p
+            .sources
+            .get(rtc_track_id)
+            .unwrap_or_else(|| default_source(kind));
         self.next_track += 1;
         let id = format!("{}-{}", p.id, self.next_track);
         p.published.push(id.clone());
@@ -380,6 +407,7 @@ impl Worker {
                 id: id.clone(),
                 owner: h,
                 kind,
+                source,
                 rtc_track_id: rtc_track_id.to_string(),
                 receiver,
                 codec,
