@@ -13,7 +13,9 @@
 //   source `screen`), decodes frames on that track (inbound-rtp framesDecoded > 0, its own
 //   trackIdentifier), and keeps decoding page 0's camera on another track;
 // - page 0 stops the share, and every other page gets `screen-track-removed` while page 0's
-//   camera keeps decoding.
+//   camera keeps decoding;
+// - page 1 shares a track it made (a canvas captureStream: startScreenShare(track)), the others
+//   decode it as page 1's screen, and stopping it ends the share but not the given track.
 //
 // Usage: node sfu_screen.mjs --base-url URL --key KEY:SECRET [--pages 3] [--res 320x240]
 //                            [--timeout-ms 60000] [--chromium PATH]
@@ -176,6 +178,45 @@ async function main() {
     result.stopMs = Date.now() - stopStarted;
     result.ended = views.map((v) => ({ id: v.participantId, screensEnded: v.screensEnded, events: v.events, camera: v.camera }));
     result.publisherAfter = await publisher(pages[0]);
+    // 5. Page 1 shares a track it made itself (a canvas captureStream, the API's other path):
+    // the others decode it as page 1's screen; stopping leaves the given track running.
+    const painter = views[1].participantId;
+    const given = await pages[1].evaluate(async () => {
+      const c = document.createElement('canvas');
+      c.width = 640;
+      c.height = 360;
+      const g = c.getContext('2d');
+      let n = 0;
+      window.__paint = setInterval(() => {
+        g.fillStyle = `hsl(${(n * 7) % 360},60%,50%)`;
+        g.fillRect(0, 0, c.width, c.height);
+        g.fillStyle = '#fff';
+        g.font = '48px sans-serif';
+        g.fillText(`slide ${n++}`, 24, 72);
+      }, 50);
+      const t = c.captureStream(20).getVideoTracks()[0];
+      window.__canvasTrack = t;
+      const shared = await window.turnkeyDemo.room.startScreenShare(t);
+      return { same: shared === t, contentHint: t.contentHint };
+    });
+    result.canvas = { given };
+    const others = views.map((v, i) => i).filter((i) => i !== 1);
+    await until('canvas screen video', deadline + 60000, async () => {
+      views = await Promise.all(pages.map(view));
+      const missing = others.flatMap((i) => (views[i].screen[painter]?.framesDecoded > 0 ? [] : [`page ${i}: canvas frames ${views[i].screen[painter]?.framesDecoded}`]));
+      return { ok: missing.length === 0, why: missing.join('; ') };
+    });
+    result.canvas.decoded = others.map((i) => views[i].screen[painter].framesDecoded);
+    result.canvas.liveAfterStop = await pages[1].evaluate(() => {
+      window.turnkeyDemo.room.stopScreenShare();
+      return window.__canvasTrack.readyState === 'live';
+    });
+    await until('canvas share end', deadline + 80000, async () => {
+      views = await Promise.all(pages.map(view));
+      const missing = others.filter((i) => !views[i].screensEnded.includes(painter)).map((i) => `page ${i}: no screen-track-removed`);
+      return { ok: missing.length === 0, why: missing.join('; ') };
+    });
+    await pages[1].evaluate(() => clearInterval(window.__paint));
     result.ok = true;
   } catch (e) {
     result.error = String(e && e.message ? e.message : e);

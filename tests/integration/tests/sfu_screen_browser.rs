@@ -9,7 +9,9 @@
 //! video track with one encoding (no rid: no simulcast) and `contentHint = 'detail'`; the other
 //! two pages get it as a `screen-track` (the SFU's offer names its source `screen`) and decode
 //! frames on it while page 0's camera keeps decoding on its own track. Page 0 stops; the others
-//! get `screen-track-removed` and the camera goes on.
+//! get `screen-track-removed` and the camera goes on. Then page 1 shares a canvas
+//! `captureStream()` track through `startScreenShare(track)`: the others decode it, and stopping
+//! leaves the given track running.
 //!
 //! Needs what tests/signaling_browser.rs needs (Node.js, Debian's chromium, `npm ci` in
 //! tests/browser); a missing piece fails the test.
@@ -88,7 +90,20 @@ fn chromium_sfu_screen_share() {
         assert_eq!(v["events"]["screen-track"], 1, "{v}");
         assert_eq!(v["events"]["screen-track-removed"], 1, "{v}");
     }
+    // The API's other path: a track the page made itself (canvas captureStream), shared as it
+    // is, decoded by the others, and left running when the share stops.
+    let canvas = &result["canvas"];
+    assert_eq!(canvas["given"]["same"], true, "{report}");
+    assert_eq!(canvas["given"]["contentHint"], "detail", "{report}");
+    assert!(
+        canvas["decoded"]
+            .as_array()
+            .is_some_and(|d| d.len() == 2 && d.iter().all(|n| n.as_u64() > Some(0))),
+        "{report}"
+    );
+    assert_eq!(canvas["liveAfterStop"], true, "{report}");
     println!("while sharing: {}", result["sharing"]);
+    println!("canvas share: {canvas}");
     println!(
         "screen share: cameras after {} ms, screen decoded {} ms after sharing, ended {} ms after stopping",
         result["cameraMs"], result["screenMs"], result["stopMs"]
