@@ -21,7 +21,7 @@ mod tick;
 pub use crate::sdp::limit_video_bitrate;
 
 use crate::bwe::LossEstimate;
-use crate::demux::{Demux, Proto};
+use crate::demux::{stun_local_ufrag, Demux, Proto};
 use crate::dtls_flight::LastFlight;
 use crate::forward::Rewriter;
 use crate::layers::{LayerRate, Selection};
@@ -189,7 +189,12 @@ struct Pc {
     /// Our last DTLS handshake flight, sent again when the peer repeats its own
     /// ([`crate::dtls_flight`]: works around rtc-dtls not doing so).
     flight: LastFlight,
+    /// ICE checks that came before the remote description (at most [`MAX_EARLY_CHECKS`]).
+    early_checks: Vec<(Proto, SocketAddr, BytesMut)>,
 }
+
+/// ICE checks kept per PC until its remote description is applied.
+const MAX_EARLY_CHECKS: usize = 4;
 
 /// One simulcast layer (or the only layer) of a published track.
 #[derive(Debug)]
@@ -479,33 +484,28 @@ impl Worker {
             self.stats.unroutable += 1;
             return;
         };
-        let local = match proto {
-            Proto::Udp => self.cfg.udp_addr,
-            Proto::Tcp => self.cfg.tcp_addr.unwrap_or(self.cfg.udp_addr),
-        };
+        let local = self.local_addr(proto);
         let Some(pc) = self.pc_mut(key) else {
             self.stats.unroutable += 1;
             return;
         };
+        if pc.pc.remote_description().is_none() && stun_local_ufrag(bytes).is_some() {
+            // A subscribe PC whose answer is still on its way over signaling: the client checks
+            // as soon as it has our offer, and rtc drops checks it cannot verify yet (no remote
+            // ufrag), which costs the client's ~200 ms check retransmission. Kept (a few) and
+            // answered once the answer is applied.
+            if pc.early_checks.len() < MAX_EARLY_CHECKS {
+                pc.early_checks.push((proto, remote, BytesMut::from(bytes)));
+            }
+            return;
+        }
         // The peer repeated a handshake flight: it lost ours (RFC 6347 §4.2.4).
         let resend: Vec<BytesMut> = if pc.flight.on_received(now, bytes) {
             pc.flight.flight().cloned().collect()
         } else {
             Vec::new()
         };
-        let r = pc.pc.handle_read(TaggedBytesMut {
-            now,
-            transport: TransportContext {
-                local_addr: local,
-                peer_addr: remote,
-                ecn: None,
-                transport_protocol: match proto {
-                    Proto::Udp => TransportProtocol::UDP,
-                    Proto::Tcp => TransportProtocol::TCP,
-                },
-            },
-            message: BytesMut::from(bytes),
-        });
+        let r = read_into(&mut pc.pc, now, local, proto, remote, BytesMut::from(bytes));
         if r.is_err() {
             self.stats.bad_packets += 1;
         }
@@ -521,6 +521,28 @@ impl Worker {
         }
         self.dirty.push(key);
         self.flush(now);
+    }
+
+    /// The local address a PC sees for datagrams over `proto`.
+    fn local_addr(&self, proto: Proto) -> SocketAddr {
+        match proto {
+            Proto::Udp => self.cfg.udp_addr,
+            Proto::Tcp => self.cfg.tcp_addr.unwrap_or(self.cfg.udp_addr),
+        }
+    }
+
+    /// Feeds `key`'s checks that came before its remote description, now that it has one.
+    pub(super) fn replay_early_checks(&mut self, now: Instant, key: PcKey) {
+        let Some(pc) = self.pc_mut(key) else { return };
+        let early = std::mem::take(&mut pc.early_checks);
+        for (proto, remote, bytes) in early {
+            let local = self.local_addr(proto);
+            let Some(pc) = self.pc_mut(key) else { return };
+            if read_into(&mut pc.pc, now, local, proto, remote, bytes).is_err() {
+                self.stats.bad_packets += 1;
+            }
+        }
+        self.dirty.push(key);
     }
 
     /// Queues a datagram; the queue is bounded, the oldest is dropped when full.
@@ -658,6 +680,30 @@ impl Worker {
         let pwd = random_token(&mut self.rng, 32);
         (ufrag, pwd)
     }
+}
+
+/// Hands one datagram from `remote` to `pc`.
+fn read_into(
+    pc: &mut RTCPeerConnection,
+    now: Instant,
+    local: SocketAddr,
+    proto: Proto,
+    remote: SocketAddr,
+    message: BytesMut,
+) -> Result<(), rtc::shared::error::Error> {
+    pc.handle_read(TaggedBytesMut {
+        now,
+        transport: TransportContext {
+            local_addr: local,
+            peer_addr: remote,
+            ecn: None,
+            transport_protocol: match proto {
+                Proto::Udp => TransportProtocol::UDP,
+                Proto::Tcp => TransportProtocol::TCP,
+            },
+        },
+        message,
+    })
 }
 
 fn new_layer(rid: &str, ssrc: u32) -> Layer {

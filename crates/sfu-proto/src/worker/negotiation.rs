@@ -123,6 +123,7 @@ impl Worker {
             connected: false,
             failed: false,
             flight: LastFlight::default(),
+            early_checks: Vec::new(),
         };
         if let Some(p) = self.parts[h].as_mut() {
             match leg {
@@ -198,9 +199,12 @@ impl Worker {
                 d.payload_type = None;
             }
         }
-        if let Err(e) = r {
-            self.stats.bad_sdp += 1;
-            self.error(h, ErrorCode::BadSdp, &e);
+        match r {
+            Ok(()) => self.replay_early_checks(now, key),
+            Err(e) => {
+                self.stats.bad_sdp += 1;
+                self.error(h, ErrorCode::BadSdp, &e);
+            }
         }
         self.dirty.push(key);
         self.maybe_offer(now, h);
