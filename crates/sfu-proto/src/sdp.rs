@@ -31,34 +31,31 @@ pub fn offered_video_rids(sdp: &str) -> Vec<String> {
     out
 }
 
-/// Most track ids [`sending_track_ids`] returns.
-pub const MAX_SENDING_TRACKS: usize = 64;
+/// Most MIDs [`sending_mids`] returns.
+pub const MAX_SENDING_SECTIONS: usize = 64;
 
-/// The msid track ids (RFC 8830 §2: `a=msid:<stream id> <track id>`, or the same in an
-/// `a=ssrc:<n> msid:` line) of the audio and video m-sections of an offer that send: port not 0
-/// and direction `sendrecv` (the default) or `sendonly`. A track the publisher stopped
-/// (`removeTrack`: its m-section turns `recvonly` or `inactive`) is not listed. At most
-/// [`MAX_SENDING_TRACKS`], in SDP order.
-pub fn sending_track_ids(sdp: &str) -> Vec<String> {
+/// The MIDs (`a=mid`, RFC 8843 §15) of the audio and video m-sections of an offer that send:
+/// port not 0 and direction `sendrecv` (the default) or `sendonly`. A track the publisher
+/// stopped (`removeTrack`: its m-section turns `recvonly`; `stop()`: `inactive` or port 0) is
+/// not listed. At most [`MAX_SENDING_SECTIONS`], in SDP order; MIDs over 32 bytes are skipped.
+pub fn sending_mids(sdp: &str) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
-    // The current m-section: it carries media, and its msid track ids so far.
+    // The current m-section: it carries media, sends, and its MID.
     let mut media = false;
     let mut sends = true;
-    let mut ids: Vec<String> = Vec::new();
-    let flush = |media: bool, sends: bool, ids: &mut Vec<String>, out: &mut Vec<String>| {
-        if media && sends {
-            for id in ids.drain(..) {
-                if out.len() < MAX_SENDING_TRACKS && !out.contains(&id) {
-                    out.push(id);
-                }
+    let mut mid: Option<String> = None;
+    let flush = |media: bool, sends: bool, mid: &mut Option<String>, out: &mut Vec<String>| {
+        if let (true, true, Some(m)) = (media, sends, mid.take()) {
+            if out.len() < MAX_SENDING_SECTIONS && !out.contains(&m) {
+                out.push(m);
             }
         }
-        ids.clear();
+        *mid = None;
     };
     for line in sdp.lines() {
         let line = line.trim_end_matches('\r');
         if let Some(m) = line.strip_prefix("m=") {
-            flush(media, sends, &mut ids, &mut out);
+            flush(media, sends, &mut mid, &mut out);
             let mut f = m.split_whitespace();
             let kind = f.next().unwrap_or("");
             let port = f.next().unwrap_or("0");
@@ -71,18 +68,14 @@ pub fn sending_track_ids(sdp: &str) -> Vec<String> {
             "a=sendonly" | "a=sendrecv" => sends = true,
             _ => {}
         }
-        let msid = line.strip_prefix("a=msid:").or_else(|| {
-            line.strip_prefix("a=ssrc:")
-                .and_then(|r| r.split_once(' '))
-                .and_then(|(_, r)| r.strip_prefix("msid:"))
-        });
-        if let Some(track) = msid.and_then(|m| m.split_whitespace().nth(1)) {
-            if !track.is_empty() && track.len() <= 64 && ids.len() < MAX_SENDING_TRACKS {
-                ids.push(track.to_string());
+        if let Some(m) = line.strip_prefix("a=mid:") {
+            let m = m.trim();
+            if !m.is_empty() && m.len() <= 32 {
+                mid = Some(m.to_string());
             }
         }
     }
-    flush(media, sends, &mut ids, &mut out);
+    flush(media, sends, &mut mid, &mut out);
     out
 }
 
@@ -143,26 +136,27 @@ mod tests {
     }
 
     #[test]
-    fn sending_tracks_are_those_of_sending_media_sections() {
-        // Camera (simulcast), microphone, a screen share being stopped (recvonly), a rejected
-        // section, and the data channel.
+    fn sending_sections_are_those_that_send_media() {
+        // Microphone, camera (simulcast), a screen share being stopped (recvonly), a rejected
+        // section, a screen share, and the data channel.
         let sdp = "v=0\r\n\
                    m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=sendonly\r\na=msid:s mic-1\r\n\
-                   m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\na=msid:s cam-1\r\n\
-                   a=rid:q send\r\na=ssrc:5 msid:s cam-1\r\n\
+                   m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\na=msid:s cam-1\r\na=rid:q send\r\n\
                    m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:2\r\na=recvonly\r\n\
-                   m=video 0 UDP/TLS/RTP/SAVPF 96\r\na=mid:3\r\na=sendonly\r\na=msid:s old-1\r\n\
-                   m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:4\r\na=sendonly\r\na=msid:x screen-1\r\n\
-                   m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=msid:s nope\r\n";
-        assert_eq!(sending_track_ids(sdp), ["mic-1", "cam-1", "screen-1"]);
-        let stopped = sdp.replace("a=mid:4\r\na=sendonly", "a=mid:4\r\na=inactive");
-        assert_eq!(sending_track_ids(&stopped), ["mic-1", "cam-1"]);
-        assert!(sending_track_ids("").is_empty());
-        assert!(sending_track_ids("m=video\r\na=msid:\r\na=msid:x\r\na=ssrc:1\r\n").is_empty());
+                   m=video 0 UDP/TLS/RTP/SAVPF 96\r\na=mid:3\r\na=sendonly\r\n\
+                   m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=sendonly\r\na=mid:4\r\na=msid:x screen-1\r\n\
+                   m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:5\r\n";
+        assert_eq!(sending_mids(sdp), ["0", "1", "4"]);
+        let stopped = sdp.replace("a=sendonly\r\na=mid:4", "a=inactive\r\na=mid:4");
+        assert_eq!(sending_mids(&stopped), ["0", "1"]);
+        assert!(sending_mids("").is_empty());
+        assert!(sending_mids("m=video\r\na=mid:\r\nm=audio 9\r\n").is_empty());
+        let long = format!("m=audio 9 X 111\r\na=mid:{}\r\n", "x".repeat(33));
+        assert!(sending_mids(&long).is_empty());
         let many: String = (0..100)
-            .map(|i| format!("m=audio 9 X 111\r\na=msid:s t{i}\r\n"))
+            .map(|i| format!("m=audio 9 X 111\r\na=mid:{i}\r\n"))
             .collect();
-        assert_eq!(sending_track_ids(&many).len(), MAX_SENDING_TRACKS);
+        assert_eq!(sending_mids(&many).len(), MAX_SENDING_SECTIONS);
     }
 
     #[test]

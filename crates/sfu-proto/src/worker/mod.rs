@@ -215,6 +215,8 @@ struct Published {
     kind: RtpCodecKind,
     /// What it carries, as the publisher's offer said (default by kind).
     source: Source,
+    /// The publish offer's m-section carrying it (`a=mid`), if rtc knew it at the track's open.
+    mid: Option<String>,
     rtc_track_id: String,
     receiver: RTCRtpReceiverId,
     codec: RTCRtpCodec,

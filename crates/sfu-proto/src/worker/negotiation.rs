@@ -5,7 +5,7 @@
 use super::*;
 use crate::msg::{self, ClientMsg, OfferedTrack};
 use crate::peer;
-use crate::sdp::sending_track_ids;
+use crate::sdp::sending_mids;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
 
@@ -146,7 +146,7 @@ impl Worker {
             leg: Leg::Publish,
         };
         let max_bps = self.cfg.max_publish_bitrate_bps;
-        let sending = sending_track_ids(&sdp);
+        let sending = sending_mids(&sdp);
         let Some(pc) = self.pc_mut(key) else { return };
         let result = (|| -> Result<String, String> {
             let offer = RTCSessionDescription::offer(sdp).map_err(|e| e.to_string())?;

@@ -238,8 +238,10 @@ impl Worker {
     }
 
     /// The publisher's new offer no longer sends some of its tracks (`removeTrack`, a screen
-    /// share stopped: the m-section turned `recvonly`/`inactive`, services/sfu/PROTOCOL.md
-    /// "Stopping a track"): they are removed, and every subscriber gets an offer without them.
+    /// share stopped: the m-section turned `recvonly`/`inactive` or was rejected,
+    /// services/sfu/PROTOCOL.md "Stopping a track"): they are removed, and every subscriber gets
+    /// an offer without them. `sending` holds the MIDs of the offer's sending audio and video
+    /// m-sections; a track whose MID is not known is kept.
     pub(super) fn remove_stopped_tracks(&mut self, now: Instant, h: Handle, sending: &[String]) {
         let Some(p) = self.parts[h].as_ref() else {
             return;
@@ -250,7 +252,8 @@ impl Worker {
             .filter(|id| {
                 self.tracks
                     .get(*id)
-                    .is_some_and(|t| !sending.contains(&t.rtc_track_id))
+                    .and_then(|t| t.mid.as_ref())
+                    .is_some_and(|mid| !sending.contains(mid))
             })
             .cloned()
             .collect();
@@ -370,6 +373,16 @@ impl Worker {
             .iter()
             .find(|e| e.uri == AUDIO_LEVEL_URI)
             .map(|e| e.id as u8);
+        // The m-section carrying it, which says later whether it is still sent.
+        let transceivers: Vec<_> = pc.pc.get_transceivers().collect();
+        let mid = transceivers.into_iter().find_map(|tid| {
+            let t = pc.pc.rtp_transceiver(tid)?;
+            if t.receiver() == Some(receiver) {
+                t.mid().clone()
+            } else {
+                None
+            }
+        });
         let own = p.published.len();
         if room_tracks >= self.cfg.max_tracks_per_room || own >= self.cfg.max_tracks_per_participant
         {
@@ -408,6 +421,7 @@ impl Worker {
                 owner: h,
                 kind,
                 source,
+                mid,
                 rtc_track_id: rtc_track_id.to_string(),
                 receiver,
                 codec,
