@@ -18,7 +18,7 @@ use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::event::RTCPeerConnectionEvent;
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::sdp::RTCSessionDescription;
-use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::state::{RTCIceConnectionState, RTCPeerConnectionState};
 use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtp_transceiver::rtp_sender::{
@@ -28,6 +28,7 @@ use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::sansio::Protocol as _;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use serde_json::{json, Value};
+use sfu_proto::dtls_flight::LastFlight;
 use sfu_proto::peer::{FeedbackCounters, FeedbackTap};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -51,6 +52,36 @@ pub struct Load {
     pub audio_bytes: usize,
     /// Time between keyframes (also sent at once on a PLI/FIR).
     pub keyframe_interval: Duration,
+    /// Datagrams dropped on purpose, per million, each way (0: none): a lossy path in front
+    /// of the clients' sockets, to exercise ICE and DTLS retransmission.
+    pub drop_ppm: u32,
+}
+
+/// A seeded xorshift stream deciding which datagrams `Load::drop_ppm` drops.
+#[derive(Debug)]
+struct Dropper {
+    ppm: u32,
+    state: u64,
+}
+
+impl Dropper {
+    fn new(ppm: u32, seed: u64) -> Self {
+        Self {
+            ppm,
+            state: seed | 1,
+        }
+    }
+
+    /// True if the next datagram is to be dropped.
+    fn drop_next(&mut self) -> bool {
+        if self.ppm == 0 {
+            return false;
+        }
+        self.state ^= self.state << 13;
+        self.state ^= self.state >> 7;
+        self.state ^= self.state << 17;
+        (self.state % 1_000_000) < u64::from(self.ppm)
+    }
 }
 
 /// One participant this thread runs.
@@ -127,8 +158,15 @@ pub struct ThreadReport {
     pub send_errors: u64,
     /// Frames skipped because the thread fell behind.
     pub lagged: u64,
+    /// Datagrams dropped on purpose (`Load::drop_ppm`), both ways.
+    pub dropped: u64,
+    /// DTLS flights sent again because the SFU repeated its own.
+    pub flights_resent: u64,
     /// SFU `error` messages and SDP failures.
     pub errors: Vec<String>,
+    /// Every peer connection this thread opened: its time from creation to `connected` (ICE
+    /// and DTLS done), None if it never got there.
+    pub pc_setup: Vec<Option<Duration>>,
 }
 
 struct Pc {
@@ -138,7 +176,24 @@ struct Pc {
     deadline: Option<Instant>,
     dirty: bool,
     connected: bool,
+    /// When the PC was created (its offer or the SFU's offer arrived).
+    created: Instant,
+    /// Set once it first reached `connected` (ICE and DTLS done).
+    setup: Option<Duration>,
+    /// Our last DTLS flight, sent again when the SFU repeats its own (rtc-dtls does not:
+    /// `sfu_proto::dtls_flight`).
+    flight: LastFlight,
+    /// ICE has a selected pair here.
+    ice_up: bool,
+    /// DTLS datagrams that arrived before `ice_up`, fed again once it is: rtc's ICE handler
+    /// drops them, and the ICE-lite SFU, whose pair is selected first, starts its DTLS
+    /// handshake a moment before this end has its pair (so a ClientHello would wait out a
+    /// 1 s retransmission). At most `EARLY_DTLS` are kept.
+    early: Vec<(SocketAddr, BytesMut)>,
 }
+
+/// Most DTLS datagrams kept per PC until its ICE is up.
+const EARLY_DTLS: usize = 8;
 
 struct Publisher {
     video: RTCRtpSenderId,
@@ -291,6 +346,11 @@ pub fn run(
                 deadline: Some(start),
                 dirty: true,
                 connected: false,
+                created: start,
+                setup: None,
+                flight: LastFlight::default(),
+                ice_up: false,
+                early: Vec::new(),
             });
             part.publisher = Some(Publisher {
                 video,
@@ -312,6 +372,10 @@ pub fn run(
     let audio_interval = Duration::from_secs_f64(1.0 / load.audio_pps.max(0.001));
     let mut events = Events::with_capacity(1024);
     let mut buf = vec![0u8; 2048];
+    let mut dropper = Dropper::new(
+        load.drop_ppm,
+        start.elapsed().as_nanos() as u64 ^ u64::from(parts.first().map_or(0, |p| p.seat.index)),
+    );
     while !shared.stop.load(Ordering::Relaxed) {
         // Sleep until the next PC deadline or send, at most 10 ms (to see `stop`).
         let now = Instant::now();
@@ -350,6 +414,22 @@ pub fn run(
                 let Ok((n, src)) = pc.sock.recv_from(&mut buf) else {
                     break;
                 };
+                if dropper.drop_next() {
+                    report.dropped += 1;
+                    continue;
+                }
+                if pc.flight.on_received(Instant::now(), &buf[..n]) {
+                    report.flights_resent += 1;
+                    for d in pc.flight.flight() {
+                        let _ = pc.sock.send_to(d, src);
+                    }
+                }
+                if !pc.ice_up && sfu_proto::dtls_flight::is_dtls(&buf[..n]) {
+                    if pc.early.len() < EARLY_DTLS {
+                        pc.early.push((src, BytesMut::from(&buf[..n])));
+                    }
+                    continue;
+                }
                 let _ = pc.pc.handle_read(TaggedBytesMut {
                     now: Instant::now(),
                     transport: TransportContext {
@@ -400,16 +480,48 @@ pub fn run(
                     continue;
                 }
                 pc.dirty = false;
+                let mut ice_connected = false;
                 while let Some(e) = pc.pc.poll_event() {
+                    ice_connected |= matches!(
+                        e,
+                        RTCPeerConnectionEvent::OnIceConnectionStateChangeEvent(
+                            RTCIceConnectionState::Connected
+                        )
+                    );
                     if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(s) = e {
                         let up = s == RTCPeerConnectionState::Connected;
                         if up && !pc.connected {
                             shared.connected.fetch_add(1, Ordering::Relaxed);
+                            if pc.setup.is_none() {
+                                pc.setup = Some(now.saturating_duration_since(pc.created));
+                            }
+                            pc.flight.finish();
                         } else if !up && pc.connected {
                             shared.connected.fetch_sub(1, Ordering::Relaxed);
                         }
                         pc.connected = up;
                     }
+                }
+                if ice_connected {
+                    pc.ice_up = true;
+                    // The DTLS client's ClientHello waits in rtc until a timeout drains it
+                    // (`sfu_proto::worker` has the details): send it now.
+                    let _ = pc.pc.handle_timeout(now);
+                    let local = pc.local;
+                    for (src, message) in std::mem::take(&mut pc.early) {
+                        let _ = pc.pc.handle_read(TaggedBytesMut {
+                            now,
+                            transport: TransportContext {
+                                local_addr: local,
+                                peer_addr: src,
+                                ecn: None,
+                                transport_protocol: TransportProtocol::UDP,
+                            },
+                            message,
+                        });
+                    }
+                    // What they caused is drained on the next round.
+                    pc.dirty = true;
                 }
                 drain_reads(part, leg, &shared, &mut report);
                 let pc = if leg == 0 {
@@ -419,12 +531,25 @@ pub fn run(
                 };
                 let Some(pc) = pc else { continue };
                 while let Some(d) = pc.pc.poll_write() {
+                    pc.flight.on_sent(&d.message);
+                    if dropper.drop_next() {
+                        report.dropped += 1;
+                        continue;
+                    }
                     if pc.sock.send_to(&d.message, d.transport.peer_addr).is_err() {
                         report.send_errors += 1;
                     }
                 }
                 pc.deadline = pc.pc.poll_timeout();
             }
+        }
+    }
+    for part in &parts {
+        for pc in [part.publish.as_ref(), part.subscribe.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            report.pc_setup.push(pc.setup);
         }
     }
     Ok(report)
@@ -526,6 +651,11 @@ fn on_signal(
                     deadline: Some(now),
                     dirty: true,
                     connected: false,
+                    created: now,
+                    setup: None,
+                    flight: LastFlight::default(),
+                    ice_up: false,
+                    early: Vec::new(),
                 });
             }
             let Some(pc) = part.subscribe.as_mut() else {

@@ -11,6 +11,7 @@
 //! publish -> receive latency on one monotonic clock. Figures are printed as one table.
 
 mod client;
+mod connect;
 mod janus;
 mod janus_api;
 mod node;
@@ -116,6 +117,21 @@ struct Args {
     /// Janus `event_loops` (0: Janus's default of one thread per handle) [default: --workers].
     #[arg(long)]
     janus_event_loops: Option<usize>,
+    /// Instead of a media run: open this many peer connections in a row (rooms of one
+    /// publisher and one subscriber, two PCs each, one PC of each DTLS role at the SFU) and
+    /// print how many completed (ICE + DTLS connected and SRTP flowing) and their setup time.
+    #[arg(long)]
+    connect_only: Option<usize>,
+    /// With --connect-only: rooms set up at the same time (1: strictly one after another).
+    #[arg(long, default_value_t = 1)]
+    connect_parallel: usize,
+    /// With --connect-only: seconds a room may take before its missing PCs count as failed.
+    #[arg(long, default_value_t = 10.0)]
+    connect_timeout: f64,
+    /// Percent of the clients' datagrams dropped on purpose, each way (media, ICE and DTLS
+    /// alike), as a lossy path would.
+    #[arg(long, default_value_t = 0.0)]
+    drop_percent: f64,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -206,13 +222,19 @@ fn snap(pid: &str) -> Snap {
 
 pub fn main() -> anyhow::Result<()> {
     let a = Args::parse();
+    // The clients' own webrtc-rs logs (`log` records), e.g. BENCH_LOG=rtc_dtls=debug.
+    if let Ok(filter) = std::env::var("BENCH_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     if !(a.duration > 0.0 && a.warmup >= 0.0 && a.fps > 0.0 && a.setup_timeout > 0.0) {
         bail!("--duration, --fps and --setup-timeout must be positive, --warmup not negative");
     }
     if a.client_threads == 0 || a.workers == 0 || a.packets_per_frame == 0 {
         bail!("--client-threads, --workers and --packets-per-frame must be at least 1");
     }
-    let plan = plan(&a)?;
     let load = client::Load {
         fps: a.fps,
         packets_per_frame: a.packets_per_frame,
@@ -220,17 +242,16 @@ pub fn main() -> anyhow::Result<()> {
         audio_pps: a.audio_pps,
         audio_bytes: a.audio_bytes.max(probe::MIN_PAYLOAD),
         keyframe_interval: Duration::from_secs_f64(a.keyframe_secs.max(0.1)),
+        drop_ppm: (a.drop_percent.clamp(0.0, 100.0) * 10_000.0) as u32,
     };
+    if let Some(pcs) = a.connect_only {
+        return connect_only(&a, pcs, &load);
+    }
+    let plan = plan(&a)?;
     let secret = "sfu-bench-secret".to_string();
     let (server, host_ip) = match a.server {
         ServerKind::Turnkey => {
-            let bin = match &a.sfu_bin {
-                Some(b) => b.clone(),
-                None => std::env::current_exe()?
-                    .parent()
-                    .context("no parent directory")?
-                    .join("sfu"),
-            };
+            let bin = sfu_bin(&a)?;
             let host_ip = a.host_ip.unwrap_or(IpAddr::from([127, 0, 0, 1]));
             let node = node::SfuNode::start(&node::NodeConfig {
                 bin: &bin,
@@ -279,6 +300,98 @@ pub fn main() -> anyhow::Result<()> {
         println!("{}", report.text);
     }
     Ok(())
+}
+
+/// `--connect-only`: PCs in a row against a fresh node; prints completed of attempted and the
+/// setup time quantiles. Fails (exit status) unless every PC completed.
+fn connect_only(a: &Args, pcs: usize, load: &client::Load) -> anyhow::Result<()> {
+    if pcs == 0 || a.connect_parallel == 0 || a.connect_timeout <= 0.0 {
+        bail!(
+            "--connect-only and --connect-parallel must be at least 1, --connect-timeout positive"
+        );
+    }
+    let bin = sfu_bin(a)?;
+    let secret = "sfu-bench-secret".to_string();
+    let node = node::SfuNode::start(&node::NodeConfig {
+        bin: &bin,
+        workers: a.workers,
+        secret: &secret,
+        max_participants: 2,
+        host_ip: a.host_ip.unwrap_or(IpAddr::from([127, 0, 0, 1])),
+    })?;
+    let result = connect::run(
+        &node,
+        &secret,
+        load,
+        pcs,
+        a.connect_parallel,
+        Duration::from_secs_f64(a.connect_timeout),
+    );
+    let mut node = node;
+    let alive = node.alive();
+    let log = node.log.clone();
+    node.stop();
+    if !alive {
+        eprintln!("the sfu exited during the run; see {}", log.display());
+    }
+    let r = result?;
+    let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
+    let (p50, p99, max) = (
+        ms(r.setup_quantile(0.5)),
+        ms(r.setup_quantile(0.99)),
+        ms(r.setup_quantile(1.0)),
+    );
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "scenario": "connect-only", "attempted": r.attempted, "completed": r.completed,
+                "connected_without_media": r.connected_without_media,
+                "parallel_rooms": a.connect_parallel, "setup_p50_ms": p50, "setup_p99_ms": p99,
+                "setup_max_ms": max, "wall_secs": r.wall.as_secs_f64(),
+                "dropped_datagrams": r.dropped, "client_dtls_flights_resent": r.flights_resent,
+                "failures": r.failures.iter().map(|(i, f)| format!("round {i}: {f}")).collect::<Vec<_>>(),
+            })
+        );
+    } else {
+        let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
+        println!(
+            "connect-only: {} of {} peer connections completed (ICE + DTLS connected, SRTP flowing), \
+             {} connected without media; setup p50 {} ms, p99 {} ms, max {} ms; {} room(s) at a time, {:.1} s; \
+             {} datagrams dropped on purpose, {} client DTLS flights resent",
+            r.completed,
+            r.attempted,
+            r.connected_without_media,
+            f(p50),
+            f(p99),
+            f(max),
+            a.connect_parallel,
+            r.wall.as_secs_f64(),
+            r.dropped,
+            r.flights_resent
+        );
+        for (i, f) in r.failures.iter().take(10) {
+            println!("  round {i}: {f}");
+        }
+    }
+    if r.completed < r.attempted {
+        bail!(
+            "{} of {} peer connections did not complete",
+            r.attempted - r.completed,
+            r.attempted
+        );
+    }
+    Ok(())
+}
+
+fn sfu_bin(a: &Args) -> anyhow::Result<PathBuf> {
+    Ok(match &a.sfu_bin {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("no parent directory")?
+            .join("sfu"),
+    })
 }
 
 struct Report {

@@ -14,6 +14,8 @@ pub struct SfuNode {
     pub link: SocketAddr,
     /// Where its log goes.
     pub log: PathBuf,
+    /// The address its media sockets are on (and the clients' must be).
+    pub host_ip: std::net::IpAddr,
 }
 
 /// How to start it.
@@ -60,7 +62,12 @@ impl SfuNode {
             .stderr(log_file)
             .spawn()
             .with_context(|| format!("starting {}", c.bin.display()))?;
-        let mut node = Self { child, link, log };
+        let mut node = Self {
+            child,
+            link,
+            log,
+            host_ip: c.host_ip,
+        };
         if let Err(e) = wait_listening(&mut node.child, link, "sfu", &node.log) {
             node.stop();
             return Err(e);

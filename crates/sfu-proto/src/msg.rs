@@ -11,6 +11,11 @@ pub enum ClientMsg {
     Offer {
         /// SDP.
         sdp: String,
+        /// What each sent track is, by its msid track id (`a=msid:<stream> <track>`, the
+        /// browser's `MediaStreamTrack.id`): `camera`, `microphone` or `screen`. Tracks not
+        /// named are `microphone` (audio) or `camera` (video). Checked by [`Sources::parse`].
+        #[serde(default)]
+        sources: Option<serde_json::Map<String, Value>>,
     },
     /// Answer to the SFU's subscribe offer.
     Answer {
@@ -37,6 +42,80 @@ pub enum ClientMsg {
     },
     /// Re-send the current subscribe offer.
     Resync,
+}
+
+/// What a published track carries (services/sfu/PROTOCOL.md "Track sources"): told by the
+/// publisher in its offer, passed to subscribers in the SFU's offer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Source {
+    /// A camera (the default for video).
+    Camera,
+    /// A microphone (the default for audio).
+    Microphone,
+    /// A captured screen, window or tab (`getDisplayMedia`), sent without simulcast.
+    Screen,
+}
+
+impl Source {
+    /// Every source.
+    pub const ALL: [Source; 3] = [Source::Camera, Source::Microphone, Source::Screen];
+
+    /// The name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Camera => "camera",
+            Self::Microphone => "microphone",
+            Self::Screen => "screen",
+        }
+    }
+
+    /// The source named `s`, if any.
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+}
+
+/// Most entries in an offer's `sources`.
+pub const MAX_SOURCES: usize = 16;
+/// Longest msid track id accepted in `sources`, bytes (RFC 8830 §2: 1 to 64 characters).
+pub const MAX_TRACK_ID_BYTES: usize = 64;
+
+/// The checked `sources` of a publish offer: msid track id -> [`Source`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Sources(Vec<(String, Source)>);
+
+impl Sources {
+    /// Checks an offer's `sources` object: at most [`MAX_SOURCES`] entries, keys of 1 to
+    /// [`MAX_TRACK_ID_BYTES`] bytes, each value a [`Source`] name. The error says which rule
+    /// failed (sent to the client with code 4000).
+    pub fn parse(v: Option<&serde_json::Map<String, Value>>) -> Result<Self, String> {
+        let Some(m) = v else {
+            return Ok(Self::default());
+        };
+        if m.len() > MAX_SOURCES {
+            return Err(format!("sources: more than {MAX_SOURCES} entries"));
+        }
+        let mut out = Vec::with_capacity(m.len());
+        for (k, v) in m {
+            if k.is_empty() || k.len() > MAX_TRACK_ID_BYTES {
+                return Err(format!(
+                    "sources: a track id must be 1 to {MAX_TRACK_ID_BYTES} bytes"
+                ));
+            }
+            let source = v
+                .as_str()
+                .and_then(Source::from_name)
+                .ok_or_else(|| format!("sources: {v} is not camera, microphone or screen"))?;
+            out.push((k.clone(), source));
+        }
+        Ok(Self(out))
+    }
+
+    /// The source of the track with msid track id `id`, if the offer named it.
+    pub fn get(&self, id: &str) -> Option<Source> {
+        self.0.iter().find(|(k, _)| k == id).map(|(_, s)| *s)
+    }
 }
 
 /// Error codes of `{"type":"error"}` (services/sfu/PROTOCOL.md).
@@ -125,6 +204,8 @@ pub struct OfferedTrack {
     pub participant_id: String,
     /// `audio` or `video`.
     pub kind: String,
+    /// What it carries (`camera`, `microphone`, `screen`).
+    pub source: Source,
     /// The m-section carrying it (None before the transceiver has one).
     pub mid: Option<String>,
 }
@@ -151,7 +232,7 @@ impl ServerMsg {
                     .map(|t| {
                         json!({
                             "trackId": t.track_id, "participantId": t.participant_id,
-                            "kind": t.kind, "mid": t.mid,
+                            "kind": t.kind, "source": t.source.as_str(), "mid": t.mid,
                         })
                     })
                     .collect();
@@ -202,6 +283,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn sources_are_checked() {
+        let map = |v: Value| v.as_object().cloned();
+        assert_eq!(Sources::parse(None), Ok(Sources::default()));
+        assert!(Sources::parse(map(json!({"a": "screen"})).as_ref()).is_ok());
+        for bad in [
+            json!({"a": "projector"}),
+            json!({"a": 1}),
+            json!({"a": null}),
+            json!({"": "screen"}),
+            json!({"x".repeat(MAX_TRACK_ID_BYTES + 1): "screen"}),
+        ] {
+            assert!(Sources::parse(map(bad.clone()).as_ref()).is_err(), "{bad}");
+        }
+        let many: serde_json::Map<String, Value> = (0..=MAX_SOURCES)
+            .map(|i| (format!("t{i}"), json!("camera")))
+            .collect();
+        assert!(Sources::parse(Some(&many)).is_err());
+        for s in Source::ALL {
+            assert_eq!(Source::from_name(s.as_str()), Some(s));
+        }
+    }
+
+    #[test]
     fn parses_and_refuses() {
         assert!(matches!(
             parse(r#"{"type":"offer","sdp":"v=0"}"#),
@@ -219,6 +323,15 @@ mod tests {
             Ok(ClientMsg::Resync)
         ));
         assert!(parse(r#"{"type":"offer"}"#).is_err());
+        let Ok(ClientMsg::Offer { sources, .. }) =
+            parse(r#"{"type":"offer","sdp":"v=0","sources":{"t1":"screen","t2":"camera"}}"#)
+        else {
+            panic!("an offer with sources");
+        };
+        let s = Sources::parse(sources.as_ref()).unwrap();
+        assert_eq!(s.get("t1"), Some(Source::Screen));
+        assert_eq!(s.get("t2"), Some(Source::Camera));
+        assert_eq!(s.get("t3"), None);
         assert!(parse(r#"{"type":"nope"}"#).is_err());
         assert!(parse("[]").is_err());
         assert!(parse("\u{0}").is_err());
@@ -240,19 +353,29 @@ mod tests {
                             track_id: "a-1".into(),
                             participant_id: "a".into(),
                             kind: "video".into(),
+                            source: Source::Camera,
                             mid: Some("0".into()),
                         },
                         OfferedTrack {
                             track_id: "a-2".into(),
                             participant_id: "a".into(),
                             kind: "audio".into(),
+                            source: Source::Microphone,
                             mid: None,
+                        },
+                        OfferedTrack {
+                            track_id: "a-3".into(),
+                            participant_id: "a".into(),
+                            kind: "video".into(),
+                            source: Source::Screen,
+                            mid: Some("2".into()),
                         },
                     ],
                 },
                 concat!(
-                    r#"{"sdp":"v=0","tracks":[{"kind":"video","mid":"0","participantId":"a","trackId":"a-1"},"#,
-                    r#"{"kind":"audio","mid":null,"participantId":"a","trackId":"a-2"}],"type":"offer"}"#
+                    r#"{"sdp":"v=0","tracks":[{"kind":"video","mid":"0","participantId":"a","source":"camera","trackId":"a-1"},"#,
+                    r#"{"kind":"audio","mid":null,"participantId":"a","source":"microphone","trackId":"a-2"},"#,
+                    r#"{"kind":"video","mid":"2","participantId":"a","source":"screen","trackId":"a-3"}],"type":"offer"}"#
                 ),
             ),
             (

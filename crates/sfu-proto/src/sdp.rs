@@ -31,6 +31,54 @@ pub fn offered_video_rids(sdp: &str) -> Vec<String> {
     out
 }
 
+/// Most MIDs [`sending_mids`] returns.
+pub const MAX_SENDING_SECTIONS: usize = 64;
+
+/// The MIDs (`a=mid`, RFC 8843 §15) of the audio and video m-sections of an offer that send:
+/// port not 0 and direction `sendrecv` (the default) or `sendonly`. A track the publisher
+/// stopped (`removeTrack`: its m-section turns `recvonly`; `stop()`: `inactive` or port 0) is
+/// not listed. At most [`MAX_SENDING_SECTIONS`], in SDP order; MIDs over 32 bytes are skipped.
+pub fn sending_mids(sdp: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    // The current m-section: it carries media, sends, and its MID.
+    let mut media = false;
+    let mut sends = true;
+    let mut mid: Option<String> = None;
+    let flush = |media: bool, sends: bool, mid: &mut Option<String>, out: &mut Vec<String>| {
+        if let (true, true, Some(m)) = (media, sends, mid.take()) {
+            if out.len() < MAX_SENDING_SECTIONS && !out.contains(&m) {
+                out.push(m);
+            }
+        }
+        *mid = None;
+    };
+    for line in sdp.lines() {
+        let line = line.trim_end_matches('\r');
+        if let Some(m) = line.strip_prefix("m=") {
+            flush(media, sends, &mut mid, &mut out);
+            let mut f = m.split_whitespace();
+            let kind = f.next().unwrap_or("");
+            let port = f.next().unwrap_or("0");
+            media = (kind == "audio" || kind == "video") && port != "0";
+            sends = true;
+            continue;
+        }
+        match line {
+            "a=recvonly" | "a=inactive" => sends = false,
+            "a=sendonly" | "a=sendrecv" => sends = true,
+            _ => {}
+        }
+        if let Some(m) = line.strip_prefix("a=mid:") {
+            let m = m.trim();
+            if !m.is_empty() && m.len() <= 32 {
+                mid = Some(m.to_string());
+            }
+        }
+    }
+    flush(media, sends, &mut mid, &mut out);
+    out
+}
+
 /// Whether a subscriber's codec fmtp line `a` can carry media encoded per `b`: H.264
 /// profiles (the first 4 hex digits of `profile-level-id`, RFC 6184 §8.1) must match; other
 /// codecs' fmtp lines are compatible.
@@ -85,6 +133,30 @@ mod tests {
         assert!(offered_video_rids("m=video 9 X 96\r\na=rid:\r\n").is_empty());
         let dup = "m=video 9 X 96\r\na=rid:q send\r\na=rid:q send\r\na=rid:x send\r\n";
         assert_eq!(offered_video_rids(dup), ["q", "x"]);
+    }
+
+    #[test]
+    fn sending_sections_are_those_that_send_media() {
+        // Microphone, camera (simulcast), a screen share being stopped (recvonly), a rejected
+        // section, a screen share, and the data channel.
+        let sdp = "v=0\r\n\
+                   m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=sendonly\r\na=msid:s mic-1\r\n\
+                   m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\na=msid:s cam-1\r\na=rid:q send\r\n\
+                   m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:2\r\na=recvonly\r\n\
+                   m=video 0 UDP/TLS/RTP/SAVPF 96\r\na=mid:3\r\na=sendonly\r\n\
+                   m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=sendonly\r\na=mid:4\r\na=msid:x screen-1\r\n\
+                   m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:5\r\n";
+        assert_eq!(sending_mids(sdp), ["0", "1", "4"]);
+        let stopped = sdp.replace("a=sendonly\r\na=mid:4", "a=inactive\r\na=mid:4");
+        assert_eq!(sending_mids(&stopped), ["0", "1"]);
+        assert!(sending_mids("").is_empty());
+        assert!(sending_mids("m=video\r\na=mid:\r\nm=audio 9\r\n").is_empty());
+        let long = format!("m=audio 9 X 111\r\na=mid:{}\r\n", "x".repeat(33));
+        assert!(sending_mids(&long).is_empty());
+        let many: String = (0..100)
+            .map(|i| format!("m=audio 9 X 111\r\na=mid:{i}\r\n"))
+            .collect();
+        assert_eq!(sending_mids(&many).len(), MAX_SENDING_SECTIONS);
     }
 
     #[test]

@@ -20,6 +20,7 @@
 //! | `sfu_ice_tcp_established_total` | counter | (ICE-TCP connections on which ICE completed) |
 //! | `sfu_active_speaker_changes_total` | counter | |
 //! | `sfu_ice_timeouts_total` | counter | |
+//! | `sfu_dtls_flights_resent_total` | counter | | DTLS handshake flights sent again because the peer repeated its own (RFC 6347 §4.2.4, done beside rtc-dtls) |
 //! | `sfu_links` | gauge | |
 //! | `sfu_worker_participants` | gauge | `worker` |
 //! | `sfu_worker_busy_seconds_total` | counter | `worker` (time spent processing, per event loop) |
@@ -85,6 +86,8 @@ pub struct SfuMetrics {
     pub speaker_changes: Counter,
     /// `sfu_ice_timeouts_total`.
     pub ice_timeouts: Counter,
+    /// `sfu_dtls_flights_resent_total`.
+    pub dtls_flights_resent: Counter,
     /// `sfu_links`.
     pub links: Gauge,
     /// `sfu_worker_participants{worker}`.
@@ -117,6 +120,7 @@ impl SfuMetrics {
             ice_tcp_established: Counter::default(),
             speaker_changes: Counter::default(),
             ice_timeouts: Counter::default(),
+            dtls_flights_resent: Counter::default(),
             links: Gauge::default(),
             worker_participants: Family::default(),
             worker_busy: Family::default(),
@@ -217,6 +221,11 @@ impl SfuMetrics {
             "sfu_ice_timeouts",
             "Peer connections whose ICE consent expired",
             m.ice_timeouts.clone(),
+        );
+        registry.register(
+            "sfu_dtls_flights_resent",
+            "DTLS handshake flights sent again because the peer repeated its own",
+            m.dtls_flights_resent.clone(),
         );
         registry.register("sfu_links", "Signaling links open", m.links.clone());
         registry.register(

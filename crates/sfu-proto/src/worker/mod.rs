@@ -21,11 +21,12 @@ mod tick;
 pub use crate::sdp::limit_video_bitrate;
 
 use crate::bwe::LossEstimate;
-use crate::demux::{Demux, Proto};
+use crate::demux::{stun_local_ufrag, Demux, Proto};
+use crate::dtls_flight::LastFlight;
 use crate::forward::Rewriter;
 use crate::layers::{LayerRate, Selection};
 use crate::media::VideoCodec;
-use crate::msg::{ErrorCode, ServerMsg};
+use crate::msg::{ErrorCode, ServerMsg, Source, Sources};
 use crate::peer::{BweCell, FeedbackCounters, Leg, PcSettings};
 use crate::speaker::AudioLevel;
 use bytes::BytesMut;
@@ -176,13 +177,24 @@ pub struct WorkerStats {
     pub ice_timeouts: u64,
     /// Active speaker changes announced.
     pub speaker_changes: u64,
+    /// DTLS handshake flights sent again because the peer repeated its own
+    /// ([`crate::dtls_flight`]).
+    pub dtls_flights_resent: u64,
 }
 
 struct Pc {
     pc: RTCPeerConnection,
     connected: bool,
     failed: bool,
+    /// Our last DTLS handshake flight, sent again when the peer repeats its own
+    /// ([`crate::dtls_flight`]: works around rtc-dtls not doing so).
+    flight: LastFlight,
+    /// ICE checks that came before the remote description (at most [`MAX_EARLY_CHECKS`]).
+    early_checks: Vec<(Proto, SocketAddr, BytesMut)>,
 }
+
+/// ICE checks kept per PC until its remote description is applied.
+const MAX_EARLY_CHECKS: usize = 4;
 
 /// One simulcast layer (or the only layer) of a published track.
 #[derive(Debug)]
@@ -201,6 +213,10 @@ struct Published {
     id: String,
     owner: Handle,
     kind: RtpCodecKind,
+    /// What it carries, as the publisher's offer said (default by kind).
+    source: Source,
+    /// The publish offer's m-section carrying it (`a=mid`), if rtc knew it at the track's open.
+    mid: Option<String>,
     rtc_track_id: String,
     receiver: RTCRtpReceiverId,
     codec: RTCRtpCodec,
@@ -287,6 +303,8 @@ struct Participant {
     publish: Option<Pc>,
     subscribe: Option<Pc>,
     published: Vec<String>,
+    /// The `sources` of the participant's last publish offer.
+    sources: Sources,
     downtracks: Vec<Downtrack>,
     offer_outstanding: bool,
     needs_offer: bool,
@@ -468,32 +486,73 @@ impl Worker {
             self.stats.unroutable += 1;
             return;
         };
-        let local = match proto {
-            Proto::Udp => self.cfg.udp_addr,
-            Proto::Tcp => self.cfg.tcp_addr.unwrap_or(self.cfg.udp_addr),
-        };
+        let local = self.local_addr(proto);
         let Some(pc) = self.pc_mut(key) else {
             self.stats.unroutable += 1;
             return;
         };
-        let r = pc.pc.handle_read(TaggedBytesMut {
-            now,
-            transport: TransportContext {
-                local_addr: local,
-                peer_addr: remote,
-                ecn: None,
-                transport_protocol: match proto {
-                    Proto::Udp => TransportProtocol::UDP,
-                    Proto::Tcp => TransportProtocol::TCP,
-                },
-            },
-            message: BytesMut::from(bytes),
-        });
+        if pc.pc.remote_description().is_none() && stun_local_ufrag(bytes).is_some() {
+            // A subscribe PC whose answer is still on its way over signaling: the client checks
+            // as soon as it has our offer, and rtc drops checks it cannot verify yet (no remote
+            // ufrag), which costs the client's ~200 ms check retransmission. Kept (a few) and
+            // answered once the answer is applied.
+            if pc.early_checks.len() < MAX_EARLY_CHECKS {
+                pc.early_checks.push((proto, remote, BytesMut::from(bytes)));
+            }
+            return;
+        }
+        // The peer repeated a handshake flight: it lost ours (RFC 6347 §4.2.4).
+        let resend: Vec<BytesMut> = if pc.flight.on_received(now, bytes) {
+            pc.flight.flight().cloned().collect()
+        } else {
+            Vec::new()
+        };
+        let r = read_into(&mut pc.pc, now, local, proto, remote, BytesMut::from(bytes));
         if r.is_err() {
             self.stats.bad_packets += 1;
         }
+        if !resend.is_empty() {
+            self.stats.dtls_flights_resent += 1;
+            for payload in resend {
+                self.push_transmit(Transmit {
+                    proto,
+                    remote,
+                    payload,
+                });
+            }
+        }
         self.dirty.push(key);
         self.flush(now);
+    }
+
+    /// The local address a PC sees for datagrams over `proto`.
+    fn local_addr(&self, proto: Proto) -> SocketAddr {
+        match proto {
+            Proto::Udp => self.cfg.udp_addr,
+            Proto::Tcp => self.cfg.tcp_addr.unwrap_or(self.cfg.udp_addr),
+        }
+    }
+
+    /// Feeds `key`'s checks that came before its remote description, now that it has one.
+    pub(super) fn replay_early_checks(&mut self, now: Instant, key: PcKey) {
+        let Some(pc) = self.pc_mut(key) else { return };
+        let early = std::mem::take(&mut pc.early_checks);
+        for (proto, remote, bytes) in early {
+            let local = self.local_addr(proto);
+            let Some(pc) = self.pc_mut(key) else { return };
+            if read_into(&mut pc.pc, now, local, proto, remote, bytes).is_err() {
+                self.stats.bad_packets += 1;
+            }
+        }
+        self.dirty.push(key);
+    }
+
+    /// Queues a datagram; the queue is bounded, the oldest is dropped when full.
+    fn push_transmit(&mut self, t: Transmit) {
+        if self.transmits.len() >= MAX_TRANSMITS {
+            self.transmits.pop_front();
+        }
+        self.transmits.push_back(t);
     }
 
     /// Timers: PC timers, rate sampling, layer selection, active speaker.
@@ -625,6 +684,30 @@ impl Worker {
     }
 }
 
+/// Hands one datagram from `remote` to `pc`.
+fn read_into(
+    pc: &mut RTCPeerConnection,
+    now: Instant,
+    local: SocketAddr,
+    proto: Proto,
+    remote: SocketAddr,
+    message: BytesMut,
+) -> Result<(), rtc::shared::error::Error> {
+    pc.handle_read(TaggedBytesMut {
+        now,
+        transport: TransportContext {
+            local_addr: local,
+            peer_addr: remote,
+            ecn: None,
+            transport_protocol: match proto {
+                Proto::Udp => TransportProtocol::UDP,
+                Proto::Tcp => TransportProtocol::TCP,
+            },
+        },
+        message,
+    })
+}
+
 fn new_layer(rid: &str, ssrc: u32) -> Layer {
     Layer {
         rid: rid.to_string(),
@@ -632,6 +715,14 @@ fn new_layer(rid: &str, ssrc: u32) -> Layer {
         rate: LayerRate::default(),
         height: None,
         last_keyframe_request: None,
+    }
+}
+
+/// The source of a track its publisher did not name: microphone for audio, camera for video.
+fn default_source(k: RtpCodecKind) -> Source {
+    match k {
+        RtpCodecKind::Audio => Source::Microphone,
+        _ => Source::Camera,
     }
 }
 

@@ -5,6 +5,7 @@
 use super::*;
 use crate::msg::{self, ClientMsg, OfferedTrack};
 use crate::peer;
+use crate::sdp::sending_mids;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
 
@@ -24,7 +25,18 @@ impl Worker {
             }
         };
         match m {
-            ClientMsg::Offer { sdp } => self.on_publish_offer(now, h, sdp),
+            ClientMsg::Offer { sdp, sources } => match Sources::parse(sources.as_ref()) {
+                Ok(sources) => {
+                    if let Some(p) = self.parts[h].as_mut() {
+                        p.sources = sources;
+                    }
+                    self.on_publish_offer(now, h, sdp);
+                }
+                Err(e) => {
+                    self.stats.bad_messages += 1;
+                    self.error(h, ErrorCode::BadRequest, &e);
+                }
+            },
             ClientMsg::Answer { sdp } => self.on_subscribe_answer(now, h, sdp),
             ClientMsg::Candidate { .. } => {}
             ClientMsg::Video {
@@ -110,6 +122,8 @@ impl Worker {
             pc,
             connected: false,
             failed: false,
+            flight: LastFlight::default(),
+            early_checks: Vec::new(),
         };
         if let Some(p) = self.parts[h].as_mut() {
             match leg {
@@ -132,6 +146,7 @@ impl Worker {
             leg: Leg::Publish,
         };
         let max_bps = self.cfg.max_publish_bitrate_bps;
+        let sending = sending_mids(&sdp);
         let Some(pc) = self.pc_mut(key) else { return };
         let result = (|| -> Result<String, String> {
             let offer = RTCSessionDescription::offer(sdp).map_err(|e| e.to_string())?;
@@ -149,6 +164,7 @@ impl Worker {
             Ok(answer) => {
                 let answer = limit_video_bitrate(&answer, max_bps);
                 self.push_signal(h, ServerMsg::Answer { sdp: answer });
+                self.remove_stopped_tracks(now, h, &sending);
             }
             Err(e) => {
                 self.stats.bad_sdp += 1;
@@ -183,9 +199,12 @@ impl Worker {
                 d.payload_type = None;
             }
         }
-        if let Err(e) = r {
-            self.stats.bad_sdp += 1;
-            self.error(h, ErrorCode::BadSdp, &e);
+        match r {
+            Ok(()) => self.replay_early_checks(now, key),
+            Err(e) => {
+                self.stats.bad_sdp += 1;
+                self.error(h, ErrorCode::BadSdp, &e);
+            }
         }
         self.dirty.push(key);
         self.maybe_offer(now, h);
@@ -220,13 +239,13 @@ impl Worker {
             participant: h,
             leg: Leg::Subscribe,
         };
-        let owners: HashMap<String, (String, String)> = self
+        let owners: HashMap<String, (String, String, Source)> = self
             .tracks
             .values()
             .filter_map(|t| {
                 self.parts[t.owner]
                     .as_ref()
-                    .map(|o| (t.id.clone(), (o.id.clone(), kind_name(t.kind))))
+                    .map(|o| (t.id.clone(), (o.id.clone(), kind_name(t.kind), t.source)))
             })
             .collect();
         let Some(p) = self.parts[h].as_mut() else {
@@ -247,11 +266,16 @@ impl Worker {
                         .pc
                         .rtp_transceiver(d.transceiver)
                         .and_then(|t| t.mid().clone());
-                    let (participant, kind) = owners.get(&d.track).cloned().unwrap_or_default();
+                    let (participant, kind, source) = owners.get(&d.track).cloned().unwrap_or((
+                        String::new(),
+                        String::new(),
+                        Source::Camera,
+                    ));
                     tracks.push(OfferedTrack {
                         track_id: d.track.clone(),
                         participant_id: participant,
                         kind,
+                        source,
                         mid,
                     });
                 }

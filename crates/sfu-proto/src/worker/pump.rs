@@ -5,7 +5,7 @@
 use super::*;
 use rtc::peer_connection::event::{RTCDataChannelEvent, RTCPeerConnectionEvent, RTCTrackEvent};
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
-use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::state::{RTCIceConnectionState, RTCPeerConnectionState};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::receiver_report::ReceiverReport;
@@ -34,8 +34,22 @@ impl Worker {
         let mut reads = Vec::new();
         {
             let Some(pc) = self.pc_mut(key) else { return };
+            let mut ice_connected = false;
             while let Some(e) = pc.pc.poll_event() {
+                ice_connected |= matches!(
+                    e,
+                    RTCPeerConnectionEvent::OnIceConnectionStateChangeEvent(
+                        RTCIceConnectionState::Connected
+                    )
+                );
                 events.push(e);
+            }
+            if ice_connected {
+                // rtc 0.21 starts a DTLS client's handshake when the selected pair event
+                // passes its DTLS handler, but leaves the ClientHello in the DTLS endpoint until
+                // that handler's next timeout (`DtlsHandler::handle_event` never drains
+                // `poll_transmit`): about a second on a quiet ICE-lite PC. A timeout now sends it.
+                let _ = pc.pc.handle_timeout(now);
             }
             while let Some(m) = pc.pc.poll_read() {
                 reads.push(m);
@@ -74,13 +88,11 @@ impl Worker {
         let Some(pc) = self.pc_mut(key) else { return };
         let mut out = Vec::new();
         while let Some(d) = pc.pc.poll_write() {
+            pc.flight.on_sent(&d.message);
             out.push(d);
         }
         for d in out {
-            if self.transmits.len() >= MAX_TRANSMITS {
-                self.transmits.pop_front();
-            }
-            self.transmits.push_back(Transmit {
+            self.push_transmit(Transmit {
                 proto: if d.transport.transport_protocol == TransportProtocol::TCP {
                     Proto::Tcp
                 } else {
@@ -127,6 +139,7 @@ impl Worker {
             ) => {
                 if let Some(pc) = self.pc_mut(key) {
                     pc.connected = true;
+                    pc.flight.finish();
                 }
                 if key.leg == Leg::Subscribe {
                     // A new subscriber starts with a keyframe of everything it receives.

@@ -61,6 +61,7 @@ impl Worker {
             publish: None,
             subscribe: None,
             published: Vec::new(),
+            sources: Sources::default(),
             downtracks: Vec::new(),
             offer_outstanding: false,
             needs_offer: false,
@@ -236,6 +237,31 @@ impl Worker {
         }
     }
 
+    /// The publisher's new offer no longer sends some of its tracks (`removeTrack`, a screen
+    /// share stopped: the m-section turned `recvonly`/`inactive` or was rejected,
+    /// services/sfu/PROTOCOL.md "Stopping a track"): they are removed, and every subscriber gets
+    /// an offer without them. `sending` holds the MIDs of the offer's sending audio and video
+    /// m-sections; a track whose MID is not known is kept.
+    pub(super) fn remove_stopped_tracks(&mut self, now: Instant, h: Handle, sending: &[String]) {
+        let Some(p) = self.parts[h].as_ref() else {
+            return;
+        };
+        let stopped: Vec<String> = p
+            .published
+            .iter()
+            .filter(|id| {
+                self.tracks
+                    .get(*id)
+                    .and_then(|t| t.mid.as_ref())
+                    .is_some_and(|mid| !sending.contains(mid))
+            })
+            .cloned()
+            .collect();
+        for id in stopped {
+            self.remove_track(now, &id);
+        }
+    }
+
     pub(super) fn close_pc(&mut self, key: PcKey) {
         let Some(p) = self.parts[key.participant].as_mut() else {
             return;
@@ -347,12 +373,26 @@ impl Worker {
             .iter()
             .find(|e| e.uri == AUDIO_LEVEL_URI)
             .map(|e| e.id as u8);
+        // The m-section carrying it, which says later whether it is still sent.
+        let transceivers: Vec<_> = pc.pc.get_transceivers().collect();
+        let mid = transceivers.into_iter().find_map(|tid| {
+            let t = pc.pc.rtp_transceiver(tid)?;
+            if t.receiver() == Some(receiver) {
+                t.mid().clone()
+            } else {
+                None
+            }
+        });
         let own = p.published.len();
         if room_tracks >= self.cfg.max_tracks_per_room || own >= self.cfg.max_tracks_per_participant
         {
             self.error(h, ErrorCode::Limit, "too many tracks");
             return;
         }
+        let source = p
+            .sources
+            .get(rtc_track_id)
+            .unwrap_or_else(|| default_source(kind));
         self.next_track += 1;
         let id = format!("{}-{}", p.id, self.next_track);
         p.published.push(id.clone());
@@ -380,6 +420,8 @@ impl Worker {
                 id: id.clone(),
                 owner: h,
                 kind,
+                source,
+                mid,
                 rtc_track_id: rtc_track_id.to_string(),
                 receiver,
                 codec,

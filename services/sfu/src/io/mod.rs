@@ -252,6 +252,7 @@ struct Exported {
     data_dropped_rate_limited: u64,
     speaker_changes: u64,
     ice_timeouts: u64,
+    dtls_flights_resent: u64,
     census: (usize, usize, usize, usize),
 }
 
@@ -294,6 +295,7 @@ async fn run_worker(
         data_dropped_rate_limited: 0,
         speaker_changes: 0,
         ice_timeouts: 0,
+        dtls_flights_resent: 0,
         census: (0, 0, 0, 0),
     };
     let worker_label = [("worker", index.to_string())];
@@ -516,6 +518,8 @@ fn export(
         .inc_by(delta(s.speaker_changes, &mut e.speaker_changes));
     m.ice_timeouts
         .inc_by(delta(s.ice_timeouts, &mut e.ice_timeouts));
+    m.dtls_flights_resent
+        .inc_by(delta(s.dtls_flights_resent, &mut e.dtls_flights_resent));
     for b in core.take_bwe_samples() {
         m.bwe.observe(b);
     }

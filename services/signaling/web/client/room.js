@@ -40,6 +40,12 @@ const FINAL_CLOSE_CODES = new Map([
  *   `gone` (found missing on resume).
  * - `track` {participant, track, stream}: a remote track arrived; `stream` is participant.stream.
  * - `track-removed` {participant, track, stream}.
+ * - `screen-track` {participant, track, stream}: sfu mode, a participant shares a screen
+ *   (sfu/PROTOCOL.md "Track sources"); `stream` holds only that track (participant.screenStream),
+ *   apart from the camera and microphone in participant.stream.
+ * - `screen-track-removed` {participant, track, stream}: that participant stopped sharing.
+ * - `screen-share` {active, track}: our own screen share started or stopped (also when the
+ *   browser's "Stop sharing" ended the captured track).
  * - `connection-state` {participant, state}: the media connection to a participant changed
  *   (an RTCPeerConnectionState).
  * - `data` {participant, from, data}: a message on the room's data channel (sfu mode; sent with
@@ -285,6 +291,38 @@ export class TurnkeyRoom extends EventTarget {
       throw new TurnkeyError('sendData: data messages need an sfu room', { code: 'unsupported' });
     }
     return this._media.sendData(data);
+  }
+
+  /**
+   * Shares a screen (sfu mode): a second video track on the publish connection, sent as one
+   * layer (no simulcast) with `contentHint = 'detail'`, announced as source `screen`; the others
+   * get a `screen-track` event. Without `track`, asks the browser (`getDisplayMedia`); a track
+   * given (a canvas `captureStream()` track, say) is sent as it is and not stopped by
+   * {@link TurnkeyRoom#stopScreenShare}.
+   * @param {MediaStreamTrack} [track] a video track to share instead of asking the browser.
+   * @returns {Promise<MediaStreamTrack>} the shared track.
+   * @throws {TurnkeyError} code 'unsupported' in a mesh room, 'wrong_state' while sharing.
+   */
+  async startScreenShare(track) {
+    if (!this._media || typeof this._media.startScreenShare !== 'function') {
+      throw new TurnkeyError('startScreenShare: screen sharing needs an sfu room', { code: 'unsupported' });
+    }
+    return this._media.startScreenShare(track);
+  }
+
+  /**
+   * Stops our screen share (sfu mode): the track leaves the publish connection and the others
+   * get `screen-track-removed`. Does nothing when not sharing.
+   * @returns {boolean} true if a share was stopped.
+   */
+  stopScreenShare() {
+    if (!this._media || typeof this._media.stopScreenShare !== 'function') return false;
+    return this._media.stopScreenShare();
+  }
+
+  /** @returns {MediaStreamTrack|null} the screen track we share, if any. */
+  get screenTrack() {
+    return (this._media && this._media.screenTrack) || null;
   }
 
   /**

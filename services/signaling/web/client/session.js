@@ -17,7 +17,7 @@ import { TurnkeyError } from './util.js';
  *   room.iceServers (sfu mode: ask the SFU to resync)
  * - getStats(), peerConnection(id), close()
  * - sfu mode only: handleSfu(msg) (the `msg` of an `sfu` frame), sendData(data),
- *   setVideoPreference({maxHeight, trackId})
+ *   setVideoPreference({maxHeight, trackId}), startScreenShare(track?), stopScreenShare()
  * A MeshSession sends to and receives from each participant directly. An SfuSession keeps a
  * publish and a subscribe RTCPeerConnection to the SFU and maps the subscribed tracks to
  * participants by their stream id (sfu/PROTOCOL.md).
@@ -33,6 +33,10 @@ import { TurnkeyError } from './util.js';
  * @property {(data: string|ArrayBuffer|ArrayBufferView) => boolean} [sendData] sfu mode only.
  * @property {(pref: {maxHeight: number, trackId?: string}) => boolean} [setVideoPreference] sfu
  *   mode only.
+ * @property {(track?: MediaStreamTrack) => Promise<MediaStreamTrack>} [startScreenShare] sfu
+ *   mode only.
+ * @property {() => boolean} [stopScreenShare] sfu mode only.
+ * @property {MediaStreamTrack|null} [screenTrack] sfu mode only.
  */
 
 /**

@@ -25,14 +25,18 @@ export class SfuSession {
     this.log = (m) => room._log(`[sfu] ${m}`);
     /** @type {Promise<void>} */
     this.queue = Promise.resolve();
-    /** Subscribed tracks by transceiver mid: {participantId, track}. @type {Map<string, {participantId: string, track: MediaStreamTrack}>} */
+    /** Subscribed tracks by transceiver mid: {participantId, track, screen}. @type {Map<string, {participantId: string, track: MediaStreamTrack, screen: boolean}>} */
     this.tracks = new Map();
-    /** Tracks whose participant is not in the list yet, by participant id: [track]. @type {Map<string, MediaStreamTrack[]>} */
+    /** Tracks whose participant is not in the list yet, by participant id. @type {Map<string, Array<{track: MediaStreamTrack, screen: boolean}>>} */
     this.orphans = new Map();
     /** mid -> {trackId, participantId, kind} of the last subscribe offer. @type {Map<string, any>} */
     this.offered = new Map();
     /** @type {RTCRtpSender|null} */
     this.videoSender = null;
+    /** Our screen share: its sender, and whether we captured the track (then we stop it). @type {{sender: RTCRtpSender, track: MediaStreamTrack, owned: boolean}|null} */
+    this.screen = null;
+    /** msid track id -> source of our published tracks, sent with each publish offer. @type {Map<string, string>} */
+    this.sources = new Map();
     /** @type {ReturnType<typeof setTimeout>|undefined} */
     this.offerTimer = undefined;
     const config = rtcConfiguration(room);
@@ -42,7 +46,10 @@ export class SfuSession {
     this.channel.binaryType = 'arraybuffer';
     this.channel.onmessage = (ev) => this.onData(ev.data);
     const local = room.localStream;
-    if (local) this.videoSender = addPublishTracks(this.pub, local, room._opts.simulcast !== false);
+    if (local) {
+      this.videoSender = addPublishTracks(this.pub, local, room._opts.simulcast !== false);
+      for (const t of local.getTracks()) this.sources.set(t.id, t.kind === 'audio' ? 'microphone' : 'camera');
+    }
     this.pub.onnegotiationneeded = () => this.enqueue(() => this.publishOffer());
     /** @type {Array<[string, RTCPeerConnection]>} */
     const pcs = [['publish', this.pub], ['subscribe', this.sub]];
@@ -90,7 +97,7 @@ export class SfuSession {
     const pc = this.pub;
     if (this.closed || pc.signalingState !== 'stable') return;
     await pc.setLocalDescription(await pc.createOffer());
-    this.send({ type: 'offer', sdp: pc.localDescription.sdp });
+    this.send({ type: 'offer', sdp: pc.localDescription.sdp, sources: Object.fromEntries(this.sources) });
     clearTimeout(this.offerTimer);
     this.offerTimer = setTimeout(() => {
       this.enqueue(async () => {
@@ -176,22 +183,33 @@ export class SfuSession {
       this.log(`track ${ev.track.id} without a participant ignored`);
       return;
     }
+    const screen = !!info && info.source === 'screen';
     const known = mid != null ? this.tracks.get(mid) : undefined;
     if (known && known.participantId !== participantId) this.dropTrack(mid);
-    if (mid != null) this.tracks.set(mid, { participantId, track: ev.track });
+    if (mid != null) this.tracks.set(mid, { participantId, track: ev.track, screen });
     const participant = this.room.participants.get(participantId);
     if (!participant) {
       if (participantId === this.room.participantId) return; // never our own media
       const list = this.orphans.get(participantId) || [];
-      list.push(ev.track);
+      list.push({ track: ev.track, screen });
       this.orphans.set(participantId, list);
       return;
     }
-    this.deliver(participant, ev.track);
+    this.deliver(participant, ev.track, screen);
   }
 
-  /** @param {Participant} participant @param {MediaStreamTrack} track */
-  deliver(participant, track) {
+  /**
+   * A remote track for `participant`: camera and microphone go into participant.stream
+   * (`track`), a screen share into a stream of its own, participant.screenStream (`screen-track`).
+   * @param {Participant} participant @param {MediaStreamTrack} track @param {boolean} screen
+   */
+  deliver(participant, track, screen) {
+    if (screen) {
+      const stream = new MediaStream([track]);
+      participant.screenStream = stream;
+      this.room._emit('screen-track', { participant, track, stream });
+      return;
+    }
     const stream = participant.stream;
     if (!stream.getTrackById(track.id)) stream.addTrack(track);
     this.room._emit('track', { participant, track, stream });
@@ -203,13 +221,82 @@ export class SfuSession {
     this.tracks.delete(mid);
     if (!entry) return;
     const orphans = this.orphans.get(entry.participantId);
-    if (orphans) this.orphans.set(entry.participantId, orphans.filter((t) => t !== entry.track));
+    if (orphans) this.orphans.set(entry.participantId, orphans.filter((o) => o.track !== entry.track));
     const participant = this.room.participants.get(entry.participantId);
     if (!participant) return;
+    if (entry.screen) {
+      const stream = participant.screenStream;
+      if (!stream || !stream.getTrackById(entry.track.id)) return;
+      participant.screenStream = null;
+      this.room._emit('screen-track-removed', { participant, track: entry.track, stream });
+      return;
+    }
     const stream = participant.stream;
     if (!stream.getTrackById(entry.track.id)) return;
     stream.removeTrack(entry.track);
     this.room._emit('track-removed', { participant, track: entry.track, stream });
+  }
+
+  /** @returns {MediaStreamTrack|null} the screen track we share. */
+  get screenTrack() {
+    return this.screen ? this.screen.track : null;
+  }
+
+  /**
+   * Shares a screen: a second video transceiver on the publish connection, one layer (no
+   * sendEncodings, so no simulcast), contentHint 'detail', announced as source `screen` in the
+   * publish offer (sfu/PROTOCOL.md "Track sources"); onnegotiationneeded sends that offer.
+   * @param {MediaStreamTrack} [given] a video track to share instead of asking getDisplayMedia.
+   * @returns {Promise<MediaStreamTrack>}
+   */
+  async startScreenShare(given) {
+    if (this.closed) throw new TurnkeyError('startScreenShare: the room is closed', { code: 'wrong_state' });
+    if (this.screen) throw new TurnkeyError('startScreenShare: already sharing', { code: 'wrong_state' });
+    let track = given;
+    if (!track) {
+      const captured = await navigator.mediaDevices.getDisplayMedia({ video: true, audio: false });
+      track = captured.getVideoTracks()[0];
+      if (!track) throw new TurnkeyError('startScreenShare: no video track captured', { code: 'unsupported' });
+    }
+    if (track.kind !== 'video') throw new TurnkeyError('startScreenShare: not a video track', { code: 'bad_request' });
+    if (this.screen) {
+      if (!given) track.stop();
+      throw new TurnkeyError('startScreenShare: already sharing', { code: 'wrong_state' });
+    }
+    // Text and fine detail: the encoder keeps resolution and gives up frame rate.
+    track.contentHint = 'detail';
+    const stream = new MediaStream([track]);
+    const sender = this.pub.addTransceiver(track, { direction: 'sendonly', streams: [stream] }).sender;
+    this.screen = { sender, track, owned: !given };
+    this.sources.set(track.id, 'screen');
+    // The browser's own "Stop sharing" ends the captured track.
+    track.addEventListener('ended', () => {
+      if (this.screen && this.screen.track === track) this.stopScreenShare();
+    });
+    this.log(`sharing screen track ${track.id}`);
+    this.room._emit('screen-share', { active: true, track });
+    return track;
+  }
+
+  /**
+   * Stops the screen share: removeTrack turns its m-section recvonly, the next publish offer
+   * (onnegotiationneeded) no longer sends it, and the SFU removes it for the others.
+   * @returns {boolean}
+   */
+  stopScreenShare() {
+    const s = this.screen;
+    if (!s || this.closed) return false;
+    this.screen = null;
+    this.sources.delete(s.track.id);
+    try {
+      this.pub.removeTrack(s.sender);
+    } catch (e) {
+      this.log(`removeTrack failed: ${errorText(e)}`);
+    }
+    if (s.owned) s.track.stop();
+    this.log(`screen share of ${s.track.id} stopped`);
+    this.room._emit('screen-share', { active: false, track: s.track });
+    return true;
   }
 
   /**
@@ -272,7 +359,7 @@ export class SfuSession {
     participant.connectionState = this.sub.connectionState;
     const waiting = this.orphans.get(participant.id) || [];
     this.orphans.delete(participant.id);
-    for (const track of waiting) this.deliver(participant, track);
+    for (const o of waiting) this.deliver(participant, o.track, o.screen);
   }
 
   /** @param {string} id */
@@ -343,6 +430,8 @@ export class SfuSession {
     }
     this.pub.close();
     this.sub.close();
+    if (this.screen && this.screen.owned) this.screen.track.stop();
+    this.screen = null;
     this.tracks.clear();
     this.orphans.clear();
   }

@@ -32,7 +32,10 @@ export class TurnkeyError extends Error {
  * @property {string} [identity] The `sub` of its access token.
  * @property {string} [name] Display name.
  * @property {MediaStream} stream Its remote tracks (one MediaStream per participant; tracks are
- *   added as they arrive, so a <video> can take it as srcObject right away).
+ *   added as they arrive, so a <video> can take it as srcObject right away): camera and
+ *   microphone.
+ * @property {MediaStream|null} [screenStream] Sfu mode: its screen share while it shares one
+ *   (see the `screen-track` event), else null or absent.
  * @property {RTCPeerConnectionState} connectionState State of the media connection to it
  *   (mesh mode: of the RTCPeerConnection with it; sfu mode: of our subscribe connection to the
  *   SFU, which carries everyone's media).
