@@ -183,6 +183,8 @@ struct Pc {
     /// Our last DTLS flight, sent again when the SFU repeats its own (rtc-dtls does not:
     /// `sfu_proto::dtls_flight`).
     flight: LastFlight,
+    /// Where our DTLS datagrams go (for the flight's own timer).
+    flight_to: Option<SocketAddr>,
     /// ICE has a selected pair here.
     ice_up: bool,
     /// DTLS datagrams that arrived before `ice_up`, fed again once it is: rtc's ICE handler
@@ -349,6 +351,7 @@ pub fn run(
                 created: start,
                 setup: None,
                 flight: LastFlight::default(),
+                flight_to: None,
                 ice_up: false,
                 early: Vec::new(),
             });
@@ -473,7 +476,23 @@ pub fn run(
                 };
                 let Some(pc) = pc else { continue };
                 if pc.deadline.is_some_and(|d| d <= now) {
-                    let _ = pc.pc.handle_timeout(now);
+                    // Our DTLS flight timer (rtc's may have been disarmed: see
+                    // sfu_proto::dtls_flight).
+                    if pc.flight.handle_timeout(now) {
+                        report.flights_resent += 1;
+                        if let Some(to) = pc.flight_to {
+                            for d in pc.flight.flight() {
+                                if dropper.drop_next() {
+                                    report.dropped += 1;
+                                    continue;
+                                }
+                                let _ = pc.sock.send_to(d, to);
+                            }
+                        }
+                    }
+                    if pc.pc.poll_timeout().is_some_and(|d| d <= now) {
+                        let _ = pc.pc.handle_timeout(now);
+                    }
                     pc.dirty = true;
                 }
                 if !pc.dirty {
@@ -495,7 +514,7 @@ pub fn run(
                             if pc.setup.is_none() {
                                 pc.setup = Some(now.saturating_duration_since(pc.created));
                             }
-                            pc.flight.finish();
+                            pc.flight.finish(now);
                         } else if !up && pc.connected {
                             shared.connected.fetch_sub(1, Ordering::Relaxed);
                         }
@@ -531,7 +550,10 @@ pub fn run(
                 };
                 let Some(pc) = pc else { continue };
                 while let Some(d) = pc.pc.poll_write() {
-                    pc.flight.on_sent(&d.message);
+                    pc.flight.on_sent(now, &d.message);
+                    if sfu_proto::dtls_flight::is_dtls(&d.message) {
+                        pc.flight_to = Some(d.transport.peer_addr);
+                    }
                     if dropper.drop_next() {
                         report.dropped += 1;
                         continue;
@@ -540,7 +562,10 @@ pub fn run(
                         report.send_errors += 1;
                     }
                 }
-                pc.deadline = pc.pc.poll_timeout();
+                pc.deadline = match (pc.pc.poll_timeout(), pc.flight.poll_timeout()) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
             }
         }
     }
@@ -654,6 +679,7 @@ fn on_signal(
                     created: now,
                     setup: None,
                     flight: LastFlight::default(),
+                    flight_to: None,
                     ice_up: false,
                     early: Vec::new(),
                 });

@@ -189,8 +189,20 @@ struct Pc {
     /// Our last DTLS handshake flight, sent again when the peer repeats its own
     /// ([`crate::dtls_flight`]: works around rtc-dtls not doing so).
     flight: LastFlight,
+    /// Where our DTLS datagrams go (for the flight's own timer).
+    flight_to: Option<(Proto, SocketAddr)>,
     /// ICE checks that came before the remote description (at most [`MAX_EARLY_CHECKS`]).
     early_checks: Vec<(Proto, SocketAddr, BytesMut)>,
+}
+
+impl Pc {
+    /// The earliest of the PC's own deadline and our DTLS flight timer's.
+    fn deadline(&mut self) -> Option<Instant> {
+        match (self.pc.poll_timeout(), self.flight.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 /// ICE checks kept per PC until its remote description is applied.
@@ -451,7 +463,7 @@ impl Worker {
                 (Leg::Publish, p.publish.as_mut()),
                 (Leg::Subscribe, p.subscribe.as_mut()),
             ] {
-                let Some(t) = pc.and_then(|pc| pc.pc.poll_timeout()) else {
+                let Some(t) = pc.and_then(|pc| pc.deadline()) else {
                     continue;
                 };
                 debug_assert!(
@@ -568,15 +580,35 @@ impl Worker {
         // In table order (participant, publish before subscribe), as the PCs are drained.
         due.sort_unstable();
         for key in due {
+            let mut resend = Vec::new();
             if let Some(pc) = self.pc_mut(key) {
+                // Our DTLS flight timer (rtc's may have been disarmed, see dtls_flight).
+                if pc.flight.handle_timeout(now) {
+                    if let Some((proto, remote)) = pc.flight_to {
+                        resend = pc
+                            .flight
+                            .flight()
+                            .map(|d| (proto, remote, d.clone()))
+                            .collect();
+                    }
+                }
                 match pc.pc.poll_timeout() {
                     Some(t) if t <= now => {
                         let _ = pc.pc.handle_timeout(now);
                         self.dirty.push(key);
                     }
-                    // Moved later since it was armed.
-                    Some(t) => self.timers.schedule(t, Timer::Pc(key)),
-                    None => {}
+                    // Moved later since it was armed, or only the flight timer was due.
+                    _ => self.refresh_timer(key),
+                }
+            }
+            if !resend.is_empty() {
+                self.stats.dtls_flights_resent += 1;
+                for (proto, remote, payload) in resend {
+                    self.push_transmit(Transmit {
+                        proto,
+                        remote,
+                        payload,
+                    });
                 }
             }
         }
@@ -633,7 +665,7 @@ impl Worker {
 
     /// Re-arms `key`'s timer from its PC's own deadline (none: disarmed).
     fn refresh_timer(&mut self, key: PcKey) {
-        match self.pc_mut(key).and_then(|pc| pc.pc.poll_timeout()) {
+        match self.pc_mut(key).and_then(|pc| pc.deadline()) {
             Some(t) => self.timers.schedule(t, Timer::Pc(key)),
             None => self.timers.cancel(&Timer::Pc(key)),
         }

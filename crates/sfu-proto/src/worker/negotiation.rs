@@ -123,6 +123,7 @@ impl Worker {
             connected: false,
             failed: false,
             flight: LastFlight::default(),
+            flight_to: None,
             early_checks: Vec::new(),
         };
         if let Some(p) = self.parts[h].as_mut() {

@@ -88,16 +88,18 @@ impl Worker {
         let Some(pc) = self.pc_mut(key) else { return };
         let mut out = Vec::new();
         while let Some(d) = pc.pc.poll_write() {
-            pc.flight.on_sent(&d.message);
+            pc.flight.on_sent(now, &d.message);
+            if crate::dtls_flight::is_dtls(&d.message) {
+                pc.flight_to = Some((
+                    transport_proto(d.transport.transport_protocol),
+                    d.transport.peer_addr,
+                ));
+            }
             out.push(d);
         }
         for d in out {
             self.push_transmit(Transmit {
-                proto: if d.transport.transport_protocol == TransportProtocol::TCP {
-                    Proto::Tcp
-                } else {
-                    Proto::Udp
-                },
+                proto: transport_proto(d.transport.transport_protocol),
                 remote: d.transport.peer_addr,
                 payload: d.message,
             });
@@ -106,6 +108,10 @@ impl Worker {
     }
 
     pub(super) fn on_event(&mut self, now: Instant, key: PcKey, e: RTCPeerConnectionEvent) {
+        if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(s) = &e {
+            let who = self.parts[key.participant].as_ref().map(|p| p.id.as_str());
+            tracing::debug!(participant = ?who, leg = ?key.leg, state = ?s, "peer connection state");
+        }
         match e {
             RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init))
                 if key.leg == Leg::Publish =>
@@ -139,7 +145,7 @@ impl Worker {
             ) => {
                 if let Some(pc) = self.pc_mut(key) {
                     pc.connected = true;
-                    pc.flight.finish();
+                    pc.flight.finish(now);
                 }
                 if key.leg == Leg::Subscribe {
                     // A new subscriber starts with a keyframe of everything it receives.
@@ -267,5 +273,14 @@ impl Worker {
                 leg: Leg::Publish,
             });
         }
+    }
+}
+
+/// Our [`Proto`] of a datagram rtc hands over.
+fn transport_proto(t: TransportProtocol) -> Proto {
+    if t == TransportProtocol::TCP {
+        Proto::Tcp
+    } else {
+        Proto::Udp
     }
 }
