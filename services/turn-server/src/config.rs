@@ -1341,6 +1341,48 @@ mod tests {
     }
 
     #[test]
+    fn relay_multiplex_needs_its_shared_ports_and_one_more_in_the_range() {
+        let ok = parse(&[
+            "--workers",
+            "2",
+            "--relay-multiplex",
+            "2",
+            "--min-port",
+            "50001",
+            "--max-port",
+            "50010",
+        ])
+        .resolve(&Defaults::default())
+        .unwrap();
+        assert_eq!(ok.relay_multiplex, 2);
+        // Shared ports 50002, 50004 (worker 0), 50006, 50008 (worker 1): all even.
+        assert_eq!(multiplexed_port(50001, 2, 2, 0), 50002);
+        assert_eq!(multiplexed_port(50001, 2, 2, 1), 50006);
+        // 50008 is the last shared port: the range must go beyond it.
+        for max in ["50008", "50007"] {
+            let err = parse(&[
+                "--workers",
+                "2",
+                "--relay-multiplex",
+                "2",
+                "--min-port",
+                "50001",
+                "--max-port",
+                max,
+            ])
+            .resolve(&Defaults::default());
+            assert!(err.is_err(), "max {max}");
+        }
+        assert_eq!(
+            parse(&[])
+                .resolve(&Defaults::default())
+                .unwrap()
+                .relay_multiplex,
+            0
+        );
+    }
+
+    #[test]
     fn xdp_keys_from_file_and_flags_are_restart_only() {
         let cfg = parse(&[]).resolve(&Defaults::default()).unwrap();
         assert_eq!(cfg.xdp, None);

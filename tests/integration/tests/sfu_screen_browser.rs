@@ -61,12 +61,9 @@ fn chromium_sfu_screen_share() {
         .as_str()
         .expect("sharer id")
         .to_string();
-    for v in result["sharing"]
-        .as_array()
-        .expect("sharing")
-        .iter()
-        .skip(1)
-    {
+    let sharing = result["sharing"].as_array().expect("sharing");
+    assert_eq!(sharing.len(), 3, "one view per page: {report}");
+    for v in sharing.iter().skip(1) {
         let screen = &v["screen"][&sharer];
         let camera = &v["camera"][&sharer];
         assert!(
@@ -80,7 +77,9 @@ fn chromium_sfu_screen_share() {
         assert_ne!(screen["trackIds"], camera["trackIds"], "{v}");
     }
     // And saw it end.
-    for v in result["ended"].as_array().expect("ended").iter().skip(1) {
+    let ended = result["ended"].as_array().expect("ended");
+    assert_eq!(ended.len(), 3, "one view per page: {report}");
+    for v in ended.iter().skip(1) {
         assert!(
             v["screensEnded"]
                 .as_array()

@@ -156,14 +156,17 @@ impl TurnCore {
             self.stats.drop_packet(DropReason::NoPermission);
             return None;
         }
-        let Some(relay) = a.relay_for(AddressFamily::of(peer.ip())).map(|r| r.local) else {
+        let Some((relay, multiplexed)) = a
+            .relay_for(AddressFamily::of(peer.ip()))
+            .map(|r| (r.local, r.multiplexed))
+        else {
             self.stats.drop_packet(DropReason::FamilyMismatch);
             return None;
         };
         if !Self::peer_allowed(&self.cfg, &self.shared, &mut self.stats, peer) {
             return None;
         }
-        if !Self::owns_endpoint(&self.by_endpoint, id, a, peer) {
+        if multiplexed && self.by_endpoint.get(&(relay, peer)) != Some(&id) {
             // Another allocation on this shared relayed address owns the endpoint (or nobody
             // does since its permission ended): the peer must not take this as theirs.
             self.stats.drop_packet(DropReason::PeerEndpointTaken);
