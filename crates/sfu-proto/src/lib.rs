@@ -13,6 +13,7 @@ pub mod layers;
 pub mod limit;
 pub mod media;
 pub mod msg;
+pub mod nack;
 pub mod peer;
 pub mod sdp;
 pub mod speaker;

@@ -5,22 +5,25 @@
 //!   header extensions (MID/RID, RFC 8852), TWCC feedback for the publisher's own estimate; no
 //!   RTX codec (webrtc-rs rtc#12: RTX of RID layers is not paired yet, so Chrome retransmits on
 //!   the primary SSRC instead);
-//! - subscribe leg: NACK responder with RTX (RFC 4588), sender reports, TWCC with send-side
-//!   congestion control (GCC), whose estimate [`BweCell`] exposes; no pacer (the SFU adapts
-//!   by choosing simulcast layers, and pacing forwarded media to the estimate only delays it).
+//! - subscribe leg: NACK responder with RTX (RFC 4588) from a history sized by RTT and rate
+//!   ([`crate::nack`], which also taps the leg's feedback for the worker), sender reports, TWCC
+//!   with send-side congestion control (GCC), whose estimate [`BweCell`] exposes; no pacer (the
+//!   SFU adapts by choosing simulcast layers, and pacing forwarded media to the estimate only
+//!   delays it).
 //!
-//! [`FeedbackTap`] sits next to the wire on both legs: it counts NACK, PLI and FIR received and
-//! retransmissions sent, and hands inbound RTCP to the application (so PLI/FIR from subscribers
-//! can be forwarded to publishers).
+//! Each leg carries only the interceptors it uses (every one costs each packet two moves
+//! through its queues). [`FeedbackTap`] is the same tap for clients (the bench, tests): it
+//! counts NACK, PLI and FIR received and retransmissions sent, and hands inbound RTCP to the
+//! application.
 
+use crate::nack::{HistoryConfig, NackHistory};
 use rtc::interceptor::{
     Attribute, BandwidthEstimator, CongestionControlBuilder, EstimatorStats, Gcc, Interceptor,
-    Packet, PacketReport, Registry, Slot, StreamInfo, TaggedPacket, TwccReceiverBuilder,
-    TwccSenderBuilder,
+    NackGeneratorBuilder, Packet, PacketReport, ReceiverReportBuilder, Registry,
+    SenderReportBuilder, Slot, StreamInfo, TaggedPacket, TwccSenderBuilder,
 };
 use rtc::peer_connection::configuration::interceptor_registry::{
-    configure_nack, configure_rtcp_reports, configure_simulcast_extension_headers,
-    configure_twcc_receiver_only,
+    configure_simulcast_extension_headers, configure_twcc_receiver_only,
 };
 use rtc::peer_connection::configuration::media_engine::{
     MediaEngine, MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_RTX, MIME_TYPE_VP8, MIME_TYPE_VP9,
@@ -65,6 +68,13 @@ pub struct FeedbackCounters {
     pub fir: AtomicU64,
     /// RTP packets sent again because of a NACK (RTX or plain).
     pub retransmitted: AtomicU64,
+    /// Sequence numbers NACKed that were no longer (or never) in the send history
+    /// ([`crate::nack`]).
+    pub nack_missing: AtomicU64,
+    /// Sequence numbers NACKed again within one RTT of their last retransmission (not sent).
+    pub nack_throttled: AtomicU64,
+    /// Packets held in every send history now (a gauge).
+    pub history_packets: AtomicU64,
 }
 
 /// Interceptor next to the wire: counts feedback, marks inbound RTCP for the application.
@@ -204,6 +214,8 @@ pub struct PcSettings {
     pub bwe_min_bps: f64,
     /// Upper bound of the estimate.
     pub bwe_max_bps: f64,
+    /// How long the subscriber leg keeps sent packets for NACK ([`crate::nack`]).
+    pub nack_history: HistoryConfig,
 }
 
 impl Default for PcSettings {
@@ -214,6 +226,7 @@ impl Default for PcSettings {
             bwe_initial_bps: 400_000.0,
             bwe_min_bps: 100_000.0,
             bwe_max_bps: 10_000_000.0,
+            nack_history: HistoryConfig::default(),
         }
     }
 }
@@ -307,12 +320,28 @@ pub fn build_pc(
     now: Instant,
 ) -> Result<RTCPeerConnection, rtc::shared::error::Error> {
     let mut me = media_engine(leg)?;
-    let registry = Registry::new().with(Slot::Custom(500), FeedbackTap::new(counters));
+    // Each interceptor on a chain costs every packet a move through its queues, so each leg
+    // gets only what it uses: the publish leg receives media (NACK generator, receiver
+    // reports, TWCC feedback) and sends none; the subscribe leg sends media (congestion
+    // control, TWCC numbering, the NACK history, which also taps feedback for the worker, and
+    // sender reports) and receives none.
+    let registry = Registry::new();
+    // NACK and PLI feedback on video, as rtc's `configure_nack`; but the publish leg only asks
+    // (generator), and the subscribe leg only answers, from an RTT-sized history.
+    for parameter in ["", "pli"] {
+        me.register_feedback(
+            RTCPFeedback {
+                typ: "nack".into(),
+                parameter: parameter.into(),
+            },
+            RtpCodecKind::Video,
+        );
+    }
     let registry = match leg {
         Leg::Publish => {
             configure_simulcast_extension_headers(&mut me)?;
-            let r = configure_nack(registry, &mut me);
-            let r = configure_rtcp_reports(r);
+            let r = registry.with(Slot::NackGenerator, NackGeneratorBuilder::new().build());
+            let r = r.with(Slot::ReceiverReport, ReceiverReportBuilder::new().build());
             configure_twcc_receiver_only(r, &mut me)?
         }
         Leg::Subscribe => {
@@ -348,10 +377,12 @@ pub fn build_pc(
                     Slot::CongestionControl,
                     CongestionControlBuilder::new(estimator).build(),
                 )
-                .with(Slot::TwccSender, TwccSenderBuilder::new().build())
-                .with(Slot::TwccReceiver, TwccReceiverBuilder::new().build());
-            let r = configure_nack(r, &mut me);
-            configure_rtcp_reports(r)
+                .with(Slot::TwccSender, TwccSenderBuilder::new().build());
+            r.with(
+                Slot::NackResponder,
+                NackHistory::new(settings.nack_history, counters),
+            )
+            .with(Slot::SenderReport, SenderReportBuilder::new().build())
         }
     };
     let mut se = SettingEngineBuilder::new()

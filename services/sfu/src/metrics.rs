@@ -9,6 +9,8 @@
 //! | `sfu_forwarded_bytes_total` | counter | |
 //! | `sfu_nack_total` | counter | (NACK packets received from subscribers) |
 //! | `sfu_retransmitted_packets_total` | counter | |
+//! | `sfu_nack_unanswered_total` | counter | `reason` (`missing`: the sequence number is no longer in the send history, sized by RTT and rate; `throttled`: NACKed again within one RTT of its last retransmission) |
+//! | `sfu_nack_history_packets` | gauge | `worker` (packets held for retransmission over every subscriber) |
 //! | `sfu_pli_total` | counter | `direction` (`received` from subscribers, `sent` to publishers) |
 //! | `sfu_layer_switches_total` | counter | |
 //! | `sfu_bandwidth_estimate_bps` | histogram | (subscriber estimates, sampled every 500 ms) |
@@ -64,6 +66,10 @@ pub struct SfuMetrics {
     pub nack: Counter,
     /// `sfu_retransmitted_packets_total`.
     pub retransmitted: Counter,
+    /// `sfu_nack_unanswered_total{reason}`.
+    pub nack_unanswered: Family<L1, Counter>,
+    /// `sfu_nack_history_packets{worker}`.
+    pub nack_history_packets: Family<LW, Gauge>,
     /// `sfu_pli_total{direction}`.
     pub pli: Family<L1, Counter>,
     /// `sfu_layer_switches_total`.
@@ -107,6 +113,8 @@ impl SfuMetrics {
             forwarded_bytes: Counter::default(),
             nack: Counter::default(),
             retransmitted: Counter::default(),
+            nack_unanswered: Family::default(),
+            nack_history_packets: Family::default(),
             pli: Family::default(),
             layer_switches: Counter::default(),
             bwe: Histogram::new([
@@ -166,6 +174,16 @@ impl SfuMetrics {
             "sfu_retransmitted_packets",
             "RTP packets retransmitted (RTX) after a NACK",
             m.retransmitted.clone(),
+        );
+        registry.register(
+            "sfu_nack_unanswered",
+            "NACKed sequence numbers not retransmitted, by reason",
+            m.nack_unanswered.clone(),
+        );
+        registry.register(
+            "sfu_nack_history_packets",
+            "Packets held for retransmission, per worker",
+            m.nack_history_packets.clone(),
         );
         registry.register(
             "sfu_pli",

@@ -96,8 +96,14 @@ fn simulcast_loss_and_ice_tcp_under_tc_and_iptables() {
     let nack = metric(sfu_metrics, "sfu_nack_total", &[]) - nack_before;
     let rtx = metric(sfu_metrics, "sfu_retransmitted_packets_total", &[]);
     let bwe = metric(sfu_metrics, "sfu_bandwidth_estimate_bps_count", &[]);
+    let missing = metric(
+        sfu_metrics,
+        "sfu_nack_unanswered_total",
+        &[("reason", "missing")],
+    );
     println!(
-        "{result}\nlayer switches {switches}, NACK {nack}, retransmitted {rtx}, bwe samples {bwe}"
+        "{result}\nlayer switches {switches}, NACK {nack}, retransmitted {rtx}, \
+         not in the history {missing}, bwe samples {bwe}"
     );
     assert!(switches >= 1.0, "sfu_layer_switches_total {switches}");
     assert!(nack >= 1.0, "sfu_nack_total moved by {nack}");

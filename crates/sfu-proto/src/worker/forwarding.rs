@@ -141,7 +141,9 @@ impl Worker {
             out.header.payload_type = pt;
             out.header.sequence_number = rw.seq;
             out.header.timestamp = rw.timestamp;
-            if let (Some(pid), true) = (rw.picture_id, video == VideoCodec::Vp8) {
+            // The payload is shared with the publisher's packet (and every other
+            // subscriber's) unless its picture id must change: only then is it copied.
+            if let (Some(pid), true) = (rw.picture_id, rw.picture_id != picture_id) {
                 let mut b = BytesMut::from(&out.payload[..]);
                 if media::set_vp8_picture_id(&mut b, pid) {
                     out.payload = b.freeze();

@@ -347,7 +347,9 @@ pub enum JoinError {
 /// The worker core.
 pub struct Worker {
     cfg: WorkerConfig,
-    parts: Vec<Option<Participant>>,
+    /// Boxed: a participant holds two peer connections inline (kilobytes), and the table
+    /// grows by doubling.
+    parts: Vec<Option<Box<Participant>>>,
     by_id: HashMap<(String, String), Handle>,
     rooms: HashMap<String, Room>,
     tracks: HashMap<String, Published>,

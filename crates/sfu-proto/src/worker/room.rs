@@ -54,7 +54,7 @@ impl Worker {
             }
         };
         r.participants.push(h);
-        self.parts[h] = Some(Participant {
+        self.parts[h] = Some(Box::new(Participant {
             room: room.to_string(),
             id: participant.to_string(),
             link,
@@ -75,7 +75,7 @@ impl Worker {
                 self.cfg.data_message_burst,
                 now,
             ),
-        });
+        }));
         self.by_id.insert(key, h);
         // Subscribe to everything already published in the room.
         let existing: Vec<String> = self

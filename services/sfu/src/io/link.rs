@@ -104,8 +104,16 @@ async fn signal(
         return refuse(StatusCode::BAD_REQUEST, "bad_request", &e.to_string());
     }
     ws.max_message_size(sfu_proto::msg::MAX_MESSAGE_BYTES)
+        // tungstenite's default read buffer is 128 KiB per connection, and there is one link
+        // per participant: most of what a participant cost. Link messages are small (SDP is
+        // the largest), and the buffer grows for a larger one.
+        .read_buffer_size(LINK_BUFFER_BYTES)
+        .write_buffer_size(LINK_BUFFER_BYTES)
         .on_upgrade(move |socket| run_link(st, q, socket))
 }
+
+/// Initial WebSocket read/write buffer of a link.
+const LINK_BUFFER_BYTES: usize = 8 * 1024;
 
 async fn run_link(st: Arc<LinkState>, q: LinkQuery, mut socket: WebSocket) {
     let link = st.next_link.fetch_add(1, Ordering::Relaxed);

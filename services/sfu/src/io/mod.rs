@@ -19,13 +19,15 @@ use sfu_proto::limit::PendingTable;
 use sfu_proto::worker::{JoinError, Worker, WorkerConfig};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use turnkey_sockets::batch::{RecvBatch, SendBatch};
 
 /// Commands a worker accepts.
 #[derive(Debug)]
@@ -159,8 +161,9 @@ struct TcpConn {
 pub const QUEUE: usize = 1024;
 /// Frames queued per ICE-TCP stream before drops.
 const TCP_QUEUE: usize = 512;
-/// Datagrams read per wake-up before the worker services its other inputs.
-const BATCH: usize = 64;
+/// `recvmmsg(2)` calls per wake-up (each up to [`turnkey_sockets::batch::BATCH`] datagrams)
+/// before the worker sends what they produced and services its other inputs.
+const READS_PER_WAKE: usize = 4;
 
 /// Which worker hosts each room, and how many links each room has.
 #[derive(Debug, Default)]
@@ -241,6 +244,8 @@ struct Exported {
     pli_received: u64,
     pli_sent: u64,
     retransmitted: u64,
+    nack_missing: u64,
+    nack_throttled: u64,
     layer_switches: u64,
     bad_packets: u64,
     bad_sdp: u64,
@@ -276,7 +281,12 @@ async fn run_worker(
     let mut links: HashMap<(String, String), (u64, mpsc::Sender<String>)> = HashMap::new();
     let mut tcp: HashMap<SocketAddr, TcpConn> = HashMap::new();
     let (tcp_in_tx, mut tcp_in) = mpsc::channel::<(SocketAddr, Option<Vec<u8>>)>(QUEUE);
-    let mut buf = vec![0u8; 2048];
+    // Batched I/O (one small module, `turnkey_sockets::batch`): recvmmsg into one buffer set,
+    // and what a wake-up produced leaves in sendmmsg calls, grouped by destination so that the
+    // packets of one frame to one subscriber go as one UDP GSO message.
+    let mut rx = Box::new(RecvBatch::new());
+    let mut tx: SendBatch<()> = SendBatch::new();
+    let mut udp_out: Vec<sfu_proto::worker::Transmit> = Vec::new();
     let mut exported = Exported {
         forwarded_packets: 0,
         forwarded_bytes: 0,
@@ -284,6 +294,8 @@ async fn run_worker(
         pli_received: 0,
         pli_sent: 0,
         retransmitted: 0,
+        nack_missing: 0,
+        nack_throttled: 0,
         layer_switches: 0,
         bad_packets: 0,
         bad_sdp: 0,
@@ -311,13 +323,17 @@ async fn run_worker(
         let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline));
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            r = udp.recv_from(&mut buf) => {
+            r = udp.readable() => {
                 let busy = Instant::now();
-                if let Ok((n, src)) = r {
-                    core.handle_datagram(busy, Proto::Udp, src, &buf[..n]);
-                    for _ in 1..BATCH {
-                        match udp.try_recv_from(&mut buf) {
-                            Ok((n, src)) => core.handle_datagram(Instant::now(), Proto::Udp, src, &buf[..n]),
+                if r.is_ok() {
+                    for _ in 0..READS_PER_WAKE {
+                        match udp.try_io(Interest::READABLE, || rx.recv(&udp)) {
+                            Ok(_) => {
+                                let now = Instant::now();
+                                for (src, d) in rx.datagrams() {
+                                    core.handle_datagram(now, Proto::Udp, src, d);
+                                }
+                            }
                             Err(_) => break,
                         }
                     }
@@ -376,9 +392,7 @@ async fn run_worker(
         }
         while let Some(t) = core.poll_transmit() {
             match t.proto {
-                Proto::Udp => {
-                    let _ = udp.try_send_to(&t.payload, t.remote);
-                }
+                Proto::Udp => udp_out.push(t),
                 Proto::Tcp => {
                     if let Some(c) = tcp.get_mut(&t.remote) {
                         // The PC answered a check on this stream: ICE completed on it.
@@ -391,6 +405,7 @@ async fn run_worker(
                 }
             }
         }
+        send_udp(&udp, &mut tx, &mut udp_out);
         // Pending past their deadline: closed.
         tcp.retain(|_, c| {
             if c.pending.as_ref().is_some_and(|(d, _)| *d <= now) {
@@ -439,6 +454,23 @@ async fn run_worker(
         .dec_by(video as i64);
 }
 
+/// Sends `out` (emptied) in as few `sendmmsg(2)` calls as [`SendBatch`] takes: grouped by
+/// destination first (a stable sort keeps each destination's order), so consecutive datagrams
+/// of one size to one subscriber become one GSO message. A datagram the socket refuses (full
+/// buffer) is dropped, as a plain send would.
+fn send_udp(udp: &UdpSocket, tx: &mut SendBatch<()>, out: &mut Vec<sfu_proto::worker::Transmit>) {
+    out.sort_by_key(|t| t.remote);
+    for t in out.drain(..) {
+        if tx.is_full() {
+            tx.flush(|_| Some(udp.as_fd()), |_, _, _| {});
+        }
+        tx.push((), t.remote, &t.payload);
+    }
+    if !tx.is_empty() {
+        tx.flush(|_| Some(udp.as_fd()), |_, _, _| {});
+    }
+}
+
 /// Counts an ICE-TCP close in `sfu_ice_tcp_closed_total{reason}`.
 fn count_tcp_close(metrics: &SfuMetrics, reason: &'static str) {
     metrics
@@ -476,6 +508,21 @@ fn export(
         f.retransmitted.load(Ordering::Relaxed),
         &mut e.retransmitted,
     ));
+    m.nack_unanswered
+        .get_or_create(&[("reason", "missing")])
+        .inc_by(delta(
+            f.nack_missing.load(Ordering::Relaxed),
+            &mut e.nack_missing,
+        ));
+    m.nack_unanswered
+        .get_or_create(&[("reason", "throttled")])
+        .inc_by(delta(
+            f.nack_throttled.load(Ordering::Relaxed),
+            &mut e.nack_throttled,
+        ));
+    m.nack_history_packets
+        .get_or_create(worker)
+        .set(f.history_packets.load(Ordering::Relaxed) as i64);
     let pli_in = f.pli.load(Ordering::Relaxed) + f.fir.load(Ordering::Relaxed);
     m.pli
         .get_or_create(&[("direction", "received")])

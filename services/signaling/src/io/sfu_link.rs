@@ -102,7 +102,11 @@ pub async fn connect(url: &str, secret: Option<&str>) -> Result<LinkStream, Link
     }
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_LINK_FRAME_BYTES))
-        .max_frame_size(Some(MAX_LINK_FRAME_BYTES));
+        .max_frame_size(Some(MAX_LINK_FRAME_BYTES))
+        // One link per participant: tungstenite's 128 KiB default read buffer would be most of
+        // what a participant costs here; the buffer grows for a larger frame.
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(8 * 1024);
     match tokio::time::timeout(
         LINK_CONNECT_TIMEOUT,
         tokio_tungstenite::connect_async_with_config(request, Some(config), true),
