@@ -22,7 +22,9 @@
 #
 # Usage: scripts/bench-sfu.sh
 # Environment (all optional):
-#   SERVERS="turnkey janus"   servers, alternating order each round
+#   SERVERS="turnkey janus"   servers, alternating order each round; "turnkey-base" is the
+#                             `sfu` binary at BASE_SFU (an older build, for before/after)
+#   BASE_SFU=                 path of that binary
 #   ROUNDS=3                  rounds over all scenarios and servers
 #   ROOMS=5                   rooms of 4 in the room scenario (20 participants); 0 skips it
 #   FANOUTS="100 500"         subscribers of the fan-out scenarios
@@ -107,13 +109,19 @@ versions() {
 bench() {
     local server=$1 label=$2 out=$3
     shift 3
-    local args=(--server "$server" --host-ip "$HOST_IP" --workers "$WORKERS"
+    local kind=$server
+    local args=()
+    if [[ $server == turnkey-base ]]; then
+        kind=turnkey
+        args+=(--sfu-bin "${BASE_SFU:?BASE_SFU names the sfu binary of turnkey-base}")
+    fi
+    args+=(--server "$kind" --host-ip "$HOST_IP" --workers "$WORKERS"
         --client-threads "$CLIENT_THREADS" --setup-timeout "$SETUP_TIMEOUT" --json)
     [[ $server == janus && -n $JANUS_EVENT_LOOPS ]] && args+=(--janus-event-loops "$JANUS_EVENT_LOOPS")
     local err=$WORK/$server-$label.err json
     # shellcheck disable=SC2086
     if json=$(RUST_BACKTRACE=0 "$BENCH" "${args[@]}" "$@" $EXTRA 2>"$err") && [[ -n $json ]]; then
-        jq -c --arg l "$label" '{label: $l} + .' <<<"$json" >>"$out"
+        jq -c --arg l "$label" --arg s "$server" '{label: $l} + . + {server: $s}' <<<"$json" >>"$out"
         jq -r '"   \(.server) \(.scenario): flows \(.flows_up)/\(.flows), loss \(.loss_percent * 1000 | round / 1000) %, \(.pps_per_sfu_core | floor) pkt/cpu-s, p50 \(.latency_p50_us) us, p99 \(.latency_p99_us) us"' <<<"$json" >&2
     else
         local why
@@ -229,6 +237,11 @@ jq -rs "$median"'
       (if $by.turnkey and $by.janus then
          ["", "t/j", "", "", "", ratio($by.turnkey.pps; $by.janus.pps), ratio($by.turnkey.p50; $by.janus.p50),
           ratio($by.turnkey.p99; $by.janus.p99), ratio($by.turnkey.kib; $by.janus.kib), "", "", ""] | join("\u001f")
+       else empty end),
+      (if $by.turnkey and $by["turnkey-base"] then
+         ["", "t/base", "", "", "", ratio($by.turnkey.pps; $by["turnkey-base"].pps),
+          ratio($by.turnkey.p50; $by["turnkey-base"].p50), ratio($by.turnkey.p99; $by["turnkey-base"].p99),
+          ratio($by.turnkey.kib; $by["turnkey-base"].kib), "", "", ""] | join("\u001f")
        else empty end)' "$RESULTS" |
     while IFS=$'\x1f' read -r scenario server runs flows loss pps p50 p99 kib cpu setup why; do
         # shellcheck disable=SC2059
