@@ -21,6 +21,7 @@ mod signal;
 use anyhow::{bail, Context as _};
 use bench_support::histogram::LatencyHistogram;
 use bench_support::procfs::{self, ProcessSample};
+use bench_support::prom;
 use bench_support::report::{loss_percent, mib, opt, percent_of_core};
 use clap::Parser;
 use std::net::IpAddr;
@@ -549,6 +550,18 @@ fn run(
     }
     rt.block_on(tokio::time::sleep(Duration::from_secs_f64(a.warmup)));
     let rss_connected = procfs::read_process_rss_bytes(pid).unwrap_or(0);
+    // The SFU's own measure of its added latency (turnkey only; older builds lack it).
+    let metrics = match server {
+        Server::Turnkey(node) => Some(node.metrics),
+        Server::Janus(_) => None,
+    };
+    let delay_buckets = || {
+        metrics
+            .and_then(|m| prom::fetch_metrics(m, Duration::from_secs(2)))
+            .map(|text| prom::histogram_buckets(&text, "sfu_forwarding_delay_seconds"))
+            .unwrap_or_default()
+    };
+    let delay0 = delay_buckets();
     let s0 = snap(pid);
     shared
         .window_start_us
@@ -558,6 +571,9 @@ fn run(
         .window_end_us
         .store(shared.now_us(), Ordering::Relaxed);
     let s1 = snap(pid);
+    let delay = prom::bucket_delta(&delay0, &delay_buckets());
+    let rss_end = procfs::read_process_rss_bytes(pid).unwrap_or(0);
+    let sfu_q = |x: f64| prom::quantile(&delay, x).map(|s| (s * 1e6).round() as u64);
     // Let in-flight window packets arrive.
     rt.block_on(tokio::time::sleep(Duration::from_millis(500)));
     shared.stop.store(true, Ordering::Relaxed);
@@ -618,6 +634,10 @@ fn run(
         "sfu_cpu_percent": 100.0 * sfu_cores, "sfu_workers_cpu_percent": sfu_workers_percent,
         "pps_per_sfu_core": pps_per_core, "sfu_rss_before_bytes": rss_before,
         "sfu_rss_connected_bytes": rss_connected, "sfu_rss_per_subscriber_bytes": rss_per_sub,
+        "sfu_rss_end_bytes": rss_end,
+        "sfu_rss_end_per_subscriber_bytes":
+            rss_end.saturating_sub(rss_before) as f64 / plan.subscribers as f64,
+        "sfu_delay_p50_us": sfu_q(0.5), "sfu_delay_p99_us": sfu_q(0.99),
         "bench_cpu_percent": bench_percent,
         "bench_client_threads_cpu_percent": clients_percent,
         "keyframe_requests": key_req, "write_errors": write_err, "send_errors": send_err,
@@ -667,7 +687,7 @@ fn run(
     let _ = write!(
         text,
         "window {wall:.1} s after {:.1} s setup; publishers sent {:.0} pps; sfu workers {:.1}% of the {} server's {:.1}% CPU; \
-         server RSS {:.1} -> {:.1} MiB; bench client threads {:.1}% of {} core(s) (busiest-average {:.0}%: {}); \
+         server RSS {:.1} -> {:.1} MiB ({:.1} MiB at the end); SFU-side forwarding delay p50 {} µs, p99 {} µs; bench client threads {:.1}% of {} core(s) (busiest-average {:.0}%: {}); \
          duplicates {duplicates}, keyframe requests {key_req}, write errors {write_err}, send errors {send_err}, \
          lagged {lagged}, link failures {}/{}, server errors {}; media on {host_ip}",
         setup.as_secs_f64(),
@@ -677,6 +697,9 @@ fn run(
         100.0 * sfu_cores,
         mib(rss_before),
         mib(rss_connected),
+        mib(rss_end),
+        opt(sfu_q(0.5)),
+        opt(sfu_q(0.99)),
         clients_percent,
         a.client_threads,
         100.0 * client_busiest,

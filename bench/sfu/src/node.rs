@@ -12,6 +12,8 @@ pub struct SfuNode {
     child: Child,
     /// Link listener (`ws://LINK/v1/signal`).
     pub link: SocketAddr,
+    /// Its `/metrics` listener.
+    pub metrics: SocketAddr,
     /// Where its log goes.
     pub log: PathBuf,
     /// The address its media sockets are on (and the clients' must be).
@@ -65,6 +67,7 @@ impl SfuNode {
         let mut node = Self {
             child,
             link,
+            metrics,
             log,
             host_ip: c.host_ip,
         };

@@ -5,5 +5,6 @@
 
 pub mod histogram;
 pub mod procfs;
+pub mod prom;
 pub mod report;
 pub mod stats;

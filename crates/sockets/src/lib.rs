@@ -64,6 +64,19 @@ pub fn reuseport_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     Ok(s.into())
 }
 
+/// A non-blocking UDP socket on `addr` with large kernel buffers (an SFU worker's media port:
+/// one inbound packet fans out to many subscribers in one burst, which the default 208 KiB
+/// send buffer cannot hold). No SO_REUSEPORT: the port is this socket's alone.
+/// An IPv6 `addr` keeps the system's dual-stack default, as a plain `bind` does.
+pub fn media_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_nonblocking(true)?;
+    let _ = s.set_recv_buffer_size(LISTENER_BUFFER_BYTES);
+    let _ = s.set_send_buffer_size(LISTENER_BUFFER_BYTES);
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
 /// A non-blocking TCP listener on `addr` with SO_REUSEPORT.
 pub fn reuseport_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
     let s = new_socket(addr, Type::STREAM, Protocol::TCP)?;

@@ -26,6 +26,8 @@
 //! | `sfu_links` | gauge | |
 //! | `sfu_worker_participants` | gauge | `worker` |
 //! | `sfu_worker_busy_seconds_total` | counter | `worker` (time spent processing, per event loop) |
+//! | `sfu_send_failures_total` | counter | `reason` (`buffer_full`: the media socket's send buffer was full, the datagram was dropped; `error`: the kernel refused it otherwise, e.g. an ICMP error remembered by the socket) |
+//! | `sfu_forwarding_delay_seconds` | histogram | (per UDP datagram sent in a wake-up that read datagrams: from that read to the end of the sends; the SFU's own added latency, without the wait in the socket's receive queue) |
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -37,6 +39,11 @@ use prometheus_client::registry::Registry;
 pub type LW = [(&'static str, String); 1];
 /// One static label.
 pub type L1 = [(&'static str, &'static str); 1];
+
+/// Upper bounds of `sfu_forwarding_delay_seconds` buckets, seconds.
+pub const FORWARDING_DELAY_BUCKETS: [f64; 12] = [
+    10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2e-3, 5e-3, 10e-3, 25e-3, 100e-3,
+];
 
 /// `sfu_data_messages_dropped_total` reasons.
 pub const DATA_DROP_REASONS: [&str; 2] = ["too_large", "rate_limited"];
@@ -98,6 +105,10 @@ pub struct SfuMetrics {
     pub links: Gauge,
     /// `sfu_worker_participants{worker}`.
     pub worker_participants: Family<LW, Gauge>,
+    /// `sfu_forwarding_delay_seconds`.
+    pub forwarding_delay: Histogram,
+    /// `sfu_send_failures_total{reason}`.
+    pub send_failures: Family<L1, Counter>,
     /// `sfu_worker_busy_seconds_total{worker}`.
     pub worker_busy: Family<LW, Counter<f64, std::sync::atomic::AtomicU64>>,
 }
@@ -132,6 +143,8 @@ impl SfuMetrics {
             links: Gauge::default(),
             worker_participants: Family::default(),
             worker_busy: Family::default(),
+            forwarding_delay: Histogram::new(FORWARDING_DELAY_BUCKETS),
+            send_failures: Family::default(),
         };
         for k in ["audio", "video"] {
             let _ = m.tracks.get_or_create(&[("kind", k)]);
@@ -250,6 +263,16 @@ impl SfuMetrics {
             "sfu_worker_participants",
             "Participants per worker (event loop)",
             m.worker_participants.clone(),
+        );
+        registry.register(
+            "sfu_send_failures",
+            "UDP datagrams the media socket did not send, by reason",
+            m.send_failures.clone(),
+        );
+        registry.register(
+            "sfu_forwarding_delay_seconds",
+            "Per datagram sent after a read: time from the read to the end of the sends",
+            m.forwarding_delay.clone(),
         );
         registry.register(
             "sfu_worker_busy_seconds",

@@ -104,7 +104,7 @@ pub async fn serve(
             addr.set_port(addr.port().wrapping_add(i as u16));
         }
         let sock =
-            std::net::UdpSocket::bind(addr).map_err(|source| RunError::Bind { addr, source })?;
+            turnkey_sockets::media_udp(addr).map_err(|source| RunError::Bind { addr, source })?;
         let bound = sock
             .local_addr()
             .map_err(|source| RunError::Bind { addr, source })?;

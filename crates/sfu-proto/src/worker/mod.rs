@@ -433,6 +433,11 @@ impl Worker {
         std::mem::take(&mut self.bwe_samples)
     }
 
+    /// Datagrams waiting for [`Self::poll_transmit`].
+    pub fn pending_transmits(&self) -> usize {
+        self.transmits.len()
+    }
+
     /// Next datagram to send.
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Transmit> {

@@ -164,6 +164,9 @@ const TCP_QUEUE: usize = 512;
 /// `recvmmsg(2)` calls per wake-up (each up to [`turnkey_sockets::batch::BATCH`] datagrams)
 /// before the worker sends what they produced and services its other inputs.
 const READS_PER_WAKE: usize = 4;
+/// Datagrams the core may hold before the worker sends them in the middle of a batch (a few
+/// `sendmmsg(2)` calls' worth: small fan-outs still leave grouped by destination, for GSO).
+const SEND_CHUNK: usize = 32;
 
 /// Which worker hosts each room, and how many links each room has.
 #[derive(Debug, Default)]
@@ -287,6 +290,8 @@ async fn run_worker(
     let mut rx = Box::new(RecvBatch::new());
     let mut tx: SendBatch<()> = SendBatch::new();
     let mut udp_out: Vec<sfu_proto::worker::Transmit> = Vec::new();
+    // When this wake-up read datagrams (`sfu_forwarding_delay_seconds` runs from there).
+    let mut read_at: Option<Instant> = None;
     let mut exported = Exported {
         forwarded_packets: 0,
         forwarded_bytes: 0,
@@ -325,6 +330,7 @@ async fn run_worker(
             _ = shutdown.cancelled() => break,
             r = udp.readable() => {
                 let busy = Instant::now();
+                read_at = Some(busy);
                 if r.is_ok() {
                     for _ in 0..READS_PER_WAKE {
                         match udp.try_io(Interest::READABLE, || rx.recv(&udp)) {
@@ -332,6 +338,14 @@ async fn run_worker(
                                 let now = Instant::now();
                                 for (src, d) in rx.datagrams() {
                                     core.handle_datagram(now, Proto::Udp, src, d);
+                                    // A large fan-out leaves as it is produced, not at the end
+                                    // of the batch: the first subscribers do not wait for the
+                                    // last ones' SRTP.
+                                    if core.pending_transmits() >= SEND_CHUNK {
+                                        drain_transmits(&mut core, &mut udp_out, &mut tcp, &metrics);
+                                        let sent = send_udp(&udp, &mut tx, &mut udp_out, &metrics);
+                                        observe_delay(&metrics, busy, sent);
+                                    }
                                 }
                             }
                             Err(_) => break,
@@ -390,22 +404,11 @@ async fn run_worker(
         if core_deadline <= now {
             core.handle_timeout(now);
         }
-        while let Some(t) = core.poll_transmit() {
-            match t.proto {
-                Proto::Udp => udp_out.push(t),
-                Proto::Tcp => {
-                    if let Some(c) = tcp.get_mut(&t.remote) {
-                        // The PC answered a check on this stream: ICE completed on it.
-                        if c.pending.is_some() && is_binding_success(&t.payload) {
-                            c.pending = None;
-                            metrics.ice_tcp_established.inc();
-                        }
-                        let _ = c.tx.try_send(t.payload);
-                    }
-                }
-            }
+        drain_transmits(&mut core, &mut udp_out, &mut tcp, &metrics);
+        let sent = send_udp(&udp, &mut tx, &mut udp_out, &metrics);
+        if let Some(at) = read_at.take() {
+            observe_delay(&metrics, at, sent);
         }
-        send_udp(&udp, &mut tx, &mut udp_out);
         // Pending past their deadline: closed.
         tcp.retain(|_, c| {
             if c.pending.as_ref().is_some_and(|(d, _)| *d <= now) {
@@ -454,21 +457,73 @@ async fn run_worker(
         .dec_by(video as i64);
 }
 
+/// Moves what the core has to send: UDP datagrams into `udp_out` (sent by [`send_udp`]), ICE-TCP
+/// frames to their stream's writer.
+fn drain_transmits(
+    core: &mut Worker,
+    udp_out: &mut Vec<sfu_proto::worker::Transmit>,
+    tcp: &mut HashMap<SocketAddr, TcpConn>,
+    metrics: &SfuMetrics,
+) {
+    while let Some(t) = core.poll_transmit() {
+        match t.proto {
+            Proto::Udp => udp_out.push(t),
+            Proto::Tcp => {
+                if let Some(c) = tcp.get_mut(&t.remote) {
+                    // The PC answered a check on this stream: ICE completed on it.
+                    if c.pending.is_some() && is_binding_success(&t.payload) {
+                        c.pending = None;
+                        metrics.ice_tcp_established.inc();
+                    }
+                    let _ = c.tx.try_send(t.payload);
+                }
+            }
+        }
+    }
+}
+
+/// `sfu_forwarding_delay_seconds`: `sent` datagrams left `read_at.elapsed()` after the read.
+fn observe_delay(metrics: &SfuMetrics, read_at: Instant, sent: usize) {
+    let delay = read_at.elapsed().as_secs_f64();
+    for _ in 0..sent {
+        metrics.forwarding_delay.observe(delay);
+    }
+}
+
 /// Sends `out` (emptied) in as few `sendmmsg(2)` calls as [`SendBatch`] takes: grouped by
 /// destination first (a stable sort keeps each destination's order), so consecutive datagrams
 /// of one size to one subscriber become one GSO message. A datagram the socket refuses (full
 /// buffer) is dropped, as a plain send would.
-fn send_udp(udp: &UdpSocket, tx: &mut SendBatch<()>, out: &mut Vec<sfu_proto::worker::Transmit>) {
+/// Returns how many were sent.
+fn send_udp(
+    udp: &UdpSocket,
+    tx: &mut SendBatch<()>,
+    out: &mut Vec<sfu_proto::worker::Transmit>,
+    metrics: &SfuMetrics,
+) -> usize {
     out.sort_by_key(|t| t.remote);
+    let failed = |_: &(), _: SocketAddr, e: std::io::Error| {
+        let reason = if e.kind() == std::io::ErrorKind::WouldBlock {
+            "buffer_full"
+        } else {
+            "error"
+        };
+        metrics
+            .send_failures
+            .get_or_create(&[("reason", reason)])
+            .inc();
+    };
+    let mut sent = 0;
     for t in out.drain(..) {
         if tx.is_full() {
-            tx.flush(|_| Some(udp.as_fd()), |_, _, _| {});
+            sent += tx.flush(|_| Some(udp.as_fd()), failed);
         }
         tx.push((), t.remote, &t.payload);
     }
     if !tx.is_empty() {
-        tx.flush(|_| Some(udp.as_fd()), |_, _, _| {});
+        sent += tx.flush(|_| Some(udp.as_fd()), failed);
     }
+    sent
 }
 
 /// Counts an ICE-TCP close in `sfu_ice_tcp_closed_total{reason}`.
