@@ -83,10 +83,18 @@ impl HistoryConfig {
     }
 }
 
+/// One packet sent: what a retransmission needs and no more (the payload is shared with
+/// the packet that left, and with the publisher's when forwarding did not rewrite it).
+/// Forwarded packets carry no CSRC and no header extension at this point of the chain (TWCC's
+/// is added below it).
 struct Sent {
     at: Instant,
     resent: Option<Instant>,
-    packet: rtc::rtp::Packet,
+    payload: bytes::Bytes,
+    timestamp: u32,
+    seq: u16,
+    payload_type: u8,
+    marker: bool,
 }
 
 struct Stream {
@@ -100,18 +108,12 @@ impl Stream {
     /// Index of the packet with sequence number `seq`, if held. Forwarded numbering is
     /// contiguous, so the offset from the oldest usually finds it at once.
     fn find(&self, seq: u16) -> Option<usize> {
-        let first = self.packets.front()?.packet.header.sequence_number;
+        let first = self.packets.front()?.seq;
         let guess = usize::from(seq.wrapping_sub(first));
-        if self
-            .packets
-            .get(guess)
-            .is_some_and(|s| s.packet.header.sequence_number == seq)
-        {
+        if self.packets.get(guess).is_some_and(|s| s.seq == seq) {
             return Some(guess);
         }
-        self.packets
-            .iter()
-            .rposition(|s| s.packet.header.sequence_number == seq)
+        self.packets.iter().rposition(|s| s.seq == seq)
     }
 }
 
@@ -229,29 +231,36 @@ impl NackHistory {
                 }
                 sent.resent = Some(now);
                 self.counters.retransmitted.fetch_add(1, Ordering::Relaxed);
-                let original = &sent.packet;
-                let packet = match (stream.ssrc_rtx, stream.payload_type_rtx) {
-                    (Some(ssrc), Some(pt)) => {
-                        // RFC 4588 §4: the original sequence number, then the original payload.
-                        let mut payload = Vec::with_capacity(2 + original.payload.len());
-                        payload.extend_from_slice(&original.header.sequence_number.to_be_bytes());
-                        payload.extend_from_slice(&original.payload);
-                        let seq = stream.rtx_seq;
-                        stream.rtx_seq = seq.wrapping_add(1);
-                        rtc::rtp::Packet {
-                            header: rtc::rtp::header::Header {
-                                version: 2,
-                                ssrc,
-                                payload_type: pt,
-                                sequence_number: seq,
-                                timestamp: original.header.timestamp,
-                                marker: original.header.marker,
-                                ..Default::default()
-                            },
-                            payload: payload.into(),
+                let (ssrc, payload_type, sequence_number, payload) =
+                    match (stream.ssrc_rtx, stream.payload_type_rtx) {
+                        (Some(ssrc), Some(pt)) => {
+                            // RFC 4588 §4: the original sequence number, then the original
+                            // payload, on the RTX stream's own numbering.
+                            let mut payload = Vec::with_capacity(2 + sent.payload.len());
+                            payload.extend_from_slice(&sent.seq.to_be_bytes());
+                            payload.extend_from_slice(&sent.payload);
+                            let seq = stream.rtx_seq;
+                            stream.rtx_seq = seq.wrapping_add(1);
+                            (ssrc, pt, seq, bytes::Bytes::from(payload))
                         }
-                    }
-                    _ => original.clone(),
+                        _ => (
+                            nack.media_ssrc,
+                            sent.payload_type,
+                            sent.seq,
+                            sent.payload.clone(),
+                        ),
+                    };
+                let packet = rtc::rtp::Packet {
+                    header: rtc::rtp::header::Header {
+                        version: 2,
+                        ssrc,
+                        payload_type,
+                        sequence_number,
+                        timestamp: sent.timestamp,
+                        marker: sent.marker,
+                        ..Default::default()
+                    },
+                    payload,
                 };
                 self.write.push_back(TaggedPacket {
                     now,
@@ -274,7 +283,11 @@ impl NackHistory {
         stream.packets.push_back(Sent {
             at: now,
             resent: None,
-            packet: packet.clone(),
+            payload: packet.payload.clone(),
+            timestamp: packet.header.timestamp,
+            seq: packet.header.sequence_number,
+            payload_type: packet.header.payload_type,
+            marker: packet.header.marker,
         });
         while stream.packets.len() > max
             || stream
@@ -600,6 +613,36 @@ mod tests {
         assert_eq!(c.history_packets.load(Ordering::Relaxed), 16);
         drop(h);
         assert_eq!(c.history_packets.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn without_rtx_the_packet_goes_again_as_it_was() {
+        let t0 = Instant::now();
+        let counters = Arc::new(FeedbackCounters::default());
+        let mut h = NackHistory::new(HistoryConfig::default(), counters.clone());
+        h.bind_local_stream(&StreamInfo {
+            ssrc: SSRC,
+            payload_type: 96,
+            rtcp_feedback: vec![RTCPFeedback {
+                typ: "nack".into(),
+                parameter: String::new(),
+            }],
+            ..Default::default()
+        });
+        send(&mut h, t0, 40);
+        let out = nack(&mut h, t0, 40, 0);
+        assert_eq!(out.len(), 1);
+        let p = &out[0];
+        assert_eq!(
+            (p.header.version, p.header.ssrc, p.header.payload_type),
+            (2, SSRC, 96)
+        );
+        assert_eq!(
+            (p.header.sequence_number, p.header.timestamp),
+            (40, 40 * 3000)
+        );
+        assert_eq!(&p.payload[..], &[40u8; 100][..]);
+        assert_eq!(counters.retransmitted.load(Ordering::Relaxed), 1);
     }
 
     #[test]

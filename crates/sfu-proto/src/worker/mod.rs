@@ -312,8 +312,8 @@ struct Participant {
     room: String,
     id: String,
     link: u64,
-    publish: Option<Pc>,
-    subscribe: Option<Pc>,
+    publish: Option<Box<Pc>>,
+    subscribe: Option<Box<Pc>>,
     published: Vec<String>,
     /// The `sources` of the participant's last publish offer.
     sources: Sources,
@@ -681,8 +681,8 @@ impl Worker {
     fn pc_mut(&mut self, key: PcKey) -> Option<&mut Pc> {
         let p = self.parts.get_mut(key.participant)?.as_mut()?;
         match key.leg {
-            Leg::Publish => p.publish.as_mut(),
-            Leg::Subscribe => p.subscribe.as_mut(),
+            Leg::Publish => p.publish.as_deref_mut(),
+            Leg::Subscribe => p.subscribe.as_deref_mut(),
         }
     }
 

@@ -128,8 +128,8 @@ impl Worker {
         };
         if let Some(p) = self.parts[h].as_mut() {
             match leg {
-                Leg::Publish => p.publish = Some(slot),
-                Leg::Subscribe => p.subscribe = Some(slot),
+                Leg::Publish => p.publish = Some(Box::new(slot)),
+                Leg::Subscribe => p.subscribe = Some(Box::new(slot)),
             }
         }
         Ok(())

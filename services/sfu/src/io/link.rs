@@ -113,7 +113,7 @@ async fn signal(
 }
 
 /// Initial WebSocket read/write buffer of a link.
-const LINK_BUFFER_BYTES: usize = 8 * 1024;
+const LINK_BUFFER_BYTES: usize = 4 * 1024;
 
 async fn run_link(st: Arc<LinkState>, q: LinkQuery, mut socket: WebSocket) {
     let link = st.next_link.fetch_add(1, Ordering::Relaxed);
