@@ -1,9 +1,11 @@
 //! Operational plumbing shared by every turnkey service: the Prometheus `/metrics` and
-//! `/healthz` endpoint, logging set-up, the shutdown signal and TOML config loading.
+//! `/healthz` endpoint, readiness and drain, logging set-up, the shutdown signal and TOML config
+//! loading.
 //!
 //! Nothing here knows any protocol; protocol cores live in their own crates.
 
 pub mod config;
+pub mod drain;
 pub mod logging;
 pub mod metrics_http;
 pub mod shutdown;

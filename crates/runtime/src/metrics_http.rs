@@ -1,4 +1,6 @@
-//! The metrics listener: `GET /metrics` and `GET /healthz`.
+//! The metrics listener: `GET /metrics`, `GET /healthz` (liveness: `ok` while the process
+//! runs) and, on a node that can drain ([`serve_drainable`]), `GET /readyz` (readiness) and
+//! `POST /admin/drain`.
 //!
 //! `/metrics` answers in the format the scraper asks for: OpenMetrics 1.0 (what
 //! prometheus-client writes) when `Accept` names `application/openmetrics-text`, as Prometheus
@@ -7,7 +9,7 @@
 
 use axum::{
     extract::State,
-    http::{header, HeaderMap},
+    http::{header, HeaderMap, StatusCode},
     response::IntoResponse,
     routing::get,
     Router,
@@ -15,6 +17,7 @@ use axum::{
 use prometheus_client::registry::Registry;
 use std::collections::HashSet;
 use std::{net::SocketAddr, sync::Arc};
+use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 
 /// Content type of the classic Prometheus text format.
@@ -110,6 +113,101 @@ async fn metrics(State(registry): State<Arc<Registry>>, headers: HeaderMap) -> i
     }
 }
 
+/// The metrics router plus readiness and the drain call ([`crate::drain`]):
+/// - `GET /readyz`: 200 `{"ready":true}`, or 503
+///   `{"ready":false,"draining":true,"reason":..,"remaining_secs":..}` once the drain started;
+/// - `POST /admin/drain` with `Authorization: Bearer <admin_token>`: starts the drain, 202
+///   `{"draining":true,"started":<this call started it>,"deadline_secs":..}`; 401
+///   `{"error":{"code":"unauthorized",..}}` without the right token; 404
+///   `{"error":{"code":"not_found",..}}` when no token is configured (drain by signal only).
+pub fn drainable_router(
+    registry: Arc<Registry>,
+    drain: crate::drain::Drain,
+    admin_token: Option<String>,
+) -> Router {
+    let probe = Arc::new(Probe { drain, admin_token });
+    let probes = Router::new()
+        .route("/readyz", get(readyz))
+        .route("/admin/drain", axum::routing::post(admin_drain))
+        .with_state(probe);
+    router(registry).merge(probes)
+}
+
+struct Probe {
+    drain: crate::drain::Drain,
+    admin_token: Option<String>,
+}
+
+fn json_response(status: StatusCode, body: String) -> axum::response::Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn readyz(State(p): State<Arc<Probe>>) -> axum::response::Response {
+    match p.drain.since() {
+        None => json_response(StatusCode::OK, "{\"ready\":true}".into()),
+        Some((_, reason)) => {
+            let left = p
+                .drain
+                .remaining(std::time::Instant::now())
+                .unwrap_or_default()
+                .as_secs();
+            json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "{{\"ready\":false,\"draining\":true,\"reason\":\"{reason}\",\"remaining_secs\":{left}}}"
+                ),
+            )
+        }
+    }
+}
+
+async fn admin_drain(State(p): State<Arc<Probe>>, headers: HeaderMap) -> axum::response::Response {
+    let Some(token) = p.admin_token.as_deref() else {
+        return json_response(
+            StatusCode::NOT_FOUND,
+            "{\"error\":{\"code\":\"not_found\",\"message\":\"no admin token is configured: drain by SIGTERM\"}}".into(),
+        );
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+        return json_response(
+            StatusCode::UNAUTHORIZED,
+            "{\"error\":{\"code\":\"unauthorized\",\"message\":\"a valid bearer token is required\"}}".into(),
+        );
+    }
+    let started = p.drain.start("admin");
+    json_response(
+        StatusCode::ACCEPTED,
+        format!(
+            "{{\"draining\":true,\"started\":{started},\"deadline_secs\":{}}}",
+            p.drain.deadline().as_secs()
+        ),
+    )
+}
+
+/// [`serve`] with [`drainable_router`].
+pub async fn serve_drainable(
+    addr: SocketAddr,
+    registry: Arc<Registry>,
+    shutdown: CancellationToken,
+    drain: crate::drain::Drain,
+    admin_token: Option<String>,
+) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let app = drainable_router(registry, drain, admin_token);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+    });
+    Ok(local)
+}
+
 /// Binds `addr` and serves the metrics router until `shutdown` is cancelled.
 /// Returns the bound address (useful with port 0) once listening.
 pub async fn serve(
@@ -151,5 +249,84 @@ mod tests {
         assert!(text.contains("things_total 1"), "{text}");
         assert!(text.contains("# TYPE level gauge"), "{text}");
         assert!(!text.contains("# EOF"), "{text}");
+    }
+
+    /// One plain HTTP/1.1 request; the status code and body.
+    async fn request(addr: SocketAddr, head: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        let code = out[9..12].parse().unwrap();
+        let body = out
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap();
+        (code, body)
+    }
+
+    #[tokio::test]
+    async fn readyz_turns_false_on_an_authorized_drain_and_healthz_stays_true() {
+        let drain = crate::drain::Drain::new(std::time::Duration::from_secs(30));
+        let shutdown = CancellationToken::new();
+        let addr = serve_drainable(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::new(Registry::default()),
+            shutdown.clone(),
+            drain.clone(),
+            Some("s3cret".into()),
+        )
+        .await
+        .unwrap();
+        let get =
+            |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let post = |auth: &str| {
+            format!("POST /admin/drain HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n")
+        };
+        assert_eq!(
+            request(addr, &get("/readyz")).await,
+            (200, "{\"ready\":true}".into())
+        );
+        let (code, body) = request(addr, &post("Authorization: Bearer wrong\r\n")).await;
+        assert_eq!(code, 401, "{body}");
+        assert!(body.contains("\"unauthorized\""), "{body}");
+        assert!(!drain.is_draining());
+        let (code, body) = request(addr, &post("Authorization: Bearer s3cret\r\n")).await;
+        assert_eq!(code, 202, "{body}");
+        assert!(
+            body.contains("\"started\":true") && body.contains("\"deadline_secs\":30"),
+            "{body}"
+        );
+        assert!(drain.is_draining());
+        let (code, body) = request(addr, &get("/readyz")).await;
+        assert_eq!(code, 503, "{body}");
+        assert!(
+            body.contains("\"draining\":true") && body.contains("\"reason\":\"admin\""),
+            "{body}"
+        );
+        assert_eq!(request(addr, &get("/healthz")).await, (200, "ok\n".into()));
+        // A second call does not start it again.
+        let (_, body) = request(addr, &post("Authorization: Bearer s3cret\r\n")).await;
+        assert!(body.contains("\"started\":false"), "{body}");
+        shutdown.cancel();
+
+        // No token configured: the call does not exist.
+        let drain = crate::drain::Drain::new(std::time::Duration::from_secs(30));
+        let shutdown = CancellationToken::new();
+        let addr = serve_drainable(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::new(Registry::default()),
+            shutdown.clone(),
+            drain.clone(),
+            None,
+        )
+        .await
+        .unwrap();
+        let (code, body) = request(addr, &post("Authorization: Bearer \r\n")).await;
+        assert_eq!(code, 404, "{body}");
+        assert!(body.contains("\"not_found\""), "{body}");
+        assert!(!drain.is_draining());
+        shutdown.cancel();
     }
 }
