@@ -64,6 +64,14 @@ pub struct NodeInfo {
     pub ws_url: String,
     /// Current load: open WebSocket connections.
     pub load: u32,
+    /// Fraction of its capacity in use, in thousandths (`signaling_load_ratio` x 1000): what
+    /// placement compares. Absent in records of older nodes (0).
+    #[serde(default)]
+    pub load_permille: u32,
+    /// True while the node drains: it takes no new rooms, and serves those it has until they
+    /// empty. Absent in records of older nodes (false).
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// A live SFU node in the registry (written by the SFU's heartbeat, read by the channel
@@ -77,6 +85,14 @@ pub struct SfuNodeInfo {
     pub url: String,
     /// Current load: participants hosted.
     pub load: u32,
+    /// Fraction of its capacity in use, in thousandths (`sfu_load_ratio` x 1000): what
+    /// placement compares. Absent in records of older nodes (0).
+    #[serde(default)]
+    pub load_permille: u32,
+    /// True while the node drains: new rooms are not placed on it; its rooms stay until they
+    /// empty. Absent in records of older nodes (false).
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// Why a store operation failed.
@@ -155,16 +171,101 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
-/// The least-loaded of the SFU `nodes` (ties broken by id, so every node picks the same one).
+/// Where a new `sfu` room goes: the SFU node, among `nodes` that are not draining, with the
+/// least fraction of its capacity in use, then the fewest participants (ties broken by id, so
+/// every node picks the same one).
 pub fn least_loaded_sfu(nodes: &[SfuNodeInfo]) -> Option<&SfuNodeInfo> {
-    nodes
-        .iter()
-        .min_by(|a, b| a.load.cmp(&b.load).then(a.id.cmp(&b.id)))
+    nodes.iter().filter(|n| !n.draining).min_by(|a, b| {
+        a.load_permille
+            .cmp(&b.load_permille)
+            .then(a.load.cmp(&b.load))
+            .then(a.id.cmp(&b.id))
+    })
 }
 
-/// The least-loaded of `nodes` (ties broken by id, so every node picks the same one).
+/// Where a new room goes: the node, among `nodes` that are not draining, with the least
+/// fraction of its capacity in use, then the fewest connections (ties broken by id, so every
+/// node picks the same one).
 pub fn least_loaded(nodes: &[NodeInfo]) -> Option<&NodeInfo> {
-    nodes
-        .iter()
-        .min_by(|a, b| a.load.cmp(&b.load).then(a.id.cmp(&b.id)))
+    nodes.iter().filter(|n| !n.draining).min_by(|a, b| {
+        a.load_permille
+            .cmp(&b.load_permille)
+            .then(a.load.cmp(&b.load))
+            .then(a.id.cmp(&b.id))
+    })
+}
+
+/// A load ratio (clamped to [0, 1]) in thousandths, as the registry records it.
+pub fn permille(ratio: f64) -> u32 {
+    if ratio.is_nan() {
+        return 0;
+    }
+    (ratio.clamp(0.0, 1.0) * 1000.0).round() as u32
+}
+
+#[cfg(test)]
+mod placement_tests {
+    use super::*;
+
+    fn sfu(id: &str, load: u32, permille: u32, draining: bool) -> SfuNodeInfo {
+        SfuNodeInfo {
+            id: id.into(),
+            url: format!("ws://{id}.invalid"),
+            load,
+            load_permille: permille,
+            draining,
+        }
+    }
+
+    fn node(id: &str, load: u32, permille: u32, draining: bool) -> NodeInfo {
+        NodeInfo {
+            id: id.into(),
+            ws_url: format!("ws://{id}.invalid/v1/ws"),
+            load,
+            load_permille: permille,
+            draining,
+        }
+    }
+
+    #[test]
+    fn placement_follows_the_load_ratio_and_skips_draining_nodes() {
+        // The load ratio decides before the participant count.
+        let nodes = [sfu("a", 1, 700, false), sfu("b", 40, 200, false)];
+        assert_eq!(least_loaded_sfu(&nodes).unwrap().id, "b");
+        // Equal ratios: fewer participants, then the id.
+        let nodes = [
+            sfu("b", 3, 0, false),
+            sfu("a", 3, 0, false),
+            sfu("c", 2, 0, false),
+        ];
+        assert_eq!(least_loaded_sfu(&nodes).unwrap().id, "c");
+        // A draining node is never chosen, however idle; none left: no placement.
+        let nodes = [sfu("idle", 0, 0, true), sfu("busy", 9, 900, false)];
+        assert_eq!(least_loaded_sfu(&nodes).unwrap().id, "busy");
+        assert!(least_loaded_sfu(&[sfu("x", 0, 0, true)]).is_none());
+        let nodes = [
+            node("n1", 0, 0, true),
+            node("n2", 5, 500, false),
+            node("n3", 1, 600, false),
+        ];
+        assert_eq!(least_loaded(&nodes).unwrap().id, "n2");
+        assert!(least_loaded(&[node("n1", 0, 0, true)]).is_none());
+    }
+
+    #[test]
+    fn permille_clamps_the_ratio() {
+        assert_eq!(permille(0.25), 250);
+        assert_eq!(permille(1.7), 1000);
+        assert_eq!(permille(-1.0), 0);
+        assert_eq!(permille(f64::NAN), 0);
+    }
+
+    #[test]
+    fn records_of_older_nodes_read_as_idle_and_not_draining() {
+        let n: SfuNodeInfo = serde_json::from_str(r#"{"id":"s","url":"ws://s","load":2}"#).unwrap();
+        assert_eq!((n.load_permille, n.draining), (0, false));
+        let n: NodeInfo =
+            serde_json::from_str(r#"{"id":"n","ws_url":"ws://n/v1/ws","load":2}"#).unwrap();
+        assert_eq!((n.load_permille, n.draining), (0, false));
+    }
 }

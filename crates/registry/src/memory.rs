@@ -342,6 +342,8 @@ mod tests {
             id: id.to_string(),
             url: format!("ws://{id}.invalid:8090"),
             load,
+            load_permille: 0,
+            draining: false,
         }
     }
 
@@ -431,6 +433,8 @@ mod tests {
             id: id.to_string(),
             ws_url: format!("ws://{id}.invalid/v1/ws"),
             load,
+            load_permille: 0,
+            draining: false,
         }
     }
 

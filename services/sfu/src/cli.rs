@@ -23,9 +23,13 @@ pub fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?
         .block_on(async move {
-            let shutdown = turnkey_runtime::shutdown::on_signal();
+            // The first SIGTERM or ctrl-c drains the node (a second one exits at once).
+            let drain =
+                crate::run::Drain::new(std::time::Duration::from_secs(cfg.drain_timeout_secs));
+            drain.start_on_signal();
             turnkey_runtime::shutdown::ignore_hangups("sfu");
-            crate::run::serve(cfg, None, shutdown, |r| {
+            let never = tokio_util::sync::CancellationToken::new();
+            crate::run::serve(cfg, None, drain, never, |r| {
                 tracing::info!(link = %r.link, metrics = %r.metrics, media = ?r.media, "ready");
             })
             .await

@@ -91,6 +91,24 @@ pub struct SfuArgs {
     /// passwords are predictable. [default: drawn from the OS RNG at start]
     #[arg(long = "rng-seed")]
     pub rng_seed: Option<u64>,
+    /// Longest a drain lasts, seconds: from SIGTERM or `POST /admin/drain`, the node takes no
+    /// new rooms and serves its rooms until they empty or this passes, then exits 0.
+    /// [default: 300]
+    #[arg(long = "drain-timeout-secs")]
+    pub drain_timeout_secs: Option<u64>,
+    /// Bearer token of `POST /admin/drain` on the metrics listener (unset: drain by SIGTERM
+    /// only).
+    #[arg(
+        long = "admin-token",
+        env = "TURNKEY_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+    /// Forwarded bit rate this node is sized for, bits per second: `sfu_load_ratio` is the
+    /// larger of the forwarded rate against it and the busiest worker's busy fraction.
+    /// [default: 1000000000]
+    #[arg(long = "capacity-bps")]
+    pub capacity_bps: Option<u64>,
     /// JSON logs.
     #[arg(long = "log-json")]
     pub log_json: bool,
@@ -122,6 +140,9 @@ pub struct FileConfig {
     data_messages_per_sec: Option<u32>,
     data_message_burst: Option<u32>,
     rng_seed: Option<u64>,
+    drain_timeout_secs: Option<u64>,
+    admin_token: Option<String>,
+    capacity_bps: Option<u64>,
     log_json: Option<bool>,
 }
 
@@ -172,6 +193,12 @@ pub struct SfuConfig {
     pub data_message_burst: u32,
     /// Seed of the media workers' RNG (worker i uses seed + i); `None`: drawn from the OS RNG.
     pub rng_seed: Option<u64>,
+    /// Longest a drain lasts, seconds.
+    pub drain_timeout_secs: u64,
+    /// Bearer token of `POST /admin/drain` (None: drain by signal only).
+    pub admin_token: Option<String>,
+    /// Forwarded bit rate the node is sized for (the `sfu_load_ratio` denominator), bits/s.
+    pub capacity_bps: u64,
     /// JSON logs.
     pub log_json: bool,
 }
@@ -285,6 +312,16 @@ impl Layered for SfuArgs {
                 .unwrap_or(100)
                 .max(1),
             rng_seed: self.rng_seed.or(f.rng_seed),
+            drain_timeout_secs: self
+                .drain_timeout_secs
+                .or(f.drain_timeout_secs)
+                .unwrap_or(300),
+            admin_token: admin_token(self.admin_token.clone().or(f.admin_token))?,
+            capacity_bps: self
+                .capacity_bps
+                .or(f.capacity_bps)
+                .unwrap_or(1_000_000_000)
+                .max(1),
             log_json: self.log_json || f.log_json.unwrap_or(false),
         })
     }
@@ -295,12 +332,25 @@ impl SfuConfig {
     pub fn redacted(&self) -> String {
         let mut c = self.clone();
         c.sfu_secret = turnkey_runtime::config::redact(&c.sfu_secret).to_string();
+        if let Some(t) = &mut c.admin_token {
+            *t = turnkey_runtime::config::redact(t).to_string();
+        }
         if let Some(r) = &mut c.redis {
             if r.contains('@') {
                 *r = "<redacted>".into();
             }
         }
         format!("{c:?}")
+    }
+}
+
+/// An admin token, refused when set but empty (anyone could drain the node).
+fn admin_token(t: Option<String>) -> Result<Option<String>, ConfigError> {
+    match t {
+        Some(t) if t.is_empty() => Err(ConfigError::Invalid(
+            "admin_token (--admin-token / TURNKEY_ADMIN_TOKEN) is set but empty: give a token or leave it unset".into(),
+        )),
+        t => Ok(t),
     }
 }
 

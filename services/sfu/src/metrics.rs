@@ -25,6 +25,7 @@
 //! | `sfu_dtls_flights_resent_total` | counter | | DTLS handshake flights sent again because the peer repeated its own (RFC 6347 §4.2.4, done beside rtc-dtls) |
 //! | `sfu_links` | gauge | |
 //! | `sfu_worker_participants` | gauge | `worker` |
+//! | `sfu_load_ratio` | gauge | (fraction of the node's capacity in use, 0..1: the larger of the busiest worker's busy fraction over the last second and the forwarded bit rate against `capacity_bps`; what room placement compares) |
 //! | `sfu_worker_busy_seconds_total` | counter | `worker` (time spent processing, per event loop) |
 //! | `sfu_send_failures_total` | counter | `reason` (`buffer_full`: the media socket's send buffer was full, the datagram was dropped; `error`: the kernel refused it otherwise, e.g. an ICMP error remembered by the socket) |
 //! | `sfu_forwarding_delay_seconds` | histogram | (per UDP datagram sent in a wake-up that read datagrams: from that read to the end of the sends; the SFU's own added latency, without the wait in the socket's receive queue) |
@@ -107,6 +108,8 @@ pub struct SfuMetrics {
     pub worker_participants: Family<LW, Gauge>,
     /// `sfu_forwarding_delay_seconds`.
     pub forwarding_delay: Histogram,
+    /// `sfu_load_ratio`.
+    pub load_ratio: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// `sfu_send_failures_total{reason}`.
     pub send_failures: Family<L1, Counter>,
     /// `sfu_worker_busy_seconds_total{worker}`.
@@ -144,6 +147,7 @@ impl SfuMetrics {
             worker_participants: Family::default(),
             worker_busy: Family::default(),
             forwarding_delay: Histogram::new(FORWARDING_DELAY_BUCKETS),
+            load_ratio: Gauge::default(),
             send_failures: Family::default(),
         };
         for k in ["audio", "video"] {
@@ -263,6 +267,11 @@ impl SfuMetrics {
             "sfu_worker_participants",
             "Participants per worker (event loop)",
             m.worker_participants.clone(),
+        );
+        registry.register(
+            "sfu_load_ratio",
+            "Fraction of the node's capacity in use (0..1): busiest worker's busy fraction or forwarded bit rate against capacity_bps, the larger",
+            m.load_ratio.clone(),
         );
         registry.register(
             "sfu_send_failures",

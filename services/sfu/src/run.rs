@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+pub use turnkey_runtime::drain::Drain;
 
 /// What a running node listens on.
 #[derive(Debug, Clone)]
@@ -55,14 +56,38 @@ pub enum RunError {
 /// Registry heartbeat period; entries live three periods.
 const HEARTBEAT: Duration = Duration::from_secs(5);
 
-/// Runs the node until `shutdown`. `store`: where to register (None: open `cfg.redis` if set,
+/// How often `sfu_load_ratio` is computed (and the heartbeat's load refreshed).
+const LOAD_PERIOD: Duration = Duration::from_secs(1);
+
+/// Runs the node until `shutdown` (at once: links close with 1001) or until `drain` has
+/// finished: from its start the node is not ready (`/readyz`), marks itself draining in the
+/// registry, refuses links for rooms it does not host, and it stops once no link is left or
+/// `cfg.drain_timeout_secs` passed. `store`: where to register (None: open `cfg.redis` if set,
 /// else do not register).
 pub async fn serve(
     cfg: SfuConfig,
     store: Option<Arc<dyn Store>>,
+    drain: Drain,
     shutdown: CancellationToken,
     on_ready: impl FnOnce(Ready),
 ) -> Result<(), RunError> {
+    let placement = Arc::new(Placement::default());
+    let drained = {
+        let p = placement.clone();
+        drain.shutdown_when_finished(move || p.load() == 0, Duration::from_millis(250))
+    };
+    let stop = shutdown.clone();
+    let shutdown = CancellationToken::new();
+    {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = drained.cancelled() => {}
+            }
+            shutdown.cancel();
+        });
+    }
     if cfg.sfu_secret.is_empty() {
         // Every link would pass the bearer check (services/sfu/PROTOCOL.md, "The link").
         return Err(RunError::EmptySecret);
@@ -152,13 +177,13 @@ pub async fn serve(
             shutdown.clone(),
         ));
     }
-    let placement = Arc::new(Placement::default());
     let state = Arc::new(link::LinkState::new(
         cfg.sfu_secret.clone(),
         workers,
         placement.clone(),
         metrics.clone(),
         shutdown.clone(),
+        drain.clone(),
     ));
     let listener = tokio::net::TcpListener::bind(cfg.link_listen)
         .await
@@ -181,19 +206,33 @@ pub async fn serve(
             .with_graceful_shutdown(async move { sd.cancelled().await })
             .await;
     });
-    let metrics_addr =
-        turnkey_runtime::metrics_http::serve(cfg.metrics, Arc::new(registry), shutdown.clone())
-            .await
-            .map_err(|source| RunError::Bind {
-                addr: cfg.metrics,
-                source,
-            })?;
+    drain.register(&mut registry);
+    let metrics_addr = turnkey_runtime::metrics_http::serve_drainable(
+        cfg.metrics,
+        Arc::new(registry),
+        shutdown.clone(),
+        drain.clone(),
+        cfg.admin_token.clone(),
+    )
+    .await
+    .map_err(|source| RunError::Bind {
+        addr: cfg.metrics,
+        source,
+    })?;
+    let load = LoadMeter::start(
+        metrics.clone(),
+        cfg.workers,
+        cfg.capacity_bps,
+        shutdown.clone(),
+    );
     tracing::info!(config = %cfg.redacted(), link = %link_addr, url = %url, "sfu node started");
     if let Some(store) = &store {
         let node = SfuNodeInfo {
             id: cfg.node_id.clone(),
             url: url.clone(),
             load: 0,
+            load_permille: 0,
+            draining: drain.is_draining(),
         };
         if let Err(e) = store.sfu_heartbeat(&node, HEARTBEAT * 3).await {
             tracing::warn!("sfu registry: {e}");
@@ -201,17 +240,28 @@ pub async fn serve(
         let store = store.clone();
         let sd = shutdown.clone();
         let placement = placement.clone();
+        let drain = drain.clone();
+        let load = load.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(HEARTBEAT);
+            let mut announced = false;
             loop {
+                // The drain is announced at once (not at the next beat), so placement stops
+                // choosing this node within one registry round trip.
                 tokio::select! {
                     _ = sd.cancelled() => break,
-                    _ = tick.tick() => {
-                        let node = SfuNodeInfo { load: placement.load(), ..node.clone() };
-                        if let Err(e) = store.sfu_heartbeat(&node, HEARTBEAT * 3).await {
-                            tracing::warn!("sfu registry: {e}");
-                        }
-                    }
+                    _ = tick.tick() => {}
+                    _ = drain.started(), if !announced => {}
+                }
+                announced = drain.is_draining();
+                let node = SfuNodeInfo {
+                    load: placement.load(),
+                    load_permille: registry::permille(load.ratio()),
+                    draining: announced,
+                    ..node.clone()
+                };
+                if let Err(e) = store.sfu_heartbeat(&node, HEARTBEAT * 3).await {
+                    tracing::warn!("sfu registry: {e}");
                 }
             }
             let _ = store.remove_sfu_node(&node.id).await;
@@ -234,4 +284,67 @@ pub async fn serve(
         let _ = tokio::task::spawn_blocking(move || t.join()).await;
     }
     Ok(())
+}
+
+/// `sfu_load_ratio`: the fraction of the node's capacity in use, in [0, 1]: the larger of the
+/// busiest worker's busy fraction (`sfu_worker_busy_seconds_total` over the last
+/// [`LOAD_PERIOD`]) and the forwarded bit rate (`sfu_forwarded_bytes_total`) against
+/// `capacity_bps`. A room lives on one worker, so the busiest one is what runs out first.
+#[derive(Clone)]
+pub struct LoadMeter {
+    ratio: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl LoadMeter {
+    fn start(
+        metrics: SfuMetrics,
+        workers: usize,
+        capacity_bps: u64,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let meter = Self {
+            ratio: Arc::new(std::sync::atomic::AtomicU64::new(0f64.to_bits())),
+        };
+        let m = meter.clone();
+        tokio::spawn(async move {
+            let labels: Vec<_> = (0..workers).map(|i| [("worker", i.to_string())]).collect();
+            let busy = |i: usize| metrics.worker_busy.get_or_create(&labels[i]).get();
+            let mut last_busy: Vec<f64> = (0..workers).map(busy).collect();
+            let mut last_bytes = metrics.forwarded_bytes.get();
+            let mut last_at = std::time::Instant::now();
+            let mut tick = tokio::time::interval(LOAD_PERIOD);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                let now = std::time::Instant::now();
+                let secs = now.duration_since(last_at).as_secs_f64();
+                if secs <= 0.0 {
+                    continue;
+                }
+                let mut busiest: f64 = 0.0;
+                for (i, last) in last_busy.iter_mut().enumerate() {
+                    let b = busy(i);
+                    busiest = busiest.max((b - *last) / secs);
+                    *last = b;
+                }
+                let bytes = metrics.forwarded_bytes.get();
+                let bps = bytes.saturating_sub(last_bytes) as f64 * 8.0 / secs;
+                last_bytes = bytes;
+                last_at = now;
+                let ratio = busiest.max(bps / capacity_bps as f64).clamp(0.0, 1.0);
+                m.ratio
+                    .store(ratio.to_bits(), std::sync::atomic::Ordering::Relaxed);
+                metrics.load_ratio.set(ratio);
+            }
+        });
+        meter
+    }
+
+    /// The last computed ratio.
+    pub fn ratio(&self) -> f64 {
+        f64::from_bits(self.ratio.load(std::sync::atomic::Ordering::Relaxed))
+    }
 }

@@ -43,7 +43,8 @@ async fn start(handshake_secs: u64, per_ip: usize, total: usize) -> Node {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let sd = shutdown.clone();
     tokio::spawn(async move {
-        sfu::run::serve(cfg, None, sd, move |r| {
+        let drain = sfu::run::Drain::new(std::time::Duration::from_secs(cfg.drain_timeout_secs));
+        sfu::run::serve(cfg, None, drain, sd, move |r| {
             let _ = tx.send(r);
         })
         .await

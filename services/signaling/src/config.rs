@@ -175,6 +175,24 @@ pub struct SignalingArgs {
     /// Largest room capacity accepted. Default 16.
     #[arg(long = "max-capacity", value_name = "N")]
     pub max_capacity: Option<u32>,
+    /// Longest a drain lasts, seconds: from SIGTERM or `POST /admin/drain`, the node takes no
+    /// new rooms and serves its connections until they close or this passes, then exits 0.
+    /// Default 300.
+    #[arg(long = "drain-timeout-secs", value_name = "SECS")]
+    pub drain_timeout_secs: Option<u64>,
+    /// Bearer token of `POST /admin/drain` on the metrics listener. Default: unset (drain by
+    /// SIGTERM only).
+    #[arg(
+        long = "admin-token",
+        value_name = "TOKEN",
+        env = "TURNKEY_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+    /// WebSocket connections this node is sized for: `signaling_load_ratio` is connections
+    /// against it. Default 10000.
+    #[arg(long = "capacity-connections", value_name = "N")]
+    pub capacity_connections: Option<u32>,
     /// Log JSON lines instead of text.
     #[arg(long = "log-json")]
     pub log_json: bool,
@@ -241,6 +259,12 @@ pub struct FileConfig {
     pub default_sfu_capacity: Option<u32>,
     /// See `--max-capacity`.
     pub max_capacity: Option<u32>,
+    /// See `--drain-timeout-secs`.
+    pub drain_timeout_secs: Option<u64>,
+    /// See `--admin-token`.
+    pub admin_token: Option<String>,
+    /// See `--capacity-connections`.
+    pub capacity_connections: Option<u32>,
     /// See `--log-json`.
     pub log_json: Option<bool>,
 }
@@ -326,6 +350,12 @@ pub struct SignalingConfig {
     pub node_ttl_secs: u64,
     /// Outbound queue per connection, frames (4003 beyond).
     pub outbound_queue: usize,
+    /// Longest a drain lasts, seconds.
+    pub drain_timeout_secs: u64,
+    /// Bearer token of `POST /admin/drain` (None: drain by signal only).
+    pub admin_token: Option<String>,
+    /// Connections the node is sized for (`signaling_load_ratio` denominator).
+    pub capacity_connections: u32,
     /// JSON logs.
     pub log_json: bool,
 }
@@ -497,6 +527,12 @@ impl Layered for SignalingArgs {
         if node_id.is_empty() || node_id.contains(char::is_whitespace) {
             return Err(ConfigError::Invalid(format!("bad node_id {node_id:?}")));
         }
+        let admin_token = self.admin_token.or(file.admin_token);
+        if admin_token.as_deref() == Some("") {
+            return Err(ConfigError::Invalid(
+                "admin_token (--admin-token / TURNKEY_ADMIN_TOKEN) is set but empty: give a token or leave it unset".into(),
+            ));
+        }
         let tls = match (self.cert.or(file.cert), self.key.or(file.key)) {
             (Some(cert), Some(key)) => Some(Tls::Files { cert, key }),
             (None, None) => None,
@@ -544,6 +580,16 @@ impl Layered for SignalingArgs {
             heartbeat_secs: 2,
             node_ttl_secs: 6,
             outbound_queue: 256,
+            drain_timeout_secs: self
+                .drain_timeout_secs
+                .or(file.drain_timeout_secs)
+                .unwrap_or(300),
+            admin_token,
+            capacity_connections: self
+                .capacity_connections
+                .or(file.capacity_connections)
+                .unwrap_or(10_000)
+                .max(1),
             log_json: self.log_json || file.log_json.unwrap_or(false),
         })
     }

@@ -4,6 +4,7 @@
 //! | name | type | labels |
 //! |---|---|---|
 //! | `signaling_connections` | gauge | |
+//! | `signaling_load_ratio` | gauge (fraction of the node's capacity in use, 0..1: connections against `capacity_connections`, refreshed every heartbeat; what room placement compares) | |
 //! | `signaling_rooms` | gauge (rooms with participants on this node) | |
 //! | `signaling_messages_total` | counter (client messages accepted) | `type` |
 //! | `signaling_errors_total` | counter (`error` frames sent) | `code` (the code's name) |
@@ -124,6 +125,8 @@ fn store_histogram() -> Histogram {
 pub struct SignalingMetrics {
     /// `signaling_connections`.
     pub connections: Gauge,
+    /// `signaling_load_ratio`.
+    pub load_ratio: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// `signaling_rooms`.
     pub rooms: Gauge,
     /// `signaling_messages_total{type}`.
@@ -158,6 +161,7 @@ impl Default for SignalingMetrics {
     fn default() -> Self {
         SignalingMetrics {
             connections: Gauge::default(),
+            load_ratio: Gauge::default(),
             rooms: Gauge::default(),
             messages: Family::default(),
             errors: Family::default(),
@@ -185,6 +189,11 @@ impl SignalingMetrics {
             names::CONNECTIONS,
             "Open WebSocket connections",
             m.connections.clone(),
+        );
+        registry.register(
+            "signaling_load_ratio",
+            "Fraction of the node's capacity in use (0..1): connections against capacity_connections",
+            m.load_ratio.clone(),
         );
         registry.register(
             names::ROOMS,

@@ -11,6 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+pub use turnkey_runtime::drain::Drain;
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +125,29 @@ pub async fn serve_with_store(
     shutdown: CancellationToken,
     on_ready: impl FnOnce(&Ready),
 ) -> Result<(), RunError> {
+    let drain = Drain::new(Duration::from_secs(cfg.drain_timeout_secs));
+    serve_drainable(cfg, store, drain, shutdown, on_ready).await
+}
+
+/// [`serve_with_store`] that also stops once `drain` has finished: from its start the node is
+/// not ready (`/readyz`), the registry marks it draining (no new room is placed on it), and it
+/// serves its connections until none is left or `cfg.drain_timeout_secs` passed.
+/// `POST /admin/drain` (with `cfg.admin_token`) starts it too.
+pub async fn serve_drainable(
+    cfg: SignalingConfig,
+    store: Arc<dyn Store>,
+    drain: Drain,
+    stop: CancellationToken,
+    on_ready: impl FnOnce(&Ready),
+) -> Result<(), RunError> {
+    let shutdown = CancellationToken::new();
+    {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            shutdown.cancel();
+        });
+    }
     tracing::info!(config = %cfg.redacted(), "starting signaling");
     if cfg.dev_key {
         // The key itself goes to stdout once, in the startup banner of the binary
@@ -160,13 +184,26 @@ pub async fn serve_with_store(
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = SignalingMetrics::register(&mut registry);
     let metrics_addr = cfg.metrics;
-    let node = Arc::new(Node::new(
+    let mut n = Node::new(
         cfg,
         store,
         metrics.clone(),
         public_url.clone(),
         shutdown.child_token(),
-    ));
+    );
+    n.drain = drain.clone();
+    let node = Arc::new(n);
+    {
+        // A drain ends when no connection is left (or at its deadline): then stop.
+        let n = node.clone();
+        let drained =
+            drain.shutdown_when_finished(move || n.load() == 0, Duration::from_millis(250));
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            drained.cancelled().await;
+            shutdown.cancel();
+        });
+    }
     if node.cfg.role.channel() {
         node.start_channel_tasks().await?;
         let node = node.clone();
@@ -219,13 +256,19 @@ pub async fn serve_with_store(
             .await
         }),
     };
-    let metrics_bound =
-        turnkey_runtime::metrics_http::serve(metrics_addr, Arc::new(registry), shutdown.clone())
-            .await
-            .map_err(|source| RunError::Metrics {
-                addr: metrics_addr,
-                source,
-            })?;
+    drain.register(&mut registry);
+    let metrics_bound = turnkey_runtime::metrics_http::serve_drainable(
+        metrics_addr,
+        Arc::new(registry),
+        shutdown.clone(),
+        drain.clone(),
+        node.cfg.admin_token.clone(),
+    )
+    .await
+    .map_err(|source| RunError::Metrics {
+        addr: metrics_addr,
+        source,
+    })?;
     let ready = Ready {
         http,
         metrics: metrics_bound,
@@ -266,7 +309,10 @@ pub async fn run_until_signal(
     cfg: SignalingConfig,
     on_ready: impl FnOnce(&Ready),
 ) -> Result<(), RunError> {
-    let shutdown = turnkey_runtime::shutdown::on_signal();
+    // The first SIGTERM or ctrl-c drains the node (a second one exits at once).
+    let drain = Drain::new(Duration::from_secs(cfg.drain_timeout_secs));
+    drain.start_on_signal();
     ignore_hangups("signaling");
-    serve(cfg, shutdown, on_ready).await
+    let (store, _) = open_store(&cfg).await?;
+    serve_drainable(cfg, store, drain, CancellationToken::new(), on_ready).await
 }

@@ -110,6 +110,8 @@ async fn register_sfu(store: &MemoryStore, addr: SocketAddr) {
                 id: "s1".into(),
                 url: format!("ws://{addr}"),
                 load: 0,
+                load_permille: 0,
+                draining: false,
             },
             Duration::from_secs(600),
         )

@@ -71,6 +71,8 @@ fn sfu_node(id: &str, load: u32) -> SfuNodeInfo {
         id: id.into(),
         url: format!("ws://{id}.invalid:8090"),
         load,
+        load_permille: 0,
+        draining: false,
     }
 }
 
@@ -102,6 +104,8 @@ async fn registry(store: &dyn Store) {
                 id: "s1".into(),
                 ws_url: "ws://x/v1/ws".into(),
                 load: 0,
+                load_permille: 0,
+                draining: false,
             },
             Duration::from_secs(60),
         )

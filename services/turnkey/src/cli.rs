@@ -380,7 +380,9 @@ async fn run(
     );
     let sfu = or_stop_all(
         async {
-            sfu::run::serve(sfu_cfg, Some(store.clone()), shutdown.clone(), |r| {
+            let drain =
+                sfu::run::Drain::new(std::time::Duration::from_secs(sfu_cfg.drain_timeout_secs));
+            sfu::run::serve(sfu_cfg, Some(store.clone()), drain, shutdown.clone(), |r| {
                 let _ = sfu_tx.send(r);
             })
             .await

@@ -119,6 +119,8 @@ fn node_info(id: &str, load: u32) -> NodeInfo {
         id: id.to_string(),
         ws_url: format!("ws://{id}.example.invalid:8080/v1/ws"),
         load,
+        load_permille: 0,
+        draining: false,
     }
 }
 

@@ -29,6 +29,8 @@ pub struct LinkState {
     pub metrics: SfuMetrics,
     /// Cancelled at shutdown (links close with 1001).
     pub shutdown: CancellationToken,
+    /// While draining, a link for a room this node does not host is refused.
+    pub drain: turnkey_runtime::drain::Drain,
     next_link: AtomicU64,
 }
 
@@ -40,6 +42,7 @@ impl LinkState {
         placement: Arc<Placement>,
         metrics: SfuMetrics,
         shutdown: CancellationToken,
+        drain: turnkey_runtime::drain::Drain,
     ) -> Self {
         Self {
             secret,
@@ -47,6 +50,7 @@ impl LinkState {
             placement,
             metrics,
             shutdown,
+            drain,
             next_link: AtomicU64::new(1),
         }
     }
@@ -102,6 +106,13 @@ async fn signal(
             .get_or_create(&[("kind", "message")])
             .inc();
         return refuse(StatusCode::BAD_REQUEST, "bad_request", &e.to_string());
+    }
+    if st.drain.is_draining() && !st.placement.hosts(&q.room) {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "this SFU node is draining: it serves the rooms it has and takes no new one",
+        );
     }
     ws.max_message_size(sfu_proto::msg::MAX_MESSAGE_BYTES)
         // tungstenite's default read buffer is 128 KiB per connection, and there is one link

@@ -204,6 +204,12 @@ impl Placement {
         }
     }
 
+    /// True if a link of `room` is open here.
+    pub fn hosts(&self, room: &str) -> bool {
+        let rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        rooms.contains_key(room)
+    }
+
     /// Links open in total (the node's load in the registry).
     pub fn load(&self) -> u32 {
         let rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());

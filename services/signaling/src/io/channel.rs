@@ -568,7 +568,7 @@ async fn join(conn: &mut Conn, req: &Request, j: &Join) -> Result<(), JoinError>
     if let Some(sfu) = sfu {
         // After `joined` (queued above): a failure is an `error` 4503 the client can tell
         // apart from a refused join.
-        match sfu_link::open_on(&node, &sfu, &room.name, &pid, &rec.name, false).await {
+        match sfu_link::open_placed(&node, &sfu, &room, &pid, &rec.name, false).await {
             Ok(ws) => sfu_link::start(&node, &room.name, &pid, ws),
             Err(e) => sfu_link::report_failure(&node, &pid, &e),
         }

@@ -129,6 +129,8 @@ pub struct Node {
     pub links: Links,
     /// Which browser origins may call the API and open WebSockets.
     pub origins: signaling_proto::origin::OriginPolicy,
+    /// The node's drain: once started, the registry says so and no new room is placed here.
+    pub drain: turnkey_runtime::drain::Drain,
     hub: Mutex<Hub>,
     conns: Mutex<HashMap<ConnId, ConnHandle>>,
     next_conn: AtomicU64,
@@ -156,6 +158,7 @@ impl Node {
         );
         Node {
             origins,
+            drain: turnkey_runtime::drain::Drain::new(Duration::from_secs(cfg.drain_timeout_secs)),
             hub: Mutex::new(Hub::new(Duration::from_secs(cfg.resume_grace_secs))),
             resume: ResumeKeys::new(resume_secret.as_bytes()),
             keys,
@@ -217,6 +220,11 @@ impl Node {
     /// Open connections (the node's load).
     pub fn load(&self) -> u32 {
         u32::try_from(lock(&self.conns).len()).unwrap_or(u32::MAX)
+    }
+
+    /// `signaling_load_ratio`: connections against `capacity_connections`, in [0, 1].
+    pub fn load_ratio(&self) -> f64 {
+        (f64::from(self.load()) / f64::from(self.cfg.capacity_connections.max(1))).clamp(0.0, 1.0)
     }
 
     /// Closes connection `id` with `code`.
@@ -446,10 +454,15 @@ impl Node {
     }
 
     async fn heartbeat(&self) -> Result<(), StoreError> {
+        let load = self.load();
+        let ratio = self.load_ratio();
+        self.metrics.load_ratio.set(ratio);
         let info = NodeInfo {
             id: self.id().to_string(),
             ws_url: self.ws_url.clone(),
-            load: self.load(),
+            load,
+            load_permille: registry::permille(ratio),
+            draining: self.drain.is_draining(),
         };
         let ttl = Duration::from_secs(self.cfg.node_ttl_secs);
         self.timed("heartbeat", self.store.heartbeat(&info, ttl))
@@ -640,12 +653,18 @@ impl Node {
             let mut tick =
                 tokio::time::interval(Duration::from_secs(node.cfg.heartbeat_secs.max(1)));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut announced = false;
             loop {
                 tokio::select! {
                     _ = node.shutdown.cancelled() => break,
                     _ = tick.tick() => {
                         let _ = node.heartbeat().await;
                         node.sweep_lost_nodes().await;
+                    }
+                    // The drain is announced at once, not at the next beat.
+                    _ = node.drain.started(), if !announced => {
+                        announced = true;
+                        let _ = node.heartbeat().await;
                     }
                 }
             }

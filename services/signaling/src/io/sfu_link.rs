@@ -207,6 +207,15 @@ impl Links {
 /// The SFU node of `room` (an `sfu` room): its current node if live, else the least-loaded
 /// live SFU node (ties by id), set with a compare-and-set so racing joins agree.
 pub async fn place(node: &Node, room: &RoomRecord) -> Result<SfuNodeInfo, PlaceError> {
+    place_avoiding(node, room, None).await
+}
+
+/// [`place`], treating SFU node `avoid` as gone (a draining node that no longer hosts the room).
+async fn place_avoiding(
+    node: &Node,
+    room: &RoomRecord,
+    avoid: Option<&str>,
+) -> Result<SfuNodeInfo, PlaceError> {
     let nodes = node
         .timed("sfu_nodes", node.store.sfu_nodes())
         .await
@@ -215,6 +224,7 @@ pub async fn place(node: &Node, room: &RoomRecord) -> Result<SfuNodeInfo, PlaceE
     for _ in 0..PLACE_ATTEMPTS {
         if let Some(live) = current
             .as_deref()
+            .filter(|id| Some(*id) != avoid)
             .and_then(|id| nodes.iter().find(|n| n.id == id))
         {
             return Ok(live.clone());
@@ -261,11 +271,38 @@ pub async fn open(
     name: &str,
     resume: bool,
 ) -> Result<LinkStream, ProtoError> {
-    let sfu = place(node, room).await.map_err(|e| match e {
+    let sfu = place(node, room).await.map_err(place_error)?;
+    open_placed(node, &sfu, room, pid, name, resume).await
+}
+
+fn place_error(e: PlaceError) -> ProtoError {
+    match e {
         PlaceError::Store => ProtoError::new(ErrorCode::Internal, "store unavailable, try again"),
         PlaceError::Unavailable(m) => ProtoError::new(ErrorCode::SfuUnavailable, m),
-    })?;
-    open_on(node, &sfu, &room.name, pid, name, resume).await
+    }
+}
+
+/// [`open_on`] the node [`place`] chose for `room`. A draining SFU node refuses a room it no
+/// longer hosts (its last participant left while it drained): the room then moves to a node
+/// that takes rooms, and the link goes there.
+pub async fn open_placed(
+    node: &Node,
+    sfu: &SfuNodeInfo,
+    room: &RoomRecord,
+    pid: &str,
+    name: &str,
+    resume: bool,
+) -> Result<LinkStream, ProtoError> {
+    match open_on(node, sfu, &room.name, pid, name, resume).await {
+        Err(_) if sfu.draining => {
+            let moved = place_avoiding(node, room, Some(&sfu.id))
+                .await
+                .map_err(place_error)?;
+            tracing::info!(room = %room.name, from = %sfu.id, to = %moved.id, "sfu room moved off a draining SFU node");
+            open_on(node, &moved, &room.name, pid, name, resume).await
+        }
+        r => r,
+    }
 }
 
 /// Opens the link of participant `pid` of `room` to SFU node `sfu` (already placed). Errors
