@@ -167,6 +167,11 @@ pub struct ThreadReport {
     /// Every peer connection this thread opened: its time from creation to `connected` (ICE
     /// and DTLS done), None if it never got there.
     pub pc_setup: Vec<Option<Duration>>,
+    /// Longest time between two fresh packets of one flow, over every flow, after its first
+    /// packet, until `stop` (µs): how long media stopped at worst.
+    pub max_gap_us: u64,
+    /// (subscriber, publisher track) flows that delivered at least one packet.
+    pub flows: usize,
 }
 
 struct Pc {
@@ -217,6 +222,8 @@ struct Part {
     publisher: Option<Publisher>,
     subscribe: Option<Pc>,
     streams: HashMap<(u32, Kind), SeqSet>,
+    /// Probe-clock time of each flow's last fresh packet (µs).
+    last_fresh: HashMap<(u32, Kind), u64>,
 }
 
 const WAKER: Token = Token(usize::MAX);
@@ -322,6 +329,7 @@ pub fn run(
             publisher: None,
             subscribe: None,
             streams: HashMap::new(),
+            last_fresh: HashMap::new(),
         };
         if part.seat.publishes {
             let (sock, local) = bind(&poll, Token(slot * 2), ip)?;
@@ -569,12 +577,18 @@ pub fn run(
             }
         }
     }
+    let end_us = shared.now_us();
     for part in &parts {
         for pc in [part.publish.as_ref(), part.subscribe.as_ref()]
             .into_iter()
             .flatten()
         {
             report.pc_setup.push(pc.setup);
+        }
+        report.flows += part.streams.len();
+        // A flow that stopped for good counts up to the end.
+        for last in part.last_fresh.values() {
+            report.max_gap_us = report.max_gap_us.max(end_us.saturating_sub(*last));
         }
     }
     Ok(report)
@@ -603,6 +617,14 @@ fn drain_reads(part: &mut Part, leg: usize, shared: &Shared, report: &mut Thread
                         SeqSet::default()
                     });
                 let fresh = set.insert(probe.seq);
+                if fresh {
+                    let last = part
+                        .last_fresh
+                        .insert((probe.publisher, probe.kind), now_us);
+                    if let Some(last) = last {
+                        report.max_gap_us = report.max_gap_us.max(now_us.saturating_sub(last));
+                    }
+                }
                 if shared.in_window(probe.sent_us) {
                     if fresh {
                         report.received += 1;

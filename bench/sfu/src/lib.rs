@@ -17,6 +17,7 @@ mod janus_api;
 mod node;
 mod probe;
 mod signal;
+mod simulate;
 
 use anyhow::{bail, Context as _};
 use bench_support::histogram::LatencyHistogram;
@@ -136,6 +137,28 @@ struct Args {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
+    /// Instead of a measured run against a node of its own: drive rooms of 4 through running
+    /// signaling nodes (this HTTP base URL; repeat to spread the joins over several), arriving
+    /// one every --sim-arrival-secs, each live --sim-room-secs, and print one JSON line per
+    /// room (its channel node, SFU node, flows, longest media gap, errors) and a summary.
+    /// Needs --api-key.
+    #[arg(long = "signaling")]
+    signaling: Vec<String>,
+    /// API key (`KEY:SECRET`) of the signaling nodes (--signaling).
+    #[arg(long = "api-key")]
+    api_key: Option<String>,
+    /// With --signaling: rooms in all.
+    #[arg(long = "sim-rooms", default_value_t = 10)]
+    sim_rooms: usize,
+    /// With --signaling: seconds between two rooms' arrivals.
+    #[arg(long = "sim-arrival-secs", default_value_t = 2.0)]
+    sim_arrival_secs: f64,
+    /// With --signaling: seconds each room is live (from its arrival).
+    #[arg(long = "sim-room-secs", default_value_t = 20.0)]
+    sim_room_secs: f64,
+    /// With --signaling: prefix of the room names (`<prefix>-<i>`).
+    #[arg(long = "sim-prefix", default_value = "sim")]
+    sim_prefix: String,
 }
 
 struct Plan {
@@ -247,6 +270,21 @@ pub fn main() -> anyhow::Result<()> {
     };
     if let Some(pcs) = a.connect_only {
         return connect_only(&a, pcs, &load);
+    }
+    if !a.signaling.is_empty() {
+        let Some(key) = a.api_key.clone() else {
+            bail!("--signaling needs --api-key KEY:SECRET");
+        };
+        return simulate::run(&simulate::SimConfig {
+            signaling: a.signaling.clone(),
+            api_key: key,
+            rooms: a.sim_rooms,
+            arrival: Duration::from_secs_f64(a.sim_arrival_secs.max(0.0)),
+            room_life: Duration::from_secs_f64(a.sim_room_secs.max(1.0)),
+            prefix: a.sim_prefix.clone(),
+            host_ip: a.host_ip.unwrap_or(IpAddr::from([127, 0, 0, 1])),
+            load,
+        });
     }
     let plan = plan(&a)?;
     let secret = "sfu-bench-secret".to_string();
