@@ -456,3 +456,88 @@ async fn deleting_the_room_closes_the_links() {
     assert_eq!(metric(&ready, "signaling_sfu_link_errors_total").await, 0.0);
     shutdown.cancel();
 }
+
+/// An SFU node that refuses every link with 503 (a draining node that does not host the room).
+async fn refusing_sfu() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let tried = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let t = tried.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            t.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            #[allow(clippy::result_large_err)]
+            let refuse = |_: &Request, _: Response| -> Result<Response, ErrorResponse> {
+                let mut e = ErrorResponse::new(Some("draining".into()));
+                *e.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                Err(e)
+            };
+            let _ = tokio_tungstenite::accept_hdr_async(tcp, refuse).await;
+        }
+    });
+    (addr, tried)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_left_on_a_draining_sfu_node_moves_to_one_that_takes_rooms() {
+    let shutdown = CancellationToken::new();
+    let store = Arc::new(MemoryStore::new());
+    let (draining, tried) = refusing_sfu().await;
+    let (live, mut links) = fake_sfu().await;
+    for (id, addr, is_draining) in [("s1", draining, true), ("s2", live, false)] {
+        store
+            .sfu_heartbeat(
+                &SfuNodeInfo {
+                    id: id.into(),
+                    url: format!("ws://{addr}"),
+                    load: 0,
+                    load_permille: 0,
+                    draining: is_draining,
+                },
+                Duration::from_secs(600),
+            )
+            .await
+            .unwrap();
+    }
+    // The room's media was on s1, which has started draining since its last participant left.
+    store
+        .create_room(&RoomRecord {
+            name: "demo".into(),
+            mode: RoomMode::Sfu,
+            capacity: 4,
+            node: "n1".into(),
+            created_at: 0,
+            sfu: Some("s1".into()),
+        })
+        .await
+        .unwrap();
+    let ready = start_node(store.clone(), "n1", SECRET, &shutdown).await;
+    let mut alice = connect(&ready).await;
+    send(&mut alice, join_msg("demo", "Alice", None)).await;
+    assert_eq!(recv(&mut alice).await["type"], "joined");
+    // s1 was asked and refused; the link went to s2 and the room now says s2.
+    let link = next_link(&mut links).await;
+    assert!(link.uri.contains("room=demo"), "{}", link.uri);
+    assert_eq!(tried.load(std::sync::atomic::Ordering::Relaxed), 1);
+    let room = store.get_room("demo").await.unwrap().unwrap();
+    assert_eq!(room.sfu.as_deref(), Some("s2"));
+    // A new room is placed on s2 directly: s1 drains.
+    create_room(&store, "fresh", RoomMode::Sfu).await;
+    let mut bob = connect(&ready).await;
+    send(&mut bob, join_msg("fresh", "Bob", None)).await;
+    assert_eq!(recv(&mut bob).await["type"], "joined");
+    let link = next_link(&mut links).await;
+    assert!(link.uri.contains("room=fresh"), "{}", link.uri);
+    assert_eq!(tried.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        store
+            .get_room("fresh")
+            .await
+            .unwrap()
+            .unwrap()
+            .sfu
+            .as_deref(),
+        Some("s2")
+    );
+    shutdown.cancel();
+}
