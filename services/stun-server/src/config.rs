@@ -37,7 +37,8 @@ pub struct Cli {
     /// Alternate port for RFC 5780. [default: the listen port + 1]
     #[arg(long, value_name = "PORT")]
     pub alt_port: Option<u16>,
-    /// Metrics listener (/metrics and /healthz). [default: 127.0.0.1:9642]
+    /// Metrics listener (/metrics, /healthz, /readyz, POST /admin/drain). [default:
+    /// 127.0.0.1:9642]
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<SocketAddr>,
     /// SOFTWARE attribute in responses; empty to leave it out. [default: turnkey/<version>]

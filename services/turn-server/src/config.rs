@@ -63,7 +63,8 @@ pub struct ServerArgs {
     /// Refuse peers in this CIDR (repeatable).
     #[arg(long = "deny-peer", value_name = "CIDR")]
     pub deny_peer: Vec<IpNet>,
-    /// Metrics listener (`/metrics`, `/healthz`). Default 127.0.0.1:9641.
+    /// Metrics listener (`/metrics`, `/healthz`, `/readyz`, `POST /admin/drain`). Default
+    /// 127.0.0.1:9641.
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<SocketAddr>,
     /// Nonce lifetime in seconds (438 after). Default 600.
@@ -99,7 +100,11 @@ pub struct ServerArgs {
     /// --admin-token): readiness (`/readyz`) turns false, new allocations get 508 (300 Try
     /// Alternate with --alternate-server), live ones are served until they end or this passes,
     /// then the process exits 0. Default 300 (turnkey: 10).
-    #[arg(long = "drain-timeout-secs", alias = "drain-timeout", value_name = "SECS")]
+    #[arg(
+        long = "drain-timeout-secs",
+        visible_alias = "drain-timeout",
+        value_name = "SECS"
+    )]
     pub drain_timeout_secs: Option<u64>,
     /// Allocations this node is sized for: the allocation side of `turn_load_ratio`. Default:
     /// --total-quota.

@@ -261,7 +261,14 @@ fn sigterm_drains_refuses_new_allocations_then_exits() {
         .status()
         .unwrap();
     assert!(status.success());
-    std::thread::sleep(Duration::from_millis(300));
+    // `--drain-timeout` is the old name of `--drain-timeout-secs`.
+    assert!(
+        common::wait_until(Duration::from_secs(10), || matches!(
+            http_get(server.metrics, "/readyz"),
+            Ok((503, _))
+        )),
+        "/readyz never answered 503 after SIGTERM"
+    );
     // Draining: new allocations refused, existing ones still served.
     let mut b = WireClient::new(server.listen, "alice", "pw");
     assert_eq!(code(&b.allocate_with(&[])), Some(508));
