@@ -45,9 +45,12 @@ struct Inner {
     hooks: Hooks,
 }
 
+/// One [`Drain::on_start`] callback.
+type Hook = Box<dyn FnOnce() + Send>;
+
 /// What runs in the call that starts the drain ([`Drain::on_start`]); `None` once it ran.
 #[derive(Default)]
-struct Hooks(Mutex<Option<Vec<Box<dyn FnOnce() + Send>>>>);
+struct Hooks(Mutex<Option<Vec<Hook>>>);
 
 impl std::fmt::Debug for Hooks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

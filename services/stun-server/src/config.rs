@@ -253,7 +253,10 @@ mod tests {
         let err = Config::merge(&cli(&["--admin-token", "short"]), FileConfig::default())
             .unwrap_err()
             .to_string();
-        assert!(err.contains("admin_token") && !err.contains("short"), "{err}");
+        assert!(
+            err.contains("admin_token") && !err.contains("short"),
+            "{err}"
+        );
         let c = Config::merge(&cli(&["--admin-token", ""]), FileConfig::default()).unwrap();
         assert_eq!(c.admin_token, None, "empty: none");
     }

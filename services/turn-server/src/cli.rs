@@ -513,9 +513,8 @@ pub fn main() -> anyhow::Result<()> {
 async fn run(cfg: crate::config::TurnConfig, reload: crate::run::Reload) -> anyhow::Result<()> {
     // The first SIGTERM/SIGINT starts the drain (a second exits at once), as does
     // `POST /admin/drain`; the process exits 0 once it has finished.
-    let drain = turnkey_runtime::drain::Drain::new(std::time::Duration::from_secs(
-        cfg.drain_timeout_secs,
-    ));
+    let drain =
+        turnkey_runtime::drain::Drain::new(std::time::Duration::from_secs(cfg.drain_timeout_secs));
     drain.start_on_signal();
     crate::run::serve_with_drain(&cfg, Some(reload), drain, |_| {}).await?;
     Ok(())

@@ -266,12 +266,9 @@ async fn serve_inner(
         ));
     }
     let current = Arc::new(std::sync::RwLock::new(cfg.clone()));
-    load_metrics.load.set(
-        0,
-        0.0,
-        cfg.capacity_allocations,
-        cfg.capacity_relay_bps,
-    );
+    load_metrics
+        .load
+        .set(0, 0.0, cfg.capacity_allocations, cfg.capacity_relay_bps);
     tokio::spawn(load_loop(
         load_metrics,
         server.shared.clone(),
@@ -419,11 +416,7 @@ fn file_stamp(path: &std::path::Path) -> Option<(std::time::SystemTime, u64)> {
     Some((m.modified().ok()?, m.len()))
 }
 
-async fn reload_loop(
-    reload: Option<Reload>,
-    r: Reloading,
-    stop: CancellationToken,
-) {
+async fn reload_loop(reload: Option<Reload>, r: Reloading, stop: CancellationToken) {
     #[cfg(unix)]
     let mut hup = match &reload {
         Some(_) => tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok(),

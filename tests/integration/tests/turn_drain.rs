@@ -292,7 +292,10 @@ fn at_the_deadline_a_drain_ends_the_live_allocation_and_still_exits_0() {
 
 #[test]
 fn the_admin_api_drains_to_exit_with_exit_true_and_that_cannot_be_stopped() {
-    let mut s = AdminTurn::start(TOKEN, &["--user", "alice:pw", "--drain-timeout-secs", "120"]);
+    let mut s = AdminTurn::start(
+        TOKEN,
+        &["--user", "alice:pw", "--drain-timeout-secs", "120"],
+    );
     let metrics = s.guard.metrics;
     let mut a = WireClient::new(s.listen, "alice", "pw");
     a.allocate();
@@ -306,9 +309,15 @@ fn the_admin_api_drains_to_exit_with_exit_true_and_that_cannot_be_stopped() {
 
     // Without exit: the reversible drain (new allocations refused, readiness kept).
     let (status, d) = s.call("POST", "/v1/drain", None);
-    assert_eq!((status, &d["draining"], &d["exiting"]), (200, &json!(true), &json!(false)));
+    assert_eq!(
+        (status, &d["draining"], &d["exiting"]),
+        (200, &json!(true), &json!(false))
+    );
     assert_eq!(readyz(metrics).0, 200);
-    assert_eq!(code(&WireClient::new(s.listen, "alice", "pw").allocate_with(&[])), Some(508));
+    assert_eq!(
+        code(&WireClient::new(s.listen, "alice", "pw").allocate_with(&[])),
+        Some(508)
+    );
     let (status, d) = s.call("DELETE", "/v1/drain", None);
     assert_eq!((status, &d["draining"]), (200, &json!(false)));
 
@@ -318,17 +327,30 @@ fn the_admin_api_drains_to_exit_with_exit_true_and_that_cannot_be_stopped() {
 
     let (status, d) = s.call("POST", "/v1/drain?exit=true", None);
     assert_eq!(status, 200, "{d}");
-    assert_eq!((&d["draining"], &d["exiting"]), (&json!(true), &json!(true)));
+    assert_eq!(
+        (&d["draining"], &d["exiting"]),
+        (&json!(true), &json!(true))
+    );
     let left = d["remaining_secs"].as_u64().expect("remaining_secs");
     assert!(left <= 120, "{d}");
     let (status, r) = readyz(metrics);
     assert_eq!((status, &r["reason"]), (503, &json!("admin")));
     // It cannot be undone.
     let (status, d) = s.call("DELETE", "/v1/drain", None);
-    assert_eq!((status, &d["error"]["code"]), (409, &json!("exiting")), "{d}");
+    assert_eq!(
+        (status, &d["error"]["code"]),
+        (409, &json!("exiting")),
+        "{d}"
+    );
     let (_, d) = s.call("GET", "/v1/drain", None);
-    assert_eq!((&d["draining"], &d["exiting"]), (&json!(true), &json!(true)));
-    assert_eq!(code(&WireClient::new(s.listen, "alice", "pw").allocate_with(&[])), Some(508));
+    assert_eq!(
+        (&d["draining"], &d["exiting"]),
+        (&json!(true), &json!(true))
+    );
+    assert_eq!(
+        code(&WireClient::new(s.listen, "alice", "pw").allocate_with(&[])),
+        Some(508)
+    );
 
     assert_eq!(delete(&mut a), None);
     let st = wait_exit(&mut s.guard);
@@ -361,7 +383,11 @@ fn a_reload_moves_the_drain_deadline_and_rotates_the_drain_token() {
     ]);
     let metrics = guard.metrics;
     assert_eq!(
-        metric_value(&guard.scrape_metrics(), "turnkey_drain_deadline_seconds", &[]),
+        metric_value(
+            &guard.scrape_metrics(),
+            "turnkey_drain_deadline_seconds",
+            &[]
+        ),
         Some(300.0)
     );
     write(2, "second-token-0123456789");
@@ -414,7 +440,10 @@ fn the_load_ratio_follows_allocations_and_relayed_traffic_and_stays_in_0_1() {
             last = scrape();
             last.0 == want
         });
-        assert!(ok, "turn_load_ratio never {want}: last (ratio, bps) {last:?}");
+        assert!(
+            ok,
+            "turn_load_ratio never {want}: last (ratio, bps) {last:?}"
+        );
     };
     let mut clients: Vec<WireClient> = Vec::new();
     for want in [0.25, 0.5, 0.75, 1.0] {

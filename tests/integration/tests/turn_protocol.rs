@@ -310,6 +310,13 @@ fn metrics_endpoint_lists_every_documented_metric() {
         "# TYPE turn_dropped_packets_total counter",
         "# TYPE stun_binding_requests_total counter",
         "turnkey_build_info{",
+        "turn_quota_rejections_total{scope=\"draining\"} 0",
+        "turnkey_draining 0",
+        "turnkey_drain_deadline_seconds 300",
+        "# TYPE turn_load_ratio gauge",
+        "# TYPE turn_relayed_bps gauge",
+        "turn_capacity_allocations 100000",
+        "turn_capacity_relay_bps 1000000000",
     ] {
         assert!(body.contains(name), "missing {name} in:\n{body}");
     }

@@ -1689,7 +1689,10 @@ fn draining_refuses_new_allocations_with_508_and_serves_the_live_one() {
     .finish();
     let r = h.request(tuple(40933), &binding);
     assert!(is_success(&r), "Binding is answered while draining");
-    assert_eq!(xor_address(&r, ATTR_XORMAPPED_ADDRESS), Some(tuple(40933).client));
+    assert_eq!(
+        xor_address(&r, ATTR_XORMAPPED_ADDRESS),
+        Some(tuple(40933).client)
+    );
 
     let r = c.call(&mut h, METHOD_REFRESH, &[(ATTR_LIFETIME, vec![0; 4])], &[]);
     assert!(is_success(&r));
