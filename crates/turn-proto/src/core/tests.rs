@@ -2533,6 +2533,41 @@ fn connect_opens_from_the_relay_and_answers_when_the_peer_is_up() {
     assert_eq!(h.core.stats().control.live_peer_connections, 1);
 }
 
+/// A draining server (issue 15) keeps a live TCP allocation (RFC 6062) whole: Connect to a new
+/// peer still opens from its relay and is answered; only new allocations are refused.
+#[test]
+fn draining_keeps_connect_on_a_live_tcp_allocation() {
+    let mut h = Harness::new();
+    let (mut c, relay) = tcp_allocation(&mut h, 41015);
+    h.shared.start_draining();
+    let r = Client::new(tcp_tuple(41016), "alice", "alicepw").call(
+        &mut h,
+        METHOD_ALLOCATE,
+        &[tcp()],
+        &[],
+    );
+    assert_eq!(code(&r), Some(508));
+    assert!(is_success(&c.call(&mut h, METHOD_REFRESH, &[], &[])));
+    let peer: SocketAddr = "192.0.2.15:8000".parse().unwrap();
+    let out = connect(&mut h, &c, peer);
+    let [Transmit::ConnectPeer {
+        connection_id,
+        relay: from,
+        peer: to,
+    }] = out[..]
+    else {
+        panic!("{out:?}")
+    };
+    assert_eq!((from, to), (relay, peer));
+    let mut out = vec![];
+    assert!(h
+        .core
+        .handle_peer_connected(connection_id, true, h.now, &mut out));
+    let (msgs, _) = split(out);
+    assert!(is_success(&msgs[0].1));
+    assert_eq!(tcp_events(&h, TcpEvent::Connected), 1);
+}
+
 #[test]
 fn connect_is_refused_for_denied_peers_udp_allocations_and_over_the_cap() {
     let mut cfg = config();
