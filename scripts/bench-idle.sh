@@ -73,7 +73,7 @@ start_server() { # NAME
         "$TURN_SERVER" --listen "127.0.0.1:$PORT" --relay-ip 127.0.0.1 --user bench:benchpass \
             --metrics "127.0.0.1:$METRICS" --min-port $MIN_PORT --max-port $MAX_PORT \
             --user-quota 1000000 --ip-quota 1000000 --total-quota 1000000 --unauth-rate 0 \
-            --allow-peer 127.0.0.0/8 "${extra[@]}" >"$WORK/$1.log" 2>&1 &
+            --allow-peer 127.0.0.0/8 --drain-timeout 10 "${extra[@]}" >"$WORK/$1.log" 2>&1 &
         SERVER_PID=$!
         for _ in $(seq 100); do
             curl -fsS "http://127.0.0.1:$METRICS/healthz" >/dev/null 2>&1 && return 0

@@ -233,6 +233,9 @@ run_turn_server() {
     [[ -x $bin ]] || { log "no $bin; skipping $name"; return 1; }
     local extra=("$@")
     [[ -n $WORKERS ]] && extra+=(--workers "$WORKERS")
+    # Stopping waits for the drain: 10 s at most, as before drain_timeout_secs defaulted to 300
+    # (the old flag name, which older builds run as "base" know too).
+    extra+=(--drain-timeout 10)
     # Generator peers (loopback, or 198.51.100.2 in the peer ns) and, with netns, the relayed
     # addresses on 198.51.100.1 are addresses the default peer rules refuse: allow them.
     [[ $PEERS == generator || $TOPOLOGY == netns ]] && extra+=(--allow-peer "$PEER_NET")

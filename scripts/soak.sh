@@ -92,7 +92,8 @@ start_server() {
         --tls-listen "127.0.0.1:$SECURE_PORT" --dtls-listen "127.0.0.1:$SECURE_PORT" \
         --cert "$WORK/cert.pem" --key "$WORK/key.pem" --user "$USER_PASS" \
         --relay-ip 127.0.0.1 --min-port "$RELAY_MIN" --max-port "$RELAY_MAX" \
-        --allow-peer 127.0.0.0/8 --metrics "127.0.0.1:$METRICS" --user-quota "$QUOTA" $SERVER_ARGS \
+        --allow-peer 127.0.0.0/8 --metrics "127.0.0.1:$METRICS" --user-quota "$QUOTA" \
+        --drain-timeout 10 $SERVER_ARGS \
         >"$WORK/turn-server-$tag.log" 2>&1 &
     SERVER_PID=$!
     for _ in $(seq 100); do

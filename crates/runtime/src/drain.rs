@@ -13,7 +13,8 @@
 
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -35,20 +36,50 @@ pub struct Drain {
 #[derive(Debug)]
 struct Inner {
     started: CancellationToken,
-    deadline: Duration,
+    /// The deadline in milliseconds ([`Drain::set_deadline`] may change it).
+    deadline_ms: AtomicU64,
     since: OnceLock<(Instant, &'static str)>,
     gauge: Gauge,
+    /// `turnkey_drain_deadline_seconds`.
+    deadline_gauge: Gauge,
+    hooks: Hooks,
+}
+
+/// One [`Drain::on_start`] callback.
+type Hook = Box<dyn FnOnce() + Send>;
+
+/// What runs in the call that starts the drain ([`Drain::on_start`]); `None` once it ran.
+#[derive(Default)]
+struct Hooks(Mutex<Option<Vec<Hook>>>);
+
+impl std::fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self
+            .0
+            .lock()
+            .map(|h| h.as_ref().map_or(0, Vec::len))
+            .unwrap_or(0);
+        write!(f, "Hooks({n})")
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Drain {
     /// Not draining; a drain, once started, lasts at most `deadline`.
     pub fn new(deadline: Duration) -> Self {
+        let deadline_gauge = Gauge::default();
+        deadline_gauge.set(i64::try_from(deadline.as_secs()).unwrap_or(i64::MAX));
         Self {
             inner: Arc::new(Inner {
                 started: CancellationToken::new(),
-                deadline,
+                deadline_ms: AtomicU64::new(millis(deadline)),
                 since: OnceLock::new(),
                 gauge: Gauge::default(),
+                deadline_gauge,
+                hooks: Hooks(Mutex::new(Some(Vec::new()))),
             }),
         }
     }
@@ -60,13 +91,39 @@ impl Drain {
             "1 while the node drains (takes no new work, serves what it has)",
             self.inner.gauge.clone(),
         );
-        let deadline: Gauge = Gauge::default();
-        deadline.set(self.inner.deadline.as_secs() as i64);
         registry.register(
             "turnkey_drain_deadline_seconds",
             "Longest a drain lasts before the node exits with work left",
-            deadline,
+            self.inner.deadline_gauge.clone(),
         );
+    }
+
+    /// Changes how long a drain lasts at most (a configuration reload), a drain under way
+    /// included: its deadline is then `since + deadline`.
+    pub fn set_deadline(&self, deadline: Duration) {
+        self.inner
+            .deadline_ms
+            .store(millis(deadline), Ordering::Relaxed);
+        self.inner
+            .deadline_gauge
+            .set(i64::try_from(deadline.as_secs()).unwrap_or(i64::MAX));
+    }
+
+    /// Runs `f` in the call that starts the drain, before [`Self::started`] resolves and
+    /// before that call returns (so before `POST /admin/drain` answers), or at once when the
+    /// drain has already started: for what must stop taking new work in the same instant, such
+    /// as a flag the request path reads.
+    pub fn on_start(&self, f: impl FnOnce() + Send + 'static) {
+        let Ok(mut hooks) = self.inner.hooks.0.lock() else {
+            return f();
+        };
+        match hooks.as_mut() {
+            Some(list) => list.push(Box::new(f)),
+            None => {
+                drop(hooks);
+                f();
+            }
+        }
     }
 
     /// Starts the drain (`why` is logged: `signal`, `admin`...). True if this call started
@@ -78,10 +135,20 @@ impl Drain {
             (Instant::now(), why)
         });
         if first {
+            let hooks = self
+                .inner
+                .hooks
+                .0
+                .lock()
+                .map(|mut h| h.take())
+                .unwrap_or_default();
+            for f in hooks.into_iter().flatten() {
+                f();
+            }
             self.inner.gauge.set(1);
             tracing::info!(
                 reason = why,
-                deadline_secs = self.inner.deadline.as_secs(),
+                deadline_secs = self.deadline().as_secs(),
                 "draining: no new work; serving what is left until it ends or the deadline"
             );
             self.inner.started.cancel();
@@ -112,7 +179,7 @@ impl Drain {
 
     /// The longest a drain lasts.
     pub fn deadline(&self) -> Duration {
-        self.inner.deadline
+        Duration::from_millis(self.inner.deadline_ms.load(Ordering::Relaxed))
     }
 
     /// Why and since when the node drains.
@@ -124,8 +191,7 @@ impl Drain {
     pub fn remaining(&self, now: Instant) -> Option<Duration> {
         let (at, _) = self.since()?;
         Some(
-            self.inner
-                .deadline
+            self.deadline()
                 .saturating_sub(now.saturating_duration_since(at)),
         )
     }
@@ -174,6 +240,35 @@ impl Drain {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn hooks_run_in_the_starting_call_and_the_deadline_can_change() {
+        let d = Drain::new(Duration::from_secs(300));
+        let flag = Arc::new(AtomicUsize::new(0));
+        let f = flag.clone();
+        d.on_start(move || {
+            f.fetch_add(1, Ordering::SeqCst);
+        });
+        assert_eq!(flag.load(Ordering::SeqCst), 0, "not before the drain");
+        d.set_deadline(Duration::from_secs(7));
+        assert_eq!(d.deadline(), Duration::from_secs(7));
+        let mut r = Registry::default();
+        d.register(&mut r);
+        let text = crate::metrics_http::render(&r);
+        assert!(text.contains("turnkey_drain_deadline_seconds 7"), "{text}");
+        assert!(d.start("test"));
+        assert_eq!(flag.load(Ordering::SeqCst), 1, "ran before start returned");
+        assert!(!d.start("again"));
+        assert_eq!(flag.load(Ordering::SeqCst), 1, "ran once");
+        // Registered after the start: runs at once.
+        let f = flag.clone();
+        d.on_start(move || {
+            f.fetch_add(10, Ordering::SeqCst);
+        });
+        assert_eq!(flag.load(Ordering::SeqCst), 11);
+        let left = d.remaining(Instant::now()).expect("draining");
+        assert!(left <= Duration::from_secs(7), "{left:?}");
+    }
 
     #[tokio::test]
     async fn a_drain_ends_when_empty_or_at_its_deadline() {

@@ -119,13 +119,31 @@ async fn metrics(State(registry): State<Arc<Registry>>, headers: HeaderMap) -> i
 /// - `POST /admin/drain` with `Authorization: Bearer <admin_token>`: starts the drain, 202
 ///   `{"draining":true,"started":<this call started it>,"deadline_secs":..}`; 401
 ///   `{"error":{"code":"unauthorized",..}}` without the right token; 404
-///   `{"error":{"code":"not_found",..}}` when no token is configured (drain by signal only).
+///   `{"error":{"code":"not_found",..}}` when no token (or an empty one) is configured (drain by
+///   signal only).
 pub fn drainable_router(
     registry: Arc<Registry>,
     drain: crate::drain::Drain,
     admin_token: Option<String>,
 ) -> Router {
-    let probe = Arc::new(Probe { drain, admin_token });
+    drainable_router_with(registry, drain, Arc::new(move || admin_token.clone()))
+}
+
+/// Where the bearer token of `POST /admin/drain` comes from: asked at every call, so a token
+/// that a configuration reload changed (or removed) is in force at once. `None` or an empty
+/// token: no token is configured (the call answers 404).
+pub type TokenSource = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
+/// [`drainable_router`] with the token read from `token` at every call.
+pub fn drainable_router_with(
+    registry: Arc<Registry>,
+    drain: crate::drain::Drain,
+    token: TokenSource,
+) -> Router {
+    let probe = Arc::new(Probe {
+        drain,
+        admin_token: token,
+    });
     let probes = Router::new()
         .route("/readyz", get(readyz))
         .route("/admin/drain", axum::routing::post(admin_drain))
@@ -135,7 +153,7 @@ pub fn drainable_router(
 
 struct Probe {
     drain: crate::drain::Drain,
-    admin_token: Option<String>,
+    admin_token: TokenSource,
 }
 
 fn json_response(status: StatusCode, body: String) -> axum::response::Response {
@@ -162,7 +180,7 @@ async fn readyz(State(p): State<Arc<Probe>>) -> axum::response::Response {
 }
 
 async fn admin_drain(State(p): State<Arc<Probe>>, headers: HeaderMap) -> axum::response::Response {
-    let Some(token) = p.admin_token.as_deref() else {
+    let Some(token) = (p.admin_token)().filter(|t| !t.is_empty()) else {
         return json_response(
             StatusCode::NOT_FOUND,
             "{\"error\":{\"code\":\"not_found\",\"message\":\"no admin token is configured: drain by SIGTERM\"}}".into(),
@@ -197,9 +215,27 @@ pub async fn serve_drainable(
     drain: crate::drain::Drain,
     admin_token: Option<String>,
 ) -> std::io::Result<SocketAddr> {
+    serve_drainable_with(
+        addr,
+        registry,
+        shutdown,
+        drain,
+        Arc::new(move || admin_token.clone()),
+    )
+    .await
+}
+
+/// [`serve`] with [`drainable_router_with`] (the token asked at every drain call).
+pub async fn serve_drainable_with(
+    addr: SocketAddr,
+    registry: Arc<Registry>,
+    shutdown: CancellationToken,
+    drain: crate::drain::Drain,
+    token: TokenSource,
+) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    let app = drainable_router(registry, drain, admin_token);
+    let app = drainable_router_with(registry, drain, token);
     tokio::spawn(async move {
         let _ = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -327,6 +363,34 @@ mod tests {
         assert_eq!(code, 404, "{body}");
         assert!(body.contains("\"not_found\""), "{body}");
         assert!(!drain.is_draining());
+        shutdown.cancel();
+
+        // The token is asked at every call: a rotated one is in force at once, the old one no
+        // longer is, and an empty one counts as none (never "Bearer " with nothing after it).
+        let token = Arc::new(std::sync::Mutex::new(Some("old-token".to_string())));
+        let t = token.clone();
+        let drain = crate::drain::Drain::new(std::time::Duration::from_secs(30));
+        let shutdown = CancellationToken::new();
+        let addr = serve_drainable_with(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::new(Registry::default()),
+            shutdown.clone(),
+            drain.clone(),
+            Arc::new(move || t.lock().unwrap().clone()),
+        )
+        .await
+        .unwrap();
+        *token.lock().unwrap() = Some("new-token".into());
+        let (code, body) = request(addr, &post("Authorization: Bearer old-token\r\n")).await;
+        assert_eq!(code, 401, "{body}");
+        *token.lock().unwrap() = Some(String::new());
+        let (code, body) = request(addr, &post("Authorization: Bearer \r\n")).await;
+        assert_eq!(code, 404, "{body}");
+        assert!(!drain.is_draining());
+        *token.lock().unwrap() = Some("new-token".into());
+        let (code, body) = request(addr, &post("Authorization: Bearer new-token\r\n")).await;
+        assert_eq!(code, 202, "{body}");
+        assert!(drain.is_draining());
         shutdown.cancel();
     }
 }

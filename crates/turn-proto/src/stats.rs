@@ -164,8 +164,12 @@ pub enum QuotaScope {
     User,
     /// Per-client-IP quota (486).
     Ip,
-    /// Total quota or draining (508).
+    /// Total quota (508).
     Total,
+    /// The server drains (508; RFC 8656 §7.2): it takes no new allocation and serves the live
+    /// ones until they end. (With alternate servers configured the Allocate gets 300 Try
+    /// Alternate instead, counted in `alternate_redirects`.)
+    Draining,
 }
 
 impl QuotaScope {
@@ -176,7 +180,12 @@ impl QuotaScope {
     }
 
     /// Every scope.
-    pub const ALL: [QuotaScope; 3] = [QuotaScope::User, QuotaScope::Ip, QuotaScope::Total];
+    pub const ALL: [QuotaScope; 4] = [
+        QuotaScope::User,
+        QuotaScope::Ip,
+        QuotaScope::Total,
+        QuotaScope::Draining,
+    ];
 
     /// The metrics label.
     pub fn as_str(self) -> &'static str {
@@ -184,6 +193,7 @@ impl QuotaScope {
             QuotaScope::User => "user",
             QuotaScope::Ip => "ip",
             QuotaScope::Total => "total",
+            QuotaScope::Draining => "draining",
         }
     }
 }

@@ -18,6 +18,8 @@ pub async fn main() -> anyhow::Result<()> {
         metrics = %config.metrics,
         software = ?config.software,
         log_json = config.log_json,
+        drain_timeout_secs = config.drain_timeout_secs,
+        admin_token = if config.admin_token.is_some() { "<redacted>" } else { "none" },
         "effective configuration"
     );
 

@@ -15,6 +15,9 @@ pub const DEFAULT_LISTEN: SocketAddr =
 /// Default metrics listener.
 pub const DEFAULT_METRICS: SocketAddr =
     SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9642);
+/// Default `drain_timeout_secs`: long enough for a load balancer's health checks to see
+/// `/readyz` fail (a few checks a few seconds apart) before the server stops answering.
+pub const DEFAULT_DRAIN_TIMEOUT_SECS: u64 = 10;
 
 /// turnkey STUN server: RFC 8489 Binding over UDP and TCP, RFC 5780 NAT behaviour discovery
 /// with --alt-ip.
@@ -34,7 +37,8 @@ pub struct Cli {
     /// Alternate port for RFC 5780. [default: the listen port + 1]
     #[arg(long, value_name = "PORT")]
     pub alt_port: Option<u16>,
-    /// Metrics listener (/metrics and /healthz). [default: 127.0.0.1:9642]
+    /// Metrics listener (/metrics, /healthz, /readyz, POST /admin/drain). [default:
+    /// 127.0.0.1:9642]
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<SocketAddr>,
     /// SOFTWARE attribute in responses; empty to leave it out. [default: turnkey/<version>]
@@ -43,6 +47,20 @@ pub struct Cli {
     /// Log JSON lines instead of text.
     #[arg(long)]
     pub log_json: bool,
+    /// Seconds a drain lasts: from SIGTERM (or `POST /admin/drain` on the metrics listener)
+    /// `/readyz` answers 503 while Binding requests are still answered, so load balancers
+    /// notice; then the server exits 0. Default 10.
+    #[arg(long = "drain-timeout-secs", value_name = "SECS")]
+    pub drain_timeout_secs: Option<u64>,
+    /// Bearer token of `POST /admin/drain` on the metrics listener, at least 16 characters;
+    /// without one the call answers 404 (drain by SIGTERM only). Never logged.
+    #[arg(
+        long = "admin-token",
+        value_name = "TOKEN",
+        env = "TURNKEY_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
 }
 
 /// The config file: the same settings as the flags, all optional.
@@ -61,10 +79,15 @@ pub struct FileConfig {
     pub software: Option<String>,
     /// See [`Cli::log_json`].
     pub log_json: Option<bool>,
+    /// See [`Cli::drain_timeout_secs`].
+    pub drain_timeout_secs: Option<u64>,
+    /// See [`Cli::admin_token`] (better from `TURNKEY_ADMIN_TOKEN`).
+    pub admin_token: Option<String>,
 }
 
-/// The effective configuration: flags over file over defaults, validated.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The effective configuration: flags over file over defaults, validated. Its `Debug` shows
+/// no secret.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Config {
     /// UDP and TCP listen addresses.
     pub listen: Vec<SocketAddr>,
@@ -78,6 +101,28 @@ pub struct Config {
     pub software: Option<String>,
     /// JSON logs.
     pub log_json: bool,
+    /// How long a drain lasts, seconds.
+    pub drain_timeout_secs: u64,
+    /// Bearer token of `POST /admin/drain` (None: drain by signal only).
+    pub admin_token: Option<String>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("alt_ip", &self.alt_ip)
+            .field("alt_port", &self.alt_port)
+            .field("metrics", &self.metrics)
+            .field("software", &self.software)
+            .field("log_json", &self.log_json)
+            .field("drain_timeout_secs", &self.drain_timeout_secs)
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
 }
 
 /// Defaults under the config file: [`DEFAULT_LISTEN`], [`DEFAULT_METRICS`] (nothing an
@@ -122,7 +167,21 @@ impl Config {
             metrics: cli.metrics.or(file.metrics).unwrap_or(DEFAULT_METRICS),
             software: (!software.is_empty()).then_some(software),
             log_json: cli.log_json || file.log_json.unwrap_or(false),
+            drain_timeout_secs: cli
+                .drain_timeout_secs
+                .or(file.drain_timeout_secs)
+                .unwrap_or(DEFAULT_DRAIN_TIMEOUT_SECS),
+            admin_token: cli
+                .admin_token
+                .clone()
+                .or(file.admin_token)
+                .filter(|t| !t.is_empty()),
         };
+        if config.admin_token.as_ref().is_some_and(|t| t.len() < 16) {
+            return Err(ConfigError::Invalid(
+                "admin_token must be at least 16 characters".into(),
+            ));
+        }
         if config.alt_port.is_some() && config.alt_ip.is_none() {
             return Err(ConfigError::Invalid("alt_port needs alt_ip".into()));
         }
@@ -168,6 +227,38 @@ mod tests {
         assert_eq!(c.alt_ip, None);
         assert!(!c.log_json);
         assert_eq!(c.server_config().rfc5780, None);
+        assert_eq!(c.drain_timeout_secs, DEFAULT_DRAIN_TIMEOUT_SECS);
+        assert_eq!(c.admin_token, None);
+    }
+
+    #[test]
+    fn drain_keys_from_file_and_flags_and_the_token_is_never_shown() {
+        let f = file("drain_timeout_secs = 3\nadmin_token = \"file-token-0123456789\"\n");
+        let c = Config::merge(&cli(&[]), f).unwrap();
+        assert_eq!(c.drain_timeout_secs, 3);
+        assert_eq!(c.admin_token.as_deref(), Some("file-token-0123456789"));
+        assert!(!format!("{c:?}").contains("file-token"), "{c:?}");
+        let c = Config::merge(
+            &cli(&[
+                "--drain-timeout-secs",
+                "0",
+                "--admin-token",
+                "flag-token-0123456789",
+            ]),
+            file("drain_timeout_secs = 3\n"),
+        )
+        .unwrap();
+        assert_eq!(c.drain_timeout_secs, 0);
+        assert_eq!(c.admin_token.as_deref(), Some("flag-token-0123456789"));
+        let err = Config::merge(&cli(&["--admin-token", "short"]), FileConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("admin_token") && !err.contains("short"),
+            "{err}"
+        );
+        let c = Config::merge(&cli(&["--admin-token", ""]), FileConfig::default()).unwrap();
+        assert_eq!(c.admin_token, None, "empty: none");
     }
 
     #[test]

@@ -230,11 +230,15 @@ enum AdminAction {
         user: Option<String>,
     },
     /// Draining: `start` (new allocations refused or sent to an alternate server), `stop`,
-    /// `status`.
+    /// `status`. `start --exit` drains to exit, as SIGTERM does: the server exits once its
+    /// allocations end or drain_timeout_secs passes, and `stop` can no longer undo it.
     Drain {
         /// start, stop or status.
         #[arg(value_enum)]
         action: DrainAction,
+        /// With `start`: drain to exit (`POST /v1/drain?exit=true`).
+        #[arg(long = "exit")]
+        exit: bool,
     },
     /// The effective configuration, secrets redacted.
     Config,
@@ -325,8 +329,16 @@ fn admin(action: AdminAction, url: &str, token: Option<&str>) -> anyhow::Result<
             query.push(("user", user.clone().unwrap_or_default()));
             ("DELETE", "/v1/allocations".to_string())
         }
-        AdminAction::Drain { action } => match action {
-            DrainAction::Start => ("POST", "/v1/drain".to_string()),
+        AdminAction::Drain { action, exit } => match action {
+            DrainAction::Start => {
+                if *exit {
+                    query.push(("exit", "true".to_string()));
+                }
+                ("POST", "/v1/drain".to_string())
+            }
+            DrainAction::Stop | DrainAction::Status if *exit => {
+                anyhow::bail!("--exit goes with `drain start`")
+            }
             DrainAction::Stop => ("DELETE", "/v1/drain".to_string()),
             DrainAction::Status => ("GET", "/v1/drain".to_string()),
         },
@@ -499,12 +511,11 @@ pub fn main() -> anyhow::Result<()> {
 }
 
 async fn run(cfg: crate::config::TurnConfig, reload: crate::run::Reload) -> anyhow::Result<()> {
-    crate::run::serve_with_reload(
-        &cfg,
-        Some(reload),
-        turnkey_runtime::shutdown::on_signal(),
-        |_| {},
-    )
-    .await?;
+    // The first SIGTERM/SIGINT starts the drain (a second exits at once), as does
+    // `POST /admin/drain`; the process exits 0 once it has finished.
+    let drain =
+        turnkey_runtime::drain::Drain::new(std::time::Duration::from_secs(cfg.drain_timeout_secs));
+    drain.start_on_signal();
+    crate::run::serve_with_drain(&cfg, Some(reload), drain, |_| {}).await?;
     Ok(())
 }

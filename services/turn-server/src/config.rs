@@ -63,7 +63,8 @@ pub struct ServerArgs {
     /// Refuse peers in this CIDR (repeatable).
     #[arg(long = "deny-peer", value_name = "CIDR")]
     pub deny_peer: Vec<IpNet>,
-    /// Metrics listener (`/metrics`, `/healthz`). Default 127.0.0.1:9641.
+    /// Metrics listener (`/metrics`, `/healthz`, `/readyz`, `POST /admin/drain`). Default
+    /// 127.0.0.1:9641.
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<SocketAddr>,
     /// Nonce lifetime in seconds (438 after). Default 600.
@@ -94,9 +95,25 @@ pub struct ServerArgs {
     /// Worker threads (each with its own SO_REUSEPORT sockets). Default: number of cores.
     #[arg(long)]
     pub workers: Option<usize>,
-    /// Seconds to wait for allocations to end after SIGTERM. Default 10.
-    #[arg(long = "drain-timeout", value_name = "SECS")]
-    pub drain_timeout: Option<u64>,
+    /// Longest a drain lasts, seconds. A drain starts on SIGTERM, on `POST /admin/drain` on
+    /// the metrics listener or on the admin API's `POST /v1/drain?exit=true` (both need
+    /// --admin-token): readiness (`/readyz`) turns false, new allocations get 508 (300 Try
+    /// Alternate with --alternate-server), live ones are served until they end or this passes,
+    /// then the process exits 0. Default 300 (turnkey: 10).
+    #[arg(
+        long = "drain-timeout-secs",
+        visible_alias = "drain-timeout",
+        value_name = "SECS"
+    )]
+    pub drain_timeout_secs: Option<u64>,
+    /// Allocations this node is sized for: the allocation side of `turn_load_ratio`. Default:
+    /// --total-quota.
+    #[arg(long = "capacity-allocations", value_name = "N")]
+    pub capacity_allocations: Option<u64>,
+    /// Relayed bit rate this node is sized for (application payload, both directions added):
+    /// the bandwidth side of `turn_load_ratio`. Default 1000000000.
+    #[arg(long = "capacity-relay-bps", value_name = "BPS")]
+    pub capacity_relay_bps: Option<u64>,
     /// SOFTWARE attribute value; empty to omit. Default turnkey/<version>.
     #[arg(long)]
     pub software: Option<String>,
@@ -301,8 +318,13 @@ pub struct FileConfig {
     pub max_lifetime: Option<u64>,
     /// See `--workers`.
     pub workers: Option<usize>,
-    /// See `--drain-timeout`.
-    pub drain_timeout: Option<u64>,
+    /// See `--drain-timeout-secs` (`drain_timeout`, its old name, is still read).
+    #[serde(alias = "drain_timeout")]
+    pub drain_timeout_secs: Option<u64>,
+    /// See `--capacity-allocations`.
+    pub capacity_allocations: Option<u64>,
+    /// See `--capacity-relay-bps`.
+    pub capacity_relay_bps: Option<u64>,
     /// See `--software`.
     pub software: Option<String>,
     /// See `--tls-listen`.
@@ -422,13 +444,22 @@ pub struct Defaults {
     pub listen: Vec<SocketAddr>,
     /// Default metrics listener.
     pub metrics: SocketAddr,
+    /// Default longest drain, seconds.
+    pub drain_timeout_secs: u64,
 }
+
+/// `turn-server`'s default `drain_timeout_secs`: time for calls to end on their own.
+pub const DEFAULT_DRAIN_TIMEOUT_SECS: u64 = 300;
+
+/// Default `capacity_relay_bps`: 1 Gbit/s.
+pub const DEFAULT_CAPACITY_RELAY_BPS: u64 = 1_000_000_000;
 
 impl Default for Defaults {
     fn default() -> Self {
         Self {
             listen: vec!["0.0.0.0:3478".parse().expect("valid literal")],
             metrics: "127.0.0.1:9641".parse().expect("valid literal"),
+            drain_timeout_secs: DEFAULT_DRAIN_TIMEOUT_SECS,
         }
     }
 }
@@ -478,8 +509,13 @@ pub struct TurnConfig {
     pub max_lifetime_secs: u64,
     /// Worker threads.
     pub workers: usize,
-    /// Drain timeout after SIGTERM, seconds.
+    /// Longest a drain lasts, seconds (then live allocations are cut and the process exits).
     pub drain_timeout_secs: u64,
+    /// Allocations this node is sized for (`turn_load_ratio`), at least 1.
+    pub capacity_allocations: u64,
+    /// Relayed bits per second this node is sized for, both directions added
+    /// (`turn_load_ratio`), at least 1.
+    pub capacity_relay_bps: u64,
     /// SOFTWARE value (None: omitted).
     pub software: Option<String>,
     /// TLS listeners.
@@ -815,6 +851,26 @@ impl Layered for ServerArgs {
                 max_bindings,
             })
         };
+        let drain_timeout_secs = self
+            .drain_timeout_secs
+            .or(file.drain_timeout_secs)
+            .unwrap_or(defaults.drain_timeout_secs);
+        let total_quota = self.total_quota.or(file.total_quota).unwrap_or(100_000);
+        let capacity_allocations = self
+            .capacity_allocations
+            .or(file.capacity_allocations)
+            .unwrap_or(u64::from(total_quota).max(1));
+        let capacity_relay_bps = self
+            .capacity_relay_bps
+            .or(file.capacity_relay_bps)
+            .unwrap_or(DEFAULT_CAPACITY_RELAY_BPS);
+        if capacity_allocations == 0 || capacity_relay_bps == 0 {
+            return Err(ConfigError::Invalid(
+                "capacity_allocations and capacity_relay_bps must be at least 1 (they divide \
+                 turn_load_ratio)"
+                    .into(),
+            ));
+        }
         let relay_multiplex = self.relay_multiplex.or(file.relay_multiplex).unwrap_or(0);
         if relay_multiplex > 0 {
             let last = multiplexed_port(min_port, workers, relay_multiplex, workers - 1)
@@ -843,7 +899,7 @@ impl Layered for ServerArgs {
             metrics: self.metrics.or(file.metrics).unwrap_or(defaults.metrics),
             nonce_lifetime_secs: self.nonce_lifetime.or(file.nonce_lifetime).unwrap_or(600),
             user_quota: self.user_quota.or(file.user_quota).unwrap_or(64),
-            total_quota: self.total_quota.or(file.total_quota).unwrap_or(100_000),
+            total_quota,
             ip_quota: self.ip_quota.or(file.ip_quota).unwrap_or(128),
             unauth_rate_per_sec: self.unauth_rate.or(file.unauth_rate).unwrap_or(50),
             unauth_burst: self.unauth_burst.or(file.unauth_burst).unwrap_or(100),
@@ -854,7 +910,9 @@ impl Layered for ServerArgs {
                 .unwrap_or(3600)
                 .max(1),
             workers,
-            drain_timeout_secs: self.drain_timeout.or(file.drain_timeout).unwrap_or(10),
+            drain_timeout_secs,
+            capacity_allocations,
+            capacity_relay_bps,
             software,
             tls_listen,
             dtls_listen,
@@ -914,7 +972,7 @@ impl TurnConfig {
         let mut users: Vec<&String> = self.users.keys().collect();
         users.sort();
         format!(
-            "listen={:?} relay_ip={:?} ports={}-{} external_ip={:?} realm={:?} users={:?} (passwords <redacted>) auth_secrets={} (<redacted>) allow_peer={:?} deny_peer={:?} metrics={} nonce_lifetime={}s user_quota={} total_quota={} ip_quota={} unauth_rate={}/s unauth_burst={} max_lifetime={}s workers={} drain_timeout={}s tls_listen={:?} dtls_listen={:?} cert={:?} limits={:?} admin_listen={:?} admin_token={} alternate_server={:?} alternate_over_allocations={} mobility={} proxy_protocol_from={:?} bandwidth_allocation_bps={} bandwidth_user_bps={} bandwidth_total_bps={} bandwidth_burst_ms={} fleet={} node_name={} xdp={:?} relay_multiplex={}",
+            "listen={:?} relay_ip={:?} ports={}-{} external_ip={:?} realm={:?} users={:?} (passwords <redacted>) auth_secrets={} (<redacted>) allow_peer={:?} deny_peer={:?} metrics={} nonce_lifetime={}s user_quota={} total_quota={} ip_quota={} unauth_rate={}/s unauth_burst={} max_lifetime={}s workers={} drain_timeout_secs={} capacity_allocations={} capacity_relay_bps={} tls_listen={:?} dtls_listen={:?} cert={:?} limits={:?} admin_listen={:?} admin_token={} alternate_server={:?} alternate_over_allocations={} mobility={} proxy_protocol_from={:?} bandwidth_allocation_bps={} bandwidth_user_bps={} bandwidth_total_bps={} bandwidth_burst_ms={} fleet={} node_name={} xdp={:?} relay_multiplex={}",
             self.listen,
             self.relay_ips,
             self.min_port,
@@ -935,6 +993,8 @@ impl TurnConfig {
             self.max_lifetime_secs,
             self.workers,
             self.drain_timeout_secs,
+            self.capacity_allocations,
+            self.capacity_relay_bps,
             self.tls_listen,
             self.dtls_listen,
             self.tls_files.as_ref().map(|(c, _)| c),
@@ -1058,8 +1118,16 @@ impl TurnConfig {
             self.max_lifetime_secs == new.max_lifetime_secs,
         );
         check(
-            "drain_timeout",
+            "drain_timeout_secs",
             self.drain_timeout_secs == new.drain_timeout_secs,
+        );
+        check(
+            "capacity_allocations",
+            self.capacity_allocations == new.capacity_allocations,
+        );
+        check(
+            "capacity_relay_bps",
+            self.capacity_relay_bps == new.capacity_relay_bps,
         );
         check("software", self.software == new.software);
         check("log_level", self.log_level == new.log_level);
@@ -1110,7 +1178,7 @@ impl TurnConfig {
             "unauth_burst": self.unauth_burst,
             "max_lifetime": self.max_lifetime_secs,
             "workers": self.workers,
-            "drain_timeout": self.drain_timeout_secs,
+            "drain_timeout_secs": self.drain_timeout_secs,
             "software": self.software,
             "tls_listen": strings(&self.tls_listen),
             "dtls_listen": strings(&self.dtls_listen),
@@ -1174,6 +1242,8 @@ impl TurnConfig {
             .into();
         v["xdp_max_bindings"] = self.xdp.as_ref().map(|x| x.max_bindings).into();
         v["relay_multiplex"] = self.relay_multiplex.into();
+        v["capacity_allocations"] = self.capacity_allocations.into();
+        v["capacity_relay_bps"] = self.capacity_relay_bps.into();
         v
     }
 }
@@ -1579,6 +1649,84 @@ mod tests {
                 .to_string();
             assert!(err.contains("bandwidth_burst_ms"), "{err}");
         }
+    }
+
+    #[test]
+    fn drain_and_capacity_keys_defaults_old_name_flags_and_zero() {
+        let cfg = parse(&[]).resolve(&Defaults::default()).unwrap();
+        assert_eq!(cfg.drain_timeout_secs, 300);
+        assert_eq!(cfg.capacity_allocations, u64::from(cfg.total_quota));
+        assert_eq!(cfg.capacity_relay_bps, 1_000_000_000);
+        let local = Defaults {
+            drain_timeout_secs: 10,
+            ..Defaults::default()
+        };
+        assert_eq!(parse(&[]).resolve(&local).unwrap().drain_timeout_secs, 10);
+        // capacity_allocations follows total_quota unless set.
+        let cfg = parse(&["--total-quota", "500"])
+            .resolve(&Defaults::default())
+            .unwrap();
+        assert_eq!(cfg.capacity_allocations, 500);
+        let dir = std::env::temp_dir().join(format!("turnkey-turn-cfg6-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.toml");
+        // The key's old name is still read.
+        std::fs::write(
+            &path,
+            "drain_timeout = 42\ncapacity_allocations = 800\ncapacity_relay_bps = 2000000\n",
+        )
+        .unwrap();
+        let cfg = parse(&["--config", path.to_str().unwrap()])
+            .resolve(&Defaults::default())
+            .unwrap();
+        assert_eq!(
+            (
+                cfg.drain_timeout_secs,
+                cfg.capacity_allocations,
+                cfg.capacity_relay_bps
+            ),
+            (42, 800, 2_000_000)
+        );
+        assert_eq!(cfg.redacted_json()["drain_timeout_secs"], 42);
+        assert_eq!(cfg.redacted_json()["capacity_relay_bps"], 2_000_000);
+        std::fs::write(&path, "drain_timeout_secs = 7\n").unwrap();
+        let cfg = parse(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--capacity-allocations",
+            "3",
+        ])
+        .resolve(&Defaults::default())
+        .unwrap();
+        assert_eq!((cfg.drain_timeout_secs, cfg.capacity_allocations), (7, 3));
+        // Flags, the old one too, override the file.
+        for flag in ["--drain-timeout-secs", "--drain-timeout"] {
+            let cfg = parse(&["--config", path.to_str().unwrap(), flag, "9"])
+                .resolve(&Defaults::default())
+                .unwrap();
+            assert_eq!(cfg.drain_timeout_secs, 9, "{flag}");
+        }
+        // Both names in one file: an error, not a silent pick.
+        std::fs::write(&path, "drain_timeout = 1\ndrain_timeout_secs = 2\n").unwrap();
+        assert!(parse(&["--config", path.to_str().unwrap()])
+            .resolve(&Defaults::default())
+            .is_err());
+        for (flag, key) in [
+            ("--capacity-allocations", "capacity_allocations"),
+            ("--capacity-relay-bps", "capacity_relay_bps"),
+        ] {
+            let err = parse(&[flag, "0"])
+                .resolve(&Defaults::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{err}");
+        }
+        let new = parse(&["--capacity-relay-bps", "5"])
+            .resolve(&Defaults::default())
+            .unwrap();
+        let old = parse(&[]).resolve(&Defaults::default()).unwrap();
+        assert_eq!(old.reloadable_changes(&new), vec!["capacity_relay_bps"]);
+        assert!(old.restart_only_changes(&new).is_empty());
     }
 
     #[test]

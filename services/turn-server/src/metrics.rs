@@ -15,13 +15,18 @@
 //! | `turn_dropped_packets_total` | counter | `reason` |
 //! | `turn_permissions` / `turn_channel_bindings` | gauge | |
 //! | `turn_reservations` | gauge | | (EVEN-PORT R reservations not yet redeemed, RFC 8656 §7.2)
-//! | `turn_quota_rejections_total` | counter | `scope` (`user`, `ip`, `total`) |
+//! | `turn_quota_rejections_total` | counter | `scope` (`user`, `ip`, `total`, `draining`: 508 while the server drains) |
 //! | `turn_tcp_connections` (open TCP and TLS client connections) | gauge | |
 //! | `turn_tls_handshakes_in_progress` | gauge | |
 //! | `turn_dtls_handshakes_in_progress` (half-open, cookie-verified) | gauge | |
 //! | `turn_allocations_ended_total` | counter | `reason` (`refresh`, `expired`, `connection_closed`, `admin`, `shutdown`) |
 //! | `turn_alternate_redirects_total` (Allocates answered 300 Try Alternate) | counter | |
-//! | `turn_draining` (1 while new allocations are refused or redirected) | gauge | |
+//! | `turn_draining` (1 while new allocations are refused or redirected: a drain, or the admin API's `POST /v1/drain`) | gauge | |
+//! | `turnkey_draining` (1 once a drain started: the node exits when its allocations end or at `turnkey_drain_deadline_seconds`; `/readyz` answers 503) | gauge | |
+//! | `turnkey_drain_deadline_seconds` (`drain_timeout_secs`) | gauge | |
+//! | `turn_load_ratio` (fraction of this node's capacity in use, 0 to 1: the larger of `turn_allocations` summed / `turn_capacity_allocations` and `turn_relayed_bps` / `turn_capacity_relay_bps`, 1 at or over capacity; updated every second; see [`crate::load`]) | gauge | |
+//! | `turn_relayed_bps` (relayed application payload, both directions added, bits per second over the last 10 s) | gauge | |
+//! | `turn_capacity_allocations`, `turn_capacity_relay_bps` (the configured `capacity_allocations`, `capacity_relay_bps`) | gauge | |
 //! | `turn_admin_requests_total` | counter | `status` (HTTP status class: `2xx`, `4xx`, `5xx`) |
 //! | `turn_config_reloads_total` | counter | `result` (`ok`, `error`) |
 //! | `turn_bandwidth_cap_bps` (the live bandwidth caps, bits per second each way; 0: none) | gauge | `scope` (`allocation`, `user`, `total`) |
@@ -63,6 +68,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 use stun_proto::binding::{BindingDrop, BindingResult};
 use stun_proto::msg::Transport;
 use stun_server::metrics::StunMetrics;
@@ -126,6 +132,14 @@ pub mod names {
     pub const ALTERNATE_REDIRECTS: &str = "turn_alternate_redirects";
     /// 1 while draining.
     pub const DRAINING: &str = "turn_draining";
+    /// Fraction of the node's capacity in use, 0 to 1.
+    pub const LOAD_RATIO: &str = "turn_load_ratio";
+    /// Relayed payload bits per second over the last 10 s, both directions.
+    pub const RELAYED_BPS: &str = "turn_relayed_bps";
+    /// `capacity_allocations`.
+    pub const CAPACITY_ALLOCATIONS: &str = "turn_capacity_allocations";
+    /// `capacity_relay_bps`.
+    pub const CAPACITY_RELAY_BPS: &str = "turn_capacity_relay_bps";
     /// Admin API requests by status class.
     pub const ADMIN_REQUESTS: &str = "turn_admin_requests";
     /// Config reloads by result.
@@ -221,6 +235,46 @@ pub struct TurnMetrics {
     pub peer_tcp_events: Family<L1, Counter>,
     /// `turn_bandwidth_stream_waits_total{scope}`.
     pub stream_waits: Family<L1, Counter>,
+    /// The load gauges.
+    pub load: LoadMetrics,
+}
+
+/// `turn_load_ratio`, `turn_relayed_bps`, `turn_capacity_allocations`,
+/// `turn_capacity_relay_bps` ([`crate::load`]).
+#[derive(Clone, Debug, Default)]
+pub struct LoadMetrics {
+    /// Fraction of capacity in use, 0 to 1.
+    pub ratio: Gauge<f64, AtomicU64>,
+    /// Relayed bits per second over the window.
+    pub relayed_bps: Gauge<f64, AtomicU64>,
+    /// The configured allocation capacity.
+    pub capacity_allocations: Gauge,
+    /// The configured relay capacity, bits per second.
+    pub capacity_relay_bps: Gauge,
+}
+
+impl LoadMetrics {
+    /// Sets every load gauge: `allocations` live, `relayed_bps` measured, against the two
+    /// capacities.
+    pub fn set(
+        &self,
+        allocations: u64,
+        relayed_bps: f64,
+        capacity_allocations: u64,
+        capacity_relay_bps: u64,
+    ) {
+        self.ratio.set(crate::load::load_ratio(
+            allocations,
+            capacity_allocations,
+            relayed_bps,
+            capacity_relay_bps,
+        ));
+        self.relayed_bps.set(relayed_bps);
+        self.capacity_allocations
+            .set(i64::try_from(capacity_allocations).unwrap_or(i64::MAX));
+        self.capacity_relay_bps
+            .set(i64::try_from(capacity_relay_bps).unwrap_or(i64::MAX));
+    }
 }
 
 /// `turn_mobility_moves_total`, `turn_mobility_refusals_total{reason}`,
@@ -537,6 +591,7 @@ impl TurnMetrics {
             "1 while new allocations are refused or sent to an alternate server",
             m.admin.draining.clone(),
         );
+        m.register_load(registry);
         for class in ["2xx", "4xx", "5xx"] {
             let _ = m.admin.requests.get_or_create(&[("status", class)]);
         }
@@ -603,6 +658,42 @@ impl TurnMetrics {
             m.peer_tcp_events.clone(),
         );
         m
+    }
+
+    fn register_load(&self, registry: &mut Registry) {
+        registry.register(
+            names::LOAD_RATIO,
+            "Fraction of this node's capacity in use, 0 to 1: the larger of live allocations / capacity_allocations and relayed bits per second (last 10 s, both directions) / capacity_relay_bps; 1 at or over capacity",
+            self.load.ratio.clone(),
+        );
+        registry.register(
+            names::RELAYED_BPS,
+            "Relayed application payload, both directions added, bits per second over the last 10 s",
+            self.load.relayed_bps.clone(),
+        );
+        registry.register(
+            names::CAPACITY_ALLOCATIONS,
+            "Allocations this node is sized for (capacity_allocations)",
+            self.load.capacity_allocations.clone(),
+        );
+        registry.register(
+            names::CAPACITY_RELAY_BPS,
+            "Relayed bits per second this node is sized for, both directions added (capacity_relay_bps)",
+            self.load.capacity_relay_bps.clone(),
+        );
+    }
+
+    /// Application payload bytes relayed so far, both directions and paths (userspace and
+    /// XDP): what `turn_relayed_bytes_total` adds up to.
+    pub fn relayed_bytes_total(&self) -> u64 {
+        [
+            &self.hot.c2p_bytes,
+            &self.hot.p2c_bytes,
+            &self.xdp.c2p_bytes,
+            &self.xdp.p2c_bytes,
+        ]
+        .iter()
+        .fold(0u64, |sum, c| sum.saturating_add(c.get()))
     }
 
     fn register_mobility(&self, registry: &mut Registry) {

@@ -1,6 +1,23 @@
 //! The whole server lifecycle shared by the `turn-server` and `turnkey` binaries: bind the
 //! client listeners, then the metrics listener (so `/healthz` answering means ready), serve
-//! until SIGTERM or ctrl-c, then drain.
+//! until a drain starts, then drain and return (the binary exits 0).
+//!
+//! **Drain** (issue 15, [`turnkey_runtime::drain`]): it starts on SIGTERM or SIGINT, on `POST
+//! /admin/drain` on the metrics listener, or on the admin API's `POST /v1/drain?exit=true`
+//! (both with the `admin_token` bearer). From that instant every new Allocate is refused, 508
+//! or, with `alternate_server`, 300 Try Alternate (counted in
+//! `turn_quota_rejections_total{scope="draining"}` and `turn_alternate_redirects_total`), while
+//! the live allocations keep everything (Refresh, permissions, channels, Send and ChannelData,
+//! TCP relays) and Binding requests are answered; `GET /readyz` answers 503, `/healthz` stays
+//! 200. The drain ends when the last allocation is gone or `drain_timeout_secs` has passed;
+//! then the workers stop (cutting what is left, reason `shutdown`) and [`serve`] returns.
+//!
+//! The drain reaches the workers through one flag in [`turn_proto::core::Shared`], set in the
+//! call that starts the drain ([`turnkey_runtime::drain::Drain::on_start`]) and read on the
+//! Allocate path only: the relay path reads nothing shared for it.
+//!
+//! **Load**: every [`crate::load::SAMPLE_PERIOD`] the load gauges (`turn_load_ratio`,
+//! `turn_relayed_bps`) are set from the live allocations and the relayed byte counters.
 
 use crate::config::TurnConfig;
 use crate::io::admin::AdminLive;
@@ -11,6 +28,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use stun_server::metrics::StunMetrics;
+use tokio_util::sync::CancellationToken;
+use turn_proto::core::Shared;
+use turnkey_runtime::drain::{Drain, DrainEnd};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +80,8 @@ pub struct Ready {
     pub admin: Option<SocketAddr>,
 }
 
-/// Runs the server until a shutdown signal (SIGTERM, ctrl-c), then drains. See [`serve`].
+/// Runs the server until a shutdown signal (SIGTERM, ctrl-c) starts the drain, and returns once
+/// the drain has finished. See [`serve`].
 pub async fn run_until_signal(
     cfg: &TurnConfig,
     on_ready: impl FnOnce(&Ready),
@@ -68,11 +89,13 @@ pub async fn run_until_signal(
     serve(cfg, turnkey_runtime::shutdown::on_signal(), on_ready).await
 }
 
-/// Runs the server until `shutdown` is cancelled, then drains for `cfg.drain_timeout_secs`.
-/// `on_ready` runs once every listener is bound. Must be called inside a tokio runtime.
+/// Runs the server; cancelling `shutdown` starts the drain (as does `POST /admin/drain`), and
+/// this returns once the drain has finished: the last allocation gone or
+/// `cfg.drain_timeout_secs` passed. `on_ready` runs once every listener is bound. Must be
+/// called inside a tokio runtime.
 pub async fn serve(
     cfg: &TurnConfig,
-    shutdown: tokio_util::sync::CancellationToken,
+    shutdown: CancellationToken,
     on_ready: impl FnOnce(&Ready),
 ) -> Result<(), RunError> {
     serve_with_reload(cfg, None, shutdown, on_ready).await
@@ -102,21 +125,60 @@ pub const RELOAD_POLL: Duration = Duration::from_secs(2);
 
 /// [`serve`], and with `reload` the configuration is read again on SIGHUP and whenever its
 /// file changes: users, REST secrets, realm, peer policy, quotas, lifetimes, the
-/// unauthenticated rate, alternate servers, the admin token, the log level and the drain
-/// timeout take effect at once; live allocations are kept. A file that fails to load leaves
-/// the configuration in force and logs why; a change to a key that needs a restart (listeners,
-/// relay addresses and ports, workers, certificates' paths, log format) is logged and ignored.
+/// unauthenticated rate, alternate servers, the admin token, the log level, the drain
+/// deadline and the capacities take effect at once; live allocations are kept. A file that
+/// fails to load leaves the configuration in force and logs why; a change to a key that needs
+/// a restart (listeners, relay addresses and ports, workers, certificates' paths, log format)
+/// is logged and ignored.
 pub async fn serve_with_reload(
     cfg: &TurnConfig,
     reload: Option<Reload>,
-    shutdown: tokio_util::sync::CancellationToken,
+    shutdown: CancellationToken,
     on_ready: impl FnOnce(&Ready),
 ) -> Result<(), RunError> {
+    let drain = Drain::new(Duration::from_secs(cfg.drain_timeout_secs));
+    serve_inner(cfg, reload, drain, Some(shutdown), on_ready).await
+}
+
+/// [`serve_with_reload`] under a drain the caller holds (started by whatever the caller
+/// wires to it, e.g. [`Drain::start_on_signal`], or shared with other services of the process);
+/// its deadline follows `drain_timeout_secs` on reloads.
+pub async fn serve_with_drain(
+    cfg: &TurnConfig,
+    reload: Option<Reload>,
+    drain: Drain,
+    on_ready: impl FnOnce(&Ready),
+) -> Result<(), RunError> {
+    serve_inner(cfg, reload, drain, None, on_ready).await
+}
+
+async fn serve_inner(
+    cfg: &TurnConfig,
+    reload: Option<Reload>,
+    drain: Drain,
+    start_on: Option<CancellationToken>,
+    on_ready: impl FnOnce(&Ready),
+) -> Result<(), RunError> {
+    // Every listener and task stops on `stop`: when the drain has finished.
+    let stop = CancellationToken::new();
+    if let Some(token) = start_on {
+        let (d, s) = (drain.clone(), stop.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = token.cancelled() => {
+                    d.start("shutdown");
+                }
+                _ = s.cancelled() => {}
+            }
+        });
+    }
     tracing::info!(config = %cfg.redacted(), "starting turn server");
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = TurnMetrics::register(&mut registry);
     let stun_metrics = StunMetrics::register(&mut registry);
+    drain.register(&mut registry);
     let admin_metrics = metrics.admin.clone();
+    let load_metrics = metrics.clone();
     // Fleet state: the Redis credentials, read (for a few seconds at most) before serving.
     let base = cfg.clone();
     let fleet_redis = match &cfg.fleet {
@@ -140,6 +202,15 @@ pub async fn serve_with_reload(
             source,
         })?;
     let server = Arc::new(server);
+    // New allocations are refused from the call that starts the drain on (at once if it
+    // already started).
+    {
+        let (shared, m) = (server.shared.clone(), admin_metrics.clone());
+        drain.on_start(move || {
+            shared.start_draining();
+            m.draining(true);
+        });
+    }
     let live = Arc::new(std::sync::RwLock::new(AdminLive {
         config: Arc::new(cfg.redacted_json()),
         token: Arc::from(cfg.admin_token.as_deref().unwrap_or_default()),
@@ -155,38 +226,62 @@ pub async fn serve_with_reload(
                     redis: r.clone(),
                     node: cfg.node_name.clone(),
                 }),
+                drain: drain.clone(),
             };
             Some(
-                crate::io::admin::serve(addr, state, shutdown.clone())
+                crate::io::admin::serve(addr, state, stop.clone())
                     .await
                     .map_err(|source| RunError::Admin { addr, source })?,
             )
         }
         _ => None,
     };
-    let metrics_addr =
-        turnkey_runtime::metrics_http::serve(cfg.metrics, Arc::new(registry), shutdown.clone())
-            .await
-            .map_err(|source| RunError::Metrics {
-                addr: cfg.metrics,
-                source,
-            })?;
+    // `POST /admin/drain` takes the admin token in force (a reload may change it).
+    let token_live = live.clone();
+    let token: turnkey_runtime::metrics_http::TokenSource = Arc::new(move || {
+        let t = match token_live.read() {
+            Ok(l) => l.token.clone(),
+            Err(p) => p.into_inner().token.clone(),
+        };
+        (!t.is_empty()).then(|| t.to_string())
+    });
+    let metrics_addr = turnkey_runtime::metrics_http::serve_drainable_with(
+        cfg.metrics,
+        Arc::new(registry),
+        stop.clone(),
+        drain.clone(),
+        token,
+    )
+    .await
+    .map_err(|source| RunError::Metrics {
+        addr: cfg.metrics,
+        source,
+    })?;
     if let Some(certs) = &server.certs {
         // SIGHUP reloads the certificate.
         tokio::spawn(turnkey_tls::watch(
             certs.clone(),
             Duration::from_secs(2),
-            shutdown.clone(),
+            stop.clone(),
         ));
     }
     let current = Arc::new(std::sync::RwLock::new(cfg.clone()));
+    load_metrics
+        .load
+        .set(0, 0.0, cfg.capacity_allocations, cfg.capacity_relay_bps);
+    tokio::spawn(load_loop(
+        load_metrics,
+        server.shared.clone(),
+        current.clone(),
+        stop.clone(),
+    ));
     if let Some(redis) = &fleet_redis {
         tracing::info!(node = %cfg.node_name, "fleet state in Redis: watching credentials, publishing this node's summary");
         tokio::spawn(crate::io::fleet::watch_credentials(
             redis.clone(),
             creds_tx,
             admin_metrics.fleet.clone(),
-            shutdown.clone(),
+            stop.clone(),
         ));
         let publisher = crate::io::fleet::Publisher {
             redis: redis.clone(),
@@ -196,7 +291,7 @@ pub async fn serve_with_reload(
             worker_count: cfg.workers,
             metrics: admin_metrics.fleet.clone(),
         };
-        tokio::spawn(publisher.run(shutdown.clone()));
+        tokio::spawn(publisher.run(stop.clone()));
     }
     // Nothing to reload on SIGHUP: it must not end the server.
     if reload.is_none() && server.certs.is_none() {
@@ -212,8 +307,9 @@ pub async fn serve_with_reload(
                 current: current.clone(),
                 live,
                 metrics: admin_metrics.clone(),
+                drain: drain.clone(),
             },
-            shutdown.clone(),
+            stop.clone(),
         ));
     }
     let ready = Ready {
@@ -225,15 +321,66 @@ pub async fn serve_with_reload(
     };
     tracing::info!(listen = ?ready.listen, tls = ?ready.listen_tls, dtls = ?ready.listen_dtls, metrics = %ready.metrics, admin = ?ready.admin, workers = cfg.workers, "ready");
     on_ready(&ready);
-    shutdown.cancelled().await;
-    admin_metrics.draining(true);
-    let drain = current
-        .read()
-        .map(|c| c.drain_timeout_secs)
-        .unwrap_or(cfg.drain_timeout_secs);
-    server.shutdown(Duration::from_secs(drain)).await;
+    drain.started().await;
+    // What the operator is waiting for, and how to skip it.
+    tracing::info!(
+        allocations = server.shared.total_allocations(),
+        up_to_secs = drain.deadline().as_secs(),
+        "draining: new allocations are refused, the live ones served until they end \
+         (SIGINT/Ctrl-C again exits at once)"
+    );
+    let shared = server.shared.clone();
+    let end = drain
+        .finished(
+            move || shared.total_allocations() == 0,
+            Duration::from_millis(100),
+        )
+        .await;
+    match end {
+        DrainEnd::Empty => tracing::info!("drained: no allocation left"),
+        DrainEnd::Deadline => tracing::warn!(
+            allocations = server.shared.total_allocations(),
+            deadline_secs = drain.deadline().as_secs(),
+            "drain deadline passed: ending the live allocations"
+        ),
+    }
+    stop.cancel();
+    server.stop().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Sets the load gauges every [`crate::load::SAMPLE_PERIOD`] until `stop`: live allocations
+/// and the relayed bit rate over [`crate::load::RATE_WINDOW`] against the capacities in force.
+async fn load_loop(
+    metrics: TurnMetrics,
+    shared: Arc<Shared>,
+    current: Arc<std::sync::RwLock<TurnConfig>>,
+    stop: CancellationToken,
+) {
+    let mut window = crate::load::RateWindow::new(crate::load::RATE_WINDOW);
+    let mut tick = tokio::time::interval(crate::load::SAMPLE_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let (capacity_allocations, capacity_relay_bps) = match current.read() {
+            Ok(c) => (c.capacity_allocations, c.capacity_relay_bps),
+            Err(p) => {
+                let c = p.into_inner();
+                (c.capacity_allocations, c.capacity_relay_bps)
+            }
+        };
+        let bps = window.sample(std::time::Instant::now(), metrics.relayed_bytes_total());
+        metrics.load.set(
+            u64::from(shared.total_allocations()),
+            bps,
+            capacity_allocations,
+            capacity_relay_bps,
+        );
+    }
 }
 
 /// `cfg` (the file's and flags' configuration) with the latest Redis credentials added
@@ -259,6 +406,8 @@ struct Reloading {
     current: Arc<std::sync::RwLock<TurnConfig>>,
     live: Arc<std::sync::RwLock<AdminLive>>,
     metrics: crate::metrics::AdminMetrics,
+    /// The node's drain: its deadline follows `drain_timeout_secs`.
+    drain: Drain,
 }
 
 /// The file's modification time and length, to notice a change.
@@ -267,11 +416,7 @@ fn file_stamp(path: &std::path::Path) -> Option<(std::time::SystemTime, u64)> {
     Some((m.modified().ok()?, m.len()))
 }
 
-async fn reload_loop(
-    reload: Option<Reload>,
-    r: Reloading,
-    stop: tokio_util::sync::CancellationToken,
-) {
+async fn reload_loop(reload: Option<Reload>, r: Reloading, stop: CancellationToken) {
     #[cfg(unix)]
     let mut hup = match &reload {
         Some(_) => tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok(),
@@ -392,6 +537,8 @@ async fn apply(
             token: Arc::from(new.admin_token.as_deref().unwrap_or_default()),
         };
     }
+    r.drain
+        .set_deadline(Duration::from_secs(new.drain_timeout_secs));
     if let Ok(mut c) = r.current.write() {
         *c = new;
     }

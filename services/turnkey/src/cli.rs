@@ -109,6 +109,7 @@ fn start() -> anyhow::Result<()> {
     let defaults = Defaults {
         listen: vec!["127.0.0.1:3478".parse()?],
         metrics: "127.0.0.1:9641".parse()?,
+        drain_timeout_secs: 10,
     };
     let mut cfg = cli.args.resolve(&defaults)?;
     let dev = dev::DevState::open(cli.dev_dir.as_deref())?;

@@ -34,6 +34,7 @@ fn all_help() -> String {
         ("turn-server", &["admin", "--help"]),
         ("turn-server", &["admin", "end", "--help"]),
         ("turn-server", &["admin", "bandwidth", "--help"]),
+        ("turn-server", &["admin", "drain", "--help"]),
         ("turn-server", &["import-coturn", "--help"]),
         ("stun-server", &["--help"]),
         ("signaling", &["--help"]),
@@ -216,7 +217,16 @@ fn readme_defaults_match_the_code() {
                 ("relay_multiplex", s(&turn.relay_multiplex)),
                 ("xdp_mode", format!("{:?}", turn_xdp.mode).to_lowercase()),
                 ("max_lifetime", s(&turn.max_lifetime_secs)),
-                ("drain_timeout", s(&turn.drain_timeout_secs)),
+                ("drain_timeout_secs", s(&turn.drain_timeout_secs)),
+                ("capacity_relay_bps", s(&turn.capacity_relay_bps)),
+                (
+                    "capacity_allocations",
+                    if turn.capacity_allocations == u64::from(turn.total_quota) {
+                        "total_quota".to_string()
+                    } else {
+                        s(&turn.capacity_allocations)
+                    },
+                ),
                 (
                     "software",
                     turn.software
@@ -270,6 +280,7 @@ fn readme_defaults_match_the_code() {
                         .replace(version, "<version>"),
                 ),
                 ("log_json", s(&stun.log_json)),
+                ("drain_timeout_secs", s(&stun.drain_timeout_secs)),
             ],
         ),
         (

@@ -261,7 +261,14 @@ fn sigterm_drains_refuses_new_allocations_then_exits() {
         .status()
         .unwrap();
     assert!(status.success());
-    std::thread::sleep(Duration::from_millis(300));
+    // `--drain-timeout` is the old name of `--drain-timeout-secs`.
+    assert!(
+        common::wait_until(Duration::from_secs(10), || matches!(
+            http_get(server.metrics, "/readyz"),
+            Ok((503, _))
+        )),
+        "/readyz never answered 503 after SIGTERM"
+    );
     // Draining: new allocations refused, existing ones still served.
     let mut b = WireClient::new(server.listen, "alice", "pw");
     assert_eq!(code(&b.allocate_with(&[])), Some(508));
@@ -303,6 +310,13 @@ fn metrics_endpoint_lists_every_documented_metric() {
         "# TYPE turn_dropped_packets_total counter",
         "# TYPE stun_binding_requests_total counter",
         "turnkey_build_info{",
+        "turn_quota_rejections_total{scope=\"draining\"} 0",
+        "turnkey_draining 0",
+        "turnkey_drain_deadline_seconds 300",
+        "# TYPE turn_load_ratio gauge",
+        "# TYPE turn_relayed_bps gauge",
+        "turn_capacity_allocations 100000",
+        "turn_capacity_relay_bps 1000000000",
     ] {
         assert!(body.contains(name), "missing {name} in:\n{body}");
     }

@@ -256,3 +256,34 @@ fn sighup_and_file_changes_reload_users_secrets_policy_quotas_token_and_log_leve
     let (_, list) = s.get("/v1/allocations", TOKEN_2);
     assert_eq!(list["allocations"].as_array().unwrap().len(), 5, "{list}");
 }
+
+/// A reload whose file no longer has `admin_listen` nor `admin_token` keeps the admin listener
+/// (a restart-only key) but leaves it with no token: then no call is accepted, neither one
+/// without `Authorization` nor `Bearer ` with nothing after it (an empty token once matched
+/// both). `POST /admin/drain` on the metrics listener is gone the same way (404).
+#[test]
+fn a_reload_that_removes_the_admin_token_closes_the_admin_api() {
+    let s = start(&format!("admin_token = \"{TOKEN_1}\"\n"));
+    assert_eq!(s.get("/v1/config", TOKEN_1).0, 200);
+    // The same file without the admin keys.
+    let text = format!(
+        "listen = [\"{}\"]\nrelay_ip = [\"127.0.0.1\"]\nmin_port = 61000\nmax_port = 65535\nworkers = 2\n",
+        s.listen
+    );
+    let tmp = s.file.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, &s.file).unwrap();
+    s.sighup();
+    s.wait_reloads("ok", 1.0);
+    for token in [None, Some(""), Some(TOKEN_1)] {
+        let (status, body) = common::admin_call(s.admin, token, "GET", "/v1/config", None);
+        assert_eq!(status, 401, "{token:?}: {body}");
+    }
+    let metrics = s.server.metrics;
+    for token in [None, Some(""), Some(TOKEN_1)] {
+        let (status, body) = common::admin_call(metrics, token, "POST", "/admin/drain", None);
+        assert_eq!(status, 404, "{token:?}: {body}");
+    }
+    let (status, _) = common::admin_call(metrics, None, "GET", "/readyz", None);
+    assert_eq!(status, 200, "nothing started a drain");
+}

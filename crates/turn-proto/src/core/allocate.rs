@@ -311,7 +311,7 @@ impl TurnCore {
     }
 
     /// One unit of every quota for `h`, or the error response (486 per user or per client IP,
-    /// 508 in total), counted by scope.
+    /// 508 in total or while draining), counted by scope.
     fn take_quota(&mut self, m: &Message, h: &Holder) -> Result<(), MessageBuilder> {
         let stats = &mut self.stats;
         self.shared.take_quota(h, &self.cfg).map_err(|r| {
@@ -321,6 +321,9 @@ impl TurnCore {
                     MessageBuilder::error(m, 486, "Allocation Quota Reached")
                 }
                 QuotaScope::Total => MessageBuilder::error(m, 508, "Insufficient Capacity"),
+                QuotaScope::Draining => {
+                    MessageBuilder::error(m, 508, "Insufficient Capacity: draining")
+                }
             }
         })
     }

@@ -171,9 +171,9 @@ pub(super) struct Reservation {
 }
 
 impl Shared {
-    /// Stops new allocations (graceful shutdown, or the admin API); existing ones keep
-    /// working. New Allocates get 300 Try Alternate when alternate servers are configured,
-    /// else 508.
+    /// Stops new allocations (a drain, or the admin API); existing ones keep working. New
+    /// Allocates get 300 Try Alternate when alternate servers are configured, else 508 (RFC
+    /// 8656 §7.2). Read on the Allocate path only (one relaxed load), never per relayed packet.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
     }
@@ -228,9 +228,10 @@ impl Shared {
         let Ok(mut q) = self.quotas.lock() else {
             return Err(QuotaScope::Total);
         };
-        if self.draining.load(Ordering::Relaxed)
-            || self.total.load(Ordering::Relaxed) >= cfg.total_quota
-        {
+        if self.draining.load(Ordering::Relaxed) {
+            return Err(QuotaScope::Draining);
+        }
+        if self.total.load(Ordering::Relaxed) >= cfg.total_quota {
             return Err(QuotaScope::Total);
         }
         if q.per_user.get(&h.user).copied().unwrap_or(0) >= cfg.user_quota {

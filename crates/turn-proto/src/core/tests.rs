@@ -4,7 +4,7 @@
 use super::*;
 use crate::auth::{long_term_key, mint_rest_credential, password_algorithms_value};
 use crate::policy::DenyReason;
-use crate::stats::{AuthFailure, BandwidthScope, TcpEvent};
+use crate::stats::{AuthFailure, BandwidthScope, QuotaScope, TcpEvent};
 use crate::Transport;
 use rtc_stun::message::{
     MessageType, Method, CLASS_ERROR_RESPONSE, CLASS_SUCCESS_RESPONSE, METHOD_CONNECTION_ATTEMPT,
@@ -1615,6 +1615,91 @@ fn over_the_configured_load_allocates_go_to_the_alternate_and_without_one_draini
     assert_eq!(code(&r), Some(508));
 }
 
+/// A draining server (issue 15) refuses every new Allocate with 508, signed (after
+/// authentication) and counted as `quota_rejections{scope="draining"}`, not as the total quota;
+/// the live allocation keeps every operation (Refresh, CreatePermission, ChannelBind, Send,
+/// ChannelData both ways, Data from its peer) and Binding is still answered. Deleting the last
+/// allocation leaves the server empty.
+#[test]
+fn draining_refuses_new_allocations_with_508_and_serves_the_live_one() {
+    let mut h = Harness::new();
+    let mut c = Client::new(tuple(40930), "alice", "alicepw");
+    let relay = relayed(&c.allocate(&mut h));
+    h.shared.start_draining();
+    let r = Client::new(tuple(40931), "bob", "bobpw").allocate(&mut h);
+    assert_eq!(code(&r), Some(508));
+    assert!(r.contains(ATTR_MESSAGE_INTEGRITY), "a signed answer");
+    assert!(attr(&r, ATTR_ALTERNATE_SERVER).is_none());
+    let mut t = tuple(40932);
+    t.transport = Transport::Tcp;
+    let r = Client::new(t, "alice", "alicepw").allocate(&mut h);
+    assert_eq!(code(&r), Some(508), "over TCP too");
+    let q = h.core.stats().control.quota_rejections;
+    assert_eq!(q[QuotaScope::Draining.index()], 2);
+    assert_eq!(q[QuotaScope::Total.index()], 0);
+    assert_eq!(h.shared.total_allocations(), 1);
+
+    assert!(is_success(&c.call(&mut h, METHOD_REFRESH, &[], &[])));
+    let peer: SocketAddr = "192.0.2.93:7000".parse().unwrap();
+    assert!(is_success(&c.call(
+        &mut h,
+        METHOD_CREATE_PERMISSION,
+        &[],
+        &[peer]
+    )));
+    let mut b = MessageBuilder::new(
+        MessageType::new(METHOD_SEND, CLASS_INDICATION),
+        TransactionId::new(),
+    );
+    b.xor_address(ATTR_XOR_PEER_ADDRESS, peer)
+        .raw(ATTR_DATA, b"send");
+    assert_eq!(
+        h.send(c.tuple, &b.finish()),
+        vec![Transmit::ToPeer {
+            relay,
+            peer,
+            data: b"send".to_vec()
+        }]
+    );
+    let ch = (ATTR_CHANNEL_NUMBER, vec![0x40, 0x01, 0, 0]);
+    assert!(is_success(&c.call(
+        &mut h,
+        METHOD_CHANNEL_BIND,
+        &[ch],
+        &[peer]
+    )));
+    assert_eq!(
+        h.send(c.tuple, &[0x40, 0x01, 0, 3, b'a', b'b', b'c', 0]),
+        vec![Transmit::ToPeer {
+            relay,
+            peer,
+            data: b"abc".to_vec()
+        }]
+    );
+    let Some(Transmit::ToClient { data, .. }) = h.core.handle_peer(relay, peer, b"xyz", h.now)
+    else {
+        panic!("peer data not relayed while draining")
+    };
+    assert_eq!(data, vec![0x40, 0x01, 0, 3, b'x', b'y', b'z']);
+
+    let binding = MessageBuilder::new(
+        MessageType::new(METHOD_BINDING, CLASS_REQUEST),
+        TransactionId::new(),
+    )
+    .finish();
+    let r = h.request(tuple(40933), &binding);
+    assert!(is_success(&r), "Binding is answered while draining");
+    assert_eq!(
+        xor_address(&r, ATTR_XORMAPPED_ADDRESS),
+        Some(tuple(40933).client)
+    );
+
+    let r = c.call(&mut h, METHOD_REFRESH, &[(ATTR_LIFETIME, vec![0; 4])], &[]);
+    assert!(is_success(&r));
+    assert_eq!(h.shared.total_allocations(), 0);
+    assert_eq!(h.core.allocation_count(), 0);
+}
+
 // Bandwidth caps (issue 12 item 4), in virtual time.
 
 impl Harness {
@@ -2446,6 +2531,41 @@ fn connect_opens_from_the_relay_and_answers_when_the_peer_is_up() {
     assert_eq!(code(&msgs[0].1), Some(447));
     assert_eq!(h.shared.peer_connection_count(), 1);
     assert_eq!(h.core.stats().control.live_peer_connections, 1);
+}
+
+/// A draining server (issue 15) keeps a live TCP allocation (RFC 6062) whole: Connect to a new
+/// peer still opens from its relay and is answered; only new allocations are refused.
+#[test]
+fn draining_keeps_connect_on_a_live_tcp_allocation() {
+    let mut h = Harness::new();
+    let (mut c, relay) = tcp_allocation(&mut h, 41015);
+    h.shared.start_draining();
+    let r = Client::new(tcp_tuple(41016), "alice", "alicepw").call(
+        &mut h,
+        METHOD_ALLOCATE,
+        &[tcp()],
+        &[],
+    );
+    assert_eq!(code(&r), Some(508));
+    assert!(is_success(&c.call(&mut h, METHOD_REFRESH, &[], &[])));
+    let peer: SocketAddr = "192.0.2.15:8000".parse().unwrap();
+    let out = connect(&mut h, &c, peer);
+    let [Transmit::ConnectPeer {
+        connection_id,
+        relay: from,
+        peer: to,
+    }] = out[..]
+    else {
+        panic!("{out:?}")
+    };
+    assert_eq!((from, to), (relay, peer));
+    let mut out = vec![];
+    assert!(h
+        .core
+        .handle_peer_connected(connection_id, true, h.now, &mut out));
+    let (msgs, _) = split(out);
+    assert!(is_success(&msgs[0].1));
+    assert_eq!(tcp_events(&h, TcpEvent::Connected), 1);
 }
 
 #[test]

@@ -229,6 +229,8 @@ pub struct AdminState {
     pub metrics: AdminMetrics,
     /// The fleet state in Redis (None: `/v1/fleet*` answer 503 `fleet_unavailable`).
     pub fleet: Option<AdminFleet>,
+    /// The node's drain (`POST /v1/drain?exit=true` starts it; it cannot be stopped).
+    pub drain: turnkey_runtime::drain::Drain,
 }
 
 /// What the fleet routes read.
@@ -373,7 +375,9 @@ async fn authorize(
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     let token = s.live().token;
-    let ok: bool = presented.as_bytes().ct_eq(token.as_bytes()).into();
+    // No token (a reload removed it): nothing is accepted, "Bearer " with nothing after it
+    // included.
+    let ok = !token.is_empty() && bool::from(presented.as_bytes().ct_eq(token.as_bytes()));
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
     let res = if ok {
         next.run(req).await
@@ -538,9 +542,16 @@ async fn end_user_allocations(
 }
 
 fn drain_json(s: &AdminState) -> Json<Value> {
+    let remaining = s
+        .drain
+        .remaining(std::time::Instant::now())
+        .map(|d| d.as_secs());
     Json(json!({
         "draining": s.shared.is_draining(),
         "allocations": s.shared.total_allocations(),
+        "exiting": remaining.is_some(),
+        "deadline_secs": s.drain.deadline().as_secs(),
+        "remaining_secs": remaining,
     }))
 }
 
@@ -548,22 +559,55 @@ async fn drain_status(State(s): State<AdminState>) -> Json<Value> {
     drain_json(&s)
 }
 
-async fn drain_start(State(s): State<AdminState>) -> Json<Value> {
+/// `POST /v1/drain` query.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DrainQuery {
+    /// Drain to exit (as SIGTERM does) instead of only refusing new allocations.
+    exit: Option<bool>,
+}
+
+async fn drain_start(
+    State(s): State<AdminState>,
+    q: Result<Query<DrainQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    if query(q)?.exit == Some(true) {
+        // The drain's start hook refuses new allocations before this returns.
+        s.drain.start("admin");
+        return Ok(drain_json(&s));
+    }
     if !s.shared.is_draining() {
         tracing::info!("draining started through the admin API: new allocations are refused or sent to an alternate server");
     }
     s.shared.start_draining();
     s.metrics.draining(true);
-    drain_json(&s)
+    Ok(drain_json(&s))
 }
 
-async fn drain_stop(State(s): State<AdminState>) -> Json<Value> {
+fn exiting() -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "exiting",
+        "the server drains to exit (SIGTERM, POST /admin/drain or POST /v1/drain?exit=true); that cannot be stopped",
+    )
+}
+
+async fn drain_stop(State(s): State<AdminState>) -> ApiResult {
+    if s.drain.since().is_some() {
+        return Err(exiting());
+    }
     if s.shared.is_draining() {
         tracing::info!("draining stopped through the admin API");
     }
     s.shared.stop_draining();
     s.metrics.draining(false);
-    drain_json(&s)
+    // A drain to exit that started meanwhile keeps refusing.
+    if s.drain.since().is_some() {
+        s.shared.start_draining();
+        s.metrics.draining(true);
+        return Err(exiting());
+    }
+    Ok(drain_json(&s))
 }
 
 fn bandwidth_json(c: &BandwidthCaps) -> Json<Value> {

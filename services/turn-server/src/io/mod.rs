@@ -130,24 +130,10 @@ impl RunningServer {
         self.workers.reconfigure(core).await
     }
 
-    /// Graceful stop: refuse new allocations, wait up to `drain` for allocations to end, then
-    /// stop the workers and join them.
-    pub async fn shutdown(&self, drain: Duration) {
-        self.shared.start_draining();
-        let waiting = self.shared.total_allocations();
-        if waiting > 0 {
-            // What the operator is waiting for, and how to skip it.
-            tracing::info!(
-                allocations = waiting,
-                up_to_secs = drain.as_secs(),
-                "draining: new allocations are refused; waiting for the current ones to end \
-                 (SIGINT/Ctrl-C again exits at once)"
-            );
-        }
-        let deadline = tokio::time::Instant::now() + drain;
-        while self.shared.total_allocations() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    /// Stops the workers and joins them: the allocations still live are ended (reason
+    /// `shutdown`, each with its accounting record). The drain before it is
+    /// [`crate::run`]'s.
+    pub async fn stop(&self) {
         tracing::info!(
             remaining_allocations = self.shared.total_allocations(),
             "stopping workers"
