@@ -335,15 +335,18 @@ fn sfu_error(e: sfu::run::RunError, ports: &Ports) -> anyhow::Error {
     }
 }
 
-/// Runs `part`; if it fails, stops the others (`shutdown`), so that a part that cannot start
-/// ends the whole process at once instead of at the next Ctrl-C.
+/// Runs `part`; if it fails, stops the others (`stop` for signaling and the SFU, the drain for
+/// TURN, which then ends with its allocations or its deadline), so that a part that cannot
+/// start ends the whole process at once instead of at the next Ctrl-C.
 async fn or_stop_all<T>(
     part: impl std::future::Future<Output = anyhow::Result<T>>,
-    shutdown: &tokio_util::sync::CancellationToken,
+    stop: &tokio_util::sync::CancellationToken,
+    drain: &turnkey_runtime::drain::Drain,
 ) -> anyhow::Result<T> {
     let r = part.await;
     if r.is_err() {
-        shutdown.cancel();
+        stop.cancel();
+        drain.start("error");
     }
     r
 }
@@ -355,7 +358,14 @@ async fn run(
     ports: Ports,
     banner: Banner,
 ) -> anyhow::Result<()> {
-    let shutdown = turnkey_runtime::shutdown::on_signal();
+    // One drain for the three parts: the first SIGTERM or ctrl-c (or `POST /admin/drain` on
+    // any part's metrics listener, with an admin token) starts it; each part ends once its
+    // own work is done (allocations, connections, links) or the deadline passes, and the
+    // process then exits 0. A second signal exits at once.
+    let drain =
+        turnkey_runtime::drain::Drain::new(std::time::Duration::from_secs(cfg.drain_timeout_secs));
+    drain.start_on_signal();
+    let stop = tokio_util::sync::CancellationToken::new();
     // SIGHUP is logged and ignored (with TLS, the TURN part also reloads its certificate).
     turnkey_runtime::shutdown::ignore_hangups("turnkey");
     let (store, _) = signaling::run::open_store(&sig).await?;
@@ -371,40 +381,48 @@ async fn run(
     let (sig_tx, sig_rx) = tokio::sync::oneshot::channel();
     let turn = or_stop_all(
         async {
-            turn_server::run::serve(&cfg, shutdown.clone(), |r| {
+            turn_server::run::serve_with_drain(&cfg, None, drain.clone(), |r| {
                 let _ = turn_tx.send(r.clone());
             })
             .await
             .map_err(turn_error)
         },
-        &shutdown,
+        &stop,
+        &drain,
     );
     let sfu = or_stop_all(
         async {
-            let drain =
-                sfu::run::Drain::new(std::time::Duration::from_secs(sfu_cfg.drain_timeout_secs));
-            sfu::run::serve(sfu_cfg, Some(store.clone()), drain, shutdown.clone(), |r| {
-                let _ = sfu_tx.send(r);
-            })
+            sfu::run::serve(
+                sfu_cfg,
+                Some(store.clone()),
+                drain.clone(),
+                stop.clone(),
+                |r| {
+                    let _ = sfu_tx.send(r);
+                },
+            )
             .await
             .map_err(|e| sfu_error(e, &ports))
         },
-        &shutdown,
+        &stop,
+        &drain,
     );
     let signaling = or_stop_all(
         async {
-            signaling::run::serve_with_store(sig, store.clone(), shutdown.clone(), |r| {
+            signaling::run::serve_drainable(sig, store.clone(), drain.clone(), stop.clone(), |r| {
                 let _ = sig_tx.send(r.clone());
             })
             .await
             .map_err(signaling_error)
         },
-        &shutdown,
+        &stop,
+        &drain,
     );
     let banner = async {
         let all = async { Some((turn_rx.await.ok()?, sig_rx.await.ok()?, sfu_rx.await.ok()?)) };
         let ready = tokio::select! {
-            _ = shutdown.cancelled() => None,
+            _ = stop.cancelled() => None,
+            _ = drain.started() => None,
             r = all => r,
         };
         match ready {
