@@ -259,28 +259,6 @@ fn dashboards_parse_and_every_panel_has_queries() {
     }
 }
 
-/// The field names of `struct FileConfig` in a crate's `src/config.rs`.
-fn file_config_keys(crate_dir: &str) -> Vec<String> {
-    let text = read(&root().join(crate_dir).join("src/config.rs"));
-    let start = text
-        .find("struct FileConfig")
-        .unwrap_or_else(|| panic!("{crate_dir}/src/config.rs has no struct FileConfig"));
-    let body = &text[start..];
-    let body = &body[..body.find("\n}").expect("end of FileConfig")];
-    body.lines()
-        .skip(1)
-        .map(str::trim)
-        .filter(|l| !l.starts_with("//") && !l.starts_with('#'))
-        .filter_map(|l| {
-            let l = l.strip_prefix("pub ").unwrap_or(l);
-            let (name, _) = l.split_once(':')?;
-            name.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-                .then(|| name.to_string())
-        })
-        .collect()
-}
-
 #[test]
 fn sample_configs_document_every_key() {
     for (crate_dir, sample) in [
@@ -289,7 +267,7 @@ fn sample_configs_document_every_key() {
         ("services/signaling", "deploy/signaling.toml"),
         ("services/sfu", "deploy/sfu.toml"),
     ] {
-        let keys = file_config_keys(crate_dir);
+        let keys = common::file_config_keys(crate_dir);
         assert!(keys.len() >= 5, "{crate_dir}: FileConfig keys {keys:?}");
         let toml = read(&root().join(sample));
         let documented: BTreeSet<&str> = toml

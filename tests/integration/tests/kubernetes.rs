@@ -968,28 +968,6 @@ fn words(text: &str, prefix: &str, ok: fn(char) -> bool) -> BTreeSet<String> {
     out
 }
 
-/// The field names of `struct FileConfig` in a crate's `src/config.rs`.
-fn file_config_keys(crate_dir: &str) -> BTreeSet<String> {
-    let text = read(&root().join(crate_dir).join("src/config.rs"));
-    let start = text
-        .find("struct FileConfig")
-        .unwrap_or_else(|| panic!("{crate_dir}/src/config.rs has no struct FileConfig"));
-    let body = &text[start..];
-    let body = &body[..body.find("\n}").expect("end of FileConfig")];
-    body.lines()
-        .skip(1)
-        .map(str::trim)
-        .filter(|l| !l.starts_with("//") && !l.starts_with('#'))
-        .filter_map(|l| {
-            let l = l.strip_prefix("pub ").unwrap_or(l);
-            let (name, _) = l.split_once(':')?;
-            name.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-                .then(|| name.to_string())
-        })
-        .collect()
-}
-
 #[test]
 fn flags_variables_and_config_keys_exist_in_the_binaries() {
     let flag_char = |c: char| c.is_ascii_alphanumeric() || c == '-';
@@ -1035,7 +1013,8 @@ fn flags_variables_and_config_keys_exist_in_the_binaries() {
                     .find(|(b, _)| *b == bin)
                     .map(|(_, d)| *d)
                     .expect("crate");
-                let keys = file_config_keys(crate_dir);
+                let keys: BTreeSet<String> =
+                    common::file_config_keys(crate_dir).into_iter().collect();
                 let contract: &[&str] = CONTRACT_KEYS
                     .iter()
                     .find(|(b, _)| *b == bin)

@@ -1031,6 +1031,31 @@ pub fn start_echo_peer(below: u16) -> (ChildGuard, u16) {
     (peer, port)
 }
 
+/// The field names of `struct FileConfig` in `<crate_dir>/src/config.rs` (relative to the
+/// workspace root): the TOML keys a service accepts.
+pub fn file_config_keys(crate_dir: &str) -> Vec<String> {
+    let path = Path::new(ROOT).join(crate_dir).join("src/config.rs");
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let start = text
+        .find("struct FileConfig")
+        .unwrap_or_else(|| panic!("{crate_dir}/src/config.rs has no struct FileConfig"));
+    let body = &text[start..];
+    let body = &body[..body.find("\n}").expect("end of FileConfig")];
+    body.lines()
+        .skip(1)
+        .map(str::trim)
+        .filter(|l| !l.starts_with("//") && !l.starts_with('#'))
+        .filter_map(|l| {
+            let l = l.strip_prefix("pub ").unwrap_or(l);
+            let (name, _) = l.split_once(':')?;
+            name.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                .then(|| name.to_string())
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
