@@ -1000,17 +1000,50 @@ fn issued_turn_credential_works_on_turn_server() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_closes_connections_with_1001_and_exits() {
-    let mut sig = start(&[]);
+async fn sigterm_drains_then_closes_connections_with_1001_at_the_deadline_and_exits() {
+    // SIGTERM starts a drain (README "Scaling out"): the node is not ready any more but keeps
+    // serving its connections; at the drain deadline the ones left are closed with 1001 and
+    // the process exits 0.
+    let mut sig = start(&["--drain-timeout-secs", "3"]);
     let (mut a, _) = join(&sig, "bye", "a").await;
     let status = Command::new("kill")
         .args(["-TERM", &sig.guard.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
+    assert!(
+        common::wait_until(Duration::from_secs(5), || {
+            common::http_get(sig.guard.metrics, "/readyz").is_ok_and(|(c, _)| c == 503)
+        }),
+        "/readyz did not turn 503 after SIGTERM"
+    );
+    assert_eq!(
+        common::http_get(sig.guard.metrics, "/healthz").unwrap().0,
+        200
+    );
+    // Still served while draining.
+    a.sync().await;
     assert_eq!(a.closed().await.0, 1001);
     let exited = common::wait_until(Duration::from_secs(10), || sig.guard.try_wait().is_some());
-    assert!(exited, "still running after SIGTERM");
+    assert!(exited, "still running after the drain deadline");
+    assert!(sig.guard.try_wait().unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_as_soon_as_the_last_connection_leaves() {
+    let mut sig = start(&["--drain-timeout-secs", "300"]);
+    let (mut a, _) = join(&sig, "bye2", "a").await;
+    let status = Command::new("kill")
+        .args(["-TERM", &sig.guard.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(common::wait_until(Duration::from_secs(5), || {
+        common::http_get(sig.guard.metrics, "/readyz").is_ok_and(|(c, _)| c == 503)
+    }));
+    a.send(json!({"type": "leave"})).await;
+    let exited = common::wait_until(Duration::from_secs(10), || sig.guard.try_wait().is_some());
+    assert!(exited, "still running after its last connection left");
     assert!(sig.guard.try_wait().unwrap().success());
 }
 
