@@ -311,6 +311,8 @@ fn readme_defaults_match_the_code() {
                         s(&sig.default_sfu_capacity)
                     },
                 ),
+                ("drain_timeout_secs", s(&sig.drain_timeout_secs)),
+                ("capacity_connections", s(&sig.capacity_connections)),
                 ("log_json", s(&sig.log_json)),
             ],
         ),
@@ -341,6 +343,8 @@ fn readme_defaults_match_the_code() {
                 ("data_message_max_bytes", s(&sfu.data_message_max_bytes)),
                 ("data_messages_per_sec", s(&sfu.data_messages_per_sec)),
                 ("data_message_burst", s(&sfu.data_message_burst)),
+                ("drain_timeout_secs", s(&sfu.drain_timeout_secs)),
+                ("capacity_bps", s(&sfu.capacity_bps)),
                 ("log_json", s(&sfu.log_json)),
             ],
         ),
