@@ -78,6 +78,20 @@ pub trait Layered: Sized {
     }
 }
 
+/// Shortest `admin_token` accepted (the bearer of `POST /admin/drain` and of turn-server's
+/// admin API): anyone holding it can take the node out of service.
+pub const ADMIN_TOKEN_MIN_CHARS: usize = 16;
+
+/// Refuses an `admin_token` shorter than [`ADMIN_TOKEN_MIN_CHARS`] (an empty one included).
+pub fn check_admin_token(token: Option<&str>) -> Result<(), ConfigError> {
+    match token {
+        Some(t) if t.chars().count() < ADMIN_TOKEN_MIN_CHARS => Err(ConfigError::Invalid(format!(
+            "admin_token must be at least {ADMIN_TOKEN_MIN_CHARS} characters"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Replaces a secret with a fixed marker for logging the effective config.
 pub fn redact(secret: &str) -> &'static str {
     if secret.is_empty() {
@@ -90,6 +104,14 @@ pub fn redact(secret: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn admin_tokens_shorter_than_16_characters_are_refused() {
+        assert!(check_admin_token(None).is_ok());
+        assert!(check_admin_token(Some("0123456789abcdef")).is_ok());
+        assert!(check_admin_token(Some("0123456789abcde")).is_err());
+        assert!(check_admin_token(Some("")).is_err());
+    }
 
     #[derive(Debug, serde::Deserialize)]
     #[serde(deny_unknown_fields)]

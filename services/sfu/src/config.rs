@@ -316,7 +316,11 @@ impl Layered for SfuArgs {
                 .drain_timeout_secs
                 .or(f.drain_timeout_secs)
                 .unwrap_or(300),
-            admin_token: admin_token(self.admin_token.clone().or(f.admin_token))?,
+            admin_token: {
+                let t = self.admin_token.clone().or(f.admin_token);
+                turnkey_runtime::config::check_admin_token(t.as_deref())?;
+                t
+            },
             capacity_bps: self
                 .capacity_bps
                 .or(f.capacity_bps)
@@ -341,16 +345,6 @@ impl SfuConfig {
             }
         }
         format!("{c:?}")
-    }
-}
-
-/// An admin token, refused when set but empty (anyone could drain the node).
-fn admin_token(t: Option<String>) -> Result<Option<String>, ConfigError> {
-    match t {
-        Some(t) if t.is_empty() => Err(ConfigError::Invalid(
-            "admin_token (--admin-token / TURNKEY_ADMIN_TOKEN) is set but empty: give a token or leave it unset".into(),
-        )),
-        t => Ok(t),
     }
 }
 

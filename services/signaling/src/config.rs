@@ -528,11 +528,7 @@ impl Layered for SignalingArgs {
             return Err(ConfigError::Invalid(format!("bad node_id {node_id:?}")));
         }
         let admin_token = self.admin_token.or(file.admin_token);
-        if admin_token.as_deref() == Some("") {
-            return Err(ConfigError::Invalid(
-                "admin_token (--admin-token / TURNKEY_ADMIN_TOKEN) is set but empty: give a token or leave it unset".into(),
-            ));
-        }
+        turnkey_runtime::config::check_admin_token(admin_token.as_deref())?;
         let tls = match (self.cert.or(file.cert), self.key.or(file.key)) {
             (Some(cert), Some(key)) => Some(Tls::Files { cert, key }),
             (None, None) => None,

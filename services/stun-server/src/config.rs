@@ -177,11 +177,7 @@ impl Config {
                 .or(file.admin_token)
                 .filter(|t| !t.is_empty()),
         };
-        if config.admin_token.as_ref().is_some_and(|t| t.len() < 16) {
-            return Err(ConfigError::Invalid(
-                "admin_token must be at least 16 characters".into(),
-            ));
-        }
+        turnkey_runtime::config::check_admin_token(config.admin_token.as_deref())?;
         if config.alt_port.is_some() && config.alt_ip.is_none() {
             return Err(ConfigError::Invalid("alt_port needs alt_ip".into()));
         }

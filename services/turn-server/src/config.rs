@@ -747,11 +747,7 @@ impl Layered for ServerArgs {
                     .into(),
             ));
         }
-        if admin_token.as_ref().is_some_and(|t| t.len() < 16) {
-            return Err(ConfigError::Invalid(
-                "admin_token must be at least 16 characters".into(),
-            ));
-        }
+        turnkey_runtime::config::check_admin_token(admin_token.as_deref())?;
         let log_level = self
             .log_level
             .or(file.log_level)
