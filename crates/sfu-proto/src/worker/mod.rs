@@ -487,6 +487,14 @@ impl Worker {
         self.demux.lookup(proto, remote).is_some()
     }
 
+    /// True if datagrams from `remote` over `proto` go to a publish PC: media, which a wake-up
+    /// forwards before it handles the subscribers' feedback read with it.
+    pub fn carries_media(&self, proto: Proto, remote: SocketAddr) -> bool {
+        self.demux
+            .lookup(proto, remote)
+            .is_some_and(|k| k.leg == Leg::Publish)
+    }
+
     /// True if this worker holds participant `participant` of `room`.
     pub fn has_participant(&self, room: &str, participant: &str) -> bool {
         self.by_id

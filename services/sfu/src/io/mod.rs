@@ -164,9 +164,10 @@ const TCP_QUEUE: usize = 512;
 /// `recvmmsg(2)` calls per wake-up (each up to [`turnkey_sockets::batch::BATCH`] datagrams)
 /// before the worker sends what they produced and services its other inputs.
 const READS_PER_WAKE: usize = 4;
-/// Datagrams the core may hold before the worker sends them in the middle of a batch (a few
-/// `sendmmsg(2)` calls' worth: small fan-outs still leave grouped by destination, for GSO).
-const SEND_CHUNK: usize = 32;
+/// Datagrams the core may hold before the worker sends them in the middle of a batch's media
+/// (a burst to a very large fan-out leaves in parts; below this, a batch's forwarded packets
+/// leave together, grouped by destination for GSO).
+const SEND_CAP: usize = 1024;
 
 /// Which worker hosts each room, and how many links each room has.
 #[derive(Debug, Default)]
@@ -296,6 +297,8 @@ async fn run_worker(
     let mut rx = Box::new(RecvBatch::new());
     let mut tx: SendBatch<()> = SendBatch::new();
     let mut udp_out: Vec<sfu_proto::worker::Transmit> = Vec::new();
+    // Per datagram of the current receive batch: true if it goes to a publish PC.
+    let mut media: Vec<bool> = Vec::new();
     // When this wake-up read datagrams (`sfu_forwarding_delay_seconds` runs from there).
     let mut read_at: Option<Instant> = None;
     let mut exported = Exported {
@@ -342,12 +345,23 @@ async fn run_worker(
                         match udp.try_io(Interest::READABLE, || rx.recv(&udp)) {
                             Ok(_) => {
                                 let now = Instant::now();
-                                for (src, d) in rx.datagrams() {
-                                    core.handle_datagram(now, Proto::Udp, src, d);
-                                    // A large fan-out leaves as it is produced, not at the end
-                                    // of the batch: the first subscribers do not wait for the
-                                    // last ones' SRTP.
-                                    if core.pending_transmits() >= SEND_CHUNK {
+                                // Two passes: the publishers' datagrams, then the rest (with a
+                                // large fan-out, mostly the subscribers' TWCC feedback and
+                                // receiver reports). What the media produced leaves between
+                                // them, grouped by destination: the packets of a frame to one
+                                // subscriber go as one GSO message, one wake-up of its socket.
+                                media.clear();
+                                media.extend(rx.datagrams().map(|(src, _)| core.carries_media(Proto::Udp, src)));
+                                for pass in [true, false] {
+                                    for ((src, d), _) in rx.datagrams().zip(&media).filter(|(_, m)| **m == pass) {
+                                        core.handle_datagram(now, Proto::Udp, src, d);
+                                        if core.pending_transmits() >= SEND_CAP {
+                                            drain_transmits(&mut core, &mut udp_out, &mut tcp, &metrics);
+                                            let sent = send_udp(&udp, &mut tx, &mut udp_out, &metrics);
+                                            observe_delay(&metrics, busy, sent);
+                                        }
+                                    }
+                                    if pass && core.pending_transmits() > 0 {
                                         drain_transmits(&mut core, &mut udp_out, &mut tcp, &metrics);
                                         let sent = send_udp(&udp, &mut tx, &mut udp_out, &metrics);
                                         observe_delay(&metrics, busy, sent);
