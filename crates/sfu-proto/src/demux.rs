@@ -1,9 +1,11 @@
 //! One UDP port (and one ICE-TCP port) for every peer connection of a worker: a STUN request
-//! names its PC by the first half of its USERNAME (our ufrag, RFC 8445 §7.2.2), which also binds
-//! the sender's 5-tuple to that PC; every other datagram (DTLS, SRTP, SRTCP, RFC 7983) is routed
-//! by 5-tuple.
+//! names its PC by the first half of its USERNAME (our ufrag, RFC 8445 §7.2.2); every other
+//! datagram (DTLS, SRTP, SRTCP, RFC 7983) is routed by 5-tuple. A 5-tuple is bound to a PC only
+//! when that PC answers a check from it with a Binding success, i.e. once the check passed
+//! MESSAGE-INTEGRITY (RFC 8445 §7.3): a request with a known ufrag but no valid integrity,
+//! from a spoofed source say, neither creates state nor moves another participant's 5-tuple.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::net::SocketAddr;
 
@@ -52,11 +54,18 @@ pub enum Proto {
     Tcp,
 }
 
+/// 5-tuples bound to one PC at most (its candidate pairs' remote ends: host, server-reflexive,
+/// relayed, over UDP and TCP); binding one more forgets the one least recently confirmed.
+pub const MAX_TUPLES_PER_PC: usize = 8;
+
 /// The routing tables. `K` names a peer connection.
 #[derive(Debug)]
 pub struct Demux<K> {
     by_ufrag: HashMap<String, K>,
     by_tuple: HashMap<(Proto, SocketAddr), K>,
+    /// Each PC's bound 5-tuples, least recently confirmed first (at most
+    /// [`MAX_TUPLES_PER_PC`]).
+    tuples_of: HashMap<K, VecDeque<(Proto, SocketAddr)>>,
 }
 
 impl<K: Copy + Eq + Hash> Default for Demux<K> {
@@ -64,6 +73,7 @@ impl<K: Copy + Eq + Hash> Default for Demux<K> {
         Self {
             by_ufrag: HashMap::new(),
             by_tuple: HashMap::new(),
+            tuples_of: HashMap::new(),
         }
     }
 }
@@ -74,16 +84,35 @@ impl<K: Copy + Eq + Hash> Demux<K> {
         self.by_ufrag.insert(ufrag.to_string(), key);
     }
 
-    /// Which PC a datagram from `remote` over `proto` belongs to; a Binding request with a known
-    /// ufrag (re)binds the 5-tuple.
-    pub fn route(&mut self, proto: Proto, remote: SocketAddr, bytes: &[u8]) -> Option<K> {
+    /// Which PC a datagram from `remote` over `proto` belongs to: a Binding request goes to the
+    /// PC its ufrag names (without binding anything: see [`Self::bind`]), anything else to the
+    /// PC its 5-tuple is bound to.
+    pub fn route(&self, proto: Proto, remote: SocketAddr, bytes: &[u8]) -> Option<K> {
         if let Some(u) = stun_local_ufrag(bytes) {
             if let Some(&k) = self.by_ufrag.get(u) {
-                self.by_tuple.insert((proto, remote), k);
                 return Some(k);
             }
         }
         self.by_tuple.get(&(proto, remote)).copied()
+    }
+
+    /// Binds `remote` over `proto` to `key`: call it when `key` sends a Binding success there
+    /// (the check passed its integrity). A 5-tuple bound to another PC moves (the peer proved
+    /// it holds this PC's credentials); a PC keeps at most [`MAX_TUPLES_PER_PC`].
+    pub fn bind(&mut self, proto: Proto, remote: SocketAddr, key: K) {
+        let tuple = (proto, remote);
+        if let Some(old) = self.by_tuple.insert(tuple, key) {
+            if let Some(q) = self.tuples_of.get_mut(&old) {
+                q.retain(|t| *t != tuple);
+            }
+        }
+        let q = self.tuples_of.entry(key).or_default();
+        q.push_back(tuple);
+        while q.len() > MAX_TUPLES_PER_PC {
+            if let Some(t) = q.pop_front() {
+                self.by_tuple.remove(&t);
+            }
+        }
     }
 
     /// The PC bound to this 5-tuple, if any (no rebinding).
@@ -94,7 +123,11 @@ impl<K: Copy + Eq + Hash> Demux<K> {
     /// Forgets every route to `key`.
     pub fn remove(&mut self, key: K) {
         self.by_ufrag.retain(|_, k| *k != key);
-        self.by_tuple.retain(|_, k| *k != key);
+        if let Some(q) = self.tuples_of.remove(&key) {
+            for t in q {
+                self.by_tuple.remove(&t);
+            }
+        }
     }
 
     /// Routes held (ufrags, 5-tuples), for bounds checks.
@@ -139,12 +172,58 @@ mod tests {
         assert_eq!(d.route(Proto::Udp, a, &[0x80, 0, 0, 0]), None);
         assert_eq!(d.route(Proto::Udp, a, &binding("srvA:cli")), Some(1));
         assert_eq!(d.route(Proto::Udp, b, &binding("srvB:x")), Some(2));
+        // A check alone binds nothing: only the PC's success answer does.
+        assert_eq!(d.route(Proto::Udp, a, &[0x80, 0, 0, 0]), None);
+        assert_eq!(d.len(), (2, 0));
+        d.bind(Proto::Udp, a, 1);
+        d.bind(Proto::Udp, b, 2);
         assert_eq!(d.route(Proto::Udp, a, &[0x80, 0, 0, 0]), Some(1));
         assert_eq!(d.route(Proto::Tcp, a, &[0x80, 0, 0, 0]), None);
         assert_eq!(d.route(Proto::Udp, a, &binding("nobody:x")), Some(1));
         d.remove(1);
         assert_eq!(d.route(Proto::Udp, a, &[0x80]), None);
         assert_eq!(d.len(), (1, 1));
+    }
+
+    #[test]
+    fn a_check_from_a_bound_tuple_naming_another_pc_does_not_move_it() {
+        // A spoofed request from the victim's address, with the attacker's own ufrag: routed to
+        // the attacker's PC (which will refuse it without the integrity), the victim's tuple
+        // stays where it is.
+        let mut d = Demux::default();
+        d.add_ufrag("victim", 1u32);
+        d.add_ufrag("attacker", 2u32);
+        let v: SocketAddr = "192.0.2.7:4000".parse().unwrap();
+        d.bind(Proto::Udp, v, 1);
+        assert_eq!(d.route(Proto::Udp, v, &binding("attacker:x")), Some(2));
+        assert_eq!(d.route(Proto::Udp, v, &[0x80, 0, 0, 0]), Some(1));
+        // A check that passed (the PC answered it) moves the tuple.
+        d.bind(Proto::Udp, v, 2);
+        assert_eq!(d.route(Proto::Udp, v, &[0x80, 0, 0, 0]), Some(2));
+        assert_eq!(d.tuples_of.get(&1).map(VecDeque::len), Some(0));
+        d.remove(1);
+        assert_eq!(d.route(Proto::Udp, v, &[0x80, 0, 0, 0]), Some(2));
+    }
+
+    #[test]
+    fn a_pc_keeps_at_most_its_most_recently_confirmed_tuples() {
+        let mut d = Demux::default();
+        d.add_ufrag("pc", 1u32);
+        let addr = |i: u16| SocketAddr::from(([198, 51, 100, 1], 1000 + i));
+        for i in 0..MAX_TUPLES_PER_PC as u16 {
+            d.bind(Proto::Udp, addr(i), 1);
+        }
+        // The first is confirmed again (consent check), so the second is the oldest.
+        d.bind(Proto::Udp, addr(0), 1);
+        for i in 100..1100 {
+            d.bind(Proto::Udp, addr(i), 1);
+        }
+        assert_eq!(d.len(), (1, MAX_TUPLES_PER_PC));
+        assert_eq!(d.route(Proto::Udp, addr(1099), &[0x80]), Some(1));
+        assert_eq!(d.route(Proto::Udp, addr(0), &[0x80]), None);
+        assert_eq!(d.route(Proto::Udp, addr(1), &[0x80]), None);
+        d.remove(1);
+        assert!(d.is_empty());
     }
 
     #[test]

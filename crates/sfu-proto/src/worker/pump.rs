@@ -3,6 +3,7 @@
 //! until nothing is left, within a bound per wake-up.
 
 use super::*;
+use crate::demux::is_binding_success;
 use rtc::peer_connection::event::{RTCDataChannelEvent, RTCPeerConnectionEvent, RTCTrackEvent};
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::state::{RTCIceConnectionState, RTCPeerConnectionState};
@@ -98,8 +99,13 @@ impl Worker {
             out.push(d);
         }
         for d in out {
+            let proto = transport_proto(d.transport.transport_protocol);
+            if is_binding_success(&d.message) {
+                // The check from there passed its integrity: its 5-tuple now routes here.
+                self.demux.bind(proto, d.transport.peer_addr, key);
+            }
             self.push_transmit(Transmit {
-                proto: transport_proto(d.transport.transport_protocol),
+                proto,
                 remote: d.transport.peer_addr,
                 payload: d.message,
             });
