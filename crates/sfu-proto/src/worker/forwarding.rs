@@ -163,7 +163,9 @@ impl Worker {
                     self.stats.write_errors += 1
                 }
             }
-            self.dirty.push(PcKey {
+            // Drained with the rest of the batch's copies (`drain_written`), once per PC.
+            self.written_at = Some(now);
+            self.written.push(PcKey {
                 participant: m,
                 leg: Leg::Subscribe,
             });

@@ -196,6 +196,21 @@ struct Pc {
 }
 
 impl Pc {
+    /// Moves the datagrams the PC has to send into `out`, noting DTLS flights for
+    /// [`crate::dtls_flight`].
+    fn take_writes(&mut self, now: Instant, out: &mut Vec<TaggedBytesMut>) {
+        while let Some(d) = self.pc.poll_write() {
+            self.flight.on_sent(now, &d.message);
+            if crate::dtls_flight::is_dtls(&d.message) {
+                self.flight_to = Some((
+                    pump::transport_proto(d.transport.transport_protocol),
+                    d.transport.peer_addr,
+                ));
+            }
+            out.push(d);
+        }
+    }
+
     /// The earliest of the PC's own deadline and our DTLS flight timer's.
     fn deadline(&mut self) -> Option<Instant> {
         match (self.pc.poll_timeout(), self.flight.poll_timeout()) {
@@ -360,6 +375,12 @@ pub struct Worker {
     transmits: VecDeque<Transmit>,
     signals: VecDeque<Signal>,
     dirty: Vec<PcKey>,
+    /// Subscribe PCs written to by forwarding since their datagrams were last taken: drained
+    /// (writes and deadline only) when the I/O layer polls, once per PC however many packets
+    /// of the batch each received.
+    written: Vec<PcKey>,
+    /// The time of the latest write recorded in `written`.
+    written_at: Option<Instant>,
     stats: WorkerStats,
     counters: Arc<FeedbackCounters>,
     next_track: u64,
@@ -394,6 +415,8 @@ impl Worker {
             transmits: VecDeque::new(),
             signals: VecDeque::new(),
             dirty: Vec::new(),
+            written: Vec::new(),
+            written_at: None,
             stats: WorkerStats::default(),
             counters: Arc::new(FeedbackCounters::default()),
             next_track: 0,
@@ -433,15 +456,41 @@ impl Worker {
         std::mem::take(&mut self.bwe_samples)
     }
 
-    /// Datagrams waiting for [`Self::poll_transmit`].
+    /// Datagrams waiting for [`Self::poll_transmit`] (forwarded copies not yet taken from
+    /// their PCs count one each).
     pub fn pending_transmits(&self) -> usize {
-        self.transmits.len()
+        self.transmits.len() + self.written.len()
     }
 
     /// Next datagram to send.
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        if !self.written.is_empty() {
+            self.drain_written();
+        }
         self.transmits.pop_front()
+    }
+
+    /// Takes the datagrams of every PC forwarding wrote to (each once) and refreshes its
+    /// deadline. Nothing else can be pending on them from a write: their events and reads wait
+    /// for their next full drain (a datagram from the subscriber, or a timer).
+    fn drain_written(&mut self) {
+        let mut keys = std::mem::take(&mut self.written);
+        let Some(now) = self.written_at.take() else {
+            return;
+        };
+        keys.sort_unstable();
+        keys.dedup();
+        let mut out = Vec::new();
+        for &key in &keys {
+            let Some(pc) = self.pc_mut(key) else { continue };
+            pc.take_writes(now, &mut out);
+            self.emit(key, &mut out);
+            self.refresh_timer(key);
+        }
+        keys.clear();
+        // The allocation is kept for the next batch.
+        self.written = keys;
     }
 
     /// Next message for a participant.
@@ -454,6 +503,9 @@ impl Worker {
     /// table (each peer connection's is refreshed whenever it is drained), without visiting
     /// every peer connection.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
+        if !self.written.is_empty() {
+            self.drain_written();
+        }
         let next = self.timers.next_deadline();
         #[cfg(debug_assertions)]
         self.check_timers(next);

@@ -88,20 +88,17 @@ impl Worker {
         }
         let Some(pc) = self.pc_mut(key) else { return };
         let mut out = Vec::new();
-        while let Some(d) = pc.pc.poll_write() {
-            pc.flight.on_sent(now, &d.message);
-            if crate::dtls_flight::is_dtls(&d.message) {
-                pc.flight_to = Some((
-                    transport_proto(d.transport.transport_protocol),
-                    d.transport.peer_addr,
-                ));
-            }
-            out.push(d);
-        }
-        for d in out {
+        pc.take_writes(now, &mut out);
+        self.emit(key, &mut out);
+        self.refresh_timer(key);
+    }
+
+    /// Queues `key`'s datagrams `out` (emptied); a Binding success binds its destination's
+    /// 5-tuple to `key` (the check from there passed its integrity).
+    pub(super) fn emit(&mut self, key: PcKey, out: &mut Vec<TaggedBytesMut>) {
+        for d in out.drain(..) {
             let proto = transport_proto(d.transport.transport_protocol);
             if is_binding_success(&d.message) {
-                // The check from there passed its integrity: its 5-tuple now routes here.
                 self.demux.bind(proto, d.transport.peer_addr, key);
             }
             self.push_transmit(Transmit {
@@ -110,7 +107,6 @@ impl Worker {
                 payload: d.message,
             });
         }
-        self.refresh_timer(key);
     }
 
     pub(super) fn on_event(&mut self, now: Instant, key: PcKey, e: RTCPeerConnectionEvent) {
@@ -283,7 +279,7 @@ impl Worker {
 }
 
 /// Our [`Proto`] of a datagram rtc hands over.
-fn transport_proto(t: TransportProtocol) -> Proto {
+pub(super) fn transport_proto(t: TransportProtocol) -> Proto {
     if t == TransportProtocol::TCP {
         Proto::Tcp
     } else {
