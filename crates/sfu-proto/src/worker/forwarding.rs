@@ -165,6 +165,7 @@ impl Worker {
             }
             // Drained with the rest of the batch's copies (`drain_written`), once per PC.
             self.written_at = Some(now);
+            self.written_sorted = false;
             self.written.push(PcKey {
                 participant: m,
                 leg: Leg::Subscribe,

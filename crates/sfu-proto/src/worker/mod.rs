@@ -381,6 +381,8 @@ pub struct Worker {
     written: Vec<PcKey>,
     /// The time of the latest write recorded in `written`.
     written_at: Option<Instant>,
+    /// `written` is sorted (descending) and free of repeats.
+    written_sorted: bool,
     stats: WorkerStats,
     counters: Arc<FeedbackCounters>,
     next_track: u64,
@@ -398,6 +400,9 @@ const TICK: Duration = Duration::from_millis(500);
 const MAX_TRANSMITS: usize = 65_536;
 const MAX_SIGNALS: usize = 4096;
 const MAX_BWE_SAMPLES: usize = 4096;
+/// Subscribe PCs whose forwarded copies one [`Worker::poll_transmit`] takes when its queue is
+/// empty.
+pub const WRITTEN_CHUNK: usize = 16;
 
 impl Worker {
     /// A worker with no rooms.
@@ -417,6 +422,7 @@ impl Worker {
             dirty: Vec::new(),
             written: Vec::new(),
             written_at: None,
+            written_sorted: true,
             stats: WorkerStats::default(),
             counters: Arc::new(FeedbackCounters::default()),
             next_track: 0,
@@ -462,35 +468,53 @@ impl Worker {
         self.transmits.len() + self.written.len()
     }
 
-    /// Next datagram to send.
+    /// Datagrams ready in the queue, without the forwarded copies still to be taken from their
+    /// PCs.
+    pub fn ready_transmits(&self) -> usize {
+        self.transmits.len()
+    }
+
+    /// Next datagram to send. The copies forwarding wrote are taken from their PCs here, a
+    /// few PCs at a time ([`WRITTEN_CHUNK`]) as the queue runs dry, so an I/O layer that sends
+    /// every few dozen datagrams gets the first subscribers' copies out while the last ones'
+    /// are still to be protected.
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        if !self.written.is_empty() {
-            self.drain_written();
+        if self.transmits.is_empty() && !self.written.is_empty() {
+            self.drain_written(WRITTEN_CHUNK);
         }
         self.transmits.pop_front()
     }
 
-    /// Takes the datagrams of every PC forwarding wrote to (each once) and refreshes its
-    /// deadline. Nothing else can be pending on them from a write: their events and reads wait
-    /// for their next full drain (a datagram from the subscriber, or a timer).
-    fn drain_written(&mut self) {
-        let mut keys = std::mem::take(&mut self.written);
-        let Some(now) = self.written_at.take() else {
+    /// Takes the datagrams of up to `limit` of the PCs forwarding wrote to (each once, in
+    /// handle order) and refreshes their deadlines. Nothing else can be pending on them from a
+    /// write: their events and reads wait for their next full drain (a datagram from the
+    /// subscriber, or a timer).
+    fn drain_written(&mut self, limit: usize) {
+        let Some(now) = self.written_at else {
+            self.written.clear();
             return;
         };
-        keys.sort_unstable();
-        keys.dedup();
+        if !self.written_sorted {
+            // Descending, so the next chunk is taken from the end.
+            self.written.sort_unstable_by(|a, b| b.cmp(a));
+            self.written.dedup();
+            self.written_sorted = true;
+        }
+        let take = limit.min(self.written.len());
+        let from = self.written.len() - take;
         let mut out = Vec::new();
-        for &key in &keys {
+        for i in (from..self.written.len()).rev() {
+            let key = self.written[i];
             let Some(pc) = self.pc_mut(key) else { continue };
             pc.take_writes(now, &mut out);
             self.emit(key, &mut out);
             self.refresh_timer(key);
         }
-        keys.clear();
-        // The allocation is kept for the next batch.
-        self.written = keys;
+        self.written.truncate(from);
+        if self.written.is_empty() {
+            self.written_at = None;
+        }
     }
 
     /// Next message for a participant.
@@ -504,7 +528,7 @@ impl Worker {
     /// every peer connection.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         if !self.written.is_empty() {
-            self.drain_written();
+            self.drain_written(usize::MAX);
         }
         let next = self.timers.next_deadline();
         #[cfg(debug_assertions)]

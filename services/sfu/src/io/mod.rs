@@ -168,6 +168,9 @@ const READS_PER_WAKE: usize = 4;
 /// (a burst to a very large fan-out leaves in parts; below this, a batch's forwarded packets
 /// leave together, grouped by destination for GSO).
 const SEND_CAP: usize = 1024;
+/// UDP datagrams taken from the core before they are sent: a large fan-out leaves in parts of
+/// this size (a few `sendmmsg(2)` calls), each subscriber's copies of the batch in one part.
+const SEND_INTERLEAVE: usize = 48;
 
 /// Which worker hosts each room, and how many links each room has.
 #[derive(Debug, Default)]
@@ -356,15 +359,11 @@ async fn run_worker(
                                     for ((src, d), _) in rx.datagrams().zip(&media).filter(|(_, m)| **m == pass) {
                                         core.handle_datagram(now, Proto::Udp, src, d);
                                         if core.pending_transmits() >= SEND_CAP {
-                                            drain_transmits(&mut core, &mut udp_out, &mut tcp, &metrics);
-                                            let sent = send_udp(&udp, &mut tx, &mut udp_out, &metrics);
-                                            observe_delay(&metrics, busy, sent);
+                                            send_all(&mut core, &udp, &mut tx, &mut udp_out, &mut tcp, &metrics, Some(busy));
                                         }
                                     }
                                     if pass && core.pending_transmits() > 0 {
-                                        drain_transmits(&mut core, &mut udp_out, &mut tcp, &metrics);
-                                        let sent = send_udp(&udp, &mut tx, &mut udp_out, &metrics);
-                                        observe_delay(&metrics, busy, sent);
+                                        send_all(&mut core, &udp, &mut tx, &mut udp_out, &mut tcp, &metrics, Some(busy));
                                     }
                                 }
                             }
@@ -424,11 +423,15 @@ async fn run_worker(
         if core_deadline <= now {
             core.handle_timeout(now);
         }
-        drain_transmits(&mut core, &mut udp_out, &mut tcp, &metrics);
-        let sent = send_udp(&udp, &mut tx, &mut udp_out, &metrics);
-        if let Some(at) = read_at.take() {
-            observe_delay(&metrics, at, sent);
-        }
+        send_all(
+            &mut core,
+            &udp,
+            &mut tx,
+            &mut udp_out,
+            &mut tcp,
+            &metrics,
+            read_at.take(),
+        );
         // Pending past their deadline: closed.
         tcp.retain(|_, c| {
             if c.pending.as_ref().is_some_and(|(d, _)| *d <= now) {
@@ -477,15 +480,23 @@ async fn run_worker(
         .dec_by(video as i64);
 }
 
-/// Moves what the core has to send: UDP datagrams into `udp_out` (sent by [`send_udp`]), ICE-TCP
-/// frames to their stream's writer.
+/// Moves what the core has to send: UDP datagrams into `udp_out` (sent by [`send_udp`]), about
+/// [`SEND_INTERLEAVE`] at a time; ICE-TCP frames to their stream's writer.
 fn drain_transmits(
     core: &mut Worker,
     udp_out: &mut Vec<sfu_proto::worker::Transmit>,
     tcp: &mut HashMap<SocketAddr, TcpConn>,
     metrics: &SfuMetrics,
 ) {
-    while let Some(t) = core.poll_transmit() {
+    loop {
+        // Past a part's worth, stop before the core protects the next PCs' copies (what it
+        // already produced goes with this part: a subscriber's copies stay together).
+        if udp_out.len() >= SEND_INTERLEAVE && core.ready_transmits() == 0 {
+            break;
+        }
+        let Some(t) = core.poll_transmit() else {
+            break;
+        };
         match t.proto {
             Proto::Udp => udp_out.push(t),
             Proto::Tcp => {
@@ -498,6 +509,37 @@ fn drain_transmits(
                     let _ = c.tx.try_send(t.payload);
                 }
             }
+        }
+    }
+}
+
+/// Sends everything the core has: [`SEND_INTERLEAVE`] UDP datagrams or so at a time, the core
+/// protecting the next subscribers' copies only after those left ([`Worker::poll_transmit`]),
+/// so a large fan-out's first subscribers do not wait for the last ones' SRTP. Each part is
+/// grouped by destination by [`send_udp`]; `read_at`, when the datagrams were read, feeds
+/// `sfu_forwarding_delay_seconds`.
+#[allow(clippy::too_many_arguments)]
+fn send_all(
+    core: &mut Worker,
+    udp: &UdpSocket,
+    tx: &mut SendBatch<()>,
+    udp_out: &mut Vec<sfu_proto::worker::Transmit>,
+    tcp: &mut HashMap<SocketAddr, TcpConn>,
+    metrics: &SfuMetrics,
+    read_at: Option<Instant>,
+) {
+    loop {
+        drain_transmits(core, udp_out, tcp, metrics);
+        if udp_out.is_empty() {
+            if core.pending_transmits() == 0 {
+                return;
+            }
+            // Only ICE-TCP frames, or PCs that had nothing after all: go on.
+            continue;
+        }
+        let sent = send_udp(udp, tx, udp_out, metrics);
+        if let Some(at) = read_at {
+            observe_delay(metrics, at, sent);
         }
     }
 }
