@@ -1,0 +1,43 @@
+//! One publisher fanned out to 20 subscribers through a real `sfu` node (`sfu-bench`, webrtc-rs
+//! `rtc` clients on loopback, full ICE and DTLS-SRTP). 20 subscribe PCs are more than one chunk
+//! of the worker's send path (`sfu_proto::worker::WRITTEN_CHUNK`, 16), so the copies leave in
+//! parts, each subscriber's copies of a batch together: every (subscriber, track) flow must
+//! receive the publisher's packets, none twice, with no more loss than a loaded CI machine's
+//! loopback can cause (a PC whose copies were never taken would lose all of its flows).
+
+use serde_json::Value;
+use std::process::Command;
+
+mod common;
+
+#[test]
+fn a_fanout_larger_than_one_send_part_reaches_every_subscriber() {
+    let out = Command::new(common::bin_path("sfu-bench"))
+        .arg("--sfu-bin")
+        .arg(common::bin_path("sfu"))
+        .args(["--json", "--workers", "1", "--fanout", "20", "--fps", "10"])
+        .args(["--duration", "3", "--warmup", "1", "--setup-timeout", "30"])
+        .output()
+        .expect("run sfu-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let r: Value = stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no JSON report ({:?}):\n{stdout}\n{stderr}", out.status));
+    println!("{r}");
+    assert!(out.status.success(), "sfu-bench failed:\n{stderr}");
+    assert_eq!(r["flows"], 40, "{r}");
+    assert_eq!(r["flows_up"], 40, "not every flow delivered: {r}\n{stderr}");
+    assert_eq!(r["errors"], serde_json::json!([]), "{r}");
+    assert_eq!(r["duplicates"], 0, "{r}");
+    assert_eq!(r["write_errors"], 0, "{r}");
+    assert_eq!(r["link_connect_errors"], 0, "{r}");
+    let loss = r["loss_percent"].as_f64().expect("loss_percent");
+    assert!(loss < 2.0, "loss {loss} %: {r}");
+    assert!(
+        r["received_pps"].as_f64().is_some_and(|pps| pps > 0.0),
+        "nothing received in the window: {r}"
+    );
+}
