@@ -140,7 +140,14 @@ async function relayCallInPage(cfg) {
       channel.send('ping through the relay');
     });
     pcs.callee.addEventListener('datachannel', (ev) => {
-      ev.channel.addEventListener('message', (m) => ev.channel.send(`echo: ${m.data}`));
+      // The caller's message can arrive before the callee's end of the channel reports
+      // 'open' (its DCEP open and the first message may be handled in one go); sending then
+      // throws InvalidStateError, so the echo waits for 'open'.
+      ev.channel.addEventListener('message', (m) => {
+        const reply = () => ev.channel.send(`echo: ${m.data}`);
+        if (ev.channel.readyState === 'open') reply();
+        else ev.channel.addEventListener('open', reply, { once: true });
+      });
     });
     echoed.then((text) => {
       result.echo = text;
