@@ -65,6 +65,7 @@ impl Worker {
             None
         };
         let mut switched = 0;
+        let written_before = self.written.len();
         // Borrowed, not cloned: the fan-out, the track id and the codec stay in `t` while the
         // subscribers' state is written.
         let t = &*t;
@@ -164,12 +165,14 @@ impl Worker {
                 }
             }
             // Drained with the rest of the batch's copies (`drain_written`), once per PC.
-            self.written_at = Some(now);
-            self.written_sorted = false;
             self.written.push(PcKey {
                 participant: m,
                 leg: Leg::Subscribe,
             });
+        }
+        if self.written.len() > written_before {
+            self.written_at = Some(now);
+            self.written_sorted = false;
         }
         self.stats.layer_switches += switched;
     }

@@ -1040,10 +1040,11 @@ pub fn file_config_keys(crate_dir: &str) -> Vec<String> {
     let start = text
         .find("struct FileConfig")
         .unwrap_or_else(|| panic!("{crate_dir}/src/config.rs has no struct FileConfig"));
+    // The fields: from after the struct's opening brace to its closing one.
     let body = &text[start..];
+    let body = &body[body.find('{').expect("FileConfig's opening brace") + 1..];
     let body = &body[..body.find("\n}").expect("end of FileConfig")];
     body.lines()
-        .skip(1)
         .map(str::trim)
         .filter(|l| !l.starts_with("//") && !l.starts_with('#'))
         .filter_map(|l| {
