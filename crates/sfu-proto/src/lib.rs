@@ -16,5 +16,6 @@ pub mod msg;
 pub mod nack;
 pub mod peer;
 pub mod sdp;
+pub mod send_side;
 pub mod speaker;
 pub mod worker;

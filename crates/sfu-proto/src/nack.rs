@@ -17,25 +17,17 @@
 //! the instant it passed (on its way to the wire), and a report block echoing them (LSR)
 //! after DLSR gives `now - sent - DLSR`, smoothed as TCP does (RFC 6298, gain 1/8).
 //!
-//! It is also the leg's feedback tap (what [`crate::peer::FeedbackTap`] is for clients):
-//! NACK, PLI and FIR are counted, retransmissions too, and inbound RTCP is marked for the
-//! worker, which forwards keyframe requests and reads losses. One interceptor fewer on the
-//! chain: every one costs each packet a move through its queues.
+//! It is one part of the subscribe leg's single interceptor, [`crate::send_side::SendSide`],
+//! which feeds it; NACKs and retransmissions are counted in the worker's
+//! [`FeedbackCounters`].
 //!
 //! Bounds against a subscriber that NACKs everything: a packet is sent again at most once per
 //! smoothed RTT (at least [`HistoryConfig::min_resend_interval`]), and one NACK packet names
 //! at most 17 sequence numbers per pair, over pairs bounded by the RTCP packet's own size.
 
 use crate::peer::FeedbackCounters;
-use rtc::interceptor::{
-    Attribute, AttributedPacket, Interceptor, Packet, StreamInfo, TaggedPacket,
-};
-use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
-use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
-use rtc::rtcp::receiver_report::ReceiverReport;
-use rtc::rtcp::sender_report::SenderReport;
+use rtc::interceptor::{Attribute, AttributedPacket, Packet, StreamInfo, TaggedPacket};
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
-use rtc::sansio::Protocol;
 use rtc::shared::TransportContext;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -120,9 +112,9 @@ impl Stream {
 /// Sender reports remembered for RTT measurement (a few: RRs echo the latest).
 const SR_MEMORY: usize = 8;
 
-/// The NACK responder with an RTT-sized history (see the module docs). Sits in
-/// `Slot::NackResponder`, so sender reports pass it on their way out and receiver reports and
-/// NACKs on their way in, and its retransmissions are still numbered for TWCC below it.
+/// The NACK responder with an RTT-sized history (see the module docs). Part of the subscribe
+/// leg's [`crate::send_side::SendSide`] interceptor, which feeds it what is sent (media, sender
+/// reports) and received (NACKs, receiver reports) and numbers its retransmissions for TWCC.
 pub struct NackHistory {
     cfg: HistoryConfig,
     counters: Arc<FeedbackCounters>,
@@ -131,8 +123,6 @@ pub struct NackHistory {
     reports: VecDeque<(u32, Instant)>,
     srtt: Option<Duration>,
     held: u64,
-    read: VecDeque<TaggedPacket>,
-    write: VecDeque<TaggedPacket>,
 }
 
 impl NackHistory {
@@ -145,8 +135,6 @@ impl NackHistory {
             reports: VecDeque::with_capacity(SR_MEMORY),
             srtt: None,
             held: 0,
-            read: VecDeque::new(),
-            write: VecDeque::new(),
         }
     }
 
@@ -172,14 +160,16 @@ impl NackHistory {
         }
     }
 
-    fn on_rtt_sample(&mut self, sample: Duration) {
+    pub(crate) fn on_rtt_sample(&mut self, sample: Duration) {
         self.srtt = Some(match self.srtt {
             None => sample,
             Some(s) => (s * 7 + sample) / 8,
         });
     }
 
-    fn on_receiver_reports(
+    /// Takes RTT samples from report blocks (of a receiver or sender report) echoing a sender
+    /// report this leg sent (RFC 3550 §6.4.1).
+    pub(crate) fn on_receiver_reports(
         &mut self,
         now: Instant,
         reports: &[rtc::rtcp::reception_report::ReceptionReport],
@@ -203,7 +193,16 @@ impl NackHistory {
         }
     }
 
-    fn on_nack(&mut self, now: Instant, nack: &TransportLayerNack) {
+    /// Answers a generic NACK (RFC 4585 §6.2.1): the packets it names that are held and were not
+    /// resent within the last RTT go to `out`, as RTX where negotiated, marked
+    /// [`Attribute::Retransmission`].
+    pub(crate) fn on_nack(
+        &mut self,
+        now: Instant,
+        nack: &TransportLayerNack,
+        out: &mut VecDeque<TaggedPacket>,
+    ) {
+        self.counters.nack.fetch_add(1, Ordering::Relaxed);
         let min_gap = self
             .srtt
             .unwrap_or_default()
@@ -262,7 +261,7 @@ impl NackHistory {
                     },
                     payload,
                 };
-                self.write.push_back(TaggedPacket {
+                out.push_back(TaggedPacket {
                     now,
                     transport: TransportContext::default(),
                     message: AttributedPacket::new(Packet::Rtp(packet))
@@ -272,8 +271,44 @@ impl NackHistory {
         }
     }
 
-    /// Records a packet going out and drops what is older than the window.
-    fn on_sent(&mut self, now: Instant, packet: &rtc::rtp::Packet) {
+    /// Remembers a sender report leaving at `now`, by the middle 32 bits of its NTP time, which
+    /// receiver reports echo as LSR.
+    pub(crate) fn on_sender_report_sent(&mut self, ntp_time: u64, now: Instant) {
+        if self.reports.len() == SR_MEMORY {
+            self.reports.pop_front();
+        }
+        self.reports.push_back(((ntp_time >> 16) as u32, now));
+    }
+
+    /// Starts a history for a local stream that negotiated generic NACK; others keep nothing.
+    pub(crate) fn bind(&mut self, info: &StreamInfo) {
+        let nack = info
+            .rtcp_feedback
+            .iter()
+            .any(|fb| fb.typ == "nack" && fb.parameter.is_empty());
+        if nack {
+            self.streams.insert(
+                info.ssrc,
+                Stream {
+                    packets: VecDeque::new(),
+                    ssrc_rtx: info.ssrc_rtx,
+                    payload_type_rtx: info.payload_type_rtx,
+                    rtx_seq: 0,
+                },
+            );
+        }
+    }
+
+    /// Drops a local stream's history.
+    pub(crate) fn unbind(&mut self, info: &StreamInfo) {
+        if let Some(s) = self.streams.remove(&info.ssrc) {
+            self.adjust_held(s.packets.len(), 0);
+        }
+    }
+
+    /// Records a packet going out (not a retransmission) and drops what is older than the
+    /// window.
+    pub(crate) fn on_sent(&mut self, now: Instant, packet: &rtc::rtp::Packet) {
         let window = self.cfg.window(self.srtt);
         let max = self.cfg.max_packets;
         let Some(stream) = self.streams.get_mut(&packet.header.ssrc) else {
@@ -311,351 +346,5 @@ impl Drop for NackHistory {
         self.counters
             .history_packets
             .fetch_sub(self.held, Ordering::Relaxed);
-    }
-}
-
-impl Protocol<TaggedPacket, TaggedPacket, ()> for NackHistory {
-    type Rout = TaggedPacket;
-    type Wout = TaggedPacket;
-    type Eout = ();
-    type Error = rtc::shared::error::Error;
-    type Time = Instant;
-
-    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
-        if let Packet::Rtcp(pkts) = &msg.message.packet {
-            for p in pkts {
-                let any = p.as_any();
-                if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
-                    self.counters.nack.fetch_add(1, Ordering::Relaxed);
-                    self.on_nack(msg.now, nack);
-                } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
-                    self.on_receiver_reports(msg.now, &rr.reports);
-                } else if let Some(sr) = any.downcast_ref::<SenderReport>() {
-                    self.on_receiver_reports(msg.now, &sr.reports);
-                } else if any.is::<PictureLossIndication>() {
-                    self.counters.pli.fetch_add(1, Ordering::Relaxed);
-                } else if any.is::<FullIntraRequest>() {
-                    self.counters.fir.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            if !pkts.is_empty() {
-                // The worker reads receiver reports (loss), PLI and FIR.
-                msg.message.add(Attribute::DeliverToApplication);
-            }
-        }
-        self.read.push_back(msg);
-        Ok(())
-    }
-
-    fn poll_read(&mut self) -> Option<TaggedPacket> {
-        self.read.pop_front()
-    }
-
-    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
-        match &msg.message.packet {
-            Packet::Rtp(p) if !msg.message.has(&Attribute::Retransmission) => {
-                self.on_sent(msg.now, p);
-            }
-            Packet::Rtcp(pkts) => {
-                for p in pkts {
-                    if let Some(sr) = p.as_any().downcast_ref::<SenderReport>() {
-                        if self.reports.len() == SR_MEMORY {
-                            self.reports.pop_front();
-                        }
-                        self.reports
-                            .push_back(((sr.ntp_time >> 16) as u32, msg.now));
-                    }
-                }
-            }
-            _ => {}
-        }
-        self.write.push_back(msg);
-        Ok(())
-    }
-
-    fn poll_write(&mut self) -> Option<TaggedPacket> {
-        self.write.pop_front()
-    }
-
-    fn handle_timeout(&mut self, _now: Instant) -> Result<(), Self::Error> {
-        Ok(())
-    }
-
-    fn poll_timeout(&mut self) -> Option<Instant> {
-        None
-    }
-}
-
-impl Interceptor for NackHistory {
-    fn bind_local_stream(&mut self, info: &StreamInfo) {
-        let nack = info
-            .rtcp_feedback
-            .iter()
-            .any(|fb| fb.typ == "nack" && fb.parameter.is_empty());
-        if nack {
-            self.streams.insert(
-                info.ssrc,
-                Stream {
-                    packets: VecDeque::new(),
-                    ssrc_rtx: info.ssrc_rtx,
-                    payload_type_rtx: info.payload_type_rtx,
-                    rtx_seq: 0,
-                },
-            );
-        }
-    }
-
-    fn unbind_local_stream(&mut self, info: &StreamInfo) {
-        if let Some(s) = self.streams.remove(&info.ssrc) {
-            self.adjust_held(s.packets.len(), 0);
-        }
-    }
-
-    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
-
-    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
-}
-
-#[cfg(test)]
-#[allow(clippy::disallowed_methods)] // tests anchor virtual time at one real instant
-mod tests {
-    use super::*;
-    use rtc::interceptor::RTCPFeedback;
-    use rtc::rtcp::reception_report::ReceptionReport;
-    use rtc::rtcp::transport_feedbacks::transport_layer_nack::NackPair;
-
-    const SSRC: u32 = 0x1111;
-    const RTX: u32 = 0x2222;
-
-    fn history(cfg: HistoryConfig) -> (NackHistory, Arc<FeedbackCounters>) {
-        let counters = Arc::new(FeedbackCounters::default());
-        let mut h = NackHistory::new(cfg, counters.clone());
-        h.bind_local_stream(&StreamInfo {
-            ssrc: SSRC,
-            ssrc_rtx: Some(RTX),
-            payload_type: 96,
-            payload_type_rtx: Some(97),
-            rtcp_feedback: vec![RTCPFeedback {
-                typ: "nack".into(),
-                parameter: String::new(),
-            }],
-            ..Default::default()
-        });
-        (h, counters)
-    }
-
-    fn tagged(now: Instant, packet: Packet) -> TaggedPacket {
-        TaggedPacket {
-            now,
-            transport: TransportContext::default(),
-            message: AttributedPacket::new(packet),
-        }
-    }
-
-    fn send(h: &mut NackHistory, now: Instant, seq: u16) {
-        let p = rtc::rtp::Packet {
-            header: rtc::rtp::header::Header {
-                version: 2,
-                ssrc: SSRC,
-                payload_type: 96,
-                sequence_number: seq,
-                timestamp: u32::from(seq) * 3000,
-                ..Default::default()
-            },
-            payload: vec![seq as u8; 100].into(),
-        };
-        h.handle_write(tagged(now, Packet::Rtp(p))).unwrap();
-        while h.poll_write().is_some() {}
-    }
-
-    fn nack(h: &mut NackHistory, now: Instant, first: u16, bitmap: u16) -> Vec<rtc::rtp::Packet> {
-        let n = TransportLayerNack {
-            sender_ssrc: 1,
-            media_ssrc: SSRC,
-            nacks: vec![NackPair {
-                packet_id: first,
-                lost_packets: bitmap,
-            }],
-        };
-        h.handle_read(tagged(now, Packet::Rtcp(vec![Box::new(n)])))
-            .unwrap();
-        while h.poll_read().is_some() {}
-        let mut out = Vec::new();
-        while let Some(m) = h.poll_write() {
-            assert!(m.message.has(&Attribute::Retransmission));
-            if let Packet::Rtp(p) = m.message.packet {
-                out.push(p);
-            }
-        }
-        out
-    }
-
-    #[test]
-    fn answers_a_nack_with_rtx_of_the_packets_it_names() {
-        let t0 = Instant::now();
-        let (mut h, c) = history(HistoryConfig::default());
-        for seq in 100..110 {
-            send(&mut h, t0, seq);
-        }
-        // 102, and 104 (bit 1 of the bitmap: 102 + 2).
-        let out = nack(&mut h, t0 + Duration::from_millis(50), 102, 0b10);
-        assert_eq!(out.len(), 2);
-        for (p, seq) in out.iter().zip([102u16, 104]) {
-            assert_eq!(p.header.ssrc, RTX);
-            assert_eq!(p.header.payload_type, 97);
-            assert_eq!(&p.payload[..2], &seq.to_be_bytes());
-            assert_eq!(&p.payload[2..], &[seq as u8; 100][..]);
-        }
-        assert_eq!(
-            (out[0].header.sequence_number, out[1].header.sequence_number),
-            (0, 1)
-        );
-        assert_eq!(c.history_packets.load(Ordering::Relaxed), 10);
-        // Not held: counted as missing.
-        assert!(nack(&mut h, t0, 5000, 0).is_empty());
-        assert_eq!(c.nack_missing.load(Ordering::Relaxed), 1);
-    }
-
-    #[test]
-    fn a_packet_is_resent_at_most_once_per_rtt() {
-        let t0 = Instant::now();
-        let (mut h, c) = history(HistoryConfig::default());
-        send(&mut h, t0, 7);
-        assert_eq!(nack(&mut h, t0, 7, 0).len(), 1);
-        assert!(nack(&mut h, t0 + Duration::from_millis(5), 7, 0).is_empty());
-        assert_eq!(c.nack_throttled.load(Ordering::Relaxed), 1);
-        assert_eq!(nack(&mut h, t0 + Duration::from_millis(11), 7, 0).len(), 1);
-    }
-
-    #[test]
-    fn measures_the_rtt_from_receiver_reports() {
-        let t0 = Instant::now();
-        let (mut h, _) = history(HistoryConfig::default());
-        let ntp: u64 = 0x1234_5678_9abc_def0;
-        let sr = SenderReport {
-            ssrc: SSRC,
-            ntp_time: ntp,
-            ..Default::default()
-        };
-        h.handle_write(tagged(t0, Packet::Rtcp(vec![Box::new(sr)])))
-            .unwrap();
-        while h.poll_write().is_some() {}
-        // The receiver held the SR 0.5 s (DLSR = 32768/65536 s) and answers 0.58 s after it
-        // left: RTT 80 ms.
-        let rr = ReceiverReport {
-            ssrc: 9,
-            reports: vec![ReceptionReport {
-                ssrc: SSRC,
-                last_sender_report: (ntp >> 16) as u32,
-                delay: 32_768,
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
-        h.handle_read(tagged(
-            t0 + Duration::from_millis(580),
-            Packet::Rtcp(vec![Box::new(rr)]),
-        ))
-        .unwrap();
-        let rtt = h.srtt().unwrap();
-        assert!(
-            rtt.abs_diff(Duration::from_millis(80)) < Duration::from_millis(1),
-            "{rtt:?}"
-        );
-        // An echo of an SR never sent is ignored.
-        let rr = ReceiverReport {
-            ssrc: 9,
-            reports: vec![ReceptionReport {
-                ssrc: SSRC,
-                last_sender_report: 42,
-                delay: 0,
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
-        h.handle_read(tagged(
-            t0 + Duration::from_secs(5),
-            Packet::Rtcp(vec![Box::new(rr)]),
-        ))
-        .unwrap();
-        assert_eq!(h.srtt(), Some(rtt));
-    }
-
-    #[test]
-    fn keeps_rtt_factor_round_trips_of_packets_and_no_more() {
-        let t0 = Instant::now();
-        let cfg = HistoryConfig::default();
-        let (mut h, c) = history(cfg);
-        h.on_rtt_sample(Duration::from_millis(100));
-        let window = cfg.window(h.srtt());
-        assert_eq!(window, Duration::from_millis(400));
-        // 200 packets per second for 2 s: about 80 held (0.4 s), whatever came before.
-        for i in 0..400u16 {
-            send(&mut h, t0 + Duration::from_millis(u64::from(i) * 5), i);
-        }
-        let held = c.history_packets.load(Ordering::Relaxed);
-        assert!((80..=82).contains(&held), "{held}");
-        let last = t0 + Duration::from_millis(399 * 5);
-        assert_eq!(nack(&mut h, last, 399 - 79, 0).len(), 1);
-        assert!(nack(&mut h, last, 399 - 85, 0).is_empty());
-        // The window has bounds: a 1 ms RTT keeps min_window, a 2 s one max_window.
-        assert_eq!(cfg.window(Some(Duration::from_millis(1))), cfg.min_window);
-        assert_eq!(cfg.window(Some(Duration::from_secs(2))), cfg.max_window);
-        assert_eq!(cfg.window(None), cfg.initial_window);
-        // And a count: at most max_packets, however high the rate.
-        let (mut h, c) = history(HistoryConfig {
-            max_packets: 16,
-            ..cfg
-        });
-        for i in 0..100 {
-            send(&mut h, t0, i);
-        }
-        assert_eq!(c.history_packets.load(Ordering::Relaxed), 16);
-        drop(h);
-        assert_eq!(c.history_packets.load(Ordering::Relaxed), 0);
-    }
-
-    #[test]
-    fn without_rtx_the_packet_goes_again_as_it_was() {
-        let t0 = Instant::now();
-        let counters = Arc::new(FeedbackCounters::default());
-        let mut h = NackHistory::new(HistoryConfig::default(), counters.clone());
-        h.bind_local_stream(&StreamInfo {
-            ssrc: SSRC,
-            payload_type: 96,
-            rtcp_feedback: vec![RTCPFeedback {
-                typ: "nack".into(),
-                parameter: String::new(),
-            }],
-            ..Default::default()
-        });
-        send(&mut h, t0, 40);
-        let out = nack(&mut h, t0, 40, 0);
-        assert_eq!(out.len(), 1);
-        let p = &out[0];
-        assert_eq!(
-            (p.header.version, p.header.ssrc, p.header.payload_type),
-            (2, SSRC, 96)
-        );
-        assert_eq!(
-            (p.header.sequence_number, p.header.timestamp),
-            (40, 40 * 3000)
-        );
-        assert_eq!(&p.payload[..], &[40u8; 100][..]);
-        assert_eq!(counters.retransmitted.load(Ordering::Relaxed), 1);
-    }
-
-    #[test]
-    fn streams_without_nack_feedback_keep_nothing() {
-        let t0 = Instant::now();
-        let counters = Arc::new(FeedbackCounters::default());
-        let mut h = NackHistory::new(HistoryConfig::default(), counters.clone());
-        h.bind_local_stream(&StreamInfo {
-            ssrc: SSRC,
-            ..Default::default()
-        });
-        send(&mut h, t0, 1);
-        assert_eq!(counters.history_packets.load(Ordering::Relaxed), 0);
-        assert!(nack(&mut h, t0, 1, 0).is_empty());
     }
 }

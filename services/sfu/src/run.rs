@@ -10,7 +10,7 @@ use sfu_proto::peer::PcSettings;
 use sfu_proto::worker::WorkerConfig;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 pub use turnkey_runtime::drain::Drain;
 
@@ -140,6 +140,8 @@ pub async fn serve(
             pc: PcSettings {
                 ice_failed: Duration::from_secs(cfg.ice_timeout_secs),
                 ice_disconnected: Duration::from_secs(cfg.ice_timeout_secs.min(5)),
+                // The core never reads the clock: sender reports take their NTP time from here.
+                wall_clock: Some(rtc::shared::time::SystemInstant::now(Instant::now())),
                 ..PcSettings::default()
             },
             max_participants: cfg.max_participants,
