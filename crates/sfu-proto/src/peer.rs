@@ -5,14 +5,15 @@
 //!   header extensions (MID/RID, RFC 8852), TWCC feedback for the publisher's own estimate; no
 //!   RTX codec (webrtc-rs rtc#12: RTX of RID layers is not paired yet, so Chrome retransmits on
 //!   the primary SSRC instead);
-//! - subscribe leg: NACK responder with RTX (RFC 4588) from a history sized by RTT and rate
-//!   ([`crate::nack`], which also taps the leg's feedback for the worker), sender reports, TWCC
-//!   with send-side congestion control (GCC), whose estimate [`BweCell`] exposes; no pacer (the
-//!   SFU adapts by choosing simulcast layers, and pacing forwarded media to the estimate only
-//!   delays it).
+//! - subscribe leg: one interceptor of ours, [`crate::send_side::SendSide`]: TWCC numbering and
+//!   the record its feedback is matched against for send-side congestion control (GCC, whose
+//!   estimate [`BweCell`] exposes), the NACK responder with RTX (RFC 4588) from a history sized
+//!   by RTT and rate ([`crate::nack`]), sender reports, and the tap of the leg's feedback for
+//!   the worker; no pacer (the SFU adapts by choosing simulcast layers, and pacing forwarded
+//!   media to the estimate only delays it).
 //!
 //! Each leg carries only the interceptors it uses (every one costs each packet two moves
-//! through its queues). [`FeedbackTap`] is the same tap for clients (the bench, tests): it
+//! through its queues; hence the subscribe leg's one). [`FeedbackTap`] is the same tap for clients (the bench, tests): it
 //! counts NACK, PLI and FIR received and retransmissions sent, and hands inbound RTCP to the
 //! application.
 
