@@ -531,6 +531,27 @@ mod tests {
         out
     }
 
+    /// A receiver report about `SSRC` echoing LSR `last_sr` after DLSR `delay` (1/65536 s).
+    fn receiver_report<E: BandwidthEstimator>(
+        h: &mut SendSide<E>,
+        at: Instant,
+        last_sr: u32,
+        delay: u32,
+    ) {
+        let rr = ReceiverReport {
+            ssrc: 9,
+            reports: vec![ReceptionReport {
+                ssrc: SSRC,
+                last_sender_report: last_sr,
+                delay,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        h.handle_read(tagged(at, Packet::Rtcp(vec![Box::new(rr)])))
+            .unwrap();
+    }
+
     #[test]
     fn answers_a_nack_with_rtx_of_the_packets_it_names() {
         let t0 = Instant::now();
@@ -583,42 +604,19 @@ mod tests {
         while h.poll_write().is_some() {}
         // The receiver held the SR 0.5 s (DLSR = 32768/65536 s) and answers 0.58 s after it
         // left: RTT 80 ms.
-        let rr = ReceiverReport {
-            ssrc: 9,
-            reports: vec![ReceptionReport {
-                ssrc: SSRC,
-                last_sender_report: (ntp >> 16) as u32,
-                delay: 32_768,
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
-        h.handle_read(tagged(
+        receiver_report(
+            &mut h,
             t0 + Duration::from_millis(580),
-            Packet::Rtcp(vec![Box::new(rr)]),
-        ))
-        .unwrap();
+            (ntp >> 16) as u32,
+            32_768,
+        );
         let rtt = h.srtt().unwrap();
         assert!(
             rtt.abs_diff(Duration::from_millis(80)) < Duration::from_millis(1),
             "{rtt:?}"
         );
         // An echo of an SR never sent is ignored.
-        let rr = ReceiverReport {
-            ssrc: 9,
-            reports: vec![ReceptionReport {
-                ssrc: SSRC,
-                last_sender_report: 42,
-                delay: 0,
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
-        h.handle_read(tagged(
-            t0 + Duration::from_secs(5),
-            Packet::Rtcp(vec![Box::new(rr)]),
-        ))
-        .unwrap();
+        receiver_report(&mut h, t0 + Duration::from_secs(5), 42, 0);
         assert_eq!(h.srtt(), Some(rtt));
     }
 
@@ -967,21 +965,12 @@ mod tests {
         assert!(h.poll_write().is_none());
         assert_eq!(h.poll_timeout(), Some(due + SR_INTERVAL));
         // The report left through the history: a receiver report echoing it gives the RTT.
-        let rr = ReceiverReport {
-            ssrc: 9,
-            reports: vec![ReceptionReport {
-                ssrc: SSRC,
-                last_sender_report: (sr.ntp_time >> 16) as u32,
-                delay: 0,
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
-        h.handle_read(tagged(
+        receiver_report(
+            &mut h,
             due + Duration::from_millis(30),
-            Packet::Rtcp(vec![Box::new(rr)]),
-        ))
-        .unwrap();
+            (sr.ntp_time >> 16) as u32,
+            0,
+        );
         let rtt = h.srtt().unwrap();
         assert!(
             rtt.abs_diff(Duration::from_millis(30)) < Duration::from_millis(1),
