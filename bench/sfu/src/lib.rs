@@ -484,6 +484,7 @@ fn run(
     secret: &str,
 ) -> anyhow::Result<Report> {
     let rss_before = procfs::read_process_rss_bytes(pid).unwrap_or(0);
+    let anon_before = procfs::read_process_rss_anon_bytes(pid).unwrap_or(0);
     let shared = Arc::new(client::Shared::new());
     let shutdown = tokio_util::sync::CancellationToken::new();
     let link_errors = Arc::new(signal::LinkErrors::default());
@@ -588,6 +589,7 @@ fn run(
     }
     rt.block_on(tokio::time::sleep(Duration::from_secs_f64(a.warmup)));
     let rss_connected = procfs::read_process_rss_bytes(pid).unwrap_or(0);
+    let anon_connected = procfs::read_process_rss_anon_bytes(pid).unwrap_or(0);
     // The SFU's own measure of its added latency (turnkey only; older builds lack it).
     let metrics = match server {
         Server::Turnkey(node) => Some(node.metrics),
@@ -656,6 +658,9 @@ fn run(
         0.0
     };
     let rss_per_sub = rss_connected.saturating_sub(rss_before) as f64 / plan.subscribers as f64;
+    // The same without file-backed pages: code run for the first time when participants connect
+    // is a fixed cost, not per-subscriber state.
+    let anon_per_sub = anon_connected.saturating_sub(anon_before) as f64 / plan.subscribers as f64;
     let client_busiest = clients_cpu / wall / a.client_threads as f64;
     let sfu_workers_percent = percent_of_core(sfu_workers, wall);
     let bench_percent = percent_of_core(bench_cpu, wall);
@@ -672,6 +677,8 @@ fn run(
         "sfu_cpu_percent": 100.0 * sfu_cores, "sfu_workers_cpu_percent": sfu_workers_percent,
         "pps_per_sfu_core": pps_per_core, "sfu_rss_before_bytes": rss_before,
         "sfu_rss_connected_bytes": rss_connected, "sfu_rss_per_subscriber_bytes": rss_per_sub,
+        "sfu_rss_anon_before_bytes": anon_before, "sfu_rss_anon_connected_bytes": anon_connected,
+        "sfu_rss_anon_per_subscriber_bytes": anon_per_sub,
         "sfu_rss_end_bytes": rss_end,
         "sfu_rss_end_per_subscriber_bytes":
             rss_end.saturating_sub(rss_before) as f64 / plan.subscribers as f64,

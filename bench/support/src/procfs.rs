@@ -20,8 +20,18 @@ pub fn parse_stat_cpu(stat: &str) -> Option<Duration> {
 
 /// `VmRSS` of proc(5) `status` (`VmRSS:   1234 kB`), in bytes.
 pub fn parse_status_rss_bytes(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let mut parts = line["VmRSS:".len()..].split_ascii_whitespace();
+    parse_status_kb(status, "VmRSS:")
+}
+
+/// `RssAnon` of proc(5) `status`, in bytes: the resident memory that is not file-backed (heap,
+/// stacks), without the executable's and libraries' pages.
+pub fn parse_status_rss_anon_bytes(status: &str) -> Option<u64> {
+    parse_status_kb(status, "RssAnon:")
+}
+
+fn parse_status_kb(status: &str, key: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with(key))?;
+    let mut parts = line[key.len()..].split_ascii_whitespace();
     let value: u64 = parts.next()?.parse().ok()?;
     match parts.next()? {
         "kB" => Some(value * 1024),
@@ -57,6 +67,11 @@ pub fn read_process_cpu(pid: &str) -> Option<Duration> {
 /// Resident memory of process `pid`, bytes.
 pub fn read_process_rss_bytes(pid: &str) -> Option<u64> {
     parse_status_rss_bytes(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
+}
+
+/// Anonymous resident memory of process `pid` (`RssAnon` of /proc/PID/status), in bytes.
+pub fn read_process_rss_anon_bytes(pid: &str) -> Option<u64> {
+    parse_status_rss_anon_bytes(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
 }
 
 /// Open file descriptors of process `pid` (entries of /proc/PID/fd).
@@ -154,6 +169,9 @@ mod tests {
         assert_eq!(parse_status_rss_bytes("Name:\tx\n"), None);
         assert_eq!(parse_status_rss_bytes("VmRSS:\t12 MB\n"), None);
         assert_eq!(parse_status_rss_bytes("VmRSS:\tlots kB\n"), None);
+        let status = "VmRSS:\t   12345 kB\nRssAnon:\t    9000 kB\nRssFile:\t    3345 kB\n";
+        assert_eq!(parse_status_rss_anon_bytes(status), Some(9000 * 1024));
+        assert_eq!(parse_status_rss_anon_bytes("VmRSS:\t1 kB\n"), None);
     }
 
     #[test]

@@ -40,4 +40,12 @@ fn a_fanout_larger_than_one_send_part_reaches_every_subscriber() {
         r["received_pps"].as_f64().is_some_and(|pps| pps > 0.0),
         "nothing received in the window: {r}"
     );
+    // The bench read the node's memory: both resident and anonymous (RssAnon) figures.
+    for key in ["sfu_rss_connected_bytes", "sfu_rss_anon_connected_bytes"] {
+        assert!(r[key].as_u64().is_some_and(|b| b > 0), "{key}: {r}");
+    }
+    assert!(
+        r["sfu_rss_anon_connected_bytes"].as_u64() < r["sfu_rss_connected_bytes"].as_u64(),
+        "anonymous memory is part of the resident set: {r}"
+    );
 }
