@@ -22,8 +22,10 @@
 //! [`FeedbackCounters`].
 //!
 //! Bounds against a subscriber that NACKs everything: a packet is sent again at most once per
-//! smoothed RTT (at least [`HistoryConfig::min_resend_interval`]), and one NACK packet names
-//! at most 17 sequence numbers per pair, over pairs bounded by the RTCP packet's own size.
+//! smoothed RTT (at least [`HistoryConfig::min_resend_interval`]) and at most
+//! [`HistoryConfig::max_resends`] times in all, so what NACKs can make the SFU send is at most
+//! that many times the stream itself; one NACK packet names at most 17 sequence numbers per
+//! pair, over pairs bounded by the RTCP packet's own size.
 
 use crate::peer::FeedbackCounters;
 use rtc::interceptor::{Attribute, AttributedPacket, Packet, StreamInfo, TaggedPacket};
@@ -50,6 +52,9 @@ pub struct HistoryConfig {
     /// Least time between two retransmissions of one packet when the RTT is not known yet
     /// or shorter.
     pub min_resend_interval: Duration,
+    /// Most times one packet is sent again. Without it, a subscriber NACKing every held packet
+    /// once per RTT would get each sent up to window / RTT times (25 and more).
+    pub max_resends: u8,
 }
 
 impl Default for HistoryConfig {
@@ -61,6 +66,9 @@ impl Default for HistoryConfig {
             initial_window: Duration::from_millis(500),
             max_packets: 1024,
             min_resend_interval: Duration::from_millis(10),
+            // A receiver asks again about once per RTT while it waits; three answers cover
+            // a retransmission lost twice.
+            max_resends: 3,
         }
     }
 }
@@ -82,6 +90,7 @@ impl HistoryConfig {
 struct Sent {
     at: Instant,
     resent: Option<Instant>,
+    resends: u8,
     payload: bytes::Bytes,
     timestamp: u32,
     seq: u16,
@@ -221,14 +230,16 @@ impl NackHistory {
                     continue;
                 };
                 let sent = &mut stream.packets[idx];
-                if sent
-                    .resent
-                    .is_some_and(|at| now.saturating_duration_since(at) < min_gap)
+                if sent.resends >= self.cfg.max_resends
+                    || sent
+                        .resent
+                        .is_some_and(|at| now.saturating_duration_since(at) < min_gap)
                 {
                     self.counters.nack_throttled.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
                 sent.resent = Some(now);
+                sent.resends += 1;
                 self.counters.retransmitted.fetch_add(1, Ordering::Relaxed);
                 let (ssrc, payload_type, sequence_number, payload) =
                     match (stream.ssrc_rtx, stream.payload_type_rtx) {
@@ -318,6 +329,7 @@ impl NackHistory {
         stream.packets.push_back(Sent {
             at: now,
             resent: None,
+            resends: 0,
             payload: packet.payload.clone(),
             timestamp: packet.header.timestamp,
             seq: packet.header.sequence_number,

@@ -73,7 +73,8 @@ pub struct FeedbackCounters {
     /// Sequence numbers NACKed that were no longer (or never) in the send history
     /// ([`crate::nack`]).
     pub nack_missing: AtomicU64,
-    /// Sequence numbers NACKed again within one RTT of their last retransmission (not sent).
+    /// Sequence numbers NACKed again within one RTT of their last retransmission, or past
+    /// [`crate::nack::HistoryConfig::max_resends`] (not sent).
     pub nack_throttled: AtomicU64,
     /// Packets held in every send history now (a gauge).
     pub history_packets: AtomicU64,

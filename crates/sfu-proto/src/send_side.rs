@@ -590,6 +590,26 @@ mod tests {
     }
 
     #[test]
+    fn a_packet_is_resent_at_most_max_resends_times() {
+        let t0 = Instant::now();
+        let cfg = HistoryConfig::default();
+        let (mut h, c) = history(cfg);
+        send(&mut h, t0, 7);
+        // A subscriber NACKing the packet every 20 ms (past the 10 ms least interval) while it
+        // is held gets it max_resends times, no more.
+        let mut resent = 0;
+        for i in 0..12u64 {
+            resent += nack(&mut h, t0 + Duration::from_millis(20 * i), 7, 0).len();
+        }
+        assert_eq!(resent, usize::from(cfg.max_resends));
+        assert_eq!(
+            c.nack_throttled.load(Ordering::Relaxed),
+            12 - u64::from(cfg.max_resends)
+        );
+        assert_eq!(c.retransmitted.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
     fn measures_the_rtt_from_receiver_reports() {
         let t0 = Instant::now();
         let (mut h, _) = history(HistoryConfig::default());

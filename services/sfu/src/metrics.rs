@@ -9,7 +9,7 @@
 //! | `sfu_forwarded_bytes_total` | counter | |
 //! | `sfu_nack_total` | counter | (NACK packets received from subscribers) |
 //! | `sfu_retransmitted_packets_total` | counter | |
-//! | `sfu_nack_unanswered_total` | counter | `reason` (`missing`: the sequence number is no longer in the send history, sized by RTT and rate; `throttled`: NACKed again within one RTT of its last retransmission) |
+//! | `sfu_nack_unanswered_total` | counter | `reason` (`missing`: the sequence number is no longer in the send history, sized by RTT and rate; `throttled`: NACKed again within one RTT of its last retransmission, or after it was already sent again 3 times) |
 //! | `sfu_nack_history_packets` | gauge | `worker` (packets held for retransmission over every subscriber) |
 //! | `sfu_pli_total` | counter | `direction` (`received` from subscribers, `sent` to publishers) |
 //! | `sfu_layer_switches_total` | counter | |
