@@ -76,6 +76,9 @@ pub struct FeedbackCounters {
     /// Sequence numbers NACKed again within one RTT of their last retransmission, or past
     /// [`crate::nack::HistoryConfig::max_resends`] (not sent).
     pub nack_throttled: AtomicU64,
+    /// Transport-wide feedback packets ignored because they claimed more packet statuses than
+    /// the send record could match ([`crate::send_side`]).
+    pub feedback_refused: AtomicU64,
     /// Packets held in every send history now (a gauge).
     pub history_packets: AtomicU64,
 }

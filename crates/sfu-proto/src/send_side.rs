@@ -52,6 +52,10 @@ pub const TWCC_HORIZON: Duration = Duration::from_secs(2);
 /// Most packets the send record holds, whatever the feedback does (2 s at 4096 packets per
 /// second).
 pub const TWCC_MAX_PACKETS: usize = 8192;
+/// Statuses a transport feedback may name beyond the packets the record holds. A feedback
+/// naming more is ignored: it cannot match, and rtc's conversion would allocate and walk every
+/// status (up to 65535 from one small RTCP packet of run-length chunks).
+pub const TWCC_FEEDBACK_SLACK: usize = 256;
 /// Time between two sender reports of a stream.
 pub const SR_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -314,6 +318,13 @@ impl<E: BandwidthEstimator> Protocol<TaggedPacket, TaggedPacket, ()> for SendSid
             for p in pkts {
                 let any = p.as_any();
                 if let Some(cc) = any.downcast_ref::<TransportLayerCc>() {
+                    let statuses = usize::from(cc.packet_status_count);
+                    if statuses > self.twcc.sent.len() + TWCC_FEEDBACK_SLACK {
+                        self.counters
+                            .feedback_refused
+                            .fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
                     for ack in convert_twcc(cc) {
                         self.twcc.on_ack(ack);
                     }
@@ -920,6 +931,18 @@ mod tests {
         );
         h.handle_read(tagged(at, Packet::Rtcp(vec![Box::new(fb)])))
             .unwrap();
+        // One claiming far more statuses than were sent is ignored and counted, not walked.
+        let fb = feedback(
+            4,
+            vec![
+                run(SymbolTypeTcc::PacketNotReceived, 8000),
+                run(SymbolTypeTcc::PacketNotReceived, 8000),
+            ],
+            0,
+        );
+        h.handle_read(tagged(at, Packet::Rtcp(vec![Box::new(fb)])))
+            .unwrap();
+        assert_eq!(h.counters.feedback_refused.load(Ordering::Relaxed), 1);
         assert_eq!(rec.0.lock().unwrap().len(), 4);
         // 5 arrived: 4 is reported lost with it.
         let fb = feedback(5, vec![run(SymbolTypeTcc::PacketReceivedSmallDelta, 1)], 1);

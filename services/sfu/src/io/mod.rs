@@ -259,6 +259,7 @@ struct Exported {
     retransmitted: u64,
     nack_missing: u64,
     nack_throttled: u64,
+    feedback_refused: u64,
     layer_switches: u64,
     bad_packets: u64,
     bad_sdp: u64,
@@ -313,6 +314,7 @@ async fn run_worker(
         retransmitted: 0,
         nack_missing: 0,
         nack_throttled: 0,
+        feedback_refused: 0,
         layer_switches: 0,
         bad_packets: 0,
         bad_sdp: 0,
@@ -655,6 +657,11 @@ fn export(
         ("message", s.bad_messages, &mut e.bad_messages),
         ("unroutable", s.unroutable, &mut e.unroutable),
         ("write", s.write_errors, &mut e.write_errors),
+        (
+            "feedback",
+            f.feedback_refused.load(Ordering::Relaxed),
+            &mut e.feedback_refused,
+        ),
     ] {
         m.bad_input
             .get_or_create(&[("kind", kind)])
