@@ -13,9 +13,9 @@
 //!   media to the estimate only delays it).
 //!
 //! Each leg carries only the interceptors it uses (every one costs each packet two moves
-//! through its queues; hence the subscribe leg's one). [`FeedbackTap`] is the same tap for clients (the bench, tests): it
-//! counts NACK, PLI and FIR received and retransmissions sent, and hands inbound RTCP to the
-//! application.
+//! through its queues; hence the subscribe leg's one). [`FeedbackTap`] is the same tap for
+//! clients (the bench, tests): it counts NACK, PLI and FIR received and retransmissions sent,
+//! and hands inbound RTCP to the application.
 
 use crate::nack::HistoryConfig;
 use crate::send_side::SendSide;

@@ -479,20 +479,27 @@ mod tests {
         )
     }
 
-    fn history(cfg: HistoryConfig) -> (Side, Arc<FeedbackCounters>) {
-        let counters = Arc::new(FeedbackCounters::default());
-        let mut h = side(cfg, &counters, Instant::now());
-        h.bind_local_stream(&StreamInfo {
+    /// A VP8-like stream `SSRC` (payload type 96, 90 kHz) with generic NACK, and RTX `RTX`
+    /// (payload type 97) when `rtx`.
+    fn nack_stream(rtx: bool) -> StreamInfo {
+        StreamInfo {
             ssrc: SSRC,
-            ssrc_rtx: Some(RTX),
+            ssrc_rtx: rtx.then_some(RTX),
             payload_type: 96,
-            payload_type_rtx: Some(97),
+            payload_type_rtx: rtx.then_some(97),
+            clock_rate: 90_000,
             rtcp_feedback: vec![RTCPFeedback {
                 typ: "nack".into(),
                 parameter: String::new(),
             }],
             ..Default::default()
-        });
+        }
+    }
+
+    fn history(cfg: HistoryConfig) -> (Side, Arc<FeedbackCounters>) {
+        let counters = Arc::new(FeedbackCounters::default());
+        let mut h = side(cfg, &counters, Instant::now());
+        h.bind_local_stream(&nack_stream(true));
         (h, counters)
     }
 
@@ -690,15 +697,7 @@ mod tests {
         let t0 = Instant::now();
         let counters = Arc::new(FeedbackCounters::default());
         let mut h = side(HistoryConfig::default(), &counters, t0);
-        h.bind_local_stream(&StreamInfo {
-            ssrc: SSRC,
-            payload_type: 96,
-            rtcp_feedback: vec![RTCPFeedback {
-                typ: "nack".into(),
-                parameter: String::new(),
-            }],
-            ..Default::default()
-        });
+        h.bind_local_stream(&nack_stream(false));
         send(&mut h, t0, 40);
         let out = nack(&mut h, t0, 40, 0);
         assert_eq!(out.len(), 1);
@@ -753,20 +752,11 @@ mod tests {
             SystemInstant::now(t0),
         );
         h.bind_local_stream(&StreamInfo {
-            ssrc: SSRC,
-            ssrc_rtx: Some(RTX),
-            payload_type: 96,
-            payload_type_rtx: Some(97),
-            clock_rate: 90_000,
-            rtcp_feedback: vec![RTCPFeedback {
-                typ: "nack".into(),
-                parameter: String::new(),
-            }],
             rtp_header_extensions: vec![rtc::interceptor::RTPHeaderExtension {
                 uri: rtc::sdp::extmap::TRANSPORT_CC_URI.into(),
                 id: TWCC_ID,
             }],
-            ..Default::default()
+            ..nack_stream(true)
         });
         (h, rec)
     }
