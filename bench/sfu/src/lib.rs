@@ -613,6 +613,15 @@ fn run(
     let s1 = snap(pid);
     let delay = prom::bucket_delta(&delay0, &delay_buckets());
     let rss_end = procfs::read_process_rss_bytes(pid).unwrap_or(0);
+    // How many subscribe PCs the worker sends itself (turnkey only; older builds lack it).
+    let page = metrics.and_then(|m| prom::fetch_metrics(m, Duration::from_secs(2)));
+    let direct = |name: &str, with: Option<&str>| {
+        page.as_deref()
+            .and_then(|t| prom::sample_sum(t, name, with))
+    };
+    let direct_engaged = direct("sfu_direct_send_total", Some("result=\"engaged\""));
+    let direct_refused = direct("sfu_direct_send_total", Some("result=\"refused\""));
+    let direct_packets = direct("sfu_direct_packets_total", None);
     let sfu_q = |x: f64| prom::quantile(&delay, x).map(|s| (s * 1e6).round() as u64);
     // Let in-flight window packets arrive.
     rt.block_on(tokio::time::sleep(Duration::from_millis(500)));
@@ -666,7 +675,7 @@ fn run(
     let bench_percent = percent_of_core(bench_cpu, wall);
     let clients_percent = percent_of_core(clients_cpu, wall);
     let q = |x: f64| latency.quantile_us(x);
-    let json = serde_json::json!({
+    let mut json = serde_json::json!({
         "server": a.server.name(), "host_ip": host_ip.to_string(),
         "scenario": plan.name, "participants": plan.seats.len(), "publishers": publishers,
         "subscribers": plan.subscribers, "flows": want_flows, "flows_up": flows_up,
@@ -689,6 +698,9 @@ fn run(
         "lagged": lagged, "link_connect_errors": link_errors.connect.load(Ordering::Relaxed),
         "link_closed": link_errors.closed.load(Ordering::Relaxed), "errors": errors,
     });
+    json["sfu_direct_engaged"] = direct_engaged.into();
+    json["sfu_direct_refused"] = direct_refused.into();
+    json["sfu_direct_packets"] = direct_packets.into();
     let mut text = String::new();
     use std::fmt::Write as _;
     let _ = writeln!(

@@ -92,6 +92,33 @@ pub fn histogram_buckets(text: &str, name: &str) -> Vec<(f64, f64)> {
     out
 }
 
+/// The sum of sample `name` over its label sets that carry label `with` (`key="value"`, or
+/// every set when `None`); None if the page has no such sample.
+pub fn sample_sum(text: &str, name: &str, with: Option<&str>) -> Option<f64> {
+    let mut sum = None;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        let (labels, value) = match rest.strip_prefix('{') {
+            Some(r) => match r.rsplit_once('}') {
+                Some(x) => x,
+                None => continue,
+            },
+            None if rest.starts_with(' ') => ("", rest),
+            None => continue,
+        };
+        if with.is_some_and(|w| !labels.split(',').any(|l| l.trim() == w)) {
+            continue;
+        }
+        let Ok(v) = value.split_whitespace().next().unwrap_or("").parse::<f64>() else {
+            continue;
+        };
+        *sum.get_or_insert(0.0) += v;
+    }
+    sum
+}
+
 /// `after - before`, bucket by bucket (what was observed between two scrapes).
 pub fn bucket_delta(before: &[(f64, f64)], after: &[(f64, f64)]) -> Vec<(f64, f64)> {
     after

@@ -7,6 +7,7 @@
 //! edits SDP, [`demux`] routes datagrams to peer connections, [`peer`] builds them.
 pub mod bwe;
 pub mod demux;
+pub mod direct;
 pub mod dtls_flight;
 pub mod forward;
 pub mod layers;

@@ -17,8 +17,9 @@
 //! clients (the bench, tests): it counts NACK, PLI and FIR received and retransmissions sent,
 //! and hands inbound RTCP to the application.
 
+use crate::direct::KeyTap;
 use crate::nack::HistoryConfig;
-use crate::send_side::SendSide;
+use crate::send_side::{SendHandle, SendSide};
 use rtc::interceptor::{
     Attribute, BandwidthEstimator, EstimatorStats, Gcc, Interceptor, NackGeneratorBuilder, Packet,
     PacketReport, ReceiverReportBuilder, Registry, Slot, StreamInfo, TaggedPacket,
@@ -320,7 +321,16 @@ fn media_engine(leg: Leg) -> Result<MediaEngine, rtc::shared::error::Error> {
     Ok(me)
 }
 
-/// Builds one lite peer connection for `leg` with local ICE credentials `ufrag`/`pwd`.
+/// What the worker needs of a subscribe PC to send its RTP itself ([`crate::direct`]).
+pub struct DirectParts {
+    /// The PC's crypto provider, which keeps the SRTP master key candidates.
+    pub tap: Arc<KeyTap>,
+    /// The PC's send side.
+    pub send: SendHandle,
+}
+
+/// Builds one lite peer connection for `leg` with local ICE credentials `ufrag`/`pwd`; a
+/// subscribe PC comes with its [`DirectParts`].
 pub fn build_pc(
     leg: Leg,
     ufrag: &str,
@@ -329,7 +339,7 @@ pub fn build_pc(
     counters: Arc<FeedbackCounters>,
     bwe: Arc<BweCell>,
     now: Instant,
-) -> Result<RTCPeerConnection, rtc::shared::error::Error> {
+) -> Result<(RTCPeerConnection, Option<DirectParts>), rtc::shared::error::Error> {
     let mut me = media_engine(leg)?;
     // Each interceptor on a chain costs every packet a move through its queues, so each leg
     // gets only what it uses: the publish leg receives media (NACK generator, receiver
@@ -337,6 +347,7 @@ pub fn build_pc(
     // control, TWCC numbering, the NACK history, which also taps feedback for the worker, and
     // sender reports) and receives none.
     let registry = Registry::new();
+    let mut direct = None;
     // NACK and PLI feedback on video, as rtc's `configure_nack`; but the publish leg only asks
     // (generator), and the subscribe leg only answers, from an RTT-sized history.
     for parameter in ["", "pli"] {
@@ -388,10 +399,12 @@ pub fn build_pc(
             let wall_clock = settings
                 .wall_clock
                 .unwrap_or_else(|| SystemInstant::now(now));
-            registry.with(
-                Slot::CongestionControl,
-                SendSide::new(settings.nack_history, counters, estimator, wall_clock),
-            )
+            let side = SendSide::new(settings.nack_history, counters, estimator, wall_clock);
+            direct = Some(DirectParts {
+                tap: Arc::new(KeyTap::new()),
+                send: side.handle(),
+            });
+            registry.with(Slot::CongestionControl, side)
         }
     };
     let mut se = SettingEngineBuilder::new()
@@ -406,10 +419,14 @@ pub fn build_pc(
     if leg == Leg::Publish {
         se = se.with_answering_dtls_role(RTCDtlsRole::Server);
     }
-    RTCPeerConnectionBuilder::new()
+    if let Some(d) = &direct {
+        se = se.with_crypto_provider(d.tap.clone());
+    }
+    let pc = RTCPeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
         .with_setting_engine(se.build())
         .with_media_engine(me)
         .with_interceptor_registry(registry)
-        .build(now)
+        .build(now)?;
+    Ok((pc, direct))
 }

@@ -43,7 +43,7 @@ use rtc::shared::time::SystemInstant;
 use rtc::shared::TransportContext;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 /// Unacknowledged packets are forgotten this long after they left (rtc's congestion control
@@ -222,8 +222,10 @@ impl ReportedStream {
     }
 }
 
-/// The subscribe leg's interceptor (see the module docs), with bandwidth estimator `E`.
-pub struct SendSide<E> {
+/// The send side's state, shared by the interceptor on rtc's chain and, through a
+/// [`SendHandle`], by the worker when it protects and sends a subscriber's RTP itself
+/// ([`crate::direct`]). Both run on the worker's thread: the lock is never contended.
+struct SendState<E> {
     nack: NackHistory,
     counters: Arc<FeedbackCounters>,
     twcc: TwccRecord,
@@ -234,11 +236,83 @@ pub struct SendSide<E> {
     wall_clock: SystemInstant,
     /// Reused for the estimator's reports.
     reports: Vec<PacketReport>,
+    /// Retransmissions go to `direct_out` (for the worker) instead of rtc's chain.
+    direct: bool,
+    /// Retransmissions waiting for the worker (at most [`MAX_DIRECT_RETRANSMISSIONS`]).
+    direct_out: Vec<rtc::rtp::Packet>,
+}
+
+/// Most retransmissions held for the worker between two drains; beyond, they are dropped and
+/// counted as throttled NACKs.
+pub const MAX_DIRECT_RETRANSMISSIONS: usize = 1024;
+
+impl<E: BandwidthEstimator> SendState<E> {
+    /// Numbers and records an RTP packet about to leave; `true` when this armed the sender
+    /// report timer (the PC's deadline moved).
+    fn record_rtp(&mut self, now: Instant, p: &mut rtc::rtp::Packet, retransmission: bool) -> bool {
+        let mut armed = false;
+        if !retransmission {
+            self.nack.on_sent(now, p);
+            if let Some(s) = self.reported.iter_mut().find(|s| s.ssrc == p.header.ssrc) {
+                s.on_send(now, p);
+                armed = self.next_report.is_none();
+                self.next_report.get_or_insert(now + SR_INTERVAL);
+            }
+        }
+        self.twcc.on_send(now, p);
+        armed
+    }
+}
+
+/// What the worker does with a subscribe leg's send side when it sends the leg's RTP itself
+/// ([`crate::direct`]); object safe, so the worker needs no estimator type.
+pub trait DirectSend: Send {
+    /// Numbers and records a forwarded packet the caller is about to protect and send (TWCC
+    /// sequence number, NACK history, sender report counts); `true` when this armed the
+    /// sender report timer, so the PC's deadline must be read again.
+    fn on_direct_send(&mut self, now: Instant, p: &mut rtc::rtp::Packet) -> bool;
+    /// From now on, retransmissions wait in [`DirectSend::take_retransmissions`] instead of
+    /// going down rtc's chain (`false`: back to rtc).
+    fn set_direct(&mut self, direct: bool);
+    /// Moves the retransmissions NACKs asked for since the last call into `out`, numbered and
+    /// recorded.
+    fn take_retransmissions(&mut self, out: &mut Vec<rtc::rtp::Packet>);
+}
+
+impl<E: BandwidthEstimator + Send> DirectSend for SendState<E> {
+    fn on_direct_send(&mut self, now: Instant, p: &mut rtc::rtp::Packet) -> bool {
+        self.record_rtp(now, p, false)
+    }
+
+    fn set_direct(&mut self, direct: bool) {
+        self.direct = direct;
+    }
+
+    fn take_retransmissions(&mut self, out: &mut Vec<rtc::rtp::Packet>) {
+        out.append(&mut self.direct_out);
+    }
+}
+
+/// The worker's handle on one subscribe leg's send side.
+#[derive(Clone)]
+pub struct SendHandle(Arc<Mutex<dyn DirectSend>>);
+
+impl SendHandle {
+    /// Runs `f` on the send side.
+    pub fn with<R>(&self, f: impl FnOnce(&mut dyn DirectSend) -> R) -> R {
+        let mut g = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&mut *g)
+    }
+}
+
+/// The subscribe leg's interceptor (see the module docs), with bandwidth estimator `E`.
+pub struct SendSide<E> {
+    state: Arc<Mutex<SendState<E>>>,
     read: VecDeque<TaggedPacket>,
     write: VecDeque<TaggedPacket>,
 }
 
-impl<E: BandwidthEstimator> SendSide<E> {
+impl<E: BandwidthEstimator + Send + 'static> SendSide<E> {
     /// A send side keeping packets for NACK as `history` says, feeding `estimator`, counting
     /// in `counters`; `wall_clock` gives sender reports their NTP time.
     pub fn new(
@@ -247,7 +321,7 @@ impl<E: BandwidthEstimator> SendSide<E> {
         estimator: E,
         wall_clock: SystemInstant,
     ) -> Self {
-        Self {
+        let state = SendState {
             nack: NackHistory::new(history, counters.clone()),
             counters,
             twcc: TwccRecord::default(),
@@ -257,48 +331,57 @@ impl<E: BandwidthEstimator> SendSide<E> {
             next_report: None,
             wall_clock,
             reports: Vec::new(),
+            direct: false,
+            direct_out: Vec::new(),
+        };
+        Self {
+            state: Arc::new(Mutex::new(state)),
             read: VecDeque::new(),
             write: VecDeque::new(),
         }
     }
 
+    /// The worker's handle on this send side, for RTP it sends itself.
+    pub fn handle(&self) -> SendHandle {
+        SendHandle(self.state.clone())
+    }
+}
+
+impl<E> SendSide<E> {
+    fn state(&self) -> MutexGuard<'_, SendState<E>> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl<E: BandwidthEstimator> SendSide<E> {
     /// The smoothed round-trip time, once a receiver report gave one.
     pub fn srtt(&self) -> Option<Duration> {
-        self.nack.srtt()
-    }
-
-    /// The bandwidth estimator.
-    pub fn estimator(&self) -> &E {
-        &self.estimator
+        self.state().nack.srtt()
     }
 
     /// Packets sent with a transport-wide sequence number that feedback has not reported yet.
     pub fn outstanding(&self) -> usize {
-        self.twcc.sent.len()
+        self.state().twcc.sent.len()
     }
 
     /// Queues a packet for the wire, after numbering and recording it.
     fn send(&mut self, mut msg: TaggedPacket) {
         let retransmission = msg.message.has(&Attribute::Retransmission);
-        match &mut msg.message.packet {
-            Packet::Rtp(p) => {
-                if !retransmission {
-                    self.nack.on_sent(msg.now, p);
-                    if let Some(s) = self.reported.iter_mut().find(|s| s.ssrc == p.header.ssrc) {
-                        s.on_send(msg.now, p);
-                        self.next_report.get_or_insert(msg.now + SR_INTERVAL);
+        {
+            let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            match &mut msg.message.packet {
+                Packet::Rtp(p) => {
+                    st.record_rtp(msg.now, p, retransmission);
+                }
+                Packet::Rtcp(pkts) => {
+                    for p in pkts.iter() {
+                        if let Some(sr) = p.as_any().downcast_ref::<SenderReport>() {
+                            st.nack.on_sender_report_sent(sr.ntp_time, msg.now);
+                        }
                     }
                 }
-                self.twcc.on_send(msg.now, p);
+                _ => {}
             }
-            Packet::Rtcp(pkts) => {
-                for p in pkts.iter() {
-                    if let Some(sr) = p.as_any().downcast_ref::<SenderReport>() {
-                        self.nack.on_sender_report_sent(sr.ntp_time, msg.now);
-                    }
-                }
-            }
-            _ => {}
         }
         self.write.push_back(msg);
     }
@@ -314,31 +397,30 @@ impl<E: BandwidthEstimator> Protocol<TaggedPacket, TaggedPacket, ()> for SendSid
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
         let mut retransmit = VecDeque::new();
         let mut feedback = false;
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if let Packet::Rtcp(pkts) = &msg.message.packet {
             for p in pkts {
                 let any = p.as_any();
                 if let Some(cc) = any.downcast_ref::<TransportLayerCc>() {
                     let statuses = usize::from(cc.packet_status_count);
-                    if statuses > self.twcc.sent.len() + TWCC_FEEDBACK_SLACK {
-                        self.counters
-                            .feedback_refused
-                            .fetch_add(1, Ordering::Relaxed);
+                    if statuses > st.twcc.sent.len() + TWCC_FEEDBACK_SLACK {
+                        st.counters.feedback_refused.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
                     for ack in convert_twcc(cc) {
-                        self.twcc.on_ack(ack);
+                        st.twcc.on_ack(ack);
                     }
                     feedback = true;
                 } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
-                    self.nack.on_nack(msg.now, nack, &mut retransmit);
+                    st.nack.on_nack(msg.now, nack, &mut retransmit);
                 } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
-                    self.nack.on_receiver_reports(msg.now, &rr.reports);
+                    st.nack.on_receiver_reports(msg.now, &rr.reports);
                 } else if let Some(sr) = any.downcast_ref::<SenderReport>() {
-                    self.nack.on_receiver_reports(msg.now, &sr.reports);
+                    st.nack.on_receiver_reports(msg.now, &sr.reports);
                 } else if any.is::<PictureLossIndication>() {
-                    self.counters.pli.fetch_add(1, Ordering::Relaxed);
+                    st.counters.pli.fetch_add(1, Ordering::Relaxed);
                 } else if any.is::<FullIntraRequest>() {
-                    self.counters.fir.fetch_add(1, Ordering::Relaxed);
+                    st.counters.fir.fetch_add(1, Ordering::Relaxed);
                 }
             }
             if !pkts.is_empty() {
@@ -347,22 +429,38 @@ impl<E: BandwidthEstimator> Protocol<TaggedPacket, TaggedPacket, ()> for SendSid
             }
         }
         if feedback {
-            self.reports.clear();
-            self.twcc.take_reports(&mut self.reports);
-            if !self.reports.is_empty() {
-                self.estimator.on_reports(msg.now, &self.reports);
+            let st = &mut *st;
+            st.reports.clear();
+            st.twcc.take_reports(&mut st.reports);
+            if !st.reports.is_empty() {
+                st.estimator.on_reports(msg.now, &st.reports);
             }
-            let target = self.estimator.target_bitrate();
-            if target != self.last_target {
+            let target = st.estimator.target_bitrate();
+            if target != st.last_target {
                 // rtc shows it in the outbound streams' stats.
-                self.last_target = target;
+                st.last_target = target;
                 msg.message.add(Attribute::TargetBitrateChanged {
                     bits_per_second: target,
                 });
             }
         }
-        for r in retransmit {
-            self.send(r);
+        if st.direct {
+            for mut r in retransmit {
+                if let Packet::Rtp(p) = &mut r.message.packet {
+                    if st.direct_out.len() >= MAX_DIRECT_RETRANSMISSIONS {
+                        st.counters.nack_throttled.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    st.record_rtp(r.now, p, true);
+                    let p = std::mem::take(p);
+                    st.direct_out.push(p);
+                }
+            }
+        } else {
+            drop(st);
+            for r in retransmit {
+                self.send(r);
+            }
         }
         self.read.push_back(msg);
         Ok(())
@@ -382,29 +480,33 @@ impl<E: BandwidthEstimator> Protocol<TaggedPacket, TaggedPacket, ()> for SendSid
     }
 
     fn handle_timeout(&mut self, now: Instant) -> Result<(), Self::Error> {
-        self.twcc
-            .prune(now.checked_sub(TWCC_HORIZON).unwrap_or(now));
-        self.estimator.handle_timeout(now);
-        if self.next_report.is_some_and(|at| now >= at) {
-            self.next_report = Some(now + SR_INTERVAL);
-            let reports: Vec<_> = self
-                .reported
-                .iter()
-                .filter_map(|s| s.report(now, &self.wall_clock))
-                .collect();
-            for sr in reports {
-                self.send(TaggedPacket {
-                    now,
-                    transport: TransportContext::default(),
-                    message: AttributedPacket::new(Packet::Rtcp(vec![Box::new(sr)])),
-                });
+        let reports: Vec<_> = {
+            let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            st.twcc.prune(now.checked_sub(TWCC_HORIZON).unwrap_or(now));
+            st.estimator.handle_timeout(now);
+            if st.next_report.is_some_and(|at| now >= at) {
+                st.next_report = Some(now + SR_INTERVAL);
+                st.reported
+                    .iter()
+                    .filter_map(|s| s.report(now, &st.wall_clock))
+                    .collect()
+            } else {
+                Vec::new()
             }
+        };
+        for sr in reports {
+            self.send(TaggedPacket {
+                now,
+                transport: TransportContext::default(),
+                message: AttributedPacket::new(Packet::Rtcp(vec![Box::new(sr)])),
+            });
         }
         Ok(())
     }
 
     fn poll_timeout(&mut self) -> Option<Instant> {
-        match (self.estimator.poll_timeout(), self.next_report) {
+        let st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        match (st.estimator.poll_timeout(), st.next_report) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -413,9 +515,10 @@ impl<E: BandwidthEstimator> Protocol<TaggedPacket, TaggedPacket, ()> for SendSid
 
 impl<E: BandwidthEstimator + Send + Sync> Interceptor for SendSide<E> {
     fn bind_local_stream(&mut self, info: &StreamInfo) {
-        self.nack.bind(info);
-        self.reported.retain(|s| s.ssrc != info.ssrc);
-        self.reported.push(ReportedStream {
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        st.nack.bind(info);
+        st.reported.retain(|s| s.ssrc != info.ssrc);
+        st.reported.push(ReportedStream {
             ssrc: info.ssrc,
             clock_rate: f64::from(info.clock_rate),
             last_seq: None,
@@ -423,7 +526,7 @@ impl<E: BandwidthEstimator + Send + Sync> Interceptor for SendSide<E> {
             packets: 0,
             octets: 0,
         });
-        self.twcc
+        st.twcc
             .streams
             .retain(|(s, _)| *s != info.ssrc && Some(*s) != info.ssrc_rtx);
         if let Some(ext) = info
@@ -433,18 +536,19 @@ impl<E: BandwidthEstimator + Send + Sync> Interceptor for SendSide<E> {
         {
             if let Ok(id @ 1..) = u8::try_from(ext.id) {
                 // Retransmissions on the RTX stream are numbered too (they use the path).
-                self.twcc.streams.push((info.ssrc, id));
+                st.twcc.streams.push((info.ssrc, id));
                 if let Some(rtx) = info.ssrc_rtx {
-                    self.twcc.streams.push((rtx, id));
+                    st.twcc.streams.push((rtx, id));
                 }
             }
         }
     }
 
     fn unbind_local_stream(&mut self, info: &StreamInfo) {
-        self.nack.unbind(info);
-        self.reported.retain(|s| s.ssrc != info.ssrc);
-        self.twcc
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        st.nack.unbind(info);
+        st.reported.retain(|s| s.ssrc != info.ssrc);
+        st.twcc
             .streams
             .retain(|(s, _)| *s != info.ssrc && Some(*s) != info.ssrc_rtx);
     }
@@ -663,7 +767,7 @@ mod tests {
         let t0 = Instant::now();
         let cfg = HistoryConfig::default();
         let (mut h, c) = history(cfg);
-        h.nack.on_rtt_sample(Duration::from_millis(100));
+        h.state().nack.on_rtt_sample(Duration::from_millis(100));
         let window = cfg.window(h.srtt());
         assert_eq!(window, Duration::from_millis(400));
         // 200 packets per second for 2 s: about 80 held (0.4 s), whatever came before.
@@ -932,7 +1036,10 @@ mod tests {
         );
         h.handle_read(tagged(at, Packet::Rtcp(vec![Box::new(fb)])))
             .unwrap();
-        assert_eq!(h.counters.feedback_refused.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            h.state().counters.feedback_refused.load(Ordering::Relaxed),
+            1
+        );
         assert_eq!(rec.0.lock().unwrap().len(), 4);
         // 5 arrived: 4 is reported lost with it.
         let fb = feedback(5, vec![run(SymbolTypeTcc::PacketReceivedSmallDelta, 1)], 1);
@@ -994,7 +1101,7 @@ mod tests {
         );
         // The newest timestamp (seq 6-8: 2 * 3000) left at +60 ms; 940 ms later at 90 kHz.
         assert_eq!(sr.rtp_time, 6000 + 84_600);
-        assert_eq!(sr.ntp_time, h.wall_clock.ntp(due));
+        assert_eq!(sr.ntp_time, h.state().wall_clock.ntp(due));
         assert!(h.poll_write().is_none());
         assert_eq!(h.poll_timeout(), Some(due + SR_INTERVAL));
         // The report left through the history: a receiver report echoing it gives the RTT.

@@ -23,6 +23,8 @@
 //! | `sfu_active_speaker_changes_total` | counter | |
 //! | `sfu_ice_timeouts_total` | counter | |
 //! | `sfu_dtls_flights_resent_total` | counter | | DTLS handshake flights sent again because the peer repeated its own (RFC 6347 §4.2.4, done beside rtc-dtls) |
+//! | `sfu_direct_send_total` | counter | `result` (subscribe PCs whose RTP the worker protects and sends itself, not rtc's write pipeline: `engaged` once their SRTP key is verified against rtc's own packets; `refused`: no key candidate verified, rtc keeps sending; `dropped`: a new DTLS handshake changed the keys, back to rtc) |
+//! | `sfu_direct_packets_total` | counter | (RTP packets, retransmissions included, the worker protected and sent itself) |
 //! | `sfu_links` | gauge | |
 //! | `sfu_worker_participants` | gauge | `worker` |
 //! | `sfu_load_ratio` | gauge | (fraction of the node's capacity in use, 0..1: the larger of the busiest worker's busy fraction over the last second and the forwarded bit rate against `capacity_bps`; what room placement compares) |
@@ -48,6 +50,9 @@ pub const FORWARDING_DELAY_BUCKETS: [f64; 12] = [
 
 /// `sfu_data_messages_dropped_total` reasons.
 pub const DATA_DROP_REASONS: [&str; 2] = ["too_large", "rate_limited"];
+
+/// `sfu_direct_send_total` results.
+pub const DIRECT_SEND_RESULTS: [&str; 3] = ["engaged", "refused", "dropped"];
 
 /// `sfu_ice_tcp_closed_total` reasons.
 pub const ICE_TCP_CLOSE_REASONS: [&str; 4] = [
@@ -102,6 +107,10 @@ pub struct SfuMetrics {
     pub ice_timeouts: Counter,
     /// `sfu_dtls_flights_resent_total`.
     pub dtls_flights_resent: Counter,
+    /// `sfu_direct_send_total{result}`.
+    pub direct_send: Family<L1, Counter>,
+    /// `sfu_direct_packets_total`.
+    pub direct_packets: Counter,
     /// `sfu_links`.
     pub links: Gauge,
     /// `sfu_worker_participants{worker}`.
@@ -143,6 +152,8 @@ impl SfuMetrics {
             speaker_changes: Counter::default(),
             ice_timeouts: Counter::default(),
             dtls_flights_resent: Counter::default(),
+            direct_send: Family::default(),
+            direct_packets: Counter::default(),
             links: Gauge::default(),
             worker_participants: Family::default(),
             worker_busy: Family::default(),
@@ -168,6 +179,9 @@ impl SfuMetrics {
         }
         for r in DATA_DROP_REASONS {
             let _ = m.data_dropped.get_or_create(&[("reason", r)]);
+        }
+        for r in DIRECT_SEND_RESULTS {
+            let _ = m.direct_send.get_or_create(&[("result", r)]);
         }
         for r in ICE_TCP_CLOSE_REASONS {
             let _ = m.ice_tcp_closed.get_or_create(&[("reason", r)]);
@@ -268,6 +282,16 @@ impl SfuMetrics {
             "sfu_dtls_flights_resent",
             "DTLS handshake flights sent again because the peer repeated its own",
             m.dtls_flights_resent.clone(),
+        );
+        registry.register(
+            "sfu_direct_send",
+            "Subscribe peer connections whose RTP the worker protects and sends itself, by result",
+            m.direct_send.clone(),
+        );
+        registry.register(
+            "sfu_direct_packets",
+            "RTP packets the worker protected and sent itself",
+            m.direct_packets.clone(),
         );
         registry.register("sfu_links", "Signaling links open", m.links.clone());
         registry.register(

@@ -131,6 +131,26 @@ fn chromium_sfu_rooms() {
         "a new subscriber asks for keyframes: sfu_pli_total{{sent}} {pli}"
     );
     assert!(bwe >= 1.0, "sfu_bandwidth_estimate_bps_count {bwe}");
+    // Every page's subscribe PC is sent by the worker itself (sfu_proto::direct): its SRTP key
+    // verified against rtc's packets (Chromium's profile), and nearly every copy went that way.
+    let engaged = metric(
+        sfu_metrics,
+        "sfu_direct_send_total",
+        &[("result", "engaged")],
+    );
+    let refused = metric(
+        sfu_metrics,
+        "sfu_direct_send_total",
+        &[("result", "refused")],
+    );
+    let direct = metric(sfu_metrics, "sfu_direct_packets_total", &[]);
+    println!("direct send: engaged {engaged}, refused {refused}, packets {direct}");
+    assert!(engaged >= 3.0, "sfu_direct_send_total{{engaged}} {engaged}");
+    assert_eq!(refused, 0.0, "sfu_direct_send_total{{refused}}");
+    assert!(
+        direct >= forwarded * 0.95,
+        "sfu_direct_packets_total {direct} of {forwarded} forwarded"
+    );
 
     // Sharp video by default: with the page's default capture (1280x720, which Chromium sends
     // as three simulcast layers) on an unconstrained link, each page soon receives the other's

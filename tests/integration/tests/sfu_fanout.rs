@@ -3,7 +3,8 @@
 //! of the worker's send path (`sfu_proto::worker::WRITTEN_CHUNK`, 16), so the copies leave in
 //! parts, each subscriber's copies of a batch together: every (subscriber, track) flow must
 //! receive the publisher's packets, none twice, with no more loss than a loaded CI machine's
-//! loopback can cause (a PC whose copies were never taken would lose all of its flows).
+//! loopback can cause (a PC whose copies were never taken would lose all of its flows). Every
+//! subscribe PC is sent by the worker itself (`sfu_proto::direct`), checked in the node's metrics.
 
 use serde_json::Value;
 use std::process::Command;
@@ -39,6 +40,19 @@ fn a_fanout_larger_than_one_send_part_reaches_every_subscriber() {
     assert!(
         r["received_pps"].as_f64().is_some_and(|pps| pps > 0.0),
         "nothing received in the window: {r}"
+    );
+    // Every subscribe PC's RTP was protected and sent by the worker itself
+    // (sfu_proto::direct): its SRTP key verified against rtc's own packets, none refused.
+    assert_eq!(r["sfu_direct_engaged"], 20.0, "{r}");
+    assert_eq!(r["sfu_direct_refused"], 0.0, "{r}");
+    let direct = r["sfu_direct_packets"]
+        .as_f64()
+        .expect("sfu_direct_packets");
+    let forwarded =
+        r["received_pps"].as_f64().unwrap_or(0.0) * r["window_secs"].as_f64().unwrap_or(0.0);
+    assert!(
+        direct >= forwarded * 0.9,
+        "the worker sent {direct} packets itself, subscribers received {forwarded} in the window alone: {r}"
     );
     // The bench read the node's memory: both resident and anonymous (RssAnon) figures.
     for key in ["sfu_rss_connected_bytes", "sfu_rss_anon_connected_bytes"] {

@@ -108,6 +108,21 @@ fn simulcast_loss_and_ice_tcp_under_tc_and_iptables() {
     assert!(switches >= 1.0, "sfu_layer_switches_total {switches}");
     assert!(nack >= 1.0, "sfu_nack_total moved by {nack}");
     assert!(rtx >= 1.0, "sfu_retransmitted_packets_total {rtx}");
+    // The subscribers' RTP, retransmissions included, left through the worker's own SRTP
+    // (sfu_proto::direct), over UDP and over ICE-TCP alike.
+    let engaged = metric(
+        sfu_metrics,
+        "sfu_direct_send_total",
+        &[("result", "engaged")],
+    );
+    let refused = metric(
+        sfu_metrics,
+        "sfu_direct_send_total",
+        &[("result", "refused")],
+    );
+    println!("direct send: engaged {engaged}, refused {refused}");
+    assert!(engaged >= 2.0, "sfu_direct_send_total{{engaged}} {engaged}");
+    assert_eq!(refused, 0.0, "sfu_direct_send_total{{refused}}");
     // The ICE-TCP subscriber completed ICE on its stream (the SFU answered its check), so the
     // handshake deadline did not apply to the stream it used (its media arrived above). The
     // browser may open other ICE-TCP streams (one per local candidate) that never complete ICE:

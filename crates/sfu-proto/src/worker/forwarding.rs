@@ -150,6 +150,36 @@ impl Worker {
                     out.payload = b.freeze();
                 }
             }
+            let key = PcKey {
+                participant: m,
+                leg: Leg::Subscribe,
+            };
+            if let Direct::On { leg, parts } = &mut pc.direct {
+                // Numbered, recorded, protected and queued here (crate::direct).
+                let armed = parts.send.with(|s| s.on_direct_send(now, &mut out));
+                match leg.protect(&out) {
+                    Some(payload) => {
+                        push_bounded(
+                            &mut self.transmits,
+                            Transmit {
+                                proto: leg.to.0,
+                                remote: leg.to.1,
+                                payload,
+                            },
+                        );
+                        p.loss.on_sent(size as u64);
+                        self.stats.forwarded_packets += 1;
+                        self.stats.forwarded_bytes += size as u64;
+                        self.stats.direct_packets += 1;
+                    }
+                    None => self.stats.write_errors += 1,
+                }
+                if armed {
+                    // The sender report timer started: the PC's deadline moved.
+                    self.written.push(key);
+                }
+                continue;
+            }
             let Some(mut s) = pc.pc.rtp_sender(d.sender) else {
                 continue;
             };
@@ -165,10 +195,7 @@ impl Worker {
                 }
             }
             // Drained with the rest of the batch's copies (`drain_written`), once per PC.
-            self.written.push(PcKey {
-                participant: m,
-                leg: Leg::Subscribe,
-            });
+            self.written.push(key);
         }
         if self.written.len() > written_before {
             self.written_at = Some(now);

@@ -22,12 +22,13 @@ pub use crate::sdp::limit_video_bitrate;
 
 use crate::bwe::LossEstimate;
 use crate::demux::{stun_local_ufrag, Demux, Proto};
+use crate::direct::DirectLeg;
 use crate::dtls_flight::LastFlight;
 use crate::forward::Rewriter;
 use crate::layers::{LayerRate, Selection};
 use crate::media::VideoCodec;
 use crate::msg::{ErrorCode, ServerMsg, Source, Sources};
-use crate::peer::{BweCell, FeedbackCounters, Leg, PcSettings};
+use crate::peer::{BweCell, DirectParts, FeedbackCounters, Leg, PcSettings};
 use crate::speaker::AudioLevel;
 use bytes::BytesMut;
 use rand::rngs::StdRng;
@@ -180,6 +181,14 @@ pub struct WorkerStats {
     /// DTLS handshake flights sent again because the peer repeated its own
     /// ([`crate::dtls_flight`]).
     pub dtls_flights_resent: u64,
+    /// Subscribe PCs whose RTP the worker began to protect and send itself ([`crate::direct`]).
+    pub direct_engaged: u64,
+    /// Subscribe PCs left to rtc because no key candidate authenticated rtc's SRTP.
+    pub direct_refused: u64,
+    /// Subscribe PCs handed back to rtc after a new DTLS handshake changed the keys.
+    pub direct_dropped: u64,
+    /// Forwarded RTP packets (and retransmissions) the worker protected and sent itself.
+    pub direct_packets: u64,
 }
 
 struct Pc {
@@ -193,12 +202,100 @@ struct Pc {
     flight_to: Option<(Proto, SocketAddr)>,
     /// ICE checks that came before the remote description (at most [`MAX_EARLY_CHECKS`]).
     early_checks: Vec<(Proto, SocketAddr, BytesMut)>,
+    /// Whether the worker sends this (subscribe) PC's RTP itself.
+    direct: Direct,
+}
+
+/// Whether the worker protects and sends a subscribe PC's RTP itself ([`crate::direct`]).
+enum Direct {
+    /// A publish PC, or given up: rtc sends.
+    Off,
+    /// Keys not verified yet: rtc sends, and its SRTP is tried against the tap's candidates.
+    Pending {
+        parts: DirectParts,
+        attempts: u8,
+        /// (SSRC, sequence number) of each SRTP packet rtc sent, in order.
+        noted: Vec<(u32, u16)>,
+    },
+    /// The worker protects and sends.
+    On { leg: DirectLeg, parts: DirectParts },
+}
+
+/// What changed in a PC's [`Direct`] while its datagrams were taken.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum DirectChange {
+    Engaged,
+    Refused,
+    Dropped,
+}
+
+impl Direct {
+    /// rtc sends datagram `d` on the PC.
+    fn on_rtc_datagram(&mut self, d: &TaggedBytesMut) -> Option<DirectChange> {
+        let to = (
+            pump::transport_proto(d.transport.transport_protocol),
+            d.transport.peer_addr,
+        );
+        match self {
+            Direct::Off => None,
+            Direct::Pending {
+                parts,
+                attempts,
+                noted,
+            } => {
+                let stream = crate::direct::srtp_stream(&d.message)?;
+                noted.push(stream);
+                if let Some(ctx) = parts.tap.verify(&d.message) {
+                    let mut leg = DirectLeg::new(ctx, to, parts.tap.generation());
+                    for (ssrc, seq) in noted.drain(..) {
+                        leg.follow(ssrc, seq);
+                    }
+                    parts.send.with(|s| s.set_direct(true));
+                    let Direct::Pending { parts, .. } = std::mem::replace(self, Direct::Off) else {
+                        return None;
+                    };
+                    *self = Direct::On { leg, parts };
+                    return Some(DirectChange::Engaged);
+                }
+                *attempts += 1;
+                if *attempts >= crate::direct::VERIFY_ATTEMPTS {
+                    *self = Direct::Off;
+                    return Some(DirectChange::Refused);
+                }
+                None
+            }
+            Direct::On { leg, .. } => {
+                if crate::direct::is_srtp_or_srtcp(&d.message) {
+                    leg.to = to;
+                }
+                // RTP rtc still had queued from before the switch.
+                if let Some((ssrc, seq)) = crate::direct::srtp_stream(&d.message) {
+                    leg.follow(ssrc, seq);
+                }
+                None
+            }
+        }
+    }
+
+    /// Back to rtc if a new DTLS handshake changed the keys.
+    fn check_keys(&mut self) -> Option<DirectChange> {
+        let Direct::On { leg, parts } = self else {
+            return None;
+        };
+        if parts.tap.generation() == leg.generation {
+            return None;
+        }
+        parts.send.with(|s| s.set_direct(false));
+        *self = Direct::Off;
+        Some(DirectChange::Dropped)
+    }
 }
 
 impl Pc {
     /// Moves the datagrams the PC has to send into `out`, noting DTLS flights for
-    /// [`crate::dtls_flight`].
-    fn take_writes(&mut self, now: Instant, out: &mut Vec<TaggedBytesMut>) {
+    /// [`crate::dtls_flight`] and SRTP for [`Direct`].
+    fn take_writes(&mut self, now: Instant, out: &mut Vec<TaggedBytesMut>) -> Option<DirectChange> {
+        let mut change = self.direct.check_keys();
         while let Some(d) = self.pc.poll_write() {
             self.flight.on_sent(now, &d.message);
             if crate::dtls_flight::is_dtls(&d.message) {
@@ -207,8 +304,12 @@ impl Pc {
                     d.transport.peer_addr,
                 ));
             }
+            if let Some(c) = self.direct.on_rtc_datagram(&d) {
+                change = Some(c);
+            }
             out.push(d);
         }
+        change
     }
 
     /// The earliest of the PC's own deadline and our DTLS flight timer's.
@@ -218,6 +319,14 @@ impl Pc {
             (a, b) => a.or(b),
         }
     }
+}
+
+/// Queues a datagram on `q`; bounded, the oldest is dropped when full.
+fn push_bounded(q: &mut VecDeque<Transmit>, t: Transmit) {
+    if q.len() >= MAX_TRANSMITS {
+        q.pop_front();
+    }
+    q.push_back(t);
 }
 
 /// ICE checks kept per PC until its remote description is applied.
@@ -507,7 +616,8 @@ impl Worker {
         for i in (from..self.written.len()).rev() {
             let key = self.written[i];
             let Some(pc) = self.pc_mut(key) else { continue };
-            pc.take_writes(now, &mut out);
+            let change = pc.take_writes(now, &mut out);
+            self.on_direct_change(change);
             self.emit(key, &mut out);
             self.refresh_timer(key);
         }
@@ -652,10 +762,21 @@ impl Worker {
 
     /// Queues a datagram; the queue is bounded, the oldest is dropped when full.
     fn push_transmit(&mut self, t: Transmit) {
-        if self.transmits.len() >= MAX_TRANSMITS {
-            self.transmits.pop_front();
+        push_bounded(&mut self.transmits, t);
+    }
+
+    fn on_direct_change(&mut self, change: Option<DirectChange>) {
+        match change {
+            Some(DirectChange::Engaged) => self.stats.direct_engaged += 1,
+            Some(DirectChange::Refused) => {
+                self.stats.direct_refused += 1;
+                tracing::warn!(
+                    "no SRTP key candidate authenticated rtc's packets: rtc sends this PC's RTP"
+                );
+            }
+            Some(DirectChange::Dropped) => self.stats.direct_dropped += 1,
+            None => {}
         }
-        self.transmits.push_back(t);
     }
 
     /// Timers: PC timers, rate sampling, layer selection, active speaker.

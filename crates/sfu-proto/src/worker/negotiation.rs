@@ -80,7 +80,7 @@ impl Worker {
             .as_ref()
             .map(|p| p.bwe.clone())
             .unwrap_or_default();
-        let mut pc = peer::build_pc(
+        let (mut pc, direct) = peer::build_pc(
             leg,
             &ufrag,
             &pwd,
@@ -125,6 +125,14 @@ impl Worker {
             flight: LastFlight::default(),
             flight_to: None,
             early_checks: Vec::new(),
+            direct: match direct {
+                Some(parts) => Direct::Pending {
+                    parts,
+                    attempts: 0,
+                    noted: Vec::new(),
+                },
+                None => Direct::Off,
+            },
         };
         if let Some(p) = self.parts[h].as_mut() {
             match leg {

@@ -272,6 +272,10 @@ struct Exported {
     speaker_changes: u64,
     ice_timeouts: u64,
     dtls_flights_resent: u64,
+    direct_engaged: u64,
+    direct_refused: u64,
+    direct_dropped: u64,
+    direct_packets: u64,
     census: (usize, usize, usize, usize),
 }
 
@@ -327,6 +331,10 @@ async fn run_worker(
         speaker_changes: 0,
         ice_timeouts: 0,
         dtls_flights_resent: 0,
+        direct_engaged: 0,
+        direct_refused: 0,
+        direct_dropped: 0,
+        direct_packets: 0,
         census: (0, 0, 0, 0),
     };
     let worker_label = [("worker", index.to_string())];
@@ -691,6 +699,17 @@ fn export(
         .inc_by(delta(s.ice_timeouts, &mut e.ice_timeouts));
     m.dtls_flights_resent
         .inc_by(delta(s.dtls_flights_resent, &mut e.dtls_flights_resent));
+    for (result, total, seen) in [
+        ("engaged", s.direct_engaged, &mut e.direct_engaged),
+        ("refused", s.direct_refused, &mut e.direct_refused),
+        ("dropped", s.direct_dropped, &mut e.direct_dropped),
+    ] {
+        m.direct_send
+            .get_or_create(&[("result", result)])
+            .inc_by(delta(total, seen));
+    }
+    m.direct_packets
+        .inc_by(delta(s.direct_packets, &mut e.direct_packets));
     for b in core.take_bwe_samples() {
         m.bwe.observe(b);
     }
