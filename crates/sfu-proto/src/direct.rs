@@ -28,6 +28,11 @@
 //! across a wrap too. After the switch rtc sends no RTP on the PC: retransmissions come out of
 //! the send side for the worker ([`crate::send_side::DirectSend::take_retransmissions`]).
 //!
+//! **When.** A forwarded copy is numbered and recorded when it is forwarded, and queued on the
+//! leg; it is protected when the worker's send path takes the PC's datagrams, a few PCs at a
+//! time, as rtc's were: the first subscribers of a large fan-out leave before the last ones'
+//! SRTP is done.
+//!
 //! **Addressing.** The destination is where rtc sends the PC's SRTP and SRTCP: the nominated
 //! pair's remote address (ICE-lite, RFC 8445 §7.3.1.5). Each SRTP/SRTCP datagram rtc still sends
 //! (sender reports every second) moves it if the pair changed.
@@ -43,6 +48,7 @@ use rtc::crypto::{
 use rtc::shared::marshal::{Marshal, MarshalSize, Unmarshal};
 use rtc::srtp::context::Context;
 use rtc::srtp::protection_profile::ProtectionProfile;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -267,6 +273,10 @@ pub fn srtp_stream(d: &[u8]) -> Option<(u32, u16)> {
     Some((ssrc, seq))
 }
 
+/// Most packets queued on a [`DirectLeg`] between two takes; beyond, the oldest is dropped
+/// (and counted by the worker as a write error).
+pub const MAX_QUEUED: usize = 1024;
+
 /// A subscribe PC whose RTP the worker sends itself.
 pub struct DirectLeg {
     ctx: Context,
@@ -274,6 +284,9 @@ pub struct DirectLeg {
     pub to: (Proto, SocketAddr),
     /// The tap's generation when the context was built.
     pub generation: u64,
+    /// Numbered and recorded, protected when the worker's send path takes them (so a large
+    /// fan-out's first subscribers leave before the last ones' SRTP is done).
+    queued: VecDeque<rtc::rtp::Packet>,
     /// Reused for marshalling.
     buf: Vec<u8>,
 }
@@ -285,7 +298,8 @@ impl DirectLeg {
             ctx,
             to,
             generation,
-            buf: Vec::with_capacity(1500),
+            queued: VecDeque::new(),
+            buf: Vec::new(),
         }
     }
 
@@ -304,14 +318,46 @@ impl DirectLeg {
         }
     }
 
-    /// `p` marshalled and protected, or `None` if it cannot be (counted by the caller).
+    /// Queues `p` (numbered and recorded by the send side) for [`Self::take`]; `false` if the
+    /// queue was full and its oldest packet was dropped.
+    pub fn queue(&mut self, p: rtc::rtp::Packet) -> bool {
+        let room = self.queued.len() < MAX_QUEUED;
+        if !room {
+            self.queued.pop_front();
+        }
+        self.queued.push_back(p);
+        room
+    }
+
+    /// Protects the queued packets into `out` (to [`Self::to`]); returns how many could not be
+    /// (dropped).
+    pub fn take(&mut self, out: &mut Vec<BytesMut>) -> usize {
+        let mut failed = 0;
+        while let Some(p) = self.queued.pop_front() {
+            match self.protect(&p) {
+                Some(b) => out.push(b),
+                None => failed += 1,
+            }
+        }
+        if self.queued.capacity() > 64 {
+            self.queued.shrink_to(64);
+        }
+        failed
+    }
+
+    /// `p` marshalled and protected, or `None` if it cannot be.
     pub fn protect(&mut self, p: &rtc::rtp::Packet) -> Option<BytesMut> {
         let size = p.marshal_size();
         self.buf.resize(size, 0);
         let n = p.marshal_to(&mut self.buf).ok()?;
-        self.ctx
+        let out = self
+            .ctx
             .encrypt_rtp_with_header(&self.buf[..n], &p.header)
-            .ok()
+            .ok();
+        if self.buf.capacity() > 2048 {
+            self.buf = Vec::new();
+        }
+        out
     }
 }
 

@@ -155,29 +155,16 @@ impl Worker {
                 leg: Leg::Subscribe,
             };
             if let Direct::On { leg, parts } = &mut pc.direct {
-                // Numbered, recorded, protected and queued here (crate::direct).
-                let armed = parts.send.with(|s| s.on_direct_send(now, &mut out));
-                match leg.protect(&out) {
-                    Some(payload) => {
-                        push_bounded(
-                            &mut self.transmits,
-                            Transmit {
-                                proto: leg.to.0,
-                                remote: leg.to.1,
-                                payload,
-                            },
-                        );
-                        p.loss.on_sent(size as u64);
-                        self.stats.forwarded_packets += 1;
-                        self.stats.forwarded_bytes += size as u64;
-                        self.stats.direct_packets += 1;
-                    }
-                    None => self.stats.write_errors += 1,
+                // Numbered and recorded now, protected when the send path takes the PC
+                // (crate::direct).
+                let _ = parts.send.with(|s| s.on_direct_send(now, &mut out));
+                if !leg.queue(out) {
+                    self.stats.write_errors += 1;
                 }
-                if armed {
-                    // The sender report timer started: the PC's deadline moved.
-                    self.written.push(key);
-                }
+                p.loss.on_sent(size as u64);
+                self.stats.forwarded_packets += 1;
+                self.stats.forwarded_bytes += size as u64;
+                self.written.push(key);
                 continue;
             }
             let Some(mut s) = pc.pc.rtp_sender(d.sender) else {

@@ -221,6 +221,17 @@ enum Direct {
     On { leg: DirectLeg, parts: DirectParts },
 }
 
+/// What [`Pc::take_writes`] did besides taking rtc's datagrams.
+#[derive(Default)]
+struct Taken {
+    /// What changed in the PC's [`Direct`].
+    change: Option<DirectChange>,
+    /// Packets the worker protected itself.
+    direct: u64,
+    /// Packets it could not protect (dropped).
+    failed: u64,
+}
+
 /// What changed in a PC's [`Direct`] while its datagrams were taken.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum DirectChange {
@@ -293,8 +304,9 @@ impl Direct {
 
 impl Pc {
     /// Moves the datagrams the PC has to send into `out`, noting DTLS flights for
-    /// [`crate::dtls_flight`] and SRTP for [`Direct`].
-    fn take_writes(&mut self, now: Instant, out: &mut Vec<TaggedBytesMut>) -> Option<DirectChange> {
+    /// [`crate::dtls_flight`] and SRTP for [`Direct`]; then, if the worker sends the PC's RTP
+    /// itself, the packets queued on its leg, protected.
+    fn take_writes(&mut self, now: Instant, out: &mut Vec<TaggedBytesMut>) -> Taken {
         let mut change = self.direct.check_keys();
         while let Some(d) = self.pc.poll_write() {
             self.flight.on_sent(now, &d.message);
@@ -309,7 +321,29 @@ impl Pc {
             }
             out.push(d);
         }
-        change
+        let mut taken = Taken {
+            change,
+            ..Taken::default()
+        };
+        if let Direct::On { leg, .. } = &mut self.direct {
+            let mut sealed = Vec::new();
+            taken.failed = leg.take(&mut sealed) as u64;
+            taken.direct = sealed.len() as u64;
+            let transport = TransportContext {
+                peer_addr: leg.to.1,
+                transport_protocol: match leg.to.0 {
+                    Proto::Udp => TransportProtocol::UDP,
+                    Proto::Tcp => TransportProtocol::TCP,
+                },
+                ..Default::default()
+            };
+            out.extend(sealed.into_iter().map(|message| TaggedBytesMut {
+                now,
+                transport,
+                message,
+            }));
+        }
+        taken
     }
 
     /// The earliest of the PC's own deadline and our DTLS flight timer's.
@@ -319,14 +353,6 @@ impl Pc {
             (a, b) => a.or(b),
         }
     }
-}
-
-/// Queues a datagram on `q`; bounded, the oldest is dropped when full.
-fn push_bounded(q: &mut VecDeque<Transmit>, t: Transmit) {
-    if q.len() >= MAX_TRANSMITS {
-        q.pop_front();
-    }
-    q.push_back(t);
 }
 
 /// ICE checks kept per PC until its remote description is applied.
@@ -616,8 +642,8 @@ impl Worker {
         for i in (from..self.written.len()).rev() {
             let key = self.written[i];
             let Some(pc) = self.pc_mut(key) else { continue };
-            let change = pc.take_writes(now, &mut out);
-            self.on_direct_change(change);
+            let taken = pc.take_writes(now, &mut out);
+            self.on_taken(taken);
             self.emit(key, &mut out);
             self.refresh_timer(key);
         }
@@ -762,11 +788,16 @@ impl Worker {
 
     /// Queues a datagram; the queue is bounded, the oldest is dropped when full.
     fn push_transmit(&mut self, t: Transmit) {
-        push_bounded(&mut self.transmits, t);
+        if self.transmits.len() >= MAX_TRANSMITS {
+            self.transmits.pop_front();
+        }
+        self.transmits.push_back(t);
     }
 
-    fn on_direct_change(&mut self, change: Option<DirectChange>) {
-        match change {
+    fn on_taken(&mut self, taken: Taken) {
+        self.stats.direct_packets += taken.direct;
+        self.stats.write_errors += taken.failed;
+        match taken.change {
             Some(DirectChange::Engaged) => self.stats.direct_engaged += 1,
             Some(DirectChange::Refused) => {
                 self.stats.direct_refused += 1;

@@ -86,39 +86,31 @@ impl Worker {
                 _ => {}
             }
         }
+        self.queue_retransmissions(key);
         let Some(pc) = self.pc_mut(key) else { return };
         let mut out = Vec::new();
-        let change = pc.take_writes(now, &mut out);
-        self.send_retransmissions(key);
-        self.on_direct_change(change);
+        let taken = pc.take_writes(now, &mut out);
+        self.on_taken(taken);
         self.emit(key, &mut out);
         self.refresh_timer(key);
     }
 
-    /// Protects and queues the retransmissions NACKs asked of a subscribe PC the worker sends
-    /// itself ([`crate::direct`]).
-    fn send_retransmissions(&mut self, key: PcKey) {
+    /// Queues the retransmissions NACKs asked of a subscribe PC the worker sends itself
+    /// ([`crate::direct`]) on its leg.
+    fn queue_retransmissions(&mut self, key: PcKey) {
         let Some(pc) = self.pc_mut(key) else { return };
         let Direct::On { leg, parts } = &mut pc.direct else {
             return;
         };
         let mut rtx = Vec::new();
         parts.send.with(|s| s.take_retransmissions(&mut rtx));
-        let mut sent = Vec::with_capacity(rtx.len());
-        for p in &rtx {
-            if let Some(b) = leg.protect(p) {
-                sent.push(Transmit {
-                    proto: leg.to.0,
-                    remote: leg.to.1,
-                    payload: b,
-                });
+        let mut dropped = 0;
+        for p in rtx {
+            if !leg.queue(p) {
+                dropped += 1;
             }
         }
-        self.stats.direct_packets += sent.len() as u64;
-        self.stats.write_errors += (rtx.len() - sent.len()) as u64;
-        for t in sent {
-            self.push_transmit(t);
-        }
+        self.stats.write_errors += dropped;
     }
 
     /// Queues `key`'s datagrams `out` (emptied); a Binding success binds its destination's
