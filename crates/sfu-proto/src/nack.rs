@@ -31,7 +31,7 @@ use crate::peer::FeedbackCounters;
 use rtc::interceptor::{Attribute, AttributedPacket, Packet, StreamInfo, TaggedPacket};
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::shared::TransportContext;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -127,11 +127,17 @@ const SR_MEMORY: usize = 8;
 pub struct NackHistory {
     cfg: HistoryConfig,
     counters: Arc<FeedbackCounters>,
-    streams: HashMap<u32, Stream>,
+    /// By SSRC: a PC's few local streams, searched in order (cheaper than hashing per packet).
+    streams: Vec<(u32, Stream)>,
     /// (middle 32 bits of an SR's NTP time, when it passed).
     reports: VecDeque<(u32, Instant)>,
     srtt: Option<Duration>,
     held: u64,
+}
+
+/// The stream of `ssrc` in `streams`.
+fn stream_mut(streams: &mut [(u32, Stream)], ssrc: u32) -> Option<&mut Stream> {
+    streams.iter_mut().find(|(s, _)| *s == ssrc).map(|(_, s)| s)
 }
 
 impl NackHistory {
@@ -140,7 +146,7 @@ impl NackHistory {
         Self {
             cfg,
             counters,
-            streams: HashMap::new(),
+            streams: Vec::new(),
             reports: VecDeque::with_capacity(SR_MEMORY),
             srtt: None,
             held: 0,
@@ -216,7 +222,7 @@ impl NackHistory {
             .srtt
             .unwrap_or_default()
             .max(self.cfg.min_resend_interval);
-        let Some(stream) = self.streams.get_mut(&nack.media_ssrc) else {
+        let Some(stream) = stream_mut(&mut self.streams, nack.media_ssrc) else {
             return;
         };
         for pair in &nack.nacks {
@@ -298,7 +304,8 @@ impl NackHistory {
             .iter()
             .any(|fb| fb.typ == "nack" && fb.parameter.is_empty());
         if nack {
-            self.streams.insert(
+            self.unbind(info);
+            self.streams.push((
                 info.ssrc,
                 Stream {
                     packets: VecDeque::new(),
@@ -306,13 +313,14 @@ impl NackHistory {
                     payload_type_rtx: info.payload_type_rtx,
                     rtx_seq: 0,
                 },
-            );
+            ));
         }
     }
 
     /// Drops a local stream's history.
     pub(crate) fn unbind(&mut self, info: &StreamInfo) {
-        if let Some(s) = self.streams.remove(&info.ssrc) {
+        if let Some(i) = self.streams.iter().position(|(s, _)| *s == info.ssrc) {
+            let (_, s) = self.streams.swap_remove(i);
             self.adjust_held(s.packets.len(), 0);
         }
     }
@@ -322,7 +330,7 @@ impl NackHistory {
     pub(crate) fn on_sent(&mut self, now: Instant, packet: &rtc::rtp::Packet) {
         let window = self.cfg.window(self.srtt);
         let max = self.cfg.max_packets;
-        let Some(stream) = self.streams.get_mut(&packet.header.ssrc) else {
+        let Some(stream) = stream_mut(&mut self.streams, packet.header.ssrc) else {
             return;
         };
         let before = stream.packets.len();

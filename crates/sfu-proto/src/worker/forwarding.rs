@@ -157,7 +157,10 @@ impl Worker {
             if let Direct::On { leg, parts } = &mut pc.direct {
                 // Numbered and recorded now, protected when the send path takes the PC
                 // (crate::direct).
-                let _ = parts.send.with(|s| s.on_direct_send(now, &mut out));
+                if parts.send.with(|s| s.on_direct_send(now, &mut out)) {
+                    // The sender report timer started: the PC's deadline moved.
+                    pc.rtc_written = true;
+                }
                 if !leg.queue(out) {
                     self.stats.write_errors += 1;
                 }
@@ -170,6 +173,7 @@ impl Worker {
             let Some(mut s) = pc.pc.rtp_sender(d.sender) else {
                 continue;
             };
+            pc.rtc_written = true;
             match s.write_rtp(now, out) {
                 Ok(()) => {
                     p.loss.on_sent(size as u64);

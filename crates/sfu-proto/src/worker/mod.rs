@@ -204,6 +204,10 @@ struct Pc {
     early_checks: Vec<(Proto, SocketAddr, BytesMut)>,
     /// Whether the worker sends this (subscribe) PC's RTP itself.
     direct: Direct,
+    /// Forwarding wrote into rtc, or moved the PC's deadline, since its datagrams were last
+    /// taken: [`Worker::drain_written`] must take rtc's datagrams and read its deadline, not
+    /// only the direct leg's packets.
+    rtc_written: bool,
 }
 
 /// Whether the worker protects and sends a subscribe PC's RTP itself ([`crate::direct`]).
@@ -308,6 +312,7 @@ impl Pc {
     /// itself, the packets queued on its leg, protected.
     fn take_writes(&mut self, now: Instant, out: &mut Vec<TaggedBytesMut>) -> Taken {
         let mut change = self.direct.check_keys();
+        self.rtc_written = false;
         while let Some(d) = self.pc.poll_write() {
             self.flight.on_sent(now, &d.message);
             if crate::dtls_flight::is_dtls(&d.message) {
@@ -321,10 +326,15 @@ impl Pc {
             }
             out.push(d);
         }
-        let mut taken = Taken {
-            change,
-            ..Taken::default()
-        };
+        let mut taken = self.take_direct(now, out);
+        taken.change = change;
+        taken
+    }
+
+    /// Moves the packets queued on the PC's direct leg into `out`, protected (nothing if the
+    /// worker does not send the PC's RTP itself).
+    fn take_direct(&mut self, now: Instant, out: &mut Vec<TaggedBytesMut>) -> Taken {
+        let mut taken = Taken::default();
         if let Direct::On { leg, .. } = &mut self.direct {
             let mut sealed = Vec::new();
             taken.failed = leg.take(&mut sealed) as u64;
@@ -642,6 +652,13 @@ impl Worker {
         for i in (from..self.written.len()).rev() {
             let key = self.written[i];
             let Some(pc) = self.pc_mut(key) else { continue };
+            if matches!(pc.direct, Direct::On { .. }) && !pc.rtc_written {
+                // Only the direct leg's packets: rtc had nothing new and its deadline stands.
+                let taken = pc.take_direct(now, &mut out);
+                self.on_taken(taken);
+                self.emit(key, &mut out);
+                continue;
+            }
             let taken = pc.take_writes(now, &mut out);
             self.on_taken(taken);
             self.emit(key, &mut out);

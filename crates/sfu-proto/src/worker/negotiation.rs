@@ -133,6 +133,7 @@ impl Worker {
                 },
                 None => Direct::Off,
             },
+            rtc_written: false,
         };
         if let Some(p) = self.parts[h].as_mut() {
             match leg {
