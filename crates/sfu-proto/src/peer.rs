@@ -10,7 +10,9 @@
 //!   estimate [`BweCell`] exposes), the NACK responder with RTX (RFC 4588) from a history sized
 //!   by RTT and rate ([`crate::nack`]), sender reports, and the tap of the leg's feedback for
 //!   the worker; no pacer (the SFU adapts by choosing simulcast layers, and pacing forwarded
-//!   media to the estimate only delays it).
+//!   media to the estimate only delays it). A subscribe PC also gets its own crypto provider,
+//!   [`KeyTap`], and comes with [`DirectParts`], so that the worker can protect and send its RTP
+//!   itself ([`crate::direct`]).
 //!
 //! Each leg carries only the interceptors it uses (every one costs each packet two moves
 //! through its queues; hence the subscribe leg's one). [`FeedbackTap`] is the same tap for

@@ -23,6 +23,11 @@
 //! - **The feedback tap**: NACK, PLI and FIR counted in the worker's [`FeedbackCounters`], and
 //!   inbound RTCP marked [`Attribute::DeliverToApplication`] for the worker (keyframe requests,
 //!   losses).
+//!
+//! The state is shared, through a [`SendHandle`], with the worker, which sends most of a
+//! subscribe PC's RTP itself ([`crate::direct`]): it numbers and records those copies here
+//! ([`DirectSend::on_direct_send`]), and the retransmissions NACKs ask for then wait for it
+//! ([`DirectSend::take_retransmissions`]) instead of going down rtc's chain.
 
 use crate::nack::{HistoryConfig, NackHistory};
 use crate::peer::FeedbackCounters;

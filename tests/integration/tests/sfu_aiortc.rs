@@ -98,16 +98,7 @@ fn aiortc_publishes_and_subscribes_through_the_sfu() {
     assert!(data >= 1.0, "sfu_data_messages_total {data}: {report}");
     // aiortc's subscribe PC is sent by the worker itself (sfu_proto::direct): its SRTP key
     // (aiortc's profile) verified against rtc's packets.
-    let engaged = common::metric_at(
-        sfu_metrics,
-        "sfu_direct_send_total",
-        &[("result", "engaged")],
-    );
-    let refused = common::metric_at(
-        sfu_metrics,
-        "sfu_direct_send_total",
-        &[("result", "refused")],
-    );
+    let (engaged, refused, _) = common::direct_send(sfu_metrics);
     assert!(
         engaged >= 1.0,
         "sfu_direct_send_total{{engaged}} {engaged}: {report}"

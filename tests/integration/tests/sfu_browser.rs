@@ -133,17 +133,7 @@ fn chromium_sfu_rooms() {
     assert!(bwe >= 1.0, "sfu_bandwidth_estimate_bps_count {bwe}");
     // Every page's subscribe PC is sent by the worker itself (sfu_proto::direct): its SRTP key
     // verified against rtc's packets (Chromium's profile), and nearly every copy went that way.
-    let engaged = metric(
-        sfu_metrics,
-        "sfu_direct_send_total",
-        &[("result", "engaged")],
-    );
-    let refused = metric(
-        sfu_metrics,
-        "sfu_direct_send_total",
-        &[("result", "refused")],
-    );
-    let direct = metric(sfu_metrics, "sfu_direct_packets_total", &[]);
+    let (engaged, refused, direct) = common::direct_send(sfu_metrics);
     println!("direct send: engaged {engaged}, refused {refused}, packets {direct}");
     assert!(engaged >= 3.0, "sfu_direct_send_total{{engaged}} {engaged}");
     assert_eq!(refused, 0.0, "sfu_direct_send_total{{refused}}");

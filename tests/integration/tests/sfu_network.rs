@@ -110,16 +110,7 @@ fn simulcast_loss_and_ice_tcp_under_tc_and_iptables() {
     assert!(rtx >= 1.0, "sfu_retransmitted_packets_total {rtx}");
     // The subscribers' RTP, retransmissions included, left through the worker's own SRTP
     // (sfu_proto::direct), over UDP and over ICE-TCP alike.
-    let engaged = metric(
-        sfu_metrics,
-        "sfu_direct_send_total",
-        &[("result", "engaged")],
-    );
-    let refused = metric(
-        sfu_metrics,
-        "sfu_direct_send_total",
-        &[("result", "refused")],
-    );
+    let (engaged, refused, _) = common::direct_send(sfu_metrics);
     println!("direct send: engaged {engaged}, refused {refused}");
     assert!(engaged >= 2.0, "sfu_direct_send_total{{engaged}} {engaged}");
     assert_eq!(refused, 0.0, "sfu_direct_send_total{{refused}}");

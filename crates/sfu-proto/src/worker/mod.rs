@@ -222,7 +222,10 @@ enum Direct {
         noted: Vec<(u32, u16)>,
     },
     /// The worker protects and sends.
-    On { leg: DirectLeg, parts: DirectParts },
+    On {
+        leg: Box<DirectLeg>,
+        parts: DirectParts,
+    },
 }
 
 /// What [`Pc::take_writes`] did besides taking rtc's datagrams.
@@ -261,7 +264,7 @@ impl Direct {
                 let stream = crate::direct::srtp_stream(&d.message)?;
                 noted.push(stream);
                 if let Some(ctx) = parts.tap.verify(&d.message) {
-                    let mut leg = DirectLeg::new(ctx, to, parts.tap.generation());
+                    let mut leg = Box::new(DirectLeg::new(ctx, to, parts.tap.generation()));
                     for (ssrc, seq) in noted.drain(..) {
                         leg.follow(ssrc, seq);
                     }
