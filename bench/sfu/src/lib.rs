@@ -109,6 +109,10 @@ struct Args {
     /// The `sfu` binary [default: `sfu` next to this binary].
     #[arg(long)]
     sfu_bin: Option<PathBuf>,
+    /// One more flag for the `sfu` node (repeat for several, e.g. `--sfu-arg=--direct-send
+    /// --sfu-arg=false`).
+    #[arg(long = "sfu-arg", allow_hyphen_values = true)]
+    sfu_args: Vec<String>,
     /// The `janus` binary.
     #[arg(long, default_value = "janus")]
     janus_bin: PathBuf,
@@ -298,6 +302,7 @@ pub fn main() -> anyhow::Result<()> {
                 secret: &secret,
                 max_participants: plan.seats.len().max(a.room_size) + 1,
                 host_ip,
+                args: &a.sfu_args,
             })?;
             (Server::Turnkey(node), host_ip)
         }
@@ -357,6 +362,7 @@ fn connect_only(a: &Args, pcs: usize, load: &client::Load) -> anyhow::Result<()>
         secret: &secret,
         max_participants: 2,
         host_ip: a.host_ip.unwrap_or(IpAddr::from([127, 0, 0, 1])),
+        args: &a.sfu_args,
     })?;
     let result = connect::run(
         &node,

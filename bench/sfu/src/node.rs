@@ -28,6 +28,8 @@ pub struct NodeConfig<'a> {
     pub workers: usize,
     /// Link secret.
     pub secret: &'a str,
+    /// More flags, after the ones above.
+    pub args: &'a [String],
     /// `--max-participants`.
     pub max_participants: usize,
     /// Address of the media ports (`--media-listen`), also the one in its ICE candidates.
@@ -54,6 +56,7 @@ impl SfuNode {
             .arg("--max-participants")
             .arg(c.max_participants.to_string())
             .arg("--no-ice-tcp")
+            .args(c.args)
             .env("TURNKEY_SFU_SECRET", c.secret)
             .env(
                 "RUST_LOG",

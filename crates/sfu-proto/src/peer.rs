@@ -229,6 +229,9 @@ pub struct PcSettings {
     /// (RFC 3550 §6.4.1). The I/O layer sets it at start; `None` takes the system clock when a
     /// peer connection is built.
     pub wall_clock: Option<SystemInstant>,
+    /// Subscribe PCs come with [`DirectParts`], so that the worker protects and sends their
+    /// RTP itself ([`crate::direct`]); `false`: rtc does.
+    pub direct_send: bool,
 }
 
 impl Default for PcSettings {
@@ -241,6 +244,7 @@ impl Default for PcSettings {
             bwe_max_bps: 10_000_000.0,
             nack_history: HistoryConfig::default(),
             wall_clock: None,
+            direct_send: true,
         }
     }
 }
@@ -402,10 +406,12 @@ pub fn build_pc(
                 .wall_clock
                 .unwrap_or_else(|| SystemInstant::now(now));
             let side = SendSide::new(settings.nack_history, counters, estimator, wall_clock);
-            direct = Some(DirectParts {
-                tap: Arc::new(KeyTap::new()),
-                send: side.handle(),
-            });
+            if settings.direct_send {
+                direct = Some(DirectParts {
+                    tap: Arc::new(KeyTap::new()),
+                    send: side.handle(),
+                });
+            }
             registry.with(Slot::CongestionControl, side)
         }
     };

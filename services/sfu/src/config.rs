@@ -86,6 +86,11 @@ pub struct SfuArgs {
     /// Burst of the data-channel rate limit, messages. [default: 100]
     #[arg(long = "data-message-burst")]
     pub data_message_burst: Option<u32>,
+    /// Protect and send forwarded RTP in the worker, with the subscriber's SRTP key verified
+    /// against rtc's own packets, instead of through webrtc-rs rtc's write pipeline
+    /// (`sfu_direct_send_total`). `false` leaves every copy to rtc. [default: true]
+    #[arg(long = "direct-send", value_name = "BOOL")]
+    pub direct_send: Option<bool>,
     /// Seed of the RNG the media workers draw SSRCs and ICE credentials from (worker i uses
     /// seed + i), so a recorded run replays exactly. Testing only: with a fixed seed, ICE
     /// passwords are predictable. [default: drawn from the OS RNG at start]
@@ -139,6 +144,7 @@ pub struct FileConfig {
     data_message_max_bytes: Option<usize>,
     data_messages_per_sec: Option<u32>,
     data_message_burst: Option<u32>,
+    direct_send: Option<bool>,
     rng_seed: Option<u64>,
     drain_timeout_secs: Option<u64>,
     admin_token: Option<String>,
@@ -191,6 +197,8 @@ pub struct SfuConfig {
     pub data_messages_per_sec: u32,
     /// Burst of that rate, messages.
     pub data_message_burst: u32,
+    /// Forwarded RTP protected and sent by the worker (`sfu_proto::direct`).
+    pub direct_send: bool,
     /// Seed of the media workers' RNG (worker i uses seed + i); `None`: drawn from the OS RNG.
     pub rng_seed: Option<u64>,
     /// Longest a drain lasts, seconds.
@@ -311,6 +319,7 @@ impl Layered for SfuArgs {
                 .or(f.data_message_burst)
                 .unwrap_or(100)
                 .max(1),
+            direct_send: self.direct_send.or(f.direct_send).unwrap_or(true),
             rng_seed: self.rng_seed.or(f.rng_seed),
             drain_timeout_secs: self
                 .drain_timeout_secs

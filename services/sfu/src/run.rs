@@ -142,6 +142,7 @@ pub async fn serve(
                 ice_disconnected: Duration::from_secs(cfg.ice_timeout_secs.min(5)),
                 // The core never reads the clock: sender reports take their NTP time from here.
                 wall_clock: Some(rtc::shared::time::SystemInstant::now(Instant::now())),
+                direct_send: cfg.direct_send,
                 ..PcSettings::default()
             },
             max_participants: cfg.max_participants,

@@ -343,6 +343,7 @@ fn readme_defaults_match_the_code() {
                 ("data_message_max_bytes", s(&sfu.data_message_max_bytes)),
                 ("data_messages_per_sec", s(&sfu.data_messages_per_sec)),
                 ("data_message_burst", s(&sfu.data_message_burst)),
+                ("direct_send", s(&sfu.direct_send)),
                 ("drain_timeout_secs", s(&sfu.drain_timeout_secs)),
                 ("capacity_bps", s(&sfu.capacity_bps)),
                 ("log_json", s(&sfu.log_json)),

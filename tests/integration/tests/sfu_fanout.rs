@@ -4,22 +4,25 @@
 //! parts, each subscriber's copies of a batch together: every (subscriber, track) flow must
 //! receive the publisher's packets, none twice, with no more loss than a loaded CI machine's
 //! loopback can cause (a PC whose copies were never taken would lose all of its flows). Every
-//! subscribe PC is sent by the worker itself (`sfu_proto::direct`), checked in the node's metrics.
+//! subscribe PC is sent by the worker itself (`sfu_proto::direct`), checked in the node's
+//! metrics; with `direct_send = false`, by rtc, and the flows arrive all the same.
 
 use serde_json::Value;
 use std::process::Command;
 
 mod common;
 
-#[test]
-fn a_fanout_larger_than_one_send_part_reaches_every_subscriber() {
-    let out = Command::new(common::bin_path("sfu-bench"))
-        .arg("--sfu-bin")
+/// Runs `sfu-bench` at 1 -> 20 on one worker with `sfu_args` for the node; its JSON report.
+fn fanout_20(sfu_args: &[&str]) -> Value {
+    let mut cmd = Command::new(common::bin_path("sfu-bench"));
+    cmd.arg("--sfu-bin")
         .arg(common::bin_path("sfu"))
         .args(["--json", "--workers", "1", "--fanout", "20", "--fps", "10"])
-        .args(["--duration", "3", "--warmup", "1", "--setup-timeout", "30"])
-        .output()
-        .expect("run sfu-bench");
+        .args(["--duration", "3", "--warmup", "1", "--setup-timeout", "30"]);
+    for a in sfu_args {
+        cmd.arg(format!("--sfu-arg={a}"));
+    }
+    let out = cmd.output().expect("run sfu-bench");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let r: Value = stdout
@@ -41,6 +44,12 @@ fn a_fanout_larger_than_one_send_part_reaches_every_subscriber() {
         r["received_pps"].as_f64().is_some_and(|pps| pps > 0.0),
         "nothing received in the window: {r}"
     );
+    r
+}
+
+#[test]
+fn a_fanout_larger_than_one_send_part_reaches_every_subscriber() {
+    let r = fanout_20(&[]);
     // Every subscribe PC's RTP was protected and sent by the worker itself
     // (sfu_proto::direct): its SRTP key verified against rtc's own packets, none refused.
     assert_eq!(r["sfu_direct_engaged"], 20.0, "{r}");
@@ -48,11 +57,11 @@ fn a_fanout_larger_than_one_send_part_reaches_every_subscriber() {
     let direct = r["sfu_direct_packets"]
         .as_f64()
         .expect("sfu_direct_packets");
-    let forwarded =
+    let received =
         r["received_pps"].as_f64().unwrap_or(0.0) * r["window_secs"].as_f64().unwrap_or(0.0);
     assert!(
-        direct >= forwarded * 0.9,
-        "the worker sent {direct} packets itself, subscribers received {forwarded} in the window alone: {r}"
+        direct >= received * 0.9,
+        "the worker sent {direct} packets itself, subscribers received {received} in the window alone: {r}"
     );
     // The bench read the node's memory: both resident and anonymous (RssAnon) figures.
     for key in ["sfu_rss_connected_bytes", "sfu_rss_anon_connected_bytes"] {
@@ -62,4 +71,13 @@ fn a_fanout_larger_than_one_send_part_reaches_every_subscriber() {
         r["sfu_rss_anon_connected_bytes"].as_u64() < r["sfu_rss_connected_bytes"].as_u64(),
         "anonymous memory is part of the resident set: {r}"
     );
+}
+
+/// `direct_send = false`: rtc protects and sends every copy, as before the direct send (the
+/// path a PC also stays on when its key does not verify), and the media arrives all the same.
+#[test]
+fn with_direct_send_off_rtc_sends_every_copy() {
+    let r = fanout_20(&["--direct-send", "false"]);
+    assert_eq!(r["sfu_direct_engaged"], 0.0, "{r}");
+    assert_eq!(r["sfu_direct_packets"], 0.0, "{r}");
 }
