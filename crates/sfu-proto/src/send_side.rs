@@ -291,6 +291,10 @@ impl<E: BandwidthEstimator + Send> DirectSend for SendState<E> {
 
     fn set_direct(&mut self, direct: bool) {
         self.direct = direct;
+        if !direct {
+            // Back to rtc: nobody will take these any more.
+            self.direct_out.clear();
+        }
     }
 
     fn take_retransmissions(&mut self, out: &mut Vec<rtc::rtp::Packet>) {
@@ -677,6 +681,53 @@ mod tests {
         };
         h.handle_read(tagged(at, Packet::Rtcp(vec![Box::new(rr)])))
             .unwrap();
+    }
+
+    /// The worker sends the media itself (crate::direct): it is recorded through the handle,
+    /// and what a NACK asks for then waits for the worker, numbered, instead of going down
+    /// rtc's chain; back to rtc, it goes down the chain again.
+    #[test]
+    fn in_direct_mode_retransmissions_wait_for_the_worker() {
+        let (mut h, _) = history(HistoryConfig::default());
+        let t0 = Instant::now();
+        let handle = h.handle();
+        for seq in 1..=3u16 {
+            let mut p = rtc::rtp::Packet {
+                header: rtc::rtp::header::Header {
+                    version: 2,
+                    ssrc: SSRC,
+                    payload_type: 96,
+                    sequence_number: seq,
+                    timestamp: u32::from(seq) * 3000,
+                    ..Default::default()
+                },
+                payload: vec![seq as u8; 100].into(),
+            };
+            // Only the first packet starts the sender report timer.
+            assert_eq!(handle.with(|s| s.on_direct_send(t0, &mut p)), seq == 1);
+        }
+        assert_eq!(h.poll_timeout(), Some(t0 + SR_INTERVAL));
+        handle.with(|s| s.set_direct(true));
+        let down_the_chain = nack(&mut h, t0 + Duration::from_millis(20), 2, 0);
+        assert!(down_the_chain.is_empty());
+        let mut rtx = Vec::new();
+        handle.with(|s| s.take_retransmissions(&mut rtx));
+        assert_eq!(rtx.len(), 1);
+        assert_eq!(rtx[0].header.ssrc, RTX);
+        assert_eq!(&rtx[0].payload[..2], &2u16.to_be_bytes());
+        assert_eq!(&rtx[0].payload[2..], &[2u8; 100][..]);
+        handle.with(|s| s.take_retransmissions(&mut rtx));
+        assert_eq!(rtx.len(), 1, "taken once");
+        // A retransmission left waiting when the PC goes back to rtc is forgotten, and the
+        // next one goes down the chain.
+        let _ = nack(&mut h, t0 + Duration::from_millis(40), 1, 0);
+        handle.with(|s| s.set_direct(false));
+        rtx.clear();
+        handle.with(|s| s.take_retransmissions(&mut rtx));
+        assert!(rtx.is_empty());
+        let out = nack(&mut h, t0 + Duration::from_millis(60), 3, 0);
+        assert_eq!(out.len(), 1);
+        assert_eq!(&out[0].payload[..2], &3u16.to_be_bytes());
     }
 
     #[test]
