@@ -132,13 +132,16 @@ fn chromium_sfu_rooms() {
     );
     assert!(bwe >= 1.0, "sfu_bandwidth_estimate_bps_count {bwe}");
     // Every page's subscribe PC is sent by the worker itself (sfu_proto::direct): its SRTP key
-    // verified against rtc's packets (Chromium's profile), and nearly every copy went that way.
+    // verified against rtc's packets (Chromium's profile), and all but the first few copies per PC
+    // went that way.
     let (engaged, refused, direct) = common::direct_send(sfu_metrics);
     println!("direct send: engaged {engaged}, refused {refused}, packets {direct}");
     assert!(engaged >= 3.0, "sfu_direct_send_total{{engaged}} {engaged}");
     assert_eq!(refused, 0.0, "sfu_direct_send_total{{refused}}");
+    // Only the copies forwarded to a PC before rtc's first SRTP packet on it was taken (its
+    // key verified) went through rtc: a wake-up's worth, a few per PC.
     assert!(
-        direct >= forwarded * 0.95,
+        forwarded - direct <= 20.0 * engaged,
         "sfu_direct_packets_total {direct} of {forwarded} forwarded"
     );
 
