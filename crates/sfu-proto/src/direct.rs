@@ -45,7 +45,7 @@ use rtc::crypto::{
     CryptoError, HashAlgorithm, HmacAlgorithm, KeyExchangeAlgorithm, Mac, PublicKey, RTCCrypto,
     RTCCryptoProvider, RTCRandom, SignatureScheme, SigningKey, StreamCipher, StreamCipherAlgorithm,
 };
-use rtc::shared::marshal::{Marshal, MarshalSize, Unmarshal};
+use rtc::shared::marshal::{Marshal, MarshalSize};
 use rtc::srtp::context::Context;
 use rtc::srtp::protection_profile::ProtectionProfile;
 use std::collections::VecDeque;
@@ -329,13 +329,13 @@ impl DirectLeg {
         room
     }
 
-    /// Protects the queued packets into `out` (to [`Self::to`]); returns how many could not be
-    /// (dropped).
-    pub fn take(&mut self, out: &mut Vec<BytesMut>) -> usize {
+    /// Protects the queued packets, handing each to `sent` (for [`Self::to`]); returns how many
+    /// could not be (dropped).
+    pub fn take(&mut self, mut sent: impl FnMut(BytesMut)) -> usize {
         let mut failed = 0;
         while let Some(p) = self.queued.pop_front() {
             match self.protect(&p) {
-                Some(b) => out.push(b),
+                Some(b) => sent(b),
                 None => failed += 1,
             }
         }
@@ -346,7 +346,7 @@ impl DirectLeg {
     }
 
     /// `p` marshalled and protected, or `None` if it cannot be.
-    pub fn protect(&mut self, p: &rtc::rtp::Packet) -> Option<BytesMut> {
+    fn protect(&mut self, p: &rtc::rtp::Packet) -> Option<BytesMut> {
         let size = p.marshal_size();
         self.buf.resize(size, 0);
         let n = p.marshal_to(&mut self.buf).ok()?;
@@ -359,11 +359,6 @@ impl DirectLeg {
         }
         out
     }
-}
-
-/// Parses the header of a plain RTP packet (tests).
-pub fn parse_rtp(mut b: &[u8]) -> Option<rtc::rtp::Packet> {
-    rtc::rtp::Packet::unmarshal(&mut b).ok()
 }
 
 #[cfg(test)]
@@ -395,6 +390,11 @@ mod tests {
     /// rtc's side: a context built through the tap, as rtc builds its local and remote ones.
     fn rtc_context(tap: &KeyTap, key: &[u8], salt: &[u8], profile: ProtectionProfile) -> Context {
         Context::new(key, salt, profile, None, None, tap.crypto()).unwrap()
+    }
+
+    fn parse_rtp(mut b: &[u8]) -> Option<rtc::rtp::Packet> {
+        use rtc::shared::marshal::Unmarshal;
+        rtc::rtp::Packet::unmarshal(&mut b).ok()
     }
 
     fn receiver(key: &[u8], salt: &[u8], profile: ProtectionProfile) -> Context {

@@ -624,8 +624,9 @@ mod tests {
         }
     }
 
-    fn send(h: &mut Side, now: Instant, seq: u16) {
-        let p = rtc::rtp::Packet {
+    /// Packet `seq` of stream `SSRC`: 100 bytes of `seq as u8`, 3000 ticks per sequence number.
+    fn media(seq: u16) -> rtc::rtp::Packet {
+        rtc::rtp::Packet {
             header: rtc::rtp::header::Header {
                 version: 2,
                 ssrc: SSRC,
@@ -635,8 +636,12 @@ mod tests {
                 ..Default::default()
             },
             payload: vec![seq as u8; 100].into(),
-        };
-        h.handle_write(tagged(now, Packet::Rtp(p))).unwrap();
+        }
+    }
+
+    fn send(h: &mut Side, now: Instant, seq: u16) {
+        h.handle_write(tagged(now, Packet::Rtp(media(seq))))
+            .unwrap();
         while h.poll_write().is_some() {}
     }
 
@@ -692,17 +697,7 @@ mod tests {
         let t0 = Instant::now();
         let handle = h.handle();
         for seq in 1..=3u16 {
-            let mut p = rtc::rtp::Packet {
-                header: rtc::rtp::header::Header {
-                    version: 2,
-                    ssrc: SSRC,
-                    payload_type: 96,
-                    sequence_number: seq,
-                    timestamp: u32::from(seq) * 3000,
-                    ..Default::default()
-                },
-                payload: vec![seq as u8; 100].into(),
-            };
+            let mut p = media(seq);
             // Only the first packet starts the sender report timer.
             assert_eq!(handle.with(|s| s.on_direct_send(t0, &mut p)), seq == 1);
         }

@@ -154,7 +154,7 @@ impl Worker {
                 participant: m,
                 leg: Leg::Subscribe,
             };
-            if let Direct::On { leg, parts } = &mut pc.direct {
+            let sent = if let Direct::On { leg, parts } = &mut pc.direct {
                 // Numbered and recorded now, protected when the send path takes the PC
                 // (crate::direct).
                 if parts.send.with(|s| s.on_direct_send(now, &mut out)) {
@@ -162,28 +162,25 @@ impl Worker {
                     pc.rtc_written = true;
                 }
                 if !leg.queue(out) {
+                    // The leg's oldest packet was dropped.
                     self.stats.write_errors += 1;
                 }
+                true
+            } else {
+                let Some(mut s) = pc.pc.rtp_sender(d.sender) else {
+                    continue;
+                };
+                pc.rtc_written = true;
+                s.write_rtp(now, out)
+                    .map_err(|e| tracing::debug!(error = %e, "write_rtp refused"))
+                    .is_ok()
+            };
+            if sent {
                 p.loss.on_sent(size as u64);
                 self.stats.forwarded_packets += 1;
                 self.stats.forwarded_bytes += size as u64;
-                self.written.push(key);
-                continue;
-            }
-            let Some(mut s) = pc.pc.rtp_sender(d.sender) else {
-                continue;
-            };
-            pc.rtc_written = true;
-            match s.write_rtp(now, out) {
-                Ok(()) => {
-                    p.loss.on_sent(size as u64);
-                    self.stats.forwarded_packets += 1;
-                    self.stats.forwarded_bytes += size as u64;
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "write_rtp refused");
-                    self.stats.write_errors += 1
-                }
+            } else {
+                self.stats.write_errors += 1;
             }
             // Drained with the rest of the batch's copies (`drain_written`), once per PC.
             self.written.push(key);

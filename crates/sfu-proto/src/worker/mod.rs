@@ -228,17 +228,6 @@ enum Direct {
     },
 }
 
-/// What [`Pc::take_writes`] did besides taking rtc's datagrams.
-#[derive(Default)]
-struct Taken {
-    /// What changed in the PC's [`Direct`].
-    change: Option<DirectChange>,
-    /// Packets the worker protected itself.
-    direct: u64,
-    /// Packets it could not protect (dropped).
-    failed: u64,
-}
-
 /// What changed in a PC's [`Direct`] while its datagrams were taken.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum DirectChange {
@@ -310,10 +299,9 @@ impl Direct {
 }
 
 impl Pc {
-    /// Moves the datagrams the PC has to send into `out`, noting DTLS flights for
-    /// [`crate::dtls_flight`] and SRTP for [`Direct`]; then, if the worker sends the PC's RTP
-    /// itself, the packets queued on its leg, protected.
-    fn take_writes(&mut self, now: Instant, out: &mut Vec<TaggedBytesMut>) -> Taken {
+    /// Moves the datagrams rtc has to send on the PC into `out`, noting DTLS flights for
+    /// [`crate::dtls_flight`] and SRTP for [`Direct`].
+    fn take_writes(&mut self, now: Instant, out: &mut Vec<TaggedBytesMut>) -> Option<DirectChange> {
         let mut change = self.direct.check_keys();
         self.rtc_written = false;
         while let Some(d) = self.pc.poll_write() {
@@ -329,34 +317,23 @@ impl Pc {
             }
             out.push(d);
         }
-        let mut taken = self.take_direct(now, out);
-        taken.change = change;
-        taken
+        change
     }
 
-    /// Moves the packets queued on the PC's direct leg into `out`, protected (nothing if the
-    /// worker does not send the PC's RTP itself).
-    fn take_direct(&mut self, now: Instant, out: &mut Vec<TaggedBytesMut>) -> Taken {
-        let mut taken = Taken::default();
-        if let Direct::On { leg, .. } = &mut self.direct {
-            let mut sealed = Vec::new();
-            taken.failed = leg.take(&mut sealed) as u64;
-            taken.direct = sealed.len() as u64;
-            let transport = TransportContext {
-                peer_addr: leg.to.1,
-                transport_protocol: match leg.to.0 {
-                    Proto::Udp => TransportProtocol::UDP,
-                    Proto::Tcp => TransportProtocol::TCP,
-                },
-                ..Default::default()
-            };
-            out.extend(sealed.into_iter().map(|message| TaggedBytesMut {
-                now,
-                transport,
-                message,
-            }));
-        }
-        taken
+    /// Moves the packets queued on the PC's direct leg, protected, into `out` (nothing if rtc
+    /// sends the PC's RTP); returns how many could not be protected (dropped).
+    fn take_direct(&mut self, out: &mut Vec<Transmit>) -> u64 {
+        let Direct::On { leg, .. } = &mut self.direct else {
+            return 0;
+        };
+        let (proto, remote) = leg.to;
+        leg.take(|payload| {
+            out.push(Transmit {
+                proto,
+                remote,
+                payload,
+            })
+        }) as u64
     }
 
     /// The earliest of the PC's own deadline and our DTLS flight timer's.
@@ -655,17 +632,9 @@ impl Worker {
         for i in (from..self.written.len()).rev() {
             let key = self.written[i];
             let Some(pc) = self.pc_mut(key) else { continue };
-            if matches!(pc.direct, Direct::On { .. }) && !pc.rtc_written {
-                // Only the direct leg's packets: rtc had nothing new and its deadline stands.
-                let taken = pc.take_direct(now, &mut out);
-                self.on_taken(taken);
-                self.emit(key, &mut out);
-                continue;
-            }
-            let taken = pc.take_writes(now, &mut out);
-            self.on_taken(taken);
-            self.emit(key, &mut out);
-            self.refresh_timer(key);
+            // A PC with only direct-leg packets: rtc had nothing new and its deadline stands.
+            let rtc = !matches!(pc.direct, Direct::On { .. }) || pc.rtc_written;
+            self.take_pc(now, key, rtc, &mut out);
         }
         self.written.truncate(from);
         if self.written.is_empty() {
@@ -814,10 +783,33 @@ impl Worker {
         self.transmits.push_back(t);
     }
 
-    fn on_taken(&mut self, taken: Taken) {
-        self.stats.direct_packets += taken.direct;
-        self.stats.write_errors += taken.failed;
-        match taken.change {
+    /// Takes PC `key`'s datagrams (rtc's, and its deadline read again, when `rtc`; always its
+    /// direct leg's) into the transmit queue; `out` is scratch.
+    pub(super) fn take_pc(
+        &mut self,
+        now: Instant,
+        key: PcKey,
+        rtc: bool,
+        out: &mut Vec<TaggedBytesMut>,
+    ) {
+        let Some(pc) = self.pc_mut(key) else { return };
+        let change = if rtc { pc.take_writes(now, out) } else { None };
+        let mut sealed = Vec::new();
+        let failed = pc.take_direct(&mut sealed);
+        self.on_direct_change(change);
+        self.stats.direct_packets += sealed.len() as u64;
+        self.stats.write_errors += failed;
+        self.emit(key, out);
+        for t in sealed {
+            self.push_transmit(t);
+        }
+        if rtc {
+            self.refresh_timer(key);
+        }
+    }
+
+    fn on_direct_change(&mut self, change: Option<DirectChange>) {
+        match change {
             Some(DirectChange::Engaged) => self.stats.direct_engaged += 1,
             Some(DirectChange::Refused) => {
                 self.stats.direct_refused += 1;

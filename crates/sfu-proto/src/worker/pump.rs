@@ -87,12 +87,7 @@ impl Worker {
             }
         }
         self.queue_retransmissions(key);
-        let Some(pc) = self.pc_mut(key) else { return };
-        let mut out = Vec::new();
-        let taken = pc.take_writes(now, &mut out);
-        self.on_taken(taken);
-        self.emit(key, &mut out);
-        self.refresh_timer(key);
+        self.take_pc(now, key, true, &mut Vec::new());
     }
 
     /// Queues the retransmissions NACKs asked of a subscribe PC the worker sends itself
