@@ -38,6 +38,7 @@
 //! (sender reports every second) moves it if the pair changed.
 
 use crate::demux::Proto;
+use crate::send_side::TwccNumber;
 use bytes::BytesMut;
 use rtc::crypto::providers::RingProvider;
 use rtc::crypto::{
@@ -105,10 +106,10 @@ impl KeyTap {
         self.crypto.generation.load(Ordering::Relaxed)
     }
 
-    /// The local master key's context, if a candidate with a profile of its key length
+    /// The local master key's protection, if a candidate with a profile of its key length
     /// authenticates `datagram`, an SRTP packet rtc protected with the PC's local context. The
-    /// returned context has protected nothing yet.
-    pub fn verify(&self, datagram: &[u8]) -> Option<Context> {
+    /// returned protection has protected nothing yet.
+    pub fn verify(&self, datagram: &[u8]) -> Option<Protection> {
         let candidates = self
             .crypto
             .candidates
@@ -122,7 +123,7 @@ impl KeyTap {
                     continue;
                 };
                 if probe.decrypt_rtp(datagram).is_ok() {
-                    return Context::new(&c.key, salt, profile, None, None, crypto).ok();
+                    return Protection::new(&c.key, salt, profile, crypto);
                 }
             }
         }
@@ -276,56 +277,311 @@ pub fn srtp_stream(d: &[u8]) -> Option<(u32, u16)> {
 /// Most packets queued on a [`DirectLeg`] between two takes; beyond, the oldest is dropped
 /// (and counted by the worker as a write error).
 pub const MAX_QUEUED: usize = 1024;
+/// Most RTP streams (SSRCs) whose rollover counter one [`Protection`] keeps; a packet of one
+/// more is not protected (dropped, counted). A subscribe PC has two per forwarded track (media
+/// and RTX), and tracks are bounded by the room limits well below this.
+pub const MAX_STREAMS: usize = 256;
+/// Bytes of an AES-GCM authentication tag (RFC 7714 §7.1: SRTP with AES-GCM uses 16).
+const GCM_TAG_LEN: usize = 16;
+
+/// How a [`DirectLeg`] protects RTP: AEAD AES-GCM in place (RFC 7714 §8), or for the older
+/// AES-CM/HMAC-SHA1 profiles (RFC 3711 §4) through an `rtc-srtp` context, as rtc does.
+pub enum Protection {
+    /// AEAD_AES_128_GCM or AEAD_AES_256_GCM.
+    Gcm(GcmSeal),
+    /// Any other profile.
+    Context(Context),
+}
+
+impl Protection {
+    /// The protection of `profile` under a master key and salt (DTLS-SRTP, RFC 5764 §4.2).
+    fn new(
+        key: &[u8],
+        salt: &[u8],
+        profile: ProtectionProfile,
+        crypto: &dyn RTCCrypto,
+    ) -> Option<Self> {
+        match profile {
+            ProtectionProfile::AeadAes128Gcm | ProtectionProfile::AeadAes256Gcm => {
+                GcmSeal::new(key, salt, crypto).map(Self::Gcm)
+            }
+            _ => Context::new(key, salt, profile, None, None, crypto)
+                .ok()
+                .map(Self::Context),
+        }
+    }
+
+    /// rtc protected packet `seq` of `ssrc` with its own context: this one follows, so both
+    /// agree on the stream's rollover counter.
+    fn follow(&mut self, ssrc: u32, seq: u16) {
+        match self {
+            Self::Gcm(g) => {
+                let _ = g.streams.index(ssrc, seq);
+            }
+            Self::Context(ctx) => {
+                let header = rtc::rtp::header::Header {
+                    version: 2,
+                    ssrc,
+                    sequence_number: seq,
+                    ..Default::default()
+                };
+                let mut b = [0u8; 13];
+                if header.marshal_to(&mut b).is_ok() {
+                    let _ = ctx.encrypt_rtp_with_header(&b, &header);
+                }
+            }
+        }
+    }
+
+    /// `p` marshalled, with `twcc` written as its only header extension, and protected; `None`
+    /// if it cannot be.
+    fn protect(&mut self, p: &rtc::rtp::Packet, twcc: Option<TwccNumber>) -> Option<BytesMut> {
+        match self {
+            Self::Gcm(g) => {
+                let mut out = BytesMut::new();
+                let header_len = write_rtp(p, twcc, GCM_TAG_LEN, &mut out)?;
+                g.seal(
+                    p.header.ssrc,
+                    p.header.sequence_number,
+                    header_len,
+                    &mut out,
+                )?;
+                Some(out)
+            }
+            Self::Context(ctx) => {
+                let mut out = BytesMut::new();
+                write_rtp(p, twcc, 0, &mut out)?;
+                ctx.encrypt_rtp(&out).ok()
+            }
+        }
+    }
+}
+
+/// SRTP protection with AEAD AES-GCM in the caller's buffer (RFC 7714 §8): no copy, no
+/// allocation per packet. Holds the session key's cipher and salt, never the master key.
+pub struct GcmSeal {
+    cipher: Box<dyn AeadCipher>,
+    salt: [u8; 12],
+    streams: PacketIndexes,
+}
+
+impl GcmSeal {
+    /// The SRTP session key and salt derived from a 16- or 32-byte master key and a 12-byte
+    /// master salt (RFC 7714 §11: the AES-CM PRF of RFC 3711 §4.3.3, with AES-256 for a 32-byte
+    /// key as RFC 6188 §7 does).
+    fn new(master_key: &[u8], master_salt: &[u8], crypto: &dyn RTCCrypto) -> Option<Self> {
+        let (block, aead) = match master_key.len() {
+            16 => (BlockCipherAlgorithm::Aes128, AeadAlgorithm::Aes128Gcm),
+            32 => (BlockCipherAlgorithm::Aes256, AeadAlgorithm::Aes256Gcm),
+            _ => return None,
+        };
+        if master_salt.len() != 12 {
+            return None;
+        }
+        let mut session_key = [0u8; 32];
+        let session_key = &mut session_key[..master_key.len()];
+        kdf(
+            crypto,
+            block,
+            master_key,
+            master_salt,
+            LABEL_SRTP_ENCRYPTION,
+            session_key,
+        )?;
+        let mut salt = [0u8; 12];
+        kdf(
+            crypto,
+            block,
+            master_key,
+            master_salt,
+            LABEL_SRTP_SALT,
+            &mut salt,
+        )?;
+        let cipher = crypto.new_aead(aead, session_key).ok();
+        session_key.fill(0);
+        Some(Self {
+            cipher: cipher?,
+            salt,
+            streams: PacketIndexes::default(),
+        })
+    }
+
+    /// Seals `buf` (an RTP packet whose header is its first `header_len` bytes) in place and
+    /// appends the tag.
+    fn seal(&mut self, ssrc: u32, seq: u16, header_len: usize, buf: &mut BytesMut) -> Option<()> {
+        let index = self.streams.index(ssrc, seq)?;
+        // RFC 7714 §8.1: 00 00 || SSRC || ROC || SEQ, XORed with the session salt.
+        let mut iv = [0u8; 12];
+        iv[2..6].copy_from_slice(&ssrc.to_be_bytes());
+        iv[6..10].copy_from_slice(&((index >> 16) as u32).to_be_bytes());
+        iv[10..12].copy_from_slice(&seq.to_be_bytes());
+        for (v, s) in iv.iter_mut().zip(self.salt) {
+            *v ^= s;
+        }
+        let mut tag = [0u8; GCM_TAG_LEN];
+        let (aad, payload) = buf.split_at_mut(header_len);
+        self.cipher
+            .seal_in_place(&iv, aad, payload, &mut tag)
+            .ok()?;
+        buf.extend_from_slice(&tag);
+        Some(())
+    }
+}
+
+/// SRTP KDF labels (RFC 3711 §4.3.1).
+const LABEL_SRTP_ENCRYPTION: u8 = 0x00;
+const LABEL_SRTP_SALT: u8 = 0x02;
+
+/// The AES-CM PRF of the SRTP KDF (RFC 3711 §4.3.3, key derivation rate 0 as DTLS-SRTP sets
+/// it): AES under the master key of (master salt XOR label at octet 7) || block counter.
+fn kdf(
+    crypto: &dyn RTCCrypto,
+    algorithm: BlockCipherAlgorithm,
+    master_key: &[u8],
+    master_salt: &[u8],
+    label: u8,
+    out: &mut [u8],
+) -> Option<()> {
+    for (i, chunk) in out.chunks_mut(16).enumerate() {
+        let mut block = [0u8; 16];
+        block[..master_salt.len()].copy_from_slice(master_salt);
+        block[7] ^= label;
+        block[14..].copy_from_slice(&(i as u16).to_be_bytes());
+        crypto
+            .block_encrypt(algorithm, master_key, &mut block)
+            .ok()?;
+        chunk.copy_from_slice(&block[..chunk.len()]);
+        block.fill(0);
+    }
+    Some(())
+}
+
+/// The SRTP packet index (rollover counter and sequence number, RFC 3711 §3.3.1) of each
+/// stream a sender protects, in a small vector (a PC has a few streams).
+#[derive(Default)]
+struct PacketIndexes {
+    /// (SSRC, highest index protected).
+    streams: Vec<(u32, u64)>,
+}
+
+impl PacketIndexes {
+    /// The index of packet `seq` of `ssrc`: the one nearest the stream's highest (RFC 3711
+    /// Appendix A), which moves if this one is higher. `None` past [`MAX_STREAMS`] streams,
+    /// before the stream's first index, or past 2^48 packets (RFC 3711 §9.2).
+    fn index(&mut self, ssrc: u32, seq: u16) -> Option<u64> {
+        let Some((_, highest)) = self.streams.iter_mut().find(|(s, _)| *s == ssrc) else {
+            if self.streams.len() >= MAX_STREAMS {
+                return None;
+            }
+            self.streams.push((ssrc, u64::from(seq)));
+            return Some(u64::from(seq));
+        };
+        let delta = i64::from(seq.wrapping_sub(*highest as u16) as i16);
+        let index = u64::try_from(*highest as i64 + delta).ok()?;
+        if index >= 1 << 48 {
+            return None;
+        }
+        *highest = (*highest).max(index);
+        Some(index)
+    }
+}
+
+/// Marshals `p` into `out` (emptied, sized for `tail` more bytes) with `twcc` as its header
+/// extension; the header's length, or `None` if it cannot be written. The common case, a
+/// forwarded packet without extensions or padding, is written here directly (RFC 3550 §5.1,
+/// one- or two-byte extension form per RFC 8285 §4.2/§4.3); anything else goes through rtc.
+fn write_rtp(
+    p: &rtc::rtp::Packet,
+    twcc: Option<TwccNumber>,
+    tail: usize,
+    out: &mut BytesMut,
+) -> Option<usize> {
+    let h = &p.header;
+    out.clear();
+    match twcc {
+        Some(n) if !h.extension && !h.padding && h.extensions.is_empty() && h.csrc.len() < 16 => {
+            let header_len = 12 + 4 * h.csrc.len() + n.header_bytes();
+            out.reserve(header_len + p.payload.len() + tail);
+            out.extend_from_slice(&[
+                (2 << 6) | 0x10 | h.csrc.len() as u8,
+                (u8::from(h.marker) << 7) | (h.payload_type & 0x7f),
+            ]);
+            out.extend_from_slice(&h.sequence_number.to_be_bytes());
+            out.extend_from_slice(&h.timestamp.to_be_bytes());
+            out.extend_from_slice(&h.ssrc.to_be_bytes());
+            for c in &h.csrc {
+                out.extend_from_slice(&c.to_be_bytes());
+            }
+            let [hi, lo] = n.seq.to_be_bytes();
+            if (1..=14).contains(&n.id) {
+                // 0xBEDE, one word: id/len, the number, one padding octet.
+                out.extend_from_slice(&[0xbe, 0xde, 0, 1, (n.id << 4) | 1, hi, lo, 0]);
+            } else {
+                // 0x1000 (appbits 0), one word: id, length, the number.
+                out.extend_from_slice(&[0x10, 0x00, 0, 1, n.id, 2, hi, lo]);
+            }
+            out.extend_from_slice(&p.payload);
+            Some(header_len)
+        }
+        _ => {
+            let mut q;
+            let p = match twcc {
+                Some(n) => {
+                    q = p.clone();
+                    let value = bytes::Bytes::copy_from_slice(&n.seq.to_be_bytes());
+                    q.header.set_extension(n.id, value).ok()?;
+                    &q
+                }
+                None => p,
+            };
+            let size = p.marshal_size();
+            out.resize(size, 0);
+            let n = p.marshal_to(&mut out[..]).ok()?;
+            out.truncate(n);
+            out.reserve(tail);
+            Some(p.header.marshal_size())
+        }
+    }
+}
 
 /// A subscribe PC whose RTP the worker sends itself.
 pub struct DirectLeg {
-    ctx: Context,
+    protection: Protection,
     /// Where the PC's SRTP goes.
     pub to: (Proto, SocketAddr),
-    /// The tap's generation when the context was built.
+    /// The tap's generation when the protection was built.
     pub generation: u64,
     /// Numbered and recorded, protected when the worker's send path takes them (so a large
     /// fan-out's first subscribers leave before the last ones' SRTP is done).
-    queued: VecDeque<rtc::rtp::Packet>,
-    /// Reused for marshalling.
-    buf: Vec<u8>,
+    queued: VecDeque<(rtc::rtp::Packet, Option<TwccNumber>)>,
 }
 
 impl DirectLeg {
-    /// A leg protecting with `ctx`, sending to `to`.
-    pub fn new(ctx: Context, to: (Proto, SocketAddr), generation: u64) -> Self {
+    /// A leg protecting with `protection`, sending to `to`.
+    pub fn new(protection: Protection, to: (Proto, SocketAddr), generation: u64) -> Self {
         Self {
-            ctx,
+            protection,
             to,
             generation,
             queued: VecDeque::new(),
-            buf: Vec::new(),
         }
     }
 
     /// rtc protected packet `seq` of `ssrc` with its own context: this one follows, so both
     /// agree on the stream's rollover counter.
     pub fn follow(&mut self, ssrc: u32, seq: u16) {
-        let header = rtc::rtp::header::Header {
-            version: 2,
-            ssrc,
-            sequence_number: seq,
-            ..Default::default()
-        };
-        let mut b = [0u8; 13];
-        if header.marshal_to(&mut b).is_ok() {
-            let _ = self.ctx.encrypt_rtp_with_header(&b, &header);
-        }
+        self.protection.follow(ssrc, seq);
     }
 
-    /// Queues `p` (numbered and recorded by the send side) for [`Self::take`]; `false` if the
-    /// queue was full and its oldest packet was dropped.
-    pub fn queue(&mut self, p: rtc::rtp::Packet) -> bool {
+    /// Queues `p` (numbered and recorded by the send side; `twcc` is written into it when it
+    /// is protected) for [`Self::take`]; `false` if the queue was full and its oldest packet
+    /// was dropped.
+    pub fn queue(&mut self, p: rtc::rtp::Packet, twcc: Option<TwccNumber>) -> bool {
         let room = self.queued.len() < MAX_QUEUED;
         if !room {
             self.queued.pop_front();
         }
-        self.queued.push_back(p);
+        self.queued.push_back((p, twcc));
         room
     }
 
@@ -333,8 +589,8 @@ impl DirectLeg {
     /// could not be (dropped).
     pub fn take(&mut self, mut sent: impl FnMut(BytesMut)) -> usize {
         let mut failed = 0;
-        while let Some(p) = self.queued.pop_front() {
-            match self.protect(&p) {
+        while let Some((p, twcc)) = self.queued.pop_front() {
+            match self.protection.protect(&p, twcc) {
                 Some(b) => sent(b),
                 None => failed += 1,
             }
@@ -343,21 +599,6 @@ impl DirectLeg {
             self.queued.shrink_to(64);
         }
         failed
-    }
-
-    /// `p` marshalled and protected, or `None` if it cannot be.
-    fn protect(&mut self, p: &rtc::rtp::Packet) -> Option<BytesMut> {
-        let size = p.marshal_size();
-        self.buf.resize(size, 0);
-        let n = p.marshal_to(&mut self.buf).ok()?;
-        let out = self
-            .ctx
-            .encrypt_rtp_with_header(&self.buf[..n], &p.header)
-            .ok();
-        if self.buf.capacity() > 2048 {
-            self.buf = Vec::new();
-        }
-        out
     }
 }
 
@@ -425,7 +666,10 @@ mod tests {
             rx.decrypt_rtp(&sent).unwrap();
             let mut leg = DirectLeg::new(direct, (Proto::Udp, addr()), 2);
             leg.follow(7, 100);
-            let next = leg.protect(&packet(7, 101, b"second")).unwrap();
+            let next = leg
+                .protection
+                .protect(&packet(7, 101, b"second"), None)
+                .unwrap();
             let plain = rx.decrypt_rtp(&next).unwrap();
             let p = parse_rtp(&plain).unwrap();
             assert_eq!(&p.payload[..], b"second");
@@ -447,38 +691,135 @@ mod tests {
 
     #[test]
     fn following_rtc_keeps_the_rollover_counter_across_a_wrap() {
-        let profile = ProtectionProfile::Aes128CmHmacSha1_80;
-        let tap = KeyTap::new();
-        let mut local = rtc_context(&tap, &MASTER_KEY, &MASTER_SALT, profile);
-        let mut rx = receiver(&MASTER_KEY, &MASTER_SALT, profile);
-        // rtc sends 65534, 65535 and 0 (the counter becomes 1)...
-        let mut first = None;
-        for seq in [65534u16, 65535, 0] {
-            let d = local
-                .encrypt_rtp(&packet(9, seq, b"rtc").marshal().unwrap())
+        for profile in [
+            ProtectionProfile::Aes128CmHmacSha1_80,
+            ProtectionProfile::AeadAes128Gcm,
+        ] {
+            let salt = &MASTER_SALT[..profile.salt_len()];
+            let tap = KeyTap::new();
+            let mut local = rtc_context(&tap, &MASTER_KEY, salt, profile);
+            let mut rx = receiver(&MASTER_KEY, salt, profile);
+            // rtc sends 65534, 65535 and 0 (the counter becomes 1)...
+            let mut first = None;
+            for seq in [65534u16, 65535, 0] {
+                let d = local
+                    .encrypt_rtp(&packet(9, seq, b"rtc").marshal().unwrap())
+                    .unwrap();
+                rx.decrypt_rtp(&d).unwrap();
+                first.get_or_insert(d);
+            }
+            let protection = tap.verify(&first.unwrap()).unwrap();
+            let mut leg = DirectLeg::new(protection, (Proto::Udp, addr()), tap.generation());
+            for seq in [65534u16, 65535, 0] {
+                leg.follow(9, seq);
+            }
+            // ...and the direct leg goes on with 1 under counter 1: the receiver opens it.
+            let d = leg
+                .protection
+                .protect(&packet(9, 1, b"direct"), None)
                 .unwrap();
-            rx.decrypt_rtp(&d).unwrap();
-            first.get_or_insert(d);
+            assert_eq!(
+                &parse_rtp(&rx.decrypt_rtp(&d).unwrap()).unwrap().payload[..],
+                b"direct",
+                "{profile:?}"
+            );
+            // Without following, the direct leg would use counter 0 and the receiver would
+            // refuse.
+            let mut unfollowed =
+                Protection::new(&MASTER_KEY, salt, profile, RingProvider::new().crypto()).unwrap();
+            let d = unfollowed.protect(&packet(9, 2, b"lost"), None).unwrap();
+            assert!(rx.decrypt_rtp(&d).is_err(), "{profile:?}");
         }
-        let ctx = tap.verify(&first.unwrap()).unwrap();
-        let mut leg = DirectLeg::new(ctx, (Proto::Udp, addr()), tap.generation());
-        for seq in [65534u16, 65535, 0] {
-            leg.follow(9, seq);
+    }
+
+    /// rtc's way of sending a forwarded packet: the number set as a header extension, then
+    /// marshalled and protected by its context.
+    fn rtc_protect(ctx: &mut Context, p: &rtc::rtp::Packet, n: TwccNumber) -> BytesMut {
+        let mut q = p.clone();
+        q.header
+            .set_extension(n.id, bytes::Bytes::copy_from_slice(&n.seq.to_be_bytes()))
+            .unwrap();
+        ctx.encrypt_rtp_with_header(&q.marshal().unwrap(), &q.header)
+            .unwrap()
+    }
+
+    #[test]
+    fn gcm_in_place_is_byte_for_byte_what_rtc_sends_across_a_wrap_and_a_late_packet() {
+        for profile in [
+            ProtectionProfile::AeadAes128Gcm,
+            ProtectionProfile::AeadAes256Gcm,
+        ] {
+            let key: Vec<u8> = (0..profile.key_len() as u8).map(|i| i ^ 0x3c).collect();
+            let salt = &MASTER_SALT[..profile.salt_len()];
+            let crypto = RingProvider::new();
+            let mut theirs =
+                Context::new(&key, salt, profile, None, None, crypto.crypto()).unwrap();
+            let mut ours = Protection::new(&key, salt, profile, crypto.crypto()).unwrap();
+            assert!(matches!(ours, Protection::Gcm(_)));
+            let mut rx = receiver(&key, salt, profile);
+            // Across the wrap, a late packet from before it, then on.
+            for (i, seq) in [65533u16, 65534, 65535, 0, 1, 65535, 2]
+                .into_iter()
+                .enumerate()
+            {
+                let n = TwccNumber {
+                    id: 3,
+                    seq: 1000 + i as u16,
+                };
+                let p = packet(0xabcd, seq, &[i as u8; 1000]);
+                let expected = rtc_protect(&mut theirs, &p, n);
+                let got = ours.protect(&p, Some(n)).unwrap();
+                assert_eq!(got, expected, "{profile:?} seq {seq}");
+                if i != 5 {
+                    // (the receiver's replay window refuses the repeated 65535)
+                    let plain = parse_rtp(&rx.decrypt_rtp(&got).unwrap()).unwrap();
+                    assert_eq!(
+                        plain.header.get_extension(3).unwrap()[..],
+                        n.seq.to_be_bytes()
+                    );
+                    assert_eq!(plain.payload.len(), 1000);
+                }
+            }
         }
-        // ...and the direct leg goes on with 1 under counter 1: the receiver opens it.
-        let d = leg.protect(&packet(9, 1, b"direct")).unwrap();
-        assert_eq!(
-            &parse_rtp(&rx.decrypt_rtp(&d).unwrap()).unwrap().payload[..],
-            b"direct"
-        );
-        // Without following, the direct leg would use counter 0 and the receiver would refuse.
-        let mut unfollowed = DirectLeg::new(
-            receiver(&MASTER_KEY, &MASTER_SALT, profile),
-            (Proto::Udp, addr()),
-            0,
-        );
-        let d = unfollowed.protect(&packet(9, 2, b"lost")).unwrap();
-        assert!(rx.decrypt_rtp(&d).is_err());
+    }
+
+    #[test]
+    fn a_two_byte_extension_id_and_the_cm_profiles_carry_the_number_too() {
+        for (profile, id) in [
+            (ProtectionProfile::AeadAes128Gcm, 15u8),
+            (ProtectionProfile::Aes128CmHmacSha1_80, 4),
+            (ProtectionProfile::Aes128CmHmacSha1_80, 200),
+        ] {
+            let salt = &MASTER_SALT[..profile.salt_len()];
+            let mut ours =
+                Protection::new(&MASTER_KEY, salt, profile, RingProvider::new().crypto()).unwrap();
+            let mut rx = receiver(&MASTER_KEY, salt, profile);
+            let mut p = packet(5, 10, b"csrc too");
+            p.header.csrc = vec![0x11223344];
+            p.header.marker = true;
+            let n = TwccNumber { id, seq: 0xbeef };
+            let plain =
+                parse_rtp(&rx.decrypt_rtp(&ours.protect(&p, Some(n)).unwrap()).unwrap()).unwrap();
+            assert_eq!(plain.header.get_extension(id).unwrap()[..], [0xbe, 0xef]);
+            assert_eq!(plain.header.csrc, vec![0x11223344]);
+            assert!(plain.header.marker);
+            assert_eq!(&plain.payload[..], b"csrc too", "{profile:?} id {id}");
+        }
+    }
+
+    #[test]
+    fn streams_and_indexes_are_bounded() {
+        let mut ix = PacketIndexes::default();
+        for ssrc in 0..MAX_STREAMS as u32 {
+            assert_eq!(ix.index(ssrc, 7), Some(7));
+        }
+        assert_eq!(ix.index(u32::MAX, 7), None, "one stream too many");
+        // Before the stream's first index there is none.
+        assert_eq!(ix.index(0, 65530), None);
+        // Each wrap moves the counter; the index is refused at 2^48.
+        ix.streams[0].1 = (1 << 48) - 2;
+        assert_eq!(ix.index(0, 65535), Some((1 << 48) - 1));
+        assert_eq!(ix.index(0, 0), None);
     }
 
     #[test]

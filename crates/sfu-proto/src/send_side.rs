@@ -76,6 +76,25 @@ struct Sent {
     ecn: Ecn,
 }
 
+/// A transport-wide sequence number (draft-holmer-rmcat-transport-wide-cc-extensions-01 §2)
+/// for a packet that carries no other header extension, to be written as the packet is
+/// marshalled: the extension id negotiated for it (RFC 8285) and the number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TwccNumber {
+    /// The header extension id (1..=14: one-byte form, RFC 8285 §4.2; above: two-byte, §4.3).
+    pub id: u8,
+    /// The 16-bit number.
+    pub seq: u16,
+}
+
+impl TwccNumber {
+    /// Bytes the extension block adds to an RTP header without extensions: the 4-byte block
+    /// header, the element and its padding to 32 bits.
+    pub fn header_bytes(self) -> usize {
+        8
+    }
+}
+
 /// Transport-wide numbering and the record feedback is matched against (see the module docs).
 #[derive(Default)]
 struct TwccRecord {
@@ -91,7 +110,8 @@ struct TwccRecord {
 }
 
 impl TwccRecord {
-    /// Numbers `p` if its stream negotiated the extension, and records it.
+    /// Numbers `p` if its stream negotiated the extension, writes the number into its header
+    /// and records it.
     fn on_send(&mut self, now: Instant, p: &mut rtc::rtp::Packet) {
         let Some(&(_, id)) = self.streams.iter().find(|(s, _)| *s == p.header.ssrc) else {
             return;
@@ -101,6 +121,24 @@ impl TwccRecord {
         if p.header.set_extension(id, value).is_err() {
             return;
         }
+        let size = p.marshal_size();
+        self.record(now, p, size);
+    }
+
+    /// Numbers `p` if its stream negotiated the extension and records it, leaving the header
+    /// alone: the caller writes the returned number as it marshals the packet
+    /// ([`crate::direct`]). `p` must carry no header extension (forwarding strips them).
+    fn number(&mut self, now: Instant, p: &rtc::rtp::Packet) -> Option<TwccNumber> {
+        let &(_, id) = self.streams.iter().find(|(s, _)| *s == p.header.ssrc)?;
+        let n = TwccNumber {
+            id,
+            seq: self.next as u16,
+        };
+        self.record(now, p, p.marshal_size() + n.header_bytes());
+        Some(n)
+    }
+
+    fn record(&mut self, now: Instant, p: &rtc::rtp::Packet, size: usize) {
         if self.sent.is_empty() {
             self.first = self.next;
         } else if self.sent.len() == TWCC_MAX_PACKETS {
@@ -111,7 +149,7 @@ impl TwccRecord {
             departure: now,
             arrival: None,
             ssrc: p.header.ssrc,
-            size: u32::try_from(p.marshal_size()).unwrap_or(u32::MAX),
+            size: u32::try_from(size).unwrap_or(u32::MAX),
             rtp_seq: p.header.sequence_number,
             arrived: false,
             ecn: Ecn::NotEct,
@@ -255,6 +293,13 @@ impl<E: BandwidthEstimator> SendState<E> {
     /// Numbers and records an RTP packet about to leave; `true` when this armed the sender
     /// report timer (the PC's deadline moved).
     fn record_rtp(&mut self, now: Instant, p: &mut rtc::rtp::Packet, retransmission: bool) -> bool {
+        let armed = self.record_counts(now, p, retransmission);
+        self.twcc.on_send(now, p);
+        armed
+    }
+
+    /// The NACK history and sender report counts of [`Self::record_rtp`].
+    fn record_counts(&mut self, now: Instant, p: &rtc::rtp::Packet, retransmission: bool) -> bool {
         let mut armed = false;
         if !retransmission {
             self.nack.on_sent(now, p);
@@ -264,18 +309,26 @@ impl<E: BandwidthEstimator> SendState<E> {
                 self.next_report.get_or_insert(now + SR_INTERVAL);
             }
         }
-        self.twcc.on_send(now, p);
         armed
     }
+}
+
+/// What [`DirectSend::on_direct_send`] did with a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DirectSent {
+    /// The sender report timer started: the PC's deadline must be read again.
+    pub armed: bool,
+    /// The transport-wide number to write into the packet, if its stream negotiated one.
+    pub twcc: Option<TwccNumber>,
 }
 
 /// What the worker does with a subscribe leg's send side when it sends the leg's RTP itself
 /// ([`crate::direct`]); object safe, so the worker needs no estimator type.
 pub trait DirectSend: Send {
     /// Numbers and records a forwarded packet the caller is about to protect and send (TWCC
-    /// sequence number, NACK history, sender report counts); `true` when this armed the
-    /// sender report timer, so the PC's deadline must be read again.
-    fn on_direct_send(&mut self, now: Instant, p: &mut rtc::rtp::Packet) -> bool;
+    /// sequence number, NACK history, sender report counts). The header is left alone: the
+    /// caller writes the returned number as it marshals `p`, which carries no extension.
+    fn on_direct_send(&mut self, now: Instant, p: &rtc::rtp::Packet) -> DirectSent;
     /// From now on, retransmissions wait in [`DirectSend::take_retransmissions`] instead of
     /// going down rtc's chain (`false`: back to rtc).
     fn set_direct(&mut self, direct: bool);
@@ -285,8 +338,12 @@ pub trait DirectSend: Send {
 }
 
 impl<E: BandwidthEstimator + Send> DirectSend for SendState<E> {
-    fn on_direct_send(&mut self, now: Instant, p: &mut rtc::rtp::Packet) -> bool {
-        self.record_rtp(now, p, false)
+    fn on_direct_send(&mut self, now: Instant, p: &rtc::rtp::Packet) -> DirectSent {
+        let armed = self.record_counts(now, p, false);
+        DirectSent {
+            armed,
+            twcc: self.twcc.number(now, p),
+        }
     }
 
     fn set_direct(&mut self, direct: bool) {
@@ -697,9 +754,9 @@ mod tests {
         let t0 = Instant::now();
         let handle = h.handle();
         for seq in 1..=3u16 {
-            let mut p = media(seq);
+            let p = media(seq);
             // Only the first packet starts the sender report timer.
-            assert_eq!(handle.with(|s| s.on_direct_send(t0, &mut p)), seq == 1);
+            assert_eq!(handle.with(|s| s.on_direct_send(t0, &p)).armed, seq == 1);
         }
         assert_eq!(h.poll_timeout(), Some(t0 + SR_INTERVAL));
         handle.with(|s| s.set_direct(true));
@@ -976,6 +1033,23 @@ mod tests {
         assert_eq!(out[0].header.ssrc, RTX);
         assert_eq!(transport_seq(&out[0]), Some(3));
         assert_eq!(h.outstanding(), 4);
+        // Sent by the worker (crate::direct): the same numbering, returned for the worker to
+        // write, and recorded with the extension's bytes counted.
+        let handle = h.handle();
+        let p = rtc::rtp::Packet {
+            header: rtc::rtp::header::Header {
+                ssrc: SSRC,
+                sequence_number: 103,
+                ..Default::default()
+            },
+            payload: vec![1u8; 200].into(),
+        };
+        let sent = handle.with(|s| s.on_direct_send(t0, &p));
+        let n = sent.twcc.unwrap();
+        assert_eq!((n.id, n.seq), (TWCC_ID as u8, 4));
+        assert_eq!(h.outstanding(), 5);
+        let last = h.state.lock().unwrap().twcc.sent.back().copied().unwrap();
+        assert_eq!(last.size as usize, 12 + 8 + 200);
         // A stream that did not negotiate the extension is not numbered.
         h.bind_local_stream(&StreamInfo {
             ssrc: 0x3333,
@@ -991,7 +1065,7 @@ mod tests {
         h.handle_write(tagged(t0, Packet::Rtp(p))).unwrap();
         let out = sent_packets(&mut h);
         assert_eq!(transport_seq(&out[0]), None);
-        assert_eq!(h.outstanding(), 4);
+        assert_eq!(h.outstanding(), 5);
     }
 
     fn run(symbol: SymbolTypeTcc, run_length: u16) -> PacketStatusChunk {

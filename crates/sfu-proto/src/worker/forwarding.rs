@@ -155,13 +155,14 @@ impl Worker {
                 leg: Leg::Subscribe,
             };
             let sent = if let Direct::On { leg, parts } = &mut pc.direct {
-                // Numbered and recorded now, protected when the send path takes the PC
-                // (crate::direct).
-                if parts.send.with(|s| s.on_direct_send(now, &mut out)) {
+                // Numbered and recorded now, marshalled (the number written in) and protected
+                // when the send path takes the PC (crate::direct).
+                let numbered = parts.send.with(|s| s.on_direct_send(now, &out));
+                if numbered.armed {
                     // The sender report timer started: the PC's deadline moved.
                     pc.rtc_written = true;
                 }
-                if !leg.queue(out) {
+                if !leg.queue(out, numbered.twcc) {
                     // The leg's oldest packet was dropped.
                     self.stats.write_errors += 1;
                 }

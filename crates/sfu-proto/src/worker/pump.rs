@@ -101,7 +101,8 @@ impl Worker {
         parts.send.with(|s| s.take_retransmissions(&mut rtx));
         let mut dropped = 0;
         for p in rtx {
-            if !leg.queue(p) {
+            // Numbered by the send side already (the extension is in the header).
+            if !leg.queue(p, None) {
                 dropped += 1;
             }
         }
