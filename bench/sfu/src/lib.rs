@@ -628,6 +628,9 @@ fn run(
     let direct_engaged = direct("sfu_direct_send_total", Some("result=\"engaged\""));
     let direct_refused = direct("sfu_direct_send_total", Some("result=\"refused\""));
     let direct_packets = direct("sfu_direct_packets_total", None);
+    let receive_engaged = direct("sfu_direct_receive_total", Some("result=\"engaged\""));
+    let receive_refused = direct("sfu_direct_receive_total", Some("result=\"refused\""));
+    let received_packets = direct("sfu_direct_received_packets_total", None);
     let sfu_q = |x: f64| prom::quantile(&delay, x).map(|s| (s * 1e6).round() as u64);
     // Let in-flight window packets arrive.
     rt.block_on(tokio::time::sleep(Duration::from_millis(500)));
@@ -707,6 +710,9 @@ fn run(
     json["sfu_direct_engaged"] = direct_engaged.into();
     json["sfu_direct_refused"] = direct_refused.into();
     json["sfu_direct_packets"] = direct_packets.into();
+    json["sfu_direct_receive_engaged"] = receive_engaged.into();
+    json["sfu_direct_receive_refused"] = receive_refused.into();
+    json["sfu_direct_received_packets"] = received_packets.into();
     let mut text = String::new();
     use std::fmt::Write as _;
     let _ = writeln!(

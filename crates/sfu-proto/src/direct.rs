@@ -131,6 +131,75 @@ impl KeyTap {
     }
 }
 
+impl KeyTap {
+    /// The remote master key's unprotection, if a candidate with a profile of its key length
+    /// authenticates `datagram`, an SRTP packet the peer sent on the PC: AEAD AES-GCM opened in
+    /// place ([`GcmOpen`]), any other profile through an `rtc-srtp` context. The packet counts
+    /// as received (its replay window has it).
+    pub fn verify_remote(&self, datagram: &[u8]) -> Option<Opening> {
+        let candidates = self
+            .crypto
+            .candidates
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let crypto = self.crypto.inner.crypto();
+        for c in candidates.iter() {
+            for &profile in profiles(c.key.len()) {
+                let salt = &c.block[..profile.salt_len()];
+                if matches!(
+                    profile,
+                    ProtectionProfile::AeadAes128Gcm | ProtectionProfile::AeadAes256Gcm
+                ) {
+                    let Some(mut open) = GcmOpen::new(&c.key, salt, crypto) else {
+                        continue;
+                    };
+                    if open.open(datagram).is_some() {
+                        return Some(Opening::Gcm(open));
+                    }
+                } else if let Ok(mut ctx) = Context::new(
+                    &c.key,
+                    salt,
+                    profile,
+                    Some(rtc::srtp::option::srtp_replay_protection(
+                        REPLAY_WINDOW as usize,
+                    )),
+                    None,
+                    crypto,
+                ) {
+                    if ctx.decrypt_rtp(datagram).is_ok() {
+                        return Some(Opening::Context(Box::new(ctx)));
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+/// How the worker opens a publish PC's SRTP: AEAD AES-GCM itself ([`GcmOpen`]), the AES-CM /
+/// HMAC-SHA1 profiles (RFC 3711 §4.1, §4.2) through an `rtc-srtp` context, which keeps its own
+/// rollover counters and replay window (RFC 3711 §3.3).
+pub enum Opening {
+    /// AEAD_AES_128_GCM or AEAD_AES_256_GCM.
+    Gcm(GcmOpen),
+    /// Any other profile.
+    Context(Box<Context>),
+}
+
+impl Opening {
+    /// The RTP packet (header and payload) of SRTP datagram `d`, authenticated and decrypted;
+    /// `None` if it is not SRTP, is short, replayed or too old, or fails authentication.
+    pub fn open(&mut self, d: &[u8]) -> Option<BytesMut> {
+        match self {
+            Self::Gcm(g) => g.open(d),
+            Self::Context(ctx) => {
+                srtp_stream(d)?;
+                ctx.decrypt_rtp(d).ok()
+            }
+        }
+    }
+}
+
 /// The SRTP profiles DTLS-SRTP may negotiate with a master key of `key_len` bytes.
 fn profiles(key_len: usize) -> &'static [ProtectionProfile] {
     match key_len {
@@ -357,15 +426,14 @@ impl Protection {
     }
 }
 
-/// SRTP protection with AEAD AES-GCM in the caller's buffer (RFC 7714 §8): no copy, no
-/// allocation per packet. Holds the session key's cipher and salt, never the master key.
-pub struct GcmSeal {
+/// The SRTP session cipher and salt of AEAD AES-GCM (RFC 7714), derived from a master key and
+/// salt. Holds the session key's cipher and salt, never the master key.
+struct GcmSession {
     cipher: Box<dyn AeadCipher>,
     salt: [u8; 12],
-    streams: PacketIndexes,
 }
 
-impl GcmSeal {
+impl GcmSession {
     /// The SRTP session key and salt derived from a 16- or 32-byte master key and a 12-byte
     /// master salt (RFC 7714 §11: the AES-CM PRF of RFC 3711 §4.3.3, with AES-256 for a 32-byte
     /// key as RFC 6188 §7 does).
@@ -402,6 +470,33 @@ impl GcmSeal {
         Some(Self {
             cipher: cipher?,
             salt,
+        })
+    }
+
+    /// RFC 7714 §8.1: 00 00 || SSRC || ROC || SEQ, XORed with the session salt.
+    fn iv(&self, ssrc: u32, index: u64) -> [u8; 12] {
+        let mut iv = [0u8; 12];
+        iv[2..6].copy_from_slice(&ssrc.to_be_bytes());
+        iv[6..10].copy_from_slice(&((index >> 16) as u32).to_be_bytes());
+        iv[10..12].copy_from_slice(&(index as u16).to_be_bytes());
+        for (v, s) in iv.iter_mut().zip(self.salt) {
+            *v ^= s;
+        }
+        iv
+    }
+}
+
+/// SRTP protection with AEAD AES-GCM in the caller's buffer (RFC 7714 §8): no copy, no
+/// allocation per packet.
+pub struct GcmSeal {
+    session: GcmSession,
+    streams: PacketIndexes,
+}
+
+impl GcmSeal {
+    fn new(master_key: &[u8], master_salt: &[u8], crypto: &dyn RTCCrypto) -> Option<Self> {
+        Some(Self {
+            session: GcmSession::new(master_key, master_salt, crypto)?,
             streams: PacketIndexes::default(),
         })
     }
@@ -410,22 +505,121 @@ impl GcmSeal {
     /// appends the tag.
     fn seal(&mut self, ssrc: u32, seq: u16, header_len: usize, buf: &mut BytesMut) -> Option<()> {
         let index = self.streams.index(ssrc, seq)?;
-        // RFC 7714 §8.1: 00 00 || SSRC || ROC || SEQ, XORed with the session salt.
-        let mut iv = [0u8; 12];
-        iv[2..6].copy_from_slice(&ssrc.to_be_bytes());
-        iv[6..10].copy_from_slice(&((index >> 16) as u32).to_be_bytes());
-        iv[10..12].copy_from_slice(&seq.to_be_bytes());
-        for (v, s) in iv.iter_mut().zip(self.salt) {
-            *v ^= s;
-        }
+        let iv = self.session.iv(ssrc, index);
         let mut tag = [0u8; GCM_TAG_LEN];
         let (aad, payload) = buf.split_at_mut(header_len);
-        self.cipher
+        self.session
+            .cipher
             .seal_in_place(&iv, aad, payload, &mut tag)
             .ok()?;
         buf.extend_from_slice(&tag);
         Some(())
     }
+}
+
+/// Bits of an SRTP replay window (RFC 3711 §3.3.2: at least 64).
+const REPLAY_WINDOW: u64 = 64;
+
+/// One stream a [`GcmOpen`] receives: its highest authenticated packet index and which of the
+/// [`REPLAY_WINDOW`] indexes below it were received (bit `i`: `highest - i`).
+struct Received {
+    ssrc: u32,
+    highest: u64,
+    window: u64,
+}
+
+/// SRTP unprotection with AEAD AES-GCM (RFC 7714 §8) of a publish PC's RTP, with the rollover
+/// counter estimate (RFC 3711 §3.3.1) and replay window (§3.3.2) per stream; the index of a
+/// packet moves only once the packet authenticates. The worker opens every SRTP packet of the
+/// PC here, those rtc reads too, so the stream's rollover counter is always known.
+pub struct GcmOpen {
+    session: GcmSession,
+    streams: Vec<Received>,
+}
+
+impl GcmOpen {
+    fn new(master_key: &[u8], master_salt: &[u8], crypto: &dyn RTCCrypto) -> Option<Self> {
+        Some(Self {
+            session: GcmSession::new(master_key, master_salt, crypto)?,
+            streams: Vec::new(),
+        })
+    }
+
+    /// The packet index of `seq` of `ssrc`, if it is neither replayed nor too old, and the
+    /// stream can be held (at most [`MAX_STREAMS`]).
+    fn estimate(&self, ssrc: u32, seq: u16) -> Option<u64> {
+        let Some(r) = self.streams.iter().find(|r| r.ssrc == ssrc) else {
+            return (self.streams.len() < MAX_STREAMS).then_some(u64::from(seq));
+        };
+        let delta = i64::from(seq.wrapping_sub(r.highest as u16) as i16);
+        let index = u64::try_from(r.highest as i64 + delta).ok()?;
+        if index >= 1 << 48 {
+            return None;
+        }
+        if index <= r.highest {
+            let age = r.highest - index;
+            if age >= REPLAY_WINDOW || r.window & (1 << age) != 0 {
+                return None;
+            }
+        }
+        Some(index)
+    }
+
+    /// Notes packet `index` of `ssrc` as received.
+    fn accept(&mut self, ssrc: u32, index: u64) {
+        let Some(r) = self.streams.iter_mut().find(|r| r.ssrc == ssrc) else {
+            if self.streams.len() < MAX_STREAMS {
+                self.streams.push(Received {
+                    ssrc,
+                    highest: index,
+                    window: 1,
+                });
+            }
+            return;
+        };
+        if index > r.highest {
+            let shift = index - r.highest;
+            r.window = if shift >= REPLAY_WINDOW {
+                1
+            } else {
+                (r.window << shift) | 1
+            };
+            r.highest = index;
+        } else {
+            r.window |= 1 << (r.highest - index);
+        }
+    }
+
+    /// The RTP packet (header and payload) of SRTP datagram `d`, authenticated and decrypted;
+    /// `None` if it is not SRTP, is short, replayed or too old, or fails authentication.
+    pub fn open(&mut self, d: &[u8]) -> Option<BytesMut> {
+        let (ssrc, seq) = srtp_stream(d)?;
+        let header_len = rtp_header_len(d)?;
+        let tag_at = d.len().checked_sub(GCM_TAG_LEN)?;
+        if tag_at < header_len {
+            return None;
+        }
+        let index = self.estimate(ssrc, seq)?;
+        let iv = self.session.iv(ssrc, index);
+        let mut buf = BytesMut::from(&d[..tag_at]);
+        let (aad, payload) = buf.split_at_mut(header_len);
+        self.session
+            .cipher
+            .open_in_place(&iv, aad, payload, &d[tag_at..])
+            .ok()?;
+        self.accept(ssrc, index);
+        Some(buf)
+    }
+}
+
+/// The length of an RTP header at the start of `d` (RFC 3550 §5.1, §5.3.1), if `d` holds it.
+fn rtp_header_len(d: &[u8]) -> Option<usize> {
+    let mut len = 12 + 4 * usize::from(*d.first()? & 0x0f);
+    if d[0] & 0x10 != 0 {
+        let words = d.get(len + 2..len + 4)?;
+        len += 4 + 4 * usize::from(u16::from_be_bytes([words[0], words[1]]));
+    }
+    (d.len() >= len).then_some(len)
 }
 
 /// SRTP KDF labels (RFC 3711 §4.3.1).
@@ -805,6 +999,98 @@ mod tests {
             assert!(plain.header.marker);
             assert_eq!(&plain.payload[..], b"csrc too", "{profile:?} id {id}");
         }
+    }
+
+    #[test]
+    fn the_remote_key_opens_the_publishers_srtp_across_a_wrap_and_refuses_replays() {
+        for profile in [
+            ProtectionProfile::AeadAes128Gcm,
+            ProtectionProfile::AeadAes256Gcm,
+            ProtectionProfile::Aes128CmHmacSha1_80,
+        ] {
+            let key: Vec<u8> = (0..profile.key_len() as u8).map(|i| i ^ 0x77).collect();
+            let local_key: Vec<u8> = key.iter().map(|b| b ^ 0xff).collect();
+            let salt = &MASTER_SALT[..profile.salt_len()];
+            // rtc builds both contexts through the tap; the publisher protects with its key.
+            let tap = KeyTap::new();
+            let _local = rtc_context(&tap, &local_key, salt, profile);
+            let _remote = rtc_context(&tap, &key, salt, profile);
+            let mut publisher = receiver(&key, salt, profile);
+            let mut send = |seq: u16, body: &[u8]| {
+                publisher
+                    .encrypt_rtp(&packet(0x5eed, seq, body).marshal().unwrap())
+                    .unwrap()
+            };
+            let first = send(65534, b"first");
+            let mut open = tap.verify_remote(&first).expect("the remote key opens it");
+            assert_eq!(
+                matches!(open, Opening::Gcm(_)),
+                !matches!(profile, ProtectionProfile::Aes128CmHmacSha1_80)
+            );
+            // Across the wrap (counter 1).
+            for seq in [65535u16, 0, 1] {
+                let d = send(seq, &[seq as u8; 50]);
+                let plain = parse_rtp(&open.open(&d).expect("opens")).unwrap();
+                assert_eq!(plain.header.sequence_number, seq);
+                assert_eq!(&plain.payload[..], &[seq as u8; 50][..], "{profile:?}");
+                // The same datagram again is a replay.
+                assert!(open.open(&d).is_none(), "{profile:?} replay of {seq}");
+            }
+            assert!(
+                open.open(&first).is_none(),
+                "{profile:?}: the first is a replay too"
+            );
+            // A late packet from before the wrap, never seen: opens under counter 0.
+            let late = {
+                let mut p = receiver(&key, salt, profile);
+                p.encrypt_rtp(&packet(0x5eed, 65533, b"late").marshal().unwrap())
+                    .unwrap()
+            };
+            assert_eq!(
+                &parse_rtp(&open.open(&late).unwrap()).unwrap().payload[..],
+                b"late"
+            );
+            // A forged tag, and a packet under another key, do not open.
+            let mut forged = send(2, b"x").to_vec();
+            let n = forged.len();
+            forged[n - 1] ^= 1;
+            assert!(open.open(&forged).is_none());
+            let mut other = receiver(&local_key, salt, profile);
+            let foreign = other
+                .encrypt_rtp(&packet(0x5eed, 3, b"x").marshal().unwrap())
+                .unwrap();
+            assert!(open.open(&foreign).is_none());
+            // Neither moved the stream: the real packet 2 opens.
+            assert!(open.open(&send(2, b"x")).is_some(), "{profile:?}");
+        }
+    }
+
+    #[test]
+    fn verify_remote_needs_a_candidate() {
+        let gcm = ProtectionProfile::AeadAes128Gcm;
+        let tap = KeyTap::new();
+        let _ = rtc_context(&tap, &MASTER_KEY, &MASTER_SALT[..12], gcm);
+        let mut publisher = receiver(&MASTER_KEY, &MASTER_SALT[..12], gcm);
+        let d = publisher
+            .encrypt_rtp(&packet(1, 1, b"gcm").marshal().unwrap())
+            .unwrap();
+        assert!(KeyTap::new().verify_remote(&d).is_none(), "no candidate");
+        assert!(tap.verify_remote(&d[..20]).is_none(), "short");
+        assert!(tap.verify_remote(&d).is_some());
+    }
+
+    #[test]
+    fn rtp_header_lengths() {
+        let mut p = packet(1, 1, b"abcd");
+        assert_eq!(rtp_header_len(&p.marshal().unwrap()), Some(12));
+        p.header.csrc = vec![1, 2];
+        p.header
+            .set_extension(1, bytes::Bytes::from_static(&[1, 2, 3]))
+            .unwrap();
+        let d = p.marshal().unwrap();
+        assert_eq!(rtp_header_len(&d), Some(p.header.marshal_size()));
+        assert_eq!(rtp_header_len(&d[..22]), None, "extension cut short");
+        assert_eq!(rtp_header_len(&[]), None);
     }
 
     #[test]

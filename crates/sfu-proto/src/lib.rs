@@ -16,6 +16,7 @@ pub mod media;
 pub mod msg;
 pub mod nack;
 pub mod peer;
+pub mod recv_side;
 pub mod sdp;
 pub mod send_side;
 pub mod speaker;

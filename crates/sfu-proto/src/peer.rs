@@ -21,6 +21,7 @@
 
 use crate::direct::KeyTap;
 use crate::nack::HistoryConfig;
+use crate::recv_side::{ReceiveHandle, ReceiveSide};
 use crate::send_side::{SendHandle, SendSide};
 use rtc::interceptor::{
     Attribute, BandwidthEstimator, EstimatorStats, Gcc, Interceptor, NackGeneratorBuilder, Packet,
@@ -232,6 +233,9 @@ pub struct PcSettings {
     /// Subscribe PCs come with [`DirectParts`], so that the worker protects and sends their
     /// RTP itself ([`crate::direct`]); `false`: rtc does.
     pub direct_send: bool,
+    /// Publish PCs come with [`ReceiveParts`], so that the worker opens their SRTP media
+    /// itself ([`crate::direct::GcmOpen`]); `false`: rtc does.
+    pub direct_receive: bool,
 }
 
 impl Default for PcSettings {
@@ -245,6 +249,7 @@ impl Default for PcSettings {
             nack_history: HistoryConfig::default(),
             wall_clock: None,
             direct_send: true,
+            direct_receive: true,
         }
     }
 }
@@ -335,8 +340,28 @@ pub struct DirectParts {
     pub send: SendHandle,
 }
 
-/// Builds one lite peer connection for `leg` with local ICE credentials `ufrag`/`pwd`; a
-/// subscribe PC comes with its [`DirectParts`].
+/// What the worker needs of a publish PC to open its SRTP media itself
+/// ([`crate::direct::GcmOpen`]).
+pub struct ReceiveParts {
+    /// The PC's crypto provider, which keeps the SRTP master key candidates.
+    pub tap: Arc<KeyTap>,
+    /// The PC's receive side.
+    pub recv: ReceiveHandle,
+}
+
+/// The worker's parts of a peer connection: a subscribe PC's [`DirectParts`] or a publish
+/// PC's [`ReceiveParts`], each unless switched off.
+pub enum PcParts {
+    /// Neither.
+    None,
+    /// A subscribe PC's.
+    Send(DirectParts),
+    /// A publish PC's.
+    Receive(ReceiveParts),
+}
+
+/// Builds one lite peer connection for `leg` with local ICE credentials `ufrag`/`pwd`, and the
+/// worker's [`PcParts`] of it.
 pub fn build_pc(
     leg: Leg,
     ufrag: &str,
@@ -345,7 +370,7 @@ pub fn build_pc(
     counters: Arc<FeedbackCounters>,
     bwe: Arc<BweCell>,
     now: Instant,
-) -> Result<(RTCPeerConnection, Option<DirectParts>), rtc::shared::error::Error> {
+) -> Result<(RTCPeerConnection, PcParts), rtc::shared::error::Error> {
     let mut me = media_engine(leg)?;
     // Each interceptor on a chain costs every packet a move through its queues, so each leg
     // gets only what it uses: the publish leg receives media (NACK generator, receiver
@@ -353,7 +378,7 @@ pub fn build_pc(
     // control, TWCC numbering, the NACK history, which also taps feedback for the worker, and
     // sender reports) and receives none.
     let registry = Registry::new();
-    let mut direct = None;
+    let mut parts = PcParts::None;
     // NACK and PLI feedback on video, as rtc's `configure_nack`; but the publish leg only asks
     // (generator), and the subscribe leg only answers, from an RTT-sized history.
     for parameter in ["", "pli"] {
@@ -368,9 +393,18 @@ pub fn build_pc(
     let registry = match leg {
         Leg::Publish => {
             configure_simulcast_extension_headers(&mut me)?;
-            let r = registry.with(Slot::NackGenerator, NackGeneratorBuilder::new().build());
+            // rtc's own three, in a chain of their own behind one interceptor the worker can
+            // also feed (crate::recv_side).
+            let r = Registry::new().with(Slot::NackGenerator, NackGeneratorBuilder::new().build());
             let r = r.with(Slot::ReceiverReport, ReceiverReportBuilder::new().build());
-            configure_twcc_receiver_only(r, &mut me)?
+            let side = ReceiveSide::new(configure_twcc_receiver_only(r, &mut me)?.build());
+            if settings.direct_receive {
+                parts = PcParts::Receive(ReceiveParts {
+                    tap: Arc::new(KeyTap::new()),
+                    recv: side.handle(),
+                });
+            }
+            registry.with(Slot::NackGenerator, side)
         }
         Leg::Subscribe => {
             let estimator = ReportingEstimator {
@@ -407,7 +441,7 @@ pub fn build_pc(
                 .unwrap_or_else(|| SystemInstant::now(now));
             let side = SendSide::new(settings.nack_history, counters, estimator, wall_clock);
             if settings.direct_send {
-                direct = Some(DirectParts {
+                parts = PcParts::Send(DirectParts {
                     tap: Arc::new(KeyTap::new()),
                     send: side.handle(),
                 });
@@ -427,8 +461,10 @@ pub fn build_pc(
     if leg == Leg::Publish {
         se = se.with_answering_dtls_role(RTCDtlsRole::Server);
     }
-    if let Some(d) = &direct {
-        se = se.with_crypto_provider(d.tap.clone());
+    match &parts {
+        PcParts::Send(d) => se = se.with_crypto_provider(d.tap.clone()),
+        PcParts::Receive(r) => se = se.with_crypto_provider(r.tap.clone()),
+        PcParts::None => {}
     }
     let pc = RTCPeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
@@ -436,5 +472,5 @@ pub fn build_pc(
         .with_media_engine(me)
         .with_interceptor_registry(registry)
         .build(now)?;
-    Ok((pc, direct))
+    Ok((pc, parts))
 }

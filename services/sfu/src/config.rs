@@ -91,6 +91,11 @@ pub struct SfuArgs {
     /// (`sfu_direct_send_total`). `false` leaves every copy to rtc. [default: true]
     #[arg(long = "direct-send", value_name = "BOOL")]
     pub direct_send: Option<bool>,
+    /// Open publishers' SRTP media (AES-GCM) in the worker, with the publisher's SRTP key
+    /// verified against its own packets, instead of through webrtc-rs rtc's read pipeline
+    /// (`sfu_direct_receive_total`). `false` leaves every datagram to rtc. [default: true]
+    #[arg(long = "direct-receive", value_name = "BOOL")]
+    pub direct_receive: Option<bool>,
     /// Seed of the RNG the media workers draw SSRCs and ICE credentials from (worker i uses
     /// seed + i), so a recorded run replays exactly. Testing only: with a fixed seed, ICE
     /// passwords are predictable. [default: drawn from the OS RNG at start]
@@ -145,6 +150,7 @@ pub struct FileConfig {
     data_messages_per_sec: Option<u32>,
     data_message_burst: Option<u32>,
     direct_send: Option<bool>,
+    direct_receive: Option<bool>,
     rng_seed: Option<u64>,
     drain_timeout_secs: Option<u64>,
     admin_token: Option<String>,
@@ -199,6 +205,8 @@ pub struct SfuConfig {
     pub data_message_burst: u32,
     /// Forwarded RTP protected and sent by the worker (`sfu_proto::direct`).
     pub direct_send: bool,
+    /// Publishers' media opened by the worker (`sfu_proto::direct::GcmOpen`).
+    pub direct_receive: bool,
     /// Seed of the media workers' RNG (worker i uses seed + i); `None`: drawn from the OS RNG.
     pub rng_seed: Option<u64>,
     /// Longest a drain lasts, seconds.
@@ -320,6 +328,7 @@ impl Layered for SfuArgs {
                 .unwrap_or(100)
                 .max(1),
             direct_send: self.direct_send.or(f.direct_send).unwrap_or(true),
+            direct_receive: self.direct_receive.or(f.direct_receive).unwrap_or(true),
             rng_seed: self.rng_seed.or(f.rng_seed),
             drain_timeout_secs: self
                 .drain_timeout_secs

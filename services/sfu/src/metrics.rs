@@ -25,6 +25,8 @@
 //! | `sfu_dtls_flights_resent_total` | counter | | DTLS handshake flights sent again because the peer repeated its own (RFC 6347 §4.2.4, done beside rtc-dtls) |
 //! | `sfu_direct_send_total` | counter | `result` (subscribe PCs whose RTP the worker protects and sends itself, not rtc's write pipeline: `engaged` once their SRTP key is verified against rtc's own packets; `refused`: no key candidate verified, rtc keeps sending; `dropped`: a new DTLS handshake changed the keys, back to rtc) |
 //! | `sfu_direct_packets_total` | counter | (RTP packets, retransmissions included, the worker protected and sent itself) |
+//! | `sfu_direct_receive_total` | counter | `result` (publish PCs whose media the worker opens itself, past rtc's read pipeline: `engaged` once the publisher's SRTP key is verified against its own packets; `refused`: no key candidate opened them with AES-GCM, rtc keeps reading; `dropped`: a new DTLS handshake changed the keys, back to rtc) |
+//! | `sfu_direct_received_packets_total` | counter | (publishers' RTP packets the worker opened itself) |
 //! | `sfu_links` | gauge | |
 //! | `sfu_worker_participants` | gauge | `worker` |
 //! | `sfu_load_ratio` | gauge | (fraction of the node's capacity in use, 0..1: the larger of the busiest worker's busy fraction over the last second and the forwarded bit rate against `capacity_bps`; what room placement compares) |
@@ -51,7 +53,7 @@ pub const FORWARDING_DELAY_BUCKETS: [f64; 12] = [
 /// `sfu_data_messages_dropped_total` reasons.
 pub const DATA_DROP_REASONS: [&str; 2] = ["too_large", "rate_limited"];
 
-/// `sfu_direct_send_total` results.
+/// `sfu_direct_send_total` and `sfu_direct_receive_total` results.
 pub const DIRECT_SEND_RESULTS: [&str; 3] = ["engaged", "refused", "dropped"];
 
 /// `sfu_ice_tcp_closed_total` reasons.
@@ -111,6 +113,10 @@ pub struct SfuMetrics {
     pub direct_send: Family<L1, Counter>,
     /// `sfu_direct_packets_total`.
     pub direct_packets: Counter,
+    /// `sfu_direct_receive_total{result}`.
+    pub direct_receive: Family<L1, Counter>,
+    /// `sfu_direct_received_packets_total`.
+    pub direct_received_packets: Counter,
     /// `sfu_links`.
     pub links: Gauge,
     /// `sfu_worker_participants{worker}`.
@@ -154,6 +160,8 @@ impl SfuMetrics {
             dtls_flights_resent: Counter::default(),
             direct_send: Family::default(),
             direct_packets: Counter::default(),
+            direct_receive: Family::default(),
+            direct_received_packets: Counter::default(),
             links: Gauge::default(),
             worker_participants: Family::default(),
             worker_busy: Family::default(),
@@ -182,6 +190,7 @@ impl SfuMetrics {
         }
         for r in DIRECT_SEND_RESULTS {
             let _ = m.direct_send.get_or_create(&[("result", r)]);
+            let _ = m.direct_receive.get_or_create(&[("result", r)]);
         }
         for r in ICE_TCP_CLOSE_REASONS {
             let _ = m.ice_tcp_closed.get_or_create(&[("reason", r)]);
@@ -292,6 +301,16 @@ impl SfuMetrics {
             "sfu_direct_packets",
             "RTP packets the worker protected and sent itself",
             m.direct_packets.clone(),
+        );
+        registry.register(
+            "sfu_direct_receive",
+            "Publish peer connections whose media the worker opens itself, by result",
+            m.direct_receive.clone(),
+        );
+        registry.register(
+            "sfu_direct_received_packets",
+            "Publishers' RTP packets the worker opened itself",
+            m.direct_received_packets.clone(),
         );
         registry.register("sfu_links", "Signaling links open", m.links.clone());
         registry.register(

@@ -143,6 +143,7 @@ pub async fn serve(
                 // The core never reads the clock: sender reports take their NTP time from here.
                 wall_clock: Some(rtc::shared::time::SystemInstant::now(Instant::now())),
                 direct_send: cfg.direct_send,
+                direct_receive: cfg.direct_receive,
                 ..PcSettings::default()
             },
             max_participants: cfg.max_participants,

@@ -344,6 +344,7 @@ fn readme_defaults_match_the_code() {
                 ("data_messages_per_sec", s(&sfu.data_messages_per_sec)),
                 ("data_message_burst", s(&sfu.data_message_burst)),
                 ("direct_send", s(&sfu.direct_send)),
+                ("direct_receive", s(&sfu.direct_receive)),
                 ("drain_timeout_secs", s(&sfu.drain_timeout_secs)),
                 ("capacity_bps", s(&sfu.capacity_bps)),
                 ("log_json", s(&sfu.log_json)),

@@ -104,4 +104,20 @@ fn aiortc_publishes_and_subscribes_through_the_sfu() {
         "sfu_direct_send_total{{engaged}} {engaged}: {report}"
     );
     assert_eq!(refused, 0.0, "sfu_direct_send_total{{refused}}: {report}");
+    // Its publish PC's media is opened by the worker past rtc's read (sfu_proto::direct), on
+    // whichever profile aiortc negotiated.
+    let (r_engaged, r_refused, opened) = common::direct_receive(sfu_metrics);
+    println!("direct receive: engaged {r_engaged}, refused {r_refused}, packets {opened}");
+    assert!(
+        r_engaged >= 1.0,
+        "sfu_direct_receive_total{{engaged}} {r_engaged}: {report}"
+    );
+    assert_eq!(
+        r_refused, 0.0,
+        "sfu_direct_receive_total{{refused}}: {report}"
+    );
+    assert!(
+        opened >= 1.0,
+        "sfu_direct_received_packets_total {opened}: {report}"
+    );
 }

@@ -144,6 +144,19 @@ fn chromium_sfu_rooms() {
         forwarded - direct <= 20.0 * engaged,
         "sfu_direct_packets_total {direct} of {forwarded} forwarded"
     );
+    // Every page's publish PC (Chromium negotiates AEAD AES-GCM) has its media opened by the
+    // worker itself past rtc's read (sfu_proto::direct::GcmOpen), none refused.
+    let (r_engaged, r_refused, opened) = common::direct_receive(sfu_metrics);
+    println!("direct receive: engaged {r_engaged}, refused {r_refused}, packets {opened}");
+    assert!(
+        r_engaged >= 3.0,
+        "sfu_direct_receive_total{{engaged}} {r_engaged}"
+    );
+    assert_eq!(r_refused, 0.0, "sfu_direct_receive_total{{refused}}");
+    assert!(
+        opened >= 100.0,
+        "sfu_direct_received_packets_total {opened}"
+    );
 
     // Sharp video by default: with the page's default capture (1280x720, which Chromium sends
     // as three simulcast layers) on an unconstrained link, each page soon receives the other's

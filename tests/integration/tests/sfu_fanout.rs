@@ -5,7 +5,9 @@
 //! receive the publisher's packets, none twice, with no more loss than a loaded CI machine's
 //! loopback can cause (a PC whose copies were never taken would lose all of its flows). Every
 //! subscribe PC is sent by the worker itself (`sfu_proto::direct`), checked in the node's
-//! metrics; with `direct_send = false`, by rtc, and the flows arrive all the same.
+//! metrics, and the publisher's media is opened by the worker past rtc's read
+//! (`sfu_proto::direct::GcmOpen`); with `direct_send = false` and `direct_receive = false`, rtc
+//! does both, and the flows arrive all the same.
 
 use serde_json::Value;
 use std::process::Command;
@@ -63,6 +65,19 @@ fn a_fanout_larger_than_one_send_part_reaches_every_subscriber() {
         direct >= received * 0.9,
         "the worker sent {direct} packets itself, subscribers received {received} in the window alone: {r}"
     );
+    // The publisher's media was opened by the worker itself: its SRTP key verified against the
+    // publisher's packets, then every packet of its known streams but one per stream every
+    // 500 ms (left to rtc's read).
+    assert_eq!(r["sfu_direct_receive_engaged"], 1.0, "{r}");
+    assert_eq!(r["sfu_direct_receive_refused"], 0.0, "{r}");
+    let opened = r["sfu_direct_received_packets"]
+        .as_f64()
+        .expect("sfu_direct_received_packets");
+    let sent = r["sent_pps"].as_f64().unwrap_or(0.0) * r["window_secs"].as_f64().unwrap_or(0.0);
+    assert!(
+        opened >= sent * 0.8,
+        "the worker opened {opened} of the publisher's packets, it sent about {sent} in the window alone: {r}"
+    );
     // The bench read the node's memory: both resident and anonymous (RssAnon) figures.
     for key in ["sfu_rss_connected_bytes", "sfu_rss_anon_connected_bytes"] {
         assert!(r[key].as_u64().is_some_and(|b| b > 0), "{key}: {r}");
@@ -73,11 +88,14 @@ fn a_fanout_larger_than_one_send_part_reaches_every_subscriber() {
     );
 }
 
-/// `direct_send = false`: rtc protects and sends every copy, as before the direct send (the
-/// path a PC also stays on when its key does not verify), and the media arrives all the same.
+/// `direct_send = false` and `direct_receive = false`: rtc protects and sends every copy and
+/// reads every datagram, as before the direct send and receive (the paths a PC also stays on
+/// when its key does not verify), and the media arrives all the same.
 #[test]
-fn with_direct_send_off_rtc_sends_every_copy() {
-    let r = fanout_20(&["--direct-send", "false"]);
+fn with_direct_send_and_receive_off_rtc_does_all() {
+    let r = fanout_20(&["--direct-send", "false", "--direct-receive", "false"]);
     assert_eq!(r["sfu_direct_engaged"], 0.0, "{r}");
     assert_eq!(r["sfu_direct_packets"], 0.0, "{r}");
+    assert_eq!(r["sfu_direct_receive_engaged"], 0.0, "{r}");
+    assert_eq!(r["sfu_direct_received_packets"], 0.0, "{r}");
 }

@@ -114,6 +114,19 @@ fn simulcast_loss_and_ice_tcp_under_tc_and_iptables() {
     println!("direct send: engaged {engaged}, refused {refused}");
     assert!(engaged >= 2.0, "sfu_direct_send_total{{engaged}} {engaged}");
     assert_eq!(refused, 0.0, "sfu_direct_send_total{{refused}}");
+    // The publishers' media was opened by the worker past rtc's read, over UDP and ICE-TCP,
+    // under the same loss (the NACKs to the publishers come from rtc's generator all the same).
+    let (r_engaged, r_refused, opened) = common::direct_receive(sfu_metrics);
+    println!("direct receive: engaged {r_engaged}, refused {r_refused}, packets {opened}");
+    assert!(
+        r_engaged >= 2.0,
+        "sfu_direct_receive_total{{engaged}} {r_engaged}"
+    );
+    assert_eq!(r_refused, 0.0, "sfu_direct_receive_total{{refused}}");
+    assert!(
+        opened >= 100.0,
+        "sfu_direct_received_packets_total {opened}"
+    );
     // The ICE-TCP subscriber completed ICE on its stream (the SFU answered its check), so the
     // handshake deadline did not apply to the stream it used (its media arrived above). The
     // browser may open other ICE-TCP streams (one per local candidate) that never complete ICE:

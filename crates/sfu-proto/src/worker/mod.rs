@@ -15,6 +15,7 @@ mod forwarding;
 mod keyframe;
 mod negotiation;
 mod pump;
+mod receive;
 mod room;
 mod tick;
 
@@ -189,6 +190,15 @@ pub struct WorkerStats {
     pub direct_dropped: u64,
     /// Forwarded RTP packets (and retransmissions) the worker protected and sent itself.
     pub direct_packets: u64,
+    /// Publish PCs whose media the worker began to open itself (their remote SRTP key
+    /// verified against the publisher's packets).
+    pub direct_receive_engaged: u64,
+    /// Publish PCs left to rtc because no key candidate opened the publisher's SRTP with AES-GCM.
+    pub direct_receive_refused: u64,
+    /// Publish PCs handed back to rtc after a new DTLS handshake changed the keys.
+    pub direct_receive_dropped: u64,
+    /// Publishers' RTP packets the worker opened itself, past rtc's read.
+    pub direct_received_packets: u64,
 }
 
 struct Pc {
@@ -204,6 +214,8 @@ struct Pc {
     early_checks: Vec<(Proto, SocketAddr, BytesMut)>,
     /// Whether the worker sends this (subscribe) PC's RTP itself.
     direct: Direct,
+    /// Whether the worker opens this (publish) PC's media itself.
+    recv: receive::DirectRecv,
     /// Forwarding wrote into rtc, or moved the PC's deadline, since its datagrams were last
     /// taken: [`Worker::drain_written`] must take rtc's datagrams and read its deadline, not
     /// only the direct leg's packets.
@@ -719,7 +731,7 @@ impl Worker {
             self.stats.unroutable += 1;
             return;
         };
-        if pc.pc.remote_description().is_none() && stun_local_ufrag(bytes).is_some() {
+        if stun_local_ufrag(bytes).is_some() && pc.pc.remote_description().is_none() {
             // A subscribe PC whose answer is still on its way over signaling: the client checks
             // as soon as it has our offer, and rtc drops checks it cannot verify yet (no remote
             // ufrag), which costs the client's ~200 ms check retransmission. Kept (a few) and
@@ -729,6 +741,12 @@ impl Worker {
             }
             return;
         }
+        if key.leg == Leg::Publish && self.read_direct(now, key, proto, remote, bytes) {
+            return;
+        }
+        let Some(pc) = self.pc_mut(key) else {
+            return;
+        };
         // The peer repeated a handshake flight: it lost ours (RFC 6347 §4.2.4).
         let resend: Vec<BytesMut> = if pc.flight.on_received(now, bytes) {
             pc.flight.flight().cloned().collect()

@@ -80,7 +80,7 @@ impl Worker {
             .as_ref()
             .map(|p| p.bwe.clone())
             .unwrap_or_default();
-        let (mut pc, direct) = peer::build_pc(
+        let (mut pc, parts) = peer::build_pc(
             leg,
             &ufrag,
             &pwd,
@@ -118,6 +118,18 @@ impl Worker {
             leg,
         };
         self.demux.add_ufrag(&ufrag, key);
+        let (direct, recv) = match parts {
+            peer::PcParts::Send(parts) => (
+                Direct::Pending {
+                    parts,
+                    attempts: 0,
+                    noted: Vec::new(),
+                },
+                receive::DirectRecv::Off,
+            ),
+            peer::PcParts::Receive(parts) => (Direct::Off, receive::DirectRecv::new(Some(parts))),
+            peer::PcParts::None => (Direct::Off, receive::DirectRecv::Off),
+        };
         let slot = Pc {
             pc,
             connected: false,
@@ -125,14 +137,8 @@ impl Worker {
             flight: LastFlight::default(),
             flight_to: None,
             early_checks: Vec::new(),
-            direct: match direct {
-                Some(parts) => Direct::Pending {
-                    parts,
-                    attempts: 0,
-                    noted: Vec::new(),
-                },
-                None => Direct::Off,
-            },
+            direct,
+            recv,
             rtc_written: false,
         };
         if let Some(p) = self.parts[h].as_mut() {

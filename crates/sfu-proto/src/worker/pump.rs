@@ -62,6 +62,7 @@ impl Worker {
         for TaggedRTCMessage { message, .. } in reads {
             match (key.leg, message) {
                 (Leg::Publish, RTCMessage::RtpPacket(track_id, pkt)) => {
+                    self.note_rtc_read(now, key, &track_id, &pkt);
                     self.forward(now, key.participant, &track_id, pkt);
                 }
                 (Leg::Publish, RTCMessage::DataChannelMessage(_, m)) => {

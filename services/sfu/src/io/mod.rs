@@ -276,6 +276,10 @@ struct Exported {
     direct_refused: u64,
     direct_dropped: u64,
     direct_packets: u64,
+    direct_receive_engaged: u64,
+    direct_receive_refused: u64,
+    direct_receive_dropped: u64,
+    direct_received_packets: u64,
     census: (usize, usize, usize, usize),
 }
 
@@ -335,6 +339,10 @@ async fn run_worker(
         direct_refused: 0,
         direct_dropped: 0,
         direct_packets: 0,
+        direct_receive_engaged: 0,
+        direct_receive_refused: 0,
+        direct_receive_dropped: 0,
+        direct_received_packets: 0,
         census: (0, 0, 0, 0),
     };
     let worker_label = [("worker", index.to_string())];
@@ -710,6 +718,31 @@ fn export(
     }
     m.direct_packets
         .inc_by(delta(s.direct_packets, &mut e.direct_packets));
+    for (result, total, seen) in [
+        (
+            "engaged",
+            s.direct_receive_engaged,
+            &mut e.direct_receive_engaged,
+        ),
+        (
+            "refused",
+            s.direct_receive_refused,
+            &mut e.direct_receive_refused,
+        ),
+        (
+            "dropped",
+            s.direct_receive_dropped,
+            &mut e.direct_receive_dropped,
+        ),
+    ] {
+        m.direct_receive
+            .get_or_create(&[("result", result)])
+            .inc_by(delta(total, seen));
+    }
+    m.direct_received_packets.inc_by(delta(
+        s.direct_received_packets,
+        &mut e.direct_received_packets,
+    ));
     for b in core.take_bwe_samples() {
         m.bwe.observe(b);
     }

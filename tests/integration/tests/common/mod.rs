@@ -918,6 +918,21 @@ pub fn direct_send(addr: SocketAddr) -> (f64, f64, f64) {
     )
 }
 
+/// The SFU's direct receive at metrics listener `addr` (`sfu_proto::direct::GcmOpen`): publish
+/// PCs engaged and refused (`sfu_direct_receive_total{result}`) and packets opened
+/// (`sfu_direct_received_packets_total`).
+#[allow(dead_code)] // not every test binary uses it
+pub fn direct_receive(addr: SocketAddr) -> (f64, f64, f64) {
+    let page = scrape_metrics(addr);
+    let get =
+        |name: &str, labels: &[(&str, &str)]| metric_value(&page, name, labels).unwrap_or(0.0);
+    (
+        get("sfu_direct_receive_total", &[("result", "engaged")]),
+        get("sfu_direct_receive_total", &[("result", "refused")]),
+        get("sfu_direct_received_packets_total", &[]),
+    )
+}
+
 /// The `turnkey` binary (TURN + signaling + SFU in one process) on free loopback ports, with
 /// relay ports 61000-62999 (above the ephemeral range), two SFU workers and the API key
 /// `api_key`; `extra` flags are appended. Returns once the TURN and SFU metrics answer.
