@@ -26,6 +26,7 @@ use crate::send_side::{SendHandle, SendSide};
 use rtc::interceptor::{
     Attribute, BandwidthEstimator, EstimatorStats, Gcc, Interceptor, NackGeneratorBuilder, Packet,
     PacketReport, ReceiverReportBuilder, Registry, Slot, StreamInfo, TaggedPacket,
+    TwccReceiverBuilder,
 };
 use rtc::peer_connection::configuration::interceptor_registry::{
     configure_simulcast_extension_headers, configure_twcc_receiver_only,
@@ -393,11 +394,15 @@ pub fn build_pc(
     let registry = match leg {
         Leg::Publish => {
             configure_simulcast_extension_headers(&mut me)?;
-            // rtc's own three, in a chain of their own behind one interceptor the worker can
-            // also feed (crate::recv_side).
-            let r = Registry::new().with(Slot::NackGenerator, NackGeneratorBuilder::new().build());
-            let r = r.with(Slot::ReceiverReport, ReceiverReportBuilder::new().build());
-            let side = ReceiveSide::new(configure_twcc_receiver_only(r, &mut me)?.build());
+            // rtc's own three, in their slot order, behind one interceptor the worker can also
+            // feed (crate::recv_side). The helper registers TWCC feedback and its header
+            // extension in the media engine; its registry is not used.
+            configure_twcc_receiver_only(Registry::new(), &mut me)?;
+            let side = ReceiveSide::new(vec![
+                Box::new(NackGeneratorBuilder::new().build()),
+                Box::new(TwccReceiverBuilder::new().build()),
+                Box::new(ReceiverReportBuilder::new().build()),
+            ]);
             if settings.direct_receive {
                 parts = PcParts::Receive(ReceiveParts {
                     tap: Arc::new(KeyTap::new()),

@@ -1,5 +1,5 @@
 //! The publish leg's receive side: rtc's NACK generator, receiver reports and TWCC feedback
-//! (rtc-interceptor's own, in their own chain), held behind a handle the worker shares, so that
+//! (rtc-interceptor's own, walked here as its chain walks them), held behind a handle the worker shares, so that
 //! a packet the worker opened itself ([`crate::direct::GcmOpen`]) is recorded by the same
 //! interceptors as one rtc read: the feedback the publisher gets is the same either way.
 //!
@@ -9,10 +9,57 @@
 use rtc::interceptor::{Interceptor, Packet, StreamInfo, TaggedPacket};
 use rtc::sansio::Protocol;
 use rtc::shared::TransportContext;
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-type Inner = Box<dyn Interceptor>;
+/// The interceptors in wire-to-application order, walked as rtc-interceptor's chain walks
+/// them (reads forward, writes backward, what one emits fed to the next), with one belt reused
+/// across calls and without the chain's terminal no-op (rtc's own chain, which holds this
+/// side, ends with one).
+#[derive(Default)]
+struct Inner {
+    interceptors: Vec<Box<dyn Interceptor>>,
+    belt: VecDeque<TaggedPacket>,
+    read_outs: VecDeque<TaggedPacket>,
+    write_outs: VecDeque<TaggedPacket>,
+}
+
+impl Inner {
+    fn walk_read(&mut self, first: Option<TaggedPacket>) {
+        let mut belt = std::mem::take(&mut self.belt);
+        belt.extend(first);
+        for i in self.interceptors.iter_mut() {
+            while let Some(m) = belt.pop_front() {
+                if let Err(e) = i.handle_read(m) {
+                    tracing::debug!(error = %e, "receive-side interceptor refused a packet");
+                }
+            }
+            while let Some(m) = i.poll_read() {
+                belt.push_back(m);
+            }
+        }
+        self.read_outs.extend(belt.drain(..));
+        self.belt = belt;
+    }
+
+    fn walk_write(&mut self, first: Option<TaggedPacket>) {
+        let mut belt = std::mem::take(&mut self.belt);
+        belt.extend(first);
+        for i in self.interceptors.iter_mut().rev() {
+            while let Some(m) = belt.pop_front() {
+                if let Err(e) = i.handle_write(m) {
+                    tracing::debug!(error = %e, "receive-side interceptor refused a packet");
+                }
+            }
+            while let Some(m) = i.poll_write() {
+                belt.push_back(m);
+            }
+        }
+        self.write_outs.extend(belt.drain(..));
+        self.belt = belt;
+    }
+}
 
 /// The publish leg's receive-side interceptors, as one on rtc's chain (see the module docs).
 pub struct ReceiveSide {
@@ -24,10 +71,14 @@ pub struct ReceiveSide {
 pub struct ReceiveHandle(Arc<Mutex<Inner>>);
 
 impl ReceiveSide {
-    /// The side over `inner` (an interceptor chain built from a registry).
-    pub fn new(inner: impl Interceptor + 'static) -> Self {
+    /// The side over `interceptors`, in wire-to-application order (rtc-interceptor's slot
+    /// order).
+    pub fn new(interceptors: Vec<Box<dyn Interceptor>>) -> Self {
         Self {
-            inner: Arc::new(Mutex::new(Box::new(inner))),
+            inner: Arc::new(Mutex::new(Inner {
+                interceptors,
+                ..Inner::default()
+            })),
         }
     }
 
@@ -52,18 +103,36 @@ impl ReceiveHandle {
         p: rtc::rtp::Packet,
     ) -> (Option<rtc::rtp::Packet>, Option<Instant>) {
         let mut inner = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let _ = inner.handle_read(TaggedPacket {
+        let outs = inner.read_outs.len();
+        inner.walk_read(Some(TaggedPacket {
             now,
             transport,
             message: Packet::Rtp(p).into(),
-        });
-        let mut back = None;
-        while let Some(m) = inner.poll_read() {
-            if let Packet::Rtp(p) = m.message.packet {
-                back = Some(p);
-            }
-        }
-        (back, inner.poll_timeout())
+        }));
+        // The walk released this packet last (the receive-side interceptors hold nothing
+        // back). Anything else, and anything queued before, stays for rtc's read.
+        let ours = inner.read_outs.len() > outs
+            && inner
+                .read_outs
+                .back()
+                .is_some_and(|m| matches!(m.message.packet, Packet::Rtp(_)));
+        let back = match ours.then(|| inner.read_outs.pop_back()).flatten() {
+            Some(TaggedPacket {
+                message:
+                    rtc::interceptor::AttributedPacket {
+                        packet: Packet::Rtp(p),
+                        ..
+                    },
+                ..
+            }) => Some(p),
+            _ => None,
+        };
+        let deadline = inner
+            .interceptors
+            .iter_mut()
+            .filter_map(|i| i.poll_timeout())
+            .min();
+        (back, deadline)
     }
 }
 
@@ -75,57 +144,77 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for ReceiveSide {
     type Time = Instant;
 
     fn handle_read(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
-        self.inner().handle_read(msg)
+        self.inner().walk_read(Some(msg));
+        Ok(())
     }
 
     fn poll_read(&mut self) -> Option<Self::Rout> {
-        self.inner().poll_read()
+        let mut inner = self.inner();
+        if inner.read_outs.is_empty() {
+            inner.walk_read(None);
+        }
+        inner.read_outs.pop_front()
     }
 
     fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
-        self.inner().handle_write(msg)
+        self.inner().walk_write(Some(msg));
+        Ok(())
     }
 
     fn poll_write(&mut self) -> Option<Self::Wout> {
-        self.inner().poll_write()
-    }
-
-    fn handle_event(&mut self, evt: ()) -> Result<(), Self::Error> {
-        self.inner().handle_event(evt)
-    }
-
-    fn poll_event(&mut self) -> Option<Self::Eout> {
-        self.inner().poll_event()
+        let mut inner = self.inner();
+        if inner.write_outs.is_empty() {
+            inner.walk_write(None);
+        }
+        inner.write_outs.pop_front()
     }
 
     fn handle_timeout(&mut self, now: Self::Time) -> Result<(), Self::Error> {
-        self.inner().handle_timeout(now)
+        for i in self.inner().interceptors.iter_mut() {
+            i.handle_timeout(now)?;
+        }
+        Ok(())
     }
 
     fn poll_timeout(&mut self) -> Option<Self::Time> {
-        self.inner().poll_timeout()
+        self.inner()
+            .interceptors
+            .iter_mut()
+            .filter_map(|i| i.poll_timeout())
+            .min()
     }
 
     fn close(&mut self) -> Result<(), Self::Error> {
-        self.inner().close()
+        for i in self.inner().interceptors.iter_mut() {
+            i.close()?;
+        }
+        Ok(())
     }
 }
 
 impl Interceptor for ReceiveSide {
     fn bind_local_stream(&mut self, info: &StreamInfo) {
-        self.inner().bind_local_stream(info);
+        for i in self.inner().interceptors.iter_mut() {
+            i.bind_local_stream(info);
+        }
     }
 
     fn unbind_local_stream(&mut self, info: &StreamInfo) {
-        self.inner().unbind_local_stream(info);
+        for i in self.inner().interceptors.iter_mut() {
+            i.unbind_local_stream(info);
+        }
     }
 
     fn bind_remote_stream(&mut self, info: &StreamInfo) {
-        self.inner().bind_remote_stream(info);
+        for i in self.inner().interceptors.iter_mut() {
+            i.bind_remote_stream(info);
+        }
     }
 
     fn unbind_remote_stream(&mut self, info: &StreamInfo) {
-        self.inner().unbind_remote_stream(info);
+        for i in self.inner().interceptors.iter_mut() {
+            i.unbind_remote_stream(info);
+        }
     }
 }
 
@@ -133,7 +222,8 @@ impl Interceptor for ReceiveSide {
 #[allow(clippy::disallowed_methods)] // tests anchor virtual time at one real instant
 mod tests {
     use super::*;
-    use rtc::interceptor::{NackGeneratorBuilder, RTCPFeedback, Registry, Slot};
+    use rtc::interceptor::{NackGeneratorBuilder, RTCPFeedback, ReceiverReportBuilder};
+    use rtc::rtcp::receiver_report::ReceiverReport;
     use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
     use std::time::Duration;
 
@@ -153,10 +243,10 @@ mod tests {
     /// interceptors: a gap between them is NACKed.
     #[test]
     fn the_handle_and_the_chain_feed_the_same_interceptors() {
-        let chain = Registry::new()
-            .with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
-            .build();
-        let mut side = ReceiveSide::new(chain);
+        let mut side = ReceiveSide::new(vec![
+            Box::new(NackGeneratorBuilder::new().build()),
+            Box::new(ReceiverReportBuilder::new().build()),
+        ]);
         side.bind_remote_stream(&StreamInfo {
             ssrc: 42,
             rtcp_feedback: vec![RTCPFeedback {
@@ -204,5 +294,22 @@ mod tests {
             }
         }
         assert_eq!(nacked, [3, 4]);
+        // The receiver report counts all four packets and the two missing (RFC 3550 §6.4.2).
+        let mut reported = None;
+        for ms in [1000, 2000] {
+            side.handle_timeout(t0 + Duration::from_millis(ms)).unwrap();
+            while let Some(m) = side.poll_write() {
+                if let Packet::Rtcp(pkts) = m.message.packet {
+                    for p in pkts {
+                        if let Some(rr) = p.as_any().downcast_ref::<ReceiverReport>() {
+                            reported = rr.reports.iter().find(|r| r.ssrc == 42).cloned();
+                        }
+                    }
+                }
+            }
+        }
+        let r = reported.expect("a receiver report for the stream");
+        assert_eq!(r.last_sequence_number, 6);
+        assert_eq!(r.total_lost, 2);
     }
 }
