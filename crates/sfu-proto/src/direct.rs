@@ -6,8 +6,14 @@
 //! 41 % of the worker, of which the SRTP cipher was about 9 % and our send side
 //! ([`crate::send_side`]) 6 %: the rest was each copy moving, as a ~250-byte message, through
 //! the queues of the interceptor, SRTP, DTLS, SCTP, data-channel, demuxer and ICE handlers.
-//! Here a copy is numbered and recorded by the same send side, marshalled once, sealed by the
-//! same `rtc-srtp` context type rtc would use, and queued as a datagram.
+//! Here a copy is numbered and recorded by the same send side, marshalled once with its
+//! transport-wide number written in, and sealed: AEAD AES-GCM in the datagram's own buffer
+//! ([`GcmSeal`], session keys by the SRTP PRF), other profiles by the `rtc-srtp` context type
+//! rtc would use.
+//!
+//! **The other direction.** A publish PC's tap gives the publisher's key the same way
+//! ([`KeyTap::verify_remote`]), and [`Opening`] opens its media for the worker
+//! (`worker/receive.rs`).
 //!
 //! **Where the keys come from.** rtc 0.21 keeps a PC's SRTP contexts to itself. It derives them
 //! at the end of the DTLS handshake (DTLS-SRTP, RFC 5764 §4.2) with the SRTP key derivation
