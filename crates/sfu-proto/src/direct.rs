@@ -112,73 +112,56 @@ impl KeyTap {
         self.crypto.generation.load(Ordering::Relaxed)
     }
 
-    /// The local master key's protection, if a candidate with a profile of its key length
-    /// authenticates `datagram`, an SRTP packet rtc protected with the PC's local context. The
-    /// returned protection has protected nothing yet.
-    pub fn verify(&self, datagram: &[u8]) -> Option<Protection> {
+    /// The first `Some` of `f` over the candidates and each profile of their key length, with
+    /// the salt cut to the profile's length.
+    fn find<T>(
+        &self,
+        mut f: impl FnMut(&[u8], &[u8], ProtectionProfile, &dyn RTCCrypto) -> Option<T>,
+    ) -> Option<T> {
         let candidates = self
             .crypto
             .candidates
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let crypto = self.crypto.inner.crypto();
-        for c in candidates.iter() {
-            for &profile in profiles(c.key.len()) {
-                let salt = &c.block[..profile.salt_len()];
-                let Ok(mut probe) = Context::new(&c.key, salt, profile, None, None, crypto) else {
-                    continue;
-                };
-                if probe.decrypt_rtp(datagram).is_ok() {
-                    return Protection::new(&c.key, salt, profile, crypto);
-                }
-            }
-        }
-        None
+        candidates.iter().find_map(|c| {
+            profiles(c.key.len())
+                .iter()
+                .find_map(|&p| f(&c.key, &c.block[..p.salt_len()], p, crypto))
+        })
     }
-}
 
-impl KeyTap {
+    /// The local master key's protection, if a candidate with a profile of its key length
+    /// authenticates `datagram`, an SRTP packet rtc protected with the PC's local context. The
+    /// returned protection has protected nothing yet.
+    pub fn verify(&self, datagram: &[u8]) -> Option<Protection> {
+        self.find(|key, salt, profile, crypto| {
+            let mut probe = Context::new(key, salt, profile, None, None, crypto).ok()?;
+            probe.decrypt_rtp(datagram).ok()?;
+            Protection::new(key, salt, profile, crypto)
+        })
+    }
+
     /// The remote master key's unprotection, if a candidate with a profile of its key length
     /// authenticates `datagram`, an SRTP packet the peer sent on the PC: AEAD AES-GCM opened in
     /// place ([`GcmOpen`]), any other profile through an `rtc-srtp` context. The packet counts
     /// as received (its replay window has it).
     pub fn verify_remote(&self, datagram: &[u8]) -> Option<Opening> {
-        let candidates = self
-            .crypto
-            .candidates
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let crypto = self.crypto.inner.crypto();
-        for c in candidates.iter() {
-            for &profile in profiles(c.key.len()) {
-                let salt = &c.block[..profile.salt_len()];
-                if matches!(
-                    profile,
-                    ProtectionProfile::AeadAes128Gcm | ProtectionProfile::AeadAes256Gcm
-                ) {
-                    let Some(mut open) = GcmOpen::new(&c.key, salt, crypto) else {
-                        continue;
-                    };
-                    if open.open(datagram).is_some() {
-                        return Some(Opening::Gcm(open));
-                    }
-                } else if let Ok(mut ctx) = Context::new(
-                    &c.key,
-                    salt,
-                    profile,
-                    Some(rtc::srtp::option::srtp_replay_protection(
-                        REPLAY_WINDOW as usize,
-                    )),
-                    None,
-                    crypto,
-                ) {
-                    if ctx.decrypt_rtp(datagram).is_ok() {
-                        return Some(Opening::Context(Box::new(ctx)));
-                    }
-                }
+        self.find(|key, salt, profile, crypto| {
+            if matches!(
+                profile,
+                ProtectionProfile::AeadAes128Gcm | ProtectionProfile::AeadAes256Gcm
+            ) {
+                let mut open = GcmOpen::new(key, salt, crypto)?;
+                open.open(datagram)?;
+                Some(Opening::Gcm(open))
+            } else {
+                let replay = rtc::srtp::option::srtp_replay_protection(REPLAY_WINDOW as usize);
+                let mut ctx = Context::new(key, salt, profile, Some(replay), None, crypto).ok()?;
+                ctx.decrypt_rtp(datagram).ok()?;
+                Some(Opening::Context(Box::new(ctx)))
             }
-        }
-        None
+        })
     }
 }
 

@@ -1000,17 +1000,22 @@ fn read_into(
 ) -> Result<(), rtc::shared::error::Error> {
     pc.handle_read(TaggedBytesMut {
         now,
-        transport: TransportContext {
-            local_addr: local,
-            peer_addr: remote,
-            ecn: None,
-            transport_protocol: match proto {
-                Proto::Udp => TransportProtocol::UDP,
-                Proto::Tcp => TransportProtocol::TCP,
-            },
-        },
+        transport: transport(local, proto, remote),
         message,
     })
+}
+
+/// What rtc knows of the path a datagram from `remote` came over.
+fn transport(local: SocketAddr, proto: Proto, remote: SocketAddr) -> TransportContext {
+    TransportContext {
+        local_addr: local,
+        peer_addr: remote,
+        ecn: None,
+        transport_protocol: match proto {
+            Proto::Udp => TransportProtocol::UDP,
+            Proto::Tcp => TransportProtocol::TCP,
+        },
+    }
 }
 
 fn new_layer(rid: &str, ssrc: u32) -> Layer {

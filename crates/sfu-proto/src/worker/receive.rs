@@ -145,16 +145,10 @@ impl Worker {
             self.stats.bad_packets += 1;
             return true;
         };
-        let transport = TransportContext {
-            local_addr: local,
-            peer_addr: remote,
-            ecn: None,
-            transport_protocol: match proto {
-                Proto::Udp => TransportProtocol::UDP,
-                Proto::Tcp => TransportProtocol::TCP,
-            },
-        };
-        let (pkt, deadline) = r.parts.recv.record(now, transport, pkt);
+        let (pkt, deadline) = r
+            .parts
+            .recv
+            .record(now, transport(local, proto, remote), pkt);
         // The interceptors' feedback timers start with a stream's first packets.
         if let Some(t) = deadline {
             if self
