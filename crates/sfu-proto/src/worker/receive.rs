@@ -16,7 +16,11 @@
 //!
 //! **Bounds and input.** A datagram of a known stream that does not open (forged, replayed, too
 //! old) is dropped and counted as a bad packet; it never goes on to rtc, whose replay window has
-//! not seen the packets opened here. At most [`MAX_MEDIA_STREAMS`] streams per PC.
+//! not seen the packets opened here. After [`MAX_OPEN_FAILURES`] in a row the stream is left to
+//! rtc for good (a flood of forged packets, or a rollover counter missed: an AES-CM stream is
+//! followed only from its first delivery, since an rtc-srtp context keeps state for any SSRC it
+//! is handed); the NACK generator has seen the gap, so the publisher resends what was dropped.
+//! At most [`MAX_MEDIA_STREAMS`] streams per PC.
 
 use super::*;
 use crate::direct::Opening;
@@ -27,6 +31,9 @@ use rtc::shared::marshal::Unmarshal;
 pub const RTC_READ_INTERVAL: Duration = Duration::from_millis(500);
 /// Media streams per publish PC read past rtc (a track's simulcast layers: 3 per video track).
 pub const MAX_MEDIA_STREAMS: usize = 16;
+/// Packets of a known stream in a row that do not open before the stream is left to rtc for
+/// good (forged packets faster than the real ones, or a rollover counter the worker missed).
+pub const MAX_OPEN_FAILURES: u8 = 8;
 
 /// Whether the worker opens a publish PC's SRTP media itself.
 pub(super) enum DirectRecv {
@@ -44,6 +51,8 @@ pub(super) struct Reading {
     /// The tap's generation when the key was verified.
     generation: u64,
     streams: Vec<MediaStream>,
+    /// Streams left to rtc after [`MAX_OPEN_FAILURES`] (at most [`MAX_MEDIA_STREAMS`]).
+    left_to_rtc: Vec<u32>,
 }
 
 /// A stream rtc delivered as a track's media.
@@ -53,6 +62,8 @@ struct MediaStream {
     track: Arc<str>,
     /// When rtc last read one of its datagrams.
     rtc_at: Instant,
+    /// Its packets in a row that did not open.
+    failures: u8,
 }
 
 impl DirectRecv {
@@ -103,6 +114,7 @@ impl Worker {
                         parts,
                         generation,
                         streams: Vec::new(),
+                        left_to_rtc: Vec::new(),
                     }));
                     self.stats.direct_receive_engaged += 1;
                 } else {
@@ -129,18 +141,33 @@ impl Worker {
         else {
             // rtc reads it (a stream it has not delivered yet, RTX, or this stream's packet of
             // the interval); opened here too, so that the stream's rollover counter and replay
-            // window stay known.
-            if let Some(s) = r.streams.iter_mut().find(|s| s.ssrc == ssrc) {
-                s.rtc_at = now;
+            // window stay known. An rtc-srtp context keeps state for every SSRC it is handed,
+            // authenticated or not, so only known streams go through one.
+            let known = match r.streams.iter_mut().find(|s| s.ssrc == ssrc) {
+                Some(s) => {
+                    s.rtc_at = now;
+                    true
+                }
+                None => false,
+            };
+            if known || matches!(r.open, Opening::Gcm(_)) {
+                let _ = r.open.open(bytes);
             }
-            let _ = r.open.open(bytes);
             return false;
         };
         let track = stream.track.clone();
         let Some(plain) = r.open.open(bytes) else {
+            stream.failures += 1;
+            if stream.failures >= MAX_OPEN_FAILURES {
+                r.streams.retain(|s| s.ssrc != ssrc);
+                if r.left_to_rtc.len() < MAX_MEDIA_STREAMS {
+                    r.left_to_rtc.push(ssrc);
+                }
+            }
             self.stats.bad_packets += 1;
             return true;
         };
+        stream.failures = 0;
         let Ok(pkt) = rtc::rtp::Packet::unmarshal(&mut plain.freeze()) else {
             self.stats.bad_packets += 1;
             return true;
@@ -181,12 +208,16 @@ impl Worker {
         let DirectRecv::On(r) = &mut pc.recv else {
             return;
         };
-        if layer && r.streams.len() < MAX_MEDIA_STREAMS && !r.streams.iter().any(|s| s.ssrc == ssrc)
+        if layer
+            && r.streams.len() < MAX_MEDIA_STREAMS
+            && !r.streams.iter().any(|s| s.ssrc == ssrc)
+            && !r.left_to_rtc.contains(&ssrc)
         {
             r.streams.push(MediaStream {
                 ssrc,
                 track: Arc::from(track),
                 rtc_at: now,
+                failures: 0,
             });
         }
     }
