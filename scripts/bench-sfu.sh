@@ -40,7 +40,8 @@
 #   MAX_SECS=300              seconds per server; MAX_FANOUT=2000 caps the doubling;
 #   MAX_FANOUT=2000           MAX_DURATION=4 measured seconds per step
 #   MAX_DURATION=4
-#   EXTRA=                    more sfu-bench flags for every run (e.g. "--fps 15")
+#   EXTRA=                    more sfu-bench flags for every run (e.g. "--fps 15";
+#                             "--srtp-aes-cm": clients offer only AES-CM, as Chromium ends up)
 #   NO_BUILD=1                use the existing binaries
 #   CARGO_TARGET_DIR          where the binaries are (default: target)
 set -euo pipefail

@@ -8,12 +8,14 @@ use bench_support::histogram::LatencyHistogram;
 use bytes::BytesMut;
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
+use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 use rtc::interceptor::{Registry, Slot};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
 use rtc::peer_connection::configuration::media_engine::{
     MediaEngine, MIME_TYPE_OPUS, MIME_TYPE_VP8,
 };
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::event::RTCPeerConnectionEvent;
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
@@ -55,6 +57,9 @@ pub struct Load {
     /// Datagrams dropped on purpose, per million, each way (0: none): a lossy path in front
     /// of the clients' sockets, to exercise ICE and DTLS retransmission.
     pub drop_ppm: u32,
+    /// Offer only SRTP_AES128_CM_HMAC_SHA1_80 in DTLS-SRTP (RFC 5764 §4.1.2), the profile
+    /// Chromium ends up with, instead of webrtc-rs's list (AEAD AES-128-GCM first).
+    pub srtp_aes_cm: bool,
 }
 
 /// A seeded xorshift stream deciding which datagrams `Load::drop_ppm` drops.
@@ -233,16 +238,26 @@ const OPUS_PT: u8 = 111;
 /// A peer connection with webrtc-rs's defaults plus the SFU's `FeedbackTap`, without which
 /// webrtc-rs never hands inbound PLI/FIR to the application (publishers would not answer the
 /// SFU's keyframe requests).
-fn new_pc(now: Instant) -> anyhow::Result<RTCPeerConnection> {
+/// With `srtp_aes_cm`, DTLS-SRTP offers only AES_CM_128_HMAC_SHA1_80 ([`Load::srtp_aes_cm`]).
+fn new_pc(now: Instant, srtp_aes_cm: bool) -> anyhow::Result<RTCPeerConnection> {
     let mut me = MediaEngine::default();
     me.register_default_codecs()?;
     let tap = FeedbackTap::new(Arc::new(FeedbackCounters::default()));
     let reg = register_default_interceptors(Registry::new().with(Slot::Custom(500), tap), &mut me)?;
-    Ok(RTCPeerConnectionBuilder::new()
+    let mut builder = RTCPeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
         .with_media_engine(me)
-        .with_interceptor_registry(reg)
-        .build(now)?)
+        .with_interceptor_registry(reg);
+    if srtp_aes_cm {
+        builder = builder.with_setting_engine(
+            SettingEngineBuilder::new()
+                .with_srtp_protection_profiles(vec![
+                    SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
+                ])
+                .build(),
+        );
+    }
+    Ok(builder.build(now)?)
 }
 
 fn add_host(pc: &mut RTCPeerConnection, a: SocketAddr) -> anyhow::Result<()> {
@@ -333,7 +348,7 @@ pub fn run(
         };
         if part.seat.publishes {
             let (sock, local) = bind(&poll, Token(slot * 2), ip)?;
-            let mut pc = new_pc(start)?;
+            let mut pc = new_pc(start, load.srtp_aes_cm)?;
             let stream = format!("p{}", part.seat.index);
             let (vs, aus) = (
                 0x1000_0000 + part.seat.index * 2,
@@ -459,7 +474,7 @@ pub fn run(
         let now = Instant::now();
         while let Ok((slot, msg)) = inbox.try_recv() {
             if let Some(part) = parts.get_mut(slot) {
-                if let Err(e) = on_signal(&poll, slot, part, &msg, now, ip) {
+                if let Err(e) = on_signal(&poll, slot, part, &msg, now, ip, load.srtp_aes_cm) {
                     report.errors.push(format!("p{}: {e}", part.seat.index));
                 }
             }
@@ -676,6 +691,7 @@ fn on_signal(
     msg: &Value,
     now: Instant,
     ip: IpAddr,
+    srtp_aes_cm: bool,
 ) -> anyhow::Result<()> {
     let sdp = msg["sdp"].as_str().unwrap_or_default().to_string();
     match msg["type"].as_str() {
@@ -692,7 +708,7 @@ fn on_signal(
             if part.subscribe.is_none() {
                 let (sock, local) = bind(poll, Token(slot * 2 + 1), ip)?;
                 part.subscribe = Some(Pc {
-                    pc: new_pc(now)?,
+                    pc: new_pc(now, srtp_aes_cm)?,
                     sock,
                     local,
                     deadline: Some(now),

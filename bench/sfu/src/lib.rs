@@ -88,6 +88,10 @@ struct Args {
     /// Audio RTP payload bytes.
     #[arg(long, default_value_t = 100)]
     audio_bytes: usize,
+    /// Clients offer only SRTP_AES128_CM_HMAC_SHA1_80 (what Chromium negotiates with the SFU)
+    /// instead of webrtc-rs's default, AEAD AES-128-GCM.
+    #[arg(long)]
+    srtp_aes_cm: bool,
     /// Seconds between keyframes.
     #[arg(long, default_value_t = 2.0)]
     keyframe_secs: f64,
@@ -271,6 +275,7 @@ pub fn main() -> anyhow::Result<()> {
         audio_bytes: a.audio_bytes.max(probe::MIN_PAYLOAD),
         keyframe_interval: Duration::from_secs_f64(a.keyframe_secs.max(0.1)),
         drop_ppm: (a.drop_percent.clamp(0.0, 100.0) * 10_000.0) as u32,
+        srtp_aes_cm: a.srtp_aes_cm,
     };
     if let Some(pcs) = a.connect_only {
         return connect_only(&a, pcs, &load);

@@ -7,9 +7,11 @@
 //! ([`crate::send_side`]) 6 %: the rest was each copy moving, as a ~250-byte message, through
 //! the queues of the interceptor, SRTP, DTLS, SCTP, data-channel, demuxer and ICE handlers.
 //! Here a copy is numbered and recorded by the same send side, marshalled once with its
-//! transport-wide number written in, and sealed: AEAD AES-GCM in the datagram's own buffer
-//! ([`GcmSeal`], session keys by the SRTP PRF), other profiles by the `rtc-srtp` context type
-//! rtc would use.
+//! transport-wide number written in, and sealed in the datagram's own buffer ([`Protection`]):
+//! AEAD AES-GCM (RFC 7714 §8) or AES-CM with HMAC-SHA1 (RFC 3711 §4.1.1, §4.2; the profile
+//! Chromium negotiates), under session keys derived by the SRTP PRF, through the PC's crypto
+//! provider (ring). An `rtc-srtp` context would take the marshalled packet, parse its header
+//! again and copy it into a new buffer for every copy.
 //!
 //! **The other direction.** A publish PC's tap gives the publisher's key the same way
 //! ([`KeyTap::verify_remote`]), and [`Opening`] opens its media for the worker
@@ -53,7 +55,6 @@ use rtc::crypto::{
     RTCCryptoProvider, RTCRandom, SignatureScheme, SigningKey, StreamCipher, StreamCipherAlgorithm,
 };
 use rtc::shared::marshal::{Marshal, MarshalSize};
-use rtc::srtp::context::Context;
 use rtc::srtp::protection_profile::ProtectionProfile;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -136,56 +137,20 @@ impl KeyTap {
     /// returned protection has protected nothing yet.
     pub fn verify(&self, datagram: &[u8]) -> Option<Protection> {
         self.find(|key, salt, profile, crypto| {
-            let mut probe = Context::new(key, salt, profile, None, None, crypto).ok()?;
-            probe.decrypt_rtp(datagram).ok()?;
+            Opening::new(key, salt, profile, crypto)?.open(datagram)?;
             Protection::new(key, salt, profile, crypto)
         })
     }
 
     /// The remote master key's unprotection, if a candidate with a profile of its key length
-    /// authenticates `datagram`, an SRTP packet the peer sent on the PC: AEAD AES-GCM opened in
-    /// place ([`GcmOpen`]), any other profile through an `rtc-srtp` context. The packet counts
-    /// as received (its replay window has it).
+    /// authenticates `datagram`, an SRTP packet the peer sent on the PC. The packet counts as
+    /// received (its replay window has it).
     pub fn verify_remote(&self, datagram: &[u8]) -> Option<Opening> {
         self.find(|key, salt, profile, crypto| {
-            if matches!(
-                profile,
-                ProtectionProfile::AeadAes128Gcm | ProtectionProfile::AeadAes256Gcm
-            ) {
-                let mut open = GcmOpen::new(key, salt, crypto)?;
-                open.open(datagram)?;
-                Some(Opening::Gcm(open))
-            } else {
-                let replay = rtc::srtp::option::srtp_replay_protection(REPLAY_WINDOW as usize);
-                let mut ctx = Context::new(key, salt, profile, Some(replay), None, crypto).ok()?;
-                ctx.decrypt_rtp(datagram).ok()?;
-                Some(Opening::Context(Box::new(ctx)))
-            }
+            let mut open = Opening::new(key, salt, profile, crypto)?;
+            open.open(datagram)?;
+            Some(open)
         })
-    }
-}
-
-/// How the worker opens a publish PC's SRTP: AEAD AES-GCM itself ([`GcmOpen`]), the AES-CM /
-/// HMAC-SHA1 profiles (RFC 3711 §4.1, §4.2) through an `rtc-srtp` context, which keeps its own
-/// rollover counters and replay window (RFC 3711 §3.3).
-pub enum Opening {
-    /// AEAD_AES_128_GCM or AEAD_AES_256_GCM.
-    Gcm(GcmOpen),
-    /// Any other profile.
-    Context(Box<Context>),
-}
-
-impl Opening {
-    /// The RTP packet (header and payload) of SRTP datagram `d`, authenticated and decrypted;
-    /// `None` if it is not SRTP, is short, replayed or too old, or fails authentication.
-    pub fn open(&mut self, d: &[u8]) -> Option<BytesMut> {
-        match self {
-            Self::Gcm(g) => g.open(d),
-            Self::Context(ctx) => {
-                srtp_stream(d)?;
-                ctx.decrypt_rtp(d).ok()
-            }
-        }
     }
 }
 
@@ -342,13 +307,12 @@ pub const MAX_STREAMS: usize = 256;
 /// Bytes of an AES-GCM authentication tag (RFC 7714 §7.1: SRTP with AES-GCM uses 16).
 const GCM_TAG_LEN: usize = 16;
 
-/// How a [`DirectLeg`] protects RTP: AEAD AES-GCM in place (RFC 7714 §8), or for the older
-/// AES-CM/HMAC-SHA1 profiles (RFC 3711 §4) through an `rtc-srtp` context, as rtc does.
-pub enum Protection {
-    /// AEAD_AES_128_GCM or AEAD_AES_256_GCM.
-    Gcm(GcmSeal),
-    /// Any other profile.
-    Context(Context),
+/// How a [`DirectLeg`] protects RTP: in the datagram's own buffer, under the session keys of
+/// the PC's profile ([`Session`]), each stream at its own packet index. No copy, one
+/// allocation per packet (the datagram).
+pub struct Protection {
+    session: Session,
+    streams: PacketIndexes,
 }
 
 impl Protection {
@@ -359,157 +323,240 @@ impl Protection {
         profile: ProtectionProfile,
         crypto: &dyn RTCCrypto,
     ) -> Option<Self> {
-        match profile {
-            ProtectionProfile::AeadAes128Gcm | ProtectionProfile::AeadAes256Gcm => {
-                GcmSeal::new(key, salt, crypto).map(Self::Gcm)
-            }
-            _ => Context::new(key, salt, profile, None, None, crypto)
-                .ok()
-                .map(Self::Context),
-        }
+        Some(Self {
+            session: Session::new(key, salt, profile, crypto)?,
+            streams: PacketIndexes::default(),
+        })
     }
 
     /// rtc protected packet `seq` of `ssrc` with its own context: this one follows, so both
     /// agree on the stream's rollover counter.
     fn follow(&mut self, ssrc: u32, seq: u16) {
-        match self {
-            Self::Gcm(g) => {
-                let _ = g.streams.index(ssrc, seq);
-            }
-            Self::Context(ctx) => {
-                let header = rtc::rtp::header::Header {
-                    version: 2,
-                    ssrc,
-                    sequence_number: seq,
-                    ..Default::default()
-                };
-                let mut b = [0u8; 13];
-                if header.marshal_to(&mut b).is_ok() {
-                    let _ = ctx.encrypt_rtp_with_header(&b, &header);
-                }
-            }
-        }
+        let _ = self.streams.index(ssrc, seq);
     }
 
     /// `p` marshalled, with `twcc` written as its only header extension, and protected; `None`
     /// if it cannot be.
     fn protect(&mut self, p: &rtc::rtp::Packet, twcc: Option<TwccNumber>) -> Option<BytesMut> {
-        match self {
-            Self::Gcm(g) => {
-                let mut out = BytesMut::new();
-                let header_len = write_rtp(p, twcc, GCM_TAG_LEN, &mut out)?;
-                g.seal(
-                    p.header.ssrc,
-                    p.header.sequence_number,
-                    header_len,
-                    &mut out,
-                )?;
-                Some(out)
-            }
-            Self::Context(ctx) => {
-                let mut out = BytesMut::new();
-                write_rtp(p, twcc, 0, &mut out)?;
-                ctx.encrypt_rtp(&out).ok()
-            }
-        }
+        let mut out = BytesMut::new();
+        let header_len = write_rtp(p, twcc, self.session.tag_len(), &mut out)?;
+        let (ssrc, seq) = (p.header.ssrc, p.header.sequence_number);
+        let index = self.streams.index(ssrc, seq)?;
+        self.session.seal(ssrc, index, header_len, &mut out)?;
+        Some(out)
     }
 }
 
-/// The SRTP session cipher and salt of AEAD AES-GCM (RFC 7714), derived from a master key and
-/// salt. Holds the session key's cipher and salt, never the master key.
-struct GcmSession {
-    cipher: Box<dyn AeadCipher>,
-    salt: [u8; 12],
+/// Bytes of an AES-CM session salt (RFC 3711 §4.3.1: 112 bits).
+const CM_SALT_LEN: usize = 14;
+/// Bytes of the HMAC-SHA1 session authentication key (RFC 3711 §4.2.1: 160 bits).
+const CM_AUTH_KEY_LEN: usize = 20;
+/// Bytes of an untruncated HMAC-SHA1 tag.
+const SHA1_LEN: usize = 20;
+
+/// The SRTP session keys of one direction of a PC, derived from its master key and salt with
+/// the SRTP PRF (RFC 3711 §4.3.3; AES-256 for a 32-byte master key, RFC 6188 §7). Holds the
+/// keyed ciphers and the salt, never a key.
+enum Session {
+    /// AEAD_AES_128_GCM or AEAD_AES_256_GCM (RFC 7714 §8): the header is the associated data,
+    /// the tag 16 bytes.
+    Gcm {
+        cipher: Box<dyn AeadCipher>,
+        salt: [u8; 12],
+    },
+    /// AES_128_CM / AES_256_CM with HMAC_SHA1_80 or _32 (RFC 3711 §4.1.1, §4.2; RFC 6188):
+    /// the payload encrypted in counter mode, then the header and payload followed by the
+    /// rollover counter authenticated, the tag truncated to `tag_len` bytes.
+    Cm {
+        cipher: Box<dyn StreamCipher>,
+        salt: [u8; CM_SALT_LEN],
+        auth: Box<dyn Mac>,
+        tag_len: usize,
+    },
 }
 
-impl GcmSession {
-    /// The SRTP session key and salt derived from a 16- or 32-byte master key and a 12-byte
-    /// master salt (RFC 7714 §11: the AES-CM PRF of RFC 3711 §4.3.3, with AES-256 for a 32-byte
-    /// key as RFC 6188 §7 does).
-    fn new(master_key: &[u8], master_salt: &[u8], crypto: &dyn RTCCrypto) -> Option<Self> {
-        let (block, aead) = match master_key.len() {
-            16 => (BlockCipherAlgorithm::Aes128, AeadAlgorithm::Aes128Gcm),
-            32 => (BlockCipherAlgorithm::Aes256, AeadAlgorithm::Aes256Gcm),
+impl Session {
+    /// The session keys of `profile` under a master key and salt of its lengths.
+    fn new(
+        master_key: &[u8],
+        master_salt: &[u8],
+        profile: ProtectionProfile,
+        crypto: &dyn RTCCrypto,
+    ) -> Option<Self> {
+        use ProtectionProfile as P;
+        let (block, aes256) = match master_key.len() {
+            16 => (BlockCipherAlgorithm::Aes128, false),
+            32 => (BlockCipherAlgorithm::Aes256, true),
             _ => return None,
         };
-        if master_salt.len() != 12 {
+        if master_key.len() != profile.key_len() || master_salt.len() != profile.salt_len() {
             return None;
         }
+        let derive =
+            |label: u8, out: &mut [u8]| kdf(crypto, block, master_key, master_salt, label, out);
         let mut session_key = [0u8; 32];
         let session_key = &mut session_key[..master_key.len()];
-        kdf(
-            crypto,
-            block,
-            master_key,
-            master_salt,
-            LABEL_SRTP_ENCRYPTION,
-            session_key,
-        )?;
-        let mut salt = [0u8; 12];
-        kdf(
-            crypto,
-            block,
-            master_key,
-            master_salt,
-            LABEL_SRTP_SALT,
-            &mut salt,
-        )?;
-        let cipher = crypto.new_aead(aead, session_key).ok();
+        derive(LABEL_SRTP_ENCRYPTION, session_key)?;
+        let session = match profile {
+            P::AeadAes128Gcm | P::AeadAes256Gcm => {
+                let mut salt = [0u8; 12];
+                derive(LABEL_SRTP_SALT, &mut salt)?;
+                let aead = if aes256 {
+                    AeadAlgorithm::Aes256Gcm
+                } else {
+                    AeadAlgorithm::Aes128Gcm
+                };
+                let cipher = crypto.new_aead(aead, session_key).ok();
+                cipher.map(|cipher| Self::Gcm { cipher, salt })
+            }
+            P::Aes128CmHmacSha1_80
+            | P::Aes128CmHmacSha1_32
+            | P::Aes256CmHmacSha1_80
+            | P::Aes256CmHmacSha1_32 => {
+                let mut salt = [0u8; CM_SALT_LEN];
+                derive(LABEL_SRTP_SALT, &mut salt)?;
+                let mut auth_key = [0u8; CM_AUTH_KEY_LEN];
+                derive(LABEL_SRTP_AUTHENTICATION, &mut auth_key)?;
+                let auth = crypto.new_hmac(HmacAlgorithm::Sha1, &auth_key).ok();
+                auth_key.fill(0);
+                let algorithm = if aes256 {
+                    StreamCipherAlgorithm::Aes256Ctr
+                } else {
+                    StreamCipherAlgorithm::Aes128Ctr
+                };
+                let cipher = crypto.new_stream_cipher(algorithm, session_key).ok();
+                let tag_len = match profile {
+                    P::Aes128CmHmacSha1_80 | P::Aes256CmHmacSha1_80 => 10,
+                    _ => 4,
+                };
+                match (cipher, auth) {
+                    (Some(cipher), Some(auth)) => Some(Self::Cm {
+                        cipher,
+                        salt,
+                        auth,
+                        tag_len,
+                    }),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
         session_key.fill(0);
-        Some(Self {
-            cipher: cipher?,
-            salt,
-        })
+        session
     }
 
-    /// RFC 7714 §8.1: 00 00 || SSRC || ROC || SEQ, XORed with the session salt.
-    fn iv(&self, ssrc: u32, index: u64) -> [u8; 12] {
-        let mut iv = [0u8; 12];
-        iv[2..6].copy_from_slice(&ssrc.to_be_bytes());
-        iv[6..10].copy_from_slice(&((index >> 16) as u32).to_be_bytes());
-        iv[10..12].copy_from_slice(&(index as u16).to_be_bytes());
-        for (v, s) in iv.iter_mut().zip(self.salt) {
-            *v ^= s;
+    /// Bytes of the tag that follows an SRTP packet.
+    fn tag_len(&self) -> usize {
+        match self {
+            Self::Gcm { .. } => GCM_TAG_LEN,
+            Self::Cm { tag_len, .. } => *tag_len,
         }
-        iv
-    }
-}
-
-/// SRTP protection with AEAD AES-GCM in the caller's buffer (RFC 7714 §8): no copy, no
-/// allocation per packet.
-pub struct GcmSeal {
-    session: GcmSession,
-    streams: PacketIndexes,
-}
-
-impl GcmSeal {
-    fn new(master_key: &[u8], master_salt: &[u8], crypto: &dyn RTCCrypto) -> Option<Self> {
-        Some(Self {
-            session: GcmSession::new(master_key, master_salt, crypto)?,
-            streams: PacketIndexes::default(),
-        })
     }
 
-    /// Seals `buf` (an RTP packet whose header is its first `header_len` bytes) in place and
-    /// appends the tag.
-    fn seal(&mut self, ssrc: u32, seq: u16, header_len: usize, buf: &mut BytesMut) -> Option<()> {
-        let index = self.streams.index(ssrc, seq)?;
-        let iv = self.session.iv(ssrc, index);
-        let mut tag = [0u8; GCM_TAG_LEN];
-        let (aad, payload) = buf.split_at_mut(header_len);
-        self.session
-            .cipher
-            .seal_in_place(&iv, aad, payload, &mut tag)
-            .ok()?;
-        buf.extend_from_slice(&tag);
+    /// Protects `buf` (an RTP packet whose header is its first `header_len` bytes), packet
+    /// `index` of `ssrc`, in place and appends the tag.
+    fn seal(&mut self, ssrc: u32, index: u64, header_len: usize, buf: &mut BytesMut) -> Option<()> {
+        if buf.len() < header_len {
+            return None;
+        }
+        match self {
+            Self::Gcm { cipher, salt } => {
+                let mut tag = [0u8; GCM_TAG_LEN];
+                let (aad, payload) = buf.split_at_mut(header_len);
+                cipher
+                    .seal_in_place(&gcm_iv(salt, ssrc, index), aad, payload, &mut tag)
+                    .ok()?;
+                buf.extend_from_slice(&tag);
+            }
+            Self::Cm {
+                cipher,
+                salt,
+                auth,
+                tag_len,
+            } => {
+                cipher
+                    .apply_keystream(&cm_counter(salt, ssrc, index), &mut buf[header_len..])
+                    .ok()?;
+                let tag = cm_tag(auth, buf, index)?;
+                buf.extend_from_slice(&tag[..*tag_len]);
+            }
+        }
         Some(())
     }
+
+    /// Authenticates and decrypts `buf` (an SRTP packet without its tag, the header its first
+    /// `header_len` bytes), packet `index` of `ssrc`, in place against `tag`; `None` (and `buf`
+    /// not to be used) if it does not authenticate.
+    fn open(
+        &mut self,
+        ssrc: u32,
+        index: u64,
+        header_len: usize,
+        buf: &mut [u8],
+        tag: &[u8],
+    ) -> Option<()> {
+        if buf.len() < header_len || tag.len() != self.tag_len() {
+            return None;
+        }
+        match self {
+            Self::Gcm { cipher, salt } => {
+                let (aad, payload) = buf.split_at_mut(header_len);
+                cipher
+                    .open_in_place(&gcm_iv(salt, ssrc, index), aad, payload, tag)
+                    .ok()
+            }
+            Self::Cm {
+                cipher, salt, auth, ..
+            } => {
+                // Authenticate first (RFC 3711 §3.3 step 5), then decrypt.
+                let expected = cm_tag(auth, buf, index)?;
+                if !rtc::crypto::constant_time_eq(&expected[..tag.len()], tag) {
+                    return None;
+                }
+                cipher
+                    .apply_keystream(&cm_counter(salt, ssrc, index), &mut buf[header_len..])
+                    .ok()
+            }
+        }
+    }
+}
+
+/// RFC 7714 §8.1: 00 00 || SSRC || ROC || SEQ, XORed with the session salt.
+fn gcm_iv(salt: &[u8; 12], ssrc: u32, index: u64) -> [u8; 12] {
+    let mut iv = [0u8; 12];
+    iv[2..6].copy_from_slice(&ssrc.to_be_bytes());
+    iv[6..12].copy_from_slice(&index.to_be_bytes()[2..]);
+    for (v, s) in iv.iter_mut().zip(salt) {
+        *v ^= s;
+    }
+    iv
+}
+
+/// RFC 3711 §4.1.1: the counter block of packet `index` of `ssrc`, (salt * 2^16) XOR
+/// (SSRC * 2^64) XOR (index * 2^16), its last two bytes the block counter from 0.
+fn cm_counter(salt: &[u8; CM_SALT_LEN], ssrc: u32, index: u64) -> [u8; 16] {
+    let mut counter = [0u8; 16];
+    counter[4..8].copy_from_slice(&ssrc.to_be_bytes());
+    counter[8..14].copy_from_slice(&index.to_be_bytes()[2..]);
+    for (c, s) in counter.iter_mut().zip(salt) {
+        *c ^= s;
+    }
+    counter
+}
+
+/// RFC 3711 §4.2: HMAC-SHA1 over the packet (header and encrypted payload) and the rollover
+/// counter of `index`, untruncated.
+fn cm_tag(auth: &mut Box<dyn Mac>, packet: &[u8], index: u64) -> Option<[u8; SHA1_LEN]> {
+    let roc = ((index >> 16) as u32).to_be_bytes();
+    let mut tag = [0u8; SHA1_LEN];
+    auth.sign(&[packet, &roc], &mut tag).ok()?;
+    Some(tag)
 }
 
 /// Bits of an SRTP replay window (RFC 3711 §3.3.2: at least 64).
 const REPLAY_WINDOW: u64 = 64;
 
-/// One stream a [`GcmOpen`] receives: its highest authenticated packet index and which of the
+/// One stream an [`Opening`] receives: its highest authenticated packet index and which of the
 /// [`REPLAY_WINDOW`] indexes below it were received (bit `i`: `highest - i`).
 struct Received {
     ssrc: u32,
@@ -517,19 +564,24 @@ struct Received {
     window: u64,
 }
 
-/// SRTP unprotection with AEAD AES-GCM (RFC 7714 §8) of a publish PC's RTP, with the rollover
-/// counter estimate (RFC 3711 §3.3.1) and replay window (§3.3.2) per stream; the index of a
-/// packet moves only once the packet authenticates. The worker opens every SRTP packet of the
-/// PC here, those rtc reads too, so the stream's rollover counter is always known.
-pub struct GcmOpen {
-    session: GcmSession,
+/// SRTP unprotection of a publish PC's RTP (any profile of [`Session`]), with the rollover
+/// counter estimate (RFC 3711 §3.3.1) and replay window (§3.3.2) per stream; a stream is held
+/// and its index moves only once a packet authenticates. The worker opens every SRTP packet of
+/// the PC here, those rtc reads too, so the stream's rollover counter is always known.
+pub struct Opening {
+    session: Session,
     streams: Vec<Received>,
 }
 
-impl GcmOpen {
-    fn new(master_key: &[u8], master_salt: &[u8], crypto: &dyn RTCCrypto) -> Option<Self> {
+impl Opening {
+    fn new(
+        master_key: &[u8],
+        master_salt: &[u8],
+        profile: ProtectionProfile,
+        crypto: &dyn RTCCrypto,
+    ) -> Option<Self> {
         Some(Self {
-            session: GcmSession::new(master_key, master_salt, crypto)?,
+            session: Session::new(master_key, master_salt, profile, crypto)?,
             streams: Vec::new(),
         })
     }
@@ -584,18 +636,14 @@ impl GcmOpen {
     pub fn open(&mut self, d: &[u8]) -> Option<BytesMut> {
         let (ssrc, seq) = srtp_stream(d)?;
         let header_len = rtp_header_len(d)?;
-        let tag_at = d.len().checked_sub(GCM_TAG_LEN)?;
+        let tag_at = d.len().checked_sub(self.session.tag_len())?;
         if tag_at < header_len {
             return None;
         }
         let index = self.estimate(ssrc, seq)?;
-        let iv = self.session.iv(ssrc, index);
         let mut buf = BytesMut::from(&d[..tag_at]);
-        let (aad, payload) = buf.split_at_mut(header_len);
         self.session
-            .cipher
-            .open_in_place(&iv, aad, payload, &d[tag_at..])
-            .ok()?;
+            .open(ssrc, index, header_len, &mut buf, &d[tag_at..])?;
         self.accept(ssrc, index);
         Some(buf)
     }
@@ -613,6 +661,7 @@ fn rtp_header_len(d: &[u8]) -> Option<usize> {
 
 /// SRTP KDF labels (RFC 3711 §4.3.1).
 const LABEL_SRTP_ENCRYPTION: u8 = 0x00;
+const LABEL_SRTP_AUTHENTICATION: u8 = 0x01;
 const LABEL_SRTP_SALT: u8 = 0x02;
 
 /// The AES-CM PRF of the SRTP KDF (RFC 3711 §4.3.3, key derivation rate 0 as DTLS-SRTP sets
@@ -788,6 +837,17 @@ impl DirectLeg {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rtc::srtp::context::Context;
+
+    /// Every profile DTLS-SRTP negotiates here (RFC 5764 §4.1.2, RFC 7714 §14.2).
+    const ALL_PROFILES: [ProtectionProfile; 6] = [
+        ProtectionProfile::AeadAes128Gcm,
+        ProtectionProfile::AeadAes256Gcm,
+        ProtectionProfile::Aes128CmHmacSha1_80,
+        ProtectionProfile::Aes128CmHmacSha1_32,
+        ProtectionProfile::Aes256CmHmacSha1_80,
+        ProtectionProfile::Aes256CmHmacSha1_32,
+    ];
 
     const MASTER_KEY: [u8; 16] = [
         0x0d, 0xcd, 0x21, 0x3e, 0x4c, 0xbc, 0xf2, 0x8f, 0x01, 0x7f, 0x69, 0x94, 0x40, 0x1e, 0x28,
@@ -927,18 +987,14 @@ mod tests {
     }
 
     #[test]
-    fn gcm_in_place_is_byte_for_byte_what_rtc_sends_across_a_wrap_and_a_late_packet() {
-        for profile in [
-            ProtectionProfile::AeadAes128Gcm,
-            ProtectionProfile::AeadAes256Gcm,
-        ] {
+    fn in_place_is_byte_for_byte_what_rtc_sends_across_a_wrap_and_a_late_packet() {
+        for profile in ALL_PROFILES {
             let key: Vec<u8> = (0..profile.key_len() as u8).map(|i| i ^ 0x3c).collect();
             let salt = &MASTER_SALT[..profile.salt_len()];
             let crypto = RingProvider::new();
             let mut theirs =
                 Context::new(&key, salt, profile, None, None, crypto.crypto()).unwrap();
             let mut ours = Protection::new(&key, salt, profile, crypto.crypto()).unwrap();
-            assert!(matches!(ours, Protection::Gcm(_)));
             let mut rx = receiver(&key, salt, profile);
             // Across the wrap, a late packet from before it, then on.
             for (i, seq) in [65533u16, 65534, 65535, 0, 1, 65535, 2]
@@ -992,11 +1048,7 @@ mod tests {
 
     #[test]
     fn the_remote_key_opens_the_publishers_srtp_across_a_wrap_and_refuses_replays() {
-        for profile in [
-            ProtectionProfile::AeadAes128Gcm,
-            ProtectionProfile::AeadAes256Gcm,
-            ProtectionProfile::Aes128CmHmacSha1_80,
-        ] {
+        for profile in ALL_PROFILES {
             let key: Vec<u8> = (0..profile.key_len() as u8).map(|i| i ^ 0x77).collect();
             let local_key: Vec<u8> = key.iter().map(|b| b ^ 0xff).collect();
             let salt = &MASTER_SALT[..profile.salt_len()];
@@ -1012,10 +1064,6 @@ mod tests {
             };
             let first = send(65534, b"first");
             let mut open = tap.verify_remote(&first).expect("the remote key opens it");
-            assert_eq!(
-                matches!(open, Opening::Gcm(_)),
-                !matches!(profile, ProtectionProfile::Aes128CmHmacSha1_80)
-            );
             // Across the wrap (counter 1).
             for seq in [65535u16, 0, 1] {
                 let d = send(seq, &[seq as u8; 50]);
@@ -1051,6 +1099,31 @@ mod tests {
             assert!(open.open(&foreign).is_none());
             // Neither moved the stream: the real packet 2 opens.
             assert!(open.open(&send(2, b"x")).is_some(), "{profile:?}");
+        }
+    }
+
+    #[test]
+    fn packets_that_do_not_authenticate_leave_no_stream_behind() {
+        for profile in [
+            ProtectionProfile::AeadAes128Gcm,
+            ProtectionProfile::Aes128CmHmacSha1_80,
+        ] {
+            let salt = &MASTER_SALT[..profile.salt_len()];
+            let crypto = RingProvider::new();
+            let mut open = Opening::new(&MASTER_KEY, salt, profile, crypto.crypto()).unwrap();
+            let mut publisher = receiver(&MASTER_KEY, salt, profile);
+            let real = publisher
+                .encrypt_rtp(&packet(1, 10, b"real").marshal().unwrap())
+                .unwrap();
+            // Spoofed datagrams with fresh SSRCs and a tag that does not authenticate.
+            for ssrc in 2..2 + 2 * MAX_STREAMS as u32 {
+                let mut d = real.to_vec();
+                d[8..12].copy_from_slice(&ssrc.to_be_bytes());
+                assert!(open.open(&d).is_none());
+            }
+            assert_eq!(open.streams.len(), 0, "{profile:?}");
+            assert!(open.open(&real).is_some());
+            assert_eq!(open.streams.len(), 1, "{profile:?}");
         }
     }
 

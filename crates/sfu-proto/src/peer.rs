@@ -235,7 +235,7 @@ pub struct PcSettings {
     /// RTP itself ([`crate::direct`]); `false`: rtc does.
     pub direct_send: bool,
     /// Publish PCs come with [`ReceiveParts`], so that the worker opens their SRTP media
-    /// itself ([`crate::direct::GcmOpen`]); `false`: rtc does.
+    /// itself ([`crate::direct::Opening`]); `false`: rtc does.
     pub direct_receive: bool,
 }
 
@@ -342,7 +342,7 @@ pub struct DirectParts {
 }
 
 /// What the worker needs of a publish PC to open its SRTP media itself
-/// ([`crate::direct::GcmOpen`]).
+/// ([`crate::direct::Opening`]).
 pub struct ReceiveParts {
     /// The PC's crypto provider, which keeps the SRTP master key candidates.
     pub tap: Arc<KeyTap>,

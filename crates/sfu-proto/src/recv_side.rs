@@ -1,6 +1,6 @@
 //! The publish leg's receive side: rtc's NACK generator, receiver reports and TWCC feedback
 //! (rtc-interceptor's own, walked here as its chain walks them), held behind a handle the worker shares, so that
-//! a packet the worker opened itself ([`crate::direct::GcmOpen`]) is recorded by the same
+//! a packet the worker opened itself ([`crate::direct::Opening`]) is recorded by the same
 //! interceptors as one rtc read: the feedback the publisher gets is the same either way.
 //!
 //! On rtc's chain this is one interceptor that hands everything to the inner chain. The worker

@@ -205,7 +205,7 @@ pub struct SfuConfig {
     pub data_message_burst: u32,
     /// Forwarded RTP protected and sent by the worker (`sfu_proto::direct`).
     pub direct_send: bool,
-    /// Publishers' media opened by the worker (`sfu_proto::direct::GcmOpen`).
+    /// Publishers' media opened by the worker (`sfu_proto::direct::Opening`).
     pub direct_receive: bool,
     /// Seed of the media workers' RNG (worker i uses seed + i); `None`: drawn from the OS RNG.
     pub rng_seed: Option<u64>,

@@ -145,7 +145,7 @@ fn chromium_sfu_rooms() {
         "sfu_direct_packets_total {direct} of {forwarded} forwarded"
     );
     // Every page's publish PC (Chromium negotiates AEAD AES-GCM) has its media opened by the
-    // worker itself past rtc's read (sfu_proto::direct::GcmOpen), none refused.
+    // worker itself past rtc's read (sfu_proto::direct::Opening), none refused.
     let (r_engaged, r_refused, opened) = common::direct_receive(sfu_metrics);
     println!("direct receive: engaged {r_engaged}, refused {r_refused}, packets {opened}");
     assert!(

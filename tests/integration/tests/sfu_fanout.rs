@@ -6,7 +6,7 @@
 //! loopback can cause (a PC whose copies were never taken would lose all of its flows). Every
 //! subscribe PC is sent by the worker itself (`sfu_proto::direct`), checked in the node's
 //! metrics, and the publisher's media is opened by the worker past rtc's read
-//! (`sfu_proto::direct::GcmOpen`); with `direct_send = false` and `direct_receive = false`, rtc
+//! (`sfu_proto::direct::Opening`); with `direct_send = false` and `direct_receive = false`, rtc
 //! does both, and the flows arrive all the same.
 
 use serde_json::Value;

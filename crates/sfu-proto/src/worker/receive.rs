@@ -1,7 +1,8 @@
 //! A publish PC's media read past rtc's pipeline: once the PC's remote SRTP key is verified
 //! ([`crate::direct::KeyTap::verify_remote`]) and rtc has delivered a stream's first packets
 //! (so the stream is a known layer of a track), the worker opens that stream's SRTP itself
-//! ([`crate::direct::Opening`]: AES-GCM in place, AES-CM through an `rtc-srtp` context), records each packet with the leg's receive-side interceptors
+//! ([`crate::direct::Opening`], in place, AES-GCM or AES-CM), records each packet with the
+//! leg's receive-side interceptors
 //! ([`crate::recv_side`]: NACK generator, receiver reports, TWCC feedback, the same state rtc's
 //! chain feeds) and forwards it.
 //!
@@ -17,10 +18,10 @@
 //! **Bounds and input.** A datagram of a known stream that does not open (forged, replayed, too
 //! old) is dropped and counted as a bad packet; it never goes on to rtc, whose replay window has
 //! not seen the packets opened here. After [`MAX_OPEN_FAILURES`] in a row the stream is left to
-//! rtc for good (a flood of forged packets, or a rollover counter missed: an AES-CM stream is
-//! followed only from its first delivery, since an rtc-srtp context keeps state for any SSRC it
-//! is handed); the NACK generator has seen the gap, so the publisher resends what was dropped.
-//! At most [`MAX_MEDIA_STREAMS`] streams per PC.
+//! rtc for good (a flood of forged packets, or a rollover counter missed); the NACK generator
+//! has seen the gap, so the publisher resends what was dropped. At most [`MAX_MEDIA_STREAMS`]
+//! streams per PC; the opener holds a stream's rollover counter only once one of its packets
+//! authenticates.
 
 use super::*;
 use crate::direct::Opening;
@@ -135,26 +136,20 @@ impl Worker {
             self.stats.direct_receive_dropped += 1;
             return false;
         }
-        let stream = r.streams.iter_mut().find(|s| s.ssrc == ssrc);
-        let Some(stream) =
-            stream.filter(|s| now.saturating_duration_since(s.rtc_at) < RTC_READ_INTERVAL)
+        let known = r.streams.iter().position(|s| s.ssrc == ssrc);
+        let Some(i) = known
+            .filter(|&i| now.saturating_duration_since(r.streams[i].rtc_at) < RTC_READ_INTERVAL)
         else {
             // rtc reads it (a stream it has not delivered yet, RTX, or this stream's packet of
             // the interval); opened here too, so that the stream's rollover counter and replay
-            // window stay known. An rtc-srtp context keeps state for every SSRC it is handed,
-            // authenticated or not, so only known streams go through one.
-            let known = match r.streams.iter_mut().find(|s| s.ssrc == ssrc) {
-                Some(s) => {
-                    s.rtc_at = now;
-                    true
-                }
-                None => false,
-            };
-            if known || matches!(r.open, Opening::Gcm(_)) {
-                let _ = r.open.open(bytes);
+            // window stay known (the opener holds a stream only once a packet authenticates).
+            if let Some(i) = known {
+                r.streams[i].rtc_at = now;
             }
+            let _ = r.open.open(bytes);
             return false;
         };
+        let stream = &mut r.streams[i];
         let track = stream.track.clone();
         let Some(plain) = r.open.open(bytes) else {
             stream.failures += 1;

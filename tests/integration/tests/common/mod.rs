@@ -918,7 +918,7 @@ pub fn direct_send(addr: SocketAddr) -> (f64, f64, f64) {
     )
 }
 
-/// The SFU's direct receive at metrics listener `addr` (`sfu_proto::direct::GcmOpen`): publish
+/// The SFU's direct receive at metrics listener `addr` (`sfu_proto::direct::Opening`): publish
 /// PCs engaged and refused (`sfu_direct_receive_total{result}`) and packets opened
 /// (`sfu_direct_received_packets_total`).
 #[allow(dead_code)] // not every test binary uses it
