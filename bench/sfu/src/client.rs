@@ -60,7 +60,14 @@ pub struct Load {
     /// Offer only SRTP_AES128_CM_HMAC_SHA1_80 in DTLS-SRTP (RFC 5764 §4.1.2), the profile
     /// Chromium ends up with, instead of webrtc-rs's list (AEAD AES-128-GCM first).
     pub srtp_aes_cm: bool,
+    /// Forged SRTP datagrams each publisher sends from its own socket once connected, each of
+    /// a fresh SSRC with a tag no key made (as anyone who can forge the publisher's source
+    /// address could), [`SPOOF_PER_FRAME`] per video frame.
+    pub spoof_ssrcs: u32,
 }
+
+/// Forged datagrams of [`Load::spoof_ssrcs`] sent per video frame.
+const SPOOF_PER_FRAME: u32 = 50;
 
 /// A seeded xorshift stream deciding which datagrams `Load::drop_ppm` drops.
 #[derive(Debug)]
@@ -219,6 +226,8 @@ struct Publisher {
     next_audio: Instant,
     last_key: Option<Instant>,
     want_key: bool,
+    /// Forged datagrams sent so far ([`Load::spoof_ssrcs`]).
+    spoofed: u32,
 }
 
 struct Part {
@@ -390,6 +399,7 @@ pub fn run(
                 next_audio: start,
                 last_key: None,
                 want_key: true,
+                spoofed: 0,
             });
         }
         parts.push(part);
@@ -773,6 +783,24 @@ fn send_media(
     }
     while pb.next_frame <= now {
         pb.next_frame += frame_interval;
+        // After the first frame: the SFU has had a real packet to verify the key with.
+        if let Some(to) = pc
+            .flight_to
+            .filter(|_| pb.frame > 0 && pb.spoofed < load.spoof_ssrcs)
+        {
+            for _ in 0..SPOOF_PER_FRAME.min(load.spoof_ssrcs - pb.spoofed) {
+                pb.spoofed += 1;
+                let ssrc = 0x5000_0000 + index.wrapping_mul(1 << 20) + pb.spoofed;
+                let mut d = vec![0x80, 96];
+                d.extend_from_slice(&(pb.spoofed as u16).to_be_bytes());
+                d.extend_from_slice(&pb.spoofed.to_be_bytes());
+                d.extend_from_slice(&ssrc.to_be_bytes());
+                d.extend_from_slice(&[0xab; 120]);
+                if pc.sock.send_to(&d, to).is_err() {
+                    report.send_errors += 1;
+                }
+            }
+        }
         let key = pb.want_key
             || pb
                 .last_key

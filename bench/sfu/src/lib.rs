@@ -92,6 +92,12 @@ struct Args {
     /// instead of webrtc-rs's default, AEAD AES-128-GCM.
     #[arg(long)]
     srtp_aes_cm: bool,
+    /// Each publisher also sends this many forged SRTP datagrams from its own socket, each of
+    /// a fresh SSRC (50 per video frame, once connected): what someone forging the publisher's
+    /// address could send. The SFU counts them in `sfu_bad_input_total{kind="ssrc"}`
+    /// (`sfu_ssrc_refused` in the JSON) and media must flow as before.
+    #[arg(long, default_value_t = 0)]
+    spoof_ssrcs: u32,
     /// Seconds between keyframes.
     #[arg(long, default_value_t = 2.0)]
     keyframe_secs: f64,
@@ -276,6 +282,7 @@ pub fn main() -> anyhow::Result<()> {
         keyframe_interval: Duration::from_secs_f64(a.keyframe_secs.max(0.1)),
         drop_ppm: (a.drop_percent.clamp(0.0, 100.0) * 10_000.0) as u32,
         srtp_aes_cm: a.srtp_aes_cm,
+        spoof_ssrcs: a.spoof_ssrcs,
     };
     if let Some(pcs) = a.connect_only {
         return connect_only(&a, pcs, &load);
@@ -636,6 +643,7 @@ fn run(
     let receive_engaged = direct("sfu_direct_receive_total", Some("result=\"engaged\""));
     let receive_refused = direct("sfu_direct_receive_total", Some("result=\"refused\""));
     let received_packets = direct("sfu_direct_received_packets_total", None);
+    let ssrc_refused = direct("sfu_bad_input_total", Some("kind=\"ssrc\""));
     let sfu_q = |x: f64| prom::quantile(&delay, x).map(|s| (s * 1e6).round() as u64);
     // Let in-flight window packets arrive.
     rt.block_on(tokio::time::sleep(Duration::from_millis(500)));
@@ -718,6 +726,7 @@ fn run(
     json["sfu_direct_receive_engaged"] = receive_engaged.into();
     json["sfu_direct_receive_refused"] = receive_refused.into();
     json["sfu_direct_received_packets"] = received_packets.into();
+    json["sfu_ssrc_refused"] = ssrc_refused.into();
     let mut text = String::new();
     use std::fmt::Write as _;
     let _ = writeln!(

@@ -297,6 +297,23 @@ pub fn srtp_stream(d: &[u8]) -> Option<(u32, u16)> {
     Some((ssrc, seq))
 }
 
+/// The SSRC an `rtc-srtp` context keys its state by for datagram `d`, as rtc tells SRTCP
+/// from SRTP (RFC 5761 §4: a second octet of 192..=223 is RTCP, whose first packet's sender
+/// SSRC is at octet 4; otherwise the RTP header's SSRC, at octet 8); `None` if `d` is not
+/// SRTP/SRTCP or too short to hold it.
+pub fn srtp_or_srtcp_ssrc(d: &[u8]) -> Option<u32> {
+    if !is_srtp_or_srtcp(d) {
+        return None;
+    }
+    let at = if (192..=223).contains(d.get(1)?) {
+        4
+    } else {
+        8
+    };
+    let b = d.get(at..at + 4)?;
+    Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+}
+
 /// Most packets queued on a [`DirectLeg`] between two takes; beyond, the oldest is dropped
 /// (and counted by the worker as a write error).
 pub const MAX_QUEUED: usize = 1024;
@@ -1199,6 +1216,26 @@ mod tests {
             ProtectionProfile::Aes128CmHmacSha1_80,
         );
         assert!(tap.generation() > g);
+    }
+
+    #[test]
+    fn the_ssrc_rtc_keys_state_by_is_the_rtp_or_the_first_rtcp_senders() {
+        let rtp = packet(0x0102_0304, 9, b"x").marshal().unwrap();
+        assert_eq!(srtp_or_srtcp_ssrc(&rtp), Some(0x0102_0304));
+        // A receiver report from SSRC 0x0a0b0c0d (second octet 201).
+        let rr = [0x80, 201, 0, 1, 0x0a, 0x0b, 0x0c, 0x0d, 0, 0, 0, 0];
+        assert_eq!(srtp_or_srtcp_ssrc(&rr), Some(0x0a0b_0c0d));
+        assert_eq!(srtp_or_srtcp_ssrc(&rr[..7]), None, "too short");
+        assert_eq!(srtp_or_srtcp_ssrc(&rtp[..11]), None, "too short");
+        // STUN and DTLS are neither.
+        assert_eq!(
+            srtp_or_srtcp_ssrc(&[0, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42, 0, 0, 0, 0]),
+            None
+        );
+        assert_eq!(
+            srtp_or_srtcp_ssrc(&[22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            None
+        );
     }
 
     #[test]

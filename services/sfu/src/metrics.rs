@@ -14,7 +14,7 @@
 //! | `sfu_pli_total` | counter | `direction` (`received` from subscribers, `sent` to publishers) |
 //! | `sfu_layer_switches_total` | counter | |
 //! | `sfu_bandwidth_estimate_bps` | histogram | (subscriber estimates, sampled every 500 ms) |
-//! | `sfu_bad_input_total` | counter | `kind` (`packet`, `sdp`, `message`, `unroutable`, `write`, `feedback`: transport-wide feedback claiming more packets than were sent) |
+//! | `sfu_bad_input_total` | counter | `kind` (`packet`, `ssrc`: SRTP/SRTCP of an SSRC beyond the PC's 64 or not authenticated, never handed to rtc; `sdp`, `message`, `unroutable`, `write`, `feedback`: transport-wide feedback claiming more packets than were sent) |
 //! | `sfu_data_messages_total` | counter | |
 //! | `sfu_data_messages_dropped_total` | counter | `reason` (`too_large`: over `data_message_max_bytes`; `rate_limited`: over `data_messages_per_sec`/`data_message_burst` of the sender) |
 //! | `sfu_ice_tcp_closed_total` | counter | `reason` (`handshake_timeout`: no ICE within `ice_tcp_handshake_timeout_secs`; `per_ip_limit`, `total_limit`: refused at accept by `ice_tcp_max_pending_per_ip` / `ice_tcp_max_pending`; `pc_gone`: its peer connection was removed) |
@@ -177,6 +177,7 @@ impl SfuMetrics {
         }
         for k in [
             "packet",
+            "ssrc",
             "sdp",
             "message",
             "unroutable",

@@ -106,6 +106,11 @@ fn aiortc_publishes_and_subscribes_through_the_sfu() {
     assert_eq!(refused, 0.0, "sfu_direct_send_total{{refused}}: {report}");
     // Its publish PC's media is opened by the worker past rtc's read (sfu_proto::direct), on
     // whichever profile aiortc negotiated.
+    assert_eq!(
+        common::ssrc_refused(sfu_metrics),
+        0.0,
+        "sfu_bad_input_total{{kind=\"ssrc\"}}: the SSRC bound kept a real client's SRTP from rtc"
+    );
     let (r_engaged, r_refused, opened) = common::direct_receive(sfu_metrics);
     println!("direct receive: engaged {r_engaged}, refused {r_refused}, packets {opened}");
     assert!(

@@ -146,6 +146,11 @@ fn chromium_sfu_rooms() {
     );
     // Every page's publish PC (Chromium negotiates AEAD AES-GCM) has its media opened by the
     // worker itself past rtc's read (sfu_proto::direct::Opening), none refused.
+    assert_eq!(
+        common::ssrc_refused(sfu_metrics),
+        0.0,
+        "sfu_bad_input_total{{kind=\"ssrc\"}}: the SSRC bound kept a real client's SRTP from rtc"
+    );
     let (r_engaged, r_refused, opened) = common::direct_receive(sfu_metrics);
     println!("direct receive: engaged {r_engaged}, refused {r_refused}, packets {opened}");
     assert!(

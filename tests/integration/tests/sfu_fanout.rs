@@ -16,11 +16,17 @@ mod common;
 
 /// Runs `sfu-bench` at 1 -> 20 on one worker with `sfu_args` for the node; its JSON report.
 fn fanout_20(sfu_args: &[&str]) -> Value {
+    fanout_20_with(sfu_args, &[])
+}
+
+/// [`fanout_20`] with more `sfu-bench` flags.
+fn fanout_20_with(sfu_args: &[&str], bench_args: &[&str]) -> Value {
     let mut cmd = Command::new(common::bin_path("sfu-bench"));
     cmd.arg("--sfu-bin")
         .arg(common::bin_path("sfu"))
         .args(["--json", "--workers", "1", "--fanout", "20", "--fps", "10"])
-        .args(["--duration", "3", "--warmup", "1", "--setup-timeout", "30"]);
+        .args(["--duration", "3", "--warmup", "1", "--setup-timeout", "30"])
+        .args(bench_args);
     for a in sfu_args {
         cmd.arg(format!("--sfu-arg={a}"));
     }
@@ -70,6 +76,8 @@ fn a_fanout_larger_than_one_send_part_reaches_every_subscriber() {
     // 500 ms (left to rtc's read).
     assert_eq!(r["sfu_direct_receive_engaged"], 1.0, "{r}");
     assert_eq!(r["sfu_direct_receive_refused"], 0.0, "{r}");
+    // No SRTP/SRTCP of a real client is kept from rtc by the per-PC SSRC bound.
+    assert_eq!(r["sfu_ssrc_refused"], 0.0, "{r}");
     let opened = r["sfu_direct_received_packets"]
         .as_f64()
         .expect("sfu_direct_received_packets");
@@ -98,4 +106,28 @@ fn with_direct_send_and_receive_off_rtc_does_all() {
     assert_eq!(r["sfu_direct_packets"], 0.0, "{r}");
     assert_eq!(r["sfu_direct_receive_engaged"], 0.0, "{r}");
     assert_eq!(r["sfu_direct_received_packets"], 0.0, "{r}");
+}
+
+/// Forged SRTP from the publisher's own 5-tuple (what a spoofed source can send), each
+/// datagram of a fresh SSRC. rtc-srtp keeps state for every SSRC it is handed before it
+/// authenticates the packet; the node hands rtc none of these once the publisher's key is
+/// verified (they do not authenticate), and without the worker's direct receive at most
+/// `MAX_RTC_SSRCS` (64) SSRCs per PC. Each refused datagram is counted, and the media flows
+/// as before.
+#[test]
+fn forged_srtp_of_fresh_ssrcs_reaches_rtc_bounded_and_media_flows() {
+    const FORGED: f64 = 1000.0;
+    let r = fanout_20_with(&[], &["--spoof-ssrcs", "1000"]);
+    assert_eq!(r["sfu_direct_receive_engaged"], 1.0, "{r}");
+    assert_eq!(
+        r["sfu_ssrc_refused"], FORGED,
+        "every forged datagram kept from rtc: {r}"
+    );
+    let r = fanout_20_with(&["--direct-receive", "false"], &["--spoof-ssrcs", "1000"]);
+    let refused = r["sfu_ssrc_refused"].as_f64().expect("sfu_ssrc_refused");
+    // The publisher's audio and video SSRCs count towards the 64 too.
+    assert!(
+        (FORGED - 64.0..=FORGED - 62.0).contains(&refused),
+        "rtc is handed at most 64 SSRCs: {refused} of {FORGED} refused: {r}"
+    );
 }

@@ -116,6 +116,11 @@ fn simulcast_loss_and_ice_tcp_under_tc_and_iptables() {
     assert_eq!(refused, 0.0, "sfu_direct_send_total{{refused}}");
     // The publishers' media was opened by the worker past rtc's read, over UDP and ICE-TCP,
     // under the same loss (the NACKs to the publishers come from rtc's generator all the same).
+    assert_eq!(
+        common::ssrc_refused(sfu_metrics),
+        0.0,
+        "sfu_bad_input_total{{kind=\"ssrc\"}}: the SSRC bound kept a real client's SRTP from rtc"
+    );
     let (r_engaged, r_refused, opened) = common::direct_receive(sfu_metrics);
     println!("direct receive: engaged {r_engaged}, refused {r_refused}, packets {opened}");
     assert!(

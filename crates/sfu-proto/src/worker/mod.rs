@@ -163,6 +163,9 @@ pub struct WorkerStats {
     pub unroutable: u64,
     /// Datagrams a PC refused (bad DTLS/SRTP/RTP/RTCP).
     pub bad_packets: u64,
+    /// SRTP/SRTCP datagrams not handed to rtc: of an SSRC beyond the PC's [`MAX_RTC_SSRCS`],
+    /// or of one rtc has not seen that did not authenticate with the publisher's verified key.
+    pub ssrc_refused: u64,
     /// SDP that could not be applied.
     pub bad_sdp: u64,
     /// Link messages refused (bad JSON, unknown type, wrong state).
@@ -216,6 +219,9 @@ struct Pc {
     direct: Direct,
     /// Whether the worker opens this (publish) PC's media itself.
     recv: receive::DirectRecv,
+    /// The SSRCs whose SRTP or SRTCP was handed to rtc (at most [`MAX_RTC_SSRCS`], see
+    /// [`admit_ssrc`]).
+    rtc_ssrcs: Vec<u32>,
     /// Forwarding wrote into rtc, or moved the PC's deadline, since its datagrams were last
     /// taken: [`Worker::drain_written`] must take rtc's datagrams and read its deadline, not
     /// only the direct leg's packets.
@@ -359,6 +365,28 @@ impl Pc {
 
 /// ICE checks kept per PC until its remote description is applied.
 const MAX_EARLY_CHECKS: usize = 4;
+
+/// Most SSRCs whose SRTP or SRTCP one PC hands to rtc. rtc-srtp 0.21 creates its per-SSRC
+/// state (rollover counter, replay window) for any SSRC it is handed, before the packet
+/// authenticates, so without a bound anyone able to send from a PC's 5-tuple (spoofed UDP)
+/// could grow it one SSRC per datagram. A publisher has a few streams per track (simulcast
+/// layers, RTX, audio); a subscriber's RTCP comes from one or two sender SSRCs.
+pub const MAX_RTC_SSRCS: usize = 64;
+
+/// Whether SRTP/SRTCP datagram `d` may go to rtc: its SSRC ([`crate::direct::srtp_or_srtcp_ssrc`])
+/// is one of `seen`, or is added while `seen` holds fewer than [`MAX_RTC_SSRCS`]. `None` if
+/// `d` is too short to carry one.
+fn admit_ssrc(seen: &mut Vec<u32>, d: &[u8]) -> Option<bool> {
+    let ssrc = crate::direct::srtp_or_srtcp_ssrc(d)?;
+    if seen.contains(&ssrc) {
+        return Some(true);
+    }
+    if seen.len() >= MAX_RTC_SSRCS {
+        return Some(false);
+    }
+    seen.push(ssrc);
+    Some(true)
+}
 
 /// One simulcast layer (or the only layer) of a published track.
 #[derive(Debug)]
@@ -747,6 +775,19 @@ impl Worker {
         let Some(pc) = self.pc_mut(key) else {
             return;
         };
+        if crate::direct::is_srtp_or_srtcp(bytes) {
+            match admit_ssrc(&mut pc.rtc_ssrcs, bytes) {
+                Some(true) => {}
+                Some(false) => {
+                    self.stats.ssrc_refused += 1;
+                    return;
+                }
+                None => {
+                    self.stats.bad_packets += 1;
+                    return;
+                }
+            }
+        }
         // The peer repeated a handshake flight: it lost ours (RFC 6347 §4.2.4).
         let resend: Vec<BytesMut> = if pc.flight.on_received(now, bytes) {
             pc.flight.flight().cloned().collect()
@@ -1103,6 +1144,27 @@ mod tests {
                 [ufrag, pwd, draw_ssrc(&mut w.rng).to_string()]
             })
             .collect()
+    }
+
+    #[test]
+    fn rtc_is_handed_at_most_max_rtc_ssrcs_ssrcs_per_pc() {
+        let rtp = |ssrc: u32| {
+            let mut d = vec![0x80, 96, 0, 1, 0, 0, 0, 0];
+            d.extend_from_slice(&ssrc.to_be_bytes());
+            d.extend_from_slice(&[0; 20]);
+            d
+        };
+        let mut seen = Vec::new();
+        for ssrc in 0..MAX_RTC_SSRCS as u32 {
+            assert_eq!(admit_ssrc(&mut seen, &rtp(ssrc)), Some(true));
+        }
+        // One more SSRC is refused; those already seen, RTP or RTCP, still go.
+        assert_eq!(admit_ssrc(&mut seen, &rtp(1 << 20)), Some(false));
+        assert_eq!(admit_ssrc(&mut seen, &rtp(7)), Some(true));
+        let rr_from_3 = [0x80, 201, 0, 1, 0, 0, 0, 3];
+        assert_eq!(admit_ssrc(&mut seen, &rr_from_3), Some(true));
+        assert_eq!(seen.len(), MAX_RTC_SSRCS);
+        assert_eq!(admit_ssrc(&mut seen, &rtp(7)[..10]), None, "too short");
     }
 
     #[test]

@@ -137,6 +137,7 @@ impl Worker {
             flight: LastFlight::default(),
             flight_to: None,
             early_checks: Vec::new(),
+            rtc_ssrcs: Vec::new(),
             direct,
             recv,
             rtc_written: false,

@@ -146,7 +146,13 @@ impl Worker {
             if let Some(i) = known {
                 r.streams[i].rtc_at = now;
             }
-            let _ = r.open.open(bytes);
+            let opened = r.open.open(bytes).is_some();
+            if !opened && !pc.rtc_ssrcs.contains(&ssrc) && !r.left_to_rtc.contains(&ssrc) {
+                // An SSRC rtc has not seen, whose packet does not authenticate (forged,
+                // replayed): rtc would keep state for it before finding that out.
+                self.stats.ssrc_refused += 1;
+                return true;
+            }
             return false;
         };
         let stream = &mut r.streams[i];

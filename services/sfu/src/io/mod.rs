@@ -262,6 +262,7 @@ struct Exported {
     feedback_refused: u64,
     layer_switches: u64,
     bad_packets: u64,
+    ssrc_refused: u64,
     bad_sdp: u64,
     bad_messages: u64,
     unroutable: u64,
@@ -325,6 +326,7 @@ async fn run_worker(
         feedback_refused: 0,
         layer_switches: 0,
         bad_packets: 0,
+        ssrc_refused: 0,
         bad_sdp: 0,
         bad_messages: 0,
         unroutable: 0,
@@ -669,6 +671,7 @@ fn export(
         .inc_by(delta(s.layer_switches, &mut e.layer_switches));
     for (kind, total, seen) in [
         ("packet", s.bad_packets, &mut e.bad_packets),
+        ("ssrc", s.ssrc_refused, &mut e.ssrc_refused),
         ("sdp", s.bad_sdp, &mut e.bad_sdp),
         ("message", s.bad_messages, &mut e.bad_messages),
         ("unroutable", s.unroutable, &mut e.unroutable),

@@ -933,6 +933,19 @@ pub fn direct_receive(addr: SocketAddr) -> (f64, f64, f64) {
     )
 }
 
+/// SRTP/SRTCP datagrams the SFU at metrics listener `addr` kept from rtc
+/// (`sfu_bad_input_total{kind="ssrc"}`: an SSRC beyond a PC's bound, or one rtc has not seen
+/// that did not authenticate). Real clients never cause one.
+#[allow(dead_code)] // not every test binary uses it
+pub fn ssrc_refused(addr: SocketAddr) -> f64 {
+    metric_value(
+        &scrape_metrics(addr),
+        "sfu_bad_input_total",
+        &[("kind", "ssrc")],
+    )
+    .unwrap_or(0.0)
+}
+
 /// The `turnkey` binary (TURN + signaling + SFU in one process) on free loopback ports, with
 /// relay ports 61000-62999 (above the ephemeral range), two SFU workers and the API key
 /// `api_key`; `extra` flags are appended. Returns once the TURN and SFU metrics answer.
