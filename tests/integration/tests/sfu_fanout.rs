@@ -125,9 +125,10 @@ fn forged_srtp_of_fresh_ssrcs_reaches_rtc_bounded_and_media_flows() {
     );
     let r = fanout_20_with(&["--direct-receive", "false"], &["--spoof-ssrcs", "1000"]);
     let refused = r["sfu_ssrc_refused"].as_f64().expect("sfu_ssrc_refused");
-    // The publisher's audio and video SSRCs count towards the 64 too.
+    // The publisher's own SSRCs count towards the 64 too (and a stream it starts once they
+    // are taken, such as RTX, would be refused as well: the bound's price).
     assert!(
-        (FORGED - 64.0..=FORGED - 62.0).contains(&refused),
+        refused >= FORGED - 64.0,
         "rtc is handed at most 64 SSRCs: {refused} of {FORGED} refused: {r}"
     );
 }
