@@ -25,38 +25,44 @@ struct Inner {
     write_outs: VecDeque<TaggedPacket>,
 }
 
-impl Inner {
-    fn walk_read(&mut self, first: Option<TaggedPacket>) {
-        let mut belt = std::mem::take(&mut self.belt);
-        belt.extend(first);
-        for i in self.interceptors.iter_mut() {
-            while let Some(m) = belt.pop_front() {
-                if let Err(e) = i.handle_read(m) {
-                    tracing::debug!(error = %e, "receive-side interceptor refused a packet");
-                }
-            }
-            while let Some(m) = i.poll_read() {
-                belt.push_back(m);
-            }
-        }
-        self.read_outs.extend(belt.drain(..));
-        self.belt = belt;
-    }
+/// Which way a packet goes through the interceptors.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Way {
+    /// From the wire to the application: first to last, `handle_read` / `poll_read`.
+    Read,
+    /// From the application to the wire: last to first, `handle_write` / `poll_write`.
+    Write,
+}
 
-    fn walk_write(&mut self, first: Option<TaggedPacket>) {
+impl Inner {
+    /// Walks `first` (or what the interceptors have queued) through every interceptor the
+    /// `way` it goes, into `read_outs` or `write_outs`.
+    fn walk(&mut self, way: Way, first: Option<TaggedPacket>) {
         let mut belt = std::mem::take(&mut self.belt);
         belt.extend(first);
-        for i in self.interceptors.iter_mut().rev() {
+        let n = self.interceptors.len();
+        for k in 0..n {
+            let i = &mut self.interceptors[if way == Way::Read { k } else { n - 1 - k }];
             while let Some(m) = belt.pop_front() {
-                if let Err(e) = i.handle_write(m) {
+                let r = match way {
+                    Way::Read => i.handle_read(m),
+                    Way::Write => i.handle_write(m),
+                };
+                if let Err(e) = r {
                     tracing::debug!(error = %e, "receive-side interceptor refused a packet");
                 }
             }
-            while let Some(m) = i.poll_write() {
+            while let Some(m) = match way {
+                Way::Read => i.poll_read(),
+                Way::Write => i.poll_write(),
+            } {
                 belt.push_back(m);
             }
         }
-        self.write_outs.extend(belt.drain(..));
+        match way {
+            Way::Read => self.read_outs.extend(belt.drain(..)),
+            Way::Write => self.write_outs.extend(belt.drain(..)),
+        }
         self.belt = belt;
     }
 }
@@ -104,11 +110,14 @@ impl ReceiveHandle {
     ) -> (Option<rtc::rtp::Packet>, Option<Instant>) {
         let mut inner = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         let outs = inner.read_outs.len();
-        inner.walk_read(Some(TaggedPacket {
-            now,
-            transport,
-            message: Packet::Rtp(p).into(),
-        }));
+        inner.walk(
+            Way::Read,
+            Some(TaggedPacket {
+                now,
+                transport,
+                message: Packet::Rtp(p).into(),
+            }),
+        );
         // The walk released this packet last (the receive-side interceptors hold nothing
         // back). Anything else, and anything queued before, stays for rtc's read.
         let ours = inner.read_outs.len() > outs
@@ -144,27 +153,27 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for ReceiveSide {
     type Time = Instant;
 
     fn handle_read(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
-        self.inner().walk_read(Some(msg));
+        self.inner().walk(Way::Read, Some(msg));
         Ok(())
     }
 
     fn poll_read(&mut self) -> Option<Self::Rout> {
         let mut inner = self.inner();
         if inner.read_outs.is_empty() {
-            inner.walk_read(None);
+            inner.walk(Way::Read, None);
         }
         inner.read_outs.pop_front()
     }
 
     fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
-        self.inner().walk_write(Some(msg));
+        self.inner().walk(Way::Write, Some(msg));
         Ok(())
     }
 
     fn poll_write(&mut self) -> Option<Self::Wout> {
         let mut inner = self.inner();
         if inner.write_outs.is_empty() {
-            inner.walk_write(None);
+            inner.walk(Way::Write, None);
         }
         inner.write_outs.pop_front()
     }
