@@ -1054,7 +1054,9 @@ pub fn sighup(pid: u32) {
 /// with the next port free too, for uclient's RTCP peer) and waits until it echoes.
 pub fn start_echo_peer(below: u16) -> (ChildGuard, u16) {
     let tool = require_tool("turnutils_peer");
-    let port = std::iter::repeat_with(free_udp_tcp_port)
+    // The next port is claimed too: uclient sends its RTCP to it, and a suite port there (a
+    // server's metrics listener, say) would be refused as a peer (403).
+    let port = std::iter::repeat_with(|| free_udp_tcp_port_pair(&[LOCALHOST]))
         .find(|p| p + 1 < below)
         .expect("a free port below the relay range");
     let peer = ChildGuard::spawn(
