@@ -497,6 +497,7 @@ pub fn run(
                 audio_interval,
                 &shared,
                 &mut report,
+                &mut dropper,
             );
         }
         let now = Instant::now();
@@ -763,6 +764,7 @@ fn send_media(
     audio_interval: Duration,
     shared: &Shared,
     report: &mut ThreadReport,
+    dropper: &mut Dropper,
 ) {
     let (Some(pb), Some(pc)) = (part.publisher.as_mut(), part.publish.as_mut()) else {
         return;
@@ -839,7 +841,9 @@ fn send_media(
                 },
                 payload: probe::vp8_payload(part_kind, picture_id, &probe, load.video_bytes).into(),
             };
-            write(pc, pb.video, now, pkt, shared, sent_us, index, 0, report);
+            write(
+                pc, pb.video, now, pkt, shared, sent_us, index, 0, report, dropper,
+            );
         }
     }
     while pb.next_audio <= now {
@@ -864,7 +868,9 @@ fn send_media(
             },
             payload: probe::audio_payload(&probe, load.audio_bytes).into(),
         };
-        write(pc, pb.audio, now, pkt, shared, sent_us, index, 1, report);
+        write(
+            pc, pb.audio, now, pkt, shared, sent_us, index, 1, report, dropper,
+        );
     }
 }
 
@@ -879,6 +885,7 @@ fn write(
     index: u32,
     kind: usize,
     report: &mut ThreadReport,
+    dropper: &mut Dropper,
 ) {
     let Some(mut s) = pc.pc.rtp_sender(sender) else {
         report.write_errors += 1;
@@ -894,6 +901,10 @@ fn write(
     }
     // Put it on the wire now, so the latency does not include the rest of this loop.
     while let Some(d) = pc.pc.poll_write() {
+        if dropper.drop_next() {
+            report.dropped += 1;
+            continue;
+        }
         if pc.sock.send_to(&d.message, d.transport.peer_addr).is_err() {
             report.send_errors += 1;
         }

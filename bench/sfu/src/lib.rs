@@ -644,6 +644,7 @@ fn run(
     let receive_refused = direct("sfu_direct_receive_total", Some("result=\"refused\""));
     let received_packets = direct("sfu_direct_received_packets_total", None);
     let ssrc_refused = direct("sfu_bad_input_total", Some("kind=\"ssrc\""));
+    let nack_requested = direct("sfu_nack_requested_total", None);
     let sfu_q = |x: f64| prom::quantile(&delay, x).map(|s| (s * 1e6).round() as u64);
     // Let in-flight window packets arrive.
     rt.block_on(tokio::time::sleep(Duration::from_millis(500)));
@@ -727,6 +728,7 @@ fn run(
     json["sfu_direct_receive_refused"] = receive_refused.into();
     json["sfu_direct_received_packets"] = received_packets.into();
     json["sfu_ssrc_refused"] = ssrc_refused.into();
+    json["sfu_nack_requested"] = nack_requested.into();
     let mut text = String::new();
     use std::fmt::Write as _;
     let _ = writeln!(

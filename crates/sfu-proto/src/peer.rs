@@ -24,9 +24,8 @@ use crate::nack::HistoryConfig;
 use crate::recv_side::{ReceiveHandle, ReceiveSide};
 use crate::send_side::{SendHandle, SendSide};
 use rtc::interceptor::{
-    Attribute, BandwidthEstimator, EstimatorStats, Gcc, Interceptor, NackGeneratorBuilder, Packet,
-    PacketReport, ReceiverReportBuilder, Registry, Slot, StreamInfo, TaggedPacket,
-    TwccReceiverBuilder,
+    Attribute, BandwidthEstimator, EstimatorStats, Gcc, Interceptor, Packet, PacketReport,
+    Registry, Slot, StreamInfo, TaggedPacket,
 };
 use rtc::peer_connection::configuration::interceptor_registry::{
     configure_simulcast_extension_headers, configure_twcc_receiver_only,
@@ -86,6 +85,8 @@ pub struct FeedbackCounters {
     pub feedback_refused: AtomicU64,
     /// Packets held in every send history now (a gauge).
     pub history_packets: AtomicU64,
+    /// Sequence numbers asked of publishers again in generic NACKs ([`crate::recv_side`]).
+    pub nack_requested: AtomicU64,
 }
 
 /// Interceptor next to the wire: counts feedback, marks inbound RTCP for the application.
@@ -361,12 +362,21 @@ pub enum PcParts {
     Receive(ReceiveParts),
 }
 
-/// Builds one lite peer connection for `leg` with local ICE credentials `ufrag`/`pwd`, and the
-/// worker's [`PcParts`] of it.
+/// What the worker draws for one PC from its seeded generator.
+pub struct PcIds<'a> {
+    /// Local ICE username fragment (RFC 8445 §5.3).
+    pub ufrag: &'a str,
+    /// Local ICE password.
+    pub pwd: &'a str,
+    /// The SSRC the publish leg's NACKs and receiver reports come from.
+    pub rtcp_ssrc: u32,
+}
+
+/// Builds one lite peer connection for `leg` with local ICE credentials and RTCP SSRC `ids`,
+/// and the worker's [`PcParts`] of it.
 pub fn build_pc(
     leg: Leg,
-    ufrag: &str,
-    pwd: &str,
+    ids: &PcIds<'_>,
     settings: &PcSettings,
     counters: Arc<FeedbackCounters>,
     bwe: Arc<BweCell>,
@@ -394,15 +404,11 @@ pub fn build_pc(
     let registry = match leg {
         Leg::Publish => {
             configure_simulcast_extension_headers(&mut me)?;
-            // rtc's own three, in their slot order, behind one interceptor the worker can also
+            // NACKs, receiver reports and TWCC feedback in one interceptor the worker can also
             // feed (crate::recv_side). The helper registers TWCC feedback and its header
             // extension in the media engine; its registry is not used.
             configure_twcc_receiver_only(Registry::new(), &mut me)?;
-            let side = ReceiveSide::new(vec![
-                Box::new(NackGeneratorBuilder::new().build()),
-                Box::new(TwccReceiverBuilder::new().build()),
-                Box::new(ReceiverReportBuilder::new().build()),
-            ]);
+            let side = ReceiveSide::new(ids.rtcp_ssrc, counters.clone());
             if settings.direct_receive {
                 parts = PcParts::Receive(ReceiveParts {
                     tap: Arc::new(KeyTap::new()),
@@ -456,7 +462,7 @@ pub fn build_pc(
     };
     let mut se = SettingEngineBuilder::new()
         .with_lite(true)
-        .with_ice_credentials(ufrag.to_string(), pwd.to_string())
+        .with_ice_credentials(ids.ufrag.to_string(), ids.pwd.to_string())
         .with_ice_timeouts(
             Some(settings.ice_disconnected),
             Some(settings.ice_failed),

@@ -10,6 +10,7 @@
 //! | `sfu_nack_total` | counter | (NACK packets received from subscribers) |
 //! | `sfu_retransmitted_packets_total` | counter | |
 //! | `sfu_nack_unanswered_total` | counter | `reason` (`missing`: the sequence number is no longer in the send history, sized by RTT and rate; `throttled`: NACKed again within one RTT of its last retransmission, or after it was already sent again 3 times) |
+//! | `sfu_nack_requested_total` | counter | (sequence numbers asked of publishers again in generic NACKs, RFC 4585 §6.2.1: each missing packet every 100 ms, at most 10 times) |
 //! | `sfu_nack_history_packets` | gauge | `worker` (packets held for retransmission over every subscriber) |
 //! | `sfu_pli_total` | counter | `direction` (`received` from subscribers, `sent` to publishers) |
 //! | `sfu_layer_switches_total` | counter | |
@@ -83,6 +84,8 @@ pub struct SfuMetrics {
     pub retransmitted: Counter,
     /// `sfu_nack_unanswered_total{reason}`.
     pub nack_unanswered: Family<L1, Counter>,
+    /// `sfu_nack_requested_total`.
+    pub nack_requested: Counter,
     /// `sfu_nack_history_packets{worker}`.
     pub nack_history_packets: Family<LW, Gauge>,
     /// `sfu_pli_total{direction}`.
@@ -143,6 +146,7 @@ impl SfuMetrics {
             nack: Counter::default(),
             retransmitted: Counter::default(),
             nack_unanswered: Family::default(),
+            nack_requested: Counter::default(),
             nack_history_packets: Family::default(),
             pli: Family::default(),
             layer_switches: Counter::default(),
@@ -227,6 +231,11 @@ impl SfuMetrics {
             "sfu_nack_unanswered",
             "NACKed sequence numbers not retransmitted, by reason",
             m.nack_unanswered.clone(),
+        );
+        registry.register(
+            "sfu_nack_requested",
+            "Sequence numbers asked of publishers again in generic NACKs",
+            m.nack_requested.clone(),
         );
         registry.register(
             "sfu_nack_history_packets",

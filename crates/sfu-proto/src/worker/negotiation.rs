@@ -80,16 +80,14 @@ impl Worker {
             .as_ref()
             .map(|p| p.bwe.clone())
             .unwrap_or_default();
-        let (mut pc, parts) = peer::build_pc(
-            leg,
-            &ufrag,
-            &pwd,
-            &self.cfg.pc,
-            self.counters.clone(),
-            bwe,
-            now,
-        )
-        .map_err(|e| e.to_string())?;
+        let ids = peer::PcIds {
+            ufrag: &ufrag,
+            pwd: &pwd,
+            rtcp_ssrc: draw_ssrc(&mut self.rng),
+        };
+        let (mut pc, parts) =
+            peer::build_pc(leg, &ids, &self.cfg.pc, self.counters.clone(), bwe, now)
+                .map_err(|e| e.to_string())?;
         for (addr, tcp) in [(Some(self.cfg.udp_addr), false), (self.cfg.tcp_addr, true)] {
             let Some(addr) = addr else { continue };
             let c = CandidateHostConfig {

@@ -259,6 +259,7 @@ struct Exported {
     retransmitted: u64,
     nack_missing: u64,
     nack_throttled: u64,
+    nack_requested: u64,
     feedback_refused: u64,
     layer_switches: u64,
     bad_packets: u64,
@@ -323,6 +324,7 @@ async fn run_worker(
         retransmitted: 0,
         nack_missing: 0,
         nack_throttled: 0,
+        nack_requested: 0,
         feedback_refused: 0,
         layer_switches: 0,
         bad_packets: 0,
@@ -657,6 +659,10 @@ fn export(
             f.nack_throttled.load(Ordering::Relaxed),
             &mut e.nack_throttled,
         ));
+    m.nack_requested.inc_by(delta(
+        f.nack_requested.load(Ordering::Relaxed),
+        &mut e.nack_requested,
+    ));
     m.nack_history_packets
         .get_or_create(worker)
         .set(f.history_packets.load(Ordering::Relaxed) as i64);
