@@ -662,6 +662,8 @@ fn run(
     let received_packets = direct("sfu_direct_received_packets_total", None);
     let ssrc_refused = direct("sfu_bad_input_total", Some("kind=\"ssrc\""));
     let nack_requested = direct("sfu_nack_requested_total", None);
+    let rtcp_engaged = direct("sfu_direct_rtcp_total", Some("result=\"engaged\""));
+    let rtcp_packets = direct("sfu_direct_rtcp_packets_total", None);
     let sfu_q = |x: f64| prom::quantile(&delay, x).map(|s| (s * 1e6).round() as u64);
     // Let in-flight window packets arrive.
     rt.block_on(tokio::time::sleep(Duration::from_millis(500)));
@@ -746,6 +748,8 @@ fn run(
     json["sfu_direct_received_packets"] = received_packets.into();
     json["sfu_ssrc_refused"] = ssrc_refused.into();
     json["sfu_nack_requested"] = nack_requested.into();
+    json["sfu_direct_rtcp_engaged"] = rtcp_engaged.into();
+    json["sfu_direct_rtcp_packets"] = rtcp_packets.into();
     let mut text = String::new();
     use std::fmt::Write as _;
     let _ = writeln!(

@@ -87,6 +87,8 @@ struct TapCrypto {
 /// module docs). Never logs or exposes a key.
 pub struct KeyTap {
     crypto: TapCrypto,
+    /// The candidate [`KeyTap::verify`] found to be the local key.
+    local: Mutex<Option<usize>>,
 }
 
 impl Default for KeyTap {
@@ -104,6 +106,7 @@ impl KeyTap {
                 candidates: Mutex::new(Vec::new()),
                 generation: AtomicU64::new(0),
             },
+            local: Mutex::new(None),
         }
     }
 
@@ -119,16 +122,26 @@ impl KeyTap {
         &self,
         mut f: impl FnMut(&[u8], &[u8], ProtectionProfile, &dyn RTCCrypto) -> Option<T>,
     ) -> Option<T> {
+        self.find_at(|_, key, salt, profile, crypto| f(key, salt, profile, crypto))
+            .map(|(_, t)| t)
+    }
+
+    /// [`Self::find`] also handing `f` the candidate's position, and giving it back.
+    fn find_at<T>(
+        &self,
+        mut f: impl FnMut(usize, &[u8], &[u8], ProtectionProfile, &dyn RTCCrypto) -> Option<T>,
+    ) -> Option<(usize, T)> {
         let candidates = self
             .crypto
             .candidates
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let crypto = self.crypto.inner.crypto();
-        candidates.iter().find_map(|c| {
+        candidates.iter().enumerate().find_map(|(i, c)| {
             profiles(c.key.len())
                 .iter()
-                .find_map(|&p| f(&c.key, &c.block[..p.salt_len()], p, crypto))
+                .find_map(|&p| f(i, &c.key, &c.block[..p.salt_len()], p, crypto))
+                .map(|t| (i, t))
         })
     }
 
@@ -136,10 +149,29 @@ impl KeyTap {
     /// authenticates `datagram`, an SRTP packet rtc protected with the PC's local context. The
     /// returned protection has protected nothing yet.
     pub fn verify(&self, datagram: &[u8]) -> Option<Protection> {
-        self.find(|key, salt, profile, crypto| {
+        let (at, protection) = self.find_at(|_, key, salt, profile, crypto| {
             Opening::new(key, salt, profile, crypto)?.open(datagram)?;
             Protection::new(key, salt, profile, crypto)
+        })?;
+        *self.local.lock().unwrap_or_else(PoisonError::into_inner) = Some(at);
+        Some(protection)
+    }
+
+    /// The remote master key's SRTCP unprotection, if a candidate other than the local key
+    /// ([`Self::verify`] must have found it) authenticates `datagram`, an SRTCP packet the peer
+    /// sent on the PC. The local key is left out so that our own SRTCP sent back at us (by
+    /// anyone on the path) cannot pass for the peer's. The packet counts as received.
+    pub fn verify_remote_rtcp(&self, datagram: &[u8]) -> Option<RtcpOpening> {
+        let local = (*self.local.lock().unwrap_or_else(PoisonError::into_inner))?;
+        self.find_at(|at, key, salt, profile, crypto| {
+            if at == local {
+                return None;
+            }
+            let mut open = RtcpOpening::new(key, salt, profile, crypto)?;
+            open.open(datagram)?;
+            Some(open)
         })
+        .map(|(_, open)| open)
     }
 
     /// The remote master key's unprotection, if a candidate with a profile of its key length
@@ -341,7 +373,7 @@ impl Protection {
         crypto: &dyn RTCCrypto,
     ) -> Option<Self> {
         Some(Self {
-            session: Session::new(key, salt, profile, crypto)?,
+            session: Session::new(key, salt, profile, crypto, Keys::Srtp)?,
             streams: PacketIndexes::default(),
         })
     }
@@ -399,6 +431,7 @@ impl Session {
         master_salt: &[u8],
         profile: ProtectionProfile,
         crypto: &dyn RTCCrypto,
+        keys: Keys,
     ) -> Option<Self> {
         use ProtectionProfile as P;
         let (block, aes256) = match master_key.len() {
@@ -413,11 +446,11 @@ impl Session {
             |label: u8, out: &mut [u8]| kdf(crypto, block, master_key, master_salt, label, out);
         let mut session_key = [0u8; 32];
         let session_key = &mut session_key[..master_key.len()];
-        derive(LABEL_SRTP_ENCRYPTION, session_key)?;
+        derive(keys.labels()[0], session_key)?;
         let session = match profile {
             P::AeadAes128Gcm | P::AeadAes256Gcm => {
                 let mut salt = [0u8; 12];
-                derive(LABEL_SRTP_SALT, &mut salt)?;
+                derive(keys.labels()[2], &mut salt)?;
                 let aead = if aes256 {
                     AeadAlgorithm::Aes256Gcm
                 } else {
@@ -431,9 +464,9 @@ impl Session {
             | P::Aes256CmHmacSha1_80
             | P::Aes256CmHmacSha1_32 => {
                 let mut salt = [0u8; CM_SALT_LEN];
-                derive(LABEL_SRTP_SALT, &mut salt)?;
+                derive(keys.labels()[2], &mut salt)?;
                 let mut auth_key = [0u8; CM_AUTH_KEY_LEN];
-                derive(LABEL_SRTP_AUTHENTICATION, &mut auth_key)?;
+                derive(keys.labels()[1], &mut auth_key)?;
                 let auth = crypto.new_hmac(HmacAlgorithm::Sha1, &auth_key).ok();
                 auth_key.fill(0);
                 let algorithm = if aes256 {
@@ -442,8 +475,9 @@ impl Session {
                     StreamCipherAlgorithm::Aes128Ctr
                 };
                 let cipher = crypto.new_stream_cipher(algorithm, session_key).ok();
-                let tag_len = match profile {
-                    P::Aes128CmHmacSha1_80 | P::Aes256CmHmacSha1_80 => 10,
+                // SRTCP keeps the 80-bit tag with either profile (RFC 5764 §4.1.2).
+                let tag_len = match (profile, keys) {
+                    (_, Keys::Srtcp) | (P::Aes128CmHmacSha1_80 | P::Aes256CmHmacSha1_80, _) => 10,
                     _ => 4,
                 };
                 match (cipher, auth) {
@@ -538,7 +572,150 @@ impl Session {
     }
 }
 
-/// RFC 7714 §8.1: 00 00 || SSRC || ROC || SEQ, XORed with the session salt.
+impl Session {
+    /// Authenticates and decrypts `buf`, an SRTCP packet's RTCP header (8 bytes) and
+    /// encrypted rest, in place: packet `index` (31 bits) of sender `ssrc`, `esrtcp` the
+    /// E flag and index word as sent, `tag` its tag (RFC 3711 §3.4; RFC 7714 §9 for AES-GCM,
+    /// whose associated data is the header and that word). `None` (and `buf` not to be used)
+    /// if it does not authenticate.
+    fn open_rtcp(
+        &mut self,
+        ssrc: u32,
+        index: u32,
+        esrtcp: [u8; 4],
+        buf: &mut [u8],
+        tag: &[u8],
+    ) -> Option<()> {
+        if buf.len() < 8 || tag.len() != self.tag_len() {
+            return None;
+        }
+        match self {
+            Self::Gcm { cipher, salt } => {
+                let mut aad = [0u8; 12];
+                aad[..8].copy_from_slice(&buf[..8]);
+                aad[8..].copy_from_slice(&esrtcp);
+                cipher
+                    .open_in_place(
+                        &gcm_iv(salt, ssrc, u64::from(index)),
+                        &aad,
+                        &mut buf[8..],
+                        tag,
+                    )
+                    .ok()
+            }
+            Self::Cm {
+                cipher, salt, auth, ..
+            } => {
+                let mut expected = [0u8; SHA1_LEN];
+                auth.sign(&[buf, &esrtcp], &mut expected).ok()?;
+                if !rtc::crypto::constant_time_eq(&expected[..tag.len()], tag) {
+                    return None;
+                }
+                cipher
+                    .apply_keystream(&cm_counter(salt, ssrc, u64::from(index)), &mut buf[8..])
+                    .ok()
+            }
+        }
+    }
+}
+
+/// SRTCP unprotection of one direction of a PC (any profile of [`Session`]), with a replay
+/// window per sender SSRC over the explicit SRTCP index (RFC 3711 §3.4, §3.3.2); a sender is
+/// held only once one of its packets authenticates, at most [`MAX_STREAMS`].
+pub struct RtcpOpening {
+    session: Session,
+    streams: Vec<Received>,
+}
+
+impl RtcpOpening {
+    fn new(
+        master_key: &[u8],
+        master_salt: &[u8],
+        profile: ProtectionProfile,
+        crypto: &dyn RTCCrypto,
+    ) -> Option<Self> {
+        Some(Self {
+            session: Session::new(master_key, master_salt, profile, crypto, Keys::Srtcp)?,
+            streams: Vec::new(),
+        })
+    }
+
+    /// The compound RTCP packet of SRTCP datagram `d`, authenticated and decrypted; `None` if
+    /// it is short, not encrypted (E flag clear), replayed or too old, or fails authentication.
+    pub fn open(&mut self, d: &[u8]) -> Option<BytesMut> {
+        let tag_len = self.session.tag_len();
+        // AES-GCM: header | ciphertext | tag | E+index; AES-CM: header | ciphertext | E+index | tag.
+        let (end, index_at, tag_at) = match self.session {
+            Session::Gcm { .. } => {
+                let index_at = d.len().checked_sub(4)?;
+                (index_at.checked_sub(tag_len)?, index_at, index_at - tag_len)
+            }
+            Session::Cm { .. } => {
+                let tag_at = d.len().checked_sub(tag_len)?;
+                let index_at = tag_at.checked_sub(4)?;
+                (index_at, index_at, tag_at)
+            }
+        };
+        if end < 8 {
+            return None;
+        }
+        let esrtcp: [u8; 4] = d[index_at..index_at + 4].try_into().ok()?;
+        if esrtcp[0] & 0x80 == 0 {
+            return None;
+        }
+        let index = u32::from_be_bytes(esrtcp) & 0x7fff_ffff;
+        let ssrc = u32::from_be_bytes(d[4..8].try_into().ok()?);
+        if replayed(&self.streams, ssrc, u64::from(index)) {
+            return None;
+        }
+        let mut buf = BytesMut::from(&d[..end]);
+        self.session
+            .open_rtcp(ssrc, index, esrtcp, &mut buf, &d[tag_at..tag_at + tag_len])?;
+        accept(&mut self.streams, ssrc, u64::from(index));
+        Some(buf)
+    }
+}
+
+/// Whether packet `index` of `ssrc` was received already or is older than the window, or
+/// `ssrc` is new and no more streams can be held.
+fn replayed(streams: &[Received], ssrc: u32, index: u64) -> bool {
+    let Some(r) = streams.iter().find(|r| r.ssrc == ssrc) else {
+        return streams.len() >= MAX_STREAMS;
+    };
+    if index > r.highest {
+        return false;
+    }
+    let age = r.highest - index;
+    age >= REPLAY_WINDOW || r.window & (1 << age) != 0
+}
+
+/// Notes packet `index` of `ssrc` as received.
+fn accept(streams: &mut Vec<Received>, ssrc: u32, index: u64) {
+    let Some(r) = streams.iter_mut().find(|r| r.ssrc == ssrc) else {
+        if streams.len() < MAX_STREAMS {
+            streams.push(Received {
+                ssrc,
+                highest: index,
+                window: 1,
+            });
+        }
+        return;
+    };
+    if index > r.highest {
+        let shift = index - r.highest;
+        r.window = if shift >= REPLAY_WINDOW {
+            1
+        } else {
+            (r.window << shift) | 1
+        };
+        r.highest = index;
+    } else {
+        r.window |= 1 << (r.highest - index);
+    }
+}
+
+/// RFC 7714 §8.1: 00 00 || SSRC || ROC || SEQ, XORed with the session salt (§9.1 for SRTCP:
+/// 00 00 || SSRC || 00 00 || 0 || index, the same bytes for an index below 2^31).
 fn gcm_iv(salt: &[u8; 12], ssrc: u32, index: u64) -> [u8; 12] {
     let mut iv = [0u8; 12];
     iv[2..6].copy_from_slice(&ssrc.to_be_bytes());
@@ -598,7 +775,7 @@ impl Opening {
         crypto: &dyn RTCCrypto,
     ) -> Option<Self> {
         Some(Self {
-            session: Session::new(master_key, master_salt, profile, crypto)?,
+            session: Session::new(master_key, master_salt, profile, crypto, Keys::Srtp)?,
             streams: Vec::new(),
         })
     }
@@ -623,31 +800,6 @@ impl Opening {
         Some(index)
     }
 
-    /// Notes packet `index` of `ssrc` as received.
-    fn accept(&mut self, ssrc: u32, index: u64) {
-        let Some(r) = self.streams.iter_mut().find(|r| r.ssrc == ssrc) else {
-            if self.streams.len() < MAX_STREAMS {
-                self.streams.push(Received {
-                    ssrc,
-                    highest: index,
-                    window: 1,
-                });
-            }
-            return;
-        };
-        if index > r.highest {
-            let shift = index - r.highest;
-            r.window = if shift >= REPLAY_WINDOW {
-                1
-            } else {
-                (r.window << shift) | 1
-            };
-            r.highest = index;
-        } else {
-            r.window |= 1 << (r.highest - index);
-        }
-    }
-
     /// The RTP packet (header and payload) of SRTP datagram `d`, authenticated and decrypted;
     /// `None` if it is not SRTP, is short, replayed or too old, or fails authentication.
     pub fn open(&mut self, d: &[u8]) -> Option<BytesMut> {
@@ -661,7 +813,7 @@ impl Opening {
         let mut buf = BytesMut::from(&d[..tag_at]);
         self.session
             .open(ssrc, index, header_len, &mut buf, &d[tag_at..])?;
-        self.accept(ssrc, index);
+        accept(&mut self.streams, ssrc, index);
         Some(buf)
     }
 }
@@ -676,10 +828,24 @@ fn rtp_header_len(d: &[u8]) -> Option<usize> {
     (d.len() >= len).then_some(len)
 }
 
-/// SRTP KDF labels (RFC 3711 §4.3.1).
-const LABEL_SRTP_ENCRYPTION: u8 = 0x00;
-const LABEL_SRTP_AUTHENTICATION: u8 = 0x01;
-const LABEL_SRTP_SALT: u8 = 0x02;
+/// Which session keys a [`Session`] derives from the master key.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Keys {
+    /// SRTP's: KDF labels 0, 1, 2 (RFC 3711 §4.3.1).
+    Srtp,
+    /// SRTCP's: labels 3, 4, 5 (RFC 3711 §4.3.2).
+    Srtcp,
+}
+
+impl Keys {
+    /// The (encryption, authentication, salt) labels.
+    fn labels(self) -> [u8; 3] {
+        match self {
+            Self::Srtp => [0x00, 0x01, 0x02],
+            Self::Srtcp => [0x03, 0x04, 0x05],
+        }
+    }
+}
 
 /// The AES-CM PRF of the SRTP KDF (RFC 3711 §4.3.3, key derivation rate 0 as DTLS-SRTP sets
 /// it): AES under the master key of (master salt XOR label at octet 7) || block counter.
@@ -942,6 +1108,78 @@ mod tests {
             let only_remote = KeyTap::new();
             let _ = rtc_context(&only_remote, &key, salt, profile);
             assert!(only_remote.verify(&foreign).is_none(), "{profile:?}");
+        }
+    }
+
+    /// A compound RTCP packet a subscriber sends: a receiver report and a PLI.
+    fn rtcp_compound(sender: u32, media: u32) -> Vec<u8> {
+        use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+        use rtc::rtcp::receiver_report::ReceiverReport;
+        let rr = ReceiverReport {
+            ssrc: sender,
+            ..Default::default()
+        };
+        let pli = PictureLossIndication {
+            sender_ssrc: sender,
+            media_ssrc: media,
+        };
+        let pkts: Vec<Box<dyn rtc::rtcp::Packet>> = vec![Box::new(rr), Box::new(pli)];
+        rtc::rtcp::packet::marshal(&pkts).unwrap().to_vec()
+    }
+
+    #[test]
+    fn the_remote_key_opens_the_subscribers_srtcp_for_every_profile_and_refuses_replays() {
+        for profile in ALL_PROFILES {
+            let key: Vec<u8> = (0..profile.key_len() as u8).map(|i| i ^ 0x21).collect();
+            let local_key: Vec<u8> = key.iter().map(|b| b ^ 0xff).collect();
+            let salt = &MASTER_SALT[..profile.salt_len()];
+            let tap = KeyTap::new();
+            let mut local = rtc_context(&tap, &local_key, salt, profile);
+            let _remote = rtc_context(&tap, &key, salt, profile);
+            // The subscriber protects its RTCP with its key (rtc-srtp, as every peer here).
+            let mut subscriber = receiver(&key, salt, profile);
+            let plain = rtcp_compound(0x0bad, 0xcafe);
+            let first = subscriber.encrypt_rtcp(&plain).unwrap();
+            assert!(
+                tap.verify_remote_rtcp(&first).is_none(),
+                "before the local key"
+            );
+            let sent = local
+                .encrypt_rtp(&packet(7, 1, b"ours").marshal().unwrap())
+                .unwrap();
+            tap.verify(&sent).expect("local key");
+            let mut open = tap.verify_remote_rtcp(&first).expect("remote key");
+            assert!(
+                open.open(&first).is_none(),
+                "{profile:?}: the verifying packet again"
+            );
+            for _ in 0..3 {
+                let d = subscriber.encrypt_rtcp(&plain).unwrap();
+                assert_eq!(open.open(&d).unwrap()[..], plain[..], "{profile:?}");
+                assert!(open.open(&d).is_none(), "{profile:?}: replayed");
+            }
+            // A forged tag, a cut datagram and our own SRTCP sent back do not open.
+            let mut forged = subscriber.encrypt_rtcp(&plain).unwrap().to_vec();
+            let n = forged.len();
+            forged[n - 1] ^= 1;
+            forged[n - 5] ^= 1;
+            assert!(open.open(&forged).is_none(), "{profile:?}");
+            assert!(open.open(&forged[..10]).is_none());
+            assert!(open.open(&[]).is_none());
+            let ours = local.encrypt_rtcp(&plain).unwrap();
+            assert!(open.open(&ours).is_none(), "{profile:?}");
+            let tap2 = KeyTap::new();
+            let mut local2 = rtc_context(&tap2, &local_key, salt, profile);
+            let _ = rtc_context(&tap2, &key, salt, profile);
+            let sent = local2
+                .encrypt_rtp(&packet(7, 1, b"ours").marshal().unwrap())
+                .unwrap();
+            tap2.verify(&sent).unwrap();
+            let reflected = local2.encrypt_rtcp(&plain).unwrap();
+            assert!(
+                tap2.verify_remote_rtcp(&reflected).is_none(),
+                "{profile:?}: our own SRTCP does not pass for the peer's"
+            );
         }
     }
 

@@ -298,6 +298,67 @@ impl<E: BandwidthEstimator> SendState<E> {
         armed
     }
 
+    /// Handles a subscriber's compound RTCP packet `pkts` received at `now`: transport
+    /// feedback to the estimator, NACKs answered from the history (for the worker in direct
+    /// mode, in what is returned otherwise), receiver reports to the RTT, PLI and FIR counted.
+    fn on_rtcp(&mut self, now: Instant, pkts: &[Box<dyn rtc::rtcp::Packet>]) -> RtcpRead {
+        let mut retransmit = VecDeque::new();
+        let mut feedback = false;
+        for p in pkts {
+            let any = p.as_any();
+            if let Some(cc) = any.downcast_ref::<TransportLayerCc>() {
+                let statuses = usize::from(cc.packet_status_count);
+                if statuses > self.twcc.sent.len() + TWCC_FEEDBACK_SLACK {
+                    self.counters
+                        .feedback_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                for ack in convert_twcc(cc) {
+                    self.twcc.on_ack(ack);
+                }
+                feedback = true;
+            } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
+                self.nack.on_nack(now, nack, &mut retransmit);
+            } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
+                self.nack.on_receiver_reports(now, &rr.reports);
+            } else if let Some(sr) = any.downcast_ref::<SenderReport>() {
+                self.nack.on_receiver_reports(now, &sr.reports);
+            } else if any.is::<PictureLossIndication>() {
+                self.counters.pli.fetch_add(1, Ordering::Relaxed);
+            } else if any.is::<FullIntraRequest>() {
+                self.counters.fir.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let mut target = None;
+        if feedback {
+            self.reports.clear();
+            self.twcc.take_reports(&mut self.reports);
+            if !self.reports.is_empty() {
+                self.estimator.on_reports(now, &self.reports);
+            }
+            let t = self.estimator.target_bitrate();
+            if t != self.last_target {
+                self.last_target = t;
+                target = Some(t);
+            }
+        }
+        if self.direct {
+            for mut r in retransmit.drain(..) {
+                if let Packet::Rtp(p) = &mut r.message.packet {
+                    if self.direct_out.len() >= MAX_DIRECT_RETRANSMISSIONS {
+                        self.counters.nack_throttled.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    self.record_rtp(r.now, p, true);
+                    let p = std::mem::take(p);
+                    self.direct_out.push(p);
+                }
+            }
+        }
+        RtcpRead { retransmit, target }
+    }
+
     /// The NACK history and sender report counts of [`Self::record_rtp`].
     fn record_counts(&mut self, now: Instant, p: &rtc::rtp::Packet, retransmission: bool) -> bool {
         let mut armed = false;
@@ -311,6 +372,14 @@ impl<E: BandwidthEstimator> SendState<E> {
         }
         armed
     }
+}
+
+/// What [`SendState::on_rtcp`] leaves to its caller.
+struct RtcpRead {
+    /// Retransmissions for rtc's chain (empty in direct mode: they wait for the worker).
+    retransmit: VecDeque<TaggedPacket>,
+    /// The estimator's new target, if it moved (bits per second).
+    target: Option<f64>,
 }
 
 /// What [`DirectSend::on_direct_send`] did with a packet.
@@ -335,6 +404,9 @@ pub trait DirectSend: Send {
     /// Moves the retransmissions NACKs asked for since the last call into `out`, numbered and
     /// recorded.
     fn take_retransmissions(&mut self, out: &mut Vec<rtc::rtp::Packet>);
+    /// Handles a compound RTCP packet the worker read from the subscriber itself, as one rtc
+    /// read would be (retransmissions wait in [`DirectSend::take_retransmissions`]).
+    fn on_rtcp(&mut self, now: Instant, pkts: &[Box<dyn rtc::rtcp::Packet>]);
 }
 
 impl<E: BandwidthEstimator + Send> DirectSend for SendState<E> {
@@ -356,6 +428,10 @@ impl<E: BandwidthEstimator + Send> DirectSend for SendState<E> {
 
     fn take_retransmissions(&mut self, out: &mut Vec<rtc::rtp::Packet>) {
         out.append(&mut self.direct_out);
+    }
+
+    fn on_rtcp(&mut self, now: Instant, pkts: &[Box<dyn rtc::rtcp::Packet>]) {
+        let _ = SendState::on_rtcp(self, now, pkts);
     }
 }
 
@@ -461,70 +537,20 @@ impl<E: BandwidthEstimator> Protocol<TaggedPacket, TaggedPacket, ()> for SendSid
     type Time = Instant;
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
-        let mut retransmit = VecDeque::new();
-        let mut feedback = false;
         let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if let Packet::Rtcp(pkts) = &msg.message.packet {
-            for p in pkts {
-                let any = p.as_any();
-                if let Some(cc) = any.downcast_ref::<TransportLayerCc>() {
-                    let statuses = usize::from(cc.packet_status_count);
-                    if statuses > st.twcc.sent.len() + TWCC_FEEDBACK_SLACK {
-                        st.counters.feedback_refused.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    for ack in convert_twcc(cc) {
-                        st.twcc.on_ack(ack);
-                    }
-                    feedback = true;
-                } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
-                    st.nack.on_nack(msg.now, nack, &mut retransmit);
-                } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
-                    st.nack.on_receiver_reports(msg.now, &rr.reports);
-                } else if let Some(sr) = any.downcast_ref::<SenderReport>() {
-                    st.nack.on_receiver_reports(msg.now, &sr.reports);
-                } else if any.is::<PictureLossIndication>() {
-                    st.counters.pli.fetch_add(1, Ordering::Relaxed);
-                } else if any.is::<FullIntraRequest>() {
-                    st.counters.fir.fetch_add(1, Ordering::Relaxed);
-                }
-            }
+            let read = st.on_rtcp(msg.now, pkts);
             if !pkts.is_empty() {
                 // The worker reads receiver reports (loss), PLI and FIR.
                 msg.message.add(Attribute::DeliverToApplication);
             }
-        }
-        if feedback {
-            let st = &mut *st;
-            st.reports.clear();
-            st.twcc.take_reports(&mut st.reports);
-            if !st.reports.is_empty() {
-                st.estimator.on_reports(msg.now, &st.reports);
-            }
-            let target = st.estimator.target_bitrate();
-            if target != st.last_target {
+            if let Some(bits_per_second) = read.target {
                 // rtc shows it in the outbound streams' stats.
-                st.last_target = target;
-                msg.message.add(Attribute::TargetBitrateChanged {
-                    bits_per_second: target,
-                });
+                msg.message
+                    .add(Attribute::TargetBitrateChanged { bits_per_second });
             }
-        }
-        if st.direct {
-            for mut r in retransmit {
-                if let Packet::Rtp(p) = &mut r.message.packet {
-                    if st.direct_out.len() >= MAX_DIRECT_RETRANSMISSIONS {
-                        st.counters.nack_throttled.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    st.record_rtp(r.now, p, true);
-                    let p = std::mem::take(p);
-                    st.direct_out.push(p);
-                }
-            }
-        } else {
             drop(st);
-            for r in retransmit {
+            for r in read.retransmit {
                 self.send(r);
             }
         }

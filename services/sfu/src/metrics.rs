@@ -28,6 +28,8 @@
 //! | `sfu_direct_packets_total` | counter | (RTP packets, retransmissions included, the worker protected and sent itself) |
 //! | `sfu_direct_receive_total` | counter | `result` (publish PCs whose media the worker opens itself, past rtc's read pipeline: `engaged` once the publisher's SRTP key is verified against its own packets; `refused`: no key candidate opened them with AES-GCM, rtc keeps reading; `dropped`: a new DTLS handshake changed the keys, back to rtc) |
 //! | `sfu_direct_received_packets_total` | counter | (publishers' RTP packets the worker opened itself) |
+//! | `sfu_direct_rtcp_total` | counter | `result` (subscribe PCs whose SRTCP the worker opens itself, past rtc's read pipeline: `engaged` once the subscriber's SRTCP key is verified against its own packets, our own key left out; `refused`: no other key candidate opened them, rtc keeps reading) |
+//! | `sfu_direct_rtcp_packets_total` | counter | (subscribers' compound RTCP packets the worker opened itself) |
 //! | `sfu_links` | gauge | |
 //! | `sfu_worker_participants` | gauge | `worker` |
 //! | `sfu_load_ratio` | gauge | (fraction of the node's capacity in use, 0..1: the larger of the busiest worker's busy fraction over the last second and the forwarded bit rate against `capacity_bps`; what room placement compares) |
@@ -56,6 +58,9 @@ pub const DATA_DROP_REASONS: [&str; 2] = ["too_large", "rate_limited"];
 
 /// `sfu_direct_send_total` and `sfu_direct_receive_total` results.
 pub const DIRECT_SEND_RESULTS: [&str; 3] = ["engaged", "refused", "dropped"];
+
+/// `sfu_direct_rtcp_total` results (the PC's send side going back to rtc takes it along).
+pub const DIRECT_RTCP_RESULTS: [&str; 2] = ["engaged", "refused"];
 
 /// `sfu_ice_tcp_closed_total` reasons.
 pub const ICE_TCP_CLOSE_REASONS: [&str; 4] = [
@@ -120,6 +125,10 @@ pub struct SfuMetrics {
     pub direct_receive: Family<L1, Counter>,
     /// `sfu_direct_received_packets_total`.
     pub direct_received_packets: Counter,
+    /// `sfu_direct_rtcp_total{result}`.
+    pub direct_rtcp: Family<L1, Counter>,
+    /// `sfu_direct_rtcp_packets_total`.
+    pub direct_rtcp_packets: Counter,
     /// `sfu_links`.
     pub links: Gauge,
     /// `sfu_worker_participants{worker}`.
@@ -166,6 +175,8 @@ impl SfuMetrics {
             direct_packets: Counter::default(),
             direct_receive: Family::default(),
             direct_received_packets: Counter::default(),
+            direct_rtcp: Family::default(),
+            direct_rtcp_packets: Counter::default(),
             links: Gauge::default(),
             worker_participants: Family::default(),
             worker_busy: Family::default(),
@@ -196,6 +207,9 @@ impl SfuMetrics {
         for r in DIRECT_SEND_RESULTS {
             let _ = m.direct_send.get_or_create(&[("result", r)]);
             let _ = m.direct_receive.get_or_create(&[("result", r)]);
+        }
+        for r in DIRECT_RTCP_RESULTS {
+            let _ = m.direct_rtcp.get_or_create(&[("result", r)]);
         }
         for r in ICE_TCP_CLOSE_REASONS {
             let _ = m.ice_tcp_closed.get_or_create(&[("reason", r)]);
@@ -321,6 +335,16 @@ impl SfuMetrics {
             "sfu_direct_received_packets",
             "Publishers' RTP packets the worker opened itself",
             m.direct_received_packets.clone(),
+        );
+        registry.register(
+            "sfu_direct_rtcp",
+            "Subscribe peer connections whose SRTCP the worker opens itself, by result",
+            m.direct_rtcp.clone(),
+        );
+        registry.register(
+            "sfu_direct_rtcp_packets",
+            "Subscribers' compound RTCP packets the worker opened itself",
+            m.direct_rtcp_packets.clone(),
         );
         registry.register("sfu_links", "Signaling links open", m.links.clone());
         registry.register(

@@ -125,4 +125,9 @@ fn aiortc_publishes_and_subscribes_through_the_sfu() {
         opened >= 1.0,
         "sfu_direct_received_packets_total {opened}: {report}"
     );
+    // aiortc's SRTCP: it sends a receiver report every second or so, so this short run may
+    // end before the worker has tried its key; what it tried must have verified.
+    let (c_engaged, c_refused, rtcp) = common::direct_rtcp(sfu_metrics);
+    println!("direct RTCP: engaged {c_engaged}, refused {c_refused}, packets {rtcp}");
+    assert_eq!(c_refused, 0.0, "sfu_direct_rtcp_total{{refused}}: {report}");
 }

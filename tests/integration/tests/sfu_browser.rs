@@ -162,6 +162,16 @@ fn chromium_sfu_rooms() {
         opened >= 100.0,
         "sfu_direct_received_packets_total {opened}"
     );
+    // Chromium's SRTCP (transport feedback, receiver reports, keyframe requests) opened by the
+    // worker past rtc's read, on AES-CM.
+    let (c_engaged, c_refused, rtcp) = common::direct_rtcp(sfu_metrics);
+    println!("direct RTCP: engaged {c_engaged}, refused {c_refused}, packets {rtcp}");
+    assert!(
+        c_engaged >= 3.0,
+        "sfu_direct_rtcp_total{{engaged}} {c_engaged}"
+    );
+    assert_eq!(c_refused, 0.0, "sfu_direct_rtcp_total{{refused}}");
+    assert!(rtcp >= 50.0, "sfu_direct_rtcp_packets_total {rtcp}");
 
     // Sharp video by default: with the page's default capture (1280x720, which Chromium sends
     // as three simulcast layers) on an unconstrained link, each page soon receives the other's

@@ -103,6 +103,16 @@ fn a_fanout_larger_than_one_send_part_reaches_every_subscriber() {
         opened >= sent * 0.8,
         "the worker opened {opened} of the publisher's packets, it sent about {sent} in the window alone: {r}"
     );
+    // Every subscriber's SRTCP (TWCC feedback every 100 ms, receiver reports) was opened by the
+    // worker past rtc's read, once the subscriber's key verified.
+    assert_eq!(r["sfu_direct_rtcp_engaged"], 20.0, "{r}");
+    let rtcp = r["sfu_direct_rtcp_packets"]
+        .as_f64()
+        .expect("sfu_direct_rtcp_packets");
+    assert!(
+        rtcp >= 20.0 * 10.0,
+        "{rtcp} SRTCP packets opened by the worker: {r}"
+    );
     // The bench read the node's memory: both resident and anonymous (RssAnon) figures.
     for key in ["sfu_rss_connected_bytes", "sfu_rss_anon_connected_bytes"] {
         assert!(r[key].as_u64().is_some_and(|b| b > 0), "{key}: {r}");
@@ -123,6 +133,8 @@ fn with_direct_send_and_receive_off_rtc_does_all() {
     assert_eq!(r["sfu_direct_packets"], 0.0, "{r}");
     assert_eq!(r["sfu_direct_receive_engaged"], 0.0, "{r}");
     assert_eq!(r["sfu_direct_received_packets"], 0.0, "{r}");
+    assert_eq!(r["sfu_direct_rtcp_engaged"], 0.0, "{r}");
+    assert_eq!(r["sfu_direct_rtcp_packets"], 0.0, "{r}");
 }
 
 /// Forged SRTP from the publisher's own 5-tuple (what a spoofed source can send), each

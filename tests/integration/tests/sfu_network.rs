@@ -132,6 +132,16 @@ fn simulcast_loss_and_ice_tcp_under_tc_and_iptables() {
         opened >= 100.0,
         "sfu_direct_received_packets_total {opened}"
     );
+    // The subscribers' NACKs above came through the worker's own SRTCP read, over UDP and
+    // ICE-TCP.
+    let (c_engaged, c_refused, rtcp) = common::direct_rtcp(sfu_metrics);
+    println!("direct RTCP: engaged {c_engaged}, refused {c_refused}, packets {rtcp}");
+    assert!(
+        c_engaged >= 2.0,
+        "sfu_direct_rtcp_total{{engaged}} {c_engaged}"
+    );
+    assert_eq!(c_refused, 0.0, "sfu_direct_rtcp_total{{refused}}");
+    assert!(rtcp >= 50.0, "sfu_direct_rtcp_packets_total {rtcp}");
     // The ICE-TCP subscriber completed ICE on its stream (the SFU answered its check), so the
     // handshake deadline did not apply to the stream it used (its media arrived above). The
     // browser may open other ICE-TCP streams (one per local candidate) that never complete ICE:

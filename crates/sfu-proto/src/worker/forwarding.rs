@@ -154,7 +154,7 @@ impl Worker {
                 participant: m,
                 leg: Leg::Subscribe,
             };
-            let sent = if let Direct::On { leg, parts } = &mut pc.direct {
+            let sent = if let Direct::On { leg, parts, .. } = &mut pc.direct {
                 // Numbered and recorded now, marshalled (the number written in) and protected
                 // when the send path takes the PC (crate::direct).
                 let numbered = parts.send.with(|s| s.on_direct_send(now, &out));

@@ -17,6 +17,7 @@ mod negotiation;
 mod pump;
 mod receive;
 mod room;
+mod subscriber_rtcp;
 mod tick;
 
 pub use crate::sdp::limit_video_bitrate;
@@ -202,6 +203,13 @@ pub struct WorkerStats {
     pub direct_receive_dropped: u64,
     /// Publishers' RTP packets the worker opened itself, past rtc's read.
     pub direct_received_packets: u64,
+    /// Subscribe PCs whose SRTCP the worker began to open itself (the subscriber's key
+    /// verified against its own packets).
+    pub direct_rtcp_engaged: u64,
+    /// Subscribe PCs whose SRTCP no key candidate opened (rtc keeps reading it).
+    pub direct_rtcp_refused: u64,
+    /// Subscribers' compound RTCP packets the worker opened itself, past rtc's read.
+    pub direct_rtcp_packets: u64,
 }
 
 struct Pc {
@@ -239,10 +247,11 @@ enum Direct {
         /// (SSRC, sequence number) of each SRTP packet rtc sent, in order.
         noted: Vec<(u32, u16)>,
     },
-    /// The worker protects and sends.
+    /// The worker protects and sends (and, once verified, opens the subscriber's SRTCP).
     On {
         leg: Box<DirectLeg>,
         parts: DirectParts,
+        rtcp: subscriber_rtcp::RtcpRead,
     },
 }
 
@@ -279,7 +288,11 @@ impl Direct {
                     let Direct::Pending { parts, .. } = std::mem::replace(self, Direct::Off) else {
                         return None;
                     };
-                    *self = Direct::On { leg, parts };
+                    *self = Direct::On {
+                        leg,
+                        parts,
+                        rtcp: subscriber_rtcp::RtcpRead::default(),
+                    };
                     return Some(DirectChange::Engaged);
                 }
                 *attempts += 1;
@@ -304,7 +317,7 @@ impl Direct {
 
     /// Back to rtc if a new DTLS handshake changed the keys.
     fn check_keys(&mut self) -> Option<DirectChange> {
-        let Direct::On { leg, parts } = self else {
+        let Direct::On { leg, parts, .. } = self else {
             return None;
         };
         if parts.tap.generation() == leg.generation {
@@ -770,6 +783,10 @@ impl Worker {
             return;
         }
         if key.leg == Leg::Publish && self.read_direct(now, key, proto, remote, bytes) {
+            return;
+        }
+        if key.leg == Leg::Subscribe && self.read_rtcp_direct(now, key, bytes) {
+            self.flush(now);
             return;
         }
         let Some(pc) = self.pc_mut(key) else {

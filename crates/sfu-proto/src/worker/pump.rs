@@ -7,9 +7,6 @@ use crate::demux::is_binding_success;
 use rtc::peer_connection::event::{RTCDataChannelEvent, RTCPeerConnectionEvent, RTCTrackEvent};
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::state::{RTCIceConnectionState, RTCPeerConnectionState};
-use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
-use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
-use rtc::rtcp::receiver_report::ReceiverReport;
 
 impl Worker {
     /// Drains every dirty PC: datagrams out, events, received media (forwarded, which dirties
@@ -69,20 +66,7 @@ impl Worker {
                     self.relay_data(now, key.participant, m.is_string, &m.data);
                 }
                 (Leg::Subscribe, RTCMessage::RtcpPacket(_, pkts)) => {
-                    for p in pkts {
-                        let any = p.as_any();
-                        if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
-                            self.on_receiver_report(key.participant, &rr.reports);
-                            continue;
-                        }
-                        if let Some(pli) = any.downcast_ref::<PictureLossIndication>() {
-                            self.keyframe_for_downtrack(now, key.participant, pli.media_ssrc);
-                        } else if let Some(fir) = any.downcast_ref::<FullIntraRequest>() {
-                            for e in &fir.fir {
-                                self.keyframe_for_downtrack(now, key.participant, e.ssrc);
-                            }
-                        }
-                    }
+                    self.on_subscriber_rtcp(now, key.participant, &pkts);
                 }
                 _ => {}
             }
@@ -93,9 +77,9 @@ impl Worker {
 
     /// Queues the retransmissions NACKs asked of a subscribe PC the worker sends itself
     /// ([`crate::direct`]) on its leg.
-    fn queue_retransmissions(&mut self, key: PcKey) {
+    pub(super) fn queue_retransmissions(&mut self, key: PcKey) {
         let Some(pc) = self.pc_mut(key) else { return };
-        let Direct::On { leg, parts } = &mut pc.direct else {
+        let Direct::On { leg, parts, .. } = &mut pc.direct else {
             return;
         };
         let mut rtx = Vec::new();

@@ -282,6 +282,9 @@ struct Exported {
     direct_receive_refused: u64,
     direct_receive_dropped: u64,
     direct_received_packets: u64,
+    direct_rtcp_engaged: u64,
+    direct_rtcp_refused: u64,
+    direct_rtcp_packets: u64,
     census: (usize, usize, usize, usize),
 }
 
@@ -347,6 +350,9 @@ async fn run_worker(
         direct_receive_refused: 0,
         direct_receive_dropped: 0,
         direct_received_packets: 0,
+        direct_rtcp_engaged: 0,
+        direct_rtcp_refused: 0,
+        direct_rtcp_packets: 0,
         census: (0, 0, 0, 0),
     };
     let worker_label = [("worker", index.to_string())];
@@ -752,6 +758,16 @@ fn export(
         s.direct_received_packets,
         &mut e.direct_received_packets,
     ));
+    for (result, total, seen) in [
+        ("engaged", s.direct_rtcp_engaged, &mut e.direct_rtcp_engaged),
+        ("refused", s.direct_rtcp_refused, &mut e.direct_rtcp_refused),
+    ] {
+        m.direct_rtcp
+            .get_or_create(&[("result", result)])
+            .inc_by(delta(total, seen));
+    }
+    m.direct_rtcp_packets
+        .inc_by(delta(s.direct_rtcp_packets, &mut e.direct_rtcp_packets));
     for b in core.take_bwe_samples() {
         m.bwe.observe(b);
     }

@@ -933,6 +933,22 @@ pub fn direct_receive(addr: SocketAddr) -> (f64, f64, f64) {
     )
 }
 
+/// The SFU's direct read of subscribers' SRTCP at metrics listener `addr`
+/// (`sfu_proto::direct::RtcpOpening`): subscribe PCs engaged and refused
+/// (`sfu_direct_rtcp_total{result}`) and compound packets opened
+/// (`sfu_direct_rtcp_packets_total`).
+#[allow(dead_code)] // not every test binary uses it
+pub fn direct_rtcp(addr: SocketAddr) -> (f64, f64, f64) {
+    let page = scrape_metrics(addr);
+    let get =
+        |name: &str, labels: &[(&str, &str)]| metric_value(&page, name, labels).unwrap_or(0.0);
+    (
+        get("sfu_direct_rtcp_total", &[("result", "engaged")]),
+        get("sfu_direct_rtcp_total", &[("result", "refused")]),
+        get("sfu_direct_rtcp_packets_total", &[]),
+    )
+}
+
 /// SRTP/SRTCP datagrams the SFU at metrics listener `addr` kept from rtc
 /// (`sfu_bad_input_total{kind="ssrc"}`: an SSRC beyond a PC's bound, or one rtc has not seen
 /// that did not authenticate). Real clients never cause one.
