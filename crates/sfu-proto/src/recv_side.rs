@@ -11,8 +11,8 @@
 //! - **NACKs** (RFC 4585 §6.2.1): a stream whose codec negotiated `nack` keeps which of its
 //!   last [`NACK_LOG`] sequence numbers arrived. Every [`NACK_INTERVAL`] the missing ones after
 //!   the last run received in order are asked for again, each at most [`MAX_NACKS_PER_PACKET`]
-//!   times (rtc's generator asked every interval until the packet left its log: about 40 times
-//!   for one lost video packet).
+//!   times (rtc's generator asked every interval until the packet left its 512-packet log: 35
+//!   to 55 times for one lost packet of a 90-150 packet/s video stream).
 //! - **TWCC feedback** (draft-holmer-rmcat-transport-wide-cc-extensions-01 §3.1): rtc's own
 //!   receiver, held inside and fed the same packets.
 //!
