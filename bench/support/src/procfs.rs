@@ -81,8 +81,14 @@ pub fn read_live_threads_cpu(pid: &str) -> Option<Duration> {
         .ok()?
         .flatten()
     {
-        let s = std::fs::read_to_string(entry.path().join("schedstat")).ok()?;
-        total += parse_schedstat(&s)?;
+        // A thread that exits between the listing and the read is left out, as the ones that
+        // exited before.
+        if let Some(cpu) = std::fs::read_to_string(entry.path().join("schedstat"))
+            .ok()
+            .and_then(|s| parse_schedstat(&s))
+        {
+            total += cpu;
+        }
     }
     Some(total)
 }
@@ -221,13 +227,37 @@ mod tests {
         );
         assert_eq!(parse_schedstat(""), None);
         assert_eq!(parse_schedstat("x 1 2"), None);
-        // This process's live threads against its stat (to a tick, and a little for the reads).
-        let live = read_live_threads_cpu("self").expect("schedstat");
-        let stat = read_process_cpu("self").expect("stat");
-        assert!(
-            live + Duration::from_millis(50) >= stat,
-            "{live:?} {stat:?}"
+        // A thread of ours that has run: its CPU time read to the nanosecond (not in 10 ms
+        // ticks), and part of the live threads' sum. (Other test threads of this process come
+        // and go, so the sum is not compared with `stat`.)
+        let (ran_tx, ran_rx) = std::sync::mpsc::channel::<()>();
+        let (end_tx, end_rx) = std::sync::mpsc::channel::<()>();
+        let burn = std::thread::Builder::new()
+            .name("schedstat-burn".into())
+            .spawn(move || {
+                let t0 = std::time::Instant::now();
+                let mut x = 0u64;
+                while t0.elapsed() < Duration::from_millis(30) {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+                ran_tx.send(()).unwrap();
+                let _ = end_rx.recv();
+            })
+            .unwrap();
+        ran_rx.recv().unwrap();
+        let threads = read_thread_cpu("self", "schedstat-burn");
+        assert_eq!(threads.len(), 1, "{threads:?}");
+        let cpu = threads[0].1;
+        assert!(cpu > Duration::ZERO);
+        assert_ne!(
+            cpu.as_nanos() % 10_000_000,
+            0,
+            "{cpu:?} is a whole number of ticks"
         );
+        let live = read_live_threads_cpu("self").expect("schedstat");
+        assert!(live >= cpu, "{live:?} {cpu:?}");
+        end_tx.send(()).unwrap();
+        burn.join().unwrap();
     }
 
     #[test]
