@@ -648,7 +648,8 @@ impl RtcpOpening {
         let (end, index_at, tag_at) = match self.session {
             Session::Gcm { .. } => {
                 let index_at = d.len().checked_sub(4)?;
-                (index_at.checked_sub(tag_len)?, index_at, index_at - tag_len)
+                let tag_at = index_at.checked_sub(tag_len)?;
+                (tag_at, index_at, tag_at)
             }
             Session::Cm { .. } => {
                 let tag_at = d.len().checked_sub(tag_len)?;
