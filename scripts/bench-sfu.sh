@@ -212,13 +212,14 @@ echo "load per publisher: VP8 30 fps x 3 packets of 1000 B + Opus 50 pps of 100 
 echo "  pkt/cpu-s = packets delivered to subscribers per CPU-second of the server process (all threads)"
 echo "  p50/p99 = publish -> receive latency through the server (bench clock on both ends), microseconds"
 echo "  sfu-p50/p99 = the SFU's own sfu_forwarding_delay_seconds over the window (read to send, turnkey only), microseconds"
-echo "  KiB/sub = server RSS growth from idle to all connected, per subscriber PC; KiB/sub@end = the same at the window's end"
-echo "  anon/sub = KiB/sub without file-backed pages (code run for the first time is a fixed cost, not per-subscriber state)"
+echo "  KiB/sub = server RSS growth from idle to all connected (after the warm-up), per subscriber (rooms: per participant)"
+echo "  KiB@load = the same at its peak under load (RSS read every 250 ms through the window): buffers that fill while media flows"
+echo "  anon/sub, anon@load = the same without file-backed pages (code run for the first time is a fixed cost, not per-subscriber state)"
 echo "  medians over the rounds; 't/j' = turnkey / janus (pkt/cpu-s: >1 is turnkey better; latency, KiB/sub: <1 is turnkey better)"
 echo
-fmt="%-14s %-12s %5s %11s %8s %11s %8s %8s %8s %8s %9s %9s %9s %8s %7s\n"
+fmt="%-14s %-12s %5s %11s %8s %11s %8s %8s %8s %8s %9s %9s %9s %9s %8s %7s\n"
 # shellcheck disable=SC2059
-printf "$fmt" scenario server runs flows loss% pkt/cpu-s p50us p99us sfu-p50 sfu-p99 KiB/sub KiB/sub@end anon/sub srvcpu% setup-s
+printf "$fmt" scenario server runs flows loss% pkt/cpu-s p50us p99us sfu-p50 sfu-p99 KiB/sub KiB@load anon/sub anon@load srvcpu% setup-s
 jq -rs "$median"'
     def r(n): if . == null then "-" else (. * pow(10; n) | round / pow(10; n) | tostring) end;
     def ratio(a; b): if a != null and b != null and b > 0 then (a / b * 100 | round / 100 | tostring) else "-" end;
@@ -231,7 +232,8 @@ jq -rs "$median"'
             loss: ($ok | map(.loss_percent) | median), pps: ($ok | map(.pps_per_sfu_core) | median),
             p50: ($ok | map(.latency_p50_us) | median), p99: ($ok | map(.latency_p99_us) | median),
             kib: ($ok | map(.sfu_rss_per_subscriber_bytes / 1024) | median),
-            kibend: ($ok | map(.sfu_rss_end_per_subscriber_bytes // null | if . == null then null else . / 1024 end) | median),
+            kibend: ($ok | map(.sfu_rss_peak_per_subscriber_bytes // .sfu_rss_end_per_subscriber_bytes // null | if . == null then null else . / 1024 end) | median),
+            anonend: ($ok | map(.sfu_rss_anon_peak_per_subscriber_bytes // null | if . == null then null else . / 1024 end) | median),
             anon: ($ok | map(.sfu_rss_anon_per_subscriber_bytes // null | if . == null then null else . / 1024 end) | median),
             fp50: ($ok | map(.sfu_delay_p50_us) | median), fp99: ($ok | map(.sfu_delay_p99_us) | median),
             cpu: ($ok | map(.sfu_cpu_percent) | median), setup: ($ok | map(.setup_secs) | median),
@@ -239,22 +241,24 @@ jq -rs "$median"'
     | sort_by(if .server == "turnkey" then 0 else 1 end)
     | (map({(.server): .}) | add) as $by
     | (.[] | [.scenario, .server, .runs, .flows, (.loss | r(3)), (.pps | r(0)), (.p50 | r(0)), (.p99 | r(0)),
-              (.fp50 | r(0)), (.fp99 | r(0)), (.kib | r(1)), (.kibend | r(1)), (.anon | r(1)), (.cpu | r(1)), (.setup | r(1)),
+              (.fp50 | r(0)), (.fp99 | r(0)), (.kib | r(1)), (.kibend | r(1)), (.anon | r(1)), (.anonend | r(1)), (.cpu | r(1)), (.setup | r(1)),
               (.why // "")] | join("\u001f")),
       (if $by.turnkey and $by.janus then
          ["", "t/j", "", "", "", ratio($by.turnkey.pps; $by.janus.pps), ratio($by.turnkey.p50; $by.janus.p50),
           ratio($by.turnkey.p99; $by.janus.p99), "", "", ratio($by.turnkey.kib; $by.janus.kib),
-          ratio($by.turnkey.kibend; $by.janus.kibend), ratio($by.turnkey.anon; $by.janus.anon), "", "", ""] | join("\u001f")
+          ratio($by.turnkey.kibend; $by.janus.kibend), ratio($by.turnkey.anon; $by.janus.anon),
+          ratio($by.turnkey.anonend; $by.janus.anonend), "", "", ""] | join("\u001f")
        else empty end),
       (if $by.turnkey and $by["turnkey-base"] then
          ["", "t/base", "", "", "", ratio($by.turnkey.pps; $by["turnkey-base"].pps),
           ratio($by.turnkey.p50; $by["turnkey-base"].p50), ratio($by.turnkey.p99; $by["turnkey-base"].p99),
           "", "", ratio($by.turnkey.kib; $by["turnkey-base"].kib),
-          ratio($by.turnkey.kibend; $by["turnkey-base"].kibend), ratio($by.turnkey.anon; $by["turnkey-base"].anon), "", "", ""] | join("\u001f")
+          ratio($by.turnkey.kibend; $by["turnkey-base"].kibend), ratio($by.turnkey.anon; $by["turnkey-base"].anon),
+          ratio($by.turnkey.anonend; $by["turnkey-base"].anonend), "", "", ""] | join("\u001f")
        else empty end)' "$RESULTS" |
-    while IFS=$'\x1f' read -r scenario server runs flows loss pps p50 p99 fp50 fp99 kib kibend anon cpu setup why; do
+    while IFS=$'\x1f' read -r scenario server runs flows loss pps p50 p99 fp50 fp99 kib kibend anon anonend cpu setup why; do
         # shellcheck disable=SC2059
-        printf "$fmt" "$scenario" "$server" "$runs" "$flows" "$loss" "$pps" "$p50" "$p99" "$fp50" "$fp99" "$kib" "$kibend" "$anon" "$cpu" "$setup"
+        printf "$fmt" "$scenario" "$server" "$runs" "$flows" "$loss" "$pps" "$p50" "$p99" "$fp50" "$fp99" "$kib" "$kibend" "$anon" "$anonend" "$cpu" "$setup"
         [[ -z $why ]] || echo "    FAILED: $why"
     done
 

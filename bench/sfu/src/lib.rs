@@ -31,6 +31,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+/// How often the server's RSS is read through the measured window (its peak is reported).
+const RSS_SAMPLE_EVERY: Duration = Duration::from_millis(250);
+
 /// The server under test.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum ServerKind {
@@ -641,7 +644,20 @@ fn run(
     shared
         .window_start_us
         .store(shared.now_us(), Ordering::Relaxed);
-    rt.block_on(tokio::time::sleep(Duration::from_secs_f64(a.duration)));
+    // Memory under load: the server's RSS sampled through the window, its peak kept. A server
+    // whose buffers fill while media flows (Janus's grow for several seconds after every flow
+    // is up) holds more than it did at connect; what an operator provisions for is the peak.
+    let window_end = Instant::now() + Duration::from_secs_f64(a.duration);
+    let (mut rss_peak, mut anon_peak) = (rss_connected, anon_connected);
+    loop {
+        let left = window_end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        rt.block_on(tokio::time::sleep(left.min(RSS_SAMPLE_EVERY)));
+        rss_peak = rss_peak.max(procfs::read_process_rss_bytes(pid).unwrap_or(0));
+        anon_peak = anon_peak.max(procfs::read_process_rss_anon_bytes(pid).unwrap_or(0));
+    }
     shared
         .window_end_us
         .store(shared.now_us(), Ordering::Relaxed);
@@ -708,10 +724,11 @@ fn run(
     } else {
         0.0
     };
-    let rss_per_sub = rss_connected.saturating_sub(rss_before) as f64 / plan.subscribers as f64;
+    let per_sub = |at: u64, before: u64| at.saturating_sub(before) as f64 / plan.subscribers as f64;
+    let rss_per_sub = per_sub(rss_connected, rss_before);
     // The same without file-backed pages: code run for the first time when participants connect
     // is a fixed cost, not per-subscriber state.
-    let anon_per_sub = anon_connected.saturating_sub(anon_before) as f64 / plan.subscribers as f64;
+    let anon_per_sub = per_sub(anon_connected, anon_before);
     let client_busiest = clients_cpu / wall / a.client_threads as f64;
     let sfu_workers_percent = percent_of_core(sfu_workers, wall);
     let bench_percent = percent_of_core(bench_cpu, wall);
@@ -732,7 +749,7 @@ fn run(
         "sfu_rss_anon_per_subscriber_bytes": anon_per_sub,
         "sfu_rss_end_bytes": rss_end,
         "sfu_rss_end_per_subscriber_bytes":
-            rss_end.saturating_sub(rss_before) as f64 / plan.subscribers as f64,
+            per_sub(rss_end, rss_before),
         "sfu_delay_p50_us": sfu_q(0.5), "sfu_delay_p99_us": sfu_q(0.99),
         "bench_cpu_percent": bench_percent,
         "bench_client_threads_cpu_percent": clients_percent,
@@ -740,6 +757,10 @@ fn run(
         "lagged": lagged, "link_connect_errors": link_errors.connect.load(Ordering::Relaxed),
         "link_closed": link_errors.closed.load(Ordering::Relaxed), "errors": errors,
     });
+    json["sfu_rss_peak_bytes"] = rss_peak.into();
+    json["sfu_rss_anon_peak_bytes"] = anon_peak.into();
+    json["sfu_rss_peak_per_subscriber_bytes"] = per_sub(rss_peak, rss_before).into();
+    json["sfu_rss_anon_peak_per_subscriber_bytes"] = per_sub(anon_peak, anon_before).into();
     json["sfu_direct_engaged"] = direct_engaged.into();
     json["sfu_direct_refused"] = direct_refused.into();
     json["sfu_direct_packets"] = direct_packets.into();
@@ -793,7 +814,7 @@ fn run(
     let _ = write!(
         text,
         "window {wall:.1} s after {:.1} s setup; publishers sent {:.0} pps; sfu workers {:.1}% of the {} server's {:.1}% CPU; \
-         server RSS {:.1} -> {:.1} MiB ({:.1} MiB at the end); SFU-side forwarding delay p50 {} µs, p99 {} µs; bench client threads {:.1}% of {} core(s) (busiest-average {:.0}%: {}); \
+         server RSS {:.1} -> {:.1} MiB (peak {:.1} MiB under load, {:.1} MiB at the end); SFU-side forwarding delay p50 {} µs, p99 {} µs; bench client threads {:.1}% of {} core(s) (busiest-average {:.0}%: {}); \
          duplicates {duplicates}, keyframe requests {key_req}, write errors {write_err}, send errors {send_err}, \
          lagged {lagged}, link failures {}/{}, server errors {}; media on {host_ip}",
         setup.as_secs_f64(),
@@ -803,6 +824,7 @@ fn run(
         100.0 * sfu_cores,
         mib(rss_before),
         mib(rss_connected),
+        mib(rss_peak),
         mib(rss_end),
         opt(sfu_q(0.5)),
         opt(sfu_q(0.99)),

@@ -386,8 +386,19 @@ impl Protection {
 
     /// `p` marshalled, with `twcc` written as its only header extension, and protected; `None`
     /// if it cannot be.
+    #[cfg(test)]
     fn protect(&mut self, p: &rtc::rtp::Packet, twcc: Option<TwccNumber>) -> Option<BytesMut> {
-        let mut out = BytesMut::new();
+        self.protect_into(p, twcc, BytesMut::new())
+    }
+
+    /// [`Self::protect`] into `out` (emptied first; a buffer of an earlier datagram, so that
+    /// its allocation is used again).
+    fn protect_into(
+        &mut self,
+        p: &rtc::rtp::Packet,
+        twcc: Option<TwccNumber>,
+        mut out: BytesMut,
+    ) -> Option<BytesMut> {
         let header_len = write_rtp(p, twcc, self.session.tag_len(), &mut out)?;
         let (ssrc, seq) = (p.header.ssrc, p.header.sequence_number);
         let index = self.streams.index(ssrc, seq)?;
@@ -1002,11 +1013,13 @@ impl DirectLeg {
     }
 
     /// Protects the queued packets, handing each to `sent` (for [`Self::to`]); returns how many
-    /// could not be (dropped).
-    pub fn take(&mut self, mut sent: impl FnMut(BytesMut)) -> usize {
+    /// could not be (dropped). Each is written into a buffer taken from `spare` while it has
+    /// one (see [`crate::worker::Worker::recycle`]).
+    pub fn take(&mut self, spare: &mut Vec<BytesMut>, mut sent: impl FnMut(BytesMut)) -> usize {
         let mut failed = 0;
         while let Some((p, twcc)) = self.queued.pop_front() {
-            match self.protection.protect(&p, twcc) {
+            let buf = spare.pop().unwrap_or_default();
+            match self.protection.protect_into(&p, twcc, buf) {
                 Some(b) => sent(b),
                 None => failed += 1,
             }
@@ -1230,6 +1243,43 @@ mod tests {
             assert!(rx.decrypt_rtp(&d).is_err(), "{profile:?}");
         }
     }
+
+    #[test]
+    fn a_spare_buffer_is_written_over_and_what_it_held_does_not_leak_into_the_datagram() {
+        for profile in ALL_PROFILES {
+            let key: Vec<u8> = (0..profile.key_len() as u8).map(|i| i ^ 0x5a).collect();
+            let salt = &MASTER_SALT[..profile.salt_len()];
+            let mut rx = receiver(&key, salt, profile);
+            let protection =
+                Protection::new(&key, salt, profile, RingProvider::new().crypto()).unwrap();
+            let mut leg = DirectLeg::new(protection, (Proto::Udp, addr()), 1);
+            // A sent datagram's buffer, still holding its (longer) bytes.
+            let mut old = BytesMut::with_capacity(MAX_SPARE_TEST);
+            old.extend_from_slice(&[0xee; 1200]);
+            let old_at = old.as_ptr();
+            let mut spare = vec![old];
+            let n = TwccNumber { id: 3, seq: 77 };
+            leg.queue(packet(5, 10, b"first"), Some(n));
+            leg.queue(packet(5, 11, b"second"), None);
+            let mut out = Vec::new();
+            assert_eq!(leg.take(&mut spare, |d| out.push(d)), 0, "{profile:?}");
+            assert!(spare.is_empty(), "{profile:?}: the spare buffer was taken");
+            assert_eq!(out.len(), 2, "{profile:?}");
+            assert_eq!(
+                out[0].as_ptr(),
+                old_at,
+                "{profile:?}: written in the spare buffer"
+            );
+            let first = parse_rtp(&rx.decrypt_rtp(&out[0]).unwrap()).unwrap();
+            assert_eq!(&first.payload[..], b"first", "{profile:?}");
+            assert_eq!(first.header.sequence_number, 10, "{profile:?}");
+            let second = parse_rtp(&rx.decrypt_rtp(&out[1]).unwrap()).unwrap();
+            assert_eq!(&second.payload[..], b"second", "{profile:?}");
+        }
+    }
+
+    /// Capacity of the spare buffer in the test above.
+    const MAX_SPARE_TEST: usize = 2048;
 
     /// rtc's way of sending a forwarded packet: the number set as a header extension, then
     /// marshalled and protected by its context.

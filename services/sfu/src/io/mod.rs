@@ -565,7 +565,7 @@ fn send_all(
             // Only ICE-TCP frames, or PCs that had nothing after all: go on.
             continue;
         }
-        let sent = send_udp(udp, tx, udp_out, metrics);
+        let sent = send_udp(core, udp, tx, udp_out, metrics);
         if let Some(at) = read_at {
             observe_delay(metrics, at, sent);
         }
@@ -583,9 +583,11 @@ fn observe_delay(metrics: &SfuMetrics, read_at: Instant, sent: usize) {
 /// Sends `out` (emptied) in as few `sendmmsg(2)` calls as [`SendBatch`] takes: grouped by
 /// destination first (a stable sort keeps each destination's order), so consecutive datagrams
 /// of one size to one subscriber become one GSO message. A datagram the socket refuses (full
-/// buffer) is dropped, as a plain send would.
+/// buffer) is dropped, as a plain send would. Each datagram's buffer, once copied into the
+/// batch, goes back to the core ([`Worker::recycle`]).
 /// Returns how many were sent.
 fn send_udp(
+    core: &mut Worker,
     udp: &UdpSocket,
     tx: &mut SendBatch<()>,
     out: &mut Vec<sfu_proto::worker::Transmit>,
@@ -609,6 +611,8 @@ fn send_udp(
             sent += tx.flush(|_| Some(udp.as_fd()), failed);
         }
         tx.push((), t.remote, &t.payload);
+        // Copied into the batch: its buffer goes back to the core for the next copies.
+        core.recycle(t.payload);
     }
     if !tx.is_empty() {
         sent += tx.flush(|_| Some(udp.as_fd()), failed);
