@@ -493,6 +493,13 @@ fn downtrack_mut<'a>(
 }
 
 impl Downtrack {
+    /// The same track planned again for a new subscribe PC: nothing of the old PC's sender
+    /// is kept, the clock rate is (an audio track's rewriter stays at its codec's rate).
+    fn replanned(self) -> Self {
+        let clock_rate = self.rewriter.clock_rate();
+        Self::planned(self.track, clock_rate)
+    }
+
     /// A downtrack of `track` not attached to a subscribe PC yet.
     fn planned(track: String, clock_rate: u32) -> Self {
         Self {
@@ -1203,6 +1210,20 @@ mod tests {
         }
         assert_eq!(w.spare.len(), MAX_SPARE);
         assert!(w.spare.iter().all(|b| b.is_empty() && b.capacity() >= 1500));
+    }
+
+    #[test]
+    fn a_replanned_downtrack_keeps_its_track_and_clock_rate_and_nothing_of_its_sender() {
+        let audio = Downtrack {
+            ssrc: 1234,
+            payload_type: Some(111),
+            ..Downtrack::planned("a-audio".to_string(), 48_000)
+        };
+        let again = audio.replanned();
+        assert_eq!(again.track, "a-audio");
+        assert_eq!(again.rewriter.clock_rate(), 48_000);
+        assert_eq!(again.ssrc, 0);
+        assert_eq!(again.payload_type, None);
     }
 
     /// Three credentials and SSRCs in the order a worker draws them.

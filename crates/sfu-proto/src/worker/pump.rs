@@ -200,12 +200,11 @@ impl Worker {
             }
             Leg::Subscribe => {
                 if let Some(p) = self.parts[h].as_mut() {
-                    let tracks: Vec<String> = p.downtracks.drain(..).map(|d| d.track).collect();
                     p.offer_outstanding = false;
                     // A new subscribe PC is offered with the same tracks.
-                    for t in tracks {
-                        p.downtracks.push(Downtrack::planned(t, 90_000));
-                    }
+                    let planned: Vec<Downtrack> =
+                        p.downtracks.drain(..).map(Downtrack::replanned).collect();
+                    p.downtracks = planned;
                     p.needs_offer = false;
                 }
             }
