@@ -56,12 +56,12 @@ impl Rewriter {
         }
     }
 
-    /// The source currently forwarded (None before the first packet).
     /// The stream's clock rate, Hz.
     pub fn clock_rate(&self) -> u32 {
         self.clock_rate
     }
 
+    /// The source currently forwarded (None before the first packet).
     pub fn source(&self) -> Option<u32> {
         self.source
     }

@@ -202,9 +202,10 @@ impl Worker {
                 if let Some(p) = self.parts[h].as_mut() {
                     p.offer_outstanding = false;
                     // A new subscribe PC is offered with the same tracks.
-                    let planned: Vec<Downtrack> =
-                        p.downtracks.drain(..).map(Downtrack::replanned).collect();
-                    p.downtracks = planned;
+                    p.downtracks = std::mem::take(&mut p.downtracks)
+                        .into_iter()
+                        .map(Downtrack::replanned)
+                        .collect();
                     p.needs_offer = false;
                 }
             }

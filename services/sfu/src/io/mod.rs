@@ -12,8 +12,10 @@
 
 pub mod link;
 
-use crate::metrics::SfuMetrics;
+use crate::metrics::{SfuMetrics, L1};
 use bytes::BytesMut;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use sfu_proto::demux::{is_binding_success, stun_local_ufrag, Proto};
 use sfu_proto::limit::PendingTable;
 use sfu_proto::worker::{JoinError, Worker, WorkerConfig};
@@ -645,6 +647,17 @@ fn export(
         *seen = total;
         d
     }
+    /// One series of `family` per `result`, each advanced by its total's growth since `seen`.
+    fn by_result<const N: usize>(
+        family: &Family<L1, Counter>,
+        rows: [(&'static str, u64, &mut u64); N],
+    ) {
+        for (result, total, seen) in rows {
+            family
+                .get_or_create(&[("result", result)])
+                .inc_by(delta(total, seen));
+        }
+    }
     let s = core.stats().clone();
     let f = core.feedback();
     m.forwarded_packets
@@ -726,50 +739,47 @@ fn export(
         .inc_by(delta(s.ice_timeouts, &mut e.ice_timeouts));
     m.dtls_flights_resent
         .inc_by(delta(s.dtls_flights_resent, &mut e.dtls_flights_resent));
-    for (result, total, seen) in [
-        ("engaged", s.direct_engaged, &mut e.direct_engaged),
-        ("refused", s.direct_refused, &mut e.direct_refused),
-        ("dropped", s.direct_dropped, &mut e.direct_dropped),
-    ] {
-        m.direct_send
-            .get_or_create(&[("result", result)])
-            .inc_by(delta(total, seen));
-    }
+    by_result(
+        &m.direct_send,
+        [
+            ("engaged", s.direct_engaged, &mut e.direct_engaged),
+            ("refused", s.direct_refused, &mut e.direct_refused),
+            ("dropped", s.direct_dropped, &mut e.direct_dropped),
+        ],
+    );
     m.direct_packets
         .inc_by(delta(s.direct_packets, &mut e.direct_packets));
-    for (result, total, seen) in [
-        (
-            "engaged",
-            s.direct_receive_engaged,
-            &mut e.direct_receive_engaged,
-        ),
-        (
-            "refused",
-            s.direct_receive_refused,
-            &mut e.direct_receive_refused,
-        ),
-        (
-            "dropped",
-            s.direct_receive_dropped,
-            &mut e.direct_receive_dropped,
-        ),
-    ] {
-        m.direct_receive
-            .get_or_create(&[("result", result)])
-            .inc_by(delta(total, seen));
-    }
+    by_result(
+        &m.direct_receive,
+        [
+            (
+                "engaged",
+                s.direct_receive_engaged,
+                &mut e.direct_receive_engaged,
+            ),
+            (
+                "refused",
+                s.direct_receive_refused,
+                &mut e.direct_receive_refused,
+            ),
+            (
+                "dropped",
+                s.direct_receive_dropped,
+                &mut e.direct_receive_dropped,
+            ),
+        ],
+    );
     m.direct_received_packets.inc_by(delta(
         s.direct_received_packets,
         &mut e.direct_received_packets,
     ));
-    for (result, total, seen) in [
-        ("engaged", s.direct_rtcp_engaged, &mut e.direct_rtcp_engaged),
-        ("refused", s.direct_rtcp_refused, &mut e.direct_rtcp_refused),
-    ] {
-        m.direct_rtcp
-            .get_or_create(&[("result", result)])
-            .inc_by(delta(total, seen));
-    }
+    by_result(
+        &m.direct_rtcp,
+        [
+            ("engaged", s.direct_rtcp_engaged, &mut e.direct_rtcp_engaged),
+            ("refused", s.direct_rtcp_refused, &mut e.direct_rtcp_refused),
+        ],
+    );
     m.direct_rtcp_packets
         .inc_by(delta(s.direct_rtcp_packets, &mut e.direct_rtcp_packets));
     for b in core.take_bwe_samples() {
