@@ -60,12 +60,17 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 /// Most (key, block) candidates a tap keeps: rtc builds two contexts per handshake (local and
 /// remote), so two per handshake; more is a new handshake or not the KDF.
 pub const MAX_CANDIDATES: usize = 4;
-/// SRTP packets rtc sends on a PC that are tried against the candidates before giving up.
+/// Packets that no candidate opened before the worker gives up on a PC's key: SRTP packets rtc
+/// sends on a subscribe PC, or the peer's packets rtc authenticated on a PC whose remote key is
+/// being verified ([`RemoteVerification`]).
 pub const VERIFY_ATTEMPTS: u8 = 3;
+/// SSRCs a [`RemoteVerification`] keeps of the packets rtc authenticated.
+pub const MAX_VERIFIED_SSRCS: usize = 8;
 /// Streams whose last sequence number sent through rtc is noted for the rollover counters.
 pub const MAX_NOTED_STREAMS: usize = 16;
 
@@ -344,6 +349,93 @@ pub fn srtp_or_srtcp_ssrc(d: &[u8]) -> Option<u32> {
     };
     let b = d.get(at..at + 4)?;
     Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// The verification of a peer's SRTP or SRTCP key on one PC, on evidence a spoofer cannot make.
+///
+/// Anyone who can send from the peer's 5-tuple can send datagrams that look like its SRTP and
+/// open with no key. If those counted as failed attempts, a few of them right after the
+/// handshake would leave the PC to rtc's slower path for good. So:
+/// - a datagram is tried against the candidates only if rtc authenticated a packet of its SSRC
+///   on the PC before ([`Self::worth_trying`]): the peer's first packet of each SSRC is left to
+///   rtc, and forged packets of other SSRCs cost no cipher work;
+/// - the worker gives up only when rtc authenticated [`VERIFY_ATTEMPTS`] packets that no
+///   candidate had opened ([`Self::rtc_authenticated`]): evidence that the candidates are not
+///   the peer's key. Forged packets do not authenticate in rtc, so they never count.
+///
+/// rtc reads one datagram at a time and delivers what it authenticated before the next, so the
+/// SSRC of the datagram last handed to rtc ([`Self::handed`]) is the one its next delivery
+/// authenticated.
+#[derive(Debug, Default)]
+pub struct RemoteVerification {
+    /// SSRCs of packets rtc authenticated (at most [`MAX_VERIFIED_SSRCS`]).
+    authenticated: Vec<u32>,
+    /// Packets rtc authenticated after no candidate opened them.
+    missed: u8,
+    /// The SSRC of the SRTP/SRTCP datagram last handed to rtc.
+    handed: Option<u32>,
+}
+
+impl RemoteVerification {
+    /// Whether a datagram of `ssrc` is to be tried against the candidates.
+    pub fn worth_trying(&self, ssrc: u32) -> bool {
+        self.authenticated.contains(&ssrc)
+    }
+
+    /// Datagram `d` goes to rtc (the SSRC it carries, if SRTP or SRTCP).
+    pub fn handed(&mut self, d: &[u8]) {
+        self.handed = srtp_or_srtcp_ssrc(d);
+    }
+
+    /// rtc authenticated the datagram last handed to it; `true` if that makes
+    /// [`VERIFY_ATTEMPTS`] packets no candidate opened (give up on the key).
+    pub fn rtc_authenticated(&mut self) -> bool {
+        if let Some(ssrc) = self.handed.take() {
+            if self.authenticated.contains(&ssrc) {
+                // Tried (every datagram of a known SSRC is) and not opened.
+                self.missed = self.missed.saturating_add(1);
+            } else if self.authenticated.len() < MAX_VERIFIED_SSRCS {
+                self.authenticated.push(ssrc);
+            }
+        }
+        self.missed >= VERIFY_ATTEMPTS
+    }
+}
+
+/// Failures to open the packets of a stream (or of a subscriber's SRTCP) that the worker already
+/// opens: the rule for leaving it to rtc.
+///
+/// A failure alone is no evidence that the worker's opener is wrong: a spoofer can send any
+/// number of packets that do not open, but cannot keep the peer's own packets from opening. The
+/// opener is wrong (a rollover counter it missed) only if the peer's packets stop opening too.
+/// So the stream is left to rtc after `max` failures in a row **and** `silence` without a packet
+/// that opened.
+#[derive(Clone, Copy, Debug)]
+pub struct OpenFailures {
+    in_a_row: u8,
+    opened_at: Instant,
+}
+
+impl OpenFailures {
+    /// A stream the worker starts to open at `now`.
+    pub fn new(now: Instant) -> Self {
+        Self {
+            in_a_row: 0,
+            opened_at: now,
+        }
+    }
+
+    /// A packet opened.
+    pub fn opened(&mut self, now: Instant) {
+        self.in_a_row = 0;
+        self.opened_at = now;
+    }
+
+    /// A packet did not open; `true` if the stream is to be left to rtc.
+    pub fn failed(&mut self, now: Instant, max: u8, silence: Duration) -> bool {
+        self.in_a_row = self.in_a_row.saturating_add(1);
+        self.in_a_row >= max && now.saturating_duration_since(self.opened_at) >= silence
+    }
 }
 
 /// Most packets queued on a [`DirectLeg`] between two takes; beyond, the oldest is dropped
@@ -1445,6 +1537,74 @@ mod tests {
         assert!(KeyTap::new().verify_remote(&d).is_none(), "no candidate");
         assert!(tap.verify_remote(&d[..20]).is_none(), "short");
         assert!(tap.verify_remote(&d).is_some());
+    }
+
+    /// An SRTP-looking datagram of `ssrc` (nothing in it authenticates).
+    fn srtp_of(ssrc: u32) -> Vec<u8> {
+        let mut d = vec![0x80, 96, 0, 1, 0, 0, 0, 1];
+        d.extend_from_slice(&ssrc.to_be_bytes());
+        d.extend_from_slice(&[0; 32]);
+        d
+    }
+
+    #[test]
+    fn a_key_is_given_up_only_for_packets_rtc_authenticated_that_no_candidate_opened() {
+        let mut v = RemoteVerification::default();
+        // Forged datagrams: handed to rtc, never authenticated by it.
+        for ssrc in 0..1000 {
+            v.handed(&srtp_of(ssrc));
+            assert!(!v.worth_trying(ssrc));
+        }
+        // The peer's first packet of SSRC 7: not tried, rtc authenticates it.
+        v.handed(&srtp_of(7));
+        assert!(
+            !v.rtc_authenticated(),
+            "the first packet of an SSRC is not a miss"
+        );
+        assert!(v.worth_trying(7) && !v.worth_trying(8));
+        // A delivery with nothing handed (not SRTP, or already counted) counts nothing.
+        assert!(!v.rtc_authenticated());
+        v.handed(b"not srtp");
+        assert!(!v.rtc_authenticated());
+        // Packets of SSRC 7 tried, not opened, authenticated by rtc: misses.
+        for i in 1..=VERIFY_ATTEMPTS {
+            v.handed(&srtp_of(7));
+            assert_eq!(v.rtc_authenticated(), i == VERIFY_ATTEMPTS, "miss {i}");
+        }
+        // The SSRCs kept are bounded; a first packet beyond is neither kept nor a miss.
+        let mut v = RemoteVerification::default();
+        for ssrc in 0..2 * MAX_VERIFIED_SSRCS as u32 {
+            v.handed(&srtp_of(ssrc));
+            assert!(!v.rtc_authenticated());
+        }
+        assert_eq!(v.authenticated.len(), MAX_VERIFIED_SSRCS);
+        assert!(!v.worth_trying(MAX_VERIFIED_SSRCS as u32));
+    }
+
+    #[test]
+    #[allow(clippy::disallowed_methods)] // virtual time anchored at one real instant
+    fn failures_leave_a_stream_only_once_nothing_opened_for_the_silence() {
+        let t0 = Instant::now();
+        let silence = Duration::from_secs(1);
+        let mut f = OpenFailures::new(t0);
+        // Any number of failures while the peer's packets open (a spoofer's flood).
+        for ms in 0..3000u64 {
+            let now = t0 + Duration::from_millis(ms);
+            if ms % 20 == 0 {
+                f.opened(now);
+            } else {
+                assert!(!f.failed(now, 8, silence), "failure at {ms} ms");
+            }
+        }
+        // Nothing opens any more (a missed rollover counter): given up once both hold.
+        let last = t0 + Duration::from_millis(2980);
+        for i in 1..=8u8 {
+            assert!(!f.failed(last + Duration::from_millis(u64::from(i)), 8, silence));
+        }
+        assert!(f.failed(last + silence, 8, silence));
+        // A silence alone is not enough either: the failures must come in a row.
+        let mut f = OpenFailures::new(t0);
+        assert!(!f.failed(t0 + Duration::from_secs(60), 8, silence));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The SFU core driven in virtual time by webrtc-rs `rtc` clients (full ICE, DTLS-SRTP, SCTP):
 //! a publisher and a subscriber on one simulated network; no sockets, no sleeps.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use rtc::interceptor::{Registry, Slot};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
@@ -186,6 +186,13 @@ struct Sim {
     binding_successes: usize,
     /// Set when alice publishes simulcast instead of one video stream.
     simulcast: Option<Simulcast>,
+    /// From this time on, a spoofer sends from alice's and bob's own addresses
+    /// ([`Sim::spoof`]).
+    spoof_from: Option<Duration>,
+    /// Forged datagrams sent so far.
+    forged: u32,
+    /// The sender SSRC of bob's SRTCP, once seen.
+    bob_rtcp_ssrc: Option<u32>,
 }
 
 impl Sim {
@@ -282,6 +289,45 @@ impl Sim {
             offers_seen: vec![],
             binding_successes: 0,
             simulcast,
+            spoof_from: None,
+            forged: 0,
+            bob_rtcp_ssrc: None,
+        }
+    }
+
+    /// What a spoofer who can send from alice's and bob's 5-tuples sends at each step: SRTP of
+    /// alice's SSRC (and one of a fresh SSRC) from her publish address, and SRTCP of bob's
+    /// sender SSRC from his subscribe address, none of which opens with any key. At least four
+    /// steps pass between two of alice's packets, so a dozen forged ones come between them.
+    fn spoof(&mut self, to_server: &mut Vec<(SocketAddr, BytesMut)>) {
+        let alice = self.clients[0].addr;
+        let mut bob_sub = self.clients[1].addr;
+        bob_sub.set_port(bob_sub.port() + 1);
+        if self.bob_rtcp_ssrc.is_none() {
+            self.bob_rtcp_ssrc = to_server
+                .iter()
+                .filter(|(src, d)| *src == bob_sub && d.len() >= 8 && (192..=223).contains(&d[1]))
+                .map(|(_, d)| u32::from_be_bytes([d[4], d[5], d[6], d[7]]))
+                .next();
+        }
+        for i in 0..4u32 {
+            self.forged += 1;
+            let n = self.forged;
+            // The last of the four is of a fresh SSRC.
+            let ssrc = if i == 3 { 0x5000_0000 + n } else { 4242 };
+            let mut rtp = vec![0x80, 96];
+            rtp.extend_from_slice(&(n as u16).to_be_bytes());
+            rtp.extend_from_slice(&n.to_be_bytes());
+            rtp.extend_from_slice(&ssrc.to_be_bytes());
+            rtp.extend_from_slice(&[0xab; 120]);
+            to_server.push((alice, BytesMut::from(&rtp[..])));
+            // A receiver report, its SRTCP index (E set) and a tag.
+            let mut rtcp = vec![0x81, 201, 0, 7];
+            rtcp.extend_from_slice(&self.bob_rtcp_ssrc.unwrap_or(0x1234).to_be_bytes());
+            rtcp.extend_from_slice(&[0xcd; 24]);
+            rtcp.extend_from_slice(&(0x8000_0000 | n).to_be_bytes());
+            rtcp.extend_from_slice(&[0xef; 16]);
+            to_server.push((bob_sub, BytesMut::from(&rtcp[..])));
         }
     }
 
@@ -366,6 +412,9 @@ impl Sim {
                         }
                     }
                 }
+            }
+            if self.spoof_from.is_some_and(|d| now >= self.t0 + d) {
+                self.spoof(&mut to_server);
             }
             for (src, b) in to_server {
                 self.w.handle_datagram(now, Proto::Udp, src, &b);
@@ -1100,4 +1149,63 @@ fn a_screen_share_is_announced_with_its_source_and_removed_when_stopped() {
     let until = sim.now - sim.t0 + Duration::from_secs(1);
     sim.run_until(until);
     assert!(sim.clients[1].rtp_received.len() > before);
+}
+
+/// A spoofer who can send from alice's and bob's own addresses sends SRTP of alice's SSRC and
+/// SRTCP of bob's that open with no key, a dozen between any two of alice's packets
+/// ([`Sim::spoof`]); from the start (while the worker verifies the keys), or from 3 s on (once
+/// it opens both itself). Either way the worker verifies both keys (it gives up on a key only
+/// when rtc authenticates packets no candidate opened, which forged ones never are), keeps
+/// opening alice's media and bob's RTCP itself (forged packets alone never leave a stream to
+/// rtc), counts every forged datagram, and bob gets alice's video.
+#[test]
+fn forged_packets_from_a_peers_own_address_neither_stop_nor_undo_the_direct_reads() {
+    for from in [Duration::ZERO, Duration::from_secs(3)] {
+        forged_packets_from(from);
+    }
+}
+
+fn forged_packets_from(from: Duration) {
+    let mut sim = Sim::new(server_cfg(), VP8);
+    sim.spoof_from = Some(from);
+    sim.run_until(Duration::from_secs(4));
+    let before = sim.w.stats().clone();
+    let forged_before = sim.forged;
+    sim.run_until(Duration::from_secs(7));
+    let s = sim.w.stats().clone();
+    eprintln!("spoofed from {from:?}: forged {}, stats {s:?}", sim.forged);
+    assert!(sim.bob_rtcp_ssrc.is_some(), "bob's SRTCP was not seen");
+    assert_eq!(
+        (s.direct_receive_engaged, s.direct_receive_refused),
+        (1, 0),
+        "alice's key verified: {s:?}"
+    );
+    assert_eq!(
+        (s.direct_rtcp_engaged, s.direct_rtcp_refused),
+        (1, 0),
+        "bob's SRTCP key verified: {s:?}"
+    );
+    // Alice sends 50 packets a second: the last 3 s were opened by the worker, not by rtc.
+    let opened = s.direct_received_packets - before.direct_received_packets;
+    assert!(
+        opened >= 140,
+        "{opened} of alice's packets opened in the last 3 s"
+    );
+    let rtcp = s.direct_rtcp_packets - before.direct_rtcp_packets;
+    assert!(
+        rtcp >= 2,
+        "{rtcp} of bob's RTCP packets opened in the last 3 s"
+    );
+    // Each forged datagram of the last 3 s dropped and counted once: as a packet that did not
+    // open, or as an SSRC rtc is not handed.
+    let dropped = s.bad_packets + s.ssrc_refused - before.bad_packets - before.ssrc_refused;
+    let forged = 2 * u64::from(sim.forged - forged_before);
+    assert_eq!(dropped, forged, "forged datagrams counted in the last 3 s");
+    let bob = &sim.clients[1];
+    assert!(
+        bob.rtp_received.len() * 10 >= sim.sent * 8,
+        "bob received {} of {}",
+        bob.rtp_received.len(),
+        sim.sent
+    );
 }

@@ -843,6 +843,11 @@ impl Worker {
         } else {
             Vec::new()
         };
+        // What rtc authenticates of it is evidence for a key being verified.
+        pc.recv.handed(bytes);
+        if let Direct::On { rtcp, .. } = &mut pc.direct {
+            rtcp.handed(bytes);
+        }
         let r = read_into(&mut pc.pc, now, local, proto, remote, BytesMut::from(bytes));
         if r.is_err() {
             self.stats.bad_packets += 1;

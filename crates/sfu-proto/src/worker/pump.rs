@@ -66,6 +66,7 @@ impl Worker {
                     self.relay_data(now, key.participant, m.is_string, &m.data);
                 }
                 (Leg::Subscribe, RTCMessage::RtcpPacket(_, pkts)) => {
+                    self.note_rtc_rtcp(key);
                     self.on_subscriber_rtcp(now, key.participant, &pkts);
                 }
                 _ => {}

@@ -17,14 +17,16 @@
 //!
 //! **Bounds and input.** A datagram of a known stream that does not open (forged, replayed, too
 //! old) is dropped and counted as a bad packet; it never goes on to rtc, whose replay window has
-//! not seen the packets opened here. After [`MAX_OPEN_FAILURES`] in a row the stream is left to
-//! rtc for good (a flood of forged packets, or a rollover counter missed); the NACK generator
-//! has seen the gap, so the publisher resends what was dropped. At most [`MAX_MEDIA_STREAMS`]
-//! streams per PC; the opener holds a stream's rollover counter only once one of its packets
-//! authenticates.
+//! not seen the packets opened here. The stream is left to rtc for good only if the publisher's
+//! own packets stop opening too ([`crate::direct::OpenFailures`]: [`MAX_OPEN_FAILURES`] in a row
+//! and [`STREAM_SILENCE`] without one that opened, a rollover counter missed), not for any
+//! number of forged ones; the NACK generator has seen the gap, so the publisher resends what was
+//! dropped. The key is verified on evidence a spoofer cannot make either
+//! ([`crate::direct::RemoteVerification`]). At most [`MAX_MEDIA_STREAMS`] streams per PC; the
+//! opener holds a stream's rollover counter only once one of its packets authenticates.
 
 use super::*;
-use crate::direct::Opening;
+use crate::direct::{OpenFailures, Opening, RemoteVerification};
 use crate::peer::ReceiveParts;
 use rtc::shared::marshal::Unmarshal;
 
@@ -32,16 +34,22 @@ use rtc::shared::marshal::Unmarshal;
 pub const RTC_READ_INTERVAL: Duration = Duration::from_millis(500);
 /// Media streams per publish PC read past rtc (a track's simulcast layers: 3 per video track).
 pub const MAX_MEDIA_STREAMS: usize = 16;
-/// Packets of a known stream in a row that do not open before the stream is left to rtc for
-/// good (forged packets faster than the real ones, or a rollover counter the worker missed).
+/// Packets of a known stream in a row that do not open before the stream may be left to rtc for
+/// good (with [`STREAM_SILENCE`]: a rollover counter the worker missed).
 pub const MAX_OPEN_FAILURES: u8 = 8;
+/// Time without a packet of a known stream that opened before failures leave it to rtc. A
+/// flowing stream has packets every 20 ms (audio) or more often (video).
+pub const STREAM_SILENCE: Duration = Duration::from_secs(1);
 
 /// Whether the worker opens a publish PC's SRTP media itself.
 pub(super) enum DirectRecv {
     /// A subscribe PC, switched off, or given up: rtc reads.
     Off,
     /// Keys not verified yet: rtc reads, and the PC's SRTP is tried against the candidates.
-    Pending { parts: ReceiveParts, attempts: u8 },
+    Pending {
+        parts: ReceiveParts,
+        verification: RemoteVerification,
+    },
     /// The worker opens known media streams.
     On(Box<Reading>),
 }
@@ -63,16 +71,26 @@ struct MediaStream {
     track: Arc<str>,
     /// When rtc last read one of its datagrams.
     rtc_at: Instant,
-    /// Its packets in a row that did not open.
-    failures: u8,
+    /// Its packets that did not open.
+    failures: OpenFailures,
 }
 
 impl DirectRecv {
     /// Starts in `Pending` for a publish PC's parts.
     pub(super) fn new(parts: Option<ReceiveParts>) -> Self {
         match parts {
-            Some(parts) => Self::Pending { parts, attempts: 0 },
+            Some(parts) => Self::Pending {
+                parts,
+                verification: RemoteVerification::default(),
+            },
             None => Self::Off,
+        }
+    }
+
+    /// Datagram `d` goes to rtc ([`RemoteVerification::handed`]).
+    pub(super) fn handed(&mut self, d: &[u8]) {
+        if let Self::Pending { verification, .. } = self {
+            verification.handed(d);
         }
     }
 }
@@ -98,9 +116,13 @@ impl Worker {
         };
         let r = match &mut pc.recv {
             DirectRecv::Off => return false,
-            DirectRecv::Pending { parts, attempts } => {
-                if parts.tap.generation() < 2 {
-                    // The handshake has not derived both keys yet (SRTP ahead of it).
+            DirectRecv::Pending {
+                parts,
+                verification,
+            } => {
+                if parts.tap.generation() < 2 || !verification.worth_trying(ssrc) {
+                    // The handshake has not derived both keys yet (SRTP ahead of it), or rtc
+                    // has not authenticated a packet of this SSRC yet.
                     return false;
                 }
                 if let Some(open) = parts.tap.verify_remote(bytes) {
@@ -118,14 +140,9 @@ impl Worker {
                         left_to_rtc: Vec::new(),
                     }));
                     self.stats.direct_receive_engaged += 1;
-                } else {
-                    *attempts += 1;
-                    if *attempts >= crate::direct::VERIFY_ATTEMPTS {
-                        pc.recv = DirectRecv::Off;
-                        self.stats.direct_receive_refused += 1;
-                    }
                 }
-                // rtc reads this one (the streams are not known yet).
+                // rtc reads this one (the streams are not known yet); if no candidate opened
+                // it and rtc authenticates it, `note_rtc_read` counts that.
                 return false;
             }
             DirectRecv::On(r) => r,
@@ -158,8 +175,10 @@ impl Worker {
         let stream = &mut r.streams[i];
         let track = stream.track.clone();
         let Some(plain) = r.open.open(bytes) else {
-            stream.failures += 1;
-            if stream.failures >= MAX_OPEN_FAILURES {
+            if stream
+                .failures
+                .failed(now, MAX_OPEN_FAILURES, STREAM_SILENCE)
+            {
                 r.streams.retain(|s| s.ssrc != ssrc);
                 if r.left_to_rtc.len() < MAX_MEDIA_STREAMS {
                     r.left_to_rtc.push(ssrc);
@@ -168,7 +187,7 @@ impl Worker {
             self.stats.bad_packets += 1;
             return true;
         };
-        stream.failures = 0;
+        stream.failures.opened(now);
         let Ok(pkt) = rtc::rtp::Packet::unmarshal(&mut plain.freeze()) else {
             self.stats.bad_packets += 1;
             return true;
@@ -194,8 +213,9 @@ impl Worker {
         true
     }
 
-    /// rtc delivered `pkt` of track `track` on publish PC `key`: a stream that is a track's
-    /// layer becomes known (read past rtc from its next packet).
+    /// rtc delivered `pkt` of track `track` on publish PC `key` (it authenticated the datagram):
+    /// while the key is verified, evidence for [`RemoteVerification`]; then a stream that is a
+    /// track's layer becomes known (read past rtc from its next packet).
     pub(super) fn note_rtc_read(
         &mut self,
         now: Instant,
@@ -206,8 +226,16 @@ impl Worker {
         let ssrc = pkt.header.ssrc;
         let layer = self.by_ssrc.contains_key(&(key.participant, ssrc));
         let Some(pc) = self.pc_mut(key) else { return };
-        let DirectRecv::On(r) = &mut pc.recv else {
-            return;
+        let r = match &mut pc.recv {
+            DirectRecv::On(r) => r,
+            DirectRecv::Pending { verification, .. } => {
+                if verification.rtc_authenticated() {
+                    pc.recv = DirectRecv::Off;
+                    self.stats.direct_receive_refused += 1;
+                }
+                return;
+            }
+            DirectRecv::Off => return,
         };
         if layer
             && r.streams.len() < MAX_MEDIA_STREAMS
@@ -218,7 +246,7 @@ impl Worker {
                 ssrc,
                 track: Arc::from(track),
                 rtc_at: now,
-                failures: 0,
+                failures: OpenFailures::new(now),
             });
         }
     }

@@ -13,29 +13,36 @@
 //! their queues, and the PC's drain after.
 //!
 //! **Bounds and input.** A datagram that does not open (forged, replayed, too old) is dropped
-//! and counted as a bad packet; after [`MAX_RTCP_OPEN_FAILURES`] in a row the PC's RTCP is left
-//! to rtc for good. Nothing is created before a packet authenticates (the opener holds a
-//! sender's replay window only after one of its packets did, at most 256).
+//! and counted as a bad packet. The PC's RTCP is left to rtc for good only if the subscriber's
+//! own SRTCP stops opening too ([`MAX_RTCP_OPEN_FAILURES`] in a row and [`RTCP_SILENCE`] without
+//! one that opened), not for any number of forged datagrams; its key is verified on evidence a
+//! spoofer cannot make ([`RemoteVerification`]). Nothing is created before a packet
+//! authenticates (the opener holds a sender's replay window only after one of its packets did,
+//! at most 256).
 
 use super::*;
-use crate::direct::RtcpOpening;
+use crate::direct::{OpenFailures, RemoteVerification, RtcpOpening};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::receiver_report::ReceiverReport;
 
-/// SRTCP datagrams of a subscribe PC in a row that do not open before its RTCP is left to rtc
-/// for good.
+/// SRTCP datagrams of a subscribe PC in a row that do not open before its RTCP may be left to
+/// rtc for good (with [`RTCP_SILENCE`]).
 pub const MAX_RTCP_OPEN_FAILURES: u8 = 8;
+/// Time without a subscriber's SRTCP datagram that opened before failures leave its RTCP to rtc
+/// ([`crate::direct::OpenFailures`]). A receiving subscriber reports at least every few seconds
+/// (RFC 3550 §6.2: 5 s at most on average), and sends transport-wide feedback far more often.
+pub const RTCP_SILENCE: Duration = Duration::from_secs(10);
 
 /// Whether the worker opens a subscribe PC's SRTCP itself.
 pub(super) enum RtcpRead {
     /// Key not verified yet: rtc reads, and the subscriber's SRTCP is tried against the
     /// candidates.
-    Pending { attempts: u8 },
+    Pending(RemoteVerification),
     /// The worker opens it.
     On {
         open: Box<RtcpOpening>,
-        failures: u8,
+        failures: OpenFailures,
     },
     /// No candidate opened it, or too many did not open: rtc reads.
     Off,
@@ -43,7 +50,16 @@ pub(super) enum RtcpRead {
 
 impl Default for RtcpRead {
     fn default() -> Self {
-        Self::Pending { attempts: 0 }
+        Self::Pending(RemoteVerification::default())
+    }
+}
+
+impl RtcpRead {
+    /// Datagram `d` goes to rtc ([`RemoteVerification::handed`]).
+    pub(super) fn handed(&mut self, d: &[u8]) {
+        if let Self::Pending(v) = self {
+            v.handed(d);
+        }
     }
 }
 
@@ -73,34 +89,30 @@ impl Worker {
         }
         let (open, failures) = match rtcp {
             RtcpRead::Off => return false,
-            RtcpRead::Pending { attempts } => {
-                if let Some(open) = parts.tap.verify_remote_rtcp(bytes) {
+            RtcpRead::Pending(verification) => {
+                let known = crate::direct::srtp_or_srtcp_ssrc(bytes)
+                    .is_some_and(|ssrc| verification.worth_trying(ssrc));
+                if let Some(open) = known.then(|| parts.tap.verify_remote_rtcp(bytes)).flatten() {
                     *rtcp = RtcpRead::On {
                         open: Box::new(open),
-                        failures: 0,
+                        failures: OpenFailures::new(now),
                     };
                     self.stats.direct_rtcp_engaged += 1;
-                } else {
-                    *attempts += 1;
-                    if *attempts >= crate::direct::VERIFY_ATTEMPTS {
-                        *rtcp = RtcpRead::Off;
-                        self.stats.direct_rtcp_refused += 1;
-                    }
                 }
-                // rtc reads this one.
+                // rtc reads this one; if no candidate opened it and rtc authenticates it,
+                // `note_rtc_rtcp` counts that.
                 return false;
             }
             RtcpRead::On { open, failures } => (open, failures),
         };
         let Some(plain) = open.open(bytes) else {
-            *failures += 1;
-            if *failures >= MAX_RTCP_OPEN_FAILURES {
+            if failures.failed(now, MAX_RTCP_OPEN_FAILURES, RTCP_SILENCE) {
                 *rtcp = RtcpRead::Off;
             }
             self.stats.bad_packets += 1;
             return true;
         };
-        *failures = 0;
+        failures.opened(now);
         let Ok(pkts) = rtc::rtcp::packet::unmarshal(&mut plain.freeze()) else {
             self.stats.bad_packets += 1;
             return true;
@@ -115,6 +127,21 @@ impl Worker {
         self.written_at = Some(now);
         self.written_sorted = false;
         true
+    }
+
+    /// rtc authenticated a compound RTCP packet of subscribe PC `key`: evidence for the
+    /// verification of the subscriber's SRTCP key ([`RemoteVerification`]).
+    pub(super) fn note_rtc_rtcp(&mut self, key: PcKey) {
+        let Some(pc) = self.pc_mut(key) else { return };
+        let Direct::On { rtcp, .. } = &mut pc.direct else {
+            return;
+        };
+        if let RtcpRead::Pending(v) = rtcp {
+            if v.rtc_authenticated() {
+                *rtcp = RtcpRead::Off;
+                self.stats.direct_rtcp_refused += 1;
+            }
+        }
     }
 
     /// Subscriber `h`'s compound RTCP packet, read by rtc or by the worker: receiver reports
