@@ -61,6 +61,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
+use turnkey_time::rate::TokenBucket;
 
 /// Most (key, block) candidates a tap keeps: rtc builds two contexts per handshake (local and
 /// remote), so two per handshake; more is a new handshake or not the KDF.
@@ -71,6 +72,11 @@ pub const MAX_CANDIDATES: usize = 4;
 pub const VERIFY_ATTEMPTS: u8 = 3;
 /// SSRCs a [`RemoteVerification`] keeps of the packets rtc authenticated.
 pub const MAX_VERIFIED_SSRCS: usize = 8;
+/// Datagrams of other SSRCs a [`RemoteVerification`] may try a second, when rtc has no place
+/// left for their SSRC (a burst of [`TRIAL_BURST`]).
+pub const TRIALS_PER_SEC: u32 = 5000;
+/// The burst of [`TRIALS_PER_SEC`].
+pub const TRIAL_BURST: u32 = 256;
 /// Streams whose last sequence number sent through rtc is noted for the rollover counters.
 pub const MAX_NOTED_STREAMS: usize = 16;
 
@@ -356,9 +362,13 @@ pub fn srtp_or_srtcp_ssrc(d: &[u8]) -> Option<u32> {
 /// Anyone who can send from the peer's 5-tuple can send datagrams that look like its SRTP and
 /// open with no key. If those counted as failed attempts, a few of them right after the
 /// handshake would leave the PC to rtc's slower path for good. So:
-/// - a datagram is tried against the candidates only if rtc authenticated a packet of its SSRC
-///   on the PC before ([`Self::worth_trying`]): the peer's first packet of each SSRC is left to
+/// - a datagram is tried against the candidates if rtc authenticated a packet of its SSRC on
+///   the PC before ([`Self::worth_trying`]): the peer's first packet of each SSRC is left to
 ///   rtc, and forged packets of other SSRCs cost no cipher work;
+/// - or if rtc has no place left for its SSRC (the bound on SSRCs a PC hands rtc, which forged
+///   SSRCs may have taken): then only a packet that opens gets a place beyond the bound, so the
+///   peer's own streams still reach rtc. These trials, a few cipher operations each, are
+///   limited to [`TRIALS_PER_SEC`] per PC;
 /// - the worker gives up only when rtc authenticated [`VERIFY_ATTEMPTS`] packets that no
 ///   candidate had opened ([`Self::rtc_authenticated`]): evidence that the candidates are not
 ///   the peer's key. Forged packets do not authenticate in rtc, so they never count.
@@ -366,7 +376,7 @@ pub fn srtp_or_srtcp_ssrc(d: &[u8]) -> Option<u32> {
 /// rtc reads one datagram at a time and delivers what it authenticated before the next, so the
 /// SSRC of the datagram last handed to rtc ([`Self::handed`]) is the one its next delivery
 /// authenticated.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RemoteVerification {
     /// SSRCs of packets rtc authenticated (at most [`MAX_VERIFIED_SSRCS`]).
     authenticated: Vec<u32>,
@@ -374,12 +384,26 @@ pub struct RemoteVerification {
     missed: u8,
     /// The SSRC of the SRTP/SRTCP datagram last handed to rtc.
     handed: Option<u32>,
+    /// Trials of datagrams of other SSRCs ([`TRIALS_PER_SEC`]).
+    trials: TokenBucket,
 }
 
 impl RemoteVerification {
-    /// Whether a datagram of `ssrc` is to be tried against the candidates.
-    pub fn worth_trying(&self, ssrc: u32) -> bool {
-        self.authenticated.contains(&ssrc)
+    /// A verification that starts at `now`.
+    pub fn new(now: Instant) -> Self {
+        Self {
+            authenticated: Vec::new(),
+            missed: 0,
+            handed: None,
+            trials: TokenBucket::new(TRIALS_PER_SEC, TRIAL_BURST, now),
+        }
+    }
+
+    /// Whether a datagram of `ssrc` is to be tried against the candidates at `now`; `placed`:
+    /// whether rtc has a place for its SSRC (it has been handed that SSRC, or the bound is not
+    /// reached).
+    pub fn worth_trying(&mut self, now: Instant, ssrc: u32, placed: bool) -> bool {
+        self.authenticated.contains(&ssrc) || (!placed && self.trials.try_take(now))
     }
 
     /// Datagram `d` goes to rtc (the SSRC it carries, if SRTP or SRTCP).
@@ -1548,12 +1572,14 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::disallowed_methods)] // virtual time anchored at one real instant
     fn a_key_is_given_up_only_for_packets_rtc_authenticated_that_no_candidate_opened() {
-        let mut v = RemoteVerification::default();
+        let now = Instant::now();
+        let mut v = RemoteVerification::new(now);
         // Forged datagrams: handed to rtc, never authenticated by it.
         for ssrc in 0..1000 {
             v.handed(&srtp_of(ssrc));
-            assert!(!v.worth_trying(ssrc));
+            assert!(!v.worth_trying(now, ssrc, true));
         }
         // The peer's first packet of SSRC 7: not tried, rtc authenticates it.
         v.handed(&srtp_of(7));
@@ -1561,7 +1587,7 @@ mod tests {
             !v.rtc_authenticated(),
             "the first packet of an SSRC is not a miss"
         );
-        assert!(v.worth_trying(7) && !v.worth_trying(8));
+        assert!(v.worth_trying(now, 7, true) && !v.worth_trying(now, 8, true));
         // A delivery with nothing handed (not SRTP, or already counted) counts nothing.
         assert!(!v.rtc_authenticated());
         v.handed(b"not srtp");
@@ -1572,13 +1598,33 @@ mod tests {
             assert_eq!(v.rtc_authenticated(), i == VERIFY_ATTEMPTS, "miss {i}");
         }
         // The SSRCs kept are bounded; a first packet beyond is neither kept nor a miss.
-        let mut v = RemoteVerification::default();
+        let mut v = RemoteVerification::new(now);
         for ssrc in 0..2 * MAX_VERIFIED_SSRCS as u32 {
             v.handed(&srtp_of(ssrc));
             assert!(!v.rtc_authenticated());
         }
         assert_eq!(v.authenticated.len(), MAX_VERIFIED_SSRCS);
-        assert!(!v.worth_trying(MAX_VERIFIED_SSRCS as u32));
+        assert!(!v.worth_trying(now, MAX_VERIFIED_SSRCS as u32, true));
+    }
+
+    #[test]
+    #[allow(clippy::disallowed_methods)] // virtual time anchored at one real instant
+    fn ssrcs_rtc_has_no_place_for_are_tried_at_a_bounded_rate() {
+        let t0 = Instant::now();
+        let mut v = RemoteVerification::new(t0);
+        let tried = (0..10_000u32)
+            .filter(|&ssrc| v.worth_trying(t0, ssrc, false))
+            .count();
+        assert_eq!(tried, TRIAL_BURST as usize, "the burst at once");
+        let later = t0 + Duration::from_secs(1);
+        let tried = (0..10_000u32)
+            .filter(|&ssrc| v.worth_trying(later, ssrc, false))
+            .count();
+        assert_eq!(tried, TRIAL_BURST as usize, "refilled up to the burst");
+        // An SSRC rtc authenticated is always tried.
+        v.handed(&srtp_of(9));
+        assert!(!v.rtc_authenticated());
+        assert!(v.worth_trying(later, 9, false));
     }
 
     #[test]

@@ -189,6 +189,8 @@ struct Sim {
     /// From this time on, a spoofer sends from alice's and bob's own addresses
     /// ([`Sim::spoof`]).
     spoof_from: Option<Duration>,
+    /// Every forged datagram of a fresh SSRC (to take the places rtc's SSRC bound leaves).
+    spoof_fresh: bool,
     /// Forged datagrams sent so far.
     forged: u32,
     /// The sender SSRC of bob's SRTCP, once seen.
@@ -290,6 +292,7 @@ impl Sim {
             binding_successes: 0,
             simulcast,
             spoof_from: None,
+            spoof_fresh: false,
             forged: 0,
             bob_rtcp_ssrc: None,
         }
@@ -298,7 +301,8 @@ impl Sim {
     /// What a spoofer who can send from alice's and bob's 5-tuples sends at each step: SRTP of
     /// alice's SSRC (and one of a fresh SSRC) from her publish address, and SRTCP of bob's
     /// sender SSRC from his subscribe address, none of which opens with any key. At least four
-    /// steps pass between two of alice's packets, so a dozen forged ones come between them.
+    /// steps pass between two of alice's packets, so a dozen forged ones come between them
+    /// (with `spoof_fresh`, 32 of fresh SSRCs a step each way).
     fn spoof(&mut self, to_server: &mut Vec<(SocketAddr, BytesMut)>) {
         let alice = self.clients[0].addr;
         let mut bob_sub = self.clients[1].addr;
@@ -310,11 +314,18 @@ impl Sim {
                 .map(|(_, d)| u32::from_be_bytes([d[4], d[5], d[6], d[7]]))
                 .next();
         }
-        for i in 0..4u32 {
+        // With fresh SSRCs, enough to fill the bound at once.
+        let per_step = if self.spoof_fresh { 32 } else { 4 };
+        for i in 0..per_step {
             self.forged += 1;
             let n = self.forged;
-            // The last of the four is of a fresh SSRC.
-            let ssrc = if i == 3 { 0x5000_0000 + n } else { 4242 };
+            let fresh = 0x5000_0000 + n;
+            // The last of the four is of a fresh SSRC (all of them with `spoof_fresh`).
+            let ssrc = if i == 3 || self.spoof_fresh {
+                fresh
+            } else {
+                4242
+            };
             let mut rtp = vec![0x80, 96];
             rtp.extend_from_slice(&(n as u16).to_be_bytes());
             rtp.extend_from_slice(&n.to_be_bytes());
@@ -323,7 +334,11 @@ impl Sim {
             to_server.push((alice, BytesMut::from(&rtp[..])));
             // A receiver report, its SRTCP index (E set) and a tag.
             let mut rtcp = vec![0x81, 201, 0, 7];
-            rtcp.extend_from_slice(&self.bob_rtcp_ssrc.unwrap_or(0x1234).to_be_bytes());
+            let sender = match self.bob_rtcp_ssrc {
+                Some(ssrc) if !self.spoof_fresh => ssrc,
+                _ => fresh,
+            };
+            rtcp.extend_from_slice(&sender.to_be_bytes());
             rtcp.extend_from_slice(&[0xcd; 24]);
             rtcp.extend_from_slice(&(0x8000_0000 | n).to_be_bytes());
             rtcp.extend_from_slice(&[0xef; 16]);
@@ -1207,5 +1222,46 @@ fn forged_packets_from(from: Duration) {
         "bob received {} of {}",
         bob.rtp_received.len(),
         sim.sent
+    );
+}
+
+/// A spoofer who can send from alice's and bob's own addresses sends, from the start, SRTP and
+/// SRTCP of a fresh SSRC each time ([`Sim::spoof`] with `spoof_fresh`), to take every place of
+/// the bound on SSRCs a PC hands rtc (`MAX_RTC_SSRCS`) before alice's and bob's own packets
+/// come. Their packets, which authenticate, still get places: bob gets alice's video, and the
+/// worker verifies both keys and opens both directions itself.
+#[test]
+fn forged_packets_of_fresh_ssrcs_do_not_take_the_places_of_a_peers_own_streams() {
+    let mut sim = Sim::new(server_cfg(), VP8);
+    sim.spoof_from = Some(Duration::ZERO);
+    sim.spoof_fresh = true;
+    sim.run_until(Duration::from_secs(6));
+    let s = sim.w.stats().clone();
+    eprintln!("forged {}, stats {s:?}", sim.forged);
+    let bob = &sim.clients[1];
+    assert!(
+        bob.rtp_received.len() * 10 >= sim.sent * 8,
+        "bob received {} of {}: {s:?}",
+        bob.rtp_received.len(),
+        sim.sent
+    );
+    assert_eq!(
+        (s.direct_receive_engaged, s.direct_receive_refused),
+        (1, 0),
+        "{s:?}"
+    );
+    assert_eq!(
+        (s.direct_rtcp_engaged, s.direct_rtcp_refused),
+        (1, 0),
+        "{s:?}"
+    );
+    assert!(s.direct_rtcp_packets > 0, "{s:?}");
+    // Every forged datagram kept from rtc and counted (refused SSRC, a packet that did not
+    // open, or from an address not bound yet), but those that took the 64 places of each PC.
+    let counted = s.ssrc_refused + s.bad_packets + s.unroutable;
+    assert!(
+        counted + 2 * 64 >= 2 * u64::from(sim.forged),
+        "{counted} of {} forged datagrams counted: {s:?}",
+        2 * sim.forged
     );
 }

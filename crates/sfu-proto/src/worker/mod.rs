@@ -291,7 +291,7 @@ impl Direct {
                     *self = Direct::On {
                         leg,
                         parts,
-                        rtcp: subscriber_rtcp::RtcpRead::default(),
+                        rtcp: subscriber_rtcp::RtcpRead::new(d.now),
                     };
                     return Some(DirectChange::Engaged);
                 }
@@ -392,21 +392,51 @@ const MAX_EARLY_CHECKS: usize = 4;
 /// could grow it one SSRC per datagram. A publisher has a few streams per track (simulcast
 /// layers, RTX, audio); a subscriber's RTCP comes from one or two sender SSRCs.
 pub const MAX_RTC_SSRCS: usize = 64;
+/// SSRCs one PC hands rtc beyond [`MAX_RTC_SSRCS`] when the worker authenticated the packet
+/// (its key opened it): forged SSRCs may have taken the bound's places, the peer's own streams
+/// still get one.
+pub const MAX_RTC_SSRCS_AUTHENTICATED: usize = 16;
 
 /// Whether SRTP/SRTCP datagram `d` may go to rtc: its SSRC ([`crate::direct::srtp_or_srtcp_ssrc`])
-/// is one of `seen`, or is added while `seen` holds fewer than [`MAX_RTC_SSRCS`]. `None` if
-/// `d` is too short to carry one.
-fn admit_ssrc(seen: &mut Vec<u32>, d: &[u8]) -> Option<bool> {
+/// is one of `seen`, or is added while `seen` holds fewer than [`MAX_RTC_SSRCS`] (plus
+/// [`MAX_RTC_SSRCS_AUTHENTICATED`] if the worker `authenticated` the packet). `None` if `d` is
+/// too short to carry one.
+fn admit_ssrc(seen: &mut Vec<u32>, d: &[u8], authenticated: bool) -> Option<bool> {
     let ssrc = crate::direct::srtp_or_srtcp_ssrc(d)?;
     if seen.contains(&ssrc) {
         return Some(true);
     }
-    if seen.len() >= MAX_RTC_SSRCS {
+    let bound = if authenticated {
+        MAX_RTC_SSRCS + MAX_RTC_SSRCS_AUTHENTICATED
+    } else {
+        MAX_RTC_SSRCS
+    };
+    if seen.len() >= bound {
         return Some(false);
     }
     seen.push(ssrc);
     Some(true)
 }
+
+/// Whether rtc has a place for SRTP/SRTCP of `ssrc` among the SSRCs `seen` on a PC without the
+/// worker authenticating it ([`admit_ssrc`]).
+fn rtc_has_place(seen: &[u32], ssrc: u32) -> bool {
+    seen.len() < MAX_RTC_SSRCS || seen.contains(&ssrc)
+}
+
+/// What the worker's own read of a datagram left for rtc.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Read {
+    /// Read by the worker (opened and handled, or dropped as bad).
+    Done,
+    /// rtc reads it; `authenticated` if the worker's key opened it (not forged).
+    Rtc { authenticated: bool },
+}
+
+/// A datagram rtc reads that the worker did not open.
+const UNOPENED: Read = Read::Rtc {
+    authenticated: false,
+};
 
 /// One simulcast layer (or the only layer) of a published track.
 #[derive(Debug)]
@@ -814,18 +844,21 @@ impl Worker {
             }
             return;
         }
-        if key.leg == Leg::Publish && self.read_direct(now, key, proto, remote, bytes) {
+        let read = match key.leg {
+            Leg::Publish => self.read_direct(now, key, proto, remote, bytes),
+            Leg::Subscribe => self.read_rtcp_direct(now, key, bytes),
+        };
+        let Read::Rtc { authenticated } = read else {
+            if key.leg == Leg::Subscribe {
+                self.flush(now);
+            }
             return;
-        }
-        if key.leg == Leg::Subscribe && self.read_rtcp_direct(now, key, bytes) {
-            self.flush(now);
-            return;
-        }
+        };
         let Some(pc) = self.pc_mut(key) else {
             return;
         };
         if crate::direct::is_srtp_or_srtcp(bytes) {
-            match admit_ssrc(&mut pc.rtc_ssrcs, bytes) {
+            match admit_ssrc(&mut pc.rtc_ssrcs, bytes, authenticated) {
                 Some(true) => {}
                 Some(false) => {
                     self.stats.ssrc_refused += 1;
@@ -1251,15 +1284,27 @@ mod tests {
         };
         let mut seen = Vec::new();
         for ssrc in 0..MAX_RTC_SSRCS as u32 {
-            assert_eq!(admit_ssrc(&mut seen, &rtp(ssrc)), Some(true));
+            assert!(rtc_has_place(&seen, ssrc));
+            assert_eq!(admit_ssrc(&mut seen, &rtp(ssrc), false), Some(true));
         }
         // One more SSRC is refused; those already seen, RTP or RTCP, still go.
-        assert_eq!(admit_ssrc(&mut seen, &rtp(1 << 20)), Some(false));
-        assert_eq!(admit_ssrc(&mut seen, &rtp(7)), Some(true));
+        assert!(!rtc_has_place(&seen, 1 << 20) && rtc_has_place(&seen, 7));
+        assert_eq!(admit_ssrc(&mut seen, &rtp(1 << 20), false), Some(false));
+        assert_eq!(admit_ssrc(&mut seen, &rtp(7), false), Some(true));
         let rr_from_3 = [0x80, 201, 0, 1, 0, 0, 0, 3];
-        assert_eq!(admit_ssrc(&mut seen, &rr_from_3), Some(true));
+        assert_eq!(admit_ssrc(&mut seen, &rr_from_3, false), Some(true));
         assert_eq!(seen.len(), MAX_RTC_SSRCS);
-        assert_eq!(admit_ssrc(&mut seen, &rtp(7)[..10]), None, "too short");
+        assert_eq!(
+            admit_ssrc(&mut seen, &rtp(7)[..10], false),
+            None,
+            "too short"
+        );
+        // Packets the worker authenticated get a place beyond, up to a second bound.
+        for ssrc in 0..MAX_RTC_SSRCS_AUTHENTICATED as u32 {
+            assert_eq!(admit_ssrc(&mut seen, &rtp(1000 + ssrc), true), Some(true));
+        }
+        assert_eq!(admit_ssrc(&mut seen, &rtp(2000), true), Some(false));
+        assert_eq!(seen.len(), MAX_RTC_SSRCS + MAX_RTC_SSRCS_AUTHENTICATED);
     }
 
     #[test]

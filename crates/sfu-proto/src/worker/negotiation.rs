@@ -125,7 +125,9 @@ impl Worker {
                 },
                 receive::DirectRecv::Off,
             ),
-            peer::PcParts::Receive(parts) => (Direct::Off, receive::DirectRecv::new(Some(parts))),
+            peer::PcParts::Receive(parts) => {
+                (Direct::Off, receive::DirectRecv::new(Some(parts), now))
+            }
             peer::PcParts::None => (Direct::Off, receive::DirectRecv::Off),
         };
         let slot = Pc {

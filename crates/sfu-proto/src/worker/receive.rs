@@ -76,12 +76,12 @@ struct MediaStream {
 }
 
 impl DirectRecv {
-    /// Starts in `Pending` for a publish PC's parts.
-    pub(super) fn new(parts: Option<ReceiveParts>) -> Self {
+    /// Starts in `Pending` at `now` for a publish PC's parts.
+    pub(super) fn new(parts: Option<ReceiveParts>, now: Instant) -> Self {
         match parts {
             Some(parts) => Self::Pending {
                 parts,
-                verification: RemoteVerification::default(),
+                verification: RemoteVerification::new(now),
             },
             None => Self::Off,
         }
@@ -97,8 +97,8 @@ impl DirectRecv {
 
 impl Worker {
     /// Reads `bytes` from `remote` on publish PC `key` past rtc if it is a known media
-    /// stream's SRTP; `true` if it was (opened and forwarded, or dropped as bad), `false` if rtc
-    /// must read it.
+    /// stream's SRTP: [`Read::Done`] if it was (opened and forwarded, or dropped as bad), else
+    /// what rtc must read.
     pub(super) fn read_direct(
         &mut self,
         now: Instant,
@@ -106,31 +106,32 @@ impl Worker {
         proto: Proto,
         remote: SocketAddr,
         bytes: &[u8],
-    ) -> bool {
+    ) -> Read {
         let local = self.local_addr(proto);
         let Some(pc) = self.pc_mut(key) else {
-            return false;
+            return UNOPENED;
         };
         let Some((ssrc, _)) = crate::direct::srtp_stream(bytes) else {
-            return false;
+            return UNOPENED;
         };
         let r = match &mut pc.recv {
-            DirectRecv::Off => return false,
+            DirectRecv::Off => return UNOPENED,
             DirectRecv::Pending {
                 parts,
                 verification,
             } => {
-                if parts.tap.generation() < 2 || !verification.worth_trying(ssrc) {
+                let placed = rtc_has_place(&pc.rtc_ssrcs, ssrc);
+                if parts.tap.generation() < 2 || !verification.worth_trying(now, ssrc, placed) {
                     // The handshake has not derived both keys yet (SRTP ahead of it), or rtc
-                    // has not authenticated a packet of this SSRC yet.
-                    return false;
+                    // has not authenticated a packet of this SSRC yet (and has a place for it).
+                    return UNOPENED;
                 }
                 if let Some(open) = parts.tap.verify_remote(bytes) {
                     let generation = parts.tap.generation();
                     let DirectRecv::Pending { parts, .. } =
                         std::mem::replace(&mut pc.recv, DirectRecv::Off)
                     else {
-                        return false;
+                        return UNOPENED;
                     };
                     pc.recv = DirectRecv::On(Box::new(Reading {
                         open,
@@ -140,10 +141,13 @@ impl Worker {
                         left_to_rtc: Vec::new(),
                     }));
                     self.stats.direct_receive_engaged += 1;
+                    // rtc reads this one too: the streams are not known yet.
+                    return Read::Rtc {
+                        authenticated: true,
+                    };
                 }
-                // rtc reads this one (the streams are not known yet); if no candidate opened
-                // it and rtc authenticates it, `note_rtc_read` counts that.
-                return false;
+                // rtc reads it; if it authenticates it, `note_rtc_read` counts a miss.
+                return UNOPENED;
             }
             DirectRecv::On(r) => r,
         };
@@ -151,7 +155,7 @@ impl Worker {
             // A new DTLS handshake: new keys, rtc reads again.
             pc.recv = DirectRecv::Off;
             self.stats.direct_receive_dropped += 1;
-            return false;
+            return UNOPENED;
         }
         let known = r.streams.iter().position(|s| s.ssrc == ssrc);
         let Some(i) = known
@@ -168,9 +172,11 @@ impl Worker {
                 // An SSRC rtc has not seen, whose packet does not authenticate (forged,
                 // replayed): rtc would keep state for it before finding that out.
                 self.stats.ssrc_refused += 1;
-                return true;
+                return Read::Done;
             }
-            return false;
+            return Read::Rtc {
+                authenticated: opened,
+            };
         };
         let stream = &mut r.streams[i];
         let track = stream.track.clone();
@@ -185,12 +191,12 @@ impl Worker {
                 }
             }
             self.stats.bad_packets += 1;
-            return true;
+            return Read::Done;
         };
         stream.failures.opened(now);
         let Ok(pkt) = rtc::rtp::Packet::unmarshal(&mut plain.freeze()) else {
             self.stats.bad_packets += 1;
-            return true;
+            return Read::Done;
         };
         let (pkt, deadline) = r
             .parts
@@ -210,7 +216,7 @@ impl Worker {
             self.stats.direct_received_packets += 1;
             self.forward(now, key.participant, &track, pkt);
         }
-        true
+        Read::Done
     }
 
     /// rtc delivered `pkt` of track `track` on publish PC `key` (it authenticated the datagram):

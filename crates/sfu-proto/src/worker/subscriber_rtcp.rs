@@ -48,13 +48,12 @@ pub(super) enum RtcpRead {
     Off,
 }
 
-impl Default for RtcpRead {
-    fn default() -> Self {
-        Self::Pending(RemoteVerification::default())
-    }
-}
-
 impl RtcpRead {
+    /// Starts in `Pending` at `now`.
+    pub(super) fn new(now: Instant) -> Self {
+        Self::Pending(RemoteVerification::new(now))
+    }
+
     /// Datagram `d` goes to rtc ([`RemoteVerification::handed`]).
     pub(super) fn handed(&mut self, d: &[u8]) {
         if let Self::Pending(v) = self {
@@ -71,37 +70,41 @@ fn is_srtcp(d: &[u8]) -> bool {
 
 impl Worker {
     /// Reads `bytes` on subscribe PC `key` past rtc if it is the subscriber's SRTCP and the
-    /// worker opens it; `true` if it was (handled, or dropped as bad), `false` if rtc must
-    /// read it.
-    pub(super) fn read_rtcp_direct(&mut self, now: Instant, key: PcKey, bytes: &[u8]) -> bool {
+    /// worker opens it: [`Read::Done`] if it was (handled, or dropped as bad), else what rtc
+    /// must read.
+    pub(super) fn read_rtcp_direct(&mut self, now: Instant, key: PcKey, bytes: &[u8]) -> Read {
         if !is_srtcp(bytes) {
-            return false;
+            return UNOPENED;
         }
         let Some(pc) = self.pc_mut(key) else {
-            return false;
+            return UNOPENED;
         };
         let Direct::On { leg, parts, rtcp } = &mut pc.direct else {
-            return false;
+            return UNOPENED;
         };
         if parts.tap.generation() != leg.generation {
             // New keys: the send side goes back to rtc at the next take, and so does this.
-            return false;
+            return UNOPENED;
         }
         let (open, failures) = match rtcp {
-            RtcpRead::Off => return false,
+            RtcpRead::Off => return UNOPENED,
             RtcpRead::Pending(verification) => {
-                let known = crate::direct::srtp_or_srtcp_ssrc(bytes)
-                    .is_some_and(|ssrc| verification.worth_trying(ssrc));
-                if let Some(open) = known.then(|| parts.tap.verify_remote_rtcp(bytes)).flatten() {
+                let worth = crate::direct::srtp_or_srtcp_ssrc(bytes).is_some_and(|ssrc| {
+                    verification.worth_trying(now, ssrc, rtc_has_place(&pc.rtc_ssrcs, ssrc))
+                });
+                if let Some(open) = worth.then(|| parts.tap.verify_remote_rtcp(bytes)).flatten() {
                     *rtcp = RtcpRead::On {
                         open: Box::new(open),
                         failures: OpenFailures::new(now),
                     };
                     self.stats.direct_rtcp_engaged += 1;
+                    // rtc reads this one too (its replay window has it here).
+                    return Read::Rtc {
+                        authenticated: true,
+                    };
                 }
-                // rtc reads this one; if no candidate opened it and rtc authenticates it,
-                // `note_rtc_rtcp` counts that.
-                return false;
+                // rtc reads it; if it authenticates it, `note_rtc_rtcp` counts a miss.
+                return UNOPENED;
             }
             RtcpRead::On { open, failures } => (open, failures),
         };
@@ -110,12 +113,12 @@ impl Worker {
                 *rtcp = RtcpRead::Off;
             }
             self.stats.bad_packets += 1;
-            return true;
+            return Read::Done;
         };
         failures.opened(now);
         let Ok(pkts) = rtc::rtcp::packet::unmarshal(&mut plain.freeze()) else {
             self.stats.bad_packets += 1;
-            return true;
+            return Read::Done;
         };
         parts.send.with(|s| s.on_rtcp(now, &pkts));
         // The estimator may have moved the PC's deadline: read it again at the take.
@@ -126,7 +129,7 @@ impl Worker {
         self.written.push(key);
         self.written_at = Some(now);
         self.written_sorted = false;
-        true
+        Read::Done
     }
 
     /// rtc authenticated a compound RTCP packet of subscribe PC `key`: evidence for the
