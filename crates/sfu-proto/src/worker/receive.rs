@@ -48,7 +48,8 @@ pub(super) enum DirectRecv {
     /// Keys not verified yet: rtc reads, and the PC's SRTP is tried against the candidates.
     Pending {
         parts: ReceiveParts,
-        verification: RemoteVerification,
+        /// Boxed: a PC is pending only until its key verifies.
+        verification: Box<RemoteVerification>,
     },
     /// The worker opens known media streams.
     On(Box<Reading>),
@@ -81,7 +82,7 @@ impl DirectRecv {
         match parts {
             Some(parts) => Self::Pending {
                 parts,
-                verification: RemoteVerification::new(now),
+                verification: Box::new(RemoteVerification::new(now)),
             },
             None => Self::Off,
         }
@@ -220,8 +221,8 @@ impl Worker {
     }
 
     /// rtc delivered `pkt` of track `track` on publish PC `key` (it authenticated the datagram):
-    /// while the key is verified, evidence for [`RemoteVerification`]; then a stream that is a
-    /// track's layer becomes known (read past rtc from its next packet).
+    /// while the key is being verified, evidence for [`RemoteVerification`]; once it is, a
+    /// stream that is a track's layer becomes known (read past rtc from its next packet).
     pub(super) fn note_rtc_read(
         &mut self,
         now: Instant,

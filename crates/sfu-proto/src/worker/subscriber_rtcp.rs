@@ -38,7 +38,7 @@ pub const RTCP_SILENCE: Duration = Duration::from_secs(10);
 pub(super) enum RtcpRead {
     /// Key not verified yet: rtc reads, and the subscriber's SRTCP is tried against the
     /// candidates.
-    Pending(RemoteVerification),
+    Pending(Box<RemoteVerification>),
     /// The worker opens it.
     On {
         open: Box<RtcpOpening>,
@@ -51,7 +51,7 @@ pub(super) enum RtcpRead {
 impl RtcpRead {
     /// Starts in `Pending` at `now`.
     pub(super) fn new(now: Instant) -> Self {
-        Self::Pending(RemoteVerification::new(now))
+        Self::Pending(Box::new(RemoteVerification::new(now)))
     }
 
     /// Datagram `d` goes to rtc ([`RemoteVerification::handed`]).
