@@ -91,9 +91,10 @@ pub struct SfuArgs {
     /// (`sfu_direct_send_total`). `false` leaves every copy to rtc. [default: true]
     #[arg(long = "direct-send", value_name = "BOOL")]
     pub direct_send: Option<bool>,
-    /// Open publishers' SRTP media (AES-GCM) in the worker, with the publisher's SRTP key
-    /// verified against its own packets, instead of through webrtc-rs rtc's read pipeline
-    /// (`sfu_direct_receive_total`). `false` leaves every datagram to rtc. [default: true]
+    /// Open publishers' SRTP media (AES-GCM or AES-CM) in the worker, with the publisher's
+    /// SRTP key verified against its own packets, instead of through webrtc-rs rtc's read
+    /// pipeline (`sfu_direct_receive_total`). `false` leaves every datagram to rtc.
+    /// [default: true]
     #[arg(long = "direct-receive", value_name = "BOOL")]
     pub direct_receive: Option<bool>,
     /// Seed of the RNG the media workers draw SSRCs and ICE credentials from (worker i uses

@@ -197,7 +197,8 @@ pub struct WorkerStats {
     /// Publish PCs whose media the worker began to open itself (their remote SRTP key
     /// verified against the publisher's packets).
     pub direct_receive_engaged: u64,
-    /// Publish PCs left to rtc because no key candidate opened the publisher's SRTP with AES-GCM.
+    /// Publish PCs left to rtc because rtc authenticated [`crate::direct::VERIFY_ATTEMPTS`] of
+    /// the publisher's packets that no key candidate opened.
     pub direct_receive_refused: u64,
     /// Publish PCs handed back to rtc after a new DTLS handshake changed the keys.
     pub direct_receive_dropped: u64,
@@ -206,7 +207,8 @@ pub struct WorkerStats {
     /// Subscribe PCs whose SRTCP the worker began to open itself (the subscriber's key
     /// verified against its own packets).
     pub direct_rtcp_engaged: u64,
-    /// Subscribe PCs whose SRTCP no key candidate opened (rtc keeps reading it).
+    /// Subscribe PCs whose SRTCP rtc authenticated [`crate::direct::VERIFY_ATTEMPTS`] times
+    /// where no key candidate opened it (rtc keeps reading it).
     pub direct_rtcp_refused: u64,
     /// Subscribers' compound RTCP packets the worker opened itself, past rtc's read.
     pub direct_rtcp_packets: u64,
