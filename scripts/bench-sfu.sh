@@ -232,8 +232,8 @@ jq -rs "$median"'
             loss: ($ok | map(.loss_percent) | median), pps: ($ok | map(.pps_per_sfu_core) | median),
             p50: ($ok | map(.latency_p50_us) | median), p99: ($ok | map(.latency_p99_us) | median),
             kib: ($ok | map(.sfu_rss_per_subscriber_bytes / 1024) | median),
-            kibend: ($ok | map(.sfu_rss_peak_per_subscriber_bytes // .sfu_rss_end_per_subscriber_bytes // null | if . == null then null else . / 1024 end) | median),
-            anonend: ($ok | map(.sfu_rss_anon_peak_per_subscriber_bytes // null | if . == null then null else . / 1024 end) | median),
+            kibload: ($ok | map(.sfu_rss_peak_per_subscriber_bytes / 1024) | median),
+            anonload: ($ok | map(.sfu_rss_anon_peak_per_subscriber_bytes / 1024) | median),
             anon: ($ok | map(.sfu_rss_anon_per_subscriber_bytes // null | if . == null then null else . / 1024 end) | median),
             fp50: ($ok | map(.sfu_delay_p50_us) | median), fp99: ($ok | map(.sfu_delay_p99_us) | median),
             cpu: ($ok | map(.sfu_cpu_percent) | median), setup: ($ok | map(.setup_secs) | median),
@@ -241,24 +241,24 @@ jq -rs "$median"'
     | sort_by(if .server == "turnkey" then 0 else 1 end)
     | (map({(.server): .}) | add) as $by
     | (.[] | [.scenario, .server, .runs, .flows, (.loss | r(3)), (.pps | r(0)), (.p50 | r(0)), (.p99 | r(0)),
-              (.fp50 | r(0)), (.fp99 | r(0)), (.kib | r(1)), (.kibend | r(1)), (.anon | r(1)), (.anonend | r(1)), (.cpu | r(1)), (.setup | r(1)),
+              (.fp50 | r(0)), (.fp99 | r(0)), (.kib | r(1)), (.kibload | r(1)), (.anon | r(1)), (.anonload | r(1)), (.cpu | r(1)), (.setup | r(1)),
               (.why // "")] | join("\u001f")),
       (if $by.turnkey and $by.janus then
          ["", "t/j", "", "", "", ratio($by.turnkey.pps; $by.janus.pps), ratio($by.turnkey.p50; $by.janus.p50),
           ratio($by.turnkey.p99; $by.janus.p99), "", "", ratio($by.turnkey.kib; $by.janus.kib),
-          ratio($by.turnkey.kibend; $by.janus.kibend), ratio($by.turnkey.anon; $by.janus.anon),
-          ratio($by.turnkey.anonend; $by.janus.anonend), "", "", ""] | join("\u001f")
+          ratio($by.turnkey.kibload; $by.janus.kibload), ratio($by.turnkey.anon; $by.janus.anon),
+          ratio($by.turnkey.anonload; $by.janus.anonload), "", "", ""] | join("\u001f")
        else empty end),
       (if $by.turnkey and $by["turnkey-base"] then
          ["", "t/base", "", "", "", ratio($by.turnkey.pps; $by["turnkey-base"].pps),
           ratio($by.turnkey.p50; $by["turnkey-base"].p50), ratio($by.turnkey.p99; $by["turnkey-base"].p99),
           "", "", ratio($by.turnkey.kib; $by["turnkey-base"].kib),
-          ratio($by.turnkey.kibend; $by["turnkey-base"].kibend), ratio($by.turnkey.anon; $by["turnkey-base"].anon),
-          ratio($by.turnkey.anonend; $by["turnkey-base"].anonend), "", "", ""] | join("\u001f")
+          ratio($by.turnkey.kibload; $by["turnkey-base"].kibload), ratio($by.turnkey.anon; $by["turnkey-base"].anon),
+          ratio($by.turnkey.anonload; $by["turnkey-base"].anonload), "", "", ""] | join("\u001f")
        else empty end)' "$RESULTS" |
-    while IFS=$'\x1f' read -r scenario server runs flows loss pps p50 p99 fp50 fp99 kib kibend anon anonend cpu setup why; do
+    while IFS=$'\x1f' read -r scenario server runs flows loss pps p50 p99 fp50 fp99 kib kibload anon anonload cpu setup why; do
         # shellcheck disable=SC2059
-        printf "$fmt" "$scenario" "$server" "$runs" "$flows" "$loss" "$pps" "$p50" "$p99" "$fp50" "$fp99" "$kib" "$kibend" "$anon" "$anonend" "$cpu" "$setup"
+        printf "$fmt" "$scenario" "$server" "$runs" "$flows" "$loss" "$pps" "$p50" "$p99" "$fp50" "$fp99" "$kib" "$kibload" "$anon" "$anonload" "$cpu" "$setup"
         [[ -z $why ]] || echo "    FAILED: $why"
     done
 

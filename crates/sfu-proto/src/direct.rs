@@ -1370,7 +1370,7 @@ mod tests {
                 Protection::new(&key, salt, profile, RingProvider::new().crypto()).unwrap();
             let mut leg = DirectLeg::new(protection, (Proto::Udp, addr()), 1);
             // A sent datagram's buffer, still holding its (longer) bytes.
-            let mut old = BytesMut::with_capacity(MAX_SPARE_TEST);
+            let mut old = BytesMut::with_capacity(2048);
             old.extend_from_slice(&[0xee; 1200]);
             let old_at = old.as_ptr();
             let mut spare = vec![old];
@@ -1393,9 +1393,6 @@ mod tests {
             assert_eq!(&second.payload[..], b"second", "{profile:?}");
         }
     }
-
-    /// Capacity of the spare buffer in the test above.
-    const MAX_SPARE_TEST: usize = 2048;
 
     /// rtc's way of sending a forwarded packet: the number set as a header extension, then
     /// marshalled and protected by its context.

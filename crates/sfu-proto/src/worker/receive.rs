@@ -121,10 +121,14 @@ impl Worker {
                 parts,
                 verification,
             } => {
+                if parts.tap.generation() < 2 {
+                    // The handshake has not derived both keys yet (SRTP ahead of it).
+                    return UNOPENED;
+                }
                 let placed = rtc_has_place(&pc.rtc_ssrcs, ssrc);
-                if parts.tap.generation() < 2 || !verification.worth_trying(now, ssrc, placed) {
-                    // The handshake has not derived both keys yet (SRTP ahead of it), or rtc
-                    // has not authenticated a packet of this SSRC yet (and has a place for it).
+                if !verification.worth_trying(now, ssrc, placed) {
+                    // rtc has not authenticated a packet of this SSRC yet (and has a place for
+                    // it).
                     return UNOPENED;
                 }
                 if let Some(open) = parts.tap.verify_remote(bytes) {
