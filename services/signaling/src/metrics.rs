@@ -10,6 +10,7 @@
 //! | `signaling_errors_total` | counter (`error` frames sent) | `code` (the code's name) |
 //! | `signaling_joins_total` | counter | `result` |
 //! | `signaling_store_latency_seconds` | histogram | `operation` |
+//! | `signaling_store_errors_total` | counter (store operations that failed or timed out; a `heartbeat` error or timeout means the node may have dropped out of the registry for a moment) | `operation` |
 //! | `signaling_turn_credentials_issued_total` | counter | |
 //! | `signaling_dropped_messages_total` | counter | `reason` |
 //! | `signaling_slow_consumers_total` | counter (connections closed with 4003) | |
@@ -46,6 +47,8 @@ pub mod names {
     pub const JOINS: &str = "signaling_joins";
     /// Store operation latency.
     pub const STORE_LATENCY: &str = "signaling_store_latency_seconds";
+    /// Store operations that failed or timed out.
+    pub const STORE_ERRORS: &str = "signaling_store_errors";
     /// TURN credentials minted.
     pub const TURN_CREDENTIALS: &str = "signaling_turn_credentials_issued";
     /// Frames dropped, by reason.
@@ -137,6 +140,8 @@ pub struct SignalingMetrics {
     pub joins: Family<L1, Counter>,
     /// `signaling_store_latency_seconds{operation}`.
     pub store_latency: Family<L1, Histogram, HistogramCtor>,
+    /// `signaling_store_errors_total{operation}`.
+    pub store_errors: Family<L1, Counter>,
     /// `signaling_turn_credentials_issued_total`.
     pub turn_credentials: Counter,
     /// `signaling_dropped_messages_total{reason}`.
@@ -167,6 +172,7 @@ impl Default for SignalingMetrics {
             errors: Family::default(),
             joins: Family::default(),
             store_latency: Family::new_with_constructor(store_histogram as HistogramCtor),
+            store_errors: Family::default(),
             turn_credentials: Counter::default(),
             dropped: Family::default(),
             slow_consumers: Counter::default(),
@@ -215,6 +221,11 @@ impl SignalingMetrics {
             names::STORE_LATENCY,
             "Store operation latency in seconds",
             m.store_latency.clone(),
+        );
+        registry.register(
+            names::STORE_ERRORS,
+            "Store operations that failed or timed out, by operation",
+            m.store_errors.clone(),
         );
         registry.register(
             names::TURN_CREDENTIALS,
@@ -278,6 +289,7 @@ impl SignalingMetrics {
         }
         for op in STORE_OPS {
             let _ = m.store_latency.get_or_create(&[("operation", op)]);
+            let _ = m.store_errors.get_or_create(&[("operation", op)]);
         }
         m
     }
@@ -320,6 +332,7 @@ mod tests {
             "signaling_joins_total{result=\"ok\"} 0",
             "signaling_turn_credentials_issued_total 0",
             "signaling_store_latency_seconds_count{operation=\"publish\"} 0",
+            "signaling_store_errors_total{operation=\"heartbeat\"} 0",
             "signaling_dropped_messages_total{reason=\"queue_full\"} 0",
             "signaling_sfu_links 0",
             "signaling_sfu_link_errors_total 0",

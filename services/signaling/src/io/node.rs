@@ -134,6 +134,8 @@ pub struct Node {
     hub: Mutex<Hub>,
     conns: Mutex<HashMap<ConnId, ConnHandle>>,
     next_conn: AtomicU64,
+    /// Since when every heartbeat of this node succeeded (None after one failed or timed out).
+    beating_since: Mutex<Option<Instant>>,
 }
 
 impl Node {
@@ -171,6 +173,7 @@ impl Node {
             links: Links::default(),
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
+            beating_since: Mutex::new(None),
         }
     }
 
@@ -192,6 +195,10 @@ impl Node {
             .get_or_create(&[("operation", op)])
             .observe(start.elapsed().as_secs_f64());
         if let Err(e) = &r {
+            self.metrics
+                .store_errors
+                .get_or_create(&[("operation", op)])
+                .inc();
             tracing::warn!(op, error = %e, "store operation failed");
         }
         r
@@ -465,8 +472,30 @@ impl Node {
             draining: self.drain.is_draining(),
         };
         let ttl = Duration::from_secs(self.cfg.node_ttl_secs);
-        self.timed("heartbeat", self.store.heartbeat(&info, ttl))
-            .await
+        let r = self
+            .timed("heartbeat", self.store.heartbeat(&info, ttl))
+            .await;
+        self.note_beat(r.is_ok());
+        r
+    }
+
+    /// Records whether a heartbeat reached the store.
+    fn note_beat(&self, ok: bool) {
+        let mut since = lock(&self.beating_since);
+        match (ok, *since) {
+            (true, None) => *since = Some(Instant::now()),
+            (false, _) => *since = None,
+            (true, Some(_)) => {}
+        }
+    }
+
+    /// True once this node's own heartbeats have reached the store for a whole node TTL
+    /// without a failure. Until then another node missing from the store may only have missed
+    /// its beats in the same store outage (or be beating again a moment later), so its
+    /// participants are not yet counted as lost.
+    fn may_judge_nodes(&self) -> bool {
+        lock(&self.beating_since)
+            .is_some_and(|t| t.elapsed() >= Duration::from_secs(self.cfg.node_ttl_secs))
     }
 
     /// Grace periods that ended: remove the participant from the store (if this node still
@@ -574,7 +603,7 @@ impl Node {
     async fn sweep_lost_nodes(&self) {
         let rooms = self.hub().rooms();
         self.metrics.rooms.set(rooms.len() as i64);
-        if rooms.is_empty() {
+        if rooms.is_empty() || !self.may_judge_nodes() {
             return;
         }
         let Ok(nodes) = self.timed("nodes", self.store.nodes()).await else {
@@ -648,24 +677,50 @@ impl Node {
                 }
             }
         });
+        // The heartbeat has a task of its own: the node stays live in the store however long
+        // a sweep takes (one store round trip per room), and a beat that failed or hung is
+        // tried again within a quarter of the period, not a whole period later.
+        let node = self.clone();
+        tokio::spawn(async move {
+            let period = Duration::from_secs(node.cfg.heartbeat_secs.max(1));
+            let mut announced = false;
+            // The first beat ran before this task started.
+            let mut next = tokio::time::Instant::now() + period;
+            loop {
+                tokio::select! {
+                    _ = node.shutdown.cancelled() => break,
+                    _ = tokio::time::sleep_until(next) => {}
+                    // The drain is announced at once, not at the next beat.
+                    _ = node.drain.started(), if !announced => announced = true,
+                }
+                next = tokio::time::Instant::now()
+                    + match tokio::time::timeout(period, node.heartbeat()).await {
+                        Ok(Ok(())) => period,
+                        Ok(Err(_)) => period / 4,
+                        Err(_) => {
+                            node.note_beat(false);
+                            node.metrics
+                                .store_errors
+                                .get_or_create(&[("operation", "heartbeat")])
+                                .inc();
+                            tracing::warn!(
+                                timeout_secs = period.as_secs(),
+                                "heartbeat timed out: trying again"
+                            );
+                            period / 4
+                        }
+                    };
+            }
+        });
         let node = self.clone();
         tokio::spawn(async move {
             let mut tick =
                 tokio::time::interval(Duration::from_secs(node.cfg.heartbeat_secs.max(1)));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut announced = false;
             loop {
                 tokio::select! {
                     _ = node.shutdown.cancelled() => break,
-                    _ = tick.tick() => {
-                        let _ = node.heartbeat().await;
-                        node.sweep_lost_nodes().await;
-                    }
-                    // The drain is announced at once, not at the next beat.
-                    _ = node.drain.started(), if !announced => {
-                        announced = true;
-                        let _ = node.heartbeat().await;
-                    }
+                    _ = tick.tick() => node.sweep_lost_nodes().await,
                 }
             }
         });
@@ -746,6 +801,75 @@ mod tests {
             "http://127.0.0.1:1".into(),
             CancellationToken::new(),
         )
+    }
+
+    fn record(id: &str, node: &str) -> ParticipantRecord {
+        ParticipantRecord {
+            id: id.into(),
+            identity: id.into(),
+            name: id.into(),
+            node: node.into(),
+            joined_at: 0,
+        }
+    }
+
+    /// A node whose own beats have not reached the store for a whole TTL does not count the
+    /// participants of a node missing from the store as lost: after a store outage, that node
+    /// may be about to beat again.
+    #[tokio::test]
+    async fn a_node_judges_other_nodes_lost_only_after_its_own_beats_held_for_a_ttl() {
+        let node = test_node(8);
+        let (tx, _rx) = mpsc::channel(8);
+        let conn = node.register_conn(tx, Arc::new(KillSwitch::default()));
+        node.hub().attach("r", "p_1", conn);
+        let room = registry::RoomRecord {
+            name: "r".into(),
+            mode: registry::RoomMode::Mesh,
+            capacity: 4,
+            node: "n1".into(),
+            created_at: 0,
+            sfu: None,
+        };
+        node.store.create_room(&room).await.unwrap();
+        node.store
+            .add_participant("r", &record("p_1", "n1"))
+            .await
+            .unwrap();
+        node.store
+            .add_participant("r", &record("p_2", "n2"))
+            .await
+            .unwrap();
+        let ids = |parts: Vec<ParticipantRecord>| -> Vec<String> {
+            parts.into_iter().map(|p| p.id).collect()
+        };
+
+        // Never beaten, then just beaten: n2 (not in the store) is not judged yet.
+        node.sweep_lost_nodes().await;
+        node.heartbeat().await.unwrap();
+        assert!(!node.may_judge_nodes());
+        node.sweep_lost_nodes().await;
+        assert_eq!(
+            ids(node.store.participants("r").await.unwrap()),
+            ["p_1", "p_2"]
+        );
+
+        // A failed beat starts the wait again.
+        let ttl = Duration::from_secs(node.cfg.node_ttl_secs);
+        *lock(&node.beating_since) = Instant::now().checked_sub(ttl);
+        assert!(node.may_judge_nodes());
+        node.note_beat(false);
+        assert!(!node.may_judge_nodes());
+        node.sweep_lost_nodes().await;
+        assert_eq!(
+            ids(node.store.participants("r").await.unwrap()),
+            ["p_1", "p_2"]
+        );
+
+        // Beating for a whole TTL: n2's participant is lost, the local one stays.
+        node.note_beat(true);
+        *lock(&node.beating_since) = Instant::now().checked_sub(ttl);
+        node.sweep_lost_nodes().await;
+        assert_eq!(ids(node.store.participants("r").await.unwrap()), ["p_1"]);
     }
 
     #[test]
