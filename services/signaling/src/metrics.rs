@@ -10,6 +10,7 @@
 //! | `signaling_errors_total` | counter (`error` frames sent) | `code` (the code's name) |
 //! | `signaling_joins_total` | counter | `result` |
 //! | `signaling_store_latency_seconds` | histogram | `operation` |
+//! | `signaling_registry_rejoins_total` | counter (times this node found its registry entry gone while serving and registered again at once) | |
 //! | `signaling_store_errors_total` | counter (store operations that failed or timed out; a `heartbeat` error or timeout means the node may have dropped out of the registry for a moment) | `operation` |
 //! | `signaling_turn_credentials_issued_total` | counter | |
 //! | `signaling_dropped_messages_total` | counter | `reason` |
@@ -47,6 +48,8 @@ pub mod names {
     pub const JOINS: &str = "signaling_joins";
     /// Store operation latency.
     pub const STORE_LATENCY: &str = "signaling_store_latency_seconds";
+    /// Times this node found its registry entry gone and registered again.
+    pub const REGISTRY_REJOINS: &str = "signaling_registry_rejoins";
     /// Store operations that failed or timed out.
     pub const STORE_ERRORS: &str = "signaling_store_errors";
     /// TURN credentials minted.
@@ -142,6 +145,8 @@ pub struct SignalingMetrics {
     pub store_latency: Family<L1, Histogram, HistogramCtor>,
     /// `signaling_store_errors_total{operation}`.
     pub store_errors: Family<L1, Counter>,
+    /// `signaling_registry_rejoins_total`.
+    pub registry_rejoins: Counter,
     /// `signaling_turn_credentials_issued_total`.
     pub turn_credentials: Counter,
     /// `signaling_dropped_messages_total{reason}`.
@@ -173,6 +178,7 @@ impl Default for SignalingMetrics {
             joins: Family::default(),
             store_latency: Family::new_with_constructor(store_histogram as HistogramCtor),
             store_errors: Family::default(),
+            registry_rejoins: Counter::default(),
             turn_credentials: Counter::default(),
             dropped: Family::default(),
             slow_consumers: Counter::default(),
@@ -226,6 +232,11 @@ impl SignalingMetrics {
             names::STORE_ERRORS,
             "Store operations that failed or timed out, by operation",
             m.store_errors.clone(),
+        );
+        registry.register(
+            names::REGISTRY_REJOINS,
+            "Times this node found its registry entry gone while serving and registered again",
+            m.registry_rejoins.clone(),
         );
         registry.register(
             names::TURN_CREDENTIALS,
@@ -333,6 +344,7 @@ mod tests {
             "signaling_turn_credentials_issued_total 0",
             "signaling_store_latency_seconds_count{operation=\"publish\"} 0",
             "signaling_store_errors_total{operation=\"heartbeat\"} 0",
+            "signaling_registry_rejoins_total 0",
             "signaling_dropped_messages_total{reason=\"queue_full\"} 0",
             "signaling_sfu_links 0",
             "signaling_sfu_link_errors_total 0",

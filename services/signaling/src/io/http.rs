@@ -183,7 +183,7 @@ fn check_capacity(node: &Node, capacity: Option<u32>, mode: Option<RoomMode>) ->
 }
 
 async fn live_nodes(node: &Node) -> ApiResult<Vec<NodeInfo>> {
-    Ok(node.timed("nodes", node.store.nodes()).await?)
+    Ok(node.live_nodes().await?)
 }
 
 fn pick_node(nodes: &[NodeInfo]) -> ApiResult<&NodeInfo> {

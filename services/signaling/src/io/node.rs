@@ -479,6 +479,23 @@ impl Node {
         r
     }
 
+    /// The live channel nodes in the registry. A channel node that finds its own entry gone
+    /// while it serves (a heartbeat that did not land within the TTL) registers again at once
+    /// (`signaling_registry_rejoins_total`) instead of answering that no node is live.
+    pub async fn live_nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
+        let nodes = self.timed("nodes", self.store.nodes()).await?;
+        if !self.cfg.role.channel()
+            || self.shutdown.is_cancelled()
+            || nodes.iter().any(|n| n.id == self.id())
+        {
+            return Ok(nodes);
+        }
+        self.heartbeat().await?;
+        self.metrics.registry_rejoins.inc();
+        tracing::warn!(node = %self.id(), "this node was missing from the registry: registered again");
+        self.timed("nodes", self.store.nodes()).await
+    }
+
     /// Records whether a heartbeat reached the store.
     fn note_beat(&self, ok: bool) {
         let mut since = lock(&self.beating_since);
@@ -870,6 +887,28 @@ mod tests {
         *lock(&node.beating_since) = Instant::now().checked_sub(ttl);
         node.sweep_lost_nodes().await;
         assert_eq!(ids(node.store.participants("r").await.unwrap()), ["p_1"]);
+    }
+
+    /// A channel node missing from the registry while it serves (its entry expired) registers
+    /// again when it looks the nodes up, so a join it answers never finds no live node.
+    #[tokio::test]
+    async fn a_serving_node_missing_from_the_registry_registers_again() {
+        let node = test_node(8);
+        assert!(node.store.nodes().await.unwrap().is_empty());
+        let live = node.live_nodes().await.unwrap();
+        assert_eq!(
+            live.iter().map(|n| n.id.as_str()).collect::<Vec<_>>(),
+            ["n1"]
+        );
+        assert_eq!(node.metrics.registry_rejoins.get(), 1);
+        // Present: nothing more to do.
+        node.live_nodes().await.unwrap();
+        assert_eq!(node.metrics.registry_rejoins.get(), 1);
+        // A session-only node is not in the registry of channel nodes.
+        let mut session = test_node(8);
+        session.cfg.role = crate::config::Role::Session;
+        assert!(session.live_nodes().await.unwrap().is_empty());
+        assert_eq!(session.metrics.registry_rejoins.get(), 0);
     }
 
     #[test]
