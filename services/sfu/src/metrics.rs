@@ -23,6 +23,7 @@
 //! | `sfu_ice_tcp_established_total` | counter | (ICE-TCP connections on which ICE completed) |
 //! | `sfu_active_speaker_changes_total` | counter | |
 //! | `sfu_ice_timeouts_total` | counter | |
+//! | `sfu_registry_heartbeat_failures_total` | counter | (heartbeats into the registry that failed or took longer than the 5 s period; each is tried again 1.25 s later; three periods without one and placement no longer sees the node) |
 //! | `sfu_dtls_flights_resent_total` | counter | | DTLS handshake flights sent again because the peer repeated its own (RFC 6347 §4.2.4, done beside rtc-dtls) |
 //! | `sfu_direct_send_total` | counter | `result` (subscribe PCs whose RTP the worker protects and sends itself, not rtc's write pipeline: `engaged` once their SRTP key is verified against rtc's own packets; `refused`: no key candidate verified, rtc keeps sending; `dropped`: a new DTLS handshake changed the keys, back to rtc) |
 //! | `sfu_direct_packets_total` | counter | (RTP packets, retransmissions included, the worker protected and sent itself) |
@@ -115,6 +116,8 @@ pub struct SfuMetrics {
     pub speaker_changes: Counter,
     /// `sfu_ice_timeouts_total`.
     pub ice_timeouts: Counter,
+    /// `sfu_registry_heartbeat_failures_total`.
+    pub registry_heartbeat_failures: Counter,
     /// `sfu_dtls_flights_resent_total`.
     pub dtls_flights_resent: Counter,
     /// `sfu_direct_send_total{result}`.
@@ -170,6 +173,7 @@ impl SfuMetrics {
             ice_tcp_established: Counter::default(),
             speaker_changes: Counter::default(),
             ice_timeouts: Counter::default(),
+            registry_heartbeat_failures: Counter::default(),
             dtls_flights_resent: Counter::default(),
             direct_send: Family::default(),
             direct_packets: Counter::default(),
@@ -310,6 +314,11 @@ impl SfuMetrics {
             "sfu_ice_timeouts",
             "Peer connections whose ICE consent expired",
             m.ice_timeouts.clone(),
+        );
+        registry.register(
+            "sfu_registry_heartbeat_failures",
+            "Registry heartbeats that failed or took longer than the heartbeat period",
+            m.registry_heartbeat_failures.clone(),
         );
         registry.register(
             "sfu_dtls_flights_resent",

@@ -246,15 +246,16 @@ pub async fn serve(
         let placement = placement.clone();
         let drain = drain.clone();
         let load = load.clone();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(HEARTBEAT);
+            let mut next = tokio::time::Instant::now() + HEARTBEAT;
             let mut announced = false;
             loop {
                 // The drain is announced at once (not at the next beat), so placement stops
                 // choosing this node within one registry round trip.
                 tokio::select! {
                     _ = sd.cancelled() => break,
-                    _ = tick.tick() => {}
+                    _ = tokio::time::sleep_until(next) => {}
                     _ = drain.started(), if !announced => {}
                 }
                 announced = drain.is_draining();
@@ -264,9 +265,26 @@ pub async fn serve(
                     draining: announced,
                     ..node.clone()
                 };
-                if let Err(e) = store.sfu_heartbeat(&node, HEARTBEAT * 3).await {
-                    tracing::warn!("sfu registry: {e}");
-                }
+                // A beat that failed or hung past the period is tried again a quarter period
+                // later, not a whole one: the entry lives three periods.
+                let beat =
+                    tokio::time::timeout(HEARTBEAT, store.sfu_heartbeat(&node, HEARTBEAT * 3));
+                next = tokio::time::Instant::now()
+                    + match beat.await {
+                        Ok(Ok(())) => HEARTBEAT,
+                        Ok(Err(e)) => {
+                            metrics.registry_heartbeat_failures.inc();
+                            tracing::warn!("sfu registry: {e}");
+                            HEARTBEAT / 4
+                        }
+                        Err(_) => {
+                            metrics.registry_heartbeat_failures.inc();
+                            tracing::warn!(
+                                "sfu registry: heartbeat took longer than {HEARTBEAT:?}"
+                            );
+                            HEARTBEAT / 4
+                        }
+                    };
             }
             let _ = store.remove_sfu_node(&node.id).await;
         });

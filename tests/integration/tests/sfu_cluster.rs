@@ -12,6 +12,9 @@
 //!    expired (TTL 15 s), the client runs again into a new room, which must pass on the
 //!    surviving node: placement skips dead nodes.
 //!
+//! 3. A store outage (a separate test): the node counts its failed heartbeats and registers again
+//!    once Redis answers, without a restart.
+//!
 //! Needs `redis-server` and Python with aiortc (`bash scripts/test.sh` installs both), and a
 //! non-loopback IPv4 interface up (see `tests/sfu_aiortc.rs`).
 
@@ -246,4 +249,54 @@ fn rooms_are_placed_on_one_live_sfu_node_and_skip_a_dead_one() {
         "{}: {DATA_MESSAGES} did not move: {report2}",
         survivor.id
     );
+}
+
+/// A store outage: the node's heartbeats fail and are counted
+/// (`sfu_registry_heartbeat_failures_total`), and once a Redis answers again on the same port
+/// (empty, as after a failover without persistence), the node is back in the registry without a
+/// restart.
+#[test]
+fn an_sfu_node_counts_failed_heartbeats_and_registers_again_after_a_store_outage() {
+    let redis = RedisGuard::start();
+    let port = redis.port;
+    let node = SfuNode::start(&redis, "sfu-x");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let store = rt
+        .block_on(RedisStore::connect(&redis.url()))
+        .expect("connect to the store");
+    wait_for_live_nodes(&rt, &store, &["sfu-x"], REGISTER_TIMEOUT);
+    assert_eq!(node.metric("sfu_registry_heartbeat_failures_total"), 0.0);
+    drop(store);
+
+    drop(redis);
+    // The next beat (within one 5 s period) fails, at once or after its 5 s bound.
+    assert!(
+        common::wait_until(Duration::from_secs(15), || node
+            .metric("sfu_registry_heartbeat_failures_total")
+            >= 1.0),
+        "no failed heartbeat counted while the store was down"
+    );
+
+    let redis = RedisGuard::start_on(port);
+    let store = rt
+        .block_on(RedisStore::connect(&redis.url()))
+        .expect("connect to the store again");
+    let took = wait_for_live_nodes(&rt, &store, &["sfu-x"], REGISTER_TIMEOUT);
+    println!(
+        "sfu-x registered again {took:?} after the store came back; failed beats: {}",
+        node.metric("sfu_registry_heartbeat_failures_total")
+    );
+    // The node still serves: its metrics listener answers and the failures stop growing once
+    // it is registered again.
+    let failures = node.metric("sfu_registry_heartbeat_failures_total");
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(
+        node.metric("sfu_registry_heartbeat_failures_total"),
+        failures,
+        "heartbeats still failing after the node registered again"
+    );
+    assert_eq!(live_sfu_nodes(&rt, &store), ["sfu-x"]);
 }

@@ -315,6 +315,15 @@ async fn store_failure_answers_internal_and_the_node_recovers() {
             >= 1.0
     );
 
+    // Its heartbeats fail meanwhile, and are counted.
+    assert!(
+        common::wait_until(Duration::from_secs(15), || a.guard.metric(
+            "signaling_store_errors_total",
+            &[("operation", "heartbeat")]
+        ) >= 1.0),
+        "no failed heartbeat counted while the store was down"
+    );
+
     // Redis comes back (empty): the node re-registers with its next heartbeat and serves joins.
     let _redis = RedisGuard::start_on(port);
     let deadline = Instant::now() + Duration::from_secs(20);
