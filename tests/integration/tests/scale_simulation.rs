@@ -206,14 +206,7 @@ fn nodes_join_and_drain_under_load_without_losing_a_room() {
     let mut sfu_b = Some(sfu_node(&redis, "sfu-b"));
     let mut sfu_c = None;
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let store = rt
-        .block_on(RedisStore::connect(&redis.url()))
-        .expect("connect to the store");
+    let (rt, store) = redis.store();
     let live_sfus = |rt: &tokio::runtime::Runtime| -> Vec<String> {
         let mut v: Vec<String> = rt
             .block_on(store.sfu_nodes())

@@ -176,14 +176,7 @@ fn rooms_are_placed_on_one_live_sfu_node_and_skip_a_dead_one() {
         ],
     );
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let store = rt
-        .block_on(RedisStore::connect(&redis.url()))
-        .expect("connect to the store");
+    let (rt, store) = redis.store();
     wait_for_live_nodes(&rt, &store, &["sfu-a", "sfu-b"], REGISTER_TIMEOUT);
 
     // 1. One room, two participants: placed on one node, both links there.
@@ -260,13 +253,7 @@ fn an_sfu_node_counts_failed_heartbeats_and_registers_again_after_a_store_outage
     let redis = RedisGuard::start();
     let port = redis.port;
     let node = SfuNode::start(&redis, "sfu-x");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let store = rt
-        .block_on(RedisStore::connect(&redis.url()))
-        .expect("connect to the store");
+    let (rt, store) = redis.store();
     wait_for_live_nodes(&rt, &store, &["sfu-x"], REGISTER_TIMEOUT);
     assert_eq!(node.metric("sfu_registry_heartbeat_failures_total"), 0.0);
     drop(store);
@@ -281,9 +268,7 @@ fn an_sfu_node_counts_failed_heartbeats_and_registers_again_after_a_store_outage
     );
 
     let redis = RedisGuard::start_on(port);
-    let store = rt
-        .block_on(RedisStore::connect(&redis.url()))
-        .expect("connect to the store again");
+    let (rt, store) = redis.store();
     let took = wait_for_live_nodes(&rt, &store, &["sfu-x"], REGISTER_TIMEOUT);
     println!(
         "sfu-x registered again {took:?} after the store came back; failed beats: {}",

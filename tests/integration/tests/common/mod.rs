@@ -722,6 +722,20 @@ impl RedisGuard {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
+    /// A one-worker runtime and a connection to this server through the registry's own store,
+    /// to read what the nodes wrote (registry entries, rooms) as they read it.
+    pub fn store(&self) -> (tokio::runtime::Runtime, registry::redis::RedisStore) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let store = rt
+            .block_on(registry::redis::RedisStore::connect(&self.url()))
+            .expect("connect to the store");
+        (rt, store)
+    }
+
     /// The server's address.
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::new(LOCALHOST, self.port)
