@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod drain;
+pub mod heartbeat;
 pub mod logging;
 pub mod metrics_http;
 pub mod shutdown;

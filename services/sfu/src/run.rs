@@ -239,6 +239,7 @@ pub async fn serve(
             draining: drain.is_draining(),
         };
         if let Err(e) = store.sfu_heartbeat(&node, HEARTBEAT * 3).await {
+            metrics.registry_heartbeat_failures.inc();
             tracing::warn!("sfu registry: {e}");
         }
         let store = store.clone();
@@ -246,46 +247,38 @@ pub async fn serve(
         let placement = placement.clone();
         let drain = drain.clone();
         let load = load.clone();
-        let metrics = metrics.clone();
+        let (failures, timeouts) = (metrics.clone(), metrics.clone());
+        let beat_store = store.clone();
+        let beat_node = node.clone();
+        let beat_drain = drain.clone();
         tokio::spawn(async move {
-            let mut next = tokio::time::Instant::now() + HEARTBEAT;
-            let mut announced = false;
-            loop {
-                // The drain is announced at once (not at the next beat), so placement stops
-                // choosing this node within one registry round trip.
-                tokio::select! {
-                    _ = sd.cancelled() => break,
-                    _ = tokio::time::sleep_until(next) => {}
-                    _ = drain.started(), if !announced => {}
-                }
-                announced = drain.is_draining();
-                let node = SfuNodeInfo {
-                    load: placement.load(),
-                    load_permille: registry::permille(load.ratio()),
-                    draining: announced,
-                    ..node.clone()
-                };
-                // A beat that failed or hung past the period is tried again a quarter period
-                // later, not a whole one: the entry lives three periods.
-                let beat =
-                    tokio::time::timeout(HEARTBEAT, store.sfu_heartbeat(&node, HEARTBEAT * 3));
-                next = tokio::time::Instant::now()
-                    + match beat.await {
-                        Ok(Ok(())) => HEARTBEAT,
-                        Ok(Err(e)) => {
-                            metrics.registry_heartbeat_failures.inc();
-                            tracing::warn!("sfu registry: {e}");
-                            HEARTBEAT / 4
-                        }
-                        Err(_) => {
-                            metrics.registry_heartbeat_failures.inc();
-                            tracing::warn!(
-                                "sfu registry: heartbeat took longer than {HEARTBEAT:?}"
-                            );
-                            HEARTBEAT / 4
-                        }
+            turnkey_runtime::heartbeat::keep_beating(
+                HEARTBEAT,
+                sd,
+                drain,
+                move || {
+                    let node = SfuNodeInfo {
+                        load: placement.load(),
+                        load_permille: registry::permille(load.ratio()),
+                        draining: beat_drain.is_draining(),
+                        ..beat_node.clone()
                     };
-            }
+                    let (store, failures) = (beat_store.clone(), failures.clone());
+                    async move {
+                        let r = store.sfu_heartbeat(&node, HEARTBEAT * 3).await;
+                        if let Err(e) = &r {
+                            failures.registry_heartbeat_failures.inc();
+                            tracing::warn!("sfu registry: {e}");
+                        }
+                        r.is_ok()
+                    }
+                },
+                move || {
+                    timeouts.registry_heartbeat_failures.inc();
+                    tracing::warn!("sfu registry: heartbeat took longer than {HEARTBEAT:?}");
+                },
+            )
+            .await;
             let _ = store.remove_sfu_node(&node.id).await;
         });
     }

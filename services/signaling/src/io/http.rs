@@ -182,10 +182,6 @@ fn check_capacity(node: &Node, capacity: Option<u32>, mode: Option<RoomMode>) ->
     Ok(c)
 }
 
-async fn live_nodes(node: &Node) -> ApiResult<Vec<NodeInfo>> {
-    Ok(node.live_nodes().await?)
-}
-
 fn pick_node(nodes: &[NodeInfo]) -> ApiResult<&NodeInfo> {
     least_loaded(nodes).ok_or_else(|| ApiError::unavailable("no live channel node"))
 }
@@ -356,7 +352,7 @@ async fn create_room(
         .ok_or_else(|| ApiError::bad_request("missing field `name`"))?;
     check_room_name(&node, &name)?;
     let capacity = check_capacity(&node, req.capacity, req.mode)?;
-    let nodes = live_nodes(&node).await?;
+    let nodes = node.live_nodes().await?;
     let (rec, created) = create_on_least_loaded(
         &node,
         &nodes,
@@ -476,7 +472,7 @@ async fn join_room(
         }
     };
     let capacity = check_capacity(&node, req.capacity, req.mode)?;
-    let nodes = live_nodes(&node).await?;
+    let nodes = node.live_nodes().await?;
     let existing = node.timed("get_room", node.store.get_room(&room)).await?;
     let rec = match existing {
         Some(rec) if nodes.iter().any(|n| n.id == rec.node) => rec,

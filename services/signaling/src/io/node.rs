@@ -695,40 +695,26 @@ impl Node {
             }
         });
         // The heartbeat has a task of its own: the node stays live in the store however long
-        // a sweep takes (one store round trip per room), and a beat that failed or hung is
-        // tried again within a quarter of the period, not a whole period later.
-        let node = self.clone();
-        tokio::spawn(async move {
-            let period = Duration::from_secs(node.cfg.heartbeat_secs.max(1));
-            let mut announced = false;
-            // The first beat ran before this task started.
-            let mut next = tokio::time::Instant::now() + period;
-            loop {
-                tokio::select! {
-                    _ = node.shutdown.cancelled() => break,
-                    _ = tokio::time::sleep_until(next) => {}
-                    // The drain is announced at once, not at the next beat.
-                    _ = node.drain.started(), if !announced => announced = true,
-                }
-                next = tokio::time::Instant::now()
-                    + match tokio::time::timeout(period, node.heartbeat()).await {
-                        Ok(Ok(())) => period,
-                        Ok(Err(_)) => period / 4,
-                        Err(_) => {
-                            node.note_beat(false);
-                            node.metrics
-                                .store_errors
-                                .get_or_create(&[("operation", "heartbeat")])
-                                .inc();
-                            tracing::warn!(
-                                timeout_secs = period.as_secs(),
-                                "heartbeat timed out: trying again"
-                            );
-                            period / 4
-                        }
-                    };
-            }
-        });
+        // a sweep takes (one store round trip per room).
+        let (beating, timed_out) = (self.clone(), self.clone());
+        tokio::spawn(turnkey_runtime::heartbeat::keep_beating(
+            Duration::from_secs(self.cfg.heartbeat_secs.max(1)),
+            self.shutdown.clone(),
+            self.drain.clone(),
+            move || {
+                let node = beating.clone();
+                async move { node.heartbeat().await.is_ok() }
+            },
+            move || {
+                timed_out.note_beat(false);
+                timed_out
+                    .metrics
+                    .store_errors
+                    .get_or_create(&[("operation", "heartbeat")])
+                    .inc();
+                tracing::warn!("heartbeat took longer than its period: trying again");
+            },
+        ));
         let node = self.clone();
         tokio::spawn(async move {
             let mut tick =
